@@ -12,10 +12,10 @@ __all__ = [
     "CWE_NAMES",
     "PRIORITY_CWES",
     "UnknownCWEError",
+    "apply_merge",
     "cwe_name",
     "normalize_cwe",
     "parse_merge_map",
-    "apply_merge",
 ]
 
 #: The weaknesses vulnsteer's users care most about, in report order.

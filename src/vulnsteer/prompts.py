@@ -1,0 +1,115 @@
+"""One prompt builder, shared by activation extraction and detection.
+
+The prompt is the model's chat template around a fixed question, the code verbatim in a fenced block, and a
+fixed answer format. The assistant turn is pre-filled with ``Answer:`` so that the very next token is the
+verdict: logit mode reads it there, generation mode continues from it, and steering at the ``last`` position
+acts exactly on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["DEFAULT_TEMPLATE", "Prompt", "PromptBatch", "PromptTemplate", "build_prompt", "tokenize_prompts"]
+
+_FENCE_LANG = {"c": "c", "cpp": "cpp", "python": "python", "javascript": "javascript", "java": "java",
+               "go": "go", "ruby": "ruby", "php": "php", "csharp": "csharp", "rust": "rust"}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The fixed wording. Changing it changes every number: it is recorded in each run's config."""
+
+    system: str = "You are an expert application security auditor reviewing code for vulnerabilities."
+    question: str = (
+        "Is the following {language} code vulnerable? If it is, name the weakness (CWE id and name)."
+    )
+    answer_format: str = (
+        "Reply in exactly this format:\n"
+        "Answer: vulnerable or secure\n"
+        "Weakness: CWE-<id> (<name>), or none"
+    )
+    answer_prefix: str = "Answer:"
+    #: The answer words read in logit mode (first = the 'vulnerable' answer).
+    vulnerable_answer: str = " vulnerable"
+    secure_answer: str = " secure"
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+DEFAULT_TEMPLATE = PromptTemplate()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt and the character span of the code inside it."""
+
+    text: str
+    code_span: tuple[int, int]
+
+
+def _language_label(language: str) -> str:
+    names = {"c": "C", "cpp": "C++", "python": "Python", "javascript": "JavaScript", "java": "Java", "go": "Go",
+             "ruby": "Ruby", "php": "PHP", "csharp": "C#", "rust": "Rust"}
+    return names.get(language.lower(), language or "source")
+
+
+def build_prompt(tokenizer: Any, code: str, language: str, template: PromptTemplate = DEFAULT_TEMPLATE) -> Prompt:
+    """Render the detection prompt for one function. The code appears verbatim, exactly once."""
+    fence = _FENCE_LANG.get(language.lower(), "")
+    user = (
+        f"{template.question.format(language=_language_label(language))}\n\n"
+        f"```{fence}\n{code}\n```\n\n{template.answer_format}"
+    )
+    messages = [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        rendered = f"{template.system}\n\n{user}\n\n"
+    text = rendered + template.answer_prefix
+    start = text.find(f"```{fence}\n{code}\n```")
+    if start < 0:  # a chat template that rewrites content: fall back to any verbatim occurrence
+        start = text.find(code) - len(f"```{fence}\n")
+        if start < 0:
+            raise ValueError("the chat template does not keep the code verbatim; cannot locate code tokens")
+    code_start = start + len(f"```{fence}\n")
+    return Prompt(text=text, code_span=(code_start, code_start + len(code)))
+
+
+@dataclass
+class PromptBatch:
+    """Left-padded token ids; ``code_mask`` marks the tokens that overlap the code span."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    code_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device), self.code_mask.to(device))
+
+
+def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:
+    """Tokenise with left padding (the last column is every row's last prompt token)."""
+    ids_list: list[list[int]] = []
+    code_list: list[list[bool]] = []
+    for prompt in prompts:
+        enc = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
+        start, end = prompt.code_span
+        ids_list.append(list(enc["input_ids"]))
+        code_list.append([s < end and e > start for s, e in enc["offset_mapping"]])
+    width = max(len(ids) for ids in ids_list)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    code_mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, (ids, code) in enumerate(zip(ids_list, code_list)):
+        n = len(ids)
+        input_ids[row, width - n :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - n :] = 1
+        code_mask[row, width - n :] = torch.tensor(code, dtype=torch.bool)
+    return PromptBatch(input_ids, attention, code_mask)

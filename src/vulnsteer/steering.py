@@ -1,0 +1,240 @@
+"""Steering generation with forward hooks.
+
+Sign convention (the one and only): **positive strength pushes the model toward reporting a vulnerability.**
+A vector's direction ``d`` points from vulnerable toward secure (``mean(secure) - mean(vulnerable)``), so steering
+*subtracts* it: at each steered layer and position the hidden state ``h`` becomes
+
+- ``h - strength * d`` with ``unit="raw"`` (strength 1 moves by one mean difference), or
+- ``h - strength * n * d / |d|`` with ``unit="relative"``, where ``n`` is the layer's mean hidden-state norm
+  recorded when the vector was fitted (strength 0.1 moves by a tenth of a typical hidden state; settings
+  transfer between models and layers).
+
+Positions: ``last`` (each row's last prompt token: correct under left padding, which vulnsteer always uses),
+``prompt`` (all prompt tokens), ``generated`` (each new token during ``generate`` with the KV cache), ``all``.
+A forward pass that starts with an empty KV cache is a prompt pass; one that continues a cache is a generation
+step (a pre-hook on the model reads the cache length, so this holds for any batch size and for teacher-forced
+continuations too).
+
+:func:`steer` registers hooks on the decoder layers and removes them on exit, exceptions included. It never
+modifies the model's weights or attributes, and holds its state in the context only, so any batch size works
+and two models can be steered independently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .model import decoder_layers, hidden_of, with_hidden
+from .vectors import SteeringVector, VectorMismatchError
+
+__all__ = ["POSITION_MODES", "PositionMode", "SteeringSpec", "StrengthUnit", "steer"]
+
+PositionMode = Literal["last", "prompt", "generated", "all"]
+StrengthUnit = Literal["raw", "relative"]
+POSITION_MODES: tuple[str, ...] = ("last", "prompt", "generated", "all")
+STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative")
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    """What to steer with, where, and how strongly. Validated when built.
+
+    Attributes:
+        vector: the steering vector (directions ``secure - vulnerable``).
+        strength: positive = toward "vulnerable"; 0 = no change.
+        layers: layers to steer (default: all of the vector's layers; negative indices are not allowed here).
+        positions: ``last``, ``prompt``, ``generated`` or ``all``.
+        unit: ``raw`` or ``relative`` (see the module docstring).
+    """
+
+    vector: SteeringVector
+    strength: float
+    layers: tuple[int, ...] = field(default=())
+    positions: PositionMode = "all"
+    unit: StrengthUnit = "raw"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
+            raise ValueError(f"steering strength must be a finite number, got {self.strength!r}")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+        if self.unit not in STRENGTH_UNITS:
+            raise ValueError(f"unit must be one of {STRENGTH_UNITS}, got {self.unit!r}")
+        layers = tuple(sorted(self.layers)) if self.layers else self.vector.layers
+        missing = [layer for layer in layers if layer not in self.vector.directions]
+        if missing:
+            raise ValueError(f"layers {missing} are not in the vector (it has {list(self.vector.layers)})")
+        if self.unit == "relative":
+            absent = [layer for layer in layers if not self.vector.provenance.layer_norms.get(layer)]
+            if absent:
+                raise ValueError(f"relative strength needs the vector's layer norms; missing for layers {absent}")
+        object.__setattr__(self, "layers", layers)
+
+    def delta(self, layer: int) -> torch.Tensor:
+        """The additive shift applied to the hidden state at *layer* (``-strength * scale * d``)."""
+        d = self.vector.direction(layer)
+        if self.unit == "relative":
+            d = d / d.norm().clamp(min=1e-12) * self.vector.provenance.layer_norms[layer]
+        return -float(self.strength) * d
+
+
+def _as_specs(
+    vector_or_specs: SteeringVector | SteeringSpec | Sequence[SteeringSpec],
+    strength: float | None,
+    layers: Sequence[int] | None,
+    positions: PositionMode,
+    unit: StrengthUnit,
+) -> list[SteeringSpec]:
+    if isinstance(vector_or_specs, SteeringVector):
+        if strength is None:
+            raise ValueError("steer(model, vector, strength): strength is required with a bare vector")
+        return [SteeringSpec(vector_or_specs, strength, tuple(layers or ()), positions, unit)]
+    if isinstance(vector_or_specs, SteeringSpec):
+        return [vector_or_specs]
+    specs = list(vector_or_specs)
+    if not all(isinstance(s, SteeringSpec) for s in specs):
+        raise TypeError("steer() takes a SteeringVector, a SteeringSpec, or a sequence of SteeringSpec")
+    return specs
+
+
+def _past_length(kwargs: dict[str, Any]) -> int:
+    """Tokens already in the KV cache at the start of a forward pass (0 for a fresh prompt)."""
+    for name in ("cache", "past_key_values", "past_key_value"):
+        cache = kwargs.get(name)
+        if cache is None:
+            continue
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy tuple cache
+            return int(cache[0][0].shape[-2])
+    return 0
+
+
+class _PassState:
+    """Per-``steer()`` state: is the current forward pass a prompt pass or a cached generation step?"""
+
+    __slots__ = ("generating",)
+
+    def __init__(self) -> None:
+        self.generating = False
+
+    def pre_hook(self, _module: nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        self.generating = _past_length(kwargs) > 0
+
+
+def _make_hook(items: list[tuple[torch.Tensor, str]], state: _PassState) -> Any:
+    """A forward hook adding each ``(delta, positions)`` at its positions.
+
+    A delta is ``[hidden]`` (every row) or ``[batch, hidden]`` (one per row). Its only state is the context's.
+    """
+    cache: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, str]]] = {}
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        hidden = hidden_of(output)
+        generating = state.generating
+        key = (hidden.device, hidden.dtype)
+        if key not in cache:
+            cache[key] = [(delta.to(hidden.device, hidden.dtype), pos) for delta, pos in items]
+        new = hidden
+        for delta, pos in cache[key]:
+            if delta.ndim == 2 and delta.shape[0] != hidden.shape[0]:
+                raise ValueError(f"per-row steering has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
+            shift = delta.unsqueeze(-2) if delta.ndim == 2 else delta
+            if pos == "all" or (pos == "generated" and generating) or (pos == "prompt" and not generating):
+                new = new + shift
+            elif pos == "last" and not generating:
+                new = new.clone() if new is hidden else new
+                new[:, -1:, :] = new[:, -1:, :] + shift
+        return output if new is hidden else with_hidden(output, new)
+
+    return hook
+
+
+@contextmanager
+def _hooked(model: nn.Module, per_layer: dict[int, list[tuple[torch.Tensor, str]]]) -> Iterator[None]:
+    """Register the hooks for ``{layer: [(delta, positions), ...]}``; remove them on exit, exceptions included."""
+    blocks = decoder_layers(model)
+    for layer in per_layer:
+        if not 0 <= layer < len(blocks):
+            raise ValueError(f"layer {layer} out of range for a model with {len(blocks)} layers")
+    state = _PassState()
+    handles = []
+    try:
+        if per_layer:
+            handles.append(model.register_forward_pre_hook(state.pre_hook, with_kwargs=True))
+        for layer, items in per_layer.items():
+            handles.append(blocks[layer].register_forward_hook(_make_hook(items, state)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_specs(model: nn.Module, specs: Sequence[SteeringSpec]) -> None:
+    hidden_size = int(getattr(model.config, "hidden_size", 0) or 0)
+    for spec in specs:
+        if hidden_size:
+            try:
+                spec.vector.check_compatible(hidden_size)
+            except VectorMismatchError as exc:
+                raise VectorMismatchError(f"cannot steer: {exc}") from None
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    vector_or_specs: SteeringVector | SteeringSpec | Sequence[SteeringSpec],
+    strength: float | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    positions: PositionMode = "all",
+    unit: StrengthUnit = "raw",
+) -> Iterator[list[SteeringSpec]]:
+    """Steer *model* inside a ``with`` block; hooks are removed on exit, exceptions included.
+
+    ``with steer(model, vector, 4.0, positions="last"):`` or ``with steer(model, [spec_a, spec_b]):``.
+    Positive strength = toward reporting a vulnerability (the direction is subtracted).
+    """
+    specs = _as_specs(vector_or_specs, strength, layers, positions, unit)
+    _check_specs(model, specs)
+    per_layer: dict[int, list[tuple[torch.Tensor, str]]] = {}
+    for spec in specs:
+        for layer in spec.layers:
+            if spec.strength != 0:
+                per_layer.setdefault(layer, []).append((spec.delta(layer), spec.positions))
+    with _hooked(model, per_layer):
+        yield specs
+
+
+@contextmanager
+def steer_rows(model: nn.Module, rows: Sequence[Sequence[SteeringSpec]]) -> Iterator[None]:
+    """Steer each row of the batch with its own specs (``rows[i]`` for row ``i``; empty = unsteered).
+
+    Lets one batched pass serve several settings at once (baseline, strengths, controls, other CWEs' vectors).
+    The batch given to the model must have exactly ``len(rows)`` rows.
+    """
+    all_specs = [spec for specs in rows for spec in specs]
+    _check_specs(model, all_specs)
+    hidden = int(model.config.hidden_size)
+    grouped: dict[tuple[int, str], torch.Tensor] = {}
+    for row, specs in enumerate(rows):
+        for spec in specs:
+            if spec.strength == 0:
+                continue
+            for layer in spec.layers:
+                key = (layer, spec.positions)
+                if key not in grouped:
+                    grouped[key] = torch.zeros(len(rows), hidden)
+                grouped[key][row] += spec.delta(layer)
+    per_layer: dict[int, list[tuple[torch.Tensor, str]]] = {}
+    for (layer, pos), delta in grouped.items():
+        per_layer.setdefault(layer, []).append((delta, pos))
+    with _hooked(model, per_layer):
+        yield

@@ -1,0 +1,295 @@
+"""Steering vectors: per-layer directions with provenance, fitted by plain direction functions.
+
+Convention: a direction points from *vulnerable* toward *secure* (``mean(secure) - mean(vulnerable)`` for the
+mean-difference method). Steering with a positive strength subtracts it (see :mod:`vulnsteer.steering`).
+
+Every method is a plain callable ``(secure [n, h], vulnerable [m, h]) -> direction [h]``; PCA and the logistic
+probe return a unit direction rescaled to the length of the mean difference projected on it, so that one
+strength means a comparable shift whatever the method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .activations import Activations
+from .data.sample import Sample
+from .io import atomic_open
+
+__all__ = [
+    "METHODS",
+    "DirectionFn",
+    "Provenance",
+    "SteeringVector",
+    "VectorMismatchError",
+    "dataset_hash",
+    "fit_vector",
+    "logistic_direction",
+    "mean_difference",
+    "pca_direction",
+]
+
+FORMAT_VERSION = 1
+DirectionFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mean_difference(secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.Tensor:
+    """``mean(secure) - mean(vulnerable)``."""
+    return secure.float().mean(0) - vulnerable.float().mean(0)
+
+
+def _rescale_to_mean_diff(unit: torch.Tensor, secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.Tensor:
+    unit = unit / unit.norm().clamp(min=1e-12)
+    projection = float(mean_difference(secure, vulnerable) @ unit)
+    if projection < 0:  # orient toward secure
+        unit, projection = -unit, -projection
+    return unit * projection
+
+
+def pca_direction(secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.Tensor:
+    """First principal component of the paired differences ``secure_i - vulnerable_i`` (uncentred, as in RepE).
+
+    Rows are taken as pairs in order; with unequal counts, the first ``min(n, m)`` of each are paired.
+    """
+    n = min(len(secure), len(vulnerable))
+    if n == 0:
+        raise ValueError("PCA direction needs at least one secure and one vulnerable sample")
+    diffs = secure[:n].float() - vulnerable[:n].float()
+    _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
+    return _rescale_to_mean_diff(vh[0], secure, vulnerable)
+
+
+def logistic_direction(secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.Tensor:
+    """Weight vector of an L2-regularised logistic regression separating secure (1) from vulnerable (0)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = torch.cat([secure, vulnerable]).float().numpy()
+    y = [1] * len(secure) + [0] * len(vulnerable)
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=0.1, max_iter=2000).fit(scaler.transform(x), y)
+    weights = torch.as_tensor(clf.coef_[0] / scaler.scale_, dtype=torch.float32)
+    return _rescale_to_mean_diff(weights, secure, vulnerable)
+
+
+#: Vector methods by name (``--method``).
+METHODS: Mapping[str, DirectionFn] = MappingProxyType(
+    {"mean_diff": mean_difference, "pca": pca_direction, "logistic": logistic_direction}
+)
+
+
+class VectorMismatchError(ValueError):
+    """A vector does not fit the model it is being used with."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a vector came from: enough to refuse misuse and to reproduce it."""
+
+    model_id: str
+    model_fingerprint: str
+    hidden_size: int
+    layers: tuple[int, ...]
+    position: str
+    method: str
+    cwe: str
+    n_vulnerable: int
+    n_secure: int
+    dataset_hash: str
+    created: str
+    layer_norms: Mapping[int, float] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        data["layer_norms"] = {str(k): v for k, v in self.layer_norms.items()}
+        data["extra"] = dict(self.extra)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Provenance:
+        data = json.loads(text)
+        data["layers"] = tuple(int(x) for x in data["layers"])
+        data["layer_norms"] = {int(k): float(v) for k, v in data.get("layer_norms", {}).items()}
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    """Immutable per-layer directions (``secure - vulnerable``) plus provenance.
+
+    ``directions`` is a read-only mapping; the tensors are private copies, and :meth:`direction` returns a copy.
+    """
+
+    directions: Mapping[int, torch.Tensor]
+    provenance: Provenance
+
+    def __post_init__(self) -> None:
+        if not self.directions:
+            raise ValueError("a steering vector needs at least one layer")
+        frozen = {}
+        for layer, vec in self.directions.items():
+            if vec.ndim != 1 or vec.shape[0] != self.provenance.hidden_size:
+                raise ValueError(
+                    f"layer {layer}: direction shape {tuple(vec.shape)} != ({self.provenance.hidden_size},)"
+                )
+            if not torch.isfinite(vec).all():
+                raise ValueError(f"layer {layer}: direction has non-finite values")
+            frozen[int(layer)] = vec.detach().to("cpu", torch.float32).clone()
+        object.__setattr__(self, "directions", MappingProxyType(frozen))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.directions))
+
+    @property
+    def cwe(self) -> str:
+        return self.provenance.cwe
+
+    def direction(self, layer: int) -> torch.Tensor:
+        return self.directions[layer].clone()
+
+    def norm(self, layer: int) -> float:
+        return float(self.directions[layer].norm())
+
+    def relative_norm(self, layer: int) -> float:
+        """The direction's length as a fraction of the layer's mean hidden-state norm (nan if unknown)."""
+        ref = self.provenance.layer_norms.get(layer)
+        return self.norm(layer) / ref if ref else math.nan
+
+    def random_like(self, seed: int = 0) -> SteeringVector:
+        """The random-direction control: a random direction per layer with the same norm and layers."""
+        gen = torch.Generator().manual_seed(seed)
+        dirs = {}
+        for layer, vec in self.directions.items():
+            rand = torch.randn(vec.shape[0], generator=gen)
+            dirs[layer] = rand / rand.norm() * vec.norm()
+        prov = replace(self.provenance, method=f"random-control({self.provenance.method},seed={seed})")
+        return SteeringVector(dirs, prov)
+
+    def cosine(self, other: SteeringVector, layer: int) -> float:
+        a, b = self.directions[layer], other.directions[layer]
+        return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-12))
+
+    def check_compatible(self, hidden_size: int, fingerprint: str | None = None, what: str = "model") -> None:
+        prov = self.provenance
+        if hidden_size != prov.hidden_size:
+            raise VectorMismatchError(
+                f"vector for {prov.model_id} has hidden size {prov.hidden_size}, but the {what} has {hidden_size}"
+            )
+        if fingerprint is not None and fingerprint != prov.model_fingerprint:
+            raise VectorMismatchError(
+                f"vector was fitted on {prov.model_id} (fingerprint {prov.model_fingerprint}), which does not "
+                f"match this {what} (fingerprint {fingerprint}); pass --allow-model-mismatch to use it anyway"
+            )
+
+    def save(self, path: str | Path) -> None:
+        """Write safetensors (``layer.<n>`` tensors) with the provenance JSON in the header, atomically."""
+        tensors = {f"layer.{layer}": vec.contiguous() for layer, vec in self.directions.items()}
+        blob = save(tensors, metadata={"format": "vulnsteer.SteeringVector", "format_version": str(FORMAT_VERSION),
+                                       "provenance": self.provenance.to_json()})
+        with atomic_open(path, "wb") as handle:
+            handle.write(blob)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, hidden_size: int | None = None, fingerprint: str | None = None
+    ) -> SteeringVector:
+        """Read a vector written by :meth:`save` (safetensors only: nothing is unpickled)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"vector file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except Exception as exc:
+            raise VectorMismatchError(f"{path}: not a safetensors file ({exc})") from None
+        if meta.get("format") != "vulnsteer.SteeringVector" or "provenance" not in meta:
+            raise VectorMismatchError(f"{path}: not a vulnsteer steering vector (header field 'provenance' missing)")
+        prov = Provenance.from_json(meta["provenance"])
+        dirs = {int(key.split(".", 1)[1]): vec for key, vec in tensors.items() if key.startswith("layer.")}
+        vector = cls(dirs, prov)
+        if hidden_size is not None or fingerprint is not None:
+            try:
+                vector.check_compatible(prov.hidden_size if hidden_size is None else hidden_size, fingerprint)
+            except VectorMismatchError as exc:
+                raise VectorMismatchError(f"{path}: {exc}") from None
+        return vector
+
+
+def dataset_hash(samples: Sequence[Sample]) -> str:
+    """A short hash of the samples' ids, labels and code (identifies the training data of a vector)."""
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.id):
+        digest.update(f"{s.id}\0{s.label}\0{s.cwe}\0".encode())
+        digest.update(hashlib.sha256(s.code.encode()).digest())
+    return digest.hexdigest()[:16]
+
+
+def fit_vector(
+    acts: Activations,
+    samples: Sequence[Sample],
+    *,
+    position: str = "last",
+    layers: Sequence[int] | None = None,
+    method: str = "mean_diff",
+    cwe: str = "any",
+    model_id: str = "",
+    model_fingerprint: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> SteeringVector:
+    """Fit a per-layer direction from recorded activations of *samples* (same order as ``acts``).
+
+    Secure and vulnerable rows are ordered by pair id (then sample id) so that PCA sees aligned pairs.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown vector method {method!r}; choose from {sorted(METHODS)}")
+    if [s.id for s in samples] != acts.sample_ids:
+        raise ValueError("samples do not match the activations (ids or order differ)")
+    def key(i: int) -> tuple[str, str]:
+        return (samples[i].pair_id or samples[i].id, samples[i].id)
+
+    secure_idx = sorted((i for i, s in enumerate(samples) if not s.is_vulnerable), key=key)
+    vuln_idx = sorted((i for i, s in enumerate(samples) if s.is_vulnerable), key=key)
+    if not secure_idx or not vuln_idx:
+        raise ValueError(
+            f"cannot fit a {cwe} vector: {len(vuln_idx)} vulnerable and {len(secure_idx)} secure samples (need both)"
+        )
+    chosen = list(layers) if layers is not None else list(acts.layers)
+    fn = METHODS[method]
+    norms = acts.mean_norms(position)
+    dirs = {}
+    for layer in chosen:
+        h = acts.get(position, layer)
+        dirs[layer] = fn(h[secure_idx], h[vuln_idx])
+    prov = Provenance(
+        model_id=model_id,
+        model_fingerprint=model_fingerprint,
+        hidden_size=int(acts.get(position).shape[-1]),
+        layers=tuple(sorted(chosen)),
+        position=position,
+        method=method,
+        cwe=cwe,
+        n_vulnerable=len(vuln_idx),
+        n_secure=len(secure_idx),
+        dataset_hash=dataset_hash(samples),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        layer_norms={layer: norms[layer] for layer in chosen},
+        extra=dict(extra or {}),
+    )
+    return SteeringVector(dirs, prov)

