@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", default=None)
     q.add_argument("--merge-cwe", action="append", default=[])
     q.add_argument("--json", action="store_true")
+    q.add_argument("--model", default=None, help="tokenizer for token-length percentiles (default: embedded model)")
+    q.add_argument("--no-tokens", action="store_true", help="skip token-length percentiles")
     q.set_defaults(func=cmd_data_stats)
     q = dsub.add_parser("validate", help="list every problem; exit 1 if any")
     q.add_argument("path")
@@ -310,7 +312,18 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
     report = LoadReport()
     samples = load_samples(args.path, args.format, merge=parse_merge_map(args.merge_cwe), report=report)
-    stats = dataset_stats(samples)
+    counter = None
+    if not args.no_tokens:
+        from .model import ModelLoadError, load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(args.model)
+
+            def counter(text: str) -> int:
+                return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        except ModelLoadError as exc:
+            print(f"(no token-length percentiles: {exc})", file=sys.stderr)
+    stats = dataset_stats(samples, counter)
     if args.json:
         print(json.dumps(stats, indent=2, default=str))
         return 0

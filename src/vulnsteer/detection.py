@@ -30,6 +30,7 @@ __all__ = [
     "Variant",
     "answer_token_ids",
     "detect_variants",
+    "detect_variants_modes",
     "generate_verdicts",
     "records_to_predictions",
     "score_logits",
@@ -241,11 +242,33 @@ def detect_variants(
     progress: bool = True,
     desc: str | None = None,
 ) -> dict[str, list[DetectionRecord]]:
-    """Detect on *samples* once per variant (baseline, steered settings, controls), all batched together.
+    """Detect on *samples* once per variant in one detector *mode*; see :func:`detect_variants_modes`."""
+    return detect_variants_modes(lm, samples, variants, modes=(mode,), template=template, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens, threshold=threshold, share_prefix=share_prefix,
+                                 max_rows=max_rows, progress=progress, desc=desc)[mode]
 
-    Logit mode: ``P(vulnerable) = softmax(logp(" vulnerable"), logp(" secure"))`` at the answer position, verdict
-    at *threshold*, ``margin`` = the log-probability difference. Generation mode: greedy decoding after
-    ``Answer:``; the full text is kept and parsed into a verdict.
+
+def detect_variants_modes(
+    lm: LoadedModel,
+    samples: Sequence[Sample],
+    variants: Mapping[str, Variant],
+    *,
+    modes: Sequence[str] = ("logit",),
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+    threshold: float = 0.5,
+    share_prefix: bool = True,
+    max_rows: int = 64,
+    progress: bool = True,
+    desc: str | None = None,
+) -> dict[str, dict[str, list[DetectionRecord]]]:
+    """Detect on *samples* once per variant (baseline, steered settings, controls) and mode, batched together.
+
+    Returns ``{mode: {variant: records}}``. Logit mode: ``P(vulnerable) = softmax(logp(" vulnerable"),
+    logp(" secure"))`` at the answer position, verdict at *threshold*, ``margin`` = the log-probability
+    difference. Generation mode: greedy decoding after ``Answer:``; the full text is kept and parsed into a
+    verdict. Both modes read the same first forward step, so asking for both costs one pass, not two.
 
     Each batch of samples is expanded to one row per (sample, variant) and steered row by row
     (:func:`~vulnsteer.steering.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
@@ -253,18 +276,21 @@ def detect_variants(
     reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
     model is already inside an outer :func:`~vulnsteer.steering.steer` context.
     """
-    if mode not in ("logit", "generation"):
-        raise ValueError(f"mode must be 'logit' or 'generation', got {mode!r}")
+    for mode in modes:
+        if mode not in ("logit", "generation"):
+            raise ValueError(f"mode must be 'logit' or 'generation', got {mode!r}")
     tok, model = lm.tokenizer, lm.model
     answers = list(answer_token_ids(tok, template))
     prompts = [build_prompt(tok, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
     names = list(variants)
-    results: dict[str, list[DetectionRecord | None]] = {name: [None] * len(samples) for name in names}
+    results: dict[str, dict[str, list[DetectionRecord | None]]] = {
+        mode: {name: [None] * len(samples) for name in names} for mode in modes
+    }
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = _eos_ids(tok, model)
     per_chunk = max(1, max_rows // max(1, batch_size))
-    bar = tqdm(total=len(samples) * len(names), desc=desc or f"{mode} detection", unit="sample",
+    bar = tqdm(total=len(samples) * len(names), desc=desc or f"{'+'.join(modes)} detection", unit="sample",
                disable=not progress)
     for idx in _batches(order, batch_size):
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
@@ -281,31 +307,34 @@ def detect_variants(
             ids = batch.input_ids.repeat_interleave(repeats, dim=0)
             mask = batch.attention_mask.repeat_interleave(repeats, dim=0)
             logits, cache = _first_step(model, ids, mask, rows, (prefix_cache, repeats) if shared else None)
-            if mode == "logit":
+            margins: list[float] = []
+            texts: list[str] = []
+            if "logit" in modes:
                 lv, ls = _answer_scores(model, logits, cache, mask, rows, answers)
                 margins = (lv - ls).cpu().tolist()
-            else:
+            if "generation" in modes:
                 new_tokens = _greedy(model, logits, cache, mask, rows, max_new_tokens, eos, pad_id)
+                texts = [template.answer_prefix + tok.decode(t, skip_special_tokens=True) for t in new_tokens]
             for j, i in enumerate(idx):
                 s = samples[i]
                 for v, name in enumerate(chunk_names):
                     if specs[(i, name)] is None:
                         continue
                     r = j * repeats + v
-                    if mode == "logit":
+                    if margins:
                         m = float(margins[r])
                         p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
-                        results[name][i] = DetectionRecord(s.id, s.cwe, s.pair_id, s.y,
-                                                           "vulnerable" if p >= threshold else "secure",
-                                                           score=p, margin=m)
-                    else:
-                        text = template.answer_prefix + tok.decode(new_tokens[r], skip_special_tokens=True)
-                        verdict = parse_verdict(text)
-                        results[name][i] = DetectionRecord(s.id, s.cwe, s.pair_id, s.y, verdict.label, text=text,
-                                                           named_cwe=verdict.cwe)
+                        results["logit"][name][i] = DetectionRecord(
+                            s.id, s.cwe, s.pair_id, s.y, "vulnerable" if p >= threshold else "secure", score=p,
+                            margin=m)
+                    if texts:
+                        verdict = parse_verdict(texts[r])
+                        results["generation"][name][i] = DetectionRecord(
+                            s.id, s.cwe, s.pair_id, s.y, verdict.label, text=texts[r], named_cwe=verdict.cwe)
             bar.update(len(idx) * repeats)
     bar.close()
-    return {name: [r for r in recs if r is not None] for name, recs in results.items()}
+    return {mode: {name: [r for r in recs if r is not None] for name, recs in by_name.items()}
+            for mode, by_name in results.items()}
 
 
 def score_logits(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from .experiment import (
     SCHEMA_VERSION,
@@ -47,7 +48,7 @@ def evaluate_saved_vectors(args: argparse.Namespace) -> int:
     from .cli import _run_config
 
     if getattr(args, "from_run", None):
-        from .transfer import evaluate_from_run  # type: ignore[attr-defined]
+        from .transfer import evaluate_from_run
 
         result: int = evaluate_from_run(args)
         return result
@@ -68,9 +69,9 @@ def evaluate_saved_vectors(args: argparse.Namespace) -> int:
         data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
         split = args.split
 
-        def samples_for(_split: str) -> dict[str, list]:  # type: ignore[type-arg]
+        def samples_for(_split: str) -> dict[str, list[Any]]:
             if split == "all":
-                merged: dict[str, list] = {}  # type: ignore[type-arg]
+                merged: dict[str, list[Any]] = {}
                 for name in ("train", "val", "test"):
                     for cwe, items in data.by_cwe(name).items():
                         merged.setdefault(cwe, []).extend(items)

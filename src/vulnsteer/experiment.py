@@ -36,7 +36,7 @@ from .data.clean import strip_comments
 from .data.sample import Sample
 from .data.splits import Splits, split_samples
 from .data.truncate import truncate_sample
-from .detection import DetectionRecord, detect_variants
+from .detection import DetectionRecord, detect_variants_modes
 from .io import append_jsonl, read_jsonl
 from .model import LoadedModel, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate
@@ -306,16 +306,17 @@ def run_condition_group(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
 ) -> dict[str, list[DetectionRecord]]:
-    """Run conditions of one detector mode together: one batched pass over the samples serves every condition
-    (each row steered with its own CWE's vector; the unsteered prompt prefix shared where positions allow)."""
-    modes = {c.mode for c in conditions}
-    if len(modes) != 1:
-        raise ValueError(f"a condition group must have one detector mode, got {sorted(modes)}")
+    """Run conditions together: one batched pass over the samples serves every condition and detector mode
+    (each row steered with its own CWE's vector; the unsteered prompt prefix shared where positions allow).
+    Returns records by condition key."""
     specs_cache: dict[tuple[str, str], list[SteeringSpec] | None] = {}
+    by_variant: dict[str, list[Condition]] = defaultdict(list)
+    for cond in conditions:
+        by_variant[_variant_key(cond)].append(cond)
 
     def variant(cond: Condition) -> Callable[[Sample], list[SteeringSpec] | None]:
         def for_sample(sample: Sample) -> list[SteeringSpec] | None:
-            key = (cond.key, sample.cwe)
+            key = (_variant_key(cond), sample.cwe)
             if key not in specs_cache:
                 specs_cache[key] = condition_specs(cond, sample.cwe, vectors)
             return specs_cache[key]
@@ -323,9 +324,17 @@ def run_condition_group(
         return for_sample
 
     samples = [s for group in samples_by_cwe.values() for s in group]
-    return detect_variants(lm, samples, {c.key: variant(c) for c in conditions}, mode=conditions[0].mode,
-                           template=template, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           progress=progress, desc=f"{conditions[0].mode} x{len(conditions)}")
+    modes = sorted({c.mode for c in conditions})
+    found = detect_variants_modes(
+        lm, samples, {key: variant(conds[0]) for key, conds in by_variant.items()}, modes=modes, template=template,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+        desc=f"{'+'.join(modes)} x{len(by_variant)}")
+    return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
+
+
+def _variant_key(cond: Condition) -> str:
+    """What a condition steers with, regardless of detector mode."""
+    return cond.key.replace(f"|{cond.mode}|", "|", 1)
 
 
 class ResultStore:
@@ -367,21 +376,21 @@ def run_conditions(
     *,
     batch_size: int = 8,
     max_new_tokens: int = 24,
-    group_size: int = 12,
+    group_size: int = 16,
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
 ) -> dict[str, list[DetectionRecord]]:
     """Run every condition not already in *store*; returns all records by condition key.
 
-    Pending conditions are grouped by (mode, split) in chunks of at most *group_size*; each chunk shares its
-    forward passes and is appended to the store as soon as it finishes, so a killed run loses at most the chunk
-    in flight.
+    Pending conditions are grouped by split in chunks of at most *group_size*; each chunk shares its forward
+    passes (across detector modes too) and is appended to the store as soon as it finishes, so a killed run loses
+    at most the chunk in flight.
     """
     todo = list(conditions)
-    pending: dict[tuple[str, str], list[Condition]] = defaultdict(list)
+    pending: dict[str, list[Condition]] = defaultdict(list)
     for cond in todo:
-        if cond.key not in store and cond not in pending[(cond.mode, cond.split)]:
-            pending[(cond.mode, cond.split)].append(cond)
+        if cond.key not in store and cond not in pending[cond.split]:
+            pending[cond.split].append(cond)
     chunks = [group[i : i + group_size] for group in pending.values() for i in range(0, len(group), group_size)]
     bar = tqdm(total=sum(len(c) for c in chunks), desc="conditions", unit="cond", disable=not progress)
     for chunk in chunks:

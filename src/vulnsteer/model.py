@@ -283,3 +283,17 @@ def with_hidden(output: Any, hidden: torch.Tensor) -> Any:
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (correct under left padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
+    """Only the tokenizer of a model spec (as :func:`load_model` resolves it); cheap, for counting tokens."""
+    from transformers import AutoTokenizer
+
+    model_id, _kind, directory, gguf_file = _resolve_source(spec)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        return AutoTokenizer.from_pretrained(directory if directory is not None else model_id, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {model_id!r}: {str(exc).splitlines()[0]}") from None

@@ -124,6 +124,8 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         lines.append("")
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
+    if results.get("probes"):
+        lines += _probe_section(results["probes"])
     for mode, summary in results["summary"].items():
         split = _split_of(summary)
         lines += [f"## All conditions, {mode} mode, {split} split", ""]
@@ -139,6 +141,26 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
     if "timings_s" in results:
         lines += ["## Timings (s)", "", ", ".join(f"{k}: {v}" for k, v in results["timings_s"].items()), ""]
     return "\n".join(lines)
+
+
+def _probe_section(probes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The probe detectors: the vector (and a logistic probe) read as classifiers on activations."""
+    header = ["CWE", "detector", "position", "layer", "val bal.acc", "threshold (val)", "test AUROC",
+              "test bal.acc [95% CI]"]
+    rows = []
+    for p in probes:
+        if p.get("skipped"):
+            rows.append([p["cwe"], p["detector"], p["position"], str(p["layer"]), "–", "–", "–",
+                         f"skipped: {p['skipped']}"])
+            continue
+        lo, hi = p.get("balanced_accuracy_ci") or (None, None)
+        rows.append([p["cwe"], p["detector"], p["position"], str(p["layer"]), fmt(p.get("val_balanced_accuracy")),
+                     fmt(p.get("threshold")), fmt(p.get("test_auroc")),
+                     f"{fmt(p.get('test_balanced_accuracy'))} [{fmt(lo, 2)}, {fmt(hi, 2)}]"])
+    return ["## Probe detectors (fit on train, threshold on val, scored once on test)", "",
+            "`direction` scores each sample by its projection on the CWE's mean-difference vector (higher = "
+            "more vulnerable); `logistic` is an L2 logistic-regression probe on the same activations.", "",
+            *_table(header, rows), ""]
 
 
 def _split_of(summary: Mapping[str, Any]) -> str:

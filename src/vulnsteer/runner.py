@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .activations import POSITIONS, extract_activations
 from .detection import DetectionRecord
 from .evaluation import bootstrap_ci, bootstrap_diff_ci, compute_metrics, mcnemar_exact
 from .experiment import (
@@ -31,6 +32,7 @@ from .experiment import (
 )
 from .io import write_json
 from .model import LoadedModel, load_model
+from .probe import evaluate_probes
 from .prompts import DEFAULT_TEMPLATE
 from .steering import __doc__ as _steering_doc
 from .vectors import SteeringVector
@@ -153,10 +155,21 @@ def run_experiment(
         layers = resolve_run_layers(config.layers, lm.num_layers)
         timings["prepare_data"] = time.perf_counter() - t
         t = time.perf_counter()
+        split_samples = {name: [s for group in data.by_cwe(name).values() for s in group]
+                         for name in ("train", "val", "test")}
+        everything = [s for name in ("train", "val", "test") for s in split_samples[name]]
+        acts = extract_activations(lm, everything, layers, positions=POSITIONS, batch_size=config.batch_size,
+                                   progress=progress)
+        index = {sid: i for i, sid in enumerate(acts.sample_ids)}
+        split_acts = {name: acts.subset([index[s.id] for s in split_samples[name]]) for name in split_samples}
+        timings["activations"] = time.perf_counter() - t
+        t = time.perf_counter()
         vectors = fit_cwe_vectors(lm, data.by_cwe("train"), layers, position=config.position,
-                                  methods=[config.method], batch_size=config.batch_size, progress=progress)
+                                  methods=[config.method], activations=split_acts["train"], progress=progress)
         vector_info = _save_vectors(vectors, out / "vectors")
-        timings["fit_vectors"] = time.perf_counter() - t
+        probes = evaluate_probes(*((split_acts[n], split_samples[n]) for n in ("train", "val", "test")),
+                                 layers=layers, seed=config.seed)
+        timings["fit_vectors_and_probes"] = time.perf_counter() - t
         t = time.perf_counter()
         store = ResultStore(out / "records.jsonl")
         conds = _conditions(config, layers)
@@ -164,6 +177,7 @@ def run_experiment(
                                  max_new_tokens=config.max_new_tokens, progress=progress)
         timings["evaluate"] = time.perf_counter() - t
         results = _assemble(config, lm, data, layers, vector_info, conds, records)
+        results["probes"] = json_ready([p.to_dict() for p in probes])
         timings["total"] = time.perf_counter() - started
         results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
         write_json(out / "results.json", results)

@@ -222,7 +222,7 @@ def steer_rows(model: nn.Module, rows: Sequence[Sequence[SteeringSpec]]) -> Iter
     """
     all_specs = [spec for specs in rows for spec in specs]
     _check_specs(model, all_specs)
-    hidden = int(model.config.hidden_size)
+    hidden = int(getattr(model, "config").hidden_size)  # noqa: B009
     grouped: dict[tuple[int, str], torch.Tensor] = {}
     for row, specs in enumerate(rows):
         for spec in specs:

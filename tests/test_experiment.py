@@ -1,0 +1,98 @@
+"""The experiment engine and `vulnsteer run` end to end on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vulnsteer.experiment import Condition, ResultStore, RunConfig, prepare_data, run_conditions, select_per_cwe
+from vulnsteer.model import LoadedModel
+from vulnsteer.runner import run_experiment
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        RunConfig(modes=("vibes",))
+    with pytest.raises(ValueError, match="method"):
+        RunConfig(method="magic")
+    with pytest.raises(ValueError, match="fractions"):
+        RunConfig(fractions=(0.5, 0.5, 0.5))
+    assert RunConfig(cwes=("89", "cwe-022")).cwes == ("CWE-89", "CWE-22")
+
+
+def test_prepare_data_splits_pairs_and_strips_comments() -> None:
+    data = prepare_data(RunConfig(cwes=("CWE-89", "CWE-787")), tokenizer=None, progress=False)
+    assert data.cwes == ["CWE-89", "CWE-787"]
+    where = {}
+    for name, samples in data.splits.items():
+        for s in samples:
+            where.setdefault(s.pair_id, set()).add(name)
+    assert all(len(v) == 1 for v in where.values()), "a pair straddles splits"
+    for name in ("val", "test"):
+        for cwe, samples in data.by_cwe(name).items():
+            labels = [s.label for s in samples]
+            assert labels.count("vulnerable") == labels.count("secure"), (name, cwe)
+
+
+def test_condition_keys_distinguish_everything() -> None:
+    a = Condition("steered", "logit", "val", 2.0, (3,), "raw", "last")
+    b = Condition("control", "logit", "val", 2.0, (3,), "raw", "last")
+    c = Condition("steered", "logit", "test", 2.0, (3,), "raw", "last")
+    assert len({a.key, b.key, c.key}) == 3
+    assert a.setting == b.setting == c.setting
+    assert Condition("baseline", "logit", "val").setting == "baseline"
+
+
+def test_selection_uses_val_only_and_prefers_smaller_strength() -> None:
+    base = Condition("baseline", "logit", "val")
+    weak = Condition("steered", "logit", "val", 2.0, (1,))
+    strong = Condition("steered", "logit", "val", 8.0, (1,))
+    scores = {base.key: 0.5, weak.key: 0.7, strong.key: 0.7}
+    chosen = select_per_cwe([base, strong, weak], lambda c, _cwe: scores[c.key], ["CWE-89"])
+    assert chosen["CWE-89"] == weak
+    only_base = select_per_cwe([base, weak], lambda c, _cwe: 0.5, ["CWE-89"])
+    assert only_base["CWE-89"] == base
+    with pytest.raises(ValueError, match="validation"):
+        select_per_cwe([Condition("baseline", "logit", "test")], lambda c, _cwe: 1.0, ["CWE-89"])
+
+
+def test_result_store_resumes(tmp_path: Path, tiny_llama: LoadedModel) -> None:
+    data = prepare_data(RunConfig(cwes=("CWE-89",)), tokenizer=None, progress=False)
+    store = ResultStore(tmp_path / "records.jsonl")
+    conds = [Condition("baseline", "logit", "val")]
+    first = run_conditions(tiny_llama, conds, store, data.by_cwe, {}, progress=False)
+    assert (tmp_path / "records.jsonl").read_text().count("\n") == 1
+    again = ResultStore(tmp_path / "records.jsonl")
+    assert conds[0].key in again
+
+
+    second = run_conditions(None, conds, again, data.by_cwe, {}, progress=False)  # type: ignore[arg-type]
+    assert [r.margin for r in second[conds[0].key]] == [r.margin for r in first[conds[0].key]]
+
+
+def test_run_experiment_end_to_end(tmp_path: Path, tiny_llama: LoadedModel) -> None:
+    config = RunConfig(cwes=("CWE-89", "CWE-22"), strengths=(0.0, 2.0), max_new_tokens=3, max_code_tokens=64,
+                       layers=(1,), n_examples=1)
+    out = run_experiment(config, tmp_path / "run", lm=tiny_llama, progress=False)
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    assert results["schema_version"] == 1
+    assert results["config"]["strengths"] == [0.0, 2.0]
+    assert set(results["summary"]) == {"logit", "generation"}
+    kinds = {e["condition"]["kind"] for e in results["conditions"]}
+    assert kinds == {"baseline", "steered", "control"}
+    for key, records in results["records"].items():
+        assert records, key
+        if "|generation|" in key:
+            assert all(r["text"].startswith("Answer:") for r in records)
+    for row in results["summary"]["logit"].values():
+        assert row["split"] == "test" and "words" in row
+    assert "random control" in report and "sign convention" in report
+    assert (out / "vectors").is_dir() and list((out / "vectors").glob("*.safetensors"))
+    assert results["probes"]
+    # a rerun on the same directory resumes: nothing recomputed, same results
+    before = (out / "records.jsonl").read_text()
+    run_experiment(config, out, lm=tiny_llama, progress=False)
+    assert (out / "records.jsonl").read_text() == before
