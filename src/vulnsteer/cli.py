@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steer_args(p)
     p.add_argument("--strengths", type=_floats, default=(0.0, 2.0, 4.0, 8.0), help="default 0,2,4,8")
     p.add_argument("--modes", default="logit,generation", help="logit and/or generation (comma-separated)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>); rerun to resume")
     p.set_defaults(func=cmd_run)
 
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--vectors", default=None, help="folder of saved vectors (from `vulnsteer vectors`)")
+    p.add_argument("--from", dest="from_run", default=None, metavar="RUN_DIR",
+                   help="a sweep's run directory: apply its chosen vectors and settings per CWE unchanged to every "
+                   "sample of --data (no re-selection; --strength/--unit/--positions/--split are not used)")
     p.add_argument("--strength", type=float, default=4.0)
     p.add_argument("--positions", dest="steer_positions", default="last",
                    choices=["last", "prompt", "generated", "all"])
@@ -140,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-model-mismatch", action="store_true")
     p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>-eval)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="many configurations; per-CWE choice on val, one test evaluation, report")
+    p.add_argument("config", help="sweep config (TOML; see examples/default.toml)")
+    p.add_argument("--out", default=None, help="run directory (default: the config's run.out, else "
+                   "runs/sweep-<config>-<timestamp>); rerun to resume")
+    p.add_argument("--model", default=None, help="override the config's model (id, directory or .gguf)")
+    p.add_argument("--device", default=None, help="override the config's device")
+    p.add_argument("--cache-dir", default=None, help="activation cache folder (default <cache root>/activations)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("data", help="dataset statistics and validation")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -304,6 +316,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate_cmd import evaluate_saved_vectors
 
     return evaluate_saved_vectors(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_config, run_sweep
+
+    config = load_config(args.config, {"model": args.model, "device": args.device, "cache_dir": args.cache_dir})
+    out = run_sweep(config, args.out, progress=not args.no_progress, config_path=args.config)
+    print(f"report: {out / 'report.md'}")
+    print(f"results: {out / 'results.json'}")
+    print(f"chosen: {out / 'chosen' / 'chosen.json'}")
+    return 0
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:

@@ -79,7 +79,7 @@ class RunConfig:
     unit: str = "raw"
     steer_positions: str = "last"
     modes: tuple[str, ...] = MODES
-    max_new_tokens: int = 24
+    max_new_tokens: int = 20
     batch_size: int = 8
     seed: int = 0
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)

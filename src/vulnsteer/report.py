@@ -119,7 +119,9 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
                   "transfer": "settings chosen on the source run's validation split"}.get(results.get("command", "run"),
                                                                                         "")
     for mode, summary in results["summary"].items():
-        lines += [f"## {mode} mode: {_split_of(summary)} split, {chosen_how}", ""]
+        picked: Mapping[str, Any] = next(iter(results.get("selection", {}).get(mode, {}).values()), {})
+        how = f"strength chosen on the {picked['selected_by']}" if "selected_by" in picked else chosen_how
+        lines += [f"## {mode} mode: {_split_of(summary)} split, {how}", ""]
         lines += _lead_table(summary)
         lines.append("")
     for plot in plots:

@@ -7,6 +7,7 @@ generation mode -> a strength chosen per CWE on val -> results.json + report.md 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -105,10 +106,20 @@ def verdict_words(delta: float, ci: Sequence[float], p: float, control_delta: fl
     return "; ".join(parts)
 
 
+def _selection_mode(config: RunConfig, mode: str) -> str:
+    """The detector mode whose validation results choose *mode*'s strength.
+
+    Generation is the expensive detector, so when logit mode runs too, the strength is chosen per CWE on the
+    logit-mode validation results and generation runs on test only (the report says so).
+    """
+    return "logit" if mode == "generation" and "logit" in config.modes else mode
+
+
 def _conditions(config: RunConfig, layers: Sequence[int]) -> list[Condition]:
     conds: list[Condition] = []
     for mode in config.modes:
-        for split in ("val", "test"):
+        splits = ("test",) if _selection_mode(config, mode) != mode else ("val", "test")
+        for split in splits:
             conds.append(Condition("baseline", mode, split))
             for strength in config.strengths:
                 if strength == 0:
@@ -231,14 +242,17 @@ def _assemble(
     summary: dict[str, Any] = {}
     examples: dict[str, Any] = {}
     for mode in config.modes:
-        candidates = [c for c in conds if c.mode == mode and c.split == "val" and c.kind in ("baseline", "steered")]
+        by = _selection_mode(config, mode)
+        candidates = [c for c in conds if c.mode == by and c.split == "val" and c.kind in ("baseline", "steered")]
 
         def val_score(cond: Condition, cwe: str) -> float | None:
             block = metric_cache[cond.key].get(cwe)
             return None if block is None else float(block["balanced_accuracy"])
 
-        chosen = select_per_cwe(candidates, val_score, cwes)
-        selection[mode] = {cwe: {"condition": c.to_dict(), "val_balanced_accuracy": val_score(c, cwe)}
+        chosen = {cwe: dataclasses.replace(c, mode=mode) for cwe, c in select_per_cwe(candidates, val_score,
+                                                                                         cwes).items()}
+        selection[mode] = {cwe: {"condition": c.to_dict(), "selected_by": f"{by} mode, val split",
+                                 "val_balanced_accuracy": val_score(dataclasses.replace(c, mode=by), cwe)}
                            for cwe, c in chosen.items()}
         summary[mode] = _summary_rows(mode, cwes, chosen, conds, records, metric_cache, config.seed)
         if mode == "generation" and config.n_examples:
