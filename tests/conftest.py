@@ -66,10 +66,8 @@ def make_tiny(tokenizer, arch: str = "llama", layers: int = 4, seed: int = 0) ->
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**common))
+    model_cls, config_cls = (Qwen2ForCausalLM, Qwen2Config) if arch == "qwen2" else (LlamaForCausalLM, LlamaConfig)
+    model = model_cls(config_cls(**common))
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=f"tiny-{arch}", fingerprint=model_fingerprint(model),
                        source="test")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.conftest import toy_samples
+
 from vulnsteer.detection import DetectionRecord, answer_token_ids, detect_variants, generate_verdicts, score_logits
 from vulnsteer.model import LoadedModel
 from vulnsteer.prompts import build_prompt, tokenize_prompts

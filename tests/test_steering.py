@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from tests.conftest import toy_samples
+
 from vulnsteer.activations import extract_activations
 from vulnsteer.model import LoadedModel, decoder_layers, hidden_of
 from vulnsteer.prompts import build_prompt, tokenize_prompts

@@ -43,11 +43,43 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         handle.write("\n")
 
 
+def _end_torn_line(target: Path) -> None:
+    """Before appending: a last line without its newline was torn by a killed writer. Drop it (or, if it is
+    complete JSON, just end it) so the next record does not get glued onto it."""
+    with open(target, "rb+") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return
+        start = pos = end
+        while pos > 0 and start == end:
+            step = min(1 << 16, pos)
+            pos -= step
+            handle.seek(pos)
+            cut = handle.read(step).rfind(b"\n")
+            if cut >= 0:
+                start = pos + cut + 1
+        if start == end:
+            start = 0
+        handle.seek(start)
+        try:
+            json.loads(handle.read())
+            handle.write(b"\n")
+        except ValueError:
+            handle.truncate(start)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def append_jsonl(path: str | os.PathLike[str], record: Any) -> None:
     """Append one JSON line and fsync it (a crash loses at most the line being written)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, default=_json_default) + "\n"
+    if target.exists():
+        _end_torn_line(target)
     with open(target, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()

@@ -64,7 +64,7 @@ def _lead_table(summary: Mapping[str, Any]) -> list[str]:
 def _strength_table(results: Mapping[str, Any], mode: str, split: str) -> list[str]:
     """Every condition of one mode on one split: the full picture behind the lead table."""
     header = ["CWE", "condition", "strength", "rel. shift", "bal.acc [95% CI]", "acc", "TPR", "FPR",
-              "pair acc", "'vulnerable' rate", "uncertain", "AUROC"]
+              "pair acc", "'vulnerable' rate", "uncertain", "AUROC", "mean margin"]
     rows = []
     rel = _relative_shift(results)
     for entry in results["conditions"]:
@@ -76,7 +76,7 @@ def _strength_table(results: Mapping[str, Any], mode: str, split: str) -> list[s
             rows.append([cwe, cond["kind"], fmt(float(cond["strength"]), 1),
                          "–" if cond["kind"] == "baseline" else fmt(shift, 3), _ci(m), fmt(m["accuracy"]),
                          fmt(m["tpr"]), fmt(m["fpr"]), fmt(m["pair_accuracy"]), fmt(m["vulnerable_rate"]),
-                         fmt(m["uncertain_rate"]), fmt(m["auroc"])])
+                         fmt(m["uncertain_rate"]), fmt(m["auroc"]), fmt(m.get("mean_margin"), 2)])
     rows.sort(key=lambda r: (r[0] != "overall", r[0], r[1] != "baseline", float(r[2]), r[1]))
     return _table(header, rows)
 
@@ -113,6 +113,8 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         "CWE on the **validation** split (balanced accuracy, ties to the smaller strength) and reported once on "
         "**test**; CIs are 95% pair-bootstrap intervals; p-values are McNemar's exact test against the baseline "
         "on the same test samples. Always answering 'vulnerable' scores balanced accuracy 0.5 and pair accuracy 0.",
+        "- `mean margin` = mean of logp(' vulnerable') - logp(' secure') at the answer position (logit mode): it "
+        "shows which way a steered setting really pushes the answer, whatever its label says.",
         "",
     ]
     chosen_how = {"run": "strength chosen on the validation split", "evaluate": "settings given by the user",

@@ -57,6 +57,9 @@ def _metrics_block(records: Sequence[DetectionRecord], seed: int) -> dict[str, A
     preds = [r.to_prediction() for r in records]
     metrics = compute_metrics(preds).to_dict()
     metrics["balanced_accuracy_ci"] = list(bootstrap_ci(preds, "balanced_accuracy", n_boot=N_BOOT, seed=seed))
+    margins = [r.margin for r in records if r.margin is not None]
+    # logp(" vulnerable") - logp(" secure"): shows which way a steered setting really pushes the answer
+    metrics["mean_margin"] = sum(margins) / len(margins) if margins else None
     return metrics
 
 

@@ -293,3 +293,26 @@ def fit_vector(
         extra=dict(extra or {}),
     )
     return SteeringVector(dirs, prov)
+
+
+def answer_direction(lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int, float] | None = None,
+                     template: Any = None) -> SteeringVector:
+    """The model's own answer axis: ``W_U[" secure"] - W_U[" vulnerable"]`` (unembedding rows), unit length.
+
+    Data-free, read off the output layer. Steering along it at late layers moves the answer logits directly, so
+    it shows the sign convention on a real model, and it is the "pure answer bias" reference against which a
+    data-derived vector must show more than a shift toward answering "vulnerable".
+    """
+    from .detection import answer_token_ids
+    from .prompts import DEFAULT_TEMPLATE
+
+    vuln, secure = answer_token_ids(lm.tokenizer, template or DEFAULT_TEMPLATE)
+    weight = lm.model.get_output_embeddings().weight.detach().float().cpu()
+    d = weight[secure[0]] - weight[vuln[0]]
+    d = d / d.norm()
+    prov = Provenance(
+        model_id=lm.model_id, model_fingerprint=lm.fingerprint, hidden_size=int(d.shape[0]), layers=tuple(layers),
+        position="answer", method="unembedding", cwe="any", n_vulnerable=0, n_secure=0, dataset_hash="-",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), layer_norms=dict(layer_norms or {}),
+    )
+    return SteeringVector({layer: d.clone() for layer in layers}, prov)

@@ -1,0 +1,156 @@
+"""Activation extraction: shapes, layer indexing, batching/order invariance, and agreement with a manual forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import toy_samples
+from vulnsteer.activations import Activations, extract_activations
+from vulnsteer.data.sample import Sample
+from vulnsteer.model import LoadedModel, decoder_layers
+from vulnsteer.prompts import build_prompt, tokenize_prompts
+
+
+def _samples() -> list[Sample]:
+    """Samples of clearly different lengths, so batches get real left padding."""
+    extra = [
+        Sample("long-v", "def f(path):\n    data = open(path).read()\n    return eval(data)\n" * 2, "python",
+               "CWE-94", "vulnerable", "long"),
+        Sample("short-s", "x = 1", "python", "CWE-94", "secure", "short"),
+        Sample("c-v", "int main(void) { char buf[16]; strcpy(buf, argv[1]); return 0; }", "c", "CWE-787",
+               "vulnerable", "c"),
+    ]
+    return [*toy_samples(2), *extra]
+
+
+def _manual_hidden_states(lm: LoadedModel, sample: Sample) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Unpadded single-prompt forward with output_hidden_states; also returns the code mask."""
+    batch = tokenize_prompts(lm.tokenizer, [build_prompt(lm.tokenizer, sample.code, sample.language)])
+    assert bool(batch.attention_mask.all())
+    with torch.no_grad():
+        out = lm.model(input_ids=batch.input_ids, output_hidden_states=True, use_cache=False)
+    return out.hidden_states, batch.code_mask[0]
+
+
+def test_shape_and_layers(tiny: LoadedModel) -> None:
+    samples = _samples()
+    acts = extract_activations(tiny, samples, [2, 0], progress=False)
+    assert acts.layers == [0, 2]
+    assert acts.sample_ids == [s.id for s in samples]
+    assert set(acts.by_position) == {"last", "code_mean"}
+    for pos in ("last", "code_mean"):
+        got = acts.get(pos)
+        assert got.shape == (len(samples), 2, tiny.hidden_size)
+        assert got.dtype == torch.float32
+        assert torch.isfinite(got).all()
+        assert torch.equal(acts.get(pos, 2), got[:, 1])
+    only_last = extract_activations(tiny, samples[:2], 1, positions=["last"], progress=False)
+    assert set(only_last.by_position) == {"last"}
+    assert only_last.get("last").shape == (2, 1, tiny.hidden_size)
+
+
+def test_negative_layer_indices(tiny_llama: LoadedModel) -> None:
+    samples = _samples()[:3]
+    n = tiny_llama.num_layers
+    neg = extract_activations(tiny_llama, samples, [-1, -n], progress=False)
+    pos = extract_activations(tiny_llama, samples, [n - 1, 0], progress=False)
+    assert neg.layers == pos.layers == [0, n - 1]
+    for p in ("last", "code_mean"):
+        assert torch.equal(neg.get(p), pos.get(p))
+    with pytest.raises(ValueError, match="out of range"):
+        extract_activations(tiny_llama, samples, [n], progress=False)
+
+
+def test_independent_of_batch_size_and_order(tiny: LoadedModel) -> None:
+    samples = _samples()
+    layers = [0, 1, 3]
+    ref = extract_activations(tiny, samples, layers, batch_size=1, progress=False)
+    big = extract_activations(tiny, samples, layers, batch_size=8, progress=False)
+    order = [3, 0, 4, 2, 6, 1, 5]
+    shuffled = extract_activations(tiny, [samples[i] for i in order], layers, batch_size=3, progress=False)
+    for p in ("last", "code_mean"):
+        torch.testing.assert_close(big.get(p), ref.get(p), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(shuffled.get(p), ref.get(p)[order], atol=1e-4, rtol=1e-4)
+    assert shuffled.sample_ids == [samples[i].id for i in order]
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_last_and_code_mean_match_a_manual_forward(tiny: LoadedModel, layer: int) -> None:
+    samples = _samples()
+    acts = extract_activations(tiny, samples, [layer, 3], batch_size=4, progress=False)
+    assert layer < tiny.num_layers - 1  # hidden_states[layer + 1] is that layer's output (no final norm)
+    for i, sample in enumerate(samples):
+        states, code_mask = _manual_hidden_states(tiny, sample)
+        hidden = states[layer + 1][0]
+        torch.testing.assert_close(acts.get("last", layer)[i], hidden[-1], atol=1e-4, rtol=1e-4)
+        assert code_mask.sum() > 0
+        expected = hidden[code_mask].mean(0)
+        torch.testing.assert_close(acts.get("code_mean", layer)[i], expected, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(acts.get("last", layer)[i], expected, atol=1e-3)
+
+
+def test_final_layer_is_the_block_output_before_the_final_norm(tiny_llama: LoadedModel) -> None:
+    sample = _samples()[0]
+    last_layer = tiny_llama.num_layers - 1
+    captured: list[torch.Tensor] = []
+
+    def hook(_m: Any, _a: Any, output: Any) -> None:
+        captured.append((output if isinstance(output, torch.Tensor) else output[0]).detach())
+
+    handle = decoder_layers(tiny_llama.model)[last_layer].register_forward_hook(hook)
+    try:
+        states, _ = _manual_hidden_states(tiny_llama, sample)
+    finally:
+        handle.remove()
+    acts = extract_activations(tiny_llama, [sample], -1, positions=["last"], progress=False)
+    torch.testing.assert_close(acts.get("last", last_layer)[0], captured[0][0, -1], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(acts.get("last", last_layer)[0], states[-1][0, -1], atol=1e-3)
+
+
+def test_hooks_are_removed_even_after_the_early_stop(tiny_llama: LoadedModel) -> None:
+    blocks = decoder_layers(tiny_llama.model)
+    before = [len(b._forward_hooks) for b in blocks]
+    extract_activations(tiny_llama, _samples()[:2], [0, 1], progress=False)
+    assert [len(b._forward_hooks) for b in blocks] == before
+    with pytest.raises(ValueError, match="unknown position"):
+        extract_activations(tiny_llama, _samples()[:2], [0], positions=["first"], progress=False)
+    assert [len(b._forward_hooks) for b in blocks] == before
+    # the model still runs to the end afterwards
+    batch = tokenize_prompts(tiny_llama.tokenizer, [build_prompt(tiny_llama.tokenizer, "x = 1", "python")])
+    with torch.no_grad():
+        logits = tiny_llama.model(input_ids=batch.input_ids).logits
+    assert logits.shape[-1] == len(tiny_llama.tokenizer)
+
+
+def _hand_made() -> Activations:
+    last = torch.zeros(3, 2, 4)
+    last[:, 0, 0] = torch.tensor([3.0, 0.0, 6.0])  # layer 5: norms 3, 0, 6 -> mean 3
+    last[:, 1, :] = 1.0  # layer 9: norm 2 each
+    code = torch.arange(24, dtype=torch.float32).reshape(3, 2, 4)
+    return Activations(layers=[5, 9], sample_ids=["a", "b", "c"], by_position={"last": last, "code_mean": code})
+
+
+def test_mean_norms() -> None:
+    acts = _hand_made()
+    assert acts.mean_norms() == {5: pytest.approx(3.0), 9: pytest.approx(2.0)}
+    norms = acts.mean_norms("code_mean")
+    assert set(norms) == {5, 9}
+    assert norms[5] == pytest.approx(float(acts.get("code_mean", 5).norm(dim=-1).mean()))
+
+
+def test_subset_and_get() -> None:
+    acts = _hand_made()
+    sub = acts.subset([2, 0])
+    assert sub.sample_ids == ["c", "a"]
+    assert sub.layers == [5, 9]
+    for p in ("last", "code_mean"):
+        assert torch.equal(sub.get(p), acts.get(p)[[2, 0]])
+    sub.layers.append(99)  # a copy, not shared
+    assert acts.layers == [5, 9]
+    with pytest.raises(KeyError, match="position 'nowhere' was not recorded"):
+        acts.get("nowhere")
+    with pytest.raises(KeyError, match="layer 7 was not recorded"):
+        acts.get("last", 7)
