@@ -405,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import os
 
         os.environ["TQDM_DISABLE"] = "1"
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         result: int = args.func(args)
         return result
