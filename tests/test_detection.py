@@ -88,3 +88,19 @@ def test_records_keep_sample_order_and_fields(tiny_llama: LoadedModel) -> None:
 def test_answer_tokens_distinct(tiny_llama: LoadedModel) -> None:
     vuln, secure = answer_token_ids(tiny_llama.tokenizer)
     assert vuln != secure
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_sink_records_the_same_activations_as_extraction(tiny_llama: LoadedModel, share: bool) -> None:
+    from vulnsteer.activations import ActivationSink, extract_activations
+
+    samples = toy_samples(3)
+    sink = ActivationSink([1, 3])
+    variants = {"base": [], "steered": [SteeringSpec(_vec((1, 2)), 2.0, positions="last")]}
+    detect_variants(tiny_llama, samples, variants, share_prefix=share, batch_size=4, progress=False, sink=sink)
+    ids = [s.id for s in samples]
+    assert sink.complete(ids)
+    got = sink.activations(ids)
+    want = extract_activations(tiny_llama, samples, [1, 3], progress=False)
+    for pos in ("last", "code_mean"):
+        assert torch.allclose(got.get(pos), want.get(pos), atol=1e-4), pos

@@ -8,7 +8,8 @@ Positions:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,6 +56,56 @@ class Activations:
             sample_ids=[self.sample_ids[i] for i in idx.tolist()],
             by_position={k: v.index_select(0, idx) for k, v in self.by_position.items()},
         )
+
+
+class ActivationSink:
+    """Collects unsteered hidden states as a side effect of detection passes (see ``detect_variants_modes``).
+
+    ``rows[sample_id][position]`` is a ``[n_layers, hidden]`` tensor; :meth:`activations` assembles them.
+    """
+
+    def __init__(self, layers: Sequence[int]) -> None:
+        self.layers = list(layers)
+        self.rows: dict[str, dict[str, torch.Tensor]] = {}
+
+    def add(self, sample_id: str, position: str, value: torch.Tensor) -> None:
+        self.rows.setdefault(sample_id, {})[position] = value.detach().float().cpu()
+
+    def complete(self, sample_ids: Sequence[str], positions: Sequence[str] = POSITIONS) -> bool:
+        return all(pos in self.rows.get(sid, {}) for sid in sample_ids for pos in positions)
+
+    def activations(self, sample_ids: Sequence[str], positions: Sequence[str] = POSITIONS) -> Activations:
+        missing = [sid for sid in sample_ids if any(p not in self.rows.get(sid, {}) for p in positions)]
+        if missing:
+            raise KeyError(f"no captured activations for {len(missing)} samples (e.g. {missing[0]})")
+        by_position = {p: torch.stack([self.rows[sid][p] for sid in sample_ids]) for p in positions}
+        return Activations(layers=list(self.layers), sample_ids=list(sample_ids), by_position=by_position)
+
+
+@contextmanager
+def recording(model: Any, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Within the block, ``out[layer]`` holds the hidden state output by each chosen layer in the last pass."""
+    blocks = decoder_layers(model)
+    out: dict[int, torch.Tensor] = {}
+
+    def make(layer: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            out[layer] = hidden_of(output).detach()
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make(layer)) for layer in layers]
+    try:
+        yield out
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where *mask* is true: ``[batch, seq, hidden]`` -> ``[batch, hidden]``."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 class _StopForward(Exception):
@@ -113,14 +164,12 @@ def extract_activations(
                     use_cache=False,
                 )
             index = torch.as_tensor(rows, dtype=torch.long)
-            code = batch.code_mask.unsqueeze(-1).float()
             for li, layer in enumerate(chosen):
                 hidden = captured[layer].float()
                 if "last" in out:
                     out["last"][index, li] = hidden[:, -1].cpu()
                 if "code_mean" in out:
-                    mean = (hidden * code).sum(1) / code.sum(1).clamp(min=1.0)
-                    out["code_mean"][index, li] = mean.cpu()
+                    out["code_mean"][index, li] = masked_mean(hidden, batch.code_mask).cpu()
             bar.update(len(rows))
         bar.close()
     finally:

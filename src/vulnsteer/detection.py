@@ -11,13 +11,14 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .activations import length_order
+from .activations import ActivationSink, length_order, masked_mean, recording
 from .data.sample import Sample
 from .evaluation import Prediction
 from .model import LoadedModel, position_ids_for
@@ -210,6 +211,29 @@ def _greedy(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor,
     return torch.stack(tokens, dim=1) if tokens else torch.zeros(n, 0, dtype=torch.long)
 
 
+def _unsteered(specs: Sequence[SteeringSpec] | None) -> bool:
+    return specs is not None and len(specs) == 0
+
+
+def _maybe_recording(model: Any, sink: ActivationSink | None) -> Any:
+    return recording(model, sink.layers) if sink is not None else nullcontext({})
+
+
+def _sink_first_step(sink: ActivationSink, seen: Mapping[int, torch.Tensor], samples: Sequence[Sample],
+                     idx: Sequence[int], chunk_names: Sequence[str], base: Mapping[int, str | None],
+                     code_mask: torch.Tensor, shared: bool) -> None:
+    """Record the unsteered rows' answer-position (and, without a shared prefix, code-mean) hidden states."""
+    repeats = len(chunk_names)
+    for j, i in enumerate(idx):
+        if base.get(i) not in chunk_names:
+            continue
+        r = j * repeats + list(chunk_names).index(base[i])  # type: ignore[arg-type]
+        hidden = torch.stack([seen[layer][r].float() for layer in sink.layers])  # [layers, seq, hidden]
+        sink.add(samples[i].id, "last", hidden[:, -1])
+        if not shared:
+            sink.add(samples[i].id, "code_mean", masked_mean(hidden, code_mask[j].expand(len(sink.layers), -1)))
+
+
 def _eos_ids(tok: Any, model: Any) -> set[int]:
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config):
@@ -241,11 +265,12 @@ def detect_variants(
     max_rows: int = 64,
     progress: bool = True,
     desc: str | None = None,
+    sink: ActivationSink | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Detect on *samples* once per variant in one detector *mode*; see :func:`detect_variants_modes`."""
     return detect_variants_modes(lm, samples, variants, modes=(mode,), template=template, batch_size=batch_size,
                                  max_new_tokens=max_new_tokens, threshold=threshold, share_prefix=share_prefix,
-                                 max_rows=max_rows, progress=progress, desc=desc)[mode]
+                                 max_rows=max_rows, progress=progress, desc=desc, sink=sink)[mode]
 
 
 def detect_variants_modes(
@@ -262,6 +287,7 @@ def detect_variants_modes(
     max_rows: int = 64,
     progress: bool = True,
     desc: str | None = None,
+    sink: ActivationSink | None = None,
 ) -> dict[str, dict[str, list[DetectionRecord]]]:
     """Detect on *samples* once per variant (baseline, steered settings, controls) and mode, batched together.
 
@@ -275,6 +301,9 @@ def detect_variants_modes(
     steers ``prompt``/``all`` positions, the prompt up to its last token is run once, unsteered, and its KV cache
     reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
     model is already inside an outer :func:`~vulnsteer.steering.steer` context.
+
+    With a *sink*, the unsteered hidden states of its layers (positions ``last`` and ``code_mean``) are recorded
+    for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
     """
     for mode in modes:
         if mode not in ("logit", "generation"):
@@ -296,17 +325,27 @@ def detect_variants_modes(
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
         shared = share_prefix and shares_prefix(sp for v in specs.values() if v for sp in v)
+        base = {i: next((n for n in names if _unsteered(specs[(i, n)])), None) for i in idx} if sink else {}
         prefix_cache = None
         if shared:
-            with torch.no_grad():
+            with torch.no_grad(), _maybe_recording(model, sink) as seen:
                 _, prefix_cache = _forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
+            if sink is not None:
+                code = torch.stack([masked_mean(seen[layer].float(), batch.code_mask[:, :-1]) for layer in sink.layers],
+                                   dim=1)
+                for j, i in enumerate(idx):
+                    if base[i] is not None:
+                        sink.add(samples[i].id, "code_mean", code[j])
         for chunk in _batches(list(range(len(names))), per_chunk):
             chunk_names = [names[c] for c in chunk]
             repeats = len(chunk_names)
             rows = [list(specs[(i, name)] or ()) for i in idx for name in chunk_names]
             ids = batch.input_ids.repeat_interleave(repeats, dim=0)
             mask = batch.attention_mask.repeat_interleave(repeats, dim=0)
-            logits, cache = _first_step(model, ids, mask, rows, (prefix_cache, repeats) if shared else None)
+            with _maybe_recording(model, sink) as seen:
+                logits, cache = _first_step(model, ids, mask, rows, (prefix_cache, repeats) if shared else None)
+            if sink is not None:
+                _sink_first_step(sink, seen, samples, idx, chunk_names, base, batch.code_mask, shared)
             margins: list[float] = []
             texts: list[str] = []
             if "logit" in modes:

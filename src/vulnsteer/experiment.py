@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .activations import Activations, extract_activations
+from .activations import Activations, ActivationSink, extract_activations
 from .cwe import PRIORITY_CWES, normalize_cwe, parse_merge_map
 from .data.builtin import BUILTIN_NAME, load_builtin
 from .data.clean import strip_comments
@@ -305,6 +305,7 @@ def run_condition_group(
     max_new_tokens: int = 24,
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
+    sink: ActivationSink | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Run conditions together: one batched pass over the samples serves every condition and detector mode
     (each row steered with its own CWE's vector; the unsteered prompt prefix shared where positions allow).
@@ -328,7 +329,7 @@ def run_condition_group(
     found = detect_variants_modes(
         lm, samples, {key: variant(conds[0]) for key, conds in by_variant.items()}, modes=modes, template=template,
         batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
-        desc=f"{'+'.join(modes)} x{len(by_variant)}")
+        desc=f"{'+'.join(modes)} x{len(by_variant)}", sink=sink)
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
 
 
@@ -379,6 +380,7 @@ def run_conditions(
     group_size: int = 16,
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
+    sink: ActivationSink | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Run every condition not already in *store*; returns all records by condition key.
 
@@ -396,7 +398,7 @@ def run_conditions(
     for chunk in chunks:
         start = time.perf_counter()
         found = run_condition_group(lm, chunk, samples_for(chunk[0].split), vectors, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, template=template, progress=False)
+                                    max_new_tokens=max_new_tokens, template=template, progress=False, sink=sink)
         seconds = (time.perf_counter() - start) / len(chunk)
         for cond in chunk:
             store.add(cond, found[cond.key], seconds)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .activations import POSITIONS, extract_activations
+from .activations import POSITIONS, ActivationSink, extract_activations
 from .detection import DetectionRecord
 from .evaluation import bootstrap_ci, bootstrap_diff_ci, compute_metrics, mcnemar_exact
 from .experiment import (
@@ -171,25 +171,31 @@ def run_experiment(
         t = time.perf_counter()
         split_samples = {name: [s for group in data.by_cwe(name).values() for s in group]
                          for name in ("train", "val", "test")}
-        everything = [s for name in ("train", "val", "test") for s in split_samples[name]]
-        acts = extract_activations(lm, everything, layers, positions=POSITIONS, batch_size=config.batch_size,
-                                   progress=progress)
-        index = {sid: i for i, sid in enumerate(acts.sample_ids)}
-        split_acts = {name: acts.subset([index[s.id] for s in split_samples[name]]) for name in split_samples}
-        timings["activations"] = time.perf_counter() - t
+        train_acts = extract_activations(lm, split_samples["train"], layers, positions=POSITIONS,
+                                         batch_size=config.batch_size, progress=progress)
+        timings["activations_train"] = time.perf_counter() - t
         t = time.perf_counter()
         vectors = fit_cwe_vectors(lm, data.by_cwe("train"), layers, position=config.position,
-                                  methods=[config.method], activations=split_acts["train"], progress=progress)
+                                  methods=[config.method], activations=train_acts, progress=progress)
         vector_info = _save_vectors(vectors, out / "vectors")
-        probes = evaluate_probes(*((split_acts[n], split_samples[n]) for n in ("train", "val", "test")),
-                                 layers=layers, seed=config.seed)
-        timings["fit_vectors_and_probes"] = time.perf_counter() - t
+        timings["fit_vectors"] = time.perf_counter() - t
         t = time.perf_counter()
         store = ResultStore(out / "records.jsonl")
         conds = _conditions(config, layers)
+        sink = ActivationSink(layers)  # val/test activations for the probes, recorded by the baseline passes
         records = run_conditions(lm, conds, store, data.by_cwe, vectors, batch_size=config.batch_size,
-                                 max_new_tokens=config.max_new_tokens, progress=progress)
+                                 max_new_tokens=config.max_new_tokens, progress=progress, sink=sink)
         timings["evaluate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        split_acts = {"train": train_acts}
+        for name in ("val", "test"):
+            ids = [s.id for s in split_samples[name]]
+            split_acts[name] = (sink.activations(ids) if sink.complete(ids) else  # resumed runs re-extract
+                                extract_activations(lm, split_samples[name], layers, positions=POSITIONS,
+                                                    batch_size=config.batch_size, progress=progress))
+        probes = evaluate_probes(*((split_acts[n], split_samples[n]) for n in ("train", "val", "test")),
+                                 layers=layers, seed=config.seed)
+        timings["probes"] = time.perf_counter() - t
         results = _assemble(config, lm, data, layers, vector_info, conds, records)
         results["probes"] = json_ready([p.to_dict() for p in probes])
         timings["total"] = time.perf_counter() - started
