@@ -29,9 +29,8 @@ class PromptTemplate:
         "Is the following {language} code vulnerable? If it is, name the weakness (CWE id and name)."
     )
     answer_format: str = (
-        "Reply in exactly this format:\n"
-        "Answer: vulnerable or secure\n"
-        "Weakness: CWE-<id> (<name>), or none"
+        "Reply with the line 'Answer: vulnerable' or the line 'Answer: secure', then the line "
+        "'Weakness: CWE-<id> (<name>)', or 'Weakness: none' if the code is secure."
     )
     answer_prefix: str = "Answer:"
     #: The answer words read in logit mode (first = the 'vulnerable' answer).
