@@ -1,0 +1,128 @@
+"""Benchmark `vulnsteer sweep`: where the time goes, and what the activation cache saves on a second run.
+
+Default: the issue's size, 8 CWEs x 3 layers x 5 strengths in logit mode on the embedded model and the bundled
+corpus (examples/default.toml with its layers replaced by three single layers). The first run starts from an
+empty activation cache; the second runs the same sweep into a fresh run directory with the cache now warm
+(``--second-run extraction`` only repeats the cached extraction, for a quicker check).
+
+    python benchmarks/bench_sweep.py                      # the issue's benchmark (target: <= 15 min on 2 cores)
+    python benchmarks/bench_sweep.py --config examples/quick.toml --as-configured
+
+Not a test: it prints timings. The machine's load average is printed too, since a busy machine slows every
+number down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = (("load_model", "model load"), ("prepare_data", "data (load, clean, truncate, split)"),
+          ("activations", "activation extraction"), ("fit_vectors", "vector fitting"),
+          ("score_val", "scoring: validation grid"), ("score_test", "scoring: test (chosen + controls)"),
+          ("plots", "plots"))
+
+
+def _run(config: Any, out: Path, lm: Any) -> dict[str, Any]:
+    from vulnsteer.sweep import run_sweep
+
+    start = time.perf_counter()
+    run_sweep(config, out, lm=lm, progress=True)
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    results["timings_s"]["wall"] = round(time.perf_counter() - start, 2)
+    return results
+
+
+def _table(runs: list[tuple[str, dict[str, float]]]) -> None:
+    names = [name for name, _ in runs]
+    print(f"\n{'phase':<38}" + "".join(f"{n:>20}" for n in names))
+    for key, label in PHASES:
+        print(f"{label:<38}" + "".join(f"{t.get(key, 0.0):>19.1f}s" for _, t in runs))
+    print(f"{'total (sweep wall time)':<38}" + "".join(f"{t['wall']:>19.1f}s" for _, t in runs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "examples" / "default.toml"))
+    parser.add_argument("--as-configured", action="store_true",
+                        help="keep the config's layers (default: three single layers, 10, 15 and 20)")
+    parser.add_argument("--second-run", choices=["full", "extraction", "none"], default="full")
+    parser.add_argument("--keep", default=None, help="keep the run directories under this folder")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from vulnsteer.model import load_model
+    from vulnsteer.sweep import load_config
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    root.mkdir(parents=True, exist_ok=True)
+    config = load_config(args.config, {"cache_dir": str(root / "activation-cache")})
+    if not args.as_configured:
+        config = dataclasses.replace(config, layers=((10,), (15,), (20,)))
+    settings = (len(config.methods) * len(config.positions) * len(config.steer_positions) * len(config.layers)
+                * sum(1 for _, s in config.strengths if s))
+    print(f"config {args.config}: layers {config.layers}, strengths {config.strengths}, modes {config.modes}, "
+          f"{settings} steered settings per CWE, group_size {config.group_size}")
+    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average at start "
+          f"{os.getloadavg()[0]:.2f}")
+    start = time.perf_counter()
+    lm = load_model(config.model, device=config.device, dtype=config.dtype)
+    load = time.perf_counter() - start
+    try:
+        first = _run(config, root / "run-1-cold", lm)
+        first["timings_s"]["load_model"] = load
+        runs = [("1st (cold cache)", first["timings_s"])]
+        n_conditions = len(Path(root / "run-1-cold" / "records.jsonl").read_text().splitlines())
+        if args.second_run == "full":
+            second = _run(config, root / "run-2-warm", lm)
+            second["timings_s"]["load_model"] = 0.0
+            runs.append(("2nd (warm cache)", second["timings_s"]))
+        elif args.second_run == "extraction":
+            from vulnsteer.actcache import ActivationCache
+            from vulnsteer.experiment import prepare_data
+            from vulnsteer.sweep import resolve_layer_sets
+
+            data = prepare_data(config.run_config(), lm.tokenizer, progress=False)
+            train = [s for group in data.by_cwe("train").values() for s in group]
+            union = sorted({layer for g in resolve_layer_sets(config.layers, lm.num_layers) for layer in g})
+            t = time.perf_counter()
+            ActivationCache(config.cache_dir).load_or_extract(lm, train, union, config.positions, progress=False)
+            cached = time.perf_counter() - t
+            estimate = dict(first["timings_s"], activations=cached, load_model=0.0)
+            estimate["wall"] = first["timings_s"]["wall"] - first["timings_s"]["activations"] + cached
+            runs.append(("2nd (estimated)", estimate))
+    finally:
+        lm.close()
+    _table(runs)
+    cold = runs[0][1]
+    print(f"\nconditions scored: {n_conditions}; CWEs: {len(first['data']['cwes'])}; samples train/val/test "
+          f"{first['data']['splits']['train']['n']}/{first['data']['splits']['val']['n']}/"
+          f"{first['data']['splits']['test']['n']}")
+    scoring = cold.get("score_val", 0.0) + cold.get("score_test", 0.0)
+    print(f"first run: extraction {cold['activations']:.1f}s ({100 * cold['activations'] / cold['wall']:.0f}%), "
+          f"fitting {cold['fit_vectors']:.1f}s, scoring {scoring:.1f}s ({100 * scoring / cold['wall']:.0f}%); "
+          f"{scoring / max(1, n_conditions):.2f}s per condition")
+    if len(runs) > 1:
+        warm = runs[1][1]
+        print(f"activation cache: extraction {cold['activations']:.1f}s -> {warm['activations']:.2f}s "
+              f"({cold['activations'] / max(warm['activations'], 1e-3):.0f}x); whole sweep {cold['wall']:.1f}s -> "
+              f"{warm['wall']:.1f}s ({cold['wall'] / warm['wall']:.2f}x)")
+    limit = 15 * 60
+    verdict = "within" if cold["wall"] <= limit else "OVER"
+    print(f"first run {cold['wall'] / 60:.1f} min: {verdict} the 15-minute target; load average now "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"run directories: {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""On-disk activation cache: hidden states are extracted once per (model, data, prompt, layer, position).
+
+A sweep fits many vectors (methods x positions x layer sets) from the same training activations; extracting
+them is the slowest step, so they are stored as safetensors files keyed by hashes and reused by every
+configuration of a sweep and by later runs:
+
+``<root>/<key[:2]>/<key>.safetensors`` holds ``[n_samples, hidden]`` for one layer at one position, where
+``key = sha256(model key, data hash, prompt template, layer, position)``. The model key covers the architecture
+fingerprint, a digest of the weights, the dtype and the device type (numbers differ between CPU and CUDA), so a
+fine-tune of the same architecture never reads another model's activations. The header repeats every part of
+the key and the sample ids; an entry whose header does not match is treated as missing. Files are written
+atomically, so a killed run never leaves a half-written entry.
+
+Default root: ``vulnsteer.model.cache_root() / "activations"`` (``$VULNSTEER_CACHE`` moves it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .activations import Activations, extract_activations
+from .data.sample import Sample
+from .io import atomic_open
+from .model import LoadedModel, cache_root
+from .prompts import DEFAULT_TEMPLATE, PromptTemplate
+from .vectors import dataset_hash
+
+__all__ = ["ActivationCache", "CacheStats", "default_cache_dir", "model_key", "template_hash", "weights_digest"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vulnsteer.ActivationCache"
+FORMAT_VERSION = "1"
+_DIGEST_ELEMENTS = 4096
+
+
+def default_cache_dir() -> Path:
+    return cache_root() / "activations"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of the weights: each tensor's name, shape, first elements and sum (cheap, but different
+    weights of the same architecture give a different digest)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            head = flat[:_DIGEST_ELEMENTS].to("cpu", torch.float32).numpy().tobytes()
+            total = float(flat.double().sum()) if flat.is_floating_point() else float(flat.sum())
+            digest.update(f"{name}:{tuple(tensor.shape)}:{total:.9e};".encode())
+            digest.update(head)
+    return digest.hexdigest()[:16]
+
+
+def model_key(lm: LoadedModel) -> str:
+    """Identity of a loaded model for caching: architecture fingerprint, weights, dtype and device type."""
+    cached = lm.extra.get("weights_digest")
+    if not isinstance(cached, str):
+        cached = weights_digest(lm.model)
+        lm.extra["weights_digest"] = cached
+    dtype = str(next(lm.model.parameters()).dtype).replace("torch.", "")
+    return f"{lm.fingerprint}-{cached}-{dtype}-{lm.device.type}"
+
+
+def template_hash(template: PromptTemplate) -> str:
+    return hashlib.sha256(json.dumps(template.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CacheStats:
+    """What one :meth:`ActivationCache.load_or_extract` call found and did."""
+
+    hits: int = 0
+    misses: int = 0
+    extracted_layers: list[int] = field(default_factory=list)
+    seconds_extracting: float = 0.0
+    seconds_loading: float = 0.0
+    entries: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hits": self.hits, "misses": self.misses, "extracted_layers": self.extracted_layers,
+                "seconds_extracting": round(self.seconds_extracting, 3),
+                "seconds_loading": round(self.seconds_loading, 3), "entries": self.entries}
+
+
+class ActivationCache:
+    """Activations of *samples* at *layers* and *positions*, read from disk where present, else extracted once
+    (one forward pass for every missing layer and position) and written back.
+
+    ``ActivationCache(None)`` uses :func:`default_cache_dir`; ``enabled=False`` always extracts and writes nothing.
+    """
+
+    def __init__(self, root: str | Path | None = None, *, enabled: bool = True) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.enabled = enabled
+
+    def key(self, model: str, data: str, template: str, layer: int, position: str) -> str:
+        text = json.dumps([FORMAT_VERSION, model, data, template, int(layer), position])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def _read(self, key: str, header: dict[str, str]) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                tensor = handle.get_tensor("hidden")
+        except Exception as exc:  # a damaged entry is a miss, not an error
+            log.warning("activation cache: ignoring unreadable %s (%s)", path, exc)
+            return None
+        if any(meta.get(k) != v for k, v in header.items()):
+            log.warning("activation cache: %s does not match its key; extracting again", path)
+            return None
+        return tensor
+
+    def _write(self, key: str, tensor: torch.Tensor, header: dict[str, str]) -> None:
+        blob = save({"hidden": tensor.contiguous()}, metadata=header)
+        with atomic_open(self.path(key), "wb") as handle:
+            handle.write(blob)
+
+    def load_or_extract(
+        self,
+        lm: LoadedModel,
+        samples: Sequence[Sample],
+        layers: Sequence[int],
+        positions: Sequence[str],
+        *,
+        batch_size: int = 8,
+        template: PromptTemplate = DEFAULT_TEMPLATE,
+        progress: bool = True,
+    ) -> tuple[Activations, CacheStats]:
+        """Activations ``[n, len(layers), hidden]`` per position, in the order of *samples*."""
+        layers = sorted(set(int(x) for x in layers))
+        stats = CacheStats()
+        ids = [s.id for s in samples]
+        mkey, dhash, thash = model_key(lm), dataset_hash(samples), template_hash(template)
+        ids_hash = hashlib.sha256("\0".join(ids).encode()).hexdigest()[:16]
+        headers: dict[tuple[int, str], dict[str, str]] = {}
+        keys: dict[tuple[int, str], str] = {}
+        for layer in layers:
+            for pos in positions:
+                keys[(layer, pos)] = self.key(mkey, dhash, thash, layer, pos)
+                headers[(layer, pos)] = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_key": mkey,
+                                         "model_id": lm.model_id, "data_hash": dhash, "template_hash": thash,
+                                         "layer": str(layer), "position": pos, "sample_ids_hash": ids_hash,
+                                         "sample_ids": json.dumps(ids)}
+        found: dict[tuple[int, str], torch.Tensor] = {}
+        start = time.perf_counter()
+        if self.enabled:
+            for item, key in keys.items():
+                tensor = self._read(key, headers[item])
+                if tensor is not None and tensor.shape[0] == len(samples):
+                    found[item] = tensor
+        stats.seconds_loading = time.perf_counter() - start
+        missing_layers = sorted({layer for (layer, pos) in keys if (layer, pos) not in found})
+        stats.hits = len(found)
+        stats.misses = len(keys) - len(found)
+        if missing_layers:
+            start = time.perf_counter()
+            fresh = extract_activations(lm, samples, missing_layers, list(positions), batch_size=batch_size,
+                                        template=template, progress=progress)
+            stats.seconds_extracting = time.perf_counter() - start
+            stats.extracted_layers = missing_layers
+            for layer in missing_layers:
+                for pos in positions:
+                    tensor = fresh.get(pos, layer).clone()
+                    found[(layer, pos)] = tensor
+                    if self.enabled:
+                        self._write(keys[(layer, pos)], tensor, headers[(layer, pos)])
+        stats.entries = [str(self.path(keys[item])) for item in sorted(keys)] if self.enabled else []
+        by_position = {pos: torch.stack([found[(layer, pos)] for layer in layers], dim=1) for pos in positions}
+        return Activations(layers=list(layers), sample_ids=ids, by_position=by_position), stats

@@ -1,0 +1,244 @@
+"""Sweep plots (matplotlib PNGs), drawn from a sweep's ``results.json`` data only.
+
+- ``val_curves_<mode>_<unit>.png``: balanced accuracy vs strength per CWE on the **validation** split (the
+  selection curves), one line per (vector, layer set), its random control dashed, the baseline grey;
+- ``layer_strength_<mode>_<method>.png``: layer set x strength heatmap of the change vs baseline (validation);
+- ``cross_cwe_<mode>.png``: vector of CWE A on the samples of CWE B, change vs baseline (test, or the other
+  dataset for ``evaluate --from``);
+- ``cosine_<method>.png``: cosine similarity of the per-CWE vectors, one panel per layer;
+- ``pca_<position>.png``: training activations of each CWE on their first two principal components.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_open
+
+__all__ = [
+    "plot_cosines",
+    "plot_cross_cwe",
+    "plot_layer_strength",
+    "plot_pca",
+    "plot_val_curves",
+    "sweep_plots",
+]
+
+PLOT_DIR = "plots"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int, width: float = 4.0, height: float = 3.2, cols: int = 3) -> tuple[Any, list[Any]]:
+    plt = _pyplot()
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
+def _save(fig: Any, out_dir: Path, name: str) -> str:
+    plt = _pyplot()
+    path = out_dir / PLOT_DIR / name
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=90)
+    plt.close(fig)
+    return f"{PLOT_DIR}/{name}"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _steered_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [e for e in entries if e["condition"]["kind"] != "baseline" and e["condition"]["vector_cwe"] is None]
+
+
+def _baseline(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    return next((e["metrics"] for e in entries if e["condition"]["kind"] == "baseline"), {})
+
+
+def _ba(metrics: Mapping[str, Any], cwe: str) -> float:
+    value = (metrics.get(cwe) or {}).get("balanced_accuracy")
+    return math.nan if value is None else float(value)
+
+
+def _line_name(setting: Mapping[str, Any]) -> str:
+    layers = ",".join(map(str, setting["layers"]))
+    return f"{setting['method']}@{setting['position']} L{layers} ({setting['steer_positions']})"
+
+
+def plot_val_curves(results: Mapping[str, Any], out_dir: Path, mode: str) -> list[str]:
+    """Balanced accuracy vs strength per CWE on VAL, one figure per strength unit (strength 0 = the baseline)."""
+    entries = results["val"].get(mode, [])
+    cwes = [*results["data"]["cwes"], "overall"]
+    base = _baseline(entries)
+    names = []
+    for unit in dict.fromkeys(e["setting"]["unit"] for e in _steered_entries(entries)):
+        lines: dict[tuple[str, str], list[tuple[float, Mapping[str, Any]]]] = {}
+        for e in _steered_entries(entries):
+            if e["setting"]["unit"] == unit:
+                line = lines.setdefault((_line_name(e["setting"]), e["condition"]["kind"]), [(0.0, base)])
+                line.append((float(e["setting"]["strength"]), e["metrics"]))
+        fig, axes = _grid(len(cwes))
+        colours: dict[str, Any] = {}
+        for ax, cwe in zip(axes, cwes):
+            for (name, kind), points in sorted(lines.items()):
+                pts = sorted((s, _ba(m, cwe)) for s, m in points)
+                style = "o-" if kind == "steered" else "x--"
+                colour = colours.get(name)
+                (handle,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour, ms=3, lw=1,
+                                    alpha=1.0 if kind == "steered" else 0.5,
+                                    label=name if kind == "steered" else f"{name} control")
+                colours.setdefault(name, handle.get_color())
+            if cwe in base:
+                ax.axhline(_ba(base, cwe), color="grey", lw=1.5, label="baseline")
+            ax.axhline(0.5, color="black", lw=0.5, ls=":")
+            ax.set(title=cwe, ylim=(0, 1), xlabel=f"strength ({unit})", ylabel="balanced accuracy (val)")
+        axes[0].legend(fontsize=6)
+        fig.suptitle(f"{mode} mode, VALIDATION split (selection curves); dashed = random-direction control")
+        names.append(_save(fig, out_dir, f"val_curves_{mode}_{unit}.png"))
+    return names
+
+
+def _heatmap(ax: Any, values: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str],
+             *, vmin: float, vmax: float, cmap: str = "RdBu", digits: int = 2) -> Any:
+    import numpy as np
+
+    grid = np.array([[math.nan if v is None else v for v in line] for line in values], dtype=float)
+    image = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    if grid.size <= 400:
+        for (i, j), v in np.ndenumerate(grid):
+            if not math.isnan(v):
+                dark = abs(v - (vmin + vmax) / 2) > 0.3 * (vmax - vmin)
+                ax.text(j, i, f"{v:+.{digits}f}" if vmin < 0 else f"{v:.{digits}f}", ha="center", va="center",
+                        fontsize=6, color="white" if dark else "black")
+    return image
+
+
+def plot_layer_strength(results: Mapping[str, Any], out_dir: Path, mode: str) -> list[str]:
+    """Layer set x strength heatmap (VAL, Δ balanced accuracy vs baseline) per CWE, per vector method."""
+    entries = [e for e in _steered_entries(results["val"].get(mode, [])) if e["condition"]["kind"] == "steered"]
+    base = _baseline(results["val"].get(mode, []))
+    cwes = [*results["data"]["cwes"], "overall"]
+    names = []
+    groups = dict.fromkeys((e["setting"]["method"], e["setting"]["position"], e["setting"]["steer_positions"])
+                           for e in entries)
+    for method, position, steer in groups:
+        chosen = [e for e in entries if (e["setting"]["method"], e["setting"]["position"],
+                                         e["setting"]["steer_positions"]) == (method, position, steer)]
+        rows = list(dict.fromkeys(",".join(map(str, e["setting"]["layers"])) for e in chosen))
+        cols = sorted(dict.fromkeys((e["setting"]["unit"], float(e["setting"]["strength"])) for e in chosen))
+        fig, axes = _grid(len(cwes))
+        image = None
+        for ax, cwe in zip(axes, cwes):
+            values: list[list[float | None]] = [[None] * len(cols) for _ in rows]
+            for e in chosen:
+                i = rows.index(",".join(map(str, e["setting"]["layers"])))
+                j = cols.index((e["setting"]["unit"], float(e["setting"]["strength"])))
+                values[i][j] = _ba(e["metrics"], cwe) - _ba(base, cwe)
+            image = _heatmap(ax, values, [f"L{r}" for r in rows], [f"{s:g} {u[:3]}" for u, s in cols],
+                             vmin=-0.5, vmax=0.5)
+            ax.set_title(cwe, fontsize=9)
+        if image is not None:
+            fig.colorbar(image, ax=axes, shrink=0.6, label="Δ balanced accuracy vs baseline (val)")
+        fig.suptitle(f"{mode} mode, VALIDATION split: {method}@{position}, steering {steer}")
+        names.append(_save(fig, out_dir, _safe(f"layer_strength_{mode}_{method}_{position}_{steer}.png")))
+    return names
+
+
+def plot_cross_cwe(cross: Mapping[str, Any], out_dir: Path, name: str, title: str) -> str | None:
+    """Heatmap of the cross-CWE matrix (rows: vector, columns: samples)."""
+    if not cross.get("vectors") or not cross.get("targets"):
+        return None
+    fig, axes = _grid(1, width=max(5.5, 2.5 + 0.8 * len(cross["targets"])),
+                      height=max(3.5, 1.8 + 0.5 * len(cross["vectors"])))
+    rows = [v if cross["chosen"].get(v) == "steered" else f"{v}*" for v in cross["vectors"]]
+    image = _heatmap(axes[0], cross["delta_balanced_accuracy"], rows, cross["targets"], vmin=-0.5, vmax=0.5)
+    axes[0].set(xlabel=f"samples ({cross['split']})",
+                ylabel="vector at its best val setting\n(* = baseline won on val)")
+    fig.colorbar(image, ax=axes[0], label="Δ balanced accuracy vs baseline")
+    axes[0].set_title(title, fontsize=9)
+    return _save(fig, out_dir, name)
+
+
+def plot_cosines(results: Mapping[str, Any], out_dir: Path) -> list[str]:
+    """Cosine similarity of the per-CWE vectors (train), one panel per layer, one figure per method."""
+    names = []
+    for method_key, block in results.get("cosine", {}).items():
+        layers = list(block["layers"])
+        side = max(3.6, 1.2 + 0.55 * len(block["cwes"]))
+        fig, axes = _grid(len(layers), width=side, height=side * 0.9)
+        image = None
+        for ax, layer in zip(axes, layers):
+            image = _heatmap(ax, block["layers"][layer], block["cwes"], block["cwes"], vmin=-1, vmax=1)
+            ax.set_title(f"layer {layer}", fontsize=9)
+        if image is not None:
+            fig.colorbar(image, ax=axes, shrink=0.6, label="cosine")
+        fig.suptitle(f"vector cosine similarity ({method_key}, fitted on TRAIN)", fontsize=10)
+        names.append(_save(fig, out_dir, _safe(f"cosine_{method_key}.png")))
+    return names
+
+
+def plot_pca(results: Mapping[str, Any], out_dir: Path) -> list[str]:
+    """Secure vs vulnerable training activations per CWE on their first two principal components."""
+    names = []
+    for position, block in results.get("pca", {}).items():
+        cwes = list(block["cwes"])
+        fig, axes = _grid(len(cwes), width=3.2, height=3.0, cols=4)
+        for ax, cwe in zip(axes, cwes):
+            item = block["cwes"][cwe]
+            for flag, colour, label in ((True, "tab:red", "vulnerable"), (False, "tab:blue", "secure")):
+                xs = [x for x, v in zip(item["x"], item["vulnerable"]) if v == flag]
+                ys = [y for y, v in zip(item["y"], item["vulnerable"]) if v == flag]
+                ax.scatter(xs, ys, s=10, c=colour, label=label, alpha=0.7)
+            var = item.get("explained", [])
+            ax.set_title(f"{cwe} ({', '.join(f'{100 * v:.0f}%' for v in var)})", fontsize=8)
+            ax.tick_params(labelsize=6)
+        axes[0].legend(fontsize=6)
+        fig.suptitle(f"TRAIN activations, layer {block['layer']}, position {position}: PC1 vs PC2")
+        names.append(_save(fig, out_dir, _safe(f"pca_{position}.png")))
+    return names
+
+
+def sweep_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
+    """Every sweep plot; returns their paths relative to *out_dir* (a failing plot is skipped, not fatal)."""
+    import logging
+
+    out = Path(out_dir)
+    made: list[str] = []
+    jobs: list[Callable[[], list[str] | str | None]] = []
+    for mode in results.get("val", {}):
+        jobs.append(lambda mode=mode: plot_val_curves(results, out, mode))  # type: ignore[misc]
+        jobs.append(lambda mode=mode: plot_layer_strength(results, out, mode))  # type: ignore[misc]
+    for mode, cross in results.get("cross_cwe", {}).items():
+        jobs.append(lambda mode=mode, cross=cross: plot_cross_cwe(  # type: ignore[misc]
+            cross, out, f"cross_cwe_{mode}.png", f"{mode} mode, TEST split"))
+    jobs += [lambda: plot_cosines(results, out), lambda: plot_pca(results, out)]
+    for job in jobs:
+        try:
+            result = job()
+        except Exception as exc:  # a plot must never cost the results
+            logging.getLogger(__name__).warning("plot failed: %s", exc)
+            continue
+        if isinstance(result, str):
+            made.append(result)
+        elif result:
+            made.extend(result)
+    return made
