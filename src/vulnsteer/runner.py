@@ -100,7 +100,7 @@ def verdict_words(delta: float, ci: Sequence[float], p: float, control_delta: fl
     sig = p < 0.05 and (ci[0] > 0 or ci[1] < 0)
     direction = "gain" if delta > 0 else ("loss" if delta < 0 else "no change")
     if delta == 0:
-        return "steering changed nothing on test (the chosen strength may be 0)"
+        return "the chosen steering setting left balanced accuracy on test unchanged (Δ 0.000)"
     parts = [f"{direction} of {delta:+.3f} balanced accuracy is {'significant' if sig else 'not significant'} "
              f"(p={p:.3g}, 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}])"]
     if control_delta is not None:
