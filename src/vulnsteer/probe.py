@@ -36,7 +36,7 @@ Edge cases (never a crash):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -488,23 +488,26 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def probe_table(results: Sequence[ProbeResult]) -> list[dict[str, str]]:
+def probe_table(results: Sequence[ProbeResult | Mapping[str, Any]]) -> list[dict[str, str]]:
     """Rows of formatted strings, keyed by :data:`PROBE_TABLE_COLUMNS`, in the order of *results*.
 
-    A skipped result shows ``skipped: <reason>`` in the test column and dashes elsewhere; ``–`` marks an
-    undefined AUROC (single-class split).
+    Takes :class:`ProbeResult` objects or their :meth:`~ProbeResult.to_dict` form (as read back from
+    ``results.json``). A skipped result shows ``skipped: <reason>`` in the test column and dashes elsewhere;
+    ``–`` marks an undefined AUROC (single-class split).
     """
     rows = []
     for r in results:
-        if r.is_skipped:
-            cells = ["–", "–", "–", f"skipped: {r.skipped}"]
+        d = r.to_dict() if isinstance(r, ProbeResult) else r
+        if d.get("skipped"):
+            cells = ["–", "–", "–", f"skipped: {d['skipped']}"]
         else:
-            lo, hi = r.balanced_accuracy_ci
+            lo, hi = d.get("balanced_accuracy_ci") or (None, None)
             cells = [
-                _fmt(r.val_balanced_accuracy),
-                _fmt(r.threshold),
-                _fmt(r.test_auroc),
-                f"{_fmt(r.test_balanced_accuracy)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]",
+                _fmt(d.get("val_balanced_accuracy")),
+                _fmt(d.get("threshold")),
+                _fmt(d.get("test_auroc")),
+                f"{_fmt(d.get('test_balanced_accuracy'))} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]",
             ]
-        rows.append(dict(zip(PROBE_TABLE_COLUMNS, [r.cwe, r.detector, r.position, str(r.layer), *cells], strict=True)))
+        head = [str(d["cwe"]), str(d["detector"]), str(d["position"]), str(d["layer"])]
+        rows.append(dict(zip(PROBE_TABLE_COLUMNS, [*head, *cells], strict=True)))
     return rows

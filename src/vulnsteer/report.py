@@ -14,6 +14,7 @@ from typing import Any
 
 from .cwe import cwe_name
 from .io import atomic_open, write_text
+from .probe import PROBE_TABLE_COLUMNS, probe_table
 
 __all__ = ["fmt", "plot_strength_curves", "render_markdown", "write_report"]
 
@@ -149,22 +150,12 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
 
 def _probe_section(probes: Sequence[Mapping[str, Any]]) -> list[str]:
     """The probe detectors: the vector (and a logistic probe) read as classifiers on activations."""
-    header = ["CWE", "detector", "position", "layer", "val bal.acc", "threshold (val)", "test AUROC",
-              "test bal.acc [95% CI]"]
-    rows = []
-    for p in probes:
-        if p.get("skipped"):
-            rows.append([p["cwe"], p["detector"], p["position"], str(p["layer"]), "–", "–", "–",
-                         f"skipped: {p['skipped']}"])
-            continue
-        lo, hi = p.get("balanced_accuracy_ci") or (None, None)
-        rows.append([p["cwe"], p["detector"], p["position"], str(p["layer"]), fmt(p.get("val_balanced_accuracy")),
-                     fmt(p.get("threshold")), fmt(p.get("test_auroc")),
-                     f"{fmt(p.get('test_balanced_accuracy'))} [{fmt(lo, 2)}, {fmt(hi, 2)}]"])
+    rows = probe_table(probes)
+    header = [c if c != "threshold" else "threshold (val)" for c in PROBE_TABLE_COLUMNS]
     return ["## Probe detectors (fit on train, threshold on val, scored once on test)", "",
             "`direction` scores each sample by its projection on the CWE's mean-difference vector (higher = "
             "more vulnerable); `logistic` is an L2 logistic-regression probe on the same activations.", "",
-            *_table(header, rows), ""]
+            *_table(header, [list(r.values()) for r in rows]), ""]
 
 
 def _split_of(summary: Mapping[str, Any]) -> str:
