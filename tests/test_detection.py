@@ -104,3 +104,54 @@ def test_sink_records_the_same_activations_as_extraction(tiny_llama: LoadedModel
     want = extract_activations(tiny_llama, samples, [1, 3], progress=False)
     for pos in ("last", "code_mean"):
         assert torch.allclose(got.get(pos), want.get(pos), atol=1e-4), pos
+
+
+def test_prefix_store_computes_each_prefix_once_and_changes_nothing(tiny_llama: LoadedModel) -> None:
+    from vulnsteer.detection import PrefixStore, detect_variants_modes
+
+    samples = toy_samples(3)
+    n_batches = -(-len(samples) // 4)
+    assert n_batches > 1
+    variants = _variants()
+    first, second = dict(list(variants.items())[:2]), dict(list(variants.items())[2:])
+    kwargs = dict(modes=("logit", "generation"), batch_size=4, max_new_tokens=4, progress=False)
+    store = PrefixStore()
+    got = {**detect_variants_modes(tiny_llama, samples, first, prefix_store=store, **kwargs)["logit"]}  # type: ignore[arg-type]
+    assert (store.hits, store.misses, len(store)) == (0, n_batches, n_batches) and store.used_bytes > 0
+    again = detect_variants_modes(tiny_llama, samples, second, prefix_store=store, **kwargs)  # type: ignore[arg-type]
+    assert (store.hits, store.misses) == (n_batches, n_batches)  # the second call reused every prefix
+    got.update(again["logit"])
+    want = detect_variants_modes(tiny_llama, samples, variants, **kwargs)  # type: ignore[arg-type]
+    for name in variants:
+        assert [r.margin for r in got[name]] == pytest.approx([r.margin for r in want["logit"][name]], abs=1e-5)
+    assert [r.text for r in again["generation"]["gen"]] == [r.text for r in want["generation"]["gen"]]
+
+
+def test_prefix_store_respects_its_budget_and_the_sink(tiny_llama: LoadedModel) -> None:
+    from vulnsteer.activations import ActivationSink, extract_activations
+    from vulnsteer.detection import PrefixStore, detect_variants_modes
+
+    samples = toy_samples(3)
+    variants = {"base": [], "s": [SteeringSpec(_vec((1,)), 1.0, positions="last")]}
+    empty = PrefixStore(max_bytes=0)
+    detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=empty)
+    detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=empty)
+    assert len(empty) == 0 and empty.hits == 0 and empty.used_bytes == 0
+
+    store = PrefixStore()
+    detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=store)
+    want = extract_activations(tiny_llama, samples, [1, 2], progress=False)
+    ids = [s.id for s in samples]
+    n_batches = -(-len(samples) // 4)
+    for attempt in range(2):  # 1st: the stored entry has no code means -> recomputed; 2nd: served from the store
+        sink = ActivationSink([1, 2])
+        detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=store,
+                              sink=sink)
+        assert store.hits == attempt * n_batches
+        for pos in ("last", "code_mean"):
+            assert torch.allclose(sink.activations(ids).get(pos), want.get(pos), atol=1e-4), (attempt, pos)
+    other = ActivationSink([3])  # code means at other layers are not served from the store
+    detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=store, sink=other)
+    assert store.hits == n_batches
+    assert torch.allclose(other.activations(ids, ("code_mean",)).get("code_mean"),
+                          extract_activations(tiny_llama, samples, [3], progress=False).get("code_mean"), atol=1e-4)

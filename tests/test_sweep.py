@@ -290,6 +290,8 @@ def test_sweep_end_to_end_and_resume(toy_run: tuple[Path, Path, dict[str, Any]],
     assert results["activation_cache"]["misses"] == 2  # two layers, one position
     n_val = 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled steered) x 3 layer sets x 2 strengths
     assert len(results["val"]["logit"]) == n_val
+    # val runs in chunks of 4 conditions: every chunk after the first reuses the stored prompt prefixes
+    assert results["prefix_cache"]["hits"] >= results["prefix_cache"]["misses"] > 0
     chosen = json.loads((out / "chosen" / "chosen.json").read_text())
     for target, entry in chosen["modes"]["logit"].items():
         assert (out / "chosen" / entry["vector"]).is_file(), target

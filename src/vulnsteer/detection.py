@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from .verdict import parse_verdict
 
 __all__ = [
     "DetectionRecord",
+    "PrefixStore",
     "Variant",
     "answer_token_ids",
     "detect_variants",
@@ -152,6 +154,69 @@ def _expand_cache(cache: Any, repeats: int) -> Any:
     expanded = copy.deepcopy(cache)
     expanded.batch_repeat_interleave(repeats)
     return expanded
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes held by the tensors of a KV cache (legacy tuples, ``DynamicCache`` of transformers 4 or 5)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(o) for o in obj)
+    if hasattr(obj, "layers"):  # transformers >= 4.56: cache.layers[i].keys / .values
+        return sum(_tensor_bytes(getattr(layer, "keys", None)) + _tensor_bytes(getattr(layer, "values", None))
+                   for layer in obj.layers)
+    return _tensor_bytes(getattr(obj, "key_cache", [])) + _tensor_bytes(getattr(obj, "value_cache", []))
+
+
+@dataclass
+class PrefixStore:
+    """Unsteered prompt-prefix KV caches kept between calls of :func:`detect_variants_modes`.
+
+    A sweep runs its settings in chunks (so a killed run loses at most one chunk); every chunk scores the same
+    samples, and the unsteered prefix of each batch is the same in all of them. Passing one store to every call
+    computes each prefix once. Entries are keyed by a hash of the batch's prompt texts, so a store must only be
+    shared between calls on the same model; it stops accepting entries once *max_bytes* of caches are held
+    (caches stay on the model's device). Use one store per run; it holds no global state.
+    """
+
+    max_bytes: int = 2 * 1024**3
+    used_bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    _entries: dict[str, tuple[Any, torch.Tensor | None, tuple[int, ...]]] = field(default_factory=dict, repr=False)
+
+    @staticmethod
+    def key(texts: Sequence[str]) -> str:
+        digest = hashlib.sha256()
+        for text in texts:
+            digest.update(text.encode("utf-8", "replace") + b"\0")
+        return digest.hexdigest()
+
+    def get(self, key: str, code_layers: Sequence[int] | None = None) -> tuple[Any, torch.Tensor | None] | None:
+        """The prefix cache stored under *key* and its code-mean hidden states (``[batch, layers, hidden]``);
+        with *code_layers*, only an entry that recorded the code means at those layers counts."""
+        entry = self._entries.get(key)
+        if entry is None or (code_layers is not None and (entry[1] is None or entry[2] != tuple(code_layers))):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[0], entry[1]
+
+    def put(self, key: str, cache: Any, code_mean: torch.Tensor | None = None, code_layers: Sequence[int] = ()
+            ) -> bool:
+        """Keep *cache* (not copied: callers must not modify it) unless the budget is spent; True if kept."""
+        size = _tensor_bytes(cache)
+        if size == 0 or self.used_bytes + size > self.max_bytes:
+            return False
+        old = self._entries.get(key)
+        if old is not None:
+            self.used_bytes -= _tensor_bytes(old[0])
+        self._entries[key] = (cache, code_mean, tuple(code_layers))
+        self.used_bytes += size
+        return True
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @torch.no_grad()
@@ -288,6 +353,7 @@ def detect_variants_modes(
     progress: bool = True,
     desc: str | None = None,
     sink: ActivationSink | None = None,
+    prefix_store: PrefixStore | None = None,
 ) -> dict[str, dict[str, list[DetectionRecord]]]:
     """Detect on *samples* once per variant (baseline, steered settings, controls) and mode, batched together.
 
@@ -304,6 +370,9 @@ def detect_variants_modes(
 
     With a *sink*, the unsteered hidden states of its layers (positions ``last`` and ``code_mean``) are recorded
     for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
+
+    A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
+    samples (a sweep's chunks), so each is computed once.
     """
     for mode in modes:
         if mode not in ("logit", "generation"):
@@ -328,11 +397,22 @@ def detect_variants_modes(
         base = {i: next((n for n in names if _unsteered(specs[(i, n)])), None) for i in idx} if sink else {}
         prefix_cache = None
         if shared:
-            with torch.no_grad(), _maybe_recording(model, sink) as seen:
-                _, prefix_cache = _forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
-            if sink is not None:
-                code = torch.stack([masked_mean(seen[layer].float(), batch.code_mask[:, :-1]) for layer in sink.layers],
-                                   dim=1)
+            need_code = sink is not None and any(b is not None for b in base.values())
+            code_layers = tuple(sink.layers) if sink is not None and need_code else None
+            store_key = PrefixStore.key([prompts[i].text for i in idx]) if prefix_store is not None else ""
+            kept = prefix_store.get(store_key, code_layers) if prefix_store is not None else None
+            code: torch.Tensor | None = None
+            if kept is not None:
+                prefix_cache, code = kept
+            else:
+                with torch.no_grad(), _maybe_recording(model, sink) as seen:
+                    _, prefix_cache = _forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
+                if sink is not None:
+                    code = torch.stack([masked_mean(seen[layer].float(), batch.code_mask[:, :-1])
+                                        for layer in sink.layers], dim=1)
+                if prefix_store is not None:
+                    prefix_store.put(store_key, prefix_cache, code, tuple(sink.layers) if sink is not None else ())
+            if sink is not None and code is not None:
                 for j, i in enumerate(idx):
                     if base[i] is not None:
                         sink.add(samples[i].id, "code_mean", code[j])

@@ -36,7 +36,7 @@ from .data.clean import strip_comments
 from .data.sample import Sample
 from .data.splits import Splits, split_samples
 from .data.truncate import truncate_sample
-from .detection import DetectionRecord, detect_variants_modes
+from .detection import DetectionRecord, PrefixStore, detect_variants_modes
 from .io import append_jsonl, read_jsonl
 from .model import LoadedModel, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate
@@ -306,10 +306,11 @@ def run_condition_group(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
     sink: ActivationSink | None = None,
+    prefix_store: PrefixStore | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Run conditions together: one batched pass over the samples serves every condition and detector mode
-    (each row steered with its own CWE's vector; the unsteered prompt prefix shared where positions allow).
-    Returns records by condition key."""
+    (each row steered with its own CWE's vector; the unsteered prompt prefix shared where positions allow, and
+    kept in *prefix_store* for later groups). Returns records by condition key."""
     specs_cache: dict[tuple[str, str], list[SteeringSpec] | None] = {}
     by_variant: dict[str, list[Condition]] = defaultdict(list)
     for cond in conditions:
@@ -329,7 +330,7 @@ def run_condition_group(
     found = detect_variants_modes(
         lm, samples, {key: variant(conds[0]) for key, conds in by_variant.items()}, modes=modes, template=template,
         batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
-        desc=f"{'+'.join(modes)} x{len(by_variant)}", sink=sink)
+        desc=f"{'+'.join(modes)} x{len(by_variant)}", sink=sink, prefix_store=prefix_store)
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
 
 
@@ -381,12 +382,14 @@ def run_conditions(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
     sink: ActivationSink | None = None,
+    prefix_store: PrefixStore | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Run every condition not already in *store*; returns all records by condition key.
 
     Pending conditions are grouped by split in chunks of at most *group_size*; each chunk shares its forward
     passes (across detector modes too) and is appended to the store as soon as it finishes, so a killed run loses
-    at most the chunk in flight.
+    at most the chunk in flight. Pass a :class:`~vulnsteer.detection.PrefixStore` (one per model and run) to
+    compute each batch's unsteered prompt prefix once for all chunks instead of once per chunk.
     """
     todo = list(conditions)
     pending: dict[str, list[Condition]] = defaultdict(list)
@@ -398,7 +401,8 @@ def run_conditions(
     for chunk in chunks:
         start = time.perf_counter()
         found = run_condition_group(lm, chunk, samples_for(chunk[0].split), vectors, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, template=template, progress=False, sink=sink)
+                                    max_new_tokens=max_new_tokens, template=template, progress=False, sink=sink,
+                                    prefix_store=prefix_store)
         seconds = (time.perf_counter() - start) / len(chunk)
         for cond in chunk:
             store.add(cond, found[cond.key], seconds)

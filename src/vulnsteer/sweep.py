@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .activations import POSITIONS, Activations
 from .cwe import normalize_cwe, parse_merge_map
 from .data.sample import Sample
-from .detection import DetectionRecord
+from .detection import DetectionRecord, PrefixStore
 from .evaluation import _clusters, _Replicates
 from .experiment import (
     MODES,
@@ -137,6 +137,7 @@ class SweepConfig:
     batch_size: int = 8
     out: str | None = None
     group_size: int = 16
+    prefix_cache_mib: int = 2048
     cache: bool = True
     cache_dir: str | None = None
     controls_on_val: bool = True
@@ -311,6 +312,8 @@ FIELDS: dict[tuple[str, str], tuple[str, Parser, str]] = {
     ("detection", "batch_size"): ("batch_size", _int(1), "samples per forward pass"),
     ("run", "out"): ("out", _opt_str, "run directory (rerun to resume); --out overrides"),
     ("run", "group_size"): ("group_size", _int(1), "conditions per saved chunk (a kill loses at most one)"),
+    ("run", "prefix_cache_mib"): ("prefix_cache_mib", _int(0), "memory for prompt-prefix KV caches kept between "
+                                  "chunks, MiB (0: recompute per chunk)"),
     ("run", "cache"): ("cache", _bool, "use the on-disk activation cache"),
     ("run", "cache_dir"): ("cache_dir", _opt_str, "activation cache folder (absent: <cache root>/activations)"),
     ("run", "controls_on_val"): ("controls_on_val", _bool, "random controls for every own-vector candidate on "
@@ -319,7 +322,7 @@ FIELDS: dict[tuple[str, str], tuple[str, Parser, str]] = {
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(section for section, _ in FIELDS))
 #: Keys that say where and how fast, not what: a run directory may be resumed with them changed.
 NOT_IDENTITY: frozenset[tuple[str, str]] = frozenset({("run", "out"), ("run", "cache"), ("run", "cache_dir"),
-                                                      ("run", "group_size")})
+                                                      ("run", "group_size"), ("run", "prefix_cache_mib")})
 
 
 def parse_config(doc: Mapping[str, Any], source: str = "<config>",
@@ -817,6 +820,7 @@ class _Sweep:
         self.results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "command": "sweep", "status": "running",
                                         "config": config_document(config)}
         self.store = ResultStore(out / RECORDS_NAME)
+        self.prefix_store = PrefixStore(max_bytes=config.prefix_cache_mib * 1024**2)
 
     def _timed(self, name: str, start: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
@@ -881,6 +885,9 @@ class _Sweep:
             self.results["pooled"][mode] = held["pooled"]
             self.results["cross_cwe"][mode] = held["cross_cwe"]
         self._timed("score_test", t)
+        ps = self.prefix_store
+        self.results["prefix_cache"] = {"hits": ps.hits, "misses": ps.misses, "entries": len(ps),
+                                        "mib": round(ps.used_bytes / 1024**2, 1)}
         self.results["status"] = "complete"
         return self.results
 
@@ -888,7 +895,7 @@ class _Sweep:
                   vectors: Mapping[tuple[str, str], SteeringVector]) -> dict[str, list[DetectionRecord]]:
         return run_conditions(self.lm, conds, self.store, samples_for, vectors, batch_size=self.config.batch_size,
                               max_new_tokens=self.config.max_new_tokens, group_size=self.config.group_size,
-                              progress=self.progress)
+                              progress=self.progress, prefix_store=self.prefix_store)
 
     def _save_chosen(self, choices: Mapping[str, Mapping[str, Choice]],
                      vectors: Mapping[tuple[str, str], SteeringVector], train: Sequence[Sample]) -> None:
