@@ -68,21 +68,28 @@ def evaluate_saved_vectors(args: argparse.Namespace) -> int:
         vectors = load_vector_dir(args.vectors, lm.hidden_size, None if args.allow_model_mismatch else lm.fingerprint)
         data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
         split = args.split
-
-        def samples_for(_split: str) -> dict[str, list[Any]]:
-            if split == "all":
-                merged: dict[str, list[Any]] = {}
-                for name in ("train", "val", "test"):
-                    for cwe, items in data.by_cwe(name).items():
-                        merged.setdefault(cwe, []).extend(items)
-                return merged
-            return data.by_cwe(split)
-
         cwes = [c for c in data.cwes if any(key[0] == c for key in vectors)]
         if not cwes:
             raise ValueError(f"none of the data's CWEs {data.cwes} has a vector in {args.vectors}")
+
+        def samples_for(_split: str) -> dict[str, list[Any]]:
+            """The split's samples of the CWEs that have a vector (the baseline runs on exactly these too)."""
+            names = ("train", "val", "test") if split == "all" else (split,)
+            merged: dict[str, list[Any]] = {}
+            for name in names:
+                for cwe, items in data.by_cwe(name).items():
+                    if cwe in cwes:
+                        merged.setdefault(cwe, []).extend(items)
+            return merged
+
         method = next(iter(vectors))[1]
         layers = next(iter(vectors.values())).layers
+        for cwe in cwes:  # one setting for every CWE: each needs a vector of that method at those layers
+            vec = vectors.get((cwe, method))
+            if vec is None or not set(layers) <= set(vec.layers):
+                found = ", ".join(f"{m} at layers {list(v.layers)}" for (c, m), v in vectors.items() if c == cwe)
+                raise ValueError(f"{args.vectors}: evaluate applies one setting to every CWE ({method} at layers "
+                                 f"{list(layers)}), but the {cwe} vector is {found}")
         conds = []
         for mode in modes:
             conds.append(Condition("baseline", mode, split))
