@@ -189,3 +189,13 @@ def test_detect_refuses_a_vector_for_another_model(
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers may draw a loading bar first)
     assert last.startswith("vulnsteer: error: ")
     assert "tiny.safetensors" in last and "hidden size 64" in last and "576" in last
+
+
+def test_run_defaults_match_the_library() -> None:
+    from vulnsteer.cli import RUN_STRENGTHS, RUN_UNIT
+    from vulnsteer.experiment import RunConfig
+
+    args = build_parser().parse_args(["run"])
+    assert (RunConfig.strengths, RunConfig.unit) == (RUN_STRENGTHS, RUN_UNIT)
+    assert (tuple(args.strengths), args.unit) == (RunConfig.strengths, RunConfig.unit)
+    assert build_parser().parse_args(["evaluate"]).unit == "raw"  # other commands keep raw strengths

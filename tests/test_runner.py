@@ -143,6 +143,39 @@ def test_summarize_metrics_without_margins_or_records() -> None:
     assert set(summarize_metrics(_records("CWE-89", 2), [])) == {"overall"}
 
 
+# ---------------------------------------------------------------- generation runs the chosen strengths only
+
+
+def test_generation_runs_only_the_strengths_chosen_on_logit_val() -> None:
+    from vulnsteer.runner import _chosen_conditions, _conditions
+
+    config = RunConfig(cwes=("CWE-89", "CWE-22"), strengths=(0.0, -1.0, 0.5, 1.0), unit="relative")
+    conds = _conditions(config, [3])
+    gen = [c for c in conds if c.mode == "generation"]
+    assert [(c.kind, c.split) for c in gen] == [("baseline", "test")]  # phase 1: the generation baseline only
+    logit = {(c.kind, c.split, c.strength) for c in conds if c.mode == "logit"}
+    assert logit == {("baseline", s, 0.0) for s in ("val", "test")} | {
+        (k, s, x) for k in ("steered", "control") for s in ("val", "test") for x in (-1.0, 0.5, 1.0)}
+    # logit val: CWE-89 is perfect at +0.5 (and at +1: the tie goes to the smaller strength); CWE-22 gains nothing
+    perfect = {"CWE-89": _records("CWE-89", 3), "CWE-22": _records("CWE-22", 3)}
+    always = {cwe: _records(cwe, 3, secure="vulnerable") for cwe in perfect}
+    records = {}
+    for c in conds:
+        good = c.split == "val" and c.kind == "steered" and c.strength in (0.5, 1.0)
+        records[c.key] = perfect["CWE-89"] + always["CWE-22"] if good else always["CWE-89"] + always["CWE-22"]
+    extra = _chosen_conditions(config, conds, records, ["CWE-89", "CWE-22"])
+    assert [(c.kind, c.mode, c.split, c.strength, c.unit, c.layers) for c in extra] == [
+        (kind, "generation", "test", 0.5, "relative", (3,)) for kind in ("steered", "control")]
+    # when nothing beats the baseline on val, generation runs the baseline alone
+    flat = {c.key: always["CWE-89"] + always["CWE-22"] for c in conds}
+    assert _chosen_conditions(config, conds, flat, ["CWE-89", "CWE-22"]) == []
+    # generation-only runs choose on their own val split, every strength (no second phase)
+    solo = RunConfig(strengths=(1.0,), modes=("generation",))
+    assert {(c.kind, c.split) for c in _conditions(solo, [3])} == {
+        (k, s) for k in ("baseline", "steered", "control") for s in ("val", "test")}
+    assert _chosen_conditions(solo, _conditions(solo, [3]), {}, []) == []
+
+
 # ---------------------------------------------------------------- end to end on a tiny random model
 
 

@@ -57,6 +57,12 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="use the dataset's own train/val split (val becomes test)")
 
 
+#: ``vulnsteer run``'s candidate strengths and unit (the same as :class:`~vulnsteer.experiment.RunConfig`'s;
+#: literals here so that ``--help`` does not import torch).
+RUN_STRENGTHS: tuple[float, ...] = (-1.0, -0.3, 0.3, 1.0)
+RUN_UNIT = "relative"
+
+
 def _add_steer_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("steering")
     g.add_argument("--layers", type=_ints, default=(), help="comma-separated layers, negatives allowed "
@@ -85,11 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     _add_steer_args(p)
-    p.add_argument("--strengths", type=_floats, default=(0.0, 2.0, 4.0, 8.0), help="default 0,2,4,8")
+    p.add_argument("--strengths", type=_floats, default=RUN_STRENGTHS,
+                   help="candidate strengths, chosen per CWE on val (default -1,-0.3,0.3,1 with --unit relative)")
     p.add_argument("--modes", default="logit,generation", help="logit and/or generation (comma-separated)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>); rerun to resume")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, unit=RUN_UNIT)
 
     p = sub.add_parser("extract", help="record hidden states of a dataset's samples to a safetensors file")
     _add_model_args(p)

@@ -75,8 +75,10 @@ class RunConfig:
     layers: tuple[int, ...] = ()
     position: str = "last"
     method: str = "mean_diff"
-    strengths: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
-    unit: str = "raw"
+    # x the steered layer's mean hidden-state norm (unit vector), both signs: raw mean differences are a few
+    # per cent of the hidden norm on small models and move nothing; validation picks the sign and size
+    strengths: tuple[float, ...] = (-1.0, -0.3, 0.3, 1.0)
+    unit: str = "relative"
     steer_positions: str = "last"
     modes: tuple[str, ...] = MODES
     max_new_tokens: int = 20

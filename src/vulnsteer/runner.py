@@ -1,8 +1,9 @@
 """``vulnsteer run``: the default experiment, end to end.
 
 Data (bundled corpus by default) -> train/val/test split by pair -> one mean-difference vector per CWE from the
-train split at the middle layer -> baseline, steered and random-control conditions on val and test, in logit and
-generation mode -> a strength chosen per CWE on val -> results.json + report.md (+ plots).
+train split at the middle layer -> baseline, steered and random-control conditions on val and test in logit mode
+-> a strength chosen per CWE on val -> generation mode on test with the baseline and the chosen strengths (and
+their controls) -> results.json + report.md (+ plots).
 """
 
 from __future__ import annotations
@@ -118,19 +119,54 @@ def _selection_mode(config: RunConfig, mode: str) -> str:
     return "logit" if mode == "generation" and "logit" in config.modes else mode
 
 
+def _steered_pair(config: RunConfig, mode: str, split: str, strength: float, layers: Sequence[int]
+                  ) -> list[Condition]:
+    return [Condition(kind, mode, split, strength, tuple(layers), config.unit, config.steer_positions, config.method,
+                      None, config.control_seed) for kind in ("steered", "control")]
+
+
 def _conditions(config: RunConfig, layers: Sequence[int]) -> list[Condition]:
+    """The first phase: every strength in each selecting mode (val and test); only the baseline (test) in a mode
+    whose strength another mode chooses (its steered settings come in :func:`_chosen_conditions`)."""
     conds: list[Condition] = []
     for mode in config.modes:
-        splits = ("test",) if _selection_mode(config, mode) != mode else ("val", "test")
-        for split in splits:
+        delegated = _selection_mode(config, mode) != mode
+        for split in ("test",) if delegated else ("val", "test"):
             conds.append(Condition("baseline", mode, split))
+            if delegated:
+                continue
             for strength in config.strengths:
-                if strength == 0:
-                    continue
-                for kind in ("steered", "control"):
-                    conds.append(Condition(kind, mode, split, strength, tuple(layers), config.unit,
-                                           config.steer_positions, config.method, None, config.control_seed))
+                if strength != 0:
+                    conds += _steered_pair(config, mode, split, strength, layers)
     return conds
+
+
+def _chosen(config: RunConfig, mode: str, conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]],
+            cwes: Sequence[str]) -> dict[str, Condition]:
+    """Per CWE, the setting chosen on the val split of *mode*'s selecting mode (baseline when nothing beats it)."""
+    by = _selection_mode(config, mode)
+    candidates = [c for c in conds if c.mode == by and c.split == "val" and c.kind in ("baseline", "steered")]
+
+    def val_score(cond: Condition, cwe: str) -> float | None:
+        preds = [r.to_prediction() for r in records[cond.key] if r.cwe == cwe]
+        return compute_metrics(preds).balanced_accuracy if preds else None
+
+    return select_per_cwe(candidates, val_score, cwes)
+
+
+def _chosen_conditions(config: RunConfig, conds: Sequence[Condition],
+                       records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]) -> list[Condition]:
+    """The second phase: in each mode whose strength another mode chooses (generation, chosen on logit val), the
+    test conditions (steered + random control) of the strengths some CWE chose; generation is the expensive
+    detector, so the strengths no CWE chose are not generated."""
+    extra: list[Condition] = []
+    for mode in config.modes:
+        if _selection_mode(config, mode) == mode:
+            continue
+        picked = {c.strength: c for c in _chosen(config, mode, conds, records, cwes).values() if c.kind != "baseline"}
+        for strength in sorted(picked):
+            extra += _steered_pair(config, mode, "test", strength, picked[strength].layers)
+    return extra
 
 
 def _examples(records_by_key: Mapping[str, Sequence[DetectionRecord]], base_key: str, steered_key: str,
@@ -185,6 +221,11 @@ def run_experiment(
         sink = ActivationSink(layers)  # val/test activations for the probes, recorded by the baseline passes
         records = run_conditions(lm, conds, store, data.by_cwe, vectors, batch_size=config.batch_size,
                                  max_new_tokens=config.max_new_tokens, progress=progress, sink=sink)
+        extra = _chosen_conditions(config, conds, records, data.cwes)
+        if extra:
+            records.update(run_conditions(lm, extra, store, data.by_cwe, vectors, batch_size=config.batch_size,
+                                          max_new_tokens=config.max_new_tokens, progress=progress))
+            conds = [*conds, *extra]
         timings["evaluate"] = time.perf_counter() - t
         t = time.perf_counter()
         split_acts = {"train": train_acts}
@@ -252,14 +293,13 @@ def _assemble(
     examples: dict[str, Any] = {}
     for mode in config.modes:
         by = _selection_mode(config, mode)
-        candidates = [c for c in conds if c.mode == by and c.split == "val" and c.kind in ("baseline", "steered")]
 
         def val_score(cond: Condition, cwe: str) -> float | None:
             block = metric_cache[cond.key].get(cwe)
             return None if block is None else float(block["balanced_accuracy"])
 
-        chosen = {cwe: dataclasses.replace(c, mode=mode) for cwe, c in select_per_cwe(candidates, val_score,
-                                                                                         cwes).items()}
+        chosen = {cwe: dataclasses.replace(c, mode=mode) for cwe, c in _chosen(config, mode, conds, records,
+                                                                                 cwes).items()}
         selection[mode] = {cwe: {"condition": c.to_dict(), "selected_by": f"{by} mode, val split",
                                  "val_balanced_accuracy": val_score(dataclasses.replace(c, mode=by), cwe)}
                            for cwe, c in chosen.items()}
