@@ -11,6 +11,10 @@ import torch
 from vulnsteer.data.sample import Sample
 from vulnsteer.model import LoadedModel, model_fingerprint
 
+# Tiny models dominate the suite: one intra-op thread avoids thread hand-off costs that swamp a millisecond forward
+# pass on a busy 2-core machine (and keeps parallel CI jobs from oversubscribing the cores).
+torch.set_num_threads(1)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 _CHATML = (
