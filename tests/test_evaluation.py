@@ -303,3 +303,19 @@ def test_mcnemar_identical_predictions() -> None:
 def test_mcnemar_rejects_different_samples() -> None:
     with pytest.raises(ValueError):
         mcnemar_exact([P("a", 1, 1)], [P("b", 1, 1)])
+
+
+def test_point_metrics_match_compute_metrics() -> None:
+    from vulnsteer.evaluation import point_metrics
+
+    rng = random.Random(0)
+    names = ("balanced_accuracy", "accuracy", "tpr", "fpr", "pair_accuracy", "vulnerable_rate", "auroc")
+    for trial in range(20):
+        preds = [Prediction(f"s{i}", "CWE-89", f"p{i // 2}" if trial % 3 else None,
+                            rng.randint(0, 1) if trial % 5 else 1, rng.choice([1, 0, -1]),
+                            rng.random() if trial % 2 else None) for i in range(rng.randint(1, 12))]
+        full = compute_metrics(preds).to_dict()
+        fast = point_metrics(preds, names)
+        for name in names:
+            assert fast[name] == pytest.approx(full[name], nan_ok=True), (trial, name)
+    assert point_metrics([], names) == {name: None for name in names}

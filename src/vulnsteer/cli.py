@@ -245,7 +245,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_vectors(args: argparse.Namespace) -> int:
     from .experiment import fit_cwe_vectors, prepare_data, resolve_run_layers
-    from .runner import _save_vectors
+    from .runner import save_vectors
 
     config = _run_config(args)
     lm = _load(args)
@@ -256,7 +256,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, pooled=args.pooled, progress=not args.no_progress)
     finally:
         lm.close()
-    info = _save_vectors(vectors, Path(args.out))
+    info = save_vectors(vectors, Path(args.out))
     for key, item in info.items():
         norms = ", ".join(f"L{k}: {v:.3g} ({item['relative_norm'][k]:.3g} rel)" for k, v in item["norm"].items())
         print(f"{key}: {Path(args.out).parent / item['file']}  n={item['n_vulnerable']}+{item['n_secure']}  {norms}")

@@ -22,7 +22,7 @@ from .experiment import (
 from .io import write_json
 from .model import load_model
 from .report import write_report
-from .runner import SIGN_CONVENTION, _summary_rows, summarize_metrics
+from .runner import SIGN_CONVENTION, summarize_metrics, summary_rows
 from .vectors import SteeringVector
 
 __all__ = ["evaluate_saved_vectors", "load_vector_dir"]
@@ -123,7 +123,7 @@ def evaluate_saved_vectors(args: argparse.Namespace) -> int:
         summary = {}
         for mode in modes:
             steered = next(c for c in conds if c.mode == mode and c.kind == "steered")
-            summary[mode] = _summary_rows(
+            summary[mode] = summary_rows(
                 mode, cwes, {cwe: steered for cwe in cwes}, conds, records, metric_cache, config.seed, split=split
             )
         results = json_ready(

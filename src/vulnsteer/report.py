@@ -16,7 +16,8 @@ from .cwe import cwe_name
 from .io import atomic_open, write_text
 from .probe import PROBE_TABLE_COLUMNS, probe_table
 
-__all__ = ["fmt", "plot_strength_curves", "render_markdown", "write_report"]
+__all__ = ["ci_cell", "fmt", "lead_table", "markdown_table", "plot_strength_curves", "render_markdown",
+           "write_report"]
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -29,34 +30,34 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _ci(block: Mapping[str, Any] | None) -> str:
+def ci_cell(block: Mapping[str, Any] | None) -> str:
     if not block:
         return "–"
     lo, hi = block.get("balanced_accuracy_ci") or (None, None)
     return f"{fmt(block.get('balanced_accuracy'))} [{fmt(lo, 2)}, {fmt(hi, 2)}]"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
 
 
-def _lead_table(summary: Mapping[str, Any]) -> list[str]:
+def lead_table(summary: Mapping[str, Any]) -> list[str]:
     rows = []
     for cwe, row in summary.items():
         rows.append([
             f"{cwe} ({cwe_name(cwe)})",
             f"{row['n']} ({row['n_pairs']} pairs)",
-            _ci(row["baseline"]),
-            f"{_ci(row['steered'])}<br>{row['chosen']}",
-            _ci(row.get("control")),
+            ci_cell(row["baseline"]),
+            f"{ci_cell(row['steered'])}<br>{row['chosen']}",
+            ci_cell(row.get("control")),
             f"{row['delta']:+.3f} [{row['delta_ci'][0]:+.2f}, {row['delta_ci'][1]:+.2f}]",
             fmt(row["p_value"], 3),
         ])
     header = ["CWE", "n (test)", "baseline bal.acc [95% CI]", "steered (chosen on val)", "random control",
               "Δ bal.acc [95% CI]", "McNemar p"]
-    lines = _table(header, rows)
+    lines = markdown_table(header, rows)
     lines.append("")
     lines += [f"- **{cwe}**: {row['words']}." for cwe, row in summary.items()]
     return lines
@@ -75,11 +76,11 @@ def _strength_table(results: Mapping[str, Any], mode: str, split: str) -> list[s
         for cwe, m in entry["metrics"].items():
             shift = rel.get(cwe, math.nan) * cond["strength"] if cond["unit"] == "raw" else cond["strength"]
             rows.append([cwe, cond["kind"], fmt(float(cond["strength"]), 1),
-                         "–" if cond["kind"] == "baseline" else fmt(shift, 3), _ci(m), fmt(m["accuracy"]),
+                         "–" if cond["kind"] == "baseline" else fmt(shift, 3), ci_cell(m), fmt(m["accuracy"]),
                          fmt(m["tpr"]), fmt(m["fpr"]), fmt(m["pair_accuracy"]), fmt(m["vulnerable_rate"]),
                          fmt(m["uncertain_rate"]), fmt(m["auroc"]), fmt(m.get("mean_margin"), 2)])
     rows.sort(key=lambda r: (r[0] != "overall", r[0], r[1] != "baseline", float(r[2]), r[1]))
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _relative_shift(results: Mapping[str, Any]) -> dict[str, float]:
@@ -125,7 +126,7 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         picked: Mapping[str, Any] = next(iter(results.get("selection", {}).get(mode, {}).values()), {})
         how = f"strength chosen on the {picked['selected_by']}" if "selected_by" in picked else chosen_how
         lines += [f"## {mode} mode: {_split_of(summary)} split, {how}", ""]
-        lines += _lead_table(summary)
+        lines += lead_table(summary)
         lines.append("")
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
@@ -155,7 +156,7 @@ def _probe_section(probes: Sequence[Mapping[str, Any]]) -> list[str]:
     return ["## Probe detectors (fit on train, threshold on val, scored once on test)", "",
             "`direction` scores each sample by its projection on the CWE's mean-difference vector (higher = "
             "more vulnerable); `logistic` is an L2 logistic-regression probe on the same activations.", "",
-            *_table(header, [list(r.values()) for r in rows]), ""]
+            *markdown_table(header, [list(r.values()) for r in rows]), ""]
 
 
 def _split_of(summary: Mapping[str, Any]) -> str:

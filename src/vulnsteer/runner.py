@@ -39,7 +39,8 @@ from .prompts import DEFAULT_TEMPLATE
 from .steering import __doc__ as _steering_doc
 from .vectors import SteeringVector
 
-__all__ = ["SIGN_CONVENTION", "default_out_dir", "run_experiment", "summarize_metrics"]
+__all__ = ["SIGN_CONVENTION", "compare_to_baseline", "default_out_dir", "run_experiment", "save_vectors",
+           "summarize_metrics", "summary_rows", "verdict_words"]
 
 SIGN_CONVENTION = (
     "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
@@ -213,7 +214,7 @@ def run_experiment(
         t = time.perf_counter()
         vectors = fit_cwe_vectors(lm, data.by_cwe("train"), layers, position=config.position,
                                   methods=[config.method], activations=train_acts, progress=progress)
-        vector_info = _save_vectors(vectors, out / "vectors")
+        vector_info = save_vectors(vectors, out / "vectors")
         timings["fit_vectors"] = time.perf_counter() - t
         t = time.perf_counter()
         store = ResultStore(out / "records.jsonl")
@@ -249,7 +250,7 @@ def run_experiment(
     return out
 
 
-def _save_vectors(vectors: Mapping[tuple[str, str], SteeringVector], folder: Path) -> dict[str, Any]:
+def save_vectors(vectors: Mapping[tuple[str, str], SteeringVector], folder: Path) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for (cwe, method), vec in vectors.items():
         path = folder / f"{cwe.lower()}-{method}.safetensors"
@@ -303,7 +304,7 @@ def _assemble(
         selection[mode] = {cwe: {"condition": c.to_dict(), "selected_by": f"{by} mode, val split",
                                  "val_balanced_accuracy": val_score(dataclasses.replace(c, mode=by), cwe)}
                            for cwe, c in chosen.items()}
-        summary[mode] = _summary_rows(mode, cwes, chosen, conds, records, metric_cache, config.seed)
+        summary[mode] = summary_rows(mode, cwes, chosen, conds, records, metric_cache, config.seed)
         if mode == "generation" and config.n_examples:
             strongest = max((c for c in conds if c.mode == mode and c.split == "test" and c.kind == "steered"),
                             key=lambda c: c.strength, default=None)
@@ -330,7 +331,7 @@ def _assemble(
     })
 
 
-def _summary_rows(
+def summary_rows(
     mode: str,
     cwes: Sequence[str],
     chosen: Mapping[str, Condition],

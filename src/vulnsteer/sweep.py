@@ -35,14 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from .activations import POSITIONS, Activations
 from .cwe import normalize_cwe, parse_merge_map
 from .data.sample import Sample
 from .detection import DetectionRecord, PrefixStore
-from .evaluation import _clusters, _Replicates
+from .evaluation import point_metrics as evaluation_point_metrics
 from .experiment import (
     MODES,
     SCHEMA_VERSION,
@@ -59,8 +58,8 @@ from .experiment import (
 from .io import write_json, write_text
 from .model import LoadedModel, load_model, resolve_layers
 from .prompts import DEFAULT_TEMPLATE
-from .report import _ci, _lead_table, _table, fmt
-from .runner import SIGN_CONVENTION, _save_vectors, compare_to_baseline, summarize_metrics, verdict_words
+from .report import ci_cell, fmt, lead_table, markdown_table
+from .runner import SIGN_CONVENTION, compare_to_baseline, save_vectors, summarize_metrics, verdict_words
 from .steering import POSITION_MODES, STRENGTH_UNITS
 from .vectors import METHODS, SteeringVector, dataset_hash
 
@@ -79,12 +78,14 @@ __all__ = [
     "candidate_settings",
     "check_identity",
     "config_document",
+    "cross_table",
     "dump_toml",
     "held_out_conditions",
     "held_out_results",
     "load_config",
     "parse_config",
     "point_metrics",
+    "pooled_table",
     "render_lead",
     "render_sweep_markdown",
     "resolve_layer_sets",
@@ -587,20 +588,8 @@ class Choice:
 
 
 def point_metrics(records: Sequence[DetectionRecord], names: Sequence[str]) -> dict[str, float | None]:
-    """Metrics of *records* without the bootstrap, vectorised (the evaluation module's replicate code with every
-    pair drawn once, so the conventions are :func:`~vulnsteer.evaluation.compute_metrics`'s; undefined = None)."""
-    preds = [r.to_prediction() for r in records]
-    if not preds:
-        return {name: None for name in names}
-    clusters = _clusters(preds)
-    n_clusters = int(clusters.max()) + 1
-    replicates = _Replicates(preds, clusters, n_clusters)
-    once = np.ones((1, n_clusters), dtype=np.int64)
-    out: dict[str, float | None] = {}
-    for name in names:
-        value = float(replicates(name, once)[0])
-        out[name] = None if math.isnan(value) else value
-    return out
+    """:func:`vulnsteer.evaluation.point_metrics` of detection records (no bootstrap; undefined = None)."""
+    return evaluation_point_metrics([r.to_prediction() for r in records], names)
 
 
 def _balanced_accuracy(records: Sequence[DetectionRecord], cwe: str | None = None) -> float | None:
@@ -858,7 +847,7 @@ class _Sweep:
             fitted = fit_cwe_vectors(lm, train_by_cwe, union, position=position, methods=cfg.methods,
                                      pooled=cfg.pooled, activations=acts, progress=False)
             vectors.update({(cwe, f"{method}@{position}"): vec for (cwe, method), vec in fitted.items()})
-        self.results["vectors"] = _save_vectors(vectors, out / "vectors")
+        self.results["vectors"] = save_vectors(vectors, out / "vectors")
         self.results["cosine"] = _cosines(vectors, union)
         middle = union[len(union) // 2]
         self.results["pca"] = {pos: _pca(acts, train, pos, middle) for pos in cfg.positions}
@@ -987,29 +976,29 @@ def _val_table(entries: Sequence[Mapping[str, Any]], cwes: Sequence[str],
             is_pick = chosen.get(cwe) == label or (label == "baseline" and cwe in selection and cwe not in chosen)
             cells.append(f"**{value}**" if is_pick else value)
         rows.append([label, *cells])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
-def _pooled_table(rows: Mapping[str, Any]) -> list[str]:
-    body = [[cwe, str(r["n"]), _ci(r["baseline"]), _ci(r["steered"]), _ci(r.get("control")),
+def pooled_table(rows: Mapping[str, Any]) -> list[str]:
+    body = [[cwe, str(r["n"]), ci_cell(r["baseline"]), ci_cell(r["steered"]), ci_cell(r.get("control")),
              f"{r['delta']:+.3f} [{r['delta_ci'][0]:+.2f}, {r['delta_ci'][1]:+.2f}]", fmt(r["p_value"])]
             for cwe, r in rows.items() if isinstance(r, Mapping)]
-    return _table(["CWE", "n", "baseline", "pooled vector", "random control", "Δ bal.acc [95% CI]", "McNemar p"],
-                  body)
+    header = ["CWE", "n", "baseline", "pooled vector", "random control", "Δ bal.acc [95% CI]", "McNemar p"]
+    return markdown_table(header, body)
 
 
-def _cross_table(cross: Mapping[str, Any]) -> list[str]:
+def cross_table(cross: Mapping[str, Any]) -> list[str]:
     header = ["vector ↓ / samples →", *cross["targets"]]
     rows = []
     for name, line in zip(cross["vectors"], cross["delta_balanced_accuracy"]):
         mark = "" if cross["chosen"].get(name) == "steered" else " (baseline won on val)"
         rows.append([f"{name}{mark}", *[("–" if v is None else f"{v:+.3f}") for v in line]])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def render_lead(rows: Mapping[str, Any], split: str) -> list[str]:
     """The headline table (reusing the run report's) plus the best steered settings that were not chosen."""
-    lines = _lead_table(rows)
+    lines = lead_table(rows)
     lines[0] = lines[0].replace("n (test)", f"n ({split})").replace("steered (chosen on val)",
                                                                     f"chosen on val → {split}")
     extra = [f"- {cwe}: best steered setting on val (not chosen: the baseline scored at least as well) was "
@@ -1062,18 +1051,18 @@ def render_sweep_markdown(results: Mapping[str, Any], plots: Sequence[str] = ())
             label = (pooled.get("best_steered") or {}).get("label")
             lines += [f"### Pooled 'any weakness' vector on TEST (setting chosen on VAL over all CWEs: {label}; "
                       f"val choice: {pooled.get('chosen')})", ""]
-            lines += _pooled_table(results["pooled"][mode])
+            lines += pooled_table(results["pooled"][mode])
             lines.append("")
         cross = results["cross_cwe"].get(mode)
         if cross and cross["vectors"]:
             lines += [f"### Cross-CWE matrix ({mode}, TEST): Δ balanced accuracy vs baseline when the vector of the "
                       "row's CWE, at that CWE's best steered setting on VAL, is applied to the column's samples", ""]
-            lines += _cross_table(cross)
+            lines += cross_table(cross)
             lines.append("")
     for method_key, block in results.get("cosine", {}).items():
         layer = list(block["layers"])[len(block["layers"]) // 2]
         lines += [f"### Cosine similarity of the vectors ({method_key}, layer {layer}, fitted on TRAIN)", ""]
-        lines += _table(["", *block["cwes"]], [[a, *(f"{v:+.2f}" for v in line)]
+        lines += markdown_table(["", *block["cwes"]], [[a, *(f"{v:+.2f}" for v in line)]
                                                for a, line in zip(block["cwes"], block["layers"][layer])])
         lines.append("")
     for plot in plots:

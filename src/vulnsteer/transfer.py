@@ -41,11 +41,11 @@ from .sweep import (
     POOLED,
     RECORDS_NAME,
     Choice,
-    _cross_table,
-    _pooled_table,
     check_identity,
+    cross_table,
     held_out_conditions,
     held_out_results,
+    pooled_table,
     render_lead,
 )
 from .vectors import SteeringVector, VectorMismatchError, dataset_hash
@@ -215,12 +215,12 @@ def render_transfer_markdown(results: Mapping[str, Any], plots: Sequence[str] = 
         lines += render_lead(rows, SPLIT)
         if results["pooled"].get(mode):
             lines += ["", "### Pooled 'any weakness' vector at its chosen setting", ""]
-            lines += _pooled_table(results["pooled"][mode])
+            lines += pooled_table(results["pooled"][mode])
         cross = results["cross_cwe"].get(mode)
         if cross and cross["vectors"]:
             lines += ["", "### Cross-CWE matrix: Δ balanced accuracy vs baseline (row's vector on column's samples)",
                       ""]
-            lines += _cross_table(cross)
+            lines += cross_table(cross)
     lines.append("")
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
