@@ -8,32 +8,12 @@ from typing import Any
 
 import pytest
 import torch
+from tests.conftest import write_toy_jsonl
 
 from vulnsteer.cli import main
 from vulnsteer.evaluate_cmd import load_vector_dir
 from vulnsteer.model import LoadedModel
 from vulnsteer.vectors import Provenance, SteeringVector, VectorMismatchError
-
-_CODE = {
-    "CWE-89": ("q = 'SELECT * FROM t{i} WHERE id=' + uid\ncur.execute(q)",
-               "q = 'SELECT * FROM t{i} WHERE id=?'\ncur.execute(q, (uid,))"),
-    "CWE-78": ("os.system('ls ' + d{i})", "subprocess.run(['ls', d{i}])"),
-    "CWE-22": ("return open(base + name{i}).read()", "return open(safe_join(base, name{i})).read()"),
-}
-
-
-def write_jsonl(path: Path, cwes: tuple[str, ...], n_pairs: int = 5) -> Path:
-    rows = []
-    for cwe in cwes:
-        vulnerable, secure = _CODE[cwe]
-        for i in range(n_pairs):
-            pair = f"{cwe}-{i}"
-            rows.append({"id": f"{pair}-v", "pair_id": pair, "cwe": cwe, "label": "vulnerable", "language": "python",
-                         "code": vulnerable.format(i=i)})
-            rows.append({"id": f"{pair}-s", "pair_id": pair, "cwe": cwe, "label": "secure", "language": "python",
-                         "code": secure.format(i=i)})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def _vector(cwe: str, *, hidden: int = 64, fingerprint: str = "f" * 16, method: str = "mean_diff",
@@ -41,14 +21,6 @@ def _vector(cwe: str, *, hidden: int = 64, fingerprint: str = "f" * 16, method: 
     prov = Provenance("tiny-llama", fingerprint, hidden, layers, "last", method, cwe, 4, 4, "h", "t",
                       layer_norms={layer: 10.0 for layer in layers})
     return SteeringVector({layer: torch.ones(hidden) for layer in layers}, prov)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +33,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> dict[s
     model_dir = root / "model"
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
-    train = write_jsonl(root / "train.jsonl", ("CWE-89", "CWE-78"))
-    data = write_jsonl(root / "data.jsonl", ("CWE-89", "CWE-78", "CWE-22"))
+    train = write_toy_jsonl(root / "train.jsonl", ("CWE-89", "CWE-78"), n_pairs=5, prefix="e")
+    data = write_toy_jsonl(root / "data.jsonl", ("CWE-89", "CWE-78", "CWE-22"), n_pairs=5, prefix="e")
     vectors = root / "vectors"
     before = torch.get_num_threads()
     torch.set_num_threads(1)

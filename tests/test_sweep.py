@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import write_toy_jsonl
 
 from vulnsteer import sweep as sweep_mod
 from vulnsteer.detection import DetectionRecord
@@ -38,28 +39,6 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
-_TEMPLATES = {
-    "CWE-89": ("q = 'SELECT * FROM t{i} WHERE id=' + uid\ncur.execute(q)",
-               "q = 'SELECT * FROM t{i} WHERE id=?'\ncur.execute(q, (uid,))"),
-    "CWE-78": ("os.system('ls ' + d{i})", "subprocess.run(['ls', d{i}])"),
-    "CWE-22": ("return open(base + name{i}).read()", "return open(safe_join(base, name{i})).read()"),
-}
-
-
-def write_toy_jsonl(path: Path, cwes: tuple[str, ...] = ("CWE-89", "CWE-78"), n_pairs: int = 6,
-                    prefix: str = "toy") -> Path:
-    """A tiny generic-JSONL dataset of vulnerable/secure pairs (python one-liners)."""
-    rows = []
-    for cwe in cwes:
-        vulnerable, secure = _TEMPLATES[cwe]
-        for i in range(n_pairs):
-            pair = f"{prefix}-{cwe}-{i}"
-            rows.append({"id": f"{pair}-v", "pair_id": pair, "cwe": cwe, "label": "vulnerable", "language": "python",
-                         "code": vulnerable.format(i=i)})
-            rows.append({"id": f"{pair}-s", "pair_id": pair, "cwe": cwe, "label": "secure", "language": "python",
-                         "code": secure.format(i=i)})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def write_config(path: Path, data: Path, *, cache_dir: Path, modes: str = '["logit"]', group_size: int = 4,

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+from tests.conftest import write_toy_jsonl
 
-from test_sweep import _sweep, write_config, write_toy_jsonl
+from test_sweep import _sweep, write_config
 from vulnsteer.experiment import RunConfig, prepare_data
 from vulnsteer.model import LoadedModel
 from vulnsteer.sweep import ConfigError, load_config
@@ -24,14 +25,6 @@ def tiny_lm(tiny_tokenizer: Any) -> LoadedModel:
     from conftest import make_tiny
 
     return make_tiny(tiny_tokenizer, "llama")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
