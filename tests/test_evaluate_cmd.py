@@ -192,6 +192,31 @@ def test_evaluate_refuses_a_model_mismatch_unless_allowed(env: dict[str, Any], t
     assert list(results["summary"]["logit"]) == ["CWE-89"]
 
 
+def test_evaluate_refuses_vectors_of_other_weights_of_the_same_architecture(
+        env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fine-tune has the same fingerprint (architecture) but other weights: the provenance's weights digest
+    tells them apart."""
+    from transformers import AutoModelForCausalLM
+
+    tuned = AutoModelForCausalLM.from_pretrained(env["model"])
+    with torch.no_grad():
+        tuned.lm_head.weight.add_(0.01)
+    tuned_dir = tmp_path / "tuned"
+    tuned.save_pretrained(tuned_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (env["model"] / name).exists():
+            (tuned_dir / name).write_bytes((env["model"] / name).read_bytes())
+    fitted = SteeringVector.load(next(env["vectors"].glob("cwe-89-*.safetensors")))
+    assert fitted.provenance.model_fingerprint == env["fingerprint"]
+    assert set(fitted.provenance.extra) == {"weights_digest", "dtype"}
+    args = ["--no-progress", "evaluate", "--vectors", str(env["vectors"]), "--model", str(tuned_dir), "--data",
+            str(env["data"]), "--format", "jsonl", "--max-code-tokens", "64"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    line = _error_line(capsys)
+    assert "other weights of this architecture" in line and "--allow-model-mismatch" in line
+    assert main([*args, "--out", str(tmp_path / "allowed"), "--allow-model-mismatch"]) == 0
+
+
 def test_evaluate_without_a_matching_cwe_or_without_vectors(env: dict[str, Any], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "vecs"

@@ -72,6 +72,19 @@ def test_fingerprint_depends_on_shapes_not_weights(tiny_tokenizer: Any) -> None:
     assert len(model_fingerprint(a.model)) == 16
 
 
+def test_weights_digest_tells_weights_apart_and_is_cached(tiny_tokenizer: Any) -> None:
+    a = make_tiny(tiny_tokenizer, "llama", seed=0)
+    b = make_tiny(tiny_tokenizer, "llama", seed=1)
+    assert a.fingerprint == b.fingerprint and a.weights_digest != b.weights_digest
+    assert a.weights_identity == {"weights_digest": a.weights_digest, "dtype": "float32"}
+    first = a.weights_digest
+    with torch.no_grad():
+        a.model.lm_head.weight.add_(1.0)
+    assert a.weights_digest == first  # computed once per loaded model (weights are not expected to change)
+    a.extra.pop("weights_digest")
+    assert a.weights_digest != first
+
+
 def test_fingerprint_is_shape_sensitive(tiny_tokenizer: Any) -> None:
     four = make_tiny(tiny_tokenizer, "llama", layers=4).model
     three = make_tiny(tiny_tokenizer, "llama", layers=3).model

@@ -96,6 +96,25 @@ def test_load_checks_the_fingerprint_even_without_a_hidden_size(tmp_path: Path) 
         SteeringVector.load(path, fingerprint="0000000000000000")
 
 
+def test_load_checks_the_weights_digest_in_the_same_dtype_only(tmp_path: Path) -> None:
+    path = tmp_path / "v.safetensors"
+    ident = {"weights_digest": "1111222233334444", "dtype": "float32"}
+    vec = _vector()
+    SteeringVector(dict(vec.directions), dataclasses.replace(vec.provenance, extra=ident)).save(path)
+    SteeringVector.load(path, fingerprint="abcd1234abcd1234", weights=ident)  # the same weights
+    with pytest.raises(VectorMismatchError) as info:  # a fine-tune: same architecture, other weights
+        SteeringVector.load(path, fingerprint="abcd1234abcd1234",
+                            weights={"weights_digest": "9999888877776666", "dtype": "float32"})
+    message = str(info.value)
+    assert str(path) in message and "other weights" in message and "1111222233334444" in message
+    assert "--allow-model-mismatch" in message
+    # another dtype gives another digest for the same weights: not evidence of other weights
+    SteeringVector.load(path, weights={"weights_digest": "9999888877776666", "dtype": "bfloat16"})
+    # vectors saved without a digest (older files, hand-made ones) are checked on the fingerprint only
+    _vector().save(path)
+    SteeringVector.load(path, fingerprint="abcd1234abcd1234", weights=ident)
+
+
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         SteeringVector.load(tmp_path / "nope.safetensors")

@@ -32,7 +32,7 @@ from safetensors.torch import save
 from .activations import Activations, extract_activations
 from .data.sample import Sample
 from .io import atomic_open
-from .model import LoadedModel, cache_root
+from .model import LoadedModel, cache_root, weights_digest
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate
 from .vectors import dataset_hash
 
@@ -42,33 +42,15 @@ log = logging.getLogger(__name__)
 
 FORMAT = "vulnsteer.ActivationCache"
 FORMAT_VERSION = "1"
-_DIGEST_ELEMENTS = 4096
 
 
 def default_cache_dir() -> Path:
     return cache_root() / "activations"
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """A short hash of the weights: each tensor's name, shape, first elements and sum (cheap, but different
-    weights of the same architecture give a different digest)."""
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            head = flat[:_DIGEST_ELEMENTS].to("cpu", torch.float32).numpy().tobytes()
-            total = float(flat.double().sum()) if flat.is_floating_point() else float(flat.sum())
-            digest.update(f"{name}:{tuple(tensor.shape)}:{total:.9e};".encode())
-            digest.update(head)
-    return digest.hexdigest()[:16]
-
-
 def model_key(lm: LoadedModel) -> str:
     """Identity of a loaded model for caching: architecture fingerprint, weights, dtype and device type."""
-    cached = lm.extra.get("weights_digest")
-    if not isinstance(cached, str):
-        cached = weights_digest(lm.model)
-        lm.extra["weights_digest"] = cached
+    cached = lm.weights_digest
     dtype = str(next(lm.model.parameters()).dtype).replace("torch.", "")
     return f"{lm.fingerprint}-{cached}-{dtype}-{lm.device.type}"
 

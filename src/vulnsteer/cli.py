@@ -293,7 +293,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         ctx: Any = nullcontext()
         if args.vector:
             vec = SteeringVector.load(args.vector, hidden_size=lm.hidden_size,
-                                      fingerprint=None if args.allow_model_mismatch else lm.fingerprint)
+                                      fingerprint=None if args.allow_model_mismatch else lm.fingerprint,
+                                      weights=None if args.allow_model_mismatch else lm.weights_identity)
             ctx = steer(lm.model, SteeringSpec(vec, args.strength, layers=args.layers, positions=args.positions,
                                                unit=args.unit))
         with ctx:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,16 @@ __all__ = ["evaluate_saved_vectors", "load_vector_dir"]
 
 
 def load_vector_dir(
-    folder: str | Path, hidden_size: int, fingerprint: str | None
+    folder: str | Path, hidden_size: int, fingerprint: str | None, weights: Mapping[str, str] | None = None
 ) -> dict[tuple[str, str], SteeringVector]:
-    """Every ``*.safetensors`` vector in *folder*, keyed by (CWE, method); refuses a model mismatch."""
+    """Every ``*.safetensors`` vector in *folder*, keyed by (CWE, method); refuses a model mismatch
+    (architecture *fingerprint*, and with *weights* a model's ``weights_identity``)."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"vector folder not found: {root}")
     vectors: dict[tuple[str, str], SteeringVector] = {}
     for path in sorted(root.glob("*.safetensors")):
-        vec = SteeringVector.load(path, hidden_size=hidden_size, fingerprint=fingerprint)
+        vec = SteeringVector.load(path, hidden_size=hidden_size, fingerprint=fingerprint, weights=weights)
         vectors[(vec.cwe, vec.provenance.method)] = vec
     if not vectors:
         raise FileNotFoundError(f"{root}: no .safetensors steering vectors in this folder")
@@ -65,7 +67,9 @@ def evaluate_saved_vectors(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else Path("runs") / (time.strftime("%Y%m%d-%H%M%S") + "-eval")
     try:
-        vectors = load_vector_dir(args.vectors, lm.hidden_size, None if args.allow_model_mismatch else lm.fingerprint)
+        strict = not args.allow_model_mismatch
+        vectors = load_vector_dir(args.vectors, lm.hidden_size, lm.fingerprint if strict else None,
+                                  lm.weights_identity if strict else None)
         data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
         split = args.split
         cwes = [c for c in data.cwes if any(key[0] == c for key in vectors)]

