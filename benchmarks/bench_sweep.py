@@ -3,7 +3,9 @@
 Default: the issue's size, 8 CWEs x 3 layers x 5 strengths in logit mode on the embedded model and the bundled
 corpus (examples/default.toml with its layers replaced by three single layers). The first run starts from an
 empty activation cache; the second runs the same sweep into a fresh run directory with the cache now warm
-(``--second-run extraction`` only repeats the cached extraction, for a quicker check).
+(``--second-run extraction`` only repeats the cached extraction, for a quicker check). ``--second-run
+no-prefix-store`` runs the second sweep with the prompt-prefix store off (``prefix_cache_mib = 0``), so the
+scoring phases of the two runs compare the store against recomputing each prefix per chunk.
 
     python benchmarks/bench_sweep.py                      # the benchmark (target: <= 15 min on 2 cores)
     python benchmarks/bench_sweep.py --config examples/quick.toml --as-configured
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(ROOT / "examples" / "default.toml"))
     parser.add_argument("--as-configured", action="store_true",
                         help="keep the config's layers (default: three single layers, 10, 15 and 20)")
-    parser.add_argument("--second-run", choices=["full", "extraction", "none"], default="full")
+    parser.add_argument("--second-run", choices=["full", "extraction", "no-prefix-store", "none"], default="full")
     parser.add_argument("--keep", default=None, help="keep the run directories under this folder")
     args = parser.parse_args(argv)
 
@@ -82,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         first["timings_s"]["load_model"] = load
         runs = [("1st (cold cache)", first["timings_s"])]
         n_conditions = len(Path(root / "run-1-cold" / "records.jsonl").read_text().splitlines())
-        if args.second_run == "full":
-            second = _run(config, root / "run-2-warm", lm)
+        if args.second_run in ("full", "no-prefix-store"):
+            store_off = args.second_run == "no-prefix-store"
+            second_config = dataclasses.replace(config, prefix_cache_mib=0) if store_off else config
+            second = _run(second_config, root / "run-2-warm", lm)
             second["timings_s"]["load_model"] = 0.0
-            runs.append(("2nd (warm cache)", second["timings_s"]))
+            runs.append(("2nd (no prefix store)" if store_off else "2nd (warm cache)", second["timings_s"]))
+            print(f"prefix store, 1st run: {first.get('prefix_cache')}")
         elif args.second_run == "extraction":
             from vulnsteer.actcache import ActivationCache
             from vulnsteer.experiment import prepare_data
@@ -111,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first run: extraction {cold['activations']:.1f}s ({100 * cold['activations'] / cold['wall']:.0f}%), "
           f"fitting {cold['fit_vectors']:.1f}s, scoring {scoring:.1f}s ({100 * scoring / cold['wall']:.0f}%); "
           f"{scoring / max(1, n_conditions):.2f}s per condition")
-    if len(runs) > 1:
+    if args.second_run == "no-prefix-store":
+        warm = runs[1][1]
+        scoring_off = warm.get("score_val", 0.0) + warm.get("score_test", 0.0)
+        print(f"prompt-prefix store: scoring {scoring_off:.1f}s without -> {scoring:.1f}s with "
+              f"({scoring_off / max(scoring, 1e-3):.2f}x)")
+    elif len(runs) > 1:
         warm = runs[1][1]
         print(f"activation cache: extraction {cold['activations']:.1f}s -> {warm['activations']:.2f}s "
               f"({cold['activations'] / max(warm['activations'], 1e-3):.0f}x); whole sweep {cold['wall']:.1f}s -> "
