@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the config's layers (default: three single layers, 10, 15 and 20)")
     parser.add_argument("--second-run", choices=["full", "extraction", "no-prefix-store", "none"], default="full")
     parser.add_argument("--keep", default=None, help="keep the run directories under this folder")
+    parser.add_argument("--group-size", type=int, default=None, help="override the config's run.group_size "
+                        "(conditions per saved chunk; the prompt-prefix store matters when there are several)")
     args = parser.parse_args(argv)
 
     import torch
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, {"cache_dir": str(root / "activation-cache")})
     if not args.as_configured:
         config = dataclasses.replace(config, layers=((10,), (15,), (20,)))
+    if args.group_size:
+        config = dataclasses.replace(config, group_size=args.group_size)
     settings = (len(config.methods) * len(config.positions) * len(config.steer_positions) * len(config.layers)
                 * sum(1 for _, s in config.strengths if s))
     print(f"config {args.config}: layers {config.layers}, strengths {config.strengths}, modes {config.modes}, "
