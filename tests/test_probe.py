@@ -287,3 +287,28 @@ def test_rejects_misaligned_inputs() -> None:
         evaluate_probes(train, val, (test_acts, test_samples[::-1]))
     with pytest.raises(ValueError, match="unknown position"):
         evaluate_probes(train, val, (test_acts, test_samples), positions=("first",))
+
+
+def test_length_control_reads_length_only_with_the_same_protocol() -> None:
+    from vulnsteer.probe import evaluate_length_control, surface_features
+
+    def sample(i: int, vulnerable: bool, cwe: str = "CWE-89") -> Sample:
+        body = "x = 1\n" * (3 + i % 3) + ("y = 2\n" * 6 if vulnerable else "")  # vulnerable code is longer
+        return Sample(f"{cwe}-{i}-{vulnerable}", body, "python", cwe, "vulnerable" if vulnerable else "secure",
+                      pair_id=f"{cwe}-{i}")
+
+    def split(lo: int, hi: int) -> list[Sample]:
+        return [sample(i, v, cwe) for cwe in ("CWE-89", "CWE-78") for i in range(lo, hi) for v in (True, False)]
+
+    train, val, test = split(0, 8), split(8, 11), split(11, 14)
+    feats = surface_features(test)
+    assert feats.shape == (len(test), 3) and bool(torch.all(feats > 0))
+    results = evaluate_length_control(train, val, test, n_boot=50)
+    assert [(r.cwe, r.detector, r.position, r.layer) for r in results] == [
+        ("CWE-78", "length", "code", -1), ("CWE-89", "length", "code", -1), (OVERALL, "length", "code", -1)]
+    assert all(r.test_auroc == 1.0 for r in results)  # here length alone separates the classes
+    rows = probe_table(results)
+    assert rows[0]["layer"] == "–" and rows[0]["detector"] == "length"
+    # lengths that carry no label: the control is at chance on test
+    flat = [replace(s, code="x = 1\n" * 5) for s in test]
+    assert all(r.test_auroc == 0.5 for r in evaluate_length_control(train, val, flat, n_boot=50))

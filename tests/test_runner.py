@@ -199,6 +199,8 @@ def test_run_experiment_end_to_end(tmp_path: Path, tiny_llama: LoadedModel) -> N
     assert "random control" in report and "sign convention" in report
     assert (out / "vectors").is_dir() and list((out / "vectors").glob("*.safetensors"))
     assert results["probes"]
+    assert {p["detector"] for p in results["probes"]} == {"direction", "logistic", "length"}  # + the length control
+    assert "`length` is their control" in report
     # a rerun on the same directory resumes: nothing recomputed, same results
     before = (out / "records.jsonl").read_text()
     run_experiment(config, out, lm=tiny_llama, progress=False)

@@ -35,6 +35,7 @@ Edge cases (never a crash):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,10 +59,12 @@ __all__ = [
     "ProbeResult",
     "choose_threshold",
     "direction_scores",
+    "evaluate_length_control",
     "evaluate_probes",
     "fit_detector",
     "fit_logistic_probe",
     "probe_table",
+    "surface_features",
 ]
 
 Detector = Literal["direction", "logistic"]
@@ -384,41 +387,90 @@ def evaluate_probes(
     chosen = list(layers) if layers is not None else list(train[0].layers)
 
     splits = (train, val, test)
-    groups: list[tuple[str, list[list[int]]]] = []
-    if per_cwe:
-        for cwe in _cwe_order(s.cwe for _, samples in splits for s in samples):
-            groups.append((cwe, [[i for i, s in enumerate(samples) if s.cwe == cwe] for _, samples in splits]))
-    groups.append((OVERALL, [list(range(len(samples))) for _, samples in splits]))
-
+    samples = tuple(split[1] for split in splits)
+    groups = _groups(samples, per_cwe)
     results: list[ProbeResult] = []
     for position in positions:
         for layer in chosen:
-            xs = [acts.get(position, layer) for acts, _ in splits]
-            for cwe, (tr_idx, va_idx, te_idx) in groups:
-                counts = (len(tr_idx), len(va_idx), len(te_idx))
-                tr_s = [train[1][i] for i in tr_idx]
-                va_s = [val[1][i] for i in va_idx]
-                te_s = [test[1][i] for i in te_idx]
-                tr_y = np.array([s.y for s in tr_s], dtype=np.int64)
-                va_y = np.array([s.y for s in va_s], dtype=np.int64)
-                n_vul, n_sec = int(tr_y.sum()), int(len(tr_y) - tr_y.sum())
-                reason = None
-                if min(n_vul, n_sec) < MIN_TRAIN_PER_CLASS:
-                    reason = (
-                        f"train has {n_vul} vulnerable and {n_sec} secure samples "
-                        f"(need >= {MIN_TRAIN_PER_CLASS} of each)"
-                    )
-                elif not te_idx:
-                    reason = "no test samples"
-                if reason is not None:
-                    results.extend(_skipped(d, position, layer, cwe, counts, reason) for d in detectors)
-                    continue
-                tr_x, va_x, te_x = (_rows(x, idx) for x, idx in zip(xs, (tr_idx, va_idx, te_idx), strict=True))
-                for det in detectors:
-                    fitted = fit_detector(det, tr_x, tr_y, va_x, va_y, C=C, seed=seed)
-                    results.append(
-                        _score(fitted, position, layer, cwe, counts, va_s, va_x, te_s, te_x, n_boot, seed)
-                    )
+            xs = tuple(acts.get(position, layer) for acts, _ in splits)
+            results += _evaluate_features(xs, samples, groups, detectors, position, layer, C, n_boot, seed)
+    return results
+
+
+def surface_features(samples: Sequence[Sample]) -> torch.Tensor:
+    """Per sample ``[log characters, log lines, log non-blank characters]`` of the code: what a probe could
+    read without understanding anything (the label-free surface of the text)."""
+    rows = [[math.log1p(len(s.code)), math.log1p(s.code.count("\n") + 1), math.log1p(len("".join(s.code.split())))]
+            for s in samples]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(samples), 3)
+
+
+def evaluate_length_control(
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    test: Sequence[Sample],
+    *,
+    per_cwe: bool = True,
+    C: float = DEFAULT_C,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[ProbeResult]:
+    """The probes' control: a logistic regression on :func:`surface_features` (code length alone), fitted on
+    train, threshold on val, scored once on test with the same protocol and rows as :func:`evaluate_probes`.
+    A probe AUROC that does not beat this one may be reading length, not vulnerability. Results have detector
+    ``"length"``, position ``"code"`` and layer ``-1`` (no layer)."""
+    splits = (train, val, test)
+    xs = tuple(surface_features(split) for split in splits)
+    return _evaluate_features(xs, splits, _groups(splits, per_cwe), ("logistic",), "code", -1, C, n_boot, seed,
+                              name="length")
+
+
+def _groups(samples: Sequence[Sequence[Sample]], per_cwe: bool) -> list[tuple[str, list[list[int]]]]:
+    """(CWE, row indices in each split) per CWE in number order (with *per_cwe*), then ``overall``."""
+    groups: list[tuple[str, list[list[int]]]] = []
+    if per_cwe:
+        for cwe in _cwe_order(s.cwe for split in samples for s in split):
+            groups.append((cwe, [[i for i, s in enumerate(split) if s.cwe == cwe] for split in samples]))
+    groups.append((OVERALL, [list(range(len(split))) for split in samples]))
+    return groups
+
+
+def _evaluate_features(
+    xs: Sequence[torch.Tensor],
+    samples: Sequence[Sequence[Sample]],
+    groups: Sequence[tuple[str, list[list[int]]]],
+    detectors: Sequence[str],
+    position: str,
+    layer: int,
+    C: float,
+    n_boot: int,
+    seed: int,
+    name: str | None = None,
+) -> list[ProbeResult]:
+    """Fit/threshold/score every detector on every group of one feature matrix per split (train, val, test)."""
+    train, val, test = samples
+    results: list[ProbeResult] = []
+    for cwe, (tr_idx, va_idx, te_idx) in groups:
+        counts = (len(tr_idx), len(va_idx), len(te_idx))
+        tr_y = np.array([train[i].y for i in tr_idx], dtype=np.int64)
+        va_y = np.array([val[i].y for i in va_idx], dtype=np.int64)
+        n_vul, n_sec = int(tr_y.sum()), int(len(tr_y) - tr_y.sum())
+        reason = None
+        if min(n_vul, n_sec) < MIN_TRAIN_PER_CLASS:
+            reason = f"train has {n_vul} vulnerable and {n_sec} secure samples (need >= {MIN_TRAIN_PER_CLASS} of each)"
+        elif not te_idx:
+            reason = "no test samples"
+        if reason is not None:
+            results.extend(_skipped(name or d, position, layer, cwe, counts, reason) for d in detectors)
+            continue
+        tr_x, va_x, te_x = (_rows(x, idx) for x, idx in zip(xs, (tr_idx, va_idx, te_idx), strict=True))
+        va_s = [val[i] for i in va_idx]
+        te_s = [test[i] for i in te_idx]
+        for det in detectors:
+            fitted = fit_detector(det, tr_x, tr_y, va_x, va_y, C=C, seed=seed)
+            if name is not None:
+                fitted = dataclasses.replace(fitted, detector=name)
+            results.append(_score(fitted, position, layer, cwe, counts, va_s, va_x, te_s, te_x, n_boot, seed))
     return results
 
 
@@ -508,6 +560,7 @@ def probe_table(results: Sequence[ProbeResult | Mapping[str, Any]]) -> list[dict
                 _fmt(d.get("test_auroc")),
                 f"{_fmt(d.get('test_balanced_accuracy'))} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]",
             ]
-        head = [str(d["cwe"]), str(d["detector"]), str(d["position"]), str(d["layer"])]
+        layer = int(d["layer"])
+        head = [str(d["cwe"]), str(d["detector"]), str(d["position"]), str(layer) if layer >= 0 else "–"]
         rows.append(dict(zip(PROBE_TABLE_COLUMNS, [*head, *cells], strict=True)))
     return rows

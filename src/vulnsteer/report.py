@@ -155,7 +155,9 @@ def _probe_section(probes: Sequence[Mapping[str, Any]]) -> list[str]:
     header = [c if c != "threshold" else "threshold (val)" for c in PROBE_TABLE_COLUMNS]
     return ["## Probe detectors (fit on train, threshold on val, scored once on test)", "",
             "`direction` scores each sample by its projection on the CWE's mean-difference vector (higher = "
-            "more vulnerable); `logistic` is an L2 logistic-regression probe on the same activations.", "",
+            "more vulnerable); `logistic` is an L2 logistic-regression probe on the same activations; `length` is "
+            "their control, a logistic regression on the code's length alone (characters, lines, non-blank "
+            "characters): a probe that does not beat it may be reading length rather than vulnerability.", "",
             *markdown_table(header, [list(r.values()) for r in rows]), ""]
 
 

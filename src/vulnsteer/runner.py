@@ -34,7 +34,7 @@ from .experiment import (
 )
 from .io import write_json
 from .model import LoadedModel, load_model
-from .probe import evaluate_probes
+from .probe import evaluate_length_control, evaluate_probes
 from .prompts import DEFAULT_TEMPLATE
 from .steering import __doc__ as _steering_doc
 from .vectors import SteeringVector
@@ -237,6 +237,7 @@ def run_experiment(
                                                     batch_size=config.batch_size, progress=progress))
         probes = evaluate_probes(*((split_acts[n], split_samples[n]) for n in ("train", "val", "test")),
                                  layers=layers, seed=config.seed)
+        probes += evaluate_length_control(*(split_samples[n] for n in ("train", "val", "test")), seed=config.seed)
         timings["probes"] = time.perf_counter() - t
         results = _assemble(config, lm, data, layers, vector_info, conds, records)
         results["probes"] = json_ready([p.to_dict() for p in probes])
