@@ -68,3 +68,10 @@ def test_result_store_resumes(tmp_path: Path, tiny_llama: LoadedModel) -> None:
 
     second = run_conditions(None, conds, again, data.by_cwe, {}, progress=False)  # type: ignore[arg-type]
     assert [r.margin for r in second[conds[0].key]] == [r.margin for r in first[conds[0].key]]
+
+
+def test_prepare_data_refuses_an_empty_required_split() -> None:
+    config = RunConfig(cwes=("CWE-89",), fractions=(0.8, 0.2, 0.0))
+    assert not prepare_data(config, progress=False).splits.test  # allowed unless required
+    with pytest.raises(ValueError, match=r"the test split is empty \(28 samples, fractions \[0.8, 0.2, 0.0\]"):
+        prepare_data(config, progress=False, require=("val", "test"))

@@ -116,7 +116,7 @@ def test_sven_pairs_meta_and_identical_rows(tmp_path: Path) -> None:
     assert report.dropped_identical == 1
     assert report.files_read == 2
     assert count_by_cwe(samples) == {"CWE-78": {"vulnerable": 2, "secure": 2, "pairs": 2}}
-    train = [s for s in samples if s.meta["split"] == "train"]
+    train = [s for s in samples if s.meta["upstream_split"] == "train"]
     vuln, fixed = sorted(train, key=lambda s: s.label, reverse=True)
     assert (vuln.label, fixed.label) == ("vulnerable", "secure")
     assert vuln.pair_id == fixed.pair_id == "sven:train:cwe-078:1"
@@ -125,8 +125,20 @@ def test_sven_pairs_meta_and_identical_rows(tmp_path: Path) -> None:
     assert "os.system" in vuln.code and "commit" not in vuln.code
     assert vuln.meta["changed_lines"] == [2] and fixed.meta["changed_lines"] == [2]
     assert vuln.meta["file_name"] == "tool.py"
-    assert {s.language for s in samples if s.meta["split"] == "val"} == {"cpp"}
+    assert {s.language for s in samples if s.meta["upstream_split"] == "val"} == {"cpp"}
     assert len({s.id for s in samples}) == len(samples)
+    # the loader's upstream split is what respect_upstream splitting reads: upstream val becomes test
+    from vulnsteer.data.splits import split_samples
+
+    sp = split_samples(samples, (0.7, 0.3, 0.0), seed=0, respect_upstream=True)
+    assert {s.id for s in sp.test} == {s.id for s in samples}  # one commit in train and val: all of it to test
+    assert sp.notes["upstream_straddling_groups"] == ["commit:github.com/acme/tool/commit/abc"]
+    other_commit = sven_row(file_name="x.cc", commit_link="github.com/acme/tool/commit/d")
+    write_jsonl(root / "val" / "cwe-078.jsonl", [other_commit])
+    samples = load_samples(tmp_path / "sven")
+    sp = split_samples(samples, (0.7, 0.3, 0.0), seed=0, respect_upstream=True)
+    assert {s.id for s in sp.test} == {s.id for s in samples if s.meta["upstream_split"] == "val"} != set()
+    assert sp.notes["without_upstream_split"] == 0 and not sp.notes["upstream_straddling_groups"]
 
 
 def test_safecoder_source_from_path(tmp_path: Path) -> None:
@@ -680,7 +692,7 @@ def test_real_sven_and_safecoder_match_readme(name: str, table: dict[str, tuple[
         assert 0 <= train + val - row["pairs"] <= identical, cwe
         shortfall += train + val - row["pairs"]
         for split, expected in (("train", train), ("val", val)):
-            got = sum(1 for s in samples if s.cwe == cwe and s.is_vulnerable and s.meta["split"] == split)
+            got = sum(1 for s in samples if s.cwe == cwe and s.is_vulnerable and s.meta["upstream_split"] == split)
             assert expected - identical <= got <= expected, (cwe, split)
     assert shortfall == identical
     assert {s.source for s in samples} == {name}

@@ -279,3 +279,9 @@ def test_summary_counts_by_split() -> None:
         assert counted == summary[name]["n"] == len(part)
         assert summary[name]["groups"] == len(Counter(s.group for s in part))
     assert summary["notes"]["seed"] == 0
+
+
+def test_respect_upstream_refuses_data_without_an_upstream_split() -> None:
+    samples = [s for g in range(6) for s in pair(f"j{g}", f"j{g}", code=f"int j{g}(void) {{ return 1; }}")]
+    with pytest.raises(ValueError, match="none of the 12 samples carries an upstream split"):
+        split_samples(samples, fractions=(0.7, 0.3, 0.0), seed=0, respect_upstream=True)

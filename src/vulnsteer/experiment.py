@@ -163,8 +163,12 @@ def load_dataset(config: RunConfig) -> tuple[list[Sample], str, dict[str, Any]]:
     return samples, str(config.data), dataclasses.asdict(report) if dataclasses.is_dataclass(report) else {}
 
 
-def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool = True) -> PreparedData:
-    """Load, clean (comments stripped unless ``keep_comments``), truncate to the token budget, and split."""
+def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool = True,
+                 require: Sequence[str] = ()) -> PreparedData:
+    """Load, clean (comments stripped unless ``keep_comments``), truncate to the token budget, and split.
+
+    *require* names splits that must not come out empty (``("val", "test")`` for experiments that choose on val
+    and report on test): an empty one is a ``ValueError`` that says how the split was made."""
     samples, source, load_notes = load_dataset(config)
     if not samples:
         raise ValueError(f"no samples loaded from {source}")
@@ -194,6 +198,13 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
     notes["truncated"] = sum(1 for s in cleaned if s.meta.get("truncation", {}).get("truncated"))
     notes["max_code_tokens"] = config.max_code_tokens
     splits = split_samples(cleaned, config.fractions, seed=config.seed, respect_upstream=config.respect_upstream)
+    for name in require:
+        if not getattr(splits, name):
+            how = "the dataset's upstream val split" if name == "test" and config.respect_upstream else \
+                f"fractions {list(config.fractions)}"
+            raise ValueError(f"{source}: the {name} split is empty ({len(cleaned)} samples, {how}, "
+                             f"max_pairs_per_cwe {config.max_pairs_per_cwe}); strengths are chosen on val and "
+                             "reported on test, so both need samples")
     present = sorted({s.cwe for s in cleaned}, key=_cwe_order)
     cwes = [c for c in (config.cwes or present) if c in present]
     return PreparedData(splits=splits, cwes=cwes, source=source, notes=notes)

@@ -202,7 +202,7 @@ def run_experiment(
     try:
         timings: dict[str, float] = {"load_model": time.perf_counter() - started}
         t = time.perf_counter()
-        data = prepare_data(config, lm.tokenizer, progress=progress)
+        data = prepare_data(config, lm.tokenizer, progress=progress, require=("train", "val", "test"))
         layers = resolve_run_layers(config.layers, lm.num_layers)
         timings["prepare_data"] = time.perf_counter() - t
         t = time.perf_counter()

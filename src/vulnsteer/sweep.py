@@ -819,7 +819,7 @@ class _Sweep:
 
         cfg, lm, out = self.config, self.lm, self.out
         t = time.perf_counter()
-        data = prepare_data(cfg.run_config(), lm.tokenizer, progress=self.progress)
+        data = prepare_data(cfg.run_config(), lm.tokenizer, progress=self.progress, require=("train", "val", "test"))
         layer_sets = resolve_layer_sets(cfg.layers, lm.num_layers)
         union = sorted({layer for group in layer_sets for layer in group})
         self._timed("prepare_data", t)

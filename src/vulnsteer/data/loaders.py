@@ -48,7 +48,7 @@ from tqdm import tqdm
 from vulnsteer.cwe import UnknownCWEError, apply_merge, normalize_cwe
 from vulnsteer.data.clean import LANGUAGE_ALIASES, canonical_language, strip_comments
 from vulnsteer.data.juliet import find_juliet_files, group_cases, parse_case
-from vulnsteer.data.sample import LABELS, SECURE, VULNERABLE, Label, Sample, count_by_cwe
+from vulnsteer.data.sample import LABELS, SECURE, UPSTREAM_SPLIT_KEY, VULNERABLE, Label, Sample, count_by_cwe
 
 __all__ = [
     "FORMATS",
@@ -237,7 +237,7 @@ class _Loader:
             base_meta: dict[str, Any] = {
                 "file_name": file_name,
                 "commit_link": commit,
-                "split": split,
+                UPSTREAM_SPLIT_KEY: split,
                 "func_name": row.get("func_name", ""),
                 "upstream_file": file.as_posix(),
                 "upstream_line": lineno,

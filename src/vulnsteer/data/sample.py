@@ -9,6 +9,9 @@ from typing import Any, Literal
 Label = Literal["vulnerable", "secure"]
 VULNERABLE: Label = "vulnerable"
 SECURE: Label = "secure"
+#: ``Sample.meta`` key of the split a dataset ships (``"train"``/``"val"``, SVEN and SafeCoder): what
+#: ``respect_upstream`` splitting keeps as the held-out boundary.
+UPSTREAM_SPLIT_KEY = "upstream_split"
 LABELS: tuple[Label, Label] = (VULNERABLE, SECURE)
 
 

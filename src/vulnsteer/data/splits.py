@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vulnsteer.data.sample import Sample, count_by_cwe
+from vulnsteer.data.sample import UPSTREAM_SPLIT_KEY, Sample, count_by_cwe
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
-UPSTREAM_KEY = "upstream_split"
+UPSTREAM_KEY = UPSTREAM_SPLIT_KEY
 """``Sample.meta`` key holding the split a dataset ships a sample in (``"train"``/``"val"``; SVEN, SafeCoder)."""
 
 DuplicateKind = Literal["exact", "normalised"]
@@ -307,6 +307,10 @@ def split_samples(
                 unknown[key] = idx
         if fr[0] + fr[1] <= 0:
             raise ValueError("respect_upstream needs a positive train or val fraction")
+        if not upstream_train and not straddling and len(unknown) == len(comps):
+            raise ValueError(f"respect_upstream: none of the {len(samples)} samples carries an upstream split "
+                             f"(meta[{UPSTREAM_KEY!r}] = 'train'/'val'; the SVEN/SafeCoder loaders set it from "
+                             "the train/ and val/ folders)")
         split_of.update(_assign(upstream_train, samples, (fr[0], fr[1], 0.0), seed, stratify_by_cwe))
         split_of.update(_assign(unknown, samples, fr, seed, stratify_by_cwe))
         notes["upstream_straddling_groups"] = sorted(straddling)
