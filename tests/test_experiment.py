@@ -75,3 +75,22 @@ def test_prepare_data_refuses_an_empty_required_split() -> None:
     assert not prepare_data(config, progress=False).splits.test  # allowed unless required
     with pytest.raises(ValueError, match=r"the test split is empty \(28 samples, fractions \[0.8, 0.2, 0.0\]"):
         prepare_data(config, progress=False, require=("val", "test"))
+
+
+def test_pair_cap_keeps_the_upstream_held_out_split_whole(tmp_path: Path) -> None:
+    from tests.test_loaders import sven_row, write_jsonl
+
+    def rows(prefix: str, n: int) -> list[object]:
+        return [sven_row(before=f"def {prefix}{i}(x):\n    os.system(x)\n",
+                         after=f"def {prefix}{i}(x):\n    run([x])\n",
+                         commit_link=f"github.com/acme/tool/commit/{prefix}{i}") for i in range(n)]
+
+    root = tmp_path / "sven" / "data_train_val"
+    write_jsonl(root / "train" / "cwe-078.jsonl", rows("t", 12))
+    write_jsonl(root / "val" / "cwe-078.jsonl", rows("v", 5))
+    config = RunConfig(data=str(tmp_path / "sven"), respect_upstream=True, fractions=(0.7, 0.3, 0.0),
+                       max_pairs_per_cwe=4)
+    data = prepare_data(config, progress=False, require=("train", "val", "test"))
+    assert len(data.splits.test) == 10  # all 5 upstream val pairs
+    assert len(data.splits.train) + len(data.splits.val) == 8  # 4 of the 12 upstream train pairs
+    assert all(s.meta["upstream_split"] == "val" for s in data.splits.test)

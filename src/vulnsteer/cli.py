@@ -51,7 +51,8 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--merge-cwe", action="append", default=[], help="treat CWE FROM as TO, e.g. 77=78 (repeatable)")
     g.add_argument("--keep-comments", action="store_true", help="do not strip comments (label leaks!)")
     g.add_argument("--max-code-tokens", type=int, default=512, help="token budget for code (default 512)")
-    g.add_argument("--max-pairs-per-cwe", type=int, default=None, help="cap pairs per CWE (seeded choice)")
+    g.add_argument("--max-pairs-per-cwe", type=int, default=None, help="cap pairs per CWE (seeded choice; with "
+                   "--respect-upstream-split only train/val pairs are capped, the upstream val split stays whole)")
     g.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     g.add_argument("--respect-upstream-split", action="store_true",
                    help="use the dataset's own train/val split (val becomes test)")

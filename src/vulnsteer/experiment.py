@@ -33,7 +33,7 @@ from .activations import Activations, ActivationSink, extract_activations
 from .cwe import PRIORITY_CWES, normalize_cwe, parse_merge_map
 from .data.builtin import BUILTIN_NAME, load_builtin
 from .data.clean import strip_comments
-from .data.sample import Sample
+from .data.sample import UPSTREAM_SPLIT_KEY, Sample
 from .data.splits import Splits, split_samples
 from .data.truncate import truncate_sample
 from .detection import DetectionRecord, PrefixStore, detect_variants_modes
@@ -172,7 +172,12 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
     samples, source, load_notes = load_dataset(config)
     if not samples:
         raise ValueError(f"no samples loaded from {source}")
-    samples = _cap_pairs(samples, config.max_pairs_per_cwe, config.seed)
+    if config.respect_upstream:  # the dataset's own held-out split is kept whole; the cap thins what train/val use
+        held = [s for s in samples if s.meta.get(UPSTREAM_SPLIT_KEY) == "val"]
+        rest = [s for s in samples if s.meta.get(UPSTREAM_SPLIT_KEY) != "val"]
+        samples = _cap_pairs(rest, config.max_pairs_per_cwe, config.seed) + held
+    else:
+        samples = _cap_pairs(samples, config.max_pairs_per_cwe, config.seed)
     notes: dict[str, Any] = {"load": load_notes, "comments_stripped": not config.keep_comments}
     cleaned: list[Sample] = []
     failed_clean = 0

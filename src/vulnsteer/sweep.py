@@ -295,7 +295,8 @@ FIELDS: dict[tuple[str, str], tuple[str, Parser, str]] = {
     ("data", "fractions"): ("fractions", _fractions, "train, val, test fractions (split by pair/group)"),
     ("data", "seed"): ("seed", _int(0), "split seed"),
     ("data", "respect_upstream"): ("respect_upstream", _bool, "keep the dataset's own train/val split"),
-    ("data", "max_pairs_per_cwe"): ("max_pairs_per_cwe", _pairs_cap, "cap pairs per CWE (0: no cap)"),
+    ("data", "max_pairs_per_cwe"): ("max_pairs_per_cwe", _pairs_cap, "cap pairs per CWE (0: no cap; with "
+                                    "respect_upstream the upstream val split, i.e. test, is not capped)"),
     ("data", "max_code_tokens"): ("max_code_tokens", _int(32), "token budget for the code"),
     ("data", "keep_comments"): ("keep_comments", _bool, "keep comments (they can leak the label)"),
     ("vectors", "methods"): ("methods", _methods, "mean_diff, pca, logistic"),
