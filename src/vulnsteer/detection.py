@@ -32,6 +32,7 @@ __all__ = [
     "PrefixStore",
     "Variant",
     "answer_token_ids",
+    "detect",
     "detect_variants",
     "detect_variants_modes",
     "generate_verdicts",
@@ -456,31 +457,30 @@ def detect_variants_modes(
             for mode, by_name in results.items()}
 
 
-def score_logits(
+def detect(
     lm: LoadedModel,
     samples: Sequence[Sample],
     *,
+    mode: str = "logit",
     template: PromptTemplate = DEFAULT_TEMPLATE,
     batch_size: int = 8,
+    max_new_tokens: int = 24,
     threshold: float = 0.5,
     progress: bool = True,
-    desc: str = "logit scoring",
+    desc: str | None = None,
 ) -> list[DetectionRecord]:
-    """Logit mode on the model as it is (wrap in :func:`~vulnsteer.steering.steer` to steer it)."""
-    return detect_variants(lm, samples, {"": ()}, mode="logit", template=template, batch_size=batch_size,
-                           threshold=threshold, share_prefix=False, progress=progress, desc=desc)[""]
+    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steering.steer` to steer it)."""
+    return detect_variants(lm, samples, {"": ()}, mode=mode, template=template, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, threshold=threshold, share_prefix=False, progress=progress,
+                           desc=desc or f"{mode} detection")[""]
 
 
-def generate_verdicts(
-    lm: LoadedModel,
-    samples: Sequence[Sample],
-    *,
-    template: PromptTemplate = DEFAULT_TEMPLATE,
-    max_new_tokens: int = 24,
-    batch_size: int = 8,
-    progress: bool = True,
-    desc: str = "generation",
-) -> list[DetectionRecord]:
-    """Generation mode on the model as it is: greedy decoding after ``Answer:``, full text kept and parsed."""
-    return detect_variants(lm, samples, {"": ()}, mode="generation", template=template, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, share_prefix=False, progress=progress, desc=desc)[""]
+def score_logits(lm: LoadedModel, samples: Sequence[Sample], **options: Any) -> list[DetectionRecord]:
+    """Logit mode (:func:`detect` with ``mode="logit"``): P(vulnerable) from the answer logits."""
+    return detect(lm, samples, mode="logit", **options)
+
+
+def generate_verdicts(lm: LoadedModel, samples: Sequence[Sample], **options: Any) -> list[DetectionRecord]:
+    """Generation mode (:func:`detect` with ``mode="generation"``): greedy decoding after ``Answer:``, the full
+    text kept and parsed into a verdict."""
+    return detect(lm, samples, mode="generation", **options)
