@@ -56,6 +56,7 @@ def test_transfer_applies_the_choice_to_every_sample(tmp_path: Path, swept: tupl
     assert cross["split"] == "all" and len(cross["delta_balanced_accuracy"]) == len(cross["vectors"])
     report = (tmp_path / "t" / "report.md").read_text()
     assert "unchanged" in report and "CWE-22 (6 samples)" in report and "ALL samples" in report
+    assert "the all numbers" not in report and " on all unchanged" not in report  # sentences say "all samples"
     assert (tmp_path / "t" / "plots" / "cross_cwe_logit.png").is_file()
     again = transfer(run, _data(other), tmp_path / "t", lm=tiny_lm, progress=False)  # resumes: nothing to redo
     assert again["summary"] == out["summary"]

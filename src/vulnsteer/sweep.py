@@ -652,6 +652,11 @@ def annotate(vector: SteeringVector, **extra: Any) -> SteeringVector:
     return SteeringVector({layer: vector.direction(layer) for layer in vector.layers}, prov)
 
 
+def _split_words(split: str) -> str:
+    """How a sentence names a split: ``test``, ``val``, or (transfer runs) ``all samples``."""
+    return "all samples" if split == "all" else split
+
+
 def _row(cwe: str, split: str, base: Sequence[DetectionRecord], steered: Sequence[DetectionRecord] | None,
          control: Sequence[DetectionRecord] | None, label: str, seed: int) -> dict[str, Any]:
     """One report row (the runner's summary format): baseline vs steered vs control on one CWE's samples."""
@@ -660,7 +665,7 @@ def _row(cwe: str, split: str, base: Sequence[DetectionRecord], steered: Sequenc
     if steered is None:
         row.update({"chosen": label, "steered": base_m, "control": None, "delta": 0.0, "delta_ci": [0.0, 0.0],
                     "p_value": 1.0, "words": "no steered setting beat the baseline on validation, so the baseline "
-                    f"is what the {split} numbers show"})
+                    f"is what the {_split_words(split)} numbers show"})
         return row
     steered_m = summarize_metrics(steered, [cwe], seed)[cwe]
     comp = compare_to_baseline(base, steered, [cwe], seed)[cwe]
@@ -668,7 +673,8 @@ def _row(cwe: str, split: str, base: Sequence[DetectionRecord], steered: Sequenc
     control_delta = control_m["balanced_accuracy"] - base_m["balanced_accuracy"] if control_m else None
     delta = comp["delta_balanced_accuracy"]
     words = (verdict_words(delta, comp["delta_ci"], comp["mcnemar_p"], control_delta) if delta != 0 else
-             f"the chosen setting left balanced accuracy on {split} unchanged ({comp['mcnemar_b']} answers became "
+             f"the chosen setting left balanced accuracy on {_split_words(split)} unchanged ({comp['mcnemar_b']} "
+             "answers became "
              f"wrong, {comp['mcnemar_c']} became right)")
     row.update({"chosen": label, "steered": steered_m, "control": control_m, "control_delta": control_delta,
                 "delta": delta, "delta_ci": comp["delta_ci"], "p_value": comp["mcnemar_p"], "words": words})
@@ -1003,7 +1009,7 @@ def render_lead(rows: Mapping[str, Any], split: str) -> list[str]:
     lines[0] = lines[0].replace("n (test)", f"n ({split})").replace("steered (chosen on val)",
                                                                     f"chosen on val → {split}")
     extra = [f"- {cwe}: best steered setting on val (not chosen: the baseline scored at least as well) was "
-             f"{r['best_steered_not_chosen']['chosen']}; on {split} it gives "
+             f"{r['best_steered_not_chosen']['chosen']}; on {_split_words(split)} it gives "
              f"{r['best_steered_not_chosen']['delta']:+.3f} [{r['best_steered_not_chosen']['delta_ci'][0]:+.2f}, "
              f"{r['best_steered_not_chosen']['delta_ci'][1]:+.2f}] (for information only)"
              for cwe, r in rows.items() if "best_steered_not_chosen" in r]
