@@ -94,3 +94,24 @@ def test_pair_cap_keeps_the_upstream_held_out_split_whole(tmp_path: Path) -> Non
     assert len(data.splits.test) == 10  # all 5 upstream val pairs
     assert len(data.splits.train) + len(data.splits.val) == 8  # 4 of the 12 upstream train pairs
     assert all(s.meta["upstream_split"] == "val" for s in data.splits.test)
+
+
+def test_prepare_data_drops_eval_duplicates_by_default(tmp_path: Path) -> None:
+    import json
+
+    rows = []
+    for i in range(12):  # every fixed version is the same code: duplicates across splits are certain
+        rows.append({"id": f"p{i}-v", "pair_id": f"p{i}", "cwe": "CWE-89", "label": "vulnerable",
+                     "language": "python", "code": f"cur.execute('SELECT * FROM t{i} WHERE id=' + uid)"})
+        rows.append({"id": f"p{i}-s", "pair_id": f"p{i}", "cwe": "CWE-89", "label": "secure",
+                     "language": "python", "code": "cur.execute(QUERY, (uid,))"})
+    path = tmp_path / "dups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    kept = prepare_data(RunConfig(data=str(path), dedupe=False), progress=False).splits
+    assert kept.duplicates.exact > 0 and "deduped" not in kept.notes
+    deduped = prepare_data(RunConfig(data=str(path)), progress=False).splits
+    assert deduped.duplicates.exact == 0
+    assert deduped.notes["duplicates_before_dedupe"]["exact"] == kept.duplicates.exact
+    dropped = deduped.notes["deduped"]["dropped"]
+    assert dropped["val"] and dropped["test"]  # whole pairs: both halves go
+    assert len(deduped.train) == len(kept.train) and not deduped.val and not deduped.test

@@ -106,7 +106,7 @@ def test_header_states_model_data_and_split_sizes() -> None:
     assert md.startswith("# vulnsteer report\n")
     assert "- model: `tiny-llama` (4 layers, hidden 64); steered layer(s): [1]" in md
     assert "- data: `toy.jsonl`; CWEs: CWE-89, CWE-79" in md
-    assert "train 24, val 16, test 16 samples; cross-split duplicates: exact 0, normalised 2" in md
+    assert "train 24, val 16, test 16 samples; cross-split duplicates (kept): exact 0, normalised 2" in md
     assert "truncated to 64 tokens: 1 samples" in md
     assert "**sign convention**: positive strength pushes toward 'vulnerable'" in md
 
@@ -228,3 +228,15 @@ def test_plot_strength_curves_any_number_of_panels(tmp_path: Path, n_cwes: int) 
     results["conditions"] = [base]
     assert plot_strength_curves(results, tmp_path, "logit") == "strength_logit_test.png"
     assert (tmp_path / "strength_logit_test.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_duplicates_text_says_what_was_found_and_dropped() -> None:
+    from vulnsteer.report import duplicates_text
+
+    kept = {"duplicates": {"exact": 3, "normalised": 1}, "notes": {}}
+    assert duplicates_text(kept) == "cross-split duplicates (kept): exact 3, normalised 1"
+    deduped = {"duplicates": {"exact": 0, "normalised": 0},
+               "notes": {"duplicates_before_dedupe": {"exact": 3, "normalised": 1},
+                         "deduped": {"dropped": {"val": ["a", "b"], "test": ["c", "d", "e", "f"]}}}}
+    assert duplicates_text(deduped) == ("cross-split duplicates found: exact 3, normalised 1; dropped 2 val and 4 "
+                                        "test samples (with their pair partners); left: exact 0, normalised 0")

@@ -34,7 +34,7 @@ from .cwe import PRIORITY_CWES, normalize_cwe, parse_merge_map
 from .data.builtin import BUILTIN_NAME, load_builtin
 from .data.clean import strip_comments
 from .data.sample import UPSTREAM_SPLIT_KEY, Sample
-from .data.splits import Splits, split_samples
+from .data.splits import Splits, dedupe_across_splits, split_samples
 from .data.truncate import truncate_sample
 from .detection import DetectionRecord, PrefixStore, detect_variants_modes
 from .io import append_jsonl, read_jsonl
@@ -89,6 +89,8 @@ class RunConfig:
     keep_comments: bool = False
     max_code_tokens: int = 512
     max_pairs_per_cwe: int | None = None
+    # drop val/test samples whose (normalised) code already occurs in an earlier split, with their pair partner
+    dedupe: bool = True
     control_seed: int = 1234
     n_examples: int = 2
     device: str | None = None
@@ -203,6 +205,11 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
     notes["truncated"] = sum(1 for s in cleaned if s.meta.get("truncation", {}).get("truncated"))
     notes["max_code_tokens"] = config.max_code_tokens
     splits = split_samples(cleaned, config.fractions, seed=config.seed, respect_upstream=config.respect_upstream)
+    if config.dedupe:
+        found = splits.duplicates.as_dict()
+        splits = dedupe_across_splits(splits)
+        splits = dataclasses.replace(splits, notes={**splits.notes, "duplicates_before_dedupe": {
+            k: found[k] for k in ("exact", "normalised", "affected")}})
     for name in require:
         if not getattr(splits, name):
             how = "the dataset's upstream val split" if name == "test" and config.respect_upstream else \

@@ -16,8 +16,8 @@ from .cwe import cwe_name
 from .io import atomic_open, write_text
 from .probe import PROBE_TABLE_COLUMNS, probe_table
 
-__all__ = ["ci_cell", "fmt", "lead_table", "markdown_table", "plot_strength_curves", "render_markdown",
-           "write_report"]
+__all__ = ["ci_cell", "duplicates_text", "fmt", "lead_table", "markdown_table", "plot_strength_curves",
+           "render_markdown", "write_report"]
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -28,6 +28,22 @@ def fmt(value: Any, digits: int = 3) -> str:
             return "nan"
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def duplicates_text(splits: Mapping[str, Any]) -> str:
+    """What the split's cross-split duplicate check found and what was done about it (from ``Splits.summary``)."""
+    dup = splits.get("duplicates") or {}
+    notes = splits.get("notes") or {}
+    deduped = notes.get("deduped")
+    if not deduped:
+        return (f"cross-split duplicates (kept): exact {dup.get('exact', 0)}, normalised "
+                f"{dup.get('normalised', 0)}")
+    before = notes.get("duplicates_before_dedupe") or {}
+    dropped = deduped.get("dropped") or {}
+    return (f"cross-split duplicates found: exact {before.get('exact', 0)}, normalised "
+            f"{before.get('normalised', 0)}; dropped {len(dropped.get('val', []))} val and "
+            f"{len(dropped.get('test', []))} test samples (with their pair partners); left: exact "
+            f"{dup.get('exact', 0)}, normalised {dup.get('normalised', 0)}")
 
 
 def ci_cell(block: Mapping[str, Any] | None) -> str:
@@ -104,8 +120,7 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         f"{results['model']['hidden_size']}); steered layer(s): {results['layers']}",
         f"- data: `{data['source']}`; CWEs: {', '.join(data['cwes'])}",
         f"- split by pair/group (seed {cfg['seed']}): train {splits['train']['n']}, val {splits['val']['n']}, "
-        f"test {splits['test']['n']} samples; cross-split duplicates: exact "
-        f"{splits['duplicates'].get('exact', 0)}, normalised {splits['duplicates'].get('normalised', 0)}",
+        f"test {splits['test']['n']} samples; {duplicates_text(splits)}",
         f"- comments stripped: {data['notes'].get('comments_stripped')}; truncated to "
         f"{data['notes'].get('max_code_tokens')} tokens: {data['notes'].get('truncated', 0)} samples",
         f"- vectors: `{cfg['method']}` at position `{cfg['position']}` from the train split; steering positions "

@@ -58,7 +58,7 @@ from .experiment import (
 from .io import write_json, write_text
 from .model import LoadedModel, load_model, resolve_layers
 from .prompts import DEFAULT_TEMPLATE
-from .report import ci_cell, fmt, lead_table, markdown_table
+from .report import ci_cell, duplicates_text, fmt, lead_table, markdown_table
 from .runner import SIGN_CONVENTION, compare_to_baseline, save_vectors, summarize_metrics, verdict_words
 from .steering import POSITION_MODES, STRENGTH_UNITS
 from .vectors import METHODS, SteeringVector, dataset_hash
@@ -124,6 +124,7 @@ class SweepConfig:
     seed: int = 0
     respect_upstream: bool = False
     max_pairs_per_cwe: int | None = None
+    dedupe: bool = True
     max_code_tokens: int = 512
     keep_comments: bool = False
     methods: tuple[str, ...] = ("mean_diff",)
@@ -150,8 +151,8 @@ class SweepConfig:
                          merge_cwe=self.merge, seed=self.seed, fractions=self.fractions,
                          respect_upstream=self.respect_upstream, keep_comments=self.keep_comments,
                          max_code_tokens=self.max_code_tokens, max_pairs_per_cwe=self.max_pairs_per_cwe,
-                         batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, modes=self.modes,
-                         control_seed=self.control_seed, device=self.device, dtype=self.dtype)
+                         dedupe=self.dedupe, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                         modes=self.modes, control_seed=self.control_seed, device=self.device, dtype=self.dtype)
 
 
 Parser = Callable[[Any, str], Any]
@@ -297,6 +298,8 @@ FIELDS: dict[tuple[str, str], tuple[str, Parser, str]] = {
     ("data", "respect_upstream"): ("respect_upstream", _bool, "keep the dataset's own train/val split"),
     ("data", "max_pairs_per_cwe"): ("max_pairs_per_cwe", _pairs_cap, "cap pairs per CWE (0: no cap; with "
                                     "respect_upstream the upstream val split, i.e. test, is not capped)"),
+    ("data", "dedupe"): ("dedupe", _bool, "drop val/test samples whose code occurs in an earlier split (and "
+                         "their pair partner)"),
     ("data", "max_code_tokens"): ("max_code_tokens", _int(32), "token budget for the code"),
     ("data", "keep_comments"): ("keep_comments", _bool, "keep comments (they can leak the label)"),
     ("vectors", "methods"): ("methods", _methods, "mean_diff, pca, logistic"),
@@ -1034,7 +1037,7 @@ def render_sweep_markdown(results: Mapping[str, Any], plots: Sequence[str] = ())
         f"fingerprint {model['fingerprint']})",
         f"- data: `{data['source']}`; CWEs: {', '.join(data['cwes'])}; split by pair/group "
         f"(seed {cfg['data']['seed']}): train {splits['train']['n']}, val {splits['val']['n']}, "
-        f"test {splits['test']['n']} samples",
+        f"test {splits['test']['n']} samples; {duplicates_text(splits)}",
         f"- grid: methods {cfg['vectors']['methods']} at activation positions {cfg['vectors']['positions']}; "
         f"layer sets {results['layer_sets']}; strengths {strengths}; steering positions "
         f"{cfg['steering']['positions']}; modes {cfg['detection']['modes']}; pooled vector: {cfg['vectors']['pooled']}",
