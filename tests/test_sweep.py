@@ -343,8 +343,11 @@ def tiny_model_dir(tmp_path: Path, tiny_tokenizer: Any) -> Path:
 def _cli(args: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VULNSTEER_CACHE": str(tmp_path / "vcache"), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # SIGINT back to its default: a test runner started in the background by a non-interactive shell ignores
+    # SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "vulnsteer.cli", "--no-progress", "sweep", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_lines(proc: subprocess.Popen[bytes], path: Path, n: int, timeout: float = 120.0) -> None:
