@@ -199,4 +199,5 @@ def test_run_defaults_match_the_library() -> None:
     assert (RunConfig.strengths, RunConfig.unit) == (RUN_STRENGTHS, RUN_UNIT)
     assert (tuple(args.strengths), args.unit) == (RunConfig.strengths, RunConfig.unit)
     assert build_parser().parse_args(["evaluate"]).unit == "raw"  # other commands keep raw strengths
-    assert args.dedupe is True and build_parser().parse_args(["run", "--keep-duplicates"]).dedupe is False
+    assert args.duplicates == "merge"
+    assert build_parser().parse_args(["run", "--duplicates", "drop"]).duplicates == "drop"

@@ -96,7 +96,7 @@ def test_pair_cap_keeps_the_upstream_held_out_split_whole(tmp_path: Path) -> Non
     assert all(s.meta["upstream_split"] == "val" for s in data.splits.test)
 
 
-def test_prepare_data_drops_eval_duplicates_by_default(tmp_path: Path) -> None:
+def test_prepare_data_duplicate_policies(tmp_path: Path) -> None:
     import json
 
     rows = []
@@ -107,11 +107,16 @@ def test_prepare_data_drops_eval_duplicates_by_default(tmp_path: Path) -> None:
                      "language": "python", "code": "cur.execute(QUERY, (uid,))"})
     path = tmp_path / "dups.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    kept = prepare_data(RunConfig(data=str(path), dedupe=False), progress=False).splits
+    kept = prepare_data(RunConfig(data=str(path), duplicates="keep"), progress=False).splits
     assert kept.duplicates.exact > 0 and "deduped" not in kept.notes
-    deduped = prepare_data(RunConfig(data=str(path)), progress=False).splits
-    assert deduped.duplicates.exact == 0
-    assert deduped.notes["duplicates_before_dedupe"]["exact"] == kept.duplicates.exact
-    dropped = deduped.notes["deduped"]["dropped"]
-    assert dropped["val"] and dropped["test"]  # whole pairs: both halves go
-    assert len(deduped.train) == len(kept.train) and not deduped.val and not deduped.test
+    dropped = prepare_data(RunConfig(data=str(path), duplicates="drop"), progress=False).splits
+    assert dropped.duplicates.exact == 0
+    assert dropped.notes["duplicates_before_dedupe"]["exact"] == kept.duplicates.exact
+    gone = dropped.notes["deduped"]["dropped"]
+    assert gone["val"] and gone["test"]  # whole pairs: both halves go
+    assert len(dropped.train) == len(kept.train) and not dropped.val and not dropped.test
+    merged = prepare_data(RunConfig(data=str(path)), progress=False).splits  # the default: one split group
+    assert merged.duplicates.exact == 0 and merged.notes["merge_duplicates"] is True
+    assert sum(len(part) for _, part in merged.items()) == 24  # nothing dropped
+    with pytest.raises(ValueError, match="duplicates must be one of"):
+        RunConfig(duplicates="ignore")

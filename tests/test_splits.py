@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
@@ -285,3 +286,17 @@ def test_respect_upstream_refuses_data_without_an_upstream_split() -> None:
     samples = [s for g in range(6) for s in pair(f"j{g}", f"j{g}", code=f"int j{g}(void) {{ return 1; }}")]
     with pytest.raises(ValueError, match="none of the 12 samples carries an upstream split"):
         split_samples(samples, fractions=(0.7, 0.3, 0.0), seed=0, respect_upstream=True)
+
+
+def test_merge_duplicates_keeps_identical_code_in_one_split() -> None:
+    samples = []
+    for g in range(30):  # every secure version is the same code, every vulnerable one differs
+        samples += pair(f"d{g}", f"d{g}", code=f"int d{g}(void) {{ return {g}; }}")
+    shared = [dataclasses.replace(s, code="int fixed(void) { return 0; }") if s.label == "secure" else s
+              for s in samples]
+    plain = split_samples(shared, fractions=(0.6, 0.2, 0.2), seed=0)
+    assert plain.duplicates.exact > 0
+    merged = split_samples(shared, fractions=(0.6, 0.2, 0.2), seed=0, merge_duplicates=True)
+    assert merged.duplicates.exact == 0 and merged.notes["merge_duplicates"] is True
+    assert sum(len(part) for _, part in merged.items()) == len(shared)
+    assert len({where for where, part in merged.items() if part}) == 1  # one component: all in one split

@@ -53,9 +53,10 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--max-code-tokens", type=int, default=512, help="token budget for code (default 512)")
     g.add_argument("--max-pairs-per-cwe", type=int, default=None, help="cap pairs per CWE (seeded choice; with "
                    "--respect-upstream-split only train/val pairs are capped, the upstream val split stays whole)")
-    g.add_argument("--keep-duplicates", dest="dedupe", action="store_false",
-                   help="keep val/test samples whose code also occurs in an earlier split (default: drop them "
-                   "and their pair partner; the report counts both ways)")
+    g.add_argument("--duplicates", default="merge", choices=["merge", "drop", "keep"],
+                   help="code occurring in several splits (after stripping comments/whitespace): merge = one split "
+                   "group, nothing dropped (default); drop = drop val/test copies with their pair partner; keep = "
+                   "report only")
     g.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     g.add_argument("--respect-upstream-split", action="store_true",
                    help="use the dataset's own train/val split (val becomes test)")
@@ -191,7 +192,7 @@ def _run_config(args: argparse.Namespace, **extra: Any) -> Any:
         method=getattr(args, "method", "mean_diff"), unit=getattr(args, "unit", "raw"),
         steer_positions=getattr(args, "steer_positions", "all"), modes=modes, batch_size=args.batch_size,
         seed=args.seed, respect_upstream=args.respect_upstream_split, keep_comments=args.keep_comments,
-        max_code_tokens=args.max_code_tokens, max_pairs_per_cwe=args.max_pairs_per_cwe, dedupe=args.dedupe,
+        max_code_tokens=args.max_code_tokens, max_pairs_per_cwe=args.max_pairs_per_cwe, duplicates=args.duplicates,
         device=args.device,
         dtype=args.dtype, **extra,
     )

@@ -63,6 +63,10 @@ SCHEMA_VERSION = 1
 MODES: tuple[str, ...] = ("logit", "generation")
 
 
+#: What :func:`prepare_data` does with code that occurs in more than one split (see ``RunConfig.duplicates``).
+DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides a run's numbers. Stored resolved in ``results.json``."""
@@ -89,8 +93,9 @@ class RunConfig:
     keep_comments: bool = False
     max_code_tokens: int = 512
     max_pairs_per_cwe: int | None = None
-    # drop val/test samples whose (normalised) code already occurs in an earlier split, with their pair partner
-    dedupe: bool = True
+    # duplicates (same code after stripping comments and whitespace) across splits: "merge" puts them in one split
+    # group (nothing dropped), "drop" drops val/test copies with their pair partner, "keep" only reports them
+    duplicates: str = "merge"
     control_seed: int = 1234
     n_examples: int = 2
     device: str | None = None
@@ -110,6 +115,8 @@ class RunConfig:
             raise ValueError(f"steer_positions must be one of {POSITION_MODES}, got {self.steer_positions!r}")
         if len(self.fractions) != 3 or abs(sum(self.fractions) - 1) > 1e-6 or min(self.fractions) < 0:
             raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {self.fractions}")
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {self.duplicates!r}")
         if self.max_code_tokens < 32:
             raise ValueError("max_code_tokens must be at least 32")
         object.__setattr__(self, "cwes", tuple(normalize_cwe(c) for c in self.cwes))
@@ -204,8 +211,9 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
     notes["comment_strip_unsupported_language"] = failed_clean
     notes["truncated"] = sum(1 for s in cleaned if s.meta.get("truncation", {}).get("truncated"))
     notes["max_code_tokens"] = config.max_code_tokens
-    splits = split_samples(cleaned, config.fractions, seed=config.seed, respect_upstream=config.respect_upstream)
-    if config.dedupe:
+    splits = split_samples(cleaned, config.fractions, seed=config.seed, respect_upstream=config.respect_upstream,
+                           merge_duplicates=config.duplicates == "merge")
+    if config.duplicates == "drop":
         found = splits.duplicates.as_dict()
         splits = dedupe_across_splits(splits)
         splits = dataclasses.replace(splits, notes={**splits.notes, "duplicates_before_dedupe": {

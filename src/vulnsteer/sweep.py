@@ -124,7 +124,7 @@ class SweepConfig:
     seed: int = 0
     respect_upstream: bool = False
     max_pairs_per_cwe: int | None = None
-    dedupe: bool = True
+    duplicates: str = "merge"
     max_code_tokens: int = 512
     keep_comments: bool = False
     methods: tuple[str, ...] = ("mean_diff",)
@@ -151,7 +151,7 @@ class SweepConfig:
                          merge_cwe=self.merge, seed=self.seed, fractions=self.fractions,
                          respect_upstream=self.respect_upstream, keep_comments=self.keep_comments,
                          max_code_tokens=self.max_code_tokens, max_pairs_per_cwe=self.max_pairs_per_cwe,
-                         dedupe=self.dedupe, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                         duplicates=self.duplicates, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                          modes=self.modes, control_seed=self.control_seed, device=self.device, dtype=self.dtype)
 
 
@@ -197,6 +197,17 @@ def _list(value: Any, where: str, *, empty: bool = False) -> list[Any]:
     if not value and not empty:
         raise _fail(where, "must not be empty")
     return value
+
+
+def _choice(allowed: Iterable[str]) -> Parser:
+    options = tuple(allowed)
+
+    def parse(value: Any, where: str) -> str:
+        if value not in options:
+            raise _fail(where, f"unknown value {value!r}; choose from {', '.join(options)}")
+        return str(value)
+
+    return parse
 
 
 def _choices(allowed: Iterable[str]) -> Parser:
@@ -298,8 +309,8 @@ FIELDS: dict[tuple[str, str], tuple[str, Parser, str]] = {
     ("data", "respect_upstream"): ("respect_upstream", _bool, "keep the dataset's own train/val split"),
     ("data", "max_pairs_per_cwe"): ("max_pairs_per_cwe", _pairs_cap, "cap pairs per CWE (0: no cap; with "
                                     "respect_upstream the upstream val split, i.e. test, is not capped)"),
-    ("data", "dedupe"): ("dedupe", _bool, "drop val/test samples whose code occurs in an earlier split (and "
-                         "their pair partner)"),
+    ("data", "duplicates"): ("duplicates", _choice(("merge", "drop", "keep")), "code in several splits: merge "
+                             "(one split group), drop (val/test copies and partners), keep (report only)"),
     ("data", "max_code_tokens"): ("max_code_tokens", _int(32), "token budget for the code"),
     ("data", "keep_comments"): ("keep_comments", _bool, "keep comments (they can leak the label)"),
     ("vectors", "methods"): ("methods", _methods, "mean_diff, pca, logistic"),

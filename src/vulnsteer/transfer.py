@@ -239,7 +239,7 @@ def evaluate_from_run(args: argparse.Namespace) -> int:
                        merge_cwe=tuple(args.merge_cwe), seed=args.seed, respect_upstream=args.respect_upstream_split,
                        keep_comments=args.keep_comments, max_code_tokens=args.max_code_tokens,
                        max_pairs_per_cwe=args.max_pairs_per_cwe, modes=tuple(modes), device=args.device,
-                       dtype=args.dtype, dedupe=False)  # every sample is evaluated: there is no split to leak across
+                       dtype=args.dtype, duplicates="keep")  # every sample is evaluated: no split to leak across
     lm = load_model(config.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
                     trust_remote_code=args.trust_remote_code)
     out = Path(args.out) if args.out else Path("runs") / (time.strftime("%Y%m%d-%H%M%S") + "-transfer")

@@ -140,18 +140,22 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
-def _components(samples: Sequence[Sample]) -> dict[str, list[int]]:
-    """Merge groups that share a pair id; returns ``{component key: [sample indices]}``.
+def _components(samples: Sequence[Sample], merge_duplicates: bool = False) -> dict[str, list[int]]:
+    """Merge groups that share a pair id (and, with *merge_duplicates*, groups holding the same normalised code);
+    returns ``{component key: [sample indices]}``.
 
     The component key is the smallest group name in it, so it does not depend on the input order.
     """
     uf = _UnionFind()
     by_pair: dict[str, str] = {}
+    by_code: dict[str, str] = {}
     for s in samples:
         uf.add(s.group)
         if s.pair_id is not None:
             first = by_pair.setdefault(s.pair_id, s.group)
             uf.union(first, s.group)
+        if merge_duplicates:
+            uf.union(by_code.setdefault(normalise_code(s.code, s.language), s.group), s.group)
     comps: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         comps[uf.find(s.group)].append(i)
@@ -249,11 +253,13 @@ def split_samples(
     stratify_by_cwe: bool = True,
     respect_upstream: bool = False,
     check_duplicates: bool = True,
+    merge_duplicates: bool = False,
 ) -> Splits:
     """Deterministic, seeded, group-wise split into train/val/test.
 
     * All samples of a group go to one split; groups that share a pair id are merged first, so a pair never
-      straddles splits.
+      straddles splits. With ``merge_duplicates`` groups that hold the same normalised code (comments stripped,
+      whitespace collapsed) are merged too, so a duplicate can never sit on both sides of a split.
     * With ``stratify_by_cwe`` the merged groups are split per CWE (a group with several CWEs counts under its
       majority CWE, ties to the smallest id): within each CWE the group keys are sorted, shuffled with a
       generator seeded by ``(seed, CWE)``, and cut so that each split gets about its fraction of the *samples*.
@@ -277,7 +283,7 @@ def split_samples(
     if dup_ids:
         raise ValueError(f"sample ids must be unique; repeated: {dup_ids[:5]}{' ...' if len(dup_ids) > 5 else ''}")
 
-    comps = _components(samples)
+    comps = _components(samples, merge_duplicates)
     split_of: dict[str, int] = {}
     notes: dict[str, Any] = {
         "seed": seed,
@@ -287,6 +293,7 @@ def split_samples(
         "groups": len({s.group for s in samples}),
         "merged_groups": len(comps),
         "duplicates_checked": check_duplicates,
+        "merge_duplicates": merge_duplicates,
     }
     if respect_upstream:
         upstream_train: dict[str, list[int]] = {}
