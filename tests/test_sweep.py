@@ -70,17 +70,6 @@ cache_dir = "{cache_dir}"
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny models are fastest on one thread (and several threads thrash on a busy 2-core machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_examples_parse() -> None:
     for name in ("default.toml", "quick.toml", "sven.toml"):
         config = load_config(EXAMPLES / name)
@@ -222,26 +211,11 @@ def _sweep(config_path: Path, out: Path, lm: LoadedModel, **overrides: Any) -> d
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tiny_tokenizer: Any) -> LoadedModel:
-    from conftest import make_tiny
-
-    return make_tiny(tiny_tokenizer, "llama")
-
-
-@pytest.fixture(scope="module")
 def toy_run(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, dict[str, Any]]:
     """One finished sweep on the toy data (config, run directory, results), shared by the tests below."""
-    import torch
-
     root = tmp_path_factory.mktemp("toy")
     config = write_config(root / "sweep.toml", write_toy_jsonl(root / "toy.jsonl"), cache_dir=root / "cache")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        results = _sweep(config, root / "run", tiny_lm)
-    finally:
-        torch.set_num_threads(before)
-    return config, root / "run", results
+    return config, root / "run", _sweep(config, root / "run", tiny_lm)
 
 
 def test_sweep_end_to_end_and_resume(toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from tests.conftest import write_toy_jsonl
 
 from test_sweep import _sweep, write_config
@@ -21,17 +20,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tiny_tokenizer: Any) -> LoadedModel:
-    from conftest import make_tiny
-
-    return make_tiny(tiny_tokenizer, "llama")
-
-
-@pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("transfer")
     config = write_config(root / "sweep.toml", write_toy_jsonl(root / "toy.jsonl"), cache_dir=root / "cache")
-    torch.set_num_threads(1)
     return config, root / "run", _sweep(config, root / "run", tiny_lm)
 
 
