@@ -50,9 +50,8 @@ def default_cache_dir() -> Path:
 
 def model_key(lm: LoadedModel) -> str:
     """Identity of a loaded model for caching: architecture fingerprint, weights, dtype and device type."""
-    cached = lm.weights_digest
-    dtype = str(next(lm.model.parameters()).dtype).replace("torch.", "")
-    return f"{lm.fingerprint}-{cached}-{dtype}-{lm.device.type}"
+    ident = lm.weights_identity
+    return f"{lm.fingerprint}-{ident['weights_digest']}-{ident['dtype']}-{lm.device.type}"
 
 
 def template_hash(template: PromptTemplate) -> str:

@@ -223,8 +223,8 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
             how = "the dataset's upstream val split" if name == "test" and config.respect_upstream else \
                 f"fractions {list(config.fractions)}"
             raise ValueError(f"{source}: the {name} split is empty ({len(cleaned)} samples, {how}, "
-                             f"max_pairs_per_cwe {config.max_pairs_per_cwe}); strengths are chosen on val and "
-                             "reported on test, so both need samples")
+                             f"max_pairs_per_cwe {config.max_pairs_per_cwe}); vectors are fitted on train, "
+                             "strengths chosen on val and reported on test, so each needs samples")
     present = sorted({s.cwe for s in cleaned}, key=_cwe_order)
     cwes = [c for c in (config.cwes or present) if c in present]
     return PreparedData(splits=splits, cwes=cwes, source=source, notes=notes)

@@ -327,6 +327,6 @@ def answer_direction(lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int
         model_id=lm.model_id, model_fingerprint=lm.fingerprint, hidden_size=int(d.shape[0]), layers=tuple(layers),
         position="answer", method="unembedding", cwe="any", n_vulnerable=0, n_secure=0, dataset_hash="-",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), layer_norms=dict(layer_norms or {}),
-        extra=lm.weights_identity if hasattr(lm, "weights_identity") else {},
+        extra=lm.weights_identity,
     )
     return SteeringVector({layer: d.clone() for layer in layers}, prov)
