@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .activations import POSITIONS, ActivationSink, extract_activations
-from .detection import DetectionRecord
+from .detection import DetectionRecord, PrefixStore
 from .evaluation import bootstrap_ci, bootstrap_diff_ci, compute_metrics, mcnemar_exact
 from .experiment import (
     SCHEMA_VERSION,
@@ -220,12 +220,15 @@ def run_experiment(
         store = ResultStore(out / "records.jsonl")
         conds = _conditions(config, layers)
         sink = ActivationSink(layers)  # val/test activations for the probes, recorded by the baseline passes
+        prefixes = PrefixStore()  # the second phase re-reads the test prompts: their prefixes are computed once
         records = run_conditions(lm, conds, store, data.by_cwe, vectors, batch_size=config.batch_size,
-                                 max_new_tokens=config.max_new_tokens, progress=progress, sink=sink)
+                                 max_new_tokens=config.max_new_tokens, progress=progress, sink=sink,
+                                 prefix_store=prefixes)
         extra = _chosen_conditions(config, conds, records, data.cwes)
         if extra:
             records.update(run_conditions(lm, extra, store, data.by_cwe, vectors, batch_size=config.batch_size,
-                                          max_new_tokens=config.max_new_tokens, progress=progress))
+                                          max_new_tokens=config.max_new_tokens, progress=progress,
+                                          prefix_store=prefixes))
             conds = [*conds, *extra]
         timings["evaluate"] = time.perf_counter() - t
         t = time.perf_counter()
