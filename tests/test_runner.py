@@ -205,3 +205,15 @@ def test_run_experiment_end_to_end(tmp_path: Path, tiny_llama: LoadedModel) -> N
     before = (out / "records.jsonl").read_text()
     run_experiment(config, out, lm=tiny_llama, progress=False)
     assert (out / "records.jsonl").read_text() == before
+
+
+def test_unusable_data_is_an_error_that_leaves_no_run_directory(tmp_path: Path, tiny_llama: LoadedModel) -> None:
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"code": "x", "label": "vulnerable", "cwe": "CWE-89", "pair_id": "a"}\n'
+                    '{"code": "y", "label": "secure", "cwe": "CWE-89", "pair_id": "a"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{data}: the val split is empty"):
+        run_experiment(RunConfig(data=str(data), layers=(1,)), tmp_path / "run", lm=tiny_llama, progress=False)
+    with pytest.raises(ValueError, match=rf"{data}: respect_upstream: none of the 2 samples"):
+        run_experiment(RunConfig(data=str(data), layers=(1,), respect_upstream=True), tmp_path / "run",
+                       lm=tiny_llama, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -211,8 +211,11 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
     notes["comment_strip_unsupported_language"] = failed_clean
     notes["truncated"] = sum(1 for s in cleaned if s.meta.get("truncation", {}).get("truncated"))
     notes["max_code_tokens"] = config.max_code_tokens
-    splits = split_samples(cleaned, config.fractions, seed=config.seed, respect_upstream=config.respect_upstream,
-                           merge_duplicates=config.duplicates == "merge")
+    try:
+        splits = split_samples(cleaned, config.fractions, seed=config.seed, respect_upstream=config.respect_upstream,
+                               merge_duplicates=config.duplicates == "merge")
+    except ValueError as exc:  # name the dataset: the splitter only sees samples
+        raise ValueError(f"{source}: {exc}") from None
     if config.duplicates == "drop":
         found = splits.duplicates.as_dict()
         splits = dedupe_across_splits(splits)

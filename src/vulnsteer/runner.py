@@ -194,7 +194,6 @@ def run_experiment(
     from .report import write_report
 
     out = Path(out_dir) if out_dir is not None else default_out_dir()
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     own_model = lm is None
     if lm is None:
@@ -204,6 +203,7 @@ def run_experiment(
         t = time.perf_counter()
         data = prepare_data(config, lm.tokenizer, progress=progress, require=("train", "val", "test"))
         layers = resolve_run_layers(config.layers, lm.num_layers)
+        out.mkdir(parents=True, exist_ok=True)  # only once the data and layers are known to be usable
         timings["prepare_data"] = time.perf_counter() - t
         t = time.perf_counter()
         split_samples = {name: [s for group in data.by_cwe(name).values() for s in group]
