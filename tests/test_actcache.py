@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from vulnsteer import actcache
-from vulnsteer.actcache import ActivationCache, model_key
-from vulnsteer.activations import extract_activations
-from vulnsteer.model import LoadedModel
+from vulnsteer.lm import activation_cache as actcache
+from vulnsteer.lm.activation_cache import ActivationCache, model_key
+from vulnsteer.lm.activations import extract_activations
+from vulnsteer.lm.model import LoadedModel
 
 
 @pytest.fixture

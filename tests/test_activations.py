@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import toy_samples
-from vulnsteer.activations import Activations, extract_activations
 from vulnsteer.data.sample import Sample
-from vulnsteer.model import LoadedModel, decoder_layers
-from vulnsteer.prompts import build_prompt, tokenize_prompts
+from vulnsteer.lm.activations import Activations, extract_activations
+from vulnsteer.lm.model import LoadedModel, decoder_layers
+from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 
 
 def _samples() -> list[Sample]:

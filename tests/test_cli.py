@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vulnsteer.cli import build_parser, main
-from vulnsteer.model import LoadedModel
-from vulnsteer.vectors import Provenance, SteeringVector
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steer.vectors import Provenance, SteeringVector
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PAIRED_DIR = FIXTURES / "paired_dir"
@@ -192,8 +192,8 @@ def test_detect_refuses_a_vector_for_another_model(
 
 
 def test_run_defaults_match_the_library() -> None:
-    from vulnsteer.cli import RUN_STRENGTHS, RUN_UNIT
-    from vulnsteer.experiment import RunConfig
+    from vulnsteer.cli.options import RUN_STRENGTHS, RUN_UNIT
+    from vulnsteer.experiment.engine import RunConfig
 
     args = build_parser().parse_args(["run"])
     assert (RunConfig.strengths, RunConfig.unit) == (RUN_STRENGTHS, RUN_UNIT)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from tests.conftest import toy_samples
 
-from vulnsteer.detection import DetectionRecord, answer_token_ids, detect_variants, generate_verdicts, score_logits
-from vulnsteer.model import LoadedModel
-from vulnsteer.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steering import SteeringSpec, steer
-from vulnsteer.vectors import Provenance, SteeringVector
+from vulnsteer.detect.engine import DetectionRecord, detect_variants, generate_verdicts, score_logits
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompts
+from vulnsteer.steer.hooks import SteeringSpec, steer
+from vulnsteer.steer.vectors import Provenance, SteeringVector
 
 
 def _vec(layers: tuple[int, ...] = (1, 2), scale: float = 3.0) -> SteeringVector:
@@ -92,7 +92,7 @@ def test_answer_tokens_distinct(tiny_llama: LoadedModel) -> None:
 
 @pytest.mark.parametrize("share", [True, False])
 def test_sink_records_the_same_activations_as_extraction(tiny_llama: LoadedModel, share: bool) -> None:
-    from vulnsteer.activations import ActivationSink, extract_activations
+    from vulnsteer.lm.activations import ActivationSink, extract_activations
 
     samples = toy_samples(3)
     sink = ActivationSink([1, 3])
@@ -107,7 +107,7 @@ def test_sink_records_the_same_activations_as_extraction(tiny_llama: LoadedModel
 
 
 def test_prefix_store_computes_each_prefix_once_and_changes_nothing(tiny_llama: LoadedModel) -> None:
-    from vulnsteer.detection import PrefixStore, detect_variants_modes
+    from vulnsteer.detect.engine import PrefixStore, detect_variants_modes
 
     samples = toy_samples(3)
     n_batches = -(-len(samples) // 4)
@@ -128,8 +128,8 @@ def test_prefix_store_computes_each_prefix_once_and_changes_nothing(tiny_llama: 
 
 
 def test_prefix_store_respects_its_budget_and_the_sink(tiny_llama: LoadedModel) -> None:
-    from vulnsteer.activations import ActivationSink, extract_activations
-    from vulnsteer.detection import PrefixStore, detect_variants_modes
+    from vulnsteer.detect.engine import PrefixStore, detect_variants_modes
+    from vulnsteer.lm.activations import ActivationSink, extract_activations
 
     samples = toy_samples(3)
     variants = {"base": [], "s": [SteeringSpec(_vec((1,)), 1.0, positions="last")]}

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import pytest
 
-from vulnsteer.activations import extract_activations
 from vulnsteer.data.builtin import load_builtin
 from vulnsteer.data.sample import Sample
-from vulnsteer.detection import score_logits
-from vulnsteer.model import LoadedModel
-from vulnsteer.steering import steer
-from vulnsteer.vectors import fit_vector
+from vulnsteer.detect.engine import score_logits
+from vulnsteer.lm.activations import extract_activations
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steer.hooks import steer
+from vulnsteer.steer.vectors import fit_vector
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def test_positive_strength_raises_the_margin_and_negative_lowers_it(margins: dic
 def test_sign_convention_on_the_models_own_answer_axis(embedded: LoadedModel) -> None:
     """With a direction that truly is secure-minus-vulnerable in the model's answer space (the unembedding
     difference), positive strength raises the margin and negative lowers it, monotonically."""
-    from vulnsteer.vectors import answer_direction
+    from vulnsteer.steer.vectors import answer_direction
 
     last = embedded.num_layers - 1
     held = [s for s in load_builtin(["CWE-89"])][:2]

@@ -11,9 +11,9 @@ import torch
 from tests.conftest import write_toy_jsonl
 
 from vulnsteer.cli import main
-from vulnsteer.evaluate_cmd import load_vector_dir
-from vulnsteer.model import LoadedModel
-from vulnsteer.vectors import Provenance, SteeringVector, VectorMismatchError
+from vulnsteer.experiment.evaluate import load_vector_dir
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steer.vectors import Provenance, SteeringVector, VectorMismatchError
 
 
 def _vector(cwe: str, *, hidden: int = 64, fingerprint: str = "f" * 16, method: str = "mean_diff",

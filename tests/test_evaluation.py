@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from vulnsteer.evaluation import (
+from vulnsteer.stats.metrics import (
     METRIC_NAMES,
     McNemarResult,
     Prediction,
@@ -306,7 +306,7 @@ def test_mcnemar_rejects_different_samples() -> None:
 
 
 def test_point_metrics_match_compute_metrics() -> None:
-    from vulnsteer.evaluation import point_metrics
+    from vulnsteer.stats.metrics import point_metrics
 
     rng = random.Random(0)
     names = ("balanced_accuracy", "accuracy", "tpr", "fpr", "pair_accuracy", "vulnerable_rate", "auroc")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vulnsteer.experiment import Condition, ResultStore, RunConfig, prepare_data, run_conditions, select_per_cwe
-from vulnsteer.model import LoadedModel
+from vulnsteer.experiment.engine import Condition, ResultStore, RunConfig, prepare_data, run_conditions, select_per_cwe
+from vulnsteer.lm.model import LoadedModel
 
 
 def test_config_validation() -> None:

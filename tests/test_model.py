@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import make_tiny
-from vulnsteer.model import (
+from vulnsteer.lm.model import (
     DEFAULT_MODEL,
     LoadedModel,
     ModelLoadError,

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from vulnsteer.plots import plot_cross_cwe, sweep_plots
+from vulnsteer.report.plots import plot_cross_cwe, sweep_plots
 
 CWES = ["CWE-89", "CWE-78"]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from vulnsteer.activations import Activations
 from vulnsteer.data.sample import Sample
-from vulnsteer.probe import (
+from vulnsteer.detect.probe import (
     OVERALL,
     PROBE_TABLE_COLUMNS,
     ProbeResult,
@@ -24,6 +23,7 @@ from vulnsteer.probe import (
     fit_logistic_probe,
     probe_table,
 )
+from vulnsteer.lm.activations import Activations
 
 HIDDEN = 16
 LAYERS = [0, 1]  # layer 0: pure noise, layer 1: planted signal
@@ -290,7 +290,7 @@ def test_rejects_misaligned_inputs() -> None:
 
 
 def test_length_control_reads_length_only_with_the_same_protocol() -> None:
-    from vulnsteer.probe import evaluate_length_control, surface_features
+    from vulnsteer.detect.probe import evaluate_length_control, surface_features
 
     def sample(i: int, vulnerable: bool, cwe: str = "CWE-89") -> Sample:
         body = "x = 1\n" * (3 + i % 3) + ("y = 2\n" * 6 if vulnerable else "")  # vulnerable code is longer

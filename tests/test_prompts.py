@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from vulnsteer.model import LoadedModel
-from vulnsteer.prompts import DEFAULT_TEMPLATE, Prompt, PromptTemplate, build_prompt, tokenize_prompts
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.lm.prompts import DEFAULT_TEMPLATE, Prompt, PromptTemplate, build_prompt, tokenize_prompts
 
 CODES: list[tuple[str, str]] = [
     ("int main(int argc, char **argv) {\n    char buf[16];\n    strcpy(buf, argv[1]);\n    return 0;\n}", "c"),

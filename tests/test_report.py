@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from vulnsteer.cwe import cwe_name
-from vulnsteer.report import fmt, plot_strength_curves, render_markdown, write_report
+from vulnsteer.report.markdown import fmt, plot_strength_curves, render_markdown, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -231,7 +231,7 @@ def test_plot_strength_curves_any_number_of_panels(tmp_path: Path, n_cwes: int) 
 
 
 def test_duplicates_text_says_what_was_found_and_dropped() -> None:
-    from vulnsteer.report import duplicates_text
+    from vulnsteer.report.markdown import duplicates_text
 
     kept = {"duplicates": {"exact": 3, "normalised": 1}, "notes": {}}
     assert duplicates_text(kept) == "cross-split duplicates (kept): exact 3, normalised 1"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from vulnsteer.detection import DetectionRecord
-from vulnsteer.experiment import RunConfig
-from vulnsteer.model import LoadedModel
-from vulnsteer.runner import compare_to_baseline, run_experiment, summarize_metrics, verdict_words
+from vulnsteer.detect.engine import DetectionRecord
+from vulnsteer.experiment.engine import RunConfig
+from vulnsteer.experiment.runner import compare_to_baseline, run_experiment, summarize_metrics, verdict_words
+from vulnsteer.lm.model import LoadedModel
 
 
 def _records(cwe: str, n_pairs: int, *, vuln: str = "vulnerable", secure: str = "secure",
@@ -147,7 +147,7 @@ def test_summarize_metrics_without_margins_or_records() -> None:
 
 
 def test_generation_runs_only_the_strengths_chosen_on_logit_val() -> None:
-    from vulnsteer.runner import _chosen_conditions, _conditions
+    from vulnsteer.experiment.runner import _chosen_conditions, _conditions
 
     config = RunConfig(cwes=("CWE-89", "CWE-22"), strengths=(0.0, -1.0, 0.5, 1.0), unit="relative")
     conds = _conditions(config, [3])

@@ -8,11 +8,11 @@ import pytest
 import torch
 from tests.conftest import toy_samples
 
-from vulnsteer.activations import extract_activations
-from vulnsteer.model import LoadedModel, decoder_layers, hidden_of
-from vulnsteer.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steering import SteeringSpec, steer
-from vulnsteer.vectors import Provenance, SteeringVector, fit_vector
+from vulnsteer.lm.activations import extract_activations
+from vulnsteer.lm.model import LoadedModel, decoder_layers, hidden_of
+from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
+from vulnsteer.steer.hooks import SteeringSpec, steer
+from vulnsteer.steer.vectors import Provenance, SteeringVector, fit_vector
 
 
 def _vector(hidden: int, layers: tuple[int, ...], seed: int = 1) -> SteeringVector:

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from tests.conftest import write_toy_jsonl
 
-from vulnsteer import sweep as sweep_mod
-from vulnsteer.detection import DetectionRecord
-from vulnsteer.experiment import Condition
-from vulnsteer.model import LoadedModel
-from vulnsteer.sweep import (
+from vulnsteer.detect.engine import DetectionRecord
+from vulnsteer.experiment import sweep as sweep_mod
+from vulnsteer.experiment.engine import Condition
+from vulnsteer.experiment.sweep import (
     ConfigError,
     Setting,
     SweepConfig,
@@ -30,6 +29,7 @@ from vulnsteer.sweep import (
     run_sweep,
     select_settings,
 )
+from vulnsteer.lm.model import LoadedModel
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,8 +147,8 @@ def _records(pattern: dict[str, int]) -> list[DetectionRecord]:
 
 
 def test_point_metrics_of_records_is_the_evaluation_modules() -> None:
-    from vulnsteer.evaluation import point_metrics as of_predictions
-    from vulnsteer.sweep import point_metrics
+    from vulnsteer.experiment.sweep import point_metrics
+    from vulnsteer.stats.metrics import point_metrics as of_predictions
 
     records = [DetectionRecord("a", "CWE-89", "p", 1, "vulnerable", score=0.9),
                DetectionRecord("b", "CWE-89", "p", 0, "vulnerable", score=0.4)]
@@ -177,7 +177,7 @@ def test_select_settings_prefers_smaller_strength_and_refuses_test() -> None:
 
 def test_held_out_results_rows_matrix_and_pooled() -> None:
     """A steered choice, a baseline choice and the pooled vector, on fabricated test records."""
-    from vulnsteer.sweep import Choice, held_out_conditions, held_out_results
+    from vulnsteer.experiment.sweep import Choice, held_out_conditions, held_out_results
 
     good = Setting("mean_diff", "last", (1,), "relative", 0.5, "last")
     choices = {"A": Choice("A", "steered", good, 1.0, 0.5), "B": Choice("B", "baseline", good, 0.5, 0.5),

@@ -10,11 +10,11 @@ import pytest
 from tests.conftest import write_toy_jsonl
 
 from test_sweep import _sweep, write_config
-from vulnsteer.experiment import RunConfig, prepare_data
-from vulnsteer.model import LoadedModel
-from vulnsteer.sweep import ConfigError, load_config
-from vulnsteer.transfer import transfer
-from vulnsteer.vectors import VectorMismatchError
+from vulnsteer.experiment.engine import RunConfig, prepare_data
+from vulnsteer.experiment.sweep import ConfigError, load_config
+from vulnsteer.experiment.transfer import transfer
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steer.vectors import VectorMismatchError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import toy_samples
-from vulnsteer.activations import Activations
 from vulnsteer.data.sample import Sample
-from vulnsteer.vectors import (
+from vulnsteer.lm.activations import Activations
+from vulnsteer.steer.vectors import (
     METHODS,
     Provenance,
     SteeringVector,

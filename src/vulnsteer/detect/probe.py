@@ -18,7 +18,7 @@ sees the test split (``tests/test_probe.py`` checks that permuting the test labe
 score).
 
 Scores: higher means *more vulnerable* for both detectors. The direction score is the signed distance along
-``-d / |d|`` (``d`` points toward secure, see :mod:`vulnsteer.vectors`) from the midpoint of the two train class
+``-d / |d|`` (``d`` points toward secure, see :mod:`vulnsteer.steer.vectors`) from the midpoint of the two train class
 means, so 0 is the train midpoint; the logistic score is the probe's log-odds of *vulnerable*, so 0 is its
 decision boundary. That natural threshold (0) is also the fallback when val cannot choose one.
 
@@ -30,7 +30,7 @@ Edge cases (never a crash):
 * one class (or nothing) in val: the threshold falls back to 0 (see above) and a note says so; val AUROC is
   ``None``;
 * one class in test: test AUROC is ``None`` and a note says so; balanced accuracy is then the recall of that
-  class (:mod:`vulnsteer.evaluation`'s convention).
+  class (:mod:`vulnsteer.stats.metrics`'s convention).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from .activations import POSITIONS, Activations
-from .data.sample import Sample
-from .evaluation import Prediction, bootstrap_ci, compute_metrics
-from .vectors import mean_difference
+from ..data.sample import Sample
+from ..lm.activations import POSITIONS, Activations
+from ..stats.metrics import Prediction, bootstrap_ci, compute_metrics
+from ..steer.vectors import mean_difference
 
 __all__ = [
     "DETECTORS",
@@ -72,7 +72,7 @@ DETECTORS: tuple[Detector, ...] = ("direction", "logistic")
 OVERALL = "overall"
 #: A CWE needs at least this many train samples of *each* class to be probed.
 MIN_TRAIN_PER_CLASS = 2
-#: Regularisation strength of the logistic probe (the same as :func:`vulnsteer.vectors.logistic_direction`).
+#: Regularisation strength of the logistic probe (the same as :func:`vulnsteer.steer.vectors.logistic_direction`).
 DEFAULT_C = 0.1
 _NAN = float("nan")
 _TIE_TOL = 1e-12
@@ -100,7 +100,7 @@ class ProbeResult:
         notes: human-readable caveats (single-class split, threshold fallback, ...).
         skipped: why the combination was not evaluated, or ``None``.
         predictions: the test predictions (not part of :meth:`to_dict`; for paired comparisons with other
-            detectors, e.g. :func:`vulnsteer.evaluation.mcnemar_exact`).
+            detectors, e.g. :func:`vulnsteer.stats.metrics.mcnemar_exact`).
     """
 
     detector: str

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_TEMPLATE", "Prompt", "PromptBatch", "PromptTemplate", "build_prompt", "tokenize_prompts"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "Prompt",
+    "PromptBatch",
+    "PromptTemplate",
+    "answer_token_ids",
+    "build_prompt",
+    "tokenize_prompts",
+]
 
 _FENCE_LANG = {"c": "c", "cpp": "cpp", "python": "python", "javascript": "javascript", "java": "java",
                "go": "go", "ruby": "ruby", "php": "php", "csharp": "csharp", "rust": "rust"}
@@ -112,3 +120,14 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:
         attention[row, width - n :] = 1
         code_mask[row, width - n :] = torch.tensor(code, dtype=torch.bool)
     return PromptBatch(input_ids, attention, code_mask)
+
+
+def answer_token_ids(tokenizer: Any, template: PromptTemplate = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
+    """Token ids of the 'vulnerable' and 'secure' answers as they follow the prompt's ``Answer:``."""
+    vuln = list(tokenizer.encode(template.vulnerable_answer, add_special_tokens=False))
+    secure = list(tokenizer.encode(template.secure_answer, add_special_tokens=False))
+    if not vuln or not secure:
+        raise ValueError("the answer words tokenise to nothing")
+    if vuln == secure:
+        raise ValueError("the 'vulnerable' and 'secure' answers tokenise identically")
+    return vuln, secure

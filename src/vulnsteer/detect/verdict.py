@@ -73,7 +73,7 @@ class Verdict:
 
     @property
     def y_pred(self) -> int:
-        """1 vulnerable, 0 secure, -1 uncertain (the convention of :mod:`vulnsteer.evaluation`)."""
+        """1 vulnerable, 0 secure, -1 uncertain (the convention of :mod:`vulnsteer.stats.metrics`)."""
         return {"vulnerable": 1, "secure": 0, "uncertain": -1}[self.label]
 
 

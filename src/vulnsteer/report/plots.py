@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_open
+from ..io import atomic_open
 
 __all__ = [
     "plot_cosines",

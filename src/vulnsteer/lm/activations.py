@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from .data.sample import Sample
+from ..data.sample import Sample
 from .model import LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
 

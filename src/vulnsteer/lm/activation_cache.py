@@ -11,7 +11,7 @@ fine-tune of the same architecture never reads another model's activations. The 
 the key and the sample ids; an entry whose header does not match is treated as missing. Files are written
 atomically, so a killed run never leaves a half-written entry.
 
-Default root: ``vulnsteer.model.cache_root() / "activations"`` (``$VULNSTEER_CACHE`` moves it).
+Default root: ``vulnsteer.lm.model.cache_root() / "activations"`` (``$VULNSTEER_CACHE`` moves it).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from ..data.sample import Sample
+from ..io import atomic_open
+from ..steer.vectors import dataset_hash
 from .activations import Activations, extract_activations
-from .data.sample import Sample
-from .io import atomic_open
 from .model import LoadedModel, cache_root, weights_digest
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate
-from .vectors import dataset_hash
 
 __all__ = ["ActivationCache", "CacheStats", "default_cache_dir", "model_key", "template_hash", "weights_digest"]
 

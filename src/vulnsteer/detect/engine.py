@@ -1,90 +1,42 @@
 """Detectors: the generated verdict, the answer logits, or a vector read as a probe.
 
-Detectors know nothing of steering: wrap a call in :func:`vulnsteer.steering.steer` to steer it. The same
-prompt (:mod:`vulnsteer.prompts`) serves every detector and activation extraction.
+Detectors know nothing of steering: wrap a call in :func:`vulnsteer.steer.hooks.steer` to steer it. The same
+prompt (:mod:`vulnsteer.lm.prompts`) serves every detector and activation extraction.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .activations import ActivationSink, length_order, masked_mean, recording
-from .data.sample import Sample
-from .evaluation import Prediction
-from .model import LoadedModel, position_ids_for
-from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
-from .steering import SteeringSpec, steer_rows
+from ..data.sample import Sample
+from ..lm.activations import ActivationSink, length_order, masked_mean, recording
+from ..lm.model import LoadedModel, position_ids_for
+from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
+from ..steer.hooks import SteeringSpec, steer_rows
+from .prefix import PrefixStore
+from .records import DetectionRecord
 from .verdict import parse_verdict
 
 __all__ = [
     "DetectionRecord",
     "PrefixStore",
     "Variant",
-    "answer_token_ids",
     "detect",
     "detect_variants",
     "detect_variants_modes",
     "generate_verdicts",
-    "records_to_predictions",
     "score_logits",
     "shares_prefix",
 ]
-
-_LABEL_TO_Y = {"vulnerable": 1, "secure": 0, "uncertain": -1}
-
-
-@dataclass(frozen=True)
-class DetectionRecord:
-    """One sample's detection result. ``text`` holds the full generated answer (generation mode)."""
-
-    sample_id: str
-    cwe: str
-    pair_id: str | None
-    y_true: int
-    verdict: str
-    score: float | None = None
-    margin: float | None = None
-    text: str | None = None
-    named_cwe: str | None = None
-
-    @property
-    def y_pred(self) -> int:
-        return _LABEL_TO_Y[self.verdict]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["y_pred"] = self.y_pred
-        return data
-
-    def to_prediction(self) -> Prediction:
-        return Prediction(self.sample_id, self.cwe, self.pair_id, self.y_true, self.y_pred, self.score)
-
-
-def records_to_predictions(records: Sequence[DetectionRecord]) -> list[Prediction]:
-    return [r.to_prediction() for r in records]
-
-
-def answer_token_ids(tokenizer: Any, template: PromptTemplate = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
-    """Token ids of the 'vulnerable' and 'secure' answers as they follow the prompt's ``Answer:``."""
-    vuln = list(tokenizer.encode(template.vulnerable_answer, add_special_tokens=False))
-    secure = list(tokenizer.encode(template.secure_answer, add_special_tokens=False))
-    if not vuln or not secure:
-        raise ValueError("the answer words tokenise to nothing")
-    if vuln == secure:
-        raise ValueError("the 'vulnerable' and 'secure' answers tokenise identically")
-    return vuln, secure
-
 
 def _batches(order: list[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
@@ -155,69 +107,6 @@ def _expand_cache(cache: Any, repeats: int) -> Any:
     expanded = copy.deepcopy(cache)
     expanded.batch_repeat_interleave(repeats)
     return expanded
-
-
-def _tensor_bytes(obj: Any) -> int:
-    """Bytes held by the tensors of a KV cache (legacy tuples, ``DynamicCache`` of transformers 4 or 5)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(o) for o in obj)
-    if hasattr(obj, "layers"):  # transformers >= 4.56: cache.layers[i].keys / .values
-        return sum(_tensor_bytes(getattr(layer, "keys", None)) + _tensor_bytes(getattr(layer, "values", None))
-                   for layer in obj.layers)
-    return _tensor_bytes(getattr(obj, "key_cache", [])) + _tensor_bytes(getattr(obj, "value_cache", []))
-
-
-@dataclass
-class PrefixStore:
-    """Unsteered prompt-prefix KV caches kept between calls of :func:`detect_variants_modes`.
-
-    A sweep runs its settings in chunks (so a killed run loses at most one chunk); every chunk scores the same
-    samples, and the unsteered prefix of each batch is the same in all of them. Passing one store to every call
-    computes each prefix once. Entries are keyed by a hash of the batch's prompt texts, so a store must only be
-    shared between calls on the same model; it stops accepting entries once *max_bytes* of caches are held
-    (caches stay on the model's device). Use one store per run; it holds no global state.
-    """
-
-    max_bytes: int = 2 * 1024**3
-    used_bytes: int = 0
-    hits: int = 0
-    misses: int = 0
-    _entries: dict[str, tuple[Any, torch.Tensor | None, tuple[int, ...]]] = field(default_factory=dict, repr=False)
-
-    @staticmethod
-    def key(texts: Sequence[str]) -> str:
-        digest = hashlib.sha256()
-        for text in texts:
-            digest.update(text.encode("utf-8", "replace") + b"\0")
-        return digest.hexdigest()
-
-    def get(self, key: str, code_layers: Sequence[int] | None = None) -> tuple[Any, torch.Tensor | None] | None:
-        """The prefix cache stored under *key* and its code-mean hidden states (``[batch, layers, hidden]``);
-        with *code_layers*, only an entry that recorded the code means at those layers counts."""
-        entry = self._entries.get(key)
-        if entry is None or (code_layers is not None and (entry[1] is None or entry[2] != tuple(code_layers))):
-            self.misses += 1
-            return None
-        self.hits += 1
-        return entry[0], entry[1]
-
-    def put(self, key: str, cache: Any, code_mean: torch.Tensor | None = None, code_layers: Sequence[int] = ()
-            ) -> bool:
-        """Keep *cache* (not copied: callers must not modify it) unless the budget is spent; True if kept."""
-        size = _tensor_bytes(cache)
-        if size == 0 or self.used_bytes + size > self.max_bytes:
-            return False
-        old = self._entries.get(key)
-        if old is not None:
-            self.used_bytes -= _tensor_bytes(old[0])
-        self._entries[key] = (cache, code_mean, tuple(code_layers))
-        self.used_bytes += size
-        return True
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @torch.no_grad()
@@ -364,10 +253,10 @@ def detect_variants_modes(
     verdict. Both modes read the same first forward step, so asking for both costs one pass, not two.
 
     Each batch of samples is expanded to one row per (sample, variant) and steered row by row
-    (:func:`~vulnsteer.steering.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
+    (:func:`~vulnsteer.steer.hooks.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
     steers ``prompt``/``all`` positions, the prompt up to its last token is run once, unsteered, and its KV cache
     reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
-    model is already inside an outer :func:`~vulnsteer.steering.steer` context.
+    model is already inside an outer :func:`~vulnsteer.steer.hooks.steer` context.
 
     With a *sink*, the unsteered hidden states of its layers (positions ``last`` and ``code_mean``) are recorded
     for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
@@ -469,7 +358,7 @@ def detect(
     progress: bool = True,
     desc: str | None = None,
 ) -> list[DetectionRecord]:
-    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steering.steer` to steer it)."""
+    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steer.hooks.steer` to steer it)."""
     return detect_variants(lm, samples, {"": ()}, mode=mode, template=template, batch_size=batch_size,
                            max_new_tokens=max_new_tokens, threshold=threshold, share_prefix=False, progress=progress,
                            desc=desc or f"{mode} detection")[""]

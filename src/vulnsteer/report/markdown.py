@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cwe import cwe_name
-from .io import atomic_open, write_text
-from .probe import PROBE_TABLE_COLUMNS, probe_table
+from ..cwe import cwe_name
+from ..detect.probe import PROBE_TABLE_COLUMNS, probe_table
+from ..io import atomic_open, write_text
 
 __all__ = ["ci_cell", "duplicates_text", "fmt", "lead_table", "markdown_table", "plot_strength_curves",
            "render_markdown", "write_report"]

@@ -1,7 +1,7 @@
 """Steering vectors: per-layer directions with provenance, fitted by plain direction functions.
 
 Convention: a direction points from *vulnerable* toward *secure* (``mean(secure) - mean(vulnerable)`` for the
-mean-difference method). Steering with a positive strength subtracts it (see :mod:`vulnsteer.steering`).
+mean-difference method). Steering with a positive strength subtracts it (see :mod:`vulnsteer.steer.hooks`).
 
 Every method is a plain callable ``(secure [n, h], vulnerable [m, h]) -> direction [h]``; PCA and the logistic
 probe return a unit direction rescaled to the length of the mean difference projected on it, so that one
@@ -24,9 +24,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from .activations import Activations
-from .data.sample import Sample
-from .io import atomic_open
+from ..data.sample import Sample
+from ..io import atomic_open
+from ..lm.activations import Activations
 
 __all__ = [
     "METHODS",
@@ -316,8 +316,7 @@ def answer_direction(lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int
     it shows the sign convention on a real model, and it is the "pure answer bias" reference against which a
     data-derived vector must show more than a shift toward answering "vulnerable".
     """
-    from .detection import answer_token_ids
-    from .prompts import DEFAULT_TEMPLATE
+    from ..lm.prompts import DEFAULT_TEMPLATE, answer_token_ids
 
     vuln, secure = answer_token_ids(lm.tokenizer, template or DEFAULT_TEMPLATE)
     weight = lm.model.get_output_embeddings().weight.detach().float().cpu()

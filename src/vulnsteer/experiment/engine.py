@@ -29,19 +29,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .activations import Activations, ActivationSink, extract_activations
-from .cwe import PRIORITY_CWES, normalize_cwe, parse_merge_map
-from .data.builtin import BUILTIN_NAME, load_builtin
-from .data.clean import strip_comments
-from .data.sample import UPSTREAM_SPLIT_KEY, Sample
-from .data.splits import Splits, dedupe_across_splits, split_samples
-from .data.truncate import truncate_sample
-from .detection import DetectionRecord, PrefixStore, detect_variants_modes
-from .io import append_jsonl, read_jsonl
-from .model import LoadedModel, resolve_layers
-from .prompts import DEFAULT_TEMPLATE, PromptTemplate
-from .steering import POSITION_MODES, STRENGTH_UNITS, SteeringSpec
-from .vectors import METHODS, SteeringVector, fit_vector
+from ..cwe import PRIORITY_CWES, normalize_cwe, parse_merge_map
+from ..data.builtin import BUILTIN_NAME, load_builtin
+from ..data.clean import strip_comments
+from ..data.sample import UPSTREAM_SPLIT_KEY, Sample
+from ..data.splits import Splits, dedupe_across_splits, split_samples
+from ..data.truncate import truncate_sample
+from ..detect.engine import DetectionRecord, PrefixStore, detect_variants_modes
+from ..io import append_jsonl, read_jsonl
+from ..lm.activations import Activations, ActivationSink, extract_activations
+from ..lm.model import LoadedModel, resolve_layers
+from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from ..steer.hooks import POSITION_MODES, STRENGTH_UNITS, SteeringSpec
+from ..steer.vectors import METHODS, SteeringVector, fit_vector
 
 __all__ = [
     "MODES",
@@ -165,7 +165,7 @@ def load_dataset(config: RunConfig) -> tuple[list[Sample], str, dict[str, Any]]:
         if merge:
             samples = [dataclasses.replace(s, cwe=merge.get(s.cwe, s.cwe)) for s in samples]
         return samples, BUILTIN_NAME, {}
-    from .data.loaders import LoadReport, load_samples
+    from ..data.loaders import LoadReport, load_samples
 
     report = LoadReport()
     samples = load_samples(config.data, config.format, merge=merge, cwes=config.cwes or None, report=report)
@@ -425,7 +425,7 @@ def run_conditions(
 
     Pending conditions are grouped by split in chunks of at most *group_size*; each chunk shares its forward
     passes (across detector modes too) and is appended to the store as soon as it finishes, so a killed run loses
-    at most the chunk in flight. Pass a :class:`~vulnsteer.detection.PrefixStore` (one per model and run) to
+    at most the chunk in flight. Pass a :class:`~vulnsteer.detect.engine.PrefixStore` (one per model and run) to
     compute each batch's unsteered prompt prefix once for all chunks instead of once per chunk.
     """
     todo = list(conditions)
@@ -484,7 +484,7 @@ def environment_info() -> dict[str, Any]:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "vulnsteer": __version__,

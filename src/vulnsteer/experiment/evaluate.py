@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .experiment import (
+from ..io import write_json
+from ..lm.model import load_model
+from ..report.markdown import write_report
+from ..steer.vectors import SteeringVector
+from .engine import (
     SCHEMA_VERSION,
     Condition,
     ResultStore,
@@ -20,11 +24,7 @@ from .experiment import (
     prepare_data,
     run_conditions,
 )
-from .io import write_json
-from .model import load_model
-from .report import write_report
 from .runner import SIGN_CONVENTION, summarize_metrics, summary_rows
-from .vectors import SteeringVector
 
 __all__ = ["evaluate_saved_vectors", "load_vector_dir"]
 
@@ -47,7 +47,7 @@ def load_vector_dir(
 
 
 def evaluate_saved_vectors(args: argparse.Namespace) -> int:
-    from .cli import _run_config
+    from ..cli.options import run_config as _run_config
 
     if getattr(args, "from_run", None):
         from .transfer import evaluate_from_run

@@ -20,9 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .actcache import model_key
-from .data.sample import Sample
-from .experiment import (
+from ..data.sample import Sample
+from ..io import write_json, write_text
+from ..lm.activation_cache import model_key
+from ..lm.model import LoadedModel, load_model
+from ..lm.prompts import DEFAULT_TEMPLATE
+from ..steer.vectors import SteeringVector, VectorMismatchError, dataset_hash
+from .engine import (
     SCHEMA_VERSION,
     ResultStore,
     RunConfig,
@@ -31,9 +35,6 @@ from .experiment import (
     prepare_data,
     run_conditions,
 )
-from .io import write_json, write_text
-from .model import LoadedModel, load_model
-from .prompts import DEFAULT_TEMPLATE
 from .runner import SIGN_CONVENTION
 from .sweep import (
     CHOSEN_DIR,
@@ -48,7 +49,6 @@ from .sweep import (
     pooled_table,
     render_lead,
 )
-from .vectors import SteeringVector, VectorMismatchError, dataset_hash
 
 __all__ = ["SPLIT", "check_model", "evaluate_from_run", "load_chosen", "transfer"]
 
@@ -124,7 +124,7 @@ def transfer(
 ) -> dict[str, Any]:
     """Apply the chosen configurations of the sweep in *run_dir* to the dataset of *data_config*; writes
     ``results.json``, ``report.md`` and the cross-CWE plot into *out_dir* and returns the results."""
-    from .plots import plot_cross_cwe
+    from ..report.plots import plot_cross_cwe
 
     started = time.perf_counter()
     run = Path(run_dir)

@@ -15,10 +15,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .activations import POSITIONS, ActivationSink, extract_activations
-from .detection import DetectionRecord, PrefixStore
-from .evaluation import bootstrap_ci, bootstrap_diff_ci, compute_metrics, mcnemar_exact
-from .experiment import (
+from ..detect.engine import DetectionRecord, PrefixStore
+from ..detect.probe import evaluate_length_control, evaluate_probes
+from ..io import write_json
+from ..lm.activations import POSITIONS, ActivationSink, extract_activations
+from ..lm.model import LoadedModel, load_model
+from ..lm.prompts import DEFAULT_TEMPLATE
+from ..stats.metrics import bootstrap_ci, bootstrap_diff_ci, compute_metrics, mcnemar_exact
+from ..steer.hooks import __doc__ as _steering_doc
+from ..steer.vectors import SteeringVector
+from .engine import (
     SCHEMA_VERSION,
     Condition,
     PreparedData,
@@ -32,12 +38,6 @@ from .experiment import (
     run_conditions,
     select_per_cwe,
 )
-from .io import write_json
-from .model import LoadedModel, load_model
-from .probe import evaluate_length_control, evaluate_probes
-from .prompts import DEFAULT_TEMPLATE
-from .steering import __doc__ as _steering_doc
-from .vectors import SteeringVector
 
 __all__ = ["SIGN_CONVENTION", "compare_to_baseline", "default_out_dir", "run_experiment", "save_vectors",
            "summarize_metrics", "summary_rows", "verdict_words"]
@@ -191,7 +191,7 @@ def run_experiment(
 
     Finished conditions are kept in ``records.jsonl``: rerunning with the same *out_dir* resumes.
     """
-    from .report import write_report
+    from ..report.markdown import write_report
 
     out = Path(out_dir) if out_dir is not None else default_out_dir()
     started = time.perf_counter()

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .model import decoder_layers, hidden_of, with_hidden
+from ..lm.model import decoder_layers, hidden_of, with_hidden
 from .vectors import SteeringVector, VectorMismatchError
 
 __all__ = ["POSITION_MODES", "PositionMode", "SteeringSpec", "StrengthUnit", "steer"]

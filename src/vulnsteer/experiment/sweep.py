@@ -4,7 +4,7 @@
    back resolved, with every default filled in, as ``config.resolved.toml`` in the run directory: that one
    file reproduces the experiment (``vulnsteer sweep RUN/config.resolved.toml``).
 2. Training activations are extracted once per (model, data, layer, position) through the on-disk
-   :class:`~vulnsteer.actcache.ActivationCache`, and every vector (CWE x method x activation position, plus a
+   :class:`~vulnsteer.lm.activation_cache.ActivationCache`, and every vector (CWE x method x activation position, plus a
    pooled ``any`` vector) is fitted from them.
 3. **Validation**: the baseline and every candidate (method, position, layer set, strength, steering positions)
    with each CWE's own vector, its random-direction control, and the pooled vector, in one batched engine
@@ -37,12 +37,18 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .activations import POSITIONS, Activations
-from .cwe import normalize_cwe, parse_merge_map
-from .data.sample import Sample
-from .detection import DetectionRecord, PrefixStore
-from .evaluation import point_metrics as evaluation_point_metrics
-from .experiment import (
+from ..cwe import normalize_cwe, parse_merge_map
+from ..data.sample import Sample
+from ..detect.engine import DetectionRecord, PrefixStore
+from ..io import write_json, write_text
+from ..lm.activations import POSITIONS, Activations
+from ..lm.model import LoadedModel, load_model, resolve_layers
+from ..lm.prompts import DEFAULT_TEMPLATE
+from ..report.markdown import ci_cell, duplicates_text, fmt, lead_table, markdown_table
+from ..stats.metrics import point_metrics as evaluation_point_metrics
+from ..steer.hooks import POSITION_MODES, STRENGTH_UNITS
+from ..steer.vectors import METHODS, SteeringVector, dataset_hash
+from .engine import (
     MODES,
     SCHEMA_VERSION,
     Condition,
@@ -55,13 +61,7 @@ from .experiment import (
     run_conditions,
     select_per_cwe,
 )
-from .io import write_json, write_text
-from .model import LoadedModel, load_model, resolve_layers
-from .prompts import DEFAULT_TEMPLATE
-from .report import ci_cell, duplicates_text, fmt, lead_table, markdown_table
 from .runner import SIGN_CONVENTION, compare_to_baseline, save_vectors, summarize_metrics, verdict_words
-from .steering import POSITION_MODES, STRENGTH_UNITS
-from .vectors import METHODS, SteeringVector, dataset_hash
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -497,7 +497,7 @@ def _check_resolved(out: Path, config: SweepConfig) -> None:
         if changed:
             raise ConfigError(f"{out} holds a different sweep (differs in {', '.join(changed)}); "
                               "use another --out, or rerun with the config in " + str(path))
-    from . import __version__
+    from .. import __version__
 
     header = (f"vulnsteer {__version__} sweep, resolved config: `vulnsteer sweep {path}` reproduces this run.\n"
               "Every default is filled in; layers are as written (negative = from the end).")
@@ -603,7 +603,7 @@ class Choice:
 
 
 def point_metrics(records: Sequence[DetectionRecord], names: Sequence[str]) -> dict[str, float | None]:
-    """:func:`vulnsteer.evaluation.point_metrics` of detection records (no bootstrap; undefined = None)."""
+    """:func:`vulnsteer.stats.metrics.point_metrics` of detection records (no bootstrap; undefined = None)."""
     return evaluation_point_metrics([r.to_prediction() for r in records], names)
 
 
@@ -836,7 +836,7 @@ class _Sweep:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     def run(self) -> dict[str, Any]:
-        from .actcache import ActivationCache, model_key
+        from ..lm.activation_cache import ActivationCache, model_key
 
         cfg, lm, out = self.config, self.lm, self.out
         t = time.perf_counter()
@@ -934,7 +934,7 @@ class _Sweep:
 
     def finish(self, interrupted: bool = False) -> None:
         """Write results.json and the report (partial when interrupted)."""
-        from .plots import sweep_plots
+        from ..report.plots import sweep_plots
 
         if interrupted:
             self.results["status"] = "interrupted"

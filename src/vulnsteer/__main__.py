@@ -1,0 +1,7 @@
+"""``python -m vulnsteer``: the same as the ``vulnsteer`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
