@@ -27,11 +27,12 @@ setup-test: $(VENV)/.test-done
 demo: setup
 	$(VENV)/bin/vulnsteer run
 
-test: setup-test
+test: lint
 	$(PY) -m pytest -q
 
 lint: setup-test
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
 bench: setup

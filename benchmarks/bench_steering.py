@@ -59,18 +59,24 @@ def main() -> int:
     tok = lm.tokenizer
     layers = (10, 15, 20)
     gen = torch.Generator().manual_seed(0)
-    vector = SteeringVector({layer: torch.randn(lm.hidden_size, generator=gen) for layer in layers},
-                            Provenance(lm.model_id, lm.fingerprint, lm.hidden_size, layers, "last", "mean_diff",
-                                       "bench", 1, 1, "-", "-"))
+    vector = SteeringVector(
+        {layer: torch.randn(lm.hidden_size, generator=gen) for layer in layers},
+        Provenance(lm.model_id, lm.fingerprint, lm.hidden_size, layers, "last", "mean_diff", "bench", 1, 1, "-", "-"),
+    )
     rows: list[tuple[str, str]] = []
 
     for batch in (1, 8):
         enc = tokenize_prompts(tok, [build_prompt(tok, s.code, s.language) for s in samples[:batch]])
 
         def plain(enc: Any = enc) -> None:
-            lm.model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=False,
-                              max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                              pad_token_id=tok.pad_token_id)
+            lm.model.generate(
+                input_ids=enc.input_ids,
+                attention_mask=enc.attention_mask,
+                do_sample=False,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
 
         def steered(enc: Any = enc) -> None:
             with steer(lm.model, vector, 1.0, positions="all"):
@@ -89,10 +95,13 @@ def main() -> int:
             rows.append(("batch 8 / batch 1 generation throughput", f"{tps_plain / tps_b1:.2f}"))
 
     eight = samples[:8]
-    t = _interleaved({
-        "logit": lambda: score_logits(lm, eight, batch_size=8, progress=False),
-        "generation": lambda: generate_verdicts(lm, eight, batch_size=8, max_new_tokens=24, progress=False),
-    }, args.repeats)
+    t = _interleaved(
+        {
+            "logit": lambda: score_logits(lm, eight, batch_size=8, progress=False),
+            "generation": lambda: generate_verdicts(lm, eight, batch_size=8, max_new_tokens=24, progress=False),
+        },
+        args.repeats,
+    )
     rows.append(("logit mode s/sample", f"{t['logit'] / len(eight):.3f}"))
     rows.append(("generation mode s/sample (24 new tokens)", f"{t['generation'] / len(eight):.3f}"))
     rows.append(("generation / logit time per sample (goal >= 10)", f"{t['generation'] / t['logit']:.2f}"))

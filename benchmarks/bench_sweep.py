@@ -27,10 +27,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = (("load_model", "model load"), ("prepare_data", "data (load, clean, truncate, split)"),
-          ("activations", "activation extraction"), ("fit_vectors", "vector fitting"),
-          ("score_val", "scoring: validation grid"), ("score_test", "scoring: test (chosen + controls)"),
-          ("plots", "plots"))
+PHASES = (
+    ("load_model", "model load"),
+    ("prepare_data", "data (load, clean, truncate, split)"),
+    ("activations", "activation extraction"),
+    ("fit_vectors", "vector fitting"),
+    ("score_val", "scoring: validation grid"),
+    ("score_test", "scoring: test (chosen + controls)"),
+    ("plots", "plots"),
+)
 
 
 def _run(config: Any, out: Path, lm: Any) -> dict[str, Any]:
@@ -54,12 +59,20 @@ def _table(runs: list[tuple[str, dict[str, float]]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "examples" / "default.toml"))
-    parser.add_argument("--as-configured", action="store_true",
-                        help="keep the config's layers (default: three single layers, 10, 15 and 20)")
+    parser.add_argument(
+        "--as-configured",
+        action="store_true",
+        help="keep the config's layers (default: three single layers, 10, 15 and 20)",
+    )
     parser.add_argument("--second-run", choices=["full", "extraction", "no-prefix-store", "none"], default="full")
     parser.add_argument("--keep", default=None, help="keep the run directories under this folder")
-    parser.add_argument("--group-size", type=int, default=None, help="override the config's run.group_size "
-                        "(conditions per saved chunk; the prompt-prefix store matters when there are several)")
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="override the config's run.group_size "
+        "(conditions per saved chunk; the prompt-prefix store matters when there are several)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -74,12 +87,21 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, layers=((10,), (15,), (20,)))
     if args.group_size:
         config = dataclasses.replace(config, group_size=args.group_size)
-    settings = (len(config.methods) * len(config.positions) * len(config.steer_positions) * len(config.layers)
-                * sum(1 for _, s in config.strengths if s))
-    print(f"config {args.config}: layers {config.layers}, strengths {config.strengths}, modes {config.modes}, "
-          f"{settings} steered settings per CWE, group_size {config.group_size}")
-    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average at start "
-          f"{os.getloadavg()[0]:.2f}")
+    settings = (
+        len(config.methods)
+        * len(config.positions)
+        * len(config.steer_positions)
+        * len(config.layers)
+        * sum(1 for _, s in config.strengths if s)
+    )
+    print(
+        f"config {args.config}: layers {config.layers}, strengths {config.strengths}, modes {config.modes}, "
+        f"{settings} steered settings per CWE, group_size {config.group_size}"
+    )
+    print(
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average at start "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     start = time.perf_counter()
     lm = load_model(config.model, device=config.device, dtype=config.dtype)
     load = time.perf_counter() - start
@@ -113,27 +135,37 @@ def main(argv: list[str] | None = None) -> int:
         lm.close()
     _table(runs)
     cold = runs[0][1]
-    print(f"\nconditions scored: {n_conditions}; CWEs: {len(first['data']['cwes'])}; samples train/val/test "
-          f"{first['data']['splits']['train']['n']}/{first['data']['splits']['val']['n']}/"
-          f"{first['data']['splits']['test']['n']}")
+    print(
+        f"\nconditions scored: {n_conditions}; CWEs: {len(first['data']['cwes'])}; samples train/val/test "
+        f"{first['data']['splits']['train']['n']}/{first['data']['splits']['val']['n']}/"
+        f"{first['data']['splits']['test']['n']}"
+    )
     scoring = cold.get("score_val", 0.0) + cold.get("score_test", 0.0)
-    print(f"first run: extraction {cold['activations']:.1f}s ({100 * cold['activations'] / cold['wall']:.0f}%), "
-          f"fitting {cold['fit_vectors']:.1f}s, scoring {scoring:.1f}s ({100 * scoring / cold['wall']:.0f}%); "
-          f"{scoring / max(1, n_conditions):.2f}s per condition")
+    print(
+        f"first run: extraction {cold['activations']:.1f}s ({100 * cold['activations'] / cold['wall']:.0f}%), "
+        f"fitting {cold['fit_vectors']:.1f}s, scoring {scoring:.1f}s ({100 * scoring / cold['wall']:.0f}%); "
+        f"{scoring / max(1, n_conditions):.2f}s per condition"
+    )
     if args.second_run == "no-prefix-store":
         warm = runs[1][1]
         scoring_off = warm.get("score_val", 0.0) + warm.get("score_test", 0.0)
-        print(f"prompt-prefix store: scoring {scoring_off:.1f}s without -> {scoring:.1f}s with "
-              f"({scoring_off / max(scoring, 1e-3):.2f}x)")
+        print(
+            f"prompt-prefix store: scoring {scoring_off:.1f}s without -> {scoring:.1f}s with "
+            f"({scoring_off / max(scoring, 1e-3):.2f}x)"
+        )
     elif len(runs) > 1:
         warm = runs[1][1]
-        print(f"activation cache: extraction {cold['activations']:.1f}s -> {warm['activations']:.2f}s "
-              f"({cold['activations'] / max(warm['activations'], 1e-3):.0f}x); whole sweep {cold['wall']:.1f}s -> "
-              f"{warm['wall']:.1f}s ({cold['wall'] / warm['wall']:.2f}x)")
+        print(
+            f"activation cache: extraction {cold['activations']:.1f}s -> {warm['activations']:.2f}s "
+            f"({cold['activations'] / max(warm['activations'], 1e-3):.0f}x); whole sweep {cold['wall']:.1f}s -> "
+            f"{warm['wall']:.1f}s ({cold['wall'] / warm['wall']:.2f}x)"
+        )
     limit = 15 * 60
     verdict = "within" if cold["wall"] <= limit else "OVER"
-    print(f"first run {cold['wall'] / 60:.1f} min: {verdict} the 15-minute target; load average now "
-          f"{os.getloadavg()[0]:.2f}")
+    print(
+        f"first run {cold['wall'] / 60:.1f} min: {verdict} the 15-minute target; load average now "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     print(f"run directories: {root}")
     return 0
 

@@ -74,8 +74,9 @@ def make_tiny(tokenizer, arch: str = "llama", layers: int = 4, seed: int = 0) ->
     model_cls, config_cls = (Qwen2ForCausalLM, Qwen2Config) if arch == "qwen2" else (LlamaForCausalLM, LlamaConfig)
     model = model_cls(config_cls(**common))
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=f"tiny-{arch}", fingerprint=model_fingerprint(model),
-                       source="test")
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, model_id=f"tiny-{arch}", fingerprint=model_fingerprint(model), source="test"
+    )
 
 
 @pytest.fixture(params=["llama", "qwen2"])
@@ -112,32 +113,62 @@ def toy_samples(n_pairs: int = 4, cwe: str = "CWE-89") -> list[Sample]:
     out = []
     for i in range(n_pairs):
         pid = f"p{i}"
-        out.append(Sample(f"{pid}-v", f"q = 'SELECT * FROM t{i} WHERE id=' + uid\ncur.execute(q)", "python", cwe,
-                          "vulnerable", pid))
-        out.append(Sample(f"{pid}-s", f"q = 'SELECT * FROM t{i} WHERE id=?'\ncur.execute(q, (uid,))", "python", cwe,
-                          "secure", pid))
+        out.append(
+            Sample(
+                f"{pid}-v",
+                f"q = 'SELECT * FROM t{i} WHERE id=' + uid\ncur.execute(q)",
+                "python",
+                cwe,
+                "vulnerable",
+                pid,
+            )
+        )
+        out.append(
+            Sample(
+                f"{pid}-s", f"q = 'SELECT * FROM t{i} WHERE id=?'\ncur.execute(q, (uid,))", "python", cwe, "secure", pid
+            )
+        )
     return out
 
 
 _TOY_CODE = {
-    "CWE-89": ("q = 'SELECT * FROM t{i} WHERE id=' + uid\ncur.execute(q)",
-               "q = 'SELECT * FROM t{i} WHERE id=?'\ncur.execute(q, (uid,))"),
+    "CWE-89": (
+        "q = 'SELECT * FROM t{i} WHERE id=' + uid\ncur.execute(q)",
+        "q = 'SELECT * FROM t{i} WHERE id=?'\ncur.execute(q, (uid,))",
+    ),
     "CWE-78": ("os.system('ls ' + d{i})", "subprocess.run(['ls', d{i}])"),
     "CWE-22": ("return open(base + name{i}).read()", "return open(safe_join(base, name{i})).read()"),
 }
 
 
-def write_toy_jsonl(path: Path, cwes: tuple[str, ...] = ("CWE-89", "CWE-78"), n_pairs: int = 6,
-                    prefix: str = "toy") -> Path:
+def write_toy_jsonl(
+    path: Path, cwes: tuple[str, ...] = ("CWE-89", "CWE-78"), n_pairs: int = 6, prefix: str = "toy"
+) -> Path:
     """A tiny generic-JSONL dataset of vulnerable/secure pairs (python one-liners)."""
     rows = []
     for cwe in cwes:
         vulnerable, secure = _TOY_CODE[cwe]
         for i in range(n_pairs):
             pair = f"{prefix}-{cwe}-{i}"
-            rows.append({"id": f"{pair}-v", "pair_id": pair, "cwe": cwe, "label": "vulnerable", "language": "python",
-                         "code": vulnerable.format(i=i)})
-            rows.append({"id": f"{pair}-s", "pair_id": pair, "cwe": cwe, "label": "secure", "language": "python",
-                         "code": secure.format(i=i)})
+            rows.append(
+                {
+                    "id": f"{pair}-v",
+                    "pair_id": pair,
+                    "cwe": cwe,
+                    "label": "vulnerable",
+                    "language": "python",
+                    "code": vulnerable.format(i=i),
+                }
+            )
+            rows.append(
+                {
+                    "id": f"{pair}-s",
+                    "pair_id": pair,
+                    "cwe": cwe,
+                    "label": "secure",
+                    "language": "python",
+                    "code": secure.format(i=i),
+                }
+            )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -36,8 +36,9 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     return calls
 
 
-def test_second_call_reads_the_cache_exactly(tmp_path: Path, tiny_llama: LoadedModel, samples: Any,
-                                             counting: list[list[int]]) -> None:
+def test_second_call_reads_the_cache_exactly(
+    tmp_path: Path, tiny_llama: LoadedModel, samples: Any, counting: list[list[int]]
+) -> None:
     cache = ActivationCache(tmp_path)
     first, stats = cache.load_or_extract(tiny_llama, samples, [1, 3], ["last", "code_mean"], progress=False)
     assert (stats.hits, stats.misses, stats.extracted_layers) == (0, 4, [1, 3])
@@ -52,8 +53,9 @@ def test_second_call_reads_the_cache_exactly(tmp_path: Path, tiny_llama: LoadedM
     assert second.sample_ids == [s.id for s in samples] and second.layers == [1, 3]
 
 
-def test_only_missing_layers_are_extracted(tmp_path: Path, tiny_llama: LoadedModel, samples: Any,
-                                           counting: list[list[int]]) -> None:
+def test_only_missing_layers_are_extracted(
+    tmp_path: Path, tiny_llama: LoadedModel, samples: Any, counting: list[list[int]]
+) -> None:
     cache = ActivationCache(tmp_path)
     cache.load_or_extract(tiny_llama, samples, [1], ["last"], progress=False)
     acts, stats = cache.load_or_extract(tiny_llama, samples, [1, 2], ["last"], progress=False)
@@ -62,8 +64,9 @@ def test_only_missing_layers_are_extracted(tmp_path: Path, tiny_llama: LoadedMod
     assert acts.get("last").shape == (len(samples), 2, tiny_llama.hidden_size)
 
 
-def test_keys_separate_models_data_and_positions(tmp_path: Path, tiny_tokenizer: Any, tiny_llama: LoadedModel,
-                                                 samples: Any, counting: list[list[int]]) -> None:
+def test_keys_separate_models_data_and_positions(
+    tmp_path: Path, tiny_tokenizer: Any, tiny_llama: LoadedModel, samples: Any, counting: list[list[int]]
+) -> None:
     from conftest import make_tiny
 
     cache = ActivationCache(tmp_path)
@@ -91,8 +94,11 @@ def test_damaged_or_foreign_entries_are_misses(tmp_path: Path, tiny_llama: Loade
     # an entry whose header names other samples is not used either
     from safetensors.torch import save_file
 
-    save_file({"hidden": torch.zeros(len(samples), tiny_llama.hidden_size)}, str(entry),
-              metadata={"format": "vulnsteer.ActivationCache", "sample_ids": "[]"})
+    save_file(
+        {"hidden": torch.zeros(len(samples), tiny_llama.hidden_size)},
+        str(entry),
+        metadata={"format": "vulnsteer.ActivationCache", "sample_ids": "[]"},
+    )
     _, stats = cache.load_or_extract(tiny_llama, samples, [1], ["last"], progress=False)
     assert stats.misses == 1
 

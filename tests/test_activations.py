@@ -17,11 +17,18 @@ from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 def _samples() -> list[Sample]:
     """Samples of clearly different lengths, so batches get real left padding."""
     extra = [
-        Sample("long-v", "def f(path):\n    data = open(path).read()\n    return eval(data)\n" * 2, "python",
-               "CWE-94", "vulnerable", "long"),
+        Sample(
+            "long-v",
+            "def f(path):\n    data = open(path).read()\n    return eval(data)\n" * 2,
+            "python",
+            "CWE-94",
+            "vulnerable",
+            "long",
+        ),
         Sample("short-s", "x = 1", "python", "CWE-94", "secure", "short"),
-        Sample("c-v", "int main(void) { char buf[16]; strcpy(buf, argv[1]); return 0; }", "c", "CWE-787",
-               "vulnerable", "c"),
+        Sample(
+            "c-v", "int main(void) { char buf[16]; strcpy(buf, argv[1]); return 0; }", "c", "CWE-787", "vulnerable", "c"
+        ),
     ]
     return [*toy_samples(2), *extra]
 

@@ -38,8 +38,9 @@ def test_ids_unique_and_pairs_complete() -> None:
 
 @pytest.mark.parametrize("pair_id", sorted({s.pair_id for s in SAMPLES if s.pair_id}))
 def test_pair_differs_only_in_the_fix(pair_id: str) -> None:
-    vuln, secure = (next(s for s in SAMPLES if s.pair_id == pair_id and s.label == lab)
-                    for lab in ("vulnerable", "secure"))
+    vuln, secure = (
+        next(s for s in SAMPLES if s.pair_id == pair_id and s.label == lab) for lab in ("vulnerable", "secure")
+    )
     assert vuln.code != secure.code
     assert difflib.SequenceMatcher(None, vuln.code, secure.code).ratio() > 0.6
     for s in (vuln, secure):

@@ -32,8 +32,16 @@ SUBCOMMANDS = _subcommands(build_parser())
 
 
 def test_the_expected_subcommands_exist() -> None:
-    assert {("run",), ("extract",), ("vectors",), ("detect",), ("evaluate",), ("data",), ("data", "stats"),
-            ("data", "validate")} <= set(SUBCOMMANDS)
+    assert {
+        ("run",),
+        ("extract",),
+        ("vectors",),
+        ("detect",),
+        ("evaluate",),
+        ("data",),
+        ("data", "stats"),
+        ("data", "validate"),
+    } <= set(SUBCOMMANDS)
 
 
 @pytest.mark.parametrize("path", [(), *SUBCOMMANDS], ids=lambda p: " ".join(p) or "top")
@@ -118,9 +126,7 @@ def test_data_validate_lists_every_problem_with_file_and_line(
     assert "3 problem(s)" in captured.err
 
 
-def test_data_stats_on_malformed_data_is_a_one_line_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_data_stats_on_malformed_data_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _bad_jsonl(tmp_path)
     assert main(["data", "stats", str(path), "--no-tokens"]) == 2
     err = capsys.readouterr().err
@@ -183,8 +189,19 @@ def test_detect_refuses_a_vector_for_another_model(
     vec_path = tmp_path / "tiny.safetensors"
     prov = Provenance("tiny", "f" * 16, 64, (1,), "last", "mean_diff", "CWE-78", 1, 1, "h", "t")
     SteeringVector({1: torch.ones(64)}, prov).save(vec_path)
-    argv = ["--no-progress", "detect", str(src), "--mode", "logit", "--device", "cpu", "--vector", str(vec_path),
-            "--strength", "4"]
+    argv = [
+        "--no-progress",
+        "detect",
+        str(src),
+        "--mode",
+        "logit",
+        "--device",
+        "cpu",
+        "--vector",
+        str(vec_path),
+        "--strength",
+        "4",
+    ]
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (transformers may draw a loading bar first)
     assert last.startswith("vulnsteer: error: ")

@@ -63,9 +63,14 @@ def test_greedy_matches_hf_generate(tiny_llama: LoadedModel) -> None:
     tok = tiny_llama.tokenizer
     for s, rec in zip(samples, ours):
         batch = tokenize_prompts(tok, [build_prompt(tok, s.code, s.language)])
-        out = tiny_llama.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                        max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-        text = "Answer:" + tok.decode(out[0, batch.input_ids.shape[1]:], skip_special_tokens=True)
+        out = tiny_llama.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        text = "Answer:" + tok.decode(out[0, batch.input_ids.shape[1] :], skip_special_tokens=True)
         assert rec.text == text
 
 
@@ -145,13 +150,17 @@ def test_prefix_store_respects_its_budget_and_the_sink(tiny_llama: LoadedModel) 
     n_batches = -(-len(samples) // 4)
     for attempt in range(2):  # 1st: the stored entry has no code means -> recomputed; 2nd: served from the store
         sink = ActivationSink([1, 2])
-        detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=store,
-                              sink=sink)
+        detect_variants_modes(
+            tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=store, sink=sink
+        )
         assert store.hits == attempt * n_batches
         for pos in ("last", "code_mean"):
             assert torch.allclose(sink.activations(ids).get(pos), want.get(pos), atol=1e-4), (attempt, pos)
     other = ActivationSink([3])  # code means at other layers are not served from the store
     detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=store, sink=other)
     assert store.hits == n_batches
-    assert torch.allclose(other.activations(ids, ("code_mean",)).get("code_mean"),
-                          extract_activations(tiny_llama, samples, [3], progress=False).get("code_mean"), atol=1e-4)
+    assert torch.allclose(
+        other.activations(ids, ("code_mean",)).get("code_mean"),
+        extract_activations(tiny_llama, samples, [3], progress=False).get("code_mean"),
+        atol=1e-4,
+    )

@@ -46,8 +46,14 @@ def margins(embedded: LoadedModel) -> dict[float, list[float]]:
     assert {s.label for s in train} == {"vulnerable", "secure"}
     assert not {s.pair_id for s in train} & {s.pair_id for s in held}
     acts = extract_activations(embedded, train, [LAYER], ["last"], progress=False)
-    vector = fit_vector(acts, train, position="last", method="mean_diff", model_id=embedded.model_id,
-                        model_fingerprint=embedded.fingerprint)
+    vector = fit_vector(
+        acts,
+        train,
+        position="last",
+        method="mean_diff",
+        model_id=embedded.model_id,
+        model_fingerprint=embedded.fingerprint,
+    )
     assert 0 < vector.relative_norm(LAYER) < 0.1
     out: dict[float, list[float]] = {}
     for strength in (-STRENGTH, 0.0, STRENGTH):

@@ -16,10 +16,28 @@ from vulnsteer.lm.model import LoadedModel
 from vulnsteer.steer.vectors import Provenance, SteeringVector, VectorMismatchError
 
 
-def _vector(cwe: str, *, hidden: int = 64, fingerprint: str = "f" * 16, method: str = "mean_diff",
-            layers: tuple[int, ...] = (1,)) -> SteeringVector:
-    prov = Provenance("tiny-llama", fingerprint, hidden, layers, "last", method, cwe, 4, 4, "h", "t",
-                      layer_norms={layer: 10.0 for layer in layers})
+def _vector(
+    cwe: str,
+    *,
+    hidden: int = 64,
+    fingerprint: str = "f" * 16,
+    method: str = "mean_diff",
+    layers: tuple[int, ...] = (1,),
+) -> SteeringVector:
+    prov = Provenance(
+        "tiny-llama",
+        fingerprint,
+        hidden,
+        layers,
+        "last",
+        method,
+        cwe,
+        4,
+        4,
+        "h",
+        "t",
+        layer_norms={layer: 10.0 for layer in layers},
+    )
     return SteeringVector({layer: torch.ones(hidden) for layer in layers}, prov)
 
 
@@ -36,16 +54,48 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> dict[s
     train = write_toy_jsonl(root / "train.jsonl", ("CWE-89", "CWE-78"), n_pairs=5, prefix="e")
     data = write_toy_jsonl(root / "data.jsonl", ("CWE-89", "CWE-78", "CWE-22"), n_pairs=5, prefix="e")
     vectors = root / "vectors"
-    code = main(["--no-progress", "vectors", "--model", str(model_dir), "--data", str(train), "--format", "jsonl",
-                 "--max-code-tokens", "64", "--layers", "1", "--out", str(vectors)])
+    code = main(
+        [
+            "--no-progress",
+            "vectors",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(train),
+            "--format",
+            "jsonl",
+            "--max-code-tokens",
+            "64",
+            "--layers",
+            "1",
+            "--out",
+            str(vectors),
+        ]
+    )
     assert code == 0
     return {"model": model_dir, "data": data, "vectors": vectors, "fingerprint": lm.fingerprint}
 
 
 def _evaluate(env: dict[str, Any], out: Path, *extra: str, vectors: Path | None = None) -> int:
-    return main(["--no-progress", "evaluate", "--vectors", str(vectors or env["vectors"]), "--model",
-                 str(env["model"]), "--data", str(env["data"]), "--format", "jsonl", "--max-code-tokens", "64",
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "--no-progress",
+            "evaluate",
+            "--vectors",
+            str(vectors or env["vectors"]),
+            "--model",
+            str(env["model"]),
+            "--data",
+            str(env["data"]),
+            "--format",
+            "jsonl",
+            "--max-code-tokens",
+            "64",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -101,12 +151,12 @@ def test_evaluate_writes_baseline_steered_and_control_on_test(
     assert set(results["vectors"]) == {"CWE-89|mean_diff", "CWE-78|mean_diff"}
     conds = [e["condition"] for e in results["conditions"]]
     assert sorted((c["mode"], c["kind"]) for c in conds) == sorted(
-        (m, k) for m in ("logit", "generation") for k in ("baseline", "steered", "control"))
+        (m, k) for m in ("logit", "generation") for k in ("baseline", "steered", "control")
+    )
     assert {c["split"] for c in conds} == {"test"}
     assert all(c["strength"] == 8.0 and c["layers"] == [1] for c in conds if c["kind"] != "baseline")
 
-    test_ids = {r["sample_id"] for r in results["records"][next(c["key"] for c in conds
-                                                               if c["kind"] == "baseline")]}
+    test_ids = {r["sample_id"] for r in results["records"][next(c["key"] for c in conds if c["kind"] == "baseline")]}
     test_counts = results["data"]["splits"]["test"]["by_cwe"]
     for mode in ("logit", "generation"):
         summary = results["summary"][mode]
@@ -158,16 +208,18 @@ def test_evaluate_split(env: dict[str, Any], tmp_path: Path, split: str) -> None
 # ---------------------------------------------------------------- errors: one line, exit 2
 
 
-def test_evaluate_missing_vector_folder(env: dict[str, Any], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_missing_vector_folder(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _evaluate(env, tmp_path / "out", vectors=tmp_path / "no_such_dir") == 2
     line = _error_line(capsys)
     assert "vector folder not found" in line and "no_such_dir" in line
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_evaluate_vector_for_another_hidden_size(env: dict[str, Any], tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_vector_for_another_hidden_size(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "vecs"
     _vector("CWE-89", hidden=32, fingerprint=env["fingerprint"]).save(folder / "wide.safetensors")
     assert _evaluate(env, tmp_path / "out", vectors=folder) == 2
@@ -175,8 +227,9 @@ def test_evaluate_vector_for_another_hidden_size(env: dict[str, Any], tmp_path: 
     assert "wide.safetensors" in line and "hidden size 32" in line and "has 64" in line
 
 
-def test_evaluate_refuses_a_model_mismatch_unless_allowed(env: dict[str, Any], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_refuses_a_model_mismatch_unless_allowed(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "vecs"
     _vector("CWE-89").save(folder / "cwe-89-mean_diff.safetensors")  # right size, another model's fingerprint
     assert _evaluate(env, tmp_path / "refused", vectors=folder) == 2
@@ -188,7 +241,8 @@ def test_evaluate_refuses_a_model_mismatch_unless_allowed(env: dict[str, Any], t
 
 
 def test_evaluate_refuses_vectors_of_other_weights_of_the_same_architecture(
-        env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A fine-tune has the same fingerprint (architecture) but other weights: the provenance's weights digest
     tells them apart."""
     from transformers import AutoModelForCausalLM
@@ -204,16 +258,29 @@ def test_evaluate_refuses_vectors_of_other_weights_of_the_same_architecture(
     fitted = SteeringVector.load(next(env["vectors"].glob("cwe-89-*.safetensors")))
     assert fitted.provenance.model_fingerprint == env["fingerprint"]
     assert set(fitted.provenance.extra) == {"weights_digest", "dtype"}
-    args = ["--no-progress", "evaluate", "--vectors", str(env["vectors"]), "--model", str(tuned_dir), "--data",
-            str(env["data"]), "--format", "jsonl", "--max-code-tokens", "64"]
+    args = [
+        "--no-progress",
+        "evaluate",
+        "--vectors",
+        str(env["vectors"]),
+        "--model",
+        str(tuned_dir),
+        "--data",
+        str(env["data"]),
+        "--format",
+        "jsonl",
+        "--max-code-tokens",
+        "64",
+    ]
     assert main([*args, "--out", str(tmp_path / "refused")]) == 2
     line = _error_line(capsys)
     assert "other weights of this architecture" in line and "--allow-model-mismatch" in line
     assert main([*args, "--out", str(tmp_path / "allowed"), "--allow-model-mismatch"]) == 0
 
 
-def test_evaluate_without_a_matching_cwe_or_without_vectors(env: dict[str, Any], tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_without_a_matching_cwe_or_without_vectors(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "vecs"
     _vector("CWE-79", fingerprint=env["fingerprint"]).save(folder / "cwe-79-mean_diff.safetensors")
     assert _evaluate(env, tmp_path / "out", vectors=folder) == 2
@@ -223,8 +290,13 @@ def test_evaluate_without_a_matching_cwe_or_without_vectors(env: dict[str, Any],
     assert "evaluate needs --vectors DIR" in _error_line(capsys)
 
 
-@pytest.mark.parametrize(("other", "what"), [({"method": "pca"}, "the CWE-89 vector is pca at layers [1]"),
-                                             ({"layers": (2,)}, "the CWE-89 vector is mean_diff at layers [2]")])
+@pytest.mark.parametrize(
+    ("other", "what"),
+    [
+        ({"method": "pca"}, "the CWE-89 vector is pca at layers [1]"),
+        ({"layers": (2,)}, "the CWE-89 vector is mean_diff at layers [2]"),
+    ],
+)
 def test_evaluate_refuses_vectors_that_need_different_settings(
     env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], other: dict[str, Any], what: str
 ) -> None:

@@ -311,9 +311,17 @@ def test_point_metrics_match_compute_metrics() -> None:
     rng = random.Random(0)
     names = ("balanced_accuracy", "accuracy", "tpr", "fpr", "pair_accuracy", "vulnerable_rate", "auroc")
     for trial in range(20):
-        preds = [Prediction(f"s{i}", "CWE-89", f"p{i // 2}" if trial % 3 else None,
-                            rng.randint(0, 1) if trial % 5 else 1, rng.choice([1, 0, -1]),
-                            rng.random() if trial % 2 else None) for i in range(rng.randint(1, 12))]
+        preds = [
+            Prediction(
+                f"s{i}",
+                "CWE-89",
+                f"p{i // 2}" if trial % 3 else None,
+                rng.randint(0, 1) if trial % 5 else 1,
+                rng.choice([1, 0, -1]),
+                rng.random() if trial % 2 else None,
+            )
+            for i in range(rng.randint(1, 12))
+        ]
         full = compute_metrics(preds).to_dict()
         fast = point_metrics(preds, names)
         for name in names:

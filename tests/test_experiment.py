@@ -65,7 +65,6 @@ def test_result_store_resumes(tmp_path: Path, tiny_llama: LoadedModel) -> None:
     again = ResultStore(tmp_path / "records.jsonl")
     assert conds[0].key in again
 
-
     second = run_conditions(None, conds, again, data.by_cwe, {}, progress=False)  # type: ignore[arg-type]
     assert [r.margin for r in second[conds[0].key]] == [r.margin for r in first[conds[0].key]]
 
@@ -81,15 +80,21 @@ def test_pair_cap_keeps_the_upstream_held_out_split_whole(tmp_path: Path) -> Non
     from tests.test_loaders import sven_row, write_jsonl
 
     def rows(prefix: str, n: int) -> list[object]:
-        return [sven_row(before=f"def {prefix}{i}(x):\n    os.system(x)\n",
-                         after=f"def {prefix}{i}(x):\n    run([x])\n",
-                         commit_link=f"github.com/acme/tool/commit/{prefix}{i}") for i in range(n)]
+        return [
+            sven_row(
+                before=f"def {prefix}{i}(x):\n    os.system(x)\n",
+                after=f"def {prefix}{i}(x):\n    run([x])\n",
+                commit_link=f"github.com/acme/tool/commit/{prefix}{i}",
+            )
+            for i in range(n)
+        ]
 
     root = tmp_path / "sven" / "data_train_val"
     write_jsonl(root / "train" / "cwe-078.jsonl", rows("t", 12))
     write_jsonl(root / "val" / "cwe-078.jsonl", rows("v", 5))
-    config = RunConfig(data=str(tmp_path / "sven"), respect_upstream=True, fractions=(0.7, 0.3, 0.0),
-                       max_pairs_per_cwe=4)
+    config = RunConfig(
+        data=str(tmp_path / "sven"), respect_upstream=True, fractions=(0.7, 0.3, 0.0), max_pairs_per_cwe=4
+    )
     data = prepare_data(config, progress=False, require=("train", "val", "test"))
     assert len(data.splits.test) == 10  # all 5 upstream val pairs
     assert len(data.splits.train) + len(data.splits.val) == 8  # 4 of the 12 upstream train pairs
@@ -101,10 +106,26 @@ def test_prepare_data_duplicate_policies(tmp_path: Path) -> None:
 
     rows = []
     for i in range(12):  # every fixed version is the same code: duplicates across splits are certain
-        rows.append({"id": f"p{i}-v", "pair_id": f"p{i}", "cwe": "CWE-89", "label": "vulnerable",
-                     "language": "python", "code": f"cur.execute('SELECT * FROM t{i} WHERE id=' + uid)"})
-        rows.append({"id": f"p{i}-s", "pair_id": f"p{i}", "cwe": "CWE-89", "label": "secure",
-                     "language": "python", "code": "cur.execute(QUERY, (uid,))"})
+        rows.append(
+            {
+                "id": f"p{i}-v",
+                "pair_id": f"p{i}",
+                "cwe": "CWE-89",
+                "label": "vulnerable",
+                "language": "python",
+                "code": f"cur.execute('SELECT * FROM t{i} WHERE id=' + uid)",
+            }
+        )
+        rows.append(
+            {
+                "id": f"p{i}-s",
+                "pair_id": f"p{i}",
+                "cwe": "CWE-89",
+                "label": "secure",
+                "language": "python",
+                "code": "cur.execute(QUERY, (uid,))",
+            }
+        )
     path = tmp_path / "dups.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     kept = prepare_data(RunConfig(data=str(path), duplicates="keep"), progress=False).splits

@@ -59,8 +59,9 @@ def test_write_json_failing_mid_serialisation_keeps_the_old_file(tmp_path: Path)
 
 def test_write_json_converts_numpy_sets_and_paths(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "r.json"
-    write_json(path, {"arr": np.arange(3), "x": np.float32(0.5), "n": np.int64(7), "s": {"b", "a"},
-                      "p": Path("runs/x")})
+    write_json(
+        path, {"arr": np.arange(3), "x": np.float32(0.5), "n": np.int64(7), "s": {"b", "a"}, "p": Path("runs/x")}
+    )
     text = path.read_text(encoding="utf-8")
     assert text.endswith("\n")
     assert json.loads(text) == {"arr": [0, 1, 2], "x": 0.5, "n": 7, "s": ["a", "b"], "p": "runs/x"}

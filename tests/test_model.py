@@ -169,9 +169,7 @@ def test_bad_dtype_is_a_clear_error(saved_dir: Path) -> None:
         load_model(str(saved_dir), device="cpu", dtype="int3")
 
 
-def test_missing_embedded_package_names_the_install_command(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_missing_embedded_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = importlib.util.find_spec
 
     def fake(name: str, *args: Any, **kwargs: Any) -> Any:

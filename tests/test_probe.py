@@ -67,8 +67,9 @@ def make_split(
                 samples.append(Sample(f"{pid}-{label[0]}", "x", "c", cwe, label, pair_id=pid))
     last = torch.stack(rows)
     code_mean = last * 0.5 + 0.1 * torch.randn(last.shape, generator=gen)
-    acts = Activations(layers=list(LAYERS), sample_ids=[s.id for s in samples],
-                       by_position={"last": last, "code_mean": code_mean})
+    acts = Activations(
+        layers=list(LAYERS), sample_ids=[s.id for s in samples], by_position={"last": last, "code_mean": code_mean}
+    )
     return acts, samples
 
 
@@ -158,7 +159,10 @@ def test_planted_direction_recovered_and_noise_is_chance() -> None:
     train, val, test = splits(n=100)
     results = evaluate_probes(train, val, test, n_boot=200)
     assert {(r.position, r.layer, r.cwe, r.detector) for r in results} == {
-        (p, layer, c, d) for p in ("last", "code_mean") for layer in LAYERS for c in ("CWE-89", OVERALL)
+        (p, layer, c, d)
+        for p in ("last", "code_mean")
+        for layer in LAYERS
+        for c in ("CWE-89", OVERALL)
         for d in ("direction", "logistic")
     }
     for det in ("direction", "logistic"):
@@ -236,8 +240,9 @@ def test_one_class_and_small_cwes_do_not_crash() -> None:
     counts = {"CWE-89": 30, "CWE-79": 10, "CWE-22": 10, "CWE-78": 10, "CWE-20": 10}
     train = make_split("tr", {**counts, "CWE-22": 1}, seed=1)  # CWE-22: one pair in train -> skipped
     val = make_split("va", counts, seed=2, drop={"CWE-79": "secure"})  # CWE-79: val has one class
-    test = make_split("te", {k: v for k, v in counts.items() if k != "CWE-20"}, seed=3,
-                      drop={"CWE-78": "vulnerable"})  # CWE-78: test one class, CWE-20: no test samples
+    test = make_split(
+        "te", {k: v for k, v in counts.items() if k != "CWE-20"}, seed=3, drop={"CWE-78": "vulnerable"}
+    )  # CWE-78: test one class, CWE-20: no test samples
     results = evaluate_probes(train, val, test, positions=("last",), layers=[1], n_boot=100)
 
     skipped = pick(results, cwe="CWE-22", detector="direction")
@@ -294,8 +299,14 @@ def test_length_control_reads_length_only_with_the_same_protocol() -> None:
 
     def sample(i: int, vulnerable: bool, cwe: str = "CWE-89") -> Sample:
         body = "x = 1\n" * (3 + i % 3) + ("y = 2\n" * 6 if vulnerable else "")  # vulnerable code is longer
-        return Sample(f"{cwe}-{i}-{vulnerable}", body, "python", cwe, "vulnerable" if vulnerable else "secure",
-                      pair_id=f"{cwe}-{i}")
+        return Sample(
+            f"{cwe}-{i}-{vulnerable}",
+            body,
+            "python",
+            cwe,
+            "vulnerable" if vulnerable else "secure",
+            pair_id=f"{cwe}-{i}",
+        )
 
     def split(lo: int, hi: int) -> list[Sample]:
         return [sample(i, v, cwe) for cwe in ("CWE-89", "CWE-78") for i in range(lo, hi) for v in (True, False)]
@@ -305,7 +316,10 @@ def test_length_control_reads_length_only_with_the_same_protocol() -> None:
     assert feats.shape == (len(test), 3) and bool(torch.all(feats > 0))
     results = evaluate_length_control(train, val, test, n_boot=50)
     assert [(r.cwe, r.detector, r.position, r.layer) for r in results] == [
-        ("CWE-78", "length", "code", -1), ("CWE-89", "length", "code", -1), (OVERALL, "length", "code", -1)]
+        ("CWE-78", "length", "code", -1),
+        ("CWE-89", "length", "code", -1),
+        (OVERALL, "length", "code", -1),
+    ]
     assert all(r.test_auroc == 1.0 for r in results)  # here length alone separates the classes
     rows = probe_table(results)
     assert rows[0]["layer"] == "–" and rows[0]["detector"] == "length"

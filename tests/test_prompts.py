@@ -40,8 +40,9 @@ def test_code_appears_verbatim_exactly_once(tok: Any, code: str, language: str) 
     assert prompt.text.endswith("Answer:")
     start, end = prompt.code_span
     assert prompt.text[start:end] == code
-    assert prompt.text[:start].endswith("```" + {"c": "c", "python": "python", "javascript": "javascript"}.get(
-        language, "") + "\n")
+    assert prompt.text[:start].endswith(
+        "```" + {"c": "c", "python": "python", "javascript": "javascript"}.get(language, "") + "\n"
+    )
     assert prompt.text[end:].startswith("\n```")
     assert DEFAULT_TEMPLATE.answer_format in prompt.text
     assert DEFAULT_TEMPLATE.system in prompt.text

@@ -16,9 +16,20 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _metrics(bal: float, lo: float, hi: float, margin: float | None = 0.25) -> dict[str, Any]:
-    return {"balanced_accuracy": bal, "balanced_accuracy_ci": [lo, hi], "accuracy": bal, "tpr": 0.75, "fpr": 0.25,
-            "pair_accuracy": 0.5, "vulnerable_rate": 0.5, "uncertain_rate": 0.0, "auroc": 0.8, "mean_margin": margin,
-            "n": 8, "n_pairs": 4}
+    return {
+        "balanced_accuracy": bal,
+        "balanced_accuracy_ci": [lo, hi],
+        "accuracy": bal,
+        "tpr": 0.75,
+        "fpr": 0.25,
+        "pair_accuracy": 0.5,
+        "vulnerable_rate": 0.5,
+        "uncertain_rate": 0.0,
+        "auroc": 0.8,
+        "mean_margin": margin,
+        "n": 8,
+        "n_pairs": 4,
+    }
 
 
 def _cond(kind: str, strength: float = 0.0, split: str = "test", mode: str = "logit") -> dict[str, Any]:
@@ -32,47 +43,116 @@ def _results() -> dict[str, Any]:
     brief = {k: v for k, v in base79.items() if k not in ("n", "n_pairs", "mean_margin")}
     return {
         "command": "run",
-        "config": {"seed": 0, "method": "mean_diff", "position": "last", "steer_positions": "last",
-                   "strengths": [0.0, 2.0, 8.0], "unit": "raw"},
+        "config": {
+            "seed": 0,
+            "method": "mean_diff",
+            "position": "last",
+            "steer_positions": "last",
+            "strengths": [0.0, 2.0, 8.0],
+            "unit": "raw",
+        },
         "model": {"id": "tiny-llama", "num_layers": 4, "hidden_size": 64},
         "layers": [1],
         "sign_convention": "positive strength pushes toward 'vulnerable'",
-        "data": {"source": "toy.jsonl", "cwes": ["CWE-89", "CWE-79"],
-                 "notes": {"comments_stripped": True, "max_code_tokens": 64, "truncated": 1},
-                 "splits": {"train": {"n": 24}, "val": {"n": 16}, "test": {"n": 16},
-                            "duplicates": {"exact": 0, "normalised": 2}}},
-        "vectors": {"CWE-89|mean_diff": {"cwe": "CWE-89", "relative_norm": {"1": 0.1}},
-                    "CWE-79|mean_diff": {"cwe": "CWE-79", "relative_norm": {"1": 0.2}}},
+        "data": {
+            "source": "toy.jsonl",
+            "cwes": ["CWE-89", "CWE-79"],
+            "notes": {"comments_stripped": True, "max_code_tokens": 64, "truncated": 1},
+            "splits": {
+                "train": {"n": 24},
+                "val": {"n": 16},
+                "test": {"n": 16},
+                "duplicates": {"exact": 0, "normalised": 2},
+            },
+        },
+        "vectors": {
+            "CWE-89|mean_diff": {"cwe": "CWE-89", "relative_norm": {"1": 0.1}},
+            "CWE-79|mean_diff": {"cwe": "CWE-79", "relative_norm": {"1": 0.2}},
+        },
         "conditions": [
             # deliberately out of order: the strength table sorts them
             {"condition": _cond("steered", 8.0), "metrics": {"CWE-89": _metrics(0.6, 0.5, 0.7)}},
             {"condition": _cond("control", 2.0), "metrics": {"CWE-89": ctrl89}},
-            {"condition": _cond("steered", 2.0), "metrics": {"CWE-89": steer89, "CWE-79": _metrics(0.5, 0.4, 0.6),
-                                                             "overall": _metrics(0.6, 0.5, 0.7)}},
-            {"condition": _cond("baseline"), "metrics": {"CWE-89": base89, "CWE-79": base79,
-                                                         "overall": _metrics(0.55, 0.45, 0.65)}},
+            {
+                "condition": _cond("steered", 2.0),
+                "metrics": {"CWE-89": steer89, "CWE-79": _metrics(0.5, 0.4, 0.6), "overall": _metrics(0.6, 0.5, 0.7)},
+            },
+            {
+                "condition": _cond("baseline"),
+                "metrics": {"CWE-89": base89, "CWE-79": base79, "overall": _metrics(0.55, 0.45, 0.65)},
+            },
             {"condition": _cond("baseline", split="val"), "metrics": {"CWE-89": _metrics(0.1, 0.0, 0.2)}},
         ],
         "selection": {"logit": {"CWE-89": {"selected_by": "logit mode, val split"}}},
-        "summary": {"logit": {
-            "CWE-89": {"n": 8, "n_pairs": 4, "split": "test", "baseline": base89, "steered": steer89,
-                       "chosen": "steered mean_diff L1 raw 2", "control": ctrl89, "delta": 0.25,
-                       "delta_ci": [0.1, 0.4], "p_value": 0.03125, "words": "gain of +0.250 is significant"},
-            "CWE-79": {"n": 8, "n_pairs": 4, "split": "test", "baseline": brief, "steered": brief,
-                       "chosen": "baseline (no strength beat it on val)", "control": None, "delta": 0.0,
-                       "delta_ci": [0.0, 0.0], "p_value": 1.0, "words": "no steering strength beat the baseline"},
-        }},
+        "summary": {
+            "logit": {
+                "CWE-89": {
+                    "n": 8,
+                    "n_pairs": 4,
+                    "split": "test",
+                    "baseline": base89,
+                    "steered": steer89,
+                    "chosen": "steered mean_diff L1 raw 2",
+                    "control": ctrl89,
+                    "delta": 0.25,
+                    "delta_ci": [0.1, 0.4],
+                    "p_value": 0.03125,
+                    "words": "gain of +0.250 is significant",
+                },
+                "CWE-79": {
+                    "n": 8,
+                    "n_pairs": 4,
+                    "split": "test",
+                    "baseline": brief,
+                    "steered": brief,
+                    "chosen": "baseline (no strength beat it on val)",
+                    "control": None,
+                    "delta": 0.0,
+                    "delta_ci": [0.0, 0.0],
+                    "p_value": 1.0,
+                    "words": "no steering strength beat the baseline",
+                },
+            }
+        },
         "probes": [
-            {"cwe": "CWE-89", "detector": "direction", "position": "last", "layer": 1, "val_balanced_accuracy": 0.75,
-             "threshold": 0.125, "test_auroc": 0.9, "test_balanced_accuracy": 0.875,
-             "balanced_accuracy_ci": [0.7, 1.0], "skipped": None},
-            {"cwe": "CWE-79", "detector": "logistic", "position": "last", "layer": 1, "val_balanced_accuracy": None,
-             "threshold": None, "test_auroc": None, "test_balanced_accuracy": None, "balanced_accuracy_ci": None,
-             "skipped": "fewer than 2 train samples per class"},
+            {
+                "cwe": "CWE-89",
+                "detector": "direction",
+                "position": "last",
+                "layer": 1,
+                "val_balanced_accuracy": 0.75,
+                "threshold": 0.125,
+                "test_auroc": 0.9,
+                "test_balanced_accuracy": 0.875,
+                "balanced_accuracy_ci": [0.7, 1.0],
+                "skipped": None,
+            },
+            {
+                "cwe": "CWE-79",
+                "detector": "logistic",
+                "position": "last",
+                "layer": 1,
+                "val_balanced_accuracy": None,
+                "threshold": None,
+                "test_auroc": None,
+                "test_balanced_accuracy": None,
+                "balanced_accuracy_ci": None,
+                "skipped": "fewer than 2 train samples per class",
+            },
         ],
-        "examples": {"generation": [{"cwe": "CWE-89", "sample_id": "p0-v", "truth": "vulnerable",
-                                     "baseline": "Answer: secure\nnone", "baseline_verdict": "secure",
-                                     "steered": "Answer: `vulnerable`", "steered_verdict": "vulnerable"}]},
+        "examples": {
+            "generation": [
+                {
+                    "cwe": "CWE-89",
+                    "sample_id": "p0-v",
+                    "truth": "vulnerable",
+                    "baseline": "Answer: secure\nnone",
+                    "baseline_verdict": "secure",
+                    "steered": "Answer: `vulnerable`",
+                    "steered_verdict": "vulnerable",
+                }
+            ]
+        },
         "timings_s": {"load_model": 0.5, "total": 3.25},
     }
 
@@ -119,8 +199,13 @@ def test_lead_table_has_one_row_per_cwe_with_ci_delta_and_p() -> None:
     rows = {r[0]: r for r in _rows(lead)}
     assert set(rows) == {f"CWE-89 ({cwe_name('CWE-89')})", f"CWE-79 ({cwe_name('CWE-79')})"}
     assert rows[f"CWE-89 ({cwe_name('CWE-89')})"][1:] == [
-        "8 (4 pairs)", "0.500 [0.40, 0.60]", "0.750 [0.60, 0.90]<br>steered mean_diff L1 raw 2",
-        "0.520 [0.41, 0.63]", "+0.250 [+0.10, +0.40]", "0.031"]
+        "8 (4 pairs)",
+        "0.500 [0.40, 0.60]",
+        "0.750 [0.60, 0.90]<br>steered mean_diff L1 raw 2",
+        "0.520 [0.41, 0.63]",
+        "+0.250 [+0.10, +0.40]",
+        "0.031",
+    ]
     row79 = rows[f"CWE-79 ({cwe_name('CWE-79')})"]
     assert row79[3] == "0.625 [0.50, 0.75]<br>baseline (no strength beat it on val)"
     assert row79[4] == "–"  # no control for a CWE left at baseline
@@ -136,8 +221,7 @@ def test_mode_heading_says_how_the_setting_was_chosen() -> None:
     results["selection"] = {}
     assert "## logit mode: test split, settings given by the user" in render_markdown(results)
     results["command"] = "transfer"
-    assert "## logit mode: test split, settings chosen on the source run's validation split" in render_markdown(
-        results)
+    assert "## logit mode: test split, settings chosen on the source run's validation split" in render_markdown(results)
 
 
 def test_probe_section_renders_skipped_probes_and_the_val_threshold() -> None:
@@ -160,9 +244,13 @@ def test_strength_table_lists_overall_then_baseline_first_by_strength() -> None:
     md = render_markdown(_results())
     rows = _rows(_section(md, "## All conditions, logit mode, test split"))
     assert [(r[0], r[1], r[2]) for r in rows] == [
-        ("overall", "baseline", "0.0"), ("overall", "steered", "2.0"),
-        ("CWE-79", "baseline", "0.0"), ("CWE-79", "steered", "2.0"),
-        ("CWE-89", "baseline", "0.0"), ("CWE-89", "control", "2.0"), ("CWE-89", "steered", "2.0"),
+        ("overall", "baseline", "0.0"),
+        ("overall", "steered", "2.0"),
+        ("CWE-79", "baseline", "0.0"),
+        ("CWE-79", "steered", "2.0"),
+        ("CWE-89", "baseline", "0.0"),
+        ("CWE-89", "control", "2.0"),
+        ("CWE-89", "steered", "2.0"),
         ("CWE-89", "steered", "8.0"),
     ]
     by_key = {(r[0], r[1], r[2]): r for r in rows}
@@ -172,7 +260,16 @@ def test_strength_table_lists_overall_then_baseline_first_by_strength() -> None:
     assert by_key[("CWE-79", "steered", "2.0")][3] == "0.400"
     assert by_key[("overall", "steered", "2.0")][3] == "nan"
     assert by_key[("CWE-89", "steered", "2.0")][4:] == [
-        "0.750 [0.60, 0.90]", "0.750", "0.750", "0.250", "0.500", "0.500", "0.000", "0.800", "0.25"]
+        "0.750 [0.60, 0.90]",
+        "0.750",
+        "0.750",
+        "0.250",
+        "0.500",
+        "0.500",
+        "0.000",
+        "0.800",
+        "0.25",
+    ]
     assert "0.100" not in md  # the val-split condition is not in the test-split tables
 
 
@@ -235,8 +332,14 @@ def test_duplicates_text_says_what_was_found_and_dropped() -> None:
 
     kept = {"duplicates": {"exact": 3, "normalised": 1}, "notes": {}}
     assert duplicates_text(kept) == "cross-split duplicates (kept): exact 3, normalised 1"
-    deduped = {"duplicates": {"exact": 0, "normalised": 0},
-               "notes": {"duplicates_before_dedupe": {"exact": 3, "normalised": 1},
-                         "deduped": {"dropped": {"val": ["a", "b"], "test": ["c", "d", "e", "f"]}}}}
-    assert duplicates_text(deduped) == ("cross-split duplicates found: exact 3, normalised 1; dropped 2 val and 4 "
-                                        "test samples (with their pair partners); left: exact 0, normalised 0")
+    deduped = {
+        "duplicates": {"exact": 0, "normalised": 0},
+        "notes": {
+            "duplicates_before_dedupe": {"exact": 3, "normalised": 1},
+            "deduped": {"dropped": {"val": ["a", "b"], "test": ["c", "d", "e", "f"]}},
+        },
+    }
+    assert duplicates_text(deduped) == (
+        "cross-split duplicates found: exact 3, normalised 1; dropped 2 val and 4 "
+        "test samples (with their pair partners); left: exact 0, normalised 0"
+    )

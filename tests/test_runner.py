@@ -14,8 +14,9 @@ from vulnsteer.experiment.runner import compare_to_baseline, run_experiment, sum
 from vulnsteer.lm.model import LoadedModel
 
 
-def _records(cwe: str, n_pairs: int, *, vuln: str = "vulnerable", secure: str = "secure",
-             margin: float | None = None) -> list[DetectionRecord]:
+def _records(
+    cwe: str, n_pairs: int, *, vuln: str = "vulnerable", secure: str = "secure", margin: float | None = None
+) -> list[DetectionRecord]:
     """*n_pairs* pairs of *cwe*; every vulnerable sample gets verdict *vuln*, every secure one *secure*."""
     out = []
     for i in range(n_pairs):
@@ -30,8 +31,10 @@ def _records(cwe: str, n_pairs: int, *, vuln: str = "vulnerable", secure: str = 
 
 def test_verdict_words_significant_gain_that_beats_the_control() -> None:
     words = verdict_words(0.25, [0.1, 0.4], 0.01, 0.0)
-    assert words == ("gain of +0.250 balanced accuracy is significant (p=0.01, 95% CI [+0.100, +0.400]); "
-                     "beats the random-direction control (+0.000)")
+    assert words == (
+        "gain of +0.250 balanced accuracy is significant (p=0.01, 95% CI [+0.100, +0.400]); "
+        "beats the random-direction control (+0.000)"
+    )
 
 
 def test_verdict_words_loss_not_significant_not_beating_the_control() -> None:
@@ -48,8 +51,7 @@ def test_verdict_words_loss_not_significant_not_beating_the_control() -> None:
         (-0.3, [-0.5, -0.1], 0.004, "significant"),  # a significant loss
     ],
 )
-def test_verdict_words_significance_needs_both_p_and_ci(delta: float, ci: list[float], p: float,
-                                                        expected: str) -> None:
+def test_verdict_words_significance_needs_both_p_and_ci(delta: float, ci: list[float], p: float, expected: str) -> None:
     words = verdict_words(delta, ci, p, None)
     assert f"balanced accuracy is {expected} " in words
     assert "control" not in words  # no control given, none mentioned
@@ -61,8 +63,7 @@ def test_verdict_words_zero_and_ties() -> None:
     assert "does not beat the random-direction control (+0.100)" in verdict_words(0.1, [0.0, 0.2], 0.5, 0.1)
 
 
-@pytest.mark.parametrize(("delta", "ci"), [(math.nan, [0.0, 0.1]), (0.1, [math.nan, math.nan]),
-                                           (0.1, [0.0, math.nan])])
+@pytest.mark.parametrize(("delta", "ci"), [(math.nan, [0.0, 0.1]), (0.1, [math.nan, math.nan]), (0.1, [0.0, math.nan])])
 def test_verdict_words_not_measurable(delta: float, ci: list[float]) -> None:
     assert verdict_words(delta, ci, 0.5, 0.0) == "not measurable"
 
@@ -96,8 +97,9 @@ def test_compare_to_baseline_delta_and_mcnemar_counts() -> None:
 
 def test_compare_to_baseline_counts_uncertain_as_wrong_and_is_symmetric() -> None:
     base = _records("CWE-89", 3)
-    worse = [DetectionRecord(r.sample_id, r.cwe, r.pair_id, r.y_true, "uncertain" if r.y_true else r.verdict)
-             for r in base]
+    worse = [
+        DetectionRecord(r.sample_id, r.cwe, r.pair_id, r.y_true, "uncertain" if r.y_true else r.verdict) for r in base
+    ]
     out = compare_to_baseline(base, worse, ["CWE-89"])["CWE-89"]
     assert (out["mcnemar_b"], out["mcnemar_c"]) == (3, 0)
     assert out["delta_balanced_accuracy"] == pytest.approx(-0.5)  # TPR 1 -> 0, TNR stays 1
@@ -155,7 +157,8 @@ def test_generation_runs_only_the_strengths_chosen_on_logit_val() -> None:
     assert [(c.kind, c.split) for c in gen] == [("baseline", "test")]  # phase 1: the generation baseline only
     logit = {(c.kind, c.split, c.strength) for c in conds if c.mode == "logit"}
     assert logit == {("baseline", s, 0.0) for s in ("val", "test")} | {
-        (k, s, x) for k in ("steered", "control") for s in ("val", "test") for x in (-1.0, 0.5, 1.0)}
+        (k, s, x) for k in ("steered", "control") for s in ("val", "test") for x in (-1.0, 0.5, 1.0)
+    }
     # logit val: CWE-89 is perfect at +0.5 (and at +1: the tie goes to the smaller strength); CWE-22 gains nothing
     perfect = {"CWE-89": _records("CWE-89", 3), "CWE-22": _records("CWE-22", 3)}
     always = {cwe: _records(cwe, 3, secure="vulnerable") for cwe in perfect}
@@ -165,14 +168,16 @@ def test_generation_runs_only_the_strengths_chosen_on_logit_val() -> None:
         records[c.key] = perfect["CWE-89"] + always["CWE-22"] if good else always["CWE-89"] + always["CWE-22"]
     extra = _chosen_conditions(config, conds, records, ["CWE-89", "CWE-22"])
     assert [(c.kind, c.mode, c.split, c.strength, c.unit, c.layers) for c in extra] == [
-        (kind, "generation", "test", 0.5, "relative", (3,)) for kind in ("steered", "control")]
+        (kind, "generation", "test", 0.5, "relative", (3,)) for kind in ("steered", "control")
+    ]
     # when nothing beats the baseline on val, generation runs the baseline alone
     flat = {c.key: always["CWE-89"] + always["CWE-22"] for c in conds}
     assert _chosen_conditions(config, conds, flat, ["CWE-89", "CWE-22"]) == []
     # generation-only runs choose on their own val split, every strength (no second phase)
     solo = RunConfig(strengths=(1.0,), modes=("generation",))
     assert {(c.kind, c.split) for c in _conditions(solo, [3])} == {
-        (k, s) for k in ("baseline", "steered", "control") for s in ("val", "test")}
+        (k, s) for k in ("baseline", "steered", "control") for s in ("val", "test")
+    }
     assert _chosen_conditions(solo, _conditions(solo, [3]), {}, []) == []
 
 
@@ -180,8 +185,9 @@ def test_generation_runs_only_the_strengths_chosen_on_logit_val() -> None:
 
 
 def test_run_experiment_end_to_end(tmp_path: Path, tiny_llama: LoadedModel) -> None:
-    config = RunConfig(cwes=("CWE-89", "CWE-22"), strengths=(0.0, 2.0), max_new_tokens=3, max_code_tokens=64,
-                       layers=(1,), n_examples=1)
+    config = RunConfig(
+        cwes=("CWE-89", "CWE-22"), strengths=(0.0, 2.0), max_new_tokens=3, max_code_tokens=64, layers=(1,), n_examples=1
+    )
     out = run_experiment(config, tmp_path / "run", lm=tiny_llama, progress=False)
     results = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
@@ -209,11 +215,18 @@ def test_run_experiment_end_to_end(tmp_path: Path, tiny_llama: LoadedModel) -> N
 
 def test_unusable_data_is_an_error_that_leaves_no_run_directory(tmp_path: Path, tiny_llama: LoadedModel) -> None:
     data = tmp_path / "two.jsonl"
-    data.write_text('{"code": "x", "label": "vulnerable", "cwe": "CWE-89", "pair_id": "a"}\n'
-                    '{"code": "y", "label": "secure", "cwe": "CWE-89", "pair_id": "a"}\n', encoding="utf-8")
+    data.write_text(
+        '{"code": "x", "label": "vulnerable", "cwe": "CWE-89", "pair_id": "a"}\n'
+        '{"code": "y", "label": "secure", "cwe": "CWE-89", "pair_id": "a"}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(ValueError, match=rf"{data}: the val split is empty"):
         run_experiment(RunConfig(data=str(data), layers=(1,)), tmp_path / "run", lm=tiny_llama, progress=False)
     with pytest.raises(ValueError, match=rf"{data}: respect_upstream: none of the 2 samples"):
-        run_experiment(RunConfig(data=str(data), layers=(1,), respect_upstream=True), tmp_path / "run",
-                       lm=tiny_llama, progress=False)
+        run_experiment(
+            RunConfig(data=str(data), layers=(1,), respect_upstream=True),
+            tmp_path / "run",
+            lm=tiny_llama,
+            progress=False,
+        )
     assert not (tmp_path / "run").exists()

@@ -292,8 +292,9 @@ def test_merge_duplicates_keeps_identical_code_in_one_split() -> None:
     samples = []
     for g in range(30):  # every secure version is the same code, every vulnerable one differs
         samples += pair(f"d{g}", f"d{g}", code=f"int d{g}(void) {{ return {g}; }}")
-    shared = [dataclasses.replace(s, code="int fixed(void) { return 0; }") if s.label == "secure" else s
-              for s in samples]
+    shared = [
+        dataclasses.replace(s, code="int fixed(void) { return 0; }") if s.label == "secure" else s for s in samples
+    ]
     plain = split_samples(shared, fractions=(0.6, 0.2, 0.2), seed=0)
     assert plain.duplicates.exact > 0
     merged = split_samples(shared, fractions=(0.6, 0.2, 0.2), seed=0, merge_duplicates=True)

@@ -18,8 +18,20 @@ from vulnsteer.steer.vectors import Provenance, SteeringVector, fit_vector
 def _vector(hidden: int, layers: tuple[int, ...], seed: int = 1) -> SteeringVector:
     gen = torch.Generator().manual_seed(seed)
     dirs = {layer: torch.randn(hidden, generator=gen) for layer in layers}
-    prov = Provenance("tiny", "x", hidden, layers, "last", "mean_diff", "CWE-89", 2, 2, "h", "now",
-                      layer_norms={layer: 10.0 for layer in layers})
+    prov = Provenance(
+        "tiny",
+        "x",
+        hidden,
+        layers,
+        "last",
+        "mean_diff",
+        "CWE-89",
+        2,
+        2,
+        "h",
+        "now",
+        layer_norms={layer: 10.0 for layer in layers},
+    )
     return SteeringVector(dirs, prov)
 
 
@@ -62,8 +74,9 @@ def test_shift_is_exact_on_a_forward_pass(tiny: LoadedModel, positions: str) -> 
     spec = SteeringSpec(vec, 3.0, positions=positions)  # type: ignore[arg-type]
     batch = _batch(tiny)
     for layer in (1, 2):
-        (shift,) = _shifts(tiny, spec, layer, lambda: tiny.model(input_ids=batch.input_ids,
-                                                                  attention_mask=batch.attention_mask))
+        (shift,) = _shifts(
+            tiny, spec, layer, lambda: tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        )
         expected = -3.0 * vec.direction(layer)
         if positions == "last":
             assert torch.allclose(shift[:, -1], expected.expand(2, -1), atol=1e-5)
@@ -87,8 +100,14 @@ def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) ->
     pad = tiny_llama.tokenizer.pad_token_id
 
     def run() -> None:
-        tiny_llama.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=4,
-                                  min_new_tokens=4, do_sample=False, pad_token_id=pad)
+        tiny_llama.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            pad_token_id=pad,
+        )
 
     shifts = _shifts(tiny_llama, spec, 1, run)
     assert len(shifts) == 4  # one prompt pass + 3 cached steps
@@ -173,8 +192,9 @@ def test_sign_convention_moves_toward_vulnerable_activations(tiny_llama: LoadedM
     secure_mean = acts.get("last", 1)[[not s.is_vulnerable for s in samples]].mean(0)
     d = vec.direction(1)
     with steer(tiny_llama.model, vec, 1.0, positions="last"):
-        steered = extract_activations(tiny_llama, [s for s in samples if not s.is_vulnerable], [1],
-                                      positions=["last"], progress=False)
+        steered = extract_activations(
+            tiny_llama, [s for s in samples if not s.is_vulnerable], [1], positions=["last"], progress=False
+        )
     # strength 1 moves the secure mean by exactly one mean difference: onto the vulnerable mean
     moved = steered.get("last", 1).mean(0)
     assert torch.allclose(moved, secure_mean - d, atol=1e-4)

@@ -40,10 +40,18 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-
-def write_config(path: Path, data: Path, *, cache_dir: Path, modes: str = '["logit"]', group_size: int = 4,
-                 strengths: str = "{ relative = [0.5, 2.0] }", extra: str = "") -> Path:
-    path.write_text(f"""
+def write_config(
+    path: Path,
+    data: Path,
+    *,
+    cache_dir: Path,
+    modes: str = '["logit"]',
+    group_size: int = 4,
+    strengths: str = "{ relative = [0.5, 2.0] }",
+    extra: str = "",
+) -> Path:
+    path.write_text(
+        f"""
 [data]
 path = "{data}"
 format = "jsonl"
@@ -66,7 +74,9 @@ max_new_tokens = 3
 group_size = {group_size}
 cache_dir = "{cache_dir}"
 {extra}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -92,22 +102,25 @@ def test_unknown_keys_are_rejected_with_name_and_file(tmp_path: Path) -> None:
         load_config(bad)
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("[vectors]\nmethods = ['magic']", "vectors.methods.*magic"),
-    ("[steering]\nlayers = [[]]", "empty"),
-    ("[steering]\nlayers = [[3, 3]]", "repeats"),
-    ("[steering]\nstrengths = [1.0]", "steering.unit"),
-    ("[steering]\nstrengths = { furlongs = [1.0] }", "furlongs"),
-    ("[steering]\nstrengths = [1.0, inf]\nunit = 'raw'", "finite"),
-    ("[steering]\nstrengths = { raw = [1.0] }\nunit = 'raw'", "plain list"),
-    ("description = 3", "description"),
-    ("[steering]\nstrengths = { raw = [0.0] }", "non-zero"),
-    ("[data]\nfractions = [0.5, 0.5, 0.5]", "fractions"),
-    ("[data]\ncwes = ['not-a-cwe']", "data.cwes"),
-    ("[data]\nmax_code_tokens = 8", "at least 32"),
-    ("[detection]\nmodes = ['vibes']", "vibes"),
-    ("[run]\ncache = 'yes'", "true or false"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[vectors]\nmethods = ['magic']", "vectors.methods.*magic"),
+        ("[steering]\nlayers = [[]]", "empty"),
+        ("[steering]\nlayers = [[3, 3]]", "repeats"),
+        ("[steering]\nstrengths = [1.0]", "steering.unit"),
+        ("[steering]\nstrengths = { furlongs = [1.0] }", "furlongs"),
+        ("[steering]\nstrengths = [1.0, inf]\nunit = 'raw'", "finite"),
+        ("[steering]\nstrengths = { raw = [1.0] }\nunit = 'raw'", "plain list"),
+        ("description = 3", "description"),
+        ("[steering]\nstrengths = { raw = [0.0] }", "non-zero"),
+        ("[data]\nfractions = [0.5, 0.5, 0.5]", "fractions"),
+        ("[data]\ncwes = ['not-a-cwe']", "data.cwes"),
+        ("[data]\nmax_code_tokens = 8", "at least 32"),
+        ("[detection]\nmodes = ['vibes']", "vibes"),
+        ("[run]\ncache = 'yes'", "true or false"),
+    ],
+)
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, match: str) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(text + "\n")
@@ -116,8 +129,12 @@ def test_invalid_values_name_the_key(tmp_path: Path, text: str, match: str) -> N
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    config = parse_config({"data": {"cwes": [89, "cwe-78"], "merge": {"77": "78"}},
-                           "steering": {"layers": [10, [-1, 5]], "strengths": [0.1, -0.2], "unit": "relative"}})
+    config = parse_config(
+        {
+            "data": {"cwes": [89, "cwe-78"], "merge": {"77": "78"}},
+            "steering": {"layers": [10, [-1, 5]], "strengths": [0.1, -0.2], "unit": "relative"},
+        }
+    )
     assert config.cwes == ("CWE-89", "CWE-78")
     assert config.layers == ((10,), (-1, 5))
     assert config.strengths == (("relative", 0.1), ("relative", -0.2))
@@ -150,8 +167,10 @@ def test_point_metrics_of_records_is_the_evaluation_modules() -> None:
     from vulnsteer.experiment.sweep import point_metrics
     from vulnsteer.stats.metrics import point_metrics as of_predictions
 
-    records = [DetectionRecord("a", "CWE-89", "p", 1, "vulnerable", score=0.9),
-               DetectionRecord("b", "CWE-89", "p", 0, "vulnerable", score=0.4)]
+    records = [
+        DetectionRecord("a", "CWE-89", "p", 1, "vulnerable", score=0.9),
+        DetectionRecord("b", "CWE-89", "p", 0, "vulnerable", score=0.4),
+    ]
     names = ("balanced_accuracy", "pair_accuracy", "auroc")
     assert point_metrics(records, names) == of_predictions([r.to_prediction() for r in records], names)
     assert point_metrics(records, names) == {"balanced_accuracy": 0.5, "pair_accuracy": 0.0, "auroc": 1.0}
@@ -161,8 +180,11 @@ def test_select_settings_prefers_smaller_strength_and_refuses_test() -> None:
     base = Condition("baseline", "logit", "val")
     weak = Setting("mean_diff", "last", (1,), "relative", 0.5, "last")
     strong = dataclasses.replace(weak, strength=2.0)
-    conds = [base, strong.condition("steered", "logit", "val", None, 0), weak.condition("steered", "logit", "val",
-                                                                                           None, 0)]
+    conds = [
+        base,
+        strong.condition("steered", "logit", "val", None, 0),
+        weak.condition("steered", "logit", "val", None, 0),
+    ]
     wrong = {"A:p:v": 0, "A:p:s": 0}
     right = {"A:p:v": 1, "A:p:s": 0}
     records = {conds[0].key: _records(wrong), conds[1].key: _records(right), conds[2].key: _records(right)}
@@ -180,8 +202,11 @@ def test_held_out_results_rows_matrix_and_pooled() -> None:
     from vulnsteer.experiment.sweep import Choice, held_out_conditions, held_out_results
 
     good = Setting("mean_diff", "last", (1,), "relative", 0.5, "last")
-    choices = {"A": Choice("A", "steered", good, 1.0, 0.5), "B": Choice("B", "baseline", good, 0.5, 0.5),
-               "any": Choice("any", "steered", dataclasses.replace(good, strength=1.0), 0.75, 0.5)}
+    choices = {
+        "A": Choice("A", "steered", good, 1.0, 0.5),
+        "B": Choice("B", "baseline", good, 0.5, 0.5),
+        "any": Choice("any", "steered", dataclasses.replace(good, strength=1.0), 0.75, 0.5),
+    }
     conds = held_out_conditions(choices, "logit", "test", 7)
     assert len(conds) == 1 + 2 * 3 and {c.vector_cwe for c in conds} == {None, "A", "B", "any"}
     samples = {f"{cwe}:{p}:{lab}": 0 for cwe in "AB" for p in ("p1", "p2") for lab in "vs"}
@@ -256,8 +281,9 @@ def test_sweep_end_to_end_and_resume(toy_run: tuple[Path, Path, dict[str, Any]],
     assert again["activation_cache"]["hits"] == 2 and again["activation_cache"]["misses"] == 0
 
 
-def test_resuming_a_different_sweep_is_refused(tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]],
-                                               tiny_lm: LoadedModel) -> None:
+def test_resuming_a_different_sweep_is_refused(
+    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
     config, out, _ = toy_run
     with pytest.raises(ConfigError, match=r"steering\.layers"):
         run_sweep(dataclasses.replace(load_config(config), layers=((1,),)), out, lm=tiny_lm, progress=False)
@@ -276,16 +302,16 @@ def test_resuming_with_changed_data_is_refused(tmp_path: Path, tiny_lm: LoadedMo
         _sweep(config, tmp_path / "run", tiny_lm)
 
 
-def test_test_labels_cannot_change_the_choice(tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]],
-                                              tiny_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_test_labels_cannot_change_the_choice(
+    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Flip every test label (and so every test metric): the per-CWE choice and the saved vectors are unchanged."""
     config, plain_out, plain = toy_run
     real_prepare = sweep_mod.prepare_data
 
     def flipped(*args: Any, **kwargs: Any) -> Any:
         data = real_prepare(*args, **kwargs)
-        test = [dataclasses.replace(s, label="secure" if s.is_vulnerable else "vulnerable")
-                for s in data.splits.test]
+        test = [dataclasses.replace(s, label="secure" if s.is_vulnerable else "vulnerable") for s in data.splits.test]
         return dataclasses.replace(data, splits=dataclasses.replace(data.splits, test=test))
 
     monkeypatch.setattr(sweep_mod, "prepare_data", flipped)
@@ -297,7 +323,8 @@ def test_test_labels_cannot_change_the_choice(tmp_path: Path, toy_run: tuple[Pat
     assert a == b
     # ... while the flip did reach the test evaluation (the same answers, read against flipped labels)
     assert [r["baseline"]["tpr"] for r in other["summary"]["logit"].values()] == [
-        r["baseline"]["fpr"] for r in plain["summary"]["logit"].values()]
+        r["baseline"]["fpr"] for r in plain["summary"]["logit"].values()
+    ]
 
 
 # ------------------------------------------------------------------------------------------ subprocess runs
@@ -315,13 +342,24 @@ def tiny_model_dir(tmp_path: Path, tiny_tokenizer: Any) -> Path:
 
 
 def _cli(args: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "VULNSTEER_CACHE": str(tmp_path / "vcache"), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "VULNSTEER_CACHE": str(tmp_path / "vcache"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     # SIGINT back to its default: a test runner started in the background by a non-interactive shell ignores
     # SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt
-    return subprocess.Popen([sys.executable, "-m", "vulnsteer.cli", "--no-progress", "sweep", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "vulnsteer.cli", "--no-progress", "sweep", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for_lines(proc: subprocess.Popen[bytes], path: Path, n: int, timeout: float = 120.0) -> None:
@@ -340,14 +378,19 @@ def _wait_for_lines(proc: subprocess.Popen[bytes], path: Path, n: int, timeout: 
 def _slow_config(tmp_path: Path) -> Path:
     """Many one-condition chunks in generation mode, so that a kill lands mid-sweep."""
     data = write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=8)
-    return write_config(tmp_path / "slow.toml", data, cache_dir=tmp_path / "acache", modes='["generation"]',
-                        group_size=1, strengths="{ relative = [0.25, 0.5, 1.0, 2.0, 4.0] }",
-                        extra="controls_on_val = true")
+    return write_config(
+        tmp_path / "slow.toml",
+        data,
+        cache_dir=tmp_path / "acache",
+        modes='["generation"]',
+        group_size=1,
+        strengths="{ relative = [0.25, 0.5, 1.0, 2.0, 4.0] }",
+        extra="controls_on_val = true",
+    )
 
 
 def _entries(path: Path) -> dict[str, Any]:
-    return {json.loads(line)["condition"]["key"]: json.loads(line)["records"]
-            for line in path.read_text().splitlines()}
+    return {json.loads(line)["condition"]["key"]: json.loads(line)["records"] for line in path.read_text().splitlines()}
 
 
 def _comparable(results: dict[str, Any]) -> dict[str, Any]:
@@ -377,8 +420,18 @@ def test_sigkill_mid_sweep_loses_at_most_the_chunk_in_flight(tmp_path: Path, tin
     assert len(keys) == len(set(keys)), "finished conditions were redone"
 
     fresh_out = tmp_path / "uninterrupted"
-    fresh = _cli([str(config), "--model", str(tiny_model_dir), "--out", str(fresh_out), "--cache-dir",
-                  str(tmp_path / "fresh-cache")], tmp_path)
+    fresh = _cli(
+        [
+            str(config),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(fresh_out),
+            "--cache-dir",
+            str(tmp_path / "fresh-cache"),
+        ],
+        tmp_path,
+    )
     assert fresh.wait(timeout=600) == 0, fresh.stdout.read().decode() if fresh.stdout else ""
     assert _entries(records) == _entries(fresh_out / "records.jsonl")
     killed_results = json.loads((out / "results.json").read_text())

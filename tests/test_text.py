@@ -29,8 +29,9 @@ def test_invalid_utf8_is_replaced_and_flagged() -> None:
     assert not decode_source(CODE.encode()).replaced
 
 
-@pytest.mark.parametrize("raw", [b"\x7fELF\x02\x01\x01\x00" + bytes(200), bytes(range(0, 32)) * 20,
-                                 b"MZ\x90\x00\x03\x00\x00\x00\x04\x00"])
+@pytest.mark.parametrize(
+    "raw", [b"\x7fELF\x02\x01\x01\x00" + bytes(200), bytes(range(0, 32)) * 20, b"MZ\x90\x00\x03\x00\x00\x00\x04\x00"]
+)
 def test_binary_content_is_refused_with_the_name(raw: bytes) -> None:
     assert binary_reason(raw) is not None
     with pytest.raises(BinaryContentError, match=r"prog\.c: binary content"):
@@ -38,7 +39,7 @@ def test_binary_content_is_refused_with_the_name(raw: bytes) -> None:
 
 
 def test_ordinary_text_with_tabs_and_escapes_is_text() -> None:
-    assert binary_reason(b"\tprintf(\"\x1b[0m\\n\");\r\n\f") is None
+    assert binary_reason(b'\tprintf("\x1b[0m\\n");\r\n\f') is None
     assert binary_reason(b"") is None
 
 

@@ -30,11 +30,11 @@ def _data(path: Path, **kwargs: Any) -> RunConfig:
     return RunConfig(data=str(path), format="jsonl", max_code_tokens=64, **kwargs)
 
 
-def test_transfer_applies_the_choice_to_every_sample(tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]],
-                                                     tiny_lm: LoadedModel) -> None:
+def test_transfer_applies_the_choice_to_every_sample(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
     _, run, results = swept
-    other = write_toy_jsonl(tmp_path / "other.jsonl", cwes=("CWE-89", "CWE-78", "CWE-22"), n_pairs=3,
-                            prefix="other")
+    other = write_toy_jsonl(tmp_path / "other.jsonl", cwes=("CWE-89", "CWE-78", "CWE-22"), n_pairs=3, prefix="other")
     out = transfer(run, _data(other), tmp_path / "t", lm=tiny_lm, progress=False)
     assert out["selection"] == results["selection"]  # nothing was selected again
     assert set(out["summary"]["logit"]) == {"CWE-89", "CWE-78"}
@@ -57,12 +57,15 @@ def test_transfer_applies_the_choice_to_every_sample(tmp_path: Path, swept: tupl
 
 
 def test_transfer_to_the_sweeps_own_test_split_reproduces_its_numbers(
-        tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel) -> None:
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
     """The same vectors, settings, controls and statistics: on the sweep's test samples, the same rows."""
     config, run, results = swept
     data = prepare_data(load_config(config).run_config(), tiny_lm.tokenizer, progress=False)
-    rows = [{"id": s.id, "pair_id": s.pair_id, "cwe": s.cwe, "label": s.label, "language": s.language,
-             "code": s.code} for s in data.splits.test]
+    rows = [
+        {"id": s.id, "pair_id": s.pair_id, "cwe": s.cwe, "label": s.label, "language": s.language, "code": s.code}
+        for s in data.splits.test
+    ]
     test_file = tmp_path / "test.jsonl"
     test_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = transfer(run, _data(test_file), tmp_path / "t", lm=tiny_lm, progress=False)
@@ -75,12 +78,14 @@ def test_transfer_to_the_sweeps_own_test_split_reproduces_its_numbers(
 
     assert strip(out["summary"]) == strip(results["summary"])
     assert strip(out["pooled"]) == strip(results["pooled"])
-    assert out["cross_cwe"]["logit"]["delta_balanced_accuracy"] == results["cross_cwe"]["logit"][
-        "delta_balanced_accuracy"]
+    assert (
+        out["cross_cwe"]["logit"]["delta_balanced_accuracy"] == results["cross_cwe"]["logit"]["delta_balanced_accuracy"]
+    )
 
 
-def test_model_mismatch_is_refused(tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]],
-                                   tiny_tokenizer: Any) -> None:
+def test_model_mismatch_is_refused(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_tokenizer: Any
+) -> None:
     from conftest import make_tiny
 
     _, run, _ = swept
@@ -95,8 +100,9 @@ def test_model_mismatch_is_refused(tmp_path: Path, swept: tuple[Path, Path, dict
     assert out["warnings"] and "fingerprint" in out["warnings"][0]
 
 
-def test_evaluate_from_cli(tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_from_cli(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel, capsys: pytest.CaptureFixture[str]
+) -> None:
     from vulnsteer.cli import main
 
     _, run, _ = swept
@@ -104,8 +110,22 @@ def test_evaluate_from_cli(tmp_path: Path, swept: tuple[Path, Path, dict[str, An
     tiny_lm.model.save_pretrained(model_dir)
     tiny_lm.tokenizer.save_pretrained(model_dir)
     other = write_toy_jsonl(tmp_path / "other.jsonl", cwes=("CWE-89", "CWE-22"), n_pairs=2, prefix="other")
-    args = ["--no-progress", "evaluate", "--from", str(run), "--data", str(other), "--format", "jsonl", "--model",
-            str(model_dir), "--max-code-tokens", "64", "--out", str(tmp_path / "t")]
+    args = [
+        "--no-progress",
+        "evaluate",
+        "--from",
+        str(run),
+        "--data",
+        str(other),
+        "--format",
+        "jsonl",
+        "--model",
+        str(model_dir),
+        "--max-code-tokens",
+        "64",
+        "--out",
+        str(tmp_path / "t"),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "CWE-89" in printed and "skipped" in printed and "CWE-22" in printed
@@ -116,11 +136,11 @@ def test_evaluate_from_cli(tmp_path: Path, swept: tuple[Path, Path, dict[str, An
 
 @pytest.mark.data
 @pytest.mark.skipif(not (SHARED_DATA / "juliet-java").is_dir(), reason="shared/data/juliet-java not present")
-def test_transfer_to_juliet_java(tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]],
-                                 tiny_lm: LoadedModel) -> None:
+def test_transfer_to_juliet_java(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
     _, run, _ = swept
-    config = RunConfig(data=str(SHARED_DATA / "juliet-java"), format="juliet", max_code_tokens=64,
-                       max_pairs_per_cwe=2)
+    config = RunConfig(data=str(SHARED_DATA / "juliet-java"), format="juliet", max_code_tokens=64, max_pairs_per_cwe=2)
     out = transfer(run, config, tmp_path / "t", lm=tiny_lm, progress=False)
     assert set(out["summary"]["logit"]) == {"CWE-89", "CWE-78"}
     assert out["data"]["skipped_cwes"]  # Juliet Java has CWEs the toy sweep never chose for

@@ -30,9 +30,18 @@ HIDDEN = 16
 
 def _prov(layers: tuple[int, ...] = (1, 3), **changes: Any) -> Provenance:
     prov = Provenance(
-        model_id="tiny-llama", model_fingerprint="abcd1234abcd1234", hidden_size=HIDDEN, layers=layers,
-        position="last", method="mean_diff", cwe="CWE-89", n_vulnerable=5, n_secure=6, dataset_hash="feedbeef",
-        created="2024-01-01T00:00:00+00:00", layer_norms={layer: 10.0 + layer for layer in layers},
+        model_id="tiny-llama",
+        model_fingerprint="abcd1234abcd1234",
+        hidden_size=HIDDEN,
+        layers=layers,
+        position="last",
+        method="mean_diff",
+        cwe="CWE-89",
+        n_vulnerable=5,
+        n_secure=6,
+        dataset_hash="feedbeef",
+        created="2024-01-01T00:00:00+00:00",
+        layer_norms={layer: 10.0 + layer for layer in layers},
         extra={"split_seed": 0, "note": ["a", 1]},
     )
     return dataclasses.replace(prov, **changes)
@@ -103,8 +112,9 @@ def test_load_checks_the_weights_digest_in_the_same_dtype_only(tmp_path: Path) -
     SteeringVector(dict(vec.directions), dataclasses.replace(vec.provenance, extra=ident)).save(path)
     SteeringVector.load(path, fingerprint="abcd1234abcd1234", weights=ident)  # the same weights
     with pytest.raises(VectorMismatchError) as info:  # a fine-tune: same architecture, other weights
-        SteeringVector.load(path, fingerprint="abcd1234abcd1234",
-                            weights={"weights_digest": "9999888877776666", "dtype": "float32"})
+        SteeringVector.load(
+            path, fingerprint="abcd1234abcd1234", weights={"weights_digest": "9999888877776666", "dtype": "float32"}
+        )
     message = str(info.value)
     assert str(path) in message and "other weights" in message and "1111222233334444" in message
     assert "--allow-model-mismatch" in message
@@ -292,8 +302,16 @@ def _acts_for(samples: list[Sample], layers: list[int], seed: int = 0) -> Activa
 def test_fit_vector_records_provenance() -> None:
     samples = toy_samples(4)
     acts = _acts_for(samples, [1, 3])
-    vec = fit_vector(acts, samples, layers=[3], method="mean_diff", cwe="CWE-89", model_id="tiny",
-                     model_fingerprint="f" * 16, extra={"k": 1})
+    vec = fit_vector(
+        acts,
+        samples,
+        layers=[3],
+        method="mean_diff",
+        cwe="CWE-89",
+        model_id="tiny",
+        model_fingerprint="f" * 16,
+        extra={"k": 1},
+    )
     prov = vec.provenance
     assert vec.layers == (3,) == prov.layers
     assert (prov.n_vulnerable, prov.n_secure, prov.hidden_size) == (4, 4, HIDDEN)
@@ -342,6 +360,5 @@ def test_dataset_hash_is_order_independent_and_content_sensitive() -> None:
     assert dataset_hash(shuffled) == dataset_hash(samples)
     changed_code = [dataclasses.replace(samples[0], code=samples[0].code + " "), *samples[1:]]
     changed_label = [dataclasses.replace(samples[0], label="secure"), *samples[1:]]
-    hashes = {dataset_hash(samples), dataset_hash(changed_code), dataset_hash(changed_label),
-              dataset_hash(samples[1:])}
+    hashes = {dataset_hash(samples), dataset_hash(changed_code), dataset_hash(changed_label), dataset_hash(samples[1:])}
     assert len(hashes) == 4

@@ -39,8 +39,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from ..lm.model import ModelLoadError
     from ..steer.vectors import VectorMismatchError
 
-    errors: list[type[BaseException]] = [ModelLoadError, VectorMismatchError, UnknownCWEError, FileNotFoundError,
-                                         ValueError, KeyError]
+    errors: list[type[BaseException]] = [
+        ModelLoadError,
+        VectorMismatchError,
+        UnknownCWEError,
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+    ]
     try:
         from ..data.loaders import DataError
 
@@ -73,4 +79,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"vulnsteer: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-

@@ -54,16 +54,15 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     for cwe, row in per_cwe.items():
         langs = row.get("languages", {})
         lang_text = ", ".join(f"{k}:{v}" for k, v in langs.items()) if isinstance(langs, dict) else str(langs)
-        print(f"{cwe:<10} {row.get('vulnerable', 0):>10} {row.get('secure', 0):>8} {row.get('pairs', 0):>7}  "
-              f"{lang_text}")
+        print(
+            f"{cwe:<10} {row.get('vulnerable', 0):>10} {row.get('secure', 0):>8} {row.get('pairs', 0):>7}  {lang_text}"
+        )
     for key, value in stats.items():
         if key not in ("per_cwe", "by_cwe"):
             print(f"{key}: {fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value, default=str)}")
     if report.problems:
         print(f"{len(report.problems)} problem(s) while loading; run `vulnsteer data validate {args.path}`")
     return 0
-
-
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
@@ -77,5 +76,3 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.path}: valid")
     return 0
-
-

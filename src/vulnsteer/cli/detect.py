@@ -55,29 +55,41 @@ def cmd_detect(args: argparse.Namespace) -> int:
         samples.append(Sample(str(path), code, language, "unknown", "vulnerable"))
     lm = load(args)
     try:
+
         def count(text: str) -> int:
             return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
         samples = [truncate_sample(s, count, args.max_code_tokens) for s in samples]
         ctx: Any = nullcontext()
         if args.vector:
-            vec = SteeringVector.load(args.vector, hidden_size=lm.hidden_size,
-                                      fingerprint=None if args.allow_model_mismatch else lm.fingerprint,
-                                      weights=None if args.allow_model_mismatch else lm.weights_identity)
-            ctx = steer(lm.model, SteeringSpec(vec, args.strength, layers=args.layers, positions=args.positions,
-                                               unit=args.unit))
+            vec = SteeringVector.load(
+                args.vector,
+                hidden_size=lm.hidden_size,
+                fingerprint=None if args.allow_model_mismatch else lm.fingerprint,
+                weights=None if args.allow_model_mismatch else lm.weights_identity,
+            )
+            ctx = steer(
+                lm.model, SteeringSpec(vec, args.strength, layers=args.layers, positions=args.positions, unit=args.unit)
+            )
         with ctx:
             if args.mode == "logit":
                 records = score_logits(lm, samples, progress=not args.no_progress)
             else:
-                records = generate_verdicts(lm, samples, max_new_tokens=args.max_new_tokens,
-                                            progress=not args.no_progress)
+                records = generate_verdicts(
+                    lm, samples, max_new_tokens=args.max_new_tokens, progress=not args.no_progress
+                )
     finally:
         lm.close()
     for sample, rec in zip(samples, records):
-        out = {"file": sample.id, "language": sample.language, "verdict": rec.verdict, "weakness": rec.named_cwe,
-               "p_vulnerable": rec.score, "text": rec.text,
-               "truncated": bool(sample.meta.get("truncation", {}).get("truncated"))}
+        out = {
+            "file": sample.id,
+            "language": sample.language,
+            "verdict": rec.verdict,
+            "weakness": rec.named_cwe,
+            "p_vulnerable": rec.score,
+            "text": rec.text,
+            "truncated": bool(sample.meta.get("truncation", {}).get("truncated")),
+        }
         if args.json:
             print(json.dumps(out))
         else:
@@ -87,5 +99,3 @@ def cmd_detect(args: argparse.Namespace) -> int:
             if rec.text:
                 print("  " + rec.text.strip().replace("\n", "\n  "))
     return 0
-
-

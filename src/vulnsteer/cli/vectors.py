@@ -48,25 +48,30 @@ def cmd_extract(args: argparse.Namespace) -> int:
     lm = load(args)
     try:
         data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
-        samples = ([s for _, part in data.splits.items() for s in part] if args.split == "all"
-                   else data.splits.get(args.split))
+        samples = (
+            [s for _, part in data.splits.items() for s in part] if args.split == "all" else data.splits.get(args.split)
+        )
         layers = resolve_run_layers(args.layers, lm.num_layers)
         positions = [p.strip() for p in args.positions.split(",") if p.strip()]
-        acts = extract_activations(lm, samples, layers, positions, batch_size=args.batch_size,
-                                   progress=not args.no_progress)
+        acts = extract_activations(
+            lm, samples, layers, positions, batch_size=args.batch_size, progress=not args.no_progress
+        )
     finally:
         lm.close()
-    meta = {"model_id": lm.model_id, "fingerprint": lm.fingerprint, "layers": json.dumps(acts.layers),
-            "sample_ids": json.dumps(acts.sample_ids),
-            "labels": json.dumps([s.label for s in samples]), "cwes": json.dumps([s.cwe for s in samples])}
+    meta = {
+        "model_id": lm.model_id,
+        "fingerprint": lm.fingerprint,
+        "layers": json.dumps(acts.layers),
+        "sample_ids": json.dumps(acts.sample_ids),
+        "labels": json.dumps([s.label for s in samples]),
+        "cwes": json.dumps([s.cwe for s in samples]),
+    }
     blob = save({k: v.contiguous() for k, v in acts.by_position.items()}, metadata=meta)
     with atomic_open(args.out, "wb") as handle:
         handle.write(blob)
     shape = {k: list(v.shape) for k, v in acts.by_position.items()}
     print(f"wrote {args.out}: {shape} (samples x layers x hidden)")
     return 0
-
-
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
@@ -78,8 +83,16 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     try:
         data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
         layers = resolve_run_layers(args.layers, lm.num_layers)
-        vectors = fit_cwe_vectors(lm, data.by_cwe("train"), layers, position=args.position, methods=[args.method],
-                                  batch_size=args.batch_size, pooled=args.pooled, progress=not args.no_progress)
+        vectors = fit_cwe_vectors(
+            lm,
+            data.by_cwe("train"),
+            layers,
+            position=args.position,
+            methods=[args.method],
+            batch_size=args.batch_size,
+            pooled=args.pooled,
+            progress=not args.no_progress,
+        )
     finally:
         lm.close()
     info = save_vectors(vectors, Path(args.out))
@@ -87,5 +100,3 @@ def cmd_vectors(args: argparse.Namespace) -> int:
         norms = ", ".join(f"L{k}: {v:.3g} ({item['relative_norm'][k]:.3g} rel)" for k, v in item["norm"].items())
         print(f"{key}: {Path(args.out).parent / item['file']}  n={item['n_vulnerable']}+{item['n_secure']}  {norms}")
     return 0
-
-

@@ -315,9 +315,11 @@ def split_samples(
         if fr[0] + fr[1] <= 0:
             raise ValueError("respect_upstream needs a positive train or val fraction")
         if not upstream_train and not straddling and len(unknown) == len(comps):
-            raise ValueError(f"respect_upstream: none of the {len(samples)} samples carries an upstream split "
-                             f"(meta[{UPSTREAM_KEY!r}] = 'train'/'val'; the SVEN/SafeCoder loaders set it from "
-                             "the train/ and val/ folders)")
+            raise ValueError(
+                f"respect_upstream: none of the {len(samples)} samples carries an upstream split "
+                f"(meta[{UPSTREAM_KEY!r}] = 'train'/'val'; the SVEN/SafeCoder loaders set it from "
+                "the train/ and val/ folders)"
+            )
         split_of.update(_assign(upstream_train, samples, (fr[0], fr[1], 0.0), seed, stratify_by_cwe))
         split_of.update(_assign(unknown, samples, fr, seed, stratify_by_cwe))
         notes["upstream_straddling_groups"] = sorted(straddling)

@@ -38,6 +38,7 @@ __all__ = [
     "shares_prefix",
 ]
 
+
 def _batches(order: list[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
@@ -66,8 +67,9 @@ def _logits_kwargs(model: Any) -> dict[str, int]:
     return {}
 
 
-def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any, *, all_logits: bool = False
-             ) -> tuple[torch.Tensor, Any]:
+def _forward(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any, *, all_logits: bool = False
+) -> tuple[torch.Tensor, Any]:
     """Run *ids* (continuing *cache*, or fresh when None); returns the logits (last position unless
     *all_logits*) and the updated cache."""
     positions = position_ids_for(mask)[:, -ids.shape[1] :]
@@ -82,8 +84,9 @@ def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any, *, a
     return (logits if all_logits else logits[:, -1]), new_cache
 
 
-def _retarget(rows: Sequence[Sequence[SteeringSpec]], keep: tuple[str, ...], positions: str | None
-              ) -> list[list[SteeringSpec]]:
+def _retarget(
+    rows: Sequence[Sequence[SteeringSpec]], keep: tuple[str, ...], positions: str | None
+) -> list[list[SteeringSpec]]:
     """Per row, the specs whose positions are in *keep*, re-targeted to *positions* if given."""
     out = []
     for specs in rows:
@@ -110,8 +113,13 @@ def _expand_cache(cache: Any, repeats: int) -> Any:
 
 
 @torch.no_grad()
-def _first_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: Sequence[Sequence[SteeringSpec]],
-                prefix: tuple[Any, int] | None) -> tuple[torch.Tensor, Any]:
+def _first_step(
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    rows: Sequence[Sequence[SteeringSpec]],
+    prefix: tuple[Any, int] | None,
+) -> tuple[torch.Tensor, Any]:
     """Logits at the answer position for every (expanded) row under its own specs.
 
     With a shared *prefix* ``(cache, repeats)`` only the last prompt token is run; the specs that steer ``last``
@@ -127,8 +135,14 @@ def _first_step(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: Sequenc
 
 
 @torch.no_grad()
-def _answer_scores(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor,
-                   rows: Sequence[Sequence[SteeringSpec]], answers: Sequence[list[int]]) -> list[torch.Tensor]:
+def _answer_scores(
+    model: Any,
+    logits: torch.Tensor,
+    cache: Any,
+    mask: torch.Tensor,
+    rows: Sequence[Sequence[SteeringSpec]],
+    answers: Sequence[list[int]],
+) -> list[torch.Tensor]:
     """Summed log-probabilities of each candidate answer (teacher-forced after the first token)."""
     logp = torch.log_softmax(logits, dim=-1)
     later = _retarget(rows, _LATER_POSITIONS, None)
@@ -147,8 +161,16 @@ def _answer_scores(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Ten
 
 
 @torch.no_grad()
-def _greedy(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor,
-            rows: Sequence[Sequence[SteeringSpec]], max_new_tokens: int, eos: set[int], pad_id: int) -> torch.Tensor:
+def _greedy(
+    model: Any,
+    logits: torch.Tensor,
+    cache: Any,
+    mask: torch.Tensor,
+    rows: Sequence[Sequence[SteeringSpec]],
+    max_new_tokens: int,
+    eos: set[int],
+    pad_id: int,
+) -> torch.Tensor:
     """Greedy decoding with the KV cache; returns the new tokens ``[rows, <= max_new_tokens]``."""
     n = mask.shape[0]
     done = torch.zeros(n, dtype=torch.bool, device=mask.device)
@@ -174,9 +196,16 @@ def _maybe_recording(model: Any, sink: ActivationSink | None) -> Any:
     return recording(model, sink.layers) if sink is not None else nullcontext({})
 
 
-def _sink_first_step(sink: ActivationSink, seen: Mapping[int, torch.Tensor], samples: Sequence[Sample],
-                     idx: Sequence[int], chunk_names: Sequence[str], base: Mapping[int, str | None],
-                     code_mask: torch.Tensor, shared: bool) -> None:
+def _sink_first_step(
+    sink: ActivationSink,
+    seen: Mapping[int, torch.Tensor],
+    samples: Sequence[Sample],
+    idx: Sequence[int],
+    chunk_names: Sequence[str],
+    base: Mapping[int, str | None],
+    code_mask: torch.Tensor,
+    shared: bool,
+) -> None:
     """Record the unsteered rows' answer-position (and, without a shared prefix, code-mean) hidden states."""
     repeats = len(chunk_names)
     for j, i in enumerate(idx):
@@ -223,9 +252,21 @@ def detect_variants(
     sink: ActivationSink | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Detect on *samples* once per variant in one detector *mode*; see :func:`detect_variants_modes`."""
-    return detect_variants_modes(lm, samples, variants, modes=(mode,), template=template, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, threshold=threshold, share_prefix=share_prefix,
-                                 max_rows=max_rows, progress=progress, desc=desc, sink=sink)[mode]
+    return detect_variants_modes(
+        lm,
+        samples,
+        variants,
+        modes=(mode,),
+        template=template,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        threshold=threshold,
+        share_prefix=share_prefix,
+        max_rows=max_rows,
+        progress=progress,
+        desc=desc,
+        sink=sink,
+    )[mode]
 
 
 def detect_variants_modes(
@@ -278,8 +319,12 @@ def detect_variants_modes(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = _eos_ids(tok, model)
     per_chunk = max(1, max_rows // max(1, batch_size))
-    bar = tqdm(total=len(samples) * len(names), desc=desc or f"{'+'.join(modes)} detection", unit="sample",
-               disable=not progress)
+    bar = tqdm(
+        total=len(samples) * len(names),
+        desc=desc or f"{'+'.join(modes)} detection",
+        unit="sample",
+        disable=not progress,
+    )
     for idx in _batches(order, batch_size):
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
@@ -298,8 +343,9 @@ def detect_variants_modes(
                 with torch.no_grad(), _maybe_recording(model, sink) as seen:
                     _, prefix_cache = _forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
                 if sink is not None:
-                    code = torch.stack([masked_mean(seen[layer].float(), batch.code_mask[:, :-1])
-                                        for layer in sink.layers], dim=1)
+                    code = torch.stack(
+                        [masked_mean(seen[layer].float(), batch.code_mask[:, :-1]) for layer in sink.layers], dim=1
+                    )
                 if prefix_store is not None:
                     prefix_store.put(store_key, prefix_cache, code, tuple(sink.layers) if sink is not None else ())
             if sink is not None and code is not None:
@@ -334,16 +380,19 @@ def detect_variants_modes(
                         m = float(margins[r])
                         p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
                         results["logit"][name][i] = DetectionRecord(
-                            s.id, s.cwe, s.pair_id, s.y, "vulnerable" if p >= threshold else "secure", score=p,
-                            margin=m)
+                            s.id, s.cwe, s.pair_id, s.y, "vulnerable" if p >= threshold else "secure", score=p, margin=m
+                        )
                     if texts:
                         verdict = parse_verdict(texts[r])
                         results["generation"][name][i] = DetectionRecord(
-                            s.id, s.cwe, s.pair_id, s.y, verdict.label, text=texts[r], named_cwe=verdict.cwe)
+                            s.id, s.cwe, s.pair_id, s.y, verdict.label, text=texts[r], named_cwe=verdict.cwe
+                        )
             bar.update(len(idx) * repeats)
     bar.close()
-    return {mode: {name: [r for r in recs if r is not None] for name, recs in by_name.items()}
-            for mode, by_name in results.items()}
+    return {
+        mode: {name: [r for r in recs if r is not None] for name, recs in by_name.items()}
+        for mode, by_name in results.items()
+    }
 
 
 def detect(
@@ -359,9 +408,19 @@ def detect(
     desc: str | None = None,
 ) -> list[DetectionRecord]:
     """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steer.hooks.steer` to steer it)."""
-    return detect_variants(lm, samples, {"": ()}, mode=mode, template=template, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, threshold=threshold, share_prefix=False, progress=progress,
-                           desc=desc or f"{mode} detection")[""]
+    return detect_variants(
+        lm,
+        samples,
+        {"": ()},
+        mode=mode,
+        template=template,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        threshold=threshold,
+        share_prefix=False,
+        progress=progress,
+        desc=desc or f"{mode} detection",
+    )[""]
 
 
 def score_logits(lm: LoadedModel, samples: Sequence[Sample], **options: Any) -> list[DetectionRecord]:

@@ -19,8 +19,10 @@ def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(o) for o in obj)
     if hasattr(obj, "layers"):  # transformers >= 4.56: cache.layers[i].keys / .values
-        return sum(_tensor_bytes(getattr(layer, "keys", None)) + _tensor_bytes(getattr(layer, "values", None))
-                   for layer in obj.layers)
+        return sum(
+            _tensor_bytes(getattr(layer, "keys", None)) + _tensor_bytes(getattr(layer, "values", None))
+            for layer in obj.layers
+        )
     return _tensor_bytes(getattr(obj, "key_cache", [])) + _tensor_bytes(getattr(obj, "value_cache", []))
 
 
@@ -58,8 +60,7 @@ class PrefixStore:
         self.hits += 1
         return entry[0], entry[1]
 
-    def put(self, key: str, cache: Any, code_mean: torch.Tensor | None = None, code_layers: Sequence[int] = ()
-            ) -> bool:
+    def put(self, key: str, cache: Any, code_mean: torch.Tensor | None = None, code_layers: Sequence[int] = ()) -> bool:
         """Keep *cache* (not copied: callers must not modify it) unless the budget is spent; True if kept."""
         size = _tensor_bytes(cache)
         if size == 0 or self.used_bytes + size > self.max_bytes:

@@ -400,8 +400,10 @@ def evaluate_probes(
 def surface_features(samples: Sequence[Sample]) -> torch.Tensor:
     """Per sample ``[log characters, log lines, log non-blank characters]`` of the code: what a probe could
     read without understanding anything (the label-free surface of the text)."""
-    rows = [[math.log1p(len(s.code)), math.log1p(s.code.count("\n") + 1), math.log1p(len("".join(s.code.split())))]
-            for s in samples]
+    rows = [
+        [math.log1p(len(s.code)), math.log1p(s.code.count("\n") + 1), math.log1p(len("".join(s.code.split())))]
+        for s in samples
+    ]
     return torch.tensor(rows, dtype=torch.float32).reshape(len(samples), 3)
 
 
@@ -421,8 +423,9 @@ def evaluate_length_control(
     ``"length"``, position ``"code"`` and layer ``-1`` (no layer)."""
     splits = (train, val, test)
     xs = tuple(surface_features(split) for split in splits)
-    return _evaluate_features(xs, splits, _groups(splits, per_cwe), ("logistic",), "code", -1, C, n_boot, seed,
-                              name="length")
+    return _evaluate_features(
+        xs, splits, _groups(splits, per_cwe), ("logistic",), "code", -1, C, n_boot, seed, name="length"
+    )
 
 
 def _groups(samples: Sequence[Sequence[Sample]], per_cwe: bool) -> list[tuple[str, list[list[int]]]]:

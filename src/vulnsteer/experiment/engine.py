@@ -172,8 +172,9 @@ def load_dataset(config: RunConfig) -> tuple[list[Sample], str, dict[str, Any]]:
     return samples, str(config.data), dataclasses.asdict(report) if dataclasses.is_dataclass(report) else {}
 
 
-def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool = True,
-                 require: Sequence[str] = ()) -> PreparedData:
+def prepare_data(
+    config: RunConfig, tokenizer: Any | None = None, progress: bool = True, require: Sequence[str] = ()
+) -> PreparedData:
     """Load, clean (comments stripped unless ``keep_comments``), truncate to the token budget, and split.
 
     *require* names splits that must not come out empty (``("val", "test")`` for experiments that choose on val
@@ -202,6 +203,7 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
                 changed_clean += 1
                 s = dataclasses.replace(s, code=code)
         if tokenizer is not None:
+
             def count(text: str) -> int:
                 return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -212,22 +214,37 @@ def prepare_data(config: RunConfig, tokenizer: Any | None = None, progress: bool
     notes["truncated"] = sum(1 for s in cleaned if s.meta.get("truncation", {}).get("truncated"))
     notes["max_code_tokens"] = config.max_code_tokens
     try:
-        splits = split_samples(cleaned, config.fractions, seed=config.seed, respect_upstream=config.respect_upstream,
-                               merge_duplicates=config.duplicates == "merge")
+        splits = split_samples(
+            cleaned,
+            config.fractions,
+            seed=config.seed,
+            respect_upstream=config.respect_upstream,
+            merge_duplicates=config.duplicates == "merge",
+        )
     except ValueError as exc:  # name the dataset: the splitter only sees samples
         raise ValueError(f"{source}: {exc}") from None
     if config.duplicates == "drop":
         found = splits.duplicates.as_dict()
         splits = dedupe_across_splits(splits)
-        splits = dataclasses.replace(splits, notes={**splits.notes, "duplicates_before_dedupe": {
-            k: found[k] for k in ("exact", "normalised", "affected")}})
+        splits = dataclasses.replace(
+            splits,
+            notes={
+                **splits.notes,
+                "duplicates_before_dedupe": {k: found[k] for k in ("exact", "normalised", "affected")},
+            },
+        )
     for name in require:
         if not getattr(splits, name):
-            how = "the dataset's upstream val split" if name == "test" and config.respect_upstream else \
-                f"fractions {list(config.fractions)}"
-            raise ValueError(f"{source}: the {name} split is empty ({len(cleaned)} samples, {how}, "
-                             f"max_pairs_per_cwe {config.max_pairs_per_cwe}); vectors are fitted on train, "
-                             "strengths chosen on val and reported on test, so each needs samples")
+            how = (
+                "the dataset's upstream val split"
+                if name == "test" and config.respect_upstream
+                else f"fractions {list(config.fractions)}"
+            )
+            raise ValueError(
+                f"{source}: the {name} split is empty ({len(cleaned)} samples, {how}, "
+                f"max_pairs_per_cwe {config.max_pairs_per_cwe}); vectors are fitted on train, "
+                "strengths chosen on val and reported on test, so each needs samples"
+            )
     present = sorted({s.cwe for s in cleaned}, key=_cwe_order)
     cwes = [c for c in (config.cwes or present) if c in present]
     return PreparedData(splits=splits, cwes=cwes, source=source, notes=notes)
@@ -265,8 +282,15 @@ def fit_cwe_vectors(
         sub = acts.subset([index[s.id] for s in samples])
         for method in methods:
             vectors[(cwe, method)] = fit_vector(
-                sub, samples, position=position, layers=list(layers), method=method, cwe=cwe,
-                model_id=lm.model_id, model_fingerprint=lm.fingerprint, extra=identity,
+                sub,
+                samples,
+                position=position,
+                layers=list(layers),
+                method=method,
+                cwe=cwe,
+                model_id=lm.model_id,
+                model_fingerprint=lm.fingerprint,
+                extra=identity,
             )
     return vectors
 
@@ -328,8 +352,15 @@ def condition_specs(
         return None
     if condition.kind == "control":
         vec = control_vector(vec, condition.control_seed)
-    return [SteeringSpec(vec, condition.strength, layers=condition.layers or vec.layers,
-                         positions=condition.positions, unit=condition.unit)]  # type: ignore[arg-type]
+    return [
+        SteeringSpec(
+            vec,
+            condition.strength,
+            layers=condition.layers or vec.layers,
+            positions=condition.positions,  # type: ignore[arg-type]
+            unit=condition.unit,  # type: ignore[arg-type]
+        )
+    ]
 
 
 def run_condition_group(
@@ -365,9 +396,18 @@ def run_condition_group(
     samples = [s for group in samples_by_cwe.values() for s in group]
     modes = sorted({c.mode for c in conditions})
     found = detect_variants_modes(
-        lm, samples, {key: variant(conds[0]) for key, conds in by_variant.items()}, modes=modes, template=template,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
-        desc=f"{'+'.join(modes)} x{len(by_variant)}", sink=sink, prefix_store=prefix_store)
+        lm,
+        samples,
+        {key: variant(conds[0]) for key, conds in by_variant.items()},
+        modes=modes,
+        template=template,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        desc=f"{'+'.join(modes)} x{len(by_variant)}",
+        sink=sink,
+        prefix_store=prefix_store,
+    )
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
 
 
@@ -392,8 +432,11 @@ class ResultStore:
         return [_record_from_dict(r) for r in self._done[key]["records"]]
 
     def add(self, condition: Condition, records: Sequence[DetectionRecord], seconds: float) -> None:
-        entry = {"condition": condition.to_dict(), "seconds": round(seconds, 3),
-                 "records": [r.to_dict() for r in records]}
+        entry = {
+            "condition": condition.to_dict(),
+            "seconds": round(seconds, 3),
+            "records": [r.to_dict() for r in records],
+        }
         append_jsonl(self.path, entry)
         self._done[condition.key] = entry
 
@@ -437,9 +480,18 @@ def run_conditions(
     bar = tqdm(total=sum(len(c) for c in chunks), desc="conditions", unit="cond", disable=not progress)
     for chunk in chunks:
         start = time.perf_counter()
-        found = run_condition_group(lm, chunk, samples_for(chunk[0].split), vectors, batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, template=template, progress=False, sink=sink,
-                                    prefix_store=prefix_store)
+        found = run_condition_group(
+            lm,
+            chunk,
+            samples_for(chunk[0].split),
+            vectors,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            template=template,
+            progress=False,
+            sink=sink,
+            prefix_store=prefix_store,
+        )
         seconds = (time.perf_counter() - start) / len(chunk)
         for cond in chunk:
             store.add(cond, found[cond.key], seconds)

@@ -68,8 +68,9 @@ def evaluate_saved_vectors(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / (time.strftime("%Y%m%d-%H%M%S") + "-eval")
     try:
         strict = not args.allow_model_mismatch
-        vectors = load_vector_dir(args.vectors, lm.hidden_size, lm.fingerprint if strict else None,
-                                  lm.weights_identity if strict else None)
+        vectors = load_vector_dir(
+            args.vectors, lm.hidden_size, lm.fingerprint if strict else None, lm.weights_identity if strict else None
+        )
         data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
         split = args.split
         cwes = [c for c in data.cwes if any(key[0] == c for key in vectors)]
@@ -92,8 +93,10 @@ def evaluate_saved_vectors(args: argparse.Namespace) -> int:
             vec = vectors.get((cwe, method))
             if vec is None or not set(layers) <= set(vec.layers):
                 found = ", ".join(f"{m} at layers {list(v.layers)}" for (c, m), v in vectors.items() if c == cwe)
-                raise ValueError(f"{args.vectors}: evaluate applies one setting to every CWE ({method} at layers "
-                                 f"{list(layers)}), but the {cwe} vector is {found}")
+                raise ValueError(
+                    f"{args.vectors}: evaluate applies one setting to every CWE ({method} at layers "
+                    f"{list(layers)}), but the {cwe} vector is {found}"
+                )
         conds = []
         for mode in modes:
             conds.append(Condition("baseline", mode, split))

@@ -39,8 +39,16 @@ from .engine import (
     select_per_cwe,
 )
 
-__all__ = ["SIGN_CONVENTION", "compare_to_baseline", "default_out_dir", "run_experiment", "save_vectors",
-           "summarize_metrics", "summary_rows", "verdict_words"]
+__all__ = [
+    "SIGN_CONVENTION",
+    "compare_to_baseline",
+    "default_out_dir",
+    "run_experiment",
+    "save_vectors",
+    "summarize_metrics",
+    "summary_rows",
+    "verdict_words",
+]
 
 SIGN_CONVENTION = (
     "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
@@ -90,8 +98,13 @@ def compare_to_baseline(
         diff = compute_metrics(o).balanced_accuracy - compute_metrics(b).balanced_accuracy
         lo, hi = bootstrap_diff_ci(b, o, "balanced_accuracy", n_boot=N_BOOT, seed=seed)
         test = mcnemar_exact(b, o)
-        out[cwe] = {"delta_balanced_accuracy": diff, "delta_ci": [lo, hi], "mcnemar_p": test.p_value,
-                    "mcnemar_b": test.b, "mcnemar_c": test.c}
+        out[cwe] = {
+            "delta_balanced_accuracy": diff,
+            "delta_ci": [lo, hi],
+            "mcnemar_p": test.p_value,
+            "mcnemar_b": test.b,
+            "mcnemar_c": test.c,
+        }
     return out
 
 
@@ -103,8 +116,10 @@ def verdict_words(delta: float, ci: Sequence[float], p: float, control_delta: fl
     direction = "gain" if delta > 0 else ("loss" if delta < 0 else "no change")
     if delta == 0:
         return "the chosen steering setting left balanced accuracy on test unchanged (Δ 0.000)"
-    parts = [f"{direction} of {delta:+.3f} balanced accuracy is {'significant' if sig else 'not significant'} "
-             f"(p={p:.3g}, 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}])"]
+    parts = [
+        f"{direction} of {delta:+.3f} balanced accuracy is {'significant' if sig else 'not significant'} "
+        f"(p={p:.3g}, 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}])"
+    ]
     if control_delta is not None:
         beats = delta > control_delta
         parts.append(f"{'beats' if beats else 'does not beat'} the random-direction control ({control_delta:+.3f})")
@@ -120,10 +135,22 @@ def _selection_mode(config: RunConfig, mode: str) -> str:
     return "logit" if mode == "generation" and "logit" in config.modes else mode
 
 
-def _steered_pair(config: RunConfig, mode: str, split: str, strength: float, layers: Sequence[int]
-                  ) -> list[Condition]:
-    return [Condition(kind, mode, split, strength, tuple(layers), config.unit, config.steer_positions, config.method,
-                      None, config.control_seed) for kind in ("steered", "control")]
+def _steered_pair(config: RunConfig, mode: str, split: str, strength: float, layers: Sequence[int]) -> list[Condition]:
+    return [
+        Condition(
+            kind,
+            mode,
+            split,
+            strength,
+            tuple(layers),
+            config.unit,
+            config.steer_positions,
+            config.method,
+            None,
+            config.control_seed,
+        )
+        for kind in ("steered", "control")
+    ]
 
 
 def _conditions(config: RunConfig, layers: Sequence[int]) -> list[Condition]:
@@ -142,8 +169,13 @@ def _conditions(config: RunConfig, layers: Sequence[int]) -> list[Condition]:
     return conds
 
 
-def _chosen(config: RunConfig, mode: str, conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]],
-            cwes: Sequence[str]) -> dict[str, Condition]:
+def _chosen(
+    config: RunConfig,
+    mode: str,
+    conds: Sequence[Condition],
+    records: Mapping[str, Sequence[DetectionRecord]],
+    cwes: Sequence[str],
+) -> dict[str, Condition]:
     """Per CWE, the setting chosen on the val split of *mode*'s selecting mode (baseline when nothing beats it)."""
     by = _selection_mode(config, mode)
     candidates = [c for c in conds if c.mode == by and c.split == "val" and c.kind in ("baseline", "steered")]
@@ -155,8 +187,9 @@ def _chosen(config: RunConfig, mode: str, conds: Sequence[Condition], records: M
     return select_per_cwe(candidates, val_score, cwes)
 
 
-def _chosen_conditions(config: RunConfig, conds: Sequence[Condition],
-                       records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]) -> list[Condition]:
+def _chosen_conditions(
+    config: RunConfig, conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]
+) -> list[Condition]:
     """The second phase: in each mode whose strength another mode chooses (generation, chosen on logit val), the
     test conditions (steered + random control) of the strengths some CWE chose; generation is the expensive
     detector, so the strengths no CWE chose are not generated."""
@@ -170,17 +203,30 @@ def _chosen_conditions(config: RunConfig, conds: Sequence[Condition],
     return extra
 
 
-def _examples(records_by_key: Mapping[str, Sequence[DetectionRecord]], base_key: str, steered_key: str,
-              cwes: Sequence[str], n: int) -> list[dict[str, Any]]:
+def _examples(
+    records_by_key: Mapping[str, Sequence[DetectionRecord]],
+    base_key: str,
+    steered_key: str,
+    cwes: Sequence[str],
+    n: int,
+) -> list[dict[str, Any]]:
     base = {r.sample_id: r for r in records_by_key.get(base_key, [])}
     out = []
     for cwe in cwes:
         rows = [r for r in records_by_key.get(steered_key, []) if r.cwe == cwe][:n]
         for r in rows:
             b = base.get(r.sample_id)
-            out.append({"cwe": cwe, "sample_id": r.sample_id, "truth": "vulnerable" if r.y_true else "secure",
-                        "baseline": b.text if b else None, "baseline_verdict": b.verdict if b else None,
-                        "steered": r.text, "steered_verdict": r.verdict})
+            out.append(
+                {
+                    "cwe": cwe,
+                    "sample_id": r.sample_id,
+                    "truth": "vulnerable" if r.y_true else "secure",
+                    "baseline": b.text if b else None,
+                    "baseline_verdict": b.verdict if b else None,
+                    "steered": r.text,
+                    "steered_verdict": r.verdict,
+                }
+            )
     return out
 
 
@@ -206,14 +252,23 @@ def run_experiment(
         out.mkdir(parents=True, exist_ok=True)  # only once the data and layers are known to be usable
         timings["prepare_data"] = time.perf_counter() - t
         t = time.perf_counter()
-        split_samples = {name: [s for group in data.by_cwe(name).values() for s in group]
-                         for name in ("train", "val", "test")}
-        train_acts = extract_activations(lm, split_samples["train"], layers, positions=POSITIONS,
-                                         batch_size=config.batch_size, progress=progress)
+        split_samples = {
+            name: [s for group in data.by_cwe(name).values() for s in group] for name in ("train", "val", "test")
+        }
+        train_acts = extract_activations(
+            lm, split_samples["train"], layers, positions=POSITIONS, batch_size=config.batch_size, progress=progress
+        )
         timings["activations_train"] = time.perf_counter() - t
         t = time.perf_counter()
-        vectors = fit_cwe_vectors(lm, data.by_cwe("train"), layers, position=config.position,
-                                  methods=[config.method], activations=train_acts, progress=progress)
+        vectors = fit_cwe_vectors(
+            lm,
+            data.by_cwe("train"),
+            layers,
+            position=config.position,
+            methods=[config.method],
+            activations=train_acts,
+            progress=progress,
+        )
         vector_info = save_vectors(vectors, out / "vectors")
         timings["fit_vectors"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -221,25 +276,55 @@ def run_experiment(
         conds = _conditions(config, layers)
         sink = ActivationSink(layers)  # val/test activations for the probes, recorded by the baseline passes
         prefixes = PrefixStore()  # the second phase re-reads the test prompts: their prefixes are computed once
-        records = run_conditions(lm, conds, store, data.by_cwe, vectors, batch_size=config.batch_size,
-                                 max_new_tokens=config.max_new_tokens, progress=progress, sink=sink,
-                                 prefix_store=prefixes)
+        records = run_conditions(
+            lm,
+            conds,
+            store,
+            data.by_cwe,
+            vectors,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            progress=progress,
+            sink=sink,
+            prefix_store=prefixes,
+        )
         extra = _chosen_conditions(config, conds, records, data.cwes)
         if extra:
-            records.update(run_conditions(lm, extra, store, data.by_cwe, vectors, batch_size=config.batch_size,
-                                          max_new_tokens=config.max_new_tokens, progress=progress,
-                                          prefix_store=prefixes))
+            records.update(
+                run_conditions(
+                    lm,
+                    extra,
+                    store,
+                    data.by_cwe,
+                    vectors,
+                    batch_size=config.batch_size,
+                    max_new_tokens=config.max_new_tokens,
+                    progress=progress,
+                    prefix_store=prefixes,
+                )
+            )
             conds = [*conds, *extra]
         timings["evaluate"] = time.perf_counter() - t
         t = time.perf_counter()
         split_acts = {"train": train_acts}
         for name in ("val", "test"):
             ids = [s.id for s in split_samples[name]]
-            split_acts[name] = (sink.activations(ids) if sink.complete(ids) else  # resumed runs re-extract
-                                extract_activations(lm, split_samples[name], layers, positions=POSITIONS,
-                                                    batch_size=config.batch_size, progress=progress))
-        probes = evaluate_probes(*((split_acts[n], split_samples[n]) for n in ("train", "val", "test")),
-                                 layers=layers, seed=config.seed)
+            split_acts[name] = (
+                sink.activations(ids)
+                if sink.complete(ids)
+                # resumed runs re-extract
+                else extract_activations(
+                    lm,
+                    split_samples[name],
+                    layers,
+                    positions=POSITIONS,
+                    batch_size=config.batch_size,
+                    progress=progress,
+                )
+            )
+        probes = evaluate_probes(
+            *((split_acts[n], split_samples[n]) for n in ("train", "val", "test")), layers=layers, seed=config.seed
+        )
         probes += evaluate_length_control(*(split_samples[n] for n in ("train", "val", "test")), seed=config.seed)
         timings["probes"] = time.perf_counter() - t
         results = _assemble(config, lm, data, layers, vector_info, conds, records)
@@ -303,36 +388,53 @@ def _assemble(
             block = metric_cache[cond.key].get(cwe)
             return None if block is None else float(block["balanced_accuracy"])
 
-        chosen = {cwe: dataclasses.replace(c, mode=mode) for cwe, c in _chosen(config, mode, conds, records,
-                                                                                 cwes).items()}
-        selection[mode] = {cwe: {"condition": c.to_dict(), "selected_by": f"{by} mode, val split",
-                                 "val_balanced_accuracy": val_score(dataclasses.replace(c, mode=by), cwe)}
-                           for cwe, c in chosen.items()}
+        chosen = {
+            cwe: dataclasses.replace(c, mode=mode) for cwe, c in _chosen(config, mode, conds, records, cwes).items()
+        }
+        selection[mode] = {
+            cwe: {
+                "condition": c.to_dict(),
+                "selected_by": f"{by} mode, val split",
+                "val_balanced_accuracy": val_score(dataclasses.replace(c, mode=by), cwe),
+            }
+            for cwe, c in chosen.items()
+        }
         summary[mode] = summary_rows(mode, cwes, chosen, conds, records, metric_cache, config.seed)
         if mode == "generation" and config.n_examples:
-            strongest = max((c for c in conds if c.mode == mode and c.split == "test" and c.kind == "steered"),
-                            key=lambda c: c.strength, default=None)
+            strongest = max(
+                (c for c in conds if c.mode == mode and c.split == "test" and c.kind == "steered"),
+                key=lambda c: c.strength,
+                default=None,
+            )
             if strongest is not None:
-                examples[mode] = _examples(records, Condition("baseline", mode, "test").key, strongest.key, cwes,
-                                           config.n_examples)
-    return json_ready({
-        "schema_version": SCHEMA_VERSION,
-        "command": "run",
-        "config": config.to_dict(),
-        "template": DEFAULT_TEMPLATE.to_dict(),
-        "sign_convention": SIGN_CONVENTION,
-        "environment": environment_info(),
-        "model": {"id": lm.model_id, "fingerprint": lm.fingerprint, "num_layers": lm.num_layers,
-                  "hidden_size": lm.hidden_size, **lm.extra},
-        "layers": list(layers),
-        "data": {"source": data.source, "cwes": cwes, "notes": data.notes, "splits": data.splits.summary()},
-        "vectors": vector_info,
-        "conditions": evaluated,
-        "selection": selection,
-        "summary": summary,
-        "examples": examples,
-        "records": {key: [r.to_dict() for r in recs] for key, recs in records.items()},
-    })
+                examples[mode] = _examples(
+                    records, Condition("baseline", mode, "test").key, strongest.key, cwes, config.n_examples
+                )
+    return json_ready(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "command": "run",
+            "config": config.to_dict(),
+            "template": DEFAULT_TEMPLATE.to_dict(),
+            "sign_convention": SIGN_CONVENTION,
+            "environment": environment_info(),
+            "model": {
+                "id": lm.model_id,
+                "fingerprint": lm.fingerprint,
+                "num_layers": lm.num_layers,
+                "hidden_size": lm.hidden_size,
+                **lm.extra,
+            },
+            "layers": list(layers),
+            "data": {"source": data.source, "cwes": cwes, "notes": data.notes, "splits": data.splits.summary()},
+            "vectors": vector_info,
+            "conditions": evaluated,
+            "selection": selection,
+            "summary": summary,
+            "examples": examples,
+            "records": {key: [r.to_dict() for r in recs] for key, recs in records.items()},
+        }
+    )
 
 
 def summary_rows(
@@ -353,8 +455,7 @@ def summary_rows(
         base = metric_cache[base_key].get(cwe)
         if base is None:
             continue
-        row: dict[str, Any] = {"n": base["n"], "n_pairs": base["n_pairs"], "split": split,
-                               "baseline": _brief(base)}
+        row: dict[str, Any] = {"n": base["n"], "n_pairs": base["n_pairs"], "split": split, "baseline": _brief(base)}
         if pick is None or pick.kind == "baseline":
             row["chosen"] = "baseline (no strength beat it on val)"
             row["steered"] = _brief(base)
@@ -366,17 +467,28 @@ def summary_rows(
         test_cond = _with_split(pick, split, conds, "steered")
         ctrl_cond = _with_split(pick, split, conds, "control")
         steered = metric_cache[test_cond.key][cwe]
-        comp = compare_to_baseline([r for r in records[base_key] if r.cwe == cwe],
-                                   [r for r in records[test_cond.key] if r.cwe == cwe], [cwe], seed)[cwe]
+        comp = compare_to_baseline(
+            [r for r in records[base_key] if r.cwe == cwe],
+            [r for r in records[test_cond.key] if r.cwe == cwe],
+            [cwe],
+            seed,
+        )[cwe]
         control = metric_cache[ctrl_cond.key].get(cwe) if ctrl_cond else None
         control_delta = (control["balanced_accuracy"] - base["balanced_accuracy"]) if control else None
-        row.update({
-            "chosen": pick.label(), "strength": pick.strength, "steered": _brief(steered),
-            "control": _brief(control) if control else None, "delta": comp["delta_balanced_accuracy"],
-            "delta_ci": comp["delta_ci"], "p_value": comp["mcnemar_p"],
-            "words": verdict_words(comp["delta_balanced_accuracy"], comp["delta_ci"], comp["mcnemar_p"],
-                                   control_delta),
-        })
+        row.update(
+            {
+                "chosen": pick.label(),
+                "strength": pick.strength,
+                "steered": _brief(steered),
+                "control": _brief(control) if control else None,
+                "delta": comp["delta_balanced_accuracy"],
+                "delta_ci": comp["delta_ci"],
+                "p_value": comp["mcnemar_p"],
+                "words": verdict_words(
+                    comp["delta_balanced_accuracy"], comp["delta_ci"], comp["mcnemar_p"], control_delta
+                ),
+            }
+        )
         rows[cwe] = row
     return rows
 
@@ -391,6 +503,17 @@ def _with_split(cond: Condition, split: str, conds: Sequence[Condition], kind: s
 def _brief(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if metrics is None:
         return None
-    keys = ("balanced_accuracy", "balanced_accuracy_ci", "accuracy", "tpr", "fpr", "pair_accuracy",
-            "vulnerable_rate", "uncertain_rate", "auroc", "mcc", "f1")
+    keys = (
+        "balanced_accuracy",
+        "balanced_accuracy_ci",
+        "accuracy",
+        "tpr",
+        "fpr",
+        "pair_accuracy",
+        "vulnerable_rate",
+        "uncertain_rate",
+        "auroc",
+        "mcc",
+        "f1",
+    )
     return {k: metrics.get(k) for k in keys}

@@ -147,12 +147,26 @@ class SweepConfig:
 
     def run_config(self) -> RunConfig:
         """The engine's config for data preparation (validates fractions, token budget, CWE names)."""
-        return RunConfig(model=self.model, data=self.data_path, format=self.data_format, cwes=self.cwes,
-                         merge_cwe=self.merge, seed=self.seed, fractions=self.fractions,
-                         respect_upstream=self.respect_upstream, keep_comments=self.keep_comments,
-                         max_code_tokens=self.max_code_tokens, max_pairs_per_cwe=self.max_pairs_per_cwe,
-                         duplicates=self.duplicates, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                         modes=self.modes, control_seed=self.control_seed, device=self.device, dtype=self.dtype)
+        return RunConfig(
+            model=self.model,
+            data=self.data_path,
+            format=self.data_format,
+            cwes=self.cwes,
+            merge_cwe=self.merge,
+            seed=self.seed,
+            fractions=self.fractions,
+            respect_upstream=self.respect_upstream,
+            keep_comments=self.keep_comments,
+            max_code_tokens=self.max_code_tokens,
+            max_pairs_per_cwe=self.max_pairs_per_cwe,
+            duplicates=self.duplicates,
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            modes=self.modes,
+            control_seed=self.control_seed,
+            device=self.device,
+            dtype=self.dtype,
+        )
 
 
 Parser = Callable[[Any, str], Any]
@@ -231,8 +245,11 @@ def _cwes(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _merge(value: Any, where: str) -> tuple[str, ...]:
-    specs = ([f"{k}={v}" for k, v in value.items()] if isinstance(value, dict)
-             else [str(x) for x in _list(value, where, empty=True)])
+    specs = (
+        [f"{k}={v}" for k, v in value.items()]
+        if isinstance(value, dict)
+        else [str(x) for x in _list(value, where, empty=True)]
+    )
     try:
         merged = parse_merge_map(specs)
     except ValueError as exc:
@@ -299,27 +316,42 @@ FIELDS: dict[tuple[str, str], tuple[str, Parser, str]] = {
     ("model", "name"): ("model", _opt_str, "Hugging Face id, local directory or .gguf (absent: embedded SmolLM2)"),
     ("model", "device"): ("device", _opt_str, "cpu, cuda, cuda:1 ... (absent: cuda if available)"),
     ("model", "dtype"): ("dtype", _opt_str, "auto, float32, bfloat16, float16"),
-    ("data", "path"): ("data_path", _opt_str, "dataset file or folder, relative to this file (absent: the bundled "
-                       "corpus)"),
+    ("data", "path"): (
+        "data_path",
+        _opt_str,
+        "dataset file or folder, relative to this file (absent: the bundled corpus)",
+    ),
     ("data", "format"): ("data_format", _opt_str, "sven, juliet, paired-dir, castle, jsonl, csv (absent: detect)"),
     ("data", "cwes"): ("cwes", _cwes, "CWEs to use (empty: every CWE in the data)"),
-    ("data", "merge"): ("merge", _merge, "treat CWE FROM as TO, e.g. [\"77=78\"]"),
+    ("data", "merge"): ("merge", _merge, 'treat CWE FROM as TO, e.g. ["77=78"]'),
     ("data", "fractions"): ("fractions", _fractions, "train, val, test fractions (split by pair/group)"),
     ("data", "seed"): ("seed", _int(0), "split seed"),
     ("data", "respect_upstream"): ("respect_upstream", _bool, "keep the dataset's own train/val split"),
-    ("data", "max_pairs_per_cwe"): ("max_pairs_per_cwe", _pairs_cap, "cap pairs per CWE (0: no cap; with "
-                                    "respect_upstream the upstream val split, i.e. test, is not capped)"),
-    ("data", "duplicates"): ("duplicates", _choice(("merge", "drop", "keep")), "code in several splits: merge "
-                             "(one split group), drop (val/test copies and partners), keep (report only)"),
+    ("data", "max_pairs_per_cwe"): (
+        "max_pairs_per_cwe",
+        _pairs_cap,
+        "cap pairs per CWE (0: no cap; with respect_upstream the upstream val split, i.e. test, is not capped)",
+    ),
+    ("data", "duplicates"): (
+        "duplicates",
+        _choice(("merge", "drop", "keep")),
+        "code in several splits: merge (one split group), drop (val/test copies and partners), keep (report only)",
+    ),
     ("data", "max_code_tokens"): ("max_code_tokens", _int(32), "token budget for the code"),
     ("data", "keep_comments"): ("keep_comments", _bool, "keep comments (they can leak the label)"),
     ("vectors", "methods"): ("methods", _methods, "mean_diff, pca, logistic"),
     ("vectors", "positions"): ("positions", _choices(POSITIONS), "activation positions: last, code_mean"),
     ("vectors", "pooled"): ("pooled", _bool, "also fit and select a pooled 'any weakness' vector"),
-    ("steering", "layers"): ("layers", _layers, "single layers and layer sets, e.g. [[10], [15], [10, 15]] "
-                             "([]: middle layer)"),
-    ("steering", "strengths"): ("strengths", _strengths, "{raw = [...], relative = [...]}; positive = toward "
-                                "'vulnerable'"),
+    ("steering", "layers"): (
+        "layers",
+        _layers,
+        "single layers and layer sets, e.g. [[10], [15], [10, 15]] ([]: middle layer)",
+    ),
+    ("steering", "strengths"): (
+        "strengths",
+        _strengths,
+        "{raw = [...], relative = [...]}; positive = toward 'vulnerable'",
+    ),
     ("steering", "unit"): ("", _unit, "unit of a plain list of strengths"),
     ("steering", "positions"): ("steer_positions", _choices(POSITION_MODES), "token positions steered"),
     ("steering", "control_seed"): ("control_seed", _int(0), "seed of the random-direction controls"),
@@ -328,21 +360,29 @@ FIELDS: dict[tuple[str, str], tuple[str, Parser, str]] = {
     ("detection", "batch_size"): ("batch_size", _int(1), "samples per forward pass"),
     ("run", "out"): ("out", _opt_str, "run directory (rerun to resume); --out overrides"),
     ("run", "group_size"): ("group_size", _int(1), "conditions per saved chunk (a kill loses at most one)"),
-    ("run", "prefix_cache_mib"): ("prefix_cache_mib", _int(0), "memory for prompt-prefix KV caches kept between "
-                                  "chunks, MiB (0: recompute per chunk)"),
+    ("run", "prefix_cache_mib"): (
+        "prefix_cache_mib",
+        _int(0),
+        "memory for prompt-prefix KV caches kept between chunks, MiB (0: recompute per chunk)",
+    ),
     ("run", "cache"): ("cache", _bool, "use the on-disk activation cache"),
     ("run", "cache_dir"): ("cache_dir", _opt_str, "activation cache folder (absent: <cache root>/activations)"),
-    ("run", "controls_on_val"): ("controls_on_val", _bool, "random controls for every own-vector candidate on "
-                                 "val too (the selection curves' control lines)"),
+    ("run", "controls_on_val"): (
+        "controls_on_val",
+        _bool,
+        "random controls for every own-vector candidate on val too (the selection curves' control lines)",
+    ),
 }
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(section for section, _ in FIELDS))
 #: Keys that say where and how fast, not what: a run directory may be resumed with them changed.
-NOT_IDENTITY: frozenset[tuple[str, str]] = frozenset({("run", "out"), ("run", "cache"), ("run", "cache_dir"),
-                                                      ("run", "group_size"), ("run", "prefix_cache_mib")})
+NOT_IDENTITY: frozenset[tuple[str, str]] = frozenset(
+    {("run", "out"), ("run", "cache"), ("run", "cache_dir"), ("run", "group_size"), ("run", "prefix_cache_mib")}
+)
 
 
-def parse_config(doc: Mapping[str, Any], source: str = "<config>",
-                 overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+def parse_config(
+    doc: Mapping[str, Any], source: str = "<config>", overrides: Mapping[str, Any] | None = None
+) -> SweepConfig:
     """Validate a parsed TOML document; *overrides* are SweepConfig attributes (from the command line)."""
     kwargs: dict[str, Any] = {}
     unit: str | None = None
@@ -370,11 +410,15 @@ def parse_config(doc: Mapping[str, Any], source: str = "<config>",
     if "strengths" in kwargs:
         plain = [s for s in kwargs["strengths"] if not s[0]]
         if plain and unit is None:
-            raise ConfigError(f"{source}: steering.strengths is a plain list: set steering.unit (raw or relative), "
-                              "or write strengths = {relative = [...], raw = [...]}")
+            raise ConfigError(
+                f"{source}: steering.strengths is a plain list: set steering.unit (raw or relative), "
+                "or write strengths = {relative = [...], raw = [...]}"
+            )
         if unit is not None and not plain:
-            raise ConfigError(f"{source}: steering.unit only qualifies a plain list of strengths; the table form "
-                              "names its units itself")
+            raise ConfigError(
+                f"{source}: steering.unit only qualifies a plain list of strengths; the table form "
+                "names its units itself"
+            )
         kwargs["strengths"] = tuple(dict.fromkeys((u or unit or "", s) for u, s in kwargs["strengths"]))
     elif unit is not None:
         kwargs["strengths"] = tuple((unit, s) for _, s in SweepConfig.strengths)
@@ -480,8 +524,10 @@ def check_identity(folder: Path, identity: Mapping[str, Any], what: str) -> None
         old = json.loads(path.read_text(encoding="utf-8"))
         changed = sorted(k for k in old.keys() | plain.keys() if old.get(k) != plain.get(k))
         if changed:
-            raise ConfigError(f"{folder} holds a {what} computed from other inputs (changed: {', '.join(changed)}); "
-                              "use another output directory")
+            raise ConfigError(
+                f"{folder} holds a {what} computed from other inputs (changed: {', '.join(changed)}); "
+                "use another output directory"
+            )
         return
     write_json(path, plain)
 
@@ -495,12 +541,16 @@ def _check_resolved(out: Path, config: SweepConfig) -> None:
         old, new = _identity(previous), _identity(doc)
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if changed:
-            raise ConfigError(f"{out} holds a different sweep (differs in {', '.join(changed)}); "
-                              "use another --out, or rerun with the config in " + str(path))
+            raise ConfigError(
+                f"{out} holds a different sweep (differs in {', '.join(changed)}); "
+                "use another --out, or rerun with the config in " + str(path)
+            )
     from .. import __version__
 
-    header = (f"vulnsteer {__version__} sweep, resolved config: `vulnsteer sweep {path}` reproduces this run.\n"
-              "Every default is filled in; layers are as written (negative = from the end).")
+    header = (
+        f"vulnsteer {__version__} sweep, resolved config: `vulnsteer sweep {path}` reproduces this run.\n"
+        "Every default is filled in; layers are as written (negative = from the end)."
+    )
     write_text(path, dump_toml(doc, header, {"description": config.description} if config.description else None))
 
 
@@ -524,13 +574,22 @@ class Setting:
         return f"{self.method}@{self.position}"
 
     def condition(self, kind: str, mode: str, split: str, vector_cwe: str | None, control_seed: int) -> Condition:
-        return Condition(kind, mode, split, self.strength, self.layers, self.unit, self.steer_positions,
-                         self.method_key, vector_cwe, control_seed)
+        return Condition(
+            kind,
+            mode,
+            split,
+            self.strength,
+            self.layers,
+            self.unit,
+            self.steer_positions,
+            self.method_key,
+            vector_cwe,
+            control_seed,
+        )
 
     def label(self) -> str:
         layers = ",".join(map(str, self.layers))
-        return (f"{self.method}@{self.position} L{layers} {self.unit} {self.strength:+g} "
-                f"(steer {self.steer_positions})")
+        return f"{self.method}@{self.position} L{layers} {self.unit} {self.strength:+g} (steer {self.steer_positions})"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -540,8 +599,14 @@ class Setting:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Setting:
-        return cls(str(data["method"]), str(data["position"]), tuple(int(x) for x in data["layers"]),
-                   str(data["unit"]), float(data["strength"]), str(data["steer_positions"]))
+        return cls(
+            str(data["method"]),
+            str(data["position"]),
+            tuple(int(x) for x in data["layers"]),
+            str(data["unit"]),
+            float(data["strength"]),
+            str(data["steer_positions"]),
+        )
 
     @classmethod
     def from_condition(cls, cond: Condition) -> Setting:
@@ -557,9 +622,15 @@ def resolve_layer_sets(groups: Sequence[Sequence[int]], num_layers: int) -> list
 
 def candidate_settings(config: SweepConfig, layer_sets: Sequence[tuple[int, ...]]) -> list[Setting]:
     """Every steered candidate, in config order (that order breaks ties after |strength|)."""
-    return [Setting(method, position, layers, unit, strength, steer)
-            for method in config.methods for position in config.positions for steer in config.steer_positions
-            for layers in layer_sets for unit, strength in config.strengths if strength != 0]
+    return [
+        Setting(method, position, layers, unit, strength, steer)
+        for method in config.methods
+        for position in config.positions
+        for steer in config.steer_positions
+        for layers in layer_sets
+        for unit, strength in config.strengths
+        if strength != 0
+    ]
 
 
 def val_conditions(config: SweepConfig, settings: Sequence[Setting], mode: str) -> list[Condition]:
@@ -590,16 +661,25 @@ class Choice:
     val_baseline: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "chosen": self.chosen,
-                "best_steered": self.best.to_dict() if self.best else None,
-                "val_balanced_accuracy_best_steered": self.val_best,
-                "val_balanced_accuracy_baseline": self.val_baseline, "split": "val"}
+        return {
+            "target": self.target,
+            "chosen": self.chosen,
+            "best_steered": self.best.to_dict() if self.best else None,
+            "val_balanced_accuracy_best_steered": self.val_best,
+            "val_balanced_accuracy_baseline": self.val_baseline,
+            "split": "val",
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Choice:
         best = data.get("best_steered")
-        return cls(str(data["target"]), str(data["chosen"]), Setting.from_dict(best) if best else None,
-                   data.get("val_balanced_accuracy_best_steered"), data.get("val_balanced_accuracy_baseline"))
+        return cls(
+            str(data["target"]),
+            str(data["chosen"]),
+            Setting.from_dict(best) if best else None,
+            data.get("val_balanced_accuracy_best_steered"),
+            data.get("val_balanced_accuracy_baseline"),
+        )
 
 
 def point_metrics(records: Sequence[DetectionRecord], names: Sequence[str]) -> dict[str, float | None]:
@@ -613,7 +693,9 @@ def _balanced_accuracy(records: Sequence[DetectionRecord], cwe: str | None = Non
 
 
 def select_settings(
-    conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str],
+    conds: Sequence[Condition],
+    records: Mapping[str, Sequence[DetectionRecord]],
+    cwes: Sequence[str],
     pooled: bool = True,
 ) -> dict[str, Choice]:
     """Per CWE (and for the pooled vector, on all CWEs' samples together): the best validation setting.
@@ -641,9 +723,13 @@ def select_settings(
         base_score = score(baseline[0], target) if baseline else None
         if pick is None and best is None:
             continue
-        choices[target] = Choice(target, "steered" if pick is not None and pick.kind == "steered" else "baseline",
-                                 Setting.from_condition(best) if best else None,
-                                 score(best, target) if best else None, base_score)
+        choices[target] = Choice(
+            target,
+            "steered" if pick is not None and pick.kind == "steered" else "baseline",
+            Setting.from_condition(best) if best else None,
+            score(best, target) if best else None,
+            base_score,
+        )
     return choices
 
 
@@ -671,27 +757,56 @@ def _split_words(split: str) -> str:
     return "all samples" if split == "all" else split
 
 
-def _row(cwe: str, split: str, base: Sequence[DetectionRecord], steered: Sequence[DetectionRecord] | None,
-         control: Sequence[DetectionRecord] | None, label: str, seed: int) -> dict[str, Any]:
+def _row(
+    cwe: str,
+    split: str,
+    base: Sequence[DetectionRecord],
+    steered: Sequence[DetectionRecord] | None,
+    control: Sequence[DetectionRecord] | None,
+    label: str,
+    seed: int,
+) -> dict[str, Any]:
     """One report row (the runner's summary format): baseline vs steered vs control on one CWE's samples."""
     base_m = summarize_metrics(base, [cwe], seed)[cwe]
     row: dict[str, Any] = {"n": base_m["n"], "n_pairs": base_m["n_pairs"], "split": split, "baseline": base_m}
     if steered is None:
-        row.update({"chosen": label, "steered": base_m, "control": None, "delta": 0.0, "delta_ci": [0.0, 0.0],
-                    "p_value": 1.0, "words": "no steered setting beat the baseline on validation, so the baseline "
-                    f"is what the {_split_words(split)} numbers show"})
+        row.update(
+            {
+                "chosen": label,
+                "steered": base_m,
+                "control": None,
+                "delta": 0.0,
+                "delta_ci": [0.0, 0.0],
+                "p_value": 1.0,
+                "words": "no steered setting beat the baseline on validation, so the baseline "
+                f"is what the {_split_words(split)} numbers show",
+            }
+        )
         return row
     steered_m = summarize_metrics(steered, [cwe], seed)[cwe]
     comp = compare_to_baseline(base, steered, [cwe], seed)[cwe]
     control_m = summarize_metrics(control, [cwe], seed)[cwe] if control else None
     control_delta = control_m["balanced_accuracy"] - base_m["balanced_accuracy"] if control_m else None
     delta = comp["delta_balanced_accuracy"]
-    words = (verdict_words(delta, comp["delta_ci"], comp["mcnemar_p"], control_delta) if delta != 0 else
-             f"the chosen setting left balanced accuracy on {_split_words(split)} unchanged ({comp['mcnemar_b']} "
-             "answers became "
-             f"wrong, {comp['mcnemar_c']} became right)")
-    row.update({"chosen": label, "steered": steered_m, "control": control_m, "control_delta": control_delta,
-                "delta": delta, "delta_ci": comp["delta_ci"], "p_value": comp["mcnemar_p"], "words": words})
+    words = (
+        verdict_words(delta, comp["delta_ci"], comp["mcnemar_p"], control_delta)
+        if delta != 0
+        else f"the chosen setting left balanced accuracy on {_split_words(split)} unchanged ({comp['mcnemar_b']} "
+        "answers became "
+        f"wrong, {comp['mcnemar_c']} became right)"
+    )
+    row.update(
+        {
+            "chosen": label,
+            "steered": steered_m,
+            "control": control_m,
+            "control_delta": control_delta,
+            "delta": delta,
+            "delta_ci": comp["delta_ci"],
+            "p_value": comp["mcnemar_p"],
+            "words": words,
+        }
+    )
     return row
 
 
@@ -713,8 +828,10 @@ def held_out_results(
 
     def pair(choice: Choice) -> tuple[list[DetectionRecord], list[DetectionRecord]]:
         assert choice.best is not None
-        return (list(records[choice.best.condition("steered", mode, split, choice.target, control_seed).key]),
-                list(records[choice.best.condition("control", mode, split, choice.target, control_seed).key]))
+        return (
+            list(records[choice.best.condition("steered", mode, split, choice.target, control_seed).key]),
+            list(records[choice.best.condition("control", mode, split, choice.target, control_seed).key]),
+        )
 
     present = [cwe for cwe in cwes if only(base_all, cwe)]
     rows: dict[str, Any] = {}
@@ -729,17 +846,18 @@ def held_out_results(
             rows[cwe] = _row(cwe, split, base, only(steered, cwe), only(control, cwe), choice.best.label(), seed)
         else:
             rows[cwe] = _row(cwe, split, base, None, None, "baseline (no steered setting beat it on val)", seed)
-            rows[cwe]["best_steered_not_chosen"] = _row(cwe, split, base, only(steered, cwe), only(control, cwe),
-                                                        choice.best.label(), seed)
+            rows[cwe]["best_steered_not_chosen"] = _row(
+                cwe, split, base, only(steered, cwe), only(control, cwe), choice.best.label(), seed
+            )
     pooled = choices.get(POOLED)
     if pooled is not None and pooled.best is not None:
         steered, control = pair(pooled)
         for cwe in [*present, "overall"]:
+
             def part(recs: Sequence[DetectionRecord], cwe: str = cwe) -> list[DetectionRecord]:
                 return [dataclasses.replace(r, cwe=cwe) for r in recs if cwe == "overall" or r.cwe == cwe]
 
-            pooled_rows[cwe] = _row(cwe, split, part(base_all), part(steered), part(control), pooled.best.label(),
-                                    seed)
+            pooled_rows[cwe] = _row(cwe, split, part(base_all), part(steered), part(control), pooled.best.label(), seed)
     vectors = [t for t in [*present, POOLED] if t in choices and choices[t].best is not None]
     matrix: list[list[float | None]] = []
     for target in vectors:
@@ -749,9 +867,14 @@ def held_out_results(
             b, s = _balanced_accuracy(base_all, cwe), _balanced_accuracy(steered, cwe)
             line.append(None if b is None or s is None else s - b)
         matrix.append(line)
-    cross = {"vectors": vectors, "targets": present, "delta_balanced_accuracy": matrix, "split": split,
-             "settings": {t: best.label() for t in vectors if (best := choices[t].best) is not None},
-             "chosen": {t: choices[t].chosen for t in vectors}}
+    cross = {
+        "vectors": vectors,
+        "targets": present,
+        "delta_balanced_accuracy": matrix,
+        "split": split,
+        "settings": {t: best.label() for t in vectors if (best := choices[t].best) is not None},
+        "chosen": {t: choices[t].chosen for t in vectors},
+    }
     return {"rows": rows, "pooled": pooled_rows, "cross_cwe": cross}
 
 
@@ -762,8 +885,9 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def _val_entries(conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]],
-                 cwes: Sequence[str]) -> list[dict[str, Any]]:
+def _val_entries(
+    conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]
+) -> list[dict[str, Any]]:
     keys = ("balanced_accuracy", "accuracy", "tpr", "fpr", "pair_accuracy", "vulnerable_rate", "auroc")
     out = []
     for cond in conds:
@@ -794,8 +918,12 @@ def _pca(acts: Activations, samples: Sequence[Sample], position: str, layer: int
         _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
         xy = centred @ vh[:2].T
         var = (sv**2) / max(float((sv**2).sum()), 1e-12)
-        out[cwe] = {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist() if xy.shape[1] > 1 else [0.0] * len(idx),
-                    "vulnerable": [samples[i].is_vulnerable for i in idx], "explained": var[:2].tolist()}
+        out[cwe] = {
+            "x": xy[:, 0].tolist(),
+            "y": xy[:, 1].tolist() if xy.shape[1] > 1 else [0.0] * len(idx),
+            "vulnerable": [samples[i].is_vulnerable for i in idx],
+            "explained": var[:2].tolist(),
+        }
     return {"layer": layer, "position": position, "split": "train", "cwes": out}
 
 
@@ -803,9 +931,15 @@ def _cosines(vectors: Mapping[tuple[str, str], SteeringVector], layers: Sequence
     out: dict[str, Any] = {}
     for method_key in dict.fromkeys(mk for _, mk in vectors):
         names = [cwe for cwe, mk in vectors if mk == method_key]
-        out[method_key] = {"cwes": names, "layers": {
-            str(layer): [[vectors[(a, method_key)].cosine(vectors[(b, method_key)], layer) for b in names]
-                         for a in names] for layer in layers}}
+        out[method_key] = {
+            "cwes": names,
+            "layers": {
+                str(layer): [
+                    [vectors[(a, method_key)].cosine(vectors[(b, method_key)], layer) for b in names] for a in names
+                ]
+                for layer in layers
+            },
+        }
     return out
 
 
@@ -827,8 +961,12 @@ class _Sweep:
         self.lm = lm
         self.progress = progress
         self.timings: dict[str, float] = {}
-        self.results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "command": "sweep", "status": "running",
-                                        "config": config_document(config)}
+        self.results: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "command": "sweep",
+            "status": "running",
+            "config": config_document(config),
+        }
         self.store = ResultStore(out / RECORDS_NAME)
         self.prefix_store = PrefixStore(max_bytes=config.prefix_cache_mib * 1024**2)
 
@@ -844,29 +982,60 @@ class _Sweep:
         layer_sets = resolve_layer_sets(cfg.layers, lm.num_layers)
         union = sorted({layer for group in layer_sets for layer in group})
         self._timed("prepare_data", t)
-        self.results.update({
-            "template": DEFAULT_TEMPLATE.to_dict(), "sign_convention": SIGN_CONVENTION,
-            "environment": environment_info(),
-            "model": {"id": lm.model_id, "fingerprint": lm.fingerprint, "key": model_key(lm),
-                      "num_layers": lm.num_layers, "hidden_size": lm.hidden_size, **lm.extra},
-            "layer_sets": [list(g) for g in layer_sets], "layers": union,
-            "data": {"source": data.source, "cwes": data.cwes, "notes": data.notes, "splits": data.splits.summary()},
-        })
-        check_identity(out, {"model_key": model_key(lm), "template": DEFAULT_TEMPLATE.to_dict(),
-                             **{f"data_{name}": dataset_hash(part) for name, part in data.splits.items()}}, "sweep")
+        self.results.update(
+            {
+                "template": DEFAULT_TEMPLATE.to_dict(),
+                "sign_convention": SIGN_CONVENTION,
+                "environment": environment_info(),
+                "model": {
+                    "id": lm.model_id,
+                    "fingerprint": lm.fingerprint,
+                    "key": model_key(lm),
+                    "num_layers": lm.num_layers,
+                    "hidden_size": lm.hidden_size,
+                    **lm.extra,
+                },
+                "layer_sets": [list(g) for g in layer_sets],
+                "layers": union,
+                "data": {
+                    "source": data.source,
+                    "cwes": data.cwes,
+                    "notes": data.notes,
+                    "splits": data.splits.summary(),
+                },
+            }
+        )
+        check_identity(
+            out,
+            {
+                "model_key": model_key(lm),
+                "template": DEFAULT_TEMPLATE.to_dict(),
+                **{f"data_{name}": dataset_hash(part) for name, part in data.splits.items()},
+            },
+            "sweep",
+        )
         train_by_cwe = data.by_cwe("train")
         train = [s for group in train_by_cwe.values() for s in group]
         t = time.perf_counter()
         cache = ActivationCache(cfg.cache_dir, enabled=cfg.cache)
-        acts, stats = cache.load_or_extract(lm, train, union, cfg.positions, batch_size=cfg.batch_size,
-                                            progress=self.progress)
+        acts, stats = cache.load_or_extract(
+            lm, train, union, cfg.positions, batch_size=cfg.batch_size, progress=self.progress
+        )
         self._timed("activations", t)
         self.results["activation_cache"] = {"dir": str(cache.root), "enabled": cfg.cache, **stats.to_dict()}
         t = time.perf_counter()
         vectors: dict[tuple[str, str], SteeringVector] = {}
         for position in tqdm(cfg.positions, desc="fitting vectors", unit="position", disable=not self.progress):
-            fitted = fit_cwe_vectors(lm, train_by_cwe, union, position=position, methods=cfg.methods,
-                                     pooled=cfg.pooled, activations=acts, progress=False)
+            fitted = fit_cwe_vectors(
+                lm,
+                train_by_cwe,
+                union,
+                position=position,
+                methods=cfg.methods,
+                pooled=cfg.pooled,
+                activations=acts,
+                progress=False,
+            )
             vectors.update({(cwe, f"{method}@{position}"): vec for (cwe, method), vec in fitted.items()})
         self.results["vectors"] = save_vectors(vectors, out / "vectors")
         self.results["cosine"] = _cosines(vectors, union)
@@ -883,8 +1052,10 @@ class _Sweep:
         for mode in cfg.modes:
             self.results["val"][mode] = _val_entries(val_conds[mode], val_records, data.cwes)
         choices = {mode: select_settings(val_conds[mode], val_records, data.cwes, cfg.pooled) for mode in cfg.modes}
-        self.results["selection"] = {mode: {target: choice.to_dict() for target, choice in by_target.items()}
-                                     for mode, by_target in choices.items()}
+        self.results["selection"] = {
+            mode: {target: choice.to_dict() for target, choice in by_target.items()}
+            for mode, by_target in choices.items()
+        }
         self._save_chosen(choices, vectors, train)
         t = time.perf_counter()
         conds = [c for mode in cfg.modes for c in held_out_conditions(choices[mode], mode, "test", cfg.control_seed)]
@@ -896,19 +1067,40 @@ class _Sweep:
             self.results["cross_cwe"][mode] = held["cross_cwe"]
         self._timed("score_test", t)
         ps = self.prefix_store
-        self.results["prefix_cache"] = {"hits": ps.hits, "misses": ps.misses, "entries": len(ps),
-                                        "mib": round(ps.used_bytes / 1024**2, 1)}
+        self.results["prefix_cache"] = {
+            "hits": ps.hits,
+            "misses": ps.misses,
+            "entries": len(ps),
+            "mib": round(ps.used_bytes / 1024**2, 1),
+        }
         self.results["status"] = "complete"
         return self.results
 
-    def _evaluate(self, conds: Sequence[Condition], samples_for: Callable[[str], Mapping[str, Sequence[Sample]]],
-                  vectors: Mapping[tuple[str, str], SteeringVector]) -> dict[str, list[DetectionRecord]]:
-        return run_conditions(self.lm, conds, self.store, samples_for, vectors, batch_size=self.config.batch_size,
-                              max_new_tokens=self.config.max_new_tokens, group_size=self.config.group_size,
-                              progress=self.progress, prefix_store=self.prefix_store)
+    def _evaluate(
+        self,
+        conds: Sequence[Condition],
+        samples_for: Callable[[str], Mapping[str, Sequence[Sample]]],
+        vectors: Mapping[tuple[str, str], SteeringVector],
+    ) -> dict[str, list[DetectionRecord]]:
+        return run_conditions(
+            self.lm,
+            conds,
+            self.store,
+            samples_for,
+            vectors,
+            batch_size=self.config.batch_size,
+            max_new_tokens=self.config.max_new_tokens,
+            group_size=self.config.group_size,
+            progress=self.progress,
+            prefix_store=self.prefix_store,
+        )
 
-    def _save_chosen(self, choices: Mapping[str, Mapping[str, Choice]],
-                     vectors: Mapping[tuple[str, str], SteeringVector], train: Sequence[Sample]) -> None:
+    def _save_chosen(
+        self,
+        choices: Mapping[str, Mapping[str, Choice]],
+        vectors: Mapping[tuple[str, str], SteeringVector],
+        train: Sequence[Sample],
+    ) -> None:
         """``chosen/chosen.json`` + the vector of every chosen (CWE, method@position), for ``evaluate --from``.
 
         Vector files hold every fitted layer (the setting says which are steered), so a transfer run applies
@@ -924,13 +1116,24 @@ class _Sweep:
                     annotate(vectors[(target, choice.best.method_key)], run_dir=str(self.out)).save(folder / name)
                     entry["vector"] = name
                 table[mode][target] = entry
-        write_json(folder / CHOSEN_NAME, json_ready({
-            "schema_version": SCHEMA_VERSION, "run_dir": str(self.out), "model": self.results["model"],
-            "config": self.results["config"], "template": DEFAULT_TEMPLATE.to_dict(),
-            "control_seed": self.config.control_seed, "sign_convention": SIGN_CONVENTION,
-            "selection": "per CWE on the validation split only (balanced accuracy, ties to the smaller |strength|)",
-            "train_code_hashes": _train_code_hashes(train), "modes": table,
-        }))
+        write_json(
+            folder / CHOSEN_NAME,
+            json_ready(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "run_dir": str(self.out),
+                    "model": self.results["model"],
+                    "config": self.results["config"],
+                    "template": DEFAULT_TEMPLATE.to_dict(),
+                    "control_seed": self.config.control_seed,
+                    "sign_convention": SIGN_CONVENTION,
+                    "selection": "per CWE on the validation split only (balanced accuracy, ties to the smaller "
+                    "|strength|)",
+                    "train_code_hashes": _train_code_hashes(train),
+                    "modes": table,
+                }
+            ),
+        )
 
     def finish(self, interrupted: bool = False) -> None:
         """Write results.json and the report (partial when interrupted)."""
@@ -948,8 +1151,14 @@ class _Sweep:
         write_text(self.out / "report.md", render_sweep_markdown(self.results, plots))
 
 
-def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, *, lm: LoadedModel | None = None,
-              progress: bool = True, config_path: str | Path | None = None) -> Path:
+def run_sweep(
+    config: SweepConfig,
+    out_dir: str | Path | None = None,
+    *,
+    lm: LoadedModel | None = None,
+    progress: bool = True,
+    config_path: str | Path | None = None,
+) -> Path:
     """Run (or resume) a sweep into *out_dir*; returns the run directory.
 
     Ctrl-C writes ``results.json`` / ``report.md`` marked interrupted with what is finished, then re-raises.
@@ -980,8 +1189,9 @@ def run_sweep(config: SweepConfig, out_dir: str | Path | None = None, *, lm: Loa
 # ------------------------------------------------------------------------------------------------ report
 
 
-def _val_table(entries: Sequence[Mapping[str, Any]], cwes: Sequence[str],
-               selection: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _val_table(
+    entries: Sequence[Mapping[str, Any]], cwes: Sequence[str], selection: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
     """Validation balanced accuracy of every steered candidate (own vector), per CWE; chosen cells in bold."""
     chosen = {cwe: (c["best_steered"] or {}).get("label") for cwe, c in selection.items() if c["chosen"] == "steered"}
     header = ["setting (vector = each CWE's own)", *cwes]
@@ -1001,9 +1211,19 @@ def _val_table(entries: Sequence[Mapping[str, Any]], cwes: Sequence[str],
 
 
 def pooled_table(rows: Mapping[str, Any]) -> list[str]:
-    body = [[cwe, str(r["n"]), ci_cell(r["baseline"]), ci_cell(r["steered"]), ci_cell(r.get("control")),
-             f"{r['delta']:+.3f} [{r['delta_ci'][0]:+.2f}, {r['delta_ci'][1]:+.2f}]", fmt(r["p_value"])]
-            for cwe, r in rows.items() if isinstance(r, Mapping)]
+    body = [
+        [
+            cwe,
+            str(r["n"]),
+            ci_cell(r["baseline"]),
+            ci_cell(r["steered"]),
+            ci_cell(r.get("control")),
+            f"{r['delta']:+.3f} [{r['delta_ci'][0]:+.2f}, {r['delta_ci'][1]:+.2f}]",
+            fmt(r["p_value"]),
+        ]
+        for cwe, r in rows.items()
+        if isinstance(r, Mapping)
+    ]
     header = ["CWE", "n", "baseline", "pooled vector", "random control", "Δ bal.acc [95% CI]", "McNemar p"]
     return markdown_table(header, body)
 
@@ -1020,13 +1240,17 @@ def cross_table(cross: Mapping[str, Any]) -> list[str]:
 def render_lead(rows: Mapping[str, Any], split: str) -> list[str]:
     """The headline table (reusing the run report's) plus the best steered settings that were not chosen."""
     lines = lead_table(rows)
-    lines[0] = lines[0].replace("n (test)", f"n ({split})").replace("steered (chosen on val)",
-                                                                    f"chosen on val → {split}")
-    extra = [f"- {cwe}: best steered setting on val (not chosen: the baseline scored at least as well) was "
-             f"{r['best_steered_not_chosen']['chosen']}; on {_split_words(split)} it gives "
-             f"{r['best_steered_not_chosen']['delta']:+.3f} [{r['best_steered_not_chosen']['delta_ci'][0]:+.2f}, "
-             f"{r['best_steered_not_chosen']['delta_ci'][1]:+.2f}] (for information only)"
-             for cwe, r in rows.items() if "best_steered_not_chosen" in r]
+    lines[0] = (
+        lines[0].replace("n (test)", f"n ({split})").replace("steered (chosen on val)", f"chosen on val → {split}")
+    )
+    extra = [
+        f"- {cwe}: best steered setting on val (not chosen: the baseline scored at least as well) was "
+        f"{r['best_steered_not_chosen']['chosen']}; on {_split_words(split)} it gives "
+        f"{r['best_steered_not_chosen']['delta']:+.3f} [{r['best_steered_not_chosen']['delta_ci'][0]:+.2f}, "
+        f"{r['best_steered_not_chosen']['delta_ci'][1]:+.2f}] (for information only)"
+        for cwe, r in rows.items()
+        if "best_steered_not_chosen" in r
+    ]
     return lines + extra
 
 
@@ -1035,8 +1259,11 @@ def render_sweep_markdown(results: Mapping[str, Any], plots: Sequence[str] = ())
     lines = ["# vulnsteer sweep report", ""]
     if results.get("status") != "complete":
         done = results.get("finished_conditions", [])
-        lines += [f"**INTERRUPTED**: this report is partial. {len(done)} conditions are finished and kept in "
-                  f"`{RECORDS_NAME}`; rerun the same command to resume.", ""]
+        lines += [
+            f"**INTERRUPTED**: this report is partial. {len(done)} conditions are finished and kept in "
+            f"`{RECORDS_NAME}`; rerun the same command to resume.",
+            "",
+        ]
         lines += [f"- {c['key']}" for c in done[:200]]
         return "\n".join(lines) + "\n"
     data = results["data"]
@@ -1070,35 +1297,50 @@ def render_sweep_markdown(results: Mapping[str, Any], plots: Sequence[str] = ())
         if results["pooled"].get(mode):
             pooled = results["selection"][mode].get(POOLED, {})
             label = (pooled.get("best_steered") or {}).get("label")
-            lines += [f"### Pooled 'any weakness' vector on TEST (setting chosen on VAL over all CWEs: {label}; "
-                      f"val choice: {pooled.get('chosen')})", ""]
+            lines += [
+                f"### Pooled 'any weakness' vector on TEST (setting chosen on VAL over all CWEs: {label}; "
+                f"val choice: {pooled.get('chosen')})",
+                "",
+            ]
             lines += pooled_table(results["pooled"][mode])
             lines.append("")
         cross = results["cross_cwe"].get(mode)
         if cross and cross["vectors"]:
-            lines += [f"### Cross-CWE matrix ({mode}, TEST): Δ balanced accuracy vs baseline when the vector of the "
-                      "row's CWE, at that CWE's best steered setting on VAL, is applied to the column's samples", ""]
+            lines += [
+                f"### Cross-CWE matrix ({mode}, TEST): Δ balanced accuracy vs baseline when the vector of the "
+                "row's CWE, at that CWE's best steered setting on VAL, is applied to the column's samples",
+                "",
+            ]
             lines += cross_table(cross)
             lines.append("")
     for method_key, block in results.get("cosine", {}).items():
         layer = list(block["layers"])[len(block["layers"]) // 2]
         lines += [f"### Cosine similarity of the vectors ({method_key}, layer {layer}, fitted on TRAIN)", ""]
-        lines += markdown_table(["", *block["cwes"]], [[a, *(f"{v:+.2f}" for v in line)]
-                                               for a, line in zip(block["cwes"], block["layers"][layer])])
+        lines += markdown_table(
+            ["", *block["cwes"]],
+            [[a, *(f"{v:+.2f}" for v in line)] for a, line in zip(block["cwes"], block["layers"][layer])],
+        )
         lines.append("")
     for plot in plots:
         lines += [f"![{Path(plot).stem}]({plot})", ""]
-    lines += ["Plots: strength curves and layer × strength heatmaps are on the **VAL** split (the selection "
-              "curves); the cross-CWE heatmap is on **TEST**; the PCA shows **TRAIN** activations; cosines compare "
-              "the per-CWE vectors (fitted on TRAIN).", ""]
+    lines += [
+        "Plots: strength curves and layer × strength heatmaps are on the **VAL** split (the selection "
+        "curves); the cross-CWE heatmap is on **TEST**; the PCA shows **TRAIN** activations; cosines compare "
+        "the per-CWE vectors (fitted on TRAIN).",
+        "",
+    ]
     for mode, entries in results["val"].items():
         lines += [f"## All candidates, {mode} mode, VAL split (balanced accuracy; chosen in bold)", ""]
         lines += _val_table(entries, results["data"]["cwes"], results["selection"][mode])
         lines.append("")
     cache = results.get("activation_cache", {})
-    lines += ["## Activation cache and timings", "",
-              f"cache `{cache.get('dir')}`: {cache.get('hits', 0)} entries reused, {cache.get('misses', 0)} "
-              f"extracted (layers {cache.get('extracted_layers', [])})", "",
-              ", ".join(f"{k}: {v} s" for k, v in results.get("timings_s", {}).items()), ""]
+    lines += [
+        "## Activation cache and timings",
+        "",
+        f"cache `{cache.get('dir')}`: {cache.get('hits', 0)} entries reused, {cache.get('misses', 0)} "
+        f"extracted (layers {cache.get('extracted_layers', [])})",
+        "",
+        ", ".join(f"{k}: {v} s" for k, v in results.get("timings_s", {}).items()),
+        "",
+    ]
     return "\n".join(lines)
-

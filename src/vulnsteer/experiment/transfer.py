@@ -74,32 +74,40 @@ def check_model(chosen: Mapping[str, Any], lm: LoadedModel, allow_mismatch: bool
     run = chosen["model"]
     warnings: list[str] = []
     if run["fingerprint"] != lm.fingerprint:
-        message = (f"the sweep's vectors were fitted on {run['id']} (fingerprint {run['fingerprint']}), which does "
-                   f"not match {lm.model_id} (fingerprint {lm.fingerprint}); pass --allow-model-mismatch to use "
-                   "them anyway")
+        message = (
+            f"the sweep's vectors were fitted on {run['id']} (fingerprint {run['fingerprint']}), which does "
+            f"not match {lm.model_id} (fingerprint {lm.fingerprint}); pass --allow-model-mismatch to use "
+            "them anyway"
+        )
         if not allow_mismatch:
             raise VectorMismatchError(message)
         warnings.append(message)
     ours = model_key(lm).split("-")
     theirs = str(run.get("key", "")).split("-")
     if len(theirs) >= 3 and theirs[:2] != ours[:2]:
-        message = (f"same architecture as the sweep's model but different weights (weights digest {theirs[1]} in the "
-                   f"run, {ours[1]} now; dtype {theirs[2]} in the run, {ours[2]} now)")
+        message = (
+            f"same architecture as the sweep's model but different weights (weights digest {theirs[1]} in the "
+            f"run, {ours[1]} now; dtype {theirs[2]} in the run, {ours[2]} now)"
+        )
         if theirs[2] == ours[2] and not allow_mismatch:
             raise VectorMismatchError(message + "; pass --allow-model-mismatch to use the vectors anyway")
         warnings.append(message)
     return warnings
 
 
-def _load_vectors(run_dir: Path, chosen: Mapping[str, Any], lm: LoadedModel, allow_mismatch: bool,
-                  modes: Sequence[str]) -> dict[tuple[str, str], SteeringVector]:
+def _load_vectors(
+    run_dir: Path, chosen: Mapping[str, Any], lm: LoadedModel, allow_mismatch: bool, modes: Sequence[str]
+) -> dict[tuple[str, str], SteeringVector]:
     vectors: dict[tuple[str, str], SteeringVector] = {}
     for mode in modes:
         for target, entry in chosen["modes"][mode].items():
             if not entry.get("vector"):
                 continue
-            vec = SteeringVector.load(run_dir / CHOSEN_DIR / entry["vector"], hidden_size=lm.hidden_size,
-                                      fingerprint=None if allow_mismatch else lm.fingerprint)
+            vec = SteeringVector.load(
+                run_dir / CHOSEN_DIR / entry["vector"],
+                hidden_size=lm.hidden_size,
+                fingerprint=None if allow_mismatch else lm.fingerprint,
+            )
             choice = Choice.from_dict(entry)
             assert choice.best is not None
             vectors[(target, choice.best.method_key)] = vec
@@ -147,42 +155,86 @@ def transfer(
     samples = {cwe: items for cwe, items in everything.items() if cwe in covered_cwes}
     skipped = {cwe: len(items) for cwe, items in everything.items() if cwe not in covered_cwes}
     if not samples:
-        raise ValueError(f"none of the CWEs of {data.source} ({', '.join(everything) or 'none'}) has a chosen "
-                         f"configuration in {run} (it has {', '.join(covered_cwes)})")
+        raise ValueError(
+            f"none of the CWEs of {data.source} ({', '.join(everything) or 'none'}) has a chosen "
+            f"configuration in {run} (it has {', '.join(covered_cwes)})"
+        )
     cwes = list(samples)
-    check_identity(out, {"run_dir": str(run.resolve()), "modes": modes, "model_key": model_key(lm),
-                         "data": dataset_hash([s for items in samples.values() for s in items])}, "transfer")
+    check_identity(
+        out,
+        {
+            "run_dir": str(run.resolve()),
+            "modes": modes,
+            "model_key": model_key(lm),
+            "data": dataset_hash([s for items in samples.values() for s in items]),
+        },
+        "transfer",
+    )
     seen = set(chosen.get("train_code_hashes", []))
     overlap = sum(1 for items in samples.values() for s in items if _code_hash(s) in seen)
     control_seed = int(chosen["control_seed"])
-    choices = {mode: {t: Choice.from_dict(e) for t, e in chosen["modes"][mode].items() if t in (*cwes, POOLED)}
-               for mode in modes}
+    choices = {
+        mode: {t: Choice.from_dict(e) for t, e in chosen["modes"][mode].items() if t in (*cwes, POOLED)}
+        for mode in modes
+    }
     conds = [c for mode in modes for c in held_out_conditions(choices[mode], mode, SPLIT, control_seed)]
     store = ResultStore(out / RECORDS_NAME)
     run_cfg = chosen["config"]
     t = time.perf_counter()
-    records = run_conditions(lm, conds, store, lambda _split: samples, vectors, batch_size=batch_size,
-                             max_new_tokens=max_new_tokens or int(run_cfg["detection"]["max_new_tokens"]),
-                             progress=progress)
+    records = run_conditions(
+        lm,
+        conds,
+        store,
+        lambda _split: samples,
+        vectors,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens or int(run_cfg["detection"]["max_new_tokens"]),
+        progress=progress,
+    )
     scoring = time.perf_counter() - t
     results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "command": "evaluate --from", "run_dir": str(run),
-        "sweep_config": run_cfg, "data_config": data_config.to_dict(), "sign_convention": SIGN_CONVENTION,
-        "environment": environment_info(), "warnings": warnings,
-        "model": {"id": lm.model_id, "fingerprint": lm.fingerprint, "num_layers": lm.num_layers,
-                  "hidden_size": lm.hidden_size, "sweep_model": chosen["model"]},
-        "data": {"source": data.source, "cwes": cwes, "skipped_cwes": skipped, "notes": data.notes,
-                 "n_samples": sum(len(v) for v in samples.values()), "overlap_with_sweep_train": overlap},
+        "schema_version": SCHEMA_VERSION,
+        "command": "evaluate --from",
+        "run_dir": str(run),
+        "sweep_config": run_cfg,
+        "data_config": data_config.to_dict(),
+        "sign_convention": SIGN_CONVENTION,
+        "environment": environment_info(),
+        "warnings": warnings,
+        "model": {
+            "id": lm.model_id,
+            "fingerprint": lm.fingerprint,
+            "num_layers": lm.num_layers,
+            "hidden_size": lm.hidden_size,
+            "sweep_model": chosen["model"],
+        },
+        "data": {
+            "source": data.source,
+            "cwes": cwes,
+            "skipped_cwes": skipped,
+            "notes": data.notes,
+            "n_samples": sum(len(v) for v in samples.values()),
+            "overlap_with_sweep_train": overlap,
+        },
         "selection": {mode: {t: c.to_dict() for t, c in choices[mode].items()} for mode in modes},
-        "summary": {}, "pooled": {}, "cross_cwe": {},
+        "summary": {},
+        "pooled": {},
+        "cross_cwe": {},
     }
     for mode in modes:
         held = held_out_results(choices[mode], records, mode, SPLIT, cwes, control_seed, data_config.seed)
         results["summary"][mode] = held["rows"]
         results["pooled"][mode] = held["pooled"]
         results["cross_cwe"][mode] = held["cross_cwe"]
-    plots = [p for mode in modes if (p := plot_cross_cwe(results["cross_cwe"][mode], out, f"cross_cwe_{mode}.png",
-                                                         f"{mode} mode, {data.source} (all samples)"))]
+    plots = [
+        p
+        for mode in modes
+        if (
+            p := plot_cross_cwe(
+                results["cross_cwe"][mode], out, f"cross_cwe_{mode}.png", f"{mode} mode, {data.source} (all samples)"
+            )
+        )
+    ]
     results["timings_s"] = {"scoring": round(scoring, 2), "total": round(time.perf_counter() - started, 2)}
     results = json_ready(results)
     write_json(out / "results.json", results)
@@ -194,7 +246,8 @@ def render_transfer_markdown(results: Mapping[str, Any], plots: Sequence[str] = 
     data = results["data"]
     skipped = data["skipped_cwes"]
     lines = [
-        "# vulnsteer transfer report (evaluate --from)", "",
+        "# vulnsteer transfer report (evaluate --from)",
+        "",
         f"- chosen configurations from the sweep in `{results['run_dir']}` (selected there, per CWE, on that "
         "sweep's **validation** split); applied here **unchanged**, nothing is re-selected",
         f"- model: `{results['model']['id']}` (fingerprint {results['model']['fingerprint']}); sweep model: "
@@ -218,8 +271,11 @@ def render_transfer_markdown(results: Mapping[str, Any], plots: Sequence[str] = 
             lines += pooled_table(results["pooled"][mode])
         cross = results["cross_cwe"].get(mode)
         if cross and cross["vectors"]:
-            lines += ["", "### Cross-CWE matrix: Δ balanced accuracy vs baseline (row's vector on column's samples)",
-                      ""]
+            lines += [
+                "",
+                "### Cross-CWE matrix: Δ balanced accuracy vs baseline (row's vector on column's samples)",
+                "",
+            ]
             lines += cross_table(cross)
     lines.append("")
     for plot in plots:
@@ -235,26 +291,49 @@ def evaluate_from_run(args: argparse.Namespace) -> int:
     chosen = load_chosen(args.from_run)
     sweep_model = chosen["config"].get("model", {}).get("name")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    config = RunConfig(model=args.model or sweep_model, data=args.data, format=args.format, cwes=tuple(args.cwe),
-                       merge_cwe=tuple(args.merge_cwe), seed=args.seed, respect_upstream=args.respect_upstream_split,
-                       keep_comments=args.keep_comments, max_code_tokens=args.max_code_tokens,
-                       max_pairs_per_cwe=args.max_pairs_per_cwe, modes=tuple(modes), device=args.device,
-                       dtype=args.dtype, duplicates="keep")  # every sample is evaluated: no split to leak across
-    lm = load_model(config.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
-                    trust_remote_code=args.trust_remote_code)
+    config = RunConfig(
+        model=args.model or sweep_model,
+        data=args.data,
+        format=args.format,
+        cwes=tuple(args.cwe),
+        merge_cwe=tuple(args.merge_cwe),
+        seed=args.seed,
+        respect_upstream=args.respect_upstream_split,
+        keep_comments=args.keep_comments,
+        max_code_tokens=args.max_code_tokens,
+        max_pairs_per_cwe=args.max_pairs_per_cwe,
+        modes=tuple(modes),
+        device=args.device,
+        dtype=args.dtype,
+        duplicates="keep",
+    )  # every sample is evaluated: no split to leak across
+    lm = load_model(
+        config.model,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        trust_remote_code=args.trust_remote_code,
+    )
     out = Path(args.out) if args.out else Path("runs") / (time.strftime("%Y%m%d-%H%M%S") + "-transfer")
     try:
-        results = transfer(args.from_run, config, out, lm=lm, modes=modes,
-                           allow_model_mismatch=args.allow_model_mismatch, batch_size=args.batch_size,
-                           max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+        results = transfer(
+            args.from_run,
+            config,
+            out,
+            lm=lm,
+            modes=modes,
+            allow_model_mismatch=args.allow_model_mismatch,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.no_progress,
+        )
     finally:
         lm.close()
     for warning in results["warnings"]:
         print(f"warning: {warning}")
     for mode, rows in results["summary"].items():
         for cwe, row in rows.items():
-            print(f"{mode} {cwe}: n={row['n']} Δ bal.acc {row['delta']:+.3f} (p={row['p_value']:.3g}) "
-                  f"{row['chosen']}")
+            print(f"{mode} {cwe}: n={row['n']} Δ bal.acc {row['delta']:+.3f} (p={row['p_value']:.3g}) {row['chosen']}")
     if results["data"]["skipped_cwes"]:
         print("skipped (no chosen configuration): " + ", ".join(results["data"]["skipped_cwes"]))
     print(f"report: {out / 'report.md'}")

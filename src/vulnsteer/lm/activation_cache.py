@@ -70,9 +70,14 @@ class CacheStats:
     entries: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hits": self.hits, "misses": self.misses, "extracted_layers": self.extracted_layers,
-                "seconds_extracting": round(self.seconds_extracting, 3),
-                "seconds_loading": round(self.seconds_loading, 3), "entries": self.entries}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "extracted_layers": self.extracted_layers,
+            "seconds_extracting": round(self.seconds_extracting, 3),
+            "seconds_loading": round(self.seconds_loading, 3),
+            "entries": self.entries,
+        }
 
 
 class ActivationCache:
@@ -136,10 +141,18 @@ class ActivationCache:
         for layer in layers:
             for pos in positions:
                 keys[(layer, pos)] = self.key(mkey, dhash, thash, layer, pos)
-                headers[(layer, pos)] = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_key": mkey,
-                                         "model_id": lm.model_id, "data_hash": dhash, "template_hash": thash,
-                                         "layer": str(layer), "position": pos, "sample_ids_hash": ids_hash,
-                                         "sample_ids": json.dumps(ids)}
+                headers[(layer, pos)] = {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "model_key": mkey,
+                    "model_id": lm.model_id,
+                    "data_hash": dhash,
+                    "template_hash": thash,
+                    "layer": str(layer),
+                    "position": pos,
+                    "sample_ids_hash": ids_hash,
+                    "sample_ids": json.dumps(ids),
+                }
         found: dict[tuple[int, str], torch.Tensor] = {}
         start = time.perf_counter()
         if self.enabled:
@@ -153,8 +166,15 @@ class ActivationCache:
         stats.misses = len(keys) - len(found)
         if missing_layers:
             start = time.perf_counter()
-            fresh = extract_activations(lm, samples, missing_layers, list(positions), batch_size=batch_size,
-                                        template=template, progress=progress)
+            fresh = extract_activations(
+                lm,
+                samples,
+                missing_layers,
+                list(positions),
+                batch_size=batch_size,
+                template=template,
+                progress=progress,
+            )
             stats.seconds_extracting = time.perf_counter() - start
             stats.extracted_layers = missing_layers
             for layer in missing_layers:

@@ -24,8 +24,18 @@ __all__ = [
     "tokenize_prompts",
 ]
 
-_FENCE_LANG = {"c": "c", "cpp": "cpp", "python": "python", "javascript": "javascript", "java": "java",
-               "go": "go", "ruby": "ruby", "php": "php", "csharp": "csharp", "rust": "rust"}
+_FENCE_LANG = {
+    "c": "c",
+    "cpp": "cpp",
+    "python": "python",
+    "javascript": "javascript",
+    "java": "java",
+    "go": "go",
+    "ruby": "ruby",
+    "php": "php",
+    "csharp": "csharp",
+    "rust": "rust",
+}
 
 
 @dataclass(frozen=True)
@@ -33,9 +43,7 @@ class PromptTemplate:
     """The fixed wording. Changing it changes every number: it is recorded in each run's config."""
 
     system: str = "You are an expert application security auditor reviewing code for vulnerabilities."
-    question: str = (
-        "Is the following {language} code vulnerable? If it is, name the weakness (CWE id and name)."
-    )
+    question: str = "Is the following {language} code vulnerable? If it is, name the weakness (CWE id and name)."
     answer_format: str = (
         "Reply with the line 'Answer: vulnerable' or the line 'Answer: secure', then the line "
         "'Weakness: CWE-<id> (<name>)', or 'Weakness: none' if the code is secure."
@@ -61,8 +69,18 @@ class Prompt:
 
 
 def _language_label(language: str) -> str:
-    names = {"c": "C", "cpp": "C++", "python": "Python", "javascript": "JavaScript", "java": "Java", "go": "Go",
-             "ruby": "Ruby", "php": "PHP", "csharp": "C#", "rust": "Rust"}
+    names = {
+        "c": "C",
+        "cpp": "C++",
+        "python": "Python",
+        "javascript": "JavaScript",
+        "java": "Java",
+        "go": "Go",
+        "ruby": "Ruby",
+        "php": "PHP",
+        "csharp": "C#",
+        "rust": "Rust",
+    }
     return names.get(language.lower(), language or "source")
 
 

@@ -16,8 +16,16 @@ from ..cwe import cwe_name
 from ..detect.probe import PROBE_TABLE_COLUMNS, probe_table
 from ..io import atomic_open, write_text
 
-__all__ = ["ci_cell", "duplicates_text", "fmt", "lead_table", "markdown_table", "plot_strength_curves",
-           "render_markdown", "write_report"]
+__all__ = [
+    "ci_cell",
+    "duplicates_text",
+    "fmt",
+    "lead_table",
+    "markdown_table",
+    "plot_strength_curves",
+    "render_markdown",
+    "write_report",
+]
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -36,14 +44,15 @@ def duplicates_text(splits: Mapping[str, Any]) -> str:
     notes = splits.get("notes") or {}
     deduped = notes.get("deduped")
     if not deduped:
-        return (f"cross-split duplicates (kept): exact {dup.get('exact', 0)}, normalised "
-                f"{dup.get('normalised', 0)}")
+        return f"cross-split duplicates (kept): exact {dup.get('exact', 0)}, normalised {dup.get('normalised', 0)}"
     before = notes.get("duplicates_before_dedupe") or {}
     dropped = deduped.get("dropped") or {}
-    return (f"cross-split duplicates found: exact {before.get('exact', 0)}, normalised "
-            f"{before.get('normalised', 0)}; dropped {len(dropped.get('val', []))} val and "
-            f"{len(dropped.get('test', []))} test samples (with their pair partners); left: exact "
-            f"{dup.get('exact', 0)}, normalised {dup.get('normalised', 0)}")
+    return (
+        f"cross-split duplicates found: exact {before.get('exact', 0)}, normalised "
+        f"{before.get('normalised', 0)}; dropped {len(dropped.get('val', []))} val and "
+        f"{len(dropped.get('test', []))} test samples (with their pair partners); left: exact "
+        f"{dup.get('exact', 0)}, normalised {dup.get('normalised', 0)}"
+    )
 
 
 def ci_cell(block: Mapping[str, Any] | None) -> str:
@@ -62,17 +71,26 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 def lead_table(summary: Mapping[str, Any]) -> list[str]:
     rows = []
     for cwe, row in summary.items():
-        rows.append([
-            f"{cwe} ({cwe_name(cwe)})",
-            f"{row['n']} ({row['n_pairs']} pairs)",
-            ci_cell(row["baseline"]),
-            f"{ci_cell(row['steered'])}<br>{row['chosen']}",
-            ci_cell(row.get("control")),
-            f"{row['delta']:+.3f} [{row['delta_ci'][0]:+.2f}, {row['delta_ci'][1]:+.2f}]",
-            fmt(row["p_value"], 3),
-        ])
-    header = ["CWE", "n (test)", "baseline bal.acc [95% CI]", "steered (chosen on val)", "random control",
-              "Δ bal.acc [95% CI]", "McNemar p"]
+        rows.append(
+            [
+                f"{cwe} ({cwe_name(cwe)})",
+                f"{row['n']} ({row['n_pairs']} pairs)",
+                ci_cell(row["baseline"]),
+                f"{ci_cell(row['steered'])}<br>{row['chosen']}",
+                ci_cell(row.get("control")),
+                f"{row['delta']:+.3f} [{row['delta_ci'][0]:+.2f}, {row['delta_ci'][1]:+.2f}]",
+                fmt(row["p_value"], 3),
+            ]
+        )
+    header = [
+        "CWE",
+        "n (test)",
+        "baseline bal.acc [95% CI]",
+        "steered (chosen on val)",
+        "random control",
+        "Δ bal.acc [95% CI]",
+        "McNemar p",
+    ]
     lines = markdown_table(header, rows)
     lines.append("")
     lines += [f"- **{cwe}**: {row['words']}." for cwe, row in summary.items()]
@@ -81,8 +99,21 @@ def lead_table(summary: Mapping[str, Any]) -> list[str]:
 
 def _strength_table(results: Mapping[str, Any], mode: str, split: str) -> list[str]:
     """Every condition of one mode on one split: the full picture behind the lead table."""
-    header = ["CWE", "condition", "strength", "rel. shift", "bal.acc [95% CI]", "acc", "TPR", "FPR",
-              "pair acc", "'vulnerable' rate", "uncertain", "AUROC", "mean margin"]
+    header = [
+        "CWE",
+        "condition",
+        "strength",
+        "rel. shift",
+        "bal.acc [95% CI]",
+        "acc",
+        "TPR",
+        "FPR",
+        "pair acc",
+        "'vulnerable' rate",
+        "uncertain",
+        "AUROC",
+        "mean margin",
+    ]
     rows = []
     rel = _relative_shift(results)
     for entry in results["conditions"]:
@@ -91,10 +122,23 @@ def _strength_table(results: Mapping[str, Any], mode: str, split: str) -> list[s
             continue
         for cwe, m in entry["metrics"].items():
             shift = rel.get(cwe, math.nan) * cond["strength"] if cond["unit"] == "raw" else cond["strength"]
-            rows.append([cwe, cond["kind"], fmt(float(cond["strength"]), 1),
-                         "–" if cond["kind"] == "baseline" else fmt(shift, 3), ci_cell(m), fmt(m["accuracy"]),
-                         fmt(m["tpr"]), fmt(m["fpr"]), fmt(m["pair_accuracy"]), fmt(m["vulnerable_rate"]),
-                         fmt(m["uncertain_rate"]), fmt(m["auroc"]), fmt(m.get("mean_margin"), 2)])
+            rows.append(
+                [
+                    cwe,
+                    cond["kind"],
+                    fmt(float(cond["strength"]), 1),
+                    "–" if cond["kind"] == "baseline" else fmt(shift, 3),
+                    ci_cell(m),
+                    fmt(m["accuracy"]),
+                    fmt(m["tpr"]),
+                    fmt(m["fpr"]),
+                    fmt(m["pair_accuracy"]),
+                    fmt(m["vulnerable_rate"]),
+                    fmt(m["uncertain_rate"]),
+                    fmt(m["auroc"]),
+                    fmt(m.get("mean_margin"), 2),
+                ]
+            )
     rows.sort(key=lambda r: (r[0] != "overall", r[0], r[1] != "baseline", float(r[2]), r[1]))
     return markdown_table(header, rows)
 
@@ -134,9 +178,11 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         "shows which way a steered setting really pushes the answer, whatever its label says.",
         "",
     ]
-    chosen_how = {"run": "strength chosen on the validation split", "evaluate": "settings given by the user",
-                  "transfer": "settings chosen on the source run's validation split"}.get(results.get("command", "run"),
-                                                                                        "")
+    chosen_how = {
+        "run": "strength chosen on the validation split",
+        "evaluate": "settings given by the user",
+        "transfer": "settings chosen on the source run's validation split",
+    }.get(results.get("command", "run"), "")
     for mode, summary in results["summary"].items():
         picked: Mapping[str, Any] = next(iter(results.get("selection", {}).get(mode, {}).values()), {})
         how = f"strength chosen on the {picked['selected_by']}" if "selected_by" in picked else chosen_how
@@ -168,12 +214,17 @@ def _probe_section(probes: Sequence[Mapping[str, Any]]) -> list[str]:
     """The probe detectors: the vector (and a logistic probe) read as classifiers on activations."""
     rows = probe_table(probes)
     header = [c if c != "threshold" else "threshold (val)" for c in PROBE_TABLE_COLUMNS]
-    return ["## Probe detectors (fit on train, threshold on val, scored once on test)", "",
-            "`direction` scores each sample by its projection on the CWE's mean-difference vector (higher = "
-            "more vulnerable); `logistic` is an L2 logistic-regression probe on the same activations; `length` is "
-            "their control, a logistic regression on the code's length alone (characters, lines, non-blank "
-            "characters): a probe that does not beat it may be reading length rather than vulnerability.", "",
-            *markdown_table(header, [list(r.values()) for r in rows]), ""]
+    return [
+        "## Probe detectors (fit on train, threshold on val, scored once on test)",
+        "",
+        "`direction` scores each sample by its projection on the CWE's mean-difference vector (higher = "
+        "more vulnerable); `logistic` is an L2 logistic-regression probe on the same activations; `length` is "
+        "their control, a logistic regression on the code's length alone (characters, lines, non-blank "
+        "characters): a probe that does not beat it may be reading length rather than vulnerability.",
+        "",
+        *markdown_table(header, [list(r.values()) for r in rows]),
+        "",
+    ]
 
 
 def _split_of(summary: Mapping[str, Any]) -> str:
@@ -198,7 +249,8 @@ def plot_strength_curves(results: Mapping[str, Any], out_dir: Path, mode: str, s
             continue
         for cwe, m in entry["metrics"].items():
             curves.setdefault(cwe, {}).setdefault(cond["kind"], []).append(
-                (float(cond["strength"]), float(m["balanced_accuracy"])))
+                (float(cond["strength"]), float(m["balanced_accuracy"]))
+            )
     if not curves:
         return None
     names = sorted(curves, key=lambda c: (c == "overall", c))
@@ -217,7 +269,7 @@ def plot_strength_curves(results: Mapping[str, Any], out_dir: Path, mode: str, s
         ax.set_ylim(0, 1)
         ax.set_xlabel("strength")
         ax.set_ylabel("balanced accuracy")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"{mode} mode, {split} split")
@@ -231,8 +283,11 @@ def plot_strength_curves(results: Mapping[str, Any], out_dir: Path, mode: str, s
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    plots = [p for mode, summary in results["summary"].items()
-             if (p := plot_strength_curves(results, out, mode, _split_of(summary))) is not None]
+    plots = [
+        p
+        for mode, summary in results["summary"].items()
+        if (p := plot_strength_curves(results, out, mode, _split_of(summary))) is not None
+    ]
     path = out / "report.md"
     write_text(path, render_markdown(results, plots))
     return path

@@ -101,9 +101,16 @@ def plot_val_curves(results: Mapping[str, Any], out_dir: Path, mode: str) -> lis
                 pts = sorted((s, _ba(m, cwe)) for s, m in points)
                 style = "o-" if kind == "steered" else "x--"
                 colour = colours.get(name)
-                (handle,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour, ms=3, lw=1,
-                                    alpha=1.0 if kind == "steered" else 0.5,
-                                    label=name if kind == "steered" else f"{name} control")
+                (handle,) = ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    style,
+                    color=colour,
+                    ms=3,
+                    lw=1,
+                    alpha=1.0 if kind == "steered" else 0.5,
+                    label=name if kind == "steered" else f"{name} control",
+                )
                 colours.setdefault(name, handle.get_color())
             if cwe in base:
                 ax.axhline(_ba(base, cwe), color="grey", lw=1.5, label="baseline")
@@ -115,8 +122,17 @@ def plot_val_curves(results: Mapping[str, Any], out_dir: Path, mode: str) -> lis
     return names
 
 
-def _heatmap(ax: Any, values: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str],
-             *, vmin: float, vmax: float, cmap: str = "RdBu", digits: int = 2) -> Any:
+def _heatmap(
+    ax: Any,
+    values: Sequence[Sequence[float | None]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    *,
+    vmin: float,
+    vmax: float,
+    cmap: str = "RdBu",
+    digits: int = 2,
+) -> Any:
     import numpy as np
 
     grid = np.array([[math.nan if v is None else v for v in line] for line in values], dtype=float)
@@ -127,8 +143,15 @@ def _heatmap(ax: Any, values: Sequence[Sequence[float | None]], rows: Sequence[s
         for (i, j), v in np.ndenumerate(grid):
             if not math.isnan(v):
                 dark = abs(v - (vmin + vmax) / 2) > 0.3 * (vmax - vmin)
-                ax.text(j, i, f"{v:+.{digits}f}" if vmin < 0 else f"{v:.{digits}f}", ha="center", va="center",
-                        fontsize=6, color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:+.{digits}f}" if vmin < 0 else f"{v:.{digits}f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if dark else "black",
+                )
     return image
 
 
@@ -138,11 +161,16 @@ def plot_layer_strength(results: Mapping[str, Any], out_dir: Path, mode: str) ->
     base = _baseline(results["val"].get(mode, []))
     cwes = [*results["data"]["cwes"], "overall"]
     names = []
-    groups = dict.fromkeys((e["setting"]["method"], e["setting"]["position"], e["setting"]["steer_positions"])
-                           for e in entries)
+    groups = dict.fromkeys(
+        (e["setting"]["method"], e["setting"]["position"], e["setting"]["steer_positions"]) for e in entries
+    )
     for method, position, steer in groups:
-        chosen = [e for e in entries if (e["setting"]["method"], e["setting"]["position"],
-                                         e["setting"]["steer_positions"]) == (method, position, steer)]
+        chosen = [
+            e
+            for e in entries
+            if (e["setting"]["method"], e["setting"]["position"], e["setting"]["steer_positions"])
+            == (method, position, steer)
+        ]
         rows = list(dict.fromkeys(",".join(map(str, e["setting"]["layers"])) for e in chosen))
         cols = sorted(dict.fromkeys((e["setting"]["unit"], float(e["setting"]["strength"])) for e in chosen))
         fig, axes = _grid(len(cwes))
@@ -153,8 +181,9 @@ def plot_layer_strength(results: Mapping[str, Any], out_dir: Path, mode: str) ->
                 i = rows.index(",".join(map(str, e["setting"]["layers"])))
                 j = cols.index((e["setting"]["unit"], float(e["setting"]["strength"])))
                 values[i][j] = _ba(e["metrics"], cwe) - _ba(base, cwe)
-            image = _heatmap(ax, values, [f"L{r}" for r in rows], [f"{s:g} {u[:3]}" for u, s in cols],
-                             vmin=-0.5, vmax=0.5)
+            image = _heatmap(
+                ax, values, [f"L{r}" for r in rows], [f"{s:g} {u[:3]}" for u, s in cols], vmin=-0.5, vmax=0.5
+            )
             ax.set_title(cwe, fontsize=9)
         if image is not None:
             fig.colorbar(image, ax=axes, shrink=0.6, label="Δ balanced accuracy vs baseline (val)")
@@ -167,12 +196,14 @@ def plot_cross_cwe(cross: Mapping[str, Any], out_dir: Path, name: str, title: st
     """Heatmap of the cross-CWE matrix (rows: vector, columns: samples)."""
     if not cross.get("vectors") or not cross.get("targets"):
         return None
-    fig, axes = _grid(1, width=max(5.5, 2.5 + 0.8 * len(cross["targets"])),
-                      height=max(3.5, 1.8 + 0.5 * len(cross["vectors"])))
+    fig, axes = _grid(
+        1, width=max(5.5, 2.5 + 0.8 * len(cross["targets"])), height=max(3.5, 1.8 + 0.5 * len(cross["vectors"]))
+    )
     rows = [v if cross["chosen"].get(v) == "steered" else f"{v}*" for v in cross["vectors"]]
     image = _heatmap(axes[0], cross["delta_balanced_accuracy"], rows, cross["targets"], vmin=-0.5, vmax=0.5)
-    axes[0].set(xlabel=f"samples ({cross['split']})",
-                ylabel="vector at its best val setting\n(* = baseline won on val)")
+    axes[0].set(
+        xlabel=f"samples ({cross['split']})", ylabel="vector at its best val setting\n(* = baseline won on val)"
+    )
     fig.colorbar(image, ax=axes[0], label="Δ balanced accuracy vs baseline")
     axes[0].set_title(title, fontsize=9)
     return _save(fig, out_dir, name)
@@ -228,8 +259,11 @@ def sweep_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
         jobs.append(lambda mode=mode: plot_val_curves(results, out, mode))  # type: ignore[misc]
         jobs.append(lambda mode=mode: plot_layer_strength(results, out, mode))  # type: ignore[misc]
     for mode, cross in results.get("cross_cwe", {}).items():
-        jobs.append(lambda mode=mode, cross=cross: plot_cross_cwe(  # type: ignore[misc]
-            cross, out, f"cross_cwe_{mode}.png", f"{mode} mode, TEST split"))
+        jobs.append(
+            lambda mode=mode, cross=cross: plot_cross_cwe(  # type: ignore[misc]
+                cross, out, f"cross_cwe_{mode}.png", f"{mode} mode, TEST split"
+            )
+        )
     jobs += [lambda: plot_cosines(results, out), lambda: plot_pca(results, out)]
     for job in jobs:
         try:

@@ -185,8 +185,13 @@ class SteeringVector:
         a, b = self.directions[layer], other.directions[layer]
         return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-12))
 
-    def check_compatible(self, hidden_size: int, fingerprint: str | None = None, what: str = "model",
-                         weights: Mapping[str, str] | None = None) -> None:
+    def check_compatible(
+        self,
+        hidden_size: int,
+        fingerprint: str | None = None,
+        what: str = "model",
+        weights: Mapping[str, str] | None = None,
+    ) -> None:
         """Refuse another hidden size, another architecture *fingerprint* and, with *weights* (a model's
         ``weights_identity``), other weights of the same architecture in the same dtype (a fine-tune)."""
         prov = self.provenance
@@ -200,8 +205,12 @@ class SteeringVector:
                 f"match this {what} (fingerprint {fingerprint}); pass --allow-model-mismatch to use it anyway"
             )
         theirs = prov.extra.get("weights_digest")
-        if (weights is not None and theirs is not None and prov.extra.get("dtype") == weights.get("dtype")
-                and theirs != weights.get("weights_digest")):
+        if (
+            weights is not None
+            and theirs is not None
+            and prov.extra.get("dtype") == weights.get("dtype")
+            and theirs != weights.get("weights_digest")
+        ):
             raise VectorMismatchError(
                 f"vector was fitted on other weights of this architecture (weights digest {theirs}, this {what} "
                 f"has {weights.get('weights_digest')}, both {weights.get('dtype')}); pass --allow-model-mismatch "
@@ -211,14 +220,24 @@ class SteeringVector:
     def save(self, path: str | Path) -> None:
         """Write safetensors (``layer.<n>`` tensors) with the provenance JSON in the header, atomically."""
         tensors = {f"layer.{layer}": vec.contiguous() for layer, vec in self.directions.items()}
-        blob = save(tensors, metadata={"format": "vulnsteer.SteeringVector", "format_version": str(FORMAT_VERSION),
-                                       "provenance": self.provenance.to_json()})
+        blob = save(
+            tensors,
+            metadata={
+                "format": "vulnsteer.SteeringVector",
+                "format_version": str(FORMAT_VERSION),
+                "provenance": self.provenance.to_json(),
+            },
+        )
         with atomic_open(path, "wb") as handle:
             handle.write(blob)
 
     @classmethod
     def load(
-        cls, path: str | Path, *, hidden_size: int | None = None, fingerprint: str | None = None,
+        cls,
+        path: str | Path,
+        *,
+        hidden_size: int | None = None,
+        fingerprint: str | None = None,
         weights: Mapping[str, str] | None = None,
     ) -> SteeringVector:
         """Read a vector written by :meth:`save` (safetensors only: nothing is unpickled)."""
@@ -238,8 +257,9 @@ class SteeringVector:
         vector = cls(dirs, prov)
         if hidden_size is not None or fingerprint is not None or weights is not None:
             try:
-                vector.check_compatible(prov.hidden_size if hidden_size is None else hidden_size, fingerprint,
-                                        weights=weights)
+                vector.check_compatible(
+                    prov.hidden_size if hidden_size is None else hidden_size, fingerprint, weights=weights
+                )
             except VectorMismatchError as exc:
                 raise VectorMismatchError(f"{path}: {exc}") from None
         return vector
@@ -274,6 +294,7 @@ def fit_vector(
         raise ValueError(f"unknown vector method {method!r}; choose from {sorted(METHODS)}")
     if [s.id for s in samples] != acts.sample_ids:
         raise ValueError("samples do not match the activations (ids or order differ)")
+
     def key(i: int) -> tuple[str, str]:
         return (samples[i].pair_id or samples[i].id, samples[i].id)
 
@@ -308,8 +329,9 @@ def fit_vector(
     return SteeringVector(dirs, prov)
 
 
-def answer_direction(lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int, float] | None = None,
-                     template: Any = None) -> SteeringVector:
+def answer_direction(
+    lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int, float] | None = None, template: Any = None
+) -> SteeringVector:
     """The model's own answer axis: ``W_U[" secure"] - W_U[" vulnerable"]`` (unembedding rows), unit length.
 
     Data-free, read off the output layer. Steering along it at late layers moves the answer logits directly, so
@@ -323,9 +345,18 @@ def answer_direction(lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int
     d = weight[secure[0]] - weight[vuln[0]]
     d = d / d.norm()
     prov = Provenance(
-        model_id=lm.model_id, model_fingerprint=lm.fingerprint, hidden_size=int(d.shape[0]), layers=tuple(layers),
-        position="answer", method="unembedding", cwe="any", n_vulnerable=0, n_secure=0, dataset_hash="-",
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), layer_norms=dict(layer_norms or {}),
+        model_id=lm.model_id,
+        model_fingerprint=lm.fingerprint,
+        hidden_size=int(d.shape[0]),
+        layers=tuple(layers),
+        position="answer",
+        method="unembedding",
+        cwe="any",
+        n_vulnerable=0,
+        n_secure=0,
+        dataset_hash="-",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        layer_norms=dict(layer_norms or {}),
         extra=lm.weights_identity,
     )
     return SteeringVector({layer: d.clone() for layer in layers}, prov)
