@@ -299,7 +299,7 @@ def detect_variants_modes(
     reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
     model is already inside an outer :func:`~vulnsteer.steer.hooks.steer` context.
 
-    With a *sink*, the unsteered hidden states of its layers (positions ``last`` and ``code_mean``) are recorded
+    With a *sink*, the unsteered hidden states of its layers (poolings ``last`` and ``code_mean``) are recorded
     for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
 
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and

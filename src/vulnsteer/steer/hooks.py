@@ -34,12 +34,26 @@ from torch import nn
 from ..lm.model import decoder_layers, hidden_of, with_hidden
 from .vectors import SteeringVector, VectorMismatchError
 
-__all__ = ["POSITION_MODES", "PositionMode", "SteeringSpec", "StrengthUnit", "steer"]
+__all__ = [
+    "POSITION_MODES",
+    "SIGN_CONVENTION",
+    "STRENGTH_UNITS",
+    "PositionMode",
+    "SteeringSpec",
+    "StrengthUnit",
+    "steer",
+    "steer_rows",
+]
 
 PositionMode = Literal["last", "prompt", "generated", "all"]
 StrengthUnit = Literal["raw", "relative"]
 POSITION_MODES: tuple[str, ...] = ("last", "prompt", "generated", "all")
 STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative")
+#: The sign convention in one sentence (reports and results.json repeat it).
+SIGN_CONVENTION = (
+    "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
+    "subtracts the vector and so pushes the model toward answering 'vulnerable'."
+)
 
 
 @dataclass(frozen=True)

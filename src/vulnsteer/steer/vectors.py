@@ -102,7 +102,7 @@ class Provenance:
     model_fingerprint: str
     hidden_size: int
     layers: tuple[int, ...]
-    position: str
+    pooling: str
     method: str
     cwe: str
     n_vulnerable: int
@@ -124,6 +124,8 @@ class Provenance:
         data = json.loads(text)
         data["layers"] = tuple(int(x) for x in data["layers"])
         data["layer_norms"] = {int(k): float(v) for k, v in data.get("layer_norms", {}).items()}
+        if "position" in data and "pooling" not in data:  # files written before the pooling/positions split
+            data["pooling"] = data.pop("position")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -278,7 +280,7 @@ def fit_vector(
     acts: Activations,
     samples: Sequence[Sample],
     *,
-    position: str = "last",
+    pooling: str = "last",
     layers: Sequence[int] | None = None,
     method: str = "mean_diff",
     cwe: str = "any",
@@ -306,17 +308,17 @@ def fit_vector(
         )
     chosen = list(layers) if layers is not None else list(acts.layers)
     fn = METHODS[method]
-    norms = acts.mean_norms(position)
+    norms = acts.mean_norms(pooling)
     dirs = {}
     for layer in chosen:
-        h = acts.get(position, layer)
+        h = acts.get(pooling, layer)
         dirs[layer] = fn(h[secure_idx], h[vuln_idx])
     prov = Provenance(
         model_id=model_id,
         model_fingerprint=model_fingerprint,
-        hidden_size=int(acts.get(position).shape[-1]),
+        hidden_size=int(acts.get(pooling).shape[-1]),
         layers=tuple(sorted(chosen)),
-        position=position,
+        pooling=pooling,
         method=method,
         cwe=cwe,
         n_vulnerable=len(vuln_idx),
@@ -349,7 +351,7 @@ def answer_direction(
         model_fingerprint=lm.fingerprint,
         hidden_size=int(d.shape[0]),
         layers=tuple(layers),
-        position="answer",
+        pooling="answer",
         method="unembedding",
         cwe="any",
         n_vulnerable=0,
