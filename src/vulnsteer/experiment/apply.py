@@ -204,7 +204,13 @@ def apply_choices(
     prefix_store: PrefixStore | None = None,
 ) -> Applied:
     """Apply each mode's choices (``{mode: {target: Choice}}``) to *samples* (by CWE), scoring only what *store*
-    does not hold yet, and build the rows. Nothing is selected here."""
+    does not hold yet, and build the rows. Nothing is selected here.
+
+    >>> applied = apply_choices(lm, {"logit": choices}, data.by_cwe("test"), vectors, ResultStore("r.jsonl"),
+    ...                         split="test", control_seed=1234)  # doctest: +SKIP
+    >>> applied.by_mode["logit"]["rows"]["CWE-89"]["delta"]  # doctest: +SKIP
+    0.0
+    """
     conds = [
         c
         for mode, by_target in choices.items()

@@ -129,6 +129,13 @@ class ModelSection:
     trust_remote_code: bool = _key(
         False, boolean, "allow model repositories to run their own code", "--trust-remote-code", "bool"
     )
+    layers_path: str | None = _key(
+        None,
+        optional_str,
+        "dotted attribute path of the decoder blocks, for an architecture vulnsteer does not know (e.g. "
+        "transformer.blocks; absent: found automatically)",
+        "--layers-path",
+    )
 
 
 @dataclass(frozen=True)
@@ -361,7 +368,11 @@ def parse_config(
     doc: Mapping[str, Any], source: str = "<config>", overrides: Mapping[str, tuple[Any, str]] | None = None
 ) -> ExperimentConfig:
     """Validate a parsed TOML document. *overrides* maps ``"section.key"`` to ``(value, where)`` (a command-line
-    flag and the flag's name, which error messages then name)."""
+    flag and the flag's name, which error messages then name).
+
+    >>> parse_config({"detection": {"modes": ["logit"]}}).detection.modes
+    ('logit',)
+    """
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     units: dict[str, str] = {}
     description = ""
@@ -449,7 +460,11 @@ def _resolve_strengths(values: dict[str, dict[str, Any]], units: dict[str, str])
 
 
 def load_config(path: str | Path, overrides: Mapping[str, tuple[Any, str]] | None = None) -> ExperimentConfig:
-    """Read and validate a TOML config; ``data.path`` is relative to the file (stored absolute when resolved)."""
+    """Read and validate a TOML config; ``data.path`` is relative to the file (stored absolute when resolved).
+
+    >>> load_config("examples/quick.toml").data.cwes  # doctest: +SKIP
+    ('CWE-89', 'CWE-78')
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config file not found: {file}")

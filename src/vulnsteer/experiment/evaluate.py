@@ -163,7 +163,11 @@ def evaluate_from_run(
     progress: bool = True,
 ) -> Path:
     """Apply the choices saved in *run_dir* (``chosen/``) unchanged to every sample of *config*'s dataset (build
-    *config* with :func:`transfer_config`); returns the output directory."""
+    *config* with :func:`transfer_config`); returns the output directory.
+
+    >>> config = transfer_config("runs/quick", {"data.path": ("../shared/data/sven", "--data")})  # doctest: +SKIP
+    >>> out = evaluate_from_run("runs/quick", config, "runs/quick-on-sven")  # doctest: +SKIP
+    """
     source = Path(run_dir)
     chosen = load_chosen(source)
     available = list(chosen["modes"])
@@ -248,7 +252,10 @@ def evaluate_vectors(
 ) -> Path:
     """Apply the saved vectors in *vectors_dir* at *strength* (unit and positions from ``[steering]``, layers from
     ``steering.layers`` or the vectors') to every CWE of *config*'s dataset that has one, on *split*; the method
-    is ``vectors.methods[0]@vectors.pooling[0]`` when the folder holds it, else the folder's only one."""
+    is ``vectors.methods[0]@vectors.pooling[0]`` when the folder holds it, else the folder's only one.
+
+    >>> out = evaluate_vectors("runs/quick/vectors", ExperimentConfig(), 0.3, "runs/eval")  # doctest: +SKIP
+    """
     run = RunDir(out_dir or config.run.out or default_out_dir("evaluate"))
     run.check_writable("--out")
     loaded = load_dataset(config.data)

@@ -16,7 +16,7 @@ import torch
 from ..data.sample import Sample
 from ..lm.activations import Activations
 from ..lm.model import LoadedModel
-from ..steer.vectors import SteeringVector, VectorMismatchError, fit_vector
+from ..steer.vectors import DirectionFn, SteeringVector, VectorMismatchError, fit_vector
 from .grid import POOLED
 
 __all__ = [
@@ -42,7 +42,7 @@ def fit_cwe_vectors(
     train_by_cwe: Mapping[str, Sequence[Sample]],
     layers: Sequence[int],
     *,
-    methods: Sequence[str] = ("mean_diff",),
+    methods: Sequence[str | DirectionFn] = ("mean_diff",),
     poolings: Sequence[str] = ("last",),
     pooled: bool = False,
 ) -> dict[tuple[str, str], SteeringVector]:
@@ -59,7 +59,8 @@ def fit_cwe_vectors(
         sub = activations.subset([index[s.id] for s in samples])
         for pooling in poolings:
             for method in methods:
-                vectors[(cwe, method_key(method, pooling))] = fit_vector(
+                name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
+                vectors[(cwe, method_key(name, pooling))] = fit_vector(
                     sub,
                     samples,
                     pooling=pooling,

@@ -54,6 +54,7 @@ def load_configured_model(model: ModelSection) -> LoadedModel:
         dtype=model.dtype,
         device_map=model.device_map,
         trust_remote_code=model.trust_remote_code,
+        layer_matcher=model.layers_path,
     )
 
 
@@ -72,6 +73,10 @@ def run_protocol(
     Inputs are checked before anything is written (the output folder is writable, the data loads, the splits are
     not empty, the layers exist); the folder is then locked and a rerun resumes only the same experiment. Ctrl-C
     writes ``results.json`` / ``report.md`` marked interrupted with what is finished, then re-raises.
+
+    >>> run_dir = run_protocol(load_config("examples/quick.toml"), "runs/quick")  # doctest: +SKIP
+    >>> json.loads((run_dir / "results.json").read_text())["summary"]["logit"]["CWE-89"]["delta"]  # doctest: +SKIP
+    0.0
     """
     run = RunDir(out_dir or config.run.out or default_out_dir(name or command))
     run.check_writable("--out")

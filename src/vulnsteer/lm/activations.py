@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.sample import Sample
-from .model import LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
+from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
 
 __all__ = ["POOLINGS", "Activations", "Pooling", "extract_activations", "length_order"]
@@ -29,7 +29,13 @@ POOLINGS: tuple[Pooling, ...] = ("last", "code_mean")
 
 @dataclass
 class Activations:
-    """Hidden states ``[n_samples, n_layers, hidden]`` per pooling, in the order of the input samples."""
+    """Hidden states ``[n_samples, n_layers, hidden]`` per pooling, in the order of the input samples.
+
+    >>> import torch
+    >>> acts = Activations([15], ["a", "b"], {"last": torch.ones(2, 1, 4)})
+    >>> acts.get("last", 15).shape, acts.mean_norms("last")
+    (torch.Size([2, 4]), {15: 2.0})
+    """
 
     layers: list[int]
     sample_ids: list[str]
@@ -84,9 +90,11 @@ class ActivationSink:
 
 
 @contextmanager
-def recording(model: Any, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+def recording(
+    model: Any, layers: Sequence[int], layer_matcher: LayerMatcher | None = None
+) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block, ``out[layer]`` holds the hidden state output by each chosen layer in the last pass."""
-    blocks = decoder_layers(model)
+    blocks = decoder_layers(model, layer_matcher)
     out: dict[int, torch.Tensor] = {}
 
     def make(layer: int) -> Any:
@@ -130,11 +138,16 @@ def extract_activations(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
 ) -> Activations:
-    """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings."""
+    """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings.
+
+    >>> acts = extract_activations(load_model(), samples, [10, -1], poolings=["last"])  # doctest: +SKIP
+    >>> acts.get("last").shape  # doctest: +SKIP
+    torch.Size([28, 2, 576])
+    """
     for pos in poolings:
         if pos not in POOLINGS:
             raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS}")
-    blocks = decoder_layers(lm.model)
+    blocks = lm.layers
     chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, len(blocks))
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])

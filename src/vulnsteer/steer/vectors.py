@@ -135,6 +135,10 @@ class SteeringVector:
     """Immutable per-layer directions (``secure - vulnerable``) plus provenance.
 
     ``directions`` is a read-only mapping; the tensors are private copies, and :meth:`direction` returns a copy.
+
+    >>> vector = SteeringVector.load("vecs/cwe-89-mean-diff-last.safetensors", hidden_size=576)  # doctest: +SKIP
+    >>> vector.layers, vector.relative_norm(15)  # doctest: +SKIP
+    ((15,), 0.04)
     """
 
     directions: Mapping[int, torch.Tensor]
@@ -282,7 +286,7 @@ def fit_vector(
     *,
     pooling: str = "last",
     layers: Sequence[int] | None = None,
-    method: str = "mean_diff",
+    method: str | DirectionFn = "mean_diff",
     cwe: str = "any",
     model_id: str = "",
     model_fingerprint: str = "",
@@ -291,9 +295,17 @@ def fit_vector(
     """Fit a per-layer direction from recorded activations of *samples* (same order as ``acts``).
 
     Secure and vulnerable rows are ordered by pair id (then sample id) so that PCA sees aligned pairs.
+
+    >>> acts = extract_activations(lm, samples, [15], poolings=["last"])  # doctest: +SKIP
+    >>> vector = fit_vector(acts, samples, cwe="CWE-89", method="mean_diff")  # doctest: +SKIP
+    >>> vector.save("cwe-89.safetensors")  # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown vector method {method!r}; choose from {sorted(METHODS)}")
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"unknown vector method {method!r}; choose from {sorted(METHODS)}")
+        fn, name = METHODS[method], method
+    else:
+        fn, name = method, getattr(method, "__name__", "custom")
     if [s.id for s in samples] != acts.sample_ids:
         raise ValueError("samples do not match the activations (ids or order differ)")
 
@@ -307,7 +319,6 @@ def fit_vector(
             f"cannot fit a {cwe} vector: {len(vuln_idx)} vulnerable and {len(secure_idx)} secure samples (need both)"
         )
     chosen = list(layers) if layers is not None else list(acts.layers)
-    fn = METHODS[method]
     norms = acts.mean_norms(pooling)
     dirs = {}
     for layer in chosen:
@@ -319,7 +330,7 @@ def fit_vector(
         hidden_size=int(acts.get(pooling).shape[-1]),
         layers=tuple(sorted(chosen)),
         pooling=pooling,
-        method=method,
+        method=name,
         cwe=cwe,
         n_vulnerable=len(vuln_idx),
         n_secure=len(secure_idx),
