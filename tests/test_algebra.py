@@ -11,8 +11,8 @@ from tests.conftest import toy_samples
 from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.model import LoadedModel, ModelLoadError, decoder_layers
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steer.hooks import SteeringSpec, steer, steer_rows
-from vulnsteer.steer.vectors import Provenance, SteeringVector, fit_vector, mean_difference
+from vulnsteer.steering.hooks import SteeringSpec, steer, steer_rows
+from vulnsteer.steering.vectors import Provenance, SteeringVector, fit_vector, mean_difference
 
 
 def _vector(hidden: int, layers: tuple[int, ...], scale: float = 1.0, seed: int = 3) -> SteeringVector:
@@ -135,7 +135,7 @@ def test_a_layer_matcher_finds_blocks_of_an_unknown_architecture(tiny_llama: Loa
         decoder_layers(wrapped)
     assert decoder_layers(wrapped, "core.stack") is tiny_llama.model.model.layers
     assert decoder_layers(wrapped, lambda m: m.core.stack) is tiny_llama.model.model.layers
-    with pytest.raises(ModelLoadError, match="no attribute path 'core.nothing'"):
+    with pytest.raises(ModelLoadError, match=r"no attribute path 'core\.nothing'"):
         decoder_layers(wrapped, "core.nothing")
     lm = LoadedModel(wrapped, tiny_llama.tokenizer, "wrapped", "f", "test", layer_matcher="core.stack")
     assert lm.num_layers == tiny_llama.num_layers

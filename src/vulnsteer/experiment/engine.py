@@ -2,7 +2,7 @@
 
 :func:`run_conditions` is the one place where conditions meet the model. Pending conditions are grouped by split
 into chunks; a chunk shares its batched forward passes across its conditions and detector modes (each row
-steered with its own specs, :func:`~vulnsteer.detect.engine.detect_variants_modes`), and is appended to the
+steered with its own specs, :func:`~vulnsteer.detection.engine.detect_variants_modes`), and is appended to the
 :class:`ResultStore` (``records.jsonl``) as soon as it is done, so a killed run loses at most the chunk in flight
 and a rerun skips what is stored.
 """
@@ -19,15 +19,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..data.sample import Sample
-from ..detect.engine import detect_variants_modes
-from ..detect.prefix import PrefixStore
-from ..detect.records import DetectionRecord, record_from_dict
+from ..detection.engine import detect_variants_modes
+from ..detection.prefix import PrefixStore
+from ..detection.records import DetectionRecord, record_from_dict
 from ..io import append_jsonl, read_jsonl
 from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from ..steer.hooks import SteeringSpec
-from ..steer.vectors import SteeringVector
+from ..steering.hooks import SteeringSpec
+from ..steering.vectors import SteeringVector
 from .grid import Condition, condition_specs
 
 __all__ = ["ResultStore", "ScoringOptions", "run_conditions", "score_chunk"]
@@ -140,7 +140,7 @@ def run_conditions(
 ) -> dict[str, list[DetectionRecord]]:
     """Score every condition not already in *store*; returns all records by condition key.
 
-    *samples_for(split)* gives a split's samples by CWE. Pass a :class:`~vulnsteer.detect.prefix.PrefixStore`
+    *samples_for(split)* gives a split's samples by CWE. Pass a :class:`~vulnsteer.detection.prefix.PrefixStore`
     (one per model and run) to compute each batch's unsteered prompt prefix once for all chunks.
     """
     todo = list(dict.fromkeys(conditions))

@@ -1,6 +1,6 @@
 """Detectors: the generated verdict, the answer logits, or a vector read as a probe.
 
-Detectors know nothing of steering: wrap a call in :func:`vulnsteer.steer.hooks.steer` to steer it. The same
+Detectors know nothing of steering: wrap a call in :func:`vulnsteer.steering.hooks.steer` to steer it. The same
 prompt (:mod:`vulnsteer.lm.prompts`) serves every detector and activation extraction.
 """
 
@@ -21,7 +21,7 @@ from ..data.sample import Sample
 from ..lm.activations import ActivationSink, length_order, masked_mean, recording
 from ..lm.model import LayerMatcher, LoadedModel, position_ids_for
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
-from ..steer.hooks import SteeringSpec, steer_rows
+from ..steering.hooks import SteeringSpec, steer_rows
 from .prefix import PrefixStore
 from .records import DetectionRecord
 from .verdict import parse_verdict
@@ -297,10 +297,10 @@ def detect_variants_modes(
     verdict. Both modes read the same first forward step, so asking for both costs one pass, not two.
 
     Each batch of samples is expanded to one row per (sample, variant) and steered row by row
-    (:func:`~vulnsteer.steer.hooks.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
+    (:func:`~vulnsteer.steering.hooks.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
     steers ``prompt``/``all`` positions, the prompt up to its last token is run once, unsteered, and its KV cache
     reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
-    model is already inside an outer :func:`~vulnsteer.steer.hooks.steer` context.
+    model is already inside an outer :func:`~vulnsteer.steering.hooks.steer` context.
 
     With a *sink*, the unsteered hidden states of its layers (poolings ``last`` and ``code_mean``) are recorded
     for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
@@ -412,7 +412,7 @@ def detect(
     progress: bool = True,
     desc: str | None = None,
 ) -> list[DetectionRecord]:
-    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steer.hooks.steer` to steer it).
+    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steering.hooks.steer` to steer it).
 
     >>> lm = load_model()  # doctest: +SKIP
     >>> [r.verdict for r in detect(lm, load_builtin(["CWE-89"])[:2], mode="logit")]  # doctest: +SKIP

@@ -1,7 +1,7 @@
 """Steering vectors: per-layer directions with provenance, fitted by plain direction functions.
 
 Convention: a direction points from *vulnerable* toward *secure* (``mean(secure) - mean(vulnerable)`` for the
-mean-difference method). Steering with a positive strength subtracts it (see :mod:`vulnsteer.steer.hooks`).
+mean-difference method). Steering with a positive strength subtracts it (see :mod:`vulnsteer.steering.hooks`).
 
 Every method is a plain callable ``(secure [n, h], vulnerable [m, h]) -> direction [h]``; PCA and the logistic
 probe return a unit direction rescaled to the length of the mean difference projected on it, so that one
