@@ -127,6 +127,18 @@ def score_chunk(
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
 
 
+def _chunks(pending: Sequence[Condition], size: int) -> list[list[Condition]]:
+    """Chunks of at most *size* conditions that share one split and one set of detector modes per variant, so a
+    chunk never generates text for a variant that only needs its answer logits (and vice versa)."""
+    modes: dict[str, set[str]] = defaultdict(set)
+    for cond in pending:
+        modes[cond.variant_key].add(cond.mode)
+    groups: dict[tuple[str, tuple[str, ...]], list[Condition]] = defaultdict(list)
+    for cond in pending:
+        groups[(cond.split, tuple(sorted(modes[cond.variant_key])))].append(cond)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
 def run_conditions(
     lm: LoadedModel,
     conditions: Iterable[Condition],
@@ -144,12 +156,7 @@ def run_conditions(
     (one per model and run) to compute each batch's unsteered prompt prefix once for all chunks.
     """
     todo = list(dict.fromkeys(conditions))
-    pending: dict[str, list[Condition]] = defaultdict(list)
-    for cond in todo:
-        if cond.key not in store:
-            pending[cond.split].append(cond)
-    size = options.group_size
-    chunks = [group[i : i + size] for group in pending.values() for i in range(0, len(group), size)]
+    chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
     bar = tqdm(total=sum(len(c) for c in chunks), desc="conditions", unit="cond", disable=not options.progress)
     for chunk in chunks:
         start = time.perf_counter()
