@@ -8,7 +8,7 @@ from typing import Any
 
 from .options import add_config_args, config_from_args, overrides_from_args
 
-SECTIONS = ("model", "data", "vectors", "steering", "detection", "report", "run")
+SECTIONS = ("model", "data", "vectors", "steering", "detection", "conditional", "baselines", "report", "run")
 
 
 def register(sub: Any) -> None:

@@ -8,6 +8,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..experiment.config import ExperimentConfig, Key, config_keys, load_config, parse_config
+from ..experiment.values import STRENGTH_UNITS
+
+#: The flag that qualifies each section's plain list of strengths.
+UNIT_FLAGS = {"steering": "--unit", "conditional": "--conditional-unit"}
 
 __all__ = [
     "add_config_args",
@@ -42,7 +46,7 @@ def _words(text: str) -> list[str]:
 
 def _default_text(key: Key) -> str:
     value = key.default
-    if key.dotted == "steering.strengths":
+    if key.name == "strengths":
         return ",".join(f"{s:g}" for _, s in value) + f" ({value[0][0]})"
     if value is None or value == ():
         return {
@@ -91,15 +95,16 @@ def add_config_args(
             if key.cli == "layers":
                 text += "; repeat for several candidate layer sets: --layers 10 --layers 15 --layers 10,15"
             group.add_argument(key.flag, dest=_dest(key), default=argparse.SUPPRESS, help=text, **kind)
-        if section == "steering" and "--unit" not in skip and (not only or "--unit" in only):
+        unit_flag = UNIT_FLAGS.get(section)
+        if unit_flag and unit_flag not in skip and (not only or unit_flag in only):
             group.add_argument(
-                "--unit",
-                dest="cfg__steering__unit",
+                unit_flag,
+                dest=f"cfg__{section}__unit",
                 default=argparse.SUPPRESS,
-                choices=["raw", "relative"],
-                help="unit of --strengths: raw (strength x vector) or "
-                "relative (strength x the layer's mean hidden-state norm x unit vector) (steering.unit; "
-                "default: relative)",
+                choices=list(STRENGTH_UNITS),
+                help=f"unit of the plain list of {section} strengths: "
+                "raw (strength x vector), relative (x the layer's mean hidden-state norm) or sigma (x "
+                f"the spread along the vector) ({section}.unit)",
             )
 
 
@@ -110,8 +115,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
     for dest, value in vars(args).items():
         if not dest.startswith("cfg__"):
             continue
-        if dest == "cfg__steering__unit":
-            out["steering.unit"] = (value, "--unit")
+        section, _, name = dest[len("cfg__") :].partition("__")
+        if name == "unit":
+            out[f"{section}.unit"] = (value, UNIT_FLAGS[section])
             continue
         key = flags[dest]
         out[key.dotted] = (value, str(key.flag))
