@@ -15,12 +15,12 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, length_order, masked_mean, recording
 from ..lm.model import LoadedModel, position_ids_for
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
+from ..progress import Progress
 from ..steer.hooks import SteeringSpec, steer_rows
 from .prefix import PrefixStore
 from .records import DetectionRecord
@@ -28,6 +28,7 @@ from .verdict import parse_verdict
 
 __all__ = [
     "DetectionRecord",
+    "NonFiniteLogitsError",
     "PrefixStore",
     "Variant",
     "detect",
@@ -37,6 +38,16 @@ __all__ = [
     "score_logits",
     "shares_prefix",
 ]
+
+
+class NonFiniteLogitsError(ValueError):
+    """The model's logits are NaN or inf: no verdict is reported from them."""
+
+
+_NON_FINITE_HINT = (
+    "; the steering shift is probably far beyond the hidden-state scale (lower --strength), or the dtype "
+    "overflows (try --dtype float32)"
+)
 
 
 def _batches(order: list[int], size: int) -> list[list[int]]:
@@ -81,6 +92,8 @@ def _forward(
     if new_cache is None:
         new_cache = out.past_key_values
     logits = out.logits.float()
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogitsError(f"the model produced non-finite logits (NaN or inf){_NON_FINITE_HINT}")
     return (logits if all_logits else logits[:, -1]), new_cache
 
 
@@ -319,12 +332,7 @@ def detect_variants_modes(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = _eos_ids(tok, model)
     per_chunk = max(1, max_rows // max(1, batch_size))
-    bar = tqdm(
-        total=len(samples) * len(names),
-        desc=desc or f"{'+'.join(modes)} detection",
-        unit="sample",
-        disable=not progress,
-    )
+    bar = Progress(len(samples) * len(names), desc or f"{'+'.join(modes)} detection", unit="sample", enabled=progress)
     for idx in _batches(order, batch_size):
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.sample import Sample
+from ..progress import Progress
 from .model import LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
 
@@ -152,7 +152,7 @@ def extract_activations(
     handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in chosen]
     try:
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
+        bar = Progress(len(samples), "activations", unit="sample", enabled=progress)
         for rows in batches:
             batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
             captured.clear()

@@ -34,12 +34,17 @@ from torch import nn
 from ..lm.model import decoder_layers, hidden_of, with_hidden
 from .vectors import SteeringVector, VectorMismatchError
 
-__all__ = ["POSITION_MODES", "PositionMode", "SteeringSpec", "StrengthUnit", "steer"]
+__all__ = ["MAX_SHIFT_RATIO", "POSITION_MODES", "PositionMode", "SteeringSpec", "StrengthUnit", "steer"]
 
 PositionMode = Literal["last", "prompt", "generated", "all"]
 StrengthUnit = Literal["raw", "relative"]
 POSITION_MODES: tuple[str, ...] = ("last", "prompt", "generated", "all")
 STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative")
+#: The largest shift a spec may apply, as a multiple of the layer's mean hidden-state norm (useful strengths move
+#: a hidden state by a fraction of its norm; a hundred times it saturates the layer and the logits carry nothing).
+MAX_SHIFT_RATIO = 100.0
+#: The largest shift (L2 norm) when the vector records no layer norm to compare with.
+MAX_UNSCALED_SHIFT = 1e6
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,30 @@ class SteeringSpec:
             if absent:
                 raise ValueError(f"relative strength needs the vector's layer norms; missing for layers {absent}")
         object.__setattr__(self, "layers", layers)
+        for layer in layers:
+            self._check_scale(layer)
+
+    def _check_scale(self, layer: int) -> None:
+        """Refuse a shift far beyond the hidden-state scale: it saturates every layer after it, and the logits
+        come out non-finite or meaningless (a confident-looking p = 0.5)."""
+        shift = abs(float(self.strength)) * (
+            self.vector.provenance.layer_norms[layer] if self.unit == "relative" else self.vector.norm(layer)
+        )
+        scale = self.vector.provenance.layer_norms.get(layer)
+        where = f"strength {self.strength:g} ({self.unit}) at layer {layer}"
+        if not math.isfinite(shift):
+            raise ValueError(f"steering shift is not finite ({where}); lower --strength")
+        if scale and shift > MAX_SHIFT_RATIO * scale:
+            raise ValueError(
+                f"steering shift of {shift:.3g} is {shift / scale:.3g} x the layer's mean hidden-state norm "
+                f"{scale:.3g} ({where}), far beyond the hidden-state scale (at most {MAX_SHIFT_RATIO:g} x); "
+                "lower --strength"
+            )
+        if not scale and shift > MAX_UNSCALED_SHIFT:
+            raise ValueError(
+                f"steering shift of {shift:.3g} ({where}) exceeds {MAX_UNSCALED_SHIFT:g}, beyond any hidden-state "
+                "scale (the vector records no layer norm to compare with); lower --strength"
+            )
 
     def delta(self, layer: int) -> torch.Tensor:
         """The additive shift applied to the hidden state at *layer* (``-strength * scale * d``)."""
