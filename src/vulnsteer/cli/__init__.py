@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -77,8 +78,18 @@ def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentPa
                 yield from _subparsers(sub)
 
 
+#: Values that start with "-" but are numbers, not options: ``-8,15`` (``--layers``), ``-1e3``, ``-.5``, ``-inf``
+#: (argparse's own pattern takes only ``-8`` and ``-0.5``, so ``--layers -8,15`` was "expected one argument").
+_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line naming the option, with a pointer to ``--help``."""
+    """An argument parser whose usage errors are one line naming the option, with a pointer to ``--help``, and
+    that reads ``-8,15`` and ``-1e3`` as values."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_VALUE
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

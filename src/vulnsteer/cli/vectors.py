@@ -83,14 +83,16 @@ def _prepare(args: argparse.Namespace, require: tuple[str, ...]) -> tuple[Any, A
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from safetensors.torch import save
-
-    from ..experiment.engine import resolve_run_layers
     from ..io import atomic_open, check_writable
-    from ..lm.activations import extract_activations
 
     check_writable(args.out, "--out")
     _config, data, layers = _prepare(args, () if args.split == "all" else (args.split,))
+
+    from safetensors.torch import save
+
+    from ..experiment.engine import resolve_run_layers
+    from ..lm.activations import extract_activations
+
     samples = (
         [s for _, part in data.splits.items() for s in part] if args.split == "all" else data.splits.get(args.split)
     )
@@ -137,12 +139,14 @@ def _check_fittable(data: Any) -> None:
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
-    from ..experiment.engine import fit_cwe_vectors, resolve_run_layers
-    from ..experiment.runner import save_vectors
     from ..io import check_writable
 
     out = check_writable(args.out, "--out", folder=True)
     _config, data, layers = _prepare(args, ("train",))
+
+    from ..experiment.engine import fit_cwe_vectors, resolve_run_layers
+    from ..experiment.runner import save_vectors
+
     _check_fittable(data)
     lm = load(args)
     try:

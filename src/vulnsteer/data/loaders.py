@@ -733,7 +733,7 @@ def detect_format(path: Path) -> str:
             if kind is None:
                 raise DataError(
                     f"{path}: cannot tell the format: the first record has neither 'func_src_before' (sven) "
-                    "nor 'code' (jsonl)"
+                    "nor 'code' (jsonl); pass --format to read it anyway"
                 )
             return kind
         if suffix == ".json":
