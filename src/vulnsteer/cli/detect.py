@@ -11,10 +11,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STEER_POSITIONS, DEFAULT_UNIT
 from .options import (
+    DefaultInt,
+    DefaultStr,
     UsageError,
     add_code_tokens_arg,
     add_model_args,
@@ -22,6 +24,7 @@ from .options import (
     code_token_budget,
     finite_float,
     ints,
+    is_default,
     load,
     positive_int,
     require,
@@ -51,7 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=None,
+        default=DefaultInt(DEFAULT_MAX_NEW_TOKENS),
         help=f"tokens to generate (--mode generation only; default: {DEFAULT_MAX_NEW_TOKENS})",
     )
     add_code_tokens_arg(p)
@@ -64,25 +67,23 @@ def register(sub: Any) -> None:
         default=None,
         help="positive = toward 'vulnerable' (no default: required with --vector; e.g. 0.3 with --unit relative)",
     )
-    g.add_argument("--layers", type=ints, default=None, help="layers to steer (default: all of the vector's)")
+    g.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
     g.add_argument(
         "--positions",
-        default=None,
+        default=DefaultStr(DEFAULT_STEER_POSITIONS),
         choices=["last", "prompt", "generated", "all"],
         help=f"token positions to steer (default: {DEFAULT_STEER_POSITIONS})",
     )
     g.add_argument(
         "--unit",
-        default=None,
+        default=DefaultStr(DEFAULT_UNIT),
         choices=["raw", "relative"],
         help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector "
         f"(default: {DEFAULT_UNIT})",
     )
     g.add_argument(
         "--allow-model-mismatch",
-        action="store_const",
-        const=True,
-        default=None,
+        action="store_true",
         help="use a vector fitted on another model",
     )
     p.set_defaults(func=cmd_detect)
@@ -93,7 +94,7 @@ def _check_options(args: argparse.Namespace) -> None:
         require(args, "--vector", _STEERING_OPTIONS)
     elif args.strength is None:
         raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
-    if args.mode != "generation" and args.max_new_tokens is not None:
+    if args.mode != "generation" and not is_default(args.max_new_tokens):
         raise UsageError("--max-new-tokens needs --mode generation (logit mode generates nothing)")
     if args.language is not None and not args.language.strip():
         raise UsageError("--language is empty")
@@ -149,7 +150,7 @@ def read_files(names: list[str], language: str | None) -> list[Any]:
 
 def _load_spec(args: argparse.Namespace) -> Any:
     """The steering spec, checked (file, layers, scale) before the model loads; None without ``--vector``."""
-    from ..steer.hooks import SteeringSpec
+    from ..steer.hooks import PositionMode, SteeringSpec, StrengthUnit
     from ..steer.vectors import SteeringVector
 
     if args.vector is None:
@@ -159,9 +160,9 @@ def _load_spec(args: argparse.Namespace) -> Any:
         return SteeringSpec(
             vector,
             args.strength,
-            layers=tuple(args.layers or ()),
-            positions=args.positions or DEFAULT_STEER_POSITIONS,
-            unit=args.unit or DEFAULT_UNIT,
+            layers=tuple(args.layers),
+            positions=cast(PositionMode, str(args.positions)),  # argparse choices checked them
+            unit=cast(StrengthUnit, str(args.unit)),
         )
     except ValueError as exc:
         raise UsageError(f"{args.vector}: {exc}") from None
@@ -198,7 +199,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..steer.hooks import steer
     from ..steer.vectors import VectorMismatchError
 
-    new_tokens = (args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS) if args.mode == "generation" else 0
+    new_tokens = int(args.max_new_tokens) if args.mode == "generation" else 0
     _config, tokenizer, budget = code_token_budget(args, new_tokens)
 
     def count(text: str) -> int:

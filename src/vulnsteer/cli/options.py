@@ -21,6 +21,7 @@ from ..defaults import (
 __all__ = [
     "DTYPES",
     "DefaultInt",
+    "DefaultStr",
     "HelpFormatter",
     "UsageError",
     "add_data_args",
@@ -104,8 +105,8 @@ def positive_int(text: str) -> int:
 
 
 def require(args: argparse.Namespace, needs: str, given: Iterable[tuple[str, str]]) -> None:
-    """Refuse options that only mean something with *needs*: ``given`` is ``(option, dest)`` pairs whose value is
-    not None when the user set them.
+    """Refuse options that only mean something with *needs*: ``given`` is ``(option, dest)`` pairs; an option
+    counts as given unless its value :func:`is_default`.
 
     >>> require(argparse.Namespace(vector=None, strength=3.0), "--vector", [("--strength", "strength")])
     Traceback (most recent call last):
@@ -113,7 +114,7 @@ def require(args: argparse.Namespace, needs: str, given: Iterable[tuple[str, str
     vulnsteer.cli.options.UsageError: --strength needs --vector (it has no effect without it)
     """
     for option, dest in given:
-        if getattr(args, dest, None) is not None:
+        if not is_default(getattr(args, dest, None)):
             raise UsageError(f"{option} needs {needs} (it has no effect without it)")
 
 
@@ -187,9 +188,15 @@ class DefaultInt(int):
     """
 
 
+class DefaultStr(str):
+    """A string option's default, told apart from the same value given on the command line (see
+    :class:`DefaultInt`)."""
+
+
 def is_default(value: object) -> bool:
-    """Whether *value* is an option's untouched default (:class:`DefaultInt`) or unset (None)."""
-    return value is None or isinstance(value, DefaultInt)
+    """Whether *value* is an option's untouched default (:class:`DefaultInt`, :class:`DefaultStr`) or unset
+    (None, False, an empty tuple or list)."""
+    return value is None or value is False or value in ((), []) or isinstance(value, (DefaultInt, DefaultStr))
 
 
 def add_code_tokens_arg(g: Any) -> None:

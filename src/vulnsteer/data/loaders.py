@@ -221,7 +221,7 @@ class _Loader:
         except UnicodeEncodeError:
             self.report.replaced_bytes_files += 1
             self.report.notes.append(f"{where}: lone surrogates in the code replaced")
-            code = code.encode("utf-8", "replace").decode("utf-8")
+            code = _SURROGATE.sub("\ufffd", code)
         return code
 
     def cwe(self, value: object, where: str, field_name: str) -> str | None:
@@ -676,6 +676,8 @@ def _is_code_file(path: Path) -> bool:
     return path.suffix.lower().lstrip(".") in LANGUAGE_ALIASES
 
 
+#: Lone UTF-16 surrogates (``"\ud800"`` in JSON): not encodable, replaced by U+FFFD.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Bytes of a JSONL file read to tell its kind.
 _PEEK_BYTES = 1 << 20
 
