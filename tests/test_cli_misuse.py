@@ -55,6 +55,8 @@ def _make_inputs(folder: Path, fingerprint: str) -> None:
     (folder / "u16.c").write_bytes(SOURCE.encode("utf-16"))
     (folder / "u16le.c").write_bytes(SOURCE.encode("utf-16-le"))
     (folder / "x.xyz").write_text(SOURCE, encoding="utf-8")
+    with open(folder / "huge.c", "wb") as handle:  # sparse: 9 MiB of NUL bytes without writing them
+        handle.truncate(9 << 20)
     # datasets
     paired = folder / "paired" / "CWE-79"
     paired.mkdir(parents=True)
@@ -151,6 +153,20 @@ class Case:
 TINY = ["--model", "{tiny}", "--device", "cpu"]
 BARE = ["--model", "{bare}", "--device", "cpu"]
 
+
+def _vector_case(case_id: str, file: str, *needles: str, strength: str = "1", extra: tuple[str, ...] = ()) -> Case:
+    """``detect`` with a vector from the inputs (the model folder has no weights: the error must come first)."""
+    argv = ["detect", "{in}/ok.c", *BARE, "--vector", f"{{in}}/{file}", "--strength", strength, *extra]
+    return Case(case_id, argv, (file, *needles))
+
+
+def _data_case(case_id: str, data: str, *needles: str, extra: tuple[str, ...] = ()) -> Case:
+    """``vectors`` on a dataset from the inputs, writing to a fresh folder that must not appear."""
+    out = f"vecs-{case_id}"
+    argv = ["vectors", "--data", f"{{in}}/{data}", *extra, *BARE, "--out", f"{{out}}/{out}"]
+    return Case(case_id, argv, needles, out=out)
+
+
 CATALOGUE = [
     # ------------------------------------------------------------ usage
     Case("no-command", [], ("required",)),
@@ -196,88 +212,37 @@ CATALOGUE = [
     Case("detect-folder", ["detect", "{in}/paired"], ("paired", "is a folder")),
     Case("detect-empty-file", ["detect", "{in}/empty.c"], ("empty.c", "empty")),
     Case("detect-binary-only", ["detect", "{in}/bin.c"], ("binary",)),
+    Case("detect-device-file", ["detect", "/dev/zero"], ("/dev/zero", "not a regular file")),
+    Case("detect-huge-file", ["detect", "{in}/huge.c"], ("huge.c", "too large")),
+    Case("detect-one-bad-among-good", ["detect", "{in}/ok.c", "{in}/nope.c"], ("nope.c",)),
     # ------------------------------------------------------------ vectors (checked before the model loads)
     Case("vector-missing", ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/nope.st", "--strength", "1"], ("nope.st",)),
-    Case(
-        "vector-no-provenance-field",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/noprov.safetensors", "--strength", "1"],
-        ("noprov.safetensors", "'layers'"),
-    ),
-    Case(
-        "vector-provenance-not-json",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/badjson.safetensors", "--strength", "1"],
-        ("badjson.safetensors",),
-    ),
-    Case(
-        "vector-wrong-shape",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/shape.safetensors", "--strength", "1"],
-        ("shape.safetensors", "shape"),
-    ),
-    Case(
-        "vector-nan",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/nan.safetensors", "--strength", "1"],
-        ("nan.safetensors", "non-finite"),
-    ),
-    Case(
-        "vector-layer-not-a-number",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/layer_word.safetensors", "--strength", "1"],
-        ("layer_word.safetensors",),
-    ),
-    Case(
-        "vector-truncated",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/truncated.safetensors", "--strength", "1"],
-        ("truncated.safetensors",),
-    ),
-    Case(
-        "vector-pickle",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/pickle.safetensors", "--strength", "1"],
-        ("pickle.safetensors",),
-    ),
-    Case(
-        "vector-header-length-lies",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/liar.safetensors", "--strength", "1"],
-        ("liar.safetensors",),
-    ),
-    Case(
-        "vector-empty-file",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/plain.safetensors", "--strength", "1"],
-        ("plain.safetensors",),
-    ),
-    Case(
-        "vector-torch-pickle",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/torch.pt", "--strength", "1"],
-        ("torch.pt",),
-    ),
-    Case(
-        "vector-is-a-folder",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/paired", "--strength", "1"],
-        ("paired",),
-    ),
-    Case(
-        "strength-absurd",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/good.safetensors", "--strength", "1e30"],
-        ("good.safetensors", "--strength", "hidden-state scale"),
-    ),
-    Case(
+    _vector_case("vector-no-provenance-field", "noprov.safetensors", "'layers'"),
+    _vector_case("vector-provenance-not-json", "badjson.safetensors"),
+    _vector_case("vector-wrong-shape", "shape.safetensors", "shape"),
+    _vector_case("vector-nan", "nan.safetensors", "non-finite"),
+    _vector_case("vector-layer-not-a-number", "layer_word.safetensors"),
+    _vector_case("vector-truncated", "truncated.safetensors"),
+    _vector_case("vector-pickle", "pickle.safetensors"),
+    _vector_case("vector-header-length-lies", "liar.safetensors"),
+    _vector_case("vector-empty-file", "plain.safetensors"),
+    _vector_case("vector-torch-pickle", "torch.pt"),
+    _vector_case("vector-is-a-folder", "paired"),
+    _vector_case("strength-absurd", "good.safetensors", "--strength", "hidden-state scale", strength="1e30"),
+    _vector_case(
         "vector-absurd-raw",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/huge.safetensors", "--strength", "1", "--unit", "raw"],
-        ("huge.safetensors", "--strength"),
+        "huge.safetensors",
+        "--strength",
+        extra=("--unit", "raw"),
     ),
-    Case(
+    _vector_case(
         "vector-layers-option-not-in-vector",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/good.safetensors", "--strength", "1", "--layers", "2"],
-        ("good.safetensors", "[2]"),
+        "good.safetensors",
+        "[2]",
+        extra=("--layers", "2"),
     ),
-    Case(
-        "vector-layer-beyond-model",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/far_layer.safetensors", "--strength", "1"],
-        ("far_layer.safetensors", "3 layers"),
-    ),
-    Case(
-        "vector-for-another-hidden-size",
-        ["detect", "{in}/ok.c", *BARE, "--vector", "{in}/other_model.safetensors", "--strength", "1"],
-        ("other_model.safetensors", "hidden size 128"),
-    ),
+    _vector_case("vector-layer-beyond-model", "far_layer.safetensors", "3 layers"),
+    _vector_case("vector-for-another-hidden-size", "other_model.safetensors", "hidden size 128"),
     # ------------------------------------------------------------ model and machine
     Case("device-unknown", ["detect", "{in}/ok.c", "--model", "{tiny}", "--device", "gpu7"], ("--device", "gpu7")),
     Case("device-meta", ["detect", "{in}/ok.c", "--model", "{tiny}", "--device", "meta"], ("--device",)),
@@ -297,17 +262,18 @@ CATALOGUE = [
         ["detect", "{in}/ok.c", *BARE, "--max-new-tokens", "5000"],
         ("--max-new-tokens",),
     ),
-    Case(
+    _data_case(
         "vectors-max-code-tokens-beyond-context",
-        ["vectors", "--data", "{in}/paired", *BARE, "--max-code-tokens", "9999", "--out", "{out}/v1"],
-        ("--max-code-tokens 9999",),
-        out="v1",
+        "paired",
+        "--max-code-tokens 9999",
+        extra=("--max-code-tokens", "9999"),
     ),
-    Case(
+    _data_case(
         "vectors-layer-beyond-model",
-        ["vectors", "--data", "{in}/paired", *BARE, "--layers", "7", "--out", "{out}/v2"],
-        ("layer 7", "3 layers"),
-        out="v2",
+        "paired",
+        "layer 7",
+        "3 layers",
+        extra=("--layers", "7"),
     ),
     # ------------------------------------------------------------ outputs (checked first)
     Case("vectors-out-under-a-file", ["vectors", "--out", "{in}/ok.c/vecs"], ("--out", "ok.c", "not a folder")),
@@ -316,59 +282,42 @@ CATALOGUE = [
     Case("extract-out-unwritable", ["extract", "--out", "/proc/vulnsteer/a.safetensors"], ("--out", "/proc")),
     Case("extract-out-empty", ["extract", "--out", ""], ("--out",)),
     # ------------------------------------------------------------ data (checked before the weights load)
-    Case(
-        "vectors-data-missing",
-        ["vectors", "--data", "{in}/nowhere", *BARE, "--out", "{out}/v3"],
-        ("nowhere",),
-        out="v3",
-    ),
-    Case(
-        "vectors-data-malformed",
-        ["vectors", "--data", "{in}/malformed.jsonl", *BARE, "--out", "{out}/v4"],
-        ("malformed.jsonl:2", "malformed JSON"),
-        out="v4",
-    ),
-    Case(
+    _data_case("vectors-data-missing", "nowhere", "nowhere"),
+    _data_case("vectors-data-malformed", "malformed.jsonl", "malformed.jsonl:2", "malformed JSON"),
+    _data_case(
         "vectors-data-missing-field",
-        ["vectors", "--data", "{in}/nocode.jsonl", "--format", "jsonl", *BARE, "--out", "{out}/v5"],
-        ("nocode.jsonl:1", "'code'"),
-        out="v5",
+        "nocode.jsonl",
+        "nocode.jsonl:1",
+        "'code'",
+        extra=("--format", "jsonl"),
     ),
-    Case(
-        "vectors-data-format-unclear",
-        ["vectors", "--data", "{in}/nocode.jsonl", *BARE, "--out", "{out}/v11"],
-        ("nocode.jsonl", "'code'", "--format"),
-        out="v11",
-    ),
-    Case(
+    _data_case("vectors-data-format-unclear", "nocode.jsonl", "nocode.jsonl", "'code'", "--format"),
+    _data_case(
         "vectors-cwe-without-secure",
-        ["vectors", "--data", "{in}/onesided.jsonl", "--cwe", "89", *BARE, "--out", "{out}/v6"],
-        ("CWE-89", "no secure"),
-        out="v6",
+        "onesided.jsonl",
+        "CWE-89",
+        "no secure",
+        extra=("--cwe", "89"),
     ),
-    Case(
+    _data_case(
         "vectors-cwe-unknown",
-        ["vectors", "--data", "{in}/paired", "--cwe", "banana", *BARE, "--out", "{out}/v7"],
-        ("banana",),
-        out="v7",
+        "paired",
+        "banana",
+        extra=("--cwe", "banana"),
     ),
-    Case(
+    _data_case(
         "vectors-format-unknown",
-        ["vectors", "--data", "{in}/paired", "--format", "parquet", *BARE, "--out", "{out}/v8"],
-        ("parquet", "--format"),
-        out="v8",
+        "paired",
+        "parquet",
+        "--format",
+        extra=("--format", "parquet"),
     ),
-    Case(
-        "vectors-format-undetectable",
-        ["vectors", "--data", "{in}/notes.txt", *BARE, "--out", "{out}/v9"],
-        ("notes.txt", "--format"),
-        out="v9",
-    ),
-    Case(
+    _data_case("vectors-format-undetectable", "notes.txt", "notes.txt", "--format"),
+    _data_case(
         "vectors-merge-map-bad",
-        ["vectors", "--data", "{in}/paired", "--merge-cwe", "77", *BARE, "--out", "{out}/v10"],
-        ("77",),
-        out="v10",
+        "paired",
+        "77",
+        extra=("--merge-cwe", "77"),
     ),
     Case(
         "extract-data-malformed",

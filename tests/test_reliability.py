@@ -94,11 +94,18 @@ def test_read_jsonl_names_a_file_that_is_not_text(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- progress
 
 
+@pytest.fixture
+def progress_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process ``main(["--no-progress", ...])`` earlier in the session leaves TQDM_DISABLE set."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
 
 
+@pytest.mark.usefixtures("progress_on")
 def test_progress_in_a_log_is_one_line_per_phase() -> None:
     log = io.StringIO()
     ticks = iter([0.0, 2.5])
@@ -108,6 +115,7 @@ def test_progress_in_a_log_is_one_line_per_phase() -> None:
     assert log.getvalue() == "activations: 4/4 samples in 2.5s\n"
 
 
+@pytest.mark.usefixtures("progress_on")
 def test_progress_in_a_log_says_where_it_stopped() -> None:
     log = io.StringIO()
     ticks = iter([0.0, 1.0])
@@ -131,6 +139,7 @@ def test_progress_disabled_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     assert log.getvalue() == ""
 
 
+@pytest.mark.usefixtures("progress_on")
 def test_progress_on_a_terminal_draws_a_bar_and_erases_it_on_error() -> None:
     done = _Terminal()
     with Progress(3, "cases", unit="case", stream=done) as bar:
@@ -145,6 +154,7 @@ def test_progress_on_a_terminal_draws_a_bar_and_erases_it_on_error() -> None:
     assert failed.getvalue().rsplit("\r", 1)[-1].strip() == ""  # ... and the line is blank again: no stray frame
 
 
+@pytest.mark.usefixtures("progress_on")
 def test_track_counts_what_was_iterated() -> None:
     log = io.StringIO()
     assert list(track(["a", "b"], "files", unit="file", stream=log)) == ["a", "b"]

@@ -80,7 +80,7 @@ class Progress:
         if self._enabled and _is_terminal(self._stream):
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self._stream, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self._stream, dynamic_ncols=True, disable=False)
 
     def update(self, n: int = 1) -> None:
         """Count *n* more items done."""

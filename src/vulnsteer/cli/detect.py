@@ -30,6 +30,8 @@ from .options import (
     require,
 )
 
+#: The largest file ``detect`` reads: far beyond any function's token budget, and tokenising more only costs time.
+MAX_SOURCE_BYTES = 8 << 20
 #: Options that only mean something with ``--vector`` (option, dest).
 _STEERING_OPTIONS = (
     ("--strength", "strength"),
@@ -119,6 +121,14 @@ def read_files(names: list[str], language: str | None) -> list[Any]:
             raise UsageError(f"{path}: is a folder; detect takes source files (pass them, e.g. {path}/*.c)")
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
+        if not path.is_file():
+            raise UsageError(f"{path}: not a regular file (a device, pipe or socket); pass source files")
+        size = path.stat().st_size
+        if size > MAX_SOURCE_BYTES:
+            raise UsageError(
+                f"{path}: {size / 2**20:.1f} MiB is too large for one source file (at most "
+                f"{MAX_SOURCE_BYTES // 2**20} MiB); pass the part to check"
+            )
         try:
             decoded = read_source(path)
         except BinaryContentError as exc:
@@ -148,14 +158,26 @@ def read_files(names: list[str], language: str | None) -> list[Any]:
     return samples
 
 
-def _load_spec(args: argparse.Namespace) -> Any:
-    """The steering spec, checked (file, layers, scale) before the model loads; None without ``--vector``."""
+def _steering_spec(args: argparse.Namespace, config: Any) -> Any:
+    """The steering spec, checked before the model's weights load: the file, its hidden size and layers against
+    the model's config (a mismatch ``--allow-model-mismatch`` cannot fix), ``--layers``, and the shift's scale.
+    None without ``--vector``."""
     from ..steer.hooks import PositionMode, SteeringSpec, StrengthUnit
-    from ..steer.vectors import SteeringVector
+    from ..steer.vectors import SteeringVector, VectorMismatchError
 
     if args.vector is None:
         return None
     vector = SteeringVector.load(args.vector)
+    hidden = getattr(config, "hidden_size", None)
+    if isinstance(hidden, int):
+        try:
+            vector.check_compatible(hidden)
+        except VectorMismatchError as exc:
+            raise VectorMismatchError(f"{args.vector}: {exc}") from None
+    layers = getattr(config, "num_hidden_layers", None)
+    outside = [layer for layer in args.layers or vector.layers if isinstance(layers, int) and not 0 <= layer < layers]
+    if outside:
+        raise VectorMismatchError(f"{args.vector}: steers layers {outside}, but the model has {layers} layers")
     try:
         return SteeringSpec(
             vector,
@@ -168,29 +190,10 @@ def _load_spec(args: argparse.Namespace) -> Any:
         raise UsageError(f"{args.vector}: {exc}") from None
 
 
-def _check_vector_fits(path: str, spec: Any, config: Any) -> None:
-    """The vector's hidden size and layers against the model's config (before its weights load); a mismatch
-    that ``--allow-model-mismatch`` cannot fix either."""
-    from ..steer.vectors import VectorMismatchError
-
-    hidden = getattr(config, "hidden_size", None)
-    if isinstance(hidden, int):
-        try:
-            spec.vector.check_compatible(hidden)
-        except VectorMismatchError as exc:
-            raise VectorMismatchError(f"{path}: {exc}") from None
-    layers = getattr(config, "num_hidden_layers", None)
-    if isinstance(layers, int):
-        outside = [layer for layer in spec.layers if not 0 <= layer < layers]
-        if outside:
-            raise VectorMismatchError(f"{path}: steers layers {outside}, but the model has {layers} layers")
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
     _check_options(args)
     samples = read_files(args.files, args.language)  # cheap checks first: no torch imported yet
     check_model_options(args)
-    spec = _load_spec(args)
 
     from contextlib import nullcontext
 
@@ -200,14 +203,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..steer.vectors import VectorMismatchError
 
     new_tokens = int(args.max_new_tokens) if args.mode == "generation" else 0
-    _config, tokenizer, budget = code_token_budget(args, new_tokens)
+    config, tokenizer, budget = code_token_budget(args, new_tokens)
+    spec = _steering_spec(args, config)
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     samples = [truncate_sample(s, count, budget) for s in samples]
-    if spec is not None:
-        _check_vector_fits(args.vector, spec, _config)
     lm = load(args)
     try:
         ctx: Any = nullcontext()

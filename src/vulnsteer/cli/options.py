@@ -58,14 +58,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {str(value).replace('%', '%%')})"
 
 
+def _number_list(text: str, convert: Any, what: str) -> tuple[Any, ...]:
+    try:
+        values = tuple(convert(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+    return values
+
+
 def floats(text: str) -> tuple[float, ...]:
     """Comma-separated finite numbers (``--strengths -1,0.3``)."""
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    values: tuple[float, ...] = _number_list(text, float, "numbers")
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
     return values
@@ -84,12 +89,7 @@ def finite_float(text: str) -> float:
 
 def ints(text: str) -> tuple[int, ...]:
     """Comma-separated integers (``--layers -8,15``)."""
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    values: tuple[int, ...] = _number_list(text, int, "integers")
     return values
 
 

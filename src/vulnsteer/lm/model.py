@@ -396,11 +396,12 @@ def load_model(
         device_map: passed through to ``from_pretrained`` (``"auto"`` spreads a large model over GPUs).
         trust_remote_code: off unless the user asks for it.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dev = resolve_device(device)
     torch_dtype = _pick_dtype(dtype, dev)
-    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
+    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)  # fails fast, before transformers
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(
@@ -467,9 +468,9 @@ def _load_error(
 
 def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
     """Only the tokenizer of a model spec (as :func:`load_model` resolves it); cheap, for counting tokens."""
+    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
     from transformers import AutoTokenizer
 
-    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except Exception as exc:
@@ -479,9 +480,9 @@ def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False) 
 def load_config(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
     """Only the config of a model spec (no weights): cheap, to check options against the model before loading
     it (:func:`context_length`, ``num_hidden_layers``, ``hidden_size``)."""
+    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
     from transformers import AutoConfig
 
-    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
     try:
         return AutoConfig.from_pretrained(location, **kwargs)
     except Exception as exc:

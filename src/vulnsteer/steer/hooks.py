@@ -69,9 +69,9 @@ class SteeringSpec:
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
             raise ValueError(f"steering strength must be a finite number, got {self.strength!r}")
         if self.positions not in POSITION_MODES:
-            raise ValueError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+            raise ValueError(f"--positions must be one of {', '.join(POSITION_MODES)}, got {self.positions!r}")
         if self.unit not in STRENGTH_UNITS:
-            raise ValueError(f"unit must be one of {STRENGTH_UNITS}, got {self.unit!r}")
+            raise ValueError(f"--unit must be one of {', '.join(STRENGTH_UNITS)}, got {self.unit!r}")
         layers = tuple(sorted(self.layers)) if self.layers else self.vector.layers
         missing = [layer for layer in layers if layer not in self.vector.directions]
         if missing:
