@@ -206,6 +206,10 @@ CATALOGUE = [
     Case("method-unknown", ["vectors", "--out", "{out}/v0", "--method", "magic"], ("--method", "invalid choice")),
     Case("language-empty", ["detect", "{in}/ok.c", "--language", " "], ("--language",)),
     Case("extract-needs-out", ["extract"], ("--out",)),
+    Case("format-without-data", ["vectors", "--out", "{out}/v", "--format", "csv"], ("--format needs --data",)),
+    Case("upstream-without-data", ["extract", "--out", "{out}/a", "--respect-upstream-split"], ("needs --data",)),
+    Case("vectors-takes-no-unit", ["vectors", "--out", "{out}/v", "--unit", "raw"], ("unrecognized", "--unit")),
+    Case("stats-model-without-tokens", ["data", "stats", "{in}/paired", "--no-tokens", "--model", "x"], ("--model",)),
     Case("data-needs-path", ["data", "validate"], ("path",)),
     # ------------------------------------------------------------ source files
     Case("detect-missing-file", ["detect", "{in}/nope.c"], ("nope.c", "no such file")),

@@ -490,8 +490,10 @@ def test_shared_option_defaults_come_from_one_place() -> None:
     assert detect.max_code_tokens == DEFAULT_MAX_CODE_TOKENS and isinstance(detect.max_code_tokens, DefaultInt)
     assert commands["detect"].parse_args(["x.c", "--max-code-tokens", "512"]).max_code_tokens.__class__ is int
     vectors = commands["vectors"].parse_args(["--out", "v"])
-    assert (vectors.steer_positions, vectors.unit) == (DEFAULT_STEER_POSITIONS, DEFAULT_UNIT)
     assert vectors.max_code_tokens == DEFAULT_MAX_CODE_TOKENS
+    assert not hasattr(vectors, "unit") and not hasattr(vectors, "steer_positions")  # vectors steers nothing
+    run = commands["run"].parse_args([])
+    assert (run.steer_positions, run.unit) == (DEFAULT_STEER_POSITIONS, DEFAULT_UNIT)
     # detect shows the same defaults for the options it only uses with --vector / --mode generation
     help_text = " ".join(commands["detect"].format_help().split())
     assert f"(default: {DEFAULT_STEER_POSITIONS})" in help_text and f"(default: {DEFAULT_UNIT})" in help_text

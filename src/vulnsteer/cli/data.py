@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from .options import require
+
 __all__ = ["register"]
 
 
@@ -62,6 +64,8 @@ def _load_notes(report: Any) -> list[str]:
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from ..data.loaders import LoadReport, dataset_stats, load_samples
 
+    if args.no_tokens:
+        require(args, "token-length percentiles (drop --no-tokens)", [("--model", "model")])
     report = LoadReport()
     samples = load_samples(args.path, args.format, merge=_merge_map(args), report=report, progress=not args.no_progress)
     counter = None

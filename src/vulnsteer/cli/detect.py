@@ -158,16 +158,15 @@ def read_files(names: list[str], language: str | None) -> list[Any]:
     return samples
 
 
-def _steering_spec(args: argparse.Namespace, config: Any) -> Any:
-    """The steering spec, checked before the model's weights load: the file, its hidden size and layers against
+def _steering_spec(args: argparse.Namespace, vector: Any, config: Any) -> Any:
+    """The steering spec, checked before the model's weights load: the vector's hidden size and layers against
     the model's config (a mismatch ``--allow-model-mismatch`` cannot fix), ``--layers``, and the shift's scale.
-    None without ``--vector``."""
+    None without a vector."""
     from ..steer.hooks import PositionMode, SteeringSpec, StrengthUnit
-    from ..steer.vectors import SteeringVector, VectorMismatchError
+    from ..steer.vectors import VectorMismatchError
 
-    if args.vector is None:
+    if vector is None:
         return None
-    vector = SteeringVector.load(args.vector)
     hidden = getattr(config, "hidden_size", None)
     if isinstance(hidden, int):
         try:
@@ -194,6 +193,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     _check_options(args)
     samples = read_files(args.files, args.language)  # cheap checks first: no torch imported yet
     check_model_options(args)
+    vector = None
+    if args.vector is not None:  # a damaged file is said before transformers is even imported
+        from ..steer.vectors import SteeringVector
+
+        vector = SteeringVector.load(args.vector)
 
     from contextlib import nullcontext
 
@@ -204,7 +208,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     new_tokens = int(args.max_new_tokens) if args.mode == "generation" else 0
     config, tokenizer, budget = code_token_budget(args, new_tokens)
-    spec = _steering_spec(args, config)
+    spec = _steering_spec(args, vector, config)
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])

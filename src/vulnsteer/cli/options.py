@@ -27,6 +27,7 @@ __all__ = [
     "add_data_args",
     "add_model_args",
     "add_steer_args",
+    "add_vector_args",
     "code_token_budget",
     "finite_float",
     "floats",
@@ -216,8 +217,9 @@ RUN_STRENGTHS: tuple[float, ...] = (-1.0, -0.3, 0.3, 1.0)
 RUN_UNIT = DEFAULT_UNIT
 
 
-def add_steer_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("steering")
+def add_vector_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """How vectors are fitted: ``--layers``, ``--position``, ``--method``, ``--batch-size``."""
+    g = p.add_argument_group("vectors")
     g.add_argument(
         "--layers", type=ints, default=(), help="comma-separated layers, negatives allowed (default: the middle layer)"
     )
@@ -233,6 +235,14 @@ def add_steer_args(p: argparse.ArgumentParser) -> None:
         choices=["mean_diff", "pca", "logistic"],
         help="how a direction is fitted from secure and vulnerable activations",
     )
+    g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="prompts per forward pass")
+    return g
+
+
+def add_steer_args(p: argparse.ArgumentParser) -> None:
+    """:func:`add_vector_args` plus how they steer: ``--positions``, ``--unit``."""
+    g = add_vector_args(p)
+    g.title = "vectors and steering"
     g.add_argument(
         "--positions",
         dest="steer_positions",
@@ -246,7 +256,6 @@ def add_steer_args(p: argparse.ArgumentParser) -> None:
         choices=["raw", "relative"],
         help="raw: strength x vector; relative: strength x layer's mean hidden norm x unit vector",
     )
-    g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="prompts per forward pass")
 
 
 def run_config(args: argparse.Namespace, **extra: Any) -> Any:

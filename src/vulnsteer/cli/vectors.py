@@ -17,12 +17,13 @@ from .options import (
     UsageError,
     add_data_args,
     add_model_args,
-    add_steer_args,
+    add_vector_args,
     check_model_options,
     code_token_budget,
     ints,
     load,
     positive_int,
+    require,
     run_config,
 )
 
@@ -61,22 +62,24 @@ def register(sub: Any) -> None:
     p = sub.add_parser("vectors", help="fit per-CWE steering vectors on the train split and save them")
     add_model_args(p)
     add_data_args(p)
-    add_steer_args(p)
+    add_vector_args(p)
     p.add_argument("--pooled", action="store_true", help="also fit an 'any weakness' vector over all CWEs")
     p.add_argument("--out", required=True, help="output folder for <cwe>-<method>.safetensors")
     p.set_defaults(func=cmd_vectors)
 
 
-def _prepare(args: argparse.Namespace, require: tuple[str, ...]) -> tuple[Any, Any, list[int] | None]:
+def _prepare(args: argparse.Namespace, splits: tuple[str, ...]) -> tuple[Any, Any, list[int] | None]:
     """The run config and the prepared data, and the layers checked against the model's config; all before
     the model's weights load."""
     from ..experiment.engine import prepare_data, resolve_run_layers
 
+    if args.data is None:
+        require(args, "--data", [("--format", "format"), ("--respect-upstream-split", "respect_upstream_split")])
     check_model_options(args)
     config = run_config(args)
     model_config, tokenizer, budget = code_token_budget(args)
     config = dataclasses.replace(config, max_code_tokens=budget)
-    data = prepare_data(config, tokenizer, progress=not args.no_progress, require=require)
+    data = prepare_data(config, tokenizer, progress=not args.no_progress, require=splits)
     num_layers = getattr(model_config, "num_hidden_layers", None)
     layers = resolve_run_layers(args.layers, num_layers) if isinstance(num_layers, int) else None
     return config, data, layers
