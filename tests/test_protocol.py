@@ -20,6 +20,7 @@ from vulnsteer.experiment import protocol as protocol_mod
 from vulnsteer.experiment.config import ConfigError, ExperimentConfig, load_config, parse_config
 from vulnsteer.experiment.protocol import run_protocol
 from vulnsteer.experiment.rundir import RunDirBusyError, _locked
+from vulnsteer.io import OutputError
 from vulnsteer.lm.model import LoadedModel
 
 
@@ -210,7 +211,7 @@ def test_nothing_is_written_before_the_inputs_are_validated(tmp_path: Path, tiny
             progress=False,
         )
     assert not out.exists()
-    with pytest.raises(PermissionError, match="--out"):
+    with pytest.raises(OutputError, match="--out /proc/vulnsteer-run: cannot create files in /proc"):
         run_protocol(ExperimentConfig(), "/proc/vulnsteer-run", lm=tiny_lm, progress=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from .values import (
     Parser,
     boolean,
@@ -159,7 +160,11 @@ class DataSection:
         "--duplicates",
     )
     max_code_tokens: int = _key(
-        512, integer(32), "token budget for the code (longer code is truncated token-aware)", "--max-code-tokens", "int"
+        DEFAULT_MAX_CODE_TOKENS,
+        integer(32),
+        "token budget for the code (longer code is truncated token-aware)",
+        "--max-code-tokens",
+        "int",
     )
     keep_comments: bool = _key(False, boolean, "keep comments (they can leak the label)", "--keep-comments", "bool")
 
@@ -232,8 +237,10 @@ class DetectionSection:
         "--cross-cwe-modes",
         "csv",
     )
-    max_new_tokens: int = _key(20, integer(1), "generation mode: tokens to generate", "--max-new-tokens", "int")
-    batch_size: int = _key(8, integer(1), "samples per forward pass", "--batch-size", "int")
+    max_new_tokens: int = _key(
+        DEFAULT_MAX_NEW_TOKENS, integer(1), "generation mode: tokens to generate", "--max-new-tokens", "int"
+    )
+    batch_size: int = _key(DEFAULT_BATCH_SIZE, integer(1), "samples per forward pass", "--batch-size", "int")
 
 
 #: Conditional steering's default strengths: x the spread of the training activations along the behaviour vector
