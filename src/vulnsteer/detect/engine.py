@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, length_order, masked_mean, recording
+from ..lm.batching import AutoBatch
 from ..lm.model import LoadedModel, position_ids_for
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
 from ..steer.hooks import SteeringSpec, steer_rows
@@ -325,7 +326,10 @@ def detect_variants_modes(
         unit="sample",
         disable=not progress,
     )
-    for idx in _batches(order, batch_size):
+    batcher = AutoBatch.for_model(lm, f"detection:{'+'.join(modes)}:{max_rows}", batch_size)
+
+    def run_batch(idx: list[int]) -> None:
+        """Every variant and mode on one batch of samples; writes into ``results`` (a retry overwrites)."""
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
         shared = share_prefix and shares_prefix(sp for v in specs.values() if v for sp in v)
@@ -388,6 +392,18 @@ def detect_variants_modes(
                             s.id, s.cwe, s.pair_id, s.y, verdict.label, text=texts[r], named_cwe=verdict.cwe
                         )
             bar.update(len(idx) * repeats)
+
+    done = 0
+
+    def rewind(rows: list[int]) -> None:
+        """A batch that ran out of GPU memory is run again in smaller batches: undo its progress, drop its prefix."""
+        bar.n = done
+        bar.refresh()
+        if prefix_store is not None:
+            prefix_store.discard(PrefixStore.key([prompts[i].text for i in rows]))
+
+    for _rows, _ in batcher.map(order, run_batch, on_retry=rewind):
+        done = bar.n
     bar.close()
     return {
         mode: {name: [r for r in recs if r is not None] for name, recs in by_name.items()}

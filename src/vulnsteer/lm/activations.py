@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.sample import Sample
+from .batching import AutoBatch
 from .model import LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
 
@@ -104,7 +105,7 @@ def recording(model: Any, layers: Sequence[int]) -> Iterator[dict[int, torch.Ten
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where *mask* is true: ``[batch, seq, hidden]`` -> ``[batch, hidden]``."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    weights = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
@@ -138,24 +139,27 @@ def extract_activations(
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
     out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in positions}
-    captured: dict[int, torch.Tensor] = {}
     deepest = max(chosen)
 
-    def make_hook(layer: int) -> Any:
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            captured[layer] = hidden_of(output).detach()
-            if layer == deepest:
-                raise _StopForward
+    def run(rows: list[int]) -> dict[str, torch.Tensor]:
+        """One batch: each chosen layer's output, reduced to the positions and moved to the CPU in its hook."""
+        batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
+        reduced: dict[str, list[torch.Tensor | None]] = {pos: [None] * len(chosen) for pos in positions}
 
-        return hook
+        def make_hook(li: int, layer: int) -> Any:
+            def hook(_module: Any, _args: Any, output: Any) -> None:
+                hidden = hidden_of(output).detach()
+                if "last" in reduced:
+                    reduced["last"][li] = hidden[:, -1].float().cpu()
+                if "code_mean" in reduced:
+                    reduced["code_mean"][li] = masked_mean(hidden.float(), batch.code_mask).cpu()
+                if layer == deepest:
+                    raise _StopForward
 
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in chosen]
-    try:
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
-        for rows in batches:
-            batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
-            captured.clear()
+            return hook
+
+        handles = [blocks[layer].register_forward_hook(make_hook(li, layer)) for li, layer in enumerate(chosen)]
+        try:
             with contextlib.suppress(_StopForward):
                 lm.model(
                     input_ids=batch.input_ids,
@@ -163,16 +167,16 @@ def extract_activations(
                     position_ids=position_ids_for(batch.attention_mask),
                     use_cache=False,
                 )
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {pos: torch.stack([t for t in per_layer if t is not None], dim=1) for pos, per_layer in reduced.items()}
+
+    batcher = AutoBatch.for_model(lm, "extraction", batch_size)
+    with tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress) as bar:
+        for rows, values in batcher.map(order, run):
             index = torch.as_tensor(rows, dtype=torch.long)
-            for li, layer in enumerate(chosen):
-                hidden = captured[layer].float()
-                if "last" in out:
-                    out["last"][index, li] = hidden[:, -1].cpu()
-                if "code_mean" in out:
-                    out["code_mean"][index, li] = masked_mean(hidden, batch.code_mask).cpu()
+            for pos, value in values.items():
+                out[pos][index] = value
             bar.update(len(rows))
-        bar.close()
-    finally:
-        for handle in handles:
-            handle.remove()
     return Activations(layers=chosen, sample_ids=[s.id for s in samples], by_position=dict(out))
