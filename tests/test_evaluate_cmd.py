@@ -43,7 +43,7 @@ def _vector(
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> dict[str, Any]:
-    """A tiny saved model, a dataset with three CWEs, and vectors fitted by `vulnsteer vectors` for two of them."""
+    """A tiny saved model, a dataset with three CWEs, and vectors fitted by `vulnsteer vectors fit` for two of them."""
     from conftest import make_tiny
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -58,6 +58,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> dict[s
         [
             "--no-progress",
             "vectors",
+            "fit",
             "--model",
             str(model_dir),
             "--data",
@@ -257,7 +258,7 @@ def test_evaluate_refuses_vectors_of_other_weights_of_the_same_architecture(
             (tuned_dir / name).write_bytes((env["model"] / name).read_bytes())
     fitted = SteeringVector.load(next(env["vectors"].glob("cwe-89-*.safetensors")))
     assert fitted.provenance.model_fingerprint == env["fingerprint"]
-    assert set(fitted.provenance.extra) == {"weights_digest", "dtype"}
+    assert set(fitted.provenance.extra) == {"weights_digest", "dtype", "model_type"}
     args = [
         "--no-progress",
         "evaluate",
