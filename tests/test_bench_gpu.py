@@ -17,7 +17,7 @@ def test_bench_gpu_tiny_runs_every_section(tmp_path: Path, capsys: pytest.Captur
     from benchmarks import bench_gpu
 
     out = tmp_path / "bench.json"
-    assert bench_gpu.main(["--tiny", "--json", str(out)]) == 0
+    assert bench_gpu.main(["--tiny", "--strict", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     for line in ("steered/plain", "extraction", "logit-mode detection", "peak memory at batch 1", "conditions/s"):
         assert line in printed

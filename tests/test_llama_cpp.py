@@ -38,7 +38,8 @@ STRENGTHS = (40.0, -40.0)  # raw, along the unit answer axis: shifts of ~4-5 log
 
 
 def _set_control_vector(llama_cpp: Any, llm: Any, data: np.ndarray | None, n_embd: int, n_layers: int) -> None:
-    apply = getattr(llama_cpp, "llama_set_adapter_cvec", None) or llama_cpp.llama_control_vector_apply
+    names = ("llama_set_adapter_cvec", "llama_apply_adapter_cvec", "llama_control_vector_apply")  # newest first
+    apply = next(getattr(llama_cpp, name) for name in names if hasattr(llama_cpp, name))
     if data is None:
         rc = apply(llm.ctx, None, 0, n_embd, 0, 0)
     else:
@@ -63,7 +64,8 @@ def test_exported_vector_in_llama_cpp_matches_vulnsteer_steering(embedded: Loade
         return np.array(out)
 
     llm = llama_cpp.Llama(model_path=str(embedded_gguf_path()), n_ctx=1024, n_threads=2, n_batch=512, verbose=False)
-    n_layers = int(llama_cpp.llama_model_n_layer(llm.model))
+    layer_count = getattr(llama_cpp, "llama_model_n_layer", None) or llama_cpp.llama_n_layer
+    n_layers = int(layer_count(llm.model))
     n_vocab = int(llm.n_vocab())
     assert n_layers == lm.num_layers
 

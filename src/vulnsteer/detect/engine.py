@@ -305,6 +305,9 @@ def detect_variants_modes(
 
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
     samples (a sweep's chunks), so each is computed once.
+
+    On CUDA, a batch that runs out of memory is run again with half the samples (and so half the rows per pass),
+    and the size that fitted is kept for later calls (:class:`~vulnsteer.lm.batching.AutoBatch`).
     """
     for mode in modes:
         if mode not in ("logit", "generation"):

@@ -130,7 +130,13 @@ def extract_activations(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
 ) -> Activations:
-    """Run the model over *samples* and record the chosen layers' outputs at the chosen positions."""
+    """Run the model over *samples* and record the chosen layers' outputs at the chosen positions.
+
+    Each layer's output is reduced to the positions inside its hook and moved to the CPU there (on the layer's own
+    device, so a model split over GPUs works); the forward pass stops after the deepest chosen layer, so no logits
+    are computed. On CUDA a batch that runs out of memory is run again in smaller batches
+    (:class:`~vulnsteer.lm.batching.AutoBatch`).
+    """
     for pos in positions:
         if pos not in POSITIONS:
             raise ValueError(f"unknown position {pos!r}; choose from {POSITIONS}")
