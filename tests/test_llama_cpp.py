@@ -32,12 +32,13 @@ from vulnsteer.steer.hooks import steer
 from vulnsteer.steer.vectors import answer_direction
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
+llama_cpp = pytest.importorskip("llama_cpp")  # optional: built from source, never installed by `make test`
 
 LAYER = 20
 STRENGTHS = (40.0, -40.0)  # raw, along the unit answer axis: shifts of ~4-5 logits on SmolLM2-135M
 
 
-def _set_control_vector(llama_cpp: Any, llm: Any, data: np.ndarray | None, n_embd: int, n_layers: int) -> None:
+def _set_control_vector(llm: Any, data: np.ndarray | None, n_embd: int, n_layers: int) -> None:
     names = ("llama_set_adapter_cvec", "llama_apply_adapter_cvec", "llama_control_vector_apply")  # newest first
     apply = next(getattr(llama_cpp, name) for name in names if hasattr(llama_cpp, name))
     if data is None:
@@ -48,7 +49,6 @@ def _set_control_vector(llama_cpp: Any, llm: Any, data: np.ndarray | None, n_emb
 
 
 def test_exported_vector_in_llama_cpp_matches_vulnsteer_steering(embedded: LoadedModel, tmp_path: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
     lm = embedded
     samples = sorted(load_builtin(), key=lambda s: len(s.code))[:4]
     ids = [tokenize_prompts(lm.tokenizer, [build_prompt(lm.tokenizer, s.code, s.language)]).input_ids for s in samples]
@@ -71,7 +71,7 @@ def test_exported_vector_in_llama_cpp_matches_vulnsteer_steering(embedded: Loade
 
     def theirs(files: list[tuple[Path, float]]) -> np.ndarray:
         data, n_embd = control_vector_data(files, n_layers) if files else (None, lm.hidden_size)
-        _set_control_vector(llama_cpp, llm, data, n_embd, n_layers)
+        _set_control_vector(llm, data, n_embd, n_layers)
         out = []
         for row in ids:
             llm.reset()
