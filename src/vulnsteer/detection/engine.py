@@ -17,6 +17,7 @@ import torch
 
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, batch_states, length_order, masked_mean, recording
+from ..lm.batching import AutoBatch
 from ..lm.forward import NonFiniteLogitsError, forward
 from ..lm.model import LayerMatcher, LoadedModel
 from ..lm.prompts import (
@@ -327,6 +328,9 @@ def detect_variants_modes(
 
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
     samples (a sweep's chunks), so each is computed once.
+
+    On CUDA, a batch that runs out of memory is run again with half the samples (and so half the rows per pass),
+    and the size that fitted is kept for later calls (:class:`~vulnsteer.lm.batching.AutoBatch`).
     """
     for mode in modes:
         if mode not in ("logit", "generation"):
@@ -343,7 +347,10 @@ def detect_variants_modes(
     eos = _eos_ids(tok, model)
     per_chunk = max(1, max_rows // max(1, batch_size))
     bar = Progress(len(samples) * len(names), desc or f"{'+'.join(modes)} detection", unit="sample", enabled=progress)
-    for idx in _batches(order, batch_size):
+    batcher = AutoBatch.for_model(lm, f"detection:{'+'.join(modes)}:{max_rows}", batch_size)
+
+    def run_batch(idx: list[int]) -> None:
+        """Every variant and mode on one batch of samples; writes into ``results`` (a retry overwrites)."""
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
         pushes: dict[tuple[int, str], float] = {}
@@ -426,7 +433,18 @@ def detect_variants_modes(
                             push=pushes.get((i, name)),
                         )
             bar.update(len(idx) * repeats)
-    bar.close()
+
+    done = 0
+
+    def rewind(rows: list[int]) -> None:
+        """A batch that ran out of GPU memory is run again in smaller batches: undo its progress, drop its prefix."""
+        bar.rewind(done)
+        if prefix_store is not None:
+            prefix_store.discard(PrefixStore.key([prompts[i].text for i in rows]))
+
+    with bar:
+        for _rows, _ in batcher.map(order, run_batch, on_retry=rewind):
+            done = bar.count
     return {
         mode: {name: [r for r in recs if r is not None] for name, recs in by_name.items()}
         for mode, by_name in results.items()

@@ -19,6 +19,7 @@ from typing import Any
 from ..data.sample import Sample
 from ..io import write_json
 from ..lm.activation_cache import model_key
+from ..lm.memory import peak_memory
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
 from ..steering.vectors import SteeringVector, VectorMismatchError, dataset_hash
@@ -140,6 +141,7 @@ def _run_evaluation(
         }
         results["status"] = "complete"
         results["timings_s"] = {"total": round(time.perf_counter() - started, 2)}
+        results["peak_memory"] = peak_memory(lm.device)
         results = json_ready(results)
         write_json(run.path / "results.json", results)
         write_report(results, run.path)

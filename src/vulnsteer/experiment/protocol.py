@@ -25,6 +25,7 @@ from ..detection.probe import evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import ActivationCache, model_key
 from ..lm.activations import POOLINGS, Activations, ActivationSink
+from ..lm.memory import peak_memory, reset_peak_memory
 from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
 from ..stats.metrics import point_metrics
@@ -198,6 +199,7 @@ class _Protocol:
         self.layers = sorted({layer for group in layer_sets for layer in group})
         self.timings: dict[str, float] = {}
         self.started = time.perf_counter()
+        reset_peak_memory(lm.device)
         self.results = new_results(command, config_document(config), lm, DEFAULT_TEMPLATE)
         self.store = ResultStore(run.records)
         self.prefix_store = PrefixStore(max_bytes=config.run.prefix_cache_mib * 1024**2)
@@ -576,6 +578,7 @@ class _Protocol:
             self.results["finished_conditions"] = [e["condition"] for e in on_disk.entries()]
         self.timings["total"] = time.perf_counter() - self.started
         self.results["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
+        self.results["peak_memory"] = peak_memory(self.lm.device)
         self.results["files"] = {
             "resolved_config": RESOLVED_NAME,
             "chosen": f"{CHOSEN_DIR}/{CHOSEN_NAME}",
