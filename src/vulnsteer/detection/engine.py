@@ -220,10 +220,11 @@ def _resolve_gates(
     specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None],
     store: PrefixStore | None,
     key: str,
-) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], float]]:
+) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], tuple[float, float]]]:
     """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden state (one stopped-
     early prompt pass per batch, kept in *store* for later chunks) and scales the spec's strength. Returns the
-    resolved specs and, per (sample, variant), the first gate's multiplier (the direction it pushed)."""
+    resolved specs and, per (sample, variant), the first gate's multiplier (the direction it pushed) and its
+    probe's score."""
     needed = {(sp.gate.probe.layer, sp.gate.probe.pooling) for v in specs.values() if v for sp in v if sp.gate}
     layers = sorted({layer for layer, _ in needed})
     poolings = sorted({pooling for _, pooling in needed})
@@ -233,9 +234,9 @@ def _resolve_gates(
         if store is not None:
             store.put_states(key, layers, states)
     row = {i: j for j, i in enumerate(idx)}
-    memo: dict[tuple[int, int], float] = {}
+    memo: dict[tuple[int, int], tuple[float, float]] = {}
     resolved: dict[tuple[int, str], Sequence[SteeringSpec] | None] = {}
-    pushes: dict[tuple[int, str], float] = {}
+    pushes: dict[tuple[int, str], tuple[float, float]] = {}
     for (i, name), items in specs.items():
         if not items or all(sp.gate is None for sp in items):
             resolved[(i, name)] = items
@@ -248,9 +249,10 @@ def _resolve_gates(
                 continue
             if (id(gate), i) not in memo:
                 hidden = states[gate.probe.pooling][row[i], layers.index(gate.probe.layer)]
-                memo[(id(gate), i)] = float(gate.multipliers(gate.probe.scores(hidden[None]))[0])
+                score = gate.probe.scores(hidden[None])
+                memo[(id(gate), i)] = (float(gate.multipliers(score)[0]), float(score[0]))
             pushes.setdefault((i, name), memo[(id(gate), i)])
-            out.append(sp.gated(memo[(id(gate), i)]))
+            out.append(sp.gated(memo[(id(gate), i)][0]))
         resolved[(i, name)] = out
     return resolved, pushes
 
@@ -353,7 +355,7 @@ def detect_variants_modes(
         """Every variant and mode on one batch of samples; writes into ``results`` (a retry overwrites)."""
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
-        pushes: dict[tuple[int, str], float] = {}
+        pushes: dict[tuple[int, str], tuple[float, float]] = {}
         if any(sp.gate is not None for v in specs.values() if v for sp in v):
             key = PrefixStore.key([prompts[i].text for i in idx])
             specs, pushes = _resolve_gates(lm, batch, idx, specs, prefix_store, key)
@@ -418,7 +420,8 @@ def detect_variants_modes(
                             "vulnerable" if p >= threshold else "secure",
                             score=p,
                             margin=m,
-                            push=pushes.get((i, name)),
+                            push=pushes[(i, name)][0] if (i, name) in pushes else None,
+                            gate_score=pushes[(i, name)][1] if (i, name) in pushes else None,
                         )
                     if texts:
                         verdict = parse_verdict(texts[r])
@@ -430,7 +433,8 @@ def detect_variants_modes(
                             verdict.label,
                             text=texts[r],
                             named_cwe=verdict.cwe,
-                            push=pushes.get((i, name)),
+                            push=pushes[(i, name)][0] if (i, name) in pushes else None,
+                            gate_score=pushes[(i, name)][1] if (i, name) in pushes else None,
                         )
             bar.update(len(idx) * repeats)
 
