@@ -10,14 +10,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import data, detect, experiment, vectors
+from . import data, detect, experiment, scan, vectors
 
 __all__ = ["build_parser", "main"]
 
 EXIT_USAGE = 2
 
 #: Each command module's ``register(subparsers)`` adds its subcommands.
-COMMANDS = (experiment, vectors, detect, data)
+COMMANDS = (experiment, vectors, detect, data, scan)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,138 @@
+"""``vulnsteer scan``: functions of real code scored, findings as SARIF, JSON lines or a table.
+
+Exit codes: 0 no function scores at or above ``--fail-on``, 1 some do, 2 usage or input error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .options import add_model_args, ints
+
+FAIL_EXIT = 1
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="score every function of files and folders; SARIF, JSON lines or a table",
+        description="Split source files into functions (tree-sitter), score each with the model (plain or steered), "
+        "cache the scores, and report the functions at or above --min-score. Exit 0: nothing at or above "
+        "--fail-on; 1: findings; 2: usage or input error.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to scan")
+    source = p.add_argument_group("detector").add_mutually_exclusive_group()
+    source.add_argument("--detector", default=None, metavar="DIR", help="a saved detector folder")
+    source.add_argument("--vector", default=None, help="steering vector (.safetensors) for the model")
+    g = p.add_argument_group("steering (with --vector)")
+    g.add_argument("--strength", type=float, default=None, help="steering strength (positive = toward 'vulnerable')")
+    g.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
+    g.add_argument("--positions", default="all", choices=["last", "prompt", "generated", "all"])
+    g.add_argument("--unit", default="raw", choices=["raw", "relative"])
+    g.add_argument("--allow-model-mismatch", action="store_true", help="use a vector fitted on another model")
+    add_model_args(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--format", default="text", choices=["text", "json", "sarif"], help="default: text")
+    o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here (atomically) instead of stdout")
+    o.add_argument("--min-score", type=_probability, default=0.5, help="report functions from this score (0.5)")
+    o.add_argument("--fail-on", type=_probability, default=0.5, help="exit 1 when a function reaches it (0.5)")
+    o.add_argument("--cwe", action="append", default=[], help="report only findings naming these CWEs (repeatable)")
+    f = p.add_argument_group("files")
+    f.add_argument("--include", action="append", default=[], metavar="GLOB", help="scan only matching files")
+    f.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave matching paths out")
+    f.add_argument("--no-default-excludes", action="store_true", help="also scan .git, node_modules, build ...")
+    f.add_argument("--no-gitignore", action="store_true", help="scan files that .gitignore ignores")
+    f.add_argument("--max-file-bytes", type=int, default=2_000_000, help="skip larger files (default 2 MB)")
+    s = p.add_argument_group("scoring")
+    s.add_argument("--explain", action="store_true", help="also generate the model's verdict and explanation")
+    s.add_argument("--keep-comments", action="store_true", help="score functions with their comments")
+    s.add_argument("--max-code-tokens", type=int, default=512, help="token budget per function (default 512)")
+    s.add_argument("--max-new-tokens", type=int, default=48, help="generation length with --explain")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--cache-dir", default=None, help="score cache (default: $VULNSTEER_CACHE/scan)")
+    s.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+    p.set_defaults(func=cmd_scan)
+
+
+def _detector_scorer(args: argparse.Namespace) -> Any:
+    """A :class:`~vulnsteer.scan.scorer.Scorer` for ``--detector DIR`` (saved detectors are issue 9)."""
+    raise ValueError(f"--detector {args.detector}: saved detectors are not available yet; use --vector/--strength")
+
+
+def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
+    from ..scan import ModelScorer, ModelSource, SteeringOptions
+
+    if args.vector is None and (args.strength is not None or args.layers):
+        raise ValueError("--strength and --layers need --vector")
+    steering = None
+    if args.vector is not None:
+        if args.strength is None:
+            raise ValueError("--vector needs --strength")
+        steering = SteeringOptions(
+            Path(args.vector),
+            args.strength,
+            layers=tuple(args.layers),
+            positions=args.positions,
+            unit=args.unit,
+            allow_model_mismatch=args.allow_model_mismatch,
+        )
+    source = ModelSource(args.model, args.device, args.dtype, args.device_map, args.trust_remote_code)
+    return ModelScorer(
+        source,
+        steering=steering,
+        explain=args.explain,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_code_tokens=args.max_code_tokens,
+        identity_store=cache_dir / "models" if cache_dir is not None else None,
+    )
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from ..scan import FileFilter, ScanOptions, default_cache_dir, render, scan, write_output
+    from ..scan.engine import check_paths
+
+    check_paths(args.paths)  # before loading anything
+    options = ScanOptions(
+        files=FileFilter(
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            default_excludes=not args.no_default_excludes,
+            gitignore=not args.no_gitignore,
+        ),
+        keep_comments=args.keep_comments,
+        max_file_bytes=args.max_file_bytes,
+        min_score=args.min_score,
+        fail_on=args.fail_on,
+        cwes=tuple(args.cwe),
+    )
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    scorer = _detector_scorer(args) if args.detector else _model_scorer(args, cache_dir)
+    try:
+        report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
+    finally:
+        close = getattr(scorer, "close", None)
+        if close is not None:
+            close()
+    text = render(report, args.format)
+    write_output(text, Path(args.output) if args.output else None)
+    for message in report.stats.unreadable:
+        print(f"vulnsteer: warning: {message}", file=sys.stderr)
+    for message in report.stats.warnings:
+        print(f"vulnsteer: warning: {message}", file=sys.stderr)
+    if args.format != "text" or args.output:
+        print(report.stats.summary_line(), file=sys.stderr)
+    return report.exit_code
