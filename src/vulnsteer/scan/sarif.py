@@ -104,7 +104,7 @@ def _message(result: FunctionResult) -> str:
 
 def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict[str, Any]:
     score = result.score
-    short = result.name.rsplit(".", 1)[-1].rsplit("::", 1)[-1]
+    short = result.name if result.name.startswith("<") else result.name.rsplit(".", 1)[-1].rsplit("::", 1)[-1]
     return {
         "ruleId": score.cwe or GENERIC_RULE,
         "ruleIndex": rule_index,
