@@ -365,7 +365,8 @@ def _score_missing(
                 if hit is not None:
                     scores[key] = hit
                     hits.add(key)
-        missing = [unique[k] for k in unique if k not in scores]
+        # shortest first: batches of similar length waste less padding (the engine batches in call order)
+        missing = sorted((unique[k] for k in unique if k not in scores), key=lambda p: len(p.code))
         try:
             _score_chunks(missing, scorer, cache, options, scores, progress)
         except StaleDigestError:

@@ -95,10 +95,10 @@ def _artifact(path: str) -> dict[str, str]:
 
 def _message(result: FunctionResult) -> str:
     score = result.score
-    weakness = f" ({cwe_name(score.cwe)}, {score.cwe})" if score.cwe else ""
-    head = f"`{result.name}` looks vulnerable{weakness}: P(vulnerable) = {score.score:.2f}."
+    weakness = f"{cwe_name(score.cwe)} ({score.cwe})" if score.cwe else "vulnerability"
+    head = f"Possible {weakness} in `{result.name}`: P(vulnerable) = {score.score:.2f}."
     if score.explanation:
-        return f"{head} The detector says: {score.explanation}"
+        return f"{head} The model's answer: {score.explanation}"
     return head
 
 
