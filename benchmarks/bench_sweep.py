@@ -17,7 +17,6 @@ number down.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -39,10 +38,10 @@ PHASES = (
 
 
 def _run(config: Any, out: Path, lm: Any) -> dict[str, Any]:
-    from vulnsteer.experiment.sweep import run_sweep
+    from vulnsteer.experiment.protocol import run_protocol
 
     start = time.perf_counter()
-    run_sweep(config, out, lm=lm, progress=True)
+    run_protocol(config, out, lm=lm, progress=True, command="sweep")
     results: dict[str, Any] = json.loads((out / "results.json").read_text())
     results["timings_s"]["wall"] = round(time.perf_counter() - start, 2)
     return results
@@ -77,33 +76,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vulnsteer.experiment.sweep import load_config
-    from vulnsteer.lm.model import load_model
+    from vulnsteer.experiment.config import load_config
+    from vulnsteer.experiment.protocol import load_configured_model
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     root.mkdir(parents=True, exist_ok=True)
-    config = load_config(args.config, {"cache_dir": str(root / "activation-cache")})
+    config = load_config(args.config).replace(run__cache_dir=str(root / "activation-cache"))
     if not args.as_configured:
-        config = dataclasses.replace(config, layers=((10,), (15,), (20,)))
+        config = config.replace(steering__layers=[[10], [15], [20]])
     if args.group_size:
-        config = dataclasses.replace(config, group_size=args.group_size)
-    settings = (
-        len(config.methods)
-        * len(config.positions)
-        * len(config.steer_positions)
-        * len(config.layers)
-        * sum(1 for _, s in config.strengths if s)
-    )
+        config = config.replace(run__group_size=args.group_size)
+    v, s = config.vectors, config.steering
+    settings = len(v.methods) * len(v.pooling) * len(s.positions) * len(s.layers) * sum(1 for _, x in s.strengths if x)
     print(
-        f"config {args.config}: layers {config.layers}, strengths {config.strengths}, modes {config.modes}, "
-        f"{settings} steered settings per CWE, group_size {config.group_size}"
+        f"config {args.config}: layers {s.layers}, strengths {s.strengths}, modes {config.detection.modes}, "
+        f"{settings} steered settings per CWE, group_size {config.run.group_size}"
     )
     print(
         f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average at start "
         f"{os.getloadavg()[0]:.2f}"
     )
     start = time.perf_counter()
-    lm = load_model(config.model, device=config.device, dtype=config.dtype)
+    lm = load_configured_model(config.model)
     load = time.perf_counter() - start
     try:
         first = _run(config, root / "run-1-cold", lm)
@@ -112,21 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         n_conditions = len(Path(root / "run-1-cold" / "records.jsonl").read_text().splitlines())
         if args.second_run in ("full", "no-prefix-store"):
             store_off = args.second_run == "no-prefix-store"
-            second_config = dataclasses.replace(config, prefix_cache_mib=0) if store_off else config
+            second_config = config.replace(run__prefix_cache_mib=0) if store_off else config
             second = _run(second_config, root / "run-2-warm", lm)
             second["timings_s"]["load_model"] = 0.0
             runs.append(("2nd (no prefix store)" if store_off else "2nd (warm cache)", second["timings_s"]))
             print(f"prefix store, 1st run: {first.get('prefix_cache')}")
         elif args.second_run == "extraction":
-            from vulnsteer.experiment.engine import prepare_data
-            from vulnsteer.experiment.sweep import resolve_layer_sets
+            from vulnsteer.experiment.grid import resolve_layer_sets
+            from vulnsteer.experiment.prepare import prepare_data
             from vulnsteer.lm.activation_cache import ActivationCache
 
-            data = prepare_data(config.run_config(), lm.tokenizer, progress=False)
-            train = [s for group in data.by_cwe("train").values() for s in group]
-            union = sorted({layer for g in resolve_layer_sets(config.layers, lm.num_layers) for layer in g})
+            data = prepare_data(config.data, lm.tokenizer, progress=False)
+            train = data.samples("train")
+            union = sorted({layer for g in resolve_layer_sets(config.steering.layers, lm.num_layers) for layer in g})
             t = time.perf_counter()
-            ActivationCache(config.cache_dir).load_or_extract(lm, train, union, config.positions, progress=False)
+            ActivationCache(config.run.cache_dir).load_or_extract(
+                lm, train, union, config.vectors.pooling, progress=False
+            )
             cached = time.perf_counter() - t
             estimate = dict(first["timings_s"], activations=cached, load_model=0.0)
             estimate["wall"] = first["timings_s"]["wall"] - first["timings_s"]["activations"] + cached

@@ -64,7 +64,7 @@ def test_only_missing_layers_are_extracted(
     assert acts.get("last").shape == (len(samples), 2, tiny_llama.hidden_size)
 
 
-def test_keys_separate_models_data_and_positions(
+def test_keys_separate_models_data_and_poolings(
     tmp_path: Path, tiny_tokenizer: Any, tiny_llama: LoadedModel, samples: Any, counting: list[list[int]]
 ) -> None:
     from conftest import make_tiny

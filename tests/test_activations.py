@@ -47,15 +47,15 @@ def test_shape_and_layers(tiny: LoadedModel) -> None:
     acts = extract_activations(tiny, samples, [2, 0], progress=False)
     assert acts.layers == [0, 2]
     assert acts.sample_ids == [s.id for s in samples]
-    assert set(acts.by_position) == {"last", "code_mean"}
+    assert set(acts.by_pooling) == {"last", "code_mean"}
     for pos in ("last", "code_mean"):
         got = acts.get(pos)
         assert got.shape == (len(samples), 2, tiny.hidden_size)
         assert got.dtype == torch.float32
         assert torch.isfinite(got).all()
         assert torch.equal(acts.get(pos, 2), got[:, 1])
-    only_last = extract_activations(tiny, samples[:2], 1, positions=["last"], progress=False)
-    assert set(only_last.by_position) == {"last"}
+    only_last = extract_activations(tiny, samples[:2], 1, poolings=["last"], progress=False)
+    assert set(only_last.by_pooling) == {"last"}
     assert only_last.get("last").shape == (2, 1, tiny.hidden_size)
 
 
@@ -112,7 +112,7 @@ def test_final_layer_is_the_block_output_before_the_final_norm(tiny_llama: Loade
         states, _ = _manual_hidden_states(tiny_llama, sample)
     finally:
         handle.remove()
-    acts = extract_activations(tiny_llama, [sample], -1, positions=["last"], progress=False)
+    acts = extract_activations(tiny_llama, [sample], -1, poolings=["last"], progress=False)
     torch.testing.assert_close(acts.get("last", last_layer)[0], captured[0][0, -1], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(acts.get("last", last_layer)[0], states[-1][0, -1], atol=1e-3)
 
@@ -122,8 +122,8 @@ def test_hooks_are_removed_even_after_the_early_stop(tiny_llama: LoadedModel) ->
     before = [len(b._forward_hooks) for b in blocks]
     extract_activations(tiny_llama, _samples()[:2], [0, 1], progress=False)
     assert [len(b._forward_hooks) for b in blocks] == before
-    with pytest.raises(ValueError, match="unknown position"):
-        extract_activations(tiny_llama, _samples()[:2], [0], positions=["first"], progress=False)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        extract_activations(tiny_llama, _samples()[:2], [0], poolings=["first"], progress=False)
     assert [len(b._forward_hooks) for b in blocks] == before
     # the model still runs to the end afterwards
     batch = tokenize_prompts(tiny_llama.tokenizer, [build_prompt(tiny_llama.tokenizer, "x = 1", "python")])
@@ -137,7 +137,7 @@ def _hand_made() -> Activations:
     last[:, 0, 0] = torch.tensor([3.0, 0.0, 6.0])  # layer 5: norms 3, 0, 6 -> mean 3
     last[:, 1, :] = 1.0  # layer 9: norm 2 each
     code = torch.arange(24, dtype=torch.float32).reshape(3, 2, 4)
-    return Activations(layers=[5, 9], sample_ids=["a", "b", "c"], by_position={"last": last, "code_mean": code})
+    return Activations(layers=[5, 9], sample_ids=["a", "b", "c"], by_pooling={"last": last, "code_mean": code})
 
 
 def test_mean_norms() -> None:
@@ -157,7 +157,7 @@ def test_subset_and_get() -> None:
         assert torch.equal(sub.get(p), acts.get(p)[[2, 0]])
     sub.layers.append(99)  # a copy, not shared
     assert acts.layers == [5, 9]
-    with pytest.raises(KeyError, match="position 'nowhere' was not recorded"):
+    with pytest.raises(KeyError, match="pooling 'nowhere' was not recorded"):
         acts.get("nowhere")
     with pytest.raises(KeyError, match="layer 7 was not recorded"):
         acts.get("last", 7)

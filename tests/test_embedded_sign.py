@@ -49,7 +49,7 @@ def margins(embedded: LoadedModel) -> dict[float, list[float]]:
     vector = fit_vector(
         acts,
         train,
-        position="last",
+        pooling="last",
         method="mean_diff",
         model_id=embedded.model_id,
         model_fingerprint=embedded.fingerprint,

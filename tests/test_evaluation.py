@@ -31,12 +31,18 @@ def P(
 def hand_example() -> list[Prediction]:
     """4 pairs + 3 unpaired samples; TP=4 FN=2 FP=3 TN=2 once uncertain counts as wrong."""
     return [
-        P("v1", 1, 1, "A"), P("s1", 0, 0, "A"),    # pair right
-        P("v2", 1, 1, "B"), P("s2", 0, 1, "B"),    # FP
-        P("v3", 1, 0, "C"), P("s3", 0, 0, "C"),    # FN
-        P("v4", 1, -1, "D"), P("s4", 0, -1, "D"),  # uncertain: FN and FP
-        P("u1", 1, 1), P("u2", 0, 1), P("u3", 1, 1),
-    ]  # fmt: skip
+        P("v1", 1, 1, "A"),
+        P("s1", 0, 0, "A"),  # pair right
+        P("v2", 1, 1, "B"),
+        P("s2", 0, 1, "B"),  # FP
+        P("v3", 1, 0, "C"),
+        P("s3", 0, 0, "C"),  # FN
+        P("v4", 1, -1, "D"),
+        P("s4", 0, -1, "D"),  # uncertain: FN and FP
+        P("u1", 1, 1),
+        P("u2", 0, 1),
+        P("u3", 1, 1),
+    ]
 
 
 def paired_dataset(n_pairs: int, p_right: float, seed: int, prefix: str = "") -> list[Prediction]:

@@ -1,4 +1,4 @@
-"""Sweep plots render from results data alone, and a broken plot never costs the results."""
+"""Report plots render from results data alone, and a broken plot never costs the results."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from vulnsteer.report.plots import plot_cross_cwe, sweep_plots
+from vulnsteer.report.plots import plot_cross_cwe, report_plots
 
 CWES = ["CWE-89", "CWE-78"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -20,23 +20,23 @@ def fake_results(seed: int = 0) -> dict[str, Any]:
     """The parts of a sweep's results.json that the plots read."""
     rng = random.Random(seed)
     entries: list[dict[str, Any]] = [
-        {"condition": {"kind": "baseline", "vector_cwe": None}, "setting": None, "metrics": _metrics(rng)}
+        {"condition": {"kind": "baseline", "vector": None}, "setting": None, "metrics": _metrics(rng)}
     ]
     for layers in ([10], [15], [10, 15]):
         for strength in (-1.0, 0.5, 2.0):
             setting = {
                 "method": "mean_diff",
-                "position": "last",
+                "pooling": "last",
                 "layers": layers,
                 "unit": "relative",
                 "strength": strength,
-                "steer_positions": "last",
+                "positions": "last",
             }
             for kind in ("steered", "control"):
                 for target in (None, "any"):
                     entries.append(
                         {
-                            "condition": {"kind": kind, "vector_cwe": target},
+                            "condition": {"kind": kind, "vector": target},
                             "setting": setting,
                             "metrics": _metrics(rng),
                         }
@@ -71,12 +71,12 @@ def fake_results(seed: int = 0) -> dict[str, Any]:
                 },
             }
         },
-        "pca": {"last": {"layer": 15, "position": "last", "split": "train", "cwes": pca}},
+        "pca": {"last": {"layer": 15, "pooling": "last", "split": "train", "cwes": pca}},
     }
 
 
 def test_every_plot_is_a_png(tmp_path: Path) -> None:
-    made = sweep_plots(fake_results(), tmp_path)
+    made = report_plots(fake_results(), tmp_path)
     stems = {Path(p).stem for p in made}
     assert stems == {
         "val_curves_logit_relative",
@@ -93,7 +93,7 @@ def test_every_plot_is_a_png(tmp_path: Path) -> None:
 def test_a_broken_plot_is_skipped(tmp_path: Path) -> None:
     results = fake_results()
     results["pca"] = {"last": {"layer": 15, "cwes": {"CWE-89": {"x": [1.0]}}}}  # missing fields
-    made = sweep_plots(results, tmp_path)
+    made = report_plots(results, tmp_path)
     assert "plots/pca_last.png" not in made and "plots/cross_cwe_logit.png" in made
 
 

@@ -68,7 +68,7 @@ def make_split(
     last = torch.stack(rows)
     code_mean = last * 0.5 + 0.1 * torch.randn(last.shape, generator=gen)
     acts = Activations(
-        layers=list(LAYERS), sample_ids=[s.id for s in samples], by_position={"last": last, "code_mean": code_mean}
+        layers=list(LAYERS), sample_ids=[s.id for s in samples], by_pooling={"last": last, "code_mean": code_mean}
     )
     return acts, samples
 
@@ -158,7 +158,7 @@ def test_choose_threshold_single_class_returns_reference() -> None:
 def test_planted_direction_recovered_and_noise_is_chance() -> None:
     train, val, test = splits(n=100)
     results = evaluate_probes(train, val, test, n_boot=200)
-    assert {(r.position, r.layer, r.cwe, r.detector) for r in results} == {
+    assert {(r.pooling, r.layer, r.cwe, r.detector) for r in results} == {
         (p, layer, c, d)
         for p in ("last", "code_mean")
         for layer in LAYERS
@@ -167,15 +167,15 @@ def test_planted_direction_recovered_and_noise_is_chance() -> None:
     }
     for det in ("direction", "logistic"):
         for pos in ("last", "code_mean"):
-            signal = pick(results, detector=det, position=pos, layer=1, cwe="CWE-89")
+            signal = pick(results, detector=det, pooling=pos, layer=1, cwe="CWE-89")
             assert signal.test_auroc is not None and signal.test_auroc > 0.99  # and > 0.5: the sign is right
             assert signal.test_balanced_accuracy > 0.95
             lo, hi = signal.balanced_accuracy_ci
             assert lo <= signal.test_balanced_accuracy <= hi
-            noise = pick(results, detector=det, position=pos, layer=0, cwe="CWE-89")
+            noise = pick(results, detector=det, pooling=pos, layer=0, cwe="CWE-89")
             assert noise.test_auroc is not None and abs(noise.test_auroc - 0.5) < 0.15
             assert signal.n_train == signal.n_val == signal.n_test == 200
-    best = pick(results, detector="direction", position="last", layer=1, cwe="CWE-89")
+    best = pick(results, detector="direction", pooling="last", layer=1, cwe="CWE-89")
     assert abs(best.threshold) < 1.0  # the train midpoint is about right on val too
     # vulnerable samples score higher
     vul = [p.score for p in best.predictions if p.y_true == 1]
@@ -195,7 +195,7 @@ def test_permuting_test_labels_changes_no_choice() -> None:
     assert len(a) == len(b)
     changed = 0
     for ra, rb in zip(a, b, strict=True):
-        assert (ra.detector, ra.position, ra.layer, ra.cwe) == (rb.detector, rb.position, rb.layer, rb.cwe)
+        assert (ra.detector, ra.pooling, ra.layer, ra.cwe) == (rb.detector, rb.pooling, rb.layer, rb.cwe)
         assert ra.threshold == rb.threshold
         assert (ra.val_auroc, ra.val_balanced_accuracy) == (rb.val_auroc, rb.val_balanced_accuracy)
         # the fitted probe is the same function: identical scores and verdicts on every test sample
@@ -223,7 +223,7 @@ def test_per_cwe_directions_versus_pooled() -> None:
     counts = {"CWE-89": 60, "CWE-79": 60}
     axes = {"CWE-89": unit(0), "CWE-79": -unit(0)}
     train, val, test = (make_split(n, counts, seed=s, axes=axes) for n, s in (("tr", 1), ("va", 2), ("te", 3)))
-    results = evaluate_probes(train, val, test, positions=("last",), layers=[1], detectors=("direction",), n_boot=100)
+    results = evaluate_probes(train, val, test, poolings=("last",), layers=[1], detectors=("direction",), n_boot=100)
     assert [r.cwe for r in results] == ["CWE-79", "CWE-89", OVERALL]  # CWE-number order, overall last
     for cwe in ("CWE-79", "CWE-89"):
         r = pick(results, cwe=cwe)
@@ -232,7 +232,7 @@ def test_per_cwe_directions_versus_pooled() -> None:
     overall = pick(results, cwe=OVERALL)
     assert overall.n_train == 240
     assert overall.test_auroc is not None and abs(overall.test_auroc - 0.5) < 0.15
-    only_overall = evaluate_probes(train, val, test, positions=("last",), layers=[1], per_cwe=False, n_boot=100)
+    only_overall = evaluate_probes(train, val, test, poolings=("last",), layers=[1], per_cwe=False, n_boot=100)
     assert {r.cwe for r in only_overall} == {OVERALL}
 
 
@@ -243,7 +243,7 @@ def test_one_class_and_small_cwes_do_not_crash() -> None:
     test = make_split(
         "te", {k: v for k, v in counts.items() if k != "CWE-20"}, seed=3, drop={"CWE-78": "vulnerable"}
     )  # CWE-78: test one class, CWE-20: no test samples
-    results = evaluate_probes(train, val, test, positions=("last",), layers=[1], n_boot=100)
+    results = evaluate_probes(train, val, test, poolings=("last",), layers=[1], n_boot=100)
 
     skipped = pick(results, cwe="CWE-22", detector="direction")
     assert skipped.is_skipped and "1 vulnerable and 1 secure" in str(skipped.skipped)
@@ -278,9 +278,9 @@ def test_deterministic() -> None:
 
 def test_table_row_format() -> None:
     train, val, test = splits(n=20)
-    results = evaluate_probes(train, val, test, positions=("last",), layers=[1], per_cwe=False, n_boot=50)
+    results = evaluate_probes(train, val, test, poolings=("last",), layers=[1], per_cwe=False, n_boot=50)
     row = probe_table(results)[0]
-    assert row["CWE"] == OVERALL and row["layer"] == "1" and row["position"] == "last"
+    assert row["CWE"] == OVERALL and row["layer"] == "1" and row["pooling"] == "last"
     assert row["test bal.acc [95% CI]"].count("[") == 1
     d = results[0].to_dict()
     assert "predictions" not in d and isinstance(d["balanced_accuracy_ci"], list)
@@ -290,8 +290,8 @@ def test_rejects_misaligned_inputs() -> None:
     train, val, (test_acts, test_samples) = splits(n=5)
     with pytest.raises(ValueError, match="test: samples do not match"):
         evaluate_probes(train, val, (test_acts, test_samples[::-1]))
-    with pytest.raises(ValueError, match="unknown position"):
-        evaluate_probes(train, val, (test_acts, test_samples), positions=("first",))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        evaluate_probes(train, val, (test_acts, test_samples), poolings=("first",))
 
 
 def test_length_control_reads_length_only_with_the_same_protocol() -> None:
@@ -315,7 +315,7 @@ def test_length_control_reads_length_only_with_the_same_protocol() -> None:
     feats = surface_features(test)
     assert feats.shape == (len(test), 3) and bool(torch.all(feats > 0))
     results = evaluate_length_control(train, val, test, n_boot=50)
-    assert [(r.cwe, r.detector, r.position, r.layer) for r in results] == [
+    assert [(r.cwe, r.detector, r.pooling, r.layer) for r in results] == [
         ("CWE-78", "length", "code", -1),
         ("CWE-89", "length", "code", -1),
         (OVERALL, "length", "code", -1),

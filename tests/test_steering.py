@@ -187,13 +187,13 @@ def test_spec_validation(tiny_llama: LoadedModel) -> None:
 def test_sign_convention_moves_toward_vulnerable_activations(tiny_llama: LoadedModel) -> None:
     """Positive strength moves the steered layer's activation toward the vulnerable mean."""
     samples = toy_samples(4)
-    acts = extract_activations(tiny_llama, samples, [1], positions=["last"], progress=False)
+    acts = extract_activations(tiny_llama, samples, [1], poolings=["last"], progress=False)
     vec = fit_vector(acts, samples, layers=[1])
     secure_mean = acts.get("last", 1)[[not s.is_vulnerable for s in samples]].mean(0)
     d = vec.direction(1)
     with steer(tiny_llama.model, vec, 1.0, positions="last"):
         steered = extract_activations(
-            tiny_llama, [s for s in samples if not s.is_vulnerable], [1], positions=["last"], progress=False
+            tiny_llama, [s for s in samples if not s.is_vulnerable], [1], poolings=["last"], progress=False
         )
     # strength 1 moves the secure mean by exactly one mean difference: onto the vulnerable mean
     moved = steered.get("last", 1).mean(0)

@@ -34,7 +34,7 @@ def _prov(layers: tuple[int, ...] = (1, 3), **changes: Any) -> Provenance:
         model_fingerprint="abcd1234abcd1234",
         hidden_size=HIDDEN,
         layers=layers,
-        position="last",
+        pooling="last",
         method="mean_diff",
         cwe="CWE-89",
         n_vulnerable=5,
@@ -296,7 +296,7 @@ def _acts_for(samples: list[Sample], layers: list[int], seed: int = 0) -> Activa
         noise = 0.1 * torch.randn(len(layers), HIDDEN, generator=gen)
         rows.append(noise + (true if not s.is_vulnerable else -true))
     acts = torch.stack(rows)
-    return Activations(layers=layers, sample_ids=[s.id for s in samples], by_position={"last": acts})
+    return Activations(layers=layers, sample_ids=[s.id for s in samples], by_pooling={"last": acts})
 
 
 def test_fit_vector_records_provenance() -> None:

@@ -4,6 +4,112 @@ Pipeline: data -> prompts -> activations -> vectors -> steering -> detection -> 
 
 Sign convention: a vector's direction is ``mean(secure) - mean(vulnerable)``; **positive steering strength pushes
 the model toward reporting a vulnerability** (the direction is subtracted).
+
+The public API, importable from here (loaded on first use, so ``import vulnsteer`` stays cheap)::
+
+    import vulnsteer as vs
+
+    lm = vs.load_model()                                  # embedded SmolLM2 (or an HF id / folder / .gguf)
+    samples = vs.load_builtin(["CWE-89"])                 # or vs.load_samples("path/to/data")
+    acts = vs.extract_activations(lm, samples, layers=[15], poolings=["last"])
+    vector = vs.fit_vector(acts, samples, cwe="CWE-89", model_id=lm.model_id, model_fingerprint=lm.fingerprint)
+    with vs.steer(lm.model, vector, strength=0.3, unit="relative", positions="last"):   # + = toward "vulnerable"
+        records = vs.detect(lm, samples[:4], mode="generation")
+    out = vs.run_protocol(vs.ExperimentConfig())           # the whole protocol (what `vulnsteer run` does)
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and IDEs
+    from .data.builtin import load_builtin
+    from .data.loaders import load_samples
+    from .data.sample import Sample
+    from .detect.engine import detect, generate_verdicts, score_logits
+    from .detect.records import DetectionRecord
+    from .experiment.apply import apply_choices
+    from .experiment.config import ExperimentConfig, load_config, parse_config
+    from .experiment.evaluate import evaluate_from_run, evaluate_vectors
+    from .experiment.protocol import run_protocol
+    from .lm.activations import Activations, extract_activations
+    from .lm.model import LoadedModel, decoder_layers, load_model
+    from .lm.prompts import PromptTemplate
+    from .steer.hooks import SIGN_CONVENTION, SteeringSpec, steer, steer_rows
+    from .steer.vectors import SteeringVector, fit_vector
+
+__all__ = [
+    "SIGN_CONVENTION",
+    "Activations",
+    "DetectionRecord",
+    "ExperimentConfig",
+    "LoadedModel",
+    "PromptTemplate",
+    "Sample",
+    "SteeringSpec",
+    "SteeringVector",
+    "__version__",
+    "apply_choices",
+    "decoder_layers",
+    "detect",
+    "evaluate_from_run",
+    "evaluate_vectors",
+    "extract_activations",
+    "fit_vector",
+    "generate_verdicts",
+    "load_builtin",
+    "load_config",
+    "load_model",
+    "load_samples",
+    "parse_config",
+    "run_protocol",
+    "score_logits",
+    "steer",
+    "steer_rows",
+]
+
+#: Where each public name lives.
+_HOME = {
+    "load_builtin": "data.builtin",
+    "load_samples": "data.loaders",
+    "Sample": "data.sample",
+    "detect": "detect.engine",
+    "generate_verdicts": "detect.engine",
+    "score_logits": "detect.engine",
+    "DetectionRecord": "detect.records",
+    "apply_choices": "experiment.apply",
+    "ExperimentConfig": "experiment.config",
+    "load_config": "experiment.config",
+    "parse_config": "experiment.config",
+    "evaluate_from_run": "experiment.evaluate",
+    "evaluate_vectors": "experiment.evaluate",
+    "run_protocol": "experiment.protocol",
+    "Activations": "lm.activations",
+    "extract_activations": "lm.activations",
+    "LoadedModel": "lm.model",
+    "decoder_layers": "lm.model",
+    "load_model": "lm.model",
+    "PromptTemplate": "lm.prompts",
+    "SIGN_CONVENTION": "steer.hooks",
+    "SteeringSpec": "steer.hooks",
+    "steer": "steer.hooks",
+    "steer_rows": "steer.hooks",
+    "SteeringVector": "steer.vectors",
+    "fit_vector": "steer.vectors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'vulnsteer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

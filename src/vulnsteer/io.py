@@ -33,6 +33,36 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
         raise
 
 
+def check_writable(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Raise ``PermissionError`` naming *option* unless *path* (a folder or file to be written) could be created and
+    written: it, or its nearest existing parent folder, must be a writable folder. Creates nothing.
+
+    >>> check_writable("/proc/no/such/place", "--out")
+    Traceback (most recent call last):
+    ...
+    PermissionError: --out /proc/no/such/place: cannot write under /proc (not writable)
+    """
+    target = Path(path).expanduser()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir() and probe != target:
+        raise NotADirectoryError(f"{option} {target}: {probe} is a file, not a folder")
+    if probe == target and target.exists() and target.is_dir():
+        folder = target
+    else:
+        folder = probe if probe.is_dir() else probe.parent
+    try:  # os.access says yes to root even on read-only mounts: try a temporary file (removed at once)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        raise PermissionError(f"{option} {target}: cannot write under {folder} (not writable)") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

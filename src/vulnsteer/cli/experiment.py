@@ -1,102 +1,129 @@
-"""``vulnsteer run``, ``sweep`` and ``evaluate``: the experiment commands."""
+"""``vulnsteer run``, ``sweep`` and ``evaluate``: one protocol, one apply engine, one set of flags."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from .options import (
-    RUN_STRENGTHS,
-    RUN_UNIT,
-    add_data_args,
-    add_model_args,
-    add_steer_args,
-    floats,
-    load,
-    run_config,
-)
+from .options import add_config_args, config_from_args, overrides_from_args
+
+SECTIONS = ("model", "data", "vectors", "steering", "detection", "report", "run")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="the default experiment: vectors, baseline vs steered vs control, report")
-    add_model_args(p)
-    add_data_args(p)
-    add_steer_args(p)
-    p.add_argument(
-        "--strengths",
-        type=floats,
-        default=RUN_STRENGTHS,
-        help="candidate strengths, chosen per CWE on val (default -1,-0.3,0.3,1 with --unit relative)",
+    p = sub.add_parser(
+        "run",
+        help="the default experiment: vectors, baseline vs steered vs control, chosen on val, reported on test",
+        description="The protocol with the default configuration (every flag below is a config key): fit per-CWE "
+        "vectors on train, score every candidate and its random control on val, choose per CWE on val, apply once "
+        "on test. Writes config.resolved.toml; `vulnsteer sweep RUN/config.resolved.toml` reproduces the run.",
     )
-    p.add_argument("--modes", default="logit,generation", help="logit and/or generation (comma-separated)")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>); rerun to resume")
-    p.set_defaults(func=cmd_run, unit=RUN_UNIT)
+    add_config_args(p, SECTIONS)
+    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("evaluate", help="evaluate saved vectors (baseline vs steered vs control) on a dataset")
-    add_model_args(p)
-    add_data_args(p)
-    p.add_argument("--vectors", default=None, help="folder of saved vectors (from `vulnsteer vectors`)")
+    p = sub.add_parser("sweep", help="the same protocol from a TOML config (flags override its keys)")
     p.add_argument(
+        "config", help="experiment config (TOML; see examples/default.toml, or a run's config.resolved.toml)"
+    )
+    add_config_args(p, SECTIONS)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="apply chosen settings (--from RUN_DIR) or saved vectors (--vectors DIR) to a dataset",
+        description="No selection happens here. --from applies a run's choices unchanged to every sample of --data; "
+        "--vectors applies saved vectors at --strength to one split. Both report baseline vs steered vs random "
+        "control with CIs and McNemar p-values, in the same rows as run and sweep.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--from",
         dest="from_run",
-        default=None,
         metavar="RUN_DIR",
-        help="a sweep's run directory: apply its chosen vectors and settings per CWE unchanged to every "
-        "sample of --data (no re-selection; --strength/--unit/--positions/--split are not used)",
+        help="a run's or sweep's directory: apply its chosen settings per CWE unchanged to every sample of --data",
     )
-    p.add_argument("--strength", type=float, default=4.0)
+    source.add_argument(
+        "--vectors",
+        metavar="DIR",
+        help="folder of saved vectors (from `vulnsteer vectors` or a run's vectors/); needs --strength",
+    )
     p.add_argument(
-        "--positions", dest="steer_positions", default="last", choices=["last", "prompt", "generated", "all"]
+        "--strength",
+        type=float,
+        default=None,
+        help="with --vectors: the strength applied to every CWE (positive = toward 'vulnerable'; unit from --unit)",
     )
-    p.add_argument("--unit", default="raw", choices=["raw", "relative"])
-    p.add_argument("--split", default="test", choices=["all", "train", "val", "test"])
-    p.add_argument("--modes", default="logit", help="logit and/or generation")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--allow-model-mismatch", action="store_true")
-    p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>-eval)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["all", "train", "val", "test"],
+        help="with --vectors: which split of --data (default: test)",
+    )
+    p.add_argument("--allow-model-mismatch", action="store_true", help="use vectors fitted on another model")
+    add_config_args(p, SECTIONS)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sweep", help="many configurations; per-CWE choice on val, one test evaluation, report")
-    p.add_argument("config", help="sweep config (TOML; see examples/default.toml)")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="run directory (default: the config's run.out, else runs/sweep-<config>-<timestamp>); rerun to resume",
-    )
-    p.add_argument("--model", default=None, help="override the config's model (id, directory or .gguf)")
-    p.add_argument("--device", default=None, help="override the config's device")
-    p.add_argument("--cache-dir", default=None, help="activation cache folder (default <cache root>/activations)")
-    p.set_defaults(func=cmd_sweep)
+
+def _print_done(out: Path) -> None:
+    print(f"report: {out / 'report.md'}")
+    print(f"results: {out / 'results.json'}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..experiment.runner import run_experiment
+    from ..experiment.protocol import run_protocol
 
-    config = run_config(args, strengths=args.strengths, max_new_tokens=args.max_new_tokens)
-    lm = load(args)
-    try:
-        out = run_experiment(config, args.out, lm=lm, progress=not args.no_progress)
-    finally:
-        lm.close()
-    print(f"report: {out / 'report.md'}")
-    print(f"results: {out / 'results.json'}")
+    out = run_protocol(config_from_args(args), command="run", progress=not args.no_progress)
+    _print_done(out)
+    print(f"resolved config: {out / 'config.resolved.toml'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..experiment.protocol import run_protocol
+
+    config = config_from_args(args, args.config)
+    out = run_protocol(config, command="sweep", progress=not args.no_progress, name=f"sweep-{Path(args.config).stem}")
+    _print_done(out)
+    print(f"chosen: {out / 'chosen' / 'chosen.json'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..experiment.evaluate import evaluate_saved_vectors
+    import json
 
-    return evaluate_saved_vectors(args)
+    from ..experiment.evaluate import evaluate_from_run, evaluate_vectors, transfer_config
 
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..experiment.sweep import load_config, run_sweep
-
-    config = load_config(args.config, {"model": args.model, "device": args.device, "cache_dir": args.cache_dir})
-    out = run_sweep(config, args.out, progress=not args.no_progress, config_path=args.config)
-    print(f"report: {out / 'report.md'}")
-    print(f"results: {out / 'results.json'}")
-    print(f"chosen: {out / 'chosen' / 'chosen.json'}")
+    progress = not args.no_progress
+    if args.from_run:
+        if args.strength is not None:
+            raise ValueError("--strength is for --vectors; --from applies the run's own chosen settings")
+        overrides = overrides_from_args(args)
+        if "data.path" not in overrides:
+            raise ValueError("evaluate --from RUN_DIR needs --data OTHER (the dataset to apply the choices to)")
+        config = transfer_config(args.from_run, overrides)
+        modes = overrides["detection.modes"][0] if "detection.modes" in overrides else None
+        out = evaluate_from_run(
+            args.from_run, config, modes=modes, progress=progress, allow_model_mismatch=args.allow_model_mismatch
+        )
+    else:
+        if args.strength is None:
+            raise ValueError("evaluate --vectors DIR needs --strength S")
+        out = evaluate_vectors(
+            args.vectors,
+            config_from_args(args),
+            args.strength,
+            split=args.split,
+            progress=progress,
+            allow_model_mismatch=args.allow_model_mismatch,
+        )
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    for warning in results.get("warnings", []):
+        print(f"warning: {warning}")
+    for mode, rows in results["summary"].items():
+        for cwe, row in rows.items():
+            print(f"{mode} {cwe}: n={row['n']} Δ bal.acc {row['delta']:+.3f} (p={row['p_value']:.3g}) {row['chosen']}")
+    if results["data"].get("skipped_cwes"):
+        print("skipped (no vector or choice): " + ", ".join(results["data"]["skipped_cwes"]))
+    _print_done(out)
     return 0

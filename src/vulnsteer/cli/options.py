@@ -1,139 +1,148 @@
-"""Argument groups and parsers shared by several commands."""
+"""Command-line options built from the configuration's key declarations, so a flag has one name, one default and
+one help text in every command (and the same validation as the TOML key it sets)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..experiment.config import ExperimentConfig, Key, config_keys, load_config, parse_config
 
-def floats(text: str) -> tuple[float, ...]:
+__all__ = [
+    "add_config_args",
+    "add_data_args",
+    "add_model_args",
+    "config_from_args",
+    "floats",
+    "ints",
+    "load",
+    "load_model_from_args",
+    "overrides_from_args",
+]
+
+
+def floats(text: str) -> list[float]:
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def ints(text: str) -> tuple[int, ...]:
+def ints(text: str) -> list[int]:
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        default=None,
-        help="Hugging Face id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
-    )
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--dtype", default=None, help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    g.add_argument("--device-map", default=None, help="passed to from_pretrained, e.g. 'auto' for multi-GPU models")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow model repositories to run their code")
+def _words(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data", default=None, required=required, help="dataset file or folder (default: the bundled corpus)"
-    )
-    g.add_argument("--format", default=None, help="sven, juliet, paired-dir, castle, jsonl, csv (default: detect)")
-    g.add_argument("--cwe", action="append", default=[], help="restrict to these CWEs (repeatable: --cwe 89 --cwe 79)")
-    g.add_argument("--merge-cwe", action="append", default=[], help="treat CWE FROM as TO, e.g. 77=78 (repeatable)")
-    g.add_argument("--keep-comments", action="store_true", help="do not strip comments (label leaks!)")
-    g.add_argument("--max-code-tokens", type=int, default=512, help="token budget for code (default 512)")
-    g.add_argument(
-        "--max-pairs-per-cwe",
-        type=int,
-        default=None,
-        help="cap pairs per CWE (seeded choice; with "
-        "--respect-upstream-split only train/val pairs are capped, the upstream val split stays whole)",
-    )
-    g.add_argument(
-        "--duplicates",
-        default="merge",
-        choices=["merge", "drop", "keep"],
-        help="code occurring in several splits (after stripping comments/whitespace): merge = one split "
-        "group, nothing dropped (default); drop = drop val/test copies with their pair partner; keep = "
-        "report only",
-    )
-    g.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    g.add_argument(
-        "--respect-upstream-split", action="store_true", help="use the dataset's own train/val split (val becomes test)"
-    )
+def _default_text(key: Key) -> str:
+    value = key.default
+    if key.dotted == "steering.strengths":
+        return ",".join(f"{s:g}" for _, s in value) + f" ({value[0][0]})"
+    if value is None or value == ():
+        return {
+            "model.name": "the embedded SmolLM2-135M-Instruct",
+            "data.path": "the bundled corpus",
+            "steering.layers": "the middle layer",
+            "run.out": "runs/<command>-<timestamp>",
+        }.get(key.dotted, "not set")
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-#: ``vulnsteer run``'s candidate strengths and unit (the same as :class:`~vulnsteer.experiment.RunConfig`'s;
-#: literals here so that ``--help`` does not import torch).
-RUN_STRENGTHS: tuple[float, ...] = (-1.0, -0.3, 0.3, 1.0)
-RUN_UNIT = "relative"
+_CLI_TYPES: dict[str, dict[str, Any]] = {
+    "str": {},
+    "int": {"type": int},
+    "float": {"type": float},
+    "bool": {"action": "store_true"},
+    "nobool": {"action": "store_false"},
+    "csv": {"type": _words, "metavar": "A,B"},
+    "floats": {"type": floats, "metavar": "X,Y"},
+    "repeat": {"action": "append"},
+    "layers": {"action": "append", "type": ints, "metavar": "L[,L...]"},
+}
 
 
-def add_steer_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("steering")
-    g.add_argument(
-        "--layers", type=ints, default=(), help="comma-separated layers, negatives allowed (default: the middle layer)"
-    )
-    g.add_argument(
-        "--position",
-        default="last",
-        choices=["last", "code_mean"],
-        help="activation position the vectors are fitted at",
-    )
-    g.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca", "logistic"])
-    g.add_argument(
-        "--positions",
-        dest="steer_positions",
-        default="last",
-        choices=["last", "prompt", "generated", "all"],
-        help="token positions to steer",
-    )
-    g.add_argument(
-        "--unit",
-        default="raw",
-        choices=["raw", "relative"],
-        help="raw: strength x vector; relative: strength x layer's mean hidden norm x unit vector",
-    )
-    g.add_argument("--batch-size", type=int, default=8)
+def _dest(key: Key) -> str:
+    return f"cfg__{key.section}__{key.name}"
 
 
-def run_config(args: argparse.Namespace, **extra: Any) -> Any:
-    from ..experiment.engine import RunConfig
+def add_config_args(
+    parser: argparse.ArgumentParser, sections: Iterable[str], *, skip: Sequence[str] = (), only: Sequence[str] = ()
+) -> None:
+    """One argument group per section, one flag per key that has one (``--layers`` sets ``steering.layers``).
 
-    modes = tuple(m.strip() for m in getattr(args, "modes", "logit").split(",") if m.strip())
-    return RunConfig(
-        model=args.model,
-        data=args.data,
-        format=args.format,
-        cwes=tuple(args.cwe),
-        merge_cwe=tuple(args.merge_cwe),
-        layers=tuple(getattr(args, "layers", ()) or ()),
-        position=getattr(args, "position", "last"),
-        method=getattr(args, "method", "mean_diff"),
-        unit=getattr(args, "unit", "raw"),
-        steer_positions=getattr(args, "steer_positions", "all"),
-        modes=modes,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        respect_upstream=args.respect_upstream_split,
-        keep_comments=args.keep_comments,
-        max_code_tokens=args.max_code_tokens,
-        max_pairs_per_cwe=args.max_pairs_per_cwe,
-        duplicates=args.duplicates,
-        device=args.device,
-        dtype=args.dtype,
-        **extra,
-    )
+    Flags default to "not given", so only what the user typed overrides the configuration (the help text shows
+    the configuration's default)."""
+    wanted = list(sections)
+    for section in wanted:
+        group = parser.add_argument_group(f"[{section}] keys")
+        for key in config_keys():
+            if key.section != section or key.flag is None or key.flag in skip or (only and key.flag not in only):
+                continue
+            kind = dict(_CLI_TYPES[key.cli])
+            text = f"{key.help} ({key.dotted}; default: {_default_text(key)})"
+            if key.cli == "layers":
+                text += "; repeat for several candidate layer sets: --layers 10 --layers 15 --layers 10,15"
+            group.add_argument(key.flag, dest=_dest(key), default=argparse.SUPPRESS, help=text, **kind)
+        if section == "steering" and "--unit" not in skip and (not only or "--unit" in only):
+            group.add_argument(
+                "--unit",
+                dest="cfg__steering__unit",
+                default=argparse.SUPPRESS,
+                choices=["raw", "relative"],
+                help="unit of --strengths: raw (strength x vector) or "
+                "relative (strength x the layer's mean hidden-state norm x unit vector) (steering.unit; "
+                "default: relative)",
+            )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    """``{"section.key": (value, "--flag")}`` for every configuration flag the user gave."""
+    flags = {_dest(k): k for k in config_keys()}
+    out: dict[str, tuple[Any, str]] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith("cfg__"):
+            continue
+        if dest == "cfg__steering__unit":
+            out["steering.unit"] = (value, "--unit")
+            continue
+        key = flags[dest]
+        out[key.dotted] = (value, str(key.flag))
+    return out
+
+
+def config_from_args(args: argparse.Namespace, config_file: str | None = None) -> ExperimentConfig:
+    """The configuration: *config_file* (or the defaults) with the flags the user gave on top."""
+    overrides = overrides_from_args(args)
+    if config_file is not None:
+        return load_config(config_file, overrides)
+    return parse_config({}, "command line", overrides)
+
+
+def load_model_from_args(args: argparse.Namespace) -> Any:
+    """The model the ``[model]`` flags name (loaded only once everything else has been checked)."""
+    from ..experiment.protocol import load_configured_model
+
+    return load_configured_model(config_from_args(args).model)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The ``[model]`` flags (``--model``, ``--device``, ``--dtype``, ``--device-map``, ``--trust-remote-code``)."""
+    add_config_args(parser, ["model"])
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """The ``[data]`` flags (``--data``, ``--format``, ``--cwe``, ...)."""
+    add_config_args(parser, ["data"])
 
 
 def load(args: argparse.Namespace) -> Any:
-    from ..lm.model import load_model
-
-    return load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
-        trust_remote_code=args.trust_remote_code,
-    )
+    """:func:`load_model_from_args`."""
+    return load_model_from_args(args)

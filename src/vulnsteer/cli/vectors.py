@@ -7,54 +7,59 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .options import (
-    add_data_args,
-    add_model_args,
-    add_steer_args,
-    ints,
-    load,
-    run_config,
-)
+from .options import add_config_args, config_from_args, ints, load_model_from_args
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("extract", help="record hidden states of a dataset's samples to a safetensors file")
-    add_model_args(p)
-    add_data_args(p)
-    p.add_argument("--layers", type=ints, default=(), help="layers (default: middle)")
-    p.add_argument("--positions", default="last,code_mean", help="last and/or code_mean")
-    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
-    p.add_argument("--batch-size", type=int, default=8)
+    add_config_args(p, ["model", "data"])
+    p.add_argument(
+        "--layers",
+        type=ints,
+        default=(),
+        help="layers to record, negatives count from the end (default: the middle layer)",
+    )
+    p.add_argument("--pooling", default="last,code_mean", help="last and/or code_mean (default: last,code_mean)")
+    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"], help="default: all")
+    add_config_args(p, ["detection"], only=["--batch-size"])
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("vectors", help="fit per-CWE steering vectors on the train split and save them")
-    add_model_args(p)
-    add_data_args(p)
-    add_steer_args(p)
-    p.add_argument("--pooled", action="store_true", help="also fit an 'any weakness' vector over all CWEs")
-    p.add_argument("--out", required=True, help="output folder for <cwe>-<method>.safetensors")
+    add_config_args(p, ["model", "data", "vectors"])
+    p.add_argument(
+        "--layers",
+        type=ints,
+        default=(),
+        help="layers to fit, negatives count from the end (default: the middle layer)",
+    )
+    add_config_args(p, ["detection"], only=["--batch-size"])
+    p.add_argument("--out", required=True, help="output folder for <cwe>-<method@pooling>.safetensors")
     p.set_defaults(func=cmd_vectors)
+
+
+def _prepared(args: argparse.Namespace, lm: Any) -> Any:
+    from ..experiment.prepare import prepare_data
+
+    config = config_from_args(args)
+    return config, prepare_data(config.data, lm.tokenizer, progress=not args.no_progress)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from safetensors.torch import save
 
-    from ..experiment.engine import prepare_data, resolve_run_layers
+    from ..experiment.grid import resolve_layer_sets
     from ..io import atomic_open
     from ..lm.activations import extract_activations
 
-    config = run_config(args)
-    lm = load(args)
+    lm = load_model_from_args(args)
     try:
-        data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
-        samples = (
-            [s for _, part in data.splits.items() for s in part] if args.split == "all" else data.splits.get(args.split)
-        )
-        layers = resolve_run_layers(args.layers, lm.num_layers)
-        positions = [p.strip() for p in args.positions.split(",") if p.strip()]
+        config, data = _prepared(args, lm)
+        samples = data.samples(args.split)
+        layers = list(resolve_layer_sets([args.layers] if args.layers else [], lm.num_layers)[0])
+        poolings = [p.strip() for p in args.pooling.split(",") if p.strip()]
         acts = extract_activations(
-            lm, samples, layers, positions, batch_size=args.batch_size, progress=not args.no_progress
+            lm, samples, layers, poolings, batch_size=config.detection.batch_size, progress=not args.no_progress
         )
     finally:
         lm.close()
@@ -66,32 +71,40 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "labels": json.dumps([s.label for s in samples]),
         "cwes": json.dumps([s.cwe for s in samples]),
     }
-    blob = save({k: v.contiguous() for k, v in acts.by_position.items()}, metadata=meta)
+    blob = save({k: v.contiguous() for k, v in acts.by_pooling.items()}, metadata=meta)
     with atomic_open(args.out, "wb") as handle:
         handle.write(blob)
-    shape = {k: list(v.shape) for k, v in acts.by_position.items()}
+    shape = {k: list(v.shape) for k, v in acts.by_pooling.items()}
     print(f"wrote {args.out}: {shape} (samples x layers x hidden)")
     return 0
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
-    from ..experiment.engine import fit_cwe_vectors, prepare_data, resolve_run_layers
-    from ..experiment.runner import save_vectors
+    from ..experiment.fit import fit_cwe_vectors, save_vectors
+    from ..experiment.grid import resolve_layer_sets
+    from ..lm.activations import extract_activations
 
-    config = run_config(args)
-    lm = load(args)
+    lm = load_model_from_args(args)
     try:
-        data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
-        layers = resolve_run_layers(args.layers, lm.num_layers)
+        config, data = _prepared(args, lm)
+        layers = list(resolve_layer_sets([args.layers] if args.layers else [], lm.num_layers)[0])
+        train = data.samples("train")
+        acts = extract_activations(
+            lm,
+            train,
+            layers,
+            config.vectors.pooling,
+            batch_size=config.detection.batch_size,
+            progress=not args.no_progress,
+        )
         vectors = fit_cwe_vectors(
             lm,
+            acts,
             data.by_cwe("train"),
             layers,
-            position=args.position,
-            methods=[args.method],
-            batch_size=args.batch_size,
-            pooled=args.pooled,
-            progress=not args.no_progress,
+            methods=config.vectors.methods,
+            poolings=config.vectors.pooling,
+            pooled=config.vectors.pooled,
         )
     finally:
         lm.close()

@@ -792,6 +792,10 @@ def load_samples(
 
     Raises:
         DataError: the first data problem (the message names the file, and line/field where applicable).
+
+    >>> samples = load_samples("../shared/data/sven", "sven", cwes=["CWE-89"])  # doctest: +SKIP
+    >>> samples[0].label, samples[0].pair_id is not None  # doctest: +SKIP
+    ('vulnerable', True)
     """
     return _run(path, fmt, merge, cwes, report if report is not None else LoadReport(), strict=True)
 

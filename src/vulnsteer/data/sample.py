@@ -32,6 +32,10 @@ class Sample:
         description: optional one-line description of the weakness/fix.
         meta: free-form extra fields (file name, commit link, changed lines, truncation notes ...). Never
             shown to the model.
+
+    >>> s = Sample("q1-v", "cur.execute('SELECT ' + x)", "python", "CWE-89", "vulnerable", "q1")
+    >>> s.is_vulnerable, s.y
+    (True, 1)
     """
 
     id: str

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, length_order, masked_mean, recording
-from ..lm.model import LoadedModel, position_ids_for
+from ..lm.model import LayerMatcher, LoadedModel, position_ids_for
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
 from ..steer.hooks import SteeringSpec, steer_rows
 from .prefix import PrefixStore
@@ -119,6 +119,7 @@ def _first_step(
     mask: torch.Tensor,
     rows: Sequence[Sequence[SteeringSpec]],
     prefix: tuple[Any, int] | None,
+    matcher: LayerMatcher | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """Logits at the answer position for every (expanded) row under its own specs.
 
@@ -128,9 +129,9 @@ def _first_step(
     if prefix is not None:
         cache = _expand_cache(prefix[0], prefix[1])
         if cache is not None:
-            with steer_rows(model, _retarget(rows, ("last",), "all")):
+            with steer_rows(model, _retarget(rows, ("last",), "all"), matcher):
                 return _forward(model, ids[:, -1:], mask, cache)
-    with steer_rows(model, _retarget(rows, _PROMPT_POSITIONS, None)):
+    with steer_rows(model, _retarget(rows, _PROMPT_POSITIONS, None), matcher):
         return _forward(model, ids, mask, None)
 
 
@@ -142,6 +143,7 @@ def _answer_scores(
     mask: torch.Tensor,
     rows: Sequence[Sequence[SteeringSpec]],
     answers: Sequence[list[int]],
+    matcher: LayerMatcher | None = None,
 ) -> list[torch.Tensor]:
     """Summed log-probabilities of each candidate answer (teacher-forced after the first token)."""
     logp = torch.log_softmax(logits, dim=-1)
@@ -152,7 +154,7 @@ def _answer_scores(
         if len(answer) > 1:
             forced = torch.tensor(answer, device=mask.device).expand(mask.shape[0], -1)
             ext = torch.cat([mask, torch.ones_like(forced[:, :-1])], dim=1)
-            with steer_rows(model, later):
+            with steer_rows(model, later, matcher):
                 step_logits, _ = _forward(model, forced[:, :-1], ext, copy.deepcopy(cache), all_logits=True)
             step_logp = torch.log_softmax(step_logits, dim=-1)
             total = total + step_logp.gather(-1, forced[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)
@@ -170,13 +172,14 @@ def _greedy(
     max_new_tokens: int,
     eos: set[int],
     pad_id: int,
+    matcher: LayerMatcher | None = None,
 ) -> torch.Tensor:
     """Greedy decoding with the KV cache; returns the new tokens ``[rows, <= max_new_tokens]``."""
     n = mask.shape[0]
     done = torch.zeros(n, dtype=torch.bool, device=mask.device)
     eos_t = torch.tensor(sorted(eos), device=mask.device)
     tokens: list[torch.Tensor] = []
-    with steer_rows(model, _retarget(rows, _LATER_POSITIONS, None)):
+    with steer_rows(model, _retarget(rows, _LATER_POSITIONS, None), matcher):
         for step in range(max_new_tokens):
             nxt = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))
             tokens.append(nxt)
@@ -192,8 +195,8 @@ def _unsteered(specs: Sequence[SteeringSpec] | None) -> bool:
     return specs is not None and len(specs) == 0
 
 
-def _maybe_recording(model: Any, sink: ActivationSink | None) -> Any:
-    return recording(model, sink.layers) if sink is not None else nullcontext({})
+def _maybe_recording(model: Any, sink: ActivationSink | None, matcher: LayerMatcher | None) -> Any:
+    return recording(model, sink.layers, matcher) if sink is not None else nullcontext({})
 
 
 def _sink_first_step(
@@ -299,7 +302,7 @@ def detect_variants_modes(
     reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
     model is already inside an outer :func:`~vulnsteer.steer.hooks.steer` context.
 
-    With a *sink*, the unsteered hidden states of its layers (positions ``last`` and ``code_mean``) are recorded
+    With a *sink*, the unsteered hidden states of its layers (poolings ``last`` and ``code_mean``) are recorded
     for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
 
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
@@ -308,7 +311,7 @@ def detect_variants_modes(
     for mode in modes:
         if mode not in ("logit", "generation"):
             raise ValueError(f"mode must be 'logit' or 'generation', got {mode!r}")
-    tok, model = lm.tokenizer, lm.model
+    tok, model, matcher = lm.tokenizer, lm.model, lm.layer_matcher
     answers = list(answer_token_ids(tok, template))
     prompts = [build_prompt(tok, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
@@ -340,7 +343,7 @@ def detect_variants_modes(
             if kept is not None:
                 prefix_cache, code = kept
             else:
-                with torch.no_grad(), _maybe_recording(model, sink) as seen:
+                with torch.no_grad(), _maybe_recording(model, sink, matcher) as seen:
                     _, prefix_cache = _forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
                 if sink is not None:
                     code = torch.stack(
@@ -358,17 +361,19 @@ def detect_variants_modes(
             rows = [list(specs[(i, name)] or ()) for i in idx for name in chunk_names]
             ids = batch.input_ids.repeat_interleave(repeats, dim=0)
             mask = batch.attention_mask.repeat_interleave(repeats, dim=0)
-            with _maybe_recording(model, sink) as seen:
-                logits, cache = _first_step(model, ids, mask, rows, (prefix_cache, repeats) if shared else None)
+            with _maybe_recording(model, sink, matcher) as seen:
+                logits, cache = _first_step(
+                    model, ids, mask, rows, (prefix_cache, repeats) if shared else None, matcher
+                )
             if sink is not None:
                 _sink_first_step(sink, seen, samples, idx, chunk_names, base, batch.code_mask, shared)
             margins: list[float] = []
             texts: list[str] = []
             if "logit" in modes:
-                lv, ls = _answer_scores(model, logits, cache, mask, rows, answers)
+                lv, ls = _answer_scores(model, logits, cache, mask, rows, answers, matcher)
                 margins = (lv - ls).cpu().tolist()
             if "generation" in modes:
-                new_tokens = _greedy(model, logits, cache, mask, rows, max_new_tokens, eos, pad_id)
+                new_tokens = _greedy(model, logits, cache, mask, rows, max_new_tokens, eos, pad_id, matcher)
                 texts = [template.answer_prefix + tok.decode(t, skip_special_tokens=True) for t in new_tokens]
             for j, i in enumerate(idx):
                 s = samples[i]
@@ -407,7 +412,12 @@ def detect(
     progress: bool = True,
     desc: str | None = None,
 ) -> list[DetectionRecord]:
-    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steer.hooks.steer` to steer it)."""
+    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steer.hooks.steer` to steer it).
+
+    >>> lm = load_model()  # doctest: +SKIP
+    >>> [r.verdict for r in detect(lm, load_builtin(["CWE-89"])[:2], mode="logit")]  # doctest: +SKIP
+    ['vulnerable', 'vulnerable']
+    """
     return detect_variants(
         lm,
         samples,
@@ -424,11 +434,21 @@ def detect(
 
 
 def score_logits(lm: LoadedModel, samples: Sequence[Sample], **options: Any) -> list[DetectionRecord]:
-    """Logit mode (:func:`detect` with ``mode="logit"``): P(vulnerable) from the answer logits."""
+    """Logit mode (:func:`detect` with ``mode="logit"``): P(vulnerable) from the answer logits.
+
+    >>> records = score_logits(load_model(), samples)  # doctest: +SKIP
+    >>> records[0].score, records[0].margin  # doctest: +SKIP
+    (0.99, 4.8)
+    """
     return detect(lm, samples, mode="logit", **options)
 
 
 def generate_verdicts(lm: LoadedModel, samples: Sequence[Sample], **options: Any) -> list[DetectionRecord]:
     """Generation mode (:func:`detect` with ``mode="generation"``): greedy decoding after ``Answer:``, the full
-    text kept and parsed into a verdict."""
+    text kept and parsed into a verdict.
+
+    >>> records = generate_verdicts(load_model(), samples, max_new_tokens=20)  # doctest: +SKIP
+    >>> records[0].verdict, records[0].named_cwe  # doctest: +SKIP
+    ('vulnerable', 'CWE-89')
+    """
     return detect(lm, samples, mode="generation", **options)

@@ -1,10 +1,10 @@
 """The probe detector: a steering direction (or a logistic-regression probe) read as a classifier on activations.
 
 It sits beside the generation and logit detectors and answers a narrower question: is the information
-"this code is vulnerable" linearly readable from the hidden states at all, at which layer and position, and
+"this code is vulnerable" linearly readable from the hidden states at all, at which layer and pooling, and
 does the steering direction itself point along it?
 
-Protocol (the same for every position x layer x CWE x detector):
+Protocol (the same for every pooling x layer x CWE x detector):
 
 1. **fit on train only**: the direction is ``mean(secure) - mean(vulnerable)`` of the train rows (for one CWE
    that CWE's own train rows; for ``"overall"`` every train row, pooled over CWEs), the logistic probe is a
@@ -46,7 +46,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 
 from ..data.sample import Sample
-from ..lm.activations import POSITIONS, Activations
+from ..lm.activations import POOLINGS, Activations
 from ..stats.metrics import Prediction, bootstrap_ci, compute_metrics
 from ..steer.vectors import mean_difference
 
@@ -85,11 +85,11 @@ Split = tuple[Activations, Sequence[Sample]]
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One detector at one position, layer and CWE (or ``"overall"``).
+    """One detector at one pooling, layer and CWE (or ``"overall"``).
 
     Attributes:
         detector: ``"direction"`` (mean-difference direction) or ``"logistic"`` (logistic-regression probe).
-        position: activation position (``"last"`` or ``"code_mean"``).
+        pooling: activation pooling (``"last"`` or ``"code_mean"``).
         layer: decoder layer index.
         cwe: canonical CWE id, or ``"overall"`` (pooled over CWEs).
         threshold: decision threshold on the score (vulnerable iff ``score > threshold``), chosen on val.
@@ -104,7 +104,7 @@ class ProbeResult:
     """
 
     detector: str
-    position: str
+    pooling: str
     layer: int
     cwe: str
     threshold: float
@@ -132,7 +132,7 @@ class ProbeResult:
 
         return {
             "detector": self.detector,
-            "position": self.position,
+            "pooling": self.pooling,
             "layer": self.layer,
             "cwe": self.cwe,
             "threshold": clean(self.threshold),
@@ -334,11 +334,11 @@ def _predictions(samples: Sequence[Sample], scores: NDArray[np.float64], thresho
 
 
 def _skipped(
-    detector: str, position: str, layer: int, cwe: str, counts: tuple[int, int, int], reason: str
+    detector: str, pooling: str, layer: int, cwe: str, counts: tuple[int, int, int], reason: str
 ) -> ProbeResult:
     return ProbeResult(
         detector=detector,
-        position=position,
+        pooling=pooling,
         layer=layer,
         cwe=cwe,
         threshold=_NAN,
@@ -360,14 +360,14 @@ def evaluate_probes(
     test: Split,
     *,
     layers: Sequence[int] | None = None,
-    positions: Sequence[str] = POSITIONS,
+    poolings: Sequence[str] = POOLINGS,
     per_cwe: bool = True,
     detectors: Sequence[str] = DETECTORS,
     C: float = DEFAULT_C,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> list[ProbeResult]:
-    """Fit on train, choose thresholds on val, score once on test; one result per position x layer x CWE x detector.
+    """Fit on train, choose thresholds on val, score once on test; one result per pooling x layer x CWE x detector.
 
     Each split is ``(activations, samples)`` in the same order (checked). *layers* defaults to the train
     activations' layers. With *per_cwe*, every CWE present in any split gets its own fit (its own train rows,
@@ -381,19 +381,19 @@ def evaluate_probes(
     for det in detectors:
         if det not in DETECTORS:
             raise ValueError(f"unknown probe detector {det!r}; choose from {DETECTORS}")
-    for pos in positions:
-        if pos not in POSITIONS:
-            raise ValueError(f"unknown position {pos!r}; choose from {POSITIONS}")
+    for pos in poolings:
+        if pos not in POOLINGS:
+            raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS}")
     chosen = list(layers) if layers is not None else list(train[0].layers)
 
     splits = (train, val, test)
     samples = tuple(split[1] for split in splits)
     groups = _groups(samples, per_cwe)
     results: list[ProbeResult] = []
-    for position in positions:
+    for pooling in poolings:
         for layer in chosen:
-            xs = tuple(acts.get(position, layer) for acts, _ in splits)
-            results += _evaluate_features(xs, samples, groups, detectors, position, layer, C, n_boot, seed)
+            xs = tuple(acts.get(pooling, layer) for acts, _ in splits)
+            results += _evaluate_features(xs, samples, groups, detectors, pooling, layer, C, n_boot, seed)
     return results
 
 
@@ -420,7 +420,7 @@ def evaluate_length_control(
     """The probes' control: a logistic regression on :func:`surface_features` (code length alone), fitted on
     train, threshold on val, scored once on test with the same protocol and rows as :func:`evaluate_probes`.
     A probe AUROC that does not beat this one may be reading length, not vulnerability. Results have detector
-    ``"length"``, position ``"code"`` and layer ``-1`` (no layer)."""
+    ``"length"``, pooling ``"code"`` and layer ``-1`` (no layer)."""
     splits = (train, val, test)
     xs = tuple(surface_features(split) for split in splits)
     return _evaluate_features(
@@ -443,7 +443,7 @@ def _evaluate_features(
     samples: Sequence[Sequence[Sample]],
     groups: Sequence[tuple[str, list[list[int]]]],
     detectors: Sequence[str],
-    position: str,
+    pooling: str,
     layer: int,
     C: float,
     n_boot: int,
@@ -464,7 +464,7 @@ def _evaluate_features(
         elif not te_idx:
             reason = "no test samples"
         if reason is not None:
-            results.extend(_skipped(name or d, position, layer, cwe, counts, reason) for d in detectors)
+            results.extend(_skipped(name or d, pooling, layer, cwe, counts, reason) for d in detectors)
             continue
         tr_x, va_x, te_x = (_rows(x, idx) for x, idx in zip(xs, (tr_idx, va_idx, te_idx), strict=True))
         va_s = [val[i] for i in va_idx]
@@ -473,13 +473,13 @@ def _evaluate_features(
             fitted = fit_detector(det, tr_x, tr_y, va_x, va_y, C=C, seed=seed)
             if name is not None:
                 fitted = dataclasses.replace(fitted, detector=name)
-            results.append(_score(fitted, position, layer, cwe, counts, va_s, va_x, te_s, te_x, n_boot, seed))
+            results.append(_score(fitted, pooling, layer, cwe, counts, va_s, va_x, te_s, te_x, n_boot, seed))
     return results
 
 
 def _score(
     fitted: FittedDetector,
-    position: str,
+    pooling: str,
     layer: int,
     cwe: str,
     counts: tuple[int, int, int],
@@ -504,7 +504,7 @@ def _score(
     ci = bootstrap_ci(test_preds, "balanced_accuracy", n_boot=n_boot, seed=seed)
     return ProbeResult(
         detector=fitted.detector,
-        position=position,
+        pooling=pooling,
         layer=layer,
         cwe=cwe,
         threshold=fitted.threshold,
@@ -526,7 +526,7 @@ def _score(
 PROBE_TABLE_COLUMNS: tuple[str, ...] = (
     "CWE",
     "detector",
-    "position",
+    "pooling",
     "layer",
     "val bal.acc",
     "threshold",
@@ -564,6 +564,6 @@ def probe_table(results: Sequence[ProbeResult | Mapping[str, Any]]) -> list[dict
                 f"{_fmt(d.get('test_balanced_accuracy'))} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]",
             ]
         layer = int(d["layer"])
-        head = [str(d["cwe"]), str(d["detector"]), str(d["position"]), str(layer) if layer >= 0 else "–"]
+        head = [str(d["cwe"]), str(d["detector"]), str(d["pooling"]), str(layer) if layer >= 0 else "–"]
         rows.append(dict(zip(PROBE_TABLE_COLUMNS, [*head, *cells], strict=True)))
     return rows

@@ -15,7 +15,12 @@ _LABEL_TO_Y = {"vulnerable": 1, "secure": 0, "uncertain": -1}
 
 @dataclass(frozen=True)
 class DetectionRecord:
-    """One sample's detection result. ``text`` holds the full generated answer (generation mode)."""
+    """One sample's detection result. ``text`` holds the full generated answer (generation mode).
+
+    >>> r = DetectionRecord("q1-v", "CWE-89", "q1", 1, "secure", score=0.2)
+    >>> r.y_pred, r.to_prediction().correct
+    (0, False)
+    """
 
     sample_id: str
     cwe: str

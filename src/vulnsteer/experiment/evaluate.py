@@ -1,175 +1,326 @@
-"""``vulnsteer evaluate --vectors DIR``: saved vectors at a given strength vs baseline vs random control.
+"""Evaluating settings chosen elsewhere: ``vulnsteer evaluate --from RUN`` and ``vulnsteer evaluate --vectors DIR``.
 
-No selection happens here: the strength and settings are the user's, applied to every CWE that has a vector.
+Nothing is selected here. ``--from`` applies a run's choices (per mode and CWE, chosen on that run's validation
+split; the baseline where the baseline won) unchanged to every sample of another dataset; ``--vectors`` applies
+saved vectors at a strength the user gives to one split. Both go through the apply engine
+(:func:`~vulnsteer.experiment.apply.apply_choices`), so their rows have one shape: baseline vs chosen vs
+random-direction control, CIs, McNemar p-values, the pooled vector and the cross-CWE matrix. A model whose
+architecture or weights differ from the vectors' is refused unless mismatches are allowed.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.sample import Sample
 from ..io import write_json
-from ..lm.model import load_model
-from ..report.markdown import write_report
-from ..steer.vectors import SteeringVector
-from .engine import (
-    SCHEMA_VERSION,
-    Condition,
-    ResultStore,
-    environment_info,
-    json_ready,
-    prepare_data,
-    run_conditions,
-)
-from .runner import SIGN_CONVENTION, summarize_metrics, summary_rows
+from ..lm.activation_cache import model_key
+from ..lm.model import LoadedModel
+from ..lm.prompts import DEFAULT_TEMPLATE
+from ..steer.vectors import SteeringVector, VectorMismatchError, dataset_hash
+from .apply import apply_choices
+from .config import ExperimentConfig, config_document, identity_of, parse_config
+from .engine import ResultStore, ScoringOptions
+from .fit import load_vector_dir
+from .grid import POOLED, Setting
+from .prepare import load_dataset, prepare_data
+from .protocol import default_out_dir, examples, load_configured_model
+from .results import json_ready, load_chosen, new_results
+from .rundir import CHOSEN_DIR, RunDir
+from .select import Choice
 
-__all__ = ["evaluate_saved_vectors", "load_vector_dir"]
-
-
-def load_vector_dir(
-    folder: str | Path, hidden_size: int, fingerprint: str | None, weights: Mapping[str, str] | None = None
-) -> dict[tuple[str, str], SteeringVector]:
-    """Every ``*.safetensors`` vector in *folder*, keyed by (CWE, method); refuses a model mismatch
-    (architecture *fingerprint*, and with *weights* a model's ``weights_identity``)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"vector folder not found: {root}")
-    vectors: dict[tuple[str, str], SteeringVector] = {}
-    for path in sorted(root.glob("*.safetensors")):
-        vec = SteeringVector.load(path, hidden_size=hidden_size, fingerprint=fingerprint, weights=weights)
-        vectors[(vec.cwe, vec.provenance.method)] = vec
-    if not vectors:
-        raise FileNotFoundError(f"{root}: no .safetensors steering vectors in this folder")
-    return vectors
+__all__ = ["check_model", "evaluate_from_run", "evaluate_vectors", "transfer_config"]
 
 
-def evaluate_saved_vectors(args: argparse.Namespace) -> int:
-    from ..cli.options import run_config as _run_config
-
-    if getattr(args, "from_run", None):
-        from .transfer import evaluate_from_run
-
-        result: int = evaluate_from_run(args)
-        return result
-    if not args.vectors:
-        raise ValueError("evaluate needs --vectors DIR (saved vectors) or --from RUN_DIR (a sweep's chosen settings)")
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    config = _run_config(args, strengths=(args.strength,), max_new_tokens=args.max_new_tokens)
-    lm = load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
-        trust_remote_code=args.trust_remote_code,
-    )
-    out = Path(args.out) if args.out else Path("runs") / (time.strftime("%Y%m%d-%H%M%S") + "-eval")
-    try:
-        strict = not args.allow_model_mismatch
-        vectors = load_vector_dir(
-            args.vectors, lm.hidden_size, lm.fingerprint if strict else None, lm.weights_identity if strict else None
+def check_model(run_model: Mapping[str, Any], lm: LoadedModel, allow_mismatch: bool) -> list[str]:
+    """Refuse a model that is not the run's (architecture fingerprint, then weights in the same dtype); returns
+    the warnings that remain when mismatches are allowed."""
+    warnings: list[str] = []
+    if run_model["fingerprint"] != lm.fingerprint:
+        message = (
+            f"the run's vectors were fitted on {run_model['id']} (fingerprint {run_model['fingerprint']}), "
+            f"which does not match {lm.model_id} (fingerprint {lm.fingerprint})"
         )
-        data = prepare_data(config, lm.tokenizer, progress=not args.no_progress)
-        split = args.split
-        cwes = [c for c in data.cwes if any(key[0] == c for key in vectors)]
-        if not cwes:
-            raise ValueError(f"none of the data's CWEs {data.cwes} has a vector in {args.vectors}")
+        if not allow_mismatch:
+            raise VectorMismatchError(message + "; pass --allow-model-mismatch to use them anyway")
+        warnings.append(message)
+    ours, theirs = model_key(lm).split("-"), str(run_model.get("key", "")).split("-")
+    if len(theirs) >= 3 and theirs[:2] != ours[:2]:
+        message = (
+            f"same architecture as the run's model but different weights (weights digest {theirs[1]} in the "
+            f"run, {ours[1]} now; dtype {theirs[2]} in the run, {ours[2]} now)"
+        )
+        if theirs[2] == ours[2] and not allow_mismatch:
+            raise VectorMismatchError(message + "; pass --allow-model-mismatch to use the vectors anyway")
+        warnings.append(message)
+    return warnings
 
-        def samples_for(_split: str) -> dict[str, list[Any]]:
-            """The split's samples of the CWEs that have a vector (the baseline runs on exactly these too)."""
-            names = ("train", "val", "test") if split == "all" else (split,)
-            merged: dict[str, list[Any]] = {}
-            for name in names:
-                for cwe, items in data.by_cwe(name).items():
-                    if cwe in cwes:
-                        merged.setdefault(cwe, []).extend(items)
-            return merged
 
-        method = next(iter(vectors))[1]
-        layers = next(iter(vectors.values())).layers
-        for cwe in cwes:  # one setting for every CWE: each needs a vector of that method at those layers
-            vec = vectors.get((cwe, method))
-            if vec is None or not set(layers) <= set(vec.layers):
-                found = ", ".join(f"{m} at layers {list(v.layers)}" for (c, m), v in vectors.items() if c == cwe)
-                raise ValueError(
-                    f"{args.vectors}: evaluate applies one setting to every CWE ({method} at layers "
-                    f"{list(layers)}), but the {cwe} vector is {found}"
-                )
-        conds = []
-        for mode in modes:
-            conds.append(Condition("baseline", mode, split))
-            for kind in ("steered", "control"):
-                conds.append(
-                    Condition(
-                        kind,
-                        mode,
-                        split,
-                        args.strength,
-                        tuple(layers),
-                        args.unit,
-                        args.steer_positions,
-                        method,
-                        None,
-                        config.control_seed,
-                    )
-                )
-        store = ResultStore(out / "records.jsonl")
-        records = run_conditions(
+def transfer_config(run_dir: str | Path, overrides: Mapping[str, tuple[Any, str]]) -> ExperimentConfig:
+    """The run's own configuration with *overrides* (``"data.path"`` etc., as from CLI flags) applied. The run's
+    cleaning keys (token budget, comments) stay; which dataset and which of its samples come from *overrides*
+    only, and every sample is evaluated (no split, so ``data.duplicates`` is ``keep``)."""
+    chosen = load_chosen(run_dir)
+    doc = {k: dict(v) if isinstance(v, dict) else v for k, v in chosen["config"].items()}
+    data = doc.get("data", {})
+    doc["data"] = {k: data[k] for k in ("max_code_tokens", "keep_comments") if k in data} | {"duplicates": "keep"}
+    return parse_config(doc, f"{run_dir}/{CHOSEN_DIR}/chosen.json", overrides)
+
+
+def _files_digest(folder: Path) -> str:
+    """A digest of the vector files in *folder* (names and bytes): a changed vector is another experiment."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _code_hash(sample: Sample) -> str:
+    return hashlib.sha256(sample.code.encode()).hexdigest()[:16]
+
+
+def _run_evaluation(
+    command: str,
+    config: ExperimentConfig,
+    run: RunDir,
+    lm: LoadedModel,
+    samples: Mapping[str, Sequence[Sample]],
+    choices: Mapping[str, Mapping[str, Choice]],
+    vectors: Mapping[tuple[str, str], SteeringVector],
+    *,
+    split: str,
+    control_seed: int,
+    identity: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    """Score *choices* on *samples* through the apply engine and write results.json and the report."""
+    from ..report import write_report
+
+    started = time.perf_counter()
+    all_samples = [s for items in samples.values() for s in items]
+    identity = {
+        **identity,
+        "config": identity_of(config),
+        "model_key": model_key(lm),
+        "data": dataset_hash(all_samples),
+        "split": split,
+    }
+    d = config.detection
+    options = ScoringOptions(d.batch_size, d.max_new_tokens, config.run.group_size, DEFAULT_TEMPLATE, progress)
+    with run.open(identity, f"{command} run"):
+        applied = apply_choices(
             lm,
-            conds,
-            store,
-            samples_for,
+            choices,
+            samples,
             vectors,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            progress=not args.no_progress,
+            ResultStore(run.records),
+            split=split,
+            control_seed=control_seed,
+            cross_cwe_modes=d.cross_cwe_modes,
+            options=options,
+            seed=config.data.seed,
         )
-        metric_cache = {c.key: summarize_metrics(records[c.key], cwes, config.seed) for c in conds}
-        summary = {}
+        results = new_results(command, config_document(config), lm, DEFAULT_TEMPLATE)
+        results.update(extra)
+        results["selection"] = {m: {t: c.to_dict() for t, c in by.items()} for m, by in choices.items()}
+        for key in ("summary", "pooled", "cross_cwe"):
+            results[key] = {m: found["rows" if key == "summary" else key] for m, found in applied.by_mode.items()}
+        results["records"] = {c.key: [r.to_dict() for r in applied.records[c.key]] for c in applied.conditions}
+        results["examples"] = {
+            m: examples(applied, choices[m], m, split, config.report.n_examples)
+            for m in choices
+            if m == "generation" and config.report.n_examples
+        }
+        results["status"] = "complete"
+        results["timings_s"] = {"total": round(time.perf_counter() - started, 2)}
+        results = json_ready(results)
+        write_json(run.path / "results.json", results)
+        write_report(results, run.path)
+    return results
+
+
+def _prepared_samples(
+    config: ExperimentConfig, lm: LoadedModel, loaded: Any, split: str, progress: bool
+) -> tuple[Any, dict[str, list[Sample]]]:
+    require = () if split == "all" else (split,)
+    data = prepare_data(config.data, lm.tokenizer, samples=loaded, progress=progress, require=require)
+    return data, data.by_cwe(split)
+
+
+def evaluate_from_run(
+    run_dir: str | Path,
+    config: ExperimentConfig,
+    out_dir: str | Path | None = None,
+    *,
+    lm: LoadedModel | None = None,
+    modes: Sequence[str] | None = None,
+    allow_model_mismatch: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Apply the choices saved in *run_dir* (``chosen/``) unchanged to every sample of *config*'s dataset (build
+    *config* with :func:`transfer_config`); returns the output directory.
+
+    >>> config = transfer_config("runs/quick", {"data.path": ("../shared/data/sven", "--data")})  # doctest: +SKIP
+    >>> out = evaluate_from_run("runs/quick", config, "runs/quick-on-sven")  # doctest: +SKIP
+    """
+    source = Path(run_dir)
+    chosen = load_chosen(source)
+    available = list(chosen["modes"])
+    modes = [m for m in (modes or config.detection.modes) if m in available]
+    if not modes:
+        raise ValueError(f"{source}: the run has choices for modes {', '.join(available)} only")
+    run = RunDir(out_dir or config.run.out or default_out_dir("transfer"))
+    run.check_writable("--out")
+    loaded = load_dataset(config.data)
+    own = lm is None
+    lm = lm or load_configured_model(config.model)
+    try:
+        warnings = check_model(chosen["model"], lm, allow_model_mismatch)
+        if chosen.get("template") != DEFAULT_TEMPLATE.to_dict():
+            warnings.append("the prompt template differs from the one the run used")
+        choices = {m: {t: Choice.from_dict(e) for t, e in chosen["modes"][m].items()} for m in modes}
+        vectors: dict[tuple[str, str], SteeringVector] = {}
         for mode in modes:
-            steered = next(c for c in conds if c.mode == mode and c.kind == "steered")
-            summary[mode] = summary_rows(
-                mode, cwes, {cwe: steered for cwe in cwes}, conds, records, metric_cache, config.seed, split=split
+            for target, entry in chosen["modes"][mode].items():
+                best = choices[mode][target].best
+                if entry.get("vector") and best is not None:
+                    vectors[(target, best.method_key)] = SteeringVector.load(
+                        source / CHOSEN_DIR / entry["vector"],
+                        hidden_size=lm.hidden_size,
+                        fingerprint=None if allow_model_mismatch else lm.fingerprint,
+                    )
+        data, everything = _prepared_samples(config, lm, loaded, "all", progress)
+        covered = sorted({t for m in modes for t in chosen["modes"][m] if t != POOLED})
+        samples = {cwe: items for cwe, items in everything.items() if cwe in covered}
+        skipped = {cwe: len(items) for cwe, items in everything.items() if cwe not in covered}
+        if not samples:
+            raise ValueError(
+                f"none of the CWEs of {data.source} ({', '.join(everything) or 'none'}) has a chosen "
+                f"setting in {source} (it has {', '.join(covered)})"
             )
-        results = json_ready(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "command": "evaluate",
-                "config": config.to_dict(),
-                "vectors_from": str(args.vectors),
-                "sign_convention": SIGN_CONVENTION,
-                "environment": environment_info(),
-                "model": {
-                    "id": lm.model_id,
-                    "fingerprint": lm.fingerprint,
-                    "num_layers": lm.num_layers,
-                    "hidden_size": lm.hidden_size,
-                },
-                "layers": list(layers),
-                "data": {"source": data.source, "cwes": cwes, "notes": data.notes, "splits": data.splits.summary()},
-                "vectors": {
-                    f"{k[0]}|{k[1]}": {
-                        "cwe": k[0],
-                        "method": k[1],
-                        "layers": list(v.layers),
-                        "relative_norm": {str(layer): v.relative_norm(layer) for layer in v.layers},
-                    }
-                    for k, v in vectors.items()
-                },
-                "conditions": [
-                    {"condition": c.to_dict(), "label": c.label(), "metrics": metric_cache[c.key]} for c in conds
-                ],
-                "selection": {},
-                "summary": summary,
-                "examples": {},
-                "records": {key: [r.to_dict() for r in recs] for key, recs in records.items()},
-            }
+        choices = {m: {t: c for t, c in by.items() if t in (*samples, POOLED)} for m, by in choices.items()}
+        seen = set(chosen.get("train_code_hashes", []))
+        overlap = sum(1 for items in samples.values() for s in items if _code_hash(s) in seen)
+        extra = {
+            "run_dir": str(source),
+            "source_model": chosen["model"],
+            "warnings": warnings,
+            "data": {
+                "source": data.source,
+                "cwes": list(samples),
+                "skipped_cwes": skipped,
+                "notes": data.notes,
+                "n_samples": sum(len(v) for v in samples.values()),
+                "overlap_with_run_train": overlap,
+            },
+        }
+        _run_evaluation(
+            "evaluate --from",
+            config,
+            run,
+            lm,
+            samples,
+            choices,
+            vectors,
+            split="all",
+            control_seed=int(chosen["control_seed"]),
+            progress=progress,
+            extra=extra,
+            identity={"from": str(source.resolve()), "modes": modes},
         )
-        write_json(out / "results.json", results)
-        write_report(results, out)
     finally:
-        lm.close()
-    print(f"report: {out / 'report.md'}")
-    return 0
+        if own:
+            lm.close()
+    return run.path
+
+
+def evaluate_vectors(
+    vectors_dir: str | Path,
+    config: ExperimentConfig,
+    strength: float,
+    out_dir: str | Path | None = None,
+    *,
+    split: str = "test",
+    lm: LoadedModel | None = None,
+    allow_model_mismatch: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Apply the saved vectors in *vectors_dir* at *strength* (unit and positions from ``[steering]``, layers from
+    ``steering.layers`` or the vectors') to every CWE of *config*'s dataset that has one, on *split*; the method
+    is ``vectors.methods[0]@vectors.pooling[0]`` when the folder holds it, else the folder's only one.
+
+    >>> out = evaluate_vectors("runs/quick/vectors", ExperimentConfig(), 0.3, "runs/eval")  # doctest: +SKIP
+    """
+    run = RunDir(out_dir or config.run.out or default_out_dir("evaluate"))
+    run.check_writable("--out")
+    loaded = load_dataset(config.data)
+    own = lm is None
+    lm = lm or load_configured_model(config.model)
+    try:
+        strict = not allow_model_mismatch
+        vectors = load_vector_dir(
+            vectors_dir, lm.hidden_size, lm.fingerprint if strict else None, lm.weights_identity if strict else None
+        )
+        keys = sorted({k for _, k in vectors})
+        wanted = f"{config.vectors.methods[0]}@{config.vectors.pooling[0]}"
+        if wanted not in keys and len(keys) != 1:
+            raise ValueError(
+                f"{vectors_dir}: holds vectors of {', '.join(keys)}; choose one with --method and --pooling"
+            )
+        key = wanted if wanted in keys else keys[0]
+        data, by_cwe = _prepared_samples(config, lm, loaded, split, progress)
+        samples = {cwe: items for cwe, items in by_cwe.items() if (cwe, key) in vectors}
+        if not samples:
+            raise ValueError(
+                f"none of the data's CWEs ({', '.join(by_cwe) or 'none'}) has a {key} vector in {vectors_dir}"
+            )
+        first = next(v for (c, k), v in vectors.items() if k == key)
+        layers = config.steering.layers[0] if config.steering.layers else first.layers
+        method, pooling = key.split("@", 1)
+        unit = config.steering.strengths[0][0]
+        setting = Setting(method, pooling, tuple(layers), unit, float(strength), config.steering.positions[0])
+        for cwe in [*samples, *([POOLED] if (POOLED, key) in vectors else [])]:
+            missing = [layer for layer in setting.layers if layer not in vectors[(cwe, key)].layers]
+            if missing:
+                raise ValueError(
+                    f"{vectors_dir}: evaluate applies one setting to every CWE ({setting.label()}), but "
+                    f"the {cwe} vector has no layer {missing[0]} (it has "
+                    f"{list(vectors[(cwe, key)].layers)})"
+                )
+        targets = [*samples, *([POOLED] if (POOLED, key) in vectors else [])]
+        choice = {t: Choice(t, "steered", setting, selected_by="given (evaluate --vectors)") for t in targets}
+        choices = {mode: choice for mode in config.detection.modes}
+        extra = {
+            "vectors_from": str(vectors_dir),
+            "data": {
+                "source": data.source,
+                "cwes": list(samples),
+                "notes": data.notes,
+                "splits": data.splits.summary(),
+                "n_samples": sum(len(v) for v in samples.values()),
+                "skipped_cwes": {c: len(v) for c, v in by_cwe.items() if c not in samples},
+            },
+        }
+        _run_evaluation(
+            "evaluate --vectors",
+            config,
+            run,
+            lm,
+            samples,
+            choices,
+            vectors,
+            split=split,
+            control_seed=config.steering.control_seed,
+            progress=progress,
+            extra=extra,
+            identity={"vectors": _files_digest(Path(vectors_dir)), "strength": strength},
+        )
+    finally:
+        if own:
+            lm.close()
+    return run.path

@@ -1,11 +1,11 @@
-"""On-disk activation cache: hidden states are extracted once per (model, data, prompt, layer, position).
+"""On-disk activation cache: hidden states are extracted once per (model, data, prompt, layer, pooling).
 
-A sweep fits many vectors (methods x positions x layer sets) from the same training activations; extracting
+A sweep fits many vectors (methods x poolings x layer sets) from the same training activations; extracting
 them is the slowest step, so they are stored as safetensors files keyed by hashes and reused by every
 configuration of a sweep and by later runs:
 
-``<root>/<key[:2]>/<key>.safetensors`` holds ``[n_samples, hidden]`` for one layer at one position, where
-``key = sha256(model key, data hash, prompt template, layer, position)``. The model key covers the architecture
+``<root>/<key[:2]>/<key>.safetensors`` holds ``[n_samples, hidden]`` for one layer at one pooling, where
+``key = sha256(model key, data hash, prompt template, layer, pooling)``. The model key covers the architecture
 fingerprint, a digest of the weights, the dtype and the device type (numbers differ between CPU and CUDA), so a
 fine-tune of the same architecture never reads another model's activations. The header repeats every part of
 the key and the sample ids; an entry whose header does not match is treated as missing. Files are written
@@ -81,8 +81,8 @@ class CacheStats:
 
 
 class ActivationCache:
-    """Activations of *samples* at *layers* and *positions*, read from disk where present, else extracted once
-    (one forward pass for every missing layer and position) and written back.
+    """Activations of *samples* at *layers* and *poolings*, read from disk where present, else extracted once
+    (one forward pass for every missing layer and pooling) and written back.
 
     ``ActivationCache(None)`` uses :func:`default_cache_dir`; ``enabled=False`` always extracts and writes nothing.
     """
@@ -91,8 +91,8 @@ class ActivationCache:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.enabled = enabled
 
-    def key(self, model: str, data: str, template: str, layer: int, position: str) -> str:
-        text = json.dumps([FORMAT_VERSION, model, data, template, int(layer), position])
+    def key(self, model: str, data: str, template: str, layer: int, pooling: str) -> str:
+        text = json.dumps([FORMAT_VERSION, model, data, template, int(layer), pooling])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def path(self, key: str) -> Path:
@@ -124,13 +124,13 @@ class ActivationCache:
         lm: LoadedModel,
         samples: Sequence[Sample],
         layers: Sequence[int],
-        positions: Sequence[str],
+        poolings: Sequence[str],
         *,
         batch_size: int = 8,
         template: PromptTemplate = DEFAULT_TEMPLATE,
         progress: bool = True,
     ) -> tuple[Activations, CacheStats]:
-        """Activations ``[n, len(layers), hidden]`` per position, in the order of *samples*."""
+        """Activations ``[n, len(layers), hidden]`` per pooling, in the order of *samples*."""
         layers = sorted(set(int(x) for x in layers))
         stats = CacheStats()
         ids = [s.id for s in samples]
@@ -139,7 +139,7 @@ class ActivationCache:
         headers: dict[tuple[int, str], dict[str, str]] = {}
         keys: dict[tuple[int, str], str] = {}
         for layer in layers:
-            for pos in positions:
+            for pos in poolings:
                 keys[(layer, pos)] = self.key(mkey, dhash, thash, layer, pos)
                 headers[(layer, pos)] = {
                     "format": FORMAT,
@@ -149,7 +149,7 @@ class ActivationCache:
                     "data_hash": dhash,
                     "template_hash": thash,
                     "layer": str(layer),
-                    "position": pos,
+                    "pooling": pos,
                     "sample_ids_hash": ids_hash,
                     "sample_ids": json.dumps(ids),
                 }
@@ -170,7 +170,7 @@ class ActivationCache:
                 lm,
                 samples,
                 missing_layers,
-                list(positions),
+                list(poolings),
                 batch_size=batch_size,
                 template=template,
                 progress=progress,
@@ -178,11 +178,11 @@ class ActivationCache:
             stats.seconds_extracting = time.perf_counter() - start
             stats.extracted_layers = missing_layers
             for layer in missing_layers:
-                for pos in positions:
+                for pos in poolings:
                     tensor = fresh.get(pos, layer).clone()
                     found[(layer, pos)] = tensor
                     if self.enabled:
                         self._write(keys[(layer, pos)], tensor, headers[(layer, pos)])
         stats.entries = [str(self.path(keys[item])) for item in sorted(keys)] if self.enabled else []
-        by_position = {pos: torch.stack([found[(layer, pos)] for layer in layers], dim=1) for pos in positions}
-        return Activations(layers=list(layers), sample_ids=ids, by_position=by_position), stats
+        by_pooling = {pos: torch.stack([found[(layer, pos)] for layer in layers], dim=1) for pos in poolings}
+        return Activations(layers=list(layers), sample_ids=ids, by_pooling=by_pooling), stats

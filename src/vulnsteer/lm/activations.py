@@ -1,6 +1,7 @@
 """Recording hidden states: batched, left-padded forward passes with read-only hooks on chosen layers.
 
-Positions:
+Poolings (how one hidden state is read from a prompt's tokens):
+
 - ``last``: each row's last prompt token (the answer position: the prompt ends with ``Answer:``);
 - ``code_mean``: the mean over the tokens of the code itself.
 """
@@ -17,36 +18,42 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.sample import Sample
-from .model import LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
+from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
 
-__all__ = ["POSITIONS", "Activations", "Position", "extract_activations", "length_order"]
+__all__ = ["POOLINGS", "Activations", "Pooling", "extract_activations", "length_order"]
 
-Position = Literal["last", "code_mean"]
-POSITIONS: tuple[Position, ...] = ("last", "code_mean")
+Pooling = Literal["last", "code_mean"]
+POOLINGS: tuple[Pooling, ...] = ("last", "code_mean")
 
 
 @dataclass
 class Activations:
-    """Hidden states ``[n_samples, n_layers, hidden]`` per position, in the order of the input samples."""
+    """Hidden states ``[n_samples, n_layers, hidden]`` per pooling, in the order of the input samples.
+
+    >>> import torch
+    >>> acts = Activations([15], ["a", "b"], {"last": torch.ones(2, 1, 4)})
+    >>> acts.get("last", 15).shape, acts.mean_norms("last")
+    (torch.Size([2, 4]), {15: 2.0})
+    """
 
     layers: list[int]
     sample_ids: list[str]
-    by_position: dict[str, torch.Tensor] = field(default_factory=dict)
+    by_pooling: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def get(self, position: str, layer: int | None = None) -> torch.Tensor:
-        if position not in self.by_position:
-            raise KeyError(f"position {position!r} was not recorded (have {sorted(self.by_position)})")
-        acts = self.by_position[position]
+    def get(self, pooling: str, layer: int | None = None) -> torch.Tensor:
+        if pooling not in self.by_pooling:
+            raise KeyError(f"pooling {pooling!r} was not recorded (have {sorted(self.by_pooling)})")
+        acts = self.by_pooling[pooling]
         if layer is None:
             return acts
         if layer not in self.layers:
             raise KeyError(f"layer {layer} was not recorded (have {self.layers})")
         return acts[:, self.layers.index(layer)]
 
-    def mean_norms(self, position: str = "last") -> dict[int, float]:
+    def mean_norms(self, pooling: str = "last") -> dict[int, float]:
         """Mean L2 norm of the hidden state per layer (the scale for relative steering strengths)."""
-        acts = self.get(position)
+        acts = self.get(pooling)
         return {layer: float(acts[:, i].norm(dim=-1).mean()) for i, layer in enumerate(self.layers)}
 
     def subset(self, indices: Sequence[int]) -> Activations:
@@ -54,38 +61,40 @@ class Activations:
         return Activations(
             layers=list(self.layers),
             sample_ids=[self.sample_ids[i] for i in idx.tolist()],
-            by_position={k: v.index_select(0, idx) for k, v in self.by_position.items()},
+            by_pooling={k: v.index_select(0, idx) for k, v in self.by_pooling.items()},
         )
 
 
 class ActivationSink:
     """Collects unsteered hidden states as a side effect of detection passes (see ``detect_variants_modes``).
 
-    ``rows[sample_id][position]`` is a ``[n_layers, hidden]`` tensor; :meth:`activations` assembles them.
+    ``rows[sample_id][pooling]`` is a ``[n_layers, hidden]`` tensor; :meth:`activations` assembles them.
     """
 
     def __init__(self, layers: Sequence[int]) -> None:
         self.layers = list(layers)
         self.rows: dict[str, dict[str, torch.Tensor]] = {}
 
-    def add(self, sample_id: str, position: str, value: torch.Tensor) -> None:
-        self.rows.setdefault(sample_id, {})[position] = value.detach().float().cpu()
+    def add(self, sample_id: str, pooling: str, value: torch.Tensor) -> None:
+        self.rows.setdefault(sample_id, {})[pooling] = value.detach().float().cpu()
 
-    def complete(self, sample_ids: Sequence[str], positions: Sequence[str] = POSITIONS) -> bool:
-        return all(pos in self.rows.get(sid, {}) for sid in sample_ids for pos in positions)
+    def complete(self, sample_ids: Sequence[str], poolings: Sequence[str] = POOLINGS) -> bool:
+        return all(p in self.rows.get(sid, {}) for sid in sample_ids for p in poolings)
 
-    def activations(self, sample_ids: Sequence[str], positions: Sequence[str] = POSITIONS) -> Activations:
-        missing = [sid for sid in sample_ids if any(p not in self.rows.get(sid, {}) for p in positions)]
+    def activations(self, sample_ids: Sequence[str], poolings: Sequence[str] = POOLINGS) -> Activations:
+        missing = [sid for sid in sample_ids if any(p not in self.rows.get(sid, {}) for p in poolings)]
         if missing:
             raise KeyError(f"no captured activations for {len(missing)} samples (e.g. {missing[0]})")
-        by_position = {p: torch.stack([self.rows[sid][p] for sid in sample_ids]) for p in positions}
-        return Activations(layers=list(self.layers), sample_ids=list(sample_ids), by_position=by_position)
+        by_pooling = {p: torch.stack([self.rows[sid][p] for sid in sample_ids]) for p in poolings}
+        return Activations(layers=list(self.layers), sample_ids=list(sample_ids), by_pooling=by_pooling)
 
 
 @contextmanager
-def recording(model: Any, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+def recording(
+    model: Any, layers: Sequence[int], layer_matcher: LayerMatcher | None = None
+) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block, ``out[layer]`` holds the hidden state output by each chosen layer in the last pass."""
-    blocks = decoder_layers(model)
+    blocks = decoder_layers(model, layer_matcher)
     out: dict[int, torch.Tensor] = {}
 
     def make(layer: int) -> Any:
@@ -123,21 +132,26 @@ def extract_activations(
     lm: LoadedModel,
     samples: Sequence[Sample],
     layers: int | Sequence[int],
-    positions: Sequence[str] = POSITIONS,
+    poolings: Sequence[str] = POOLINGS,
     *,
     batch_size: int = 8,
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
 ) -> Activations:
-    """Run the model over *samples* and record the chosen layers' outputs at the chosen positions."""
-    for pos in positions:
-        if pos not in POSITIONS:
-            raise ValueError(f"unknown position {pos!r}; choose from {POSITIONS}")
-    blocks = decoder_layers(lm.model)
+    """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings.
+
+    >>> acts = extract_activations(load_model(), samples, [10, -1], poolings=["last"])  # doctest: +SKIP
+    >>> acts.get("last").shape  # doctest: +SKIP
+    torch.Size([28, 2, 576])
+    """
+    for pos in poolings:
+        if pos not in POOLINGS:
+            raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS}")
+    blocks = lm.layers
     chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, len(blocks))
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
-    out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in positions}
+    out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in poolings}
     captured: dict[int, torch.Tensor] = {}
     deepest = max(chosen)
 
@@ -175,4 +189,4 @@ def extract_activations(
     finally:
         for handle in handles:
             handle.remove()
-    return Activations(layers=chosen, sample_ids=[s.id for s in samples], by_position=dict(out))
+    return Activations(layers=chosen, sample_ids=[s.id for s in samples], by_pooling=dict(out))

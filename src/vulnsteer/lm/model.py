@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .paths import DEFAULT_MODEL, cache_root, embedded_model_dir, is_default_mod
 
 __all__ = [
     "DEFAULT_MODEL",
+    "LayerMatcher",
     "LoadedModel",
     "ModelLoadError",
     "cache_root",
@@ -62,7 +64,12 @@ def embedded_gguf_path() -> Path:
 
 @dataclass
 class LoadedModel:
-    """A model, its tokenizer and where they came from. One resident copy serves baseline and steered runs."""
+    """A model, its tokenizer and where they came from. One resident copy serves baseline and steered runs.
+
+    >>> lm = load_model()  # doctest: +SKIP
+    >>> lm.num_layers, lm.hidden_size, lm.weights_identity["dtype"]  # doctest: +SKIP
+    (30, 576, 'float32')
+    """
 
     model: Any
     tokenizer: Any
@@ -70,14 +77,21 @@ class LoadedModel:
     fingerprint: str
     source: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how to find the decoder blocks (None: :func:`decoder_layers`' known architectures)
+    layer_matcher: LayerMatcher | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder blocks (found with :attr:`layer_matcher` when set)."""
+        return decoder_layers(self.model, self.layer_matcher)
+
+    @property
     def num_layers(self) -> int:
-        return len(decoder_layers(self.model))
+        return len(self.layers)
 
     @property
     def hidden_size(self) -> int:
@@ -129,8 +143,31 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a causal LM (Llama/Qwen/Mistral/GPT-2/GPT-NeoX/OPT/Phi families)."""
+#: How to find a model's decoder blocks: a dotted attribute path (``"transformer.blocks"``) or a function of the
+#: model returning them. The plug-in point for architectures :func:`decoder_layers` does not know.
+LayerMatcher = str | Callable[[nn.Module], nn.ModuleList]
+
+
+def decoder_layers(model: nn.Module, matcher: LayerMatcher | None = None) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (Llama/Qwen/Mistral/GPT-2/GPT-NeoX/OPT/Phi families), or what
+    *matcher* finds for another architecture.
+
+    >>> import torch
+    >>> class Odd(torch.nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.trunk = torch.nn.Module()
+    ...         self.trunk.blocks = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
+    >>> len(decoder_layers(Odd(), "trunk.blocks"))
+    2
+    """
+    if matcher is not None:
+        found: Any = matcher(model) if callable(matcher) else _attribute_path(model, matcher)
+        if not isinstance(found, nn.ModuleList) or len(found) == 0:
+            raise ModelLoadError(
+                f"the layer matcher {matcher!r} found no list of decoder blocks in {type(model).__name__}"
+            )
+        return found
     candidates = (
         ("model", "layers"),
         ("model", "decoder", "layers"),
@@ -147,7 +184,19 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
                 break
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return obj
-    raise ModelLoadError(f"cannot find the decoder layers of {type(model).__name__}")
+    raise ModelLoadError(
+        f"cannot find the decoder layers of {type(model).__name__}; name them with a layer matcher (--layers-path, "
+        "e.g. transformer.blocks)"
+    )
+
+
+def _attribute_path(model: nn.Module, path: str) -> Any:
+    obj: Any = model
+    for attr in path.split("."):
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            raise ModelLoadError(f"{type(model).__name__} has no attribute path {path!r} (layer matcher)")
+    return obj
 
 
 def resolve_layers(layers: int | list[int] | tuple[int, ...], num_layers: int) -> list[int]:
@@ -248,6 +297,7 @@ def load_model(
     dtype: str | None = None,
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    layer_matcher: LayerMatcher | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -257,6 +307,12 @@ def load_model(
         dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``float32``, ``bfloat16``, ``float16``.
         device_map: passed through to ``from_pretrained`` (``"auto"`` spreads a large model over GPUs).
         trust_remote_code: off unless the user asks for it.
+        layer_matcher: where the decoder blocks are, for an architecture vulnsteer does not know (a dotted
+            attribute path such as ``"transformer.blocks"``, or a function of the model).
+
+    >>> lm = load_model()                                   # the embedded SmolLM2-135M  # doctest: +SKIP
+    >>> lm = load_model("Qwen/Qwen2.5-1.5B-Instruct", device="cuda")  # bf16 on CUDA  # doctest: +SKIP
+    >>> lm = load_model("my-model/", layer_matcher="transformer.blocks")  # doctest: +SKIP
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -295,6 +351,7 @@ def load_model(
         fingerprint=model_fingerprint(model),
         source=kind,
         extra={"dtype": str(torch_dtype).replace("torch.", ""), "device": dev},
+        layer_matcher=layer_matcher,
     )
 
 

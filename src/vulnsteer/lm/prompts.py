@@ -41,7 +41,11 @@ _FENCE_LANG = {
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """The fixed wording. Changing it changes every number: it is recorded in each run's config."""
+    """The fixed wording. Changing it changes every number: it is recorded in each run's config.
+
+    >>> PromptTemplate().answer_prefix, PromptTemplate(system="Be terse.").system
+    ('Answer:', 'Be terse.')
+    """
 
     system: str = "You are an expert application security auditor reviewing code for vulnerabilities."
     question: str = "Is the following {language} code vulnerable? If it is, name the weakness (CWE id and name)."

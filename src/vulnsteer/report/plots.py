@@ -1,4 +1,4 @@
-"""Sweep plots (matplotlib PNGs), drawn from a sweep's ``results.json`` data only.
+"""Report plots (matplotlib PNGs), drawn from ``results.json`` data only; :func:`report_plots` makes every one.
 
 - ``val_curves_<mode>_<unit>.png``: balanced accuracy vs strength per CWE on the **validation** split (the
   selection curves), one line per (vector, layer set), its random control dashed, the baseline grey;
@@ -6,7 +6,7 @@
 - ``cross_cwe_<mode>.png``: vector of CWE A on the samples of CWE B, change vs baseline (test, or the other
   dataset for ``evaluate --from``);
 - ``cosine_<method>.png``: cosine similarity of the per-CWE vectors, one panel per layer;
-- ``pca_<position>.png``: training activations of each CWE on their first two principal components.
+- ``pca_<pooling>.png``: training activations of each CWE on their first two principal components.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = [
     "plot_layer_strength",
     "plot_pca",
     "plot_val_curves",
-    "sweep_plots",
+    "report_plots",
 ]
 
 PLOT_DIR = "plots"
@@ -65,7 +65,7 @@ def _safe(name: str) -> str:
 
 
 def _steered_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [e for e in entries if e["condition"]["kind"] != "baseline" and e["condition"]["vector_cwe"] is None]
+    return [e for e in entries if e["condition"]["kind"] != "baseline" and e["condition"]["vector"] is None]
 
 
 def _baseline(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -79,7 +79,7 @@ def _ba(metrics: Mapping[str, Any], cwe: str) -> float:
 
 def _line_name(setting: Mapping[str, Any]) -> str:
     layers = ",".join(map(str, setting["layers"]))
-    return f"{setting['method']}@{setting['position']} L{layers} ({setting['steer_positions']})"
+    return f"{setting['method']}@{setting['pooling']} L{layers} ({setting['positions']})"
 
 
 def plot_val_curves(results: Mapping[str, Any], out_dir: Path, mode: str) -> list[str]:
@@ -162,14 +162,13 @@ def plot_layer_strength(results: Mapping[str, Any], out_dir: Path, mode: str) ->
     cwes = [*results["data"]["cwes"], "overall"]
     names = []
     groups = dict.fromkeys(
-        (e["setting"]["method"], e["setting"]["position"], e["setting"]["steer_positions"]) for e in entries
+        (e["setting"]["method"], e["setting"]["pooling"], e["setting"]["positions"]) for e in entries
     )
-    for method, position, steer in groups:
+    for method, pooling, steer in groups:
         chosen = [
             e
             for e in entries
-            if (e["setting"]["method"], e["setting"]["position"], e["setting"]["steer_positions"])
-            == (method, position, steer)
+            if (e["setting"]["method"], e["setting"]["pooling"], e["setting"]["positions"]) == (method, pooling, steer)
         ]
         rows = list(dict.fromkeys(",".join(map(str, e["setting"]["layers"])) for e in chosen))
         cols = sorted(dict.fromkeys((e["setting"]["unit"], float(e["setting"]["strength"])) for e in chosen))
@@ -187,8 +186,8 @@ def plot_layer_strength(results: Mapping[str, Any], out_dir: Path, mode: str) ->
             ax.set_title(cwe, fontsize=9)
         if image is not None:
             fig.colorbar(image, ax=axes, shrink=0.6, label="Δ balanced accuracy vs baseline (val)")
-        fig.suptitle(f"{mode} mode, VALIDATION split: {method}@{position}, steering {steer}")
-        names.append(_save(fig, out_dir, _safe(f"layer_strength_{mode}_{method}_{position}_{steer}.png")))
+        fig.suptitle(f"{mode} mode, VALIDATION split: {method}@{pooling}, steering {steer}")
+        names.append(_save(fig, out_dir, _safe(f"layer_strength_{mode}_{method}_{pooling}_{steer}.png")))
     return names
 
 
@@ -230,7 +229,7 @@ def plot_cosines(results: Mapping[str, Any], out_dir: Path) -> list[str]:
 def plot_pca(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     """Secure vs vulnerable training activations per CWE on their first two principal components."""
     names = []
-    for position, block in results.get("pca", {}).items():
+    for pooling, block in results.get("pca", {}).items():
         cwes = list(block["cwes"])
         fig, axes = _grid(len(cwes), width=3.2, height=3.0, cols=4)
         for ax, cwe in zip(axes, cwes):
@@ -243,13 +242,13 @@ def plot_pca(results: Mapping[str, Any], out_dir: Path) -> list[str]:
             ax.set_title(f"{cwe} ({', '.join(f'{100 * v:.0f}%' for v in var)})", fontsize=8)
             ax.tick_params(labelsize=6)
         axes[0].legend(fontsize=6)
-        fig.suptitle(f"TRAIN activations, layer {block['layer']}, position {position}: PC1 vs PC2")
-        names.append(_save(fig, out_dir, _safe(f"pca_{position}.png")))
+        fig.suptitle(f"TRAIN activations, layer {block['layer']}, pooling {pooling}: PC1 vs PC2")
+        names.append(_save(fig, out_dir, _safe(f"pca_{pooling}.png")))
     return names
 
 
-def sweep_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
-    """Every sweep plot; returns their paths relative to *out_dir* (a failing plot is skipped, not fatal)."""
+def report_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
+    """Every plot of a report; returns their paths relative to *out_dir* (a failing plot is skipped, not fatal)."""
     import logging
 
     out = Path(out_dir)
@@ -261,7 +260,7 @@ def sweep_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
     for mode, cross in results.get("cross_cwe", {}).items():
         jobs.append(
             lambda mode=mode, cross=cross: plot_cross_cwe(  # type: ignore[misc]
-                cross, out, f"cross_cwe_{mode}.png", f"{mode} mode, TEST split"
+                cross, out, f"cross_cwe_{mode}.png", f"{mode} mode, {cross.get('split', 'test')} split"
             )
         )
     jobs += [lambda: plot_cosines(results, out), lambda: plot_pca(results, out)]

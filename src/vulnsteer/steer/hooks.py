@@ -31,15 +31,29 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..lm.model import decoder_layers, hidden_of, with_hidden
+from ..lm.model import LayerMatcher, decoder_layers, hidden_of, with_hidden
 from .vectors import SteeringVector, VectorMismatchError
 
-__all__ = ["POSITION_MODES", "PositionMode", "SteeringSpec", "StrengthUnit", "steer"]
+__all__ = [
+    "POSITION_MODES",
+    "SIGN_CONVENTION",
+    "STRENGTH_UNITS",
+    "PositionMode",
+    "SteeringSpec",
+    "StrengthUnit",
+    "steer",
+    "steer_rows",
+]
 
 PositionMode = Literal["last", "prompt", "generated", "all"]
 StrengthUnit = Literal["raw", "relative"]
 POSITION_MODES: tuple[str, ...] = ("last", "prompt", "generated", "all")
 STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative")
+#: The sign convention in one sentence (reports and results.json repeat it).
+SIGN_CONVENTION = (
+    "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
+    "subtracts the vector and so pushes the model toward answering 'vulnerable'."
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,10 @@ class SteeringSpec:
         layers: layers to steer (default: all of the vector's layers; negative indices are not allowed here).
         positions: ``last``, ``prompt``, ``generated`` or ``all``.
         unit: ``raw`` or ``relative`` (see the module docstring).
+
+    >>> spec = SteeringSpec(vector, 0.3, layers=(15,), positions="last", unit="relative")  # doctest: +SKIP
+    >>> with steer(model, [spec]):  # doctest: +SKIP
+    ...     records = detect(lm, samples)
     """
 
     vector: SteeringVector
@@ -158,9 +176,11 @@ def _make_hook(items: list[tuple[torch.Tensor, str]], state: _PassState) -> Any:
 
 
 @contextmanager
-def _hooked(model: nn.Module, per_layer: dict[int, list[tuple[torch.Tensor, str]]]) -> Iterator[None]:
+def _hooked(
+    model: nn.Module, per_layer: dict[int, list[tuple[torch.Tensor, str]]], matcher: LayerMatcher | None = None
+) -> Iterator[None]:
     """Register the hooks for ``{layer: [(delta, positions), ...]}``; remove them on exit, exceptions included."""
-    blocks = decoder_layers(model)
+    blocks = decoder_layers(model, matcher)
     for layer in per_layer:
         if not 0 <= layer < len(blocks):
             raise ValueError(f"layer {layer} out of range for a model with {len(blocks)} layers")
@@ -196,11 +216,15 @@ def steer(
     layers: Sequence[int] | None = None,
     positions: PositionMode = "all",
     unit: StrengthUnit = "raw",
+    layer_matcher: LayerMatcher | None = None,
 ) -> Iterator[list[SteeringSpec]]:
     """Steer *model* inside a ``with`` block; hooks are removed on exit, exceptions included.
 
     ``with steer(model, vector, 4.0, positions="last"):`` or ``with steer(model, [spec_a, spec_b]):``.
     Positive strength = toward reporting a vulnerability (the direction is subtracted).
+
+    >>> with steer(lm.model, vector, 0.3, unit="relative", positions="last"):  # doctest: +SKIP
+    ...     records = score_logits(lm, samples)     # toward "vulnerable"; the hooks are gone after the block
     """
     specs = _as_specs(vector_or_specs, strength, layers, positions, unit)
     _check_specs(model, specs)
@@ -209,16 +233,22 @@ def steer(
         for layer in spec.layers:
             if spec.strength != 0:
                 per_layer.setdefault(layer, []).append((spec.delta(layer), spec.positions))
-    with _hooked(model, per_layer):
+    with _hooked(model, per_layer, layer_matcher):
         yield specs
 
 
 @contextmanager
-def steer_rows(model: nn.Module, rows: Sequence[Sequence[SteeringSpec]]) -> Iterator[None]:
+def steer_rows(
+    model: nn.Module, rows: Sequence[Sequence[SteeringSpec]], layer_matcher: LayerMatcher | None = None
+) -> Iterator[None]:
     """Steer each row of the batch with its own specs (``rows[i]`` for row ``i``; empty = unsteered).
 
     Lets one batched pass serve several settings at once (baseline, strengths, controls, other CWEs' vectors).
     The batch given to the model must have exactly ``len(rows)`` rows.
+
+    >>> rows = [[], [SteeringSpec(vector, 0.3, unit="relative")]]  # row 0 plain, row 1 steered  # doctest: +SKIP
+    >>> with steer_rows(lm.model, rows):  # doctest: +SKIP
+    ...     logits = lm.model(input_ids=two_rows).logits
     """
     all_specs = [spec for specs in rows for spec in specs]
     _check_specs(model, all_specs)
@@ -236,5 +266,5 @@ def steer_rows(model: nn.Module, rows: Sequence[Sequence[SteeringSpec]]) -> Iter
     per_layer: dict[int, list[tuple[torch.Tensor, str]]] = {}
     for (layer, pos), delta in grouped.items():
         per_layer.setdefault(layer, []).append((delta, pos))
-    with _hooked(model, per_layer):
+    with _hooked(model, per_layer, layer_matcher):
         yield

@@ -102,7 +102,7 @@ class Provenance:
     model_fingerprint: str
     hidden_size: int
     layers: tuple[int, ...]
-    position: str
+    pooling: str
     method: str
     cwe: str
     n_vulnerable: int
@@ -124,6 +124,8 @@ class Provenance:
         data = json.loads(text)
         data["layers"] = tuple(int(x) for x in data["layers"])
         data["layer_norms"] = {int(k): float(v) for k, v in data.get("layer_norms", {}).items()}
+        if "position" in data and "pooling" not in data:  # files written before the pooling/positions split
+            data["pooling"] = data.pop("position")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -133,6 +135,10 @@ class SteeringVector:
     """Immutable per-layer directions (``secure - vulnerable``) plus provenance.
 
     ``directions`` is a read-only mapping; the tensors are private copies, and :meth:`direction` returns a copy.
+
+    >>> vector = SteeringVector.load("vecs/cwe-89-mean-diff-last.safetensors", hidden_size=576)  # doctest: +SKIP
+    >>> vector.layers, vector.relative_norm(15)  # doctest: +SKIP
+    ((15,), 0.04)
     """
 
     directions: Mapping[int, torch.Tensor]
@@ -278,9 +284,9 @@ def fit_vector(
     acts: Activations,
     samples: Sequence[Sample],
     *,
-    position: str = "last",
+    pooling: str = "last",
     layers: Sequence[int] | None = None,
-    method: str = "mean_diff",
+    method: str | DirectionFn = "mean_diff",
     cwe: str = "any",
     model_id: str = "",
     model_fingerprint: str = "",
@@ -289,9 +295,17 @@ def fit_vector(
     """Fit a per-layer direction from recorded activations of *samples* (same order as ``acts``).
 
     Secure and vulnerable rows are ordered by pair id (then sample id) so that PCA sees aligned pairs.
+
+    >>> acts = extract_activations(lm, samples, [15], poolings=["last"])  # doctest: +SKIP
+    >>> vector = fit_vector(acts, samples, cwe="CWE-89", method="mean_diff")  # doctest: +SKIP
+    >>> vector.save("cwe-89.safetensors")  # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown vector method {method!r}; choose from {sorted(METHODS)}")
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"unknown vector method {method!r}; choose from {sorted(METHODS)}")
+        fn, name = METHODS[method], method
+    else:
+        fn, name = method, getattr(method, "__name__", "custom")
     if [s.id for s in samples] != acts.sample_ids:
         raise ValueError("samples do not match the activations (ids or order differ)")
 
@@ -305,19 +319,18 @@ def fit_vector(
             f"cannot fit a {cwe} vector: {len(vuln_idx)} vulnerable and {len(secure_idx)} secure samples (need both)"
         )
     chosen = list(layers) if layers is not None else list(acts.layers)
-    fn = METHODS[method]
-    norms = acts.mean_norms(position)
+    norms = acts.mean_norms(pooling)
     dirs = {}
     for layer in chosen:
-        h = acts.get(position, layer)
+        h = acts.get(pooling, layer)
         dirs[layer] = fn(h[secure_idx], h[vuln_idx])
     prov = Provenance(
         model_id=model_id,
         model_fingerprint=model_fingerprint,
-        hidden_size=int(acts.get(position).shape[-1]),
+        hidden_size=int(acts.get(pooling).shape[-1]),
         layers=tuple(sorted(chosen)),
-        position=position,
-        method=method,
+        pooling=pooling,
+        method=name,
         cwe=cwe,
         n_vulnerable=len(vuln_idx),
         n_secure=len(secure_idx),
@@ -349,7 +362,7 @@ def answer_direction(
         model_fingerprint=lm.fingerprint,
         hidden_size=int(d.shape[0]),
         layers=tuple(layers),
-        position="answer",
+        pooling="answer",
         method="unembedding",
         cwe="any",
         n_vulnerable=0,

@@ -1,0 +1,235 @@
+"""The grid: steering settings, and the conditions (setting x role x detector mode x split) that get scored.
+
+A :class:`Setting` is one steering configuration: which vector (method at a pooling), at which layers, in which
+strength unit and size, at which token positions. A :class:`Condition` is what the engine scores and stores: the
+baseline (no setting), a setting with a real vector (``steered``) or with its random-direction control
+(``control``: same norms, same layers), in one detector mode, on one split, with one vector source.
+
+>>> s = Setting("mean_diff", "last", (15,), "relative", 0.3, "last")
+>>> s.label()
+'mean_diff@last L15 relative +0.3 (steer last)'
+>>> s.condition("control", "logit", "val").key
+'control|logit|val|mean_diff@last|L15|relative:0.3|last|own|all|seed=1234'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from ..lm.model import resolve_layers
+from ..steer.hooks import PositionMode, SteeringSpec, StrengthUnit
+from ..steer.vectors import SteeringVector
+from .config import ExperimentConfig
+
+__all__ = [
+    "KINDS",
+    "POOLED",
+    "Condition",
+    "Setting",
+    "candidate_settings",
+    "condition_specs",
+    "control_vector",
+    "resolve_layer_sets",
+    "val_conditions",
+]
+
+#: Name of the pooled "any weakness" vector (all CWEs' training samples together).
+POOLED = "any"
+KINDS: tuple[str, ...] = ("baseline", "steered", "control")
+DEFAULT_CONTROL_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One steering setting (see the module docstring); ``strength > 0`` pushes toward "vulnerable"."""
+
+    method: str
+    pooling: str
+    layers: tuple[int, ...]
+    unit: str
+    strength: float
+    positions: str
+
+    @property
+    def method_key(self) -> str:
+        """How fitted vectors are keyed: ``(cwe, "mean_diff@last")``."""
+        return f"{self.method}@{self.pooling}"
+
+    @property
+    def key(self) -> str:
+        layers = ",".join(map(str, self.layers))
+        return f"{self.method_key}|L{layers}|{self.unit}:{self.strength:g}|{self.positions}"
+
+    def label(self) -> str:
+        layers = ",".join(map(str, self.layers))
+        return f"{self.method_key} L{layers} {self.unit} {self.strength:+g} (steer {self.positions})"
+
+    def condition(
+        self,
+        kind: str,
+        mode: str,
+        split: str,
+        vector: str | None = None,
+        cover: str = "all",
+        control_seed: int = DEFAULT_CONTROL_SEED,
+    ) -> Condition:
+        return Condition(kind, mode, split, self, vector, cover, control_seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["layers"] = list(self.layers)
+        data["label"] = self.label()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Setting:
+        return cls(
+            str(data["method"]),
+            str(data["pooling"]),
+            tuple(int(x) for x in data["layers"]),
+            str(data["unit"]),
+            float(data["strength"]),
+            str(data["positions"]),
+        )
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One scored condition.
+
+    Attributes:
+        kind: ``baseline``, ``steered`` or ``control``.
+        mode: detector mode (``logit`` or ``generation``).
+        split: ``val``, ``test``, ``train`` or ``all`` (every sample of another dataset).
+        setting: the steering setting (None for the baseline).
+        vector: whose vector steers: None = each sample's own CWE's, ``"any"`` = the pooled vector, or a CWE id.
+        cover: ``all`` samples of the split, or only the ``target`` samples (those of the *vector*'s CWE).
+        control_seed: seed of the random direction (``control`` only).
+    """
+
+    kind: str
+    mode: str
+    split: str
+    setting: Setting | None = None
+    vector: str | None = None
+    cover: str = "all"
+    control_seed: int = DEFAULT_CONTROL_SEED
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"condition kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.kind == "baseline") != (self.setting is None):
+            raise ValueError("the baseline has no setting; steered and control conditions need one")
+        if self.cover not in ("all", "target") or (self.cover == "target" and self.vector in (None, POOLED)):
+            raise ValueError(f"cover must be 'all', or 'target' with a CWE's vector, got {self.cover!r}")
+
+    @property
+    def key(self) -> str:
+        """Unique name in ``records.jsonl``: every field that changes a record is in it."""
+        if self.setting is None:
+            return f"baseline|{self.mode}|{self.split}"
+        return (
+            f"{self.kind}|{self.mode}|{self.split}|{self.setting.key}|{self.vector or 'own'}|{self.cover}"
+            f"|seed={self.control_seed}"
+        )
+
+    @property
+    def variant_key(self) -> str:
+        """What steers, regardless of the detector mode (one forward pass serves every mode)."""
+        return self.key.replace(f"|{self.mode}|", "|", 1)
+
+    @property
+    def strength(self) -> float:
+        return 0.0 if self.setting is None else self.setting.strength
+
+    def label(self) -> str:
+        if self.setting is None:
+            return "baseline"
+        source = "" if self.vector is None else f" [{self.vector} vector]"
+        return f"{self.kind} {self.setting.label()}{source}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "mode": self.mode,
+            "split": self.split,
+            "setting": None if self.setting is None else self.setting.to_dict(),
+            "vector": self.vector,
+            "cover": self.cover,
+            "control_seed": self.control_seed,
+            "key": self.key,
+        }
+
+
+def resolve_layer_sets(groups: Sequence[Sequence[int]], num_layers: int) -> list[tuple[int, ...]]:
+    """Layer sets with negative indices resolved (the middle layer when none are configured), duplicates dropped.
+
+    >>> resolve_layer_sets([[-1], [2, 1]], 30)
+    [(29,), (1, 2)]
+    """
+    sets = [tuple(resolve_layers(list(group), num_layers)) for group in groups] or [(num_layers // 2,)]
+    return list(dict.fromkeys(sets))
+
+
+def candidate_settings(config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]]) -> list[Setting]:
+    """Every steered candidate, in config order (that order breaks ties after |strength|)."""
+    v, s = config.vectors, config.steering
+    return [
+        Setting(method, pooling, layers, unit, strength, positions)
+        for method in v.methods
+        for pooling in v.pooling
+        for positions in s.positions
+        for layers in layer_sets
+        for unit, strength in s.strengths
+        if strength != 0
+    ]
+
+
+def val_conditions(config: ExperimentConfig, settings: Sequence[Setting], mode: str) -> list[Condition]:
+    """The validation grid of one detector mode: the baseline, every setting with each CWE's own vector (and, with
+    ``run.controls_on_val``, its random control, for the selection curves), and with the pooled vector."""
+    seed = config.steering.control_seed
+    conds = [Condition("baseline", mode, "val")]
+    for setting in settings:
+        conds.append(setting.condition("steered", mode, "val", control_seed=seed))
+        if config.run.controls_on_val:
+            conds.append(setting.condition("control", mode, "val", control_seed=seed))
+    if config.vectors.pooled:
+        conds += [setting.condition("steered", mode, "val", POOLED, control_seed=seed) for setting in settings]
+    return conds
+
+
+def control_vector(vector: SteeringVector, seed: int) -> SteeringVector:
+    """The random-direction control for *vector* (same norms, same layers), seeded per CWE and method."""
+    digest = int(hashlib.sha256(f"{seed}:{vector.cwe}:{vector.provenance.method}".encode()).hexdigest()[:8], 16)
+    return vector.random_like(digest)
+
+
+def condition_specs(
+    condition: Condition, cwe: str, vectors: Mapping[tuple[str, str], SteeringVector]
+) -> list[SteeringSpec] | None:
+    """The steering specs of *condition* for a sample of *cwe*: ``[]`` for the baseline, None when the condition
+    does not cover the sample or has no vector for it."""
+    if condition.setting is None:
+        return []
+    if condition.cover == "target" and cwe != condition.vector:
+        return None
+    setting = condition.setting
+    vec = vectors.get((condition.vector or cwe, setting.method_key))
+    if vec is None:
+        return None
+    if condition.kind == "control":
+        vec = control_vector(vec, condition.control_seed)
+    return [
+        SteeringSpec(
+            vec,
+            setting.strength,
+            layers=setting.layers or vec.layers,
+            positions=cast(PositionMode, setting.positions),
+            unit=cast(StrengthUnit, setting.unit),
+        )
+    ]

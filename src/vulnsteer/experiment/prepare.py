@@ -1,0 +1,181 @@
+"""Preparing data for an experiment: load (no model needed), clean, truncate token-aware, and split by group.
+
+Loading comes first and needs no model, so a data error is reported before a model is loaded; truncation needs
+the model's tokenizer; the split keeps the two halves of a pair (and, by default, every copy of the same code)
+in one split.
+
+>>> from vulnsteer.experiment.config import DataSection
+>>> raw = load_dataset(DataSection(cwes=("CWE-89",)))
+>>> data = prepare_data(DataSection(cwes=("CWE-89",)), samples=raw, progress=False)
+>>> data.cwes, sum(len(v) for v in data.by_cwe("train").values()) > 0
+(['CWE-89'], True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..cwe import PRIORITY_CWES, parse_merge_map
+from ..data.builtin import BUILTIN_NAME, load_builtin
+from ..data.clean import strip_comments
+from ..data.sample import UPSTREAM_SPLIT_KEY, Sample
+from ..data.splits import Splits, dedupe_across_splits, split_samples
+from ..data.truncate import truncate_sample
+from .config import DataSection
+
+__all__ = ["LoadedData", "PreparedData", "cwe_order", "load_dataset", "prepare_data"]
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """Raw samples of a dataset and what loading them found."""
+
+    samples: list[Sample]
+    source: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedData:
+    """Cleaned, truncated and split samples, with what was done to them."""
+
+    splits: Splits
+    cwes: list[str]
+    source: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def by_cwe(self, split: str) -> dict[str, list[Sample]]:
+        """The samples of *split* (``all``: every split) by CWE, in :attr:`cwes` order."""
+        names = ("train", "val", "test") if split == "all" else (split,)
+        out: dict[str, list[Sample]] = defaultdict(list)
+        for name in names:
+            for s in self.splits.get(name):
+                out[s.cwe].append(s)
+        return {cwe: out[cwe] for cwe in self.cwes if out.get(cwe)}
+
+    def samples(self, split: str) -> list[Sample]:
+        return [s for group in self.by_cwe(split).values() for s in group]
+
+
+def _cap_pairs(samples: Sequence[Sample], max_pairs: int | None, seed: int) -> list[Sample]:
+    """Keep at most *max_pairs* pair ids per CWE (chosen by a seeded hash, so the choice is stable)."""
+    if not max_pairs:
+        return list(samples)
+    by_cwe: dict[str, dict[str, list[Sample]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        by_cwe[s.cwe][s.pair_id or s.id].append(s)
+    kept: list[Sample] = []
+    for groups in by_cwe.values():
+        ranked = sorted(groups, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+        for key in ranked[:max_pairs]:
+            kept.extend(groups[key])
+    return kept
+
+
+def load_dataset(config: DataSection) -> LoadedData:
+    """Raw samples of the configured dataset (the bundled corpus when ``config.path`` is None); no model needed."""
+    merge = parse_merge_map(list(config.merge))
+    if config.path is None:
+        samples = load_builtin(config.cwes or None)
+        if merge:
+            samples = [dataclasses.replace(s, cwe=merge.get(s.cwe, s.cwe)) for s in samples]
+        loaded = LoadedData(samples, BUILTIN_NAME)
+    else:
+        from ..data.loaders import LoadReport, load_samples
+
+        report = LoadReport()
+        samples = load_samples(config.path, config.format, merge=merge, cwes=config.cwes or None, report=report)
+        loaded = LoadedData(samples, str(config.path), dataclasses.asdict(report))
+    if not loaded.samples:
+        raise ValueError(f"no samples loaded from {loaded.source}")
+    return loaded
+
+
+def prepare_data(
+    config: DataSection,
+    tokenizer: Any | None = None,
+    *,
+    samples: LoadedData | None = None,
+    progress: bool = True,
+    require: Sequence[str] = (),
+) -> PreparedData:
+    """Clean (comments stripped unless ``keep_comments``), truncate to the token budget (with a *tokenizer*), and
+    split. *samples* is :func:`load_dataset`'s result (loaded here when absent).
+
+    *require* names splits that must not come out empty (``("train", "val", "test")`` for experiments that fit on
+    train, choose on val and report on test): an empty one is a ``ValueError`` that says how the split was made."""
+    loaded = samples or load_dataset(config)
+    raw = loaded.samples
+    if config.respect_upstream:  # the dataset's own held-out split is kept whole; the cap thins what train/val use
+        held = [s for s in raw if s.meta.get(UPSTREAM_SPLIT_KEY) == "val"]
+        rest = [s for s in raw if s.meta.get(UPSTREAM_SPLIT_KEY) != "val"]
+        raw = _cap_pairs(rest, config.max_pairs_per_cwe, config.seed) + held
+    else:
+        raw = _cap_pairs(raw, config.max_pairs_per_cwe, config.seed)
+    notes: dict[str, Any] = {"load": loaded.notes, "comments_stripped": not config.keep_comments}
+    cleaned: list[Sample] = []
+    failed_clean = changed_clean = 0
+
+    def count(text: str) -> int:
+        assert tokenizer is not None
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    for s in tqdm(raw, desc="cleaning", unit="sample", disable=not progress):
+        if not config.keep_comments:
+            try:
+                code = strip_comments(s.code, s.language)
+            except ValueError:
+                failed_clean += 1
+                code = s.code
+            if code != s.code:
+                changed_clean += 1
+                s = dataclasses.replace(s, code=code)
+        if tokenizer is not None:
+            s = truncate_sample(s, count, config.max_code_tokens)
+        cleaned.append(s)
+    notes["comments_removed_from"] = changed_clean
+    notes["comment_strip_unsupported_language"] = failed_clean
+    notes["truncated"] = sum(1 for s in cleaned if s.meta.get("truncation", {}).get("truncated"))
+    notes["max_code_tokens"] = config.max_code_tokens
+    try:
+        splits = split_samples(
+            cleaned,
+            config.fractions,
+            seed=config.seed,
+            respect_upstream=config.respect_upstream,
+            merge_duplicates=config.duplicates == "merge",
+        )
+    except ValueError as exc:  # name the dataset: the splitter only sees samples
+        raise ValueError(f"{loaded.source}: {exc}") from None
+    if config.duplicates == "drop":
+        found = splits.duplicates.as_dict()
+        splits = dedupe_across_splits(splits)
+        before = {k: found[k] for k in ("exact", "normalised", "affected")}
+        splits = dataclasses.replace(splits, notes={**splits.notes, "duplicates_before_dedupe": before})
+    for name in require:
+        if not getattr(splits, name):
+            how = (
+                "the dataset's upstream val split"
+                if name == "test" and config.respect_upstream
+                else f"fractions {list(config.fractions)}"
+            )
+            raise ValueError(
+                f"{loaded.source}: the {name} split is empty ({len(cleaned)} samples, {how}, "
+                f"max_pairs_per_cwe {config.max_pairs_per_cwe}); vectors are fitted on train, "
+                "settings chosen on val and reported on test, so each needs samples"
+            )
+    present = sorted({s.cwe for s in cleaned}, key=cwe_order)
+    cwes = [c for c in (config.cwes or present) if c in present]
+    return PreparedData(splits=splits, cwes=cwes, source=loaded.source, notes=notes)
+
+
+def cwe_order(cwe: str) -> tuple[int, int]:
+    """Sort key: the priority CWEs first (in their order), then by number."""
+    return (PRIORITY_CWES.index(cwe) if cwe in PRIORITY_CWES else len(PRIORITY_CWES), int(cwe.split("-")[1]))

@@ -1,0 +1,353 @@
+"""The protocol: prepare data -> fit on train -> score on val -> select on val -> apply once on test -> results.
+
+``vulnsteer run`` is this protocol with the default configuration; ``vulnsteer sweep CONFIG.toml`` is it with a
+file. Test data never reaches a choice: :mod:`~vulnsteer.experiment.select` refuses anything but validation
+conditions, and the test split is scored only by the apply engine, after the choices are saved.
+
+>>> from vulnsteer.experiment.config import ExperimentConfig
+>>> config = ExperimentConfig()
+>>> config.selecting_modes()  # generation's setting is chosen on logit-mode validation by default
+('logit',)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..detect.prefix import PrefixStore
+from ..detect.probe import evaluate_length_control, evaluate_probes
+from ..detect.records import DetectionRecord
+from ..lm.activation_cache import ActivationCache, model_key
+from ..lm.activations import POOLINGS, Activations, ActivationSink
+from ..lm.model import LoadedModel, load_model
+from ..lm.prompts import DEFAULT_TEMPLATE
+from ..stats.metrics import point_metrics
+from ..steer.vectors import dataset_hash
+from .apply import Applied, apply_choices
+from .config import ExperimentConfig, ModelSection, config_document, identity_of
+from .config_toml import dump_config
+from .engine import ResultStore, ScoringOptions, run_conditions
+from .fit import fit_cwe_vectors, save_vectors, train_pca, vector_cosines
+from .grid import Condition, candidate_settings, resolve_layer_sets, val_conditions
+from .prepare import PreparedData, load_dataset, prepare_data
+from .results import json_ready, new_results, save_chosen, train_code_hashes
+from .rundir import CHOSEN_DIR, CHOSEN_NAME, RESOLVED_NAME, RunDir
+from .select import Choice, select_settings
+
+__all__ = ["default_out_dir", "load_configured_model", "run_protocol"]
+
+
+def default_out_dir(name: str) -> Path:
+    """``runs/<name>-<timestamp>``."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_configured_model(model: ModelSection) -> LoadedModel:
+    """:func:`~vulnsteer.lm.model.load_model` with the ``[model]`` section's keys."""
+    return load_model(
+        model.name,
+        device=model.device,
+        dtype=model.dtype,
+        device_map=model.device_map,
+        trust_remote_code=model.trust_remote_code,
+        layer_matcher=model.layers_path,
+    )
+
+
+def run_protocol(
+    config: ExperimentConfig,
+    out_dir: str | Path | None = None,
+    *,
+    command: str = "run",
+    lm: LoadedModel | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> Path:
+    """Run (or resume) the experiment of *config* into *out_dir* (default ``run.out``, else
+    ``runs/<name>-<timestamp>``); returns the run directory.
+
+    Inputs are checked before anything is written (the output folder is writable, the data loads, the splits are
+    not empty, the layers exist); the folder is then locked and a rerun resumes only the same experiment. Ctrl-C
+    writes ``results.json`` / ``report.md`` marked interrupted with what is finished, then re-raises.
+
+    >>> run_dir = run_protocol(load_config("examples/quick.toml"), "runs/quick")  # doctest: +SKIP
+    >>> json.loads((run_dir / "results.json").read_text())["summary"]["logit"]["CWE-89"]["delta"]  # doctest: +SKIP
+    0.0
+    """
+    run = RunDir(out_dir or config.run.out or default_out_dir(name or command))
+    run.check_writable("--out")
+    loaded = load_dataset(config.data)  # data errors before the model loads
+    own = lm is None
+    if lm is None:
+        lm = load_configured_model(config.model)
+    try:
+        data = prepare_data(
+            config.data, lm.tokenizer, samples=loaded, progress=progress, require=("train", "val", "test")
+        )
+        layer_sets = resolve_layer_sets(config.steering.layers, lm.num_layers)
+        identity = {
+            **identity_of(config),
+            "model_key": model_key(lm),
+            "template": DEFAULT_TEMPLATE.to_dict(),
+            **{f"data_{n}": dataset_hash(part) for n, part in data.splits.items()},
+        }
+        header = (
+            f"vulnsteer {__version__} resolved config: `vulnsteer sweep {run.resolved}` reproduces this run.\n"
+            "Every default is filled in; layers are as written (negative = from the end)."
+        )
+        with run.open(identity, "experiment", resolved=dump_config(config, header)):
+            protocol = _Protocol(config, run, lm, data, layer_sets, command, progress)
+            try:
+                protocol.run()
+            except KeyboardInterrupt:
+                protocol.finish(interrupted=True)
+                raise
+            protocol.finish()
+    finally:
+        if own:
+            lm.close()
+    return run.path
+
+
+def val_entries(
+    conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every validation condition with its point metrics per CWE and overall (the selection curves' data)."""
+    keys = ("balanced_accuracy", "accuracy", "tpr", "fpr", "pair_accuracy", "vulnerable_rate", "auroc")
+    out = []
+    for cond in conds:
+        recs = records.get(cond.key)
+        if recs is None:
+            continue
+        metrics: dict[str, Any] = {}
+        for cwe in [*cwes, "overall"]:
+            sub = [r.to_prediction() for r in recs if cwe == "overall" or r.cwe == cwe]
+            if sub:
+                margins = [r.margin for r in recs if r.margin is not None and (cwe == "overall" or r.cwe == cwe)]
+                metrics[cwe] = {
+                    "n": len(sub),
+                    **point_metrics(sub, keys),
+                    "mean_margin": sum(margins) / len(margins) if margins else None,
+                }
+        setting = None if cond.setting is None else cond.setting.to_dict()
+        out.append({"condition": cond.to_dict(), "setting": setting, "metrics": metrics})
+    return out
+
+
+def examples(applied: Applied, choices: Mapping[str, Choice], mode: str, split: str, n: int) -> list[dict[str, Any]]:
+    """Per CWE, up to *n* samples: the baseline's and the chosen (else best) steered setting's generated text."""
+    base = {r.sample_id: r for r in applied.records.get(Condition("baseline", mode, split).key, [])}
+    out = []
+    for cwe, choice in choices.items():
+        steered = next(
+            (c for c in applied.conditions if c.mode == mode and c.kind == "steered" and c.vector == cwe), None
+        )
+        if steered is None or choice.best is None:
+            continue
+        for r in [r for r in applied.records[steered.key] if r.cwe == cwe][:n]:
+            b = base.get(r.sample_id)
+            out.append(
+                {
+                    "cwe": cwe,
+                    "sample_id": r.sample_id,
+                    "truth": "vulnerable" if r.y_true else "secure",
+                    "chosen": choice.chosen,
+                    "setting": choice.best.label(),
+                    "baseline": b.text if b else None,
+                    "baseline_verdict": b.verdict if b else None,
+                    "steered": r.text,
+                    "steered_verdict": r.verdict,
+                }
+            )
+    return out
+
+
+class _Protocol:
+    """State of one run of the protocol (kept together so an interruption can still write what is finished)."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run: RunDir,
+        lm: LoadedModel,
+        data: PreparedData,
+        layer_sets: Sequence[tuple[int, ...]],
+        command: str,
+        progress: bool,
+    ) -> None:
+        self.config, self.run_dir, self.lm, self.data, self.progress = config, run, lm, data, progress
+        self.layer_sets = list(layer_sets)
+        self.layers = sorted({layer for group in layer_sets for layer in group})
+        self.timings: dict[str, float] = {}
+        self.started = time.perf_counter()
+        self.results = new_results(command, config_document(config), lm, DEFAULT_TEMPLATE)
+        self.store = ResultStore(run.records)
+        self.prefix_store = PrefixStore(max_bytes=config.run.prefix_cache_mib * 1024**2)
+        d = config.detection
+        self.options = ScoringOptions(d.batch_size, d.max_new_tokens, config.run.group_size, DEFAULT_TEMPLATE, progress)
+        self.sink = ActivationSink(self.layers) if config.report.probes else None
+        self.cache = ActivationCache(config.run.cache_dir, enabled=config.run.cache)
+
+    def _timed(self, name: str, start: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def run(self) -> None:
+        cfg, data, results = self.config, self.data, self.results
+        results.update(
+            {
+                "layer_sets": [list(g) for g in self.layer_sets],
+                "layers": self.layers,
+                "data": {
+                    "source": data.source,
+                    "cwes": data.cwes,
+                    "notes": data.notes,
+                    "splits": data.splits.summary(),
+                },
+            }
+        )
+        train_by_cwe = data.by_cwe("train")
+        train = data.samples("train")
+        t = time.perf_counter()
+        poolings = list(dict.fromkeys([*cfg.vectors.pooling, *(POOLINGS if cfg.report.probes else ())]))
+        acts, stats = self.cache.load_or_extract(
+            self.lm, train, self.layers, poolings, batch_size=cfg.detection.batch_size, progress=self.progress
+        )
+        results["activation_cache"] = {"dir": str(self.cache.root), "enabled": cfg.run.cache, **stats.to_dict()}
+        self._timed("activations", t)
+        t = time.perf_counter()
+        vectors = fit_cwe_vectors(
+            self.lm,
+            acts,
+            train_by_cwe,
+            self.layers,
+            methods=cfg.vectors.methods,
+            poolings=cfg.vectors.pooling,
+            pooled=cfg.vectors.pooled,
+        )
+        results["vectors"] = save_vectors(vectors, self.run_dir.path / "vectors")
+        results["cosine"] = vector_cosines(vectors, self.layers)
+        middle = self.layers[len(self.layers) // 2]
+        results["pca"] = {p: train_pca(acts, train, p, middle) for p in cfg.vectors.pooling}
+        self._timed("fit_vectors", t)
+
+        settings = candidate_settings(cfg, self.layer_sets)
+        val_conds = {mode: val_conditions(cfg, settings, mode) for mode in cfg.selecting_modes()}
+        t = time.perf_counter()
+        val_records = run_conditions(
+            self.lm,
+            [c for conds in val_conds.values() for c in conds],
+            self.store,
+            data.by_cwe,
+            vectors,
+            self.options,
+            sink=self.sink,
+            prefix_store=self.prefix_store,
+        )
+        self._timed("score_val", t)
+        results["val"] = {mode: val_entries(conds, val_records, data.cwes) for mode, conds in val_conds.items()}
+        picked = {
+            mode: select_settings(conds, val_records, data.cwes, cfg.vectors.pooled, f"{mode} mode, val split")
+            for mode, conds in val_conds.items()
+        }
+        choices = {mode: picked[cfg.selection_mode(mode)] for mode in cfg.detection.modes}
+        results["selection"] = {mode: {t: c.to_dict() for t, c in by.items()} for mode, by in choices.items()}
+        save_chosen(
+            self.run_dir,
+            choices,
+            vectors,
+            {
+                "run_dir": str(self.run_dir.path),
+                "model": results["model"],
+                "config": results["config"],
+                "template": DEFAULT_TEMPLATE.to_dict(),
+                "control_seed": cfg.steering.control_seed,
+                "sign_convention": results["sign_convention"],
+                "train_code_hashes": train_code_hashes(train),
+                "selection": "per CWE on the validation split only (balanced accuracy, ties to the smaller |strength|)",
+            },
+        )
+
+        t = time.perf_counter()
+        applied = apply_choices(
+            self.lm,
+            choices,
+            data.by_cwe("test"),
+            vectors,
+            self.store,
+            split="test",
+            control_seed=cfg.steering.control_seed,
+            cross_cwe_modes=cfg.detection.cross_cwe_modes,
+            options=self.options,
+            seed=cfg.data.seed,
+            sink=self.sink,
+            prefix_store=self.prefix_store,
+        )
+        self._timed("score_test", t)
+        for key in ("summary", "pooled", "cross_cwe"):
+            results[key] = {mode: found[key if key != "summary" else "rows"] for mode, found in applied.by_mode.items()}
+        results["records"] = {c.key: [r.to_dict() for r in applied.records[c.key]] for c in applied.conditions}
+        results["examples"] = {
+            mode: examples(applied, choices[mode], mode, "test", cfg.report.n_examples)
+            for mode in cfg.detection.modes
+            if mode == "generation" and cfg.report.n_examples
+        }
+        if cfg.report.probes:
+            t = time.perf_counter()
+            results["probes"] = self._probes(acts)
+            self._timed("probes", t)
+        ps = self.prefix_store
+        results["prefix_cache"] = {
+            "hits": ps.hits,
+            "misses": ps.misses,
+            "entries": len(ps),
+            "mib": round(ps.used_bytes / 1024**2, 1),
+        }
+        results["status"] = "complete"
+
+    def _probes(self, train_acts: Activations) -> list[dict[str, Any]]:
+        """Probe detectors on the val/test activations recorded by the baseline passes (extracted where a resumed
+        run skipped those passes)."""
+        splits: dict[str, tuple[Activations, list[Any]]] = {"train": (train_acts, self.data.samples("train"))}
+        for name in ("val", "test"):
+            samples = self.data.samples(name)
+            ids = [s.id for s in samples]
+            if self.sink is not None and self.sink.complete(ids):
+                acts = self.sink.activations(ids)
+            else:
+                acts, _ = self.cache.load_or_extract(
+                    self.lm,
+                    samples,
+                    self.layers,
+                    POOLINGS,
+                    batch_size=self.config.detection.batch_size,
+                    progress=self.progress,
+                )
+            splits[name] = (acts, samples)
+        seed = self.config.data.seed
+        probes = evaluate_probes(splits["train"], splits["val"], splits["test"], layers=self.layers, seed=seed)
+        probes += evaluate_length_control(*(splits[n][1] for n in ("train", "val", "test")), seed=seed)
+        return [p.to_dict() for p in probes]
+
+    def finish(self, interrupted: bool = False) -> None:
+        """Write results.json and the report (partial when interrupted)."""
+        from ..io import write_json
+        from ..report import write_report
+
+        if interrupted:
+            self.results["status"] = "interrupted"
+            on_disk = ResultStore(self.run_dir.records)  # what is on disk, even if Ctrl-C hit mid-bookkeeping
+            self.results["finished_conditions"] = [e["condition"] for e in on_disk.entries()]
+        self.timings["total"] = time.perf_counter() - self.started
+        self.results["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
+        self.results["files"] = {
+            "resolved_config": RESOLVED_NAME,
+            "chosen": f"{CHOSEN_DIR}/{CHOSEN_NAME}",
+            "records": self.run_dir.records.name,
+        }
+        results = json_ready(self.results)
+        write_json(self.run_dir.path / "results.json", results)
+        write_report(results, self.run_dir.path)

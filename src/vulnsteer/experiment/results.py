@@ -1,0 +1,155 @@
+"""``results.json``: one schema for every experiment command (run, sweep, evaluate), and the chosen-settings file.
+
+Top-level keys (schema version 2; a key is absent where a command has nothing to put there):
+
+- ``schema_version``, ``command``, ``status`` (``running``, ``complete``, ``interrupted``), ``config`` (the resolved
+  configuration), ``template``, ``sign_convention``, ``environment``, ``model``, ``data``, ``warnings``;
+- ``layer_sets``, ``layers``, ``vectors`` (every fitted vector), ``cosine``, ``pca`` (train-split analyses);
+- ``val`` (every candidate's validation metrics, per mode), ``selection`` (per mode and target: the choice);
+- ``summary``, ``pooled``, ``cross_cwe`` (per mode: the apply engine's rows on the held-out samples);
+- ``probes``, ``examples``, ``records`` (the held-out conditions' per-sample records), ``prefix_cache``,
+  ``activation_cache``, ``peak_memory``, ``timings_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..data.sample import Sample
+from ..io import write_json
+from ..lm.model import LoadedModel
+from ..lm.prompts import PromptTemplate
+from ..steer.hooks import SIGN_CONVENTION
+from ..steer.vectors import SteeringVector
+from .fit import annotate, slug
+from .rundir import CHOSEN_NAME, RunDir
+from .select import Choice
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "environment_info",
+    "json_ready",
+    "load_chosen",
+    "model_info",
+    "new_results",
+    "save_chosen",
+    "train_code_hashes",
+]
+
+SCHEMA_VERSION = 2
+
+
+def environment_info() -> dict[str, Any]:
+    import numpy
+    import torch
+    import transformers
+
+    return {
+        "vulnsteer": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.cuda.is_available(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def model_info(lm: LoadedModel) -> dict[str, Any]:
+    from ..lm.activation_cache import model_key
+
+    return {
+        "id": lm.model_id,
+        "fingerprint": lm.fingerprint,
+        "key": model_key(lm),
+        "num_layers": lm.num_layers,
+        "hidden_size": lm.hidden_size,
+        **lm.extra,
+    }
+
+
+def new_results(
+    command: str, config_doc: Mapping[str, Any], lm: LoadedModel, template: PromptTemplate
+) -> dict[str, Any]:
+    """The header every results.json starts with."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "status": "running",
+        "config": dict(config_doc),
+        "template": template.to_dict(),
+        "sign_convention": SIGN_CONVENTION,
+        "environment": environment_info(),
+        "model": model_info(lm),
+        "warnings": [],
+    }
+
+
+def json_ready(obj: Any) -> Any:
+    """Round-trip through JSON to turn tuples/dataclasses into plain data."""
+    return json.loads(json.dumps(obj, default=_plain))
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def train_code_hashes(samples: Sequence[Sample]) -> list[str]:
+    import hashlib
+
+    return sorted({hashlib.sha256(s.code.encode()).hexdigest()[:16] for s in samples})
+
+
+def save_chosen(
+    run: RunDir,
+    choices: Mapping[str, Mapping[str, Choice]],
+    vectors: Mapping[tuple[str, str], SteeringVector],
+    header: Mapping[str, Any],
+) -> None:
+    """``chosen/chosen.json`` + the vector of every chosen (target, method@pooling), for ``evaluate --from``.
+
+    Vector files hold every fitted layer (the setting says which are steered), so applying them elsewhere uses
+    exactly the vector, and draws exactly the random control, that the run used."""
+    table: dict[str, Any] = {}
+    for mode, by_target in choices.items():
+        table[mode] = {}
+        for target, choice in by_target.items():
+            entry = choice.to_dict()
+            if choice.best is not None:
+                name = f"{slug(target)}-{slug(choice.best.method_key)}.safetensors"
+                annotate(vectors[(target, choice.best.method_key)], run_dir=str(run.path)).save(run.chosen / name)
+                entry["vector"] = name
+            table[mode][target] = entry
+    write_json(run.chosen / CHOSEN_NAME, json_ready({"schema_version": SCHEMA_VERSION, **header, "modes": table}))
+
+
+def load_chosen(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``chosen/chosen.json``, with a clear error when *run_dir* is not a finished run."""
+    path = RunDir(run_dir).chosen / CHOSEN_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --from needs the directory of a finished `vulnsteer run` or `vulnsteer sweep`"
+        )
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if data.get("schema_version") != SCHEMA_VERSION or not isinstance(data.get("modes"), dict):
+        raise ValueError(
+            f"{path}: not a vulnsteer chosen-settings file of schema {SCHEMA_VERSION} (rerun the "
+            "experiment with this version)"
+        )
+    return data

@@ -1,0 +1,134 @@
+"""The run directory: one experiment's files, its identity, and a lock.
+
+::
+
+    RUN/
+      config.resolved.toml   every key filled in: `vulnsteer sweep RUN/config.resolved.toml` reproduces the run
+      identity.json          what the records were computed from (config keys that change numbers, model, data)
+      records.jsonl          one line per finished condition (resume skips them)
+      vectors/               every fitted vector
+      chosen/chosen.json     the choices made on validation (+ their vectors), for `evaluate --from`
+      results.json, report.md, plots/
+
+Nothing is created before the inputs are validated (:meth:`RunDir.check_writable` only looks); a rerun into the
+same folder resumes only if its identity matches (otherwise a clear error lists what changed); two processes
+never write the same folder at once (the second is told which process holds it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from ..io import check_writable, write_json, write_text
+from .config import ConfigError
+
+__all__ = ["RunDir", "RunDirBusyError"]
+
+RESOLVED_NAME = "config.resolved.toml"
+RECORDS_NAME = "records.jsonl"
+IDENTITY_NAME = "identity.json"
+LOCK_NAME = ".lock"
+CHOSEN_DIR = "chosen"
+CHOSEN_NAME = "chosen.json"
+
+
+class RunDirBusyError(RuntimeError):
+    """Another process is writing the run directory."""
+
+
+class RunDir:
+    """Paths and guards of one run directory (see the module docstring).
+
+    >>> import tempfile
+    >>> run = RunDir(Path(tempfile.mkdtemp()) / "run")
+    >>> run.check_writable("--out")
+    >>> with run.open({"data": "abc"}, "toy run", resolved="x = 1\\n"):
+    ...     run.records.name
+    'records.jsonl'
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def records(self) -> Path:
+        return self.path / RECORDS_NAME
+
+    @property
+    def resolved(self) -> Path:
+        return self.path / RESOLVED_NAME
+
+    @property
+    def chosen(self) -> Path:
+        return self.path / CHOSEN_DIR
+
+    def check_writable(self, option: str = "--out") -> None:
+        """Fail now, naming *option*, if the folder could not be created or written (creates nothing)."""
+        check_writable(self.path, option)
+
+    @contextmanager
+    def open(self, identity: Mapping[str, Any], what: str, resolved: str | None = None) -> Iterator[RunDir]:
+        """Create the folder, take its lock, and check (or record) its *identity*; write *resolved* (the resolved
+        config) when given. Refuses a folder whose records came from other inputs."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path / LOCK_NAME):
+            self._check_identity(identity, what)
+            if resolved is not None:
+                write_text(self.resolved, resolved)
+            yield self
+
+    def _check_identity(self, identity: Mapping[str, Any], what: str) -> None:
+        path = self.path / IDENTITY_NAME
+        plain = json.loads(json.dumps(identity, default=str))
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{path}: unreadable ({exc}); use another output directory") from None
+            changed = sorted(k for k in old.keys() | plain.keys() if old.get(k) != plain.get(k))
+            if changed:
+                raise ConfigError(
+                    f"{self.path} holds a {what} computed from other inputs (changed: "
+                    f"{', '.join(changed)}); use another output directory, or rerun with the config "
+                    f"in {self.resolved}"
+                )
+            return
+        if self.records.is_file() and self.records.stat().st_size:
+            raise ConfigError(
+                f"{self.path} holds records of unknown origin ({RECORDS_NAME} without "
+                f"{IDENTITY_NAME}); use another output directory"
+            )
+        write_json(path, plain)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock on *path* for this process (released on exit, and by the OS if the process
+    dies); a busy lock is a :class:`RunDirBusyError` naming the holder."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    handle: IO[str] = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirBusyError(
+                f"{path.parent} is in use by {holder}; wait for it to finish or use another output directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -1,0 +1,132 @@
+"""Selection on the validation split only: one choice per CWE (and for the pooled vector).
+
+Every function here refuses a condition that is not on ``val``, so no test record can reach a choice.
+
+>>> from vulnsteer.experiment.grid import Condition
+>>> select_per_cwe([Condition("baseline", "logit", "test")], lambda c, cwe: 0.5, ["CWE-89"])
+Traceback (most recent call last):
+...
+ValueError: selection may only use validation conditions, got baseline|logit|test
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..detect.records import DetectionRecord
+from ..stats.metrics import point_metrics
+from .grid import POOLED, Condition, Setting
+
+__all__ = ["Choice", "balanced_accuracy", "select_per_cwe", "select_settings"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The validation choice for one target (a CWE, or ``"any"`` for the pooled vector): ``steered`` or
+    ``baseline``, and the best steered setting (reported as "not chosen" when the baseline won, and used for the
+    cross-CWE matrix)."""
+
+    target: str
+    chosen: str
+    best: Setting | None
+    val_best: float | None = None
+    val_baseline: float | None = None
+    selected_by: str = "val"
+
+    def __post_init__(self) -> None:
+        if self.chosen not in ("steered", "baseline"):
+            raise ValueError(f"a choice is 'steered' or 'baseline', got {self.chosen!r}")
+        if self.chosen == "steered" and self.best is None:
+            raise ValueError("a steered choice needs a setting")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "chosen": self.chosen,
+            "best_steered": self.best.to_dict() if self.best else None,
+            "val_balanced_accuracy_best_steered": self.val_best,
+            "val_balanced_accuracy_baseline": self.val_baseline,
+            "selected_by": self.selected_by,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Choice:
+        best = data.get("best_steered")
+        return cls(
+            str(data["target"]),
+            str(data["chosen"]),
+            Setting.from_dict(best) if best else None,
+            data.get("val_balanced_accuracy_best_steered"),
+            data.get("val_balanced_accuracy_baseline"),
+            str(data.get("selected_by", "val")),
+        )
+
+
+def balanced_accuracy(records: Sequence[DetectionRecord], cwe: str | None = None) -> float | None:
+    """Balanced accuracy of the records of *cwe* (all records when None); None without records."""
+    subset = [r.to_prediction() for r in records if cwe is None or r.cwe == cwe]
+    return point_metrics(subset, ["balanced_accuracy"])["balanced_accuracy"] if subset else None
+
+
+def select_per_cwe(
+    candidates: Sequence[Condition], metrics_for: Callable[[Condition, str], float | None], cwes: Sequence[str]
+) -> dict[str, Condition]:
+    """Per CWE, the candidate with the best validation score; ties go to the smaller |strength|, then order.
+
+    *metrics_for(condition, cwe)* reads the **validation** split only. Baseline candidates (strength 0) take part,
+    so "no steering" wins when nothing beats it.
+    """
+    chosen: dict[str, Condition] = {}
+    for cwe in cwes:
+        best: tuple[float, float, int] | None = None
+        for order, cond in enumerate(candidates):
+            if cond.split != "val":
+                raise ValueError(f"selection may only use validation conditions, got {cond.key}")
+            value = metrics_for(cond, cwe)
+            if value is None:
+                continue
+            rank = (-value, abs(cond.strength), order)
+            if best is None or rank < best:
+                best = rank
+                chosen[cwe] = cond
+    return chosen
+
+
+def select_settings(
+    conds: Sequence[Condition],
+    records: Mapping[str, Sequence[DetectionRecord]],
+    cwes: Sequence[str],
+    pooled: bool = True,
+    selected_by: str = "val",
+) -> dict[str, Choice]:
+    """Per CWE (with each CWE's own vector) and for the pooled vector (on all CWEs' samples together): the best
+    validation setting, or the baseline when nothing beats it."""
+    if any(c.split != "val" for c in conds):
+        raise ValueError("select_settings takes validation conditions only")
+    scores: dict[tuple[str, str], float | None] = {}
+
+    def score(cond: Condition, target: str) -> float | None:
+        if (cond.key, target) not in scores:
+            scores[(cond.key, target)] = balanced_accuracy(records[cond.key], None if target == POOLED else target)
+        return scores[(cond.key, target)]
+
+    baseline = [c for c in conds if c.kind == "baseline"]
+    choices: dict[str, Choice] = {}
+    families = [(cwe, None) for cwe in cwes] + ([(POOLED, POOLED)] if pooled else [])
+    for target, vector in families:
+        steered = [c for c in conds if c.kind == "steered" and c.vector == vector]
+        pick = select_per_cwe([*baseline, *steered], score, [target]).get(target)
+        best = select_per_cwe(steered, score, [target]).get(target)
+        if pick is None and best is None:
+            continue
+        choices[target] = Choice(
+            target,
+            "steered" if pick is not None and pick.kind == "steered" else "baseline",
+            best.setting if best else None,
+            score(best, target) if best else None,
+            score(baseline[0], target) if baseline else None,
+            selected_by,
+        )
+    return choices

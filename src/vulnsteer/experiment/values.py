@@ -1,0 +1,174 @@
+"""Value parsers of the configuration keys: each takes a TOML value and where it came from (``file: section.key``
+or a CLI flag) and returns the validated value or raises :class:`ConfigError` naming that place.
+
+>>> layer_sets([10, [10, 15]], "steering.layers")
+((10,), (10, 15))
+>>> integer(1)(0, "--batch-size")
+Traceback (most recent call last):
+...
+vulnsteer.experiment.values.ConfigError: --batch-size: must be at least 1, got 0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..cwe import normalize_cwe, parse_merge_map
+
+__all__ = [
+    "STRENGTH_UNITS",
+    "ConfigError",
+    "Parser",
+    "as_list",
+    "boolean",
+    "cwe_list",
+    "fail",
+    "fractions",
+    "integer",
+    "layer_sets",
+    "merge_list",
+    "number",
+    "one_of",
+    "optional_str",
+    "pairs_cap",
+    "some_of",
+    "strength_list",
+]
+
+STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative")
+Parser = Callable[[Any, str], Any]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file (or CLI option) and the key."""
+
+
+def fail(where: str, problem: str) -> ConfigError:
+    return ConfigError(f"{where}: {problem}")
+
+
+# ------------------------------------------------------------------------------------------------ value parsers
+
+
+def optional_str(value: Any, where: str) -> str | None:
+    if not isinstance(value, str):
+        raise fail(where, f"expected a string, got {value!r}")
+    return value or None
+
+
+def boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise fail(where, f"expected true or false, got {value!r}")
+    return value
+
+
+def integer(minimum: int) -> Parser:
+    def parse(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(where, f"expected an integer, got {value!r}")
+        if value < minimum:
+            raise fail(where, f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise fail(where, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def as_list(value: Any, where: str, *, empty: bool = False) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise fail(where, f"expected a list, got {value!r}")
+    if not value and not empty:
+        raise fail(where, "must not be empty")
+    return list(value)
+
+
+def one_of(allowed: Iterable[str]) -> Parser:
+    options = tuple(allowed)
+
+    def parse(value: Any, where: str) -> str:
+        if value not in options:
+            raise fail(where, f"unknown value {value!r}; choose from {', '.join(options)}")
+        return str(value)
+
+    return parse
+
+
+def some_of(allowed: Iterable[str], *, empty: bool = False) -> Parser:
+    options = tuple(allowed)
+
+    def parse(value: Any, where: str) -> tuple[str, ...]:
+        items = as_list(value, where, empty=empty)
+        for item in items:
+            if item not in options:
+                raise fail(where, f"unknown value {item!r}; choose from {', '.join(options)}")
+        return tuple(dict.fromkeys(items))
+
+    return parse
+
+
+def cwe_list(value: Any, where: str) -> tuple[str, ...]:
+    try:
+        return tuple(dict.fromkeys(normalize_cwe(c) for c in as_list(value, where, empty=True)))
+    except ValueError as exc:
+        raise fail(where, str(exc)) from None
+
+
+def merge_list(value: Any, where: str) -> tuple[str, ...]:
+    specs = (
+        [f"{k}={v}" for k, v in value.items()]
+        if isinstance(value, dict)
+        else [str(x) for x in as_list(value, where, empty=True)]
+    )
+    try:
+        merged = parse_merge_map(specs)
+    except ValueError as exc:
+        raise fail(where, str(exc)) from None
+    return tuple(f"{src}={dst}" for src, dst in merged.items())
+
+
+def fractions(value: Any, where: str) -> tuple[float, float, float]:
+    items = [number(x, where) for x in as_list(value, where)]
+    if len(items) != 3 or min(items) < 0 or abs(sum(items) - 1) > 1e-6:
+        raise fail(where, f"expected three non-negative numbers (train, val, test) summing to 1, got {value!r}")
+    return (items[0], items[1], items[2])
+
+
+def pairs_cap(value: Any, where: str) -> int | None:
+    return None if value == 0 else integer(1)(value, where)
+
+
+def layer_sets(value: Any, where: str) -> tuple[tuple[int, ...], ...]:
+    """``[10, 15]`` (single layers), ``[[10], [10, 15, 20]]`` (layer sets steered together), or a mix; ``[]``: the
+    middle layer."""
+    out: list[tuple[int, ...]] = []
+    for item in as_list(value, where, empty=True):
+        group = item if isinstance(item, (list, tuple)) else [item]
+        if not group:
+            raise fail(where, "a layer set must not be empty")
+        layers = tuple(integer(-(1 << 20))(x, where) for x in group)
+        if len(set(layers)) != len(layers):
+            raise fail(where, f"layer set {list(group)} repeats a layer")
+        out.append(layers)
+    return tuple(dict.fromkeys(out))
+
+
+def strength_list(value: Any, where: str) -> tuple[tuple[str, float], ...]:
+    """A plain list (its unit is ``steering.unit``, filled in by :func:`parse_config`) or a table
+    ``{raw = [...], relative = [...]}``."""
+    if isinstance(value, dict):
+        out: list[tuple[str, float]] = []
+        for unit, items in value.items():
+            if unit not in STRENGTH_UNITS:
+                raise fail(f"{where}.{unit}", f"unknown unit; choose from {', '.join(STRENGTH_UNITS)}")
+            out += [(unit, number(x, f"{where}.{unit}")) for x in as_list(items, f"{where}.{unit}")]
+        if not out:
+            raise fail(where, "no strengths given")
+        return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys(("", number(x, where)) for x in as_list(value, where)))

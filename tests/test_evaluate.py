@@ -1,0 +1,351 @@
+"""`vulnsteer evaluate --from RUN` and `--vectors DIR`: one apply engine, the same rows, nothing re-selected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tests.conftest import write_toy_jsonl
+from tests.test_protocol import run, write_config
+
+from vulnsteer.cli import main
+from vulnsteer.experiment.config import ConfigError, load_config, parse_config
+from vulnsteer.experiment.evaluate import evaluate_from_run, evaluate_vectors, transfer_config
+from vulnsteer.experiment.fit import load_vector_dir
+from vulnsteer.experiment.prepare import prepare_data
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steer.vectors import Provenance, SteeringVector, VectorMismatchError
+
+
+def _vector(
+    cwe: str,
+    *,
+    hidden: int = 64,
+    fingerprint: str = "f" * 16,
+    method: str = "mean_diff",
+    layers: tuple[int, ...] = (1,),
+) -> SteeringVector:
+    prov = Provenance(
+        "tiny-llama",
+        fingerprint,
+        hidden,
+        layers,
+        "last",
+        method,
+        cwe,
+        4,
+        4,
+        "h",
+        "t",
+        layer_norms={layer: 10.0 for layer in layers},
+    )
+    return SteeringVector({layer: torch.ones(hidden) for layer in layers}, prov)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("evaluate")
+    config = write_config(root / "sweep.toml", write_toy_jsonl(root / "toy.jsonl"), cache_dir=root / "cache")
+    return config, root / "run", run(load_config(config), root / "run", tiny_lm)
+
+
+def _other(tmp_path: Path, **kwargs: Any) -> dict[str, tuple[Any, str]]:
+    data = write_toy_jsonl(tmp_path / "other.jsonl", **kwargs)
+    return {"data.path": (str(data), "--data"), "data.format": ("jsonl", "--format")}
+
+
+def test_from_run_applies_the_choice_to_every_sample(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
+    _, run_dir, results = swept
+    config = transfer_config(run_dir, _other(tmp_path, cwes=("CWE-89", "CWE-78", "CWE-22"), n_pairs=3, prefix="other"))
+    assert config.data.max_code_tokens == 64  # the run's cleaning keys carry over
+    out = evaluate_from_run(run_dir, config, tmp_path / "t", lm=tiny_lm, progress=False)
+    got = json.loads((out / "results.json").read_text())
+    assert got["command"] == "evaluate --from" and got["selection"] == results["selection"]  # nothing re-selected
+    assert set(got["summary"]["logit"]) == {"CWE-89", "CWE-78"}
+    for row in got["summary"]["logit"].values():
+        assert row["split"] == "all" and row["n"] == 6 and row["p_value"] is not None
+    assert got["data"]["skipped_cwes"] == {"CWE-22": 6}
+    assert got["data"]["overlap_with_run_train"] > 0  # the toy code repeats across the two files
+    cross = got["cross_cwe"]["logit"]
+    assert cross["split"] == "all" and len(cross["delta_balanced_accuracy"]) == len(cross["vectors"])
+    report = (out / "report.md").read_text()
+    assert "unchanged" in report and "CWE-22 (6 samples)" in report and "ALL samples" in report
+    assert "the all numbers" not in report and " on all unchanged" not in report  # sentences say "all samples"
+    assert (out / "plots" / "cross_cwe_logit.png").is_file()
+    before = (out / "records.jsonl").read_text()
+    evaluate_from_run(run_dir, config, out, lm=tiny_lm, progress=False)  # resumes: nothing to redo
+    assert (out / "records.jsonl").read_text() == before
+    (tmp_path / "b").mkdir()
+    another = transfer_config(run_dir, _other(tmp_path / "b", n_pairs=2, prefix="another"))
+    with pytest.raises(ConfigError, match=r"changed: .*data"):
+        evaluate_from_run(run_dir, another, out, lm=tiny_lm, progress=False)
+
+
+def _test_split_file(config_path: Path, tiny_lm: LoadedModel, path: Path) -> Path:
+    data = prepare_data(load_config(config_path).data, tiny_lm.tokenizer, progress=False)
+    rows = [
+        {"id": s.id, "pair_id": s.pair_id, "cwe": s.cwe, "label": s.label, "language": s.language, "code": s.code}
+        for s in data.splits.test
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _strip(value: Any) -> Any:
+    """Without the split's name (``all`` there, ``test`` here) and the sentences that name it."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in ("split", "words")}
+    return [_strip(v) for v in value] if isinstance(value, list) else value
+
+
+def test_from_run_on_the_runs_own_test_split_reproduces_its_numbers(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
+    """The same vectors, settings, controls and statistics: on the run's test samples, the same rows."""
+    config_path, run_dir, results = swept
+    test_file = _test_split_file(config_path, tiny_lm, tmp_path / "test.jsonl")
+    config = transfer_config(run_dir, {"data.path": (str(test_file), "--data"), "data.format": ("jsonl", "")})
+    out = evaluate_from_run(run_dir, config, tmp_path / "t", lm=tiny_lm, progress=False)
+    got = json.loads((out / "results.json").read_text())
+    for key in ("summary", "pooled", "cross_cwe"):
+        assert _strip(got[key]) == _strip(results[key]), key
+
+
+def test_both_evaluate_paths_give_identical_rows(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
+    """--vectors with the run's chosen vectors at a chosen setting == --from, for the CWEs that chose it."""
+    config_path, run_dir, results = swept
+    chosen = json.loads((run_dir / "chosen" / "chosen.json").read_text())["modes"]["logit"]
+    steered = {t: e for t, e in chosen.items() if t != "any"}
+    target, entry = next(iter(steered.items()))
+    setting = entry["best_steered"]
+    folder = tmp_path / "vecs"
+    folder.mkdir()
+    shutil.copy(run_dir / "chosen" / entry["vector"], folder / entry["vector"])
+    test_file = _test_split_file(config_path, tiny_lm, tmp_path / "test.jsonl")
+    data_keys = {
+        "data": {
+            "path": str(test_file),
+            "format": "jsonl",
+            "max_code_tokens": 64,
+            "cwes": [target],
+            "duplicates": "keep",
+        }
+    }
+    steering = {
+        "layers": [setting["layers"]],
+        "positions": [setting["positions"]],
+        "strengths": {setting["unit"]: [setting["strength"]]},
+        "control_seed": results["config"]["steering"]["control_seed"],
+    }
+    cfg = parse_config({**data_keys, "steering": steering, "detection": {"modes": ["logit"], "cross_cwe_modes": []}})
+    out_v = evaluate_vectors(folder, cfg, setting["strength"], tmp_path / "v", split="all", lm=tiny_lm, progress=False)
+    from_cfg = transfer_config(
+        run_dir,
+        {
+            "data.path": (str(test_file), ""),
+            "data.format": ("jsonl", ""),
+            "data.cwes": ([target], ""),
+            "detection.modes": (["logit"], ""),
+            "detection.cross_cwe_modes": ([], ""),
+        },
+    )
+    out_f = evaluate_from_run(run_dir, from_cfg, tmp_path / "f", lm=tiny_lm, progress=False)
+    rows_v = json.loads((out_v / "results.json").read_text())["summary"]["logit"][target]
+    rows_f = json.loads((out_f / "results.json").read_text())["summary"]["logit"][target]
+    if entry["chosen"] == "baseline":
+        rows_f = {**rows_f["best_steered_not_chosen"]}
+    assert _strip(rows_v) == _strip(rows_f)
+    assert set(rows_v) >= {"baseline", "steered", "control", "control_delta", "delta", "delta_ci", "p_value", "flips"}
+
+
+def test_model_mismatch_is_refused(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_tokenizer: Any
+) -> None:
+    from conftest import make_tiny
+
+    _, run_dir, _ = swept
+    config = transfer_config(run_dir, _other(tmp_path, n_pairs=2, prefix="other"))
+    deeper = make_tiny(tiny_tokenizer, "llama", layers=5)
+    with pytest.raises(VectorMismatchError, match="fingerprint"):
+        evaluate_from_run(run_dir, config, tmp_path / "a", lm=deeper, progress=False)
+    reseeded = make_tiny(tiny_tokenizer, "llama", seed=7)
+    with pytest.raises(VectorMismatchError, match="different weights"):
+        evaluate_from_run(run_dir, config, tmp_path / "b", lm=reseeded, progress=False)
+    out = evaluate_from_run(run_dir, config, tmp_path / "c", lm=deeper, allow_model_mismatch=True, progress=False)
+    warnings = json.loads((out / "results.json").read_text())["warnings"]
+    assert warnings and "fingerprint" in warnings[0]
+
+
+def test_load_vector_dir_keys_and_refusals(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="vector folder not found"):
+        load_vector_dir(tmp_path / "nowhere", 64, None)
+    with pytest.raises(FileNotFoundError, match=r"no \.safetensors steering vectors"):
+        load_vector_dir(tmp_path, 64, None)
+    _vector("CWE-89").save(tmp_path / "cwe-89-mean_diff.safetensors")
+    _vector("CWE-78", method="pca").save(tmp_path / "cwe-78-pca.safetensors")
+    (tmp_path / "notes.txt").write_text("not a vector")
+    assert set(load_vector_dir(tmp_path, 64, "f" * 16)) == {("CWE-89", "mean_diff@last"), ("CWE-78", "pca@last")}
+    with pytest.raises(VectorMismatchError, match=r"cwe-78-pca\.safetensors.*hidden size 64.*has 32"):
+        load_vector_dir(tmp_path, 32, None)
+    with pytest.raises(VectorMismatchError, match="fingerprint"):
+        load_vector_dir(tmp_path, 64, "0" * 16)
+    _vector("CWE-89").save(tmp_path / "again.safetensors")
+    with pytest.raises(VectorMismatchError, match="a second CWE-89 vector"):
+        load_vector_dir(tmp_path, 64, None)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> dict[str, Any]:
+    """A tiny saved model, a dataset with three CWEs, and vectors fitted by `vulnsteer vectors` for two of them."""
+    from conftest import make_tiny
+
+    root = tmp_path_factory.mktemp("evaluate-cli")
+    lm: LoadedModel = make_tiny(tiny_tokenizer, "llama")
+    model_dir = root / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    train = write_toy_jsonl(root / "train.jsonl", ("CWE-89", "CWE-78"), n_pairs=5, prefix="e")
+    data = write_toy_jsonl(root / "data.jsonl", ("CWE-89", "CWE-78", "CWE-22"), n_pairs=5, prefix="e")
+    vectors = root / "vectors"
+    assert (
+        main(
+            [
+                "--no-progress",
+                "vectors",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(train),
+                "--format",
+                "jsonl",
+                "--max-code-tokens",
+                "64",
+                "--layers",
+                "1",
+                "--out",
+                str(vectors),
+            ]
+        )
+        == 0
+    )
+    return {"model": model_dir, "data": data, "vectors": vectors, "fingerprint": lm.fingerprint}
+
+
+def _evaluate(env: dict[str, Any], out: Path, *extra: str, vectors: Path | None = None) -> int:
+    return main(
+        [
+            "--no-progress",
+            "evaluate",
+            "--vectors",
+            str(vectors or env["vectors"]),
+            "--model",
+            str(env["model"]),
+            "--data",
+            str(env["data"]),
+            "--format",
+            "jsonl",
+            "--max-code-tokens",
+            "64",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "3",
+            *extra,
+        ]
+    )
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines, "no error message"
+    assert lines[-1].startswith("vulnsteer: error: ")
+    return lines[-1]
+
+
+def test_evaluate_vectors_writes_baseline_steered_and_control(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    assert _evaluate(env, out, "--strength", "0.5") == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"] == "evaluate --vectors" and results["vectors_from"] == str(env["vectors"])
+    assert sorted(results["data"]["cwes"]) == ["CWE-78", "CWE-89"]  # CWE-22 has no vector: left out
+    test_counts = results["data"]["splits"]["test"]["by_cwe"]
+    for mode in ("logit", "generation"):
+        for cwe, row in results["summary"][mode].items():
+            assert row["split"] == "test" and row["n"] == test_counts[cwe]["vulnerable"] + test_counts[cwe]["secure"]
+            assert row["chosen"] == "mean_diff@last L1 relative +0.5 (steer last)"
+            assert row["baseline"] and row["steered"] and row["control"] and "words" in row
+    keys = {k.split("|")[0] for k in results["records"]}
+    assert keys == {"baseline", "steered", "control"}
+    logit = {
+        k.split("|")[0]: v
+        for k, v in results["records"].items()
+        if ("|logit|" in k and "|CWE-89|" in k) or k == "baseline|logit|test"
+    }
+    margins = {kind: [r["margin"] for r in recs if r["cwe"] == "CWE-89"] for kind, recs in logit.items()}
+    assert margins["steered"] != margins["baseline"] and margins["control"] != margins["steered"]
+    report = (out / "report.md").read_text()
+    assert "## logit mode: TEST split, setting chosen on the given (evaluate --vectors)" in report
+    before = (out / "records.jsonl").read_text()
+    assert _evaluate(env, out, "--strength", "0.5") == 0  # resumes from records.jsonl
+    assert (out / "records.jsonl").read_text() == before
+
+
+def test_evaluate_errors_are_one_line(env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _evaluate(env, tmp_path / "out", "--strength", "1", vectors=tmp_path / "no_such_dir") == 2
+    assert "vector folder not found" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+    assert _evaluate(env, tmp_path / "out") == 2
+    assert "--vectors DIR needs --strength" in _error_line(capsys)
+    folder = tmp_path / "vecs"
+    _vector("CWE-89").save(folder / "cwe-89-mean_diff.safetensors")  # right size, another model's fingerprint
+    assert _evaluate(env, tmp_path / "refused", "--strength", "1", vectors=folder) == 2
+    line = _error_line(capsys)
+    assert "cwe-89-mean_diff.safetensors" in line and "fingerprint" in line and "--allow-model-mismatch" in line
+    assert _evaluate(env, tmp_path / "allowed", "--strength", "1", "--allow-model-mismatch", vectors=folder) == 0
+
+
+def test_evaluate_from_cli(
+    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run_dir, _ = swept
+    model_dir = tmp_path / "model"
+    tiny_lm.model.save_pretrained(model_dir)
+    tiny_lm.tokenizer.save_pretrained(model_dir)
+    other = write_toy_jsonl(tmp_path / "other.jsonl", cwes=("CWE-89", "CWE-22"), n_pairs=2, prefix="other")
+    args = [
+        "--no-progress",
+        "evaluate",
+        "--from",
+        str(run_dir),
+        "--data",
+        str(other),
+        "--format",
+        "jsonl",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "t"),
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "logit CWE-89: n=4" in printed and "skipped (no vector or choice): CWE-22" in printed
+    assert main(["--no-progress", "evaluate", "--from", str(run_dir), "--out", str(tmp_path / "u")]) == 2
+    assert "needs --data OTHER" in _error_line(capsys)
+    assert main(["--no-progress", "evaluate", "--from", str(tmp_path), "--data", str(other)]) == 2
+    assert "chosen.json not found" in _error_line(capsys)

@@ -1,0 +1,398 @@
+"""The protocol end to end on a tiny model: outputs, resume, run == sweep on its resolved config, val-only choice,
+run-folder identity and locking, nothing written before the inputs are validated, SIGKILL / SIGINT."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import write_toy_jsonl
+
+from vulnsteer.experiment import protocol as protocol_mod
+from vulnsteer.experiment.config import ConfigError, ExperimentConfig, load_config, parse_config
+from vulnsteer.experiment.protocol import run_protocol
+from vulnsteer.experiment.rundir import RunDirBusyError, _locked
+from vulnsteer.lm.model import LoadedModel
+
+
+def write_config(
+    path: Path,
+    data: Path,
+    *,
+    cache_dir: Path,
+    modes: str = '["logit"]',
+    group_size: int = 4,
+    strengths: str = "{ relative = [0.5, 2.0] }",
+    pooled: str = "true",
+    extra: str = "",
+) -> Path:
+    path.write_text(
+        f"""
+[data]
+path = "{data}"
+format = "jsonl"
+max_code_tokens = 64
+
+[vectors]
+methods = ["mean_diff"]
+pooling = ["last"]
+pooled = {pooled}
+
+[steering]
+layers = [[1], [2], [1, 2]]
+strengths = {strengths}
+
+[detection]
+modes = {modes}
+max_new_tokens = 3
+
+[run]
+group_size = {group_size}
+cache_dir = "{cache_dir}"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run(config: ExperimentConfig, out: Path, lm: LoadedModel, command: str = "sweep") -> dict[str, Any]:
+    run_protocol(config, out, lm=lm, progress=False, command=command)
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, dict[str, Any]]:
+    """One finished sweep on the toy data (config, run directory, results), shared by the tests below."""
+    root = tmp_path_factory.mktemp("toy")
+    config = write_config(root / "sweep.toml", write_toy_jsonl(root / "toy.jsonl"), cache_dir=root / "cache")
+    return config, root / "run", run(load_config(config), root / "run", tiny_lm)
+
+
+def test_outputs_and_resume(toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel) -> None:
+    config, out, results = toy_run
+    assert results["schema_version"] == 2 and results["status"] == "complete" and results["command"] == "sweep"
+    assert results["layer_sets"] == [[1], [2], [1, 2]]
+    summary = results["summary"]["logit"]
+    assert set(summary) == {"CWE-89", "CWE-78"}
+    for row in summary.values():
+        assert row["split"] == "test" and row["n"] == row["baseline"]["n"]
+        assert set(row["flips"]) == {"wrong_to_right", "right_to_wrong"}
+    cross = results["cross_cwe"]["logit"]
+    assert set(cross["targets"]) == {"CWE-89", "CWE-78"} and cross["vectors"][-1] == "any"
+    assert len(cross["delta_balanced_accuracy"]) == len(cross["vectors"])
+    assert set(results["cosine"]["mean_diff@last"]["layers"]) == {"1", "2"}
+    assert results["activation_cache"]["misses"] == 4  # two layers, two poolings (the probes read code_mean)
+    n_val = 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled steered) x 3 layer sets x 2 strengths
+    assert len(results["val"]["logit"]) == n_val
+    assert results["prefix_cache"]["hits"] >= results["prefix_cache"]["misses"] > 0
+    assert {p["detector"] for p in results["probes"]} == {"direction", "logistic", "length"}
+    chosen = json.loads((out / "chosen" / "chosen.json").read_text())
+    for target, entry in chosen["modes"]["logit"].items():
+        assert (out / "chosen" / entry["vector"]).is_file(), target
+    report = (out / "report.md").read_text()
+    assert "VAL" in report and "TEST" in report and "random" in report and "Probe detectors" in report
+    for line in report.splitlines():
+        if line.startswith("![") and "](" in line:
+            assert (out / line.split("](")[1].rstrip(")")).is_file()
+    assert len(list((out / "plots").glob("*.png"))) >= 5
+    assert load_config(out / "config.resolved.toml") == load_config(config)
+
+    lines = (out / "records.jsonl").read_text().splitlines()
+    again = run(load_config(config), out, tiny_lm)  # same directory: everything is skipped
+    assert (out / "records.jsonl").read_text().splitlines() == lines
+    assert again["summary"] == results["summary"] and again["selection"] == results["selection"]
+    assert again["activation_cache"]["hits"] == 4 and again["activation_cache"]["misses"] == 0
+
+
+def _numbers(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: results[k] for k in ("val", "selection", "summary", "pooled", "cross_cwe", "probes", "vectors")}
+
+
+def test_run_equals_sweep_on_its_resolved_config(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    """`vulnsteer run` (flags) and `vulnsteer sweep RUN/config.resolved.toml`: the same choices and test numbers."""
+    from vulnsteer.cli import build_parser
+    from vulnsteer.cli.options import config_from_args
+
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=5)
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--data",
+            str(data),
+            "--format",
+            "jsonl",
+            "--max-code-tokens",
+            "64",
+            "--layers",
+            "1",
+            "--layers",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    first = run(config_from_args(args), tmp_path / "run", tiny_lm, command="run")
+    assert set(first["summary"]) == {"logit", "generation"}
+    assert first["selection"]["generation"] == first["selection"]["logit"]  # chosen on logit val by default
+    resolved = load_config(tmp_path / "run" / "config.resolved.toml")
+    second = run(resolved, tmp_path / "sweep", tiny_lm, command="sweep")
+    assert _numbers(second) == _numbers(first)
+    assert _entries(tmp_path / "sweep" / "records.jsonl") == _entries(tmp_path / "run" / "records.jsonl")
+    gen = {
+        e["condition"]["key"]
+        for e in map(json.loads, (tmp_path / "run" / "records.jsonl").read_text().splitlines())
+        if e["condition"]["mode"] == "generation"
+    }
+    assert all("|test" in key for key in gen), "generation ran on val although logit val chooses its setting"
+
+
+def test_a_different_experiment_in_the_same_folder_is_refused(
+    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
+    config, out, _ = toy_run
+    with pytest.raises(ConfigError, match=r"changed: steering\.layers"):
+        run_protocol(load_config(config).replace(steering__layers=[[1]]), out, lm=tiny_lm, progress=False)
+    other = write_toy_jsonl(tmp_path / "other.jsonl", n_pairs=4, prefix="other")
+    with pytest.raises(ConfigError, match=r"changed: .*data\.path"):
+        run_protocol(load_config(config).replace(data__path=str(other)), out, lm=tiny_lm, progress=False)
+    # where, not what: another cache directory may resume the same run directory
+    lines = (out / "records.jsonl").read_text()
+    run_protocol(load_config(config).replace(run__cache_dir=str(tmp_path / "c2")), out, lm=tiny_lm, progress=False)
+    assert (out / "records.jsonl").read_text() == lines
+
+
+def test_changed_data_behind_the_same_path_is_refused(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=4)
+    config = load_config(
+        write_config(
+            tmp_path / "s.toml", data, cache_dir=tmp_path / "cache", strengths="{ raw = [1.0] }", pooled="false"
+        )
+    )
+    run(config, tmp_path / "run", tiny_lm)
+    data.write_text(data.read_text().replace("SELECT *", "SELECT id"))  # same path, other contents
+    with pytest.raises(ConfigError, match="changed: data_"):
+        run_protocol(config, tmp_path / "run", lm=tiny_lm, progress=False)
+
+
+def test_nothing_is_written_before_the_inputs_are_validated(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    out = tmp_path / "run"
+    config = ExperimentConfig().replace(data__path=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(Exception, match=r"missing\.jsonl"):
+        run_protocol(config, out, lm=tiny_lm, progress=False)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="layer 40 out of range"):
+        run_protocol(
+            ExperimentConfig().replace(steering__layers=[[40]], data__cwes=["CWE-89"]), out, lm=tiny_lm, progress=False
+        )
+    assert not out.exists()
+    with pytest.raises(ValueError, match="the test split is empty"):
+        run_protocol(
+            ExperimentConfig().replace(data__fractions=[0.8, 0.2, 0.0], data__cwes=["CWE-89"]),
+            out,
+            lm=tiny_lm,
+            progress=False,
+        )
+    assert not out.exists()
+    with pytest.raises(PermissionError, match="--out"):
+        run_protocol(ExperimentConfig(), "/proc/vulnsteer-run", lm=tiny_lm, progress=False)
+
+
+def test_a_busy_run_folder_names_its_holder(
+    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
+    config, out, _ = toy_run
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); f.write('process 4242\\n'); f.flush(); "
+            "print('locked', flush=True); time.sleep(30)",
+            str(out / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(RunDirBusyError, match="in use by process 4242"):
+            run_protocol(load_config(config), out, lm=tiny_lm, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    with _locked(out / ".lock"):  # released: the lock is free again
+        pass
+
+
+def test_test_labels_cannot_change_the_choice(
+    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flip every test label: the selection is unchanged; only the test rows move."""
+    config, _, plain = toy_run
+    real = protocol_mod.prepare_data
+
+    def flipped(*args: Any, **kwargs: Any) -> Any:
+        data = real(*args, **kwargs)
+        test = [
+            dataclasses.replace(s, label="secure" if s.label == "vulnerable" else "vulnerable")
+            for s in data.splits.test
+        ]
+        data.splits = dataclasses.replace(data.splits, test=test)
+        return data
+
+    monkeypatch.setattr(protocol_mod, "prepare_data", flipped)
+    results = run(load_config(config), tmp_path / "flipped", tiny_lm)
+    assert results["selection"] == plain["selection"]
+    assert [r["baseline"]["tpr"] for r in results["summary"]["logit"].values()] == [
+        r["baseline"]["fpr"] for r in plain["summary"]["logit"].values()
+    ]
+
+
+def test_examples_and_generation_rows(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=5)
+    config = parse_config(
+        {
+            "data": {"path": str(data), "format": "jsonl", "max_code_tokens": 64},
+            "steering": {"layers": [1]},
+            "detection": {"modes": ["generation"], "max_new_tokens": 3},
+            "report": {"n_examples": 1, "probes": False},
+            "run": {"cache_dir": str(tmp_path / "c")},
+        }
+    )
+    results = run(config, tmp_path / "run", tiny_lm)
+    assert results["selection"]["generation"]["CWE-89"]["selected_by"] == "generation mode, val split"
+    examples = results["examples"]["generation"]
+    assert {e["cwe"] for e in examples} == {"CWE-89", "CWE-78"} and all(e["steered"] for e in examples)
+    assert "Example generations" in (tmp_path / "run" / "report.md").read_text()
+    assert "probes" not in results and not results["cross_cwe"]["generation"]["targets"]
+
+
+# ------------------------------------------------------------------------------------------ subprocess runs
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path, tiny_tokenizer: Any) -> Path:
+    from conftest import make_tiny
+
+    lm = make_tiny(tiny_tokenizer, "llama", layers=3)
+    folder = tmp_path / "tiny-model"
+    lm.model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _cli(args: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "VULNSTEER_CACHE": str(tmp_path / "vcache"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    # SIGINT back to its default: a test runner started in the background by a non-interactive shell ignores
+    # SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt
+    return subprocess.Popen(
+        [sys.executable, "-m", "vulnsteer", "--no-progress", "sweep", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _wait_for_lines(proc: subprocess.Popen[bytes], path: Path, n: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            pytest.fail(f"sweep ended (rc {proc.returncode}) before {n} chunk(s) were on disk:\n{out}")
+        time.sleep(0.005)
+    proc.kill()
+    pytest.fail("timed out waiting for the first chunk")
+
+
+def _slow_config(tmp_path: Path) -> Path:
+    """Many one-condition chunks in generation mode, so that a kill lands mid-sweep."""
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=8)
+    return write_config(
+        tmp_path / "slow.toml",
+        data,
+        cache_dir=tmp_path / "acache",
+        modes='["generation"]',
+        group_size=1,
+        strengths="{ relative = [0.25, 0.5, 1.0, 2.0, 4.0] }",
+    )
+
+
+def _entries(path: Path) -> dict[str, Any]:
+    return {json.loads(line)["condition"]["key"]: json.loads(line)["records"] for line in path.read_text().splitlines()}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_loses_at_most_the_chunk_in_flight(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = _slow_config(tmp_path)
+    out = tmp_path / "killed"
+    records = out / "records.jsonl"
+    proc = _cli([str(config), "--model", str(tiny_model_dir), "--out", str(out)], tmp_path)
+    _wait_for_lines(proc, records, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    before = records.read_bytes()
+    done_before = before[: before.rfind(b"\n") + 1].decode().splitlines()
+    assert done_before, "nothing finished before the kill"
+    assert not (out / "results.json").exists(), "the run finished before it was killed"
+
+    resumed = _cli([str(config), "--model", str(tiny_model_dir), "--out", str(out)], tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read().decode() if resumed.stdout else ""
+    after = records.read_text().splitlines()
+    assert after[: len(done_before)] == done_before, "finished chunks were rewritten"
+    keys = [json.loads(line)["condition"]["key"] for line in after]
+    assert len(keys) == len(set(keys)), "finished conditions were redone"
+
+    fresh_out = tmp_path / "uninterrupted"
+    fresh = _cli(
+        [
+            str(config),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(fresh_out),
+            "--cache-dir",
+            str(tmp_path / "fresh-cache"),
+        ],
+        tmp_path,
+    )
+    assert fresh.wait(timeout=600) == 0, fresh.stdout.read().decode() if fresh.stdout else ""
+    assert _entries(records) == _entries(fresh_out / "records.jsonl")
+    killed = json.loads((out / "results.json").read_text())
+    uninterrupted = json.loads((fresh_out / "results.json").read_text())
+    assert _numbers(killed) == _numbers(uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_with_a_partial_report(tmp_path: Path, tiny_model_dir: Path) -> None:
+    config = _slow_config(tmp_path)
+    out = tmp_path / "interrupted"
+    proc = _cli([str(config), "--model", str(tiny_model_dir), "--out", str(out)], tmp_path)
+    _wait_for_lines(proc, out / "records.jsonl", 1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["finished_conditions"]
+    assert "INTERRUPTED" in (out / "report.md").read_text()
