@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_model_args, ints
+from .options import add_model_args, config_from_args, ints
 
 FAIL_EXIT = 1
 
@@ -89,7 +89,10 @@ def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
             unit=args.unit,
             allow_model_mismatch=args.allow_model_mismatch,
         )
-    source = ModelSource(args.model, args.device, args.dtype, args.device_map, args.trust_remote_code)
+    model = config_from_args(args).model
+    source = ModelSource(
+        model.name, model.device, model.dtype, model.device_map, model.trust_remote_code, model.layers_path
+    )
     return ModelScorer(
         source,
         steering=steering,

@@ -43,14 +43,15 @@ SCORE_FORMAT = 1
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How to load the model: the ``--model``, ``--device``, ``--dtype``, ``--device-map`` and
-    ``--trust-remote-code`` options (``spec=None`` is the embedded default)."""
+    """How to load the model: the ``[model]`` keys (``--model``, ``--device``, ``--dtype``, ``--device-map``,
+    ``--trust-remote-code``, ``--layers-path``); ``spec=None`` is the embedded default."""
 
     spec: str | None = None
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None
     trust_remote_code: bool = False
+    layers_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class ModelScorer:
                 dtype=source.dtype,
                 device_map=source.device_map,
                 trust_remote_code=source.trust_remote_code,
+                layer_matcher=source.layers_path,
             )
             measured = identity_of(self._lm)
             recalled = self._identity
