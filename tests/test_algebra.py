@@ -135,7 +135,7 @@ def test_a_layer_matcher_finds_blocks_of_an_unknown_architecture(tiny_llama: Loa
         decoder_layers(wrapped)
     assert decoder_layers(wrapped, "core.stack") is tiny_llama.model.model.layers
     assert decoder_layers(wrapped, lambda m: m.core.stack) is tiny_llama.model.model.layers
-    with pytest.raises(ModelLoadError, match="no attribute path 'core.nothing'"):
+    with pytest.raises(ModelLoadError, match=r"no attribute path 'core\.nothing'"):
         decoder_layers(wrapped, "core.nothing")
     lm = LoadedModel(wrapped, tiny_llama.tokenizer, "wrapped", "f", "test", layer_matcher="core.stack")
     assert lm.num_layers == tiny_llama.num_layers

@@ -146,13 +146,17 @@ class _Loads:
         monkeypatch.setattr(model_module, "load_model", load)
 
 
+def _two_functions(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "a.py").write_text("def f(x):\n    return eval(x)\n\n\ndef g(y):\n    return y\n", encoding="utf-8")
+    return folder
+
+
 @needs_grammars
 def test_a_cached_rescan_never_loads_the_model(
     saved_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "src"
-    root.mkdir()
-    (root / "a.py").write_text("def f(x):\n    return eval(x)\n\n\ndef g(y):\n    return y\n", encoding="utf-8")
+    root = _two_functions(tmp_path / "src")
     cache = tmp_path / "cache"
     source = ModelSource(str(saved_tiny), device="cpu")
     loads = _Loads(monkeypatch)
@@ -169,12 +173,8 @@ def test_a_cached_rescan_never_loads_the_model(
 
 
 @needs_grammars
-def test_a_stale_recorded_identity_is_corrected_and_rescored(
-    saved_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = tmp_path / "src"
-    root.mkdir()
-    (root / "a.py").write_text("def f(x):\n    return eval(x)\n", encoding="utf-8")
+def test_a_stale_recorded_identity_is_corrected_and_rescored(saved_tiny: Path, tmp_path: Path) -> None:
+    root = _two_functions(tmp_path / "src")
     store = tmp_path / "cache" / "models"
     source = ModelSource(str(saved_tiny), device="cpu")
     with ModelScorer(source, identity_store=store, max_code_tokens=64) as real:
@@ -187,7 +187,7 @@ def test_a_stale_recorded_identity_is_corrected_and_rescored(
     assert stale.digest != true_digest
     report = scan([root], stale, cache_dir=tmp_path / "cache", progress=False)
     assert stale.digest == true_digest and report.digest == true_digest
-    assert report.stats.scored == 1
+    assert report.stats.scored == 2
     assert json.loads(record.read_text())["identity"]["weights_digest"] != "0" * 16
     stale.close()
 

@@ -65,21 +65,21 @@ def _rule(cwe: str | None) -> dict[str, Any]:
     name = cwe_name(cwe)
     number = cwe.split("-", 1)[1]
     link = f"https://cwe.mitre.org/data/definitions/{number}.html"
-    help_text = (
-        f"{cwe}: {name}. vulnsteer's detector scored this function as likely to contain {name}. The score is the "
-        f"model's probability that the function is vulnerable: a triage signal, not a proof. Check how untrusted "
-        f"data reaches the flagged code, and see {link}."
+    label = f"{name} ({cwe})" if name != cwe else cwe  # a CWE without a short name on file is named by its id
+    caution = (
+        "The score is the model's probability that the function is vulnerable: a triage signal, not a proof. "
+        "Check how untrusted data reaches the flagged code"
     )
     return {
         "id": cwe,
-        "name": rule_name(name),
-        "shortDescription": {"text": f"{name[:1].upper()}{name[1:]} ({cwe})"},
-        "fullDescription": {"text": f"Functions that vulnsteer's detector judges likely to contain {name} ({cwe})."},
+        "name": rule_name(name if name != cwe else f"weakness {cwe}"),
+        "shortDescription": {"text": f"{label[:1].upper()}{label[1:]}"},
+        "fullDescription": {"text": f"Functions that vulnsteer's detector judges likely to contain {label}."},
         "help": {
-            "text": help_text,
-            "markdown": f"**{cwe}: {name}.** vulnsteer's detector scored this function as likely to contain {name}. "
-            "The score is the model's probability that the function is vulnerable: a triage signal, not a proof. "
-            f"Check how untrusted data reaches the flagged code. See [{cwe}]({link}).",
+            "text": f"{label}: vulnsteer's detector scored this function as likely to contain it. {caution}, and see "
+            f"{link}.",
+            "markdown": f"**{label}**: vulnsteer's detector scored this function as likely to contain it. {caution}. "
+            f"See [{cwe}]({link}).",
         },
         "helpUri": link,
         "defaultConfiguration": {"level": "warning"},
@@ -95,7 +95,8 @@ def _artifact(path: str) -> dict[str, str]:
 
 def _message(result: FunctionResult) -> str:
     score = result.score
-    weakness = f"{cwe_name(score.cwe)} ({score.cwe})" if score.cwe else "vulnerability"
+    named = cwe_name(score.cwe) if score.cwe else None
+    weakness = "vulnerability" if named is None else named if named == score.cwe else f"{named} ({score.cwe})"
     head = f"Possible {weakness} in `{result.name}`: P(vulnerable) = {score.score:.2f}."
     if score.explanation:
         return f"{head} The model's answer: {score.explanation}"
