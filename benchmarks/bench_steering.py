@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from vulnsteer.data.builtin import load_builtin
-from vulnsteer.detect.engine import generate_verdicts, score_logits
+from vulnsteer.detection.engine import generate_verdicts, score_logits
 from vulnsteer.lm.model import load_model
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steer.hooks import steer
-from vulnsteer.steer.vectors import Provenance, SteeringVector
+from vulnsteer.steering.hooks import steer
+from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 
 def _timed(fn: Callable[[], Any]) -> float:

@@ -11,8 +11,8 @@ from tests.conftest import toy_samples
 from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.model import LoadedModel, ModelLoadError, decoder_layers
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steer.hooks import SteeringSpec, steer, steer_rows
-from vulnsteer.steer.vectors import Provenance, SteeringVector, fit_vector, mean_difference
+from vulnsteer.steering.hooks import SteeringSpec, steer, steer_rows
+from vulnsteer.steering.vectors import Provenance, SteeringVector, fit_vector, mean_difference
 
 
 def _vector(hidden: int, layers: tuple[int, ...], scale: float = 1.0, seed: int = 3) -> SteeringVector:

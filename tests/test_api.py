@@ -17,7 +17,7 @@ DOCTEST_MODULES = [
     "vulnsteer.data.builtin",
     "vulnsteer.data.sample",
     "vulnsteer.data.text",
-    "vulnsteer.detect.records",
+    "vulnsteer.detection.records",
     "vulnsteer.experiment.config",
     "vulnsteer.experiment.grid",
     "vulnsteer.experiment.prepare",

@@ -11,7 +11,7 @@ import torch
 
 from vulnsteer.cli import build_parser, main
 from vulnsteer.lm.model import LoadedModel
-from vulnsteer.steer.vectors import Provenance, SteeringVector
+from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PAIRED_DIR = FIXTURES / "paired_dir"

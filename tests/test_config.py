@@ -39,9 +39,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def test_torch_free_names_equal_the_library_ones() -> None:
     from vulnsteer.lm.activations import POOLINGS as ACT_POOLINGS
-    from vulnsteer.steer.hooks import POSITION_MODES
-    from vulnsteer.steer.hooks import STRENGTH_UNITS as HOOK_UNITS
-    from vulnsteer.steer.vectors import METHODS
+    from vulnsteer.steering.hooks import POSITION_MODES
+    from vulnsteer.steering.hooks import STRENGTH_UNITS as HOOK_UNITS
+    from vulnsteer.steering.vectors import METHODS
 
     assert POOLINGS == ACT_POOLINGS and POSITIONS == POSITION_MODES and STRENGTH_UNITS == HOOK_UNITS
     assert set(config_mod.METHOD_NAMES) == set(METHODS) and MODES == ("logit", "generation")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from tests.conftest import toy_samples
 
-from vulnsteer.detect.engine import DetectionRecord, detect_variants, generate_verdicts, score_logits
+from vulnsteer.detection.engine import DetectionRecord, detect_variants, generate_verdicts, score_logits
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompts
-from vulnsteer.steer.hooks import SteeringSpec, steer
-from vulnsteer.steer.vectors import Provenance, SteeringVector
+from vulnsteer.steering.hooks import SteeringSpec, steer
+from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 
 def _vec(layers: tuple[int, ...] = (1, 2), scale: float = 3.0) -> SteeringVector:
@@ -112,7 +112,7 @@ def test_sink_records_the_same_activations_as_extraction(tiny_llama: LoadedModel
 
 
 def test_prefix_store_computes_each_prefix_once_and_changes_nothing(tiny_llama: LoadedModel) -> None:
-    from vulnsteer.detect.engine import PrefixStore, detect_variants_modes
+    from vulnsteer.detection.engine import PrefixStore, detect_variants_modes
 
     samples = toy_samples(3)
     n_batches = -(-len(samples) // 4)
@@ -133,7 +133,7 @@ def test_prefix_store_computes_each_prefix_once_and_changes_nothing(tiny_llama: 
 
 
 def test_prefix_store_respects_its_budget_and_the_sink(tiny_llama: LoadedModel) -> None:
-    from vulnsteer.detect.engine import PrefixStore, detect_variants_modes
+    from vulnsteer.detection.engine import PrefixStore, detect_variants_modes
     from vulnsteer.lm.activations import ActivationSink, extract_activations
 
     samples = toy_samples(3)

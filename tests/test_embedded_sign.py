@@ -16,11 +16,11 @@ import pytest
 
 from vulnsteer.data.builtin import load_builtin
 from vulnsteer.data.sample import Sample
-from vulnsteer.detect.engine import score_logits
+from vulnsteer.detection.engine import score_logits
 from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.model import LoadedModel
-from vulnsteer.steer.hooks import steer
-from vulnsteer.steer.vectors import fit_vector
+from vulnsteer.steering.hooks import steer
+from vulnsteer.steering.vectors import fit_vector
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -90,7 +90,7 @@ def test_positive_strength_raises_the_margin_and_negative_lowers_it(margins: dic
 def test_sign_convention_on_the_models_own_answer_axis(embedded: LoadedModel) -> None:
     """With a direction that truly is secure-minus-vulnerable in the model's answer space (the unembedding
     difference), positive strength raises the margin and negative lowers it, monotonically."""
-    from vulnsteer.steer.vectors import answer_direction
+    from vulnsteer.steering.vectors import answer_direction
 
     last = embedded.num_layers - 1
     held = [s for s in load_builtin(["CWE-89"])][:2]

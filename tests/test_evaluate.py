@@ -18,7 +18,7 @@ from vulnsteer.experiment.evaluate import evaluate_from_run, evaluate_vectors, t
 from vulnsteer.experiment.fit import load_vector_dir
 from vulnsteer.experiment.prepare import prepare_data
 from vulnsteer.lm.model import LoadedModel
-from vulnsteer.steer.vectors import Provenance, SteeringVector, VectorMismatchError
+from vulnsteer.steering.vectors import Provenance, SteeringVector, VectorMismatchError
 
 
 def _vector(

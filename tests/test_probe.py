@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vulnsteer.data.sample import Sample
-from vulnsteer.detect.probe import (
+from vulnsteer.detection.probe import (
     OVERALL,
     PROBE_TABLE_COLUMNS,
     ProbeResult,
@@ -295,7 +295,7 @@ def test_rejects_misaligned_inputs() -> None:
 
 
 def test_length_control_reads_length_only_with_the_same_protocol() -> None:
-    from vulnsteer.detect.probe import evaluate_length_control, surface_features
+    from vulnsteer.detection.probe import evaluate_length_control, surface_features
 
     def sample(i: int, vulnerable: bool, cwe: str = "CWE-89") -> Sample:
         body = "x = 1\n" * (3 + i % 3) + ("y = 2\n" * 6 if vulnerable else "")  # vulnerable code is longer

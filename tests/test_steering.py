@@ -11,8 +11,8 @@ from tests.conftest import toy_samples
 from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.model import LoadedModel, decoder_layers, hidden_of
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steer.hooks import SteeringSpec, steer
-from vulnsteer.steer.vectors import Provenance, SteeringVector, fit_vector
+from vulnsteer.steering.hooks import SteeringSpec, steer
+from vulnsteer.steering.vectors import Provenance, SteeringVector, fit_vector
 
 
 def _vector(hidden: int, layers: tuple[int, ...], seed: int = 1) -> SteeringVector:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from conftest import toy_samples
 from vulnsteer.data.sample import Sample
 from vulnsteer.lm.activations import Activations
-from vulnsteer.steer.vectors import (
+from vulnsteer.steering.vectors import (
     METHODS,
     Provenance,
     SteeringVector,

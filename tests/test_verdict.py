@@ -5,7 +5,7 @@ from typing import Final
 import pytest
 
 from vulnsteer.cwe import CWE_NAMES, PRIORITY_CWES
-from vulnsteer.detect.verdict import Verdict, find_weakness_mentions, parse_verdict
+from vulnsteer.detection.verdict import Verdict, find_weakness_mentions, parse_verdict
 
 V: Final = "vulnerable"
 S: Final = "secure"

@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .data.builtin import load_builtin
     from .data.loaders import load_samples
     from .data.sample import Sample
-    from .detect.engine import detect, generate_verdicts, score_logits
-    from .detect.records import DetectionRecord
+    from .detection.engine import detect, generate_verdicts, score_logits
+    from .detection.records import DetectionRecord
     from .experiment.apply import apply_choices
     from .experiment.config import ExperimentConfig, load_config, parse_config
     from .experiment.evaluate import evaluate_from_run, evaluate_vectors
@@ -38,8 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .lm.activations import Activations, extract_activations
     from .lm.model import LoadedModel, decoder_layers, load_model
     from .lm.prompts import PromptTemplate
-    from .steer.hooks import SIGN_CONVENTION, SteeringSpec, steer, steer_rows
-    from .steer.vectors import SteeringVector, fit_vector
+    from .steering.hooks import SIGN_CONVENTION, SteeringSpec, steer, steer_rows
+    from .steering.vectors import SteeringVector, fit_vector
 
 __all__ = [
     "SIGN_CONVENTION",
@@ -76,10 +76,10 @@ _HOME = {
     "load_builtin": "data.builtin",
     "load_samples": "data.loaders",
     "Sample": "data.sample",
-    "detect": "detect.engine",
-    "generate_verdicts": "detect.engine",
-    "score_logits": "detect.engine",
-    "DetectionRecord": "detect.records",
+    "detect": "detection.engine",
+    "generate_verdicts": "detection.engine",
+    "score_logits": "detection.engine",
+    "DetectionRecord": "detection.records",
     "apply_choices": "experiment.apply",
     "ExperimentConfig": "experiment.config",
     "load_config": "experiment.config",
@@ -93,12 +93,12 @@ _HOME = {
     "decoder_layers": "lm.model",
     "load_model": "lm.model",
     "PromptTemplate": "lm.prompts",
-    "SIGN_CONVENTION": "steer.hooks",
-    "SteeringSpec": "steer.hooks",
-    "steer": "steer.hooks",
-    "steer_rows": "steer.hooks",
-    "SteeringVector": "steer.vectors",
-    "fit_vector": "steer.vectors",
+    "SIGN_CONVENTION": "steering.hooks",
+    "SteeringSpec": "steering.hooks",
+    "steer": "steering.hooks",
+    "steer_rows": "steering.hooks",
+    "SteeringVector": "steering.vectors",
+    "fit_vector": "steering.vectors",
 }
 
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from ..cwe import UnknownCWEError
     from ..lm.model import ModelLoadError
-    from ..steer.vectors import VectorMismatchError
+    from ..steering.vectors import VectorMismatchError
 
     errors: list[type[BaseException]] = [
         ModelLoadError,

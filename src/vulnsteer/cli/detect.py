@@ -38,9 +38,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..data.clean import canonical_language
     from ..data.sample import Sample
     from ..data.truncate import truncate_sample
-    from ..detect.engine import generate_verdicts, score_logits
-    from ..steer.hooks import SteeringSpec, steer
-    from ..steer.vectors import SteeringVector
+    from ..detection.engine import generate_verdicts, score_logits
+    from ..steering.hooks import SteeringSpec, steer
+    from ..steering.vectors import SteeringVector
 
     samples = []
     for name in args.files:

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.sample import Sample
-from ..detect.prefix import PrefixStore
-from ..detect.records import DetectionRecord
+from ..detection.prefix import PrefixStore
+from ..detection.records import DetectionRecord
 from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..stats.compare import compare_to_baseline, metrics_block, verdict_words
-from ..steer.vectors import SteeringVector
+from ..steering.vectors import SteeringVector
 from .engine import DEFAULT_OPTIONS, ResultStore, ScoringOptions, run_conditions
 from .grid import POOLED, Condition
 from .select import Choice, balanced_accuracy

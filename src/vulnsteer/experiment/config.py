@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Detector modes, activation poolings, steered token positions and strength units (torch-free copies of the
-#: names that :mod:`vulnsteer.steer.hooks` and :mod:`vulnsteer.lm.activations` define; tests keep them equal).
+#: names that :mod:`vulnsteer.steering.hooks` and :mod:`vulnsteer.lm.activations` define; tests keep them equal).
 MODES: tuple[str, ...] = ("logit", "generation")
 POOLINGS: tuple[str, ...] = ("last", "code_mean")
 POSITIONS: tuple[str, ...] = ("last", "prompt", "generated", "all")

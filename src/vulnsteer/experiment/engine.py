@@ -2,7 +2,7 @@
 
 :func:`run_conditions` is the one place where conditions meet the model. Pending conditions are grouped by split
 into chunks; a chunk shares its batched forward passes across its conditions and detector modes (each row
-steered with its own specs, :func:`~vulnsteer.detect.engine.detect_variants_modes`), and is appended to the
+steered with its own specs, :func:`~vulnsteer.detection.engine.detect_variants_modes`), and is appended to the
 :class:`ResultStore` (``records.jsonl``) as soon as it is done, so a killed run loses at most the chunk in flight
 and a rerun skips what is stored.
 """
@@ -19,15 +19,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..data.sample import Sample
-from ..detect.engine import detect_variants_modes
-from ..detect.prefix import PrefixStore
-from ..detect.records import DetectionRecord, record_from_dict
+from ..detection.engine import detect_variants_modes
+from ..detection.prefix import PrefixStore
+from ..detection.records import DetectionRecord, record_from_dict
 from ..io import append_jsonl, read_jsonl
 from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from ..steer.hooks import SteeringSpec
-from ..steer.vectors import SteeringVector
+from ..steering.hooks import SteeringSpec
+from ..steering.vectors import SteeringVector
 from .grid import Condition, condition_specs
 
 __all__ = ["ResultStore", "ScoringOptions", "run_conditions", "score_chunk"]
@@ -127,6 +127,18 @@ def score_chunk(
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
 
 
+def _chunks(pending: Sequence[Condition], size: int) -> list[list[Condition]]:
+    """Chunks of at most *size* conditions that share one split and one set of detector modes per variant, so a
+    chunk never generates text for a variant that only needs its answer logits (and vice versa)."""
+    modes: dict[str, set[str]] = defaultdict(set)
+    for cond in pending:
+        modes[cond.variant_key].add(cond.mode)
+    groups: dict[tuple[str, tuple[str, ...]], list[Condition]] = defaultdict(list)
+    for cond in pending:
+        groups[(cond.split, tuple(sorted(modes[cond.variant_key])))].append(cond)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
 def run_conditions(
     lm: LoadedModel,
     conditions: Iterable[Condition],
@@ -140,16 +152,11 @@ def run_conditions(
 ) -> dict[str, list[DetectionRecord]]:
     """Score every condition not already in *store*; returns all records by condition key.
 
-    *samples_for(split)* gives a split's samples by CWE. Pass a :class:`~vulnsteer.detect.prefix.PrefixStore`
+    *samples_for(split)* gives a split's samples by CWE. Pass a :class:`~vulnsteer.detection.prefix.PrefixStore`
     (one per model and run) to compute each batch's unsteered prompt prefix once for all chunks.
     """
     todo = list(dict.fromkeys(conditions))
-    pending: dict[str, list[Condition]] = defaultdict(list)
-    for cond in todo:
-        if cond.key not in store:
-            pending[cond.split].append(cond)
-    size = options.group_size
-    chunks = [group[i : i + size] for group in pending.values() for i in range(0, len(group), size)]
+    chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
     bar = tqdm(total=sum(len(c) for c in chunks), desc="conditions", unit="cond", disable=not options.progress)
     for chunk in chunks:
         start = time.perf_counter()

@@ -21,7 +21,7 @@ from ..io import write_json
 from ..lm.activation_cache import model_key
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
-from ..steer.vectors import SteeringVector, VectorMismatchError, dataset_hash
+from ..steering.vectors import SteeringVector, VectorMismatchError, dataset_hash
 from .apply import apply_choices
 from .config import ExperimentConfig, config_document, identity_of, parse_config
 from .engine import ResultStore, ScoringOptions

@@ -16,7 +16,7 @@ import torch
 from ..data.sample import Sample
 from ..lm.activations import Activations
 from ..lm.model import LoadedModel
-from ..steer.vectors import DirectionFn, SteeringVector, VectorMismatchError, fit_vector
+from ..steering.vectors import DirectionFn, SteeringVector, VectorMismatchError, fit_vector
 from .grid import POOLED
 
 __all__ = [

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..lm.model import resolve_layers
-from ..steer.hooks import PositionMode, SteeringSpec, StrengthUnit
-from ..steer.vectors import SteeringVector
+from ..steering.hooks import PositionMode, SteeringSpec, StrengthUnit
+from ..steering.vectors import SteeringVector
 from .config import ExperimentConfig
 
 __all__ = [

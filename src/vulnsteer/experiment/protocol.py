@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..detect.prefix import PrefixStore
-from ..detect.probe import evaluate_length_control, evaluate_probes
-from ..detect.records import DetectionRecord
+from ..detection.prefix import PrefixStore
+from ..detection.probe import evaluate_length_control, evaluate_probes
+from ..detection.records import DetectionRecord
 from ..lm.activation_cache import ActivationCache, model_key
 from ..lm.activations import POOLINGS, Activations, ActivationSink
 from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
 from ..stats.metrics import point_metrics
-from ..steer.vectors import dataset_hash
+from ..steering.vectors import dataset_hash
 from .apply import Applied, apply_choices
 from .config import ExperimentConfig, ModelSection, config_document, identity_of
 from .config_toml import dump_config

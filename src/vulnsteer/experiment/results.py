@@ -27,8 +27,8 @@ from ..data.sample import Sample
 from ..io import write_json
 from ..lm.model import LoadedModel
 from ..lm.prompts import PromptTemplate
-from ..steer.hooks import SIGN_CONVENTION
-from ..steer.vectors import SteeringVector
+from ..steering.hooks import SIGN_CONVENTION
+from ..steering.vectors import SteeringVector
 from .fit import annotate, slug
 from .rundir import CHOSEN_NAME, RunDir
 from .select import Choice

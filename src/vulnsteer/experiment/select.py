@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..detect.records import DetectionRecord
+from ..detection.records import DetectionRecord
 from ..stats.metrics import point_metrics
 from .grid import POOLED, Condition, Setting
 

@@ -37,7 +37,7 @@ __all__ = [
     "strength_list",
 ]
 
-STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative")
+STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative", "sigma")
 Parser = Callable[[Any, str], Any]
 
 

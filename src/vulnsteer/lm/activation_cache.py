@@ -31,7 +31,7 @@ from safetensors.torch import save
 
 from ..data.sample import Sample
 from ..io import atomic_open
-from ..steer.vectors import dataset_hash
+from ..steering.vectors import dataset_hash
 from .activations import Activations, extract_activations
 from .model import LoadedModel, cache_root, weights_digest
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate

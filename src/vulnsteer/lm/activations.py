@@ -19,9 +19,17 @@ from tqdm.auto import tqdm
 
 from ..data.sample import Sample
 from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
-from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, tokenize_prompts
+from .prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, build_prompt, tokenize_prompts
 
-__all__ = ["POOLINGS", "Activations", "Pooling", "extract_activations", "length_order"]
+__all__ = [
+    "POOLINGS",
+    "ActivationSink",
+    "Activations",
+    "Pooling",
+    "batch_states",
+    "extract_activations",
+    "length_order",
+]
 
 Pooling = Literal["last", "code_mean"]
 POOLINGS: tuple[Pooling, ...] = ("last", "code_mean")
@@ -128,6 +136,43 @@ def length_order(lm: LoadedModel, texts: Sequence[str]) -> list[int]:
 
 
 @torch.no_grad()
+def batch_states(
+    lm: LoadedModel, batch: PromptBatch, layers: Sequence[int], poolings: Sequence[str] = POOLINGS
+) -> dict[str, torch.Tensor]:
+    """The unsteered hidden states of one tokenised batch: ``{pooling: [batch, len(layers), hidden]}`` (CPU,
+    float32). The forward pass stops after the deepest of *layers* (non-negative, as :func:`resolve_layers`
+    returns them)."""
+    blocks = lm.layers
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def make_hook(layer: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            captured[layer] = hidden_of(output).detach()
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
+    try:
+        with contextlib.suppress(_StopForward):
+            lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     position_ids=position_ids_for(batch.attention_mask), use_cache=False)  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    out: dict[str, torch.Tensor] = {}
+    for pooling in poolings:
+        if pooling == "last":
+            rows = [captured[layer][:, -1].float() for layer in layers]
+        else:
+            rows = [masked_mean(captured[layer].float(), batch.code_mask) for layer in layers]
+        out[pooling] = torch.stack(rows, dim=1).cpu()
+    return out
+
+
+@torch.no_grad()
 def extract_activations(
     lm: LoadedModel,
     samples: Sequence[Sample],
@@ -147,46 +192,17 @@ def extract_activations(
     for pos in poolings:
         if pos not in POOLINGS:
             raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS}")
-    blocks = lm.layers
-    chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, len(blocks))
+    chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, lm.num_layers)
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
     out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in poolings}
-    captured: dict[int, torch.Tensor] = {}
-    deepest = max(chosen)
-
-    def make_hook(layer: int) -> Any:
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            captured[layer] = hidden_of(output).detach()
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in chosen]
-    try:
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
-        for rows in batches:
-            batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
-            captured.clear()
-            with contextlib.suppress(_StopForward):
-                lm.model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=position_ids_for(batch.attention_mask),
-                    use_cache=False,
-                )
-            index = torch.as_tensor(rows, dtype=torch.long)
-            for li, layer in enumerate(chosen):
-                hidden = captured[layer].float()
-                if "last" in out:
-                    out["last"][index, li] = hidden[:, -1].cpu()
-                if "code_mean" in out:
-                    out["code_mean"][index, li] = masked_mean(hidden, batch.code_mask).cpu()
-            bar.update(len(rows))
-        bar.close()
-    finally:
-        for handle in handles:
-            handle.remove()
+    bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
+        index = torch.as_tensor(rows, dtype=torch.long)
+        for pooling, states in batch_states(lm, batch, chosen, poolings).items():
+            out[pooling][index] = states
+        bar.update(len(rows))
+    bar.close()
     return Activations(layers=chosen, sample_ids=[s.id for s in samples], by_pooling=dict(out))

@@ -101,7 +101,8 @@ def verdict_words(
 ) -> str:
     """One plain sentence: is the change real, and does it beat the random control?
 
-    >>> print(verdict_words(0.25, [0.1, 0.4], 0.01, 0.0).replace("; ", "\n"))
+    >>> for part in verdict_words(0.25, [0.1, 0.4], 0.01, 0.0).split("; "):
+    ...     print(part)
     gain of +0.250 balanced accuracy is significant (p=0.01, 95% CI [+0.100, +0.400])
     beats the random-direction control (+0.000)
     """

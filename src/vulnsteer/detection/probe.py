@@ -18,8 +18,8 @@ sees the test split (``tests/test_probe.py`` checks that permuting the test labe
 score).
 
 Scores: higher means *more vulnerable* for both detectors. The direction score is the signed distance along
-``-d / |d|`` (``d`` points toward secure, see :mod:`vulnsteer.steer.vectors`) from the midpoint of the two train class
-means, so 0 is the train midpoint; the logistic score is the probe's log-odds of *vulnerable*, so 0 is its
+``-d / |d|`` (``d`` points toward secure, see :mod:`vulnsteer.steering.vectors`) from the midpoint of the two
+train class means, so 0 is the train midpoint; the logistic score is the probe's log-odds of *vulnerable*, so 0 is its
 decision boundary. That natural threshold (0) is also the fallback when val cannot choose one.
 
 Edge cases (never a crash):
@@ -48,7 +48,7 @@ from numpy.typing import ArrayLike, NDArray
 from ..data.sample import Sample
 from ..lm.activations import POOLINGS, Activations
 from ..stats.metrics import Prediction, bootstrap_ci, compute_metrics
-from ..steer.vectors import mean_difference
+from ..steering.vectors import mean_difference
 
 __all__ = [
     "DETECTORS",
@@ -72,7 +72,7 @@ DETECTORS: tuple[Detector, ...] = ("direction", "logistic")
 OVERALL = "overall"
 #: A CWE needs at least this many train samples of *each* class to be probed.
 MIN_TRAIN_PER_CLASS = 2
-#: Regularisation strength of the logistic probe (the same as :func:`vulnsteer.steer.vectors.logistic_direction`).
+#: Regularisation strength of the logistic probe (the same as :func:`vulnsteer.steering.vectors.logistic_direction`).
 DEFAULT_C = 0.1
 _NAN = float("nan")
 _TIE_TOL = 1e-12

@@ -31,6 +31,8 @@ class DetectionRecord:
     margin: float | None = None
     text: str | None = None
     named_cwe: str | None = None
+    #: conditional steering: the gate's multiplier for this input (+ = pushed toward "vulnerable"), else None
+    push: float | None = None
 
     @property
     def y_pred(self) -> int:

@@ -1,7 +1,7 @@
 """Steering vectors: per-layer directions with provenance, fitted by plain direction functions.
 
 Convention: a direction points from *vulnerable* toward *secure* (``mean(secure) - mean(vulnerable)`` for the
-mean-difference method). Steering with a positive strength subtracts it (see :mod:`vulnsteer.steer.hooks`).
+mean-difference method). Steering with a positive strength subtracts it (see :mod:`vulnsteer.steering.hooks`).
 
 Every method is a plain callable ``(secure [n, h], vulnerable [m, h]) -> direction [h]``; PCA and the logistic
 probe return a unit direction rescaled to the length of the mean difference projected on it, so that one
@@ -111,11 +111,14 @@ class Provenance:
     created: str
     layer_norms: Mapping[int, float] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: per layer, the spread of the training activations projected on the unit direction (``sigma`` strengths)
+    layer_sigmas: Mapping[int, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)
         data["layers"] = list(self.layers)
         data["layer_norms"] = {str(k): v for k, v in self.layer_norms.items()}
+        data["layer_sigmas"] = {str(k): v for k, v in self.layer_sigmas.items()}
         data["extra"] = dict(self.extra)
         return json.dumps(data, sort_keys=True)
 
@@ -124,6 +127,7 @@ class Provenance:
         data = json.loads(text)
         data["layers"] = tuple(int(x) for x in data["layers"])
         data["layer_norms"] = {int(k): float(v) for k, v in data.get("layer_norms", {}).items()}
+        data["layer_sigmas"] = {int(k): float(v) for k, v in data.get("layer_sigmas", {}).items()}
         if "position" in data and "pooling" not in data:  # files written before the pooling/positions split
             data["pooling"] = data.pop("position")
         known = {f for f in cls.__dataclass_fields__}
@@ -320,10 +324,12 @@ def fit_vector(
         )
     chosen = list(layers) if layers is not None else list(acts.layers)
     norms = acts.mean_norms(pooling)
-    dirs = {}
+    dirs, sigmas = {}, {}
     for layer in chosen:
         h = acts.get(pooling, layer)
         dirs[layer] = fn(h[secure_idx], h[vuln_idx])
+        unit = dirs[layer].float() / dirs[layer].float().norm().clamp(min=1e-12)
+        sigmas[layer] = float((h.float() @ unit).std(unbiased=False)) if len(h) > 1 else 0.0
     prov = Provenance(
         model_id=model_id,
         model_fingerprint=model_fingerprint,
@@ -337,6 +343,7 @@ def fit_vector(
         dataset_hash=dataset_hash(samples),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         layer_norms={layer: norms[layer] for layer in chosen},
+        layer_sigmas=sigmas,
         extra=dict(extra or {}),
     )
     return SteeringVector(dirs, prov)

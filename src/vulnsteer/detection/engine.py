@@ -1,6 +1,6 @@
 """Detectors: the generated verdict, the answer logits, or a vector read as a probe.
 
-Detectors know nothing of steering: wrap a call in :func:`vulnsteer.steer.hooks.steer` to steer it. The same
+Detectors know nothing of steering: wrap a call in :func:`vulnsteer.steering.hooks.steer` to steer it. The same
 prompt (:mod:`vulnsteer.lm.prompts`) serves every detector and activation extraction.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -18,10 +17,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.sample import Sample
-from ..lm.activations import ActivationSink, length_order, masked_mean, recording
-from ..lm.model import LayerMatcher, LoadedModel, position_ids_for
-from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
-from ..steer.hooks import SteeringSpec, steer_rows
+from ..lm.activations import ActivationSink, batch_states, length_order, masked_mean, recording
+from ..lm.forward import forward
+from ..lm.model import LayerMatcher, LoadedModel
+from ..lm.prompts import (
+    DEFAULT_TEMPLATE,
+    PromptBatch,
+    PromptTemplate,
+    answer_token_ids,
+    build_prompt,
+    tokenize_prompts,
+)
+from ..steering.hooks import SteeringSpec, steer_rows
 from .prefix import PrefixStore
 from .records import DetectionRecord
 from .verdict import parse_verdict
@@ -52,36 +59,6 @@ def shares_prefix(specs: Iterable[SteeringSpec]) -> bool:
     """Settings can share one unsteered pass over the prompt (all but its last token) when no spec steers
     ``prompt`` or ``all`` positions: then everything before the answer position is identical across them."""
     return all(spec.positions in ("last", "generated") for spec in specs)
-
-
-def _cache_kwarg(model: Any) -> str:
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _logits_kwargs(model: Any) -> dict[str, int]:
-    params = inspect.signature(model.forward).parameters
-    for name in ("logits_to_keep", "num_logits_to_keep"):
-        if name in params:
-            return {name: 1}
-    return {}
-
-
-def _forward(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any, *, all_logits: bool = False
-) -> tuple[torch.Tensor, Any]:
-    """Run *ids* (continuing *cache*, or fresh when None); returns the logits (last position unless
-    *all_logits*) and the updated cache."""
-    positions = position_ids_for(mask)[:, -ids.shape[1] :]
-    kwargs: dict[str, Any] = {_cache_kwarg(model): cache} if cache is not None else {}
-    if not all_logits:
-        kwargs.update(_logits_kwargs(model))
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
-    new_cache = getattr(out, "cache", None)
-    if new_cache is None:
-        new_cache = out.past_key_values
-    logits = out.logits.float()
-    return (logits if all_logits else logits[:, -1]), new_cache
 
 
 def _retarget(
@@ -130,9 +107,9 @@ def _first_step(
         cache = _expand_cache(prefix[0], prefix[1])
         if cache is not None:
             with steer_rows(model, _retarget(rows, ("last",), "all"), matcher):
-                return _forward(model, ids[:, -1:], mask, cache)
+                return forward(model, ids[:, -1:], mask, cache)
     with steer_rows(model, _retarget(rows, _PROMPT_POSITIONS, None), matcher):
-        return _forward(model, ids, mask, None)
+        return forward(model, ids, mask, None)
 
 
 @torch.no_grad()
@@ -155,7 +132,7 @@ def _answer_scores(
             forced = torch.tensor(answer, device=mask.device).expand(mask.shape[0], -1)
             ext = torch.cat([mask, torch.ones_like(forced[:, :-1])], dim=1)
             with steer_rows(model, later, matcher):
-                step_logits, _ = _forward(model, forced[:, :-1], ext, copy.deepcopy(cache), all_logits=True)
+                step_logits, _ = forward(model, forced[:, :-1], ext, copy.deepcopy(cache), all_logits=True)
             step_logp = torch.log_softmax(step_logits, dim=-1)
             total = total + step_logp.gather(-1, forced[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)
         out.append(total)
@@ -187,7 +164,7 @@ def _greedy(
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=mask.device)], dim=1)
-            logits, cache = _forward(model, nxt.unsqueeze(1), mask, cache)
+            logits, cache = forward(model, nxt.unsqueeze(1), mask, cache)
     return torch.stack(tokens, dim=1) if tokens else torch.zeros(n, 0, dtype=torch.long)
 
 
@@ -232,6 +209,48 @@ def _eos_ids(tok: Any, model: Any) -> set[int]:
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
     return ids
+
+
+def _resolve_gates(
+    lm: LoadedModel,
+    batch: PromptBatch,
+    idx: Sequence[int],
+    specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None],
+    store: PrefixStore | None,
+    key: str,
+) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], float]]:
+    """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden state (one stopped-
+    early prompt pass per batch, kept in *store* for later chunks) and scales the spec's strength. Returns the
+    resolved specs and, per (sample, variant), the first gate's multiplier (the direction it pushed)."""
+    needed = {(sp.gate.probe.layer, sp.gate.probe.pooling) for v in specs.values() if v for sp in v if sp.gate}
+    layers = sorted({layer for layer, _ in needed})
+    poolings = sorted({pooling for _, pooling in needed})
+    states = store.get_states(key, layers, poolings) if store is not None else None
+    if states is None:
+        states = batch_states(lm, batch, layers, poolings)
+        if store is not None:
+            store.put_states(key, layers, states)
+    row = {i: j for j, i in enumerate(idx)}
+    memo: dict[tuple[int, int], float] = {}
+    resolved: dict[tuple[int, str], Sequence[SteeringSpec] | None] = {}
+    pushes: dict[tuple[int, str], float] = {}
+    for (i, name), items in specs.items():
+        if not items or all(sp.gate is None for sp in items):
+            resolved[(i, name)] = items
+            continue
+        out = []
+        for sp in items:
+            gate = sp.gate
+            if gate is None:
+                out.append(sp)
+                continue
+            if (id(gate), i) not in memo:
+                hidden = states[gate.probe.pooling][row[i], layers.index(gate.probe.layer)]
+                memo[(id(gate), i)] = float(gate.multipliers(gate.probe.scores(hidden[None]))[0])
+            pushes.setdefault((i, name), memo[(id(gate), i)])
+            out.append(sp.gated(memo[(id(gate), i)]))
+        resolved[(i, name)] = out
+    return resolved, pushes
 
 
 def _resolve(variant: Variant, sample: Sample) -> Sequence[SteeringSpec] | None:
@@ -297,10 +316,10 @@ def detect_variants_modes(
     verdict. Both modes read the same first forward step, so asking for both costs one pass, not two.
 
     Each batch of samples is expanded to one row per (sample, variant) and steered row by row
-    (:func:`~vulnsteer.steer.hooks.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
+    (:func:`~vulnsteer.steering.hooks.steer_rows`), at most *max_rows* rows per pass. With *share_prefix*, when no spec
     steers ``prompt``/``all`` positions, the prompt up to its last token is run once, unsteered, and its KV cache
     reused by every variant: exact, since nothing steers those positions. Set ``share_prefix=False`` when the
-    model is already inside an outer :func:`~vulnsteer.steer.hooks.steer` context.
+    model is already inside an outer :func:`~vulnsteer.steering.hooks.steer` context.
 
     With a *sink*, the unsteered hidden states of its layers (poolings ``last`` and ``code_mean``) are recorded
     for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
@@ -331,6 +350,10 @@ def detect_variants_modes(
     for idx in _batches(order, batch_size):
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
+        pushes: dict[tuple[int, str], float] = {}
+        if any(sp.gate is not None for v in specs.values() if v for sp in v):
+            key = PrefixStore.key([prompts[i].text for i in idx])
+            specs, pushes = _resolve_gates(lm, batch, idx, specs, prefix_store, key)
         shared = share_prefix and shares_prefix(sp for v in specs.values() if v for sp in v)
         base = {i: next((n for n in names if _unsteered(specs[(i, n)])), None) for i in idx} if sink else {}
         prefix_cache = None
@@ -344,7 +367,7 @@ def detect_variants_modes(
                 prefix_cache, code = kept
             else:
                 with torch.no_grad(), _maybe_recording(model, sink, matcher) as seen:
-                    _, prefix_cache = _forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
+                    _, prefix_cache = forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
                 if sink is not None:
                     code = torch.stack(
                         [masked_mean(seen[layer].float(), batch.code_mask[:, :-1]) for layer in sink.layers], dim=1
@@ -385,12 +408,26 @@ def detect_variants_modes(
                         m = float(margins[r])
                         p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
                         results["logit"][name][i] = DetectionRecord(
-                            s.id, s.cwe, s.pair_id, s.y, "vulnerable" if p >= threshold else "secure", score=p, margin=m
+                            s.id,
+                            s.cwe,
+                            s.pair_id,
+                            s.y,
+                            "vulnerable" if p >= threshold else "secure",
+                            score=p,
+                            margin=m,
+                            push=pushes.get((i, name)),
                         )
                     if texts:
                         verdict = parse_verdict(texts[r])
                         results["generation"][name][i] = DetectionRecord(
-                            s.id, s.cwe, s.pair_id, s.y, verdict.label, text=texts[r], named_cwe=verdict.cwe
+                            s.id,
+                            s.cwe,
+                            s.pair_id,
+                            s.y,
+                            verdict.label,
+                            text=texts[r],
+                            named_cwe=verdict.cwe,
+                            push=pushes.get((i, name)),
                         )
             bar.update(len(idx) * repeats)
     bar.close()
@@ -412,7 +449,7 @@ def detect(
     progress: bool = True,
     desc: str | None = None,
 ) -> list[DetectionRecord]:
-    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steer.hooks.steer` to steer it).
+    """One detector *mode* on the model as it is (wrap in :func:`~vulnsteer.steering.hooks.steer` to steer it).
 
     >>> lm = load_model()  # doctest: +SKIP
     >>> [r.verdict for r in detect(lm, load_builtin(["CWE-89"])[:2], mode="logit")]  # doctest: +SKIP

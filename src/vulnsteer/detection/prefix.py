@@ -42,6 +42,7 @@ class PrefixStore:
     hits: int = 0
     misses: int = 0
     _entries: dict[str, tuple[Any, torch.Tensor | None, tuple[int, ...]]] = field(default_factory=dict, repr=False)
+    _states: dict[tuple[str, tuple[int, ...]], dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @staticmethod
     def key(texts: Sequence[str]) -> str:
@@ -71,6 +72,18 @@ class PrefixStore:
         self._entries[key] = (cache, code_mean, tuple(code_layers))
         self.used_bytes += size
         return True
+
+    def get_states(self, key: str, layers: Sequence[int], poolings: Sequence[str]) -> dict[str, torch.Tensor] | None:
+        """The unsteered pooled hidden states of a batch (what gates read), if stored for these layers."""
+        found = self._states.get((key, tuple(layers)))
+        if found is None or any(p not in found for p in poolings):
+            return None
+        return found
+
+    def put_states(self, key: str, layers: Sequence[int], states: dict[str, torch.Tensor]) -> None:
+        """Keep a batch's pooled hidden states (``{pooling: [batch, len(layers), hidden]}``, small: CPU floats)."""
+        merged = {**self._states.get((key, tuple(layers)), {}), **states}
+        self._states[(key, tuple(layers))] = merged
 
     def __len__(self) -> int:
         return len(self._entries)

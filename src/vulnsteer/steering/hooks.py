@@ -7,7 +7,9 @@ A vector's direction ``d`` points from vulnerable toward secure (``mean(secure) 
 - ``h - strength * d`` with ``unit="raw"`` (strength 1 moves by one mean difference), or
 - ``h - strength * n * d / |d|`` with ``unit="relative"``, where ``n`` is the layer's mean hidden-state norm
   recorded when the vector was fitted (strength 0.1 moves by a tenth of a typical hidden state; settings
-  transfer between models and layers).
+  transfer between models and layers), or
+- ``h - strength * s * d / |d|`` with ``unit="sigma"``, where ``s`` is the spread (standard deviation) of the
+  training activations projected on ``d`` (ITI's unit: strength 1 moves by one typical difference along ``d``).
 
 Positions: ``last`` (each row's last prompt token: correct under left padding, which vulnsteer always uses),
 ``prompt`` (all prompt tokens), ``generated`` (each new token during ``generate`` with the KV cache), ``all``.
@@ -25,13 +27,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..lm.model import LayerMatcher, decoder_layers, hidden_of, with_hidden
+from .gate import Gate
 from .vectors import SteeringVector, VectorMismatchError
 
 __all__ = [
@@ -46,9 +49,9 @@ __all__ = [
 ]
 
 PositionMode = Literal["last", "prompt", "generated", "all"]
-StrengthUnit = Literal["raw", "relative"]
+StrengthUnit = Literal["raw", "relative", "sigma"]
 POSITION_MODES: tuple[str, ...] = ("last", "prompt", "generated", "all")
-STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative")
+STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative", "sigma")
 #: The sign convention in one sentence (reports and results.json repeat it).
 SIGN_CONVENTION = (
     "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
@@ -65,7 +68,10 @@ class SteeringSpec:
         strength: positive = toward "vulnerable"; 0 = no change.
         layers: layers to steer (default: all of the vector's layers; negative indices are not allowed here).
         positions: ``last``, ``prompt``, ``generated`` or ``all``.
-        unit: ``raw`` or ``relative`` (see the module docstring).
+        unit: ``raw``, ``relative`` or ``sigma`` (see the module docstring).
+        gate: conditional steering (:class:`~vulnsteer.steering.gate.Gate`): the strength is multiplied, per
+            input, by the gate's reading of a probe; the detection engine resolves it (:meth:`gated`) before the
+            hooks run, since the probe reads the prompt's own hidden states.
 
     >>> spec = SteeringSpec(vector, 0.3, layers=(15,), positions="last", unit="relative")  # doctest: +SKIP
     >>> with steer(model, [spec]):  # doctest: +SKIP
@@ -77,6 +83,7 @@ class SteeringSpec:
     layers: tuple[int, ...] = field(default=())
     positions: PositionMode = "all"
     unit: StrengthUnit = "raw"
+    gate: Gate | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
@@ -89,17 +96,32 @@ class SteeringSpec:
         missing = [layer for layer in layers if layer not in self.vector.directions]
         if missing:
             raise ValueError(f"layers {missing} are not in the vector (it has {list(self.vector.layers)})")
-        if self.unit == "relative":
-            absent = [layer for layer in layers if not self.vector.provenance.layer_norms.get(layer)]
+        scales = {"relative": self.vector.provenance.layer_norms, "sigma": self.vector.provenance.layer_sigmas}
+        if self.unit in scales:
+            absent = [layer for layer in layers if not scales[self.unit].get(layer)]
             if absent:
-                raise ValueError(f"relative strength needs the vector's layer norms; missing for layers {absent}")
+                what = "norms" if self.unit == "relative" else "sigmas"
+                raise ValueError(f"{self.unit} strength needs the vector's layer {what}; missing for layers {absent}")
+        if self.gate is not None and self.gate.probe.layer > min(layers):
+            raise ValueError(
+                f"the gate's condition layer {self.gate.probe.layer} is above the steered layers "
+                f"{list(layers)}: it would read a steered state"
+            )
         object.__setattr__(self, "layers", layers)
+
+    def gated(self, multiplier: float) -> SteeringSpec:
+        """This spec with its gate resolved: ``strength x multiplier``, no gate."""
+        return replace(self, strength=float(self.strength) * float(multiplier), gate=None)
 
     def delta(self, layer: int) -> torch.Tensor:
         """The additive shift applied to the hidden state at *layer* (``-strength * scale * d``)."""
+        if self.gate is not None:
+            raise ValueError("a gated spec has no fixed shift: resolve its gate per input first (SteeringSpec.gated)")
         d = self.vector.direction(layer)
         if self.unit == "relative":
             d = d / d.norm().clamp(min=1e-12) * self.vector.provenance.layer_norms[layer]
+        elif self.unit == "sigma":
+            d = d / d.norm().clamp(min=1e-12) * self.vector.provenance.layer_sigmas[layer]
         return -float(self.strength) * d
 
 

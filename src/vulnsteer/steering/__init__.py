@@ -1,0 +1,1 @@
+"""vulnsteer.steering."""

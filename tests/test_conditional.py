@@ -1,0 +1,158 @@
+"""Conditional steering: gates read the prompt's own hidden states; batched = one sample at a time, exactly."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+import torch
+from tests.conftest import toy_samples
+
+from vulnsteer.detection.engine import detect, detect_variants_modes
+from vulnsteer.detection.prefix import PrefixStore
+from vulnsteer.lm.activations import extract_activations
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steering import gate as gate_mod
+from vulnsteer.steering.behaviour import answer_vector
+from vulnsteer.steering.gate import Gate, LinearProbe
+from vulnsteer.steering.hooks import SteeringSpec, steer
+from vulnsteer.steering.vectors import Provenance, SteeringVector
+
+
+def _vector(layers: tuple[int, ...], seed: int = 5) -> SteeringVector:
+    gen = torch.Generator().manual_seed(seed)
+    prov = Provenance(
+        "tiny",
+        "x",
+        64,
+        layers,
+        "last",
+        "mean_diff",
+        "CWE-89",
+        2,
+        2,
+        "h",
+        "now",
+        layer_norms={layer: 10.0 for layer in layers},
+        layer_sigmas={layer: 2.0 for layer in layers},
+    )
+    return SteeringVector({layer: torch.randn(64, generator=gen) for layer in layers}, prov)
+
+
+def _probe(tiny: LoadedModel, pooling: str, layer: int = 1) -> LinearProbe:
+    """A probe whose threshold splits the toy samples (so both gate signs occur)."""
+    samples = toy_samples(4)
+    weight = torch.randn(64, generator=torch.Generator().manual_seed(11))
+    acts = extract_activations(tiny, samples, [layer], poolings=[pooling], progress=False)
+    scores = acts.get(pooling, layer) @ weight
+    return LinearProbe(layer, pooling, weight, 0.0, float(scores.median()), float(scores.std()))
+
+
+@pytest.mark.parametrize("pooling", ["code_mean", "last"])
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_batched_gated_detection_equals_one_sample_at_a_time(
+    tiny_llama: LoadedModel, pooling: str, positions: str
+) -> None:
+    samples = toy_samples(4)
+    probe = _probe(tiny_llama, pooling)
+    vec = _vector((1, 2))
+    variants = {
+        "base": [],
+        "sign": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("sign", probe))],  # type: ignore[arg-type]
+        "linear": [
+            SteeringSpec(
+                vec,
+                0.5,
+                unit="relative",
+                positions=positions,  # type: ignore[arg-type]
+                gate=Gate("linear", probe),
+            )
+        ],
+        "one_sided": [
+            SteeringSpec(
+                vec,
+                1.0,
+                unit="sigma",
+                positions=positions,  # type: ignore[arg-type]
+                gate=Gate("one_sided", probe, band=0.3),
+            )
+        ],
+        "constant": [SteeringSpec(vec, 2.0, positions=positions)],  # type: ignore[arg-type]
+    }
+    store = PrefixStore()
+    batched = detect_variants_modes(
+        tiny_llama,
+        samples,
+        variants,
+        modes=("logit", "generation"),
+        batch_size=3,
+        max_new_tokens=4,
+        progress=False,
+        prefix_store=store,
+    )
+    pushes = {name: [r.push for r in batched["logit"][name]] for name in variants}
+    assert set(pushes["sign"]) == {1.0, -1.0}, "the probe should send both ways"
+    assert pushes["base"] == [None] * len(samples) and pushes["constant"] == [None] * len(samples)
+    for i, sample in enumerate(samples):
+        hidden = extract_activations(tiny_llama, [sample], [1], poolings=[pooling], progress=False).get(pooling, 1)
+        for name, specs in variants.items():
+            resolved = [
+                sp.gated(float(sp.gate.multipliers(probe.scores(hidden))[0])) if sp.gate else sp for sp in specs
+            ]
+            with steer(tiny_llama.model, resolved) if resolved else steer(tiny_llama.model, []):
+                alone_logit = detect(tiny_llama, [sample], mode="logit", progress=False)[0]
+                alone_gen = detect(tiny_llama, [sample], mode="generation", max_new_tokens=4, progress=False)[0]
+            got = batched["logit"][name][i]
+            assert got.margin == pytest.approx(alone_logit.margin, abs=1e-4), (name, i)
+            assert batched["generation"][name][i].text == alone_gen.text, (name, i)
+            if specs and specs[0].gate:
+                assert got.push == pytest.approx(float(specs[0].gate.multipliers(probe.scores(hidden))[0]), abs=1e-4)
+    # a second call reuses the stored gate states (same prompts): identical records
+    again = detect_variants_modes(
+        tiny_llama, samples, variants, modes=("logit",), batch_size=3, progress=False, prefix_store=store
+    )
+    assert [r.margin for r in again["logit"]["sign"]] == [r.margin for r in batched["logit"]["sign"]]
+
+
+def test_a_gate_above_the_steered_layers_is_refused(tiny_llama: LoadedModel) -> None:
+    probe = _probe(tiny_llama, "last", layer=2)
+    with pytest.raises(ValueError, match="condition layer 2 is above the steered layers"):
+        SteeringSpec(_vector((1,)), 1.0, gate=Gate("sign", probe))
+    with pytest.raises(ValueError, match="gate kind"):
+        Gate("maybe", probe)
+    gated = SteeringSpec(_vector((2,)), 1.0, gate=Gate("sign", probe))
+    with pytest.raises(ValueError, match="resolve its gate"), steer(tiny_llama.model, gated):
+        pass
+
+
+def test_sigma_unit_scales_by_the_projection_spread(tiny_llama: LoadedModel) -> None:
+    vec = _vector((1,))
+    d = vec.direction(1)
+    torch.testing.assert_close(SteeringSpec(vec, 1.5, unit="sigma").delta(1), -1.5 * 2.0 * d / d.norm())
+
+
+def test_probe_round_trips_and_random_control(tiny_llama: LoadedModel) -> None:
+    probe = _probe(tiny_llama, "code_mean")
+    tensors, meta = probe.to_tensors()
+    again = LinearProbe.from_tensors(tensors, meta)
+    assert again.key == probe.key == "logistic@code_mean@L1"
+    torch.testing.assert_close(again.weight, probe.weight)
+    assert (again.threshold, again.spread) == (probe.threshold, probe.spread)
+    rand = probe.random_like(3)
+    assert rand.name == "random" and float(rand.weight.norm()) == pytest.approx(float(probe.weight.norm()))
+    assert abs(float(torch.nn.functional.cosine_similarity(rand.weight, probe.weight, dim=0))) < 0.5
+
+
+def test_answer_vector_contrasts_the_two_answers(tiny_llama: LoadedModel) -> None:
+    samples = toy_samples(3)
+    vec = answer_vector(tiny_llama, samples, [1, 2], batch_size=2, progress=False)
+    assert vec.provenance.method == "answer" and vec.layers == (1, 2)
+    assert all(vec.provenance.layer_sigmas[layer] > 0 for layer in (1, 2))
+    assert vec.provenance.n_vulnerable == vec.provenance.n_secure == 0  # labels are not used
+    again = answer_vector(tiny_llama, samples, [1, 2], batch_size=3, progress=False)  # batching changes nothing
+    for layer in (1, 2):
+        torch.testing.assert_close(vec.direction(layer), again.direction(layer), rtol=1e-4, atol=1e-4)
+
+
+def test_module_doctests() -> None:
+    assert doctest.testmod(gate_mod).failed == 0
