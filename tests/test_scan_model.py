@@ -17,7 +17,7 @@ from vulnsteer.scan import ModelScorer, ModelSource, SteeringOptions, scan
 from vulnsteer.scan import identity as identity_module
 from vulnsteer.scan import model_scorer as model_scorer_module
 from vulnsteer.scan.functions import tree_sitter_available
-from vulnsteer.steer.vectors import Provenance, SteeringVector
+from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
 

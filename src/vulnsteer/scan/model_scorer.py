@@ -1,9 +1,9 @@
 """The plain or steered model as a :class:`~vulnsteer.scan.scorer.Scorer`.
 
-The score is P(vulnerable) from the answer logits (:func:`vulnsteer.detect.engine.detect_variants_modes`, logit
+The score is P(vulnerable) from the answer logits (:func:`vulnsteer.detection.engine.detect_variants_modes`, logit
 mode); with ``explain`` the same first forward step also feeds greedy generation, whose text is the explanation
 and whose parsed verdict and named CWE are reported. Steering (``--vector V --strength S``) applies one
-:class:`~vulnsteer.steer.hooks.SteeringSpec` to every function.
+:class:`~vulnsteer.steering.hooks.SteeringSpec` to every function.
 
 The model is loaded on the first :meth:`ModelScorer.score` call: a rescan whose functions are all cached never
 loads it. The digest covers the model (fingerprint, weights digest, dtype), the vector file's SHA-256 and the
@@ -56,7 +56,7 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class SteeringOptions:
-    """A steering vector file and how to apply it (see :class:`~vulnsteer.steer.hooks.SteeringSpec`)."""
+    """A steering vector file and how to apply it (see :class:`~vulnsteer.steering.hooks.SteeringSpec`)."""
 
     vector: Path
     strength: float
@@ -227,8 +227,8 @@ class ModelScorer:
         return self._lm
 
     def _prepare_steering(self) -> None:
-        from ..steer.hooks import SteeringSpec
-        from ..steer.vectors import SteeringVector
+        from ..steering.hooks import SteeringSpec
+        from ..steering.vectors import SteeringVector
 
         lm, steering = self._lm, self.steering
         if steering is None:
@@ -272,7 +272,7 @@ class ModelScorer:
         """P(vulnerable) (and with ``explain`` the generated verdict) for each function, in order."""
         if not units:
             return []
-        from ..detect.engine import detect_variants_modes
+        from ..detection.engine import detect_variants_modes
 
         lm = self._load()
         tokenizer = lm.tokenizer
