@@ -202,3 +202,12 @@ def test_identity_keys_follow_the_files_and_the_requested_dtype(saved_tiny: Path
         (copy / file.name).write_bytes(file.read_bytes())
     assert identity_module.location_key(copy, "cpu", None) != key
     assert model_scorer_module.SCORE_FORMAT >= 1
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    from vulnsteer.lm import paths as paths_module
+
+    for module in (identity_module, model_scorer_module, paths_module):
+        assert doctest.testmod(module).failed == 0

@@ -17,13 +17,21 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def cache_root() -> Path:
-    """Root of vulnsteer's cache (``$VULNSTEER_CACHE`` or ``~/.cache/vulnsteer``)."""
+    """Root of vulnsteer's cache (``$VULNSTEER_CACHE`` or ``~/.cache/vulnsteer``).
+
+    >>> cache_root().is_absolute() or "VULNSTEER_CACHE" in os.environ
+    True
+    """
     env = os.environ.get("VULNSTEER_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vulnsteer"
 
 
 def embedded_model_dir() -> Path:
-    """Folder of the embedded model's safetensors conversion (made on its first load)."""
+    """Folder of the embedded model's safetensors conversion (made on its first load).
+
+    >>> embedded_model_dir().name == DEFAULT_MODEL
+    True
+    """
     return cache_root() / "models" / DEFAULT_MODEL
 
 
@@ -35,7 +43,11 @@ def is_default_model(spec: str | None) -> bool:
 def local_model_location(spec: str | None) -> Path | None:
     """The local file or folder *spec* loads from, without loading, converting or downloading anything: the
     embedded model's conversion (None until it exists), a ``.gguf`` file, or a model folder holding
-    ``config.json``; None for anything else (a hub id)."""
+    ``config.json``; None for anything else (a hub id).
+
+    >>> local_model_location("Qwen/Qwen2.5-1.5B-Instruct") is None
+    True
+    """
     if is_default_model(spec):
         folder = embedded_model_dir()
         return folder if (folder / "config.json").is_file() else None

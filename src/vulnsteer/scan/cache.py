@@ -30,7 +30,8 @@ CACHE_FORMAT = 1
 
 
 class ScanCache:
-    """The cached scores of one scorer (*digest*) under *root* (created on the first write)."""
+    """The cached scores of one scorer (*digest*) under *root* (created on the first write); see the module
+    docstring for an example."""
 
     def __init__(self, root: Path, digest: str) -> None:
         if not digest or "/" in digest or digest.startswith("."):

@@ -58,6 +58,9 @@ def level_for(score: float, min_score: float) -> str:
 class ScanOptions:
     """How to scan.
 
+    >>> ScanOptions(min_score=0.7, cwes=("89", "cwe-078")).cwes
+    ('CWE-89', 'CWE-78')
+
     Attributes:
         files: which files (globs, default excludes, ``.gitignore``).
         keep_comments: score functions with their comments (training data has them stripped).
@@ -92,7 +95,12 @@ class ScanOptions:
 
 @dataclass(frozen=True)
 class FunctionResult:
-    """One scored function.
+    """One scored function (:meth:`to_record` is its JSON-lines record).
+
+    >>> result = FunctionResult("a.py", "python", "f", "function", Region(1, 1, 2, 9), "h", "fp",
+    ...                         FunctionScore(0.9, "vulnerable"), cached=False, finding=True)
+    >>> result.to_record(0.5)["level"]
+    'error'
 
     Attributes:
         path: the file, relative to the base folder (POSIX), or absolute when outside it.
@@ -147,7 +155,11 @@ def _count(n: int, noun: str) -> str:
 
 @dataclass
 class ScanStats:
-    """What a scan did; :meth:`summary_line` is the line printed at the end."""
+    """What a scan did; :meth:`summary_line` is the line printed at the end.
+
+    >>> ScanStats(files=1, functions=2, scored=2).summary_line()
+    '1 file, 2 functions (0 cached, 2 scored), 0 findings >= 0.50, 0.0 s'
+    """
 
     files: int = 0
     functions: int = 0
@@ -210,7 +222,7 @@ class ScanStats:
 
 @dataclass
 class ScanReport:
-    """The results of a scan, what produced them and where paths are relative to."""
+    """The results of a scan, what produced them and where paths are relative to (see :func:`scan`)."""
 
     results: list[FunctionResult]
     stats: ScanStats
@@ -243,7 +255,15 @@ class _Pending:
 
 
 def check_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """The paths to scan; an empty path or one that does not exist is an error naming it."""
+    """The paths to scan; an empty path or one that does not exist is an error naming it.
+
+    >>> check_paths(["."])
+    [PosixPath('.')]
+    >>> check_paths([""])
+    Traceback (most recent call last):
+    ...
+    ValueError: scan: PATH is an empty string
+    """
     if not paths:
         raise ValueError("scan: no PATH given")
     out = []
@@ -422,6 +442,10 @@ def scan(
         cache_dir: the score cache's folder (None: no cache).
         progress: show progress bars.
         base: paths in the report are relative to it (default: the current folder).
+
+    >>> report = scan(["src/"], scorer, cache_dir=Path("~/.cache/vulnsteer/scan").expanduser())  # doctest: +SKIP
+    >>> report.exit_code, len(report.findings)  # doctest: +SKIP
+    (1, 3)
     """
     started = time.perf_counter()
     options = options or ScanOptions()

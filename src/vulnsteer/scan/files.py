@@ -126,6 +126,9 @@ def glob_matches(pattern: str, rel: str) -> bool:
 class FileFilter:
     """What a walk leaves out.
 
+    >>> FileFilter(include=("*.py",)).included("src/a.py"), FileFilter().excluded("node_modules/x.js")
+    (True, True)
+
     Attributes:
         include: globs a file must match (any one) to be scanned; empty = all files.
         exclude: globs that leave files and folders out (see :func:`glob_matches`).
@@ -149,7 +152,11 @@ class FileFilter:
 @dataclass(frozen=True)
 class SourceCandidate:
     """A file to read: its path, its path relative to the folder it was found in, and its language from the
-    extension (None for a file without one, decided from its content)."""
+    extension (None for a file without one, decided from its content).
+
+    >>> SourceCandidate(Path("src/a.py"), "a.py", "python").language
+    'python'
+    """
 
     path: Path
     rel: str
@@ -159,7 +166,11 @@ class SourceCandidate:
 @dataclass
 class WalkStats:
     """Counts of what a walk left out: ``ignored`` (excludes, include globs, ``.gitignore``) and ``skipped``
-    (reason -> files, e.g. ``unknown language``)."""
+    (reason -> files, e.g. ``unknown language``).
+
+    >>> WalkStats().skipped["binary"]
+    0
+    """
 
     ignored: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
@@ -168,7 +179,12 @@ class WalkStats:
 
 def walk(paths: Sequence[Path], file_filter: FileFilter, stats: WalkStats) -> Iterator[SourceCandidate]:
     """The files under *paths*, in a stable (sorted) order. A path naming a file is always scanned; folders are
-    walked without following symbolic links to folders."""
+    walked without following symbolic links to folders.
+
+    >>> stats = WalkStats()
+    >>> [c.rel for c in walk([Path(__file__).parent], FileFilter(include=("region.py",)), stats)]
+    ['region.py']
+    """
     for root in paths:
         if root.is_file():
             yield SourceCandidate(root, root.name, language_of(root) if root.suffix else None)

@@ -102,6 +102,9 @@ _CONSTRUCTOR_TYPES = frozenset({"constructor_declaration", "compact_constructor_
 class CodeUnit:
     """One function (or a whole file) of a source file.
 
+    >>> CodeUnit("f", "function", Region(1, 1, 2, 12), "def f():\\n    return 1").region.end_line
+    2
+
     Attributes:
         name: qualified name (``Outer.Inner.method``, ``ns::A::f``, ``(*T).Name``; ``<file>`` for a whole file).
         kind: ``function``, ``method``, ``constructor`` or ``file``.
@@ -121,6 +124,9 @@ class CodeUnit:
 class SplitResult:
     """The units of one file and how they were found.
 
+    >>> FunctionSplitter().split("x = 1\\n", "ruby").whole_file
+    'no grammar'
+
     Attributes:
         units: the functions, or one whole-file unit.
         whole_file: why the file is one unit (``no grammar``, ``tree-sitter not installed``, ``parse failed``,
@@ -134,7 +140,11 @@ class SplitResult:
 
 
 def tree_sitter_available() -> bool:
-    """True when ``tree_sitter_language_pack`` imports (``pip install 'vulnsteer[scan]'``)."""
+    """True when ``tree_sitter_language_pack`` imports (``pip install 'vulnsteer[scan]'``).
+
+    >>> isinstance(tree_sitter_available(), bool)
+    True
+    """
     try:
         importlib.import_module("tree_sitter_language_pack")
     except ImportError:
@@ -143,7 +153,11 @@ def tree_sitter_available() -> bool:
 
 
 def grammar_for(language: str, suffix: str = "") -> str | None:
-    """The tree-sitter grammar for a language (``tsx`` for ``.tsx`` files), or None when there is none here."""
+    """The tree-sitter grammar for a language (``tsx`` for ``.tsx`` files), or None when there is none here.
+
+    >>> grammar_for("typescript", ".tsx"), grammar_for("cpp"), grammar_for("ruby")
+    ('tsx', 'cpp', None)
+    """
     if language == "typescript" and suffix.lower() == ".tsx":
         return "tsx"
     return GRAMMARS.get(language)
@@ -182,6 +196,9 @@ class FunctionSplitter:
     """Splits source text into :class:`CodeUnit` s; holds one tree-sitter parser per grammar, made on first use.
 
     Not thread-safe (tree-sitter parsers are not): give each thread its own splitter.
+
+    >>> [u.name for u in FunctionSplitter().split("int f(void) { return 0; }", "c").units]  # doctest: +SKIP
+    ['f']
     """
 
     def __init__(self) -> None:

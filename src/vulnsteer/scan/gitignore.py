@@ -24,7 +24,11 @@ __all__ = ["IgnoreRules", "find_repository_top", "pathspec_available"]
 
 
 def pathspec_available() -> bool:
-    """True when ``pathspec`` imports (``pip install 'vulnsteer[scan]'``)."""
+    """True when ``pathspec`` imports (``pip install 'vulnsteer[scan]'``).
+
+    >>> isinstance(pathspec_available(), bool)
+    True
+    """
     try:
         importlib.import_module("pathspec")
     except ImportError:
@@ -33,7 +37,11 @@ def pathspec_available() -> bool:
 
 
 def find_repository_top(path: Path) -> Path | None:
-    """The nearest folder at or above *path* holding ``.git`` (a folder or a worktree's file), or None."""
+    """The nearest folder at or above *path* holding ``.git`` (a folder or a worktree's file), or None.
+
+    >>> find_repository_top(Path("/")) is None or (find_repository_top(Path("/")) / ".git").exists()
+    True
+    """
     current = path if path.is_dir() else path.parent
     for folder in (current, *current.parents):
         if (folder / ".git").exists():
@@ -45,6 +53,9 @@ class IgnoreRules:
     """The ignore rules that apply under *root*; call :meth:`enter` for each folder the walk reaches.
 
     Without ``pathspec`` nothing is ignored and :attr:`available` is False (the caller reports it).
+
+    >>> IgnoreRules(Path(".")).ignored(Path(".").resolve() / ".git", is_dir=True)  # doctest: +SKIP
+    False
     """
 
     def __init__(self, root: Path) -> None:

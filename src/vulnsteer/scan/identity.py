@@ -31,7 +31,11 @@ __all__ = ["ModelIdentity", "identity_of", "location_key", "recall_identity", "r
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a scorer's digest needs to know about its model."""
+    """What a scorer's digest needs to know about its model.
+
+    >>> ModelIdentity("tiny", "f00d", "beef", "float32").to_dict()["dtype"]
+    'float32'
+    """
 
     model_id: str
     fingerprint: str
@@ -43,7 +47,11 @@ class ModelIdentity:
 
 
 def identity_of(lm: Any) -> ModelIdentity:
-    """The identity of a :class:`~vulnsteer.lm.model.LoadedModel` (hashes its weights once)."""
+    """The identity of a :class:`~vulnsteer.lm.model.LoadedModel` (hashes its weights once).
+
+    >>> identity_of(load_model()).fingerprint  # doctest: +SKIP
+    'a1ede990bdddcd03'
+    """
     weights = lm.weights_identity
     return ModelIdentity(str(lm.model_id), str(lm.fingerprint), weights["weights_digest"], weights["dtype"])
 
@@ -51,7 +59,14 @@ def identity_of(lm: Any) -> ModelIdentity:
 def location_key(location: Path, device: str | None, dtype: str | None) -> str:
     """A key for a model's local files (a ``.gguf`` file, or the regular files directly in a model folder) as
     loaded with *device* and *dtype* (both as requested: the defaults depend on whether a GPU is visible, which
-    the key includes)."""
+    the key includes).
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text("{}")
+    >>> location_key(folder, "cpu", None) == location_key(folder, "cpu", "float32")
+    False
+    """
     files = [location] if location.is_file() else sorted(p for p in location.iterdir() if p.is_file())
     stats = []
     for file in files:
@@ -68,7 +83,8 @@ def location_key(location: Path, device: str | None, dtype: str | None) -> str:
 
 
 def recall_identity(store: Path, key: str) -> ModelIdentity | None:
-    """The identity recorded under *key*, or None (absent, unreadable or malformed records are ignored)."""
+    """The identity recorded under *key*, or None (absent, unreadable or malformed records are ignored); see the
+    module docstring for an example."""
     try:
         data = json.loads((store / f"{key}.json").read_text(encoding="utf-8"))
         if data.get("key") != key:
@@ -79,5 +95,5 @@ def recall_identity(store: Path, key: str) -> ModelIdentity | None:
 
 
 def remember_identity(store: Path, key: str, identity: ModelIdentity) -> None:
-    """Record *identity* under *key* (atomically)."""
+    """Record *identity* under *key* (atomically); see the module docstring for an example."""
     write_json(store / f"{key}.json", {"key": key, "identity": identity.to_dict()})

@@ -44,7 +44,11 @@ SCORE_FORMAT = 1
 @dataclass(frozen=True)
 class ModelSource:
     """How to load the model: the ``[model]`` keys (``--model``, ``--device``, ``--dtype``, ``--device-map``,
-    ``--trust-remote-code``, ``--layers-path``); ``spec=None`` is the embedded default."""
+    ``--trust-remote-code``, ``--layers-path``); ``spec=None`` is the embedded default.
+
+    >>> ModelSource("Qwen/Qwen2.5-1.5B-Instruct", device="cuda").dtype is None
+    True
+    """
 
     spec: str | None = None
     device: str | None = None
@@ -56,7 +60,11 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class SteeringOptions:
-    """A steering vector file and how to apply it (see :class:`~vulnsteer.steering.hooks.SteeringSpec`)."""
+    """A steering vector file and how to apply it (see :class:`~vulnsteer.steering.hooks.SteeringSpec`).
+
+    >>> SteeringOptions(Path("vecs/cwe-89.safetensors"), 4.0, positions="last").unit
+    'raw'
+    """
 
     vector: Path
     strength: float
@@ -89,6 +97,10 @@ class ModelScorer:
         max_code_tokens: token budget for a function (token-aware truncation, as in training).
         threshold: P(vulnerable) at which the logit verdict is ``vulnerable``.
         identity_store: folder of recorded model identities (None: always load the model to know it).
+
+    >>> with ModelScorer(ModelSource(), identity_store=Path("~/.cache/vulnsteer/scan/models")) as s:  # doctest: +SKIP
+    ...     s.score([Sample("x", "os.system(cmd)", "python", "unknown", "vulnerable")])[0].score
+    0.97
     """
 
     def __init__(

@@ -24,13 +24,18 @@ _EXPLANATION_LINES = 3
 
 
 def format_jsonl(report: ScanReport) -> str:
-    """One JSON record per function (every function, findings or not), in file order."""
+    """One JSON record per function (every function, findings or not), in file order.
+
+    >>> format_jsonl(report).splitlines()[0]  # doctest: +SKIP
+    '{"path": "src/a.py", "language": "python", "function": "f", ...}'
+    """
     min_score = report.options.min_score
     return "".join(json.dumps(r.to_record(min_score), ensure_ascii=False) + "\n" for r in report.results)
 
 
 def format_table(findings: Sequence[FunctionResult], min_score: float, summary: str) -> str:
-    """A readable table of the findings (highest score first) and the summary line."""
+    """A readable table of the findings (highest score first) and the summary line (example in the module
+    docstring)."""
     if not findings:
         return f"no findings at or above {min_score:.2f}\n{summary}\n"
     rows = [
@@ -56,7 +61,11 @@ def format_table(findings: Sequence[FunctionResult], min_score: float, summary: 
 
 
 def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str:
-    """The scan in one of :data:`FORMATS`."""
+    """The scan in one of :data:`FORMATS`.
+
+    >>> render(report, "sarif")[:1]  # doctest: +SKIP
+    '{'
+    """
     if fmt == "sarif":
         return json.dumps(build_sarif(report, command_line), indent=2, ensure_ascii=False) + "\n"
     if fmt == "json":
@@ -67,7 +76,11 @@ def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str
 
 
 def write_output(text: str, output: Path | None) -> None:
-    """Write *text* to *output* atomically, or to standard output when None."""
+    """Write *text* to *output* atomically, or to standard output when None.
+
+    >>> write_output("no findings\\n", None)
+    no findings
+    """
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -24,7 +24,11 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 
 @dataclass(frozen=True)
 class Region:
-    """A span of a file: 1-based start line/column, end line and exclusive end column (code points)."""
+    """A span of a file: 1-based start line/column, end line and exclusive end column (code points).
+
+    >>> Region(3, 1, 5, 2).to_sarif()
+    {'startLine': 3, 'startColumn': 1, 'endLine': 5, 'endColumn': 2}
+    """
 
     start_line: int
     start_column: int
@@ -49,7 +53,12 @@ class Region:
 
 
 class TextIndex:
-    """Line starts of a text, to turn character (or UTF-8 byte) offsets into SARIF positions and back."""
+    """Line starts of a text, to turn character (or UTF-8 byte) offsets into SARIF positions and back.
+
+    >>> index = TextIndex("é = 1\\nf()")
+    >>> index.char_offset(len("é = 1\\n".encode())), index.position(6)
+    (6, (2, 1))
+    """
 
     def __init__(self, text: str) -> None:
         self.text = text

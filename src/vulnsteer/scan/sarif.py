@@ -35,7 +35,7 @@ _LOGICAL_KIND = {"function": "function", "method": "member", "constructor": "mem
 
 
 def rule_name(text: str) -> str:
-    """A PascalCase rule name from a CWE's short name."""
+    """A PascalCase rule name from a CWE's short name (examples in the module docstring)."""
     words = [w for w in re.split(r"[^A-Za-z0-9]+", text) if w]
     return "".join(w[:1].upper() + w[1:].lower() for w in words) or "Weakness"
 
@@ -144,7 +144,11 @@ def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict
 
 
 def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str, Any]:
-    """The SARIF log of a scan (findings only; see the module docstring)."""
+    """The SARIF log of a scan (findings only; see the module docstring).
+
+    >>> build_sarif(report)["runs"][0]["tool"]["driver"]["name"]  # doctest: +SKIP
+    'vulnsteer'
+    """
     findings = report.findings
     cwes = sorted({f.score.cwe for f in findings if f.score.cwe}, key=lambda c: int(c.split("-", 1)[1]))
     rule_ids: list[str | None] = [*cwes, *([None] if any(f.score.cwe is None for f in findings) else [])]

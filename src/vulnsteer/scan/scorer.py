@@ -78,14 +78,26 @@ class FunctionScore:
 class StaleDigestError(RuntimeError):
     """Raised by :meth:`Scorer.score` when it found its digest was wrong (a model identity recorded for the same
     files no longer matches the loaded model). The scorer has corrected its ``digest``; the caller looks the
-    cache up again and rescores."""
+    cache up again and rescores.
+
+    >>> issubclass(StaleDigestError, RuntimeError)
+    True
+    """
 
 
 @runtime_checkable
 class Scorer(Protocol):
     """Scores functions; see the module docstring. ``units`` are :class:`~vulnsteer.data.sample.Sample` s whose
     ``code`` is the function with comments stripped (not yet truncated: the scorer owns its token budget) and
-    whose ``language`` is set; ``cwe`` and ``label`` are placeholders. Returns one score per unit, in order."""
+    whose ``language`` is set; ``cwe`` and ``label`` are placeholders. Returns one score per unit, in order.
+
+    >>> class Always:
+    ...     digest, provenance = "always-0.5", {"scorer": "always"}
+    ...     def score(self, units, progress=True):
+    ...         return [FunctionScore(0.5, "uncertain") for _ in units]
+    >>> isinstance(Always(), Scorer)
+    True
+    """
 
     @property
     def digest(self) -> str: ...
