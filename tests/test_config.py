@@ -13,6 +13,7 @@ import pytest
 from vulnsteer.cli import build_parser
 from vulnsteer.cli.options import config_from_args
 from vulnsteer.experiment import config as config_mod
+from vulnsteer.experiment import sections as sections_mod
 from vulnsteer.experiment import values as values_mod
 from vulnsteer.experiment.config import (
     MODES,
@@ -44,7 +45,7 @@ def test_torch_free_names_equal_the_library_ones() -> None:
     from vulnsteer.steering.vectors import METHODS
 
     assert POOLINGS == ACT_POOLINGS and POSITIONS == POSITION_MODES and STRENGTH_UNITS == HOOK_UNITS
-    assert set(config_mod.METHOD_NAMES) == set(METHODS) and MODES == ("logit", "generation")
+    assert set(sections_mod.METHOD_NAMES) == set(METHODS) and MODES == ("logit", "generation")
 
 
 def test_examples_parse() -> None:
@@ -229,7 +230,17 @@ def test_every_flag_help_shows_its_default(capsys: pytest.CaptureFixture[str]) -
 
 def test_config_doc_has_every_section() -> None:
     doc = config_document(ExperimentConfig())
-    assert set(doc) == {"model", "data", "vectors", "steering", "detection", "report", "run"}
+    assert set(doc) == {
+        "model",
+        "data",
+        "vectors",
+        "steering",
+        "detection",
+        "conditional",
+        "baselines",
+        "report",
+        "run",
+    }
 
 
 def test_module_doctests() -> None:

@@ -20,6 +20,7 @@ from vulnsteer.experiment import protocol as protocol_mod
 from vulnsteer.experiment.config import ConfigError, ExperimentConfig, load_config, parse_config
 from vulnsteer.experiment.protocol import run_protocol
 from vulnsteer.experiment.rundir import RunDirBusyError, _locked
+from vulnsteer.io import OutputError
 from vulnsteer.lm.model import LoadedModel
 
 
@@ -92,8 +93,13 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm:
     assert len(cross["delta_balanced_accuracy"]) == len(cross["vectors"])
     assert set(results["cosine"]["mean_diff@last"]["layers"]) == {"1", "2"}
     assert results["activation_cache"]["misses"] == 4  # two layers, two poolings (the probes read code_mean)
-    n_val = 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled steered) x 3 layer sets x 2 strengths
-    assert len(results["val"]["logit"]) == n_val
+    entries = [e["condition"] for e in results["val"]["logit"]]
+    constant = [c for c in entries if c["template"] == "default" and (c["setting"] or {}).get("gate", "none") == "none"]
+    assert len(constant) == 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled) x 3 layer sets x 2 strengths
+    gated = [c for c in entries if (c["setting"] or {}).get("gate") == "sign"]
+    # answer vector x (L1 probe under sets [1] and [1,2]; L1 and L2 probes under [2]) x 3 strengths x 3 kinds
+    assert len(gated) == 4 * 3 * 3 and {c["kind"] for c in gated} == {"steered", "control", "gate_control"}
+    assert {c["template"] for c in entries if c["template"] != "default"} == {"strict", "one_shot"}
     assert results["prefix_cache"]["hits"] >= results["prefix_cache"]["misses"] > 0
     assert {p["detector"] for p in results["probes"]} == {"direction", "logistic", "length"}
     chosen = json.loads((out / "chosen" / "chosen.json").read_text())
@@ -205,7 +211,7 @@ def test_nothing_is_written_before_the_inputs_are_validated(tmp_path: Path, tiny
             progress=False,
         )
     assert not out.exists()
-    with pytest.raises(PermissionError, match="--out"):
+    with pytest.raises(OutputError, match="--out /proc/vulnsteer-run: cannot create files in /proc"):
         run_protocol(ExperimentConfig(), "/proc/vulnsteer-run", lm=tiny_lm, progress=False)
 
 

@@ -1,4 +1,5 @@
-"""Atomic file output: a reader never sees a half-written file."""
+"""Atomic file output: a reader never sees a half-written file; :func:`check_writable` refuses an output path
+that cannot be written before any work is done."""
 
 from __future__ import annotations
 
@@ -9,6 +10,66 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
+
+__all__ = ["OutputError", "append_jsonl", "atomic_open", "check_writable", "read_jsonl", "write_json", "write_text"]
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written; the message names the option and the path."""
+
+
+def check_writable(path: str | os.PathLike[str], option: str = "--out", *, folder: bool = False) -> Path:
+    """Check, without creating anything, that *path* can be written: as a file (``folder=False``: written
+    atomically, so its folder must take new files) or as a folder to create or fill. Call it before loading a model
+    or data, so that an unwritable ``--out`` costs nothing.
+
+    Returns the path; raises :class:`OutputError` naming *option* and the path otherwise (a parent that is a
+    file, an existing folder where a file is wanted or the reverse, a folder that refuses new files: read-only,
+    no permission, a read-only file system).
+
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> check_writable(tmp / "new" / "out.json").name
+    'out.json'
+    >>> _ = (tmp / "notes.txt").write_text("x")
+    >>> check_writable(tmp / "notes.txt" / "out.json", "--vectors-out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    vulnsteer.io.OutputError: --vectors-out .../notes.txt/out.json: .../notes.txt is a file, not a folder
+    """
+    target = Path(path).expanduser()
+    if str(path).strip() == "":
+        raise OutputError(f"{option}: empty path")
+    if target.exists():
+        if folder and not target.is_dir():
+            raise OutputError(f"{option} {path}: exists and is not a folder")
+        if not folder and target.is_dir():
+            raise OutputError(f"{option} {path}: is a folder; give a file name")
+    probe_dir = target if folder and target.is_dir() else target.parent
+    existing = probe_dir
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(f"{option} {path}: {existing} is a file, not a folder")
+    reason = _cannot_create_in(existing)
+    if reason is not None:
+        raise OutputError(f"{option} {path}: cannot create files in {existing} ({reason})")
+    return target
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why no file can be created in the existing *folder* (None if one can): tried for real with a temporary
+    file, which catches read-only file systems and ACLs that permission bits do not show."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".vulnsteer-write-check.", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    with suppress(OSError):
+        os.unlink(tmp)
+    return None
 
 
 @contextmanager
@@ -31,36 +92,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def check_writable(path: str | os.PathLike[str], option: str = "--out") -> None:
-    """Raise ``PermissionError`` naming *option* unless *path* (a folder or file to be written) could be created and
-    written: it, or its nearest existing parent folder, must be a writable folder. Creates nothing.
-
-    >>> check_writable("/proc/no/such/place", "--out")
-    Traceback (most recent call last):
-    ...
-    PermissionError: --out /proc/no/such/place: cannot write under /proc (not writable)
-    """
-    target = Path(path).expanduser()
-    probe = target
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir() and probe != target:
-        raise NotADirectoryError(f"{option} {target}: {probe} is a file, not a folder")
-    if probe == target and target.exists() and target.is_dir():
-        folder = target
-    else:
-        folder = probe if probe.is_dir() else probe.parent
-    try:  # os.access says yes to root even on read-only mounts: try a temporary file (removed at once)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError:
-        raise PermissionError(f"{option} {target}: cannot write under {folder} (not writable)") from None
 
 
 def _umask() -> int:
@@ -129,7 +160,10 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     if not target.exists():
         return []
     records = []
-    lines = target.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = target.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{target}: not UTF-8 text (bad byte at offset {exc.start}); not a JSONL file") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

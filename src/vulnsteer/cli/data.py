@@ -7,33 +7,70 @@ import json
 import sys
 from typing import Any
 
+from .options import require
+
+__all__ = ["register"]
+
+
+def _add_dataset_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("path", help="dataset file or folder")
+    q.add_argument("--format", default=None, help="sven, juliet, paired-dir, castle, jsonl or csv (default: detected)")
+    q.add_argument(
+        "--merge-cwe", action="append", default=[], help="treat CWE FROM as TO, e.g. 77=78 (repeatable; default: none)"
+    )
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("data", help="dataset statistics and validation")
-    dsub = p.add_subparsers(dest="data_command", required=True)
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     q = dsub.add_parser("stats", help="per-CWE counts, languages, lengths")
-    q.add_argument("path")
-    q.add_argument("--format", default=None)
-    q.add_argument("--merge-cwe", action="append", default=[])
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--model", default=None, help="tokenizer for token-length percentiles (default: embedded model)")
+    _add_dataset_args(q)
+    q.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    q.add_argument(
+        "--model", default=None, help="tokenizer for token-length percentiles (default: the embedded model's)"
+    )
     q.add_argument("--no-tokens", action="store_true", help="skip token-length percentiles")
     q.set_defaults(func=cmd_data_stats)
-    q = dsub.add_parser("validate", help="list every problem; exit 1 if any")
-    q.add_argument("path")
-    q.add_argument("--format", default=None)
+    q = dsub.add_parser(
+        "validate",
+        help="list every problem (malformed rows, missing fields, binary files, CWEs with one label only); exit 1 "
+        "if any",
+    )
+    _add_dataset_args(q)
     q.set_defaults(func=cmd_data_validate)
 
 
-def cmd_data_stats(args: argparse.Namespace) -> int:
+def _merge_map(args: argparse.Namespace) -> dict[str, str]:
     from ..cwe import parse_merge_map
+
+    return parse_merge_map(args.merge_cwe)
+
+
+def _load_notes(report: Any) -> list[str]:
+    """What a load skipped or changed, one phrase each (empty when nothing)."""
+    notes = []
+    if report.binary_files:
+        notes.append(f"{report.binary_files} binary file(s) skipped")
+    if report.reencoded_files:
+        notes.append(f"{report.reencoded_files} file(s) read as UTF-16/32")
+    if report.replaced_bytes_files:
+        notes.append(f"{report.replaced_bytes_files} file(s) with undecodable bytes replaced")
+    if report.one_sided_cwes:
+        sided = ", ".join(f"{cwe} (no {missing})" for cwe, missing in report.one_sided_cwes.items())
+        notes.append(f"CWEs with one label only: {sided}")
+    return notes
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
     from ..data.loaders import LoadReport, dataset_stats, load_samples
 
+    if args.no_tokens:
+        require(args, "token-length percentiles (drop --no-tokens)", [("--model", "model")])
     report = LoadReport()
-    samples = load_samples(args.path, args.format, merge=parse_merge_map(args.merge_cwe), report=report)
+    samples = load_samples(args.path, args.format, merge=_merge_map(args), report=report, progress=not args.no_progress)
     counter = None
     if not args.no_tokens:
-        from .lm.model import ModelLoadError, load_tokenizer
+        from ..lm.model import ModelLoadError, load_tokenizer
 
         try:
             tokenizer = load_tokenizer(args.model)
@@ -41,10 +78,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
             def counter(text: str) -> int:
                 return len(tokenizer(text, add_special_tokens=False)["input_ids"])
         except ModelLoadError as exc:
-            print(f"(no token-length percentiles: {exc})", file=sys.stderr)
+            print(f"vulnsteer: warning: no token-length percentiles: {exc}", file=sys.stderr)
     stats = dataset_stats(samples, counter)
     if args.json:
-        print(json.dumps(stats, indent=2, default=str))
+        print(json.dumps({**stats, "load": report.as_dict()}, indent=2, default=str))
         return 0
     from ..report.markdown import fmt
 
@@ -60,19 +97,22 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     for key, value in stats.items():
         if key not in ("per_cwe", "by_cwe"):
             print(f"{key}: {fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value, default=str)}")
-    if report.problems:
-        print(f"{len(report.problems)} problem(s) while loading; run `vulnsteer data validate {args.path}`")
+    for note in _load_notes(report):
+        print(f"note: {note}; run `vulnsteer data validate {args.path}` for details")
     return 0
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from ..data.loaders import validate
+    from ..data.loaders import LoadReport, validate
 
-    problems = validate(args.path, args.format)
+    report = LoadReport()
+    problems = validate(args.path, args.format, merge=_merge_map(args), report=report, progress=not args.no_progress)
     for problem in problems:
         print(problem)
+    notes = _load_notes(report)
+    summary = f"{report.samples} samples" + "".join(f"; {n}" for n in notes)
     if problems:
-        print(f"{args.path}: {len(problems)} problem(s)", file=sys.stderr)
+        print(f"{args.path}: {len(problems)} problem(s) ({summary})", file=sys.stderr)
         return 1
-    print(f"{args.path}: valid")
+    print(f"{args.path}: valid ({summary})")
     return 0

@@ -1,16 +1,44 @@
-"""``vulnsteer detect``: verdicts for source files."""
+"""``vulnsteer detect``: verdicts for source files.
+
+Everything that can be wrong with the input is checked before the model loads: the options, the files (read as
+source text: BOMs, UTF-16; binary files skipped with a count), the steering vector, and the token budget against
+the model's context.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from ..defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STEER_POSITIONS, DEFAULT_UNIT
 from .options import (
+    DefaultInt,
+    DefaultStr,
+    UsageError,
+    add_code_tokens_arg,
     add_model_args,
+    check_model_options,
+    code_token_budget,
+    finite_float,
     ints,
+    is_default,
     load,
+    positive_int,
+    require,
+)
+
+#: The largest file ``detect`` reads: far beyond any function's token budget, and tokenising more only costs time.
+MAX_SOURCE_BYTES = 8 << 20
+#: Options that only mean something with ``--vector`` (option, dest).
+_STEERING_OPTIONS = (
+    ("--strength", "strength"),
+    ("--layers", "layers"),
+    ("--positions", "positions"),
+    ("--unit", "unit"),
+    ("--allow-model-mismatch", "allow_model_mismatch"),
 )
 
 
@@ -18,72 +46,195 @@ def register(sub: Any) -> None:
     p = sub.add_parser("detect", help="verdicts for source files, optionally steered")
     add_model_args(p)
     p.add_argument("files", nargs="+", help="source files to scan")
-    p.add_argument("--language", default=None, help="language (default: from the file extension)")
-    p.add_argument("--vector", default=None, help="steering vector (.safetensors)")
-    p.add_argument("--strength", type=float, default=0.0, help="positive = toward 'vulnerable'")
-    p.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
-    p.add_argument("--positions", default="all", choices=["last", "prompt", "generated", "all"])
-    p.add_argument("--unit", default="raw", choices=["raw", "relative"])
-    p.add_argument("--mode", default="generation", choices=["generation", "logit"])
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--max-code-tokens", type=int, default=1024)
-    p.add_argument("--allow-model-mismatch", action="store_true")
-    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument(
+        "--language",
+        default=None,
+        help="language of every file, e.g. c, python (default: from each file's extension; an unknown extension "
+        "is prompted as plain source code, with a warning)",
+    )
+    p.add_argument("--mode", default="generation", choices=["generation", "logit"], help="detector")
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=DefaultInt(DEFAULT_MAX_NEW_TOKENS),
+        help=f"tokens to generate (--mode generation only; default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    add_code_tokens_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per file")
+    g = p.add_argument_group("steering (all need --vector)")
+    g.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
+    g.add_argument(
+        "--strength",
+        type=finite_float,
+        default=None,
+        help="positive = toward 'vulnerable' (no default: required with --vector; e.g. 0.3 with --unit relative)",
+    )
+    g.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
+    g.add_argument(
+        "--positions",
+        default=DefaultStr(DEFAULT_STEER_POSITIONS),
+        choices=["last", "prompt", "generated", "all"],
+        help=f"token positions to steer (default: {DEFAULT_STEER_POSITIONS})",
+    )
+    g.add_argument(
+        "--unit",
+        default=DefaultStr(DEFAULT_UNIT),
+        choices=["raw", "relative"],
+        help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector "
+        f"(default: {DEFAULT_UNIT})",
+    )
+    g.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="use a vector fitted on another model",
+    )
     p.set_defaults(func=cmd_detect)
 
 
-def cmd_detect(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
+def _check_options(args: argparse.Namespace) -> None:
+    if args.vector is None:
+        require(args, "--vector", _STEERING_OPTIONS)
+    elif args.strength is None:
+        raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
+    if args.mode != "generation" and not is_default(args.max_new_tokens):
+        raise UsageError("--max-new-tokens needs --mode generation (logit mode generates nothing)")
+    if args.language is not None and not args.language.strip():
+        raise UsageError("--language is empty")
 
-    from ..data.clean import canonical_language
+
+def _warn(message: str) -> None:
+    print(f"vulnsteer: warning: {message}", file=sys.stderr)
+
+
+def read_files(names: list[str], language: str | None) -> list[Any]:
+    """One sample per readable source file; binary files are skipped (a warning each, and a count); an empty
+    file, a folder or a missing file is an error naming it."""
+    from ..data.clean import LANGUAGE_ALIASES, canonical_language
     from ..data.sample import Sample
-    from ..data.truncate import truncate_sample
-    from ..detection.engine import generate_verdicts, score_logits
-    from ..steering.hooks import SteeringSpec, steer
-    from ..steering.vectors import SteeringVector
+    from ..data.text import BinaryContentError, read_source
 
     samples = []
-    for name in args.files:
+    skipped = 0
+    for name in dict.fromkeys(names):
         path = Path(name)
-        if not path.is_file():
+        if path.is_dir():
+            raise UsageError(f"{path}: is a folder; detect takes source files (pass them, e.g. {path}/*.c)")
+        if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
-        raw = path.read_bytes()
-        code = raw.decode("utf-8", errors="replace")
-        if not code.strip():
+        if not path.is_file():
+            raise UsageError(f"{path}: not a regular file (a device, pipe or socket); pass source files")
+        size = path.stat().st_size
+        if size > MAX_SOURCE_BYTES:
+            raise UsageError(
+                f"{path}: {size / 2**20:.1f} MiB is too large for one source file (at most "
+                f"{MAX_SOURCE_BYTES // 2**20} MiB); pass the part to check"
+            )
+        try:
+            decoded = read_source(path)
+        except BinaryContentError as exc:
+            _warn(f"{exc}; skipped")
+            skipped += 1
+            continue
+        if not decoded.text.strip():
             raise ValueError(f"{path}: file is empty")
-        language = args.language or canonical_language(path.suffix or "txt")
-        samples.append(Sample(str(path), code, language, "unknown", "vulnerable"))
+        if decoded.replaced:
+            _warn(f"{path}: not valid {decoded.encoding}; undecodable bytes replaced")
+        lang = language
+        if lang is None:
+            suffix = path.suffix.lower().lstrip(".")
+            if suffix in LANGUAGE_ALIASES:
+                lang = canonical_language(suffix)
+            else:
+                what = f"extension '.{suffix}'" if suffix else "no extension"
+                _warn(f"{path}: {what} names no known language; prompting it as plain source code (pass --language)")
+                lang = ""
+        samples.append(
+            Sample(str(path), decoded.text, canonical_language(lang) if lang else "", "unknown", "vulnerable")
+        )
+    if skipped:
+        _warn(f"skipped {skipped} binary file(s)")
+    if not samples:
+        raise ValueError("no source files left to scan (every file given is binary)")
+    return samples
+
+
+def _steering_spec(args: argparse.Namespace, vector: Any, config: Any) -> Any:
+    """The steering spec, checked before the model's weights load: the vector's hidden size and layers against
+    the model's config (a mismatch ``--allow-model-mismatch`` cannot fix), ``--layers``, and the shift's scale.
+    None without a vector."""
+    from ..steering.hooks import PositionMode, SteeringSpec, StrengthUnit
+    from ..steering.vectors import VectorMismatchError
+
+    if vector is None:
+        return None
+    hidden = getattr(config, "hidden_size", None)
+    if isinstance(hidden, int):
+        try:
+            vector.check_compatible(hidden)
+        except VectorMismatchError as exc:
+            raise VectorMismatchError(f"{args.vector}: {exc}") from None
+    layers = getattr(config, "num_hidden_layers", None)
+    outside = [layer for layer in args.layers or vector.layers if isinstance(layers, int) and not 0 <= layer < layers]
+    if outside:
+        raise VectorMismatchError(f"{args.vector}: steers layers {outside}, but the model has {layers} layers")
+    try:
+        return SteeringSpec(
+            vector,
+            args.strength,
+            layers=tuple(args.layers),
+            positions=cast(PositionMode, str(args.positions)),  # argparse choices checked them
+            unit=cast(StrengthUnit, str(args.unit)),
+        )
+    except ValueError as exc:
+        raise UsageError(f"{args.vector}: {exc}") from None
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    _check_options(args)
+    samples = read_files(args.files, args.language)  # cheap checks first: no torch imported yet
+    check_model_options(args)
+    vector = None
+    if args.vector is not None:  # a damaged file is said before transformers is even imported
+        from ..steering.vectors import SteeringVector
+
+        vector = SteeringVector.load(args.vector)
+
+    from contextlib import nullcontext
+
+    from ..data.truncate import truncate_sample
+    from ..detection.engine import generate_verdicts, score_logits
+    from ..steering.hooks import steer
+    from ..steering.vectors import VectorMismatchError
+
+    new_tokens = int(args.max_new_tokens) if args.mode == "generation" else 0
+    config, tokenizer, budget = code_token_budget(args, new_tokens)
+    spec = _steering_spec(args, vector, config)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    samples = [truncate_sample(s, count, budget) for s in samples]
     lm = load(args)
     try:
-
-        def count(text: str) -> int:
-            return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-        samples = [truncate_sample(s, count, args.max_code_tokens) for s in samples]
         ctx: Any = nullcontext()
-        if args.vector:
-            vec = SteeringVector.load(
-                args.vector,
-                hidden_size=lm.hidden_size,
-                fingerprint=None if args.allow_model_mismatch else lm.fingerprint,
-                weights=None if args.allow_model_mismatch else lm.weights_identity,
-            )
-            ctx = steer(
-                lm.model, SteeringSpec(vec, args.strength, layers=args.layers, positions=args.positions, unit=args.unit)
-            )
+        if spec is not None:
+            if not args.allow_model_mismatch:
+                try:
+                    spec.vector.check_compatible(lm.hidden_size, lm.fingerprint, weights=lm.weights_identity)
+                except VectorMismatchError as exc:
+                    raise VectorMismatchError(f"{args.vector}: {exc}") from None
+            ctx = steer(lm.model, spec)
         with ctx:
             if args.mode == "logit":
                 records = score_logits(lm, samples, progress=not args.no_progress)
             else:
-                records = generate_verdicts(
-                    lm, samples, max_new_tokens=args.max_new_tokens, progress=not args.no_progress
-                )
+                records = generate_verdicts(lm, samples, max_new_tokens=new_tokens, progress=not args.no_progress)
     finally:
         lm.close()
     for sample, rec in zip(samples, records):
         out = {
             "file": sample.id,
-            "language": sample.language,
+            "language": sample.language or "unknown",
             "verdict": rec.verdict,
             "weakness": rec.named_cwe,
             "p_vulnerable": rec.score,

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_config_args, config_from_args, overrides_from_args
+from .options import add_config_args, config_from_args, finite_float, overrides_from_args
 
-SECTIONS = ("model", "data", "vectors", "steering", "detection", "report", "run")
+SECTIONS = ("model", "data", "vectors", "steering", "detection", "conditional", "baselines", "report", "run")
 
 
 def register(sub: Any) -> None:
@@ -41,18 +41,20 @@ def register(sub: Any) -> None:
         "--from",
         dest="from_run",
         metavar="RUN_DIR",
-        help="a run's or sweep's directory: apply its chosen settings per CWE unchanged to every sample of --data",
+        help="a run's or sweep's directory: apply its chosen settings per CWE unchanged to every sample of --data "
+        "(default: none; give --from or --vectors)",
     )
     source.add_argument(
         "--vectors",
         metavar="DIR",
-        help="folder of saved vectors (from `vulnsteer vectors` or a run's vectors/); needs --strength",
+        help="folder of saved vectors (from `vulnsteer vectors` or a run's vectors/); needs --strength (default: none)",
     )
     p.add_argument(
         "--strength",
-        type=float,
+        type=finite_float,
         default=None,
-        help="with --vectors: the strength applied to every CWE (positive = toward 'vulnerable'; unit from --unit)",
+        help="with --vectors: the strength applied to every CWE (positive = toward 'vulnerable'; unit from --unit; "
+        "default: none, required with --vectors)",
     )
     p.add_argument(
         "--split",
@@ -60,7 +62,9 @@ def register(sub: Any) -> None:
         choices=["all", "train", "val", "test"],
         help="with --vectors: which split of --data (default: test)",
     )
-    p.add_argument("--allow-model-mismatch", action="store_true", help="use vectors fitted on another model")
+    p.add_argument(
+        "--allow-model-mismatch", action="store_true", help="use vectors fitted on another model (default: refuse them)"
+    )
     add_config_args(p, SECTIONS)
     p.set_defaults(func=cmd_evaluate)
 

@@ -32,6 +32,10 @@ def register(sub: Any) -> None:
         description="Split source files into functions (tree-sitter), score each with the model (plain or steered), "
         "cache the scores, and report the functions at or above --min-score. Exit 0: nothing at or above "
         "--fail-on; 1: findings; 2: usage or input error.",
+        epilog="exit codes:\n  0    no function scores at or above --fail-on\n  1    some function does\n"
+        "  2    bad usage or input: one line names the file or option\n"
+        "  3    internal error (a bug): one line; rerun with -v for the traceback\n"
+        "  130  interrupted (Ctrl-C): nothing is written half-way; finished scores stay cached\n",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to scan")
     source = p.add_argument_group("detector").add_mutually_exclusive_group()

@@ -43,12 +43,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from vulnsteer.cwe import UnknownCWEError, apply_merge, normalize_cwe
 from vulnsteer.data.clean import LANGUAGE_ALIASES, canonical_language, strip_comments
 from vulnsteer.data.juliet import find_juliet_files, group_cases, parse_case
 from vulnsteer.data.sample import LABELS, SECURE, UPSTREAM_SPLIT_KEY, VULNERABLE, Label, Sample, count_by_cwe
+from vulnsteer.data.text import BinaryContentError, binary_reason, decode_source, read_source
+from vulnsteer.progress import track
 
 __all__ = [
     "FORMATS",
@@ -102,7 +102,10 @@ class LoadReport:
         problems: data problems; :func:`validate` collects them here, :func:`load_samples` raises the first.
         notes: informational messages (skipped Juliet cases, files with replaced bytes, ...).
         dropped_identical: SVEN/SafeCoder rows whose vulnerable and fixed versions are identical.
-        replaced_bytes_files: files that were not valid UTF-8 (undecodable bytes replaced by U+FFFD).
+        replaced_bytes_files: files (or code fields) that were not valid text in their encoding (undecodable
+            bytes replaced by U+FFFD).
+        reencoded_files: files read as UTF-16/UTF-32 (with a BOM, or NUL-interleaved text without one).
+        binary_files: files or code fields with binary content (NUL bytes, mostly control bytes): skipped.
         files_read: files opened.
         rows_read: JSONL/CSV rows, JSON items or file pairs seen.
         juliet_cases / juliet_multi_file_cases / skipped_juliet_cases: Juliet test cases seen / bundled from
@@ -111,12 +114,16 @@ class LoadReport:
         merged: samples whose CWE the merge map changed.
         filtered_out: samples dropped by the ``cwes`` filter.
         samples: samples returned.
+        one_sided_cwes: CWEs whose samples are all vulnerable or all secure, with the missing label: no vector
+            can be fitted and no paired evaluation made for them.
     """
 
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     dropped_identical: int = 0
     replaced_bytes_files: int = 0
+    reencoded_files: int = 0
+    binary_files: int = 0
     files_read: int = 0
     rows_read: int = 0
     juliet_cases: int = 0
@@ -127,6 +134,7 @@ class LoadReport:
     filtered_out: int = 0
     samples: int = 0
     formats: list[str] = field(default_factory=list)
+    one_sided_cwes: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,12 +148,15 @@ class LoadReport:
             "samples": self.samples,
             "dropped identical pairs": self.dropped_identical,
             "files with replaced bytes": self.replaced_bytes_files,
+            "files read as UTF-16/32": self.reencoded_files,
+            "binary files skipped": self.binary_files,
             "juliet cases": self.juliet_cases,
             "juliet multi-file cases (bundled)": self.juliet_multi_file_cases,
             "juliet cases skipped": self.skipped_juliet_cases,
             "unpaired files": self.unpaired_files,
             "merged CWE": self.merged,
             "filtered out by CWE": self.filtered_out,
+            "CWEs with one label only": ",".join(self.one_sided_cwes) or "-",
             "problems": len(self.problems),
         }
         return "\n".join(f"{k}: {v}" for k, v in counters.items())
@@ -154,35 +165,64 @@ class LoadReport:
 class _Loader:
     """Shared state of one load: strict (raise) or collecting (validate) mode, and the report."""
 
-    def __init__(self, report: LoadReport, strict: bool) -> None:
+    def __init__(self, report: LoadReport, strict: bool, progress: bool = True) -> None:
         self.report = report
         self.strict = strict
+        self.progress = progress
 
     def problem(self, message: str) -> None:
         if self.strict:
             raise DataError(message)
         self.report.problems.append(message)
 
-    def read_text(self, path: Path) -> str | None:
-        """File text; None (after reporting) for an unreadable or empty file. Bad bytes are replaced."""
+    def skip_binary(self, message: str) -> None:
+        """Binary content where source text belongs: skipped and counted; :func:`validate` lists it as a problem,
+        :func:`load_samples` goes on without it (the count is in the report)."""
+        self.report.binary_files += 1
+        (self.report.notes if self.strict else self.report.problems).append(message)
+
+    def read_text(self, path: Path, *, source: bool = True) -> str | None:
+        """A file's text (:func:`~vulnsteer.data.text.read_source`: BOMs, UTF-16 without a BOM, bad bytes
+        replaced); None (after reporting) for an unreadable, empty or binary file. Binary *source* files are
+        skipped and counted (:meth:`skip_binary`); a binary data file (*source* False) is a problem."""
         try:
-            data = path.read_bytes()
+            decoded = read_source(path)
+        except BinaryContentError as exc:
+            self.report.files_read += 1
+            if source:
+                self.skip_binary(f"{exc}; skipped")
+            else:
+                self.problem(f"{exc}; expected a text data file")
+            return None
         except OSError as exc:
-            self.problem(f"{path}: cannot read file: {exc.strerror or exc}")
+            self.problem(str(exc) if str(path) in str(exc) else f"{path}: cannot read file: {exc.strerror or exc}")
             return None
         self.report.files_read += 1
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            text = data.decode("utf-8", errors="replace")
+        if decoded.replaced:
             self.report.replaced_bytes_files += 1
-            self.report.notes.append(
-                f"{path}: not valid UTF-8 (first bad byte at offset {exc.start}); undecodable bytes replaced"
-            )
-        if not text.strip():
+            self.report.notes.append(f"{path}: not valid {decoded.encoding}; undecodable bytes replaced")
+        if decoded.encoding not in ("utf-8", "utf-8-sig"):
+            self.report.reencoded_files += 1
+            self.report.notes.append(f"{path}: read as {decoded.encoding}")
+        if not decoded.text.strip():
             self.problem(f"{path}: empty file")
             return None
-        return text
+        return decoded.text
+
+    def code_text(self, code: str, where: str) -> str | None:
+        """A code string from a data row: None (skipped and counted) if it holds binary content; lone
+        surrogates (from JSON escapes) replaced by U+FFFD."""
+        reason = binary_reason(code.encode("utf-8", "replace"))
+        if reason is not None:
+            self.skip_binary(f"{where}: binary content ({reason}) in the code field, not source text; skipped")
+            return None
+        try:
+            code.encode("utf-8")
+        except UnicodeEncodeError:
+            self.report.replaced_bytes_files += 1
+            self.report.notes.append(f"{where}: lone surrogates in the code replaced")
+            code = _SURROGATE.sub("\ufffd", code)
+        return code
 
     def cwe(self, value: object, where: str, field_name: str) -> str | None:
         try:
@@ -228,6 +268,12 @@ class _Loader:
             if before == after:
                 self.report.dropped_identical += 1
                 continue
+            before, after = (
+                self.code_text(before, f"{where}: func_src_before"),
+                self.code_text(after, f"{where}: func_src_after"),
+            )
+            if before is None or after is None:
+                continue
             source = _sven_source(file, row)
             split = _split_of(file)
             pair_id = ":".join(p for p in (source, split, file.stem, str(lineno)) if p)
@@ -268,7 +314,7 @@ class _Loader:
         return samples
 
     def _jsonl_rows(self, file: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-        text = self.read_text(file)
+        text = self.read_text(file, source=False)
         if text is None:
             return
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -276,7 +322,7 @@ class _Loader:
                 continue
             self.report.rows_read += 1
             try:
-                row = json.loads(line)
+                row = _json_loads(line)
             except json.JSONDecodeError as exc:
                 self.problem(f"{file}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})")
                 continue
@@ -294,8 +340,7 @@ class _Loader:
         root = path if path.is_dir() else path.parent
         cases = group_cases(files)
         samples: list[Sample] = []
-        progress = tqdm(cases, desc=f"juliet {path.name}", unit="case", leave=False, disable=None)
-        for case in progress:
+        for case in track(cases, f"juliet {path.name}", unit="case", enabled=self.progress):
             self.report.juliet_cases += 1
             self.report.juliet_multi_file_cases += case.multi_file
             found, reason = parse_case(case, lambda p: self.read_text(p) or "", root)
@@ -358,11 +403,11 @@ class _Loader:
         map_file = root / "cwe_map.json"
         if not map_file.is_file():
             return {}
-        text = self.read_text(map_file)
+        text = self.read_text(map_file, source=False)
         if text is None:
             return {}
         try:
-            raw = json.loads(text)
+            raw = _json_loads(text)
         except json.JSONDecodeError as exc:
             self.problem(f"{map_file}:{exc.lineno}: malformed JSON ({exc.msg})")
             return {}
@@ -427,11 +472,11 @@ class _Loader:
             self.problem(f"{path}: no .json files found")
         samples: list[Sample] = []
         for file in files:
-            text = self.read_text(file)
+            text = self.read_text(file, source=False)
             if text is None:
                 continue
             try:
-                data = json.loads(text)
+                data = _json_loads(text)
             except json.JSONDecodeError as exc:
                 self.problem(f"{file}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})")
                 continue
@@ -458,6 +503,9 @@ class _Loader:
             self.problem(f"{where}: missing field {missing[0]!r}")
             return None
         code = self.text_field(item, "code", where)
+        if code is None:
+            return None
+        code = self.code_text(code, where)
         if code is None:
             return None
         cwe = self.cwe(item["cwe"], where, "cwe")
@@ -507,6 +555,9 @@ class _Loader:
         if not code.strip():
             self.problem(f"{where}: empty field 'code'")
             return None
+        code = self.code_text(code, where)
+        if code is None:
+            return None
         label = self.label(row["label"], where, "label")
         cwe = self.cwe(row["cwe"], where, "cwe")
         if label is None or cwe is None:
@@ -550,7 +601,7 @@ class _Loader:
         samples: list[Sample] = []
         csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
         for file in files:
-            text = self.read_text(file)
+            text = self.read_text(file, source=False)
             if text is None:
                 continue
             reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -585,6 +636,14 @@ def parse_label(value: object) -> Label | None:
     return None
 
 
+def _json_loads(text: str) -> Any:
+    """:func:`json.loads`, with absurdly deep nesting reported as malformed JSON instead of a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nesting too deep", text, 0) from None
+
+
 def _sven_source(file: Path, row: Mapping[str, Any]) -> str:
     parts = [p.lower() for p in file.resolve().parts]
     if any("safecoder" in p for p in parts) or file.stem == "sec-new-desc":
@@ -617,19 +676,33 @@ def _is_code_file(path: Path) -> bool:
     return path.suffix.lower().lstrip(".") in LANGUAGE_ALIASES
 
 
+#: Lone UTF-16 surrogates (``"\ud800"`` in JSON): not encodable, replaced by U+FFFD.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Bytes of a JSONL file read to tell its kind.
+_PEEK_BYTES = 1 << 20
+
+
 def _first_jsonl_record(file: Path, max_lines: int = 20) -> Any:
-    """The first parseable record among the first *max_lines* non-empty lines (None if there is none)."""
-    with open(file, encoding="utf-8", errors="replace") as handle:
-        seen = 0
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                seen += 1
-                if seen >= max_lines:
-                    break
+    """The first parseable record among the first *max_lines* non-empty lines (None if there is none); the
+    bytes are decoded as source text is (BOMs, UTF-16)."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(_PEEK_BYTES)
+        text = decode_source(head, str(file)).text
+    except BinaryContentError as exc:
+        raise DataError(f"{exc}; expected a JSONL text file") from None
+    except OSError as exc:
+        raise DataError(f"{file}: cannot read file: {exc.strerror or exc}") from None
+    seen = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            return _json_loads(line)
+        except json.JSONDecodeError:
+            seen += 1
+            if seen >= max_lines:
+                break
     return None
 
 
@@ -662,7 +735,7 @@ def detect_format(path: Path) -> str:
             if kind is None:
                 raise DataError(
                     f"{path}: cannot tell the format: the first record has neither 'func_src_before' (sven) "
-                    "nor 'code' (jsonl)"
+                    "nor 'code' (jsonl); pass --format to read it anyway"
                 )
             return kind
         if suffix == ".json":
@@ -671,7 +744,9 @@ def detect_format(path: Path) -> str:
             return "csv"
         if find_juliet_files(path):
             return "juliet"
-        raise DataError(f"{path}: cannot tell the dataset format from the file name; pass fmt= one of {FORMATS}")
+        raise DataError(
+            f"{path}: cannot tell the dataset format from the file name; pass --format (one of {', '.join(FORMATS)})"
+        )
     if (path / "cwe_map.json").is_file():
         return "paired-dir"
     jsonl = sorted(path.rglob("*.jsonl"))
@@ -689,7 +764,7 @@ def detect_format(path: Path) -> str:
         return "castle"
     if any(p.suffix.lower() == ".csv" for p in files):
         return "csv"
-    raise DataError(f"{path}: cannot tell the dataset format; pass fmt= one of {FORMATS}")
+    raise DataError(f"{path}: cannot tell the dataset format; pass --format (one of {', '.join(FORMATS)})")
 
 
 def _juliet_probe(path: Path) -> Iterable[Path]:
@@ -708,13 +783,14 @@ def _run(
     cwes: Collection[str] | None,
     report: LoadReport,
     strict: bool,
+    progress: bool = True,
 ) -> list[Sample]:
     root = Path(path)
-    loader = _Loader(report, strict)
+    loader = _Loader(report, strict, progress)
     if fmt is None:
         fmt = detect_format(root)
     elif fmt not in FORMATS:
-        raise DataError(f"{root}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise DataError(f"{root}: unknown format {fmt!r} (--format); expected one of {', '.join(FORMATS)}")
     elif not root.exists():
         raise DataError(f"{root}: no such file or directory")
     report.formats.append(fmt)
@@ -768,8 +844,27 @@ def _run(
                 missing = empty[0]
                 present = SECURE if missing == VULNERABLE else VULNERABLE
                 loader.problem(f"{root}: requested {cwe} has no {missing} samples (only {row[present]} {present})")
+    else:
+        _one_sided(samples, root, loader)
     report.samples = len(samples)
     return samples
+
+
+def _one_sided(samples: Sequence[Sample], root: Path, loader: _Loader) -> None:
+    """CWEs with only vulnerable or only secure samples: recorded in the report; :func:`validate` lists them as
+    problems (no vector can be fitted for them), :func:`load_samples` notes them."""
+    for cwe, row in sorted(count_by_cwe(samples).items(), key=lambda item: _cwe_sort_key(item[0])):
+        empty = [label for label in LABELS if not row.get(label)]
+        if len(empty) != 1:
+            continue
+        missing = empty[0]
+        present = SECURE if missing == VULNERABLE else VULNERABLE
+        loader.report.one_sided_cwes[cwe] = missing
+        message = (
+            f"{root}: {cwe} has no {missing} samples (only {row[present]} {present}): it cannot be used for "
+            f"steering vectors or evaluation; leave it out (--cwe) or add {missing} samples"
+        )
+        (loader.report.notes if loader.strict else loader.report.problems).append(message)
 
 
 def load_samples(
@@ -779,6 +874,7 @@ def load_samples(
     merge: Mapping[str, str] | None = None,
     cwes: Collection[str] | None = None,
     report: LoadReport | None = None,
+    progress: bool = True,
 ) -> list[Sample]:
     """Load a dataset as samples.
 
@@ -788,7 +884,9 @@ def load_samples(
         merge: CWE merge map (``{"CWE-77": "CWE-78"}``), applied before the ``cwes`` filter.
         cwes: keep only these CWEs (after the merge); each must end up with vulnerable and secure samples.
             None or empty: keep every CWE.
-        report: filled with counters (dropped identical pairs, files with replaced bytes, skipped cases ...).
+        report: filled with counters (dropped identical pairs, files with replaced bytes, binary files skipped,
+            skipped cases, CWEs with one label only ...).
+        progress: progress over Juliet cases (:mod:`vulnsteer.progress`).
 
     Raises:
         DataError: the first data problem (the message names the file, and line/field where applicable).
@@ -797,7 +895,7 @@ def load_samples(
     >>> samples[0].label, samples[0].pair_id is not None  # doctest: +SKIP
     ('vulnerable', True)
     """
-    return _run(path, fmt, merge, cwes, report if report is not None else LoadReport(), strict=True)
+    return _run(path, fmt, merge, cwes, report if report is not None else LoadReport(), True, progress)
 
 
 def validate(
@@ -806,12 +904,15 @@ def validate(
     *,
     merge: Mapping[str, str] | None = None,
     cwes: Collection[str] | None = None,
+    report: LoadReport | None = None,
+    progress: bool = True,
 ) -> list[str]:
-    """Every problem found in the dataset at *path* (an empty list means it loads cleanly). Never raises for
-    data problems."""
-    report = LoadReport()
+    """Every problem found in the dataset at *path* (an empty list means it loads cleanly): malformed rows,
+    missing fields, binary files, CWEs with only vulnerable or only secure samples ... Never raises for data
+    problems; *report* (if given) is filled as :func:`load_samples` fills it."""
+    report = report if report is not None else LoadReport()
     try:
-        _run(path, fmt, merge, cwes, report, strict=False)
+        _run(path, fmt, merge, cwes, report, False, progress)
     except DataError as exc:
         report.problems.append(str(exc))
     return report.problems

@@ -14,11 +14,10 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, batch_states, length_order, masked_mean, recording
-from ..lm.forward import forward
+from ..lm.forward import NonFiniteLogitsError, forward
 from ..lm.model import LayerMatcher, LoadedModel
 from ..lm.prompts import (
     DEFAULT_TEMPLATE,
@@ -28,6 +27,7 @@ from ..lm.prompts import (
     build_prompt,
     tokenize_prompts,
 )
+from ..progress import Progress
 from ..steering.hooks import SteeringSpec, steer_rows
 from .prefix import PrefixStore
 from .records import DetectionRecord
@@ -35,6 +35,7 @@ from .verdict import parse_verdict
 
 __all__ = [
     "DetectionRecord",
+    "NonFiniteLogitsError",
     "PrefixStore",
     "Variant",
     "detect",
@@ -341,12 +342,7 @@ def detect_variants_modes(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = _eos_ids(tok, model)
     per_chunk = max(1, max_rows // max(1, batch_size))
-    bar = tqdm(
-        total=len(samples) * len(names),
-        desc=desc or f"{'+'.join(modes)} detection",
-        unit="sample",
-        disable=not progress,
-    )
+    bar = Progress(len(samples) * len(names), desc or f"{'+'.join(modes)} detection", unit="sample", enabled=progress)
     for idx in _batches(order, batch_size):
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}

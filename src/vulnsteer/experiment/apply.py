@@ -25,12 +25,28 @@ from ..detection.records import DetectionRecord
 from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..stats.compare import compare_to_baseline, metrics_block, verdict_words
+from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
 from .engine import DEFAULT_OPTIONS, ResultStore, ScoringOptions, run_conditions
 from .grid import POOLED, Condition
 from .select import Choice, balanced_accuracy
 
-__all__ = ["Applied", "apply_choices", "held_out_conditions", "held_out_results", "split_words"]
+__all__ = ["Applied", "apply_choices", "held_out_conditions", "held_out_results", "lever_rate", "split_words"]
+
+
+def lever_rate(records: Sequence[DetectionRecord]) -> dict[str, Any]:
+    """How often the verdict follows the direction a gate pushed: among records with a non-zero push, the share
+    answering "vulnerable" where the push was toward vulnerable and "secure" where it was toward secure.
+
+    >>> from vulnsteer.detection.records import DetectionRecord
+    >>> recs = [DetectionRecord("a", "CWE-89", "p", 1, "vulnerable", push=1.0),
+    ...         DetectionRecord("b", "CWE-89", "p", 0, "vulnerable", push=-1.0)]
+    >>> lever_rate(recs)
+    {'rate': 0.5, 'pushed': 2, 'followed': 1}
+    """
+    pushed = [r for r in records if r.push]
+    followed = sum(1 for r in pushed if r.verdict == ("vulnerable" if (r.push or 0) > 0 else "secure"))
+    return {"rate": followed / len(pushed) if pushed else None, "pushed": len(pushed), "followed": followed}
 
 
 def split_words(split: str) -> str:
@@ -48,7 +64,7 @@ def held_out_conditions(
         if choice.best is None:
             continue
         cover = "all" if cross or target == POOLED else "target"
-        for kind in ("steered", "control"):
+        for kind in ("steered", "control", "gate_control") if choice.best.gated else ("steered", "control"):
             conds.append(choice.best.condition(kind, mode, split, target, cover, control_seed))
     return conds
 
@@ -65,6 +81,7 @@ def _row(
     control: Sequence[DetectionRecord] | None,
     label: str,
     seed: int,
+    gate_control: Sequence[DetectionRecord] | None = None,
 ) -> dict[str, Any]:
     """One row: baseline vs steered vs control on one CWE's samples (steered None: the baseline was chosen)."""
     base_m = metrics_block(base, seed)
@@ -95,6 +112,11 @@ def _row(
     control_m = metrics_block(control, seed) if control else None
     control_delta = control_m["balanced_accuracy"] - base_m["balanced_accuracy"] if control_m else None
     flips = (comp["mcnemar_b"], comp["mcnemar_c"])
+    if gate_control:
+        gate_m = metrics_block(gate_control, seed)
+        row["gate_control"] = gate_m
+        row["gate_control_delta"] = gate_m["balanced_accuracy"] - base_m["balanced_accuracy"]
+        row["lever_rate"] = lever_rate(steered)
     row.update(
         {
             "steered": steered_m,
@@ -135,6 +157,10 @@ def held_out_results(
     def pair(target: str) -> tuple[list[DetectionRecord], list[DetectionRecord]]:
         return list(records[conds[("steered", target)].key]), list(records[conds[("control", target)].key])
 
+    def gate_control(target: str) -> list[DetectionRecord] | None:
+        cond = conds.get(("gate_control", target))
+        return None if cond is None else _only(records[cond.key], target)
+
     present = [cwe for cwe in cwes if _only(base_all, cwe)]
     rows: dict[str, Any] = {}
     for cwe in present:
@@ -144,11 +170,12 @@ def held_out_results(
         base = _only(base_all, cwe)
         steered, control = (_only(recs, cwe) for recs in pair(cwe))
         label = choice.best.label()
+        gated = gate_control(cwe)
         if choice.chosen == "steered":
-            rows[cwe] = _row(cwe, split, base, steered, control, label, seed)
+            rows[cwe] = _row(cwe, split, base, steered, control, label, seed, gated)
         else:
             rows[cwe] = _row(cwe, split, base, None, None, "baseline (no steered setting beat it on val)", seed)
-            rows[cwe]["best_steered_not_chosen"] = _row(cwe, split, base, steered, control, label, seed)
+            rows[cwe]["best_steered_not_chosen"] = _row(cwe, split, base, steered, control, label, seed, gated)
     pooled_rows: dict[str, Any] = {}
     pooled = choices.get(POOLED)
     if pooled is not None and pooled.best is not None:
@@ -200,6 +227,7 @@ def apply_choices(
     cross_cwe_modes: Sequence[str] = ("logit",),
     options: ScoringOptions = DEFAULT_OPTIONS,
     seed: int = 0,
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
 ) -> Applied:
@@ -217,7 +245,7 @@ def apply_choices(
         for c in held_out_conditions(by_target, mode, split, control_seed, mode in cross_cwe_modes)
     ]
     records = run_conditions(
-        lm, conds, store, lambda _split: samples, vectors, options, sink=sink, prefix_store=prefix_store
+        lm, conds, store, lambda _split: samples, vectors, options, probes=probes, sink=sink, prefix_store=prefix_store
     )
     applied = Applied(records=records, conditions=conds)
     cwes = list(samples)

@@ -30,28 +30,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .values import (
-    STRENGTH_UNITS,
-    ConfigError,
-    Parser,
-    boolean,
-    cwe_list,
-    fail,
-    fractions,
-    integer,
-    layer_sets,
-    merge_list,
-    one_of,
-    optional_str,
-    pairs_cap,
-    some_of,
-    strength_list,
-)
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+from .sections import (
+    DEFAULT_CONDITIONAL_STRENGTHS,
+    DEFAULT_STRENGTHS,
+    MODES,
+    POOLINGS,
+    POSITIONS,
+    SECTIONS,
+    BaselinesSection,
+    ConditionalSection,
+    DataSection,
+    DetectionSection,
+    Key,
+    ModelSection,
+    ReportSection,
+    RunSection,
+    SteeringSection,
+    VectorsSection,
+)
+from .values import STRENGTH_UNITS, ConfigError, fail
 
 __all__ = [
     "MODES",
@@ -69,248 +71,6 @@ __all__ = [
     "parse_config",
 ]
 
-#: Detector modes, activation poolings, steered token positions and strength units (torch-free copies of the
-#: names that :mod:`vulnsteer.steering.hooks` and :mod:`vulnsteer.lm.activations` define; tests keep them equal).
-MODES: tuple[str, ...] = ("logit", "generation")
-POOLINGS: tuple[str, ...] = ("last", "code_mean")
-POSITIONS: tuple[str, ...] = ("last", "prompt", "generated", "all")
-METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
-DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
-
-
-# ------------------------------------------------------------------------------------------------ declarations
-
-
-@dataclass(frozen=True)
-class Key:
-    """One configuration key: where it lives, its default, parser, help text and command-line flag."""
-
-    section: str
-    name: str
-    default: Any
-    parse: Parser
-    help: str
-    flag: str | None = None
-    #: how the CLI reads the flag: ``str``, ``int``, ``float``, ``bool`` (a switch), ``csv`` (comma-separated
-    #: words), ``floats`` (comma-separated numbers), ``repeat`` (repeatable), ``layers`` (repeatable layer set),
-    #: ``nobool`` (a switch that sets the key to false)
-    cli: str = "str"
-    #: False for keys that say where and how fast, not what: a run directory may be resumed with them changed
-    identity: bool = True
-
-    @property
-    def dotted(self) -> str:
-        return f"{self.section}.{self.name}"
-
-
-def _key(
-    default: Any, parse: Parser, help: str, flag: str | None = None, cli: str = "str", identity: bool = True
-) -> Any:
-    return field(default=default, metadata={"key": (parse, help, flag, cli, identity)})
-
-
-@dataclass(frozen=True)
-class ModelSection:
-    """``[model]``: which model, on which device."""
-
-    name: str | None = _key(
-        None,
-        optional_str,
-        "Hugging Face id, local directory or .gguf file (absent: the embedded SmolLM2-135M-Instruct)",
-        "--model",
-    )
-    device: str | None = _key(None, optional_str, "cpu, cuda, cuda:1 ... (absent: cuda if available)", "--device")
-    dtype: str | None = _key(
-        None, optional_str, "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16", "--dtype"
-    )
-    device_map: str | None = _key(
-        None, optional_str, "passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs", "--device-map"
-    )
-    trust_remote_code: bool = _key(
-        False, boolean, "allow model repositories to run their own code", "--trust-remote-code", "bool"
-    )
-    layers_path: str | None = _key(
-        None,
-        optional_str,
-        "dotted attribute path of the decoder blocks, for an architecture vulnsteer does not know (e.g. "
-        "transformer.blocks; absent: found automatically)",
-        "--layers-path",
-    )
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """``[data]``: which samples, how they are cleaned, and how they are split."""
-
-    path: str | None = _key(
-        None, optional_str, "dataset file or folder, relative to the config file (absent: the bundled corpus)", "--data"
-    )
-    format: str | None = _key(
-        None, optional_str, "sven, juliet, paired-dir, castle, jsonl, csv (absent: detected)", "--format"
-    )
-    cwes: tuple[str, ...] = _key((), cwe_list, "CWEs to use (empty: every CWE in the data)", "--cwe", "repeat")
-    merge: tuple[str, ...] = _key((), merge_list, 'treat CWE FROM as TO, e.g. ["77=78"]', "--merge-cwe", "repeat")
-    fractions: tuple[float, float, float] = _key(
-        (0.6, 0.2, 0.2), fractions, "train, val, test fractions (split by pair/group)", "--fractions", "floats"
-    )
-    seed: int = _key(0, integer(0), "split seed", "--seed", "int")
-    respect_upstream: bool = _key(
-        False,
-        boolean,
-        "keep the dataset's own train/val split (its val becomes test)",
-        "--respect-upstream-split",
-        "bool",
-    )
-    max_pairs_per_cwe: int | None = _key(
-        None,
-        pairs_cap,
-        "cap pairs per CWE, seeded choice (0: no cap; with "
-        "respect_upstream the upstream val split, i.e. test, is not capped)",
-        "--max-pairs-per-cwe",
-        "int",
-    )
-    duplicates: str = _key(
-        "merge",
-        one_of(DUPLICATE_POLICIES),
-        "code in several splits: merge (one split group, "
-        "nothing dropped), drop (val/test copies and their partners), keep (report only)",
-        "--duplicates",
-    )
-    max_code_tokens: int = _key(
-        512, integer(32), "token budget for the code (longer code is truncated token-aware)", "--max-code-tokens", "int"
-    )
-    keep_comments: bool = _key(False, boolean, "keep comments (they can leak the label)", "--keep-comments", "bool")
-
-
-@dataclass(frozen=True)
-class VectorsSection:
-    """``[vectors]``: how steering vectors are fitted on the train split."""
-
-    methods: tuple[str, ...] = _key(
-        ("mean_diff",), some_of(METHOD_NAMES), "direction methods: mean_diff, pca, logistic", "--method", "csv"
-    )
-    pooling: tuple[str, ...] = _key(
-        ("last",),
-        some_of(POOLINGS),
-        "activation pooling the vectors are fitted at: last (answer position), code_mean",
-        "--pooling",
-        "csv",
-    )
-    pooled: bool = _key(
-        False, boolean, "also fit and select a pooled 'any weakness' vector over all CWEs", "--pooled-vector", "bool"
-    )
-
-
-#: ``vulnsteer run``'s candidate strengths (x the layer's mean hidden-state norm, both signs: raw mean differences
-#: are a few per cent of the hidden norm on small models and move nothing; validation picks sign and size).
-DEFAULT_STRENGTHS: tuple[tuple[str, float], ...] = tuple(("relative", s) for s in (-1.0, -0.3, 0.3, 1.0))
-
-
-@dataclass(frozen=True)
-class SteeringSection:
-    """``[steering]``: the candidate settings (layer sets x strengths x positions)."""
-
-    layers: tuple[tuple[int, ...], ...] = _key(
-        (),
-        layer_sets,
-        "single layers and layer sets, e.g. [[10], [15], "
-        "[10, 15]]; negatives count from the end ([]: the middle layer)",
-        "--layers",
-        "layers",
-    )
-    strengths: tuple[tuple[str, float], ...] = _key(
-        DEFAULT_STRENGTHS,
-        strength_list,
-        "{raw = [...], relative = [...]}; positive = toward 'vulnerable'",
-        "--strengths",
-        "floats",
-    )
-    positions: tuple[str, ...] = _key(
-        ("last",), some_of(POSITIONS), "token positions steered: last, prompt, generated, all", "--positions", "csv"
-    )
-    control_seed: int = _key(1234, integer(0), "seed of the random-direction controls", "--control-seed", "int")
-
-
-@dataclass(frozen=True)
-class DetectionSection:
-    """``[detection]``: detector modes and how each one's setting is chosen."""
-
-    modes: tuple[str, ...] = _key(MODES, some_of(MODES), "detector modes: logit and/or generation", "--modes", "csv")
-    select_generation_by: str = _key(
-        "logit",
-        one_of(MODES),
-        "whose validation results choose the generation "
-        "setting: logit (generation then runs on test only) or generation",
-        "--select-generation-by",
-    )
-    cross_cwe_modes: tuple[str, ...] = _key(
-        ("logit",),
-        some_of(MODES, empty=True),
-        "modes in which each CWE's chosen vector is also applied to every other CWE's test samples (cross-CWE matrix)",
-        "--cross-cwe-modes",
-        "csv",
-    )
-    max_new_tokens: int = _key(20, integer(1), "generation mode: tokens to generate", "--max-new-tokens", "int")
-    batch_size: int = _key(8, integer(1), "samples per forward pass", "--batch-size", "int")
-
-
-@dataclass(frozen=True)
-class ReportSection:
-    """``[report]``: what the report adds beyond the lead tables."""
-
-    probes: bool = _key(
-        True,
-        boolean,
-        "probe detectors (the vector and a logistic probe read as classifiers, and "
-        "their length-only control) on the val/test activations",
-        "--no-probes",
-        "nobool",
-    )
-    n_examples: int = _key(2, integer(0), "example generations per CWE in the report", "--examples", "int")
-
-
-@dataclass(frozen=True)
-class RunSection:
-    """``[run]``: where results go and how the work is chunked and cached (none of it changes a number)."""
-
-    out: str | None = _key(
-        None, optional_str, "run directory (rerun to resume; absent: runs/<name>-<timestamp>)", "--out", identity=False
-    )
-    group_size: int = _key(
-        16,
-        integer(1),
-        "conditions per saved chunk (a kill loses at most one chunk)",
-        "--group-size",
-        "int",
-        identity=False,
-    )
-    prefix_cache_mib: int = _key(
-        2048,
-        integer(0),
-        "memory for prompt-prefix KV caches kept between chunks, MiB (0: recompute per chunk)",
-        "--prefix-cache-mib",
-        "int",
-        identity=False,
-    )
-    cache: bool = _key(True, boolean, "use the on-disk activation cache", identity=False)
-    cache_dir: str | None = _key(
-        None, optional_str, "activation cache folder (absent: <cache root>/activations)", "--cache-dir", identity=False
-    )
-    controls_on_val: bool = _key(
-        True, boolean, "random controls for every candidate on val too (the selection curves' control lines)"
-    )
-
-
-SECTIONS: dict[str, type] = {
-    "model": ModelSection,
-    "data": DataSection,
-    "vectors": VectorsSection,
-    "steering": SteeringSection,
-    "detection": DetectionSection,
-    "report": ReportSection,
-    "run": RunSection,
-}
-
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -326,6 +86,8 @@ class ExperimentConfig:
     vectors: VectorsSection = field(default_factory=VectorsSection)
     steering: SteeringSection = field(default_factory=SteeringSection)
     detection: DetectionSection = field(default_factory=DetectionSection)
+    conditional: ConditionalSection = field(default_factory=ConditionalSection)
+    baselines: BaselinesSection = field(default_factory=BaselinesSection)
     report: ReportSection = field(default_factory=ReportSection)
     run: RunSection = field(default_factory=RunSection)
 
@@ -374,7 +136,7 @@ def parse_config(
     ('logit',)
     """
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    units: dict[str, str] = {}
+    units: dict[str, dict[str, str]] = {}
     description = ""
     for section, body in doc.items():
         if section == "description":
@@ -403,60 +165,60 @@ def parse_config(
     return config
 
 
+#: Sections whose ``strengths`` may be a plain list qualified by the section's ``unit`` key, and their defaults.
+UNIT_SECTIONS: dict[str, tuple[tuple[str, float], ...]] = {
+    "steering": DEFAULT_STRENGTHS,
+    "conditional": DEFAULT_CONDITIONAL_STRENGTHS,
+}
+
+
 def _set(
     values: dict[str, dict[str, Any]],
-    units: dict[str, str],
+    units: dict[str, dict[str, str]],
     section: str,
     key: str,
     value: Any,
     where: str,
     source: str,
 ) -> None:
-    if (section, key) == ("steering", "unit"):
+    if key == "unit" and section in UNIT_SECTIONS:
         if value not in STRENGTH_UNITS:
             raise fail(where, f"unknown unit {value!r}; choose from {', '.join(STRENGTH_UNITS)}")
-        units["unit"], units["where"] = str(value), where
+        units.setdefault(section, {}).update({"unit": str(value), "where": where})
         return
     spec = _KEYS.get((section, key))
     if spec is None:
-        known = ", ".join(
-            [k.name for k in _KEYS.values() if k.section == section] + (["unit"] if section == "steering" else [])
-        )
-        known = _steering_order(known) if section == "steering" else known
-        raise ConfigError(f"{source}: unknown key '{section}.{key}' (known in [{section}]: {known})")
+        names = [k.name for k in _KEYS.values() if k.section == section]
+        if section in UNIT_SECTIONS:
+            names.insert(names.index("strengths") + 1, "unit")
+        raise ConfigError(f"{source}: unknown key '{section}.{key}' (known in [{section}]: {', '.join(names)})")
     values[section][key] = spec.parse(value, where)
-    if (section, key) == ("steering", "strengths"):
-        units["strengths_where"] = where
+    if key == "strengths" and section in UNIT_SECTIONS:
+        units.setdefault(section, {})["strengths_where"] = where
 
 
-def _steering_order(known: str) -> str:
-    names = known.split(", ")
-    names.remove("unit")
-    names.insert(names.index("strengths") + 1, "unit")
-    return ", ".join(names)
-
-
-def _resolve_strengths(values: dict[str, dict[str, Any]], units: dict[str, str]) -> None:
-    """A plain list of strengths takes ``steering.unit``; a unit alone re-units the default strengths."""
-    steering = values["steering"]
-    unit = units.get("unit")
-    if "strengths" in steering:
-        plain = [s for s in steering["strengths"] if not s[0]]
-        where = units.get("strengths_where", "steering.strengths")
-        if plain and unit is None:
-            raise fail(
-                where,
-                "steering.strengths is a plain list: set steering.unit (raw or relative), or write "
-                "strengths = {relative = [...], raw = [...]}",
-            )
-        if unit is not None and not plain:
-            raise fail(
-                units["where"],
-                "steering.unit only qualifies a plain list of strengths; the table form names its units itself",
-            )
-        steering["strengths"] = tuple(dict.fromkeys((u or unit or "", s) for u, s in steering["strengths"]))
-    elif unit is not None:
-        steering["strengths"] = tuple((unit, s) for _, s in DEFAULT_STRENGTHS)
+def _resolve_strengths(values: dict[str, dict[str, Any]], units: dict[str, dict[str, str]]) -> None:
+    """A plain list of strengths takes the section's ``unit``; a unit alone re-units the default strengths."""
+    for section, default in UNIT_SECTIONS.items():
+        body, found = values[section], units.get(section, {})
+        unit = found.get("unit")
+        if "strengths" in body:
+            plain = [s for s in body["strengths"] if not s[0]]
+            where = found.get("strengths_where", f"{section}.strengths")
+            if plain and unit is None:
+                raise fail(
+                    where,
+                    f"{section}.strengths is a plain list: set {section}.unit (raw, relative or "
+                    "sigma), or write strengths = {relative = [...], raw = [...]}",
+                )
+            if unit is not None and not plain:
+                raise fail(
+                    found["where"],
+                    f"{section}.unit only qualifies a plain list of strengths; the table form names its units itself",
+                )
+            body["strengths"] = tuple(dict.fromkeys((u or unit or "", s) for u, s in body["strengths"]))
+        elif unit is not None:
+            body["strengths"] = tuple((unit, s) for _, s in default)
 
 
 def load_config(path: str | Path, overrides: Mapping[str, tuple[Any, str]] | None = None) -> ExperimentConfig:
@@ -494,7 +256,7 @@ def config_document(config: ExperimentConfig) -> dict[str, Any]:
         doc[section] = {}
         for f in dataclasses.fields(body):
             value = getattr(body, f.name)
-            if (section, f.name) == ("steering", "strengths"):
+            if f.name == "strengths" and section in UNIT_SECTIONS:
                 table: dict[str, list[float]] = {}
                 for unit, strength in value:
                     table.setdefault(unit, []).append(strength)

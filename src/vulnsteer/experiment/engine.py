@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..io import append_jsonl, read_jsonl
 from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from ..steering.gate import LinearProbe
 from ..steering.hooks import SteeringSpec
 from ..steering.vectors import SteeringVector
 from .grid import Condition, condition_specs
@@ -37,13 +38,21 @@ SamplesFor = Callable[[str], Mapping[str, Sequence[Sample]]]
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    """How conditions are scored (none of it but the template and ``max_new_tokens`` changes a number)."""
+    """How conditions are scored (none of it but the templates and ``max_new_tokens`` changes a number).
+
+    *templates* maps a condition's template name to its prompt (``default`` is the experiment's prompt; the other
+    names are the prompting baselines)."""
 
     batch_size: int = 8
     max_new_tokens: int = 20
     group_size: int = 16
-    template: PromptTemplate = DEFAULT_TEMPLATE
+    templates: Mapping[str, PromptTemplate] = field(default_factory=lambda: {"default": DEFAULT_TEMPLATE})
     progress: bool = True
+
+    @property
+    def template(self) -> PromptTemplate:
+        """The experiment's own prompt."""
+        return self.templates["default"]
 
 
 DEFAULT_OPTIONS = ScoringOptions()
@@ -90,6 +99,7 @@ def score_chunk(
     vectors: Mapping[tuple[str, str], SteeringVector],
     options: ScoringOptions = DEFAULT_OPTIONS,
     *,
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
 ) -> dict[str, list[DetectionRecord]]:
@@ -105,7 +115,7 @@ def score_chunk(
         def for_sample(sample: Sample) -> list[SteeringSpec] | None:
             key = (cond.variant_key, sample.cwe)
             if key not in specs_cache:
-                specs_cache[key] = condition_specs(cond, sample.cwe, vectors)
+                specs_cache[key] = condition_specs(cond, sample.cwe, vectors, probes)
             return specs_cache[key]
 
         return for_sample
@@ -117,7 +127,7 @@ def score_chunk(
         samples,
         {key: variant(conds[0]) for key, conds in by_variant.items()},
         modes=modes,
-        template=options.template,
+        template=options.templates[_template_of(conditions)],
         batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens,
         progress=False,
@@ -127,15 +137,22 @@ def score_chunk(
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
 
 
+def _template_of(conditions: Sequence[Condition]) -> str:
+    names = {c.template for c in conditions}
+    if len(names) != 1:
+        raise ValueError(f"one chunk, one prompt template (got {sorted(names)})")
+    return names.pop()
+
+
 def _chunks(pending: Sequence[Condition], size: int) -> list[list[Condition]]:
-    """Chunks of at most *size* conditions that share one split and one set of detector modes per variant, so a
-    chunk never generates text for a variant that only needs its answer logits (and vice versa)."""
+    """Chunks of at most *size* conditions that share one split, one prompt template and one set of detector
+    modes per variant, so a chunk never generates text for a variant that only needs its answer logits."""
     modes: dict[str, set[str]] = defaultdict(set)
     for cond in pending:
         modes[cond.variant_key].add(cond.mode)
-    groups: dict[tuple[str, tuple[str, ...]], list[Condition]] = defaultdict(list)
+    groups: dict[tuple[str, str, tuple[str, ...]], list[Condition]] = defaultdict(list)
     for cond in pending:
-        groups[(cond.split, tuple(sorted(modes[cond.variant_key])))].append(cond)
+        groups[(cond.split, cond.template, tuple(sorted(modes[cond.variant_key])))].append(cond)
     return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
@@ -147,6 +164,7 @@ def run_conditions(
     vectors: Mapping[tuple[str, str], SteeringVector],
     options: ScoringOptions = DEFAULT_OPTIONS,
     *,
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
 ) -> dict[str, list[DetectionRecord]]:
@@ -161,7 +179,14 @@ def run_conditions(
     for chunk in chunks:
         start = time.perf_counter()
         found = score_chunk(
-            lm, chunk, samples_for(chunk[0].split), vectors, options, sink=sink, prefix_store=prefix_store
+            lm,
+            chunk,
+            samples_for(chunk[0].split),
+            vectors,
+            options,
+            probes=probes,
+            sink=sink,
+            prefix_store=prefix_store,
         )
         seconds = (time.perf_counter() - start) / len(chunk)
         for cond in chunk:

@@ -111,7 +111,9 @@ def _run_evaluation(
         "split": split,
     }
     d = config.detection
-    options = ScoringOptions(d.batch_size, d.max_new_tokens, config.run.group_size, DEFAULT_TEMPLATE, progress)
+    options = ScoringOptions(
+        d.batch_size, d.max_new_tokens, config.run.group_size, {"default": DEFAULT_TEMPLATE}, progress
+    )
     with run.open(identity, f"{command} run"):
         applied = apply_choices(
             lm,

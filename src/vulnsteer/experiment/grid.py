@@ -1,9 +1,11 @@
 """The grid: steering settings, and the conditions (setting x role x detector mode x split) that get scored.
 
 A :class:`Setting` is one steering configuration: which vector (method at a pooling), at which layers, in which
-strength unit and size, at which token positions. A :class:`Condition` is what the engine scores and stores: the
-baseline (no setting), a setting with a real vector (``steered``) or with its random-direction control
-(``control``: same norms, same layers), in one detector mode, on one split, with one vector source.
+strength unit and size, at which token positions, and, for conditional steering, which probe gates it and how.
+A :class:`Condition` is what the engine scores and stores: the baseline (no setting, possibly under another
+prompt template), a setting with a real vector (``steered``), with its random-direction control (``control``:
+same norms, same layers, same gate), or, for a gated setting, with a random gate (``gate_control``: the real
+vector gated by a random direction's score), in one detector mode, on one split, with one vector source.
 
 >>> s = Setting("mean_diff", "last", (15,), "relative", 0.3, "last")
 >>> s.label()
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..lm.model import resolve_layers
+from ..steering.gate import Gate, LinearProbe
 from ..steering.hooks import PositionMode, SteeringSpec, StrengthUnit
 from ..steering.vectors import SteeringVector
 from .config import ExperimentConfig
@@ -39,7 +42,9 @@ __all__ = [
 
 #: Name of the pooled "any weakness" vector (all CWEs' training samples together).
 POOLED = "any"
-KINDS: tuple[str, ...] = ("baseline", "steered", "control")
+KINDS: tuple[str, ...] = ("baseline", "steered", "control", "gate_control")
+#: How a random-gate control names its probe: ``random:<probe key>``.
+RANDOM_PROBE = "random:"
 DEFAULT_CONTROL_SEED = 1234
 
 
@@ -53,6 +58,18 @@ class Setting:
     unit: str
     strength: float
     positions: str
+    #: conditional steering: ``none`` (constant), or a gate kind (``sign``, ``linear``, ``one_sided``)
+    gate: str = "none"
+    #: the gating probe's key (``logistic@code_mean@L15``), for a gated setting
+    probe: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.gate == "none") != (self.probe is None):
+            raise ValueError("a gated setting names its gating probe, and a constant one does not")
+
+    @property
+    def gated(self) -> bool:
+        return self.gate != "none"
 
     @property
     def method_key(self) -> str:
@@ -62,11 +79,14 @@ class Setting:
     @property
     def key(self) -> str:
         layers = ",".join(map(str, self.layers))
-        return f"{self.method_key}|L{layers}|{self.unit}:{self.strength:g}|{self.positions}"
+        gate = f"|{self.gate}:{self.probe}" if self.gated else ""
+        return f"{self.method_key}|L{layers}|{self.unit}:{self.strength:g}|{self.positions}{gate}"
 
     def label(self) -> str:
         layers = ",".join(map(str, self.layers))
-        return f"{self.method_key} L{layers} {self.unit} {self.strength:+g} (steer {self.positions})"
+        vector = self.method if self.method == self.pooling else self.method_key
+        gate = f" gated by {self.probe} ({self.gate})" if self.gated else ""
+        return f"{vector} L{layers} {self.unit} {self.strength:+g} (steer {self.positions}){gate}"
 
     def condition(
         self,
@@ -94,6 +114,8 @@ class Setting:
             str(data["unit"]),
             float(data["strength"]),
             str(data["positions"]),
+            str(data.get("gate", "none")),
+            data.get("probe"),
         )
 
 
@@ -102,13 +124,14 @@ class Condition:
     """One scored condition.
 
     Attributes:
-        kind: ``baseline``, ``steered`` or ``control``.
+        kind: ``baseline``, ``steered``, ``control`` (random vector) or ``gate_control`` (random gate).
         mode: detector mode (``logit`` or ``generation``).
         split: ``val``, ``test``, ``train`` or ``all`` (every sample of another dataset).
         setting: the steering setting (None for the baseline).
         vector: whose vector steers: None = each sample's own CWE's, ``"any"`` = the pooled vector, or a CWE id.
         cover: ``all`` samples of the split, or only the ``target`` samples (those of the *vector*'s CWE).
-        control_seed: seed of the random direction (``control`` only).
+        control_seed: seed of the random direction (``control`` and ``gate_control``).
+        template: the prompt template's name (``default``; other names are the prompting baselines).
     """
 
     kind: str
@@ -118,6 +141,7 @@ class Condition:
     vector: str | None = None
     cover: str = "all"
     control_seed: int = DEFAULT_CONTROL_SEED
+    template: str = "default"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -126,15 +150,18 @@ class Condition:
             raise ValueError("the baseline has no setting; steered and control conditions need one")
         if self.cover not in ("all", "target") or (self.cover == "target" and self.vector in (None, POOLED)):
             raise ValueError(f"cover must be 'all', or 'target' with a CWE's vector, got {self.cover!r}")
+        if self.kind == "gate_control" and (self.setting is None or not self.setting.gated):
+            raise ValueError("a random-gate control needs a gated setting")
 
     @property
     def key(self) -> str:
         """Unique name in ``records.jsonl``: every field that changes a record is in it."""
+        template = "" if self.template == "default" else f"|template={self.template}"
         if self.setting is None:
-            return f"baseline|{self.mode}|{self.split}"
+            return f"baseline|{self.mode}|{self.split}{template}"
         return (
             f"{self.kind}|{self.mode}|{self.split}|{self.setting.key}|{self.vector or 'own'}|{self.cover}"
-            f"|seed={self.control_seed}"
+            f"|seed={self.control_seed}{template}"
         )
 
     @property
@@ -161,6 +188,7 @@ class Condition:
             "vector": self.vector,
             "cover": self.cover,
             "control_seed": self.control_seed,
+            "template": self.template,
             "key": self.key,
         }
 
@@ -210,10 +238,15 @@ def control_vector(vector: SteeringVector, seed: int) -> SteeringVector:
 
 
 def condition_specs(
-    condition: Condition, cwe: str, vectors: Mapping[tuple[str, str], SteeringVector]
+    condition: Condition,
+    cwe: str,
+    vectors: Mapping[tuple[str, str], SteeringVector],
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
 ) -> list[SteeringSpec] | None:
     """The steering specs of *condition* for a sample of *cwe*: ``[]`` for the baseline, None when the condition
-    does not cover the sample or has no vector for it."""
+    does not cover the sample or has no vector (or gating probe) for it. A gated setting's probe is looked up as
+    ``(cwe, key)``, then ``("any", key)`` (a probe pooled over every CWE); a random-gate control uses the probe
+    ``random:<key>``."""
     if condition.setting is None:
         return []
     if condition.cover == "target" and cwe != condition.vector:
@@ -224,12 +257,14 @@ def condition_specs(
         return None
     if condition.kind == "control":
         vec = control_vector(vec, condition.control_seed)
-    return [
-        SteeringSpec(
-            vec,
-            setting.strength,
-            layers=setting.layers or vec.layers,
-            positions=cast(PositionMode, setting.positions),
-            unit=cast(StrengthUnit, setting.unit),
-        )
-    ]
+    gate = None
+    if setting.gated:
+        assert setting.probe is not None
+        name = (RANDOM_PROBE if condition.kind == "gate_control" else "") + setting.probe
+        probe = (probes or {}).get((cwe, name)) or (probes or {}).get((POOLED, name))
+        if probe is None:
+            return None
+        gate = Gate(setting.gate, probe)
+    return [SteeringSpec(vec, setting.strength, layers=setting.layers or vec.layers,
+                         positions=cast(PositionMode, setting.positions), unit=cast(StrengthUnit, setting.unit),
+                         gate=gate)]  # fmt: skip

@@ -12,12 +12,14 @@ conditions, and the test split is scored only by the apply engine, after the cho
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..data.sample import Sample
 from ..detection.prefix import PrefixStore
 from ..detection.probe import evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
@@ -26,17 +28,29 @@ from ..lm.activations import POOLINGS, Activations, ActivationSink
 from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
 from ..stats.metrics import point_metrics
+from ..steering.gate import LinearProbe
 from ..steering.vectors import dataset_hash
 from .apply import Applied, apply_choices
+from .conditional import (
+    behaviour_vectors,
+    calibrated_records,
+    condition_layers,
+    condition_probes,
+    conditional_settings,
+    probe_records,
+    prompt_templates,
+    template_conditions,
+)
 from .config import ExperimentConfig, ModelSection, config_document, identity_of
 from .config_toml import dump_config
 from .engine import ResultStore, ScoringOptions, run_conditions
 from .fit import fit_cwe_vectors, save_vectors, train_pca, vector_cosines
-from .grid import Condition, candidate_settings, resolve_layer_sets, val_conditions
+from .grid import POOLED, RANDOM_PROBE, Condition, Setting, candidate_settings, resolve_layer_sets, val_conditions
+from .lead import LeadEntry, compose, lead_table, lead_words, margins_by_class
 from .prepare import PreparedData, load_dataset, prepare_data
 from .results import json_ready, new_results, save_chosen, train_code_hashes
 from .rundir import CHOSEN_DIR, CHOSEN_NAME, RESOLVED_NAME, RunDir
-from .select import Choice, select_settings
+from .select import Choice, select_settings, select_templates
 
 __all__ = ["default_out_dir", "load_configured_model", "run_protocol"]
 
@@ -188,7 +202,9 @@ class _Protocol:
         self.store = ResultStore(run.records)
         self.prefix_store = PrefixStore(max_bytes=config.run.prefix_cache_mib * 1024**2)
         d = config.detection
-        self.options = ScoringOptions(d.batch_size, d.max_new_tokens, config.run.group_size, DEFAULT_TEMPLATE, progress)
+        self.options = ScoringOptions(
+            d.batch_size, d.max_new_tokens, config.run.group_size, {"default": DEFAULT_TEMPLATE}, progress
+        )
         self.sink = ActivationSink(self.layers) if config.report.probes else None
         self.cache = ActivationCache(config.run.cache_dir, enabled=config.run.cache)
 
@@ -209,12 +225,105 @@ class _Protocol:
                 },
             }
         )
-        train_by_cwe = data.by_cwe("train")
-        train = data.samples("train")
+        acts = self._fit()
+        settings = candidate_settings(cfg, self.layer_sets) + self.gated
+        val_conds = {mode: self._val_conditions(settings, mode) for mode in cfg.selecting_modes()}
         t = time.perf_counter()
-        poolings = list(dict.fromkeys([*cfg.vectors.pooling, *(POOLINGS if cfg.report.probes else ())]))
+        val_records = run_conditions(
+            self.lm,
+            [c for conds in val_conds.values() for c in conds],
+            self.store,
+            data.by_cwe,
+            self.vectors,
+            self.options,
+            probes=self.cond_probes,
+            sink=self.sink,
+            prefix_store=self.prefix_store,
+        )
+        self._timed("score_val", t)
+        results["val"] = {mode: val_entries(conds, val_records, data.cwes) for mode, conds in val_conds.items()}
+        choices, conditional, templates = self._select(val_conds, val_records)
+        t = time.perf_counter()
+        test = data.by_cwe("test")
+        applied = apply_choices(
+            self.lm,
+            choices,
+            test,
+            self.vectors,
+            self.store,
+            split="test",
+            control_seed=cfg.steering.control_seed,
+            cross_cwe_modes=cfg.detection.cross_cwe_modes,
+            options=self.options,
+            seed=cfg.data.seed,
+            probes=self.cond_probes,
+            sink=self.sink,
+            prefix_store=self.prefix_store,
+        )
+        gated = None
+        if conditional:
+            gated = apply_choices(
+                self.lm,
+                conditional,
+                test,
+                self.vectors,
+                self.store,
+                split="test",
+                control_seed=cfg.steering.control_seed,
+                cross_cwe_modes=(),
+                options=self.options,
+                seed=cfg.data.seed,
+                probes=self.cond_probes,
+                prefix_store=self.prefix_store,
+            )
+        prompted = self._prompted(templates, test)
+        self._timed("score_test", t)
+        for key in ("summary", "pooled", "cross_cwe"):
+            results[key] = {mode: found[key if key != "summary" else "rows"] for mode, found in applied.by_mode.items()}
+        if gated is not None:
+            results["conditional"] = {mode: found["rows"] for mode, found in gated.by_mode.items()}
+        conds = applied.conditions + (gated.conditions if gated else [])
+        everything = {**applied.records, **(gated.records if gated else {}), **prompted}
+        results["records"] = {c.key: [r.to_dict() for r in everything[c.key]] for c in conds}
+        results["examples"] = {
+            mode: examples(gated or applied, (conditional or choices)[mode], mode, "test", cfg.report.n_examples)
+            for mode in cfg.detection.modes
+            if mode == "generation" and cfg.report.n_examples
+        }
+        results["lead"] = self._lead(choices, conditional, templates, val_records, everything)
+        if cfg.report.probes:
+            t = time.perf_counter()
+            results["probes"] = self._probes(acts)
+            self._timed("probes", t)
+        ps = self.prefix_store
+        results["prefix_cache"] = {
+            "hits": ps.hits,
+            "misses": ps.misses,
+            "entries": len(ps),
+            "mib": round(ps.used_bytes / 1024**2, 1),
+        }
+        results["status"] = "complete"
+
+    def _fit(self) -> Activations:
+        """Training activations (cached), the per-CWE vectors and, for conditional steering, the behaviour
+        vectors and the gating probes (thresholds on val) and their settings."""
+        cfg, data, results = self.config, self.data, self.results
+        train_by_cwe, train = data.by_cwe("train"), data.samples("train")
+        conditional = cfg.conditional.enabled
+        self.condition_layers = condition_layers(cfg, self.layer_sets, self.lm.num_layers) if conditional else []
+        layers = sorted({*self.layers, *self.condition_layers})
+        poolings = list(
+            dict.fromkeys(
+                [
+                    *cfg.vectors.pooling,
+                    *(POOLINGS if cfg.report.probes else ()),
+                    *(["last", *cfg.conditional.pooling] if conditional else ()),
+                ]
+            )
+        )
+        t = time.perf_counter()
         acts, stats = self.cache.load_or_extract(
-            self.lm, train, self.layers, poolings, batch_size=cfg.detection.batch_size, progress=self.progress
+            self.lm, train, layers, poolings, batch_size=cfg.detection.batch_size, progress=self.progress
         )
         results["activation_cache"] = {"dir": str(self.cache.root), "enabled": cfg.run.cache, **stats.to_dict()}
         self._timed("activations", t)
@@ -233,80 +342,204 @@ class _Protocol:
         middle = self.layers[len(self.layers) // 2]
         results["pca"] = {p: train_pca(acts, train, p, middle) for p in cfg.vectors.pooling}
         self._timed("fit_vectors", t)
-
-        settings = candidate_settings(cfg, self.layer_sets)
-        val_conds = {mode: val_conditions(cfg, settings, mode) for mode in cfg.selecting_modes()}
-        t = time.perf_counter()
-        val_records = run_conditions(
-            self.lm,
-            [c for conds in val_conds.values() for c in conds],
-            self.store,
-            data.by_cwe,
-            vectors,
-            self.options,
-            sink=self.sink,
-            prefix_store=self.prefix_store,
-        )
-        self._timed("score_val", t)
-        results["val"] = {mode: val_entries(conds, val_records, data.cwes) for mode, conds in val_conds.items()}
-        picked = {
-            mode: select_settings(conds, val_records, data.cwes, cfg.vectors.pooled, f"{mode} mode, val split")
-            for mode, conds in val_conds.items()
-        }
-        choices = {mode: picked[cfg.selection_mode(mode)] for mode in cfg.detection.modes}
-        results["selection"] = {mode: {t: c.to_dict() for t, c in by.items()} for mode, by in choices.items()}
-        save_chosen(
-            self.run_dir,
-            choices,
-            vectors,
-            {
-                "run_dir": str(self.run_dir.path),
-                "model": results["model"],
-                "config": results["config"],
-                "template": DEFAULT_TEMPLATE.to_dict(),
-                "control_seed": cfg.steering.control_seed,
-                "sign_convention": results["sign_convention"],
-                "train_code_hashes": train_code_hashes(train),
-                "selection": "per CWE on the validation split only (balanced accuracy, ties to the smaller |strength|)",
-            },
-        )
-
-        t = time.perf_counter()
-        applied = apply_choices(
-            self.lm,
-            choices,
-            data.by_cwe("test"),
-            vectors,
-            self.store,
-            split="test",
-            control_seed=cfg.steering.control_seed,
-            cross_cwe_modes=cfg.detection.cross_cwe_modes,
-            options=self.options,
-            seed=cfg.data.seed,
-            sink=self.sink,
-            prefix_store=self.prefix_store,
-        )
-        self._timed("score_test", t)
-        for key in ("summary", "pooled", "cross_cwe"):
-            results[key] = {mode: found[key if key != "summary" else "rows"] for mode, found in applied.by_mode.items()}
-        results["records"] = {c.key: [r.to_dict() for r in applied.records[c.key]] for c in applied.conditions}
-        results["examples"] = {
-            mode: examples(applied, choices[mode], mode, "test", cfg.report.n_examples)
-            for mode in cfg.detection.modes
-            if mode == "generation" and cfg.report.n_examples
-        }
-        if cfg.report.probes:
+        self.vectors = dict(vectors)
+        self.cond_probes: dict[tuple[str, str], LinearProbe] = {}
+        self.gated: list[Setting] = []
+        if conditional:
             t = time.perf_counter()
-            results["probes"] = self._probes(acts)
-            self._timed("probes", t)
-        ps = self.prefix_store
-        results["prefix_cache"] = {
-            "hits": ps.hits,
-            "misses": ps.misses,
-            "entries": len(ps),
-            "mib": round(ps.used_bytes / 1024**2, 1),
+            behaviours = behaviour_vectors(self.lm, cfg, acts, train_by_cwe, self.layers, progress=self.progress)
+            self.vectors.update(behaviours)
+            val = data.samples("val")
+            val_acts, _ = self.cache.load_or_extract(
+                self.lm,
+                val,
+                self.condition_layers,
+                cfg.conditional.pooling,
+                batch_size=cfg.detection.batch_size,
+                progress=self.progress,
+            )
+            self.cond_probes = condition_probes(cfg, (acts, train), (val_acts, val), self.condition_layers)
+            keys = sorted({k for _, k in self.cond_probes if not k.startswith(RANDOM_PROBE)})
+            self.gated = conditional_settings(cfg, self.layer_sets, keys)
+            results["behaviours"] = save_vectors(
+                {k: v for k, v in behaviours.items() if k[0] == POOLED}, self.run_dir.path / "behaviours"
+            )
+            results["condition_probes"] = {
+                f"{target}|{key}": {"threshold": p.threshold, "spread": p.spread, **dict(p.meta)}
+                for (target, key), p in self.cond_probes.items()
+            }
+            self._timed("fit_conditional", t)
+        self.templates = prompt_templates(cfg, train, DEFAULT_TEMPLATE)
+        self.options = dataclasses.replace(self.options, templates=self.templates)
+        return acts
+
+    def _val_conditions(self, settings: Sequence[Setting], mode: str) -> list[Condition]:
+        """The validation grid of one mode: constant settings (and the pooled vector), gated settings with both
+        controls, and the prompting baselines."""
+        cfg = self.config
+        constant = val_conditions(cfg, [s for s in settings if not s.gated], mode)
+        seed = cfg.steering.control_seed
+        kinds = ("steered", "control", "gate_control") if cfg.run.controls_on_val else ("steered",)
+        gated = [s.condition(kind, mode, "val", control_seed=seed) for s in settings if s.gated for kind in kinds]
+        return constant + gated + template_conditions(list(self.templates), mode, "val")
+
+    def _select(
+        self, val_conds: Mapping[str, Sequence[Condition]], records: Mapping[str, Sequence[DetectionRecord]]
+    ) -> tuple[dict[str, dict[str, Choice]], dict[str, dict[str, Choice]], dict[str, dict[str, str]]]:
+        """Per selecting mode and CWE, on val: the constant setting, the conditional one, the prompt template."""
+        cfg, cwes = self.config, self.data.cwes
+        picked, gated, prompts = {}, {}, {}
+        for mode, conds in val_conds.items():
+            how = f"{mode} mode, val split"
+            plain = [c for c in conds if c.template == "default" and (c.setting is None or not c.setting.gated)]
+            picked[mode] = select_settings(plain, records, cwes, cfg.vectors.pooled, how)
+            with_gate = [c for c in conds if c.template == "default" and (c.setting is None or c.setting.gated)]
+            if self.gated:
+                gated[mode] = select_settings(with_gate, records, cwes, False, how)
+            prompts[mode] = select_templates([c for c in conds if c.kind == "baseline"], records, cwes)
+        choices = {mode: picked[cfg.selection_mode(mode)] for mode in cfg.detection.modes}
+        conditional = {mode: gated[cfg.selection_mode(mode)] for mode in cfg.detection.modes} if gated else {}
+        templates = {mode: prompts[cfg.selection_mode(mode)] for mode in cfg.detection.modes}
+        self.results["selection"] = {m: {t: c.to_dict() for t, c in by.items()} for m, by in choices.items()}
+        if conditional:
+            self.results["conditional_selection"] = {
+                m: {t: c.to_dict() for t, c in by.items()} for m, by in conditional.items()
+            }
+        self.results["prompt_selection"] = templates
+        header = {
+            "run_dir": str(self.run_dir.path),
+            "model": self.results["model"],
+            "config": self.results["config"],
+            "template": DEFAULT_TEMPLATE.to_dict(),
+            "control_seed": cfg.steering.control_seed,
+            "sign_convention": self.results["sign_convention"],
+            "train_code_hashes": train_code_hashes(self.data.samples("train")),
+            "selection": "per CWE on the validation split only (balanced accuracy, ties to the smaller |strength|)",
         }
-        results["status"] = "complete"
+        save_chosen(self.run_dir, choices, self.vectors, header)
+        return choices, conditional, templates
+
+    def _prompted(
+        self, templates: Mapping[str, Mapping[str, str]], test: Mapping[str, Sequence[Sample]]
+    ) -> dict[str, list[DetectionRecord]]:
+        """The test baselines under the prompt templates some CWE chose on val."""
+        conds = [
+            Condition("baseline", mode, "test", template=name)
+            for mode, by_cwe in templates.items()
+            for name in sorted(set(by_cwe.values()))
+            if name != "default"
+        ]
+        if not conds:
+            return {}
+        return run_conditions(
+            self.lm, conds, self.store, lambda _split: test, self.vectors, self.options, prefix_store=self.prefix_store
+        )
+
+    def _chosen(
+        self,
+        by_target: Mapping[str, Choice],
+        mode: str,
+        kind: str,
+        records: Mapping[str, Sequence[DetectionRecord]],
+        cover: str,
+    ) -> dict[str, list[DetectionRecord] | None]:
+        """Per CWE, the test records of its chosen setting (as *kind*), or None where the baseline won."""
+        out: dict[str, list[DetectionRecord] | None] = {}
+        for cwe in self.data.cwes:
+            choice = by_target.get(cwe)
+            if choice is None or choice.best is None or choice.chosen != "steered":
+                out[cwe] = None
+                continue
+            cond = choice.best.condition(kind, mode, "test", cwe, cover, self.config.steering.control_seed)
+            out[cwe] = [r for r in records[cond.key] if r.cwe == cwe]
+        return out
+
+    def _lead(
+        self,
+        choices: Mapping[str, Mapping[str, Choice]],
+        conditional: Mapping[str, Mapping[str, Choice]],
+        templates: Mapping[str, Mapping[str, str]],
+        val_records: Mapping[str, Sequence[DetectionRecord]],
+        records: Mapping[str, Sequence[DetectionRecord]],
+    ) -> dict[str, Any]:
+        """Per mode, the first screen: every detector on the same test samples (see :mod:`.lead`)."""
+        cfg, cwes, seed = self.config, self.data.cwes, self.config.data.seed
+        out: dict[str, Any] = {}
+        calibrated = None
+        val_base = val_records.get(Condition("baseline", "logit", "val").key)
+        if cfg.baselines.calibrated and val_base is not None and "logit" in cfg.detection.modes:
+            calibrated, thresholds = calibrated_records(
+                val_base, records[Condition("baseline", "logit", "test").key], cwes
+            )
+            self.results["calibrated_thresholds"] = thresholds
+        probe = self._probe_alone(conditional)
+        for mode in cfg.detection.modes:
+            base = records[Condition("baseline", mode, "test").key]
+            entries = []
+            if calibrated is not None:
+                entries.append(
+                    LeadEntry("calibrated", "unsteered logit margin, threshold per CWE chosen on val", calibrated)
+                )
+            prompt = {
+                cwe: (
+                    None if name == "default" else list(records[Condition("baseline", mode, "test", template=name).key])
+                )
+                for cwe, name in templates[mode].items()
+            }
+            entries.append(
+                LeadEntry("prompt", "best prompt template per CWE (chosen on val)", compose(cwes, base, prompt))
+            )
+            cover = "all" if mode in cfg.detection.cross_cwe_modes else "target"
+            for kind, name, label in (
+                ("steered", "constant", "constant steering (setting per CWE chosen on val)"),
+                ("control", "constant_control", "its random-direction control"),
+            ):
+                picked = self._chosen(choices[mode], mode, kind, records, cover)
+                entries.append(LeadEntry(name, label, compose(cwes, base, picked)))
+            if conditional:
+                for kind, name, label in (
+                    ("steered", "conditional", "conditional steering (probe-gated; setting per CWE chosen on val)"),
+                    ("gate_control", "gate_control", "random gate: the same push gated by a random direction"),
+                    ("control", "vector_control", "random behaviour vector of the same norm under the real gate"),
+                ):
+                    picked = self._chosen(conditional[mode], mode, kind, records, "target")
+                    entries.append(LeadEntry(name, label, compose(cwes, base, picked)))
+            if probe:
+                entries.append(LeadEntry("probe", "the gating probe alone (its own verdict, no model)", probe))
+            rows = lead_table(base, entries, seed)
+            out[mode] = {"split": "test", "rows": rows, "words": lead_words(rows, "test")}
+            if mode == "logit":
+                cond_rows = next((e.records for e in entries if e.name == "conditional"), None)
+                out[mode]["margins"] = {
+                    "baseline": margins_by_class(base),
+                    **({"conditional": margins_by_class(cond_rows)} if cond_rows else {}),
+                }
+        return out
+
+    def _probe_alone(self, conditional: Mapping[str, Mapping[str, Choice]]) -> list[DetectionRecord]:
+        """The gating probe of each CWE's conditional setting (chosen, else best) read alone on test."""
+        if not conditional:
+            return []
+        cfg = self.config
+        test = self.data.samples("test")
+        acts, _ = self.cache.load_or_extract(
+            self.lm,
+            test,
+            self.condition_layers,
+            cfg.conditional.pooling,
+            batch_size=cfg.detection.batch_size,
+            progress=self.progress,
+        )
+        by_target = next(iter(conditional.values()))
+        out: list[DetectionRecord] = []
+        for cwe in self.data.cwes:
+            choice = by_target.get(cwe)
+            if choice is None or choice.best is None or choice.best.probe is None:
+                return []
+            key = choice.best.probe
+            probe = self.cond_probes.get((cwe, key)) or self.cond_probes[(POOLED, key)]
+            out += [r for r in probe_records(probe, acts, test) if r.cwe == cwe]
+        return out
 
     def _probes(self, train_acts: Activations) -> list[dict[str, Any]]:
         """Probe detectors on the val/test activations recorded by the baseline passes (extracted where a resumed

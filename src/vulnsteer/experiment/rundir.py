@@ -69,7 +69,7 @@ class RunDir:
 
     def check_writable(self, option: str = "--out") -> None:
         """Fail now, naming *option*, if the folder could not be created or written (creates nothing)."""
-        check_writable(self.path, option)
+        check_writable(self.path, option, folder=True)
 
     @contextmanager
     def open(self, identity: Mapping[str, Any], what: str, resolved: str | None = None) -> Iterator[RunDir]:

@@ -19,7 +19,7 @@ from ..detection.records import DetectionRecord
 from ..stats.metrics import point_metrics
 from .grid import POOLED, Condition, Setting
 
-__all__ = ["Choice", "balanced_accuracy", "select_per_cwe", "select_settings"]
+__all__ = ["Choice", "balanced_accuracy", "select_per_cwe", "select_settings", "select_templates"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,23 @@ def select_settings(
             selected_by,
         )
     return choices
+
+
+def select_templates(
+    conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]
+) -> dict[str, str]:
+    """Per CWE, the prompt template whose (unsteered) baseline scores the best balanced accuracy on val; ties go
+    to the default template, then to the order given."""
+    baselines = [c for c in conds if c.kind == "baseline"]
+    if any(c.split != "val" for c in baselines):
+        raise ValueError("select_templates takes validation conditions only")
+    ordered = sorted(baselines, key=lambda c: c.template != "default")
+    chosen: dict[str, str] = {}
+    for cwe in cwes:
+        best: tuple[float, int] | None = None
+        for order, cond in enumerate(ordered):
+            score = balanced_accuracy(records[cond.key], cwe)
+            if score is not None and (best is None or (-score, order) < best):
+                best = (-score, order)
+                chosen[cwe] = cond.template
+    return chosen

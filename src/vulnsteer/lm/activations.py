@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.sample import Sample
+from ..progress import Progress
 from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, build_prompt, tokenize_prompts
 
@@ -196,7 +196,7 @@ def extract_activations(
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
     out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in poolings}
-    bar = tqdm(total=len(samples), desc="activations", unit="sample", disable=not progress)
+    bar = Progress(len(samples), "activations", unit="sample", enabled=progress)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)

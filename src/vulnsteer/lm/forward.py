@@ -12,7 +12,17 @@ import torch
 
 from .model import position_ids_for
 
-__all__ = ["forward"]
+__all__ = ["NonFiniteLogitsError", "forward"]
+
+
+class NonFiniteLogitsError(ValueError):
+    """The model's logits are NaN or inf: no verdict is reported from them."""
+
+
+_NON_FINITE_HINT = (
+    "; the steering shift is probably far beyond the hidden-state scale (lower --strength), or the dtype "
+    "overflows (try --dtype float32)"
+)
 
 
 def _cache_kwarg(model: Any) -> str:
@@ -42,4 +52,6 @@ def forward(
     if new_cache is None:
         new_cache = out.past_key_values
     logits = out.logits.float()
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogitsError(f"the model produced non-finite logits (NaN or inf){_NON_FINITE_HINT}")
     return (logits if all_logits else logits[:, -1]), new_cache

@@ -30,10 +30,13 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "cache_root",
+    "context_length",
     "decoder_layers",
     "embedded_gguf_path",
+    "load_config",
     "load_model",
     "model_fingerprint",
+    "resolve_device",
     "resolve_layers",
     "weights_digest",
 ]
@@ -98,6 +101,11 @@ class LoadedModel:
         return int(self.model.config.hidden_size)
 
     @property
+    def context_length(self) -> int | None:
+        """The longest sequence the model takes, from its config (:func:`context_length`); None if unknown."""
+        return context_length(self.model.config)
+
+    @property
     def weights_digest(self) -> str:
         """A short hash of the weights (:func:`weights_digest`), computed once and kept in :attr:`extra`:
         unlike :attr:`fingerprint` (architecture only) it tells two fine-tunes of one architecture apart."""
@@ -127,6 +135,30 @@ class LoadedModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Config fields that hold a model's context length, most specific first.
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(config: Any) -> int | None:
+    """The context length a Hugging Face config declares (``max_position_embeddings``, ``n_positions``, ...; a
+    multimodal config's ``text_config`` too), or None if it declares none.
+
+    >>> from types import SimpleNamespace
+    >>> context_length(SimpleNamespace(max_position_embeddings=8192))
+    8192
+    >>> context_length(SimpleNamespace()) is None
+    True
+    """
+    for source in (config, getattr(config, "text_config", None)):
+        if source is None:
+            continue
+        for name in _CONTEXT_FIELDS:
+            value = getattr(source, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -236,10 +268,37 @@ def _pick_dtype(dtype: str | None, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def _pick_device(device: str | None) -> str:
-    if device in (None, "auto"):
+def resolve_device(device: str | None) -> str:
+    """The device to load onto: *device* checked against this machine (``None``/``"auto"``: CUDA if available).
+
+    Raises:
+        ValueError: not a device name, or a device this machine lacks (the message names ``--device``).
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    assert device is not None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device name (use cpu, cuda, cuda:N, mps or auto)") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {device}: CUDA is not available ({why}); use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
+        return device
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: Apple MPS is not available here; use --device cpu")
+        return device
+    raise ValueError(f"--device {device}: unsupported device type {parsed.type!r} (use cpu, cuda, cuda:N or mps)")
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -285,9 +344,78 @@ def _resolve_source(spec: str | None) -> tuple[str, str, Path | None, str | None
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a directory but holds no config.json: not a Hugging Face model folder")
         return str(path.resolve()), "directory", path, None
-    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
-        raise ModelLoadError(f"model path not found: {spec}")
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file but not a .gguf model; pass the folder that holds its config.json")
+    if _looks_local(spec):
+        raise ModelLoadError(f"model path not found: {spec}{_near_misses(path)}")
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(spec)
+    except ValueError:
+        raise ModelLoadError(f"model {spec!r} is neither a local path nor a Hugging Face hub id") from None
     return spec, "hub", None, None
+
+
+def _looks_local(spec: str) -> bool:
+    """A path rather than a hub id: starts like a path, has more than one separator, or its first component
+    exists here (``models/qwen-typo`` when ``models/`` is a local folder)."""
+    if spec.startswith((".", "/", "~")) or "\\" in spec or os.sep in spec.strip("/").replace("/", "", 1):
+        return True
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    return bool(first) and Path(first).expanduser().is_dir() and "/" in spec
+
+
+def _near_misses(path: Path) -> str:
+    """`` (did you mean ...?)`` naming similar entries of the nearest existing folder above *path*."""
+    import difflib
+
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        names = [p.name for p in parent.iterdir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=3)
+    return f" (did you mean {', '.join(str(parent / n) for n in close)}?)" if close else ""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection within *timeout* seconds (without this
+    check an unreachable hub costs about a minute of retries before the error)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_options(model_id: str) -> dict[str, Any]:
+    """``from_pretrained`` options for a hub id: ``local_files_only`` when the hub cannot be reached and the model
+    is in the local cache; a one-line :class:`ModelLoadError` at once when it is not."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if _hub_reachable():
+        return {}
+    cached = try_to_load_from_cache(model_id, "config.json")
+    if isinstance(cached, str):
+        return {"local_files_only": True}
+    raise ModelLoadError(
+        f"cannot load model {model_id!r}: it is not a local path, not in the local Hugging Face cache, and the hub "
+        "cannot be reached (offline or HF_HUB_OFFLINE set); pass a local model folder or .gguf file"
+    )
 
 
 def load_model(
@@ -314,28 +442,20 @@ def load_model(
     >>> lm = load_model("Qwen/Qwen2.5-1.5B-Instruct", device="cuda")  # bf16 on CUDA  # doctest: +SKIP
     >>> lm = load_model("my-model/", layer_matcher="transformer.blocks")  # doctest: +SKIP
     """
+    dev = resolve_device(device)
+    torch_dtype = _pick_dtype(dtype, dev)
+    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)  # fails fast, before transformers
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_id, kind, directory, gguf_file = _resolve_source(spec)
-    dev = _pick_device(device)
-    torch_dtype = _pick_dtype(dtype, dev)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    location: str | Path = directory if directory is not None else model_id
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch_dtype, device_map=device_map, low_cpu_mem_usage=True, **kwargs
         )
-    except OSError as exc:
-        if kind == "hub":
-            raise ModelLoadError(
-                f"cannot load model {model_id!r}: not a local path, and the Hugging Face hub could not provide it "
-                f"({str(exc).splitlines()[0]})"
-            ) from None
-        raise ModelLoadError(f"cannot load model from {location}: {str(exc).splitlines()[0]}") from None
-    if gguf_file:
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError ...) for bad models
+        raise _load_error(exc, model_id, kind, location) from exc
+    if "gguf_file" in kwargs:
         setattr(model, "hf_quantizer", None)  # noqa: B010
     if device_map is None:
         model.to(dev)
@@ -372,15 +492,45 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
-    """Only the tokenizer of a model spec (as :func:`load_model` resolves it); cheap, for counting tokens."""
-    from transformers import AutoTokenizer
-
-    model_id, _kind, directory, gguf_file = _resolve_source(spec)
+def _source_options(spec: str | None, trust_remote_code: bool) -> tuple[str, str, str | Path, dict[str, Any]]:
+    """(model_id, kind, location, ``from_pretrained`` options) for a model spec; fails fast (one line) on a
+    missing local path or an unreachable hub."""
+    model_id, kind, directory, gguf_file = _resolve_source(spec)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    if kind == "hub":
+        kwargs.update(_hub_options(model_id))
+    return model_id, kind, directory if directory is not None else model_id, kwargs
+
+
+def _load_error(
+    exc: BaseException, model_id: str, kind: str, location: str | Path, what: str = "model"
+) -> ModelLoadError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if kind == "hub":
+        return ModelLoadError(f"cannot load {what} {model_id!r} from the Hugging Face hub: {first}")
+    return ModelLoadError(f"cannot load {what} from {location}: {first}")
+
+
+def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
+    """Only the tokenizer of a model spec (as :func:`load_model` resolves it); cheap, for counting tokens."""
+    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
+    from transformers import AutoTokenizer
+
     try:
-        return AutoTokenizer.from_pretrained(directory if directory is not None else model_id, **kwargs)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of {model_id!r}: {str(exc).splitlines()[0]}") from None
+        return AutoTokenizer.from_pretrained(location, **kwargs)
+    except Exception as exc:
+        raise _load_error(exc, model_id, kind, location, "the tokenizer of") from exc
+
+
+def load_config(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
+    """Only the config of a model spec (no weights): cheap, to check options against the model before loading
+    it (:func:`context_length`, ``num_hidden_layers``, ``hidden_size``)."""
+    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(location, **kwargs)
+    except Exception as exc:
+        raise _load_error(exc, model_id, kind, location, "the config of") from exc

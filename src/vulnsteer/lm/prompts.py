@@ -9,7 +9,7 @@ acts exactly on it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: templates and prompts load without it (fast ``scan``)
@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: templates and pro
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "STRICT_TEMPLATE",
+    "TEMPLATES",
     "Prompt",
     "PromptBatch",
     "PromptTemplate",
@@ -57,12 +59,34 @@ class PromptTemplate:
     #: The answer words read in logit mode (first = the 'vulnerable' answer).
     vulnerable_answer: str = " vulnerable"
     secure_answer: str = " secure"
+    #: worked examples shown before the question: ``(code, language, the assistant's full answer)``
+    shots: tuple[tuple[str, str, str], ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = dict(self.__dict__)
+        data["shots"] = [list(shot) for shot in self.shots]
+        return data
+
+    def with_shots(self, *examples: tuple[str, str, str]) -> PromptTemplate:
+        """This template with worked examples (``(code, language, answer)``) before the question.
+
+        >>> PromptTemplate().with_shots(("x = 1", "python", "Answer: secure")).shots[0][2]
+        'Answer: secure'
+        """
+        return replace(self, shots=tuple(tuple(e) for e in examples))  # type: ignore[misc]
 
 
 DEFAULT_TEMPLATE = PromptTemplate()
+#: The prompting baseline that asks for evidence: "secure" unless the model can name the weakness.
+STRICT_TEMPLATE = PromptTemplate(
+    answer_format=(
+        "Reply with the line 'Answer: secure' unless you can name the specific weakness and the statement that "
+        "causes it; only then reply with the line 'Answer: vulnerable', then the line 'Weakness: CWE-<id> (<name>)'. "
+        "If the code is secure, the second line is 'Weakness: none'."
+    )
+)
+#: Prompt templates by name (``[baselines] templates``); ``one_shot`` is built from a training pair at run time.
+TEMPLATES: dict[str, PromptTemplate] = {"default": DEFAULT_TEMPLATE, "strict": STRICT_TEMPLATE}
 
 
 @dataclass(frozen=True)
@@ -89,22 +113,31 @@ def _language_label(language: str) -> str:
     return names.get(language.lower(), language or "source")
 
 
-def build_prompt(tokenizer: Any, code: str, language: str, template: PromptTemplate = DEFAULT_TEMPLATE) -> Prompt:
-    """Render the detection prompt for one function. The code appears verbatim, exactly once."""
+def _question(template: PromptTemplate, code: str, language: str) -> str:
     fence = _FENCE_LANG.get(language.lower(), "")
-    user = (
+    return (
         f"{template.question.format(language=_language_label(language))}\n\n"
         f"```{fence}\n{code}\n```\n\n{template.answer_format}"
     )
-    messages = [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
+
+
+def build_prompt(tokenizer: Any, code: str, language: str, template: PromptTemplate = DEFAULT_TEMPLATE) -> Prompt:
+    """Render the detection prompt for one function. The code appears verbatim, exactly once."""
+    fence = _FENCE_LANG.get(language.lower(), "")
+    messages = [{"role": "system", "content": template.system}]
+    for shot_code, shot_language, answer in template.shots:
+        messages.append({"role": "user", "content": _question(template, shot_code, shot_language)})
+        messages.append({"role": "assistant", "content": answer})
+    user = _question(template, code, language)
+    messages.append({"role": "user", "content": user})
     if getattr(tokenizer, "chat_template", None):
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
-        rendered = f"{template.system}\n\n{user}\n\n"
+        rendered = "".join(f"{m['content']}\n\n" for m in messages)
     text = rendered + template.answer_prefix
-    start = text.find(f"```{fence}\n{code}\n```")
+    start = text.rfind(f"```{fence}\n{code}\n```")  # the last occurrence: worked examples come first
     if start < 0:  # a chat template that rewrites content: fall back to any verbatim occurrence
-        start = text.find(code) - len(f"```{fence}\n")
+        start = text.rfind(code) - len(f"```{fence}\n")
         if start < 0:
             raise ValueError("the chat template does not keep the code verbatim; cannot locate code tokens")
     code_start = start + len(f"```{fence}\n")

@@ -200,6 +200,90 @@ def _header(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _first_screen(results: Mapping[str, Any], plots: Sequence[str]) -> list[str]:
+    """Every detector on the same held-out samples, per mode: the answer first."""
+    lines: list[str] = []
+    for mode, block in results.get("lead", {}).items():
+        split = SPLIT_NAMES.get(block["split"], block["split"])
+        lines += [f"## {mode} mode: every detector on the {split} samples", ""]
+        body = []
+        for row in block["rows"]:
+            m = row["metrics"]
+            flips = row.get("flips")
+            lever = row.get("lever_rate") or {}
+            body.append(
+                [
+                    f"**{row['name']}**",
+                    row["label"],
+                    ci_cell(m),
+                    fmt(m.get("pair_accuracy")),
+                    "–" if row["name"] == "baseline" else _delta_cell(row),
+                    "–" if row["name"] == "baseline" else fmt(row["p_value"], 3),
+                    "–" if not flips else f"+{flips['wrong_to_right']} / −{flips['right_to_wrong']}",
+                    "–"
+                    if lever.get("rate") is None
+                    else f"{lever['rate']:.2f} ({lever['followed']}/{lever['pushed']})",
+                ]
+            )
+        header = [
+            "detector",
+            "what it is",
+            "bal.acc [95% CI]",
+            "pair acc",
+            "Δ vs baseline [95% CI]",
+            "McNemar p",
+            "flips (→right / →wrong)",
+            "lever rate",
+        ]
+        lines += [*markdown_table(header, body), "", block.get("words", ""), ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in plots if Path(p).stem == f"margins_{mode}"]
+        lines.append("")
+    if results.get("lead"):
+        lines += [
+            "`lever rate`: among inputs a gate pushed, how often the verdict followed the push (toward "
+            "'vulnerable' where the probe said vulnerable, toward 'secure' where it said secure).",
+            "",
+        ]
+    return lines
+
+
+def _conditional_sections(results: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for mode, rows in results.get("conditional", {}).items():
+        split = next((r["split"] for r in rows.values()), "test")
+        lines += [f"### Conditional steering per CWE ({mode}, {SPLIT_NAMES.get(split, split)})", ""]
+        body = []
+        for cwe, row in rows.items():
+            shown = row.get("best_steered_not_chosen", row)
+            lever = shown.get("lever_rate") or {}
+            body.append(
+                [
+                    cwe,
+                    ci_cell(row["baseline"]),
+                    f"{ci_cell(row['steered'])}<br>{row['chosen']}",
+                    ci_cell(shown.get("gate_control")),
+                    ci_cell(shown.get("control")),
+                    _delta_cell(row),
+                    fmt(row["p_value"], 3),
+                    f"+{row['flips']['wrong_to_right']} / −{row['flips']['right_to_wrong']}",
+                    "–" if lever.get("rate") is None else f"{lever['rate']:.2f}",
+                ]
+            )
+        header = [
+            "CWE",
+            "baseline",
+            "conditional (chosen on val)",
+            "random gate",
+            "random vector",
+            "Δ [95% CI]",
+            "McNemar p",
+            "flips",
+            "lever rate",
+        ]
+        lines += [*markdown_table(header, body), ""]
+    return lines
+
+
 def _lead_sections(results: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     for mode, rows in results.get("summary", {}).items():
@@ -323,7 +407,15 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         ]
         lines += [f"- {c['key']}" for c in done[:200]]
         return "\n".join(lines) + "\n"
-    lines = [*_header(results), *_lead_sections(results), *_later_sections(results, plots)]
+    first = [p for p in plots if Path(p).stem.startswith("margins_")]
+    rest = [p for p in plots if p not in first]
+    lines = [
+        *_header(results),
+        *_first_screen(results, first),
+        *_conditional_sections(results),
+        *_lead_sections(results),
+        *_later_sections(results, rest),
+    ]
     return "\n".join(lines) + "\n"
 
 

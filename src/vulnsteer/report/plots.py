@@ -23,6 +23,7 @@ __all__ = [
     "plot_cosines",
     "plot_cross_cwe",
     "plot_layer_strength",
+    "plot_margins",
     "plot_pca",
     "plot_val_curves",
     "report_plots",
@@ -247,6 +248,33 @@ def plot_pca(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     return names
 
 
+def plot_margins(results: Mapping[str, Any], out_dir: Path, mode: str) -> str | None:
+    """Answer-margin distribution per class: the baseline vs conditional steering (logit mode)."""
+    block = results.get("lead", {}).get(mode, {}).get("margins")
+    if not block:
+        return None
+    fig, axes = _grid(len(block), width=4.5, height=3.2)
+    for ax, (name, by_class) in zip(axes, block.items()):
+        values = [v for vs in by_class.values() for v in vs]
+        if not values:
+            continue
+        bins = 20
+        for label, colour in (("vulnerable", "tab:red"), ("secure", "tab:blue")):
+            ax.hist(
+                by_class.get(label, []),
+                bins=bins,
+                range=(min(values), max(values)),
+                alpha=0.55,
+                color=colour,
+                label=f"truly {label}",
+            )
+        ax.axvline(0.0, color="black", lw=0.8, ls=":")
+        ax.set(title=name, xlabel="logp(' vulnerable') - logp(' secure')", ylabel="samples")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{mode} mode, TEST split: answer margins by class (right of 0 = answers 'vulnerable')")
+    return _save(fig, out_dir, f"margins_{mode}.png")
+
+
 def report_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
     """Every plot of a report; returns their paths relative to *out_dir* (a failing plot is skipped, not fatal)."""
     import logging
@@ -254,6 +282,8 @@ def report_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
     out = Path(out_dir)
     made: list[str] = []
     jobs: list[Callable[[], list[str] | str | None]] = []
+    for mode in results.get("lead", {}):
+        jobs.append(lambda mode=mode: plot_margins(results, out, mode))  # type: ignore[misc]
     for mode in results.get("val", {}):
         jobs.append(lambda mode=mode: plot_val_curves(results, out, mode))  # type: ignore[misc]
         jobs.append(lambda mode=mode: plot_layer_strength(results, out, mode))  # type: ignore[misc]

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..cwe import normalize_cwe
 from ..data.clean import strip_comments
 from ..data.sample import VULNERABLE, Sample
 from ..data.text import BinaryContentError, read_source
+from ..progress import Progress, track
 from .cache import ScanCache
 from .files import FileFilter, SourceCandidate, WalkStats, language_of, walk
 from .functions import CodeUnit, FunctionSplitter
@@ -404,8 +403,7 @@ def _score_chunks(
     scores: dict[str, FunctionScore],
     progress: bool,
 ) -> None:
-    bar = tqdm(total=len(missing), desc="scoring", unit="function", disable=not progress or not missing)
-    try:
+    with Progress(len(missing), "scoring", unit="function", enabled=progress and bool(missing)) as bar:
         for start in range(0, len(missing), options.chunk_size):
             chunk = missing[start : start + options.chunk_size]
             samples = [
@@ -420,8 +418,6 @@ def _score_chunks(
                 cache.put(fresh)
             scores.update(fresh)
             bar.update(len(chunk))
-    finally:
-        bar.close()
 
 
 def scan(
@@ -458,7 +454,7 @@ def scan(
     for root in roots:
         anchor = _anchor(root)
         candidates = list(walk([root], options.files, walked))
-        for candidate in tqdm(candidates, desc=f"reading {root}", unit="file", disable=not progress):
+        for candidate in track(candidates, f"reading {root}", unit="file", enabled=progress):
             pending.extend(_read(candidate, anchor, base, splitter, options, stats))
     stats.ignored = walked.ignored
     stats.skipped.update(walked.skipped)

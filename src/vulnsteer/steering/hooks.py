@@ -38,6 +38,7 @@ from .gate import Gate
 from .vectors import SteeringVector, VectorMismatchError
 
 __all__ = [
+    "MAX_SHIFT_RATIO",
     "POSITION_MODES",
     "SIGN_CONVENTION",
     "STRENGTH_UNITS",
@@ -57,6 +58,11 @@ SIGN_CONVENTION = (
     "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
     "subtracts the vector and so pushes the model toward answering 'vulnerable'."
 )
+#: The largest shift a spec may apply, as a multiple of the layer's mean hidden-state norm (useful strengths move
+#: a hidden state by a fraction of its norm; a hundred times it saturates the layer and the logits carry nothing).
+MAX_SHIFT_RATIO = 100.0
+#: The largest shift (L2 norm) when the vector records no layer norm to compare with.
+MAX_UNSCALED_SHIFT = 1e6
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,9 @@ class SteeringSpec:
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
             raise ValueError(f"steering strength must be a finite number, got {self.strength!r}")
         if self.positions not in POSITION_MODES:
-            raise ValueError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+            raise ValueError(f"--positions must be one of {', '.join(POSITION_MODES)}, got {self.positions!r}")
         if self.unit not in STRENGTH_UNITS:
-            raise ValueError(f"unit must be one of {STRENGTH_UNITS}, got {self.unit!r}")
+            raise ValueError(f"--unit must be one of {', '.join(STRENGTH_UNITS)}, got {self.unit!r}")
         layers = tuple(sorted(self.layers)) if self.layers else self.vector.layers
         missing = [layer for layer in layers if layer not in self.vector.directions]
         if missing:
@@ -108,6 +114,31 @@ class SteeringSpec:
                 f"{list(layers)}: it would read a steered state"
             )
         object.__setattr__(self, "layers", layers)
+        for layer in layers:
+            self._check_scale(layer)
+
+    def _check_scale(self, layer: int) -> None:
+        """Refuse a shift far beyond the hidden-state scale: it saturates every layer after it, and the logits
+        come out non-finite or meaningless (a confident-looking p = 0.5)."""
+        per_unit = {"relative": self.vector.provenance.layer_norms, "sigma": self.vector.provenance.layer_sigmas}
+        shift = abs(float(self.strength)) * (
+            per_unit[self.unit][layer] if self.unit in per_unit else self.vector.norm(layer)
+        )
+        scale = self.vector.provenance.layer_norms.get(layer)
+        where = f"strength {self.strength:g} ({self.unit}) at layer {layer}"
+        if not math.isfinite(shift):
+            raise ValueError(f"steering shift is not finite ({where}); lower --strength")
+        if scale and shift > MAX_SHIFT_RATIO * scale:
+            raise ValueError(
+                f"steering shift of {shift:.3g} is {shift / scale:.3g} x the layer's mean hidden-state norm "
+                f"{scale:.3g} ({where}), far beyond the hidden-state scale (at most {MAX_SHIFT_RATIO:g} x); "
+                "lower --strength"
+            )
+        if not scale and shift > MAX_UNSCALED_SHIFT:
+            raise ValueError(
+                f"steering shift of {shift:.3g} ({where}) exceeds {MAX_UNSCALED_SHIFT:g}, beyond any hidden-state "
+                "scale (the vector records no layer norm to compare with); lower --strength"
+            )
 
     def gated(self, multiplier: float) -> SteeringSpec:
         """This spec with its gate resolved: ``strength x multiplier``, no gate."""

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
@@ -124,12 +124,23 @@ class Provenance:
 
     @classmethod
     def from_json(cls, text: str) -> Provenance:
+        """Parse :meth:`to_json`'s output; a missing required field is a ``KeyError`` naming it, a wrong type a
+        ``TypeError``/``ValueError``."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError(f"provenance must be a JSON object, got {type(data).__name__}")
+        if "position" in data and "pooling" not in data:  # files written before the pooling/positions split
+            data["pooling"] = data.pop("position")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise KeyError(f"provenance lacks field {missing[0]!r}")
         data["layers"] = tuple(int(x) for x in data["layers"])
         data["layer_norms"] = {int(k): float(v) for k, v in data.get("layer_norms", {}).items()}
         data["layer_sigmas"] = {int(k): float(v) for k, v in data.get("layer_sigmas", {}).items()}
-        if "position" in data and "pooling" not in data:  # files written before the pooling/positions split
-            data["pooling"] = data.pop("position")
+        for name in ("layer_norms", "layer_sigmas"):
+            if not all(math.isfinite(v) and v >= 0 for v in data[name].values()):
+                raise ValueError(f"provenance field {name!r} holds a negative or non-finite value")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -262,9 +273,12 @@ class SteeringVector:
             raise VectorMismatchError(f"{path}: not a safetensors file ({exc})") from None
         if meta.get("format") != "vulnsteer.SteeringVector" or "provenance" not in meta:
             raise VectorMismatchError(f"{path}: not a vulnsteer steering vector (header field 'provenance' missing)")
-        prov = Provenance.from_json(meta["provenance"])
-        dirs = {int(key.split(".", 1)[1]): vec for key, vec in tensors.items() if key.startswith("layer.")}
-        vector = cls(dirs, prov)
+        try:
+            prov = Provenance.from_json(meta["provenance"])
+            dirs = {int(key.split(".", 1)[1]): vec for key, vec in tensors.items() if key.startswith("layer.")}
+            vector = cls(dirs, prov)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged or hand-edited header
+            raise VectorMismatchError(f"{path}: not a usable steering vector: {_reason(exc)}") from None
         if hidden_size is not None or fingerprint is not None or weights is not None:
             try:
                 vector.check_compatible(
@@ -273,6 +287,13 @@ class SteeringVector:
             except VectorMismatchError as exc:
                 raise VectorMismatchError(f"{path}: {exc}") from None
         return vector
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message (a ``KeyError``'s without the quotes ``str()`` adds)."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
 
 
 def dataset_hash(samples: Sequence[Sample]) -> str:

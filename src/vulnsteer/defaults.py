@@ -1,0 +1,28 @@
+"""Defaults shared by the library and every CLI command that has the option (one value per option).
+
+Plain literals, importable without torch, so ``--help`` stays fast.
+
+>>> DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
+(512, 20)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_CODE_TOKENS",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DEFAULT_STEER_POSITIONS",
+    "DEFAULT_UNIT",
+]
+
+#: ``--max-code-tokens``: the code's token budget; lowered to what fits when a model's context is shorter.
+DEFAULT_MAX_CODE_TOKENS = 512
+#: ``--max-new-tokens``: tokens generated in generation mode (``Answer: ...`` plus the ``Weakness:`` line).
+DEFAULT_MAX_NEW_TOKENS = 20
+#: ``--batch-size``: prompts per forward pass.
+DEFAULT_BATCH_SIZE = 8
+#: ``--positions``: token positions steered (the answer position, as ``vulnsteer run`` chooses strengths for).
+DEFAULT_STEER_POSITIONS = "last"
+#: ``--unit``: strengths as multiples of the layer's mean hidden-state norm (they transfer between models).
+DEFAULT_UNIT = "relative"

@@ -1,0 +1,120 @@
+"""The first screen of a report: every detector on the same held-out samples, with CIs and p-values against the
+baseline.
+
+Rows (those a run has): the baseline; the calibrated baseline (the unsteered answer margin, threshold chosen on
+val); the best prompt (chosen on val); constant steering (each CWE's setting chosen on val, or the baseline where it
+won) and its random-direction control; conditional steering (likewise) with its two controls, the random gate and
+the random behaviour vector; the probe alone (the gate's own verdict, no model). Each CWE contributes its own
+choice, so every row covers exactly the baseline's samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..detection.records import DetectionRecord
+from ..stats.compare import compare_to_baseline, metrics_block
+from .apply import lever_rate
+
+__all__ = ["LeadEntry", "compose", "lead_table", "lead_words", "margins_by_class"]
+
+
+@dataclass(frozen=True)
+class LeadEntry:
+    """One detector of the lead table: its name, what it is, and its records on the held-out samples."""
+
+    name: str
+    label: str
+    records: Sequence[DetectionRecord]
+
+
+def compose(
+    cwes: Sequence[str],
+    base: Sequence[DetectionRecord],
+    per_cwe: Mapping[str, Sequence[DetectionRecord] | None],
+) -> list[DetectionRecord]:
+    """Per CWE, *per_cwe*'s records (its chosen setting) or, where there are none (the baseline won), the
+    baseline's: one record per baseline sample."""
+    out: list[DetectionRecord] = []
+    for cwe in cwes:
+        chosen = per_cwe.get(cwe)
+        out += [r for r in (chosen if chosen is not None else base) if r.cwe == cwe]
+    return out
+
+
+def lead_table(base: Sequence[DetectionRecord], entries: Sequence[LeadEntry], seed: int = 0) -> list[dict[str, Any]]:
+    """One row per detector: balanced accuracy [CI], pair accuracy, Δ vs the baseline [paired CI], McNemar p,
+    flips, and (for pushed records) the lever rate."""
+    rows = []
+    base_m = metrics_block(base, seed)
+    rows.append({"name": "baseline", "label": "the model as it is (default prompt)", "metrics": base_m,
+                 "delta": 0.0, "delta_ci": [0.0, 0.0], "p_value": 1.0, "flips": None})  # fmt: skip
+    ids = {r.sample_id for r in base}
+    for entry in entries:
+        recs = [r for r in entry.records if r.sample_id in ids]
+        if {r.sample_id for r in recs} != ids:
+            continue
+        comp = compare_to_baseline(base, recs, [], seed)["overall"]
+        row = {"name": entry.name, "label": entry.label, "metrics": metrics_block(recs, seed),
+               "delta": comp["delta_balanced_accuracy"], "delta_ci": comp["delta_ci"], "p_value": comp["mcnemar_p"],
+               "flips": {"wrong_to_right": comp["mcnemar_c"], "right_to_wrong": comp["mcnemar_b"]}}  # fmt: skip
+        if any(r.push for r in recs):
+            row["lever_rate"] = lever_rate(recs)
+        rows.append(row)
+    return rows
+
+
+def _find(rows: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
+    return next((r for r in rows if r["name"] == name), None)
+
+
+def lead_words(rows: Sequence[Mapping[str, Any]], split: str) -> str:
+    """What beat what, in one or two sentences (significance: McNemar p < 0.05 and a CI that excludes 0).
+
+    >>> rows = [{"name": "baseline", "metrics": {"balanced_accuracy": 0.5}},
+    ...         {"name": "conditional", "metrics": {"balanced_accuracy": 0.8}, "delta": 0.3, "delta_ci": [0.1, 0.5],
+    ...          "p_value": 0.001},
+    ...         {"name": "gate_control", "metrics": {"balanced_accuracy": 0.52}, "delta": 0.02,
+    ...          "delta_ci": [-0.1, 0.1], "p_value": 0.8},
+    ...         {"name": "probe", "metrics": {"balanced_accuracy": 0.82}}]
+    >>> print(lead_words(rows, "test"))
+    On test, conditional steering scores balanced accuracy 0.800 against the baseline's 0.500 (Δ +0.300, \
+p=0.001: significant); the random gate scores 0.520, so the probe's reading is what matters; the probe alone \
+scores 0.820 (the ceiling conditional steering can reach through the model).
+    """
+    base = _find(rows, "baseline")
+    cond = _find(rows, "conditional")
+    if base is None:
+        return ""
+    b = base["metrics"]["balanced_accuracy"]
+    if cond is None:
+        best = max(rows, key=lambda r: r["metrics"]["balanced_accuracy"])
+        return (f"On {split}, the best detector is {best['name']} at balanced accuracy "
+                f"{best['metrics']['balanced_accuracy']:.3f} (baseline {b:.3f}).")  # fmt: skip
+    c = cond["metrics"]["balanced_accuracy"]
+    sig = cond["p_value"] < 0.05 and (cond["delta_ci"][0] > 0 or cond["delta_ci"][1] < 0)
+    words = [
+        f"On {split}, conditional steering scores balanced accuracy {c:.3f} against the baseline's {b:.3f} "
+        f"(Δ {cond['delta']:+.3f}, p={cond['p_value']:.3g}: {'significant' if sig else 'not significant'})"
+    ]
+    gate = _find(rows, "gate_control")
+    if gate is not None:
+        g = gate["metrics"]["balanced_accuracy"]
+        verdict = "so the probe's reading is what matters" if c - g > 0.02 else "so the probe adds little"
+        words.append(f"the random gate scores {g:.3f}, {verdict}")
+    probe = _find(rows, "probe")
+    if probe is not None:
+        words.append(f"the probe alone scores {probe['metrics']['balanced_accuracy']:.3f} (the ceiling conditional "
+                     "steering can reach through the model)")  # fmt: skip
+    return "; ".join(words) + "."
+
+
+def margins_by_class(records: Sequence[DetectionRecord]) -> dict[str, list[float]]:
+    """Answer margins split by the truth (for the margin-distribution plot)."""
+    out: dict[str, list[float]] = {"vulnerable": [], "secure": []}
+    for r in records:
+        if r.margin is not None:
+            out["vulnerable" if r.y_true == 1 else "secure"].append(float(r.margin))
+    return out

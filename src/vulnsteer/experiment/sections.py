@@ -1,0 +1,392 @@
+"""The configuration keys, declared once per section: default, parser, help text and command-line flag.
+
+:mod:`vulnsteer.experiment.config` assembles them into :class:`~vulnsteer.experiment.config.ExperimentConfig`.
+
+>>> DetectionSection().max_new_tokens, ConditionalSection().gates
+(20, ('sign',))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
+from .values import (
+    Parser,
+    boolean,
+    cwe_list,
+    fractions,
+    integer,
+    layer_sets,
+    merge_list,
+    number,
+    one_of,
+    optional_str,
+    pairs_cap,
+    some_of,
+    strength_list,
+)
+
+__all__ = [
+    "BEHAVIOURS",
+    "DEFAULT_CONDITIONAL_STRENGTHS",
+    "DEFAULT_STRENGTHS",
+    "DUPLICATE_POLICIES",
+    "GATE_KINDS",
+    "METHOD_NAMES",
+    "MODES",
+    "POOLINGS",
+    "POSITIONS",
+    "PROBES",
+    "SECTIONS",
+    "BaselinesSection",
+    "ConditionalSection",
+    "DataSection",
+    "DetectionSection",
+    "Key",
+    "ModelSection",
+    "ReportSection",
+    "RunSection",
+    "SteeringSection",
+    "VectorsSection",
+]
+
+#: Detector modes, activation poolings and steered token positions (torch-free copies of the names that
+#: :mod:`vulnsteer.steering.hooks` and :mod:`vulnsteer.lm.activations` define; tests keep them equal).
+MODES: tuple[str, ...] = ("logit", "generation")
+POOLINGS: tuple[str, ...] = ("last", "code_mean")
+POSITIONS: tuple[str, ...] = ("last", "prompt", "generated", "all")
+METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
+DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
+
+
+# ------------------------------------------------------------------------------------------------ declarations
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: where it lives, its default, parser, help text and command-line flag."""
+
+    section: str
+    name: str
+    default: Any
+    parse: Parser
+    help: str
+    flag: str | None = None
+    #: how the CLI reads the flag: ``str``, ``int``, ``float``, ``bool`` (a switch), ``csv`` (comma-separated
+    #: words), ``floats`` (comma-separated numbers), ``repeat`` (repeatable), ``layers`` (repeatable layer set),
+    #: ``nobool`` (a switch that sets the key to false)
+    cli: str = "str"
+    #: False for keys that say where and how fast, not what: a run directory may be resumed with them changed
+    identity: bool = True
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def _key(
+    default: Any, parse: Parser, help: str, flag: str | None = None, cli: str = "str", identity: bool = True
+) -> Any:
+    return field(default=default, metadata={"key": (parse, help, flag, cli, identity)})
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """``[model]``: which model, on which device."""
+
+    name: str | None = _key(
+        None,
+        optional_str,
+        "Hugging Face id, local directory or .gguf file (absent: the embedded SmolLM2-135M-Instruct)",
+        "--model",
+    )
+    device: str | None = _key(None, optional_str, "cpu, cuda, cuda:1 ... (absent: cuda if available)", "--device")
+    dtype: str | None = _key(
+        None, optional_str, "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16", "--dtype"
+    )
+    device_map: str | None = _key(
+        None, optional_str, "passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs", "--device-map"
+    )
+    trust_remote_code: bool = _key(
+        False, boolean, "allow model repositories to run their own code", "--trust-remote-code", "bool"
+    )
+    layers_path: str | None = _key(
+        None,
+        optional_str,
+        "dotted attribute path of the decoder blocks, for an architecture vulnsteer does not know (e.g. "
+        "transformer.blocks; absent: found automatically)",
+        "--layers-path",
+    )
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``[data]``: which samples, how they are cleaned, and how they are split."""
+
+    path: str | None = _key(
+        None, optional_str, "dataset file or folder, relative to the config file (absent: the bundled corpus)", "--data"
+    )
+    format: str | None = _key(
+        None, optional_str, "sven, juliet, paired-dir, castle, jsonl, csv (absent: detected)", "--format"
+    )
+    cwes: tuple[str, ...] = _key((), cwe_list, "CWEs to use (empty: every CWE in the data)", "--cwe", "repeat")
+    merge: tuple[str, ...] = _key((), merge_list, 'treat CWE FROM as TO, e.g. ["77=78"]', "--merge-cwe", "repeat")
+    fractions: tuple[float, float, float] = _key(
+        (0.6, 0.2, 0.2), fractions, "train, val, test fractions (split by pair/group)", "--fractions", "floats"
+    )
+    seed: int = _key(0, integer(0), "split seed", "--seed", "int")
+    respect_upstream: bool = _key(
+        False,
+        boolean,
+        "keep the dataset's own train/val split (its val becomes test)",
+        "--respect-upstream-split",
+        "bool",
+    )
+    max_pairs_per_cwe: int | None = _key(
+        None,
+        pairs_cap,
+        "cap pairs per CWE, seeded choice (0: no cap; with "
+        "respect_upstream the upstream val split, i.e. test, is not capped)",
+        "--max-pairs-per-cwe",
+        "int",
+    )
+    duplicates: str = _key(
+        "merge",
+        one_of(DUPLICATE_POLICIES),
+        "code in several splits: merge (one split group, "
+        "nothing dropped), drop (val/test copies and their partners), keep (report only)",
+        "--duplicates",
+    )
+    max_code_tokens: int = _key(
+        DEFAULT_MAX_CODE_TOKENS,
+        integer(32),
+        "token budget for the code (longer code is truncated token-aware)",
+        "--max-code-tokens",
+        "int",
+    )
+    keep_comments: bool = _key(False, boolean, "keep comments (they can leak the label)", "--keep-comments", "bool")
+
+
+@dataclass(frozen=True)
+class VectorsSection:
+    """``[vectors]``: how steering vectors are fitted on the train split."""
+
+    methods: tuple[str, ...] = _key(
+        ("mean_diff",), some_of(METHOD_NAMES), "direction methods: mean_diff, pca, logistic", "--method", "csv"
+    )
+    pooling: tuple[str, ...] = _key(
+        ("last",),
+        some_of(POOLINGS),
+        "activation pooling the vectors are fitted at: last (answer position), code_mean",
+        "--pooling",
+        "csv",
+    )
+    pooled: bool = _key(
+        False, boolean, "also fit and select a pooled 'any weakness' vector over all CWEs", "--pooled-vector", "bool"
+    )
+
+
+#: ``vulnsteer run``'s candidate strengths (x the layer's mean hidden-state norm, both signs: raw mean differences
+#: are a few per cent of the hidden norm on small models and move nothing; validation picks sign and size).
+DEFAULT_STRENGTHS: tuple[tuple[str, float], ...] = tuple(("relative", s) for s in (-1.0, -0.3, 0.3, 1.0))
+
+
+@dataclass(frozen=True)
+class SteeringSection:
+    """``[steering]``: the candidate settings (layer sets x strengths x positions)."""
+
+    layers: tuple[tuple[int, ...], ...] = _key(
+        (),
+        layer_sets,
+        "single layers and layer sets, e.g. [[10], [15], "
+        "[10, 15]]; negatives count from the end ([]: the middle layer)",
+        "--layers",
+        "layers",
+    )
+    strengths: tuple[tuple[str, float], ...] = _key(
+        DEFAULT_STRENGTHS,
+        strength_list,
+        "{raw = [...], relative = [...]}; positive = toward 'vulnerable'",
+        "--strengths",
+        "floats",
+    )
+    positions: tuple[str, ...] = _key(
+        ("last",), some_of(POSITIONS), "token positions steered: last, prompt, generated, all", "--positions", "csv"
+    )
+    control_seed: int = _key(1234, integer(0), "seed of the random-direction controls", "--control-seed", "int")
+
+
+@dataclass(frozen=True)
+class DetectionSection:
+    """``[detection]``: detector modes and how each one's setting is chosen."""
+
+    modes: tuple[str, ...] = _key(MODES, some_of(MODES), "detector modes: logit and/or generation", "--modes", "csv")
+    select_generation_by: str = _key(
+        "logit",
+        one_of(MODES),
+        "whose validation results choose the generation "
+        "setting: logit (generation then runs on test only) or generation",
+        "--select-generation-by",
+    )
+    cross_cwe_modes: tuple[str, ...] = _key(
+        ("logit",),
+        some_of(MODES, empty=True),
+        "modes in which each CWE's chosen vector is also applied to every other CWE's test samples (cross-CWE matrix)",
+        "--cross-cwe-modes",
+        "csv",
+    )
+    max_new_tokens: int = _key(
+        DEFAULT_MAX_NEW_TOKENS, integer(1), "generation mode: tokens to generate", "--max-new-tokens", "int"
+    )
+    batch_size: int = _key(DEFAULT_BATCH_SIZE, integer(1), "samples per forward pass", "--batch-size", "int")
+
+
+#: Conditional steering's default strengths: x the spread of the training activations along the behaviour vector
+#: (a push of a few spreads flips the embedded model's answer; validation picks the size).
+DEFAULT_CONDITIONAL_STRENGTHS: tuple[tuple[str, float], ...] = tuple(("sigma", s) for s in (2.0, 4.0, 8.0))
+BEHAVIOURS: tuple[str, ...] = ("answer", "unembedding", *METHOD_NAMES)
+PROBES: tuple[str, ...] = ("logistic", "direction")
+GATE_KINDS: tuple[str, ...] = ("sign", "linear", "one_sided")
+
+
+@dataclass(frozen=True)
+class ConditionalSection:
+    """``[conditional]``: steering gated, per input, by a probe read from the prompt's own hidden states."""
+
+    enabled: bool = _key(
+        True, boolean, "score conditional (probe-gated) settings beside the constant ones", "--no-conditional", "nobool"
+    )
+    behaviours: tuple[str, ...] = _key(
+        ("answer",),
+        some_of(BEHAVIOURS),
+        "what to push: answer (the answer-token "
+        "contrast, no labels), unembedding (the answer axis), or a data-derived "
+        "vector at the answer position (mean_diff, pca, logistic)",
+        "--behaviours",
+        "csv",
+    )
+    probe: str = _key(
+        "logistic", one_of(PROBES), "the gating probe: logistic or direction (mean difference)", "--probe"
+    )
+    pooling: tuple[str, ...] = _key(
+        ("code_mean",),
+        some_of(POOLINGS),
+        "where the probe reads the prompt: code_mean (mean over the code tokens) or last (answer position)",
+        "--probe-pooling",
+        "csv",
+    )
+    layers: tuple[tuple[int, ...], ...] = _key(
+        (),
+        layer_sets,
+        "condition layers the probe reads (each at or below "
+        "the steered layers; []: each steered layer set's lowest layer)",
+        "--condition-layers",
+        "layers",
+    )
+    scope: str = _key(
+        "pooled",
+        one_of(("pooled", "per_cwe")),
+        "one probe over every CWE (pooled, what a scanner can use) or one per CWE",
+        "--probe-scope",
+    )
+    gates: tuple[str, ...] = _key(
+        ("sign",), some_of(GATE_KINDS), "gates: sign, linear (ACT-like), one_sided", "--gates", "csv"
+    )
+    strengths: tuple[tuple[str, float], ...] = _key(
+        DEFAULT_CONDITIONAL_STRENGTHS,
+        strength_list,
+        "{sigma = [...], relative = [...], raw = [...]}: the push before the gate's sign and scale",
+        "--conditional-strengths",
+        "floats",
+    )
+    band: float = _key(
+        0.5,
+        number,
+        "one_sided gate: push only where |score - threshold| > band x the probe's val spread",
+        "--gate-band",
+        "float",
+    )
+
+
+@dataclass(frozen=True)
+class BaselinesSection:
+    """``[baselines]``: what a constant shift or another prompt achieves without steering."""
+
+    templates: tuple[str, ...] = _key(
+        ("strict", "one_shot"),
+        some_of(("strict", "one_shot"), empty=True),
+        "prompting baselines chosen on val with the default prompt: strict (answer "
+        "secure unless the weakness can be named), one_shot (a train pair shown "
+        "first)",
+        "--baseline-templates",
+        "csv",
+    )
+    calibrated: bool = _key(
+        True,
+        boolean,
+        "the calibrated baseline: the unsteered answer margin with a threshold chosen on val",
+        "--no-calibrated",
+        "nobool",
+    )
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """``[report]``: what the report adds beyond the lead tables."""
+
+    probes: bool = _key(
+        True,
+        boolean,
+        "probe detectors (the vector and a logistic probe read as classifiers, and "
+        "their length-only control) on the val/test activations",
+        "--no-probes",
+        "nobool",
+    )
+    n_examples: int = _key(2, integer(0), "example generations per CWE in the report", "--examples", "int")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """``[run]``: where results go and how the work is chunked and cached (none of it changes a number)."""
+
+    out: str | None = _key(
+        None, optional_str, "run directory (rerun to resume; absent: runs/<name>-<timestamp>)", "--out", identity=False
+    )
+    group_size: int = _key(
+        16,
+        integer(1),
+        "conditions per saved chunk (a kill loses at most one chunk)",
+        "--group-size",
+        "int",
+        identity=False,
+    )
+    prefix_cache_mib: int = _key(
+        2048,
+        integer(0),
+        "memory for prompt-prefix KV caches kept between chunks, MiB (0: recompute per chunk)",
+        "--prefix-cache-mib",
+        "int",
+        identity=False,
+    )
+    cache: bool = _key(True, boolean, "use the on-disk activation cache", identity=False)
+    cache_dir: str | None = _key(
+        None, optional_str, "activation cache folder (absent: <cache root>/activations)", "--cache-dir", identity=False
+    )
+    controls_on_val: bool = _key(
+        True, boolean, "random controls for every candidate on val too (the selection curves' control lines)"
+    )
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "vectors": VectorsSection,
+    "steering": SteeringSection,
+    "detection": DetectionSection,
+    "conditional": ConditionalSection,
+    "baselines": BaselinesSection,
+    "report": ReportSection,
+    "run": RunSection,
+}
