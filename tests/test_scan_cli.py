@@ -54,7 +54,8 @@ def test_exit_codes_follow_fail_on(run: Any, capsys: pytest.CaptureFixture[str])
         ([""], "PATH is an empty string"),
         (["does-not-exist"], "does-not-exist: no such file or folder"),
         (["{demo}", "--detector", "some/dir"], "--detector some/dir: saved detectors are not available yet"),
-        (["{demo}", "--strength", "2"], "--strength and --layers need --vector"),
+        (["{demo}", "--strength", "2"], "--strength needs --vector (it has no effect without it)"),
+        (["{demo}", "--max-new-tokens", "9"], "--max-new-tokens needs --explain"),
         (["{demo}", "--vector", "nope.safetensors"], "--vector needs --strength"),
         (["{demo}", "--vector", "nope.safetensors", "--strength", "1"], "--vector: file not found: nope.safetensors"),
     ],
@@ -75,7 +76,7 @@ def test_bad_options_are_usage_errors(args: list[str]) -> None:
 
 
 @needs_grammars
-def test_sarif_output_file_is_schema_valid(run: Any, tmp_path: Path) -> None:
+def test_sarif_output_file_is_schema_valid(run: Any, tmp_path: Path, model_dir: Path) -> None:
     from test_scan import _validator
 
     validator = _validator()
@@ -86,6 +87,7 @@ def test_sarif_output_file_is_schema_valid(run: Any, tmp_path: Path) -> None:
     results = sarif["runs"][0]["results"]
     assert len(results) == sarif["runs"][0]["properties"]["summary"]["functions"] == 20  # --min-score 0: all
     assert code == (1 if max(r["properties"]["score"] for r in results) >= 0.5 else 0)  # --fail-on 0.5
+    assert sarif["runs"][0]["properties"]["scorer"]["model"] == str(model_dir.resolve())  # --model was used
 
 
 @needs_grammars

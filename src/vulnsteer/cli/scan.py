@@ -1,6 +1,8 @@
 """``vulnsteer scan``: functions of real code scored, findings as SARIF, JSON lines or a table.
 
 Exit codes: 0 no function scores at or above ``--fail-on``, 1 some do, 2 usage or input error, 130 interrupted.
+The options and paths are checked before anything loads; a rescan whose functions are all cached loads no model
+(and imports no torch).
 """
 
 from __future__ import annotations
@@ -10,9 +12,41 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_model_args, config_from_args, ints
+from ..defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CODE_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_STEER_POSITIONS,
+    DEFAULT_UNIT,
+)
+from .options import (
+    DefaultInt,
+    DefaultStr,
+    UsageError,
+    add_model_args,
+    finite_float,
+    ints,
+    is_default,
+    positive_int,
+    require,
+)
 
-FAIL_EXIT = 1
+#: Options that only mean something with ``--vector`` (option, dest).
+_STEERING_OPTIONS = (
+    ("--strength", "strength"),
+    ("--layers", "layers"),
+    ("--positions", "positions"),
+    ("--unit", "unit"),
+    ("--allow-model-mismatch", "allow_model_mismatch"),
+)
+EPILOG = """\
+exit codes:
+  0    no function scores at or above --fail-on
+  1    some function does
+  2    bad usage or input: one line names the file or option
+  3    internal error (a bug): one line; rerun with -v for the traceback
+  130  interrupted (Ctrl-C): nothing is written half-way; finished scores stay cached
+"""
 
 
 def _probability(text: str) -> float:
@@ -30,80 +64,113 @@ def register(sub: Any) -> None:
         "scan",
         help="score every function of files and folders; SARIF, JSON lines or a table",
         description="Split source files into functions (tree-sitter), score each with the model (plain or steered), "
-        "cache the scores, and report the functions at or above --min-score. Exit 0: nothing at or above "
-        "--fail-on; 1: findings; 2: usage or input error.",
-        epilog="exit codes:\n  0    no function scores at or above --fail-on\n  1    some function does\n"
-        "  2    bad usage or input: one line names the file or option\n"
-        "  3    internal error (a bug): one line; rerun with -v for the traceback\n"
-        "  130  interrupted (Ctrl-C): nothing is written half-way; finished scores stay cached\n",
+        "cache the scores, and report the functions at or above --min-score.",
+        epilog=EPILOG,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to scan")
     source = p.add_argument_group("detector").add_mutually_exclusive_group()
-    source.add_argument("--detector", default=None, metavar="DIR", help="a saved detector folder")
-    source.add_argument("--vector", default=None, help="steering vector (.safetensors) for the model")
-    g = p.add_argument_group("steering (with --vector)")
-    g.add_argument("--strength", type=float, default=None, help="steering strength (positive = toward 'vulnerable')")
+    source.add_argument("--detector", default=None, metavar="DIR", help="a saved detector folder (default: none)")
+    source.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
+    g = p.add_argument_group("steering (all need --vector)")
+    g.add_argument(
+        "--strength",
+        type=finite_float,
+        default=None,
+        help="positive = toward 'vulnerable' (no default: required with --vector; e.g. 0.3 with --unit relative)",
+    )
     g.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
-    g.add_argument("--positions", default="all", choices=["last", "prompt", "generated", "all"])
-    g.add_argument("--unit", default="raw", choices=["raw", "relative"])
+    g.add_argument(
+        "--positions",
+        default=DefaultStr(DEFAULT_STEER_POSITIONS),
+        choices=["last", "prompt", "generated", "all"],
+        help=f"token positions to steer (default: {DEFAULT_STEER_POSITIONS})",
+    )
+    g.add_argument(
+        "--unit",
+        default=DefaultStr(DEFAULT_UNIT),
+        choices=["raw", "relative"],
+        help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector "
+        f"(default: {DEFAULT_UNIT})",
+    )
     g.add_argument("--allow-model-mismatch", action="store_true", help="use a vector fitted on another model")
     add_model_args(p)
     o = p.add_argument_group("output")
-    o.add_argument("--format", default="text", choices=["text", "json", "sarif"], help="default: text")
-    o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here (atomically) instead of stdout")
-    o.add_argument("--min-score", type=_probability, default=0.5, help="report functions from this score (0.5)")
-    o.add_argument("--fail-on", type=_probability, default=0.5, help="exit 1 when a function reaches it (0.5)")
+    o.add_argument("--format", default=None, choices=["text", "json", "sarif"], help="output format (default: text)")
+    o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
+    o.add_argument("--min-score", type=_probability, default=0.5, help="findings from this score (default: 0.5)")
+    o.add_argument("--fail-on", type=_probability, default=0.5, help="exit 1 when a function reaches it (default: 0.5)")
     o.add_argument("--cwe", action="append", default=[], help="report only findings naming these CWEs (repeatable)")
     f = p.add_argument_group("files")
     f.add_argument("--include", action="append", default=[], metavar="GLOB", help="scan only matching files")
     f.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave matching paths out")
     f.add_argument("--no-default-excludes", action="store_true", help="also scan .git, node_modules, build ...")
-    f.add_argument("--no-gitignore", action="store_true", help="scan files that .gitignore ignores")
-    f.add_argument("--max-file-bytes", type=int, default=2_000_000, help="skip larger files (default 2 MB)")
+    f.add_argument("--no-gitignore", action="store_true", help="also scan files that .gitignore ignores")
+    f.add_argument("--max-file-bytes", type=positive_int, default=2_000_000, help="skip larger files (default: 2 MB)")
     s = p.add_argument_group("scoring")
     s.add_argument("--explain", action="store_true", help="also generate the model's verdict and explanation")
     s.add_argument("--keep-comments", action="store_true", help="score functions with their comments")
-    s.add_argument("--max-code-tokens", type=int, default=512, help="token budget per function (default 512)")
-    s.add_argument("--max-new-tokens", type=int, default=48, help="generation length with --explain")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument(
+        "--max-code-tokens",
+        type=positive_int,
+        default=DefaultInt(DEFAULT_MAX_CODE_TOKENS),
+        help=f"token budget per function, at least 32 (default: {DEFAULT_MAX_CODE_TOKENS})",
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=DefaultInt(DEFAULT_MAX_NEW_TOKENS),
+        help=f"tokens to generate (--explain only; default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    s.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help=f"default: {DEFAULT_BATCH_SIZE}")
     s.add_argument("--cache-dir", default=None, help="score cache (default: $VULNSTEER_CACHE/scan)")
     s.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
     p.set_defaults(func=cmd_scan)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    if args.vector is None:
+        require(args, "--vector", _STEERING_OPTIONS)
+    elif args.strength is None:
+        raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
+    if not args.explain and not is_default(args.max_new_tokens):
+        raise UsageError("--max-new-tokens needs --explain (the score alone generates nothing)")
+    if args.no_cache and args.cache_dir is not None:
+        raise UsageError("--cache-dir and --no-cache contradict each other")
+
+
 def _detector_scorer(args: argparse.Namespace) -> Any:
     """A :class:`~vulnsteer.scan.scorer.Scorer` for ``--detector DIR`` (saved detectors are issue 9)."""
-    raise ValueError(f"--detector {args.detector}: saved detectors are not available yet; use --vector/--strength")
+    raise UsageError(f"--detector {args.detector}: saved detectors are not available yet; use --vector/--strength")
 
 
 def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
     from ..scan import ModelScorer, ModelSource, SteeringOptions
 
-    if args.vector is None and (args.strength is not None or args.layers):
-        raise ValueError("--strength and --layers need --vector")
     steering = None
     if args.vector is not None:
-        if args.strength is None:
-            raise ValueError("--vector needs --strength")
         steering = SteeringOptions(
             Path(args.vector),
             args.strength,
             layers=tuple(args.layers),
-            positions=args.positions,
-            unit=args.unit,
+            positions=str(args.positions),
+            unit=str(args.unit),
             allow_model_mismatch=args.allow_model_mismatch,
         )
-    model = config_from_args(args).model
     source = ModelSource(
-        model.name, model.device, model.dtype, model.device_map, model.trust_remote_code, model.layers_path
+        args.model,
+        args.device,
+        args.dtype,
+        args.device_map,
+        args.trust_remote_code,
+        getattr(args, "layers_path", None),
     )
     return ModelScorer(
         source,
         steering=steering,
         explain=args.explain,
         batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        max_code_tokens=args.max_code_tokens,
+        max_new_tokens=int(args.max_new_tokens),
+        max_code_tokens=int(args.max_code_tokens),
         identity_store=cache_dir / "models" if cache_dir is not None else None,
     )
 
@@ -112,7 +179,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from ..scan import FileFilter, ScanOptions, default_cache_dir, render, scan, write_output
     from ..scan.engine import check_paths
 
-    check_paths(args.paths)  # before loading anything
+    _check_options(args)
+    check_paths(args.paths)  # before anything loads
     options = ScanOptions(
         files=FileFilter(
             include=tuple(args.include),
@@ -134,12 +202,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         close = getattr(scorer, "close", None)
         if close is not None:
             close()
-    text = render(report, args.format)
-    write_output(text, Path(args.output) if args.output else None)
+    fmt = args.format or "text"
+    write_output(render(report, fmt), Path(args.output) if args.output else None)
     for message in report.stats.unreadable:
         print(f"vulnsteer: warning: {message}", file=sys.stderr)
     for message in report.stats.warnings:
         print(f"vulnsteer: warning: {message}", file=sys.stderr)
-    if args.format != "text" or args.output:
+    if fmt != "text" or args.output:
         print(report.stats.summary_line(), file=sys.stderr)
     return report.exit_code

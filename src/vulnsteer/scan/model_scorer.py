@@ -28,6 +28,7 @@ from typing import Any
 from ..cwe import UnknownCWEError, normalize_cwe
 from ..data.sample import Sample
 from ..data.truncate import truncate_sample
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from ..lm.paths import local_model_location
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from .identity import ModelIdentity, identity_of, location_key, recall_identity, remember_identity
@@ -110,9 +111,9 @@ class ModelScorer:
         steering: SteeringOptions | None = None,
         explain: bool = False,
         template: PromptTemplate | None = None,
-        batch_size: int = 8,
-        max_new_tokens: int = 48,
-        max_code_tokens: int = 512,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_code_tokens: int = DEFAULT_MAX_CODE_TOKENS,
         threshold: float = 0.5,
         identity_store: Path | None = None,
     ) -> None:
