@@ -16,29 +16,18 @@ from ..defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CODE_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_STEER_POSITIONS,
-    DEFAULT_UNIT,
 )
 from .options import (
+    STEERING_OPTIONS,
     DefaultInt,
-    DefaultStr,
     UsageError,
     add_model_args,
-    finite_float,
-    ints,
+    add_steering_args,
     is_default,
     positive_int,
     require,
 )
 
-#: Options that only mean something with ``--vector`` (option, dest).
-_STEERING_OPTIONS = (
-    ("--strength", "strength"),
-    ("--layers", "layers"),
-    ("--positions", "positions"),
-    ("--unit", "unit"),
-    ("--allow-model-mismatch", "allow_model_mismatch"),
-)
 EPILOG = """\
 exit codes:
   0    no function scores at or above --fail-on
@@ -72,27 +61,7 @@ def register(sub: Any) -> None:
     source.add_argument("--detector", default=None, metavar="DIR", help="a saved detector folder (default: none)")
     source.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
     g = p.add_argument_group("steering (all need --vector)")
-    g.add_argument(
-        "--strength",
-        type=finite_float,
-        default=None,
-        help="positive = toward 'vulnerable' (no default: required with --vector; e.g. 0.3 with --unit relative)",
-    )
-    g.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
-    g.add_argument(
-        "--positions",
-        default=DefaultStr(DEFAULT_STEER_POSITIONS),
-        choices=["last", "prompt", "generated", "all"],
-        help=f"token positions to steer (default: {DEFAULT_STEER_POSITIONS})",
-    )
-    g.add_argument(
-        "--unit",
-        default=DefaultStr(DEFAULT_UNIT),
-        choices=["raw", "relative"],
-        help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector "
-        f"(default: {DEFAULT_UNIT})",
-    )
-    g.add_argument("--allow-model-mismatch", action="store_true", help="use a vector fitted on another model")
+    add_steering_args(g)
     add_model_args(p)
     o = p.add_argument_group("output")
     o.add_argument("--format", default=None, choices=["text", "json", "sarif"], help="output format (default: text)")
@@ -129,7 +98,7 @@ def register(sub: Any) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     if args.vector is None:
-        require(args, "--vector", _STEERING_OPTIONS)
+        require(args, "--vector", STEERING_OPTIONS)
     elif args.strength is None:
         raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
     if not args.explain and not is_default(args.max_new_tokens):
