@@ -163,7 +163,7 @@ def _vector_case(case_id: str, file: str, *needles: str, strength: str = "1", ex
 def _data_case(case_id: str, data: str, *needles: str, extra: tuple[str, ...] = ()) -> Case:
     """``vectors`` on a dataset from the inputs, writing to a fresh folder that must not appear."""
     out = f"vecs-{case_id}"
-    argv = ["vectors", "--data", f"{{in}}/{data}", *extra, *BARE, "--out", f"{{out}}/{out}"]
+    argv = ["vectors", "fit", "--data", f"{{in}}/{data}", *extra, *BARE, "--out", f"{{out}}/{out}"]
     return Case(case_id, argv, needles, out=out)
 
 
@@ -187,11 +187,13 @@ CATALOGUE = [
         ["detect", "{in}/ok.c", "--mode", "logit", "--max-new-tokens", "8"],
         ("--max-new-tokens", "--mode generation"),
     ),
-    Case("batch-size-zero", ["vectors", "--out", "{out}/v0", "--batch-size", "0"], ("--batch-size", "positive")),
+    Case("batch-size-zero", ["vectors", "fit", "--out", "{out}/v0", "--batch-size", "0"], ("--batch-size", "positive")),
     Case("batch-size-negative", ["extract", "--out", "{out}/a.st", "--batch-size", "-3"], ("--batch-size",)),
-    Case("batch-size-word", ["vectors", "--out", "{out}/v0", "--batch-size", "many"], ("--batch-size",)),
+    Case("batch-size-word", ["vectors", "fit", "--out", "{out}/v0", "--batch-size", "many"], ("--batch-size",)),
     Case("max-code-tokens-zero", ["detect", "{in}/ok.c", "--max-code-tokens", "0"], ("--max-code-tokens",)),
-    Case("max-pairs-zero", ["vectors", "--out", "{out}/v0", "--max-pairs-per-cwe", "0"], ("--max-pairs-per-cwe",)),
+    Case(
+        "max-pairs-zero", ["vectors", "fit", "--out", "{out}/v0", "--max-pairs-per-cwe", "0"], ("--max-pairs-per-cwe",)
+    ),
     Case(
         "strength-nan", ["detect", "{in}/ok.c", "--vector", "{in}/good.safetensors", "--strength", "nan"], ("finite",)
     ),
@@ -200,15 +202,17 @@ CATALOGUE = [
     ),
     Case("strength-word", ["detect", "{in}/ok.c", "--strength", "lots"], ("--strength",)),
     Case("dtype-unknown", ["detect", "{in}/ok.c", "--dtype", "float8"], ("--dtype", "invalid choice")),
-    Case("layers-not-integers", ["vectors", "--out", "{out}/v0", "--layers", "1.5"], ("--layers", "integers")),
-    Case("layers-empty", ["vectors", "--out", "{out}/v0", "--layers", ","], ("--layers",)),
+    Case("layers-not-integers", ["vectors", "fit", "--out", "{out}/v0", "--layers", "1.5"], ("--layers", "integers")),
+    Case("layers-empty", ["vectors", "fit", "--out", "{out}/v0", "--layers", ","], ("--layers",)),
     Case("record-unknown", ["extract", "--out", "{out}/a.st", "--record", "middle"], ("--record", "code_mean")),
-    Case("method-unknown", ["vectors", "--out", "{out}/v0", "--method", "magic"], ("--method", "invalid choice")),
+    Case(
+        "method-unknown", ["vectors", "fit", "--out", "{out}/v0", "--method", "magic"], ("--method", "invalid choice")
+    ),
     Case("language-empty", ["detect", "{in}/ok.c", "--language", " "], ("--language",)),
     Case("extract-needs-out", ["extract"], ("--out",)),
-    Case("format-without-data", ["vectors", "--out", "{out}/v", "--format", "csv"], ("--format needs --data",)),
+    Case("format-without-data", ["vectors", "fit", "--out", "{out}/v", "--format", "csv"], ("--format needs --data",)),
     Case("upstream-without-data", ["extract", "--out", "{out}/a", "--respect-upstream-split"], ("needs --data",)),
-    Case("vectors-takes-no-unit", ["vectors", "--out", "{out}/v", "--unit", "raw"], ("unrecognized", "--unit")),
+    Case("vectors-takes-no-unit", ["vectors", "fit", "--out", "{out}/v", "--unit", "raw"], ("unrecognized", "--unit")),
     Case("stats-model-without-tokens", ["data", "stats", "{in}/paired", "--no-tokens", "--model", "x"], ("--model",)),
     Case("data-needs-path", ["data", "validate"], ("path",)),
     # ------------------------------------------------------------ source files
@@ -264,8 +268,8 @@ CATALOGUE = [
     ),
     _data_case("vectors-layer-beyond-model", "paired", "layer 7", "3 layers", extra=("--layers", "7")),
     # ------------------------------------------------------------ outputs (checked first)
-    Case("vectors-out-under-a-file", ["vectors", "--out", "{in}/ok.c/vecs"], ("--out", "ok.c", "not a folder")),
-    Case("vectors-out-is-a-file", ["vectors", "--out", "{in}/ok.c"], ("--out", "not a folder")),
+    Case("vectors-out-under-a-file", ["vectors", "fit", "--out", "{in}/ok.c/vecs"], ("--out", "ok.c", "not a folder")),
+    Case("vectors-out-is-a-file", ["vectors", "fit", "--out", "{in}/ok.c"], ("--out", "not a folder")),
     Case("extract-out-is-a-folder", ["extract", "--out", "{in}/paired"], ("--out", "is a folder")),
     Case("extract-out-unwritable", ["extract", "--out", "/proc/vulnsteer/a.safetensors"], ("--out", "/proc")),
     Case("extract-out-empty", ["extract", "--out", ""], ("--out",)),
@@ -350,7 +354,7 @@ def test_unwritable_out_folder(world: World, cli: ForkServer) -> None:
         else:
             probe.unlink()
             pytest.skip("permissions do not stop this user (root)")
-        case = Case("locked", ["vectors", "--out", str(locked / "vecs")], ("--out", "locked"))
+        case = Case("locked", ["vectors", "fit", "--out", str(locked / "vecs")], ("--out", "locked"))
         _check_failure(case, cli.run(case.argv), world)
     finally:
         locked.chmod(0o700)
@@ -412,7 +416,7 @@ def test_validate_counts_binary_files_in_its_summary(world: World, cli: ForkServ
 def test_vectors_writes_only_after_everything_checked(world: World, cli: ForkServer) -> None:
     out = world.root / "fresh" / "vecs"
     result = cli.run(
-        ["--no-progress", "vectors", "--data", str(world.inputs / "paired"), *_tiny(world), "--out", str(out)]
+        ["--no-progress", "vectors", "fit", "--data", str(world.inputs / "paired"), *_tiny(world), "--out", str(out)]
     )
     assert result.rc == 0, result.err
     assert sorted(p.name for p in out.iterdir()) == ["cwe-79-mean-diff-last.safetensors"]
@@ -508,7 +512,7 @@ def test_the_real_entry_point_fails_fast_without_importing_torch(world: World) -
         ["detect", str(world.inputs / "ok.c"), "--strength", "2"],
         ["detect", str(world.inputs / "paired")],
         ["data", "validate", str(world.inputs / "onesided.jsonl")],
-        ["vectors", "--out", str(world.inputs / "ok.c"), "--batch-size", "2"],
+        ["vectors", "fit", "--out", str(world.inputs / "ok.c"), "--batch-size", "2"],
     ):
         proc = subprocess.run(
             [sys.executable, str(script), *argv], capture_output=True, text=True, env=cli_env(world.cache)

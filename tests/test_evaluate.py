@@ -223,6 +223,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> dict[s
             [
                 "--no-progress",
                 "vectors",
+                "fit",
                 "--model",
                 str(model_dir),
                 "--data",

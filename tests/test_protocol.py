@@ -402,3 +402,30 @@ def test_sigint_stops_cleanly_with_a_partial_report(tmp_path: Path, tiny_model_d
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "interrupted" and results["finished_conditions"]
     assert "INTERRUPTED" in (out / "report.md").read_text()
+
+
+def test_several_datasets_train_together_and_keep_their_groups(tmp_path: Path) -> None:
+    from vulnsteer.experiment.prepare import prepare_data
+
+    a = write_toy_jsonl(tmp_path / "a.jsonl", n_pairs=5, prefix="a")
+    b = write_toy_jsonl(tmp_path / "b.jsonl", n_pairs=5, prefix="b")
+    file = tmp_path / "multi.toml"
+    file.write_text(
+        '[data]\npaths = ["a.jsonl", "b.jsonl", "builtin"]\nformats = ["jsonl", "jsonl", "builtin"]\n'
+        'cwes = ["CWE-89", "CWE-78"]\n'
+    )
+    config = load_config(file)
+    assert config.data.paths[:2] == (str(a), str(b))  # relative to the config file
+    data = prepare_data(config.data, progress=False, require=("train", "val", "test"))
+    every = [s for _, part in data.splits.items() for s in part]
+    assert {s.meta["dataset"] for s in every} == {str(a), str(b), "builtin"}
+    assert all(s.group.split(":", 1)[0] in ("0", "1", "2") for s in every)
+    where: dict[str, set[str]] = {}
+    for name, part in data.splits.items():
+        for s in part:
+            where.setdefault(s.pair_id or s.id, set()).add(name)
+    assert all(len(v) == 1 for v in where.values()), "a pair straddles splits"
+    with pytest.raises(ConfigError, match="exclude each other"):
+        parse_config({"data": {"path": str(a), "paths": [str(b)]}})
+    with pytest.raises(ConfigError, match="names 1 formats for 2"):
+        parse_config({"data": {"paths": [str(a), str(b)], "formats": ["jsonl"]}})

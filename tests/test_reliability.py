@@ -465,7 +465,7 @@ def _commands() -> dict[str, argparse.ArgumentParser]:
 
 
 #: Commands this module checks fully (run, sweep and evaluate are the experiment commands' own business).
-CHECKED = ("detect", "extract", "vectors", "data stats", "data validate", "run", "sweep", "evaluate")
+CHECKED = ("detect", "extract", "vectors fit", "data stats", "data validate", "run", "sweep", "evaluate")
 
 
 @pytest.mark.parametrize("command", CHECKED)
@@ -489,7 +489,7 @@ def test_shared_option_defaults_come_from_one_place() -> None:
     detect = commands["detect"].parse_args(["x.c"])
     assert detect.max_code_tokens == DEFAULT_MAX_CODE_TOKENS and isinstance(detect.max_code_tokens, DefaultInt)
     assert commands["detect"].parse_args(["x.c", "--max-code-tokens", "512"]).max_code_tokens.__class__ is int
-    vectors = commands["vectors"].parse_args(["--out", "v"])
+    vectors = commands["vectors fit"].parse_args(["--out", "v"])
     assert vectors.max_code_tokens == DEFAULT_MAX_CODE_TOKENS
     assert not hasattr(vectors, "unit") and not hasattr(vectors, "steer_positions")  # vectors steers nothing
     from vulnsteer.cli.options import config_from_args
@@ -549,7 +549,7 @@ def test_global_flags_parse_anywhere() -> None:
 
 def test_numbers_that_start_with_a_minus_are_values() -> None:
     parser = build_parser()
-    assert parser.parse_args(["vectors", "--out", "v", "--layers", "-8,15"]).layers == (-8, 15)
+    assert parser.parse_args(["vectors", "fit", "--out", "v", "--layers", "-8,15"]).layers == (-8, 15)
     assert parser.parse_args(["detect", "x", "--vector", "v", "--strength", "-1e-1"]).strength == -0.1
     assert parser.parse_args(["run", "--strengths", "-1,-.3,0.3"]).cfg__steering__strengths == [-1.0, -0.3, 0.3]
 

@@ -53,7 +53,8 @@ def test_exit_codes_follow_fail_on(run: Any, capsys: pytest.CaptureFixture[str])
     [
         ([""], "PATH is an empty string"),
         (["does-not-exist"], "does-not-exist: no such file or folder"),
-        (["{demo}", "--detector", "some/dir"], "--detector some/dir: saved detectors are not available yet"),
+        (["{demo}", "--detector", "some/dir"], "--detector: detector folder not found: some/dir"),
+        (["{demo}", "--detector", "some/dir", "--strength", "1"], "--strength needs --vector"),
         (["{demo}", "--strength", "2"], "--strength needs --vector (it has no effect without it)"),
         (["{demo}", "--max-new-tokens", "9"], "--max-new-tokens needs --explain"),
         (["{demo}", "--vector", "nope.safetensors"], "--vector needs --strength"),
@@ -115,3 +116,20 @@ def test_ctrl_c_writes_nothing_and_exits_130(run: Any, tmp_path: Path, monkeypat
     fresh = tmp_path / "new.sarif"
     assert run(str(DEMO), "--format", "sarif", "-o", str(fresh)) == 130
     assert not fresh.exists()
+
+
+@needs_grammars
+def test_a_saved_detector_scores_and_reports_its_probe(run: Any, model_dir: Path, tmp_path: Path) -> None:
+    from test_scan_model import save_detector
+    from vulnsteer.lm.model import load_model
+
+    with load_model(str(model_dir), device="cpu") as lm:
+        folder = save_detector(lm, tmp_path / "detector")
+    out = tmp_path / "out.sarif"
+    run(str(DEMO / "vulnerable"), "--detector", str(folder), "--format", "sarif", "-o", str(out), "--min-score", "0")
+    sarif = json.loads(out.read_text(encoding="utf-8"))
+    run_props = sarif["runs"][0]["properties"]["scorer"]
+    assert run_props["scorer"] == "detector" and run_props["detector"] == str(folder)
+    results = sarif["runs"][0]["results"]
+    assert len(results) == 10
+    assert all(isinstance(r["properties"]["probe"], float) and r["properties"]["push"] in (-1.0, 1.0) for r in results)

@@ -13,7 +13,7 @@ import torch
 from vulnsteer.data.sample import Sample
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
-from vulnsteer.scan import ModelScorer, ModelSource, SteeringOptions, scan
+from vulnsteer.scan import DetectorOptions, ModelScorer, ModelSource, SteeringOptions, scan
 from vulnsteer.scan import identity as identity_module
 from vulnsteer.scan import model_scorer as model_scorer_module
 from vulnsteer.scan.functions import tree_sitter_available
@@ -47,6 +47,19 @@ def _vector(lm: LoadedModel, path: Path, scale: float = 1.0, cwe: str = "CWE-89"
     generator = torch.Generator().manual_seed(0)
     SteeringVector({1: scale * torch.randn(lm.hidden_size, generator=generator)}, prov).save(path)
     return path
+
+
+def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0) -> Path:
+    """A probe-gated detector for *lm* (random probe at layer 0 gating a random vector at layer 1), saved."""
+    from vulnsteer.detection.detector import Detector
+    from vulnsteer.steering.gate import LinearProbe
+
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(lm.hidden_size, generator=generator)
+    probe = LinearProbe(layer=0, pooling="code_mean", weight=weight, bias=0.0, threshold=threshold, spread=1.0)
+    vector = SteeringVector.load(_vector(lm, folder.parent / f"{folder.name}-vector.safetensors", scale=5.0))
+    Detector(vector, probe, "sign", 2.0, (1,), positions="last", unit="raw").save(folder)
+    return folder
 
 
 def test_scores_are_probabilities_with_a_threshold_verdict(tiny_lm: LoadedModel) -> None:
@@ -211,3 +224,21 @@ def test_module_doctests() -> None:
 
     for module in (identity_module, model_scorer_module, paths_module):
         assert doctest.testmod(module).failed == 0
+
+
+def test_a_saved_detector_scores_with_its_probe_gate(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    folder = save_detector(tiny_lm, tmp_path / "detector")
+    scorer = ModelScorer(tiny_lm, detector=DetectorOptions(folder), max_code_tokens=64)
+    scores = scorer.score(UNITS, progress=False)
+    assert all(s.probe is not None and s.push in (-1.0, 1.0) and 0.0 <= s.score <= 1.0 for s in scores)
+    assert scorer.provenance["scorer"] == "detector"
+    plain = ModelScorer(tiny_lm, max_code_tokens=64)
+    assert scorer.digest != plain.digest
+    other = save_detector(tiny_lm, tmp_path / "other", threshold=1.0)  # another threshold: another detector
+    assert ModelScorer(tiny_lm, detector=DetectorOptions(other), max_code_tokens=64).digest != scorer.digest
+    with pytest.raises(ValueError, match="exclude each other"):
+        ModelScorer(
+            tiny_lm, detector=DetectorOptions(folder), steering=SteeringOptions(folder / "vector.safetensors", 1)
+        )
+    with pytest.raises(ValueError, match=r"no detector\.json"):
+        ModelScorer(tiny_lm, detector=DetectorOptions(tmp_path))

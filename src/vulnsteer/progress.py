@@ -88,6 +88,13 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def rewind(self, count: int) -> None:
+        """Set the count back to *count* (work that will be done again, e.g. a batch retried in smaller pieces)."""
+        self.count = count
+        if self._bar is not None:
+            self._bar.n = count
+            self._bar.refresh()
+
     def close(self, failed: bool = False) -> None:
         """End the phase: keep the finished bar (terminal) or write the phase's line (log); with *failed* the
         bar is erased and the line says where it stopped. Idempotent."""

@@ -52,6 +52,12 @@ def register(sub: Any) -> None:
     )
     add_code_tokens_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
+    p.add_argument(
+        "--detector",
+        default=None,
+        help="a saved detector folder (RUN/detector from `vulnsteer run`/`sweep`/`detector fit`): the probe reads "
+        "each file's hidden states and gates the steering; prints its score too (default: none)",
+    )
     g = p.add_argument_group("steering (all need --vector)")
     g.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
     add_steering_args(g)
@@ -59,7 +65,11 @@ def register(sub: Any) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.vector is None:
+    if args.detector is not None and args.vector is not None:
+        raise UsageError("--detector and --vector exclude each other (a detector carries its own vector)")
+    if args.detector is not None:
+        require(args, "--vector", STEERING_OPTIONS[:-1])
+    elif args.vector is None:
         require(args, "--vector", STEERING_OPTIONS)
     elif args.strength is None:
         raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
@@ -165,6 +175,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         from ..steering.vectors import SteeringVector
 
         vector = SteeringVector.load(args.vector)
+    detector = None
+    if args.detector is not None:
+        from ..detection.detector import Detector
+
+        detector = Detector.load(args.detector)
 
     from contextlib import nullcontext
 
@@ -183,6 +198,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     samples = [truncate_sample(s, count, budget) for s in samples]
     lm = load(args)
     try:
+        if detector is not None:
+            if not args.allow_model_mismatch:
+                detector.check_model(lm, args.detector)
+            records = detector.detect(
+                lm, samples, mode=args.mode, max_new_tokens=new_tokens or 1, progress=not args.no_progress
+            )
+            return _print(args, samples, records)
         ctx: Any = nullcontext()
         if spec is not None:
             if not args.allow_model_mismatch:
@@ -198,6 +220,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 records = generate_verdicts(lm, samples, max_new_tokens=new_tokens, progress=not args.no_progress)
     finally:
         lm.close()
+    return _print(args, samples, records)
+
+
+def _print(args: argparse.Namespace, samples: list[Any], records: list[Any]) -> int:
     for sample, rec in zip(samples, records):
         out = {
             "file": sample.id,
@@ -208,10 +234,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "text": rec.text,
             "truncated": bool(sample.meta.get("truncation", {}).get("truncated")),
         }
+        if rec.gate_score is not None:
+            out["probe_score"] = rec.gate_score
+            out["push"] = rec.push
         if args.json:
             print(json.dumps(out))
         else:
             extra = f" p(vulnerable)={rec.score:.3f}" if rec.score is not None else ""
+            if rec.gate_score is not None:
+                extra += f" probe score {rec.gate_score:+.3f} (push {rec.push:+.2f})"
             weakness = f" {rec.named_cwe}" if rec.named_cwe else ""
             print(f"{sample.id}: {rec.verdict}{weakness}{extra}")
             if rec.text:

@@ -58,7 +58,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to scan")
     source = p.add_argument_group("detector").add_mutually_exclusive_group()
-    source.add_argument("--detector", default=None, metavar="DIR", help="a saved detector folder (default: none)")
+    source.add_argument(
+        "--detector",
+        default=None,
+        metavar="DIR",
+        help="a saved detector folder (RUN/detector from `vulnsteer run`/`sweep`/`detector fit`): its probe gates "
+        "its steering, and each function's probe score is reported too (default: none)",
+    )
     source.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
     g = p.add_argument_group("steering (all need --vector)")
     add_steering_args(g)
@@ -97,7 +103,9 @@ def register(sub: Any) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.vector is None:
+    if args.detector is not None:  # (argparse refuses --detector with --vector)
+        require(args, "--vector", STEERING_OPTIONS[:-1])
+    elif args.vector is None:
         require(args, "--vector", STEERING_OPTIONS)
     elif args.strength is None:
         raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
@@ -107,13 +115,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--cache-dir and --no-cache contradict each other")
 
 
-def _detector_scorer(args: argparse.Namespace) -> Any:
-    """A :class:`~vulnsteer.scan.scorer.Scorer` for ``--detector DIR`` (saved detectors are issue 9)."""
-    raise UsageError(f"--detector {args.detector}: saved detectors are not available yet; use --vector/--strength")
-
-
 def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
-    from ..scan import ModelScorer, ModelSource, SteeringOptions
+    from ..scan import DetectorOptions, ModelScorer, ModelSource, SteeringOptions
 
     steering = None
     if args.vector is not None:
@@ -133,9 +136,11 @@ def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
         args.trust_remote_code,
         getattr(args, "layers_path", None),
     )
+    detector = DetectorOptions(Path(args.detector), args.allow_model_mismatch) if args.detector else None
     return ModelScorer(
         source,
         steering=steering,
+        detector=detector,
         explain=args.explain,
         batch_size=args.batch_size,
         max_new_tokens=int(args.max_new_tokens),
@@ -164,7 +169,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         cwes=tuple(args.cwe),
     )
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    scorer = _detector_scorer(args) if args.detector else _model_scorer(args, cache_dir)
+    scorer = _model_scorer(args, cache_dir)
     try:
         report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
     finally:

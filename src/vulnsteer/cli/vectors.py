@@ -1,8 +1,9 @@
-"""``vulnsteer extract`` and ``vectors``: hidden states and steering vectors of a dataset.
+"""``vulnsteer extract`` and ``vectors fit|export|import|show``: hidden states and steering vectors of a dataset,
+and llama.cpp control vectors (GGUF).
 
-Before any weights load, both check that ``--out`` can be written, the options against the machine and the model's
-config (device, layers, token budget), and the data (loaded, cleaned, truncated and split): a mistake costs
-seconds, not a model load.
+Before any weights load, ``extract`` and ``vectors fit`` check that ``--out`` can be written, the options against
+the machine and the model's config (device, layers, token budget), and the data (loaded, cleaned, truncated and
+split): a mistake costs seconds, not a model load.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
-from ..defaults import DEFAULT_BATCH_SIZE
+from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_UNIT
 from .options import (
     UsageError,
     add_data_args,
@@ -21,6 +23,7 @@ from .options import (
     check_model_options,
     code_token_budget,
     data_config,
+    finite_float,
     ints,
     load,
     positive_int,
@@ -59,13 +62,48 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("vectors", help="fit per-CWE steering vectors on the train split and save them")
+    group = sub.add_parser("vectors", help="steering vectors: fit, show, export to / import from llama.cpp (GGUF)")
+    vsub = group.add_subparsers(dest="vectors_command", required=True)
+
+    p = vsub.add_parser("fit", help="fit per-CWE steering vectors on the train split and save them")
     add_model_args(p)
     add_data_args(p)
     add_vector_args(p)
     p.add_argument("--pooled", action="store_true", help="also fit an 'any weakness' vector over all CWEs")
     p.add_argument("--out", required=True, help="output folder for <cwe>-<method>-<pooling>.safetensors")
     p.set_defaults(func=cmd_vectors)
+
+    p = vsub.add_parser(
+        "export",
+        help="write a vector as a llama.cpp control vector (GGUF)",
+        description="Write VECTOR at --strength as a llama.cpp control vector: direction.L is the shift vulnsteer "
+        "adds at layer L (positive strength = toward 'vulnerable'), so load it at scale 1. llama.cpp steers every "
+        "position (vulnsteer's --positions all) and cannot steer layer 0.",
+    )
+    p.add_argument("vector", help="a vector file (.safetensors, from `vulnsteer vectors fit` or a sweep)")
+    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="output control-vector file")
+    p.add_argument("--strength", type=finite_float, required=True, help="baked into the file (+ = toward 'vulnerable')")
+    p.add_argument("--unit", default=DEFAULT_UNIT, choices=["raw", "relative", "sigma"], help="unit of --strength")
+    p.add_argument("--layers", type=ints, default=(), help="export only these layers (default: all of the vector's)")
+    p.add_argument("--model-hint", default=None, help="Hugging Face model_type (default: the vector's provenance)")
+    p.set_defaults(func=cmd_export)
+
+    p = vsub.add_parser(
+        "import",
+        help="read a llama.cpp control vector (GGUF) into a vulnsteer vector file",
+        description="A file written by `vectors export` gives back the original vector; any other control vector "
+        "becomes the direction -direction.N, so steering it with strength 1 (raw, positions all) matches llama.cpp "
+        "at scale 1.",
+    )
+    p.add_argument("gguf", metavar="IN.gguf", help="a control-vector GGUF file")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--hidden-size", type=int, default=None, help="refuse a file of another hidden size")
+    p.add_argument("--model-hint", default=None, help="model_type for a file that has no controlvector.model_hint")
+    p.set_defaults(func=cmd_import)
+
+    p = vsub.add_parser("show", help="print a vector's provenance, layers and norms (.safetensors or .gguf)")
+    p.add_argument("vector", help="a vector file (.safetensors) or a control vector (.gguf)")
+    p.set_defaults(func=cmd_show)
 
 
 def _prepare(args: argparse.Namespace, splits: tuple[str, ...]) -> tuple[Any, Any, list[int] | None]:
@@ -173,4 +211,57 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     for key, item in info.items():
         norms = ", ".join(f"L{k}: {v:.3g} ({item['relative_norm'][k]:.3g} rel)" for k, v in item["norm"].items())
         print(f"{key}: {out.parent / item['file']}  n={item['n_vulnerable']}+{item['n_secure']}  {norms}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..steering.gguf import export_control_vector
+    from ..steering.vectors import SteeringVector
+
+    vector = SteeringVector.load(args.vector)
+    info = export_control_vector(
+        vector,
+        args.gguf,
+        strength=args.strength,
+        unit=args.unit,
+        layers=args.layers or None,
+        model_hint=args.model_hint,
+    )
+    print(info.describe())
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..steering.gguf import import_control_vector
+
+    vector = import_control_vector(args.gguf, hidden_size=args.hidden_size, model_hint=args.model_hint)
+    vector.save(args.out)
+    print(f"wrote {args.out}: layers {list(vector.layers)}, hidden size {vector.provenance.hidden_size}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..steering.gguf import read_control_vector
+    from ..steering.vectors import SteeringVector
+
+    if Path(args.vector).suffix == ".gguf":
+        cv = read_control_vector(args.vector)
+        print(f"{cv.path}: llama.cpp control vector, hidden size {cv.hidden_size}")
+        for key, value in cv.metadata.items():
+            print(f"  {key}: {value}")
+        for layer, tensor in cv.tensors.items():
+            print(f"  direction.{layer}: norm {float((tensor.astype('float64') ** 2).sum() ** 0.5):.4g}")
+        return 0
+    vector = SteeringVector.load(args.vector)
+    prov = vector.provenance
+    print(f"{args.vector}: steering vector for {prov.cwe} ({prov.method}, fitted at pooling {prov.pooling!r})")
+    print(f"  model: {prov.model_id} (type {prov.model_type or 'unknown'}, fingerprint {prov.model_fingerprint})")
+    print(f"  hidden size {prov.hidden_size}; samples: {prov.n_vulnerable} vulnerable, {prov.n_secure} secure")
+    print(f"  data hash {prov.dataset_hash}; created {prov.created}")
+    for key, value in sorted(prov.extra.items()):
+        print(f"  {key}: {value}")
+    for layer in vector.layers:
+        ref = prov.layer_norms.get(layer)
+        rel = f", {vector.relative_norm(layer):.3g} of the layer's mean hidden norm {ref:.4g}" if ref else ""
+        print(f"  layer {layer}: norm {vector.norm(layer):.4g}{rel}")
     return 0

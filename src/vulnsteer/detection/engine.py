@@ -17,6 +17,7 @@ import torch
 
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, batch_states, length_order, masked_mean, recording
+from ..lm.batching import AutoBatch
 from ..lm.forward import NonFiniteLogitsError, forward
 from ..lm.model import LayerMatcher, LoadedModel
 from ..lm.prompts import (
@@ -219,10 +220,11 @@ def _resolve_gates(
     specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None],
     store: PrefixStore | None,
     key: str,
-) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], float]]:
+) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], tuple[float, float]]]:
     """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden state (one stopped-
     early prompt pass per batch, kept in *store* for later chunks) and scales the spec's strength. Returns the
-    resolved specs and, per (sample, variant), the first gate's multiplier (the direction it pushed)."""
+    resolved specs and, per (sample, variant), the first gate's multiplier (the direction it pushed) and its
+    probe's score."""
     needed = {(sp.gate.probe.layer, sp.gate.probe.pooling) for v in specs.values() if v for sp in v if sp.gate}
     layers = sorted({layer for layer, _ in needed})
     poolings = sorted({pooling for _, pooling in needed})
@@ -232,9 +234,9 @@ def _resolve_gates(
         if store is not None:
             store.put_states(key, layers, states)
     row = {i: j for j, i in enumerate(idx)}
-    memo: dict[tuple[int, int], float] = {}
+    memo: dict[tuple[int, int], tuple[float, float]] = {}
     resolved: dict[tuple[int, str], Sequence[SteeringSpec] | None] = {}
-    pushes: dict[tuple[int, str], float] = {}
+    pushes: dict[tuple[int, str], tuple[float, float]] = {}
     for (i, name), items in specs.items():
         if not items or all(sp.gate is None for sp in items):
             resolved[(i, name)] = items
@@ -247,9 +249,10 @@ def _resolve_gates(
                 continue
             if (id(gate), i) not in memo:
                 hidden = states[gate.probe.pooling][row[i], layers.index(gate.probe.layer)]
-                memo[(id(gate), i)] = float(gate.multipliers(gate.probe.scores(hidden[None]))[0])
+                score = gate.probe.scores(hidden[None])
+                memo[(id(gate), i)] = (float(gate.multipliers(score)[0]), float(score[0]))
             pushes.setdefault((i, name), memo[(id(gate), i)])
-            out.append(sp.gated(memo[(id(gate), i)]))
+            out.append(sp.gated(memo[(id(gate), i)][0]))
         resolved[(i, name)] = out
     return resolved, pushes
 
@@ -327,6 +330,9 @@ def detect_variants_modes(
 
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
     samples (a sweep's chunks), so each is computed once.
+
+    On CUDA, a batch that runs out of memory is run again with half the samples (and so half the rows per pass),
+    and the size that fitted is kept for later calls (:class:`~vulnsteer.lm.batching.AutoBatch`).
     """
     for mode in modes:
         if mode not in ("logit", "generation"):
@@ -343,10 +349,13 @@ def detect_variants_modes(
     eos = _eos_ids(tok, model)
     per_chunk = max(1, max_rows // max(1, batch_size))
     bar = Progress(len(samples) * len(names), desc or f"{'+'.join(modes)} detection", unit="sample", enabled=progress)
-    for idx in _batches(order, batch_size):
+    batcher = AutoBatch.for_model(lm, f"detection:{'+'.join(modes)}:{max_rows}", batch_size)
+
+    def run_batch(idx: list[int]) -> None:
+        """Every variant and mode on one batch of samples; writes into ``results`` (a retry overwrites)."""
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
-        pushes: dict[tuple[int, str], float] = {}
+        pushes: dict[tuple[int, str], tuple[float, float]] = {}
         if any(sp.gate is not None for v in specs.values() if v for sp in v):
             key = PrefixStore.key([prompts[i].text for i in idx])
             specs, pushes = _resolve_gates(lm, batch, idx, specs, prefix_store, key)
@@ -411,7 +420,8 @@ def detect_variants_modes(
                             "vulnerable" if p >= threshold else "secure",
                             score=p,
                             margin=m,
-                            push=pushes.get((i, name)),
+                            push=pushes[(i, name)][0] if (i, name) in pushes else None,
+                            gate_score=pushes[(i, name)][1] if (i, name) in pushes else None,
                         )
                     if texts:
                         verdict = parse_verdict(texts[r])
@@ -423,10 +433,22 @@ def detect_variants_modes(
                             verdict.label,
                             text=texts[r],
                             named_cwe=verdict.cwe,
-                            push=pushes.get((i, name)),
+                            push=pushes[(i, name)][0] if (i, name) in pushes else None,
+                            gate_score=pushes[(i, name)][1] if (i, name) in pushes else None,
                         )
             bar.update(len(idx) * repeats)
-    bar.close()
+
+    done = 0
+
+    def rewind(rows: list[int]) -> None:
+        """A batch that ran out of GPU memory is run again in smaller batches: undo its progress, drop its prefix."""
+        bar.rewind(done)
+        if prefix_store is not None:
+            prefix_store.discard(PrefixStore.key([prompts[i].text for i in rows]))
+
+    with bar:
+        for _rows, _ in batcher.map(order, run_batch, on_retry=rewind):
+            done = bar.count
     return {
         mode: {name: [r for r in recs if r is not None] for name, recs in by_name.items()}
         for mode, by_name in results.items()

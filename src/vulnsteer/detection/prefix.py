@@ -85,5 +85,12 @@ class PrefixStore:
         merged = {**self._states.get((key, tuple(layers)), {}), **states}
         self._states[(key, tuple(layers))] = merged
 
+    def discard(self, key: str) -> None:
+        """Drop the entry under *key*, if any, freeing its share of the budget (e.g. a batch that ran out of GPU
+        memory and is run again in smaller batches, whose keys differ)."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.used_bytes -= _tensor_bytes(old[0])
+
     def __len__(self) -> int:
         return len(self._entries)

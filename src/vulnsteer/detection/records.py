@@ -33,6 +33,8 @@ class DetectionRecord:
     named_cwe: str | None = None
     #: conditional steering: the gate's multiplier for this input (+ = pushed toward "vulnerable"), else None
     push: float | None = None
+    #: conditional steering: the gating probe's score for this input (higher = more vulnerable), else None
+    gate_score: float | None = None
 
     @property
     def y_pred(self) -> int:

@@ -160,6 +160,11 @@ def parse_config(
         config = ExperimentConfig(description=description, **sections)
     except TypeError as exc:  # pragma: no cover - every key is declared
         raise ConfigError(f"{source}: {exc}") from None
+    d = config.data
+    if d.path is not None and d.paths:
+        raise ConfigError(f"{source}: data.path and data.paths exclude each other (one dataset, or several)")
+    if d.formats and len(d.formats) != len(d.paths):
+        raise ConfigError(f"{source}: data.formats names {len(d.formats)} formats for {len(d.paths)} data.paths")
     if not any(strength for _, strength in config.steering.strengths):
         raise ConfigError(f"{source}: steering.strengths needs a non-zero strength (the baseline is always run)")
     return config
@@ -237,9 +242,17 @@ def load_config(path: str | Path, overrides: Mapping[str, tuple[Any, str]] | Non
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not a UTF-8 text file") from None
     data = doc.get("data")
-    path_value = data.get("path") if isinstance(data, dict) else None
-    if isinstance(data, dict) and isinstance(path_value, str) and path_value and not Path(path_value).is_absolute():
-        doc = {**doc, "data": {**data, "path": str((file.parent / path_value).expanduser().resolve())}}
+    if isinstance(data, dict):
+
+        def anchored(value: Any) -> Any:
+            if not isinstance(value, str) or not value or value == "builtin" or Path(value).is_absolute():
+                return value
+            return str((file.parent / value).expanduser().resolve())
+
+        data = {**data, **({"path": anchored(data["path"])} if "path" in data else {})}
+        if isinstance(data.get("paths"), list):
+            data["paths"] = [anchored(v) for v in data["paths"]]
+        doc = {**doc, "data": data}
     return parse_config(doc, str(file), overrides)
 
 

@@ -19,8 +19,10 @@ from typing import Any
 from ..data.sample import Sample
 from ..io import write_json
 from ..lm.activation_cache import model_key
+from ..lm.memory import peak_memory
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
+from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector, VectorMismatchError, dataset_hash
 from .apply import apply_choices
 from .config import ExperimentConfig, config_document, identity_of, parse_config
@@ -29,7 +31,7 @@ from .fit import load_vector_dir
 from .grid import POOLED, Setting
 from .prepare import load_dataset, prepare_data
 from .protocol import default_out_dir, examples, load_configured_model
-from .results import json_ready, load_chosen, new_results
+from .results import json_ready, load_chosen, load_probes, new_results
 from .rundir import CHOSEN_DIR, RunDir
 from .select import Choice
 
@@ -97,8 +99,11 @@ def _run_evaluation(
     identity: Mapping[str, Any],
     extra: Mapping[str, Any],
     progress: bool,
+    conditional: Mapping[str, Mapping[str, Choice]] | None = None,
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
 ) -> dict[str, Any]:
-    """Score *choices* on *samples* through the apply engine and write results.json and the report."""
+    """Score *choices* (and the *conditional* ones, gated by *probes*) on *samples* through the apply engine and
+    write results.json and the report."""
     from ..report import write_report
 
     started = time.perf_counter()
@@ -127,12 +132,34 @@ def _run_evaluation(
             options=options,
             seed=config.data.seed,
         )
+        gated = None
+        if conditional:
+            gated = apply_choices(
+                lm,
+                conditional,
+                samples,
+                vectors,
+                ResultStore(run.records),
+                split=split,
+                control_seed=control_seed,
+                cross_cwe_modes=(),
+                options=options,
+                seed=config.data.seed,
+                probes=probes,
+            )
         results = new_results(command, config_document(config), lm, DEFAULT_TEMPLATE)
         results.update(extra)
         results["selection"] = {m: {t: c.to_dict() for t, c in by.items()} for m, by in choices.items()}
         for key in ("summary", "pooled", "cross_cwe"):
             results[key] = {m: found["rows" if key == "summary" else key] for m, found in applied.by_mode.items()}
-        results["records"] = {c.key: [r.to_dict() for r in applied.records[c.key]] for c in applied.conditions}
+        if gated is not None and conditional:
+            results["conditional_selection"] = {
+                m: {t: c.to_dict() for t, c in by.items()} for m, by in conditional.items()
+            }
+            results["conditional"] = {m: found["rows"] for m, found in gated.by_mode.items()}
+        every = [*applied.conditions, *(gated.conditions if gated else [])]
+        records = {**applied.records, **(gated.records if gated else {})}
+        results["records"] = {c.key: [r.to_dict() for r in records[c.key]] for c in every}
         results["examples"] = {
             m: examples(applied, choices[m], m, split, config.report.n_examples)
             for m in choices
@@ -140,6 +167,7 @@ def _run_evaluation(
         }
         results["status"] = "complete"
         results["timings_s"] = {"total": round(time.perf_counter() - started, 2)}
+        results["peak_memory"] = peak_memory(lm.device)
         results = json_ready(results)
         write_json(run.path / "results.json", results)
         write_report(results, run.path)
@@ -186,16 +214,21 @@ def evaluate_from_run(
         if chosen.get("template") != DEFAULT_TEMPLATE.to_dict():
             warnings.append("the prompt template differs from the one the run used")
         choices = {m: {t: Choice.from_dict(e) for t, e in chosen["modes"][m].items()} for m in modes}
+        gated_doc = chosen.get("conditional") or {}
+        conditional = {m: {t: Choice.from_dict(e) for t, e in gated_doc[m].items()} for m in modes if m in gated_doc}
         vectors: dict[tuple[str, str], SteeringVector] = {}
-        for mode in modes:
-            for target, entry in chosen["modes"][mode].items():
-                best = choices[mode][target].best
-                if entry.get("vector") and best is not None:
-                    vectors[(target, best.method_key)] = SteeringVector.load(
-                        source / CHOSEN_DIR / entry["vector"],
-                        hidden_size=lm.hidden_size,
-                        fingerprint=None if allow_model_mismatch else lm.fingerprint,
-                    )
+        probes: dict[tuple[str, str], LinearProbe] = {}
+        for doc, by_mode in ((chosen["modes"], choices), (gated_doc, conditional)):
+            for mode, by_target in by_mode.items():
+                for target, entry in doc[mode].items():
+                    best = by_target[target].best
+                    if entry.get("vector") and best is not None:
+                        vectors[(target, best.method_key)] = SteeringVector.load(
+                            source / CHOSEN_DIR / entry["vector"],
+                            hidden_size=lm.hidden_size,
+                            fingerprint=None if allow_model_mismatch else lm.fingerprint,
+                        )
+                        probes.update(load_probes(source, entry, target))
         data, everything = _prepared_samples(config, lm, loaded, "all", progress)
         covered = sorted({t for m in modes for t in chosen["modes"][m] if t != POOLED})
         samples = {cwe: items for cwe, items in everything.items() if cwe in covered}
@@ -206,6 +239,7 @@ def evaluate_from_run(
                 f"setting in {source} (it has {', '.join(covered)})"
             )
         choices = {m: {t: c for t, c in by.items() if t in (*samples, POOLED)} for m, by in choices.items()}
+        conditional = {m: {t: c for t, c in by.items() if t in samples} for m, by in conditional.items()}
         seen = set(chosen.get("train_code_hashes", []))
         overlap = sum(1 for items in samples.values() for s in items if _code_hash(s) in seen)
         extra = {
@@ -234,6 +268,8 @@ def evaluate_from_run(
             progress=progress,
             extra=extra,
             identity={"from": str(source.resolve()), "modes": modes},
+            conditional=conditional,
+            probes=probes,
         )
     finally:
         if own:

@@ -54,7 +54,7 @@ def fit_cwe_vectors(
     if pooled:
         groups[POOLED] = train
     vectors: dict[tuple[str, str], SteeringVector] = {}
-    extra = {**lm.weights_identity, "model_type": str(getattr(lm.model.config, "model_type", ""))}
+    extra = lm.weights_identity
     for cwe, samples in groups.items():
         sub = activations.subset([index[s.id] for s in samples])
         for pooling in poolings:

@@ -80,22 +80,46 @@ def _cap_pairs(samples: Sequence[Sample], max_pairs: int | None, seed: int) -> l
 
 
 def load_dataset(config: DataSection) -> LoadedData:
-    """Raw samples of the configured dataset (the bundled corpus when ``config.path`` is None); no model needed."""
-    merge = parse_merge_map(list(config.merge))
-    if config.path is None:
-        samples = load_builtin(config.cwes or None)
-        if merge:
-            samples = [dataclasses.replace(s, cwe=merge.get(s.cwe, s.cwe)) for s in samples]
-        loaded = LoadedData(samples, BUILTIN_NAME)
+    """Raw samples of the configured dataset (the bundled corpus when no path is given), or of several datasets
+    (``paths``): each sample's split group is prefixed with its dataset, so groups never mix across datasets.
+    No model needed."""
+    if config.paths:
+        formats = config.formats or (None,) * len(config.paths)
+        parts = [_load_one(config, path, fmt) for path, fmt in zip(config.paths, formats)]
+        samples: list[Sample] = []
+        for k, part in enumerate(parts):
+            for s in part.samples:
+                group = f"{k}:{s.group or s.pair_id or s.id}"
+                samples.append(
+                    dataclasses.replace(
+                        s,
+                        id=f"{k}:{s.id}",
+                        pair_id=None if s.pair_id is None else f"{k}:{s.pair_id}",
+                        group=group,
+                        meta={**s.meta, "dataset": part.source},
+                    )
+                )
+        loaded = LoadedData(samples, " + ".join(p.source for p in parts), {p.source: p.notes for p in parts})
     else:
-        from ..data.loaders import LoadReport, load_samples
-
-        report = LoadReport()
-        samples = load_samples(config.path, config.format, merge=merge, cwes=config.cwes or None, report=report)
-        loaded = LoadedData(samples, str(config.path), dataclasses.asdict(report))
+        loaded = _load_one(config, config.path, config.format)
     if not loaded.samples:
         raise ValueError(f"no samples loaded from {loaded.source}")
     return loaded
+
+
+def _load_one(config: DataSection, path: str | None, fmt: str | None) -> LoadedData:
+    merge = parse_merge_map(list(config.merge))
+    if path in (None, BUILTIN_NAME):
+        samples = load_builtin(config.cwes or None)
+        if merge:
+            samples = [dataclasses.replace(s, cwe=merge.get(s.cwe, s.cwe)) for s in samples]
+        return LoadedData(samples, BUILTIN_NAME)
+    from ..data.loaders import LoadReport, load_samples
+
+    assert path is not None
+    report = LoadReport()
+    samples = load_samples(path, fmt, merge=merge, cwes=config.cwes or None, report=report)
+    return LoadedData(samples, str(path), dataclasses.asdict(report))
 
 
 def prepare_data(

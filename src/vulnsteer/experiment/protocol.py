@@ -20,11 +20,13 @@ from typing import Any
 
 from .._version import __version__
 from ..data.sample import Sample
+from ..detection.detector import Detector
 from ..detection.prefix import PrefixStore
 from ..detection.probe import evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import ActivationCache, model_key
 from ..lm.activations import POOLINGS, Activations, ActivationSink
+from ..lm.memory import peak_memory, reset_peak_memory
 from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
 from ..stats.metrics import point_metrics
@@ -50,7 +52,7 @@ from .lead import LeadEntry, compose, lead_table, lead_words, margins_by_class
 from .prepare import PreparedData, load_dataset, prepare_data
 from .results import json_ready, new_results, save_chosen, train_code_hashes
 from .rundir import CHOSEN_DIR, CHOSEN_NAME, RESOLVED_NAME, RunDir
-from .select import Choice, select_settings, select_templates
+from .select import Choice, balanced_accuracy, select_per_cwe, select_settings, select_templates
 
 __all__ = ["default_out_dir", "load_configured_model", "run_protocol"]
 
@@ -198,6 +200,7 @@ class _Protocol:
         self.layers = sorted({layer for group in layer_sets for layer in group})
         self.timings: dict[str, float] = {}
         self.started = time.perf_counter()
+        reset_peak_memory(lm.device)
         self.results = new_results(command, config_document(config), lm, DEFAULT_TEMPLATE)
         self.store = ResultStore(run.records)
         self.prefix_store = PrefixStore(max_bytes=config.run.prefix_cache_mib * 1024**2)
@@ -416,8 +419,63 @@ class _Protocol:
             "train_code_hashes": train_code_hashes(self.data.samples("train")),
             "selection": "per CWE on the validation split only (balanced accuracy, ties to the smaller |strength|)",
         }
-        save_chosen(self.run_dir, choices, self.vectors, header)
+        save_chosen(self.run_dir, choices, self.vectors, header, conditional, self.cond_probes)
+        if self.gated:
+            self._save_detector(val_conds[cfg.selecting_modes()[0]], records)
         return choices, conditional, templates
+
+    def _save_detector(self, conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]]) -> None:
+        """``RUN/detector/``: the gated setting with the best balanced accuracy on val over every CWE together,
+        among those a scanner can apply without knowing the CWE (a label-free behaviour vector and a probe pooled
+        over every CWE)."""
+        cfg = self.config
+        candidates = [
+            c
+            for c in conds
+            if c.kind == "steered"
+            and c.template == "default"
+            and c.setting is not None
+            and c.setting.gated
+            and (POOLED, c.setting.method_key) in self.vectors
+            and (POOLED, str(c.setting.probe)) in self.cond_probes
+        ]
+        if not candidates:
+            return
+        best = select_per_cwe(candidates, lambda c, _t: balanced_accuracy(records[c.key]), [POOLED])[POOLED]
+        setting = best.setting
+        assert setting is not None and setting.probe is not None
+        base = records[Condition("baseline", best.mode, "val").key]
+        detector = Detector(
+            self.vectors[(POOLED, setting.method_key)],
+            self.cond_probes[(POOLED, setting.probe)],
+            setting.gate,
+            setting.strength,
+            setting.layers,
+            setting.positions,
+            setting.unit,
+            cfg.conditional.band,
+            DEFAULT_TEMPLATE,
+            {
+                "model": self.results["model"],
+                "created": self.results["environment"]["time"],
+                "training": {
+                    "source": self.data.source,
+                    "cwes": self.data.cwes,
+                    "n_train": len(self.data.samples("train")),
+                    "n_val": len(self.data.samples("val")),
+                    "data_hashes": {n: dataset_hash(part) for n, part in self.data.splits.items()},
+                },
+                "validation": {
+                    "mode": best.mode,
+                    "setting": setting.label(),
+                    "balanced_accuracy": balanced_accuracy(records[best.key]),
+                    "baseline_balanced_accuracy": balanced_accuracy(base),
+                    "chosen_by": "balanced accuracy over every CWE's val samples, ties to the smaller |strength|",
+                },
+            },
+        )
+        detector.save(self.run_dir.path / "detector")
+        self.results["detector"] = {"folder": "detector", "digest": detector.digest, **detector.info["validation"]}
 
     def _prompted(
         self, templates: Mapping[str, Mapping[str, str]], test: Mapping[str, Sequence[Sample]]
@@ -576,6 +634,7 @@ class _Protocol:
             self.results["finished_conditions"] = [e["condition"] for e in on_disk.entries()]
         self.timings["total"] = time.perf_counter() - self.started
         self.results["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
+        self.results["peak_memory"] = peak_memory(self.lm.device)
         self.results["files"] = {
             "resolved_config": RESOLVED_NAME,
             "chosen": f"{CHOSEN_DIR}/{CHOSEN_NAME}",

@@ -27,6 +27,7 @@ from ..data.sample import Sample
 from ..io import write_json
 from ..lm.model import LoadedModel
 from ..lm.prompts import PromptTemplate
+from ..steering.gate import LinearProbe
 from ..steering.hooks import SIGN_CONVENTION
 from ..steering.vectors import SteeringVector
 from .fit import annotate, slug
@@ -38,6 +39,7 @@ __all__ = [
     "environment_info",
     "json_ready",
     "load_chosen",
+    "load_probes",
     "model_info",
     "new_results",
     "save_chosen",
@@ -118,22 +120,65 @@ def save_chosen(
     choices: Mapping[str, Mapping[str, Choice]],
     vectors: Mapping[tuple[str, str], SteeringVector],
     header: Mapping[str, Any],
+    conditional: Mapping[str, Mapping[str, Choice]] | None = None,
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
 ) -> None:
-    """``chosen/chosen.json`` + the vector of every chosen (target, method@pooling), for ``evaluate --from``.
+    """``chosen/chosen.json`` + the vector of every chosen (target, method@pooling) and, for conditional choices,
+    their gating probes (and random-gate controls), for ``evaluate --from``.
 
     Vector files hold every fitted layer (the setting says which are steered), so applying them elsewhere uses
     exactly the vector, and draws exactly the random control, that the run used."""
-    table: dict[str, Any] = {}
-    for mode, by_target in choices.items():
-        table[mode] = {}
-        for target, choice in by_target.items():
-            entry = choice.to_dict()
-            if choice.best is not None:
-                name = f"{slug(target)}-{slug(choice.best.method_key)}.safetensors"
-                annotate(vectors[(target, choice.best.method_key)], run_dir=str(run.path)).save(run.chosen / name)
-                entry["vector"] = name
-            table[mode][target] = entry
-    write_json(run.chosen / CHOSEN_NAME, json_ready({"schema_version": SCHEMA_VERSION, **header, "modes": table}))
+
+    def table(by_mode: Mapping[str, Mapping[str, Choice]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for mode, by_target in by_mode.items():
+            out[mode] = {}
+            for target, choice in by_target.items():
+                entry = choice.to_dict()
+                best = choice.best
+                if best is not None:
+                    name = f"{slug(target)}-{slug(best.method_key)}.safetensors"
+                    annotate(vectors[(target, best.method_key)], run_dir=str(run.path)).save(run.chosen / name)
+                    entry["vector"] = name
+                    if best.probe is not None:
+                        entry["probes"] = _save_probes(run, target, best.probe, probes or {})
+                out[mode][target] = entry
+        return out
+
+    doc = {"schema_version": SCHEMA_VERSION, **header, "modes": table(choices)}
+    if conditional:
+        doc["conditional"] = table(conditional)
+    write_json(run.chosen / CHOSEN_NAME, json_ready(doc))
+
+
+def _save_probes(run: RunDir, target: str, key: str, probes: Mapping[tuple[str, str], LinearProbe]) -> dict[str, str]:
+    """The gating probe of *target*'s setting and its random-gate control, saved under ``chosen/probes/``."""
+    from safetensors.torch import save
+
+    from ..io import atomic_open
+    from .grid import POOLED, RANDOM_PROBE
+
+    files = {}
+    for name in (key, RANDOM_PROBE + key):
+        owner = target if (target, name) in probes else POOLED
+        tensors, meta = probes[(owner, name)].to_tensors()
+        file = f"probes/{slug(owner)}-{slug(name)}.safetensors"
+        with atomic_open(run.chosen / file, "wb") as handle:
+            handle.write(save(tensors, metadata=meta))
+        files[name] = file
+    return files
+
+
+def load_probes(run_dir: str | Path, entry: Mapping[str, Any], target: str) -> dict[tuple[str, str], LinearProbe]:
+    """The probes a conditional choice's entry names, keyed ``(target, key)`` as the engine looks them up."""
+    from safetensors import safe_open
+
+    out = {}
+    for name, file in (entry.get("probes") or {}).items():
+        with safe_open(str(RunDir(run_dir).chosen / file), framework="pt") as handle:
+            out[(target, name)] = LinearProbe.from_tensors({"weight": handle.get_tensor("weight")},
+                                                          handle.metadata() or {})  # fmt: skip
+    return out
 
 
 def load_chosen(run_dir: str | Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from .values import (
     Parser,
+    as_strings,
     boolean,
     cwe_list,
     fractions,
@@ -130,6 +131,17 @@ class DataSection:
     )
     format: str | None = _key(
         None, optional_str, "sven, juliet, paired-dir, castle, jsonl, csv (absent: detected)", "--format"
+    )
+    paths: tuple[str, ...] = _key(
+        (),
+        as_strings,
+        'several datasets trained on together, each split by its own groups ("builtin" = the bundled corpus; '
+        "relative to the config file); instead of path",
+        "--datasets",
+        "csv",
+    )
+    formats: tuple[str, ...] = _key(
+        (), as_strings, "the format of each of paths, in order (empty: detected)", "--dataset-formats", "csv"
     )
     cwes: tuple[str, ...] = _key((), cwe_list, "CWEs to use (empty: every CWE in the data)", "--cwe", "repeat")
     merge: tuple[str, ...] = _key((), merge_list, 'treat CWE FROM as TO, e.g. ["77=78"]', "--merge-cwe", "repeat")

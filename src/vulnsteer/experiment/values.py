@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "Parser",
     "as_list",
+    "as_strings",
     "boolean",
     "cwe_list",
     "fail",
@@ -87,6 +88,15 @@ def as_list(value: Any, where: str, *, empty: bool = False) -> list[Any]:
     if not value and not empty:
         raise fail(where, "must not be empty")
     return list(value)
+
+
+def as_strings(value: Any, where: str) -> tuple[str, ...]:
+    """A list of non-empty strings (``[]`` allowed)."""
+    items = as_list(value, where, empty=True)
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise fail(where, f"expected non-empty strings, got {item!r}")
+    return tuple(items)
 
 
 def one_of(allowed: Iterable[str]) -> Parser:

@@ -18,6 +18,7 @@ import torch
 
 from ..data.sample import Sample
 from ..progress import Progress
+from .batching import AutoBatch
 from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, build_prompt, tokenize_prompts
 
@@ -121,7 +122,7 @@ def recording(
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where *mask* is true: ``[batch, seq, hidden]`` -> ``[batch, hidden]``."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    weights = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
@@ -140,36 +141,40 @@ def batch_states(
     lm: LoadedModel, batch: PromptBatch, layers: Sequence[int], poolings: Sequence[str] = POOLINGS
 ) -> dict[str, torch.Tensor]:
     """The unsteered hidden states of one tokenised batch: ``{pooling: [batch, len(layers), hidden]}`` (CPU,
-    float32). The forward pass stops after the deepest of *layers* (non-negative, as :func:`resolve_layers`
-    returns them)."""
+    float32). Each layer's output is reduced to the poolings inside its hook and moved to the CPU there (on the
+    layer's own device, so a model split over GPUs works); the forward pass stops after the deepest of *layers*
+    (non-negative, as :func:`resolve_layers` returns them), so no logits are computed."""
     blocks = lm.layers
-    captured: dict[int, torch.Tensor] = {}
     deepest = max(layers)
+    reduced: dict[str, list[torch.Tensor | None]] = {pooling: [None] * len(layers) for pooling in poolings}
 
-    def make_hook(layer: int) -> Any:
+    def make_hook(li: int, layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
-            captured[layer] = hidden_of(output).detach()
+            hidden = hidden_of(output).detach()
+            if "last" in reduced:
+                reduced["last"][li] = hidden[:, -1].float().cpu()
+            if "code_mean" in reduced:
+                reduced["code_mean"][li] = masked_mean(hidden.float(), batch.code_mask).cpu()
             if layer == deepest:
                 raise _StopForward
 
         return hook
 
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
+    handles = [blocks[layer].register_forward_hook(make_hook(li, layer)) for li, layer in enumerate(layers)]
     try:
         with contextlib.suppress(_StopForward):
-            lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     position_ids=position_ids_for(batch.attention_mask), use_cache=False)  # fmt: skip
+            lm.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=position_ids_for(batch.attention_mask),
+                use_cache=False,
+            )
     finally:
         for handle in handles:
             handle.remove()
-    out: dict[str, torch.Tensor] = {}
-    for pooling in poolings:
-        if pooling == "last":
-            rows = [captured[layer][:, -1].float() for layer in layers]
-        else:
-            rows = [masked_mean(captured[layer].float(), batch.code_mask) for layer in layers]
-        out[pooling] = torch.stack(rows, dim=1).cpu()
-    return out
+    return {
+        pooling: torch.stack([t for t in per_layer if t is not None], dim=1) for pooling, per_layer in reduced.items()
+    }
 
 
 @torch.no_grad()
@@ -183,7 +188,9 @@ def extract_activations(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
 ) -> Activations:
-    """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings.
+    """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings
+    (:func:`batch_states` per batch). On CUDA a batch that runs out of memory is run again in smaller batches
+    (:class:`~vulnsteer.lm.batching.AutoBatch`).
 
     >>> acts = extract_activations(load_model(), samples, [10, -1], poolings=["last"])  # doctest: +SKIP
     >>> acts.get("last").shape  # doctest: +SKIP
@@ -196,13 +203,16 @@ def extract_activations(
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
     out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in poolings}
-    bar = Progress(len(samples), "activations", unit="sample", enabled=progress)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+
+    def run(rows: list[int]) -> dict[str, torch.Tensor]:
         batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
-        index = torch.as_tensor(rows, dtype=torch.long)
-        for pooling, states in batch_states(lm, batch, chosen, poolings).items():
-            out[pooling][index] = states
-        bar.update(len(rows))
-    bar.close()
+        return batch_states(lm, batch, chosen, poolings)
+
+    batcher = AutoBatch.for_model(lm, "extraction", batch_size)
+    with Progress(len(samples), "activations", unit="sample", enabled=progress) as bar:
+        for rows, values in batcher.map(order, run):
+            index = torch.as_tensor(rows, dtype=torch.long)
+            for pos, value in values.items():
+                out[pos][index] = value
+            bar.update(len(rows))
     return Activations(layers=chosen, sample_ids=[s.id for s in samples], by_pooling=dict(out))

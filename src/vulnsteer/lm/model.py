@@ -116,11 +116,17 @@ class LoadedModel:
         return cached
 
     @property
+    def model_type(self) -> str:
+        """The Hugging Face ``model_type`` (``llama``, ``qwen2``...; empty if the config has none): llama.cpp's
+        control vectors name it as their ``model_hint``."""
+        return str(getattr(self.model.config, "model_type", "") or "")
+
+    @property
     def weights_identity(self) -> dict[str, str]:
-        """``{"weights_digest", "dtype"}``: recorded in vector provenance; the digest depends on the dtype, so
-        two identities only contradict each other when their dtypes agree."""
+        """``{"weights_digest", "dtype", "model_type"}``: recorded in vector provenance; the digest depends on the
+        dtype, so two identities only contradict each other when their dtypes agree."""
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
-        return {"weights_digest": self.weights_digest, "dtype": dtype}
+        return {"weights_digest": self.weights_digest, "dtype": dtype, "model_type": self.model_type}
 
     def close(self) -> None:
         """Release the model's memory explicitly (gc and the CUDA cache)."""

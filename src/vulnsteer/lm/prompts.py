@@ -24,6 +24,7 @@ __all__ = [
     "PromptTemplate",
     "answer_token_ids",
     "build_prompt",
+    "template_from_dict",
     "tokenize_prompts",
 ]
 
@@ -77,6 +78,23 @@ class PromptTemplate:
 
 
 DEFAULT_TEMPLATE = PromptTemplate()
+
+
+def template_from_dict(data: dict[str, Any]) -> PromptTemplate:
+    """The template :meth:`PromptTemplate.to_dict` wrote (unknown keys refused by name).
+
+    >>> template_from_dict(DEFAULT_TEMPLATE.to_dict()) == DEFAULT_TEMPLATE
+    True
+    """
+    known = set(PromptTemplate.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"prompt template: unknown field {unknown[0]!r}")
+    values: dict[str, Any] = {k: str(v) for k, v in data.items() if k != "shots"}
+    shots = tuple((str(c), str(lang), str(a)) for c, lang, a in data.get("shots", ()))
+    return PromptTemplate(**values, shots=shots)
+
+
 #: The prompting baseline that asks for evidence: "secure" unless the model can name the weakness.
 STRICT_TEMPLATE = PromptTemplate(
     answer_format=(

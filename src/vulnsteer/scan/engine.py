@@ -141,6 +141,8 @@ class FunctionResult:
             "cwe": self.score.cwe,
             "explanation": self.score.explanation,
             "truncated": self.score.truncated,
+            "probe": self.score.probe,
+            "push": self.score.push,
             "cached": self.cached,
             "whole_file": self.whole_file,
             "fingerprint": self.fingerprint,

@@ -1,14 +1,17 @@
-"""The plain or steered model as a :class:`~vulnsteer.scan.scorer.Scorer`.
+"""The plain or steered model, or a saved detector, as a :class:`~vulnsteer.scan.scorer.Scorer`.
 
 The score is P(vulnerable) from the answer logits (:func:`vulnsteer.detection.engine.detect_variants_modes`, logit
 mode); with ``explain`` the same first forward step also feeds greedy generation, whose text is the explanation
 and whose parsed verdict and named CWE are reported. Steering (``--vector V --strength S``) applies one
-:class:`~vulnsteer.steering.hooks.SteeringSpec` to every function.
+:class:`~vulnsteer.steering.hooks.SteeringSpec` to every function; a saved detector (``--detector DIR``,
+:class:`~vulnsteer.detection.detector.Detector`) applies its probe-gated spec with its own prompt template, and
+each score then carries the probe's score and the push the gate gave.
 
 The model is loaded on the first :meth:`ModelScorer.score` call: a rescan whose functions are all cached never
 loads it. The digest covers the model (fingerprint, weights digest, dtype), the vector file's SHA-256 and the
-steering settings, the prompt template, the token budget, the threshold and, with ``explain``, the generation
-length; see :mod:`vulnsteer.scan.identity` for how the model's identity is known without loading it.
+steering settings (or the detector folder's files), the prompt template, the token budget, the threshold and,
+with ``explain``, the generation length; see :mod:`vulnsteer.scan.identity` for how the model's identity is known
+without loading it.
 
 >>> scorer = ModelScorer(loaded_model, steering=SteeringOptions(Path("cwe-89.safetensors"), 4.0))  # doctest: +SKIP
 >>> scorer.score(units)[0].score  # doctest: +SKIP
@@ -34,7 +37,7 @@ from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from .identity import ModelIdentity, identity_of, location_key, recall_identity, remember_identity
 from .scorer import FunctionScore, StaleDigestError, scorer_digest
 
-__all__ = ["SCORE_FORMAT", "ModelScorer", "ModelSource", "SteeringOptions"]
+__all__ = ["SCORE_FORMAT", "DetectorOptions", "ModelScorer", "ModelSource", "SteeringOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +78,41 @@ class SteeringOptions:
     allow_model_mismatch: bool = False
 
 
-def _file_sha256(path: Path) -> str:
+@dataclass(frozen=True)
+class DetectorOptions:
+    """A saved detector folder (``detector.json``, ``probe.safetensors``, ``vector.safetensors``).
+
+    >>> DetectorOptions(Path("runs/demo/detector")).allow_model_mismatch
+    False
+    """
+
+    folder: Path
+    allow_model_mismatch: bool = False
+
+
+#: The files of a detector folder that decide its scores (hashed into the scorer's digest).
+DETECTOR_FILES = ("detector.json", "probe.safetensors", "vector.safetensors")
+
+
+def _detector_sha256(folder: Path) -> str:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--detector: detector folder not found: {folder}")
+    if not (folder / "detector.json").is_file():
+        raise ValueError(f"--detector: {folder}: not a detector folder (no detector.json)")
+    digest = hashlib.sha256()
+    for name in DETECTOR_FILES:
+        digest.update(name.encode() + b"\0")
+        digest.update(bytes.fromhex(_file_sha256(folder / name, "--detector")))
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path, option: str = "--vector") -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
-        raise FileNotFoundError(f"--vector: file not found: {path}") from None
+        raise FileNotFoundError(f"{option}: file not found: {path}") from None
     except OSError as exc:
-        raise ValueError(f"--vector: cannot read {path} ({exc.strerror or exc})") from None
+        raise ValueError(f"{option}: cannot read {path} ({exc.strerror or exc})") from None
 
 
 class ModelScorer:
@@ -91,6 +122,7 @@ class ModelScorer:
     Args:
         model: what to score with.
         steering: a vector and strength, or None for the plain model.
+        detector: a saved detector instead of *steering* (its template replaces *template*).
         explain: also generate an answer (the verdict, named CWE and explanation text).
         template: the prompt wording (default: :data:`~vulnsteer.lm.prompts.DEFAULT_TEMPLATE`).
         batch_size: functions per forward pass.
@@ -109,6 +141,7 @@ class ModelScorer:
         model: ModelSource | Any,
         *,
         steering: SteeringOptions | None = None,
+        detector: DetectorOptions | None = None,
         explain: bool = False,
         template: PromptTemplate | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -121,7 +154,11 @@ class ModelScorer:
             raise ValueError(f"--max-code-tokens must be at least 32, got {max_code_tokens}")
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("--batch-size and --max-new-tokens must be positive")
+        if steering is not None and detector is not None:
+            raise ValueError("--detector and --vector exclude each other (a detector carries its own vector)")
         self.steering = steering
+        self.detector = detector
+        self._detector_sha = _detector_sha256(detector.folder) if detector is not None else None
         self.explain = explain
         self.template = template or DEFAULT_TEMPLATE
         self.batch_size = batch_size
@@ -173,7 +210,8 @@ class ModelScorer:
                 "positions": steering.positions,
                 "unit": steering.unit,
             },
-            "template": self.template.to_dict(),
+            "detector": self._detector_sha,
+            "template": self.template.to_dict() if self.detector is None else None,  # the detector's files hold it
             "max_code_tokens": self.max_code_tokens,
             "threshold": self.threshold,
             "explain": {"max_new_tokens": self.max_new_tokens} if self.explain else None,
@@ -184,7 +222,7 @@ class ModelScorer:
         """What this scorer is (for SARIF ``properties`` and JSON records)."""
         assert self._identity is not None
         out: dict[str, Any] = {
-            "scorer": "model",
+            "scorer": "model" if self.detector is None else "detector",
             "digest": self.digest,
             "model": self._identity.model_id,
             "model_fingerprint": self._identity.fingerprint,
@@ -194,6 +232,9 @@ class ModelScorer:
             "max_code_tokens": self.max_code_tokens,
             "prompt_template": "default" if self.template == DEFAULT_TEMPLATE else "custom",
         }
+        if self.detector is not None:
+            out.update(detector=str(self.detector.folder), detector_sha256=self._detector_sha)
+            out.pop("prompt_template")  # the detector's own (in its detector.json)
         if self.steering is not None:
             out.update(
                 vector=str(self.steering.vector),
@@ -244,6 +285,9 @@ class ModelScorer:
         from ..steering.vectors import SteeringVector
 
         lm, steering = self._lm, self.steering
+        if self.detector is not None:
+            self._prepare_detector(self.detector)
+            return
         if steering is None:
             self._specs = []
             return
@@ -265,6 +309,19 @@ class ModelScorer:
         try:
             self._vector_cwe = normalize_cwe(vector.cwe)
         except UnknownCWEError:  # a vector for no one weakness ("any", pooled)
+            self._vector_cwe = None
+
+    def _prepare_detector(self, options: DetectorOptions) -> None:
+        from ..detection.detector import Detector
+
+        detector = Detector.load(options.folder)
+        if not options.allow_model_mismatch:
+            detector.check_model(self._lm, str(options.folder))
+        self._specs = [detector.spec()]
+        self.template = detector.template
+        try:
+            self._vector_cwe = normalize_cwe(detector.vector.cwe)
+        except UnknownCWEError:  # a detector for any weakness
             self._vector_cwe = None
 
     def close(self) -> None:
@@ -315,10 +372,11 @@ class ModelScorer:
         for sample, rec, gen in zip(samples, logits, texts):
             p = min(1.0, max(0.0, float(rec.score if rec.score is not None else 0.0)))
             truncated = bool(sample.meta.get("truncation", {}).get("truncated"))
+            probe = {"probe": rec.gate_score, "push": rec.push}
             if gen is None:
-                scores.append(FunctionScore(p, rec.verdict, self._vector_cwe, None, truncated))
+                scores.append(FunctionScore(p, rec.verdict, self._vector_cwe, None, truncated, **probe))
             else:
                 cwe = gen.named_cwe if gen.verdict == "vulnerable" and gen.named_cwe else self._vector_cwe
                 text = (gen.text or "").strip() or None
-                scores.append(FunctionScore(p, gen.verdict, cwe, text, truncated))
+                scores.append(FunctionScore(p, gen.verdict, cwe, text, truncated, **probe))
         return scores

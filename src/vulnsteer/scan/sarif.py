@@ -139,6 +139,7 @@ def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict
             "wholeFile": result.whole_file,
             "detector": report.digest,
             "model": report.provenance.get("model"),
+            **({"probe": score.probe, "push": score.push} if score.probe is not None else {}),
         },
     }
 

@@ -41,6 +41,10 @@ class FunctionScore:
         cwe: the weakness the scorer names (``CWE-89``), or None.
         explanation: the scorer's text (a steered model's generated answer), or None.
         truncated: the function was cut to the scorer's token budget before scoring.
+        probe: a saved detector's probe score (higher = more vulnerable; its threshold is in the detector), else
+            None.
+        push: the gate's multiplier of the detector's steering for this function (+ = toward "vulnerable"), else
+            None.
     """
 
     score: float
@@ -48,6 +52,8 @@ class FunctionScore:
     cwe: str | None = None
     explanation: str | None = None
     truncated: bool = False
+    probe: float | None = None
+    push: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.score, (int, float)) or not math.isfinite(self.score) or not 0 <= self.score <= 1:
@@ -72,6 +78,8 @@ class FunctionScore:
             cwe=None if data.get("cwe") is None else str(data["cwe"]),
             explanation=None if data.get("explanation") is None else str(data["explanation"]),
             truncated=bool(data.get("truncated", False)),
+            probe=None if data.get("probe") is None else float(data["probe"]),
+            push=None if data.get("push") is None else float(data["push"]),
         )
 
 

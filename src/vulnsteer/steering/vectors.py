@@ -114,6 +114,11 @@ class Provenance:
     #: per layer, the spread of the training activations projected on the unit direction (``sigma`` strengths)
     layer_sigmas: Mapping[int, float] = field(default_factory=dict)
 
+    @property
+    def model_type(self) -> str:
+        """The fitting model's Hugging Face ``model_type`` (kept in :attr:`extra`; empty for older vectors)."""
+        return str(self.extra.get("model_type", "") or "")
+
     def to_json(self) -> str:
         data = asdict(self)
         data["layers"] = list(self.layers)

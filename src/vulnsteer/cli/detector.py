@@ -1,0 +1,81 @@
+"""``vulnsteer detector fit|show``: a probe-gated steering detector, fitted by the protocol and saved."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .experiment import SECTIONS
+from .options import add_config_args, config_from_args
+
+
+def register(sub: Any) -> None:
+    group = sub.add_parser("detector", help="fit (with the full protocol) or show a saved conditional detector")
+    dsub = group.add_subparsers(dest="detector_command", required=True, metavar="COMMAND")
+    p = dsub.add_parser(
+        "fit",
+        help="run the protocol and save the conditional setting chosen on val over every CWE as OUT/detector",
+        description="The same protocol as `vulnsteer run` (every flag is a config key): the gated setting with the "
+        "best balanced accuracy on val over every CWE together (a label-free behaviour vector, a probe pooled over "
+        "every CWE) is saved as OUT/detector, next to the run's report on test. Use it with `vulnsteer detect FILE "
+        "--detector OUT/detector` or `vulnsteer scan --detector OUT/detector`.",
+    )
+    add_config_args(p, SECTIONS)
+    p.set_defaults(func=cmd_fit)
+    p = dsub.add_parser("show", help="print a saved detector: setting, probe, model, training data, val metrics")
+    p.add_argument("folder", help="a detector folder (RUN/detector)")
+    p.add_argument("--json", action="store_true", help="print detector.json as it is")
+    p.set_defaults(func=cmd_show)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ..experiment.protocol import run_protocol
+
+    config = config_from_args(args)
+    if not config.conditional.enabled:
+        raise ValueError("detector fit needs conditional steering (drop --no-conditional)")
+    if config.conditional.scope != "pooled":
+        raise ValueError("detector fit needs --probe-scope pooled (a detector cannot know the CWE of new code)")
+    out = run_protocol(config, command="detector fit", progress=not args.no_progress, name="detector")
+    folder = out / "detector"
+    if not (folder / "detector.json").is_file():
+        raise ValueError(f"{out}: no gated setting could be saved as a detector (see {out / 'report.md'})")
+    print(f"detector: {folder}")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..detection.detector import Detector
+
+    detector = Detector.load(args.folder)
+    doc = json.loads((Path(args.folder) / "detector.json").read_text(encoding="utf-8"))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    s, p = doc["setting"], doc["probe"]
+    print(f"{args.folder}: detector {detector.digest}")
+    print(
+        f"  push: {detector.vector.provenance.method} vector, strength {s['strength']:g} ({s['unit']}) at layers "
+        f"{s['layers']}, positions {s['positions']}; gate {s['gate']}"
+    )
+    print(
+        f"  probe: {p['name']} at layer {p['layer']} ({p['pooling']}), threshold {p['threshold']:.4g}, spread "
+        f"{p['spread']:.4g}"
+    )
+    model = doc.get("model", {})
+    print(f"  model: {model.get('id')} (fingerprint {model.get('fingerprint')}, weights {model.get('weights_digest')})")
+    training = doc.get("training", {})
+    print(
+        f"  trained on: {training.get('source')} ({training.get('n_train')} train, {training.get('n_val')} val; "
+        f"CWEs {', '.join(training.get('cwes', []))})"
+    )
+    val = doc.get("validation", {})
+    if val:
+        print(
+            f"  val balanced accuracy {val.get('balanced_accuracy')} (baseline {val.get('baseline_balanced_accuracy')}"
+            f", {val.get('mode')} mode)"
+        )
+    return 0

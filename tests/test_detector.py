@@ -1,0 +1,131 @@
+"""Saved detectors: written by the protocol, loaded back exactly, refused on another model, used by `detect`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tests.conftest import toy_samples, write_toy_jsonl
+from tests.test_protocol import run, write_config
+
+from vulnsteer.cli import main
+from vulnsteer.detection.detector import Detector, DetectorError
+from vulnsteer.experiment.config import load_config
+from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steering.vectors import VectorMismatchError
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("detector")
+    config = write_config(
+        root / "c.toml",
+        write_toy_jsonl(root / "toy.jsonl"),
+        cache_dir=root / "cache",
+        strengths="{ relative = [0.5] }",
+        pooled="false",
+    )
+    return root / "run", run(load_config(config), root / "run", tiny_lm)
+
+
+def test_the_protocol_saves_a_detector_that_loads_back(
+    fitted: tuple[Path, dict[str, Any]], tiny_lm: LoadedModel
+) -> None:
+    out, results = fitted
+    info = results["detector"]
+    detector = Detector.load(out / "detector", tiny_lm)
+    assert detector.digest == info["digest"] and detector.gate == "sign"
+    assert detector.vector.provenance.method == "answer" and detector.probe.name == "logistic"
+    assert detector.probe.layer <= min(detector.layers)
+    doc = json.loads((out / "detector" / "detector.json").read_text())
+    assert doc["validation"]["balanced_accuracy"] == info["balanced_accuracy"]
+    assert doc["training"]["n_train"] > 0 and doc["model"]["fingerprint"] == tiny_lm.fingerprint
+    records = detector.detect(tiny_lm, toy_samples(2), mode="logit", progress=False)
+    assert all(r.gate_score is not None and r.push in (-1.0, 1.0) for r in records)
+    # the gate pushes toward the probe's verdict
+    assert all((r.push > 0) == (r.gate_score > detector.probe.threshold) for r in records if r.push is not None)
+
+
+def test_a_detector_refuses_another_model_and_damaged_files(
+    fitted: tuple[Path, dict[str, Any]], tmp_path: Path, tiny_tokenizer: Any
+) -> None:
+    from conftest import make_tiny
+
+    out, _ = fitted
+    with pytest.raises(VectorMismatchError, match="fingerprint"):
+        Detector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", layers=5))
+    with pytest.raises(VectorMismatchError, match="other weights"):
+        Detector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", seed=3))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(DetectorError, match=r"no detector\.json"):
+        Detector.load(broken)
+    (broken / "detector.json").write_text(json.dumps({"format": "vulnsteer.Detector"}))
+    with pytest.raises(DetectorError, match="missing field 'setting'"):
+        Detector.load(broken)
+    (broken / "detector.json").write_text("{nope")
+    with pytest.raises(DetectorError, match="not valid JSON"):
+        Detector.load(broken)
+
+
+def test_detect_with_a_detector_prints_the_probe_score(
+    fitted: tuple[Path, dict[str, Any]], tiny_lm: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = fitted
+    model_dir = tmp_path / "model"
+    tiny_lm.model.save_pretrained(model_dir)
+    tiny_lm.tokenizer.save_pretrained(model_dir)
+    src = tmp_path / "q.py"
+    src.write_text("q = 'SELECT * FROM t WHERE id=' + uid\ncur.execute(q)\n")
+    argv = [
+        "--no-progress",
+        "detect",
+        str(src),
+        "--model",
+        str(model_dir),
+        "--detector",
+        str(out / "detector"),
+        "--mode",
+        "logit",
+        "--json",
+    ]
+    assert main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["verdict"] in ("vulnerable", "secure") and "probe_score" in line and line["push"] in (-1.0, 1.0)
+    assert main([*argv[:-3], "--vector", "x.safetensors", "--strength", "1"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert main(["detector", "show", str(out / "detector")]) == 0
+    shown = capsys.readouterr().out
+    assert "probe: logistic" in shown and "gate sign" in shown and "val balanced accuracy" in shown
+
+
+def test_evaluate_from_applies_the_conditional_choice_too(
+    fitted: tuple[Path, dict[str, Any]], tiny_lm: LoadedModel, tmp_path: Path
+) -> None:
+    out, results = fitted
+    other = write_toy_jsonl(tmp_path / "other.jsonl", n_pairs=3, prefix="other")
+    config = transfer_config(out, {"data.path": (str(other), "--data"), "data.format": ("jsonl", "--format")})
+    got = json.loads(
+        (evaluate_from_run(out, config, tmp_path / "t", lm=tiny_lm, progress=False) / "results.json").read_text()
+    )
+    assert got["conditional_selection"] == results["conditional_selection"]
+    for row in got["conditional"]["logit"].values():
+        shown = row.get("best_steered_not_chosen", row)
+        assert row["split"] == "all" and shown["gate_control"] and shown["control"]
+        assert shown["lever_rate"]["pushed"] > 0
+    gated = [k for k in got["records"] if "|sign:" in k]
+    assert gated and all(r["push"] is not None for k in gated for r in got["records"][k])
+
+
+def test_probe_weights_survive_the_round_trip(fitted: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = fitted
+    a = Detector.load(out / "detector")
+    b_dir = out.parent / "copy"
+    a.save(b_dir)
+    b = Detector.load(b_dir)
+    torch.testing.assert_close(a.probe.weight, b.probe.weight)
+    assert a.digest == b.digest
