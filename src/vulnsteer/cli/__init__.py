@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from . import data, detect, detector, experiment, vectors
+from . import data, detect, detector, experiment, scan, vectors
 from .options import HelpFormatter
 
 __all__ = [
@@ -42,7 +42,7 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 #: Each command module's ``register(subparsers)`` adds its subcommands.
-COMMANDS = (experiment, detector, vectors, detect, data)
+COMMANDS = (experiment, detector, vectors, detect, data, scan)
 
 EPILOG = f"""\
 exit codes:

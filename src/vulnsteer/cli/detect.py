@@ -13,17 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from ..defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STEER_POSITIONS, DEFAULT_UNIT
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from .options import (
+    STEERING_OPTIONS,
     DefaultInt,
-    DefaultStr,
     UsageError,
     add_code_tokens_arg,
     add_model_args,
+    add_steering_args,
     check_model_options,
     code_token_budget,
-    finite_float,
-    ints,
     is_default,
     load,
     positive_int,
@@ -32,14 +31,6 @@ from .options import (
 
 #: The largest file ``detect`` reads: far beyond any function's token budget, and tokenising more only costs time.
 MAX_SOURCE_BYTES = 8 << 20
-#: Options that only mean something with ``--vector`` (option, dest).
-_STEERING_OPTIONS = (
-    ("--strength", "strength"),
-    ("--layers", "layers"),
-    ("--positions", "positions"),
-    ("--unit", "unit"),
-    ("--allow-model-mismatch", "allow_model_mismatch"),
-)
 
 
 def register(sub: Any) -> None:
@@ -69,31 +60,7 @@ def register(sub: Any) -> None:
     )
     g = p.add_argument_group("steering (all need --vector)")
     g.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
-    g.add_argument(
-        "--strength",
-        type=finite_float,
-        default=None,
-        help="positive = toward 'vulnerable' (no default: required with --vector; e.g. 0.3 with --unit relative)",
-    )
-    g.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
-    g.add_argument(
-        "--positions",
-        default=DefaultStr(DEFAULT_STEER_POSITIONS),
-        choices=["last", "prompt", "generated", "all"],
-        help=f"token positions to steer (default: {DEFAULT_STEER_POSITIONS})",
-    )
-    g.add_argument(
-        "--unit",
-        default=DefaultStr(DEFAULT_UNIT),
-        choices=["raw", "relative"],
-        help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector "
-        f"(default: {DEFAULT_UNIT})",
-    )
-    g.add_argument(
-        "--allow-model-mismatch",
-        action="store_true",
-        help="use a vector fitted on another model",
-    )
+    add_steering_args(g)
     p.set_defaults(func=cmd_detect)
 
 
@@ -101,9 +68,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.detector is not None and args.vector is not None:
         raise UsageError("--detector and --vector exclude each other (a detector carries its own vector)")
     if args.detector is not None:
-        require(args, "--vector", _STEERING_OPTIONS[:-1])
+        require(args, "--vector", STEERING_OPTIONS[:-1])
     elif args.vector is None:
-        require(args, "--vector", _STEERING_OPTIONS)
+        require(args, "--vector", STEERING_OPTIONS)
     elif args.strength is None:
         raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
     if args.mode != "generation" and not is_default(args.max_new_tokens):

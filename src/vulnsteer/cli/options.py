@@ -14,6 +14,8 @@ from typing import Any
 from ..defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CODE_TOKENS,
+    DEFAULT_STEER_POSITIONS,
+    DEFAULT_UNIT,
 )
 from ..experiment.config import ExperimentConfig, Key, config_keys, parse_config
 from ..experiment.config import load_config as load_experiment_config
@@ -21,6 +23,7 @@ from ..experiment.values import STRENGTH_UNITS
 
 __all__ = [
     "DTYPES",
+    "STEERING_OPTIONS",
     "DefaultInt",
     "DefaultStr",
     "HelpFormatter",
@@ -28,6 +31,7 @@ __all__ = [
     "add_config_args",
     "add_data_args",
     "add_model_args",
+    "add_steering_args",
     "add_vector_args",
     "code_token_budget",
     "config_from_args",
@@ -213,6 +217,42 @@ def add_code_tokens_arg(g: Any) -> None:
         help=f"token budget for the code; longer code is truncated around its changed lines (default: "
         f"{DEFAULT_MAX_CODE_TOKENS}, lowered to what fits the model's context; a larger value must fit it)",
     )
+
+
+#: Options that only mean something with ``--vector`` (option, dest): :func:`add_steering_args` adds them.
+STEERING_OPTIONS = (
+    ("--strength", "strength"),
+    ("--layers", "layers"),
+    ("--positions", "positions"),
+    ("--unit", "unit"),
+    ("--allow-model-mismatch", "allow_model_mismatch"),
+)
+
+
+def add_steering_args(g: Any) -> None:
+    """How ``--vector`` is applied (``detect``, ``scan``): :data:`STEERING_OPTIONS`; the caller adds ``--vector``
+    and refuses these without it (``require(args, "--vector", STEERING_OPTIONS)``)."""
+    g.add_argument(
+        "--strength",
+        type=finite_float,
+        default=None,
+        help="positive = toward 'vulnerable' (no default: required with --vector; e.g. 0.3 with --unit relative)",
+    )
+    g.add_argument("--layers", type=ints, default=(), help="layers to steer (default: all of the vector's)")
+    g.add_argument(
+        "--positions",
+        default=DefaultStr(DEFAULT_STEER_POSITIONS),
+        choices=["last", "prompt", "generated", "all"],
+        help=f"token positions to steer (default: {DEFAULT_STEER_POSITIONS})",
+    )
+    g.add_argument(
+        "--unit",
+        default=DefaultStr(DEFAULT_UNIT),
+        choices=["raw", "relative"],
+        help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector "
+        f"(default: {DEFAULT_UNIT})",
+    )
+    g.add_argument("--allow-model-mismatch", action="store_true", help="use a vector fitted on another model")
 
 
 def add_vector_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:

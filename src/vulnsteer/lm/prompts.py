@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: templates and prompts load without it (fast ``scan``)
+    import torch
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -175,6 +176,8 @@ class PromptBatch:
 
 def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:
     """Tokenise with left padding (the last column is every row's last prompt token)."""
+    import torch
+
     ids_list: list[list[int]] = []
     code_list: list[list[bool]] = []
     for prompt in prompts:

@@ -1,0 +1,15 @@
+#include <cstddef>
+#include <cstring>
+#include <vector>
+
+class Packet {
+public:
+    void setPayload(const unsigned char *data, std::size_t len) {
+        unsigned char staging[64];
+        std::memcpy(staging, data, len);
+        body_.assign(staging, staging + len);
+    }
+
+private:
+    std::vector<unsigned char> body_;
+};

@@ -1,0 +1,187 @@
+"""``vulnsteer scan``: functions of real code scored, findings as SARIF, JSON lines or a table.
+
+Exit codes: 0 no function scores at or above ``--fail-on``, 1 some do, 2 usage or input error, 130 interrupted.
+The options and paths are checked before anything loads; a rescan whose functions are all cached loads no model
+(and imports no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CODE_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+)
+from .options import (
+    STEERING_OPTIONS,
+    DefaultInt,
+    UsageError,
+    add_model_args,
+    add_steering_args,
+    is_default,
+    positive_int,
+    require,
+)
+
+EPILOG = """\
+exit codes:
+  0    no function scores at or above --fail-on
+  1    some function does
+  2    bad usage or input: one line names the file or option
+  3    internal error (a bug): one line; rerun with -v for the traceback
+  130  interrupted (Ctrl-C): nothing is written half-way; finished scores stay cached
+"""
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="score every function of files and folders; SARIF, JSON lines or a table",
+        description="Split source files into functions (tree-sitter), score each with the model (plain or steered), "
+        "cache the scores, and report the functions at or above --min-score.",
+        epilog=EPILOG,
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to scan")
+    source = p.add_argument_group("detector").add_mutually_exclusive_group()
+    source.add_argument(
+        "--detector",
+        default=None,
+        metavar="DIR",
+        help="a saved detector folder (RUN/detector from `vulnsteer run`/`sweep`/`detector fit`): its probe gates "
+        "its steering, and each function's probe score is reported too (default: none)",
+    )
+    source.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
+    g = p.add_argument_group("steering (all need --vector)")
+    add_steering_args(g)
+    add_model_args(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--format", default=None, choices=["text", "json", "sarif"], help="output format (default: text)")
+    o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
+    o.add_argument("--min-score", type=_probability, default=0.5, help="findings from this score (default: 0.5)")
+    o.add_argument("--fail-on", type=_probability, default=0.5, help="exit 1 when a function reaches it (default: 0.5)")
+    o.add_argument("--cwe", action="append", default=[], help="report only findings naming these CWEs (repeatable)")
+    f = p.add_argument_group("files")
+    f.add_argument("--include", action="append", default=[], metavar="GLOB", help="scan only matching files")
+    f.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave matching paths out")
+    f.add_argument("--no-default-excludes", action="store_true", help="also scan .git, node_modules, build ...")
+    f.add_argument("--no-gitignore", action="store_true", help="also scan files that .gitignore ignores")
+    f.add_argument("--max-file-bytes", type=positive_int, default=2_000_000, help="skip larger files (default: 2 MB)")
+    s = p.add_argument_group("scoring")
+    s.add_argument("--explain", action="store_true", help="also generate the model's verdict and explanation")
+    s.add_argument("--keep-comments", action="store_true", help="score functions with their comments")
+    s.add_argument(
+        "--max-code-tokens",
+        type=positive_int,
+        default=DefaultInt(DEFAULT_MAX_CODE_TOKENS),
+        help=f"token budget per function, at least 32 (default: {DEFAULT_MAX_CODE_TOKENS})",
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=DefaultInt(DEFAULT_MAX_NEW_TOKENS),
+        help=f"tokens to generate (--explain only; default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    s.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help=f"default: {DEFAULT_BATCH_SIZE}")
+    s.add_argument("--cache-dir", default=None, help="score cache (default: $VULNSTEER_CACHE/scan)")
+    s.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+    p.set_defaults(func=cmd_scan)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.detector is not None:  # (argparse refuses --detector with --vector)
+        require(args, "--vector", STEERING_OPTIONS[:-1])
+    elif args.vector is None:
+        require(args, "--vector", STEERING_OPTIONS)
+    elif args.strength is None:
+        raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
+    if not args.explain and not is_default(args.max_new_tokens):
+        raise UsageError("--max-new-tokens needs --explain (the score alone generates nothing)")
+    if args.no_cache and args.cache_dir is not None:
+        raise UsageError("--cache-dir and --no-cache contradict each other")
+
+
+def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
+    from ..scan import DetectorOptions, ModelScorer, ModelSource, SteeringOptions
+
+    steering = None
+    if args.vector is not None:
+        steering = SteeringOptions(
+            Path(args.vector),
+            args.strength,
+            layers=tuple(args.layers),
+            positions=str(args.positions),
+            unit=str(args.unit),
+            allow_model_mismatch=args.allow_model_mismatch,
+        )
+    source = ModelSource(
+        args.model,
+        args.device,
+        args.dtype,
+        args.device_map,
+        args.trust_remote_code,
+        getattr(args, "layers_path", None),
+    )
+    detector = DetectorOptions(Path(args.detector), args.allow_model_mismatch) if args.detector else None
+    return ModelScorer(
+        source,
+        steering=steering,
+        detector=detector,
+        explain=args.explain,
+        batch_size=args.batch_size,
+        max_new_tokens=int(args.max_new_tokens),
+        max_code_tokens=int(args.max_code_tokens),
+        identity_store=cache_dir / "models" if cache_dir is not None else None,
+    )
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from ..scan import FileFilter, ScanOptions, default_cache_dir, render, scan, write_output
+    from ..scan.engine import check_paths
+
+    _check_options(args)
+    check_paths(args.paths)  # before anything loads
+    options = ScanOptions(
+        files=FileFilter(
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            default_excludes=not args.no_default_excludes,
+            gitignore=not args.no_gitignore,
+        ),
+        keep_comments=args.keep_comments,
+        max_file_bytes=args.max_file_bytes,
+        min_score=args.min_score,
+        fail_on=args.fail_on,
+        cwes=tuple(args.cwe),
+    )
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    scorer = _model_scorer(args, cache_dir)
+    try:
+        report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
+    finally:
+        close = getattr(scorer, "close", None)
+        if close is not None:
+            close()
+    fmt = args.format or "text"
+    write_output(render(report, fmt), Path(args.output) if args.output else None)
+    for message in report.stats.unreadable:
+        print(f"vulnsteer: warning: {message}", file=sys.stderr)
+    for message in report.stats.warnings:
+        print(f"vulnsteer: warning: {message}", file=sys.stderr)
+    if fmt != "text" or args.output:
+        print(report.stats.summary_line(), file=sys.stderr)
+    return report.exit_code

@@ -1,0 +1,88 @@
+"""Writing a scan: SARIF, JSON lines (one record per function) or a terminal table, to a file written
+atomically (a scan stopped half-way leaves no half-written output) or to standard output.
+
+>>> format_table([], 0.5, "3 files, 9 functions (9 cached, 0 scored), 0 findings >= 0.50, 0.1 s")
+'no findings at or above 0.50\\n3 files, 9 functions (9 cached, 0 scored), 0 findings >= 0.50, 0.1 s\\n'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..io import write_text
+from .engine import FunctionResult, ScanReport, level_for
+from .sarif import build_sarif
+
+__all__ = ["FORMATS", "format_jsonl", "format_table", "render", "write_output"]
+
+#: Output formats of ``vulnsteer scan --format``.
+FORMATS: tuple[str, ...] = ("text", "json", "sarif")
+_EXPLANATION_LINES = 3
+
+
+def format_jsonl(report: ScanReport) -> str:
+    """One JSON record per function (every function, findings or not), in file order.
+
+    >>> format_jsonl(report).splitlines()[0]  # doctest: +SKIP
+    '{"path": "src/a.py", "language": "python", "function": "f", ...}'
+    """
+    min_score = report.options.min_score
+    return "".join(json.dumps(r.to_record(min_score), ensure_ascii=False) + "\n" for r in report.results)
+
+
+def format_table(findings: Sequence[FunctionResult], min_score: float, summary: str) -> str:
+    """A readable table of the findings (highest score first) and the summary line (example in the module
+    docstring)."""
+    if not findings:
+        return f"no findings at or above {min_score:.2f}\n{summary}\n"
+    rows = [
+        (
+            f"{f.score.score:.2f}",
+            level_for(f.score.score, min_score),
+            f.score.cwe or "-",
+            f"{f.path}:{f.region.start_line}:{f.region.start_column}",
+            f.name + (" (truncated)" if f.score.truncated else ""),
+        )
+        for f in findings
+    ]
+    header = ("SCORE", "LEVEL", "CWE", "LOCATION", "FUNCTION")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row, finding in zip([header, *rows], [None, *findings]):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
+        text = finding.score.explanation if finding is not None else None
+        if text:
+            kept = [line.strip() for line in text.splitlines() if line.strip()][:_EXPLANATION_LINES]
+            lines.extend(f"      | {line}" for line in kept)
+    return "\n".join(lines) + f"\n{summary}\n"
+
+
+def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str:
+    """The scan in one of :data:`FORMATS`.
+
+    >>> render(report, "sarif")[:1]  # doctest: +SKIP
+    '{'
+    """
+    if fmt == "sarif":
+        return json.dumps(build_sarif(report, command_line), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "json":
+        return format_jsonl(report)
+    if fmt == "text":
+        return format_table(report.findings, report.options.min_score, report.stats.summary_line())
+    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def write_output(text: str, output: Path | None) -> None:
+    """Write *text* to *output* atomically, or to standard output when None.
+
+    >>> write_output("no findings\\n", None)
+    no findings
+    """
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text(output, text)

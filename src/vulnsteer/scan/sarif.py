@@ -1,0 +1,191 @@
+"""SARIF 2.1.0 for a scan, as GitHub code scanning and other SARIF viewers read it.
+
+One rule per CWE among the findings (id ``CWE-89``, a PascalCase name, short and full descriptions, help text
+and markdown, the MITRE link, tags ``security`` and ``external/cwe/cwe-89``), plus ``vulnerable-function`` for
+findings that name no CWE. Each finding is a result with ``ruleId``/``ruleIndex``, a ``level`` from its score
+(:func:`~vulnsteer.scan.engine.level_for`), ``rank`` = 100 x score, a message (with the scorer's explanation when
+it has one), a ``physicalLocation`` with the function's region (``%SRCROOT%``-relative URI; the run declares
+``columnKind: unicodeCodePoints``), a ``logicalLocation`` naming the function, ``partialFingerprints`` stable across
+runs and line moves, and the score, verdict, scorer digest and model in ``properties``. The run's ``properties``
+hold the scorer's provenance and the scan's counts; unreadable files are ``toolExecutionNotifications``.
+
+>>> rule_name("SQL injection"), rule_name("OS command injection")
+('SqlInjection', 'OsCommandInjection')
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from .. import __version__
+from ..cwe import cwe_name
+from .engine import FunctionResult, ScanReport, level_for
+
+__all__ = ["FINGERPRINT_KEY", "GENERIC_RULE", "SARIF_SCHEMA_URI", "build_sarif", "rule_name"]
+
+SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+#: The ``partialFingerprints`` key (hash of repository path, function name and normalised code).
+FINGERPRINT_KEY = "vulnsteerFunctionHash/v1"
+#: Rule id of findings that name no CWE.
+GENERIC_RULE = "vulnerable-function"
+_BASE_ID = "%SRCROOT%"
+_LOGICAL_KIND = {"function": "function", "method": "member", "constructor": "member", "file": "module"}
+
+
+def rule_name(text: str) -> str:
+    """A PascalCase rule name from a CWE's short name (examples in the module docstring)."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", text) if w]
+    return "".join(w[:1].upper() + w[1:].lower() for w in words) or "Weakness"
+
+
+def _rule(cwe: str | None) -> dict[str, Any]:
+    if cwe is None:
+        summary = "Function judged likely to be vulnerable"
+        return {
+            "id": GENERIC_RULE,
+            "name": "VulnerableFunction",
+            "shortDescription": {"text": summary},
+            "fullDescription": {
+                "text": "The detector gave this function a high probability of being vulnerable without naming "
+                "a weakness."
+            },
+            "help": {
+                "text": "vulnsteer's detector scored this function as likely vulnerable. The score is the "
+                "model's probability that the function is vulnerable: a triage signal, not a proof. Review how "
+                "untrusted data reaches it.",
+                "markdown": "vulnsteer's detector scored this function as **likely vulnerable**. The score is the "
+                "model's probability that the function is vulnerable: a triage signal, not a proof. Review how "
+                "untrusted data reaches it.",
+            },
+            "defaultConfiguration": {"level": "warning"},
+            "properties": {"tags": ["security"], "precision": "low"},
+        }
+    name = cwe_name(cwe)
+    number = cwe.split("-", 1)[1]
+    link = f"https://cwe.mitre.org/data/definitions/{number}.html"
+    label = f"{name} ({cwe})" if name != cwe else cwe  # a CWE without a short name on file is named by its id
+    caution = (
+        "The score is the model's probability that the function is vulnerable: a triage signal, not a proof. "
+        "Check how untrusted data reaches the flagged code"
+    )
+    return {
+        "id": cwe,
+        "name": rule_name(name if name != cwe else f"weakness {cwe}"),
+        "shortDescription": {"text": f"{label[:1].upper()}{label[1:]}"},
+        "fullDescription": {"text": f"Functions that vulnsteer's detector judges likely to contain {label}."},
+        "help": {
+            "text": f"{label}: vulnsteer's detector scored this function as likely to contain it. {caution}, and see "
+            f"{link}.",
+            "markdown": f"**{label}**: vulnsteer's detector scored this function as likely to contain it. {caution}. "
+            f"See [{cwe}]({link}).",
+        },
+        "helpUri": link,
+        "defaultConfiguration": {"level": "warning"},
+        "properties": {"tags": ["security", f"external/cwe/cwe-{number}"], "precision": "low"},
+    }
+
+
+def _artifact(path: str) -> dict[str, str]:
+    if path.startswith("/"):
+        return {"uri": "file://" + quote(path)}
+    return {"uri": quote(path), "uriBaseId": _BASE_ID}
+
+
+def _message(result: FunctionResult) -> str:
+    score = result.score
+    named = cwe_name(score.cwe) if score.cwe else None
+    weakness = "vulnerability" if named is None else named if named == score.cwe else f"{named} ({score.cwe})"
+    head = f"Possible {weakness} in `{result.name}`: P(vulnerable) = {score.score:.2f}."
+    if score.explanation:
+        return f"{head} The model's answer: {score.explanation}"
+    return head
+
+
+def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict[str, Any]:
+    score = result.score
+    short = result.name if result.name.startswith("<") else result.name.rsplit(".", 1)[-1].rsplit("::", 1)[-1]
+    return {
+        "ruleId": score.cwe or GENERIC_RULE,
+        "ruleIndex": rule_index,
+        "level": level_for(score.score, report.options.min_score),
+        "rank": round(100 * score.score, 1),
+        "message": {"text": _message(result)},
+        "locations": [
+            {
+                "physicalLocation": {
+                    "artifactLocation": _artifact(result.path),
+                    "region": result.region.to_sarif(),
+                },
+                "logicalLocations": [
+                    {
+                        "name": short,
+                        "fullyQualifiedName": result.name,
+                        "kind": _LOGICAL_KIND.get(result.kind, "function"),
+                    }
+                ],
+            }
+        ],
+        "partialFingerprints": {FINGERPRINT_KEY: result.fingerprint},
+        "properties": {
+            "score": score.score,
+            "verdict": score.verdict,
+            "cwe": score.cwe,
+            "language": result.language,
+            "kind": result.kind,
+            "truncated": score.truncated,
+            "cached": result.cached,
+            "wholeFile": result.whole_file,
+            "detector": report.digest,
+            "model": report.provenance.get("model"),
+            **({"probe": score.probe, "push": score.push} if score.probe is not None else {}),
+        },
+    }
+
+
+def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str, Any]:
+    """The SARIF log of a scan (findings only; see the module docstring).
+
+    >>> build_sarif(report)["runs"][0]["tool"]["driver"]["name"]  # doctest: +SKIP
+    'vulnsteer'
+    """
+    findings = report.findings
+    cwes = sorted({f.score.cwe for f in findings if f.score.cwe}, key=lambda c: int(c.split("-", 1)[1]))
+    rule_ids: list[str | None] = [*cwes, *([None] if any(f.score.cwe is None for f in findings) else [])]
+    index = {cwe: i for i, cwe in enumerate(rule_ids)}
+    invocation: dict[str, Any] = {
+        "executionSuccessful": True,
+        "toolExecutionNotifications": [
+            {"level": "warning", "message": {"text": text}}
+            for text in [*(f"unreadable: {m}" for m in report.stats.unreadable), *report.stats.warnings]
+        ],
+    }
+    if command_line:
+        invocation["commandLine"] = command_line
+    return {
+        "$schema": SARIF_SCHEMA_URI,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "vulnsteer",
+                        "version": __version__,
+                        "semanticVersion": __version__,
+                        "rules": [_rule(cwe) for cwe in rule_ids],
+                    }
+                },
+                "invocations": [invocation],
+                "originalUriBaseIds": {_BASE_ID: {"uri": report.base.as_uri().rstrip("/") + "/"}},
+                "columnKind": "unicodeCodePoints",
+                "results": [_result(f, index[f.score.cwe], report) for f in findings],
+                "properties": {
+                    "scorer": dict(report.provenance),
+                    "minScore": report.options.min_score,
+                    "failOn": report.options.fail_on,
+                    "summary": report.stats.to_dict(),
+                },
+            }
+        ],
+    }

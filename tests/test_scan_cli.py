@@ -1,0 +1,135 @@
+"""``vulnsteer scan`` through ``vulnsteer.cli.main``: exit codes 0/1/2/130, atomic output, cache hits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vulnsteer.cli import main
+from vulnsteer.scan import model_scorer as model_scorer_module
+from vulnsteer.scan.functions import tree_sitter_available
+
+needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "scan-demo"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> Path:
+    from conftest import make_tiny
+
+    folder = tmp_path_factory.mktemp("cli-model") / "tiny"
+    make_tiny(tiny_tokenizer, "qwen2", layers=2).model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def run(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("VULNSTEER_CACHE", str(tmp_path / "vcache"))
+
+    def invoke(*args: str, model: bool = True) -> int:
+        extra = ["--model", str(model_dir), "--device", "cpu", "--max-code-tokens", "64"] if model else []
+        return main(["--no-progress", "scan", *args, *extra])
+
+    return invoke
+
+
+@needs_grammars
+def test_exit_codes_follow_fail_on(run: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(str(DEMO / "vulnerable"), "--fail-on", "0") == 1
+    out = capsys.readouterr()
+    assert out.out.splitlines()[0].split()[:3] == ["SCORE", "LEVEL", "CWE"]
+    assert run(str(DEMO / "vulnerable"), "--fail-on", "1", "--min-score", "1") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no findings at or above 1.00")
+    assert "(10 cached, 0 scored)" in out  # the second scan hit the cache for every function
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([""], "PATH is an empty string"),
+        (["does-not-exist"], "does-not-exist: no such file or folder"),
+        (["{demo}", "--detector", "some/dir"], "--detector: detector folder not found: some/dir"),
+        (["{demo}", "--detector", "some/dir", "--strength", "1"], "--strength needs --vector"),
+        (["{demo}", "--strength", "2"], "--strength needs --vector (it has no effect without it)"),
+        (["{demo}", "--max-new-tokens", "9"], "--max-new-tokens needs --explain"),
+        (["{demo}", "--vector", "nope.safetensors"], "--vector needs --strength"),
+        (["{demo}", "--vector", "nope.safetensors", "--strength", "1"], "--vector: file not found: nope.safetensors"),
+    ],
+)
+def test_usage_and_input_errors_exit_2(
+    run: Any, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert run(*[a.replace("{demo}", str(DEMO)) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"vulnsteer: error: {message}" or (err.startswith("vulnsteer: error: ") and message in err)
+
+
+@pytest.mark.parametrize("args", [["--fail-on", "1.5"], ["--format", "xml"], ["--vector", "v", "--detector", "d"]])
+def test_bad_options_are_usage_errors(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["scan", str(DEMO), *args])
+    assert info.value.code == 2
+
+
+@needs_grammars
+def test_sarif_output_file_is_schema_valid(run: Any, tmp_path: Path, model_dir: Path) -> None:
+    from test_scan import _validator
+
+    validator = _validator()
+    out = tmp_path / "out.sarif"
+    code = run(str(DEMO), "--format", "sarif", "-o", str(out), "--min-score", "0")
+    sarif = json.loads(out.read_text(encoding="utf-8"))
+    assert not list(validator.iter_errors(sarif))
+    results = sarif["runs"][0]["results"]
+    assert len(results) == sarif["runs"][0]["properties"]["summary"]["functions"] == 20  # --min-score 0: all
+    assert code == (1 if max(r["properties"]["score"] for r in results) >= 0.5 else 0)  # --fail-on 0.5
+    assert sarif["runs"][0]["properties"]["scorer"]["model"] == str(model_dir.resolve())  # --model was used
+
+
+@needs_grammars
+def test_json_lines_one_record_per_function(run: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    run(str(DEMO / "fixed"), "--format", "json", "-o", str(out))
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 10
+    assert {r["language"] for r in records} == {"c", "cpp", "java", "javascript", "typescript", "python", "go"}
+    assert all(0.0 <= r["score"] <= 1.0 for r in records)
+
+
+@needs_grammars
+def test_ctrl_c_writes_nothing_and_exits_130(run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out.sarif"
+    out.write_text("previous\n", encoding="utf-8")
+
+    def interrupted(self: Any, units: Any, progress: bool = True) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_scorer_module.ModelScorer, "score", interrupted)
+    assert run(str(DEMO), "--format", "sarif", "-o", str(out)) == 130
+    assert out.read_text(encoding="utf-8") == "previous\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.sarif")] == []
+    fresh = tmp_path / "new.sarif"
+    assert run(str(DEMO), "--format", "sarif", "-o", str(fresh)) == 130
+    assert not fresh.exists()
+
+
+@needs_grammars
+def test_a_saved_detector_scores_and_reports_its_probe(run: Any, model_dir: Path, tmp_path: Path) -> None:
+    from test_scan_model import save_detector
+    from vulnsteer.lm.model import load_model
+
+    with load_model(str(model_dir), device="cpu") as lm:
+        folder = save_detector(lm, tmp_path / "detector")
+    out = tmp_path / "out.sarif"
+    run(str(DEMO / "vulnerable"), "--detector", str(folder), "--format", "sarif", "-o", str(out), "--min-score", "0")
+    sarif = json.loads(out.read_text(encoding="utf-8"))
+    run_props = sarif["runs"][0]["properties"]["scorer"]
+    assert run_props["scorer"] == "detector" and run_props["detector"] == str(folder)
+    results = sarif["runs"][0]["results"]
+    assert len(results) == 10
+    assert all(isinstance(r["properties"]["probe"], float) and r["properties"]["push"] in (-1.0, 1.0) for r in results)

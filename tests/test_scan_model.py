@@ -1,0 +1,244 @@
+"""ModelScorer on a tiny random model: scores, explanations, steering, digests, and rescans that never load it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from vulnsteer.data.sample import Sample
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
+from vulnsteer.scan import DetectorOptions, ModelScorer, ModelSource, SteeringOptions, scan
+from vulnsteer.scan import identity as identity_module
+from vulnsteer.scan import model_scorer as model_scorer_module
+from vulnsteer.scan.functions import tree_sitter_available
+from vulnsteer.steering.vectors import Provenance, SteeringVector
+
+needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
+
+UNITS = [
+    Sample("a", "def read(path):\n    return open(path).read()", "python", "unknown", "vulnerable"),
+    Sample("b", "int main(void) { char buf[16]; strcpy(buf, argv[1]); return 0; }", "c", "unknown", "vulnerable"),
+]
+
+
+def _vector(lm: LoadedModel, path: Path, scale: float = 1.0, cwe: str = "CWE-89") -> Path:
+    layers = (1,)
+    prov = Provenance(
+        lm.model_id,
+        lm.fingerprint,
+        lm.hidden_size,
+        layers,
+        "last",
+        "mean_diff",
+        cwe,
+        1,
+        1,
+        "h",
+        "t",
+        {},
+        lm.weights_identity,
+    )
+    generator = torch.Generator().manual_seed(0)
+    SteeringVector({1: scale * torch.randn(lm.hidden_size, generator=generator)}, prov).save(path)
+    return path
+
+
+def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0) -> Path:
+    """A probe-gated detector for *lm* (random probe at layer 0 gating a random vector at layer 1), saved."""
+    from vulnsteer.detection.detector import Detector
+    from vulnsteer.steering.gate import LinearProbe
+
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(lm.hidden_size, generator=generator)
+    probe = LinearProbe(layer=0, pooling="code_mean", weight=weight, bias=0.0, threshold=threshold, spread=1.0)
+    vector = SteeringVector.load(_vector(lm, folder.parent / f"{folder.name}-vector.safetensors", scale=5.0))
+    Detector(vector, probe, "sign", 2.0, (1,), positions="last", unit="raw").save(folder)
+    return folder
+
+
+def test_scores_are_probabilities_with_a_threshold_verdict(tiny_lm: LoadedModel) -> None:
+    scorer = ModelScorer(tiny_lm, max_code_tokens=64, threshold=0.5)
+    scores = scorer.score(UNITS, progress=False)
+    assert len(scores) == 2
+    for s in scores:
+        assert 0.0 <= s.score <= 1.0
+        assert s.verdict == ("vulnerable" if s.score >= 0.5 else "secure")
+        assert s.explanation is None and s.cwe is None
+    again = scorer.score(list(reversed(UNITS)), progress=False)
+    assert [s.score for s in again] == pytest.approx([s.score for s in reversed(scores)], abs=1e-5)
+
+
+def test_long_functions_are_truncated_to_the_budget(tiny_lm: LoadedModel) -> None:
+    long = dataclasses.replace(UNITS[0], code="\n".join(f"x{i} = read(p{i})" for i in range(200)))
+    short, cut = ModelScorer(tiny_lm, max_code_tokens=32).score([UNITS[0], long], progress=False)
+    assert cut.truncated and not short.truncated
+
+
+def test_explain_adds_the_generated_answer(tiny_lm: LoadedModel) -> None:
+    plain = ModelScorer(tiny_lm, max_code_tokens=64).score(UNITS[:1], progress=False)[0]
+    explained = ModelScorer(tiny_lm, explain=True, max_new_tokens=6, max_code_tokens=64).score(
+        UNITS[:1], progress=False
+    )[0]
+    assert explained.explanation is not None and explained.explanation.startswith(DEFAULT_TEMPLATE.answer_prefix)
+    assert explained.verdict in ("vulnerable", "secure", "uncertain")
+    assert explained.score == pytest.approx(plain.score, abs=1e-5)  # the score is the logit score either way
+
+
+def test_steering_moves_the_score_and_names_the_vector_cwe(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    vector = _vector(tiny_lm, tmp_path / "v.safetensors", scale=20.0)
+    plain = ModelScorer(tiny_lm, max_code_tokens=64).score(UNITS, progress=False)
+    steered = ModelScorer(tiny_lm, steering=SteeringOptions(vector, 3.0), max_code_tokens=64).score(
+        UNITS, progress=False
+    )
+    assert [s.score for s in steered] != pytest.approx([s.score for s in plain], abs=1e-4)
+    assert {s.cwe for s in steered} == {"CWE-89"}
+    zero = ModelScorer(tiny_lm, steering=SteeringOptions(vector, 0.0), max_code_tokens=64).score(UNITS, progress=False)
+    assert [s.score for s in zero] == pytest.approx([s.score for s in plain], abs=1e-5)
+
+
+def test_digest_covers_everything_that_changes_a_score(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    vector = _vector(tiny_lm, tmp_path / "v.safetensors")
+    other_vector = _vector(tiny_lm, tmp_path / "w.safetensors", scale=2.0)
+
+    def digest(**kwargs: Any) -> str:
+        return ModelScorer(tiny_lm, **kwargs).digest
+
+    base = digest()
+    assert base == digest()
+    variants = [
+        digest(steering=SteeringOptions(vector, 1.0)),
+        digest(steering=SteeringOptions(vector, 2.0)),
+        digest(steering=SteeringOptions(other_vector, 1.0)),
+        digest(steering=SteeringOptions(vector, 1.0, positions="last")),
+        digest(template=dataclasses.replace(DEFAULT_TEMPLATE, question="Is this {language} code safe?")),
+        digest(max_code_tokens=256),
+        digest(explain=True),
+        digest(threshold=0.7),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+    assert digest(batch_size=2) == base  # batching does not change what a score means
+
+
+def test_a_missing_vector_file_is_named(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"--vector: file not found: .*nope\.safetensors"):
+        ModelScorer(tiny_lm, steering=SteeringOptions(tmp_path / "nope.safetensors", 1.0))
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> Path:
+    from conftest import make_tiny
+
+    folder = tmp_path_factory.mktemp("scan-model") / "tiny"
+    lm = make_tiny(tiny_tokenizer, "llama", layers=2)
+    lm.model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+class _Loads:
+    """Counts load_model calls (and can forbid them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, forbid: bool = False) -> None:
+        from vulnsteer.lm import model as model_module
+
+        self.count = 0
+        real = model_module.load_model
+
+        def load(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            if forbid:
+                raise AssertionError("the model was loaded")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(model_module, "load_model", load)
+
+
+def _two_functions(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "a.py").write_text("def f(x):\n    return eval(x)\n\n\ndef g(y):\n    return y\n", encoding="utf-8")
+    return folder
+
+
+@needs_grammars
+def test_a_cached_rescan_never_loads_the_model(
+    saved_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _two_functions(tmp_path / "src")
+    cache = tmp_path / "cache"
+    source = ModelSource(str(saved_tiny), device="cpu")
+    loads = _Loads(monkeypatch)
+    with ModelScorer(source, identity_store=cache / "models", max_code_tokens=64) as first:
+        report = scan([root], first, cache_dir=cache, progress=False)
+    assert loads.count == 1 and report.stats.scored == 2
+
+    _Loads(monkeypatch, forbid=True)
+    with ModelScorer(source, identity_store=cache / "models", max_code_tokens=64) as second:
+        again = scan([root], second, cache_dir=cache, progress=False)
+        assert second.digest == first.digest
+    assert again.stats.cached == 2 and again.stats.scored == 0
+    assert [r.score for r in again.results] == [r.score for r in report.results]
+
+
+@needs_grammars
+def test_a_stale_recorded_identity_is_corrected_and_rescored(saved_tiny: Path, tmp_path: Path) -> None:
+    root = _two_functions(tmp_path / "src")
+    store = tmp_path / "cache" / "models"
+    source = ModelSource(str(saved_tiny), device="cpu")
+    with ModelScorer(source, identity_store=store, max_code_tokens=64) as real:
+        true_digest = real.digest
+    record = next(store.glob("*.json"))
+    data = json.loads(record.read_text())
+    data["identity"]["weights_digest"] = "0" * 16  # as if the weights changed without their size or time changing
+    record.write_text(json.dumps(data))
+    stale = ModelScorer(source, identity_store=store, max_code_tokens=64)
+    assert stale.digest != true_digest
+    report = scan([root], stale, cache_dir=tmp_path / "cache", progress=False)
+    assert stale.digest == true_digest and report.digest == true_digest
+    assert report.stats.scored == 2
+    assert json.loads(record.read_text())["identity"]["weights_digest"] != "0" * 16
+    stale.close()
+
+
+def test_identity_keys_follow_the_files_and_the_requested_dtype(saved_tiny: Path, tmp_path: Path) -> None:
+    key = identity_module.location_key(saved_tiny, "cpu", None)
+    assert key == identity_module.location_key(saved_tiny, "cpu", None)
+    assert key != identity_module.location_key(saved_tiny, "cpu", "bfloat16")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in saved_tiny.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    assert identity_module.location_key(copy, "cpu", None) != key
+    assert model_scorer_module.SCORE_FORMAT >= 1
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    from vulnsteer.lm import paths as paths_module
+
+    for module in (identity_module, model_scorer_module, paths_module):
+        assert doctest.testmod(module).failed == 0
+
+
+def test_a_saved_detector_scores_with_its_probe_gate(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    folder = save_detector(tiny_lm, tmp_path / "detector")
+    scorer = ModelScorer(tiny_lm, detector=DetectorOptions(folder), max_code_tokens=64)
+    scores = scorer.score(UNITS, progress=False)
+    assert all(s.probe is not None and s.push in (-1.0, 1.0) and 0.0 <= s.score <= 1.0 for s in scores)
+    assert scorer.provenance["scorer"] == "detector"
+    plain = ModelScorer(tiny_lm, max_code_tokens=64)
+    assert scorer.digest != plain.digest
+    other = save_detector(tiny_lm, tmp_path / "other", threshold=1.0)  # another threshold: another detector
+    assert ModelScorer(tiny_lm, detector=DetectorOptions(other), max_code_tokens=64).digest != scorer.digest
+    with pytest.raises(ValueError, match="exclude each other"):
+        ModelScorer(
+            tiny_lm, detector=DetectorOptions(folder), steering=SteeringOptions(folder / "vector.safetensors", 1)
+        )
+    with pytest.raises(ValueError, match=r"no detector\.json"):
+        ModelScorer(tiny_lm, detector=DetectorOptions(tmp_path))
