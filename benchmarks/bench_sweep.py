@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vulnsteer.experiment.config import load_config
-    from vulnsteer.experiment.protocol import load_configured_model
+    from vulnsteer.experiment.preflight import load_configured_model
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -437,6 +437,6 @@ def config_from_args(args: argparse.Namespace, config_file: str | None = None) -
 
 def load_model_from_args(args: argparse.Namespace) -> Any:
     """The model the ``[model]`` flags name (loaded only once everything else has been checked)."""
-    from ..experiment.protocol import load_configured_model
+    from ..experiment.preflight import load_configured_model
 
     return load_configured_model(config_from_args(args).model)

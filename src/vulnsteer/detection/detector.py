@@ -80,7 +80,8 @@ class Detector:
     def digest(self) -> str:
         """A short hash of everything that decides a verdict (for caches keyed by detector)."""
         h = hashlib.sha256()
-        h.update(json.dumps(self._document(), sort_keys=True, default=str).encode())
+        decisive = {k: v for k, v in self._document().items() if k in ("setting", "probe", "template", "format")}
+        h.update(json.dumps(decisive, sort_keys=True, default=str).encode())
         for tensor in (self.probe.weight, *(self.vector.direction(layer) for layer in self.vector.layers)):
             h.update(tensor.numpy().tobytes())
         return h.hexdigest()[:16]

@@ -15,20 +15,24 @@ import torch
 
 from ..data.sample import Sample
 from ..detection.condition import fit_condition_probe, rethreshold
+from ..detection.detector import Detector
 from ..detection.probe import choose_threshold
 from ..detection.records import DetectionRecord
 from ..lm.activations import Activations
 from ..lm.model import LoadedModel, resolve_layers
-from ..lm.prompts import TEMPLATES, PromptTemplate
+from ..lm.prompts import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate
 from ..steering.behaviour import answer_vector, projection_sigmas
 from ..steering.gate import LinearProbe
-from ..steering.vectors import SteeringVector, answer_direction
+from ..steering.vectors import SteeringVector, answer_direction, dataset_hash
 from .config import ExperimentConfig
 from .fit import fit_cwe_vectors, method_key
 from .grid import POOLED, RANDOM_PROBE, Condition, Setting
+from .prepare import PreparedData
+from .select import balanced_accuracy, select_per_cwe
 
 __all__ = [
     "behaviour_vectors",
+    "build_detector",
     "calibrated_records",
     "condition_layers",
     "condition_probes",
@@ -102,8 +106,10 @@ def condition_probes(
         groups[POOLED] = (list(range(len(train_samples))), list(range(len(val_samples))))
     else:
         for cwe in dict.fromkeys(s.cwe for s in train_samples):
-            groups[cwe] = ([i for i, s in enumerate(train_samples) if s.cwe == cwe],
-                           [i for i, s in enumerate(val_samples) if s.cwe == cwe])  # fmt: skip
+            groups[cwe] = (
+                [i for i, s in enumerate(train_samples) if s.cwe == cwe],
+                [i for i, s in enumerate(val_samples) if s.cwe == cwe],
+            )
     out: dict[tuple[str, str], LinearProbe] = {}
     for target, (tr, va) in groups.items():
         ty = torch.tensor([train_samples[i].y for i in tr])
@@ -114,8 +120,17 @@ def condition_probes(
             for layer in layers:
                 tx = train_acts.get(pooling, layer)[tr]
                 vx = val_acts.get(pooling, layer)[va]
-                probe = fit_condition_probe(c.probe, tx, ty, vx, vy, layer=layer, pooling=pooling,
-                                            seed=config.data.seed, meta={"target": target})  # fmt: skip
+                probe = fit_condition_probe(
+                    c.probe,
+                    tx,
+                    ty,
+                    vx,
+                    vy,
+                    layer=layer,
+                    pooling=pooling,
+                    seed=config.data.seed,
+                    meta={"target": target},
+                )
                 seed = config.steering.control_seed + layer
                 out[(target, probe.key)] = probe
                 out[(target, RANDOM_PROBE + probe.key)] = rethreshold(probe.random_like(seed), vx, vy)
@@ -145,8 +160,12 @@ def conditional_settings(
 def probe_records(probe: LinearProbe, acts: Activations, samples: Sequence[Sample]) -> list[DetectionRecord]:
     """The probe alone as a detector: its own verdict per sample (score = the probe's score)."""
     scores = probe.scores(acts.get(probe.pooling, probe.layer))
-    return [DetectionRecord(s.id, s.cwe, s.pair_id, s.y, "vulnerable" if float(x) > probe.threshold else "secure",
-                            score=float(x)) for s, x in zip(samples, scores, strict=True)]  # fmt: skip
+    return [
+        DetectionRecord(
+            s.id, s.cwe, s.pair_id, s.y, "vulnerable" if float(x) > probe.threshold else "secure", score=float(x)
+        )
+        for s, x in zip(samples, scores, strict=True)
+    ]
 
 
 def calibrated_records(
@@ -166,8 +185,9 @@ def calibrated_records(
         for r in test:
             if r.cwe == cwe and r.margin is not None:
                 verdict = "vulnerable" if r.margin > thresholds[cwe] else "secure"
-                out.append(DetectionRecord(r.sample_id, r.cwe, r.pair_id, r.y_true, verdict, score=r.score,
-                                           margin=r.margin))  # fmt: skip
+                out.append(
+                    DetectionRecord(r.sample_id, r.cwe, r.pair_id, r.y_true, verdict, score=r.score, margin=r.margin)
+                )
     return out, thresholds
 
 
@@ -206,3 +226,59 @@ def _first_pair(samples: Sequence[Sample]) -> tuple[Sample, Sample] | None:
 def template_conditions(templates: Sequence[str], mode: str, split: str) -> list[Condition]:
     """The baseline under each prompting baseline's template (the default template's baseline is the baseline)."""
     return [Condition("baseline", mode, split, template=name) for name in templates if name != "default"]
+
+
+def build_detector(
+    config: ExperimentConfig,
+    data: PreparedData,
+    conds: Sequence[Condition],
+    records: Mapping[str, Sequence[DetectionRecord]],
+    vectors: Mapping[tuple[str, str], SteeringVector],
+    probes: Mapping[tuple[str, str], LinearProbe],
+    info: Mapping[str, Any],
+) -> Detector | None:
+    """The gated setting with the best balanced accuracy on val over every CWE together (ties to the smaller
+    |strength|), among those a scanner can apply without knowing the CWE (a label-free behaviour vector and a
+    probe pooled over every CWE), as a :class:`~vulnsteer.detection.detector.Detector`; None if there is none."""
+    candidates = [
+        c
+        for c in conds
+        if c.kind == "steered"
+        and c.template == "default"
+        and c.setting is not None
+        and c.setting.gated
+        and (POOLED, c.setting.method_key) in vectors
+        and (POOLED, str(c.setting.probe)) in probes
+    ]
+    if not candidates:
+        return None
+    best = select_per_cwe(candidates, lambda c, _t: balanced_accuracy(records[c.key]), [POOLED])[POOLED]
+    setting = best.setting
+    assert setting is not None and setting.probe is not None
+    base = records[Condition("baseline", best.mode, "val").key]
+    training = {
+        "source": data.source,
+        "cwes": data.cwes,
+        "n_train": len(data.samples("train")),
+        "n_val": len(data.samples("val")),
+        "data_hashes": {n: dataset_hash(part) for n, part in data.splits.items()},
+    }
+    validation = {
+        "mode": best.mode,
+        "setting": setting.label(),
+        "balanced_accuracy": balanced_accuracy(records[best.key]),
+        "baseline_balanced_accuracy": balanced_accuracy(base),
+        "chosen_by": "balanced accuracy over every CWE's val samples, ties to the smaller |strength|",
+    }
+    return Detector(
+        vectors[(POOLED, setting.method_key)],
+        probes[(POOLED, setting.probe)],
+        setting.gate,
+        setting.strength,
+        setting.layers,
+        setting.positions,
+        setting.unit,
+        config.conditional.band,
+        DEFAULT_TEMPLATE,
+        {**info, "training": training, "validation": validation},
+    )

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..data.sample import Sample
 from ..detection.engine import detect_variants_modes
 from ..detection.prefix import PrefixStore
@@ -26,6 +24,7 @@ from ..io import append_jsonl, read_jsonl
 from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from ..progress import Progress
 from ..steering.gate import LinearProbe
 from ..steering.hooks import SteeringSpec
 from ..steering.vectors import SteeringVector
@@ -175,22 +174,21 @@ def run_conditions(
     """
     todo = list(dict.fromkeys(conditions))
     chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
-    bar = tqdm(total=sum(len(c) for c in chunks), desc="conditions", unit="cond", disable=not options.progress)
-    for chunk in chunks:
-        start = time.perf_counter()
-        found = score_chunk(
-            lm,
-            chunk,
-            samples_for(chunk[0].split),
-            vectors,
-            options,
-            probes=probes,
-            sink=sink,
-            prefix_store=prefix_store,
-        )
-        seconds = (time.perf_counter() - start) / len(chunk)
-        for cond in chunk:
-            store.add(cond, found[cond.key], seconds)
-        bar.update(len(chunk))
-    bar.close()
+    with Progress(sum(len(c) for c in chunks), "conditions", unit="condition", enabled=options.progress) as bar:
+        for chunk in chunks:
+            start = time.perf_counter()
+            found = score_chunk(
+                lm,
+                chunk,
+                samples_for(chunk[0].split),
+                vectors,
+                options,
+                probes=probes,
+                sink=sink,
+                prefix_store=prefix_store,
+            )
+            seconds = (time.perf_counter() - start) / len(chunk)
+            for cond in chunk:
+                store.add(cond, found[cond.key], seconds)
+            bar.update(len(chunk))
     return {cond.key: store.get(cond.key) for cond in todo}

@@ -29,9 +29,10 @@ from .config import ExperimentConfig, config_document, identity_of, parse_config
 from .engine import ResultStore, ScoringOptions
 from .fit import load_vector_dir
 from .grid import POOLED, Setting
+from .preflight import check_before_loading, load_configured_model
 from .prepare import load_dataset, prepare_data
-from .protocol import default_out_dir, examples, load_configured_model
-from .results import json_ready, load_chosen, load_probes, new_results
+from .protocol import default_out_dir
+from .results import examples, json_ready, load_chosen, load_probes, new_results
 from .rundir import CHOSEN_DIR, RunDir
 from .select import Choice
 
@@ -207,6 +208,7 @@ def evaluate_from_run(
     run = RunDir(out_dir or config.run.out or default_out_dir("transfer"))
     run.check_writable("--out")
     loaded = load_dataset(config.data)
+    check_before_loading(config, loaded, need_model=lm is None)
     own = lm is None
     lm = lm or load_configured_model(config.model)
     try:
@@ -297,6 +299,7 @@ def evaluate_vectors(
     run = RunDir(out_dir or config.run.out or default_out_dir("evaluate"))
     run.check_writable("--out")
     loaded = load_dataset(config.data)
+    check_before_loading(config, loaded, need_model=lm is None)
     own = lm is None
     lm = lm or load_configured_model(config.model)
     try:

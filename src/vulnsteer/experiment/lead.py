@@ -17,8 +17,12 @@ from typing import Any
 from ..detection.records import DetectionRecord
 from ..stats.compare import compare_to_baseline, metrics_block
 from .apply import lever_rate
+from .conditional import calibrated_records
+from .config import ExperimentConfig
+from .grid import Condition
+from .select import Choice
 
-__all__ = ["LeadEntry", "compose", "lead_table", "lead_words", "margins_by_class"]
+__all__ = ["LeadEntry", "build_lead", "chosen_records", "compose", "lead_table", "lead_words", "margins_by_class"]
 
 
 @dataclass(frozen=True)
@@ -49,17 +53,32 @@ def lead_table(base: Sequence[DetectionRecord], entries: Sequence[LeadEntry], se
     flips, and (for pushed records) the lever rate."""
     rows = []
     base_m = metrics_block(base, seed)
-    rows.append({"name": "baseline", "label": "the model as it is (default prompt)", "metrics": base_m,
-                 "delta": 0.0, "delta_ci": [0.0, 0.0], "p_value": 1.0, "flips": None})  # fmt: skip
+    rows.append(
+        {
+            "name": "baseline",
+            "label": "the model as it is (default prompt)",
+            "metrics": base_m,
+            "delta": 0.0,
+            "delta_ci": [0.0, 0.0],
+            "p_value": 1.0,
+            "flips": None,
+        }
+    )
     ids = {r.sample_id for r in base}
     for entry in entries:
         recs = [r for r in entry.records if r.sample_id in ids]
         if {r.sample_id for r in recs} != ids:
             continue
         comp = compare_to_baseline(base, recs, [], seed)["overall"]
-        row = {"name": entry.name, "label": entry.label, "metrics": metrics_block(recs, seed),
-               "delta": comp["delta_balanced_accuracy"], "delta_ci": comp["delta_ci"], "p_value": comp["mcnemar_p"],
-               "flips": {"wrong_to_right": comp["mcnemar_c"], "right_to_wrong": comp["mcnemar_b"]}}  # fmt: skip
+        row = {
+            "name": entry.name,
+            "label": entry.label,
+            "metrics": metrics_block(recs, seed),
+            "delta": comp["delta_balanced_accuracy"],
+            "delta_ci": comp["delta_ci"],
+            "p_value": comp["mcnemar_p"],
+            "flips": {"wrong_to_right": comp["mcnemar_c"], "right_to_wrong": comp["mcnemar_b"]},
+        }
         if any(r.push for r in recs):
             row["lever_rate"] = lever_rate(recs)
         rows.append(row)
@@ -91,8 +110,10 @@ scores 0.820 (the ceiling conditional steering can reach through the model).
     b = base["metrics"]["balanced_accuracy"]
     if cond is None:
         best = max(rows, key=lambda r: r["metrics"]["balanced_accuracy"])
-        return (f"On {split}, the best detector is {best['name']} at balanced accuracy "
-                f"{best['metrics']['balanced_accuracy']:.3f} (baseline {b:.3f}).")  # fmt: skip
+        return (
+            f"On {split}, the best detector is {best['name']} at balanced accuracy "
+            f"{best['metrics']['balanced_accuracy']:.3f} (baseline {b:.3f})."
+        )
     c = cond["metrics"]["balanced_accuracy"]
     sig = cond["p_value"] < 0.05 and (cond["delta_ci"][0] > 0 or cond["delta_ci"][1] < 0)
     words = [
@@ -106,8 +127,10 @@ scores 0.820 (the ceiling conditional steering can reach through the model).
         words.append(f"the random gate scores {g:.3f}, {verdict}")
     probe = _find(rows, "probe")
     if probe is not None:
-        words.append(f"the probe alone scores {probe['metrics']['balanced_accuracy']:.3f} (the ceiling conditional "
-                     "steering can reach through the model)")  # fmt: skip
+        words.append(
+            f"the probe alone scores {probe['metrics']['balanced_accuracy']:.3f} (the ceiling conditional "
+            "steering can reach through the model)"
+        )
     return "; ".join(words) + "."
 
 
@@ -118,3 +141,97 @@ def margins_by_class(records: Sequence[DetectionRecord]) -> dict[str, list[float
         if r.margin is not None:
             out["vulnerable" if r.y_true == 1 else "secure"].append(float(r.margin))
     return out
+
+
+def chosen_records(
+    cwes: Sequence[str],
+    by_target: Mapping[str, Choice],
+    mode: str,
+    kind: str,
+    records: Mapping[str, Sequence[DetectionRecord]],
+    cover: str,
+    control_seed: int,
+) -> dict[str, list[DetectionRecord] | None]:
+    """Per CWE, the test records of its chosen setting (as *kind*), or None where the baseline won."""
+    out: dict[str, list[DetectionRecord] | None] = {}
+    for cwe in cwes:
+        choice = by_target.get(cwe)
+        if choice is None or choice.best is None or choice.chosen != "steered":
+            out[cwe] = None
+            continue
+        cond = choice.best.condition(kind, mode, "test", cwe, cover, control_seed)
+        out[cwe] = [r for r in records[cond.key] if r.cwe == cwe]
+    return out
+
+
+def build_lead(
+    config: ExperimentConfig,
+    cwes: Sequence[str],
+    choices: Mapping[str, Mapping[str, Choice]],
+    conditional: Mapping[str, Mapping[str, Choice]],
+    templates: Mapping[str, Mapping[str, str]],
+    val_records: Mapping[str, Sequence[DetectionRecord]],
+    records: Mapping[str, Sequence[DetectionRecord]],
+    probe: Sequence[DetectionRecord],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Per mode, every detector on the same test samples (the rows listed in the module docstring), the words,
+    and the answer margins by class (logit mode); also the calibrated baseline's thresholds (chosen on val)."""
+    cfg, seed = config, config.data.seed
+    out: dict[str, Any] = {}
+    calibrated: list[DetectionRecord] | None = None
+    thresholds: dict[str, float] = {}
+    val_base = val_records.get(Condition("baseline", "logit", "val").key)
+    if cfg.baselines.calibrated and val_base is not None and "logit" in cfg.detection.modes:
+        test_base = records[Condition("baseline", "logit", "test").key]
+        calibrated, thresholds = calibrated_records(val_base, test_base, cwes)
+    seed_c = cfg.steering.control_seed
+    for mode in cfg.detection.modes:
+        base = records[Condition("baseline", mode, "test").key]
+        entries = []
+        if calibrated is not None:
+            entries.append(
+                LeadEntry("calibrated", "unsteered logit margin, threshold per CWE chosen on val", calibrated)
+            )
+        prompt = {
+            cwe: None if name == "default" else list(records[Condition("baseline", mode, "test", template=name).key])
+            for cwe, name in templates[mode].items()
+        }
+        entries.append(LeadEntry("prompt", "best prompt template per CWE (chosen on val)", compose(cwes, base, prompt)))
+        cover = "all" if mode in cfg.detection.cross_cwe_modes else "target"
+        families: list[tuple[Mapping[str, Mapping[str, Choice]], str, tuple[tuple[str, str, str], ...]]] = [
+            (
+                choices,
+                cover,
+                (
+                    ("steered", "constant", "constant steering (setting per CWE chosen on val)"),
+                    ("control", "constant_control", "its random-direction control"),
+                ),
+            )
+        ]
+        if conditional:
+            families.append(
+                (
+                    conditional,
+                    "target",
+                    (
+                        ("steered", "conditional", "conditional steering (probe-gated; setting per CWE chosen on val)"),
+                        ("gate_control", "gate_control", "random gate: the same push gated by a random direction"),
+                        ("control", "vector_control", "random behaviour vector of the same norm under the real gate"),
+                    ),
+                )
+            )
+        for by_mode, family_cover, kinds in families:
+            for kind, name, label in kinds:
+                picked = chosen_records(cwes, by_mode[mode], mode, kind, records, family_cover, seed_c)
+                entries.append(LeadEntry(name, label, compose(cwes, base, picked)))
+        if probe:
+            entries.append(LeadEntry("probe", "the gating probe alone (its own verdict, no model)", probe))
+        rows = lead_table(base, entries, seed)
+        out[mode] = {"split": "test", "rows": rows, "words": lead_words(rows, "test")}
+        if mode == "logit":
+            gated = next((e.records for e in entries if e.name == "conditional"), None)
+            out[mode]["margins"] = {
+                "baseline": margins_by_class(base),
+                **({"conditional": margins_by_class(gated)} if gated else {}),
+            }
+    return out, thresholds

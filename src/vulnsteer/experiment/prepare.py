@@ -20,14 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..cwe import PRIORITY_CWES, parse_merge_map
 from ..data.builtin import BUILTIN_NAME, load_builtin
 from ..data.clean import strip_comments
 from ..data.sample import UPSTREAM_SPLIT_KEY, Sample
 from ..data.splits import Splits, dedupe_across_splits, split_samples
 from ..data.truncate import truncate_sample
+from ..progress import track
 from .config import DataSection
 
 __all__ = ["LoadedData", "PreparedData", "cwe_order", "load_dataset", "prepare_data"]
@@ -151,7 +150,7 @@ def prepare_data(
         assert tokenizer is not None
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    for s in tqdm(raw, desc="cleaning", unit="sample", disable=not progress):
+    for s in track(raw, "cleaning", unit="sample", enabled=progress):
         if not config.keep_comments:
             try:
                 code = strip_comments(s.code, s.language)

@@ -20,22 +20,20 @@ from typing import Any
 
 from .._version import __version__
 from ..data.sample import Sample
-from ..detection.detector import Detector
 from ..detection.prefix import PrefixStore
 from ..detection.probe import evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import ActivationCache, model_key
-from ..lm.activations import POOLINGS, Activations, ActivationSink
+from ..lm.activations import POOLINGS, Activations
 from ..lm.memory import peak_memory, reset_peak_memory
-from ..lm.model import LoadedModel, load_model
+from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
-from ..stats.metrics import point_metrics
 from ..steering.gate import LinearProbe
 from ..steering.vectors import dataset_hash
-from .apply import Applied, apply_choices
+from .apply import apply_choices
 from .conditional import (
     behaviour_vectors,
-    calibrated_records,
+    build_detector,
     condition_layers,
     condition_probes,
     conditional_settings,
@@ -43,35 +41,24 @@ from .conditional import (
     prompt_templates,
     template_conditions,
 )
-from .config import ExperimentConfig, ModelSection, config_document, identity_of
+from .config import ExperimentConfig, config_document, identity_of
 from .config_toml import dump_config
 from .engine import ResultStore, ScoringOptions, run_conditions
 from .fit import fit_cwe_vectors, save_vectors, train_pca, vector_cosines
 from .grid import POOLED, RANDOM_PROBE, Condition, Setting, candidate_settings, resolve_layer_sets, val_conditions
-from .lead import LeadEntry, compose, lead_table, lead_words, margins_by_class
+from .lead import build_lead
+from .preflight import check_before_loading, load_configured_model
 from .prepare import PreparedData, load_dataset, prepare_data
-from .results import json_ready, new_results, save_chosen, train_code_hashes
+from .results import examples, json_ready, new_results, save_chosen, train_code_hashes, val_entries
 from .rundir import CHOSEN_DIR, CHOSEN_NAME, RESOLVED_NAME, RunDir
-from .select import Choice, balanced_accuracy, select_per_cwe, select_settings, select_templates
+from .select import Choice, select_settings, select_templates
 
-__all__ = ["default_out_dir", "load_configured_model", "run_protocol"]
+__all__ = ["default_out_dir", "run_protocol"]
 
 
 def default_out_dir(name: str) -> Path:
     """``runs/<name>-<timestamp>``."""
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def load_configured_model(model: ModelSection) -> LoadedModel:
-    """:func:`~vulnsteer.lm.model.load_model` with the ``[model]`` section's keys."""
-    return load_model(
-        model.name,
-        device=model.device,
-        dtype=model.dtype,
-        device_map=model.device_map,
-        trust_remote_code=model.trust_remote_code,
-        layer_matcher=model.layers_path,
-    )
 
 
 def run_protocol(
@@ -97,6 +84,7 @@ def run_protocol(
     run = RunDir(out_dir or config.run.out or default_out_dir(name or command))
     run.check_writable("--out")
     loaded = load_dataset(config.data)  # data errors before the model loads
+    check_before_loading(config, loaded, need_model=lm is None)
     own = lm is None
     if lm is None:
         lm = load_configured_model(config.model)
@@ -129,59 +117,6 @@ def run_protocol(
     return run.path
 
 
-def val_entries(
-    conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Every validation condition with its point metrics per CWE and overall (the selection curves' data)."""
-    keys = ("balanced_accuracy", "accuracy", "tpr", "fpr", "pair_accuracy", "vulnerable_rate", "auroc")
-    out = []
-    for cond in conds:
-        recs = records.get(cond.key)
-        if recs is None:
-            continue
-        metrics: dict[str, Any] = {}
-        for cwe in [*cwes, "overall"]:
-            sub = [r.to_prediction() for r in recs if cwe == "overall" or r.cwe == cwe]
-            if sub:
-                margins = [r.margin for r in recs if r.margin is not None and (cwe == "overall" or r.cwe == cwe)]
-                metrics[cwe] = {
-                    "n": len(sub),
-                    **point_metrics(sub, keys),
-                    "mean_margin": sum(margins) / len(margins) if margins else None,
-                }
-        setting = None if cond.setting is None else cond.setting.to_dict()
-        out.append({"condition": cond.to_dict(), "setting": setting, "metrics": metrics})
-    return out
-
-
-def examples(applied: Applied, choices: Mapping[str, Choice], mode: str, split: str, n: int) -> list[dict[str, Any]]:
-    """Per CWE, up to *n* samples: the baseline's and the chosen (else best) steered setting's generated text."""
-    base = {r.sample_id: r for r in applied.records.get(Condition("baseline", mode, split).key, [])}
-    out = []
-    for cwe, choice in choices.items():
-        steered = next(
-            (c for c in applied.conditions if c.mode == mode and c.kind == "steered" and c.vector == cwe), None
-        )
-        if steered is None or choice.best is None:
-            continue
-        for r in [r for r in applied.records[steered.key] if r.cwe == cwe][:n]:
-            b = base.get(r.sample_id)
-            out.append(
-                {
-                    "cwe": cwe,
-                    "sample_id": r.sample_id,
-                    "truth": "vulnerable" if r.y_true else "secure",
-                    "chosen": choice.chosen,
-                    "setting": choice.best.label(),
-                    "baseline": b.text if b else None,
-                    "baseline_verdict": b.verdict if b else None,
-                    "steered": r.text,
-                    "steered_verdict": r.verdict,
-                }
-            )
-    return out
-
-
 class _Protocol:
     """State of one run of the protocol (kept together so an interruption can still write what is finished)."""
 
@@ -208,7 +143,6 @@ class _Protocol:
         self.options = ScoringOptions(
             d.batch_size, d.max_new_tokens, config.run.group_size, {"default": DEFAULT_TEMPLATE}, progress
         )
-        self.sink = ActivationSink(self.layers) if config.report.probes else None
         self.cache = ActivationCache(config.run.cache_dir, enabled=config.run.cache)
 
     def _timed(self, name: str, start: float) -> None:
@@ -240,7 +174,6 @@ class _Protocol:
             self.vectors,
             self.options,
             probes=self.cond_probes,
-            sink=self.sink,
             prefix_store=self.prefix_store,
         )
         self._timed("score_val", t)
@@ -260,7 +193,6 @@ class _Protocol:
             options=self.options,
             seed=cfg.data.seed,
             probes=self.cond_probes,
-            sink=self.sink,
             prefix_store=self.prefix_store,
         )
         gated = None
@@ -425,57 +357,19 @@ class _Protocol:
         return choices, conditional, templates
 
     def _save_detector(self, conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]]) -> None:
-        """``RUN/detector/``: the gated setting with the best balanced accuracy on val over every CWE together,
-        among those a scanner can apply without knowing the CWE (a label-free behaviour vector and a probe pooled
-        over every CWE)."""
-        cfg = self.config
-        candidates = [
-            c
-            for c in conds
-            if c.kind == "steered"
-            and c.template == "default"
-            and c.setting is not None
-            and c.setting.gated
-            and (POOLED, c.setting.method_key) in self.vectors
-            and (POOLED, str(c.setting.probe)) in self.cond_probes
-        ]
-        if not candidates:
-            return
-        best = select_per_cwe(candidates, lambda c, _t: balanced_accuracy(records[c.key]), [POOLED])[POOLED]
-        setting = best.setting
-        assert setting is not None and setting.probe is not None
-        base = records[Condition("baseline", best.mode, "val").key]
-        detector = Detector(
-            self.vectors[(POOLED, setting.method_key)],
-            self.cond_probes[(POOLED, setting.probe)],
-            setting.gate,
-            setting.strength,
-            setting.layers,
-            setting.positions,
-            setting.unit,
-            cfg.conditional.band,
-            DEFAULT_TEMPLATE,
-            {
-                "model": self.results["model"],
-                "created": self.results["environment"]["time"],
-                "training": {
-                    "source": self.data.source,
-                    "cwes": self.data.cwes,
-                    "n_train": len(self.data.samples("train")),
-                    "n_val": len(self.data.samples("val")),
-                    "data_hashes": {n: dataset_hash(part) for n, part in self.data.splits.items()},
-                },
-                "validation": {
-                    "mode": best.mode,
-                    "setting": setting.label(),
-                    "balanced_accuracy": balanced_accuracy(records[best.key]),
-                    "baseline_balanced_accuracy": balanced_accuracy(base),
-                    "chosen_by": "balanced accuracy over every CWE's val samples, ties to the smaller |strength|",
-                },
-            },
+        """``RUN/detector/`` (:func:`~.conditional.build_detector`), and its summary in results.json."""
+        detector = build_detector(
+            self.config,
+            self.data,
+            conds,
+            records,
+            self.vectors,
+            self.cond_probes,
+            {"model": self.results["model"], "created": self.results["environment"]["time"]},
         )
-        detector.save(self.run_dir.path / "detector")
-        self.results["detector"] = {"folder": "detector", "digest": detector.digest, **detector.info["validation"]}
+        if detector is not None:
+            detector.save(self.run_dir.path / "detector")
+            self.results["detector"] = {"folder": "detector", "digest": detector.digest, **detector.info["validation"]}
 
     def _prompted(
         self, templates: Mapping[str, Mapping[str, str]], test: Mapping[str, Sequence[Sample]]
@@ -493,25 +387,6 @@ class _Protocol:
             self.lm, conds, self.store, lambda _split: test, self.vectors, self.options, prefix_store=self.prefix_store
         )
 
-    def _chosen(
-        self,
-        by_target: Mapping[str, Choice],
-        mode: str,
-        kind: str,
-        records: Mapping[str, Sequence[DetectionRecord]],
-        cover: str,
-    ) -> dict[str, list[DetectionRecord] | None]:
-        """Per CWE, the test records of its chosen setting (as *kind*), or None where the baseline won."""
-        out: dict[str, list[DetectionRecord] | None] = {}
-        for cwe in self.data.cwes:
-            choice = by_target.get(cwe)
-            if choice is None or choice.best is None or choice.chosen != "steered":
-                out[cwe] = None
-                continue
-            cond = choice.best.condition(kind, mode, "test", cwe, cover, self.config.steering.control_seed)
-            out[cwe] = [r for r in records[cond.key] if r.cwe == cwe]
-        return out
-
     def _lead(
         self,
         choices: Mapping[str, Mapping[str, Choice]],
@@ -520,59 +395,20 @@ class _Protocol:
         val_records: Mapping[str, Sequence[DetectionRecord]],
         records: Mapping[str, Sequence[DetectionRecord]],
     ) -> dict[str, Any]:
-        """Per mode, the first screen: every detector on the same test samples (see :mod:`.lead`)."""
-        cfg, cwes, seed = self.config, self.data.cwes, self.config.data.seed
-        out: dict[str, Any] = {}
-        calibrated = None
-        val_base = val_records.get(Condition("baseline", "logit", "val").key)
-        if cfg.baselines.calibrated and val_base is not None and "logit" in cfg.detection.modes:
-            calibrated, thresholds = calibrated_records(
-                val_base, records[Condition("baseline", "logit", "test").key], cwes
-            )
+        """Per mode, the first screen: every detector on the same test samples (:func:`~.lead.build_lead`)."""
+        lead, thresholds = build_lead(
+            self.config,
+            self.data.cwes,
+            choices,
+            conditional,
+            templates,
+            val_records,
+            records,
+            self._probe_alone(conditional),
+        )
+        if thresholds:
             self.results["calibrated_thresholds"] = thresholds
-        probe = self._probe_alone(conditional)
-        for mode in cfg.detection.modes:
-            base = records[Condition("baseline", mode, "test").key]
-            entries = []
-            if calibrated is not None:
-                entries.append(
-                    LeadEntry("calibrated", "unsteered logit margin, threshold per CWE chosen on val", calibrated)
-                )
-            prompt = {
-                cwe: (
-                    None if name == "default" else list(records[Condition("baseline", mode, "test", template=name).key])
-                )
-                for cwe, name in templates[mode].items()
-            }
-            entries.append(
-                LeadEntry("prompt", "best prompt template per CWE (chosen on val)", compose(cwes, base, prompt))
-            )
-            cover = "all" if mode in cfg.detection.cross_cwe_modes else "target"
-            for kind, name, label in (
-                ("steered", "constant", "constant steering (setting per CWE chosen on val)"),
-                ("control", "constant_control", "its random-direction control"),
-            ):
-                picked = self._chosen(choices[mode], mode, kind, records, cover)
-                entries.append(LeadEntry(name, label, compose(cwes, base, picked)))
-            if conditional:
-                for kind, name, label in (
-                    ("steered", "conditional", "conditional steering (probe-gated; setting per CWE chosen on val)"),
-                    ("gate_control", "gate_control", "random gate: the same push gated by a random direction"),
-                    ("control", "vector_control", "random behaviour vector of the same norm under the real gate"),
-                ):
-                    picked = self._chosen(conditional[mode], mode, kind, records, "target")
-                    entries.append(LeadEntry(name, label, compose(cwes, base, picked)))
-            if probe:
-                entries.append(LeadEntry("probe", "the gating probe alone (its own verdict, no model)", probe))
-            rows = lead_table(base, entries, seed)
-            out[mode] = {"split": "test", "rows": rows, "words": lead_words(rows, "test")}
-            if mode == "logit":
-                cond_rows = next((e.records for e in entries if e.name == "conditional"), None)
-                out[mode]["margins"] = {
-                    "baseline": margins_by_class(base),
-                    **({"conditional": margins_by_class(cond_rows)} if cond_rows else {}),
-                }
-        return out
+        return lead
 
     def _probe_alone(self, conditional: Mapping[str, Mapping[str, Choice]]) -> list[DetectionRecord]:
         """The gating probe of each CWE's conditional setting (chosen, else best) read alone on test."""
@@ -600,23 +436,19 @@ class _Protocol:
         return out
 
     def _probes(self, train_acts: Activations) -> list[dict[str, Any]]:
-        """Probe detectors on the val/test activations recorded by the baseline passes (extracted where a resumed
-        run skipped those passes)."""
+        """Probe detectors on the val/test activations, extracted the way the training activations are (through
+        the activation cache), so a resumed run reads exactly the numbers an uninterrupted one does."""
         splits: dict[str, tuple[Activations, list[Any]]] = {"train": (train_acts, self.data.samples("train"))}
         for name in ("val", "test"):
             samples = self.data.samples(name)
-            ids = [s.id for s in samples]
-            if self.sink is not None and self.sink.complete(ids):
-                acts = self.sink.activations(ids)
-            else:
-                acts, _ = self.cache.load_or_extract(
-                    self.lm,
-                    samples,
-                    self.layers,
-                    POOLINGS,
-                    batch_size=self.config.detection.batch_size,
-                    progress=self.progress,
-                )
+            acts, _ = self.cache.load_or_extract(
+                self.lm,
+                samples,
+                self.layers,
+                POOLINGS,
+                batch_size=self.config.detection.batch_size,
+                progress=self.progress,
+            )
             splits[name] = (acts, samples)
         seed = self.config.data.seed
         probes = evaluate_probes(splits["train"], splits["val"], splits["test"], layers=self.layers, seed=seed)

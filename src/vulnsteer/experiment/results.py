@@ -24,19 +24,24 @@ from typing import Any
 
 from .._version import __version__
 from ..data.sample import Sample
+from ..detection.records import DetectionRecord
 from ..io import write_json
 from ..lm.model import LoadedModel
 from ..lm.prompts import PromptTemplate
+from ..stats.metrics import point_metrics
 from ..steering.gate import LinearProbe
 from ..steering.hooks import SIGN_CONVENTION
 from ..steering.vectors import SteeringVector
+from .apply import Applied
 from .fit import annotate, slug
+from .grid import Condition
 from .rundir import CHOSEN_NAME, RunDir
 from .select import Choice
 
 __all__ = [
     "SCHEMA_VERSION",
     "environment_info",
+    "examples",
     "json_ready",
     "load_chosen",
     "load_probes",
@@ -44,6 +49,7 @@ __all__ = [
     "new_results",
     "save_chosen",
     "train_code_hashes",
+    "val_entries",
 ]
 
 SCHEMA_VERSION = 2
@@ -198,3 +204,56 @@ def load_chosen(run_dir: str | Path) -> dict[str, Any]:
             "experiment with this version)"
         )
     return data
+
+
+def val_entries(
+    conds: Sequence[Condition], records: Mapping[str, Sequence[DetectionRecord]], cwes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every validation condition with its point metrics per CWE and overall (the selection curves' data)."""
+    keys = ("balanced_accuracy", "accuracy", "tpr", "fpr", "pair_accuracy", "vulnerable_rate", "auroc")
+    out = []
+    for cond in conds:
+        recs = records.get(cond.key)
+        if recs is None:
+            continue
+        metrics: dict[str, Any] = {}
+        for cwe in [*cwes, "overall"]:
+            sub = [r.to_prediction() for r in recs if cwe == "overall" or r.cwe == cwe]
+            if sub:
+                margins = [r.margin for r in recs if r.margin is not None and (cwe == "overall" or r.cwe == cwe)]
+                metrics[cwe] = {
+                    "n": len(sub),
+                    **point_metrics(sub, keys),
+                    "mean_margin": sum(margins) / len(margins) if margins else None,
+                }
+        setting = None if cond.setting is None else cond.setting.to_dict()
+        out.append({"condition": cond.to_dict(), "setting": setting, "metrics": metrics})
+    return out
+
+
+def examples(applied: Applied, choices: Mapping[str, Choice], mode: str, split: str, n: int) -> list[dict[str, Any]]:
+    """Per CWE, up to *n* samples: the baseline's and the chosen (else best) steered setting's generated text."""
+    base = {r.sample_id: r for r in applied.records.get(Condition("baseline", mode, split).key, [])}
+    out = []
+    for cwe, choice in choices.items():
+        steered = next(
+            (c for c in applied.conditions if c.mode == mode and c.kind == "steered" and c.vector == cwe), None
+        )
+        if steered is None or choice.best is None:
+            continue
+        for r in [r for r in applied.records[steered.key] if r.cwe == cwe][:n]:
+            b = base.get(r.sample_id)
+            out.append(
+                {
+                    "cwe": cwe,
+                    "sample_id": r.sample_id,
+                    "truth": "vulnerable" if r.y_true else "secure",
+                    "chosen": choice.chosen,
+                    "setting": choice.best.label(),
+                    "baseline": b.text if b else None,
+                    "baseline_verdict": b.verdict if b else None,
+                    "steered": r.text,
+                    "steered_verdict": r.verdict,
+                }
+            )
+    return out

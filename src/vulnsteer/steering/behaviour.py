@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.sample import Sample
 from ..lm.activations import length_order, recording
 from ..lm.forward import forward
 from ..lm.model import LoadedModel, resolve_layers
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
+from ..progress import Progress
 from .vectors import Provenance, SteeringVector, dataset_hash
 
 __all__ = ["answer_vector", "projection_sigmas"]
@@ -88,15 +88,15 @@ def answer_vector(
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
     per_answer: list[dict[int, list[torch.Tensor]]] = [{layer: [] for layer in chosen} for _ in range(2)]
-    bar = tqdm(total=len(samples), desc="answer vector", unit="sample", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        states = _answer_states(lm, [prompts[i].text for i in rows], [prompts[i] for i in rows], chosen, [vuln, secure])
-        for k, found in enumerate(states):
-            for layer in chosen:
-                per_answer[k][layer].append(found[layer])
-        bar.update(len(rows))
-    bar.close()
+    with Progress(len(samples), "answer vector", unit="sample", enabled=progress) as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            texts = [prompts[i].text for i in rows]
+            states = _answer_states(lm, texts, [prompts[i] for i in rows], chosen, [vuln, secure])
+            for k, found in enumerate(states):
+                for layer in chosen:
+                    per_answer[k][layer].append(found[layer])
+            bar.update(len(rows))
     h_vuln = {layer: torch.cat(per_answer[0][layer]) for layer in chosen}
     h_secure = {layer: torch.cat(per_answer[1][layer]) for layer in chosen}
     directions = {layer: h_secure[layer].mean(0) - h_vuln[layer].mean(0) for layer in chosen}
