@@ -164,3 +164,41 @@ def test_prefix_store_respects_its_budget_and_the_sink(tiny_llama: LoadedModel) 
         extract_activations(tiny_llama, samples, [3], progress=False).get("code_mean"),
         atol=1e-4,
     )
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_variants_that_leave_samples_out_run_only_the_rest(tiny_llama: LoadedModel, positions: str) -> None:
+    """A variant returning None for some samples skips their rows; the others match a run on them alone."""
+    from tests.conftest import toy_samples
+
+    from vulnsteer.detection.engine import detect_variants_modes
+    from vulnsteer.detection.prefix import PrefixStore
+
+    samples = toy_samples(3, "CWE-89") + toy_samples(3, "CWE-78")
+    spec = SteeringSpec(_vec((1, 2)), 1.5, positions=positions)  # type: ignore[arg-type]
+    variants = {"base": [], "only89": lambda s: [spec] if s.cwe == "CWE-89" else None}
+    mixed = detect_variants_modes(
+        tiny_llama,
+        samples,
+        variants,
+        modes=("logit", "generation"),
+        batch_size=4,
+        max_new_tokens=3,
+        progress=False,
+        prefix_store=PrefixStore(),
+    )
+    alone = detect_variants_modes(
+        tiny_llama,
+        samples[:6],
+        {"only89": [spec]},
+        modes=("logit", "generation"),
+        batch_size=4,
+        max_new_tokens=3,
+        progress=False,
+    )
+    assert [r.sample_id for r in mixed["logit"]["only89"]] == [s.id for s in samples[:6]]
+    assert [r.margin for r in mixed["logit"]["only89"]] == pytest.approx(
+        [r.margin for r in alone["logit"]["only89"]], abs=1e-4
+    )
+    assert [r.text for r in mixed["generation"]["only89"]] == [r.text for r in alone["generation"]["only89"]]
+    assert len(mixed["logit"]["base"]) == len(samples)

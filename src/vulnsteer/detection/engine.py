@@ -80,14 +80,18 @@ _PROMPT_POSITIONS = ("last", "prompt", "all")
 _LATER_POSITIONS = ("generated", "all")
 
 
-def _expand_cache(cache: Any, repeats: int) -> Any:
-    """A copy of a KV cache with every row repeated *repeats* times (row-major), or None if unsupported."""
-    if repeats == 1:
-        return copy.deepcopy(cache)
-    if not hasattr(cache, "batch_repeat_interleave"):
+def _expand_cache(cache: Any, repeats: int, select: torch.Tensor | None = None) -> Any:
+    """A copy of a KV cache with every row repeated *repeats* times (row-major), then only the rows *select*
+    names, or None if unsupported."""
+    if (repeats > 1 and not hasattr(cache, "batch_repeat_interleave")) or (
+        select is not None and not hasattr(cache, "batch_select_indices")
+    ):
         return None
     expanded = copy.deepcopy(cache)
-    expanded.batch_repeat_interleave(repeats)
+    if repeats > 1:
+        expanded.batch_repeat_interleave(repeats)
+    if select is not None:
+        expanded.batch_select_indices(select)
     return expanded
 
 
@@ -97,16 +101,17 @@ def _first_step(
     ids: torch.Tensor,
     mask: torch.Tensor,
     rows: Sequence[Sequence[SteeringSpec]],
-    prefix: tuple[Any, int] | None,
+    prefix: tuple[Any, int, torch.Tensor | None] | None,
     matcher: LayerMatcher | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """Logits at the answer position for every (expanded) row under its own specs.
 
-    With a shared *prefix* ``(cache, repeats)`` only the last prompt token is run; the specs that steer ``last``
-    are applied to that one-token pass.
+    With a shared *prefix* ``(cache, repeats, select)`` only the last prompt token is run (on the prefix's rows
+    repeated *repeats* times, then those *select* names); the specs that steer ``last`` are applied to that
+    one-token pass.
     """
     if prefix is not None:
-        cache = _expand_cache(prefix[0], prefix[1])
+        cache = _expand_cache(prefix[0], prefix[1], prefix[2])
         if cache is not None:
             with steer_rows(model, _retarget(rows, ("last",), "all"), matcher):
                 return forward(model, ids[:, -1:], mask, cache)
@@ -389,9 +394,24 @@ def detect_variants_modes(
             rows = [list(specs[(i, name)] or ()) for i in idx for name in chunk_names]
             ids = batch.input_ids.repeat_interleave(repeats, dim=0)
             mask = batch.attention_mask.repeat_interleave(repeats, dim=0)
+            # rows whose variant leaves the sample out (None) are not run at all (sink users keep every row)
+            keep = [
+                j * repeats + v
+                for j, i in enumerate(idx)
+                for v, name in enumerate(chunk_names)
+                if specs[(i, name)] is not None or sink is not None
+            ]
+            if not keep:
+                bar.update(len(idx) * repeats)
+                continue
+            select = None
+            if len(keep) < len(rows):
+                select = torch.tensor(keep, device=ids.device)
+                ids, mask, rows = ids[select], mask[select], [rows[k] for k in keep]
+            row_of = {k: r for r, k in enumerate(keep)}
             with _maybe_recording(model, sink, matcher) as seen:
                 logits, cache = _first_step(
-                    model, ids, mask, rows, (prefix_cache, repeats) if shared else None, matcher
+                    model, ids, mask, rows, (prefix_cache, repeats, select) if shared else None, matcher
                 )
             if sink is not None:
                 _sink_first_step(sink, seen, samples, idx, chunk_names, base, batch.code_mask, shared)
@@ -408,7 +428,7 @@ def detect_variants_modes(
                 for v, name in enumerate(chunk_names):
                     if specs[(i, name)] is None:
                         continue
-                    r = j * repeats + v
+                    r = row_of[j * repeats + v]
                     if margins:
                         m = float(margins[r])
                         p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
