@@ -10,8 +10,9 @@ from tests.conftest import toy_samples
 
 from vulnsteer.detection.engine import detect, detect_variants_modes
 from vulnsteer.detection.prefix import PrefixStore
-from vulnsteer.lm.activations import extract_activations
+from vulnsteer.lm.activations import ANSWER_POOLINGS, extract_activations, recording
 from vulnsteer.lm.model import LoadedModel
+from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompts
 from vulnsteer.steering import gate as gate_mod
 from vulnsteer.steering.behaviour import answer_vector
 from vulnsteer.steering.gate import Gate, LinearProbe
@@ -49,7 +50,7 @@ def _probe(tiny: LoadedModel, pooling: str, layer: int = 1) -> LinearProbe:
 
 
 @pytest.mark.parametrize("pooling", ["code_mean", "last"])
-@pytest.mark.parametrize("positions", ["last", "all"])
+@pytest.mark.parametrize("positions", ["last", "answer", "all"])
 def test_batched_gated_detection_equals_one_sample_at_a_time(
     tiny_llama: LoadedModel, pooling: str, positions: str
 ) -> None:
@@ -152,6 +153,38 @@ def test_answer_vector_contrasts_the_two_answers(tiny_llama: LoadedModel) -> Non
     again = answer_vector(tiny_llama, samples, [1, 2], batch_size=3, progress=False)  # batching changes nothing
     for layer in (1, 2):
         torch.testing.assert_close(vec.direction(layer), again.direction(layer), rtol=1e-4, atol=1e-4)
+
+
+def _reference_answer_direction(lm: LoadedModel, samples: list, layers: list[int]) -> dict[int, torch.Tensor]:
+    """The answer vector the plain way: one prompt at a time, prompt and answer in one uncached full pass."""
+    per_answer: list[dict[int, list[torch.Tensor]]] = [{layer: [] for layer in layers} for _ in range(2)]
+    for sample in samples:
+        ids = tokenize_prompts(lm.tokenizer, [build_prompt(lm.tokenizer, sample.code, sample.language)]).input_ids
+        for k, answer in enumerate(answer_token_ids(lm.tokenizer)):
+            with torch.no_grad(), recording(lm.model, layers) as seen:
+                lm.model(input_ids=torch.cat([ids, torch.tensor([answer])], dim=1))
+            for layer in layers:
+                per_answer[k][layer].append(seen[layer][0, -1].float())
+    return {
+        layer: torch.stack(per_answer[1][layer]).mean(0) - torch.stack(per_answer[0][layer]).mean(0) for layer in layers
+    }
+
+
+def test_answer_vector_equals_the_uncached_one_prompt_reference(tiny_llama: LoadedModel) -> None:
+    samples = toy_samples(3)
+    vec = answer_vector(tiny_llama, samples, [1, 2], batch_size=4, progress=False)  # batched, left-padded, cached
+    reference = _reference_answer_direction(tiny_llama, samples, [1, 2])
+    for layer in (1, 2):
+        torch.testing.assert_close(vec.direction(layer), reference[layer], rtol=1e-4, atol=1e-4)
+
+
+def test_answer_poolings_leave_the_other_poolings_unchanged(tiny_llama: LoadedModel) -> None:
+    samples = toy_samples(2)
+    plain = extract_activations(tiny_llama, samples, [1, 2], progress=False)
+    both = extract_activations(tiny_llama, samples, [1, 2], ["last", "code_mean", *ANSWER_POOLINGS], progress=False)
+    for pooling in ("last", "code_mean"):
+        torch.testing.assert_close(plain.get(pooling), both.get(pooling))
+    assert not torch.allclose(both.get("answer_vulnerable"), both.get("answer_secure"))
 
 
 def test_module_doctests() -> None:

@@ -27,6 +27,8 @@ def _variants() -> dict[str, list[SteeringSpec]]:
         "last-": [SteeringSpec(v, -2.0, positions="last")],
         "gen": [SteeringSpec(v, 1.0, positions="generated")],
         "both": [SteeringSpec(v, 1.0, positions="last"), SteeringSpec(v, 0.5, positions="generated")],
+        "answer": [SteeringSpec(v, 1.5, positions="answer")],
+        "last+gen": [SteeringSpec(v, 1.5, positions="last"), SteeringSpec(v, 1.5, positions="generated")],
     }
 
 
@@ -43,6 +45,8 @@ def test_shared_prefix_matches_full_computation(tiny_llama: LoadedModel, mode: s
                 assert a.margin == pytest.approx(b.margin, abs=1e-4)
             else:
                 assert a.text == b.text
+    answer, split = fast["answer"], fast["last+gen"]  # answer = last + generated
+    assert [(r.text, r.margin) for r in answer] == [(r.text, r.margin) for r in split]
     if mode == "logit":  # steering really changed something
         assert any(abs(a.margin - b.margin) > 1e-3 for a, b in zip(fast["base"], fast["last+"]))  # type: ignore[operator]
 

@@ -92,7 +92,8 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm:
     assert set(cross["targets"]) == {"CWE-89", "CWE-78"} and cross["vectors"][-1] == "any"
     assert len(cross["delta_balanced_accuracy"]) == len(cross["vectors"])
     assert set(results["cosine"]["mean_diff@last"]["layers"]) == {"1", "2"}
-    assert results["activation_cache"]["misses"] == 4  # two layers, two poolings (the probes read code_mean)
+    # two layers x four poolings: last, code_mean (the probes) and the two answer poolings (the answer vector)
+    assert results["activation_cache"]["misses"] == 8
     entries = [e["condition"] for e in results["val"]["logit"]]
     constant = [c for c in entries if c["template"] == "default" and (c["setting"] or {}).get("gate", "none") == "none"]
     assert len(constant) == 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled) x 3 layer sets x 2 strengths
@@ -117,7 +118,7 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm:
     again = run(load_config(config), out, tiny_lm)  # same directory: everything is skipped
     assert (out / "records.jsonl").read_text().splitlines() == lines
     assert again["summary"] == results["summary"] and again["selection"] == results["selection"]
-    assert again["activation_cache"]["hits"] == 4 and again["activation_cache"]["misses"] == 0
+    assert again["activation_cache"]["hits"] == 8 and again["activation_cache"]["misses"] == 0
 
 
 def _numbers(results: dict[str, Any]) -> dict[str, Any]:

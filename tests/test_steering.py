@@ -92,7 +92,7 @@ def test_unsteered_layers_untouched(tiny_llama: LoadedModel) -> None:
     assert shift.abs().max() == 0
 
 
-@pytest.mark.parametrize("positions", ["generated", "last", "prompt", "all"])
+@pytest.mark.parametrize("positions", ["generated", "last", "answer", "prompt", "all"])
 def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) -> None:
     vec = _vector(64, (1,))
     spec = SteeringSpec(vec, 2.0, positions=positions)  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) ->
     prompt_shift, steps = shifts[0], shifts[1:]
     assert prompt_shift.shape[1] == batch.input_ids.shape[1]
     assert all(s.shape[1] == 1 for s in steps)
-    on_prompt = {"generated": "none", "last": "last", "prompt": "all", "all": "all"}[positions]
+    on_prompt = {"generated": "none", "last": "last", "answer": "last", "prompt": "all", "all": "all"}[positions]
     if on_prompt == "none":
         assert prompt_shift.abs().max() == 0
     elif on_prompt == "last":
@@ -124,7 +124,7 @@ def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) ->
     else:
         assert torch.allclose(prompt_shift, expected.expand_as(prompt_shift), atol=1e-5)
     for step in steps:
-        if positions in ("generated", "all"):
+        if positions in ("generated", "answer", "all"):
             assert torch.allclose(step, expected.expand_as(step), atol=1e-5)
         else:
             assert step.abs().max() == 0

@@ -15,7 +15,9 @@ The public API, importable from here (loaded on first use, so ``import vulnsteer
     vector = vs.fit_vector(acts, samples, cwe="CWE-89", model_id=lm.model_id, model_fingerprint=lm.fingerprint)
     with vs.steer(lm.model, vector, strength=0.3, unit="relative", positions="last"):   # + = toward "vulnerable"
         records = vs.detect(lm, samples[:4], mode="generation")
-    out = vs.run_protocol(vs.ExperimentConfig())           # the whole protocol (what `vulnsteer run` does)
+    run_dir = vs.run_protocol(vs.ExperimentConfig())       # the whole protocol (what `vulnsteer run` does)
+    detector = vs.Detector.load(run_dir / "detector", lm)   # probe-gated steering chosen on val
+    records = detector.detect(lm, samples, mode="generation")        # verdict, probe score and push per sample
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .data.builtin import load_builtin
     from .data.loaders import load_samples
     from .data.sample import Sample
+    from .detection.detector import Detector
     from .detection.engine import detect, generate_verdicts, score_logits
     from .detection.records import DetectionRecord
     from .experiment.apply import apply_choices
@@ -38,6 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .lm.activations import Activations, extract_activations
     from .lm.model import LoadedModel, decoder_layers, load_model
     from .lm.prompts import PromptTemplate
+    from .scan.engine import scan
+    from .steering.behaviour import answer_vector
+    from .steering.gate import Gate, LinearProbe
     from .steering.hooks import SIGN_CONVENTION, SteeringSpec, steer, steer_rows
     from .steering.vectors import SteeringVector, fit_vector
 
@@ -45,13 +51,17 @@ __all__ = [
     "SIGN_CONVENTION",
     "Activations",
     "DetectionRecord",
+    "Detector",
     "ExperimentConfig",
+    "Gate",
+    "LinearProbe",
     "LoadedModel",
     "PromptTemplate",
     "Sample",
     "SteeringSpec",
     "SteeringVector",
     "__version__",
+    "answer_vector",
     "apply_choices",
     "decoder_layers",
     "detect",
@@ -66,6 +76,7 @@ __all__ = [
     "load_samples",
     "parse_config",
     "run_protocol",
+    "scan",
     "score_logits",
     "steer",
     "steer_rows",
@@ -76,6 +87,7 @@ _HOME = {
     "load_builtin": "data.builtin",
     "load_samples": "data.loaders",
     "Sample": "data.sample",
+    "Detector": "detection.detector",
     "detect": "detection.engine",
     "generate_verdicts": "detection.engine",
     "score_logits": "detection.engine",
@@ -93,6 +105,10 @@ _HOME = {
     "decoder_layers": "lm.model",
     "load_model": "lm.model",
     "PromptTemplate": "lm.prompts",
+    "scan": "scan.engine",
+    "answer_vector": "steering.behaviour",
+    "Gate": "steering.gate",
+    "LinearProbe": "steering.gate",
     "SIGN_CONVENTION": "steering.hooks",
     "SteeringSpec": "steering.hooks",
     "steer": "steering.hooks",

@@ -17,7 +17,7 @@ from ..defaults import (
     DEFAULT_STEER_POSITIONS,
     DEFAULT_UNIT,
 )
-from ..experiment.config import ExperimentConfig, Key, config_keys, parse_config
+from ..experiment.config import POSITIONS, ExperimentConfig, Key, config_keys, parse_config
 from ..experiment.config import load_config as load_experiment_config
 from ..experiment.values import STRENGTH_UNITS
 
@@ -242,7 +242,7 @@ def add_steering_args(g: Any) -> None:
     g.add_argument(
         "--positions",
         default=DefaultStr(DEFAULT_STEER_POSITIONS),
-        choices=["last", "prompt", "generated", "all"],
+        choices=list(POSITIONS),
         help=f"token positions to steer (default: {DEFAULT_STEER_POSITIONS})",
     )
     g.add_argument(

@@ -52,7 +52,13 @@ class DetectorError(ValueError):
 
 @dataclass(frozen=True)
 class Detector:
-    """A probe-gated steering setting with its provenance (see the module docstring)."""
+    """A probe-gated steering setting with its provenance (see the module docstring).
+
+    >>> detector = Detector.load("runs/demo/detector", lm)  # doctest: +SKIP
+    >>> records = detector.detect(lm, samples, mode="logit")  # doctest: +SKIP
+    >>> records[0].verdict, records[0].score, records[0].push  # doctest: +SKIP
+    ('vulnerable', 0.93, 1.0)
+    """
 
     vector: SteeringVector
     probe: LinearProbe

@@ -22,7 +22,6 @@ from ..lm.forward import NonFiniteLogitsError, forward
 from ..lm.model import LayerMatcher, LoadedModel
 from ..lm.prompts import (
     DEFAULT_TEMPLATE,
-    PromptBatch,
     PromptTemplate,
     answer_token_ids,
     build_prompt,
@@ -60,7 +59,7 @@ Variant = Sequence[SteeringSpec] | Callable[[Sample], Sequence[SteeringSpec] | N
 def shares_prefix(specs: Iterable[SteeringSpec]) -> bool:
     """Settings can share one unsteered pass over the prompt (all but its last token) when no spec steers
     ``prompt`` or ``all`` positions: then everything before the answer position is identical across them."""
-    return all(spec.positions in ("last", "generated") for spec in specs)
+    return all(spec.positions in ("last", "answer", "generated") for spec in specs)
 
 
 def _retarget(
@@ -76,8 +75,8 @@ def _retarget(
     return out
 
 
-_PROMPT_POSITIONS = ("last", "prompt", "all")
-_LATER_POSITIONS = ("generated", "all")
+_PROMPT_POSITIONS = ("last", "answer", "prompt", "all")
+_LATER_POSITIONS = ("answer", "generated", "all")
 
 
 def _expand_cache(cache: Any, repeats: int, select: torch.Tensor | None = None) -> Any:
@@ -113,7 +112,7 @@ def _first_step(
     if prefix is not None:
         cache = _expand_cache(prefix[0], prefix[1], prefix[2])
         if cache is not None:
-            with steer_rows(model, _retarget(rows, ("last",), "all"), matcher):
+            with steer_rows(model, _retarget(rows, ("last", "answer"), "all"), matcher):
                 return forward(model, ids[:, -1:], mask, cache)
     with steer_rows(model, _retarget(rows, _PROMPT_POSITIONS, None), matcher):
         return forward(model, ids, mask, None)
@@ -218,26 +217,21 @@ def _eos_ids(tok: Any, model: Any) -> set[int]:
     return ids
 
 
+def _gate_needs(specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None]) -> tuple[list[int], list[str]]:
+    """The condition layers and poolings the gated specs of a batch read (empty when nothing is gated)."""
+    needed = {(sp.gate.probe.layer, sp.gate.probe.pooling) for v in specs.values() if v for sp in v if sp.gate}
+    return sorted({layer for layer, _ in needed}), sorted({pooling for _, pooling in needed})
+
+
 def _resolve_gates(
-    lm: LoadedModel,
-    batch: PromptBatch,
     idx: Sequence[int],
     specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None],
-    store: PrefixStore | None,
-    key: str,
+    states: Mapping[str, torch.Tensor],
+    layers: Sequence[int],
 ) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], tuple[float, float]]]:
-    """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden state (one stopped-
-    early prompt pass per batch, kept in *store* for later chunks) and scales the spec's strength. Returns the
-    resolved specs and, per (sample, variant), the first gate's multiplier (the direction it pushed) and its
-    probe's score."""
-    needed = {(sp.gate.probe.layer, sp.gate.probe.pooling) for v in specs.values() if v for sp in v if sp.gate}
-    layers = sorted({layer for layer, _ in needed})
-    poolings = sorted({pooling for _, pooling in needed})
-    states = store.get_states(key, layers, poolings) if store is not None else None
-    if states is None:
-        states = batch_states(lm, batch, layers, poolings)
-        if store is not None:
-            store.put_states(key, layers, states)
+    """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden state
+    (*states*: ``{pooling: [batch, len(layers), hidden]}``) and scales the spec's strength. Returns the resolved
+    specs and, per (sample, variant), the first gate's multiplier (the direction it pushed) and its probe's score."""
     row = {i: j for j, i in enumerate(idx)}
     memo: dict[tuple[int, int], tuple[float, float]] = {}
     resolved: dict[tuple[int, str], Sequence[SteeringSpec] | None] = {}
@@ -361,33 +355,45 @@ def detect_variants_modes(
         batch = tokenize_prompts(tok, [prompts[i] for i in idx]).to(lm.device)
         specs = {(i, name): _resolve(variants[name], samples[i]) for i in idx for name in names}
         pushes: dict[tuple[int, str], tuple[float, float]] = {}
-        if any(sp.gate is not None for v in specs.values() if v for sp in v):
-            key = PrefixStore.key([prompts[i].text for i in idx])
-            specs, pushes = _resolve_gates(lm, batch, idx, specs, prefix_store, key)
+        gate_layers, gate_poolings = _gate_needs(specs)
         shared = share_prefix and shares_prefix(sp for v in specs.values() if v for sp in v)
         base = {i: next((n for n in names if _unsteered(specs[(i, n)])), None) for i in idx} if sink else {}
+        key = PrefixStore.key([prompts[i].text for i in idx]) if prefix_store is not None or gate_layers else ""
+        states = prefix_store.get_states(key, gate_layers, gate_poolings) if gate_layers and prefix_store else None
+        # code-mean gates read the shared prefix pass (the code ends before the last prompt token): no pass of their own
+        from_prefix = bool(gate_layers) and states is None and shared and gate_poolings == ["code_mean"]
         prefix_cache = None
         if shared:
             need_code = sink is not None and any(b is not None for b in base.values())
             code_layers = tuple(sink.layers) if sink is not None and need_code else None
-            store_key = PrefixStore.key([prompts[i].text for i in idx]) if prefix_store is not None else ""
-            kept = prefix_store.get(store_key, code_layers) if prefix_store is not None else None
+            kept = prefix_store.get(key, code_layers) if prefix_store is not None and not from_prefix else None
             code: torch.Tensor | None = None
             if kept is not None:
                 prefix_cache, code = kept
             else:
-                with torch.no_grad(), _maybe_recording(model, sink, matcher) as seen:
+                record = sorted({*(sink.layers if sink is not None else ()), *(gate_layers if from_prefix else ())})
+                with torch.no_grad(), recording(model, record, matcher) as seen:
                     _, prefix_cache = forward(model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1], None)
+                mask = batch.code_mask[:, :-1]
+                means = {layer: masked_mean(seen[layer].float(), mask.to(seen[layer].device)).cpu() for layer in record}
                 if sink is not None:
-                    code = torch.stack(
-                        [masked_mean(seen[layer].float(), batch.code_mask[:, :-1]) for layer in sink.layers], dim=1
-                    )
+                    code = torch.stack([means[layer] for layer in sink.layers], dim=1)
+                if from_prefix:
+                    states = {"code_mean": torch.stack([means[layer] for layer in gate_layers], dim=1)}
+                    if prefix_store is not None:
+                        prefix_store.put_states(key, gate_layers, states)
                 if prefix_store is not None:
-                    prefix_store.put(store_key, prefix_cache, code, tuple(sink.layers) if sink is not None else ())
+                    prefix_store.put(key, prefix_cache, code, tuple(sink.layers) if sink is not None else ())
             if sink is not None and code is not None:
                 for j, i in enumerate(idx):
                     if base[i] is not None:
                         sink.add(samples[i].id, "code_mean", code[j])
+        if gate_layers:
+            if states is None:
+                states = batch_states(lm, batch, gate_layers, gate_poolings)
+                if prefix_store is not None:
+                    prefix_store.put_states(key, gate_layers, states)
+            specs, pushes = _resolve_gates(idx, specs, states, gate_layers)
         for chunk in _batches(list(range(len(names))), per_chunk):
             chunk_names = [names[c] for c in chunk]
             repeats = len(chunk_names)

@@ -21,7 +21,7 @@ from ..detection.records import DetectionRecord
 from ..lm.activations import Activations
 from ..lm.model import LoadedModel, resolve_layers
 from ..lm.prompts import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate
-from ..steering.behaviour import answer_vector, projection_sigmas
+from ..steering.behaviour import answer_vector_from, projection_sigmas
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector, answer_direction, dataset_hash
 from .config import ExperimentConfig
@@ -71,13 +71,14 @@ def behaviour_vectors(
     """The behaviour vectors of ``conditional.behaviours``, keyed ``(cwe, key)``. The label-free ones (``answer``,
     ``unembedding``) are one vector registered for every CWE and ``"any"``; a data-derived one is each CWE's own
     vector at the answer position (the same fit as the constant settings' vector of that method)."""
-    train = [s for group in train_by_cwe.values() for s in group]
+    by_id = {s.id: s for group in train_by_cwe.values() for s in group}
+    train = [by_id[i] for i in acts.sample_ids]
     out: dict[tuple[str, str], SteeringVector] = {}
     for name in config.conditional.behaviours:
         key = behaviour_key(name)
         if name in ("answer", "unembedding"):
             if name == "answer":
-                vec = answer_vector(lm, train, layers, batch_size=config.detection.batch_size, progress=progress)
+                vec = answer_vector_from(lm, acts, train, layers)
             else:
                 norms = acts.mean_norms("last")
                 base = answer_direction(lm, layers, layer_norms={layer: norms[layer] for layer in layers})

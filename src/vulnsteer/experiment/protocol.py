@@ -24,7 +24,7 @@ from ..detection.prefix import PrefixStore
 from ..detection.probe import evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import ActivationCache, model_key
-from ..lm.activations import POOLINGS, Activations
+from ..lm.activations import ANSWER_POOLINGS, POOLINGS, Activations
 from ..lm.memory import peak_memory, reset_peak_memory
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
@@ -144,6 +144,39 @@ class _Protocol:
             d.batch_size, d.max_new_tokens, config.run.group_size, {"default": DEFAULT_TEMPLATE}, progress
         )
         self.cache = ActivationCache(config.run.cache_dir, enabled=config.run.cache)
+        conditional = config.conditional.enabled
+        self.condition_layers = condition_layers(config, self.layer_sets, lm.num_layers) if conditional else []
+        self._acts: dict[str, Activations] = {}
+
+    def split_acts(self, split: str) -> Activations:
+        """A split's unsteered activations at every layer and pooling the run reads (the answer poolings on train
+        only), extracted once per run through the activation cache (so a resumed run reads the same numbers)."""
+        if split not in self._acts:
+            cfg = self.config
+            conditional = cfg.conditional.enabled
+            answer = split == "train" and conditional and "answer" in cfg.conditional.behaviours
+            poolings = [
+                *cfg.vectors.pooling,
+                *(POOLINGS if cfg.report.probes else ()),
+                *(["last", *cfg.conditional.pooling] if conditional else ()),
+                *(ANSWER_POOLINGS if answer else ()),
+            ]
+            acts, stats = self.cache.load_or_extract(
+                self.lm,
+                self.data.samples(split),
+                sorted({*self.layers, *self.condition_layers}),
+                list(dict.fromkeys(poolings)),
+                batch_size=cfg.detection.batch_size,
+                progress=self.progress,
+            )
+            self._acts[split] = acts
+            if split == "train":
+                self.results["activation_cache"] = {
+                    "dir": str(self.cache.root),
+                    "enabled": cfg.run.cache,
+                    **stats.to_dict(),
+                }
+        return self._acts[split]
 
     def _timed(self, name: str, start: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
@@ -245,22 +278,8 @@ class _Protocol:
         cfg, data, results = self.config, self.data, self.results
         train_by_cwe, train = data.by_cwe("train"), data.samples("train")
         conditional = cfg.conditional.enabled
-        self.condition_layers = condition_layers(cfg, self.layer_sets, self.lm.num_layers) if conditional else []
-        layers = sorted({*self.layers, *self.condition_layers})
-        poolings = list(
-            dict.fromkeys(
-                [
-                    *cfg.vectors.pooling,
-                    *(POOLINGS if cfg.report.probes else ()),
-                    *(["last", *cfg.conditional.pooling] if conditional else ()),
-                ]
-            )
-        )
         t = time.perf_counter()
-        acts, stats = self.cache.load_or_extract(
-            self.lm, train, layers, poolings, batch_size=cfg.detection.batch_size, progress=self.progress
-        )
-        results["activation_cache"] = {"dir": str(self.cache.root), "enabled": cfg.run.cache, **stats.to_dict()}
+        acts = self.split_acts("train")
         self._timed("activations", t)
         t = time.perf_counter()
         vectors = fit_cwe_vectors(
@@ -285,14 +304,7 @@ class _Protocol:
             behaviours = behaviour_vectors(self.lm, cfg, acts, train_by_cwe, self.layers, progress=self.progress)
             self.vectors.update(behaviours)
             val = data.samples("val")
-            val_acts, _ = self.cache.load_or_extract(
-                self.lm,
-                val,
-                self.condition_layers,
-                cfg.conditional.pooling,
-                batch_size=cfg.detection.batch_size,
-                progress=self.progress,
-            )
+            val_acts = self.split_acts("val")
             self.cond_probes = condition_probes(cfg, (acts, train), (val_acts, val), self.condition_layers)
             keys = sorted({k for _, k in self.cond_probes if not k.startswith(RANDOM_PROBE)})
             self.gated = conditional_settings(cfg, self.layer_sets, keys)
@@ -414,16 +426,8 @@ class _Protocol:
         """The gating probe of each CWE's conditional setting (chosen, else best) read alone on test."""
         if not conditional:
             return []
-        cfg = self.config
         test = self.data.samples("test")
-        acts, _ = self.cache.load_or_extract(
-            self.lm,
-            test,
-            self.condition_layers,
-            cfg.conditional.pooling,
-            batch_size=cfg.detection.batch_size,
-            progress=self.progress,
-        )
+        acts = self.split_acts("test")
         by_target = next(iter(conditional.values()))
         out: list[DetectionRecord] = []
         for cwe in self.data.cwes:
@@ -440,16 +444,7 @@ class _Protocol:
         the activation cache), so a resumed run reads exactly the numbers an uninterrupted one does."""
         splits: dict[str, tuple[Activations, list[Any]]] = {"train": (train_acts, self.data.samples("train"))}
         for name in ("val", "test"):
-            samples = self.data.samples(name)
-            acts, _ = self.cache.load_or_extract(
-                self.lm,
-                samples,
-                self.layers,
-                POOLINGS,
-                batch_size=self.config.detection.batch_size,
-                progress=self.progress,
-            )
-            splits[name] = (acts, samples)
+            splits[name] = (self.split_acts(name), self.data.samples(name))
         seed = self.config.data.seed
         probes = evaluate_probes(splits["train"], splits["val"], splits["test"], layers=self.layers, seed=seed)
         probes += evaluate_length_control(*(splits[n][1] for n in ("train", "val", "test")), seed=seed)

@@ -57,7 +57,7 @@ __all__ = [
 #: :mod:`vulnsteer.steering.hooks` and :mod:`vulnsteer.lm.activations` define; tests keep them equal).
 MODES: tuple[str, ...] = ("logit", "generation")
 POOLINGS: tuple[str, ...] = ("last", "code_mean")
-POSITIONS: tuple[str, ...] = ("last", "prompt", "generated", "all")
+POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
 METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
 DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
 

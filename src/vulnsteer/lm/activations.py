@@ -3,13 +3,17 @@
 Poolings (how one hidden state is read from a prompt's tokens):
 
 - ``last``: each row's last prompt token (the answer position: the prompt ends with ``Answer:``);
-- ``code_mean``: the mean over the tokens of the code itself.
+- ``code_mean``: the mean over the tokens of the code itself;
+- ``answer_vulnerable`` / ``answer_secure`` (:data:`ANSWER_POOLINGS`): the last token of each answer, teacher-forced
+  after the prompt (its KV cache reused), as the answer-token behaviour vector needs: recorded in the same pass as
+  the others, so that vector costs no pass of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import copy
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,10 +23,19 @@ import torch
 from ..data.sample import Sample
 from ..progress import Progress
 from .batching import AutoBatch
+from .forward import cache_kwarg
 from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
-from .prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, build_prompt, tokenize_prompts
+from .prompts import (
+    DEFAULT_TEMPLATE,
+    PromptBatch,
+    PromptTemplate,
+    answer_token_ids,
+    build_prompt,
+    tokenize_prompts,
+)
 
 __all__ = [
+    "ANSWER_POOLINGS",
     "POOLINGS",
     "ActivationSink",
     "Activations",
@@ -34,6 +47,8 @@ __all__ = [
 
 Pooling = Literal["last", "code_mean"]
 POOLINGS: tuple[Pooling, ...] = ("last", "code_mean")
+#: The answer poolings: the hidden state at the last token of the vulnerable / secure answer after the prompt.
+ANSWER_POOLINGS: tuple[str, ...] = ("answer_vulnerable", "answer_secure")
 
 
 @dataclass
@@ -136,25 +151,52 @@ def length_order(lm: LoadedModel, texts: Sequence[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: lengths[i])
 
 
+def _run_until(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> None:
+    """One pass of *ids* (continuing *cache* when given), stopped by the deepest recording hook."""
+    with contextlib.suppress(_StopForward):
+        lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_for(mask)[:, -ids.shape[1] :],
+            use_cache=cache is not None,
+            **({cache_kwarg(lm.model): cache} if cache is not None else {}),
+        )
+
+
 @torch.no_grad()
 def batch_states(
-    lm: LoadedModel, batch: PromptBatch, layers: Sequence[int], poolings: Sequence[str] = POOLINGS
+    lm: LoadedModel,
+    batch: PromptBatch,
+    layers: Sequence[int],
+    poolings: Sequence[str] = POOLINGS,
+    answers: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unsteered hidden states of one tokenised batch: ``{pooling: [batch, len(layers), hidden]}`` (CPU,
     float32). Each layer's output is reduced to the poolings inside its hook and moved to the CPU there (on the
     layer's own device, so a model split over GPUs works); the forward pass stops after the deepest of *layers*
-    (non-negative, as :func:`resolve_layers` returns them), so no logits are computed."""
+    (non-negative, as :func:`resolve_layers` returns them), so no logits are computed. Answer poolings need
+    *answers* (``{pooling: token ids}``): each answer continues the prompt's KV cache (kept up to that layer)."""
+    from transformers import DynamicCache
+
+    unknown = [p for p in poolings if p not in POOLINGS and p not in ANSWER_POOLINGS]
+    if unknown:
+        raise ValueError(f"unknown pooling {unknown[0]!r}; choose from {POOLINGS + ANSWER_POOLINGS}")
+    later = [p for p in poolings if p in ANSWER_POOLINGS]
+    if later and (answers is None or any(p not in answers for p in later)):
+        raise ValueError(f"the poolings {later} need the answers' token ids")
     blocks = lm.layers
     deepest = max(layers)
     reduced: dict[str, list[torch.Tensor | None]] = {pooling: [None] * len(layers) for pooling in poolings}
+    reading: list[str] = [
+        p for p in poolings if p in POOLINGS
+    ]  # what the running pass records (changed between passes)
 
     def make_hook(li: int, layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             hidden = hidden_of(output).detach()
-            if "last" in reduced:
-                reduced["last"][li] = hidden[:, -1].float().cpu()
-            if "code_mean" in reduced:
-                reduced["code_mean"][li] = masked_mean(hidden.float(), batch.code_mask).cpu()
+            for pooling in reading:
+                value = masked_mean(hidden.float(), batch.code_mask) if pooling == "code_mean" else hidden[:, -1]
+                reduced[pooling][li] = value.float().cpu()
             if layer == deepest:
                 raise _StopForward
 
@@ -162,13 +204,14 @@ def batch_states(
 
     handles = [blocks[layer].register_forward_hook(make_hook(li, layer)) for li, layer in enumerate(layers)]
     try:
-        with contextlib.suppress(_StopForward):
-            lm.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=position_ids_for(batch.attention_mask),
-                use_cache=False,
-            )
+        cache = DynamicCache() if later else None
+        _run_until(lm, batch.input_ids, batch.attention_mask, cache)
+        for k, pooling in enumerate(later):
+            reading[:] = [pooling]
+            answer = list(answers[pooling])  # type: ignore[index]
+            ids = torch.tensor(answer, device=batch.input_ids.device).expand(len(batch.input_ids), -1)
+            mask = torch.cat([batch.attention_mask, torch.ones_like(ids)], dim=1)
+            _run_until(lm, ids, mask, cache if k == len(later) - 1 else copy.deepcopy(cache))
     finally:
         for handle in handles:
             handle.remove()
@@ -197,8 +240,10 @@ def extract_activations(
     torch.Size([28, 2, 576])
     """
     for pos in poolings:
-        if pos not in POOLINGS:
-            raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS}")
+        if pos not in POOLINGS and pos not in ANSWER_POOLINGS:
+            raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS + ANSWER_POOLINGS}")
+    wanted = any(p in ANSWER_POOLINGS for p in poolings)
+    answers = dict(zip(ANSWER_POOLINGS, answer_token_ids(lm.tokenizer, template), strict=True)) if wanted else None
     chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, lm.num_layers)
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
@@ -206,7 +251,7 @@ def extract_activations(
 
     def run(rows: list[int]) -> dict[str, torch.Tensor]:
         batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
-        return batch_states(lm, batch, chosen, poolings)
+        return batch_states(lm, batch, chosen, poolings, answers)
 
     batcher = AutoBatch.for_model(lm, "extraction", batch_size)
     with Progress(len(samples), "activations", unit="sample", enabled=progress) as bar:

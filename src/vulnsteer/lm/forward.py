@@ -12,7 +12,7 @@ import torch
 
 from .model import position_ids_for
 
-__all__ = ["NonFiniteLogitsError", "forward"]
+__all__ = ["NonFiniteLogitsError", "cache_kwarg", "forward"]
 
 
 class NonFiniteLogitsError(ValueError):
@@ -25,7 +25,8 @@ _NON_FINITE_HINT = (
 )
 
 
-def _cache_kwarg(model: Any) -> str:
+def cache_kwarg(model: Any) -> str:
+    """The name under which *model*'s forward takes a KV cache (``cache`` in newer transformers)."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -44,7 +45,7 @@ def forward(
     """Run *ids* (continuing *cache*, or fresh when None); returns the logits (last position unless
     *all_logits*) and the updated cache."""
     positions = position_ids_for(mask)[:, -ids.shape[1] :]
-    kwargs: dict[str, Any] = {_cache_kwarg(model): cache} if cache is not None else {}
+    kwargs: dict[str, Any] = {cache_kwarg(model): cache} if cache is not None else {}
     if not all_logits:
         kwargs.update(_logits_kwargs(model))
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)

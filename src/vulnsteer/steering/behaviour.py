@@ -16,21 +16,18 @@ on its unit direction (``Provenance.layer_sigmas``), so a strength can be given 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import torch
 
 from ..data.sample import Sample
-from ..lm.activations import length_order, recording
-from ..lm.forward import forward
-from ..lm.model import LoadedModel, resolve_layers
-from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, answer_token_ids, build_prompt, tokenize_prompts
-from ..progress import Progress
+from ..lm.activations import ANSWER_POOLINGS, Activations, extract_activations
+from ..lm.model import LoadedModel
+from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from .vectors import Provenance, SteeringVector, dataset_hash
 
-__all__ = ["answer_vector", "projection_sigmas"]
+__all__ = ["answer_vector", "answer_vector_from", "projection_sigmas"]
 
 
 def projection_sigmas(hidden: Mapping[int, torch.Tensor], directions: Mapping[int, torch.Tensor]) -> dict[int, float]:
@@ -41,28 +38,6 @@ def projection_sigmas(hidden: Mapping[int, torch.Tensor], directions: Mapping[in
         proj = hidden[layer].float() @ unit
         out[layer] = float(proj.std(unbiased=False)) if proj.numel() > 1 else 0.0
     return out
-
-
-@torch.no_grad()
-def _answer_states(
-    lm: LoadedModel,
-    texts: Sequence[str],
-    prompts: Sequence[object],
-    layers: Sequence[int],
-    answers: Sequence[list[int]],
-) -> list[dict[int, torch.Tensor]]:
-    """For one batch: per answer, ``{layer: [batch, hidden]}`` at the answer's last token (teacher-forced after the
-    prompt, reusing the prompt's KV cache)."""
-    batch = tokenize_prompts(lm.tokenizer, prompts).to(lm.device)  # type: ignore[arg-type]
-    _, cache = forward(lm.model, batch.input_ids, batch.attention_mask, None)
-    states = []
-    for answer in answers:
-        ids = torch.tensor(answer, device=lm.device).expand(len(texts), -1)
-        mask = torch.cat([batch.attention_mask, torch.ones_like(ids)], dim=1)
-        with recording(lm.model, layers, lm.layer_matcher) as seen:
-            forward(lm.model, ids, mask, copy.deepcopy(cache))
-        states.append({layer: seen[layer][:, -1].float().cpu() for layer in layers})
-    return states
 
 
 def answer_vector(
@@ -83,22 +58,32 @@ def answer_vector(
     """
     if not samples:
         raise ValueError("the answer vector needs at least one prompt")
-    chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, lm.num_layers)
-    vuln, secure = answer_token_ids(lm.tokenizer, template)
-    prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
-    order = length_order(lm, [p.text for p in prompts])
-    per_answer: list[dict[int, list[torch.Tensor]]] = [{layer: [] for layer in chosen} for _ in range(2)]
-    with Progress(len(samples), "answer vector", unit="sample", enabled=progress) as bar:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            texts = [prompts[i].text for i in rows]
-            states = _answer_states(lm, texts, [prompts[i] for i in rows], chosen, [vuln, secure])
-            for k, found in enumerate(states):
-                for layer in chosen:
-                    per_answer[k][layer].append(found[layer])
-            bar.update(len(rows))
-    h_vuln = {layer: torch.cat(per_answer[0][layer]) for layer in chosen}
-    h_secure = {layer: torch.cat(per_answer[1][layer]) for layer in chosen}
+    acts = extract_activations(
+        lm, samples, layers, ANSWER_POOLINGS, batch_size=batch_size, template=template, progress=progress
+    )
+    return answer_vector_from(lm, acts, samples, cwe=cwe)
+
+
+def answer_vector_from(
+    lm: LoadedModel,
+    acts: Activations,
+    samples: Sequence[Sample],
+    layers: Sequence[int] | None = None,
+    cwe: str = "any",
+) -> SteeringVector:
+    """The answer-token contrast from activations recorded with the answer poolings (``answer_vulnerable``,
+    ``answer_secure``: e.g. from the activation cache, in the pass that records the others) over *samples*, at
+    *layers* (default: every recorded layer).
+
+    >>> acts = extract_activations(lm, train, [15], ["last", *ANSWER_POOLINGS])  # doctest: +SKIP
+    >>> answer_vector_from(lm, acts, train).provenance.method  # doctest: +SKIP
+    'answer'
+    """
+    chosen = list(layers) if layers else list(acts.layers)
+    if len(acts.sample_ids) != len(samples) or not samples:
+        raise ValueError(f"the activations hold {len(acts.sample_ids)} prompts but {len(samples)} samples were given")
+    h_vuln = {layer: acts.get(ANSWER_POOLINGS[0], layer) for layer in chosen}
+    h_secure = {layer: acts.get(ANSWER_POOLINGS[1], layer) for layer in chosen}
     directions = {layer: h_secure[layer].mean(0) - h_vuln[layer].mean(0) for layer in chosen}
     both = {layer: torch.cat([h_vuln[layer], h_secure[layer]]) for layer in chosen}
     norms = {layer: float(both[layer].norm(dim=-1).mean()) for layer in chosen}

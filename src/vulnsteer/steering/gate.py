@@ -53,6 +53,10 @@ class LinearProbe:
             ``one_sided`` band).
         name: what fitted it (``logistic``, ``direction``, ``random``).
         meta: provenance (training data hash and counts, validation metrics, ...).
+
+    >>> probe = LinearProbe(3, "code_mean", torch.tensor([1.0, -1.0]), bias=0.5, threshold=0.0)
+    >>> probe.scores(torch.tensor([[2.0, 1.0], [0.0, 3.0]])).tolist()
+    [1.5, -2.5]
     """
 
     layer: int
@@ -114,6 +118,10 @@ class Gate:
     """How a probe's score scales (and signs) a behaviour vector's strength, per input (see the module docstring).
 
     ``multipliers`` is in ``[-1, 1]``: the steered strength of a row is ``strength x multiplier``.
+
+    >>> probe = LinearProbe(3, "last", torch.tensor([1.0]), bias=0.0, threshold=0.0, spread=2.0)
+    >>> Gate("linear", probe).multipliers(torch.tensor([4.0, 1.0, -1.0])).tolist()
+    [1.0, 0.5, -0.5]
     """
 
     kind: str

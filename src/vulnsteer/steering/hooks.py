@@ -12,7 +12,8 @@ A vector's direction ``d`` points from vulnerable toward secure (``mean(secure) 
   training activations projected on ``d`` (ITI's unit: strength 1 moves by one typical difference along ``d``).
 
 Positions: ``last`` (each row's last prompt token: correct under left padding, which vulnsteer always uses),
-``prompt`` (all prompt tokens), ``generated`` (each new token during ``generate`` with the KV cache), ``all``.
+``answer`` (the last prompt token and each generated token: where the model writes its answer), ``prompt`` (all
+prompt tokens), ``generated`` (each new token during ``generate`` with the KV cache), ``all``.
 A forward pass that starts with an empty KV cache is a prompt pass; one that continues a cache is a generation
 step (a pre-hook on the model reads the cache length, so this holds for any batch size and for teacher-forced
 continuations too).
@@ -49,9 +50,9 @@ __all__ = [
     "steer_rows",
 ]
 
-PositionMode = Literal["last", "prompt", "generated", "all"]
+PositionMode = Literal["last", "answer", "prompt", "generated", "all"]
 StrengthUnit = Literal["raw", "relative", "sigma"]
-POSITION_MODES: tuple[str, ...] = ("last", "prompt", "generated", "all")
+POSITION_MODES: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
 STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative", "sigma")
 #: The sign convention in one sentence (reports and results.json repeat it).
 SIGN_CONVENTION = (
@@ -73,7 +74,8 @@ class SteeringSpec:
         vector: the steering vector (directions ``secure - vulnerable``).
         strength: positive = toward "vulnerable"; 0 = no change.
         layers: layers to steer (default: all of the vector's layers; negative indices are not allowed here).
-        positions: ``last``, ``prompt``, ``generated`` or ``all``.
+        positions: ``last`` (the answer position), ``answer`` (it and every generated token), ``prompt``,
+            ``generated`` or ``all``.
         unit: ``raw``, ``relative`` or ``sigma`` (see the module docstring).
         gate: conditional steering (:class:`~vulnsteer.steering.gate.Gate`): the strength is multiplied, per
             input, by the gate's reading of a probe; the detection engine resolves it (:meth:`gated`) before the
@@ -218,9 +220,9 @@ def _make_hook(items: list[tuple[torch.Tensor, str]], state: _PassState) -> Any:
             if delta.ndim == 2 and delta.shape[0] != hidden.shape[0]:
                 raise ValueError(f"per-row steering has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
             shift = delta.unsqueeze(-2) if delta.ndim == 2 else delta
-            if pos == "all" or (pos == "generated" and generating) or (pos == "prompt" and not generating):
+            if pos == "all" or (pos in ("generated", "answer") and generating) or (pos == "prompt" and not generating):
                 new = new + shift
-            elif pos == "last" and not generating:
+            elif pos in ("last", "answer") and not generating:
                 new = new.clone() if new is hidden else new
                 new[:, -1:, :] = new[:, -1:, :] + shift
         return output if new is hidden else with_hidden(output, new)
