@@ -8,7 +8,6 @@ Poolings (how one hidden state is read from a prompt's tokens):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +17,10 @@ import torch
 
 from ..data.sample import Sample
 from ..progress import Progress
+from .backend import backend_of
+from .backend import masked_mean as masked_mean  # re-exported: callers import it from here
 from .batching import AutoBatch
-from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
+from .model import LayerMatcher, LoadedModel, decoder_layers, position_ids_for, resolve_layers
 from .prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, build_prompt, tokenize_prompts
 
 __all__ = [
@@ -102,32 +103,19 @@ class ActivationSink:
 def recording(
     model: Any, layers: Sequence[int], layer_matcher: LayerMatcher | None = None
 ) -> Iterator[dict[int, torch.Tensor]]:
-    """Within the block, ``out[layer]`` holds the hidden state output by each chosen layer in the last pass."""
-    blocks = decoder_layers(model, layer_matcher)
-    out: dict[int, torch.Tensor] = {}
+    """Within the block, ``out[layer]`` holds the hidden state output by each chosen layer in the last pass.
 
-    def make(layer: int) -> Any:
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            out[layer] = hidden_of(output).detach()
+    *model* is a bare model (forward hooks) or a :class:`LoadedModel` (its backend records; the passes must run
+    through :func:`~vulnsteer.lm.forward.forward`).
 
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make(layer)) for layer in layers]
-    try:
+    >>> with recording(lm, [3]) as seen:  # doctest: +SKIP
+    ...     forward(lm, batch.input_ids, batch.attention_mask, None)
+    >>> seen[3].shape  # doctest: +SKIP
+    torch.Size([2, 40, 576])
+    """
+    backend, module, matcher = backend_of(model)
+    with backend.recording(module, decoder_layers(module, layer_matcher or matcher), layers) as out:
         yield out
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the positions where *mask* is true: ``[batch, seq, hidden]`` -> ``[batch, hidden]``."""
-    weights = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-class _StopForward(Exception):
-    """Raised by the deepest hook: nothing after it is needed."""
 
 
 def length_order(lm: LoadedModel, texts: Sequence[str]) -> list[int]:
@@ -141,40 +129,23 @@ def batch_states(
     lm: LoadedModel, batch: PromptBatch, layers: Sequence[int], poolings: Sequence[str] = POOLINGS
 ) -> dict[str, torch.Tensor]:
     """The unsteered hidden states of one tokenised batch: ``{pooling: [batch, len(layers), hidden]}`` (CPU,
-    float32). Each layer's output is reduced to the poolings inside its hook and moved to the CPU there (on the
-    layer's own device, so a model split over GPUs works); the forward pass stops after the deepest of *layers*
-    (non-negative, as :func:`resolve_layers` returns them), so no logits are computed."""
-    blocks = lm.layers
-    deepest = max(layers)
-    reduced: dict[str, list[torch.Tensor | None]] = {pooling: [None] * len(layers) for pooling in poolings}
+    float32), read by the model's backend (:meth:`~vulnsteer.lm.backend.Backend.states`). Each layer's output is
+    reduced to the poolings where it is read and moved to the CPU there (on the layer's own device, so a model
+    split over GPUs works); the forward pass stops after the deepest of *layers* (non-negative, as
+    :func:`resolve_layers` returns them), so no logits are computed.
 
-    def make_hook(li: int, layer: int) -> Any:
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            hidden = hidden_of(output).detach()
-            if "last" in reduced:
-                reduced["last"][li] = hidden[:, -1].float().cpu()
-            if "code_mean" in reduced:
-                reduced["code_mean"][li] = masked_mean(hidden.float(), batch.code_mask).cpu()
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make_hook(li, layer)) for li, layer in enumerate(layers)]
-    try:
-        with contextlib.suppress(_StopForward):
-            lm.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=position_ids_for(batch.attention_mask),
-                use_cache=False,
-            )
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {
-        pooling: torch.stack([t for t in per_layer if t is not None], dim=1) for pooling, per_layer in reduced.items()
+    >>> batch_states(lm, batch, [3, 5], ["last"])["last"].shape  # doctest: +SKIP
+    torch.Size([2, 2, 576])
+    """
+    backend, model, _ = backend_of(lm)
+    kwargs = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "position_ids": position_ids_for(batch.attention_mask),
+        "use_cache": False,
     }
+    per_layer = backend.states(model, lm.layers, layers, poolings, batch.code_mask, kwargs)
+    return {pooling: torch.stack([pooled[pooling] for pooled in per_layer], dim=1) for pooling in poolings}
 
 
 @torch.no_grad()

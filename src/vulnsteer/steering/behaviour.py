@@ -54,13 +54,13 @@ def _answer_states(
     """For one batch: per answer, ``{layer: [batch, hidden]}`` at the answer's last token (teacher-forced after the
     prompt, reusing the prompt's KV cache)."""
     batch = tokenize_prompts(lm.tokenizer, prompts).to(lm.device)  # type: ignore[arg-type]
-    _, cache = forward(lm.model, batch.input_ids, batch.attention_mask, None)
+    _, cache = forward(lm, batch.input_ids, batch.attention_mask, None)
     states = []
     for answer in answers:
         ids = torch.tensor(answer, device=lm.device).expand(len(texts), -1)
         mask = torch.cat([batch.attention_mask, torch.ones_like(ids)], dim=1)
-        with recording(lm.model, layers, lm.layer_matcher) as seen:
-            forward(lm.model, ids, mask, copy.deepcopy(cache))
+        with recording(lm, layers) as seen:
+            forward(lm, ids, mask, copy.deepcopy(cache))
         states.append({layer: seen[layer][:, -1].float().cpu() for layer in layers})
     return states
 
