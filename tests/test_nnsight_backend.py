@@ -296,3 +296,81 @@ def test_bad_backend_and_remote_without_nnsight_backend_are_refused() -> None:
         load_model(remote=True)
     with pytest.raises(ValueError, match="--remote must be"):
         nnsight_backend.NNSightBackend(SimpleNamespace(modules=list), "ftp://x")
+
+
+def test_config_keys_and_flags() -> None:
+    """``[model] backend``/``remote`` parse, round-trip and reach ``load_model``; the backend is not part of a
+    run's identity (same numbers), the remote host is (another machine)."""
+    from vulnsteer.experiment import protocol
+    from vulnsteer.experiment.config import ConfigError, ExperimentConfig, identity_of, parse_config
+    from vulnsteer.experiment.config_toml import dump_config
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    config = parse_config({"model": {"backend": "nnsight", "remote": "local"}})
+    assert (config.model.backend, config.model.remote) == ("nnsight", "local")
+    assert parse_config(tomllib.loads(dump_config(config))) == config
+    plain = ExperimentConfig()
+    assert identity_of(plain) == identity_of(plain.replace(model__backend="nnsight"))
+    assert identity_of(plain) != identity_of(plain.replace(model__remote=True))
+    with pytest.raises(ConfigError, match=r"model\.backend.*jax"):
+        parse_config({"model": {"backend": "jax"}})
+    with pytest.raises(ConfigError, match=r"model\.remote"):
+        parse_config({"model": {"remote": "ftp://host"}})
+    seen: dict[str, Any] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(protocol, "load_model", lambda *a, **k: seen.update(k))
+        protocol.load_configured_model(config.model)
+    assert (seen["backend"], seen["remote"]) == ("nnsight", "local")
+
+
+def test_cli_flags_parse() -> None:
+    from vulnsteer.cli import build_parser
+    from vulnsteer.cli.options import config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["detect", "x.py", "--backend", "nnsight", "--remote", "on"])
+    assert (args.backend, args.remote) == ("nnsight", True)
+    assert parser.parse_args(["detect", "x.py"]).remote is False
+    args = parser.parse_args(["run", "--backend", "nnsight", "--remote", "https://ndif.example"])
+    assert (config_from_args(args).model.backend, config_from_args(args).model.remote) == (
+        "nnsight",
+        "https://ndif.example",
+    )
+
+
+def test_cli_without_nnsight_says_how_to_install(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vulnsteer.cli import EXIT_USAGE, main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nnsight" else real(name, *a))
+    source = tmp_path / "a.py"
+    source.write_text("import os\nos.system('ls ' + d)\n")
+    assert main(["detect", str(source), "--backend", "nnsight", "--mode", "logit", "--no-progress"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'vulnsteer[nnsight]'" in err[0]
+
+
+@needs_nnsight
+def test_cli_detect_with_nnsight_equals_hooks(
+    tiny_tokenizer: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``vulnsteer detect --backend nnsight`` on a saved tiny model prints what the hook backend prints."""
+    from vulnsteer.cli import main
+
+    lm = make_tiny(tiny_tokenizer, "llama")
+    lm.model.save_pretrained(tmp_path / "tiny")
+    tiny_tokenizer.save_pretrained(tmp_path / "tiny")
+    source = tmp_path / "a.py"
+    source.write_text("import os\nos.system('ls ' + d)\n")
+    outputs = []
+    for backend in ("hooks", "nnsight"):
+        argv = ["detect", str(source), "--model", str(tmp_path / "tiny"), "--backend", backend, "--device", "cpu"]
+        assert main([*argv, "--mode", "generation", "--max-new-tokens", "5", "--json", "--no-progress"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].strip()
