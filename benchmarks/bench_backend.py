@@ -8,7 +8,9 @@ Two copies of the embedded SmolLM2-135M are loaded, one per backend, and each ta
   and steered at every position, per-row steering), greedy decoding on the KV cache;
 - steered logit mode: logit-mode detection with three variants (plain, +/- at the last prompt token, on the
   shared prompt prefix);
-- extraction: hidden states of three layers, both poolings.
+- extraction: hidden states of three layers, both poolings;
+- one steered cached generation step for one row, 20 in a row: the fixed cost of a pass, where nnsight's own work
+  (one trace per pass, every module's output handed through its interleaver) shows most.
 
 Prints the seconds per task on each backend (medians) and the ratio nnsight / hooks (1.00 = no overhead), and
 checks that both gave the same results. Requires nnsight (``pip install 'vulnsteer[nnsight]'``). The machine is
@@ -29,8 +31,10 @@ import torch
 from vulnsteer.data.builtin import load_builtin
 from vulnsteer.detection.engine import detect_variants_modes
 from vulnsteer.lm.activations import POOLINGS, extract_activations
+from vulnsteer.lm.forward import forward
 from vulnsteer.lm.model import LoadedModel, load_model
-from vulnsteer.steering.hooks import SteeringSpec
+from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
+from vulnsteer.steering.hooks import SteeringSpec, steer_rows
 from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 
@@ -77,13 +81,30 @@ def main() -> int:
 
     def generation(lm: LoadedModel) -> Any:
         out = detect_variants_modes(
-            lm, samples, steered_all, modes=("generation",), batch_size=8, max_new_tokens=args.new_tokens, progress=False
+            lm,
+            samples,
+            steered_all,
+            modes=("generation",),
+            batch_size=8,
+            max_new_tokens=args.new_tokens,
+            progress=False,
         )["generation"]
         return {name: [r.text for r in recs] for name, recs in out.items()}
 
     def logit(lm: LoadedModel) -> Any:
         out = detect_variants_modes(lm, samples, steered_last, modes=("logit",), batch_size=8, progress=False)["logit"]
         return torch.tensor([[r.margin for r in recs] for recs in out.values()])
+
+    def steps(lm: LoadedModel) -> Any:
+        batch = tokenize_prompts(lm.tokenizer, [build_prompt(lm.tokenizer, samples[0].code, samples[0].language)])
+        logits, cache = forward(lm, batch.input_ids, batch.attention_mask, None)
+        mask, tokens = batch.attention_mask, []
+        with steer_rows(lm, [steered_all["steered"]]):
+            for _ in range(20):
+                tokens.append(logits.argmax(-1))
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                logits, cache = forward(lm, tokens[-1][:, None], mask, cache)
+        return torch.stack(tokens).float()
 
     def extraction(lm: LoadedModel) -> Any:
         acts = extract_activations(lm, samples, list(layers), POOLINGS, batch_size=8, progress=False)
@@ -93,6 +114,7 @@ def main() -> int:
         f"steered generation ({args.samples} samples x 2 variants, {args.new_tokens} tokens)": generation,
         f"steered logit mode ({args.samples} samples x 3 variants)": logit,
         f"extraction ({args.samples} samples, 3 layers, 2 poolings)": extraction,
+        "20 steered cached generation steps, 1 row": steps,
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {args.repeats} (medians)")
     print(f"{'task':<62} {'hooks s':>8} {'nnsight s':>10} {'ratio':>6}")
@@ -102,6 +124,8 @@ def main() -> int:
         times, results = _median_times(fns, args.repeats)
         ratio = times["nnsight"] / times["hooks"]
         print(f"{label:<62} {times['hooks']:>8.2f} {times['nnsight']:>10.2f} {ratio:>6.2f}")
+        if task is steps:
+            print(f"{'  nnsight overhead per pass (ms)':<62} {(times['nnsight'] - times['hooks']) / 21 * 1000:>19.1f}")
         a, b = results["hooks"], results["nnsight"]
         same = torch.allclose(a, b, atol=1e-4) if isinstance(a, torch.Tensor) else a == b
         agree = agree and bool(same)

@@ -244,6 +244,24 @@ def test_nested_contexts_apply_in_order(pair: tuple[LoadedModel, LoadedModel]) -
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
+@needs_nnsight
+def test_errors_inside_a_trace_keep_their_type_and_leave_no_context(pair: tuple[LoadedModel, LoadedModel]) -> None:
+    """A bad pass raises the same error on both backends (so out-of-memory back-off works alike), and the
+    contexts are gone afterwards."""
+    hooks, nn = pair
+    tok = hooks.tokenizer
+    batch = tokenize_prompts(tok, [build_prompt(tok, "x = 1", "python")] * 2)
+    rows = [[SteeringSpec(_vector((1,)), 1.0)]] * 3
+    for lm in (hooks, nn):
+        with (
+            pytest.raises(ValueError, match="per-row steering has 3 rows but the batch has 2"),
+            steer_rows(lm, rows),
+            recording(lm, [2]),
+        ):
+            forward(lm, batch.input_ids, batch.attention_mask, None)
+    assert isinstance(nn.backend, nnsight_backend.NNSightBackend) and nn.backend._active == []
+
+
 class _NoVulnsteer(importlib.abc.MetaPathFinder):
     """An import of vulnsteer fails, as on a server that lacks it."""
 

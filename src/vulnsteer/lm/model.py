@@ -156,6 +156,7 @@ class LoadedModel:
         """Release the model's memory explicitly (gc and the CUDA cache)."""
         on_cuda = self.model is not None and self.device.type == "cuda"
         self.model = None
+        self.backend = None  # an nnsight backend holds the model too
         gc.collect()
         if on_cuda and torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -31,7 +31,8 @@ __all__ = ["INSTALL_HINT", "NNSightBackend", "NNSightMissingError", "require_nns
 
 INSTALL_HINT = "pip install 'vulnsteer[nnsight]'"
 
-#: One step of a layer's plan: ``("shift", [(delta, positions), ...])`` or ``("read", (entry, layer))``.
+#: One step of a context at a layer: ``("shift", [(delta, positions), ...])`` or ``("read", (out, layer))`` (the
+#: recording's dict and the layer index it was asked for).
 _Op = tuple[str, Any]
 
 
@@ -85,15 +86,6 @@ def _intervene(plan: Sequence[tuple[Any, Sequence[_Op]]], generating: bool) -> d
 
 def _pooled(envoys: Sequence[Any], poolings: Sequence[str], code_mask: torch.Tensor | None) -> list[Any]:
     return [pool(hidden_of(envoy.output).detach(), poolings, code_mask) for envoy in envoys]
-
-
-class _Record:
-    """One recording context: the layers it reads and where their outputs go."""
-
-    __slots__ = ("out",)
-
-    def __init__(self, out: dict[int, torch.Tensor]) -> None:
-        self.out = out
 
 
 class NNSightBackend:
@@ -160,8 +152,7 @@ class NNSightBackend:
         for index, entry in enumerate(self._active):
             for layer, envoy, (kind, arg) in entry:
                 if kind == "read":
-                    record, asked = arg
-                    sinks[(index, layer)] = (record.out, asked)
+                    sinks[(index, layer)] = arg
                     arg = (index, layer)
                 steps.setdefault(layer, (envoy, []))[1].append((kind, arg))
         return [steps[layer] for layer in sorted(steps)], sinks
@@ -210,10 +201,10 @@ class NNSightBackend:
     def recording(
         self, model: nn.Module, blocks: nn.ModuleList, layers: Sequence[int]
     ) -> Iterator[dict[int, torch.Tensor]]:
-        record = _Record({})
-        entry = [(layer % len(blocks), self._envoy(blocks, layer), ("read", (record, layer))) for layer in layers]
+        out: dict[int, torch.Tensor] = {}
+        entry = [(layer % len(blocks), self._envoy(blocks, layer), ("read", (out, layer))) for layer in layers]
         with self._entered(entry):
-            yield record.out
+            yield out
 
     def states(
         self,
@@ -236,6 +227,7 @@ class NNSightBackend:
 
 
 def _checked_remote(remote: bool | str) -> bool | str:
-    if isinstance(remote, str) and remote not in ("local",) and not remote.startswith(("http://", "https://")):
-        raise ValueError(f"--remote must be off, on, 'local' or an http(s) URL of an NDIF host; got {remote!r}")
+    """*remote* as nnsight takes it (``True``/``False``, ``"local"`` or a host URL), or a one-line error."""
+    if isinstance(remote, str) and remote != "local" and not remote.startswith(("http://", "https://")):
+        raise ValueError(f"--remote must be on, off, local or an http(s) URL of an NDIF host; got {remote!r}")
     return remote
