@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from tests.conftest import make_tiny, toy_samples
+from tests.test_conditional import _vector  # random directions with layer norms and sigmas
 
 from vulnsteer.data.sample import Sample
 from vulnsteer.detection.engine import detect_variants_modes, score_logits
@@ -24,7 +25,7 @@ from vulnsteer.lm.model import LoadedModel, load_model
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 from vulnsteer.steering.gate import Gate, LinearProbe
 from vulnsteer.steering.hooks import SteeringSpec, steer, steer_rows
-from vulnsteer.steering.vectors import Provenance, SteeringVector, answer_direction
+from vulnsteer.steering.vectors import SteeringVector, answer_direction
 
 needs_nnsight = pytest.mark.skipif(importlib.util.find_spec("nnsight") is None, reason="nnsight not installed")
 
@@ -52,26 +53,6 @@ def pair(request: Any, tiny_tokenizer: Any) -> tuple[LoadedModel, LoadedModel]:
     if importlib.util.find_spec("nnsight") is None:
         pytest.skip("nnsight not installed")
     return _pair(tiny_tokenizer, request.param)
-
-
-def _vector(layers: tuple[int, ...], seed: int = 3) -> SteeringVector:
-    gen = torch.Generator().manual_seed(seed)
-    prov = Provenance(
-        "tiny",
-        "x",
-        64,
-        layers,
-        "last",
-        "mean_diff",
-        "CWE-89",
-        2,
-        2,
-        "h",
-        "now",
-        layer_norms={layer: 10.0 for layer in layers},
-        layer_sigmas={layer: 2.0 for layer in layers},
-    )
-    return SteeringVector({layer: torch.randn(64, generator=gen) for layer in layers}, prov)
 
 
 def _samples() -> list[Sample]:
@@ -392,3 +373,13 @@ def test_cli_detect_with_nnsight_equals_hooks(
         assert main([*argv, "--mode", "generation", "--max-new-tokens", "5", "--json", "--no-progress"]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[0].strip()
+
+
+@needs_nnsight
+def test_remote_needs_a_hub_id(tmp_path: Any) -> None:
+    """A remote model is the server's: a local folder is refused before anything loads."""
+    from vulnsteer.lm.model import ModelLoadError
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="pass its hub id"):
+        load_model(str(tmp_path), backend="nnsight", remote=True)

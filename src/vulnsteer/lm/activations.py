@@ -17,7 +17,7 @@ import torch
 
 from ..data.sample import Sample
 from ..progress import Progress
-from .backend import backend_of
+from .backend import Readout, backend_of
 from .backend import masked_mean as masked_mean  # re-exported: callers import it from here
 from .batching import AutoBatch
 from .model import LayerMatcher, LoadedModel, decoder_layers, position_ids_for, resolve_layers
@@ -144,7 +144,7 @@ def batch_states(
         "position_ids": position_ids_for(batch.attention_mask),
         "use_cache": False,
     }
-    per_layer = backend.states(model, lm.layers, layers, poolings, batch.code_mask, kwargs)
+    per_layer = backend.states(model, lm.layers, Readout(tuple(layers), tuple(poolings), batch.code_mask), kwargs)
     return {pooling: torch.stack([pooled[pooling] for pooled in per_layer], dim=1) for pooling in poolings}
 
 

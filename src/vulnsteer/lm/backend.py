@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "HookBackend",
+    "Readout",
     "Shifts",
     "apply_shifts",
     "backend_of",
@@ -134,6 +136,24 @@ def apply_shifts(hidden: torch.Tensor, items: Sequence[tuple[torch.Tensor, str]]
     return new
 
 
+@dataclass(frozen=True)
+class Readout:
+    """What :meth:`Backend.states` reads: these layers' outputs, pooled (``last``, ``code_mean`` over
+    *code_mask*).
+
+    >>> Readout((1,), ("last",), None).of(torch.ones(2, 3, 4))["last"].shape
+    torch.Size([2, 4])
+    """
+
+    layers: tuple[int, ...]
+    poolings: tuple[str, ...]
+    code_mask: torch.Tensor | None = None
+
+    def of(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One layer's output pooled (:func:`pool`)."""
+        return pool(hidden, self.poolings, self.code_mask)
+
+
 class Backend(Protocol):
     """How forward passes run. ``blocks`` are the model's decoder layers (as
     :func:`~vulnsteer.lm.model.decoder_layers` finds them); layer indices index them.
@@ -162,16 +182,10 @@ class Backend(Protocol):
         ...
 
     def states(
-        self,
-        model: nn.Module,
-        blocks: nn.ModuleList,
-        layers: Sequence[int],
-        poolings: Sequence[str],
-        code_mask: torch.Tensor | None,
-        kwargs: dict[str, Any],
+        self, model: nn.Module, blocks: nn.ModuleList, readout: Readout, kwargs: dict[str, Any]
     ) -> list[dict[str, torch.Tensor]]:
-        """One unsteered pass ``model(**kwargs)`` stopped after the deepest of *layers*: per layer, its output
-        pooled (:func:`pool`)."""
+        """One unsteered pass ``model(**kwargs)`` stopped after the deepest layer of *readout*: per layer, its
+        output pooled (:meth:`Readout.of`)."""
         ...
 
 
@@ -263,23 +277,18 @@ class HookBackend:
                 handle.remove()
 
     def states(
-        self,
-        model: nn.Module,
-        blocks: nn.ModuleList,
-        layers: Sequence[int],
-        poolings: Sequence[str],
-        code_mask: torch.Tensor | None,
-        kwargs: dict[str, Any],
+        self, model: nn.Module, blocks: nn.ModuleList, readout: Readout, kwargs: dict[str, Any]
     ) -> list[dict[str, torch.Tensor]]:
         """Each layer's output is pooled inside its hook and moved to the CPU there (on the layer's own device, so
         a model split over GPUs works); the deepest layer's hook stops the pass."""
+        layers = readout.layers
         _check_layers(blocks, layers)
         deepest = max(layers)
         pooled: list[dict[str, torch.Tensor]] = [{} for _ in layers]
 
         def make(li: int, layer: int) -> Any:
             def hook(_module: Any, _args: Any, output: Any) -> None:
-                pooled[li] = pool(hidden_of(output).detach(), poolings, code_mask)
+                pooled[li] = readout.of(hidden_of(output).detach())
                 if layer == deepest:
                     raise _StopForward
 

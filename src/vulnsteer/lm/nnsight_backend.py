@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backend import Shifts, apply_shifts, hidden_of, past_length, pool, with_hidden
+from .backend import Readout, Shifts, apply_shifts, hidden_of, past_length, with_hidden
 
 __all__ = ["INSTALL_HINT", "NNSightBackend", "NNSightMissingError", "require_nnsight"]
 
@@ -84,8 +84,9 @@ def _intervene(plan: Sequence[tuple[Any, Sequence[_Op]]], generating: bool) -> d
     return reads
 
 
-def _pooled(envoys: Sequence[Any], poolings: Sequence[str], code_mask: torch.Tensor | None) -> list[Any]:
-    return [pool(hidden_of(envoy.output).detach(), poolings, code_mask) for envoy in envoys]
+def _pooled(envoys: Sequence[Any], readout: Readout) -> list[dict[str, torch.Tensor]]:
+    """The trace body of :meth:`NNSightBackend.states`: each layer's output pooled where it is read."""
+    return [readout.of(hidden_of(envoy.output).detach()) for envoy in envoys]
 
 
 class NNSightBackend:
@@ -207,23 +208,17 @@ class NNSightBackend:
             yield out
 
     def states(
-        self,
-        model: nn.Module,
-        blocks: nn.ModuleList,
-        layers: Sequence[int],
-        poolings: Sequence[str],
-        code_mask: torch.Tensor | None,
-        kwargs: dict[str, Any],
+        self, model: nn.Module, blocks: nn.ModuleList, readout: Readout, kwargs: dict[str, Any]
     ) -> list[dict[str, torch.Tensor]]:
         from nnsight import save
 
-        order = sorted({layer % len(blocks) for layer in layers})
+        order = sorted({layer % len(blocks) for layer in readout.layers})
         envoys = [self._envoy(blocks, layer) for layer in order]
         with self.envoy.trace(**kwargs, **self._trace_options()) as tracer:
-            pooled = save(_pooled(envoys, poolings, code_mask))
+            pooled = save(_pooled(envoys, readout))
             tracer.stop()
         by_layer = dict(zip(order, pooled))
-        return [by_layer[layer % len(blocks)] for layer in layers]
+        return [by_layer[layer % len(blocks)] for layer in readout.layers]
 
 
 def _checked_remote(remote: bool | str) -> bool | str:
