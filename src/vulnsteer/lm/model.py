@@ -96,11 +96,6 @@ class LoadedModel:
     backend: Backend | None = None
 
     @property
-    def backend_name(self) -> str:
-        """``hooks`` or ``nnsight``."""
-        return self.backend.name if self.backend is not None else "hooks"
-
-    @property
     def device(self) -> torch.device:
         """Where inputs go: the first parameter's device (the CPU for a model that runs remotely)."""
         if self.backend is not None and self.backend.remote:
@@ -131,7 +126,7 @@ class LoadedModel:
         unlike :attr:`fingerprint` (architecture only) it tells two fine-tunes of one architecture apart."""
         cached = self.extra.get("weights_digest")
         if not isinstance(cached, str) and self.backend is not None and self.backend.remote:
-            # the weights are on the server: the hub id and revision name them
+            # the weights are on the server: its hub id names them
             cached = hashlib.sha256(f"remote:{self.model_id}".encode()).hexdigest()[:16]
             self.extra["weights_digest"] = cached
         if not isinstance(cached, str):
