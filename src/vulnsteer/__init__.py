@@ -13,7 +13,7 @@ The public API, importable from here (loaded on first use, so ``import vulnsteer
     samples = vs.load_builtin(["CWE-89"])                 # or vs.load_samples("path/to/data")
     acts = vs.extract_activations(lm, samples, layers=[15], poolings=["last"])
     vector = vs.fit_vector(acts, samples, cwe="CWE-89", model_id=lm.model_id, model_fingerprint=lm.fingerprint)
-    with vs.steer(lm.model, vector, strength=0.3, unit="relative", positions="last"):   # + = toward "vulnerable"
+    with vs.steer(lm, vector, strength=0.3, unit="relative", positions="last"):   # + = toward "vulnerable"
         records = vs.detect(lm, samples[:4], mode="generation")
     run_dir = vs.run_protocol(vs.ExperimentConfig())       # the whole protocol (what `vulnsteer run` does)
     detector = vs.Detector.load(run_dir / "detector", lm)   # probe-gated steering chosen on val

@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: imported (an error cannot come from a module that was never loaded), so that reporting it imports no torch.
 _LIBRARY_ERRORS = (
     ("vulnsteer.lm.model", "ModelLoadError"),
+    ("vulnsteer.lm.nnsight_backend", "NNSightMissingError"),
     ("vulnsteer.steering.vectors", "VectorMismatchError"),
     ("vulnsteer.experiment.rundir", "RunDirBusyError"),
 )

@@ -212,7 +212,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                     spec.vector.check_compatible(lm.hidden_size, lm.fingerprint, weights=lm.weights_identity)
                 except VectorMismatchError as exc:
                     raise VectorMismatchError(f"{args.vector}: {exc}") from None
-            ctx = steer(lm.model, spec)
+            ctx = steer(lm, spec)
         with ctx:
             if args.mode == "logit":
                 records = score_logits(lm, samples, progress=not args.no_progress)

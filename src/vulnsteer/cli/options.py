@@ -19,7 +19,8 @@ from ..defaults import (
 )
 from ..experiment.config import POSITIONS, ExperimentConfig, Key, config_keys, parse_config
 from ..experiment.config import load_config as load_experiment_config
-from ..experiment.values import STRENGTH_UNITS
+from ..experiment.sections import BACKEND_NAMES
+from ..experiment.values import STRENGTH_UNITS, remote_option
 
 __all__ = [
     "DTYPES",
@@ -113,6 +114,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _remote(text: str) -> bool | str:
+    """``--remote``: on, off, local or an http(s) URL (:func:`~vulnsteer.experiment.values.remote_option`)."""
+    try:
+        return remote_option(text, "--remote")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--remote: ")) from None
+
+
 def require(args: argparse.Namespace, needs: str, given: Iterable[tuple[str, str]]) -> None:
     """Refuse options that only mean something with *needs*: ``given`` is ``(option, dest)`` pairs; an option
     counts as given unless its value :func:`is_default`.
@@ -148,6 +157,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs (default: none)",
     )
     g.add_argument("--trust-remote-code", action="store_true", help="allow model repositories to run their code")
+    g.add_argument(
+        "--backend",
+        default="hooks",
+        choices=BACKEND_NAMES,
+        help="how steered and recorded passes run: PyTorch forward hooks, or nnsight tracing contexts (same "
+        "numbers; pip install 'vulnsteer[nnsight]')",
+    )
+    g.add_argument(
+        "--remote",
+        default=False,
+        type=_remote,
+        metavar="on|local|URL",
+        help="with --backend nnsight: run every pass on an NDIF server (on; NDIF_API_KEY/NDIF_HOST configure it), "
+        "on the host at URL, or simulate the remote path here (local) (default: run here)",
+    )
 
 
 def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -331,6 +355,8 @@ def load(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         device_map=args.device_map,
         trust_remote_code=args.trust_remote_code,
+        backend=args.backend,
+        remote=args.remote,
     )
 
 

@@ -336,7 +336,7 @@ def detect_variants_modes(
     for mode in modes:
         if mode not in ("logit", "generation"):
             raise ValueError(f"mode must be 'logit' or 'generation', got {mode!r}")
-    tok, model, matcher = lm.tokenizer, lm.model, lm.layer_matcher
+    tok, model, matcher = lm.tokenizer, lm, lm.layer_matcher  # lm: its backend runs every pass
     answers = list(answer_token_ids(tok, template))
     prompts = [build_prompt(tok, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
@@ -345,7 +345,7 @@ def detect_variants_modes(
         mode: {name: [None] * len(samples) for name in names} for mode in modes
     }
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eos = _eos_ids(tok, model)
+    eos = _eos_ids(tok, lm.model)
     per_chunk = max(1, max_rows // max(1, batch_size))
     bar = Progress(len(samples) * len(names), desc or f"{'+'.join(modes)} detection", unit="sample", enabled=progress)
     batcher = AutoBatch.for_model(lm, f"detection:{'+'.join(modes)}:{max_rows}", batch_size)

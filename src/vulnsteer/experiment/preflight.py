@@ -51,4 +51,6 @@ def load_configured_model(model: ModelSection) -> LoadedModel:
         device_map=model.device_map,
         trust_remote_code=model.trust_remote_code,
         layer_matcher=model.layers_path,
+        backend=model.backend,
+        remote=model.remote,
     )

@@ -25,11 +25,13 @@ from .values import (
     one_of,
     optional_str,
     pairs_cap,
+    remote_option,
     some_of,
     strength_list,
 )
 
 __all__ = [
+    "BACKEND_NAMES",
     "BEHAVIOURS",
     "DEFAULT_CONDITIONAL_STRENGTHS",
     "DEFAULT_STRENGTHS",
@@ -60,6 +62,8 @@ POOLINGS: tuple[str, ...] = ("last", "code_mean")
 POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
 METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
 DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
+#: Execution backends (:data:`vulnsteer.lm.backend.BACKENDS`).
+BACKEND_NAMES: tuple[str, ...] = ("hooks", "nnsight")
 
 
 # ------------------------------------------------------------------------------------------------ declarations
@@ -119,6 +123,23 @@ class ModelSection:
         "dotted attribute path of the decoder blocks, for an architecture vulnsteer does not know (e.g. "
         "transformer.blocks; absent: found automatically)",
         "--layers-path",
+    )
+    # Not part of a run's identity: both backends give the same numbers on the same device and dtype (tested), so a
+    # run may be resumed with the other one. ``remote`` is: another machine is another device.
+    backend: str = _key(
+        "hooks",
+        one_of(BACKEND_NAMES),
+        "how steered and recorded passes run: hooks (PyTorch forward hooks) or nnsight (nnsight tracing "
+        "contexts; pip install 'vulnsteer[nnsight]')",
+        "--backend",
+        identity=False,
+    )
+    remote: bool | str = _key(
+        False,
+        remote_option,
+        "with backend nnsight: run every pass on an NDIF server (true; NDIF_API_KEY and NDIF_HOST configure it), "
+        "on the host at this URL, or 'local' to simulate the remote path here (false: run here)",
+        "--remote",
     )
 
 

@@ -182,3 +182,24 @@ def strength_list(value: Any, where: str) -> tuple[tuple[str, float], ...]:
             raise fail(where, "no strengths given")
         return tuple(dict.fromkeys(out))
     return tuple(dict.fromkeys(("", number(x, where)) for x in as_list(value, where)))
+
+
+def remote_option(value: Any, where: str) -> bool | str:
+    """nnsight's remote option: ``true``/``on`` (NDIF), ``false``/``off`` (here), ``local`` (the remote path
+    simulated here) or an ``http(s)://`` host URL.
+
+    >>> remote_option("on", "model.remote"), remote_option(False, "model.remote"), remote_option("local", "x")
+    (True, False, 'local')
+    """
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise fail(where, f"expected true, false, 'local' or a URL, got {value!r}")
+    lowered = value.strip().lower()
+    if lowered in ("", "off", "false", "no"):
+        return False
+    if lowered in ("on", "true", "yes"):
+        return True
+    if lowered == "local" or lowered.startswith(("http://", "https://")):
+        return value.strip()
+    raise fail(where, f"expected on, off, local or an http(s) URL of an NDIF host, got {value!r}")

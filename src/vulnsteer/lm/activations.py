@@ -11,7 +11,6 @@ Poolings (how one hidden state is read from a prompt's tokens):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,9 +21,11 @@ import torch
 
 from ..data.sample import Sample
 from ..progress import Progress
+from .backend import Readout, backend_of
+from .backend import masked_mean as masked_mean  # re-exported: callers import it from here
 from .batching import AutoBatch
 from .forward import cache_kwarg
-from .model import LayerMatcher, LoadedModel, decoder_layers, hidden_of, position_ids_for, resolve_layers
+from .model import LayerMatcher, LoadedModel, decoder_layers, position_ids_for, resolve_layers
 from .prompts import (
     DEFAULT_TEMPLATE,
     PromptBatch,
@@ -117,50 +118,25 @@ class ActivationSink:
 def recording(
     model: Any, layers: Sequence[int], layer_matcher: LayerMatcher | None = None
 ) -> Iterator[dict[int, torch.Tensor]]:
-    """Within the block, ``out[layer]`` holds the hidden state output by each chosen layer in the last pass."""
-    blocks = decoder_layers(model, layer_matcher)
-    out: dict[int, torch.Tensor] = {}
+    """Within the block, ``out[layer]`` holds the hidden state output by each chosen layer in the last pass.
 
-    def make(layer: int) -> Any:
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            out[layer] = hidden_of(output).detach()
+    *model* is a bare model (forward hooks) or a :class:`LoadedModel` (its backend records; the passes must run
+    through :func:`~vulnsteer.lm.forward.forward`).
 
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make(layer)) for layer in layers]
-    try:
+    >>> with recording(lm, [3]) as seen:  # doctest: +SKIP
+    ...     forward(lm, batch.input_ids, batch.attention_mask, None)
+    >>> seen[3].shape  # doctest: +SKIP
+    torch.Size([2, 40, 576])
+    """
+    backend, module, matcher = backend_of(model)
+    with backend.recording(module, decoder_layers(module, layer_matcher or matcher), layers) as out:
         yield out
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the positions where *mask* is true: ``[batch, seq, hidden]`` -> ``[batch, hidden]``."""
-    weights = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-class _StopForward(Exception):
-    """Raised by the deepest hook: nothing after it is needed."""
 
 
 def length_order(lm: LoadedModel, texts: Sequence[str]) -> list[int]:
     """Indices sorted by token length (batching similar lengths wastes less padding)."""
     lengths = [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return sorted(range(len(texts)), key=lambda i: lengths[i])
-
-
-def _run_until(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> None:
-    """One pass of *ids* (continuing *cache* when given), stopped by the deepest recording hook."""
-    with contextlib.suppress(_StopForward):
-        lm.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_for(mask)[:, -ids.shape[1] :],
-            use_cache=cache is not None,
-            **({cache_kwarg(lm.model): cache} if cache is not None else {}),
-        )
 
 
 @torch.no_grad()
@@ -172,10 +148,15 @@ def batch_states(
     answers: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unsteered hidden states of one tokenised batch: ``{pooling: [batch, len(layers), hidden]}`` (CPU,
-    float32). Each layer's output is reduced to the poolings inside its hook and moved to the CPU there (on the
-    layer's own device, so a model split over GPUs works); the forward pass stops after the deepest of *layers*
-    (non-negative, as :func:`resolve_layers` returns them), so no logits are computed. Answer poolings need
-    *answers* (``{pooling: token ids}``): each answer continues the prompt's KV cache (kept up to that layer)."""
+    float32), read by the model's backend (:meth:`~vulnsteer.lm.backend.Backend.states`). Each layer's output is
+    reduced to the poolings where it is read and moved to the CPU there (on the layer's own device, so a model
+    split over GPUs works); the forward pass stops after the deepest of *layers* (non-negative, as
+    :func:`resolve_layers` returns them), so no logits are computed. Answer poolings need *answers*
+    (``{pooling: token ids}``): each answer continues the prompt's KV cache (kept up to the deepest layer).
+
+    >>> batch_states(lm, batch, [3, 5], ["last"])["last"].shape  # doctest: +SKIP
+    torch.Size([2, 2, 576])
+    """
     from transformers import DynamicCache
 
     unknown = [p for p in poolings if p not in POOLINGS and p not in ANSWER_POOLINGS]
@@ -184,40 +165,36 @@ def batch_states(
     later = [p for p in poolings if p in ANSWER_POOLINGS]
     if later and (answers is None or any(p not in answers for p in later)):
         raise ValueError(f"the poolings {later} need the answers' token ids")
-    blocks = lm.layers
-    deepest = max(layers)
-    reduced: dict[str, list[torch.Tensor | None]] = {pooling: [None] * len(layers) for pooling in poolings}
-    reading: list[str] = [
-        p for p in poolings if p in POOLINGS
-    ]  # what the running pass records (changed between passes)
+    backend, model, _ = backend_of(lm)
+    if later and backend.remote:
+        raise ValueError("the answer poolings continue a KV cache kept here: they need a local model, not --remote")
+    cache = DynamicCache() if later else None
 
-    def make_hook(li: int, layer: int) -> Any:
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            hidden = hidden_of(output).detach()
-            for pooling in reading:
-                value = masked_mean(hidden.float(), batch.code_mask) if pooling == "code_mean" else hidden[:, -1]
-                reduced[pooling][li] = value.float().cpu()
-            if layer == deepest:
-                raise _StopForward
+    def states(
+        ids: torch.Tensor, mask: torch.Tensor, read: tuple[str, ...], past: Any
+    ) -> list[dict[str, torch.Tensor]]:
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": position_ids_for(mask)[:, -ids.shape[1] :],
+            "use_cache": past is not None,
+            **({cache_kwarg(model): past} if past is not None else {}),
+        }
+        code_mask = batch.code_mask if "code_mean" in read else None
+        return backend.states(model, lm.layers, Readout(tuple(layers), read, code_mask), kwargs)
 
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make_hook(li, layer)) for li, layer in enumerate(layers)]
-    try:
-        cache = DynamicCache() if later else None
-        _run_until(lm, batch.input_ids, batch.attention_mask, cache)
-        for k, pooling in enumerate(later):
-            reading[:] = [pooling]
-            answer = list(answers[pooling])  # type: ignore[index]
-            ids = torch.tensor(answer, device=batch.input_ids.device).expand(len(batch.input_ids), -1)
-            mask = torch.cat([batch.attention_mask, torch.ones_like(ids)], dim=1)
-            _run_until(lm, ids, mask, cache if k == len(later) - 1 else copy.deepcopy(cache))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {
-        pooling: torch.stack([t for t in per_layer if t is not None], dim=1) for pooling, per_layer in reduced.items()
+    first: tuple[str, ...] = tuple(p for p in poolings if p in POOLINGS)
+    per_layer = states(batch.input_ids, batch.attention_mask, first, cache)
+    out: dict[str, torch.Tensor] = {
+        pooling: torch.stack([pooled[pooling] for pooled in per_layer], dim=1) for pooling in first
     }
+    for k, pooling in enumerate(later):
+        answer = list(answers[pooling])  # type: ignore[index]
+        ids = torch.tensor(answer, device=batch.input_ids.device).expand(len(batch.input_ids), -1)
+        mask = torch.cat([batch.attention_mask, torch.ones_like(ids)], dim=1)
+        got = states(ids, mask, ("last",), cache if k == len(later) - 1 else copy.deepcopy(cache))
+        out[pooling] = torch.stack([pooled["last"] for pooled in got], dim=1)
+    return out
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .backend import backend_of
 from .model import position_ids_for
 
 __all__ = ["NonFiniteLogitsError", "cache_kwarg", "forward"]
@@ -43,12 +44,18 @@ def forward(
     model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any, *, all_logits: bool = False
 ) -> tuple[torch.Tensor, Any]:
     """Run *ids* (continuing *cache*, or fresh when None); returns the logits (last position unless
-    *all_logits*) and the updated cache."""
+    *all_logits*) and the updated cache. *model* is a bare model (forward hooks steer it) or a
+    :class:`~vulnsteer.lm.model.LoadedModel` (its backend runs the pass, :mod:`vulnsteer.lm.backend`).
+
+    >>> logits, cache = forward(lm, batch.input_ids, batch.attention_mask, None)  # doctest: +SKIP
+    """
+    backend, model = backend_of(model)[:2]
     positions = position_ids_for(mask)[:, -ids.shape[1] :]
     kwargs: dict[str, Any] = {cache_kwarg(model): cache} if cache is not None else {}
     if not all_logits:
         kwargs.update(_logits_kwargs(model))
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+    kwargs.update(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = backend.run(model, kwargs)
     new_cache = getattr(out, "cache", None)
     if new_cache is None:
         new_cache = out.past_key_values

@@ -22,6 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .backend import BACKENDS, Backend
+from .backend import hidden_of as hidden_of  # re-exported: callers import it from here
+from .backend import with_hidden as with_hidden
 from .paths import DEFAULT_MODEL, cache_root, embedded_model_dir, is_default_model
 
 __all__ = [
@@ -82,9 +85,14 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
     #: how to find the decoder blocks (None: :func:`decoder_layers`' known architectures)
     layer_matcher: LayerMatcher | None = None
+    #: how passes run (:mod:`vulnsteer.lm.backend`); None: forward hooks
+    backend: Backend | None = None
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the first parameter's device (the CPU for a model that runs remotely)."""
+        if self.backend is not None and self.backend.remote:
+            return torch.device("cpu")
         return next(self.model.parameters()).device
 
     @property
@@ -110,6 +118,10 @@ class LoadedModel:
         """A short hash of the weights (:func:`weights_digest`), computed once and kept in :attr:`extra`:
         unlike :attr:`fingerprint` (architecture only) it tells two fine-tunes of one architecture apart."""
         cached = self.extra.get("weights_digest")
+        if not isinstance(cached, str) and self.backend is not None and self.backend.remote:
+            # the weights are on the server: its hub id names them
+            cached = hashlib.sha256(f"remote:{self.model_id}".encode()).hexdigest()[:16]
+            self.extra["weights_digest"] = cached
         if not isinstance(cached, str):
             cached = weights_digest(self.model)
             self.extra["weights_digest"] = cached
@@ -132,6 +144,7 @@ class LoadedModel:
         """Release the model's memory explicitly (gc and the CUDA cache)."""
         on_cuda = self.model is not None and self.device.type == "cuda"
         self.model = None
+        self.backend = None  # an nnsight backend holds the model too
         gc.collect()
         if on_cuda and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -432,6 +445,8 @@ def load_model(
     device_map: str | None = None,
     trust_remote_code: bool = False,
     layer_matcher: LayerMatcher | None = None,
+    backend: str = "hooks",
+    remote: bool | str = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -443,11 +458,29 @@ def load_model(
         trust_remote_code: off unless the user asks for it.
         layer_matcher: where the decoder blocks are, for an architecture vulnsteer does not know (a dotted
             attribute path such as ``"transformer.blocks"``, or a function of the model).
+        backend: ``hooks`` (forward hooks) or ``nnsight`` (nnsight tracing contexts; ``pip install
+            'vulnsteer[nnsight]'``): same steering, same numbers (:mod:`vulnsteer.lm.backend`).
+        remote: with the ``nnsight`` backend, nnsight's remote option: ``True`` runs every pass on NDIF (only the
+            tokenizer and the architecture are loaded here; ``NDIF_API_KEY``/``NDIF_HOST`` configure nnsight), a URL
+            names another host, ``"local"`` simulates the remote path on the model loaded here.
 
     >>> lm = load_model()                                   # the embedded SmolLM2-135M  # doctest: +SKIP
     >>> lm = load_model("Qwen/Qwen2.5-1.5B-Instruct", device="cuda")  # bf16 on CUDA  # doctest: +SKIP
     >>> lm = load_model("my-model/", layer_matcher="transformer.blocks")  # doctest: +SKIP
+    >>> lm = load_model("meta-llama/Llama-3.1-70B", backend="nnsight", remote=True)  # on NDIF  # doctest: +SKIP
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if remote and backend != "nnsight":
+        raise ValueError("--remote needs --backend nnsight (remote execution is nnsight's)")
+    if backend == "nnsight":
+        from .nnsight_backend import require_nnsight
+
+        require_nnsight()  # before any weights load
+    if remote and remote != "local":
+        return _load_remote(
+            spec, dtype=dtype, trust_remote_code=trust_remote_code, layer_matcher=layer_matcher, remote=remote
+        )
     dev = resolve_device(device)
     torch_dtype = _pick_dtype(dtype, dev)
     model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)  # fails fast, before transformers
@@ -470,6 +503,11 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    runner: Backend | None = None
+    if backend == "nnsight":
+        from .nnsight_backend import NNSightBackend
+
+        runner = NNSightBackend.wrap(model, tokenizer, remote)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -478,19 +516,48 @@ def load_model(
         source=kind,
         extra={"dtype": str(torch_dtype).replace("torch.", ""), "device": dev},
         layer_matcher=layer_matcher,
+        backend=runner,
     )
 
 
-def hidden_of(output: Any) -> torch.Tensor:
-    """The hidden-state tensor of a decoder layer's output (a tensor in transformers 5, a tuple before)."""
-    return output if isinstance(output, torch.Tensor) else output[0]
+def _load_remote(
+    spec: str | None,
+    *,
+    dtype: str | None,
+    trust_remote_code: bool,
+    layer_matcher: LayerMatcher | None,
+    remote: bool | str,
+) -> LoadedModel:
+    """A model that runs on an nnsight server: the tokenizer here, the architecture on the meta device."""
+    model_id, kind, location, kwargs = _source_options(spec, trust_remote_code)
+    if kind != "hub":
+        raise ModelLoadError(f"--remote runs a model hosted by the server: pass its hub id, not {kind} {model_id!r}")
+    from transformers import AutoTokenizer
 
+    from .nnsight_backend import NNSightBackend
 
-def with_hidden(output: Any, hidden: torch.Tensor) -> Any:
-    """A decoder layer output of the same structure as *output* with its hidden state replaced."""
-    if isinstance(output, torch.Tensor):
-        return hidden
-    return (hidden, *output[1:])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if dtype not in (None, "auto"):
+            options["dtype"] = _pick_dtype(dtype, "cpu")
+        runner = NNSightBackend.hosted(model_id, tokenizer, remote, **options)
+    except Exception as exc:
+        raise _load_error(exc, model_id, kind, location) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = runner.envoy._module
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        fingerprint=model_fingerprint(model),
+        source="remote",
+        extra={"dtype": str(dtype or "auto"), "device": "remote"},
+        layer_matcher=layer_matcher,
+        backend=runner,
+    )
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,9 @@ continuations too).
 
 :func:`steer` registers hooks on the decoder layers and removes them on exit, exceptions included. It never
 modifies the model's weights or attributes, and holds its state in the context only, so any batch size works
-and two models can be steered independently.
+and two models can be steered independently. Given a :class:`~vulnsteer.lm.model.LoadedModel` instead of a bare
+model, :func:`steer` and :func:`steer_rows` steer with its backend (``hooks`` or ``nnsight``,
+:mod:`vulnsteer.lm.backend`): the same shifts at the same positions, applied by the same function.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
-from ..lm.model import LayerMatcher, decoder_layers, hidden_of, with_hidden
+from ..lm.backend import Shifts, backend_of
+from ..lm.model import LayerMatcher, decoder_layers
 from .gate import Gate
 from .vectors import SteeringVector, VectorMismatchError
 
@@ -177,83 +179,16 @@ def _as_specs(
     return specs
 
 
-def _past_length(kwargs: dict[str, Any]) -> int:
-    """Tokens already in the KV cache at the start of a forward pass (0 for a fresh prompt)."""
-    for name in ("cache", "past_key_values", "past_key_value"):
-        cache = kwargs.get(name)
-        if cache is None:
-            continue
-        if hasattr(cache, "get_seq_length"):
-            return int(cache.get_seq_length())
-        if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy tuple cache
-            return int(cache[0][0].shape[-2])
-    return 0
-
-
-class _PassState:
-    """Per-``steer()`` state: is the current forward pass a prompt pass or a cached generation step?"""
-
-    __slots__ = ("generating",)
-
-    def __init__(self) -> None:
-        self.generating = False
-
-    def pre_hook(self, _module: nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
-        self.generating = _past_length(kwargs) > 0
-
-
-def _make_hook(items: list[tuple[torch.Tensor, str]], state: _PassState) -> Any:
-    """A forward hook adding each ``(delta, positions)`` at its positions.
-
-    A delta is ``[hidden]`` (every row) or ``[batch, hidden]`` (one per row). Its only state is the context's.
-    """
-    cache: dict[tuple[torch.device, torch.dtype], list[tuple[torch.Tensor, str]]] = {}
-
-    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-        hidden = hidden_of(output)
-        generating = state.generating
-        key = (hidden.device, hidden.dtype)
-        if key not in cache:
-            cache[key] = [(delta.to(hidden.device, hidden.dtype), pos) for delta, pos in items]
-        new = hidden
-        for delta, pos in cache[key]:
-            if delta.ndim == 2 and delta.shape[0] != hidden.shape[0]:
-                raise ValueError(f"per-row steering has {delta.shape[0]} rows but the batch has {hidden.shape[0]}")
-            shift = delta.unsqueeze(-2) if delta.ndim == 2 else delta
-            if pos == "all" or (pos in ("generated", "answer") and generating) or (pos == "prompt" and not generating):
-                new = new + shift
-            elif pos in ("last", "answer") and not generating:
-                new = new.clone() if new is hidden else new
-                new[:, -1:, :] = new[:, -1:, :] + shift
-        return output if new is hidden else with_hidden(output, new)
-
-    return hook
-
-
 @contextmanager
-def _hooked(
-    model: nn.Module, per_layer: dict[int, list[tuple[torch.Tensor, str]]], matcher: LayerMatcher | None = None
-) -> Iterator[None]:
-    """Register the hooks for ``{layer: [(delta, positions), ...]}``; remove them on exit, exceptions included."""
-    blocks = decoder_layers(model, matcher)
-    for layer in per_layer:
-        if not 0 <= layer < len(blocks):
-            raise ValueError(f"layer {layer} out of range for a model with {len(blocks)} layers")
-    state = _PassState()
-    handles = []
-    try:
-        if per_layer:
-            handles.append(model.register_forward_pre_hook(state.pre_hook, with_kwargs=True))
-        for layer, items in per_layer.items():
-            handles.append(blocks[layer].register_forward_hook(_make_hook(items, state)))
+def _steered(model: Any, shifts: Shifts, matcher: LayerMatcher | None) -> Iterator[None]:
+    """Apply *shifts* with the model's backend (:mod:`vulnsteer.lm.backend`) within the block."""
+    backend, module, own = backend_of(model)
+    with backend.steering(module, decoder_layers(module, matcher or own), shifts):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
-def _check_specs(model: nn.Module, specs: Sequence[SteeringSpec]) -> None:
-    hidden_size = int(getattr(model.config, "hidden_size", 0) or 0)
+def _check_specs(model: Any, specs: Sequence[SteeringSpec]) -> None:
+    hidden_size = int(getattr(backend_of(model)[1].config, "hidden_size", 0) or 0)
     for spec in specs:
         if hidden_size:
             try:
@@ -264,7 +199,7 @@ def _check_specs(model: nn.Module, specs: Sequence[SteeringSpec]) -> None:
 
 @contextmanager
 def steer(
-    model: nn.Module,
+    model: Any,
     vector_or_specs: SteeringVector | SteeringSpec | Sequence[SteeringSpec],
     strength: float | None = None,
     *,
@@ -276,9 +211,10 @@ def steer(
     """Steer *model* inside a ``with`` block; hooks are removed on exit, exceptions included.
 
     ``with steer(model, vector, 4.0, positions="last"):`` or ``with steer(model, [spec_a, spec_b]):``.
-    Positive strength = toward reporting a vulnerability (the direction is subtracted).
+    Positive strength = toward reporting a vulnerability (the direction is subtracted). *model* is a bare model
+    (forward hooks) or a :class:`~vulnsteer.lm.model.LoadedModel` (steered by its backend).
 
-    >>> with steer(lm.model, vector, 0.3, unit="relative", positions="last"):  # doctest: +SKIP
+    >>> with steer(lm, vector, 0.3, unit="relative", positions="last"):  # doctest: +SKIP
     ...     records = score_logits(lm, samples)     # toward "vulnerable"; the hooks are gone after the block
     """
     specs = _as_specs(vector_or_specs, strength, layers, positions, unit)
@@ -288,13 +224,13 @@ def steer(
         for layer in spec.layers:
             if spec.strength != 0:
                 per_layer.setdefault(layer, []).append((spec.delta(layer), spec.positions))
-    with _hooked(model, per_layer, layer_matcher):
+    with _steered(model, per_layer, layer_matcher):
         yield specs
 
 
 @contextmanager
 def steer_rows(
-    model: nn.Module, rows: Sequence[Sequence[SteeringSpec]], layer_matcher: LayerMatcher | None = None
+    model: Any, rows: Sequence[Sequence[SteeringSpec]], layer_matcher: LayerMatcher | None = None
 ) -> Iterator[None]:
     """Steer each row of the batch with its own specs (``rows[i]`` for row ``i``; empty = unsteered).
 
@@ -307,7 +243,7 @@ def steer_rows(
     """
     all_specs = [spec for specs in rows for spec in specs]
     _check_specs(model, all_specs)
-    hidden = int(getattr(model, "config").hidden_size)  # noqa: B009
+    hidden = int(getattr(backend_of(model)[1], "config").hidden_size)  # noqa: B009
     grouped: dict[tuple[int, str], torch.Tensor] = {}
     for row, specs in enumerate(rows):
         for spec in specs:
@@ -321,5 +257,5 @@ def steer_rows(
     per_layer: dict[int, list[tuple[torch.Tensor, str]]] = {}
     for (layer, pos), delta in grouped.items():
         per_layer.setdefault(layer, []).append((delta, pos))
-    with _hooked(model, per_layer, layer_matcher):
+    with _steered(model, per_layer, layer_matcher):
         yield
