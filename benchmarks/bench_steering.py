@@ -6,6 +6,10 @@ Prints:
 - steered vs plain generation tokens/s at batch 1 and 8 (goal >= 0.98): ``model.generate`` with and without a
   ``steer()`` context (positions ``all``: every prompt and generated token is shifted), runs interleaved;
 - batch 8 vs batch 1 generation throughput;
+- conditional (probe-gated) vs plain generation tokens/s at batch 1 and 8 through the detection engine (goal >=
+  0.95): the gate's probe reads each prompt's code-mean state at layer 10 (from the shared prompt pass), the push
+  goes to the answer position and every generated token (positions ``answer``); tokens are counted from the texts,
+  since a steered row may stop at a different length;
 - logit mode vs generation mode, time per sample (goal >= 10x);
 - cold GGUF load (conversion into an empty cache) vs cached load.
 Numbers are medians over interleaved repeats: this machine is shared and noisy, so read ratios, not seconds.
@@ -25,10 +29,11 @@ from typing import Any
 import torch
 
 from vulnsteer.data.builtin import load_builtin
-from vulnsteer.detection.engine import generate_verdicts, score_logits
+from vulnsteer.detection.engine import detect_variants, generate_verdicts, score_logits
 from vulnsteer.lm.model import load_model
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steering.hooks import steer
+from vulnsteer.steering.gate import Gate, LinearProbe
+from vulnsteer.steering.hooks import SteeringSpec, steer
 from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 
@@ -93,6 +98,39 @@ def main() -> int:
             tps_b1 = tps_plain
         else:
             rows.append(("batch 8 / batch 1 generation throughput", f"{tps_plain / tps_b1:.2f}"))
+
+    probe = LinearProbe(10, "code_mean", torch.randn(lm.hidden_size, generator=gen), bias=0.0, threshold=0.0)
+    gated = [SteeringSpec(vector, 1.0, layers=(15,), positions="answer", gate=Gate("sign", probe))]
+    for batch in (1, 8):
+        chosen = samples[:batch]
+        texts: dict[str, list[str]] = {}
+
+        def run(name: str, specs: list[SteeringSpec], chosen: Any = chosen, texts: Any = texts) -> None:
+            found = detect_variants(
+                lm,
+                chosen,
+                {name: specs},
+                mode="generation",
+                batch_size=len(chosen),
+                max_new_tokens=args.new_tokens,
+                progress=False,
+            )
+            texts[name] = [r.text or "" for r in found[name]]
+
+        run("plain", [])  # warm-up
+        t = _interleaved(
+            {"plain": lambda: run("plain", []), "conditional": lambda: run("conditional", gated)}, args.repeats
+        )
+        tokens = {name: sum(len(tok(x, add_special_tokens=False).input_ids) for x in texts[name]) for name in t}
+        tps = {name: tokens[name] / t[name] for name in t}
+        rows.append((f"engine generation batch {batch}: plain tokens/s", f"{tps['plain']:.1f}"))
+        rows.append((f"engine generation batch {batch}: conditional tokens/s", f"{tps['conditional']:.1f}"))
+        rows.append(
+            (
+                f"conditional / plain throughput, batch {batch} (goal >= 0.95)",
+                f"{tps['conditional'] / tps['plain']:.3f}",
+            )
+        )
 
     eight = samples[:8]
     t = _interleaved(

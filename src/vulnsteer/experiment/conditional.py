@@ -141,8 +141,9 @@ def condition_probes(
 def conditional_settings(
     config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], probe_keys: Sequence[str]
 ) -> list[Setting]:
-    """Every gated candidate: behaviour x steered layer set x gating probe (at or below the set) x gate x strength."""
-    c, s = config.conditional, config.steering
+    """Every gated candidate: behaviour x steered layer set x gating probe (at or below the set) x gate x positions
+    x strength."""
+    c = config.conditional
     out: list[Setting] = []
     for name in c.behaviours:
         method, pooling = behaviour_key(name).split("@", 1)
@@ -151,7 +152,7 @@ def conditional_settings(
                 if int(key.rsplit("@L", 1)[1]) > min(layers):
                     continue
                 for gate in c.gates:
-                    for positions in s.positions:
+                    for positions in c.positions:
                         for unit, strength in c.strengths:
                             if strength:
                                 out.append(Setting(method, pooling, layers, unit, strength, positions, gate, key))

@@ -327,6 +327,14 @@ class ConditionalSection:
     gates: tuple[str, ...] = _key(
         ("sign",), some_of(GATE_KINDS), "gates: sign, linear (ACT-like), one_sided", "--gates", "csv"
     )
+    positions: tuple[str, ...] = _key(
+        ("answer",),
+        some_of(POSITIONS),
+        "token positions the gated push is added at (answer: the answer position and every generated token, so a "
+        "generated verdict gets the push too; last: the answer position only)",
+        "--conditional-positions",
+        "csv",
+    )
     strengths: tuple[tuple[str, float], ...] = _key(
         DEFAULT_CONDITIONAL_STRENGTHS,
         strength_list,
