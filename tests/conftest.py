@@ -11,6 +11,7 @@ import torch
 
 from vulnsteer.data.sample import Sample
 from vulnsteer.lm.model import LoadedModel, model_fingerprint
+from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 # Tiny models dominate the suite: one intra-op thread avoids thread hand-off costs that swamp a millisecond forward
 # pass on a busy 2-core machine (and keeps parallel CI jobs from oversubscribing the cores).
@@ -106,6 +107,30 @@ def embedded() -> LoadedModel:
     from vulnsteer.lm.model import load_model
 
     return load_model(device="cpu")
+
+
+def random_vector(
+    layers: tuple[int, ...], hidden: int = 64, *, seed: int = 1, scale: float = 1.0, sigma: float | None = 2.0
+) -> SteeringVector:
+    """A steering vector of seeded random directions (x *scale*) at *layers*, with layer norms 10 (and sigmas)."""
+    gen = torch.Generator().manual_seed(seed)
+    dirs = {layer: scale * torch.randn(hidden, generator=gen) for layer in layers}
+    prov = Provenance(
+        "tiny",
+        "x",
+        hidden,
+        layers,
+        "last",
+        "mean_diff",
+        "CWE-89",
+        2,
+        2,
+        "h",
+        "now",
+        layer_norms={layer: 10.0 for layer in layers},
+        layer_sigmas={layer: sigma for layer in layers} if sigma is not None else {},
+    )
+    return SteeringVector(dirs, prov)
 
 
 def toy_samples(n_pairs: int = 4, cwe: str = "CWE-89") -> list[Sample]:

@@ -6,33 +6,13 @@ from typing import Any
 
 import pytest
 import torch
-from tests.conftest import toy_samples
+from tests.conftest import random_vector, toy_samples
 
 from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.model import LoadedModel, ModelLoadError, decoder_layers
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 from vulnsteer.steering.hooks import SteeringSpec, steer, steer_rows
-from vulnsteer.steering.vectors import Provenance, SteeringVector, fit_vector, mean_difference
-
-
-def _vector(hidden: int, layers: tuple[int, ...], scale: float = 1.0, seed: int = 3) -> SteeringVector:
-    gen = torch.Generator().manual_seed(seed)
-    dirs = {layer: scale * torch.randn(hidden, generator=gen) for layer in layers}
-    prov = Provenance(
-        "tiny",
-        "x",
-        hidden,
-        layers,
-        "last",
-        "mean_diff",
-        "CWE-89",
-        2,
-        2,
-        "h",
-        "now",
-        layer_norms={layer: 10.0 for layer in layers},
-    )
-    return SteeringVector(dirs, prov)
+from vulnsteer.steering.vectors import SteeringVector, fit_vector, mean_difference
 
 
 def _logits(lm: LoadedModel, **kw: Any) -> torch.Tensor:
@@ -50,10 +30,10 @@ def _steered(lm: LoadedModel, *args: Any, **kwargs: Any) -> torch.Tensor:
 @pytest.mark.parametrize("positions", ["last", "prompt", "all"])
 def test_strength_scales_the_vector(tiny_llama: LoadedModel, positions: str) -> None:
     """steer(v, 2) == steer(2v, 1); steer(v, -1) == steer(-v, 1)."""
-    v, v2 = _vector(64, (1, 2)), _vector(64, (1, 2), scale=2.0)
+    v, v2 = random_vector((1, 2)), random_vector((1, 2), scale=2.0)
     a = _steered(tiny_llama, v, 2.0, positions=positions)
     torch.testing.assert_close(a, _steered(tiny_llama, v2, 1.0, positions=positions))
-    neg = _vector(64, (1, 2), scale=-1.0)
+    neg = random_vector((1, 2), scale=-1.0)
     torch.testing.assert_close(
         _steered(tiny_llama, v, -1.0, positions=positions), _steered(tiny_llama, neg, 1.0, positions=positions)
     )
@@ -61,14 +41,14 @@ def test_strength_scales_the_vector(tiny_llama: LoadedModel, positions: str) -> 
 
 
 def test_strength_zero_is_the_plain_model(tiny_llama: LoadedModel) -> None:
-    v = _vector(64, (1,))
+    v = random_vector((1,))
     torch.testing.assert_close(_steered(tiny_llama, v, 0.0, positions="all"), _logits(tiny_llama), rtol=0, atol=0)
     with steer(tiny_llama.model, v, 0.0):
         assert not any(b._forward_hooks for b in decoder_layers(tiny_llama.model))  # nothing registered
 
 
 def test_relative_strength_ignores_the_vectors_length(tiny_llama: LoadedModel) -> None:
-    short, long = _vector(64, (1,)), _vector(64, (1,), scale=7.0)
+    short, long = random_vector((1,)), random_vector((1,), scale=7.0)
     torch.testing.assert_close(
         _steered(tiny_llama, short, 0.3, unit="relative"), _steered(tiny_llama, long, 0.3, unit="relative")
     )
@@ -76,25 +56,25 @@ def test_relative_strength_ignores_the_vectors_length(tiny_llama: LoadedModel) -
 
 def test_specs_add_up(tiny_llama: LoadedModel) -> None:
     """Two specs on one layer == their sum; a spec on each of two layers == a two-layer vector."""
-    v, w = _vector(64, (1,), seed=1), _vector(64, (1,), seed=2)
+    v, w = random_vector((1,), seed=1), random_vector((1,), seed=2)
     both = SteeringVector({1: v.direction(1) + w.direction(1)}, v.provenance)
     torch.testing.assert_close(
         _steered(tiny_llama, [SteeringSpec(v, 1.0), SteeringSpec(w, 1.0)]), _steered(tiny_llama, both, 1.0)
     )
-    two = _vector(64, (1, 2))
+    two = random_vector((1, 2))
     per_layer = [SteeringSpec(two, 1.0, layers=(1,)), SteeringSpec(two, 1.0, layers=(2,))]
     torch.testing.assert_close(_steered(tiny_llama, per_layer), _steered(tiny_llama, two, 1.0))
 
 
 def test_last_position_steering_leaves_earlier_positions_alone(tiny_llama: LoadedModel) -> None:
-    v = _vector(64, (1,))
+    v = random_vector((1,))
     plain, steered = _logits(tiny_llama), _steered(tiny_llama, v, 5.0, positions="last")
     torch.testing.assert_close(steered[:, :-1], plain[:, :-1], rtol=0, atol=0)
     assert not torch.allclose(steered[:, -1], plain[:, -1])
 
 
 def test_per_row_steering_equals_one_row_at_a_time(tiny_llama: LoadedModel) -> None:
-    v, w = _vector(64, (1, 2), seed=1), _vector(64, (2,), seed=2)
+    v, w = random_vector((1, 2), seed=1), random_vector((2,), seed=2)
     rows = [[SteeringSpec(v, 1.5, positions="all")], [SteeringSpec(w, -2.0, positions="last")]]
     with steer_rows(tiny_llama.model, rows):
         together = _logits(tiny_llama)
@@ -144,6 +124,6 @@ def test_a_layer_matcher_finds_blocks_of_an_unknown_architecture(tiny_llama: Loa
     torch.testing.assert_close(
         acts.get("last"), extract_activations(tiny_llama, samples, [1], progress=False).get("last")
     )
-    v = _vector(64, (1,))
+    v = random_vector((1,))
     with steer(wrapped, v, 1.0, layer_matcher="core.stack"):
         assert tiny_llama.model.model.layers[1]._forward_hooks

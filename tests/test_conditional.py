@@ -6,7 +6,7 @@ import doctest
 
 import pytest
 import torch
-from tests.conftest import toy_samples
+from tests.conftest import random_vector, toy_samples
 
 from vulnsteer.detection.engine import detect, detect_variants_modes
 from vulnsteer.detection.prefix import PrefixStore
@@ -17,27 +17,6 @@ from vulnsteer.steering import gate as gate_mod
 from vulnsteer.steering.behaviour import answer_vector
 from vulnsteer.steering.gate import Gate, LinearProbe
 from vulnsteer.steering.hooks import SteeringSpec, steer
-from vulnsteer.steering.vectors import Provenance, SteeringVector
-
-
-def _vector(layers: tuple[int, ...], seed: int = 5) -> SteeringVector:
-    gen = torch.Generator().manual_seed(seed)
-    prov = Provenance(
-        "tiny",
-        "x",
-        64,
-        layers,
-        "last",
-        "mean_diff",
-        "CWE-89",
-        2,
-        2,
-        "h",
-        "now",
-        layer_norms={layer: 10.0 for layer in layers},
-        layer_sigmas={layer: 2.0 for layer in layers},
-    )
-    return SteeringVector({layer: torch.randn(64, generator=gen) for layer in layers}, prov)
 
 
 def _probe(tiny: LoadedModel, pooling: str, layer: int = 1) -> LinearProbe:
@@ -56,7 +35,7 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
 ) -> None:
     samples = toy_samples(4)
     probe = _probe(tiny_llama, pooling)
-    vec = _vector((1, 2))
+    vec = random_vector((1, 2), seed=5)
     variants = {
         "base": [],
         "sign": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("sign", probe))],  # type: ignore[arg-type]
@@ -118,16 +97,16 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
 def test_a_gate_above_the_steered_layers_is_refused(tiny_llama: LoadedModel) -> None:
     probe = _probe(tiny_llama, "last", layer=2)
     with pytest.raises(ValueError, match="condition layer 2 is above the steered layers"):
-        SteeringSpec(_vector((1,)), 1.0, gate=Gate("sign", probe))
+        SteeringSpec(random_vector((1,), seed=5), 1.0, gate=Gate("sign", probe))
     with pytest.raises(ValueError, match="gate kind"):
         Gate("maybe", probe)
-    gated = SteeringSpec(_vector((2,)), 1.0, gate=Gate("sign", probe))
+    gated = SteeringSpec(random_vector((2,), seed=5), 1.0, gate=Gate("sign", probe))
     with pytest.raises(ValueError, match="resolve its gate"), steer(tiny_llama.model, gated):
         pass
 
 
 def test_sigma_unit_scales_by_the_projection_spread(tiny_llama: LoadedModel) -> None:
-    vec = _vector((1,))
+    vec = random_vector((1,), seed=5)
     d = vec.direction(1)
     torch.testing.assert_close(SteeringSpec(vec, 1.5, unit="sigma").delta(1), -1.5 * 2.0 * d / d.norm())
 

@@ -6,33 +6,13 @@ from typing import Any
 
 import pytest
 import torch
-from tests.conftest import toy_samples
+from tests.conftest import random_vector, toy_samples
 
 from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.model import LoadedModel, decoder_layers, hidden_of
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 from vulnsteer.steering.hooks import SteeringSpec, steer
-from vulnsteer.steering.vectors import Provenance, SteeringVector, fit_vector
-
-
-def _vector(hidden: int, layers: tuple[int, ...], seed: int = 1) -> SteeringVector:
-    gen = torch.Generator().manual_seed(seed)
-    dirs = {layer: torch.randn(hidden, generator=gen) for layer in layers}
-    prov = Provenance(
-        "tiny",
-        "x",
-        hidden,
-        layers,
-        "last",
-        "mean_diff",
-        "CWE-89",
-        2,
-        2,
-        "h",
-        "now",
-        layer_norms={layer: 10.0 for layer in layers},
-    )
-    return SteeringVector(dirs, prov)
+from vulnsteer.steering.vectors import fit_vector
 
 
 class _Recorder:
@@ -70,7 +50,7 @@ def _batch(lm: LoadedModel) -> Any:
 
 @pytest.mark.parametrize("positions", ["last", "prompt", "all"])
 def test_shift_is_exact_on_a_forward_pass(tiny: LoadedModel, positions: str) -> None:
-    vec = _vector(64, (1, 2))
+    vec = random_vector((1, 2))
     spec = SteeringSpec(vec, 3.0, positions=positions)  # type: ignore[arg-type]
     batch = _batch(tiny)
     for layer in (1, 2):
@@ -86,7 +66,7 @@ def test_shift_is_exact_on_a_forward_pass(tiny: LoadedModel, positions: str) -> 
 
 
 def test_unsteered_layers_untouched(tiny_llama: LoadedModel) -> None:
-    spec = SteeringSpec(_vector(64, (1, 2)), 5.0, layers=(2,))
+    spec = SteeringSpec(random_vector((1, 2)), 5.0, layers=(2,))
     batch = _batch(tiny_llama)
     (shift,) = _shifts(tiny_llama, spec, 1, lambda: tiny_llama.model(input_ids=batch.input_ids))
     assert shift.abs().max() == 0
@@ -94,7 +74,7 @@ def test_unsteered_layers_untouched(tiny_llama: LoadedModel) -> None:
 
 @pytest.mark.parametrize("positions", ["generated", "last", "answer", "prompt", "all"])
 def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) -> None:
-    vec = _vector(64, (1,))
+    vec = random_vector((1,))
     spec = SteeringSpec(vec, 2.0, positions=positions)  # type: ignore[arg-type]
     batch = _batch(tiny_llama)
     pad = tiny_llama.tokenizer.pad_token_id
@@ -131,7 +111,7 @@ def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) ->
 
 
 def test_relative_unit_scales_by_layer_norm(tiny_llama: LoadedModel) -> None:
-    vec = _vector(64, (1,))
+    vec = random_vector((1,))
     spec = SteeringSpec(vec, 0.5, unit="relative")
     d = vec.direction(1)
     assert torch.allclose(spec.delta(1), -0.5 * 10.0 * d / d.norm())
@@ -140,7 +120,7 @@ def test_relative_unit_scales_by_layer_norm(tiny_llama: LoadedModel) -> None:
 def test_hooks_removed_even_on_exception(tiny_llama: LoadedModel) -> None:
     blocks = decoder_layers(tiny_llama.model)
     before = [len(b._forward_hooks) for b in blocks]
-    with pytest.raises(RuntimeError), steer(tiny_llama.model, _vector(64, (0, 3)), 1.0):
+    with pytest.raises(RuntimeError), steer(tiny_llama.model, random_vector((0, 3)), 1.0):
         assert sum(len(b._forward_hooks) for b in blocks) == sum(before) + 2
         raise RuntimeError("boom")
     assert [len(b._forward_hooks) for b in blocks] == before
@@ -149,14 +129,14 @@ def test_hooks_removed_even_on_exception(tiny_llama: LoadedModel) -> None:
 def test_steering_never_mutates_weights(tiny_llama: LoadedModel) -> None:
     state = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
     batch = _batch(tiny_llama)
-    with steer(tiny_llama.model, _vector(64, (0, 1, 2, 3)), 4.0):
+    with steer(tiny_llama.model, random_vector((0, 1, 2, 3)), 4.0):
         tiny_llama.model(input_ids=batch.input_ids)
     for k, v in tiny_llama.model.state_dict().items():
         assert torch.equal(v, state[k]), k
 
 
 def test_several_vectors_add_up(tiny_llama: LoadedModel) -> None:
-    a, b = _vector(64, (1,), seed=1), _vector(64, (1,), seed=2)
+    a, b = random_vector((1,), seed=1), random_vector((1,), seed=2)
     batch = _batch(tiny_llama)
     block = decoder_layers(tiny_llama.model)[1]
     before, after = _Recorder(), _Recorder()
@@ -172,14 +152,14 @@ def test_several_vectors_add_up(tiny_llama: LoadedModel) -> None:
 
 
 def test_spec_validation(tiny_llama: LoadedModel) -> None:
-    vec = _vector(64, (1,))
+    vec = random_vector((1,))
     with pytest.raises(ValueError, match="positions"):
         SteeringSpec(vec, 1.0, positions="middle")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not in the vector"):
         SteeringSpec(vec, 1.0, layers=(3,))
     with pytest.raises(ValueError, match="finite"):
         SteeringSpec(vec, float("nan"))
-    wrong = _vector(32, (1,))
+    wrong = random_vector((1,), 32)
     with pytest.raises(ValueError, match="hidden size"), steer(tiny_llama.model, wrong, 1.0):
         pass
 

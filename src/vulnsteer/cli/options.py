@@ -158,6 +158,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--trust-remote-code", action="store_true", help="allow model repositories to run their code")
     g.add_argument(
+        "--layers-path",
+        default=None,
+        help="dotted attribute path of the decoder blocks, for an architecture vulnsteer does not know (e.g. "
+        "transformer.blocks; default: found automatically)",
+    )
+    g.add_argument(
         "--backend",
         default="hooks",
         choices=BACKEND_NAMES,
@@ -347,17 +353,12 @@ def check_model_options(args: argparse.Namespace) -> None:
 
 
 def load(args: argparse.Namespace) -> Any:
-    from ..lm.model import load_model
+    """The model the ``model`` flags name (:func:`add_model_args`), loaded as a run's ``[model]`` section is."""
+    from ..experiment.preflight import load_configured_model
+    from ..experiment.sections import ModelSection
 
-    return load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
-        trust_remote_code=args.trust_remote_code,
-        backend=args.backend,
-        remote=args.remote,
-    )
+    keys = ("device", "dtype", "device_map", "trust_remote_code", "layers_path", "backend", "remote")
+    return load_configured_model(ModelSection(name=args.model, **{key: getattr(args, key) for key in keys}))
 
 
 # ------------------------------------------------------------------------------------------------ config keys
