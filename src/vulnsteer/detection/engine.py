@@ -81,7 +81,21 @@ _LATER_POSITIONS = ("answer", "generated", "all")
 
 def _expand_cache(cache: Any, repeats: int, select: torch.Tensor | None = None) -> Any:
     """A copy of a KV cache with every row repeated *repeats* times (row-major), then only the rows *select*
-    names, or None if unsupported."""
+    names, or None if unsupported. A cache whose layers gather rows into new tensors (``reorder_cache``, as
+    transformers' dynamic layers do) is copied once, by that gather; others are deep-copied first."""
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, list) and all(hasattr(layer, "reorder_cache") for layer in layers) and layers:
+        rows = cache.batch_size if hasattr(cache, "batch_size") else None
+        if isinstance(rows, int) and rows > 0:
+            device = getattr(layers[0], "keys", torch.empty(0)).device
+            index = torch.arange(rows, device=device).repeat_interleave(repeats)
+            if select is not None:
+                index = index[select.to(device)]
+            expanded = copy.copy(cache)
+            expanded.layers = [copy.copy(layer) for layer in layers]
+            for layer in expanded.layers:
+                layer.reorder_cache(index)
+            return expanded
     if (repeats > 1 and not hasattr(cache, "batch_repeat_interleave")) or (
         select is not None and not hasattr(cache, "batch_select_indices")
     ):
