@@ -22,7 +22,19 @@ from .config import ExperimentConfig
 from .grid import Condition
 from .select import Choice
 
-__all__ = ["LeadEntry", "build_lead", "chosen_records", "compose", "lead_table", "lead_words", "margins_by_class"]
+#: The rows that control conditional steering (each is also compared with it directly).
+CONTROLS: tuple[str, ...] = ("gate_control", "vector_control")
+
+__all__ = [
+    "CONTROLS",
+    "LeadEntry",
+    "build_lead",
+    "chosen_records",
+    "compose",
+    "lead_table",
+    "lead_words",
+    "margins_by_class",
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ def lead_table(base: Sequence[DetectionRecord], entries: Sequence[LeadEntry], se
         }
     )
     ids = {r.sample_id for r in base}
+    conditional = next((e for e in entries if e.name == "conditional"), None)
     for entry in entries:
         recs = [r for r in entry.records if r.sample_id in ids]
         if {r.sample_id for r in recs} != ids:
@@ -81,6 +94,15 @@ def lead_table(base: Sequence[DetectionRecord], entries: Sequence[LeadEntry], se
         }
         if any(r.push for r in recs):
             row["lever_rate"] = lever_rate(recs)
+        if conditional is not None and entry.name in CONTROLS:
+            # the control against conditional steering, paired on the same samples (> 0: conditional is better)
+            versus = compare_to_baseline(recs, [r for r in conditional.records if r.sample_id in ids], [], seed)
+            o = versus["overall"]
+            row["conditional_vs"] = {
+                "delta": o["delta_balanced_accuracy"],
+                "delta_ci": o["delta_ci"],
+                "p_value": o["mcnemar_p"],
+            }
         rows.append(row)
     return rows
 
@@ -96,12 +118,13 @@ def lead_words(rows: Sequence[Mapping[str, Any]], split: str) -> str:
     ...         {"name": "conditional", "metrics": {"balanced_accuracy": 0.8}, "delta": 0.3, "delta_ci": [0.1, 0.5],
     ...          "p_value": 0.001},
     ...         {"name": "gate_control", "metrics": {"balanced_accuracy": 0.52}, "delta": 0.02,
-    ...          "delta_ci": [-0.1, 0.1], "p_value": 0.8},
+    ...          "delta_ci": [-0.1, 0.1], "p_value": 0.8,
+    ...          "conditional_vs": {"delta": 0.28, "delta_ci": [0.1, 0.45], "p_value": 0.002}},
     ...         {"name": "probe", "metrics": {"balanced_accuracy": 0.82}}]
     >>> print(lead_words(rows, "test"))
     On test, conditional steering scores balanced accuracy 0.800 against the baseline's 0.500 (Δ +0.300, \
-p=0.001: significant); the random gate scores 0.520, so the probe's reading is what matters; the probe alone \
-scores 0.820 (the ceiling conditional steering can reach through the model).
+p=0.001: significant); the random gate scores 0.520 (conditional +0.280 [+0.10, +0.45], p=0.002: the probe's \
+reading matters); the probe alone scores 0.820 (the ceiling conditional steering can reach through the model).
     """
     base = _find(rows, "baseline")
     cond = _find(rows, "conditional")
@@ -120,11 +143,24 @@ scores 0.820 (the ceiling conditional steering can reach through the model).
         f"On {split}, conditional steering scores balanced accuracy {c:.3f} against the baseline's {b:.3f} "
         f"(Δ {cond['delta']:+.3f}, p={cond['p_value']:.3g}: {'significant' if sig else 'not significant'})"
     ]
-    gate = _find(rows, "gate_control")
-    if gate is not None:
-        g = gate["metrics"]["balanced_accuracy"]
-        verdict = "so the probe's reading is what matters" if c - g > 0.02 else "so the probe adds little"
-        words.append(f"the random gate scores {g:.3f}, {verdict}")
+    for name, what, claim in (
+        ("gate_control", "the random gate", "the probe's reading matters"),
+        ("vector_control", "the random behaviour vector", "the direction pushed matters"),
+    ):
+        control = _find(rows, name)
+        if control is None:
+            continue
+        versus = control.get("conditional_vs")
+        score = f"{what} scores {control['metrics']['balanced_accuracy']:.3f}"
+        if versus is None:
+            words.append(score)
+            continue
+        lo, hi = versus["delta_ci"]
+        decided = versus["p_value"] < 0.05 and lo > 0
+        words.append(
+            f"{score} (conditional {versus['delta']:+.3f} [{lo:+.2f}, {hi:+.2f}], p={versus['p_value']:.3g}: "
+            + (f"{claim})" if decided else "no evidence yet that " + claim + ")")
+        )
     probe = _find(rows, "probe")
     if probe is not None:
         words.append(
