@@ -24,8 +24,9 @@ setup: $(VENV)/.setup-done
 
 setup-test: $(VENV)/.test-done
 
+# Conditional steering on the bundled corpus with every control (examples/demo.toml); rerun to resume.
 demo: setup
-	$(VENV)/bin/vulnsteer run
+	$(VENV)/bin/vulnsteer sweep examples/demo.toml
 
 test: lint
 	$(PY) -m pytest -q

@@ -328,10 +328,11 @@ class ConditionalSection:
         ("sign",), some_of(GATE_KINDS), "gates: sign, linear (ACT-like), one_sided", "--gates", "csv"
     )
     positions: tuple[str, ...] = _key(
-        ("answer",),
+        ("last",),
         some_of(POSITIONS),
-        "token positions the gated push is added at (answer: the answer position and every generated token, so a "
-        "generated verdict gets the push too; last: the answer position only)",
+        "token positions the gated push is added at: last (the answer position, where the verdict's first token is "
+        "predicted) or answer (it and every generated token; equal to last in logit mode, so only generation-mode "
+        "validation, select_generation_by = generation, can choose between them)",
         "--conditional-positions",
         "csv",
     )
