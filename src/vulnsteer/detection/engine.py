@@ -79,33 +79,22 @@ _PROMPT_POSITIONS = ("last", "answer", "prompt", "all")
 _LATER_POSITIONS = ("answer", "generated", "all")
 
 
-def _expand_cache(cache: Any, repeats: int, select: torch.Tensor | None = None) -> Any:
-    """A copy of a KV cache with every row repeated *repeats* times (row-major), then only the rows *select*
-    names, or None if unsupported. A cache whose layers gather rows into new tensors (``reorder_cache``, as
-    transformers' dynamic layers do) is copied once, by that gather; others are deep-copied first."""
+def _gather_cache(cache: Any, index: torch.Tensor) -> Any:
+    """A new KV cache whose row ``r`` is *cache*'s row ``index[r]`` (rows may repeat), *cache* unchanged; None if
+    the cache type cannot do it. Layers that gather into new tensors (``reorder_cache``, as transformers' dynamic
+    layers do) are copied once, by that gather; other caches are deep-copied first."""
     layers = getattr(cache, "layers", None)
-    if isinstance(layers, list) and all(hasattr(layer, "reorder_cache") for layer in layers) and layers:
-        rows = cache.batch_size if hasattr(cache, "batch_size") else None
-        if isinstance(rows, int) and rows > 0:
-            device = getattr(layers[0], "keys", torch.empty(0)).device
-            index = torch.arange(rows, device=device).repeat_interleave(repeats)
-            if select is not None:
-                index = index[select.to(device)]
-            expanded = copy.copy(cache)
-            expanded.layers = [copy.copy(layer) for layer in layers]
-            for layer in expanded.layers:
-                layer.reorder_cache(index)
-            return expanded
-    if (repeats > 1 and not hasattr(cache, "batch_repeat_interleave")) or (
-        select is not None and not hasattr(cache, "batch_select_indices")
-    ):
+    if isinstance(layers, list) and layers and all(hasattr(layer, "reorder_cache") for layer in layers):
+        gathered = copy.copy(cache)
+        gathered.layers = [copy.copy(layer) for layer in layers]
+        for layer in gathered.layers:
+            layer.reorder_cache(index)
+        return gathered
+    if not hasattr(cache, "batch_select_indices"):
         return None
-    expanded = copy.deepcopy(cache)
-    if repeats > 1:
-        expanded.batch_repeat_interleave(repeats)
-    if select is not None:
-        expanded.batch_select_indices(select)
-    return expanded
+    gathered = copy.deepcopy(cache)
+    gathered.batch_select_indices(index)
+    return gathered
 
 
 @torch.no_grad()
@@ -114,17 +103,16 @@ def _first_step(
     ids: torch.Tensor,
     mask: torch.Tensor,
     rows: Sequence[Sequence[SteeringSpec]],
-    prefix: tuple[Any, int, torch.Tensor | None] | None,
+    prefix: tuple[Any, torch.Tensor] | None,
     matcher: LayerMatcher | None = None,
 ) -> tuple[torch.Tensor, Any]:
-    """Logits at the answer position for every (expanded) row under its own specs.
+    """Logits at the answer position for every row under its own specs.
 
-    With a shared *prefix* ``(cache, repeats, select)`` only the last prompt token is run (on the prefix's rows
-    repeated *repeats* times, then those *select* names); the specs that steer ``last`` are applied to that
-    one-token pass.
+    With a shared *prefix* ``(cache, index)`` only the last prompt token is run, row ``r`` continuing the prefix's
+    row ``index[r]``; the specs that steer ``last`` are applied to that one-token pass.
     """
     if prefix is not None:
-        cache = _expand_cache(prefix[0], prefix[1], prefix[2])
+        cache = _gather_cache(prefix[0], prefix[1])
         if cache is not None:
             with steer_rows(model, _retarget(rows, ("last", "answer"), "all"), matcher):
                 return forward(model, ids[:, -1:], mask, cache)
@@ -201,18 +189,20 @@ def _sink_first_step(
     seen: Mapping[int, torch.Tensor],
     samples: Sequence[Sample],
     idx: Sequence[int],
-    chunk_names: Sequence[str],
+    names: Sequence[str],
     base: Mapping[int, str | None],
     code_mask: torch.Tensor,
     shared: bool,
+    row_of: Mapping[int, int],
 ) -> None:
-    """Record the unsteered rows' answer-position (and, without a shared prefix, code-mean) hidden states."""
-    repeats = len(chunk_names)
+    """Record the unsteered rows' answer-position (and, without a shared prefix, code-mean) hidden states; a row
+    ``j * len(names) + v`` (sample ``idx[j]``, variant ``names[v]``) ran in this pass as ``row_of``'s row."""
     for j, i in enumerate(idx):
-        if base.get(i) not in chunk_names:
+        name = base.get(i)
+        k = j * len(names) + names.index(name) if name is not None else -1
+        if k not in row_of:
             continue
-        r = j * repeats + list(chunk_names).index(base[i])  # type: ignore[arg-type]
-        hidden = torch.stack([seen[layer][r].float() for layer in sink.layers])  # [layers, seq, hidden]
+        hidden = torch.stack([seen[layer][row_of[k]].float() for layer in sink.layers])  # [layers, seq, hidden]
         sink.add(samples[i].id, "last", hidden[:, -1])
         if not shared:
             sink.add(samples[i].id, "code_mean", masked_mean(hidden, code_mask[j].expand(len(sink.layers), -1)))
@@ -360,7 +350,6 @@ def detect_variants_modes(
     }
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos = _eos_ids(tok, lm.model)
-    per_chunk = max(1, max_rows // max(1, batch_size))
     bar = Progress(len(samples) * len(names), desc or f"{'+'.join(modes)} detection", unit="sample", enabled=progress)
     batcher = AutoBatch.for_model(lm, f"detection:{'+'.join(modes)}:{max_rows}", batch_size)
 
@@ -408,33 +397,26 @@ def detect_variants_modes(
                 if prefix_store is not None:
                     prefix_store.put_states(key, gate_layers, states)
             specs, pushes = _resolve_gates(idx, specs, states, gate_layers)
-        for chunk in _batches(list(range(len(names))), per_chunk):
-            chunk_names = [names[c] for c in chunk]
-            repeats = len(chunk_names)
-            rows = [list(specs[(i, name)] or ()) for i in idx for name in chunk_names]
-            ids = batch.input_ids.repeat_interleave(repeats, dim=0)
-            mask = batch.attention_mask.repeat_interleave(repeats, dim=0)
-            # rows whose variant leaves the sample out (None) are not run at all (sink users keep every row)
-            keep = [
-                j * repeats + v
-                for j, i in enumerate(idx)
-                for v, name in enumerate(chunk_names)
-                if specs[(i, name)] is not None or sink is not None
-            ]
-            if not keep:
-                bar.update(len(idx) * repeats)
-                continue
-            select = None
-            if len(keep) < len(rows):
-                select = torch.tensor(keep, device=ids.device)
-                ids, mask, rows = ids[select], mask[select], [rows[k] for k in keep]
+        # one row per (sample, variant) that runs, packed max_rows to a pass whatever the variant (a variant that
+        # leaves a sample out, None, has no row; sink users keep every row)
+        repeats = len(names)
+        active = [
+            j * repeats + v
+            for j, i in enumerate(idx)
+            for v, name in enumerate(names)
+            if specs[(i, name)] is not None or sink is not None
+        ]
+        for keep in _batches(active, max(1, max_rows)):
+            select = torch.tensor(keep, device=batch.input_ids.device)
+            ids, mask = batch.input_ids[select // repeats], batch.attention_mask[select // repeats]
+            rows = [list(specs[(idx[k // repeats], names[k % repeats])] or ()) for k in keep]
             row_of = {k: r for r, k in enumerate(keep)}
             with _maybe_recording(model, sink, matcher) as seen:
                 logits, cache = _first_step(
-                    model, ids, mask, rows, (prefix_cache, repeats, select) if shared else None, matcher
+                    model, ids, mask, rows, (prefix_cache, select // repeats) if shared else None, matcher
                 )
             if sink is not None:
-                _sink_first_step(sink, seen, samples, idx, chunk_names, base, batch.code_mask, shared)
+                _sink_first_step(sink, seen, samples, idx, names, base, batch.code_mask, shared, row_of)
             margins: list[float] = []
             texts: list[str] = []
             if "logit" in modes:
@@ -443,40 +425,33 @@ def detect_variants_modes(
             if "generation" in modes:
                 new_tokens = _greedy(model, logits, cache, mask, rows, max_new_tokens, eos, pad_id, matcher)
                 texts = [template.answer_prefix + tok.decode(t, skip_special_tokens=True) for t in new_tokens]
-            for j, i in enumerate(idx):
+            for k in keep:
+                i, name, r = idx[k // repeats], names[k % repeats], row_of[k]
+                if specs[(i, name)] is None:
+                    continue
                 s = samples[i]
-                for v, name in enumerate(chunk_names):
-                    if specs[(i, name)] is None:
-                        continue
-                    r = row_of[j * repeats + v]
-                    if margins:
-                        m = float(margins[r])
-                        p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
-                        results["logit"][name][i] = DetectionRecord(
-                            s.id,
-                            s.cwe,
-                            s.pair_id,
-                            s.y,
-                            "vulnerable" if p >= threshold else "secure",
-                            score=p,
-                            margin=m,
-                            push=pushes[(i, name)][0] if (i, name) in pushes else None,
-                            gate_score=pushes[(i, name)][1] if (i, name) in pushes else None,
-                        )
-                    if texts:
-                        verdict = parse_verdict(texts[r])
-                        results["generation"][name][i] = DetectionRecord(
-                            s.id,
-                            s.cwe,
-                            s.pair_id,
-                            s.y,
-                            verdict.label,
-                            text=texts[r],
-                            named_cwe=verdict.cwe,
-                            push=pushes[(i, name)][0] if (i, name) in pushes else None,
-                            gate_score=pushes[(i, name)][1] if (i, name) in pushes else None,
-                        )
-            bar.update(len(idx) * repeats)
+                push, gate_score = pushes.get((i, name), (None, None))
+                if margins:
+                    m = float(margins[r])
+                    p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
+                    verdict_word = "vulnerable" if p >= threshold else "secure"
+                    results["logit"][name][i] = DetectionRecord(
+                        s.id, s.cwe, s.pair_id, s.y, verdict_word, score=p, margin=m, push=push, gate_score=gate_score
+                    )
+                if texts:
+                    verdict = parse_verdict(texts[r])
+                    results["generation"][name][i] = DetectionRecord(
+                        s.id,
+                        s.cwe,
+                        s.pair_id,
+                        s.y,
+                        verdict.label,
+                        text=texts[r],
+                        named_cwe=verdict.cwe,
+                        push=push,
+                        gate_score=gate_score,
+                    )
+        bar.update(len(idx) * repeats)
 
     done = 0
 
