@@ -214,9 +214,8 @@ def _generate(lm: Any, batch: Any, new_tokens: int) -> None:
 
 def bench_generation(lm: Any, prompts: list[Any], plan: Plan, vector: Any) -> list[dict[str, Any]]:
     """Steered vs plain ``generate`` throughput at each batch size."""
-    from vulnsteer.steering.hooks import steer
-
     from vulnsteer.lm.prompts import tokenize_prompts
+    from vulnsteer.steering.hooks import steer
 
     rows = []
     for batch_size in plan.batches:
@@ -302,10 +301,9 @@ def bench_logit(lm: Any, samples: list[Any], plan: Plan) -> dict[str, Any]:
 
 def bench_memory(lm: Any, prompt: Any, plan: Plan, vector: Any) -> dict[str, Any]:
     """Peak memory of a steered batch-1 generation vs the weights' size."""
-    from vulnsteer.steering.hooks import steer
-
     from vulnsteer.lm.memory import peak_memory, reset_peak_memory, weights_bytes
     from vulnsteer.lm.prompts import tokenize_prompts
+    from vulnsteer.steering.hooks import steer
 
     batch = tokenize_prompts(lm.tokenizer, [prompt]).to(lm.device)
     reset_peak_memory(lm.device)
