@@ -15,7 +15,14 @@ import torch
 from tests.conftest import write_toy_jsonl
 
 from vulnsteer.experiment.config import ConfigError, ExperimentConfig, parse_config
-from vulnsteer.experiment.engine import ChunkDone, LocalExecutor, ResultStore, ScoringOptions, run_conditions
+from vulnsteer.experiment.engine import (
+    ChunkDone,
+    ChunkInputs,
+    LocalExecutor,
+    ResultStore,
+    ScoringOptions,
+    run_conditions,
+)
 from vulnsteer.experiment.fit import fit_cwe_vectors
 from vulnsteer.experiment.grid import Condition, candidate_settings, val_conditions
 from vulnsteer.experiment.prepare import prepare_data
@@ -28,20 +35,24 @@ from vulnsteer.steering.gate import LinearProbe
 from vulnsteer.steering.vectors import SteeringVector
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("toy")
+def toy_grid(root: Path, lm: LoadedModel, layer_sets: Sequence[tuple[int, ...]] = ((1,), (2,))) -> dict[str, Any]:
+    """The toy data's validation grid in logit mode (baseline, steered and control per setting), its vectors."""
     config = ExperimentConfig().replace(
         data__path=str(write_toy_jsonl(root / "toy.jsonl", n_pairs=4)),
         data__format="jsonl",
         data__max_code_tokens=64,
         steering__strengths={"relative": [0.5, 2.0]},
     )
-    data = prepare_data(config.data, tiny_lm.tokenizer, progress=False, require=("train", "val"))
-    acts = extract_activations(tiny_lm, data.samples("train"), [1, 2], ["last"], progress=False)
-    vectors = fit_cwe_vectors(tiny_lm, acts, data.by_cwe("train"), [1, 2])
-    conds = val_conditions(config, candidate_settings(config, [(1,), (2,)]), "logit")
-    return {"data": data, "vectors": vectors, "conds": conds, "root": root}
+    data = prepare_data(config.data, lm.tokenizer, progress=False, require=("train", "val"))
+    acts = extract_activations(lm, data.samples("train"), [1, 2], ["last"], progress=False)
+    vectors = fit_cwe_vectors(lm, acts, data.by_cwe("train"), [1, 2])
+    conds = val_conditions(config, candidate_settings(config, layer_sets), "logit")
+    return {"data": data, "vectors": vectors, "conds": conds, "samples": data.by_cwe}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> dict[str, Any]:
+    return toy_grid(tmp_path_factory.mktemp("toy"), tiny_lm)
 
 
 class Backwards:
@@ -50,8 +61,8 @@ class Backwards:
     def __init__(self, lm: LoadedModel) -> None:
         self.local = LocalExecutor(lm)
 
-    def map_chunks(self, chunks: Sequence[Sequence[Condition]], *args: Any, **kwargs: Any) -> Iterator[ChunkDone]:
-        yield from reversed(list(self.local.map_chunks(chunks, *args, **kwargs)))
+    def map_chunks(self, chunks: Sequence[Sequence[Condition]], inputs: ChunkInputs) -> Iterator[ChunkDone]:
+        yield from reversed(list(self.local.map_chunks(chunks, inputs)))
 
     def stats(self) -> dict[str, Any]:
         return self.local.stats()

@@ -17,14 +17,12 @@ from typing import Any
 
 import pytest
 from tests.conftest import make_tiny, write_toy_jsonl
+from tests.test_executor import toy_grid
 from tests.test_protocol import _cli, _entries, _numbers, _wait_for_lines, run, write_config
 
-from vulnsteer.experiment.config import ExperimentConfig, load_config
+from vulnsteer.experiment.config import load_config
 from vulnsteer.experiment.engine import ResultStore, ScoringOptions, run_conditions, score_chunk
-from vulnsteer.experiment.fit import fit_cwe_vectors
-from vulnsteer.experiment.grid import candidate_settings, val_conditions
-from vulnsteer.experiment.prepare import prepare_data
-from vulnsteer.lm.activations import extract_activations
+from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
 from vulnsteer.lm.model import LoadedModel, load_model
 
 ray = pytest.importorskip("ray")
@@ -87,6 +85,18 @@ def test_ray_sweep_equals_local(tmp_path: Path, cluster: str, model_dir: Path, m
     assert scored == len((tmp_path / "ray" / "records.jsonl").read_text().splitlines())
     assert all(w["conditions"] > 0 and w["conditions_per_s"] > 0 for w in stats["workers"]), stats
     assert local["executor"]["kind"] == "local" and local["executor"]["workers"][0]["conditions"] == scored
+
+    # `evaluate --from RUN` on other data: the same rows with one Ray worker as locally
+    other = write_toy_jsonl(tmp_path / "other.jsonl", n_pairs=3, prefix="other")
+    transfer = transfer_config(tmp_path / "local", {"data.path": (str(other), "--data")})
+    found = {}
+    for name, executor in (("local", "local"), ("ray", "ray")):
+        settings = transfer.replace(run__executor=executor, run__ray_workers=1)
+        out = evaluate_from_run(tmp_path / "local", settings, tmp_path / f"eval-{name}", lm=model, progress=False)
+        found[name] = json.loads((out / "results.json").read_text())
+    assert found["ray"]["executor"]["kind"] == "ray" and found["ray"]["executor"]["workers"][0]["conditions"] > 0
+    for key in ("summary", "pooled", "cross_cwe", "records"):
+        assert found["ray"][key] == found["local"][key], key
 
 
 # ------------------------------------------------------------------------------------------ a killed driver
@@ -151,22 +161,12 @@ def _attempts(marks: Path, chunk_keys: list[str]) -> int:
 def grid(tmp_path_factory: pytest.TempPathFactory, model: LoadedModel) -> dict[str, Any]:
     """The toy validation grid, its vectors and samples, the local executor's records, and the chunks."""
     root = tmp_path_factory.mktemp("grid")
-    data_path = write_toy_jsonl(root / "toy.jsonl", n_pairs=4)
-    config = ExperimentConfig().replace(
-        data__path=str(data_path),
-        data__format="jsonl",
-        data__max_code_tokens=64,
-        steering__strengths={"relative": [0.5, 2.0]},
-    )
-    data = prepare_data(config.data, model.tokenizer, progress=False, require=("train", "val"))
-    acts = extract_activations(model, data.samples("train"), [1, 2], ["last"], progress=False)
-    vectors = fit_cwe_vectors(model, acts, data.by_cwe("train"), [1, 2])
-    conds = val_conditions(config, candidate_settings(config, [(1,), (2,), (1, 2)]), "logit")
+    grid = toy_grid(root, model, [(1,), (2,), (1, 2)])
+    conds, vectors, samples = grid["conds"], grid["vectors"], grid["samples"]
     options = ScoringOptions(group_size=2, progress=False)
-    local = run_conditions(model, conds, ResultStore(root / "local.jsonl"), data.by_cwe, vectors, options)
+    local = run_conditions(model, conds, ResultStore(root / "local.jsonl"), samples, vectors, options)
     chunks = [[c.key for c in conds[i : i + 2]] for i in range(0, len(conds), 2)]  # one group: the engine's chunks
-    return {"conds": conds, "vectors": vectors, "samples": data.by_cwe, "options": options, "local": local,
-            "chunks": chunks}  # fmt: skip
+    return {**grid, "options": options, "local": local, "chunks": chunks}
 
 
 @pytest.fixture(scope="module")
@@ -219,14 +219,16 @@ def test_a_killed_worker_is_restarted_and_only_its_chunk_is_redone(
     executor, plan = faulty
     victim = grid["chunks"][3]
     marks = _plan(plan, tmp_path / "marks", kill=victim[0])
-    restarts = sum(w["restarts"] for w in executor.stats()["workers"])
+    before = executor.stats()
     found = _sweep(executor, model, grid, tmp_path / "records.jsonl")
     assert found == grid["local"]
     assert _attempts(marks, victim) == 2, "the chunk in flight was not run again"
     assert all(_attempts(marks, keys) == 1 for keys in grid["chunks"] if keys != victim), "a chunk was redone"
     assert sorted(_stored_keys(tmp_path / "records.jsonl")) == sorted(c.key for c in grid["conds"])
-    stats = executor.stats()
-    assert sum(w["restarts"] for w in stats["workers"]) == restarts + 1 and stats["retried_chunks"] >= 1
+    after = executor.stats()
+    assert [w["restarts"] for w in after["workers"]] != [w["restarts"] for w in before["workers"]]
+    assert sum(w["restarts"] for w in after["workers"]) == sum(w["restarts"] for w in before["workers"]) + 1
+    assert after["retried_chunks"] == before["retried_chunks"] + 1
 
 
 def test_a_chunk_that_keeps_failing_stops_the_sweep_and_keeps_finished_work(

@@ -121,6 +121,7 @@ _LIBRARY_ERRORS = (
     ("vulnsteer.lm.model", "ModelLoadError"),
     ("vulnsteer.steering.vectors", "VectorMismatchError"),
     ("vulnsteer.experiment.rundir", "RunDirBusyError"),
+    ("vulnsteer.experiment.ray_executor", "WorkerFailedError"),
 )
 
 

@@ -38,6 +38,7 @@ from .grid import Condition, condition_specs
 
 __all__ = [
     "ChunkDone",
+    "ChunkInputs",
     "Executor",
     "LocalExecutor",
     "ResultStore",
@@ -180,7 +181,13 @@ ChunkDone = tuple[Sequence[Condition], dict[str, list[DetectionRecord]], float]
 @dataclass
 class WorkerStats:
     """What one worker did: chunks and conditions scored, seconds spent scoring them, restarts after a crash,
-    chunk attempts that failed on it, and its last error (set when it was given up on)."""
+    chunk attempts that failed on it, and its last error (set when it was given up on).
+
+    >>> worker = WorkerStats("local")
+    >>> worker.add(conditions=4, seconds=2.0)
+    >>> worker.to_dict()["conditions_per_s"]
+    2.0
+    """
 
     id: str
     chunks: int = 0
@@ -214,22 +221,29 @@ class WorkerStats:
         return out
 
 
-class Executor(Protocol):
-    """Where chunks of conditions are scored (see the module docstring)."""
+@dataclass(frozen=True)
+class ChunkInputs:
+    """What every chunk of one :func:`run_conditions` call reads: *samples_for(split)* (samples by CWE), the
+    vectors and gating probes, the scoring options, and the driver's activation sink and prefix store (an
+    executor whose workers live in other processes leaves the last two alone)."""
 
-    def map_chunks(
-        self,
-        chunks: Sequence[Sequence[Condition]],
-        samples_for: SamplesFor,
-        vectors: Mapping[tuple[str, str], SteeringVector],
-        options: ScoringOptions,
-        *,
-        probes: Mapping[tuple[str, str], LinearProbe] | None = None,
-        sink: ActivationSink | None = None,
-        prefix_store: PrefixStore | None = None,
-    ) -> Iterator[ChunkDone]:
-        """Score every chunk; yield each as it finishes (in any order). *sink* and *prefix_store* are the
-        driver's: an executor whose workers live elsewhere may ignore them."""
+    samples_for: SamplesFor
+    vectors: Mapping[tuple[str, str], SteeringVector]
+    options: ScoringOptions = DEFAULT_OPTIONS
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None
+    sink: ActivationSink | None = None
+    prefix_store: PrefixStore | None = None
+
+
+class Executor(Protocol):
+    """Where chunks of conditions are scored (see the module docstring).
+
+    >>> for chunk, records, seconds in executor.map_chunks(chunks, inputs):  # doctest: +SKIP
+    ...     store_them(chunk, records)
+    """
+
+    def map_chunks(self, chunks: Sequence[Sequence[Condition]], inputs: ChunkInputs) -> Iterator[ChunkDone]:
+        """Score every chunk; yield each as it finishes (in any order)."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -250,28 +264,18 @@ class LocalExecutor:
         self.lm = lm
         self.worker = WorkerStats("local", extra={"device": str(lm.device)})
 
-    def map_chunks(
-        self,
-        chunks: Sequence[Sequence[Condition]],
-        samples_for: SamplesFor,
-        vectors: Mapping[tuple[str, str], SteeringVector],
-        options: ScoringOptions,
-        *,
-        probes: Mapping[tuple[str, str], LinearProbe] | None = None,
-        sink: ActivationSink | None = None,
-        prefix_store: PrefixStore | None = None,
-    ) -> Iterator[ChunkDone]:
+    def map_chunks(self, chunks: Sequence[Sequence[Condition]], inputs: ChunkInputs) -> Iterator[ChunkDone]:
         for chunk in chunks:
             start = time.perf_counter()
             found = score_chunk(
                 self.lm,
                 chunk,
-                samples_for(chunk[0].split),
-                vectors,
-                options,
-                probes=probes,
-                sink=sink,
-                prefix_store=prefix_store,
+                inputs.samples_for(chunk[0].split),
+                inputs.vectors,
+                inputs.options,
+                probes=inputs.probes,
+                sink=inputs.sink,
+                prefix_store=inputs.prefix_store,
             )
             seconds = time.perf_counter() - start
             self.worker.add(len(chunk), seconds)
@@ -304,9 +308,8 @@ def run_conditions(
     todo = list(dict.fromkeys(conditions))
     chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
     bar = tqdm(total=sum(len(c) for c in chunks), desc="conditions", unit="cond", disable=not options.progress)
-    done = (executor or LocalExecutor(lm)).map_chunks(
-        chunks, samples_for, vectors, options, probes=probes, sink=sink, prefix_store=prefix_store
-    )
+    inputs = ChunkInputs(samples_for, vectors, options, probes, sink, prefix_store)
+    done = (executor or LocalExecutor(lm)).map_chunks(chunks, inputs)
     try:
         for chunk, found, seconds in done:
             for cond in chunk:

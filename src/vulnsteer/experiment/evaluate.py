@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from .fit import load_vector_dir
 from .grid import POOLED, Setting
 from .prepare import load_dataset, prepare_data
 from .protocol import default_out_dir, examples, load_configured_model
+from .ray_executor import check_executor, open_executor
 from .results import json_ready, load_chosen, new_results
 from .rundir import CHOSEN_DIR, RunDir
 from .select import Choice
@@ -115,7 +117,8 @@ def _run_evaluation(
     options = ScoringOptions(
         d.batch_size, d.max_new_tokens, config.run.group_size, {"default": DEFAULT_TEMPLATE}, progress
     )
-    with run.open(identity, f"{command} run"):
+    load = partial(load_configured_model, config.model)
+    with run.open(identity, f"{command} run"), open_executor(config.run, load, lm) as executor:
         applied = apply_choices(
             lm,
             choices,
@@ -127,6 +130,7 @@ def _run_evaluation(
             cross_cwe_modes=d.cross_cwe_modes,
             options=options,
             seed=config.data.seed,
+            executor=executor,
         )
         results = new_results(command, config_document(config), lm, DEFAULT_TEMPLATE)
         results.update(extra)
@@ -142,6 +146,7 @@ def _run_evaluation(
         results["status"] = "complete"
         results["timings_s"] = {"total": round(time.perf_counter() - started, 2)}
         results["peak_memory"] = peak_memory(lm.device)
+        results["executor"] = executor.stats()
         results = json_ready(results)
         write_json(run.path / "results.json", results)
         write_report(results, run.path)
@@ -181,6 +186,7 @@ def evaluate_from_run(
     run = RunDir(out_dir or config.run.out or default_out_dir("transfer"))
     run.check_writable("--out")
     loaded = load_dataset(config.data)
+    check_executor(config.run)
     own = lm is None
     lm = lm or load_configured_model(config.model)
     try:
@@ -263,6 +269,7 @@ def evaluate_vectors(
     run = RunDir(out_dir or config.run.out or default_out_dir("evaluate"))
     run.check_writable("--out")
     loaded = load_dataset(config.data)
+    check_executor(config.run)
     own = lm is None
     lm = lm or load_configured_model(config.model)
     try:

@@ -6,11 +6,12 @@ run_conditions` to :class:`RayExecutor`:
 - each worker is a Ray actor that loads the model of the ``[model]`` section once (on its own GPU, or on a share
   of the CPUs) and keeps its own prompt-prefix store; the driver computes the activations, vectors and probes once
   and puts them, with the samples, in the Ray object store, where every worker reads them;
-- the driver keeps two chunks in flight per worker and appends each finished chunk to ``records.jsonl`` itself
-  (one writer, as in a local run), so the run directory holds the same records, a killed driver resumes like a
-  local sweep, and one progress bar counts every worker's conditions;
-- a worker whose process dies is restarted by Ray (up to ``max_restarts`` times) and its chunks in flight are
-  run again; finished chunks are never redone. A chunk that fails ``max_attempts`` times, or a pool with no
+- the driver hands each worker one chunk at a time (the next one as soon as it returns one) and appends each
+  finished chunk to ``records.jsonl`` itself (one writer, as in a local run), so the run directory holds the
+  same records, a killed driver resumes like a local sweep, and one progress bar counts every worker's
+  conditions;
+- a worker whose process dies is restarted by Ray (up to ``max_restarts`` times) and the chunk it was scoring
+  is run again; finished chunks are never redone. A chunk that fails ``max_attempts`` times, or a pool with no
   worker left, stops the sweep with :class:`WorkerFailedError` naming the worker and its error, once the chunks
   still in flight are stored.
 
@@ -40,11 +41,10 @@ from ..data.sample import Sample
 from ..detection.prefix import PrefixStore
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import model_key
-from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
-from .engine import ChunkDone, Executor, LocalExecutor, SamplesFor, ScoringOptions, WorkerStats, score_chunk
+from .engine import ChunkDone, ChunkInputs, Executor, LocalExecutor, ScoringOptions, WorkerStats, score_chunk
 from .grid import Condition
 from .sections import RunSection
 
@@ -121,7 +121,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class _Inputs:
+class _Shared:
     """What every chunk of one :meth:`RayExecutor.map_chunks` call reads: put in the object store once."""
 
     samples: Mapping[str, Mapping[str, Sequence[Sample]]]
@@ -139,8 +139,8 @@ class _Worker:
         self.lm = load()
         self.prefix_store = PrefixStore(max_bytes=prefix_bytes)
         self.score_fn = score
-        self.inputs_key: str | None = None
-        self.inputs: _Inputs | None = None
+        self.shared_key: str | None = None
+        self.shared: _Shared | None = None
 
     def ready(self) -> dict[str, Any]:
         """Who this worker is, and the identity of the model it loaded."""
@@ -152,13 +152,13 @@ class _Worker:
         }
 
     def score(self, box: list[Any], chunk: list[Condition]) -> tuple[dict[str, list[DetectionRecord]], float, Any]:
-        """Score one chunk; *box* holds the reference to the call's :class:`_Inputs` (read once per call)."""
+        """Score one chunk; *box* holds the reference to the call's :class:`_Shared` (fetched once per call)."""
         import ray
 
         ref = box[0]
-        if ref.hex() != self.inputs_key:
-            self.inputs, self.inputs_key = ray.get(ref), ref.hex()
-        inputs = self.inputs
+        if ref.hex() != self.shared_key:
+            self.shared, self.shared_key = ray.get(ref), ref.hex()
+        inputs = self.shared
         assert inputs is not None
         start = time.perf_counter()
         found = self.score_fn(
@@ -189,15 +189,13 @@ class RayExecutor:
             another model (other weights, dtype or device type) is refused.
         max_attempts: tries per chunk before the sweep stops.
         max_restarts: restarts per worker process (Ray restarts a dead worker, which loads the model again).
+        restart_timeout_s: how long a restarting worker may take to be back before it is given up on.
         score: the chunk scorer run on the workers (:func:`~vulnsteer.experiment.engine.score_chunk`).
 
     >>> from functools import partial
     >>> with RayExecutor(partial(load_model, "Qwen/Qwen2.5-1.5B-Instruct"), workers=2) as executor:  # doctest: +SKIP
     ...     run_conditions(lm, conditions, store, data.by_cwe, vectors, executor=executor)
     """
-
-    #: chunks queued per worker, so that a worker never waits for the driver between chunks
-    depth = 2
 
     def __init__(
         self,
@@ -210,19 +208,21 @@ class RayExecutor:
         expect_model: str | None = None,
         max_attempts: int = 3,
         max_restarts: int = 3,
+        restart_timeout_s: float = 1800.0,
         score: ScoreFn = score_chunk,
     ) -> None:
         self.load, self.address, self.score = load, address, score
         self.requested_workers, self.gpus_per_worker = workers, gpus_per_worker
         self.prefix_cache_bytes, self.expect_model = prefix_cache_bytes, expect_model
-        self.max_attempts, self.max_restarts = max_attempts, max_restarts
+        self.max_attempts, self.max_restarts, self.restart_timeout_s = max_attempts, max_restarts, restart_timeout_s
         self.owns_ray = False
         self.actors: list[Any] = []
         self.workers: list[WorkerStats] = []
         self.state: list[str] = []  # per worker: starting, alive, gone
         self.deaths: list[int] = []
-        self.in_a_row: list[int] = []  # chunks failed in a row (the worker is alive but broken)
         self.probes: dict[Any, int] = {}  # readiness calls of starting or restarted workers -> worker
+        self.asleep: dict[int, float] = {}  # restarting workers -> when to ask again (monotonic seconds)
+        self.restarting_since: dict[int, float] = {}
         self.retried = 0
         self.started = 0.0
         self.ready_s: float | None = None
@@ -232,7 +232,11 @@ class RayExecutor:
     # ------------------------------------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> RayExecutor:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # a Ray instance this executor started does not outlive the error
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -270,7 +274,6 @@ class RayExecutor:
             self.workers.append(WorkerStats(f"ray-{index}"))
             self.state.append("starting")
             self.deaths.append(0)
-            self.in_a_row.append(0)
             self.probes[self.actors[-1].ready.remote()] = index
 
     def close(self) -> None:
@@ -282,7 +285,7 @@ class RayExecutor:
         for actor in self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
-        self.actors, self.probes = [], {}
+        self.actors, self.probes, self.asleep = [], {}, {}
         if self.owns_ray:
             ray.shutdown()
             self.owns_ray = False
@@ -300,20 +303,10 @@ class RayExecutor:
 
     # ------------------------------------------------------------------------------------------------ scoring
 
-    def map_chunks(
-        self,
-        chunks: Sequence[Sequence[Condition]],
-        samples_for: SamplesFor,
-        vectors: Mapping[tuple[str, str], SteeringVector],
-        options: ScoringOptions,
-        *,
-        probes: Mapping[tuple[str, str], LinearProbe] | None = None,
-        sink: ActivationSink | None = None,
-        prefix_store: PrefixStore | None = None,
-    ) -> Iterator[ChunkDone]:
-        """Score *chunks* on the workers; yield each as it finishes. *sink* and *prefix_store* are the driver's
-        and are not used: each worker keeps its own prefix store, and a run's probes extract what a sink would
-        have recorded."""
+    def map_chunks(self, chunks: Sequence[Sequence[Condition]], inputs: ChunkInputs) -> Iterator[ChunkDone]:
+        """Score *chunks* on the workers; yield each as it finishes. The driver's sink and prefix store in
+        *inputs* are not used: each worker keeps its own prefix store, and a run's probes extract what a sink
+        would have recorded."""
         if not chunks:
             return
         if not self.actors:
@@ -323,20 +316,26 @@ class RayExecutor:
 
         began = time.perf_counter()
         splits = dict.fromkeys(chunk[0].split for chunk in chunks)
-        inputs = ray.put(_Inputs({s: samples_for(s) for s in splits}, dict(vectors), dict(probes or {}), options))
+        shared = _Shared(
+            {split: inputs.samples_for(split) for split in splits},
+            dict(inputs.vectors),
+            dict(inputs.probes or {}),
+            inputs.options,
+        )
+        shared_ref = ray.put(shared)
         queue = deque(range(len(chunks)))
         attempts = [0] * len(chunks)
         running: dict[Any, tuple[int, int]] = {}  # call -> (chunk, worker)
-        load = [0] * len(self.actors)
         failure: list[str] = []
+        in_a_row: dict[int, set[int]] = {}  # per worker, the different chunks that failed on it in a row
 
-        def fill() -> None:
+        def fill() -> None:  # one chunk in flight per worker: a worker that dies was running the chunk it held
+            busy = {w for _, w in running.values()}
             for w, state in enumerate(self.state):
-                while state == "alive" and queue and not failure and load[w] < self.depth:
+                if state == "alive" and w not in busy and queue and not failure:
                     i = queue.popleft()
                     attempts[i] += 1
-                    running[self.actors[w].score.remote([inputs], list(chunks[i]))] = (i, w)
-                    load[w] += 1
+                    running[self.actors[w].score.remote([shared_ref], list(chunks[i]))] = (i, w)
 
         def failed(i: int, w: int, error: str) -> None:
             self.workers[w].failed_chunks += 1
@@ -352,37 +351,41 @@ class RayExecutor:
 
         try:
             fill()
-            while running or (queue and self.probes and not failure):
-                done, _ = ray.wait([*running, *self.probes], num_returns=1, timeout=1.0)
-                for ref in done:
-                    if ref in self.probes:
-                        self._probed(ref)
+            while running or (queue and (self.probes or self.asleep) and not failure):
+                self._wake()
+                waiting = [*running, *self.probes]
+                done = ray.wait(waiting, num_returns=1, timeout=0.5)[0] if waiting else []
+                if not waiting:
+                    time.sleep(0.1)
+                for call in done:
+                    if call in self.probes:
+                        self._probed(call)
                         continue
-                    i, w = running.pop(ref)
-                    load[w] -= 1
+                    i, w = running.pop(call)
                     try:
-                        found, seconds, prefix = ray.get(ref)
+                        found, seconds, prefix = ray.get(call)
                     except RayActorError as exc:  # the worker's process died with the chunk in flight
                         failed(i, w, f"worker process died: {_one_line(exc)}")
                         self._died(w, exc)
                     except Exception as exc:  # the chunk raised on the worker
-                        self.in_a_row[w] += 1
                         failed(i, w, _one_line(exc))
-                        if self.in_a_row[w] >= self.max_attempts:
-                            self._give_up(w, f"{self.in_a_row[w]} chunks failed in a row: {_one_line(exc)}")
+                        in_a_row.setdefault(w, set()).add(i)
+                        if len(in_a_row[w]) >= self.max_attempts:  # several chunks: the worker is broken
+                            self._give_up(w, f"{len(in_a_row[w])} chunks failed in a row, last: {_one_line(exc)}")
                     else:
-                        self.in_a_row[w] = 0
+                        in_a_row.pop(w, None)
                         self.workers[w].add(len(chunks[i]), seconds)
                         self.workers[w].extra["prefix_cache"] = prefix
+                        fill()  # the worker's next chunk starts while the driver stores this one
                         yield chunks[i], found, seconds / len(chunks[i])
                 fill()
             if queue and not failure:
                 errors = "; ".join(f"worker {w}: {s.error}" for w, s in enumerate(self.workers) if s.error)
                 failure.append(f"no Ray worker is left ({errors})")
         finally:
-            for ref in running:
+            for call in running:
                 with contextlib.suppress(Exception):
-                    ray.cancel(ref)
+                    ray.cancel(call)
             self.wall_s += time.perf_counter() - began
         if failure:
             raise WorkerFailedError(
@@ -392,11 +395,18 @@ class RayExecutor:
     def _probed(self, ref: Any) -> None:
         """A starting or restarted worker answered (or died again)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         w = self.probes.pop(ref)
         try:
             info = ray.get(ref)
+        except ActorUnavailableError as exc:  # still restarting: ask again soon
+            since = self.restarting_since.setdefault(w, time.monotonic())
+            if time.monotonic() - since > self.restart_timeout_s:
+                self._give_up(w, f"not back {self.restart_timeout_s:.0f}s after a restart: {_one_line(exc)}")
+            else:
+                self.asleep[w] = time.monotonic() + 0.5
+            return
         except RayActorError as exc:
             self._died(w, exc)
             return
@@ -413,12 +423,13 @@ class RayExecutor:
             return
         self.workers[w].extra.update({k: info[k] for k in ("host", "pid", "device")})
         self.state[w] = "alive"
+        self.restarting_since.pop(w, None)
         if self.ready_s is None:
             self.ready_s = time.perf_counter() - self.started
 
     def _died(self, w: int, exc: BaseException) -> None:
         """Worker *w*'s process died: wait for Ray's restart (a readiness call), or give up on it."""
-        if self.state[w] == "gone" or (self.state[w] == "starting" and w in self.probes.values()):
+        if self.state[w] == "gone":
             return
         self.deaths[w] += 1
         if self.deaths[w] > self.max_restarts:
@@ -428,8 +439,16 @@ class RayExecutor:
         self.state[w] = "starting"
         self.probes[self.actors[w].ready.remote()] = w
 
+    def _wake(self) -> None:
+        """Ask the restarting workers whose time has come whether they are back."""
+        now = time.monotonic()
+        for w in [w for w, at in self.asleep.items() if at <= now]:
+            del self.asleep[w]
+            self.probes[self.actors[w].ready.remote()] = w
+
     def _give_up(self, w: int, error: str) -> None:
         self.state[w] = "gone"
         self.workers[w].error = error
+        self.asleep.pop(w, None)
         for ref in [ref for ref, worker in self.probes.items() if worker == w]:
             del self.probes[ref]
