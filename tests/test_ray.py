@@ -70,7 +70,10 @@ def test_ray_sweep_equals_local(tmp_path: Path, cluster: str, model_dir: Path, m
     config = load_config(write_config(tmp_path / "sweep.toml", data, cache_dir=tmp_path / "cache"))
     config = config.replace(model__name=str(model_dir), model__device="cpu")
     local = run(config, tmp_path / "local", model)
+    cached = sorted((tmp_path / "cache").rglob("*"))
     distributed = run(config.replace(run__executor="ray", run__ray_workers=2), tmp_path / "ray", model)
+    # the probes read the states the workers' sinks recorded: the driver extracted nothing for val and test
+    assert sorted((tmp_path / "cache").rglob("*")) == cached
 
     assert distributed["selection"] == local["selection"]
     assert distributed["conditional_selection"] == local["conditional_selection"]

@@ -41,6 +41,7 @@ from ..data.sample import Sample
 from ..detection.prefix import PrefixStore
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import model_key
+from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
@@ -128,12 +129,27 @@ class _Shared:
     vectors: Mapping[tuple[str, str], SteeringVector]
     probes: Mapping[tuple[str, str], LinearProbe]
     options: ScoringOptions
+    #: the layers of the driver's activation sink (None: it has none)
+    sink_layers: list[int] | None
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One chunk's result from a worker: records by condition key, scoring seconds, the worker's prefix-store
+    counters, the unsteered states its sink recorded (``{sample_id: {pooling: [layers, hidden]}}``), and the CPU
+    seconds its process has used so far."""
+
+    records: dict[str, list[DetectionRecord]]
+    seconds: float
+    prefix_cache: dict[str, int]
+    sink_rows: dict[str, dict[str, torch.Tensor]]
+    cpu_s: float
 
 
 class _Worker:
     """A Ray actor (see :class:`RayExecutor`): one loaded model, its prefix store, the current inputs."""
 
-    def __init__(self, load: Callable[[], LoadedModel], prefix_bytes: int, threads: int | None, score: ScoreFn):
+    def __init__(self, load: Callable[[], LoadedModel], prefix_bytes: int, threads: int | None, score: ScoreFn) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         self.lm = load()
@@ -151,7 +167,7 @@ class _Worker:
             "model_key": model_key(self.lm),
         }
 
-    def score(self, box: list[Any], chunk: list[Condition]) -> tuple[dict[str, list[DetectionRecord]], float, Any]:
+    def score(self, box: list[Any], chunk: list[Condition]) -> _Scored:
         """Score one chunk; *box* holds the reference to the call's :class:`_Shared` (fetched once per call)."""
         import ray
 
@@ -160,6 +176,7 @@ class _Worker:
             self.shared, self.shared_key = ray.get(ref), ref.hex()
         inputs = self.shared
         assert inputs is not None
+        sink = None if inputs.sink_layers is None else ActivationSink(inputs.sink_layers)
         start = time.perf_counter()
         found = self.score_fn(
             self.lm,
@@ -168,10 +185,13 @@ class _Worker:
             inputs.vectors,
             inputs.options,
             probes=inputs.probes,
+            sink=sink,
             prefix_store=self.prefix_store,
         )
+        seconds = time.perf_counter() - start
         ps = self.prefix_store
-        return found, time.perf_counter() - start, {"hits": ps.hits, "misses": ps.misses, "entries": len(ps)}
+        prefix = {"hits": ps.hits, "misses": ps.misses, "entries": len(ps)}
+        return _Scored(found, seconds, prefix, sink.rows if sink is not None else {}, time.process_time())
 
 
 class RayExecutor:
@@ -304,9 +324,9 @@ class RayExecutor:
     # ------------------------------------------------------------------------------------------------ scoring
 
     def map_chunks(self, chunks: Sequence[Sequence[Condition]], inputs: ChunkInputs) -> Iterator[ChunkDone]:
-        """Score *chunks* on the workers; yield each as it finishes. The driver's sink and prefix store in
-        *inputs* are not used: each worker keeps its own prefix store, and a run's probes extract what a sink
-        would have recorded."""
+        """Score *chunks* on the workers; yield each as it finishes. Each worker keeps its own prefix store (the
+        driver's is not used); what the workers' sinks record is added to the driver's sink in chunk order once
+        every chunk is in, so it holds what a local run's would."""
         if not chunks:
             return
         if not self.actors:
@@ -321,8 +341,10 @@ class RayExecutor:
             dict(inputs.vectors),
             dict(inputs.probes or {}),
             inputs.options,
+            None if inputs.sink is None else list(inputs.sink.layers),
         )
         shared_ref = ray.put(shared)
+        sink_rows: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
         queue = deque(range(len(chunks)))
         attempts = [0] * len(chunks)
         running: dict[Any, tuple[int, int]] = {}  # call -> (chunk, worker)
@@ -363,7 +385,7 @@ class RayExecutor:
                         continue
                     i, w = running.pop(call)
                     try:
-                        found, seconds, prefix = ray.get(call)
+                        scored: _Scored = ray.get(call)
                     except RayActorError as exc:  # the worker's process died with the chunk in flight
                         failed(i, w, f"worker process died: {_one_line(exc)}")
                         self._died(w, exc)
@@ -374,14 +396,21 @@ class RayExecutor:
                             self._give_up(w, f"{len(in_a_row[w])} chunks failed in a row, last: {_one_line(exc)}")
                     else:
                         in_a_row.pop(w, None)
-                        self.workers[w].add(len(chunks[i]), seconds)
-                        self.workers[w].extra["prefix_cache"] = prefix
+                        self.workers[w].add(len(chunks[i]), scored.seconds)
+                        self.workers[w].extra.update(prefix_cache=scored.prefix_cache, cpu_s=round(scored.cpu_s, 2))
+                        if scored.sink_rows:
+                            sink_rows[i] = scored.sink_rows
                         fill()  # the worker's next chunk starts while the driver stores this one
-                        yield chunks[i], found, seconds / len(chunks[i])
+                        yield chunks[i], scored.records, scored.seconds / len(chunks[i])
                 fill()
             if queue and not failure:
                 errors = "; ".join(f"worker {w}: {s.error}" for w, s in enumerate(self.workers) if s.error)
                 failure.append(f"no Ray worker is left ({errors})")
+            if inputs.sink is not None:
+                for i in sorted(sink_rows):  # chunk order: a state recorded twice ends as a local run's does
+                    for sample_id, by_pooling in sink_rows[i].items():
+                        for pooling, value in by_pooling.items():
+                            inputs.sink.add(sample_id, pooling, value)
         finally:
             for call in running:
                 with contextlib.suppress(Exception):
