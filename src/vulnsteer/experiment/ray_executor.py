@@ -149,9 +149,8 @@ class _Scored:
 class _Worker:
     """A Ray actor (see :class:`RayExecutor`): one loaded model, its prefix store, the current inputs."""
 
-    def __init__(self, load: Callable[[], LoadedModel], prefix_bytes: int, threads: int | None, score: ScoreFn) -> None:
-        if threads is not None:
-            torch.set_num_threads(threads)
+    def __init__(self, load: Callable[[], LoadedModel], prefix_bytes: int, threads: int, score: ScoreFn) -> None:
+        torch.set_num_threads(threads)
         self.lm = load()
         self.prefix_store = PrefixStore(max_bytes=prefix_bytes)
         self.score_fn = score
@@ -201,7 +200,9 @@ class RayExecutor:
         load: a picklable function returning the model (each worker calls it once, and again after a restart).
         workers: how many workers (0: one per *gpus_per_worker* GPUs of the cluster, else 1).
         gpus_per_worker: GPUs each worker holds (None: 1 on a cluster with GPUs, else 0 = CPU workers, which
-            share the cluster's CPUs evenly and use that many torch threads).
+            share the cluster's CPUs evenly).
+        threads: torch's CPU threads in each worker (None: as many as this process uses, so that CPU sums add up
+            in the same order as in a local run and the numbers match it bit for bit).
         address: the cluster to join (``auto``, ``HOST:PORT``); None starts a local Ray instance for the run
             (a Ray already initialised in this process is used as it is).
         prefix_cache_bytes: each worker's prompt-prefix store budget.
@@ -229,12 +230,14 @@ class RayExecutor:
         max_attempts: int = 3,
         max_restarts: int = 3,
         restart_timeout_s: float = 1800.0,
+        threads: int | None = None,
         score: ScoreFn = score_chunk,
     ) -> None:
         self.load, self.address, self.score = load, address, score
         self.requested_workers, self.gpus_per_worker = workers, gpus_per_worker
         self.prefix_cache_bytes, self.expect_model = prefix_cache_bytes, expect_model
         self.max_attempts, self.max_restarts, self.restart_timeout_s = max_attempts, max_restarts, restart_timeout_s
+        self.threads = threads
         self.owns_ray = False
         self.actors: list[Any] = []
         self.workers: list[WorkerStats] = []
@@ -284,11 +287,16 @@ class RayExecutor:
             )
         count = self.requested_workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
         cpus = min(1.0, cluster_cpus / count) if gpus else cluster_cpus / count
-        threads = None if gpus else max(1, int(cpus))
+        threads = self.threads or torch.get_num_threads()
         actor = ray.remote(_Worker).options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=self.max_restarts, max_task_retries=0
         )
-        self.info = {"address": self.address or "local", "gpus_per_worker": gpus, "cpus_per_worker": round(cpus, 3)}
+        self.info = {
+            "address": self.address or "local",
+            "gpus_per_worker": gpus,
+            "cpus_per_worker": round(cpus, 3),
+            "threads_per_worker": threads,
+        }
         for index in range(count):
             self.actors.append(actor.remote(self.load, self.prefix_cache_bytes, threads, self.score))
             self.workers.append(WorkerStats(f"ray-{index}"))
