@@ -105,6 +105,7 @@ def test_ray_sweep_equals_local(tmp_path: Path, cluster: str, model_dir: Path, m
 # ------------------------------------------------------------------------------------------ a killed driver
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes(tmp_path: Path, cluster: str, model_dir: Path, model: LoadedModel) -> None:
     """SIGKILL a `vulnsteer sweep --executor ray` that joined the cluster, mid-sweep; the rerun resumes."""
     data = write_toy_jsonl(tmp_path / "toy.jsonl")
