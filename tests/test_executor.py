@@ -149,6 +149,23 @@ def test_ray_executor_without_ray_names_the_install_command(
     assert not out.exists()
 
 
+def test_a_failed_worker_is_one_error_line_and_a_non_zero_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vulnsteer.cli import main
+    from vulnsteer.experiment import protocol
+    from vulnsteer.experiment.ray_executor import WorkerFailedError
+
+    message = "a chunk (baseline|logit|val) failed 3 times, last on Ray worker 1 (vm): RuntimeError: boom"
+
+    def fails(*args: Any, **kwargs: Any) -> Path:
+        raise WorkerFailedError(message)
+
+    monkeypatch.setattr(protocol, "run_protocol", fails)
+    assert main(["--no-progress", "run", "--executor", "ray", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"vulnsteer: error: {message}"]
+
+
 def test_vectors_and_probes_pickle(toy: dict[str, Any]) -> None:
     """They travel to Ray workers through the object store."""
     vectors: Mapping[tuple[str, str], SteeringVector] = toy["vectors"]
