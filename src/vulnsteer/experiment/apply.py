@@ -27,7 +27,7 @@ from ..lm.model import LoadedModel
 from ..stats.compare import compare_to_baseline, metrics_block, verdict_words
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
-from .engine import DEFAULT_OPTIONS, ResultStore, ScoringOptions, run_conditions
+from .engine import DEFAULT_OPTIONS, Executor, ResultStore, ScoringOptions, run_conditions
 from .grid import POOLED, Condition
 from .select import Choice, balanced_accuracy
 
@@ -230,6 +230,7 @@ def apply_choices(
     probes: Mapping[tuple[str, str], LinearProbe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
+    executor: Executor | None = None,
 ) -> Applied:
     """Apply each mode's choices (``{mode: {target: Choice}}``) to *samples* (by CWE), scoring only what *store*
     does not hold yet, and build the rows. Nothing is selected here.
@@ -245,7 +246,16 @@ def apply_choices(
         for c in held_out_conditions(by_target, mode, split, control_seed, mode in cross_cwe_modes)
     ]
     records = run_conditions(
-        lm, conds, store, lambda _split: samples, vectors, options, probes=probes, sink=sink, prefix_store=prefix_store
+        lm,
+        conds,
+        store,
+        lambda _split: samples,
+        vectors,
+        options,
+        probes=probes,
+        sink=sink,
+        prefix_store=prefix_store,
+        executor=executor,
     )
     applied = Applied(records=records, conditions=conds)
     cwes = list(samples)

@@ -5,16 +5,21 @@ into chunks; a chunk shares its batched forward passes across its conditions and
 steered with its own specs, :func:`~vulnsteer.detection.engine.detect_variants_modes`), and is appended to the
 :class:`ResultStore` (``records.jsonl``) as soon as it is done, so a killed run loses at most the chunk in flight
 and a rerun skips what is stored.
+
+Where chunks are scored is an :class:`Executor`'s business: :class:`LocalExecutor` scores them one after another
+on the driver's model; :class:`~vulnsteer.experiment.ray_executor.RayExecutor` spreads them over a pool of Ray
+workers. Either way the driver is the only writer of the store, and chunks are stored in the order they finish
+(every reader looks records up by condition key, so nothing depends on that order).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..data.sample import Sample
 from ..detection.engine import detect_variants_modes
@@ -30,7 +35,17 @@ from ..steering.hooks import SteeringSpec
 from ..steering.vectors import SteeringVector
 from .grid import Condition, condition_specs
 
-__all__ = ["ResultStore", "ScoringOptions", "run_conditions", "score_chunk"]
+__all__ = [
+    "ChunkDone",
+    "ChunkInputs",
+    "Executor",
+    "LocalExecutor",
+    "ResultStore",
+    "ScoringOptions",
+    "WorkerStats",
+    "run_conditions",
+    "score_chunk",
+]
 
 SamplesFor = Callable[[str], Mapping[str, Sequence[Sample]]]
 
@@ -104,7 +119,8 @@ def score_chunk(
 ) -> dict[str, list[DetectionRecord]]:
     """Score conditions together: one batched pass over the samples serves every condition and detector mode
     (the unsteered prompt prefix shared where positions allow, and kept in *prefix_store* for later chunks).
-    Returns records by condition key. Pure with respect to its inputs, so any worker can run it."""
+    Returns records by condition key. Pure with respect to its inputs, so any worker can run it. *sink* records
+    the unsteered hidden states of chunks under the experiment's own prompt (template ``default``) only."""
     specs_cache: dict[tuple[str, str], list[SteeringSpec] | None] = {}
     by_variant: dict[str, list[Condition]] = defaultdict(list)
     for cond in conditions:
@@ -121,16 +137,18 @@ def score_chunk(
 
     samples = [s for group in samples_by_cwe.values() for s in group]
     modes = sorted({c.mode for c in conditions})
+    template = _template_of(conditions)
     found = detect_variants_modes(
         lm,
         samples,
         {key: variant(conds[0]) for key, conds in by_variant.items()},
         modes=modes,
-        template=options.templates[_template_of(conditions)],
+        template=options.templates[template],
         batch_size=options.batch_size,
         max_new_tokens=options.max_new_tokens,
         progress=False,
-        sink=sink,
+        # the sink holds the experiment's own prompt's states: a prompting baseline's pass must not overwrite them
+        sink=sink if template == "default" else None,
         prefix_store=prefix_store,
     )
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
@@ -155,6 +173,117 @@ def _chunks(pending: Sequence[Condition], size: int) -> list[list[Condition]]:
     return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
+#: One finished chunk: its conditions, their records by condition key, and the scoring seconds per condition.
+ChunkDone = tuple[Sequence[Condition], dict[str, list[DetectionRecord]], float]
+
+
+@dataclass
+class WorkerStats:
+    """What one worker did: chunks and conditions scored, seconds spent scoring them, restarts after a crash,
+    chunk attempts that failed on it, and its last error (set when it was given up on).
+
+    >>> worker = WorkerStats("local")
+    >>> worker.add(conditions=4, seconds=2.0)
+    >>> worker.to_dict()["conditions_per_s"]
+    2.0
+    """
+
+    id: str
+    chunks: int = 0
+    conditions: int = 0
+    seconds: float = 0.0
+    restarts: int = 0
+    failed_chunks: int = 0
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, conditions: int, seconds: float) -> None:
+        self.chunks += 1
+        self.conditions += conditions
+        self.seconds += seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"id", "chunks", "conditions", "seconds", "conditions_per_s", ...}`` for results.json."""
+        rate = self.conditions / self.seconds if self.seconds > 0 else None
+        out = {
+            "id": self.id,
+            "chunks": self.chunks,
+            "conditions": self.conditions,
+            "seconds": round(self.seconds, 3),
+            "conditions_per_s": None if rate is None else round(rate, 3),
+            "restarts": self.restarts,
+            "failed_chunks": self.failed_chunks,
+            **self.extra,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class ChunkInputs:
+    """What every chunk of one :func:`run_conditions` call reads: *samples_for(split)* (samples by CWE), the
+    vectors and gating probes, the scoring options, and the driver's activation sink and prefix store (an
+    executor whose workers live in other processes leaves the last two alone)."""
+
+    samples_for: SamplesFor
+    vectors: Mapping[tuple[str, str], SteeringVector]
+    options: ScoringOptions = DEFAULT_OPTIONS
+    probes: Mapping[tuple[str, str], LinearProbe] | None = None
+    sink: ActivationSink | None = None
+    prefix_store: PrefixStore | None = None
+
+
+class Executor(Protocol):
+    """Where chunks of conditions are scored (see the module docstring).
+
+    >>> for chunk, records, seconds in executor.map_chunks(chunks, inputs):  # doctest: +SKIP
+    ...     store_them(chunk, records)
+    """
+
+    def map_chunks(self, chunks: Sequence[Sequence[Condition]], inputs: ChunkInputs) -> Iterator[ChunkDone]:
+        """Score every chunk; yield each as it finishes (in any order)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """``{"kind", "workers": [WorkerStats.to_dict(), ...], ...}`` for results.json."""
+        ...
+
+
+class LocalExecutor:
+    """Today's loop: each chunk scored in turn on the driver's model, with the driver's sink and prefix store.
+
+    >>> executor = LocalExecutor(lm)  # doctest: +SKIP
+    >>> run_conditions(lm, conditions, store, data.by_cwe, vectors, executor=executor)  # doctest: +SKIP
+    >>> executor.stats()["workers"][0]["conditions"]  # doctest: +SKIP
+    12
+    """
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        self.worker = WorkerStats("local", extra={"device": str(lm.device)})
+
+    def map_chunks(self, chunks: Sequence[Sequence[Condition]], inputs: ChunkInputs) -> Iterator[ChunkDone]:
+        for chunk in chunks:
+            start = time.perf_counter()
+            found = score_chunk(
+                self.lm,
+                chunk,
+                inputs.samples_for(chunk[0].split),
+                inputs.vectors,
+                inputs.options,
+                probes=inputs.probes,
+                sink=inputs.sink,
+                prefix_store=inputs.prefix_store,
+            )
+            seconds = time.perf_counter() - start
+            self.worker.add(len(chunk), seconds)
+            yield chunk, found, seconds / len(chunk)
+
+    def stats(self) -> dict[str, Any]:
+        return {"kind": "local", "workers": [self.worker.to_dict()]}
+
+
 def run_conditions(
     lm: LoadedModel,
     conditions: Iterable[Condition],
@@ -166,29 +295,27 @@ def run_conditions(
     probes: Mapping[tuple[str, str], LinearProbe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Score every condition not already in *store*; returns all records by condition key.
 
     *samples_for(split)* gives a split's samples by CWE. Pass a :class:`~vulnsteer.detection.prefix.PrefixStore`
-    (one per model and run) to compute each batch's unsteered prompt prefix once for all chunks.
+    (one per model and run) to compute each batch's unsteered prompt prefix once for all chunks. *executor* says
+    where chunks are scored (default: a :class:`LocalExecutor` on *lm*); this function stays the store's only
+    writer, appending each chunk as it arrives, and one progress bar counts the conditions of every worker.
     """
     todo = list(dict.fromkeys(conditions))
     chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
+    inputs = ChunkInputs(samples_for, vectors, options, probes, sink, prefix_store)
     with Progress(sum(len(c) for c in chunks), "conditions", unit="condition", enabled=options.progress) as bar:
-        for chunk in chunks:
-            start = time.perf_counter()
-            found = score_chunk(
-                lm,
-                chunk,
-                samples_for(chunk[0].split),
-                vectors,
-                options,
-                probes=probes,
-                sink=sink,
-                prefix_store=prefix_store,
-            )
-            seconds = (time.perf_counter() - start) / len(chunk)
-            for cond in chunk:
-                store.add(cond, found[cond.key], seconds)
-            bar.update(len(chunk))
+        done = (executor or LocalExecutor(lm)).map_chunks(chunks, inputs)
+        try:
+            for chunk, found, seconds in done:
+                for cond in chunk:
+                    store.add(cond, found[cond.key], seconds)
+                bar.update(len(chunk))
+        finally:
+            close = getattr(done, "close", None)
+            if close is not None:
+                close()  # an interrupted sweep stops its workers' chunks in flight
     return {cond.key: store.get(cond.key) for cond in todo}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .grid import POOLED, Setting
 from .preflight import check_before_loading, load_configured_model
 from .prepare import load_dataset, prepare_data
 from .protocol import default_out_dir
+from .ray_executor import open_executor
 from .results import examples, json_ready, load_chosen, load_probes, new_results
 from .rundir import CHOSEN_DIR, RunDir
 from .select import Choice
@@ -120,7 +122,8 @@ def _run_evaluation(
     options = ScoringOptions(
         d.batch_size, d.max_new_tokens, config.run.group_size, {"default": DEFAULT_TEMPLATE}, progress
     )
-    with run.open(identity, f"{command} run"):
+    load = partial(load_configured_model, config.model)
+    with run.open(identity, f"{command} run"), open_executor(config.run, load, lm) as executor:
         applied = apply_choices(
             lm,
             choices,
@@ -132,6 +135,7 @@ def _run_evaluation(
             cross_cwe_modes=d.cross_cwe_modes,
             options=options,
             seed=config.data.seed,
+            executor=executor,
         )
         gated = None
         if conditional:
@@ -169,6 +173,7 @@ def _run_evaluation(
         results["status"] = "complete"
         results["timings_s"] = {"total": round(time.perf_counter() - started, 2)}
         results["peak_memory"] = peak_memory(lm.device)
+        results["executor"] = executor.stats()
         results = json_ready(results)
         write_json(run.path / "results.json", results)
         write_report(results, run.path)

@@ -10,17 +10,20 @@ from __future__ import annotations
 from ..lm.model import LoadedModel, load_model
 from .config import ExperimentConfig, ModelSection
 from .prepare import LoadedData
+from .ray_executor import check_executor
 
 __all__ = ["check_before_loading", "load_configured_model"]
 
 
 def check_before_loading(config: ExperimentConfig, loaded: LoadedData, need_model: bool = True) -> None:
-    """What can be checked before a model loads: the device against this machine, every CWE has both labels
-    (vectors and evaluation need both), and the code budget + prompt + generated tokens against the model's
-    context (read from its config alone). Each failure is one line naming the option or the CWE."""
+    """What can be checked before a model loads: the executor is installed, the device against this machine,
+    every CWE has both labels (vectors and evaluation need both), and the code budget + prompt + generated tokens
+    against the model's context (read from its config alone). Each failure is one line naming the option or the
+    CWE."""
     from ..lm.budget import check_token_budget
     from ..lm.model import context_length, load_config, load_tokenizer, resolve_device
 
+    check_executor(config.run)
     resolve_device(config.model.device)
     one_sided = (loaded.notes or {}).get("one_sided_cwes") or {}
     one_sided = {cwe: what for cwe, what in one_sided.items() if not config.data.cwes or cwe in config.data.cwes}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,13 @@ from .conditional import (
 )
 from .config import ExperimentConfig, config_document, identity_of
 from .config_toml import dump_config
-from .engine import ResultStore, ScoringOptions, run_conditions
+from .engine import Executor, LocalExecutor, ResultStore, ScoringOptions, run_conditions
 from .fit import fit_cwe_vectors, save_vectors, train_pca, vector_cosines
 from .grid import POOLED, RANDOM_PROBE, Condition, Setting, candidate_settings, resolve_layer_sets, val_conditions
 from .lead import build_lead
 from .preflight import check_before_loading, load_configured_model
 from .prepare import PreparedData, load_dataset, prepare_data
+from .ray_executor import open_executor
 from .results import examples, json_ready, new_results, save_chosen, train_code_hashes, val_entries
 from .rundir import CHOSEN_DIR, CHOSEN_NAME, RESOLVED_NAME, RunDir
 from .select import Choice, select_settings, select_templates
@@ -103,8 +105,11 @@ def run_protocol(
             f"vulnsteer {__version__} resolved config: `vulnsteer sweep {run.resolved}` reproduces this run.\n"
             "Every default is filled in; layers are as written (negative = from the end)."
         )
-        with run.open(identity, "experiment", resolved=dump_config(config, header)):
-            protocol = _Protocol(config, run, lm, data, layer_sets, command, progress)
+        with (
+            run.open(identity, "experiment", resolved=dump_config(config, header)),
+            open_executor(config.run, partial(load_configured_model, config.model), lm) as executor,
+        ):
+            protocol = _Protocol(config, run, lm, data, layer_sets, command, progress, executor)
             try:
                 protocol.run()
             except KeyboardInterrupt:
@@ -129,8 +134,10 @@ class _Protocol:
         layer_sets: Sequence[tuple[int, ...]],
         command: str,
         progress: bool,
+        executor: Executor | None = None,
     ) -> None:
         self.config, self.run_dir, self.lm, self.data, self.progress = config, run, lm, data, progress
+        self.executor = executor or LocalExecutor(lm)
         self.layer_sets = list(layer_sets)
         self.layers = sorted({layer for group in layer_sets for layer in group})
         self.timings: dict[str, float] = {}
@@ -208,6 +215,7 @@ class _Protocol:
             self.options,
             probes=self.cond_probes,
             prefix_store=self.prefix_store,
+            executor=self.executor,
         )
         self._timed("score_val", t)
         results["val"] = {mode: val_entries(conds, val_records, data.cwes) for mode, conds in val_conds.items()}
@@ -227,6 +235,7 @@ class _Protocol:
             seed=cfg.data.seed,
             probes=self.cond_probes,
             prefix_store=self.prefix_store,
+            executor=self.executor,
         )
         gated = None
         if conditional:
@@ -243,6 +252,7 @@ class _Protocol:
                 seed=cfg.data.seed,
                 probes=self.cond_probes,
                 prefix_store=self.prefix_store,
+                executor=self.executor,
             )
         prompted = self._prompted(templates, test)
         self._timed("score_test", t)
@@ -396,7 +406,14 @@ class _Protocol:
         if not conds:
             return {}
         return run_conditions(
-            self.lm, conds, self.store, lambda _split: test, self.vectors, self.options, prefix_store=self.prefix_store
+            self.lm,
+            conds,
+            self.store,
+            lambda _split: test,
+            self.vectors,
+            self.options,
+            prefix_store=self.prefix_store,
+            executor=self.executor,
         )
 
     def _lead(
@@ -462,6 +479,7 @@ class _Protocol:
         self.timings["total"] = time.perf_counter() - self.started
         self.results["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
         self.results["peak_memory"] = peak_memory(self.lm.device)
+        self.results["executor"] = self.executor.stats()
         self.results["files"] = {
             "resolved_config": RESOLVED_NAME,
             "chosen": f"{CHOSEN_DIR}/{CHOSEN_NAME}",

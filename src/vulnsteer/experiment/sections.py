@@ -21,6 +21,7 @@ from .values import (
     integer,
     layer_sets,
     merge_list,
+    non_negative,
     number,
     one_of,
     optional_str,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_CONDITIONAL_STRENGTHS",
     "DEFAULT_STRENGTHS",
     "DUPLICATE_POLICIES",
+    "EXECUTORS",
     "GATE_KINDS",
     "METHOD_NAMES",
     "MODES",
@@ -64,6 +66,7 @@ METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
 DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
 #: Execution backends (:data:`vulnsteer.lm.backend.BACKENDS`).
 BACKEND_NAMES: tuple[str, ...] = ("hooks", "nnsight")
+EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 
 # ------------------------------------------------------------------------------------------------ declarations
@@ -418,6 +421,40 @@ class RunSection:
     )
     controls_on_val: bool = _key(
         True, boolean, "random controls for every candidate on val too (the selection curves' control lines)"
+    )
+    executor: str = _key(
+        "local",
+        one_of(EXECUTORS),
+        "where chunks are scored: local (this process) or ray (a pool of Ray workers, each with its own copy of "
+        "the model; pip install 'vulnsteer[ray]')",
+        "--executor",
+        identity=False,
+    )
+    ray_address: str | None = _key(
+        None,
+        optional_str,
+        "Ray cluster to join: auto (the cluster `ray start --head` started on this machine) or HOST:PORT "
+        "(absent: start a local Ray instance for this run)",
+        "--ray-address",
+        identity=False,
+    )
+    ray_workers: int = _key(
+        0,
+        integer(0),
+        "Ray workers, each loading the model once (0: one per ray_gpus_per_worker GPUs of the cluster, or 1 "
+        "on a cluster without GPUs)",
+        "--ray-workers",
+        "int",
+        identity=False,
+    )
+    ray_gpus_per_worker: float | None = _key(
+        None,
+        non_negative,
+        "GPUs each Ray worker holds (e.g. 2 for a model spread with device_map = 'auto'; 0: CPU workers, which "
+        "share the cluster's CPUs; absent: 1 on a cluster with GPUs, else 0)",
+        "--ray-gpus-per-worker",
+        "float",
+        identity=False,
     )
 
 

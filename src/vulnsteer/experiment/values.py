@@ -30,6 +30,7 @@ __all__ = [
     "integer",
     "layer_sets",
     "merge_list",
+    "non_negative",
     "number",
     "one_of",
     "optional_str",
@@ -80,6 +81,14 @@ def number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise fail(where, f"expected a finite number, got {value!r}")
     return float(value)
+
+
+def non_negative(value: Any, where: str) -> float:
+    """A finite number >= 0."""
+    out = number(value, where)
+    if out < 0:
+        raise fail(where, f"must not be negative, got {value!r}")
+    return out
 
 
 def as_list(value: Any, where: str, *, empty: bool = False) -> list[Any]:

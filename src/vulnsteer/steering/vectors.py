@@ -178,6 +178,10 @@ class SteeringVector:
             frozen[int(layer)] = vec.detach().to("cpu", torch.float32).clone()
         object.__setattr__(self, "directions", MappingProxyType(frozen))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as plain data (the read-only mapping is rebuilt): vectors travel to sweep workers."""
+        return (SteeringVector, (dict(self.directions), self.provenance))
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.directions))

@@ -1,0 +1,257 @@
+"""Sweeps on a real local Ray instance (2 CPU workers, a tiny model saved to a folder): the chosen settings and
+every test number equal the local executor's; a worker killed mid-chunk is restarted and only its chunk is run
+again; a chunk that keeps failing stops the sweep with its error and keeps the finished chunks; a driver killed
+with SIGKILL resumes. Skipped without Ray (``pip install 'vulnsteer[ray]'``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import make_tiny, write_toy_jsonl
+from tests.test_executor import toy_grid
+from tests.test_protocol import _cli, _entries, _numbers, _wait_for_lines, run, write_config
+
+from vulnsteer.experiment.config import load_config
+from vulnsteer.experiment.engine import ResultStore, ScoringOptions, run_conditions, score_chunk
+from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
+from vulnsteer.lm.model import LoadedModel, load_model
+
+ray = pytest.importorskip("ray")
+
+from vulnsteer.experiment.ray_executor import RayExecutor, WorkerFailedError  # noqa: E402
+
+# the fault-injecting scorer below travels to the workers by value (they cannot import this test module)
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Ray instance with 2 CPUs for the whole module; its address (subprocess drivers join it)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        object_store_memory=100 * 1024**2,
+        log_to_driver=False,
+        logging_level="warning",
+    )
+    yield str(ray.get_runtime_context().gcs_address)
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-model")
+    lm = make_tiny(tiny_tokenizer, "llama", layers=3)
+    lm.model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path) -> LoadedModel:
+    """The driver's copy of the model the workers load (the same folder, so the same model key)."""
+    return load_model(str(model_dir), device="cpu")
+
+
+def test_ray_sweep_equals_local(tmp_path: Path, cluster: str, model_dir: Path, model: LoadedModel) -> None:
+    data = write_toy_jsonl(tmp_path / "toy.jsonl")
+    config = load_config(write_config(tmp_path / "sweep.toml", data, cache_dir=tmp_path / "cache"))
+    config = config.replace(model__name=str(model_dir), model__device="cpu")
+    local = run(config, tmp_path / "local", model)
+    cached = sorted((tmp_path / "cache").rglob("*"))
+    distributed = run(config.replace(run__executor="ray", run__ray_workers=2), tmp_path / "ray", model)
+    # the probes read the states the workers' sinks recorded: the driver extracted nothing for val and test
+    assert sorted((tmp_path / "cache").rglob("*")) == cached
+
+    assert distributed["selection"] == local["selection"]
+    assert distributed["conditional_selection"] == local["conditional_selection"]
+    assert _numbers(distributed) == _numbers(local)
+    for key in ("records", "lead", "conditional", "prompt_selection"):
+        assert distributed[key] == local[key], key
+    assert _entries(tmp_path / "ray" / "records.jsonl") == _entries(tmp_path / "local" / "records.jsonl")
+
+    stats = distributed["executor"]
+    assert stats["kind"] == "ray" and len(stats["workers"]) == 2 and stats["retried_chunks"] == 0
+    scored = sum(w["conditions"] for w in stats["workers"])
+    assert scored == len((tmp_path / "ray" / "records.jsonl").read_text().splitlines())
+    assert all(w["conditions"] > 0 and w["conditions_per_s"] > 0 for w in stats["workers"]), stats
+    assert local["executor"]["kind"] == "local" and local["executor"]["workers"][0]["conditions"] == scored
+
+    # `evaluate --from RUN` on other data: the same rows with one Ray worker as locally
+    other = write_toy_jsonl(tmp_path / "other.jsonl", n_pairs=3, prefix="other")
+    transfer = transfer_config(tmp_path / "local", {"data.path": (str(other), "--data")})
+    found = {}
+    for name, executor in (("local", "local"), ("ray", "ray")):
+        settings = transfer.replace(run__executor=executor, run__ray_workers=1)
+        out = evaluate_from_run(tmp_path / "local", settings, tmp_path / f"eval-{name}", lm=model, progress=False)
+        found[name] = json.loads((out / "results.json").read_text())
+    assert found["ray"]["executor"]["kind"] == "ray" and found["ray"]["executor"]["workers"][0]["conditions"] > 0
+    for key in ("summary", "pooled", "cross_cwe", "records"):
+        assert found["ray"][key] == found["local"][key], key
+
+
+# ------------------------------------------------------------------------------------------ a killed driver
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes(tmp_path: Path, cluster: str, model_dir: Path, model: LoadedModel) -> None:
+    """SIGKILL a `vulnsteer sweep --executor ray` that joined the cluster, mid-sweep; the rerun resumes."""
+    data = write_toy_jsonl(tmp_path / "toy.jsonl")
+    config = write_config(tmp_path / "sweep.toml", data, cache_dir=tmp_path / "acache", group_size=1)
+    out = tmp_path / "killed"
+    records = out / "records.jsonl"
+    args = [str(config), "--model", str(model_dir), "--out", str(out), "--executor", "ray", "--ray-address", cluster]
+    proc = _cli([*args, "--ray-workers", "2"], tmp_path)
+    _wait_for_lines(proc, records, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = records.read_bytes()
+    done_before = before[: before.rfind(b"\n") + 1].decode().splitlines()
+    assert done_before and not (out / "results.json").exists()
+
+    resumed = _cli([*args, "--ray-workers", "1"], tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read().decode() if resumed.stdout else ""
+    after = records.read_text().splitlines()
+    assert after[: len(done_before)] == done_before, "finished chunks were rewritten"
+    keys = [json.loads(line)["condition"]["key"] for line in after]
+    assert len(keys) == len(set(keys)), "finished conditions were redone"
+
+    local = run(load_config(config).replace(run__cache_dir=str(tmp_path / "fresh")), tmp_path / "local", model)
+    assert _entries(records) == _entries(tmp_path / "local" / "records.jsonl")
+    assert _numbers(json.loads((out / "results.json").read_text())) == _numbers(local)
+
+
+# ------------------------------------------------------------------------------------------ executor faults
+
+
+def _tag(keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def _faulty(plan_file: str, lm: LoadedModel, chunk: Any, *args: Any, **kw: Any) -> Any:
+    """score_chunk under the test's current plan (a JSON file the test rewrites): each attempt of a chunk is
+    noted in the plan's ``marks`` folder; the first attempt of the chunk holding condition ``kill`` kills its
+    worker's process, and the chunk holding ``fail`` raises every time."""
+    plan = json.loads(Path(plan_file).read_text())
+    keys = [c.key for c in chunk]
+    mark = Path(plan["marks"]) / _tag(keys)
+    with open(mark, "a", encoding="utf-8") as handle:
+        handle.write(f"{os.getpid()}\n")
+    if plan["kill"] in keys and len(mark.read_text().splitlines()) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if plan["fail"] in keys:
+        raise RuntimeError("injected failure in this chunk")
+    return score_chunk(lm, chunk, *args, **kw)
+
+
+def _attempts(marks: Path, chunk_keys: list[str]) -> int:
+    path = marks / _tag(chunk_keys)
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory, model: LoadedModel) -> dict[str, Any]:
+    """The toy validation grid, its vectors and samples, the local executor's records, and the chunks."""
+    root = tmp_path_factory.mktemp("grid")
+    grid = toy_grid(root, model, [(1,), (2,), (1, 2)])
+    conds, vectors, samples = grid["conds"], grid["vectors"], grid["samples"]
+    options = ScoringOptions(group_size=2, progress=False)
+    local = run_conditions(model, conds, ResultStore(root / "local.jsonl"), samples, vectors, options)
+    chunks = [[c.key for c in conds[i : i + 2]] for i in range(0, len(conds), 2)]  # one group: the engine's chunks
+    return {**grid, "options": options, "local": local, "chunks": chunks}
+
+
+@pytest.fixture(scope="module")
+def faulty(
+    tmp_path_factory: pytest.TempPathFactory, cluster: str, model_dir: Path, model: LoadedModel
+) -> Iterator[tuple[RayExecutor, Path]]:
+    """Two workers scoring with :func:`_faulty`, shared by the fault tests (workers take seconds to start)."""
+    from vulnsteer.lm.activation_cache import model_key
+
+    plan = tmp_path_factory.mktemp("plan") / "plan.json"
+    load = partial(load_model, str(model_dir), device="cpu")
+    with RayExecutor(
+        load, workers=2, expect_model=model_key(model), score=partial(_faulty, str(plan)), max_restarts=2
+    ) as executor:
+        yield executor, plan
+
+
+def _plan(plan: Path, marks: Path, kill: str | None = None, fail: str | None = None) -> Path:
+    marks.mkdir()
+    plan.write_text(json.dumps({"marks": str(marks), "kill": kill, "fail": fail}))
+    return marks
+
+
+def _sweep(executor: RayExecutor, model: LoadedModel, grid: dict[str, Any], records: Path) -> Any:
+    return run_conditions(
+        model, grid["conds"], ResultStore(records), grid["samples"], grid["vectors"], grid["options"],
+        executor=executor,
+    )  # fmt: skip
+
+
+def _stored_keys(path: Path) -> list[str]:
+    return [json.loads(line)["condition"]["key"] for line in path.read_text().splitlines()]
+
+
+def test_a_worker_that_cannot_load_the_model_is_a_clear_error(
+    tmp_path: Path, cluster: str, model: LoadedModel, grid: dict[str, Any]
+) -> None:
+    load = partial(load_model, str(tmp_path / "no-such-model"), device="cpu")
+    with (
+        RayExecutor(load, workers=1, max_restarts=1) as executor,
+        pytest.raises(WorkerFailedError, match=r"no Ray worker is left \(worker 0: .*no-such-model"),
+    ):
+        _sweep(executor, model, grid, tmp_path / "r.jsonl")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_killed_worker_is_restarted_and_only_its_chunk_is_redone(
+    tmp_path: Path, faulty: tuple[RayExecutor, Path], model: LoadedModel, grid: dict[str, Any]
+) -> None:
+    executor, plan = faulty
+    victim = grid["chunks"][3]
+    marks = _plan(plan, tmp_path / "marks", kill=victim[0])
+    before = executor.stats()
+    found = _sweep(executor, model, grid, tmp_path / "records.jsonl")
+    assert found == grid["local"]
+    assert _attempts(marks, victim) == 2, "the chunk in flight was not run again"
+    assert all(_attempts(marks, keys) == 1 for keys in grid["chunks"] if keys != victim), "a chunk was redone"
+    assert sorted(_stored_keys(tmp_path / "records.jsonl")) == sorted(c.key for c in grid["conds"])
+    after = executor.stats()
+    assert [w["restarts"] for w in after["workers"]] != [w["restarts"] for w in before["workers"]]
+    assert sum(w["restarts"] for w in after["workers"]) == sum(w["restarts"] for w in before["workers"]) + 1
+    assert after["retried_chunks"] == before["retried_chunks"] + 1
+
+
+def test_a_chunk_that_keeps_failing_stops_the_sweep_and_keeps_finished_work(
+    tmp_path: Path, faulty: tuple[RayExecutor, Path], model: LoadedModel, grid: dict[str, Any]
+) -> None:
+    executor, plan = faulty
+    broken = grid["chunks"][2]
+    marks = _plan(plan, tmp_path / "marks", fail=broken[0])
+    records = tmp_path / "records.jsonl"
+    with pytest.raises(WorkerFailedError, match="injected failure in this chunk") as failure:
+        _sweep(executor, model, grid, records)
+    assert "failed 3 times" in str(failure.value) and "rerun" in str(failure.value)
+    assert _attempts(marks, broken) == 3
+    stored = _stored_keys(records)
+    assert stored and not set(broken) & set(stored), "finished chunks were lost, or the broken one was stored"
+    assert len(stored) == len(set(stored))
+
+    # the cause fixed, a rerun scores only what is missing, and the records equal the local executor's
+    marks = _plan(plan, tmp_path / "marks-again")
+    assert _sweep(executor, model, grid, records) == grid["local"]
+    assert all(_attempts(marks, keys) == 0 for keys in grid["chunks"] if set(keys) <= set(stored))
+    assert len(_stored_keys(records)) == len(grid["conds"])
