@@ -99,6 +99,8 @@ def _make_inputs(folder: Path, fingerprint: str) -> None:
     _save_vector(folder / "huge.safetensors", {"layer.1": torch.full((64,), 1e30)}, prov.to_json())
     far = json.loads(prov.to_json()) | {"layers": [7], "layer_norms": {"7": 5.0}}
     _save_vector(folder / "far_layer.safetensors", {"layer.7": torch.ones(64)}, json.dumps(far))
+    (folder / "vecdir").mkdir()
+    shutil.copy(folder / "noprov.safetensors", folder / "vecdir" / "cwe-79-mean_diff.safetensors")
     other = Provenance("big", "0" * 16, 128, (1,), "last", "mean_diff", "CWE-79", 3, 3, "h", "t", {1: 5.0})
     SteeringVector({1: torch.ones(128)}, other).save(folder / "other_model.safetensors")
     blob = (folder / "good.safetensors").read_bytes()
@@ -187,7 +189,8 @@ CATALOGUE = [
         ["detect", "{in}/ok.c", "--mode", "logit", "--max-new-tokens", "8"],
         ("--max-new-tokens", "--mode generation"),
     ),
-    Case("batch-size-zero", ["vectors", "fit", "--out", "{out}/v0", "--batch-size", "0"], ("--batch-size", "positive")),
+    Case("batch-size-zero", ["vectors", "fit", "--out", "{out}/v0", "--batch-size", "0"], ("--batch-size", "least 1")),
+    Case("run-batch-size-zero", ["run", "--out", "{out}/r0", "--batch-size", "0"], ("--batch-size", "at least 1")),
     Case("batch-size-negative", ["extract", "--out", "{out}/a.st", "--batch-size", "-3"], ("--batch-size",)),
     Case("batch-size-word", ["vectors", "fit", "--out", "{out}/v0", "--batch-size", "many"], ("--batch-size",)),
     Case("max-code-tokens-zero", ["detect", "{in}/ok.c", "--max-code-tokens", "0"], ("--max-code-tokens",)),
@@ -241,6 +244,41 @@ CATALOGUE = [
     _vector_case("vector-layers-option-not-in-vector", "good.safetensors", "[2]", extra=("--layers", "2")),
     _vector_case("vector-layer-beyond-model", "far_layer.safetensors", "3 layers"),
     _vector_case("vector-for-another-hidden-size", "other_model.safetensors", "hidden size 128"),
+    Case(
+        "evaluate-vector-folder-bad-file",
+        [
+            "evaluate",
+            "--vectors",
+            "{in}/vecdir",
+            "--strength",
+            "0.3",
+            "--data",
+            "{in}/paired",
+            *BARE,
+            "--out",
+            "{out}/e",
+        ],
+        ("vecdir/cwe-79-mean_diff.safetensors", "'layers'"),
+        out="e",
+    ),
+    # ------------------------------------------------------------ options a command would not use
+    Case(
+        "evaluate-vectors-takes-one-strength",
+        ["evaluate", "--vectors", "{in}/vecdir", "--strength", "0.3", "--strengths", "9", "--out", "{out}/ev-s"],
+        ("--strengths does not apply to evaluate --vectors",),
+        out="ev-s",
+    ),
+    Case(
+        "evaluate-vectors-no-pooled-vector",
+        ["evaluate", "--vectors", "{in}/vecdir", "--strength", "0.3", "--pooled-vector", "--out", "{out}/ev-p"],
+        ("--pooled-vector does not apply to evaluate --vectors",),
+        out="ev-p",
+    ),
+    Case(
+        "evaluate-from-keeps-the-runs-choices",
+        ["evaluate", "--from", "{in}/no-run", "--data", "{in}/paired", "--conditional-strengths", "2"],
+        ("--conditional-strengths does not apply to evaluate --from",),
+    ),
     # ------------------------------------------------------------ model and machine
     Case("device-unknown", ["detect", "{in}/ok.c", "--model", "{tiny}", "--device", "gpu7"], ("--device", "gpu7")),
     Case("device-meta", ["detect", "{in}/ok.c", "--model", "{tiny}", "--device", "meta"], ("--device",)),
@@ -253,6 +291,11 @@ CATALOGUE = [
     Case(
         "max-code-tokens-beyond-context",
         ["detect", "{in}/ok.c", *BARE, "--mode", "logit", "--max-code-tokens", "100000"],
+        ("--max-code-tokens 100000", "2048"),
+    ),
+    Case(
+        "scan-max-code-tokens-beyond-context",
+        ["scan", "{in}/ok.c", *BARE, "--max-code-tokens", "100000"],
         ("--max-code-tokens 100000", "2048"),
     ),
     Case(
@@ -273,6 +316,23 @@ CATALOGUE = [
     Case("extract-out-is-a-folder", ["extract", "--out", "{in}/paired"], ("--out", "is a folder")),
     Case("extract-out-unwritable", ["extract", "--out", "/proc/vulnsteer/a.safetensors"], ("--out", "/proc")),
     Case("extract-out-empty", ["extract", "--out", ""], ("--out",)),
+    Case("run-out-unwritable", ["run", "--out", "/proc/vulnsteer/run"], ("--out /proc/vulnsteer/run", "/proc")),
+    Case(
+        "evaluate-out-unwritable",
+        ["evaluate", "--vectors", "{in}/vecdir", "--strength", "0.3", "--out", "/proc/vulnsteer/ev"],
+        ("--out /proc/vulnsteer/ev",),
+    ),
+    Case("scan-output-unwritable", ["scan", "{in}/ok.c", "-o", "/proc/vulnsteer/x.sarif"], ("-o/--output", "/proc")),
+    Case(
+        "export-gguf-unwritable",
+        ["vectors", "export", "{in}/good.safetensors", "--gguf", "/proc/vulnsteer/x.gguf", "--strength", "0.3"],
+        ("--gguf", "/proc"),
+    ),
+    Case(
+        "import-out-unwritable",
+        ["vectors", "import", "{in}/nope.gguf", "--out", "/proc/vulnsteer/x.safetensors"],
+        ("--out", "/proc"),
+    ),
     # ------------------------------------------------------------ data (checked before the weights load)
     _data_case("vectors-data-missing", "nowhere", "nowhere"),
     _data_case("vectors-data-malformed", "malformed.jsonl", "malformed.jsonl:2", "malformed JSON"),

@@ -144,6 +144,8 @@ def test_a_unit_alone_re_units_the_default_strengths() -> None:
 def test_identity_ignores_where_and_how_fast() -> None:
     a = ExperimentConfig()
     b = a.replace(run__out="elsewhere", run__group_size=3, run__cache=False, run__prefix_cache_mib=0)
+    # the device as written and the batch size do not change the numbers (the resolved device is in the model key)
+    b = b.replace(model__device="cpu", detection__batch_size=4, model__backend="nnsight")
     assert identity_of(a) == identity_of(b)
     assert identity_of(a) != identity_of(a.replace(steering__layers=[[1]]))
 
@@ -207,8 +209,10 @@ def test_flag_errors_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
         config_from_args(_args(["run", "--batch-size", "0"]))
     with pytest.raises(ConfigError, match="--modes: unknown value 'vibes'"):
         config_from_args(_args(["run", "--modes", "vibes"]))
-    with pytest.raises(ConfigError, match=r"--strengths: steering\.strengths is a plain list"):
+    with pytest.raises(ConfigError, match=r"--strengths: say the strengths' unit with --unit"):
         config_from_args(_args(["sweep", "x.toml", "--strengths", "1"]))  # no unit: the file does not say either
+    with pytest.raises(ConfigError, match=r"--strengths: relative strength 1e\+30 .* far beyond the hidden-state"):
+        config_from_args(_args(["run", "--strengths", "1e30", "--unit", "relative"]))
 
 
 def test_flags_override_a_file(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from tests.conftest import write_toy_jsonl
 from vulnsteer.experiment import protocol as protocol_mod
 from vulnsteer.experiment.config import ConfigError, ExperimentConfig, load_config, parse_config
 from vulnsteer.experiment.protocol import run_protocol
-from vulnsteer.experiment.rundir import RunDirBusyError, _locked
+from vulnsteer.experiment.rundir import RunDir, RunDirBusyError, _locked
 from vulnsteer.io import OutputError
 from vulnsteer.lm.model import LoadedModel
 
@@ -216,6 +216,37 @@ def test_nothing_is_written_before_the_inputs_are_validated(tmp_path: Path, tiny
         run_protocol(ExperimentConfig(), "/proc/vulnsteer-run", lm=tiny_lm, progress=False)
 
 
+def test_a_folder_that_finished_nothing_is_taken_over_by_the_corrected_rerun(
+    tmp_path: Path, tiny_lm: LoadedModel
+) -> None:
+    """A strength can only be checked against the hidden-state scale once the vectors are fitted, i.e. after the
+    folder is opened: that failed attempt finished nothing, so the corrected rerun into the same folder runs (it
+    was refused as 'other inputs' before), and no file of the earlier attempt stays."""
+    out = tmp_path / "run"
+    base = ExperimentConfig().replace(
+        data__path=str(write_toy_jsonl(tmp_path / "toy.jsonl")),
+        data__format="jsonl",
+        data__max_code_tokens=64,
+        steering__layers=[[1]],
+        conditional__enabled=False,
+        baselines__templates=[],
+        baselines__calibrated=False,
+        report__probes=False,
+        run__cache=False,
+    )
+    absurd = base.replace(steering__strengths={"raw": [1e30]})
+    with pytest.raises(ValueError, match=r"far beyond the hidden-state scale|not finite"):
+        run_protocol(absurd.replace(data__cwes=["CWE-89", "CWE-78"]), out, lm=tiny_lm, progress=False)
+    assert (out / "identity.json").is_file() and not (out / "records.jsonl").is_file()
+    stale = {p.name for p in (out / "vectors").glob("*")}
+    results = run(base.replace(steering__strengths={"raw": [0.5]}, data__cwes=["CWE-89"]), out, tiny_lm)
+    assert results["status"] == "complete" and set(results["summary"]["logit"]) == {"CWE-89"}
+    assert not any("78" in name for name in {p.name for p in (out / "vectors").glob("*")}), stale
+    # a folder that holds records is still protected, and the message says what changed
+    with pytest.raises(ConfigError, match=r"holds an experiment computed from other inputs \(changed: [^)]*steering"):
+        run_protocol(base.replace(data__cwes=["CWE-89"]), out, lm=tiny_lm, progress=False)
+
+
 def test_a_busy_run_folder_names_its_holder(
     tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
 ) -> None:
@@ -235,6 +266,10 @@ def test_a_busy_run_folder_names_its_holder(
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
         with pytest.raises(RunDirBusyError, match="in use by process 4242"):
             run_protocol(load_config(config), out, lm=tiny_lm, progress=False)
+        # refused before any data or model loads (the check writes nothing to the held lock)
+        with pytest.raises(RunDirBusyError, match="in use by process 4242"):
+            RunDir(out).check_writable()
+        assert (out / ".lock").read_text() == "process 4242\n"
     finally:
         holder.kill()
         holder.wait()

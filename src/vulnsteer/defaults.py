@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "DEFAULT_STEER_POSITIONS",
     "DEFAULT_UNIT",
+    "MAX_SHIFT_RATIO",
 ]
 
 #: ``--max-code-tokens``: the code's token budget; lowered to what fits when a model's context is shorter.
@@ -26,3 +27,8 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_STEER_POSITIONS = "last"
 #: ``--unit``: strengths as multiples of the layer's mean hidden-state norm (they transfer between models).
 DEFAULT_UNIT = "relative"
+
+#: The largest shift a steering spec may apply, as a multiple of the layer's mean hidden-state norm (useful
+#: strengths move a hidden state by a fraction of its norm; a hundred times it saturates the layer and the logits
+#: carry nothing). A ``relative`` strength is that multiple itself, so it is checked when a config is read.
+MAX_SHIFT_RATIO = 100.0

@@ -168,9 +168,24 @@ def _clear_progress() -> None:
             pass
 
 
-def _configure_progress(no_progress: bool) -> None:
+@contextlib.contextmanager
+def _configure_progress(no_progress: bool) -> Iterator[None]:
     """``--no-progress`` silences every progress display; without a terminal, libraries draw no bars (vulnsteer's
-    own phases print one line each, see :mod:`vulnsteer.progress`)."""
+    own phases print one line each, see :mod:`vulnsteer.progress`). The environment is restored on exit, so an
+    in-process ``main()`` leaves no setting behind."""
+    saved = {name: os.environ.get(name) for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    try:
+        _silence_progress(no_progress)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _silence_progress(no_progress: bool) -> None:
     if no_progress:
         os.environ["TQDM_DISABLE"] = "1"
     if no_progress or not sys.stderr.isatty():
@@ -197,9 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    _configure_progress(args.no_progress)
     try:
-        result: int = args.func(args)
+        with _configure_progress(args.no_progress):
+            result: int = args.func(args)
         return result
     except KeyboardInterrupt:
         return _fail(

@@ -96,13 +96,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ..experiment.evaluate import evaluate_from_run, evaluate_vectors, transfer_config
+    from ..experiment.evaluate import check_overrides, evaluate_from_run, evaluate_vectors, transfer_config
 
     progress = not args.no_progress
     if args.from_run:
         if args.strength is not None:
             raise ValueError("--strength is for --vectors; --from applies the run's own chosen settings")
         overrides = overrides_from_args(args)
+        check_overrides("evaluate --from", overrides)
         if "data.path" not in overrides:
             raise ValueError("evaluate --from RUN_DIR needs --data OTHER (the dataset to apply the choices to)")
         config = transfer_config(args.from_run, overrides)
@@ -113,6 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         if args.strength is None:
             raise ValueError("evaluate --vectors DIR needs --strength S")
+        check_overrides("evaluate --vectors", overrides_from_args(args))
         out = evaluate_vectors(
             args.vectors,
             config_from_args(args),

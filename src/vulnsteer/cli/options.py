@@ -17,7 +17,7 @@ from ..defaults import (
     DEFAULT_STEER_POSITIONS,
     DEFAULT_UNIT,
 )
-from ..experiment.config import POSITIONS, ExperimentConfig, Key, config_keys, parse_config
+from ..experiment.config import POSITIONS, UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
 from ..experiment.config import load_config as load_experiment_config
 from ..experiment.sections import BACKEND_NAMES
 from ..experiment.values import STRENGTH_UNITS, remote_option
@@ -108,9 +108,9 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -365,9 +365,6 @@ def load(args: argparse.Namespace) -> Any:
 # `run`, `sweep` and `evaluate` take one flag per configuration key (vulnsteer.experiment.sections declares each
 # key once: default, parser, help, flag), so a flag and the TOML key it sets are validated alike.
 
-#: The flag that qualifies each section's plain list of strengths.
-UNIT_FLAGS = {"steering": "--unit", "conditional": "--conditional-unit"}
-
 
 def _words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
@@ -391,9 +388,9 @@ def _default_text(key: Key) -> str:
 
 _CLI_TYPES: dict[str, dict[str, Any]] = {
     "str": {},
-    "int": {"type": int},
-    "positive": {"type": positive_int},
-    "float": {"type": float},
+    "int": {"type": int, "metavar": "N"},
+    "positive": {"type": positive_int, "metavar": "N"},
+    "float": {"type": float, "metavar": "X"},
     "bool": {"action": "store_true"},
     "nobool": {"action": "store_false"},
     "csv": {"type": _words, "metavar": "A,B"},
@@ -421,7 +418,12 @@ def add_config_args(
             if key.section != section or key.flag is None or key.flag in skip or (only and key.flag not in only):
                 continue
             kind = dict(_CLI_TYPES[key.cli])
-            text = f"{key.help} ({key.dotted}; default: {_default_text(key)})"
+            if "metavar" not in kind and kind.get("action") not in ("store_true", "store_false"):
+                kind["metavar"] = key.flag.lstrip("-").replace("-", "_").upper()
+            if key.cli == "nobool":
+                text = f"turn off {key.dotted}: {key.help} (default: on)"
+            else:
+                text = f"{key.help} ({key.dotted}; default: {_default_text(key)})"
             if key.cli == "layers":
                 text += "; repeat for several candidate layer sets: --layers 10 --layers 15 --layers 10,15"
             group.add_argument(key.flag, dest=_dest(key), default=argparse.SUPPRESS, help=text, **kind)
@@ -434,7 +436,8 @@ def add_config_args(
                 choices=list(STRENGTH_UNITS),
                 help=f"unit of the plain list of {section} strengths: "
                 "raw (strength x vector), relative (x the layer's mean hidden-state norm) or sigma (x "
-                f"the spread along the vector) ({section}.unit; default: the unit of the default strengths)",
+                f"the spread along the vector) ({section}.unit; needed with a plain list of strengths; given alone, it "
+                "re-units the default strengths)",
             )
 
 

@@ -23,6 +23,7 @@ from .options import (
     UsageError,
     add_model_args,
     add_steering_args,
+    code_token_budget,
     is_default,
     positive_int,
     require,
@@ -150,11 +151,16 @@ def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from ..io import check_writable
     from ..scan import FileFilter, ScanOptions, default_cache_dir, render, scan, write_output
     from ..scan.engine import check_paths
 
     _check_options(args)
     check_paths(args.paths)  # before anything loads
+    if args.output:
+        check_writable(args.output, "-o/--output")
+    if not is_default(args.max_code_tokens):  # (the default is lowered when scoring; a rescan loads nothing)
+        code_token_budget(args, int(args.max_new_tokens) if args.explain else 0)
     options = ScanOptions(
         files=FileFilter(
             include=tuple(args.include),

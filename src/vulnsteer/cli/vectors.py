@@ -215,9 +215,11 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..io import check_writable
     from ..steering.gguf import export_control_vector
     from ..steering.vectors import SteeringVector
 
+    check_writable(args.gguf, "--gguf")
     vector = SteeringVector.load(args.vector)
     info = export_control_vector(
         vector,
@@ -232,8 +234,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from ..io import check_writable
     from ..steering.gguf import import_control_vector
 
+    check_writable(args.out, "--out")
     vector = import_control_vector(args.gguf, hidden_size=args.hidden_size, model_hint=args.model_hint)
     vector.save(args.out)
     print(f"wrote {args.out}: layers {list(vector.layers)}, hidden size {vector.provenance.hidden_size}")

@@ -35,6 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ..defaults import MAX_SHIFT_RATIO
 from .sections import (
     DEFAULT_CONDITIONAL_STRENGTHS,
     DEFAULT_STRENGTHS,
@@ -177,6 +178,10 @@ UNIT_SECTIONS: dict[str, tuple[tuple[str, float], ...]] = {
 }
 
 
+#: The CLI flag that qualifies each section's plain list of strengths.
+UNIT_FLAGS = {"steering": "--unit", "conditional": "--conditional-unit"}
+
+
 def _set(
     values: dict[str, dict[str, Any]],
     units: dict[str, dict[str, str]],
@@ -211,9 +216,12 @@ def _resolve_strengths(values: dict[str, dict[str, Any]], units: dict[str, dict[
             plain = [s for s in body["strengths"] if not s[0]]
             where = found.get("strengths_where", f"{section}.strengths")
             if plain and unit is None:
+                flag = UNIT_FLAGS[section]
                 raise fail(
                     where,
-                    f"{section}.strengths is a plain list: set {section}.unit (raw, relative or "
+                    f"say the strengths' unit with {flag} (raw, relative or sigma)"
+                    if where.startswith("--")
+                    else f"{section}.strengths is a plain list: set {section}.unit (raw, relative or "
                     "sigma), or write strengths = {relative = [...], raw = [...]}",
                 )
             if unit is not None and not plain:
@@ -222,6 +230,13 @@ def _resolve_strengths(values: dict[str, dict[str, Any]], units: dict[str, dict[
                     f"{section}.unit only qualifies a plain list of strengths; the table form names its units itself",
                 )
             body["strengths"] = tuple(dict.fromkeys((u or unit or "", s) for u, s in body["strengths"]))
+            absurd = [s for u, s in body["strengths"] if u == "relative" and abs(s) > MAX_SHIFT_RATIO]
+            if absurd:
+                raise fail(
+                    where,
+                    f"relative strength {absurd[0]:g} shifts the hidden state by {abs(absurd[0]):g} x its mean norm, "
+                    f"far beyond the hidden-state scale (at most {MAX_SHIFT_RATIO:g})",
+                )
         elif unit is not None:
             body["strengths"] = tuple((unit, s) for _, s in default)
 

@@ -307,7 +307,9 @@ def run_conditions(
     todo = list(dict.fromkeys(conditions))
     chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
     inputs = ChunkInputs(samples_for, vectors, options, probes, sink, prefix_store)
-    with Progress(sum(len(c) for c in chunks), "conditions", unit="condition", enabled=options.progress) as bar:
+    phase = " + ".join(dict.fromkeys(f"{c.split} {c.mode}" for chunk in chunks for c in chunk)) or "nothing left"
+    total = sum(len(c) for c in chunks)
+    with Progress(total, f"conditions ({phase})", unit="condition", enabled=options.progress) as bar:
         done = (executor or LocalExecutor(lm)).map_chunks(chunks, inputs)
         try:
             for chunk, found, seconds in done:

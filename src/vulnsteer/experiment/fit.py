@@ -99,10 +99,14 @@ def save_vectors(vectors: Mapping[tuple[str, str], SteeringVector], folder: Path
 
 
 def load_vector_dir(
-    folder: str | Path, hidden_size: int, fingerprint: str | None, weights: Mapping[str, str] | None = None
+    folder: str | Path,
+    hidden_size: int | None = None,
+    fingerprint: str | None = None,
+    weights: Mapping[str, str] | None = None,
 ) -> dict[tuple[str, str], SteeringVector]:
-    """Every ``*.safetensors`` vector in *folder*, keyed ``(cwe, "method@pooling")``; refuses a model mismatch
-    (architecture *fingerprint*, and with *weights* a model's ``weights_identity``) naming the file."""
+    """Every ``*.safetensors`` vector in *folder*, keyed ``(cwe, "method@pooling")``; refuses a damaged file and,
+    given the model's *hidden_size* / architecture *fingerprint* / ``weights_identity``, a model mismatch, naming
+    the file (without them, only the files are checked: what can be done before a model loads)."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"vector folder not found: {root}")

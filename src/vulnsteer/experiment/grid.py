@@ -265,6 +265,7 @@ def condition_specs(
         if probe is None:
             return None
         gate = Gate(setting.gate, probe)
+    source = "conditional.strengths (--conditional-strengths)" if gate else "steering.strengths (--strengths)"
     return [SteeringSpec(vec, setting.strength, layers=setting.layers or vec.layers,
                          positions=cast(PositionMode, setting.positions), unit=cast(StrengthUnit, setting.unit),
-                         gate=gate)]  # fmt: skip
+                         gate=gate, source=source)]  # fmt: skip

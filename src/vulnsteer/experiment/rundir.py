@@ -18,7 +18,9 @@ never write the same folder at once (the second is told which process holds it).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,11 @@ IDENTITY_NAME = "identity.json"
 LOCK_NAME = ".lock"
 CHOSEN_DIR = "chosen"
 CHOSEN_NAME = "chosen.json"
+#: What a run writes besides its records: removed when a rerun with other inputs takes over a folder that finished
+#: nothing (so no stale vector or detector of the earlier attempt stays beside the new ones).
+DERIVED = ("vectors", "behaviours", "detector", CHOSEN_DIR, "plots", "results.json", "report.md")
+
+log = logging.getLogger(__name__)
 
 
 class RunDirBusyError(RuntimeError):
@@ -68,8 +75,13 @@ class RunDir:
         return self.path / CHOSEN_DIR
 
     def check_writable(self, option: str = "--out") -> None:
-        """Fail now, naming *option*, if the folder could not be created or written (creates nothing)."""
+        """Fail now, naming *option*, if the folder could not be created or written, or if another process is
+        writing it (creates nothing; :meth:`open` takes the lock for real once the inputs are validated)."""
         check_writable(self.path, option, folder=True)
+        lock = self.path / LOCK_NAME
+        if lock.is_file():
+            with _locked(lock, probe=True):
+                pass
 
     @contextmanager
     def open(self, identity: Mapping[str, Any], what: str, resolved: str | None = None) -> Iterator[RunDir]:
@@ -91,31 +103,49 @@ class RunDir:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path}: unreadable ({exc}); use another output directory") from None
             changed = sorted(k for k in old.keys() | plain.keys() if old.get(k) != plain.get(k))
-            if changed:
+            if not changed:
+                return
+            if self._holds_records():
+                rerun = f", or rerun with the config in {self.resolved}" if self.resolved.is_file() else ""
                 raise ConfigError(
-                    f"{self.path} holds a {what} computed from other inputs (changed: "
-                    f"{', '.join(changed)}); use another output directory, or rerun with the config "
-                    f"in {self.resolved}"
+                    f"{self.path} holds {_article(what)} {what} computed from other inputs (changed: "
+                    f"{', '.join(changed)}); use another output directory{rerun}"
                 )
-            return
-        if self.records.is_file() and self.records.stat().st_size:
+            # An earlier attempt stopped before finishing anything (e.g. a strength refused once the vectors were
+            # fitted): nothing to protect, so the corrected rerun takes the folder over, without its stale files.
+            log.warning("%s: an earlier attempt finished nothing (changed: %s); starting afresh", self.path, changed)
+            for name in DERIVED:
+                target = self.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+        elif self._holds_records():
             raise ConfigError(
                 f"{self.path} holds records of unknown origin ({RECORDS_NAME} without "
                 f"{IDENTITY_NAME}); use another output directory"
             )
         write_json(path, plain)
 
+    def _holds_records(self) -> bool:
+        return self.records.is_file() and self.records.stat().st_size > 0
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, probe: bool = False) -> Iterator[None]:
     """An exclusive, non-blocking lock on *path* for this process (released on exit, and by the OS if the process
-    dies); a busy lock is a :class:`RunDirBusyError` naming the holder."""
+    dies); a busy lock is a :class:`RunDirBusyError` naming the holder. A *probe* only tests an existing lock file
+    (it writes nothing)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
         yield
         return
-    handle: IO[str] = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    handle: IO[str] = open(path, "r" if probe else "a+", encoding="utf-8")  # noqa: SIM115 - held for the block
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,10 +155,11 @@ def _locked(path: Path) -> Iterator[None]:
             raise RunDirBusyError(
                 f"{path.parent} is in use by {holder}; wait for it to finish or use another output directory"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
+        if not probe:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}\n")
+            handle.flush()
         yield
     finally:
         handle.close()

@@ -110,7 +110,11 @@ class ModelSection:
         "Hugging Face id, local directory or .gguf file (absent: the embedded SmolLM2-135M-Instruct)",
         "--model",
     )
-    device: str | None = _key(None, optional_str, "cpu, cuda, cuda:1 ... (absent: cuda if available)", "--device")
+    # Not part of a run's identity as written: the device type and dtype the model resolved to are (in the model
+    # key), so ``--device cpu`` resumes a run started without ``--device`` on a CPU machine.
+    device: str | None = _key(
+        None, optional_str, "cpu, cuda, cuda:1 ... (absent: cuda if available)", "--device", identity=False
+    )
     dtype: str | None = _key(
         None, optional_str, "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16", "--dtype"
     )
@@ -276,7 +280,11 @@ class DetectionSection:
     max_new_tokens: int = _key(
         DEFAULT_MAX_NEW_TOKENS, integer(1), "generation mode: tokens to generate", "--max-new-tokens", "int"
     )
-    batch_size: int = _key(DEFAULT_BATCH_SIZE, integer(1), "samples per forward pass", "--batch-size", "int")
+    # Not part of a run's identity: rows are exact under left padding (tested against one sample at a time), so a
+    # run that ran out of memory resumes with a smaller batch.
+    batch_size: int = _key(
+        DEFAULT_BATCH_SIZE, integer(1), "samples per forward pass", "--batch-size", "int", identity=False
+    )
 
 
 #: Conditional steering's default strengths: x the spread of the training activations along the behaviour vector

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..defaults import MAX_SHIFT_RATIO
 from ..lm.backend import Shifts, backend_of
 from ..lm.model import LayerMatcher, decoder_layers
 from .gate import Gate
@@ -61,9 +62,6 @@ SIGN_CONVENTION = (
     "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
     "subtracts the vector and so pushes the model toward answering 'vulnerable'."
 )
-#: The largest shift a spec may apply, as a multiple of the layer's mean hidden-state norm (useful strengths move
-#: a hidden state by a fraction of its norm; a hundred times it saturates the layer and the logits carry nothing).
-MAX_SHIFT_RATIO = 100.0
 #: The largest shift (L2 norm) when the vector records no layer norm to compare with.
 MAX_UNSCALED_SHIFT = 1e6
 
@@ -82,6 +80,7 @@ class SteeringSpec:
         gate: conditional steering (:class:`~vulnsteer.steering.gate.Gate`): the strength is multiplied, per
             input, by the gate's reading of a probe; the detection engine resolves it (:meth:`gated`) before the
             hooks run, since the probe reads the prompt's own hidden states.
+        source: what set the strength (``--strength``, a config key ...), named when the strength is refused.
 
     >>> spec = SteeringSpec(vector, 0.3, layers=(15,), positions="last", unit="relative")  # doctest: +SKIP
     >>> with steer(model, [spec]):  # doctest: +SKIP
@@ -94,6 +93,8 @@ class SteeringSpec:
     positions: PositionMode = "all"
     unit: StrengthUnit = "raw"
     gate: Gate | None = None
+    #: What the user set the strength with, named when a strength is refused (not part of the spec's value).
+    source: str = field(default="--strength", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
@@ -131,17 +132,17 @@ class SteeringSpec:
         scale = self.vector.provenance.layer_norms.get(layer)
         where = f"strength {self.strength:g} ({self.unit}) at layer {layer}"
         if not math.isfinite(shift):
-            raise ValueError(f"steering shift is not finite ({where}); lower --strength")
+            raise ValueError(f"steering shift is not finite ({where}); lower {self.source}")
         if scale and shift > MAX_SHIFT_RATIO * scale:
             raise ValueError(
                 f"steering shift of {shift:.3g} is {shift / scale:.3g} x the layer's mean hidden-state norm "
                 f"{scale:.3g} ({where}), far beyond the hidden-state scale (at most {MAX_SHIFT_RATIO:g} x); "
-                "lower --strength"
+                f"lower {self.source}"
             )
         if not scale and shift > MAX_UNSCALED_SHIFT:
             raise ValueError(
                 f"steering shift of {shift:.3g} ({where}) exceeds {MAX_UNSCALED_SHIFT:g}, beyond any hidden-state "
-                "scale (the vector records no layer norm to compare with); lower --strength"
+                f"scale (the vector records no layer norm to compare with); lower {self.source}"
             )
 
     def gated(self, multiplier: float) -> SteeringSpec:
