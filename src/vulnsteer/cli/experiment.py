@@ -75,18 +75,19 @@ def _print_done(out: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # (torch-free: a bad flag is reported before torch is imported)
     from ..experiment.protocol import run_protocol
 
-    out = run_protocol(config_from_args(args), command="run", progress=not args.no_progress)
+    out = run_protocol(config, command="run", progress=not args.no_progress)
     _print_done(out)
     print(f"resolved config: {out / 'config.resolved.toml'}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    config = config_from_args(args, args.config)
     from ..experiment.protocol import run_protocol
 
-    config = config_from_args(args, args.config)
     out = run_protocol(config, command="sweep", progress=not args.no_progress, name=f"sweep-{Path(args.config).stem}")
     _print_done(out)
     print(f"chosen: {out / 'chosen' / 'chosen.json'}")
@@ -96,29 +97,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ..experiment.evaluate import check_overrides, evaluate_from_run, evaluate_vectors, transfer_config
+    from ..experiment.config import check_overrides
 
     progress = not args.no_progress
+    overrides = overrides_from_args(args)
+    strength: float | None = args.strength
     if args.from_run:
-        if args.strength is not None:
+        if strength is not None:
             raise ValueError("--strength is for --vectors; --from applies the run's own chosen settings")
-        overrides = overrides_from_args(args)
         check_overrides("evaluate --from", overrides)
         if "data.path" not in overrides:
             raise ValueError("evaluate --from RUN_DIR needs --data OTHER (the dataset to apply the choices to)")
+    else:
+        if strength is None:
+            raise ValueError("evaluate --vectors DIR needs --strength S")
+        check_overrides("evaluate --vectors", overrides)
+    # (the checks above are torch-free: a misused flag is reported before torch is imported)
+    from ..experiment.evaluate import evaluate_from_run, evaluate_vectors, transfer_config
+
+    if args.from_run:
         config = transfer_config(args.from_run, overrides)
         modes = overrides["detection.modes"][0] if "detection.modes" in overrides else None
         out = evaluate_from_run(
             args.from_run, config, modes=modes, progress=progress, allow_model_mismatch=args.allow_model_mismatch
         )
     else:
-        if args.strength is None:
-            raise ValueError("evaluate --vectors DIR needs --strength S")
-        check_overrides("evaluate --vectors", overrides_from_args(args))
+        assert strength is not None  # (checked above)
         out = evaluate_vectors(
             args.vectors,
             config_from_args(args),
-            args.strength,
+            strength,
             split=args.split,
             progress=progress,
             allow_model_mismatch=args.allow_model_mismatch,

@@ -57,6 +57,7 @@ from .sections import (
 from .values import STRENGTH_UNITS, ConfigError, fail
 
 __all__ = [
+    "APPLIES",
     "MODES",
     "POOLINGS",
     "POSITIONS",
@@ -64,6 +65,7 @@ __all__ = [
     "ConfigError",
     "ExperimentConfig",
     "Key",
+    "check_overrides",
     "config_document",
     "config_keys",
     "identity_of",
@@ -315,3 +317,34 @@ def identity_of(config: ExperimentConfig) -> dict[str, Any]:
             if _KEYS[(section, key)].identity:
                 out[f"{section}.{key}"] = value
     return out
+
+
+#: The configuration keys each evaluation takes (a section name: all its keys); any other key would be silently
+#: ignored, so :func:`check_overrides` refuses it. ``--from`` applies the run's own vectors, strengths, gates and
+#: prompts; ``--vectors`` applies one method, layer set, unit and positions at the strength given.
+APPLIES: dict[str, tuple[str, ...]] = {
+    "evaluate --from": ("model", "data", "run", "detection.modes", "detection.max_new_tokens",
+                        "detection.batch_size", "detection.cross_cwe_modes", "report.n_examples"),
+    "evaluate --vectors": ("model", "data", "run", "detection.modes", "detection.max_new_tokens",
+                           "detection.batch_size", "detection.cross_cwe_modes", "report.n_examples",
+                           "vectors.methods", "vectors.pooling", "steering.layers", "steering.unit",
+                           "steering.positions", "steering.control_seed"),
+}  # fmt: skip
+
+
+def check_overrides(command: str, overrides: Mapping[str, tuple[Any, str]]) -> None:
+    """Refuse a given key (``{"section.key": (value, "--flag")}``, as from CLI flags) that *command* (a key of
+    :data:`APPLIES`) would not use, naming its flag: nothing is ignored without a word.
+
+    >>> check_overrides("evaluate --from", {"data.path": ("x.jsonl", "--data")})
+    >>> try:
+    ...     check_overrides("evaluate --from", {"steering.strengths": ((("relative", 2.0),), "--strengths")})
+    ... except ValueError as exc:
+    ...     print(str(exc).split(";")[0])
+    --strengths does not apply to evaluate --from (it applies the run's own choices)
+    """
+    applies = APPLIES[command]
+    for dotted, (_, flag) in overrides.items():
+        if dotted not in applies and dotted.split(".", 1)[0] not in applies:
+            why = "the run's own choices" if command.endswith("--from") else "the saved vectors at --strength"
+            raise ValueError(f"{flag} does not apply to {command} (it applies {why}); see vulnsteer evaluate --help")

@@ -39,37 +39,7 @@ from .rundir import CHOSEN_DIR, RunDir
 from .sections import VectorsSection
 from .select import Choice
 
-__all__ = ["check_model", "check_overrides", "evaluate_from_run", "evaluate_vectors", "transfer_config"]
-
-#: The configuration keys each evaluation takes (a section name: all its keys); any other key would be silently
-#: ignored, so :func:`check_overrides` refuses it. ``--from`` applies the run's own vectors, strengths, gates and
-#: prompts; ``--vectors`` applies one method, layer set, unit and positions at the strength given.
-APPLIES: dict[str, tuple[str, ...]] = {
-    "evaluate --from": ("model", "data", "run", "detection.modes", "detection.max_new_tokens",
-                        "detection.batch_size", "detection.cross_cwe_modes", "report.n_examples"),
-    "evaluate --vectors": ("model", "data", "run", "detection.modes", "detection.max_new_tokens",
-                           "detection.batch_size", "detection.cross_cwe_modes", "report.n_examples",
-                           "vectors.methods", "vectors.pooling", "steering.layers", "steering.unit",
-                           "steering.positions", "steering.control_seed"),
-}  # fmt: skip
-
-
-def check_overrides(command: str, overrides: Mapping[str, tuple[Any, str]]) -> None:
-    """Refuse a given key (``{"section.key": (value, "--flag")}``, as from CLI flags) that *command* (a key of
-    :data:`APPLIES`) would not use, naming its flag: nothing is ignored without a word.
-
-    >>> check_overrides("evaluate --from", {"data.path": ("x.jsonl", "--data")})
-    >>> try:
-    ...     check_overrides("evaluate --from", {"steering.strengths": ((("relative", 2.0),), "--strengths")})
-    ... except ValueError as exc:
-    ...     print(str(exc).split(";")[0])
-    --strengths does not apply to evaluate --from (it applies the run's own choices)
-    """
-    applies = APPLIES[command]
-    for dotted, (_, flag) in overrides.items():
-        if dotted not in applies and dotted.split(".", 1)[0] not in applies:
-            why = "the run's own choices" if command.endswith("--from") else "the saved vectors at --strength"
-            raise ValueError(f"{flag} does not apply to {command} (it applies {why}); see vulnsteer evaluate --help")
+__all__ = ["check_model", "evaluate_from_run", "evaluate_vectors", "transfer_config"]
 
 
 def check_model(run_model: Mapping[str, Any], lm: LoadedModel, allow_mismatch: bool) -> list[str]:
