@@ -384,8 +384,8 @@ def _guarded(section: str, strict: bool, fn: Callable[..., Any], *args: Any) -> 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from vulnsteer.data.builtin import load_builtin
     from vulnsteer.lm.memory import weights_bytes
-    from vulnsteer.lm.model import load_tokenizer
     from vulnsteer.lm.prompts import build_prompt
+    from vulnsteer.lm.source import load_tokenizer
 
     clock = Clock(args.budget)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -9,8 +9,9 @@ import torch
 from tests.conftest import random_vector, toy_samples
 
 from vulnsteer.lm.activations import extract_activations
-from vulnsteer.lm.model import LoadedModel, ModelLoadError, decoder_layers
+from vulnsteer.lm.model import LoadedModel, decoder_layers
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
+from vulnsteer.lm.source import ModelLoadError
 from vulnsteer.steering.hooks import SteeringSpec, steer, steer_rows
 from vulnsteer.steering.vectors import SteeringVector, fit_vector, mean_difference
 

@@ -25,8 +25,9 @@ import pytest
 import torch
 
 from vulnsteer.data.builtin import load_builtin
-from vulnsteer.lm.model import LoadedModel, embedded_gguf_path
+from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompts
+from vulnsteer.lm.source import embedded_gguf_path
 from vulnsteer.steering.gguf import control_vector_data, export_control_vector
 from vulnsteer.steering.hooks import steer
 from vulnsteer.steering.vectors import answer_direction

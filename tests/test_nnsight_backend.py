@@ -378,7 +378,7 @@ def test_cli_detect_with_nnsight_equals_hooks(
 @needs_nnsight
 def test_remote_needs_a_hub_id(tmp_path: Any) -> None:
     """A remote model is the server's: a local folder is refused before anything loads."""
-    from vulnsteer.lm.model import ModelLoadError
+    from vulnsteer.lm.source import ModelLoadError
 
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="pass its hub id"):

@@ -14,16 +14,15 @@ import torch
 from vulnsteer.data.sample import Sample
 from vulnsteer.detection.probe import (
     OVERALL,
-    PROBE_TABLE_COLUMNS,
     ProbeResult,
     choose_threshold,
     direction_scores,
     evaluate_probes,
     fit_detector,
     fit_logistic_probe,
-    probe_table,
 )
 from vulnsteer.lm.activations import Activations
+from vulnsteer.report.probes import PROBE_TABLE_COLUMNS, probe_table
 
 HIDDEN = 16
 LAYERS = [0, 1]  # layer 0: pure noise, layer 1: planted signal

@@ -26,9 +26,11 @@ from vulnsteer.defaults import DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS, 
 from vulnsteer.detection.engine import NonFiniteLogitsError, generate_verdicts, score_logits
 from vulnsteer.io import OutputError, check_writable, read_jsonl
 from vulnsteer.lm import model as model_module
+from vulnsteer.lm import source as source_module
 from vulnsteer.lm.budget import TokenBudgetError, check_token_budget, fit_code_tokens, prompt_overhead
-from vulnsteer.lm.model import LoadedModel, ModelLoadError, context_length, decoder_layers, resolve_device
+from vulnsteer.lm.model import LoadedModel, decoder_layers, resolve_device
 from vulnsteer.lm.prompts import build_prompt
+from vulnsteer.lm.source import ModelLoadError, context_length
 from vulnsteer.progress import Progress, track
 from vulnsteer.steering.hooks import MAX_SHIFT_RATIO, SteeringSpec
 from vulnsteer.steering.vectors import Provenance, SteeringVector, VectorMismatchError
@@ -241,40 +243,40 @@ def test_missing_local_paths_fail_without_the_hub(tmp_path: Path, monkeypatch: p
     def no_network(*_a: Any, **_k: Any) -> bool:
         raise AssertionError("the hub must not be consulted for a local path")
 
-    monkeypatch.setattr(model_module, "_hub_reachable", no_network)
+    monkeypatch.setattr(source_module, "_hub_reachable", no_network)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "qwen-coder").mkdir(parents=True)
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ModelLoadError, match=r"model path not found: models/qwen-codr \(did you mean .*qwen-coder"):
-        model_module.load_tokenizer("models/qwen-codr")
+        source_module.load_tokenizer("models/qwen-codr")
     with pytest.raises(ModelLoadError, match=r"model path not found: \./nowhere"):
-        model_module.load_config("./nowhere")
+        source_module.load_model_config("./nowhere")
     with pytest.raises(ModelLoadError, match=r"not a \.gguf model"):
-        model_module.load_config("notes.txt")
+        source_module.load_model_config("notes.txt")
     with pytest.raises(ModelLoadError, match="neither a local path nor a Hugging Face hub id"):
-        model_module.load_config("two words")
+        source_module.load_model_config("two words")
 
 
 def test_an_unreachable_hub_fails_at_once_unless_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
-    monkeypatch.setattr(model_module, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(source_module, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
     with pytest.raises(
         ModelLoadError, match=r"'someorg/somemodel'.*not in the local Hugging Face cache.*cannot be reached"
     ):
         model_module.load_model("someorg/somemodel", device="cpu")
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: "/cache/config.json")
-    assert model_module._hub_options("someorg/somemodel") == {"local_files_only": True}
-    monkeypatch.setattr(model_module, "_hub_reachable", lambda timeout=3.0: True)
-    assert model_module._hub_options("someorg/somemodel") == {}
+    assert source_module._hub_options("someorg/somemodel") == {"local_files_only": True}
+    monkeypatch.setattr(source_module, "_hub_reachable", lambda timeout=3.0: True)
+    assert source_module._hub_options("someorg/somemodel") == {}
 
 
 def test_hub_reachability_respects_offline_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert model_module._hub_reachable() is False
+    assert source_module._hub_reachable() is False
 
 
 # ---------------------------------------------------------------- steering scale and non-finite logits

@@ -70,7 +70,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     samples = load_samples(args.path, args.format, merge=_merge_map(args), report=report, progress=not args.no_progress)
     counter = None
     if not args.no_tokens:
-        from ..lm.model import ModelLoadError, load_tokenizer
+        from ..lm.source import ModelLoadError, load_tokenizer
 
         try:
             tokenizer = load_tokenizer(args.model)

@@ -328,9 +328,9 @@ def code_token_budget(args: argparse.Namespace, max_new_tokens: int = 0) -> tupl
     checked against the context (a one-line error naming the option if it does not fit), or, when not given,
     the default lowered to what fits."""
     from ..lm.budget import check_token_budget, fit_code_tokens
-    from ..lm.model import context_length, load_config, load_tokenizer
+    from ..lm.source import context_length, load_model_config, load_tokenizer
 
-    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    config = load_model_config(args.model, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     context = context_length(config)
     name = args.model or "the default model"

@@ -21,7 +21,8 @@ def check_before_loading(config: ExperimentConfig, loaded: LoadedData, need_mode
     against the model's context (read from its config alone). Each failure is one line naming the option or the
     CWE."""
     from ..lm.budget import check_token_budget
-    from ..lm.model import context_length, load_config, load_tokenizer, resolve_device
+    from ..lm.model import resolve_device
+    from ..lm.source import context_length, load_model_config, load_tokenizer
 
     check_executor(config.run)
     resolve_device(config.model.device)
@@ -37,7 +38,7 @@ def check_before_loading(config: ExperimentConfig, loaded: LoadedData, need_mode
         m = config.model
         new_tokens = config.detection.max_new_tokens if "generation" in config.detection.modes else 1
         check_token_budget(
-            context_length(load_config(m.name, trust_remote_code=m.trust_remote_code)),
+            context_length(load_model_config(m.name, trust_remote_code=m.trust_remote_code)),
             load_tokenizer(m.name, trust_remote_code=m.trust_remote_code),
             config.data.max_code_tokens,
             max_new_tokens=new_tokens,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cwe import cwe_name
-from ..detection.probe import PROBE_TABLE_COLUMNS, probe_table
+from .probes import PROBE_TABLE_COLUMNS, probe_table
 
 __all__ = ["ci_cell", "duplicates_text", "fmt", "lead_table", "markdown_table", "render_markdown"]
 
