@@ -350,3 +350,11 @@ def test_evaluate_from_cli(
     assert "needs --data OTHER" in _error_line(capsys)
     assert main(["--no-progress", "evaluate", "--from", str(tmp_path), "--data", str(other)]) == 2
     assert "chosen.json not found" in _error_line(capsys)
+
+
+def test_evaluate_vectors_refuses_a_method_the_folder_lacks(
+    env: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder holds only mean_diff vectors: asking for pca is an error, not a silent fallback to mean_diff."""
+    assert _evaluate(env, tmp_path / "eval", "--strength", "0.5", "--method", "pca") == 2
+    assert "holds vectors of mean_diff@last; choose one with --method and --pooling" in _error_line(capsys)
