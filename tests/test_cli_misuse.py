@@ -322,6 +322,17 @@ CATALOGUE = [
         ["evaluate", "--vectors", "{in}/vecdir", "--strength", "0.3", "--out", "/proc/vulnsteer/ev"],
         ("--out /proc/vulnsteer/ev",),
     ),
+    Case("scan-output-is-its-input", ["scan", "{in}/ok.c", "-o", "{in}/ok.c"], ("-o/--output", "is one of the inputs")),
+    Case(
+        "export-onto-its-vector",
+        ["vectors", "export", "{in}/good.safetensors", "--gguf", "{in}/good.safetensors", "--strength", "0.3"],
+        ("--gguf", "is one of the inputs"),
+    ),
+    Case(
+        "extract-onto-its-data",
+        ["extract", "--data", "{in}/onesided.jsonl", "--out", "{in}/onesided.jsonl"],
+        ("--out", "is one of the inputs"),
+    ),
     Case("scan-output-unwritable", ["scan", "{in}/ok.c", "-o", "/proc/vulnsteer/x.sarif"], ("-o/--output", "/proc")),
     Case(
         "export-gguf-unwritable",

@@ -250,3 +250,31 @@ def test_config_doc_has_every_section() -> None:
 def test_module_doctests() -> None:
     for module in (config_mod, values_mod):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_paths_given_relative_are_absolute_so_a_resolved_config_works_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --data d/x.jsonl --out runs/r` from one folder: its resolved config names the same files (and the same
+    run folder) when `sweep RUN/config.resolved.toml` runs from another folder."""
+    from vulnsteer.experiment.config_toml import dump_config
+
+    monkeypatch.chdir(tmp_path)
+    config = parse_config({}, "command line", {"data.path": ("d/x.jsonl", "--data"), "run.out": ("runs/r", "--out")})
+    assert config.data.path == str(tmp_path / "d" / "x.jsonl") and config.run.out == str(tmp_path / "runs" / "r")
+    resolved = tmp_path / "runs" / "r" / "config.resolved.toml"
+    resolved.parent.mkdir(parents=True)
+    resolved.write_text(dump_config(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = load_config(resolved)
+    assert (again.data.path, again.run.out) == (config.data.path, config.run.out)
+    assert parse_config({"data": {"paths": ["builtin", "a.jsonl"]}}).data.paths == (
+        "builtin",
+        str(elsewhere / "a.jsonl"),
+    )
+    with pytest.raises(ConfigError, match=r"data\.format: unknown value 'parquet'"):
+        parse_config({"data": {"format": "parquet"}})
+    with pytest.raises(ConfigError, match=r"conditional\.band: must not be negative"):
+        parse_config({"conditional": {"band": -1.0}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -18,14 +18,21 @@ class OutputError(ValueError):
     """An output path that cannot be written; the message names the option and the path."""
 
 
-def check_writable(path: str | os.PathLike[str], option: str = "--out", *, folder: bool = False) -> Path:
+def check_writable(
+    path: str | os.PathLike[str],
+    option: str = "--out",
+    *,
+    folder: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
     """Check, without creating anything, that *path* can be written: as a file (``folder=False``: written
     atomically, so its folder must take new files) or as a folder to create or fill. Call it before loading a model
     or data, so that an unwritable ``--out`` costs nothing.
 
     Returns the path; raises :class:`OutputError` naming *option* and the path otherwise (a parent that is a
     file, an existing folder where a file is wanted or the reverse, a folder that refuses new files: read-only,
-    no permission, a read-only file system).
+    no permission, a read-only file system), or a file that is one of the command's *inputs* (writing it would
+    destroy what is being read).
 
     >>> import tempfile
     >>> tmp = Path(tempfile.mkdtemp())
@@ -40,6 +47,9 @@ def check_writable(path: str | os.PathLike[str], option: str = "--out", *, folde
     target = Path(path).expanduser()
     if str(path).strip() == "":
         raise OutputError(f"{option}: empty path")
+    for source in inputs:
+        if target.exists() and Path(source).exists() and os.path.samefile(target, source):
+            raise OutputError(f"{option} {path}: is one of the inputs ({source}); write the output elsewhere")
     if target.exists():
         if folder and not target.is_dir():
             raise OutputError(f"{option} {path}: exists and is not a folder")

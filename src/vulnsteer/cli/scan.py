@@ -158,7 +158,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     _check_options(args)
     check_paths(args.paths)  # before anything loads
     if args.output:
-        check_writable(args.output, "-o/--output")
+        check_writable(args.output, "-o/--output", inputs=args.paths)
     if not is_default(args.max_code_tokens):  # (the default is lowered when scoring; a rescan loads nothing)
         code_token_budget(args, int(args.max_new_tokens) if args.explain else 0)
     options = ScanOptions(

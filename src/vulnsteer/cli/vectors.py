@@ -133,7 +133,7 @@ def _layers(layers: tuple[int, ...], num_layers: int) -> list[int]:
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..io import atomic_open, check_writable
 
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", inputs=[args.data] if args.data else [])
     _config, data, layers = _prepare(args, () if args.split == "all" else (args.split,))
 
     from safetensors.torch import save
@@ -219,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..steering.gguf import export_control_vector
     from ..steering.vectors import SteeringVector
 
-    check_writable(args.gguf, "--gguf")
+    check_writable(args.gguf, "--gguf", inputs=[args.vector])
     vector = SteeringVector.load(args.vector)
     info = export_control_vector(
         vector,
@@ -237,7 +237,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..io import check_writable
     from ..steering.gguf import import_control_vector
 
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", inputs=[args.gguf])
     vector = import_control_vector(args.gguf, hidden_size=args.hidden_size, model_hint=args.model_hint)
     vector.save(args.out)
     print(f"wrote {args.out}: layers {list(vector.layers)}, hidden size {vector.provenance.hidden_size}")

@@ -46,7 +46,7 @@ from typing import Any
 from vulnsteer.cwe import UnknownCWEError, apply_merge, normalize_cwe
 from vulnsteer.data.clean import LANGUAGE_ALIASES, canonical_language, strip_comments
 from vulnsteer.data.juliet import find_juliet_files, group_cases, parse_case
-from vulnsteer.data.sample import LABELS, SECURE, UPSTREAM_SPLIT_KEY, VULNERABLE, Label, Sample, count_by_cwe
+from vulnsteer.data.sample import FORMATS, LABELS, SECURE, UPSTREAM_SPLIT_KEY, VULNERABLE, Label, Sample, count_by_cwe
 from vulnsteer.data.text import BinaryContentError, binary_reason, decode_source, read_source
 from vulnsteer.progress import track
 
@@ -61,7 +61,6 @@ __all__ = [
     "validate",
 ]
 
-FORMATS: tuple[str, ...] = ("sven", "juliet", "paired-dir", "castle", "jsonl", "csv")
 
 _SPLITS = ("train", "val", "valid", "validation", "test", "eval")
 _SVEN_FIELDS = ("func_src_before", "func_src_after", "vul_type", "file_name")

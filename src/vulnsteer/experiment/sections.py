@@ -11,21 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.sample import FORMATS
 from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from .values import (
     Parser,
-    as_strings,
     boolean,
     cwe_list,
+    each_of,
     fractions,
     integer,
     layer_sets,
     merge_list,
     non_negative,
-    number,
     one_of,
+    optional_one_of,
     optional_str,
     pairs_cap,
+    path_list,
+    path_value,
     remote_option,
     some_of,
     strength_list,
@@ -155,21 +158,23 @@ class DataSection:
     """``[data]``: which samples, how they are cleaned, and how they are split."""
 
     path: str | None = _key(
-        None, optional_str, "dataset file or folder, relative to the config file (absent: the bundled corpus)", "--data"
+        None, path_value, "dataset file or folder, relative to the config file (absent: the bundled corpus)", "--data"
     )
-    format: str | None = _key(
-        None, optional_str, "sven, juliet, paired-dir, castle, jsonl, csv (absent: detected)", "--format"
-    )
+    format: str | None = _key(None, optional_one_of(FORMATS), f"{', '.join(FORMATS)} (absent: detected)", "--format")
     paths: tuple[str, ...] = _key(
         (),
-        as_strings,
+        path_list,
         'several datasets trained on together, each split by its own groups ("builtin" = the bundled corpus; '
         "relative to the config file); instead of path",
         "--datasets",
         "csv",
     )
     formats: tuple[str, ...] = _key(
-        (), as_strings, "the format of each of paths, in order (empty: detected)", "--dataset-formats", "csv"
+        (),
+        each_of((*FORMATS, "builtin")),
+        "the format of each of paths, in order (empty: detected)",
+        "--dataset-formats",
+        "csv",
     )
     cwes: tuple[str, ...] = _key((), cwe_list, "CWEs to use (empty: every CWE in the data)", "--cwe", "repeat")
     merge: tuple[str, ...] = _key((), merge_list, 'treat CWE FROM as TO, e.g. ["77=78"]', "--merge-cwe", "repeat")
@@ -356,7 +361,7 @@ class ConditionalSection:
     )
     band: float = _key(
         0.5,
-        number,
+        non_negative,
         "one_sided gate: push only where |score - threshold| > band x the probe's val spread",
         "--gate-band",
         "float",
@@ -405,7 +410,7 @@ class RunSection:
     """``[run]``: where results go and how the work is chunked and cached (none of it changes a number)."""
 
     out: str | None = _key(
-        None, optional_str, "run directory (rerun to resume; absent: runs/<name>-<timestamp>)", "--out", identity=False
+        None, path_value, "run directory (rerun to resume; absent: runs/<name>-<timestamp>)", "--out", identity=False
     )
     group_size: int = _key(
         16,
@@ -425,7 +430,7 @@ class RunSection:
     )
     cache: bool = _key(True, boolean, "use the on-disk activation cache", identity=False)
     cache_dir: str | None = _key(
-        None, optional_str, "activation cache folder (absent: <cache root>/activations)", "--cache-dir", identity=False
+        None, path_value, "activation cache folder (absent: <cache root>/activations)", "--cache-dir", identity=False
     )
     controls_on_val: bool = _key(
         True, boolean, "random controls for every candidate on val too (the selection curves' control lines)"

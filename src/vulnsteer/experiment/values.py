@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from ..cwe import normalize_cwe, parse_merge_map
@@ -25,6 +26,7 @@ __all__ = [
     "as_strings",
     "boolean",
     "cwe_list",
+    "each_of",
     "fail",
     "fractions",
     "integer",
@@ -33,8 +35,11 @@ __all__ = [
     "non_negative",
     "number",
     "one_of",
+    "optional_one_of",
     "optional_str",
     "pairs_cap",
+    "path_list",
+    "path_value",
     "some_of",
     "strength_list",
 ]
@@ -58,6 +63,21 @@ def optional_str(value: Any, where: str) -> str | None:
     if not isinstance(value, str):
         raise fail(where, f"expected a string, got {value!r}")
     return value or None
+
+
+def path_value(value: Any, where: str) -> str | None:
+    """A file or folder path, made absolute (against the working directory; a config file anchors its own
+    relative paths first), so a resolved config means the same files wherever it is run from. ``builtin`` (the
+    bundled corpus) stays as it is."""
+    text = optional_str(value, where)
+    if text is None or text == "builtin":
+        return text
+    return str(Path(text).expanduser().absolute())
+
+
+def path_list(value: Any, where: str) -> tuple[str, ...]:
+    """A list of paths, each as :func:`path_value` makes it."""
+    return tuple(str(path_value(item, where)) for item in as_strings(value, where))
 
 
 def boolean(value: Any, where: str) -> bool:
@@ -115,6 +135,27 @@ def one_of(allowed: Iterable[str]) -> Parser:
         if value not in options:
             raise fail(where, f"unknown value {value!r}; choose from {', '.join(options)}")
         return str(value)
+
+    return parse
+
+
+def optional_one_of(allowed: Iterable[str]) -> Parser:
+    """:func:`one_of`, or absent (``""``: absent)."""
+    parse_one = one_of(allowed)
+
+    def parse(value: Any, where: str) -> str | None:
+        text = optional_str(value, where)
+        return None if text is None else parse_one(text, where)
+
+    return parse
+
+
+def each_of(allowed: Iterable[str]) -> Parser:
+    """A list whose every item is one of *allowed*, in order, repeats kept (one per other list item)."""
+    parse_one = one_of(allowed)
+
+    def parse(value: Any, where: str) -> tuple[str, ...]:
+        return tuple(parse_one(item, where) for item in as_strings(value, where))
 
     return parse
 
