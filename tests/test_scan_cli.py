@@ -133,3 +133,13 @@ def test_a_saved_detector_scores_and_reports_its_probe(run: Any, model_dir: Path
     results = sarif["runs"][0]["results"]
     assert len(results) == 10
     assert all(isinstance(r["properties"]["probe"], float) and r["properties"]["push"] in (-1.0, 1.0) for r in results)
+
+
+def test_cwe_filter_without_anything_that_names_a_cwe_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain scan names no CWE, so `--cwe` would silently filter every finding away (a false pass in CI)."""
+
+    assert main(["scan", str(tmp_path / "missing"), "--cwe", "89"]) == 2  # warned before the path is checked
+    err = capsys.readouterr().err
+    assert "--cwe keeps only findings that name a CWE" in err and "expect no findings" in err

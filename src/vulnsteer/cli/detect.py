@@ -22,6 +22,7 @@ from .options import (
     add_model_args,
     add_steering_args,
     check_model_options,
+    check_steered_positions,
     code_token_budget,
     is_default,
     load,
@@ -73,6 +74,8 @@ def _check_options(args: argparse.Namespace) -> None:
         require(args, "--vector", STEERING_OPTIONS)
     elif args.strength is None:
         raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
+    if args.vector is not None:
+        check_steered_positions(args.positions, args.mode == "generation", f"--mode {args.mode} generates nothing")
     if args.mode != "generation" and not is_default(args.max_new_tokens):
         raise UsageError("--max-new-tokens needs --mode generation (logit mode generates nothing)")
     if args.language is not None and not args.language.strip():

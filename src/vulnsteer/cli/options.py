@@ -136,6 +136,22 @@ def require(args: argparse.Namespace, needs: str, given: Iterable[tuple[str, str
             raise UsageError(f"{option} needs {needs} (it has no effect without it)")
 
 
+def check_steered_positions(positions: str, generates: bool, why: str) -> None:
+    """Refuse ``--positions generated`` where nothing is generated: the steered result would be the unsteered one.
+
+    >>> try:
+    ...     check_steered_positions("generated", False, "--mode logit generates nothing")
+    ... except UsageError as exc:
+    ...     print(str(exc).split(":")[0])
+    --positions generated steers only generated tokens, and --mode logit generates nothing
+    """
+    if str(positions) == "generated" and not generates:
+        raise UsageError(
+            f"--positions generated steers only generated tokens, and {why}: the result would be unsteered "
+            "(use last, answer, prompt or all)"
+        )
+
+
 #: ``--dtype`` values (``auto``: bf16 on CUDA, fp32 on CPU).
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 

@@ -23,6 +23,7 @@ from .options import (
     UsageError,
     add_model_args,
     add_steering_args,
+    check_steered_positions,
     code_token_budget,
     is_default,
     positive_int,
@@ -75,7 +76,13 @@ def register(sub: Any) -> None:
     o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
     o.add_argument("--min-score", type=_probability, default=0.5, help="findings from this score (default: 0.5)")
     o.add_argument("--fail-on", type=_probability, default=0.5, help="exit 1 when a function reaches it (default: 0.5)")
-    o.add_argument("--cwe", action="append", default=[], help="report only findings naming these CWEs (repeatable)")
+    o.add_argument(
+        "--cwe",
+        action="append",
+        default=[],
+        help="report only findings naming these CWEs (repeatable; a finding names a CWE only with --explain, "
+        "--vector or --detector)",
+    )
     f = p.add_argument_group("files")
     f.add_argument("--include", action="append", default=[], metavar="GLOB", help="scan only matching files")
     f.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave matching paths out")
@@ -110,6 +117,14 @@ def _check_options(args: argparse.Namespace) -> None:
         require(args, "--vector", STEERING_OPTIONS)
     elif args.strength is None:
         raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
+    if args.vector is not None:
+        check_steered_positions(args.positions, args.explain, "a scan without --explain generates nothing")
+    if args.cwe and not args.explain and args.vector is None and args.detector is None:
+        print(
+            "vulnsteer: warning: --cwe keeps only findings that name a CWE, and without --explain, --vector or "
+            "--detector no finding names one: expect no findings",
+            file=sys.stderr,
+        )
     if not args.explain and not is_default(args.max_new_tokens):
         raise UsageError("--max-new-tokens needs --explain (the score alone generates nothing)")
     if args.no_cache and args.cache_dir is not None:
