@@ -129,3 +129,23 @@ def test_probe_weights_survive_the_round_trip(fitted: tuple[Path, dict[str, Any]
     b = Detector.load(b_dir)
     torch.testing.assert_close(a.probe.weight, b.probe.weight)
     assert a.digest == b.digest
+
+
+def test_a_hand_edited_or_damaged_detector_folder_is_named(fitted: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """What `detector show` prints must be what is applied, and a damaged probe file is an error naming it."""
+    import shutil
+
+    out, _ = fitted
+    edited = tmp_path / "edited"
+    shutil.copytree(out / "detector", edited)
+    doc = json.loads((edited / "detector.json").read_text())
+    doc["probe"]["threshold"] = float("inf")
+    (edited / "detector.json").write_text(json.dumps(doc))
+    with pytest.raises(DetectorError, match=r"field 'probe\.threshold' \(inf\) differs from .*probe\.safetensors"):
+        Detector.load(edited)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out / "detector", damaged)
+    blob = (damaged / "probe.safetensors").read_bytes()
+    (damaged / "probe.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DetectorError, match=r"probe\.safetensors: not a usable probe"):
+        Detector.load(damaged)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,10 +167,18 @@ class Detector:
             raise DetectorError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != DETECTOR_FORMAT:
             raise DetectorError(f"{path}: field 'format' is not {DETECTOR_FORMAT!r}")
+        missing = [key for key in ("setting", "probe", "template") if key not in doc]
+        if missing:
+            raise DetectorError(f"{path}: missing field {missing[0]!r}")
+        probe_path = root / "probe.safetensors"
+        try:
+            with safe_open(str(probe_path), framework="pt") as handle:
+                probe = LinearProbe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DetectorError(f"{probe_path}: not a usable probe ({reason})") from None
         try:
             setting, probe_doc = doc["setting"], doc["probe"]
-            with safe_open(str(root / "probe.safetensors"), framework="pt") as handle:
-                probe = LinearProbe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
             template = template_from_dict(doc["template"])
             vector = SteeringVector.load(root / "vector.safetensors")
             detector = cls(
@@ -189,10 +198,19 @@ class Detector:
         except (OSError, TypeError, ValueError) as exc:
             raise DetectorError(f"{root}: {exc}") from None
         if (probe.layer, probe.pooling) != (int(probe_doc["layer"]), str(probe_doc["pooling"])):
-            raise DetectorError(f"{root / 'probe.safetensors'}: does not match detector.json's field 'probe'")
+            raise DetectorError(f"{probe_path}: does not match detector.json's field 'probe'")
+        for key in ("bias", "threshold", "spread"):  # what `detector show` prints must be what is applied
+            if key in probe_doc and not _same_number(probe_doc[key], getattr(probe, key)):
+                raise DetectorError(
+                    f"{path}: field 'probe.{key}' ({probe_doc[key]!r}) differs from {probe_path} "
+                    f"({getattr(probe, key)!r}); the folder was edited by hand"
+                )
         if lm is not None and not allow_model_mismatch:
             detector.check_model(lm, str(root))
-        detector.spec()  # validates the setting against the vector (layers, unit, gate layer)
+        try:
+            detector.spec()  # validates the setting against the vector (layers, unit, gate layer)
+        except ValueError as exc:
+            raise DetectorError(f"{path}: field 'setting': {exc}") from None
         return detector
 
     def check_model(self, lm: LoadedModel, where: str) -> None:
@@ -205,3 +223,12 @@ class Detector:
             raise VectorMismatchError(
                 f"{where}: the probe reads hidden size {self.probe.weight.shape[0]}, the model has {lm.hidden_size}"
             )
+
+
+def _same_number(written: Any, value: float) -> bool:
+    """*written* (from JSON) is the number *value* (to float precision)."""
+    try:
+        a, b = float(written), float(value)
+    except (TypeError, ValueError):
+        return False
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
