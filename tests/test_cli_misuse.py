@@ -614,3 +614,16 @@ def test_help_lists_exit_codes_and_global_flags(world: World) -> None:
     assert result.rc == 0
     for text in ("exit codes:", "130", "internal error", "--no-progress", "-v, --verbose"):
         assert text in result.out
+
+
+def test_validate_refuses_data_with_no_usable_sample_and_counts_dropped_pairs(
+    world: World, cli: ForkServer, tmp_path: Path
+) -> None:
+    """A SVEN row whose two versions are identical is dropped: a file of only such rows has nothing to use."""
+    same = tmp_path / "same.jsonl"
+    code = "int f() { return 0; }"
+    row = {"func_src_before": code, "func_src_after": code, "vul_type": "cwe-089", "file_name": "f.c"}
+    same.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    result = cli.run(["data", "validate", str(same), "--format", "sven"])
+    assert result.rc == 1, result.out + result.err
+    assert "no usable samples" in result.out and "1 pair(s) dropped: vulnerable and fixed code identical" in result.err

@@ -49,6 +49,8 @@ def _merge_map(args: argparse.Namespace) -> dict[str, str]:
 def _load_notes(report: Any) -> list[str]:
     """What a load skipped or changed, one phrase each (empty when nothing)."""
     notes = []
+    if report.dropped_identical:
+        notes.append(f"{report.dropped_identical} pair(s) dropped: vulnerable and fixed code identical")
     if report.binary_files:
         notes.append(f"{report.binary_files} binary file(s) skipped")
     if report.reencoded_files:
@@ -111,6 +113,9 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         print(problem)
     notes = _load_notes(report)
     summary = f"{report.samples} samples" + "".join(f"; {n}" for n in notes)
+    if not report.samples and not problems:
+        problems = [f"{args.path}: no usable samples: nothing to fit or evaluate"]
+        print(problems[0])
     if problems:
         print(f"{args.path}: {len(problems)} problem(s) ({summary})", file=sys.stderr)
         return 1
