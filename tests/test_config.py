@@ -278,3 +278,19 @@ def test_paths_given_relative_are_absolute_so_a_resolved_config_works_from_anywh
         parse_config({"data": {"format": "parquet"}})
     with pytest.raises(ConfigError, match=r"conditional\.band: must not be negative"):
         parse_config({"conditional": {"band": -1.0}})
+
+
+def test_value_errors_name_the_key_once() -> None:
+    with pytest.raises(ConfigError) as cwes:
+        parse_config({"data": {"cwes": "CWE-89"}}, "f.toml")
+    assert str(cwes.value) == "f.toml: data.cwes: expected a list, got 'CWE-89'"
+    with pytest.raises(ConfigError) as merge:
+        parse_config({"data": {"merge": ["77"]}}, "f.toml")
+    assert str(merge.value) == "f.toml: data.merge: expects FROM=TO (e.g. 77=78), got '77'"
+    with pytest.raises(ConfigError, match=r"max_pairs_per_cwe: must be 0 \(no cap\) or a positive number of pairs"):
+        parse_config({"data": {"max_pairs_per_cwe": -1}}, "f.toml")
+
+
+def test_a_folder_given_as_a_config_file_is_said_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="is a folder, not a config file"):
+        load_config(tmp_path)

@@ -85,6 +85,9 @@ def test_from_run_applies_the_choice_to_every_sample(
     another = transfer_config(run_dir, _other(tmp_path / "b", n_pairs=2, prefix="another"))
     with pytest.raises(ConfigError, match=r"changed: .*data"):
         evaluate_from_run(run_dir, another, out, lm=tiny_lm, progress=False)
+    assert another.run.out is None  # not the run's own folder
+    with pytest.raises(ValueError, match=r"is the --from run itself"):
+        evaluate_from_run(run_dir, another, run_dir, lm=tiny_lm, progress=False)
 
 
 def _test_split_file(config_path: Path, tiny_lm: LoadedModel, path: Path) -> Path:

@@ -251,7 +251,9 @@ def load_config(path: str | Path, overrides: Mapping[str, tuple[Any, str]] | Non
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"config file not found: {file}")
+        raise FileNotFoundError(
+            f"{file}: is a folder, not a config file" if file.is_dir() else f"config file not found: {file}"
+        )
     try:
         doc = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

@@ -74,6 +74,7 @@ def transfer_config(run_dir: str | Path, overrides: Mapping[str, tuple[Any, str]
     doc = {k: dict(v) if isinstance(v, dict) else v for k, v in chosen["config"].items()}
     data = doc.get("data", {})
     doc["data"] = {k: data[k] for k in ("max_code_tokens", "keep_comments") if k in data} | {"duplicates": "keep"}
+    doc["run"] = {k: v for k, v in dict(doc.get("run") or {}).items() if k != "out"}  # (the run's own folder)
     return parse_config(doc, f"{run_dir}/{CHOSEN_DIR}/chosen.json", overrides)
 
 
@@ -212,6 +213,8 @@ def evaluate_from_run(
     if not modes:
         raise ValueError(f"{source}: the run has choices for modes {', '.join(available)} only")
     run = RunDir(out_dir or config.run.out or default_out_dir("transfer"))
+    if run.path.resolve() == source.resolve():
+        raise ValueError(f"--out {run.path} is the --from run itself; write the evaluation to another folder")
     run.check_writable("--out")
     loaded = load_dataset(config.data)
     check_before_loading(config, loaded, need_model=lm is None)

@@ -109,7 +109,9 @@ def load_vector_dir(
     the file (without them, only the files are checked: what can be done before a model loads)."""
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"vector folder not found: {root}")
+        raise FileNotFoundError(
+            f"{root}: is a file, not a folder of vectors" if root.exists() else f"vector folder not found: {root}"
+        )
     vectors: dict[tuple[str, str], SteeringVector] = {}
     for path in sorted(root.glob("*.safetensors")):
         vec = SteeringVector.load(path, hidden_size=hidden_size, fingerprint=fingerprint, weights=weights)

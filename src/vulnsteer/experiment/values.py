@@ -174,8 +174,9 @@ def some_of(allowed: Iterable[str], *, empty: bool = False) -> Parser:
 
 
 def cwe_list(value: Any, where: str) -> tuple[str, ...]:
+    items = as_list(value, where, empty=True)  # (its error already names *where*)
     try:
-        return tuple(dict.fromkeys(normalize_cwe(c) for c in as_list(value, where, empty=True)))
+        return tuple(dict.fromkeys(normalize_cwe(c) for c in items))
     except ValueError as exc:
         raise fail(where, str(exc)) from None
 
@@ -188,8 +189,8 @@ def merge_list(value: Any, where: str) -> tuple[str, ...]:
     )
     try:
         merged = parse_merge_map(specs)
-    except ValueError as exc:
-        raise fail(where, str(exc)) from None
+    except ValueError as exc:  # (the CLI's own wording names --merge-cwe; *where* says it already)
+        raise fail(where, str(exc).removeprefix("--merge-cwe ")) from None
     return tuple(f"{src}={dst}" for src, dst in merged.items())
 
 
@@ -201,6 +202,9 @@ def fractions(value: Any, where: str) -> tuple[float, float, float]:
 
 
 def pairs_cap(value: Any, where: str) -> int | None:
+    """A cap of at least 1 pair per CWE, or 0: no cap."""
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise fail(where, f"must be 0 (no cap) or a positive number of pairs, got {value}")
     return None if value == 0 else integer(1)(value, where)
 
 

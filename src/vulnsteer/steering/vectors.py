@@ -273,7 +273,9 @@ class SteeringVector:
         """Read a vector written by :meth:`save` (safetensors only: nothing is unpickled)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"vector file not found: {path}")
+            raise FileNotFoundError(
+                f"{path}: is a folder, not a vector file" if path.is_dir() else f"vector file not found: {path}"
+            )
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
