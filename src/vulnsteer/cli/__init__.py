@@ -131,9 +131,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     ``OutputError``, ``UsageError`` and ``TokenBudgetError`` are ``ValueError``s)."""
     errors: list[type[BaseException]] = [ValueError, KeyError, OSError]
     for module_name, name in _LIBRARY_ERRORS:
-        module = sys.modules.get(module_name)
-        if module is not None:
-            errors.append(getattr(module, name))
+        error = getattr(sys.modules.get(module_name), name, None)  # (a module whose import failed half-way lacks it)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            errors.append(error)
     return tuple(errors)
 
 
