@@ -336,7 +336,9 @@ def data_config(args: argparse.Namespace) -> Any:
         "max_pairs_per_cwe": args.max_pairs_per_cwe or 0,
     }
     body.update({k: v for k, v in (("path", args.data), ("format", args.format)) if v})
-    return parse_config({"data": body}, "command line").data
+    flags = {key.name: str(key.flag or key.dotted) for key in config_keys() if key.section == "data"}
+    overrides = {f"data.{name}": (value, flags[name]) for name, value in body.items()}
+    return parse_config({}, "command line", overrides).data  # (an error names the flag)
 
 
 def code_token_budget(args: argparse.Namespace, max_new_tokens: int = 0) -> tuple[Any, Any, int]:
