@@ -479,6 +479,9 @@ def test_unknown_extension_is_said_and_prompted_as_plain_source(world: World, cl
     assert any("x.xyz" in line and "--language" in line for line in result.err_lines)
     quiet, _ = _detect_json(cli, world, str(world.inputs / "x.xyz"), extra=("--language", "c"))
     assert not quiet.err_lines
+    odd, records = _detect_json(cli, world, str(world.inputs / "ok.c"), extra=("--language", "klingon"))
+    assert records[0]["language"] == "klingon"
+    assert any("--language 'klingon' is no language vulnsteer knows" in line for line in odd.err_lines)
 
 
 def test_steered_detection_with_a_matching_vector(world: World, cli: ForkServer) -> None:

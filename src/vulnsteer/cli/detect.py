@@ -93,6 +93,12 @@ def read_files(names: list[str], language: str | None) -> list[Any]:
     from ..data.sample import Sample
     from ..data.text import BinaryContentError, read_source
 
+    known = set(LANGUAGE_ALIASES) | set(LANGUAGE_ALIASES.values())
+    if language is not None and canonical_language(language) not in known:
+        _warn(
+            f"--language {language!r} is no language vulnsteer knows; it goes into the prompt as written "
+            f"(known: {', '.join(sorted(set(LANGUAGE_ALIASES.values())))})"
+        )
     samples = []
     skipped = 0
     for name in dict.fromkeys(names):
