@@ -143,3 +143,9 @@ def test_cwe_filter_without_anything_that_names_a_cwe_is_warned(
     assert main(["scan", str(tmp_path / "missing"), "--cwe", "89"]) == 2  # warned before the path is checked
     err = capsys.readouterr().err
     assert "--cwe keeps only findings that name a CWE" in err and "expect no findings" in err
+
+
+def test_a_scan_that_finds_no_source_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["scan", str(tmp_path / "empty"), "--no-cache"]) == 0  # nothing at or above --fail-on
+    assert "no source file found under" in capsys.readouterr().err

@@ -203,6 +203,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"vulnsteer: warning: {message}", file=sys.stderr)
     for message in report.stats.warnings:
         print(f"vulnsteer: warning: {message}", file=sys.stderr)
+    if not report.stats.files:
+        print(
+            f"vulnsteer: warning: no source file found under {', '.join(args.paths)} (check --include/--exclude, "
+            "the default excludes and .gitignore)",
+            file=sys.stderr,
+        )
     if fmt != "text" or args.output:
         print(report.stats.summary_line(), file=sys.stderr)
     return report.exit_code

@@ -97,7 +97,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("gguf", metavar="IN.gguf", help="a control-vector GGUF file")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--hidden-size", type=int, default=None, help="refuse a file of another hidden size")
+    p.add_argument("--hidden-size", type=positive_int, default=None, help="refuse a file of another hidden size")
     p.add_argument("--model-hint", default=None, help="model_type for a file that has no controlvector.model_hint")
     p.set_defaults(func=cmd_import)
 
