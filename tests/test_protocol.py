@@ -199,7 +199,7 @@ def test_nothing_is_written_before_the_inputs_are_validated(tmp_path: Path, tiny
     with pytest.raises(Exception, match=r"missing\.jsonl"):
         run_protocol(config, out, lm=tiny_lm, progress=False)
     assert not out.exists()
-    with pytest.raises(ValueError, match="layer 40 out of range"):
+    with pytest.raises(ValueError, match=r"steering\.layers \(--layers\): layer 40 out of range"):
         run_protocol(
             ExperimentConfig().replace(steering__layers=[[40]], data__cwes=["CWE-89"]), out, lm=tiny_lm, progress=False
         )

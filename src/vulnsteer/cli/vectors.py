@@ -127,7 +127,7 @@ def _layers(layers: tuple[int, ...], num_layers: int) -> list[int]:
     """The given layers (negatives count from the end), or the middle layer."""
     from ..lm.model import resolve_layers
 
-    return resolve_layers(list(layers) or [num_layers // 2], num_layers)
+    return resolve_layers(list(layers) or [num_layers // 2], num_layers, "--layers")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

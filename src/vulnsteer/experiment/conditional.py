@@ -50,7 +50,7 @@ def condition_layers(config: ExperimentConfig, layer_sets: Sequence[tuple[int, .
     """The layers the gating probes read: ``conditional.layers``, or each steered layer set's lowest layer."""
     configured = [layer for group in config.conditional.layers for layer in group]
     if configured:
-        return resolve_layers(configured, num_layers)
+        return resolve_layers(configured, num_layers, "conditional.layers (--condition-layers)")
     return sorted({min(group) for group in layer_sets})
 
 

@@ -193,13 +193,15 @@ class Condition:
         }
 
 
-def resolve_layer_sets(groups: Sequence[Sequence[int]], num_layers: int) -> list[tuple[int, ...]]:
+def resolve_layer_sets(
+    groups: Sequence[Sequence[int]], num_layers: int, option: str = "steering.layers (--layers)"
+) -> list[tuple[int, ...]]:
     """Layer sets with negative indices resolved (the middle layer when none are configured), duplicates dropped.
 
     >>> resolve_layer_sets([[-1], [2, 1]], 30)
     [(29,), (1, 2)]
     """
-    sets = [tuple(resolve_layers(list(group), num_layers)) for group in groups] or [(num_layers // 2,)]
+    sets = [tuple(resolve_layers(list(group), num_layers, option)) for group in groups] or [(num_layers // 2,)]
     return list(dict.fromkeys(sets))
 
 

@@ -200,14 +200,16 @@ def _attribute_path(model: nn.Module, path: str) -> Any:
     return obj
 
 
-def resolve_layers(layers: int | list[int] | tuple[int, ...], num_layers: int) -> list[int]:
-    """Turn possibly negative layer indices into sorted, de-duplicated non-negative ones, checking range."""
+def resolve_layers(layers: int | list[int] | tuple[int, ...], num_layers: int, option: str = "") -> list[int]:
+    """Turn possibly negative layer indices into sorted, de-duplicated non-negative ones, checking range (an error
+    starts with *option*, the setting the layers came from, when given)."""
     items = [layers] if isinstance(layers, int) else list(layers)
     out: list[int] = []
     for layer in items:
         idx = layer + num_layers if layer < 0 else layer
         if not 0 <= idx < num_layers:
-            raise ValueError(f"layer {layer} out of range for a model with {num_layers} layers")
+            where = f"{option}: " if option else ""
+            raise ValueError(f"{where}layer {layer} out of range for a model with {num_layers} layers")
         if idx not in out:
             out.append(idx)
     return sorted(out)
