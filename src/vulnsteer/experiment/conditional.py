@@ -174,16 +174,19 @@ def calibrated_records(
     val: Sequence[DetectionRecord], test: Sequence[DetectionRecord], cwes: Sequence[str]
 ) -> tuple[list[DetectionRecord], dict[str, float]]:
     """The calibrated baseline: per CWE, the unsteered answer margin with the threshold that maximises balanced
-    accuracy on val (what a constant shift of the answer alone can give). Returns the test records and the
-    thresholds."""
+    accuracy on val (what a constant shift of the answer alone can give). A CWE without val samples keeps the
+    model's own threshold (margin 0), so every test sample has a record. Returns the test records and the
+    thresholds.
+
+    >>> calibrated_records([], [], ["CWE-89"])
+    ([], {'CWE-89': 0.0})
+    """
     thresholds: dict[str, float] = {}
     out: list[DetectionRecord] = []
     for cwe in cwes:
         v = [r for r in val if r.cwe == cwe and r.margin is not None]
-        if not v:
-            continue
         margins = np.array([r.margin for r in v], dtype=np.float64)
-        thresholds[cwe] = choose_threshold(margins, [r.y_true for r in v], reference=0.0)
+        thresholds[cwe] = choose_threshold(margins, [r.y_true for r in v], reference=0.0) if v else 0.0
         for r in test:
             if r.cwe == cwe and r.margin is not None:
                 verdict = "vulnerable" if r.margin > thresholds[cwe] else "secure"

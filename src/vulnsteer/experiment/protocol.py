@@ -443,15 +443,16 @@ class _Protocol:
         """The gating probe of each CWE's conditional setting (chosen, else best) read alone on test."""
         if not conditional:
             return []
+        by_target = next(iter(conditional.values()))
+        keys = {cwe: c.best.probe for cwe, c in by_target.items() if c is not None and c.best and c.best.probe}
+        if not keys:
+            return []
         test = self.data.samples("test")
         acts = self.split_acts("test")
-        by_target = next(iter(conditional.values()))
         out: list[DetectionRecord] = []
         for cwe in self.data.cwes:
-            choice = by_target.get(cwe)
-            if choice is None or choice.best is None or choice.best.probe is None:
-                return []
-            key = choice.best.probe
+            # a CWE without val samples has no choice: its samples are read by the (pooled) probe the others chose
+            key = keys.get(cwe) or next(iter(keys.values()))
             probe = self.cond_probes.get((cwe, key)) or self.cond_probes[(POOLED, key)]
             out += [r for r in probe_records(probe, acts, test) if r.cwe == cwe]
         return out
