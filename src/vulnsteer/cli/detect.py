@@ -15,19 +15,17 @@ from typing import Any, cast
 
 from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from .options import (
-    STEERING_OPTIONS,
     DefaultInt,
     UsageError,
     add_code_tokens_arg,
     add_model_args,
     add_steering_args,
     check_model_options,
-    check_steered_positions,
+    check_steering_options,
     code_token_budget,
     is_default,
     load,
     positive_int,
-    require,
 )
 
 #: The largest file ``detect`` reads: far beyond any function's token budget, and tokenising more only costs time.
@@ -68,14 +66,7 @@ def register(sub: Any) -> None:
 def _check_options(args: argparse.Namespace) -> None:
     if args.detector is not None and args.vector is not None:
         raise UsageError("--detector and --vector exclude each other (a detector carries its own vector)")
-    if args.detector is not None:
-        require(args, "--vector", STEERING_OPTIONS[:-1])
-    elif args.vector is None:
-        require(args, "--vector", STEERING_OPTIONS)
-    elif args.strength is None:
-        raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
-    if args.vector is not None:
-        check_steered_positions(args.positions, args.mode == "generation", f"--mode {args.mode} generates nothing")
+    check_steering_options(args, args.mode == "generation", f"--mode {args.mode} generates nothing")
     if args.mode != "generation" and not is_default(args.max_new_tokens):
         raise UsageError("--max-new-tokens needs --mode generation (logit mode generates nothing)")
     if args.language is not None and not args.language.strip():

@@ -136,6 +136,20 @@ def require(args: argparse.Namespace, needs: str, given: Iterable[tuple[str, str
             raise UsageError(f"{option} needs {needs} (it has no effect without it)")
 
 
+def check_steering_options(args: argparse.Namespace, generates: bool, why: str) -> None:
+    """The steering options of ``detect`` and ``scan`` (:data:`STEERING_OPTIONS`): only with ``--vector`` (a
+    ``--detector`` takes ``--allow-model-mismatch`` alone), ``--vector`` needs ``--strength``, and the positions
+    must steer something where *generates* is false (*why* says so)."""
+    if args.detector is not None:
+        require(args, "--vector", STEERING_OPTIONS[:-1])
+    elif args.vector is None:
+        require(args, "--vector", STEERING_OPTIONS)
+    elif args.strength is None:
+        raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
+    if args.vector is not None:
+        check_steered_positions(args.positions, generates, why)
+
+
 def check_steered_positions(positions: str, generates: bool, why: str) -> None:
     """Refuse ``--positions generated`` where nothing is generated: the steered result would be the unsteered one.
 

@@ -18,16 +18,14 @@ from ..defaults import (
     DEFAULT_MAX_NEW_TOKENS,
 )
 from .options import (
-    STEERING_OPTIONS,
     DefaultInt,
     UsageError,
     add_model_args,
     add_steering_args,
-    check_steered_positions,
+    check_steering_options,
     code_token_budget,
     is_default,
     positive_int,
-    require,
 )
 
 EPILOG = """\
@@ -111,14 +109,8 @@ def register(sub: Any) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.detector is not None:  # (argparse refuses --detector with --vector)
-        require(args, "--vector", STEERING_OPTIONS[:-1])
-    elif args.vector is None:
-        require(args, "--vector", STEERING_OPTIONS)
-    elif args.strength is None:
-        raise UsageError("--vector needs --strength (positive = toward 'vulnerable', e.g. --strength 0.3)")
-    if args.vector is not None:
-        check_steered_positions(args.positions, args.explain, "a scan without --explain generates nothing")
+    # (argparse refuses --detector with --vector)
+    check_steering_options(args, args.explain, "a scan without --explain generates nothing")
     if args.cwe and not args.explain and args.vector is None and args.detector is None:
         print(
             "vulnsteer: warning: --cwe keeps only findings that name a CWE, and without --explain, --vector or "
