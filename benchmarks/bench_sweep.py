@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vulnsteer.experiment.config import load_config
+    from vulnsteer.config.experiment import load_config
     from vulnsteer.experiment.preflight import load_configured_model
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-sweep-"))

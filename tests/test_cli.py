@@ -216,7 +216,7 @@ def test_detect_refuses_a_vector_for_another_model(
 
 def test_run_flags_default_to_the_config_defaults() -> None:
     from vulnsteer.cli.options import config_from_args
-    from vulnsteer.experiment.config import ExperimentConfig
+    from vulnsteer.config.experiment import ExperimentConfig
 
     for argv in (["run"], ["evaluate", "--vectors", "v", "--strength", "1"]):
         assert config_from_args(build_parser().parse_args(argv)) == ExperimentConfig()

@@ -12,14 +12,9 @@ import pytest
 
 from vulnsteer.cli import build_parser
 from vulnsteer.cli.options import config_from_args
-from vulnsteer.experiment import config as config_mod
-from vulnsteer.experiment import sections as sections_mod
-from vulnsteer.experiment import values as values_mod
-from vulnsteer.experiment.config import (
-    MODES,
-    POOLINGS,
-    POSITIONS,
-    STRENGTH_UNITS,
+from vulnsteer.config import experiment as config_mod
+from vulnsteer.config import values as values_mod
+from vulnsteer.config.experiment import (
     ConfigError,
     ExperimentConfig,
     config_document,
@@ -28,7 +23,8 @@ from vulnsteer.experiment.config import (
     load_config,
     parse_config,
 )
-from vulnsteer.experiment.config_toml import dump_config
+from vulnsteer.config.resolved import dump_config
+from vulnsteer.config.vocabulary import METHOD_NAMES, MODES, POOLINGS, POSITIONS, STRENGTH_UNITS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,7 +41,7 @@ def test_torch_free_names_equal_the_library_ones() -> None:
     from vulnsteer.steering.vectors import METHODS
 
     assert POOLINGS == ACT_POOLINGS and POSITIONS == POSITION_MODES and STRENGTH_UNITS == HOOK_UNITS
-    assert set(sections_mod.METHOD_NAMES) == set(METHODS) and MODES == ("logit", "generation")
+    assert set(METHOD_NAMES) == set(METHODS) and MODES == ("logit", "generation")
 
 
 def test_examples_parse() -> None:
@@ -257,7 +253,7 @@ def test_paths_given_relative_are_absolute_so_a_resolved_config_works_from_anywh
 ) -> None:
     """`run --data d/x.jsonl --out runs/r` from one folder: its resolved config names the same files (and the same
     run folder) when `sweep RUN/config.resolved.toml` runs from another folder."""
-    from vulnsteer.experiment.config_toml import dump_config
+    from vulnsteer.config.resolved import dump_config
 
     monkeypatch.chdir(tmp_path)
     config = parse_config({}, "command line", {"data.path": ("d/x.jsonl", "--data"), "run.out": ("runs/r", "--out")})

@@ -12,8 +12,8 @@ from tests.conftest import toy_samples, write_toy_jsonl
 from tests.test_protocol import run, write_config
 
 from vulnsteer.cli import main
+from vulnsteer.config.experiment import load_config
 from vulnsteer.detection.detector import Detector, DetectorError
-from vulnsteer.experiment.config import load_config
 from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.steering.vectors import VectorMismatchError

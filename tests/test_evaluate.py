@@ -13,7 +13,7 @@ from tests.conftest import write_toy_jsonl
 from tests.test_protocol import run, write_config
 
 from vulnsteer.cli import main
-from vulnsteer.experiment.config import ConfigError, load_config, parse_config
+from vulnsteer.config.experiment import ConfigError, load_config, parse_config
 from vulnsteer.experiment.evaluate import evaluate_from_run, evaluate_vectors, transfer_config
 from vulnsteer.experiment.fit import load_vector_dir
 from vulnsteer.experiment.prepare import prepare_data

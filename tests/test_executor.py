@@ -14,7 +14,8 @@ import pytest
 import torch
 from tests.conftest import write_toy_jsonl
 
-from vulnsteer.experiment.config import ConfigError, ExperimentConfig, parse_config
+from vulnsteer.config.experiment import ConfigError, ExperimentConfig, parse_config
+from vulnsteer.config.sections import RunSection
 from vulnsteer.experiment.engine import (
     ChunkDone,
     ChunkInputs,
@@ -27,7 +28,6 @@ from vulnsteer.experiment.fit import fit_cwe_vectors
 from vulnsteer.experiment.grid import Condition, candidate_settings, val_conditions
 from vulnsteer.experiment.prepare import prepare_data
 from vulnsteer.experiment.ray_executor import RayUnavailableError, check_executor
-from vulnsteer.experiment.sections import RunSection
 from vulnsteer.lm.activations import ActivationSink, extract_activations
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
@@ -123,7 +123,7 @@ def test_executor_keys() -> None:
         parse_config({"run": {"executor": "dask"}})
     with pytest.raises(ConfigError, match=r"run\.ray_gpus_per_worker: must not be negative"):
         parse_config({"run": {"ray_gpus_per_worker": -1}})
-    from vulnsteer.experiment.config import identity_of
+    from vulnsteer.config.experiment import identity_of
 
     assert identity_of(config) == identity_of(ExperimentConfig())  # where, not what: a run resumes on either
 

@@ -300,9 +300,9 @@ def test_bad_backend_and_remote_without_nnsight_backend_are_refused() -> None:
 def test_config_keys_and_flags() -> None:
     """``[model] backend``/``remote`` parse, round-trip and reach ``load_model``; the backend is not part of a
     run's identity (same numbers), the remote host is (another machine)."""
+    from vulnsteer.config.experiment import ConfigError, ExperimentConfig, identity_of, parse_config
+    from vulnsteer.config.resolved import dump_config
     from vulnsteer.experiment import preflight
-    from vulnsteer.experiment.config import ConfigError, ExperimentConfig, identity_of, parse_config
-    from vulnsteer.experiment.config_toml import dump_config
 
     if sys.version_info >= (3, 11):
         import tomllib

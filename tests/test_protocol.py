@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from tests.conftest import write_toy_jsonl
 
+from vulnsteer.config.experiment import ConfigError, ExperimentConfig, load_config, parse_config
 from vulnsteer.experiment import protocol as protocol_mod
-from vulnsteer.experiment.config import ConfigError, ExperimentConfig, load_config, parse_config
 from vulnsteer.experiment.protocol import run_protocol
 from vulnsteer.experiment.rundir import RunDir, RunDirBusyError, _locked
 from vulnsteer.io import OutputError

@@ -20,7 +20,7 @@ from tests.conftest import make_tiny, write_toy_jsonl
 from tests.test_executor import toy_grid
 from tests.test_protocol import _cli, _entries, _numbers, _wait_for_lines, run, write_config
 
-from vulnsteer.experiment.config import load_config
+from vulnsteer.config.experiment import load_config
 from vulnsteer.experiment.engine import ResultStore, ScoringOptions, run_conditions, score_chunk
 from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
 from vulnsteer.lm.model import LoadedModel, load_model

@@ -20,9 +20,14 @@ from tests.conftest import toy_samples
 
 from vulnsteer.cli import build_parser
 from vulnsteer.cli.options import DefaultInt
+from vulnsteer.config.defaults import (
+    DEFAULT_MAX_CODE_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_STEER_POSITIONS,
+    DEFAULT_UNIT,
+)
 from vulnsteer.data.loaders import LoadReport, load_samples, validate
 from vulnsteer.data.truncate import truncate_sample
-from vulnsteer.defaults import DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS, DEFAULT_STEER_POSITIONS, DEFAULT_UNIT
 from vulnsteer.detection.engine import NonFiniteLogitsError, generate_verdicts, score_logits
 from vulnsteer.io import OutputError, check_writable, read_jsonl
 from vulnsteer.lm import model as model_module
@@ -509,7 +514,7 @@ def test_shared_option_defaults_come_from_one_place() -> None:
 
 
 #: Known differences in the experiment commands (owned elsewhere); delete an entry once its command follows
-#: vulnsteer.defaults. ``--split``: extract records every sample by default, evaluate reports on test.
+#: vulnsteer.config.defaults. ``--split``: extract records every sample by default, evaluate reports on test.
 KNOWN_DIFFERENCES = {"--split"}
 
 

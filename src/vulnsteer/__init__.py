@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and IDEs
+    from .config import ExperimentConfig, load_config, parse_config
     from .data.builtin import load_builtin
     from .data.loaders import load_samples
     from .data.sample import Sample
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .detection.engine import detect, generate_verdicts, score_logits
     from .detection.records import DetectionRecord
     from .experiment.apply import apply_choices
-    from .experiment.config import ExperimentConfig, load_config, parse_config
     from .experiment.evaluate import evaluate_from_run, evaluate_vectors
     from .experiment.protocol import run_protocol
     from .lm.activations import Activations, extract_activations
@@ -93,9 +93,9 @@ _HOME = {
     "score_logits": "detection.engine",
     "DetectionRecord": "detection.records",
     "apply_choices": "experiment.apply",
-    "ExperimentConfig": "experiment.config",
-    "load_config": "experiment.config",
-    "parse_config": "experiment.config",
+    "ExperimentConfig": "config",
+    "load_config": "config",
+    "parse_config": "config",
     "evaluate_from_run": "experiment.evaluate",
     "evaluate_vectors": "experiment.evaluate",
     "run_protocol": "experiment.protocol",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from ..defaults import DEFAULT_MAX_NEW_TOKENS
+from ..config.defaults import DEFAULT_MAX_NEW_TOKENS
 from .options import (
     DefaultInt,
     UsageError,

@@ -97,7 +97,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ..experiment.config import check_overrides
+    from ..config import check_overrides
 
     progress = not args.no_progress
     overrides = overrides_from_args(args)

@@ -1,7 +1,7 @@
 """Argument groups, value parsers and checks shared by several commands.
 
 Every option has help text that shows its default (:class:`HelpFormatter` appends it), and an option that several
-commands share has one default, taken from :mod:`vulnsteer.defaults`.
+commands share has one default, taken from :mod:`vulnsteer.config.defaults`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..defaults import (
+from ..config import UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
+from ..config import load_config as load_experiment_config
+from ..config.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CODE_TOKENS,
     DEFAULT_STEER_POSITIONS,
     DEFAULT_UNIT,
 )
-from ..experiment.config import POSITIONS, UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
-from ..experiment.config import load_config as load_experiment_config
-from ..experiment.sections import BACKEND_NAMES
-from ..experiment.values import STRENGTH_UNITS, remote_option
+from ..config.values import remote_option
+from ..config.vocabulary import BACKEND_NAMES, POSITIONS, STRENGTH_UNITS
 
 __all__ = [
     "DTYPES",
@@ -115,7 +115,7 @@ def positive_int(text: str) -> int:
 
 
 def _remote(text: str) -> bool | str:
-    """``--remote``: on, off, local or an http(s) URL (:func:`~vulnsteer.experiment.values.remote_option`)."""
+    """``--remote``: on, off, local or an http(s) URL (:func:`~vulnsteer.config.values.remote_option`)."""
     try:
         return remote_option(text, "--remote")
     except ValueError as exc:
@@ -386,15 +386,15 @@ def check_model_options(args: argparse.Namespace) -> None:
 
 def load(args: argparse.Namespace) -> Any:
     """The model the ``model`` flags name (:func:`add_model_args`), loaded as a run's ``[model]`` section is."""
+    from ..config import ModelSection
     from ..experiment.preflight import load_configured_model
-    from ..experiment.sections import ModelSection
 
     keys = ("device", "dtype", "device_map", "trust_remote_code", "layers_path", "backend", "remote")
     return load_configured_model(ModelSection(name=args.model, **{key: getattr(args, key) for key in keys}))
 
 
 # ------------------------------------------------------------------------------------------------ config keys
-# `run`, `sweep` and `evaluate` take one flag per configuration key (vulnsteer.experiment.sections declares each
+# `run`, `sweep` and `evaluate` take one flag per configuration key (vulnsteer.config.sections declares each
 # key once: default, parser, help, flag), so a flag and the TOML key it sets are validated alike.
 
 

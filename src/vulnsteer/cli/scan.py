@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..defaults import (
+from ..config.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CODE_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_UNIT
+from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_UNIT
 from .options import (
     UsageError,
     add_data_args,

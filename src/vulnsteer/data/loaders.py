@@ -43,10 +43,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vulnsteer.config.vocabulary import FORMATS
 from vulnsteer.cwe import UnknownCWEError, apply_merge, normalize_cwe
 from vulnsteer.data.clean import LANGUAGE_ALIASES, canonical_language, strip_comments
 from vulnsteer.data.juliet import find_juliet_files, group_cases, parse_case
-from vulnsteer.data.sample import FORMATS, LABELS, SECURE, UPSTREAM_SPLIT_KEY, VULNERABLE, Label, Sample, count_by_cwe
+from vulnsteer.data.sample import LABELS, SECURE, UPSTREAM_SPLIT_KEY, VULNERABLE, Label, Sample, count_by_cwe
 from vulnsteer.data.text import BinaryContentError, binary_reason, decode_source, read_source
 from vulnsteer.progress import track
 

@@ -13,8 +13,6 @@ SECURE: Label = "secure"
 #: ``respect_upstream`` splitting keeps as the held-out boundary.
 UPSTREAM_SPLIT_KEY = "upstream_split"
 LABELS: tuple[Label, Label] = (VULNERABLE, SECURE)
-#: The dataset formats the loaders read (``data.format``, ``--format``).
-FORMATS: tuple[str, ...] = ("sven", "juliet", "paired-dir", "castle", "jsonl", "csv")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ExperimentConfig
 from ..data.sample import Sample
 from ..detection.condition import fit_condition_probe, rethreshold
 from ..detection.detector import Detector
@@ -24,7 +25,6 @@ from ..lm.prompts import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate
 from ..steering.behaviour import answer_vector_from, projection_sigmas
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector, answer_direction, dataset_hash
-from .config import ExperimentConfig
 from .fit import fit_cwe_vectors, method_key
 from .grid import POOLED, RANDOM_PROBE, Condition, Setting
 from .prepare import PreparedData

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..config import ExperimentConfig, VectorsSection, config_document, identity_of, parse_config
 from ..data.sample import Sample
 from ..io import write_json
 from ..lm.activation_cache import model_key
@@ -26,7 +27,6 @@ from ..lm.prompts import DEFAULT_TEMPLATE
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector, VectorMismatchError, dataset_hash
 from .apply import apply_choices
-from .config import ExperimentConfig, config_document, identity_of, parse_config
 from .engine import ResultStore, ScoringOptions
 from .fit import load_vector_dir
 from .grid import POOLED, Setting
@@ -36,7 +36,6 @@ from .protocol import default_out_dir
 from .ray_executor import open_executor
 from .results import examples, json_ready, load_chosen, load_probes, new_results
 from .rundir import CHOSEN_DIR, RunDir
-from .sections import VectorsSection
 from .select import Choice
 
 __all__ = ["check_model", "evaluate_from_run", "evaluate_vectors", "transfer_config"]

@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ..config import ExperimentConfig
 from ..lm.model import resolve_layers
 from ..steering.gate import Gate, LinearProbe
 from ..steering.hooks import PositionMode, SteeringSpec, StrengthUnit
 from ..steering.vectors import SteeringVector
-from .config import ExperimentConfig
 
 __all__ = [
     "KINDS",

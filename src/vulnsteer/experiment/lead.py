@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import ExperimentConfig
 from ..detection.records import DetectionRecord
 from ..stats.compare import compare_to_baseline, metrics_block
 from .apply import lever_rate
 from .conditional import calibrated_records
-from .config import ExperimentConfig
 from .grid import Condition
 from .select import Choice
 

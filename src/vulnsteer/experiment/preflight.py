@@ -1,14 +1,14 @@
 """Before a model loads: what can be checked from the configuration, the data and the model's config alone, and
 loading the configured model.
 
->>> from vulnsteer.experiment.config import ExperimentConfig
+>>> from vulnsteer.config import ExperimentConfig
 >>> load_configured_model(ExperimentConfig().model)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from ..config import ExperimentConfig, ModelSection
 from ..lm.model import LoadedModel, load_model
-from .config import ExperimentConfig, ModelSection
 from .prepare import LoadedData
 from .ray_executor import check_executor
 

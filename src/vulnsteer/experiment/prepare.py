@@ -4,7 +4,7 @@ Loading comes first and needs no model, so a data error is reported before a mod
 the model's tokenizer; the split keeps the two halves of a pair (and, by default, every copy of the same code)
 in one split.
 
->>> from vulnsteer.experiment.config import DataSection
+>>> from vulnsteer.config import DataSection
 >>> raw = load_dataset(DataSection(cwes=("CWE-89",)))
 >>> data = prepare_data(DataSection(cwes=("CWE-89",)), samples=raw, progress=False)
 >>> data.cwes, sum(len(v) for v in data.by_cwe("train").values()) > 0
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import DataSection
 from ..cwe import PRIORITY_CWES, parse_merge_map
 from ..data.builtin import BUILTIN_NAME, load_builtin
 from ..data.clean import strip_comments
@@ -27,7 +28,6 @@ from ..data.sample import UPSTREAM_SPLIT_KEY, Sample
 from ..data.splits import Splits, dedupe_across_splits, split_samples
 from ..data.truncate import truncate_sample
 from ..progress import track
-from .config import DataSection
 
 __all__ = ["LoadedData", "PreparedData", "cwe_order", "load_dataset", "prepare_data"]
 

@@ -4,7 +4,7 @@
 file. Test data never reaches a choice: :mod:`~vulnsteer.experiment.select` refuses anything but validation
 conditions, and the test split is scored only by the apply engine, after the choices are saved.
 
->>> from vulnsteer.experiment.config import ExperimentConfig
+>>> from vulnsteer.config import ExperimentConfig
 >>> config = ExperimentConfig()
 >>> config.selecting_modes()  # generation's setting is chosen on logit-mode validation by default
 ('logit',)
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..config import ExperimentConfig, config_document, dump_config, identity_of
 from ..data.sample import Sample
 from ..detection.prefix import PrefixStore
 from ..detection.probe import evaluate_length_control, evaluate_probes
@@ -42,8 +43,6 @@ from .conditional import (
     prompt_templates,
     template_conditions,
 )
-from .config import ExperimentConfig, config_document, identity_of
-from .config_toml import dump_config
 from .engine import Executor, LocalExecutor, ResultStore, ScoringOptions, run_conditions
 from .fit import fit_cwe_vectors, save_vectors, train_pca, vector_cosines
 from .grid import POOLED, RANDOM_PROBE, Condition, Setting, candidate_settings, resolve_layer_sets, val_conditions

@@ -17,7 +17,7 @@ run_conditions` to :class:`RayExecutor`:
 
 Ray is an optional extra (``pip install 'vulnsteer[ray]'``), imported only when a Ray executor starts.
 
->>> from vulnsteer.experiment.sections import RunSection
+>>> from vulnsteer.config import RunSection
 >>> check_executor(RunSection())  # the local executor needs nothing
 """
 
@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..config import RunSection
 from ..data.sample import Sample
 from ..detection.prefix import PrefixStore
 from ..detection.records import DetectionRecord
@@ -47,7 +48,6 @@ from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
 from .engine import ChunkDone, ChunkInputs, Executor, LocalExecutor, ScoringOptions, WorkerStats, score_chunk
 from .grid import Condition
-from .sections import RunSection
 
 __all__ = [
     "INSTALL_HINT",

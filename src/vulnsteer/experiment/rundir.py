@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from ..config import ConfigError
 from ..io import check_writable, write_json, write_text
-from .config import ConfigError
 
 __all__ = ["RunDir", "RunDirBusyError"]
 

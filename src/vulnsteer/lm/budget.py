@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..defaults import DEFAULT_MAX_CODE_TOKENS
+from ..config.defaults import DEFAULT_MAX_CODE_TOKENS
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt
 
 __all__ = ["TokenBudgetError", "check_token_budget", "fit_code_tokens", "prompt_overhead"]

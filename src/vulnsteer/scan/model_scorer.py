@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from ..cwe import UnknownCWEError, normalize_cwe
 from ..data.sample import Sample
 from ..data.truncate import truncate_sample
-from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from ..lm.paths import local_model_location
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from .identity import ModelIdentity, identity_of, location_key, recall_identity, remember_identity

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..defaults import MAX_SHIFT_RATIO
+from ..config.defaults import MAX_SHIFT_RATIO
 from ..lm.backend import Shifts, backend_of
 from ..lm.model import LayerMatcher, decoder_layers
 from .gate import Gate

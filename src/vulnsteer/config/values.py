@@ -6,7 +6,7 @@ or a CLI flag) and returns the validated value or raises :class:`ConfigError` na
 >>> integer(1)(0, "--batch-size")
 Traceback (most recent call last):
 ...
-vulnsteer.experiment.values.ConfigError: --batch-size: must be at least 1, got 0
+vulnsteer.config.values.ConfigError: --batch-size: must be at least 1, got 0
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cwe import normalize_cwe, parse_merge_map
+from .vocabulary import STRENGTH_UNITS
 
 __all__ = [
     "STRENGTH_UNITS",
@@ -44,7 +45,6 @@ __all__ = [
     "strength_list",
 ]
 
-STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative", "sigma")
 Parser = Callable[[Any, str], Any]
 
 

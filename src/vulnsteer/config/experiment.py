@@ -11,7 +11,7 @@ in), and ``vulnsteer sweep RUN/config.resolved.toml`` reproduces the run.
 >>> parse_config({"steering": {"layerz": [1]}}, "my.toml")
 Traceback (most recent call last):
 ...
-vulnsteer.experiment.values.ConfigError: my.toml: unknown key 'steering.layerz' (known in [steering]: layers, \
+vulnsteer.config.values.ConfigError: my.toml: unknown key 'steering.layerz' (known in [steering]: layers, \
 strengths, unit, positions, control_seed)
 
 Vocabulary (used the same way in code, flags, TOML keys and reports): a **setting** is one steering configuration
@@ -35,13 +35,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..defaults import MAX_SHIFT_RATIO
+from .defaults import MAX_SHIFT_RATIO
 from .sections import (
     DEFAULT_CONDITIONAL_STRENGTHS,
     DEFAULT_STRENGTHS,
-    MODES,
-    POOLINGS,
-    POSITIONS,
     SECTIONS,
     BaselinesSection,
     ConditionalSection,
@@ -54,14 +51,12 @@ from .sections import (
     SteeringSection,
     VectorsSection,
 )
-from .values import STRENGTH_UNITS, ConfigError, fail
+from .values import ConfigError, fail
+from .vocabulary import STRENGTH_UNITS
 
 __all__ = [
     "APPLIES",
-    "MODES",
-    "POOLINGS",
-    "POSITIONS",
-    "STRENGTH_UNITS",
+    "UNIT_FLAGS",
     "ConfigError",
     "ExperimentConfig",
     "Key",

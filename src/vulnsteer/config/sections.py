@@ -1,6 +1,6 @@
 """The configuration keys, declared once per section: default, parser, help text and command-line flag.
 
-:mod:`vulnsteer.experiment.config` assembles them into :class:`~vulnsteer.experiment.config.ExperimentConfig`.
+:mod:`vulnsteer.config.experiment` assembles them into :class:`~vulnsteer.config.experiment.ExperimentConfig`.
 
 >>> DetectionSection().max_new_tokens, ConditionalSection().gates
 (20, ('sign',))
@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.sample import FORMATS
-from ..defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from .values import (
     Parser,
     boolean,
@@ -33,20 +32,23 @@ from .values import (
     some_of,
     strength_list,
 )
+from .vocabulary import (
+    BACKEND_NAMES,
+    BEHAVIOURS,
+    DUPLICATE_POLICIES,
+    EXECUTORS,
+    FORMATS,
+    GATE_KINDS,
+    METHOD_NAMES,
+    MODES,
+    POOLINGS,
+    POSITIONS,
+    PROBES,
+)
 
 __all__ = [
-    "BACKEND_NAMES",
-    "BEHAVIOURS",
     "DEFAULT_CONDITIONAL_STRENGTHS",
     "DEFAULT_STRENGTHS",
-    "DUPLICATE_POLICIES",
-    "EXECUTORS",
-    "GATE_KINDS",
-    "METHOD_NAMES",
-    "MODES",
-    "POOLINGS",
-    "POSITIONS",
-    "PROBES",
     "SECTIONS",
     "BaselinesSection",
     "ConditionalSection",
@@ -59,18 +61,6 @@ __all__ = [
     "SteeringSection",
     "VectorsSection",
 ]
-
-#: Detector modes, activation poolings and steered token positions (torch-free copies of the names that
-#: :mod:`vulnsteer.steering.hooks` and :mod:`vulnsteer.lm.activations` define; tests keep them equal).
-MODES: tuple[str, ...] = ("logit", "generation")
-POOLINGS: tuple[str, ...] = ("last", "code_mean")
-POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
-METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
-DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
-#: Execution backends (:data:`vulnsteer.lm.backend.BACKENDS`).
-BACKEND_NAMES: tuple[str, ...] = ("hooks", "nnsight")
-EXECUTORS: tuple[str, ...] = ("local", "ray")
-
 
 # ------------------------------------------------------------------------------------------------ declarations
 
@@ -295,9 +285,6 @@ class DetectionSection:
 #: Conditional steering's default strengths: x the spread of the training activations along the behaviour vector
 #: (a push of a few spreads flips the embedded model's answer; validation picks the size).
 DEFAULT_CONDITIONAL_STRENGTHS: tuple[tuple[str, float], ...] = tuple(("sigma", s) for s in (2.0, 4.0, 8.0))
-BEHAVIOURS: tuple[str, ...] = ("answer", "unembedding", *METHOD_NAMES)
-PROBES: tuple[str, ...] = ("logistic", "direction")
-GATE_KINDS: tuple[str, ...] = ("sign", "linear", "one_sided")
 
 
 @dataclass(frozen=True)

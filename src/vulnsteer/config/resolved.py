@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .config import SECTIONS, ExperimentConfig, config_document, key_info
+from .experiment import SECTIONS, ExperimentConfig, config_document, key_info
 
 __all__ = ["dump_config"]
 
