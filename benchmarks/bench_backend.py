@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
+from vulnsteer.config.vocabulary import POOLINGS
 from vulnsteer.data.builtin import load_builtin
 from vulnsteer.detection.engine import detect_variants_modes
-from vulnsteer.lm.activations import POOLINGS, extract_activations
+from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.forward import forward
 from vulnsteer.lm.model import LoadedModel, load_model
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts

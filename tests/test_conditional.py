@@ -134,7 +134,7 @@ def test_answer_vector_contrasts_the_two_answers(tiny_llama: LoadedModel) -> Non
         torch.testing.assert_close(vec.direction(layer), again.direction(layer), rtol=1e-4, atol=1e-4)
 
 
-def _reference_answer_direction(lm: LoadedModel, samples: list, layers: list[int]) -> dict[int, torch.Tensor]:
+def _reference_answer_vector(lm: LoadedModel, samples: list, layers: list[int]) -> dict[int, torch.Tensor]:
     """The answer vector the plain way: one prompt at a time, prompt and answer in one uncached full pass."""
     per_answer: list[dict[int, list[torch.Tensor]]] = [{layer: [] for layer in layers} for _ in range(2)]
     for sample in samples:
@@ -152,7 +152,7 @@ def _reference_answer_direction(lm: LoadedModel, samples: list, layers: list[int
 def test_answer_vector_equals_the_uncached_one_prompt_reference(tiny_llama: LoadedModel) -> None:
     samples = toy_samples(3)
     vec = answer_vector(tiny_llama, samples, [1, 2], batch_size=4, progress=False)  # batched, left-padded, cached
-    reference = _reference_answer_direction(tiny_llama, samples, [1, 2])
+    reference = _reference_answer_vector(tiny_llama, samples, [1, 2])
     for layer in (1, 2):
         torch.testing.assert_close(vec.direction(layer), reference[layer], rtol=1e-4, atol=1e-4)
 

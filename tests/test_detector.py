@@ -13,7 +13,7 @@ from tests.test_protocol import run, write_config
 
 from vulnsteer.cli import main
 from vulnsteer.config.experiment import load_config
-from vulnsteer.detection.detector import Detector, DetectorError
+from vulnsteer.detection.detector import SavedDetector, SavedDetectorError
 from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.steering.vectors import VectorMismatchError
@@ -37,7 +37,7 @@ def test_the_protocol_saves_a_detector_that_loads_back(
 ) -> None:
     out, results = fitted
     info = results["detector"]
-    detector = Detector.load(out / "detector", tiny_lm)
+    detector = SavedDetector.load(out / "detector", tiny_lm)
     assert detector.digest == info["digest"] and detector.gate == "sign"
     assert detector.vector.provenance.method == "answer" and detector.probe.name == "logistic"
     assert detector.probe.layer <= min(detector.layers)
@@ -57,19 +57,19 @@ def test_a_detector_refuses_another_model_and_damaged_files(
 
     out, _ = fitted
     with pytest.raises(VectorMismatchError, match="fingerprint"):
-        Detector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", layers=5))
+        SavedDetector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", layers=5))
     with pytest.raises(VectorMismatchError, match="other weights"):
-        Detector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", seed=3))
+        SavedDetector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", seed=3))
     broken = tmp_path / "broken"
     broken.mkdir()
-    with pytest.raises(DetectorError, match=r"no detector\.json"):
-        Detector.load(broken)
+    with pytest.raises(SavedDetectorError, match=r"no detector\.json"):
+        SavedDetector.load(broken)
     (broken / "detector.json").write_text(json.dumps({"format": "vulnsteer.Detector"}))
-    with pytest.raises(DetectorError, match="missing field 'setting'"):
-        Detector.load(broken)
+    with pytest.raises(SavedDetectorError, match="missing field 'setting'"):
+        SavedDetector.load(broken)
     (broken / "detector.json").write_text("{nope")
-    with pytest.raises(DetectorError, match="not valid JSON"):
-        Detector.load(broken)
+    with pytest.raises(SavedDetectorError, match="not valid JSON"):
+        SavedDetector.load(broken)
 
 
 def test_detect_with_a_detector_prints_the_probe_score(
@@ -123,10 +123,10 @@ def test_evaluate_from_applies_the_conditional_choice_too(
 
 def test_probe_weights_survive_the_round_trip(fitted: tuple[Path, dict[str, Any]]) -> None:
     out, _ = fitted
-    a = Detector.load(out / "detector")
+    a = SavedDetector.load(out / "detector")
     b_dir = out.parent / "copy"
     a.save(b_dir)
-    b = Detector.load(b_dir)
+    b = SavedDetector.load(b_dir)
     torch.testing.assert_close(a.probe.weight, b.probe.weight)
     assert a.digest == b.digest
 
@@ -141,11 +141,11 @@ def test_a_hand_edited_or_damaged_detector_folder_is_named(fitted: tuple[Path, d
     doc = json.loads((edited / "detector.json").read_text())
     doc["probe"]["threshold"] = float("inf")
     (edited / "detector.json").write_text(json.dumps(doc))
-    with pytest.raises(DetectorError, match=r"field 'probe\.threshold' \(inf\) differs from .*probe\.safetensors"):
-        Detector.load(edited)
+    with pytest.raises(SavedDetectorError, match=r"field 'probe\.threshold' \(inf\) differs from .*probe\.safetensors"):
+        SavedDetector.load(edited)
     damaged = tmp_path / "damaged"
     shutil.copytree(out / "detector", damaged)
     blob = (damaged / "probe.safetensors").read_bytes()
     (damaged / "probe.safetensors").write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(DetectorError, match=r"probe\.safetensors: not a usable probe"):
-        Detector.load(damaged)
+    with pytest.raises(SavedDetectorError, match=r"probe\.safetensors: not a usable probe"):
+        SavedDetector.load(damaged)

@@ -90,12 +90,12 @@ def test_positive_strength_raises_the_margin_and_negative_lowers_it(margins: dic
 def test_sign_convention_on_the_models_own_answer_axis(embedded: LoadedModel) -> None:
     """With a direction that truly is secure-minus-vulnerable in the model's answer space (the unembedding
     difference), positive strength raises the margin and negative lowers it, monotonically."""
-    from vulnsteer.steering.vectors import answer_direction
+    from vulnsteer.steering.vectors import unembedding_vector
 
     last = embedded.num_layers - 1
     held = [s for s in load_builtin(["CWE-89"])][:2]
     acts = extract_activations(embedded, held, [last], ["last"], progress=False)
-    vector = answer_direction(embedded, [last], layer_norms=acts.mean_norms("last"))
+    vector = unembedding_vector(embedded, [last], layer_norms=acts.mean_norms("last"))
     means = {}
     for strength in (-0.2, -0.1, 0.0, 0.1, 0.2):
         with steer(embedded.model, vector, strength, positions="last", unit="relative"):

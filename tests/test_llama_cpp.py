@@ -30,7 +30,7 @@ from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompt
 from vulnsteer.lm.source import embedded_gguf_path
 from vulnsteer.steering.gguf import control_vector_data, export_control_vector
 from vulnsteer.steering.hooks import steer
-from vulnsteer.steering.vectors import answer_direction
+from vulnsteer.steering.vectors import unembedding_vector
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 llama_cpp = pytest.importorskip("llama_cpp")  # optional: built from source, never installed by `make test`
@@ -54,7 +54,7 @@ def test_exported_vector_in_llama_cpp_matches_vulnsteer_steering(embedded: Loade
     samples = sorted(load_builtin(), key=lambda s: len(s.code))[:4]
     ids = [tokenize_prompts(lm.tokenizer, [build_prompt(lm.tokenizer, s.code, s.language)]).input_ids for s in samples]
     (vulnerable,), (secure,) = answer_token_ids(lm.tokenizer)
-    vector = answer_direction(lm, [LAYER])  # records the model type, so the export needs no --model-hint
+    vector = unembedding_vector(lm, [LAYER])  # records the model type, so the export needs no --model-hint
 
     def ours(strength: float) -> np.ndarray:
         out = []

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pygments.token import Name
 
+from vulnsteer.config.vocabulary import DATASET_FORMATS
 from vulnsteer.data.clean import lex, strip_comments, token_kind
 from vulnsteer.data.loaders import (
-    FORMATS,
     DataError,
     LoadReport,
     dataset_stats,
@@ -611,7 +611,7 @@ def test_detect_format_unknown_names_path(tmp_path: Path) -> None:
         detect_format(tmp_path / "notes.md")
     with pytest.raises(DataError, match="unknown format"):
         load_samples(tmp_path, "parquet")
-    assert set(FORMATS) == {"sven", "juliet", "paired-dir", "castle", "jsonl", "csv"}
+    assert set(DATASET_FORMATS) == {"sven", "juliet", "paired-dir", "castle", "jsonl", "csv"}
 
 
 def test_parse_label() -> None:

@@ -15,16 +15,17 @@ import pytest
 import torch
 from tests.conftest import make_tiny, random_vector, toy_samples
 
+from vulnsteer.config.vocabulary import POOLINGS
 from vulnsteer.data.sample import Sample
 from vulnsteer.detection.engine import detect_variants_modes, score_logits
 from vulnsteer.lm import nnsight_backend
-from vulnsteer.lm.activations import ANSWER_POOLINGS, POOLINGS, ActivationSink, extract_activations, recording
+from vulnsteer.lm.activations import ANSWER_POOLINGS, ActivationSink, extract_activations, recording
 from vulnsteer.lm.forward import forward
 from vulnsteer.lm.model import LoadedModel, load_model
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 from vulnsteer.steering.gate import Gate, LinearProbe
 from vulnsteer.steering.hooks import SteeringSpec, steer, steer_rows
-from vulnsteer.steering.vectors import SteeringVector, answer_direction
+from vulnsteer.steering.vectors import SteeringVector, unembedding_vector
 
 needs_nnsight = pytest.mark.skipif(importlib.util.find_spec("nnsight") is None, reason="nnsight not installed")
 
@@ -167,7 +168,7 @@ def test_sign_convention(pair: tuple[LoadedModel, LoadedModel]) -> None:
     "vulnerable", equally on both backends; a negative one lowers it."""
     hooks, nn = pair
     last = hooks.num_layers - 1
-    vector = answer_direction(hooks, [last], layer_norms={last: 10.0})
+    vector = unembedding_vector(hooks, [last], layer_norms={last: 10.0})
     samples = _samples()
     margins = {}
     for strength in (-1.0, 0.0, 1.0):

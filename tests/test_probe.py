@@ -18,8 +18,8 @@ from vulnsteer.detection.probe import (
     choose_threshold,
     direction_scores,
     evaluate_probes,
-    fit_detector,
     fit_logistic_probe,
+    fit_probe,
 )
 from vulnsteer.lm.activations import Activations
 from vulnsteer.report.probes import PROBE_TABLE_COLUMNS, probe_table
@@ -205,15 +205,15 @@ def test_permuting_test_labels_changes_no_choice() -> None:
     assert changed  # only the final test metrics see test labels
 
 
-def test_fit_detector_uses_val_for_threshold_only() -> None:
+def test_fit_probe_uses_val_for_threshold_only() -> None:
     (tr_a, tr_s), (va_a, va_s), _ = splits(n=30)
     tr_x, va_x = tr_a.get("last", 1), va_a.get("last", 1)
     tr_y, va_y = [s.y for s in tr_s], [s.y for s in va_s]
-    fitted = fit_detector("logistic", tr_x, tr_y, va_x, va_y)
-    other_val = fit_detector("logistic", tr_x, tr_y, va_x[:10], va_y[:10])
+    fitted = fit_probe("logistic", tr_x, tr_y, va_x, va_y)
+    other_val = fit_probe("logistic", tr_x, tr_y, va_x[:10], va_y[:10])
     np.testing.assert_array_equal(fitted.score(tr_x), other_val.score(tr_x))  # val does not touch the fit
-    with pytest.raises(ValueError, match="unknown probe detector"):
-        fit_detector("nope", tr_x, tr_y, va_x, va_y)
+    with pytest.raises(ValueError, match="unknown probe kind"):
+        fit_probe("nope", tr_x, tr_y, va_x, va_y)
 
 
 def test_per_cwe_directions_versus_pooled() -> None:
@@ -222,7 +222,7 @@ def test_per_cwe_directions_versus_pooled() -> None:
     counts = {"CWE-89": 60, "CWE-79": 60}
     axes = {"CWE-89": unit(0), "CWE-79": -unit(0)}
     train, val, test = (make_split(n, counts, seed=s, axes=axes) for n, s in (("tr", 1), ("va", 2), ("te", 3)))
-    results = evaluate_probes(train, val, test, poolings=("last",), layers=[1], detectors=("direction",), n_boot=100)
+    results = evaluate_probes(train, val, test, poolings=("last",), layers=[1], kinds=("direction",), n_boot=100)
     assert [r.cwe for r in results] == ["CWE-79", "CWE-89", OVERALL]  # CWE-number order, overall last
     for cwe in ("CWE-79", "CWE-89"):
         r = pick(results, cwe=cwe)

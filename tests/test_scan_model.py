@@ -51,14 +51,14 @@ def _vector(lm: LoadedModel, path: Path, scale: float = 1.0, cwe: str = "CWE-89"
 
 def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0) -> Path:
     """A probe-gated detector for *lm* (random probe at layer 0 gating a random vector at layer 1), saved."""
-    from vulnsteer.detection.detector import Detector
+    from vulnsteer.detection.detector import SavedDetector
     from vulnsteer.steering.gate import LinearProbe
 
     generator = torch.Generator().manual_seed(1)
     weight = torch.randn(lm.hidden_size, generator=generator)
     probe = LinearProbe(layer=0, pooling="code_mean", weight=weight, bias=0.0, threshold=threshold, spread=1.0)
     vector = SteeringVector.load(_vector(lm, folder.parent / f"{folder.name}-vector.safetensors", scale=5.0))
-    Detector(vector, probe, "sign", 2.0, (1,), positions="last", unit="raw").save(folder)
+    SavedDetector(vector, probe, "sign", 2.0, (1,), positions="last", unit="raw").save(folder)
     return folder
 
 

@@ -13,14 +13,13 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import toy_samples
-from vulnsteer.data.sample import Sample
+from vulnsteer.data.sample import Sample, dataset_hash
 from vulnsteer.lm.activations import Activations
 from vulnsteer.steering.vectors import (
     METHODS,
     Provenance,
     SteeringVector,
     VectorMismatchError,
-    dataset_hash,
     fit_vector,
     mean_difference,
 )

@@ -16,7 +16,7 @@ The public API, importable from here (loaded on first use, so ``import vulnsteer
     with vs.steer(lm, vector, strength=0.3, unit="relative", positions="last"):   # + = toward "vulnerable"
         records = vs.detect(lm, samples[:4], mode="generation")
     run_dir = vs.run_protocol(vs.ExperimentConfig())       # the whole protocol (what `vulnsteer run` does)
-    detector = vs.Detector.load(run_dir / "detector", lm)   # probe-gated steering chosen on val
+    detector = vs.SavedDetector.load(run_dir / "detector", lm)   # probe-gated steering chosen on val
     records = detector.detect(lm, samples, mode="generation")        # verdict, probe score and push per sample
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .data.builtin import load_builtin
     from .data.loaders import load_samples
     from .data.sample import Sample
-    from .detection.detector import Detector
+    from .detection.detector import SavedDetector
     from .detection.engine import detect, generate_verdicts, score_logits
     from .detection.records import DetectionRecord
     from .experiment.apply import apply_choices
@@ -51,13 +51,13 @@ __all__ = [
     "SIGN_CONVENTION",
     "Activations",
     "DetectionRecord",
-    "Detector",
     "ExperimentConfig",
     "Gate",
     "LinearProbe",
     "LoadedModel",
     "PromptTemplate",
     "Sample",
+    "SavedDetector",
     "SteeringSpec",
     "SteeringVector",
     "__version__",
@@ -87,7 +87,7 @@ _HOME = {
     "load_builtin": "data.builtin",
     "load_samples": "data.loaders",
     "Sample": "data.sample",
-    "Detector": "detection.detector",
+    "SavedDetector": "detection.detector",
     "detect": "detection.engine",
     "generate_verdicts": "detection.engine",
     "score_logits": "detection.engine",

@@ -42,7 +42,12 @@ def register(sub: Any) -> None:
         help="language of every file, e.g. c, python (default: from each file's extension; an unknown extension "
         "is prompted as plain source code, with a warning)",
     )
-    p.add_argument("--mode", default="generation", choices=["generation", "logit"], help="detector")
+    p.add_argument(
+        "--mode",
+        default="generation",
+        choices=["generation", "logit"],
+        help="how the verdict is read: the generated answer text, or P(vulnerable) from the answer logits",
+    )
     p.add_argument(
         "--max-new-tokens",
         type=positive_int,
@@ -177,9 +182,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         vector = SteeringVector.load(args.vector)
     detector = None
     if args.detector is not None:
-        from ..detection.detector import Detector
+        from ..detection.detector import SavedDetector
 
-        detector = Detector.load(args.detector)
+        detector = SavedDetector.load(args.detector)
 
     from contextlib import nullcontext
 

@@ -48,9 +48,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..detection.detector import Detector
+    from ..detection.detector import SavedDetector
 
-    detector = Detector.load(args.folder)
+    detector = SavedDetector.load(args.folder)
     doc = json.loads((Path(args.folder) / "detector.json").read_text(encoding="utf-8"))
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -20,10 +20,9 @@ from ..config.defaults import (
     DEFAULT_UNIT,
 )
 from ..config.values import remote_option
-from ..config.vocabulary import BACKEND_NAMES, POSITIONS, STRENGTH_UNITS
+from ..config.vocabulary import BACKEND_NAMES, DTYPES, POSITIONS, STRENGTH_UNITS
 
 __all__ = [
-    "DTYPES",
     "STEERING_OPTIONS",
     "DefaultInt",
     "DefaultStr",
@@ -164,10 +163,6 @@ def check_steered_positions(positions: str, generates: bool, why: str) -> None:
             f"--positions generated steers only generated tokens, and {why}: the result would be unsteered "
             "(use last, answer, prompt or all)"
         )
-
-
-#: ``--dtype`` values (``auto``: bf16 on CUDA, fp32 on CPU).
-DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

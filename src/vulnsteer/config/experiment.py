@@ -17,8 +17,8 @@ strengths, unit, positions, control_seed)
 Vocabulary (used the same way in code, flags, TOML keys and reports): a **setting** is one steering configuration
 (vector method and pooling, layers, unit, strength, steered positions); **pooling** is how a hidden state is read
 from a prompt's tokens (``last``: the answer position, ``code_mean``: the mean over the code tokens); **positions**
-are the token positions a steering hook edits (``last``, ``prompt``, ``generated``, ``all``); a **mode** is a
-detector (``logit``, ``generation``).
+are the token positions a steering hook edits (``last``, ``prompt``, ``generated``, ``all``); a **mode** is
+how the model's verdict is read (``logit``, ``generation``).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class ExperimentConfig:
         return parse_config(doc, "<replace>")
 
     def selection_mode(self, mode: str) -> str:
-        """The detector mode whose validation results choose *mode*'s setting."""
+        """The mode whose validation results choose *mode*'s setting."""
         if mode == "generation" and self.detection.select_generation_by in self.detection.modes:
             return self.detection.select_generation_by
         return mode

@@ -35,15 +35,16 @@ from .values import (
 from .vocabulary import (
     BACKEND_NAMES,
     BEHAVIOURS,
+    DATASET_FORMATS,
+    DTYPES,
     DUPLICATE_POLICIES,
     EXECUTORS,
-    FORMATS,
     GATE_KINDS,
     METHOD_NAMES,
     MODES,
     POOLINGS,
     POSITIONS,
-    PROBES,
+    PROBE_KINDS,
 )
 
 __all__ = [
@@ -109,7 +110,10 @@ class ModelSection:
         None, optional_str, "cpu, cuda, cuda:1 ... (absent: cuda if available)", "--device", identity=False
     )
     dtype: str | None = _key(
-        None, optional_str, "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16", "--dtype"
+        None,
+        optional_one_of(DTYPES),
+        "the weights' dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16 (or fp32, bf16, fp16)",
+        "--dtype",
     )
     device_map: str | None = _key(
         None, optional_str, "passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs", "--device-map"
@@ -150,7 +154,9 @@ class DataSection:
     path: str | None = _key(
         None, path_value, "dataset file or folder, relative to the config file (absent: the bundled corpus)", "--data"
     )
-    format: str | None = _key(None, optional_one_of(FORMATS), f"{', '.join(FORMATS)} (absent: detected)", "--format")
+    format: str | None = _key(
+        None, optional_one_of(DATASET_FORMATS), f"{', '.join(DATASET_FORMATS)} (absent: detected)", "--format"
+    )
     paths: tuple[str, ...] = _key(
         (),
         path_list,
@@ -161,7 +167,7 @@ class DataSection:
     )
     formats: tuple[str, ...] = _key(
         (),
-        each_of((*FORMATS, "builtin")),
+        each_of((*DATASET_FORMATS, "builtin")),
         "the format of each of paths, in order (empty: detected)",
         "--dataset-formats",
         "csv",
@@ -255,9 +261,11 @@ class SteeringSection:
 
 @dataclass(frozen=True)
 class DetectionSection:
-    """``[detection]``: detector modes and how each one's setting is chosen."""
+    """``[detection]``: the modes (how the verdict is read) and how each one's setting is chosen."""
 
-    modes: tuple[str, ...] = _key(MODES, some_of(MODES), "detector modes: logit and/or generation", "--modes", "csv")
+    modes: tuple[str, ...] = _key(
+        MODES, some_of(MODES), "modes (how the verdict is read): logit and/or generation", "--modes", "csv"
+    )
     select_generation_by: str = _key(
         "logit",
         one_of(MODES),
@@ -304,7 +312,7 @@ class ConditionalSection:
         "csv",
     )
     probe: str = _key(
-        "logistic", one_of(PROBES), "the gating probe: logistic or direction (mean difference)", "--probe"
+        "logistic", one_of(PROBE_KINDS), "the gating probe: logistic or direction (mean difference)", "--probe"
     )
     pooling: tuple[str, ...] = _key(
         ("code_mean",),

@@ -1,7 +1,8 @@
 """The names vulnsteer's options take, declared once (torch-free; every layer may import this module).
 
 Each tuple is the vocabulary of one concept (see the glossary in ``docs/glossary.md``): the configuration's
-parsers, the CLI's choices and the library's checks all read these.
+parsers, the CLI's choices and the library's checks all read these. Where a ``Literal`` type names the same values
+for type checkers, a test checks it against the tuple here.
 
 >>> MODES, POOLINGS
 (('logit', 'generation'), ('last', 'code_mean'))
@@ -12,19 +13,21 @@ from __future__ import annotations
 __all__ = [
     "BACKEND_NAMES",
     "BEHAVIOURS",
+    "DATASET_FORMATS",
+    "DTYPES",
     "DUPLICATE_POLICIES",
     "EXECUTORS",
-    "FORMATS",
     "GATE_KINDS",
     "METHOD_NAMES",
     "MODES",
+    "OUTPUT_FORMATS",
     "POOLINGS",
     "POSITIONS",
-    "PROBES",
+    "PROBE_KINDS",
     "STRENGTH_UNITS",
 ]
 
-#: Detector modes: the answer logits, or a generated verdict.
+#: Modes: how the model's verdict is read (the answer logits, or the generated answer text).
 MODES: tuple[str, ...] = ("logit", "generation")
 #: How a hidden state is read from a prompt's tokens: the answer position, or the mean over the code tokens.
 POOLINGS: tuple[str, ...] = ("last", "code_mean")
@@ -34,11 +37,11 @@ POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
 STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative", "sigma")
 #: Direction methods of a steering vector fitted from secure and vulnerable activations.
 METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
-#: What conditional steering pushes: the answer-token contrast, the answer axis, or a data-derived vector.
+#: What conditional steering pushes: the answer vector, the unembedding (answer) axis, or a data-derived vector.
 BEHAVIOURS: tuple[str, ...] = ("answer", "unembedding", *METHOD_NAMES)
-#: Gating probes: logistic regression, or the class-mean difference.
-PROBES: tuple[str, ...] = ("logistic", "direction")
-#: Gates of conditional steering (``none`` is constant steering).
+#: Probe kinds: the class-mean difference read as a direction, or logistic regression.
+PROBE_KINDS: tuple[str, ...] = ("direction", "logistic")
+#: Gates of conditional steering (constant steering has none).
 GATE_KINDS: tuple[str, ...] = ("sign", "linear", "one_sided")
 #: What to do with code found in several splits.
 DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
@@ -46,5 +49,9 @@ DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
 BACKEND_NAMES: tuple[str, ...] = ("hooks", "nnsight")
 #: Where a sweep's chunks are scored.
 EXECUTORS: tuple[str, ...] = ("local", "ray")
-#: The dataset formats the loaders read (``data.format``, ``--format``).
-FORMATS: tuple[str, ...] = ("sven", "juliet", "paired-dir", "castle", "jsonl", "csv")
+#: The dataset formats the loaders read (``data.format``, ``--format`` of the data commands).
+DATASET_FORMATS: tuple[str, ...] = ("sven", "juliet", "paired-dir", "castle", "jsonl", "csv")
+#: What ``scan`` writes (``scan --format``): a table, JSON lines, or SARIF 2.1.0.
+OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "sarif")
+#: The weights' dtype (``model.dtype``; ``auto``: bfloat16 on CUDA, float32 on the CPU), short names included.
+DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")

@@ -1,5 +1,5 @@
 """Data: samples, dataset loaders, cleaning, splits and truncation."""
 
-from .sample import LABELS, SECURE, VULNERABLE, Label, Sample, count_by_cwe
+from .sample import LABELS, SECURE, VULNERABLE, Label, Sample, count_by_cwe, dataset_hash
 
-__all__ = ["LABELS", "SECURE", "VULNERABLE", "Label", "Sample", "count_by_cwe"]
+__all__ = ["LABELS", "SECURE", "VULNERABLE", "Label", "Sample", "count_by_cwe", "dataset_hash"]

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vulnsteer.config.vocabulary import FORMATS
+from vulnsteer.config.vocabulary import DATASET_FORMATS
 from vulnsteer.cwe import UnknownCWEError, apply_merge, normalize_cwe
 from vulnsteer.data.clean import LANGUAGE_ALIASES, canonical_language, strip_comments
 from vulnsteer.data.juliet import find_juliet_files, group_cases, parse_case
@@ -52,7 +52,6 @@ from vulnsteer.data.text import BinaryContentError, binary_reason, decode_source
 from vulnsteer.progress import track
 
 __all__ = [
-    "FORMATS",
     "DataError",
     "LoadReport",
     "dataset_stats",
@@ -745,7 +744,8 @@ def detect_format(path: Path) -> str:
         if find_juliet_files(path):
             return "juliet"
         raise DataError(
-            f"{path}: cannot tell the dataset format from the file name; pass --format (one of {', '.join(FORMATS)})"
+            f"{path}: cannot tell the dataset format from the file name; pass --format (one of "
+            f"{', '.join(DATASET_FORMATS)})"
         )
     if (path / "cwe_map.json").is_file():
         return "paired-dir"
@@ -764,7 +764,7 @@ def detect_format(path: Path) -> str:
         return "castle"
     if any(p.suffix.lower() == ".csv" for p in files):
         return "csv"
-    raise DataError(f"{path}: cannot tell the dataset format; pass --format (one of {', '.join(FORMATS)})")
+    raise DataError(f"{path}: cannot tell the dataset format; pass --format (one of {', '.join(DATASET_FORMATS)})")
 
 
 def _juliet_probe(path: Path) -> Iterable[Path]:
@@ -789,8 +789,8 @@ def _run(
     loader = _Loader(report, strict, progress)
     if fmt is None:
         fmt = detect_format(root)
-    elif fmt not in FORMATS:
-        raise DataError(f"{root}: unknown format {fmt!r} (--format); expected one of {', '.join(FORMATS)}")
+    elif fmt not in DATASET_FORMATS:
+        raise DataError(f"{root}: unknown format {fmt!r} (--format); expected one of {', '.join(DATASET_FORMATS)}")
     elif not root.exists():
         raise DataError(f"{root}: no such file or directory")
     report.formats.append(fmt)
@@ -880,7 +880,7 @@ def load_samples(
 
     Args:
         path: a file or a directory (directories are searched recursively).
-        fmt: one of :data:`FORMATS`; detected with :func:`detect_format` when None.
+        fmt: one of :data:`~vulnsteer.config.vocabulary.DATASET_FORMATS`; detected with :func:`detect_format` when None.
         merge: CWE merge map (``{"CWE-77": "CWE-78"}``), applied before the ``cwes`` filter.
         cwes: keep only these CWEs (after the merge); each must end up with vulnerable and secure samples.
             None or empty: keep every CWE.

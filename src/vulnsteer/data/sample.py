@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,3 +79,18 @@ def count_by_cwe(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
         if len(labels) == 2:
             out[cwe]["pairs"] += 1
     return out
+
+
+def dataset_hash(samples: Sequence[Sample]) -> str:
+    """A short hash of the samples' ids, labels, CWEs and code, whatever their order (identifies the data a
+    vector, a probe or a cached activation came from).
+
+    >>> a, b = Sample("a", "x = 1", "python", "CWE-89", "secure"), Sample("b", "y", "c", "CWE-89", "vulnerable")
+    >>> dataset_hash([a, b]) == dataset_hash([b, a]) != dataset_hash([a])
+    True
+    """
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.id):
+        digest.update(f"{s.id}\0{s.label}\0{s.cwe}\0".encode())
+        digest.update(hashlib.sha256(s.code.encode()).digest())
+    return digest.hexdigest()[:16]

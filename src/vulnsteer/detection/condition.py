@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config.vocabulary import PROBE_KINDS
 from ..steering.gate import LinearProbe
 from .probe import DEFAULT_C, choose_threshold, fit_logistic_probe
 
-__all__ = ["PROBE_KINDS", "fit_condition_probe", "rethreshold"]
-
-PROBE_KINDS: tuple[str, ...] = ("logistic", "direction")
+__all__ = ["fit_condition_probe", "rethreshold"]
 
 
 def _weights(kind: str, x: torch.Tensor, y: torch.Tensor, C: float, seed: int) -> tuple[torch.Tensor, float]:

@@ -12,7 +12,7 @@ A detector directory holds
 Nothing is pickled. Loading refuses a model of another architecture or other weights of the same dtype (as
 vectors do) unless mismatches are allowed.
 
->>> detector = Detector.load("runs/demo/detector", lm)  # doctest: +SKIP
+>>> detector = SavedDetector.load("runs/demo/detector", lm)  # doctest: +SKIP
 >>> records = detector.detect(lm, samples, mode="generation")  # doctest: +SKIP
 >>> records[0].verdict, records[0].gate_score, records[0].text  # doctest: +SKIP
 ('vulnerable', 1.73, 'Answer: vulnerable\\nWeakness: CWE-89 (SQL Injection)')
@@ -41,21 +41,21 @@ from ..steering.vectors import SteeringVector, VectorMismatchError
 from .engine import detect_variants_modes
 from .records import DetectionRecord
 
-__all__ = ["DETECTOR_FORMAT", "Detector", "DetectorError"]
+__all__ = ["DETECTOR_FORMAT", "SavedDetector", "SavedDetectorError"]
 
-DETECTOR_FORMAT = "vulnsteer.Detector"
+DETECTOR_FORMAT = "vulnsteer.Detector"  # (the format tag written into detector.json)
 DETECTOR_VERSION = 1
 
 
-class DetectorError(ValueError):
+class SavedDetectorError(ValueError):
     """A detector directory that cannot be used; the message names the file and the field."""
 
 
 @dataclass(frozen=True)
-class Detector:
+class SavedDetector:
     """A probe-gated steering setting with its provenance (see the module docstring).
 
-    >>> detector = Detector.load("runs/demo/detector", lm)  # doctest: +SKIP
+    >>> detector = SavedDetector.load("runs/demo/detector", lm)  # doctest: +SKIP
     >>> records = detector.detect(lm, samples, mode="logit")  # doctest: +SKIP
     >>> records[0].verdict, records[0].score, records[0].push  # doctest: +SKIP
     ('vulnerable', 0.93, 1.0)
@@ -153,30 +153,32 @@ class Detector:
         return root
 
     @classmethod
-    def load(cls, folder: str | Path, lm: LoadedModel | None = None, *, allow_model_mismatch: bool = False) -> Detector:
+    def load(
+        cls, folder: str | Path, lm: LoadedModel | None = None, *, allow_model_mismatch: bool = False
+    ) -> SavedDetector:
         """Read a detector directory; with *lm*, refuse another model's detector (unless mismatches are allowed)."""
         root = Path(folder)
         path = root / "detector.json"
         if not root.is_dir():
             raise FileNotFoundError(f"detector folder not found: {root}")
         if not path.is_file():
-            raise DetectorError(f"{root}: not a detector folder (no detector.json)")
+            raise SavedDetectorError(f"{root}: not a detector folder (no detector.json)")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise DetectorError(f"{path}: not valid JSON ({exc})") from None
+            raise SavedDetectorError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != DETECTOR_FORMAT:
-            raise DetectorError(f"{path}: field 'format' is not {DETECTOR_FORMAT!r}")
+            raise SavedDetectorError(f"{path}: field 'format' is not {DETECTOR_FORMAT!r}")
         missing = [key for key in ("setting", "probe", "template") if key not in doc]
         if missing:
-            raise DetectorError(f"{path}: missing field {missing[0]!r}")
+            raise SavedDetectorError(f"{path}: missing field {missing[0]!r}")
         probe_path = root / "probe.safetensors"
         try:
             with safe_open(str(probe_path), framework="pt") as handle:
                 probe = LinearProbe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
         except Exception as exc:  # safetensors raises its own error types for a damaged file
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DetectorError(f"{probe_path}: not a usable probe ({reason})") from None
+            raise SavedDetectorError(f"{probe_path}: not a usable probe ({reason})") from None
         try:
             setting, probe_doc = doc["setting"], doc["probe"]
             template = template_from_dict(doc["template"])
@@ -194,14 +196,14 @@ class Detector:
                 {k: v for k, v in doc.items() if k in ("model", "training", "validation", "created")},
             )
         except KeyError as exc:
-            raise DetectorError(f"{path}: missing field {exc.args[0]!r}") from None
+            raise SavedDetectorError(f"{path}: missing field {exc.args[0]!r}") from None
         except (OSError, TypeError, ValueError) as exc:
-            raise DetectorError(f"{root}: {exc}") from None
+            raise SavedDetectorError(f"{root}: {exc}") from None
         if (probe.layer, probe.pooling) != (int(probe_doc["layer"]), str(probe_doc["pooling"])):
-            raise DetectorError(f"{probe_path}: does not match detector.json's field 'probe'")
+            raise SavedDetectorError(f"{probe_path}: does not match detector.json's field 'probe'")
         for key in ("bias", "threshold", "spread"):  # what `detector show` prints must be what is applied
             if key in probe_doc and not _same_number(probe_doc[key], getattr(probe, key)):
-                raise DetectorError(
+                raise SavedDetectorError(
                     f"{path}: field 'probe.{key}' ({probe_doc[key]!r}) differs from {probe_path} "
                     f"({getattr(probe, key)!r}); the folder was edited by hand"
                 )
@@ -210,7 +212,7 @@ class Detector:
         try:
             detector.spec()  # validates the setting against the vector (layers, unit, gate layer)
         except ValueError as exc:
-            raise DetectorError(f"{path}: field 'setting': {exc}") from None
+            raise SavedDetectorError(f"{path}: field 'setting': {exc}") from None
         return detector
 
     def check_model(self, lm: LoadedModel, where: str) -> None:

@@ -127,17 +127,17 @@ def _answer_scores(
     cache: Any,
     mask: torch.Tensor,
     rows: Sequence[Sequence[SteeringSpec]],
-    answers: Sequence[list[int]],
+    answer_tokens: Sequence[list[int]],
     matcher: LayerMatcher | None = None,
 ) -> list[torch.Tensor]:
     """Summed log-probabilities of each candidate answer (teacher-forced after the first token)."""
     logp = torch.log_softmax(logits, dim=-1)
     later = _retarget(rows, _LATER_POSITIONS, None)
     out = []
-    for answer in answers:
-        total = logp[:, answer[0]].clone()
-        if len(answer) > 1:
-            forced = torch.tensor(answer, device=mask.device).expand(mask.shape[0], -1)
+    for tokens in answer_tokens:
+        total = logp[:, tokens[0]].clone()
+        if len(tokens) > 1:
+            forced = torch.tensor(tokens, device=mask.device).expand(mask.shape[0], -1)
             ext = torch.cat([mask, torch.ones_like(forced[:, :-1])], dim=1)
             with steer_rows(model, later, matcher):
                 step_logits, _ = forward(model, forced[:, :-1], ext, copy.deepcopy(cache), all_logits=True)
@@ -341,7 +341,7 @@ def detect_variants_modes(
         if mode not in ("logit", "generation"):
             raise ValueError(f"mode must be 'logit' or 'generation', got {mode!r}")
     tok, model, matcher = lm.tokenizer, lm, lm.layer_matcher  # lm: its backend runs every pass
-    answers = list(answer_token_ids(tok, template))
+    answer_tokens = list(answer_token_ids(tok, template))
     prompts = [build_prompt(tok, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
     names = list(variants)
@@ -420,7 +420,7 @@ def detect_variants_modes(
             margins: list[float] = []
             texts: list[str] = []
             if "logit" in modes:
-                lv, ls = _answer_scores(model, logits, cache, mask, rows, answers, matcher)
+                lv, ls = _answer_scores(model, logits, cache, mask, rows, answer_tokens, matcher)
                 margins = (lv - ls).cpu().tolist()
             if "generation" in modes:
                 new_tokens = _greedy(model, logits, cache, mask, rows, max_new_tokens, eos, pad_id, matcher)

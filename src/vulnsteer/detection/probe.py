@@ -1,10 +1,11 @@
-"""The probe detector: a steering direction (or a logistic-regression probe) read as a classifier on activations.
+"""Probes read alone as detectors: a steering direction (or a logistic-regression probe) as a classifier on
+activations.
 
-It sits beside the generation and logit detectors and answers a narrower question: is the information
+It sits beside the logit and generation modes and answers a narrower question: is the information
 "this code is vulnerable" linearly readable from the hidden states at all, at which layer and pooling, and
 does the steering direction itself point along it?
 
-Protocol (the same for every pooling x layer x CWE x detector):
+Protocol (the same for every pooling x layer x CWE x probe kind):
 
 1. **fit on train only**: the direction is ``mean(secure) - mean(vulnerable)`` of the train rows (for one CWE
    that CWE's own train rows; for ``"overall"`` every train row, pooled over CWEs), the logistic probe is a
@@ -13,11 +14,11 @@ Protocol (the same for every pooling x layer x CWE x detector):
 2. **choose the threshold on val only** (:func:`choose_threshold`: maximise balanced accuracy);
 3. **score once on test**: AUROC, balanced accuracy and a pair-bootstrap CI of the balanced accuracy.
 
-Test labels reach nothing but the final metrics: the fitting and threshold code (:func:`fit_detector`) never
+Test labels reach nothing but the final metrics: the fitting and threshold code (:func:`fit_probe`) never
 sees the test split (``tests/test_probe.py`` checks that permuting the test labels changes no threshold and no
 score).
 
-Scores: higher means *more vulnerable* for both detectors. The direction score is the signed distance along
+Scores: higher means *more vulnerable* for both probe kinds. The direction score is the signed distance along
 ``-d / |d|`` (``d`` points toward secure, see :mod:`vulnsteer.steering.vectors`) from the midpoint of the two
 train class means, so 0 is the train midpoint; the logistic score is the probe's log-odds of *vulnerable*, so 0 is its
 decision boundary. That natural threshold (0) is also the fallback when val cannot choose one.
@@ -39,34 +40,32 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
+from ..config.vocabulary import POOLINGS, PROBE_KINDS
 from ..data.sample import Sample
-from ..lm.activations import POOLINGS, Activations
+from ..lm.activations import Activations
 from ..stats.metrics import Prediction, bootstrap_ci, compute_metrics
 from ..steering.vectors import mean_difference
 
 __all__ = [
-    "DETECTORS",
     "MIN_TRAIN_PER_CLASS",
     "OVERALL",
-    "FittedDetector",
+    "FittedProbe",
     "ProbeResult",
     "choose_threshold",
     "direction_scores",
     "evaluate_length_control",
     "evaluate_probes",
-    "fit_detector",
     "fit_logistic_probe",
+    "fit_probe",
     "surface_features",
 ]
 
-Detector = Literal["direction", "logistic"]
-DETECTORS: tuple[Detector, ...] = ("direction", "logistic")
 OVERALL = "overall"
 #: A CWE needs at least this many train samples of *each* class to be probed.
 MIN_TRAIN_PER_CLASS = 2
@@ -86,7 +85,8 @@ class ProbeResult:
     """One detector at one pooling, layer and CWE (or ``"overall"``).
 
     Attributes:
-        detector: ``"direction"`` (mean-difference direction) or ``"logistic"`` (logistic-regression probe).
+        detector: the probe kind read as a detector, ``"direction"`` (mean-difference direction) or ``"logistic"``
+            (logistic-regression probe), or ``"length"`` (the length-only control).
         pooling: activation pooling (``"last"`` or ``"code_mean"``).
         layer: decoder layer index.
         cwe: canonical CWE id, or ``"overall"`` (pooled over CWEs).
@@ -240,14 +240,15 @@ def choose_threshold(scores: ArrayLike, y: ArrayLike, reference: float | None = 
     return float(reps[best[int(np.argmin(distance))]])
 
 
-# ------------------------------------------------------------------------------------------ detectors
+# ------------------------------------------------------------------------------------------ probes
 
 
 @dataclass(frozen=True)
-class FittedDetector:
-    """A detector fitted on train with its threshold chosen on val: ``score`` maps ``[n, h]`` to scores."""
+class FittedProbe:
+    """A probe fitted on train with its threshold chosen on val: ``score`` maps ``[n, h]`` to scores; *name* is
+    its probe kind (or what it reads, e.g. ``length`` for the length-only control)."""
 
-    detector: str
+    name: str
     score: Callable[[torch.Tensor], NDArray[np.float64]]
     threshold: float
     notes: tuple[str, ...] = ()
@@ -255,22 +256,22 @@ class FittedDetector:
 
 
 def _fit_scorer(
-    detector: str, train_x: torch.Tensor, train_y: NDArray[np.int64], C: float, seed: int
+    kind: str, train_x: torch.Tensor, train_y: NDArray[np.int64], C: float, seed: int
 ) -> tuple[Callable[[torch.Tensor], NDArray[np.float64]], Any]:
-    if detector == "direction":
+    if kind == "direction":
         vul = train_y == 1
         secure_x, vulnerable_x = train_x[torch.as_tensor(~vul)], train_x[torch.as_tensor(vul)]
         direction = mean_difference(secure_x, vulnerable_x)
         center = (secure_x.float().mean(0) + vulnerable_x.float().mean(0)) / 2
         return (lambda x: direction_scores(x, direction, center)), {"direction": direction, "center": center}
-    if detector == "logistic":
+    if kind == "logistic":
         pipe = fit_logistic_probe(train_x, train_y, C=C, seed=seed)
         return (lambda x: np.asarray(pipe.decision_function(_as_numpy(x)), dtype=np.float64)), pipe
-    raise ValueError(f"unknown probe detector {detector!r}; choose from {DETECTORS}")
+    raise ValueError(f"unknown probe kind {kind!r}; choose from {', '.join(PROBE_KINDS)}")
 
 
-def fit_detector(
-    detector: str,
+def fit_probe(
+    kind: str,
     train_x: torch.Tensor,
     train_y: ArrayLike,
     val_x: torch.Tensor,
@@ -278,8 +279,8 @@ def fit_detector(
     *,
     C: float = DEFAULT_C,
     seed: int = 0,
-) -> FittedDetector:
-    """Fit *detector* on train and choose its threshold on val; the test split is not an argument.
+) -> FittedProbe:
+    """Fit a *kind* probe on train and choose its threshold on val; the test split is not an argument.
 
     The threshold's tie-break reference is 0 (the train midpoint / the logistic decision boundary); with a
     single class or no samples in val it *is* the threshold, and a note says so.
@@ -287,8 +288,8 @@ def fit_detector(
     ty = np.asarray(train_y, dtype=np.int64)
     vy = np.asarray(val_y, dtype=np.int64)
     if min(int((ty == 1).sum()), int((ty == 0).sum())) < 1:
-        raise ValueError(f"{detector}: train needs both classes")
-    scorer, model = _fit_scorer(detector, train_x, ty, C, seed)
+        raise ValueError(f"{kind}: train needs both classes")
+    scorer, model = _fit_scorer(kind, train_x, ty, C, seed)
     notes: list[str] = []
     if len(vy) == 0 or len(np.unique(vy)) < 2:
         what = "no val samples" if len(vy) == 0 else f"val has one class only ({_class_name(int(vy[0]))})"
@@ -296,7 +297,7 @@ def fit_detector(
         threshold = 0.0
     else:
         threshold = choose_threshold(scorer(val_x), vy, reference=0.0)
-    return FittedDetector(detector=detector, score=scorer, threshold=threshold, notes=tuple(notes), model=model)
+    return FittedProbe(name=kind, score=scorer, threshold=threshold, notes=tuple(notes), model=model)
 
 
 def _class_name(y: int) -> str:
@@ -360,12 +361,12 @@ def evaluate_probes(
     layers: Sequence[int] | None = None,
     poolings: Sequence[str] = POOLINGS,
     per_cwe: bool = True,
-    detectors: Sequence[str] = DETECTORS,
+    kinds: Sequence[str] = PROBE_KINDS,
     C: float = DEFAULT_C,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> list[ProbeResult]:
-    """Fit on train, choose thresholds on val, score once on test; one result per pooling x layer x CWE x detector.
+    """Fit on train, choose thresholds on val, score once on test; one result per pooling x layer x CWE x probe kind.
 
     Each split is ``(activations, samples)`` in the same order (checked). *layers* defaults to the train
     activations' layers. With *per_cwe*, every CWE present in any split gets its own fit (its own train rows,
@@ -376,12 +377,12 @@ def evaluate_probes(
     """
     for name, split in (("train", train), ("val", val), ("test", test)):
         _check_split(name, split)
-    for det in detectors:
-        if det not in DETECTORS:
-            raise ValueError(f"unknown probe detector {det!r}; choose from {DETECTORS}")
+    for kind in kinds:
+        if kind not in PROBE_KINDS:
+            raise ValueError(f"unknown probe kind {kind!r}; choose from {', '.join(PROBE_KINDS)}")
     for pos in poolings:
         if pos not in POOLINGS:
-            raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS}")
+            raise ValueError(f"unknown pooling {pos!r}; choose from {', '.join(POOLINGS)}")
     chosen = list(layers) if layers is not None else list(train[0].layers)
 
     splits = (train, val, test)
@@ -391,7 +392,7 @@ def evaluate_probes(
     for pooling in poolings:
         for layer in chosen:
             xs = tuple(acts.get(pooling, layer) for acts, _ in splits)
-            results += _evaluate_features(xs, samples, groups, detectors, pooling, layer, C, n_boot, seed)
+            results += _evaluate_features(xs, samples, groups, kinds, pooling, layer, C, n_boot, seed)
     return results
 
 
@@ -440,7 +441,7 @@ def _evaluate_features(
     xs: Sequence[torch.Tensor],
     samples: Sequence[Sequence[Sample]],
     groups: Sequence[tuple[str, list[list[int]]]],
-    detectors: Sequence[str],
+    kinds: Sequence[str],
     pooling: str,
     layer: int,
     C: float,
@@ -448,7 +449,7 @@ def _evaluate_features(
     seed: int,
     name: str | None = None,
 ) -> list[ProbeResult]:
-    """Fit/threshold/score every detector on every group of one feature matrix per split (train, val, test)."""
+    """Fit/threshold/score every probe kind on every group of one feature matrix per split (train, val, test)."""
     train, val, test = samples
     results: list[ProbeResult] = []
     for cwe, (tr_idx, va_idx, te_idx) in groups:
@@ -462,21 +463,21 @@ def _evaluate_features(
         elif not te_idx:
             reason = "no test samples"
         if reason is not None:
-            results.extend(_skipped(name or d, pooling, layer, cwe, counts, reason) for d in detectors)
+            results.extend(_skipped(name or k, pooling, layer, cwe, counts, reason) for k in kinds)
             continue
         tr_x, va_x, te_x = (_rows(x, idx) for x, idx in zip(xs, (tr_idx, va_idx, te_idx), strict=True))
         va_s = [val[i] for i in va_idx]
         te_s = [test[i] for i in te_idx]
-        for det in detectors:
-            fitted = fit_detector(det, tr_x, tr_y, va_x, va_y, C=C, seed=seed)
+        for kind in kinds:
+            fitted = fit_probe(kind, tr_x, tr_y, va_x, va_y, C=C, seed=seed)
             if name is not None:
-                fitted = dataclasses.replace(fitted, detector=name)
+                fitted = dataclasses.replace(fitted, name=name)
             results.append(_score(fitted, pooling, layer, cwe, counts, va_s, va_x, te_s, te_x, n_boot, seed))
     return results
 
 
 def _score(
-    fitted: FittedDetector,
+    fitted: FittedProbe,
     pooling: str,
     layer: int,
     cwe: str,
@@ -501,7 +502,7 @@ def _score(
         notes.append(f"test has one class only ({only}): no AUROC; balanced accuracy = recall of that class")
     ci = bootstrap_ci(test_preds, "balanced_accuracy", n_boot=n_boot, seed=seed)
     return ProbeResult(
-        detector=fitted.detector,
+        detector=fitted.name,
         pooling=pooling,
         layer=layer,
         cwe=cwe,

@@ -1,4 +1,4 @@
-"""Detection records: one sample's result under one detector mode (what every detector returns)."""
+"""Detection records: one sample's result in one mode (what every detector returns)."""
 
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..data.sample import Sample
+from ..data.sample import Sample, dataset_hash
 from ..detection.condition import fit_condition_probe, rethreshold
-from ..detection.detector import Detector
+from ..detection.detector import SavedDetector
 from ..detection.probe import choose_threshold
 from ..detection.records import DetectionRecord
 from ..lm.activations import Activations
@@ -24,7 +24,7 @@ from ..lm.model import LoadedModel, resolve_layers
 from ..lm.prompts import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate
 from ..steering.behaviour import answer_vector_from, projection_sigmas
 from ..steering.gate import LinearProbe
-from ..steering.vectors import SteeringVector, answer_direction, dataset_hash
+from ..steering.vectors import SteeringVector, unembedding_vector
 from .fit import fit_cwe_vectors, method_key
 from .grid import POOLED, RANDOM_PROBE, Condition, Setting
 from .prepare import PreparedData
@@ -81,7 +81,7 @@ def behaviour_vectors(
                 vec = answer_vector_from(lm, acts, train, layers)
             else:
                 norms = acts.mean_norms("last")
-                base = answer_direction(lm, layers, layer_norms={layer: norms[layer] for layer in layers})
+                base = unembedding_vector(lm, layers, layer_norms={layer: norms[layer] for layer in layers})
                 hidden = {layer: acts.get("last", layer) for layer in layers}
                 sigmas = projection_sigmas(hidden, {layer: base.direction(layer) for layer in layers})
                 vec = SteeringVector(dict(base.directions), dataclasses.replace(base.provenance, layer_sigmas=sigmas))
@@ -241,10 +241,10 @@ def build_detector(
     vectors: Mapping[tuple[str, str], SteeringVector],
     probes: Mapping[tuple[str, str], LinearProbe],
     info: Mapping[str, Any],
-) -> Detector | None:
+) -> SavedDetector | None:
     """The gated setting with the best balanced accuracy on val over every CWE together (ties to the smaller
     |strength|), among those a scanner can apply without knowing the CWE (a label-free behaviour vector and a
-    probe pooled over every CWE), as a :class:`~vulnsteer.detection.detector.Detector`; None if there is none."""
+    probe pooled over every CWE), as a :class:`~vulnsteer.detection.detector.SavedDetector`; None if there is none."""
     candidates = [
         c
         for c in conds
@@ -275,7 +275,7 @@ def build_detector(
         "baseline_balanced_accuracy": balanced_accuracy(base),
         "chosen_by": "balanced accuracy over every CWE's val samples, ties to the smaller |strength|",
     }
-    return Detector(
+    return SavedDetector(
         vectors[(POOLED, setting.method_key)],
         probes[(POOLED, setting.probe)],
         setting.gate,

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, VectorsSection, config_document, identity_of, parse_config
-from ..data.sample import Sample
+from ..data.sample import Sample, dataset_hash
 from ..io import write_json
 from ..lm.activation_cache import model_key
 from ..lm.memory import peak_memory
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
 from ..steering.gate import LinearProbe
-from ..steering.vectors import SteeringVector, VectorMismatchError, dataset_hash
+from ..steering.vectors import SteeringVector, VectorMismatchError
 from .apply import apply_choices
 from .engine import ResultStore, ScoringOptions
 from .fit import load_vector_dir

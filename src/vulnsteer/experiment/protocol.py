@@ -21,17 +21,17 @@ from typing import Any
 
 from .._version import __version__
 from ..config import ExperimentConfig, config_document, dump_config, identity_of
-from ..data.sample import Sample
+from ..config.vocabulary import POOLINGS
+from ..data.sample import Sample, dataset_hash
 from ..detection.prefix import PrefixStore
 from ..detection.probe import evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import ActivationCache, model_key
-from ..lm.activations import ANSWER_POOLINGS, POOLINGS, Activations
+from ..lm.activations import ANSWER_POOLINGS, Activations
 from ..lm.memory import peak_memory, reset_peak_memory
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
 from ..steering.gate import LinearProbe
-from ..steering.vectors import dataset_hash
 from .apply import apply_choices
 from .conditional import (
     behaviour_vectors,

@@ -29,9 +29,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from ..data.sample import Sample
+from ..data.sample import Sample, dataset_hash
 from ..io import atomic_open
-from ..steering.vectors import dataset_hash
 from .activations import Activations, extract_activations
 from .model import LoadedModel, cache_root, weights_digest
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate

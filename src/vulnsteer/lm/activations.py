@@ -15,10 +15,11 @@ import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from ..config.vocabulary import POOLINGS
 from ..data.sample import Sample
 from ..progress import Progress
 from .backend import Readout, backend_of
@@ -37,17 +38,13 @@ from .prompts import (
 
 __all__ = [
     "ANSWER_POOLINGS",
-    "POOLINGS",
     "ActivationSink",
     "Activations",
-    "Pooling",
     "batch_states",
     "extract_activations",
     "length_order",
 ]
 
-Pooling = Literal["last", "code_mean"]
-POOLINGS: tuple[Pooling, ...] = ("last", "code_mean")
 #: The answer poolings: the hidden state at the last token of the vulnerable / secure answer after the prompt.
 ANSWER_POOLINGS: tuple[str, ...] = ("answer_vulnerable", "answer_secure")
 
@@ -145,13 +142,13 @@ def batch_states(
     batch: PromptBatch,
     layers: Sequence[int],
     poolings: Sequence[str] = POOLINGS,
-    answers: Mapping[str, Sequence[int]] | None = None,
+    answer_tokens: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The unsteered hidden states of one tokenised batch: ``{pooling: [batch, len(layers), hidden]}`` (CPU,
     float32), read by the model's backend (:meth:`~vulnsteer.lm.backend.Backend.states`). Each layer's output is
     reduced to the poolings where it is read and moved to the CPU there (on the layer's own device, so a model
     split over GPUs works); the forward pass stops after the deepest of *layers* (non-negative, as
-    :func:`resolve_layers` returns them), so no logits are computed. Answer poolings need *answers*
+    :func:`resolve_layers` returns them), so no logits are computed. Answer poolings need *answer_tokens*
     (``{pooling: token ids}``): each answer continues the prompt's KV cache (kept up to the deepest layer).
 
     >>> batch_states(lm, batch, [3, 5], ["last"])["last"].shape  # doctest: +SKIP
@@ -163,7 +160,7 @@ def batch_states(
     if unknown:
         raise ValueError(f"unknown pooling {unknown[0]!r}; choose from {POOLINGS + ANSWER_POOLINGS}")
     later = [p for p in poolings if p in ANSWER_POOLINGS]
-    if later and (answers is None or any(p not in answers for p in later)):
+    if later and (answer_tokens is None or any(p not in answer_tokens for p in later)):
         raise ValueError(f"the poolings {later} need the answers' token ids")
     backend, model, _ = backend_of(lm)
     if later and backend.remote:
@@ -189,8 +186,8 @@ def batch_states(
         pooling: torch.stack([pooled[pooling] for pooled in per_layer], dim=1) for pooling in first
     }
     for k, pooling in enumerate(later):
-        answer = list(answers[pooling])  # type: ignore[index]
-        ids = torch.tensor(answer, device=batch.input_ids.device).expand(len(batch.input_ids), -1)
+        tokens = list(answer_tokens[pooling])  # type: ignore[index]
+        ids = torch.tensor(tokens, device=batch.input_ids.device).expand(len(batch.input_ids), -1)
         mask = torch.cat([batch.attention_mask, torch.ones_like(ids)], dim=1)
         got = states(ids, mask, ("last",), cache if k == len(later) - 1 else copy.deepcopy(cache))
         out[pooling] = torch.stack([pooled["last"] for pooled in got], dim=1)
@@ -220,7 +217,9 @@ def extract_activations(
         if pos not in POOLINGS and pos not in ANSWER_POOLINGS:
             raise ValueError(f"unknown pooling {pos!r}; choose from {POOLINGS + ANSWER_POOLINGS}")
     wanted = any(p in ANSWER_POOLINGS for p in poolings)
-    answers = dict(zip(ANSWER_POOLINGS, answer_token_ids(lm.tokenizer, template), strict=True)) if wanted else None
+    answer_tokens = (
+        dict(zip(ANSWER_POOLINGS, answer_token_ids(lm.tokenizer, template), strict=True)) if wanted else None
+    )
     chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, lm.num_layers)
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
     order = length_order(lm, [p.text for p in prompts])
@@ -228,7 +227,7 @@ def extract_activations(
 
     def run(rows: list[int]) -> dict[str, torch.Tensor]:
         batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
-        return batch_states(lm, batch, chosen, poolings, answers)
+        return batch_states(lm, batch, chosen, poolings, answer_tokens)
 
     batcher = AutoBatch.for_model(lm, "extraction", batch_size)
     with Progress(len(samples), "activations", unit="sample", enabled=progress) as bar:

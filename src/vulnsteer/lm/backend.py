@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 __all__ = [
-    "BACKENDS",
     "Backend",
     "HookBackend",
     "Readout",
@@ -39,8 +38,6 @@ __all__ = [
     "with_hidden",
 ]
 
-#: Backend names (``--backend``).
-BACKENDS: tuple[str, ...] = ("hooks", "nnsight")
 #: ``{layer index: [(delta, positions), ...]}``: a delta is ``[hidden]`` (every row) or ``[batch, hidden]`` (one
 #: per row); positions are ``last``, ``answer``, ``prompt``, ``generated`` or ``all`` (see
 #: :mod:`vulnsteer.steering.hooks`).

@@ -38,11 +38,11 @@ def prompt_overhead(tokenizer: Any, template: PromptTemplate = DEFAULT_TEMPLATE)
     for language in _PROBE_LANGUAGES:
         prompt = build_prompt(tokenizer, "", language, template)
         longest = max(longest, len(tokenizer.encode(prompt.text, add_special_tokens=False)))
-    answers = max(
+    answer_tokens = max(
         len(tokenizer.encode(word, add_special_tokens=False))
         for word in (template.vulnerable_answer, template.secure_answer)
     )
-    return longest + answers + SLACK_TOKENS
+    return longest + answer_tokens + SLACK_TOKENS
 
 
 def check_token_budget(

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backend import BACKENDS, Backend
+from ..config.vocabulary import BACKEND_NAMES, DTYPES
+from .backend import Backend
 from .backend import hidden_of as hidden_of  # re-exported: callers import it from here
 from .backend import with_hidden as with_hidden
 from .paths import DEFAULT_MODEL, cache_root
@@ -235,7 +236,7 @@ def _pick_dtype(dtype: str | None, device: str) -> torch.dtype:
         "fp16": torch.float16,
     }
     if dtype not in table:
-        raise ValueError(f"--dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     return table[dtype]
 
 
@@ -304,8 +305,8 @@ def load_model(
     >>> lm = load_model("my-model/", layer_matcher="transformer.blocks")  # doctest: +SKIP
     >>> lm = load_model("meta-llama/Llama-3.1-70B", backend="nnsight", remote=True)  # on NDIF  # doctest: +SKIP
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"--backend must be one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
     if remote and backend != "nnsight":
         raise ValueError("--remote needs --backend nnsight (remote execution is nnsight's)")
     if backend == "nnsight":

@@ -143,9 +143,9 @@ def build_prompt(tokenizer: Any, code: str, language: str, template: PromptTempl
     """Render the detection prompt for one function. The code appears verbatim, exactly once."""
     fence = _FENCE_LANG.get(language.lower(), "")
     messages = [{"role": "system", "content": template.system}]
-    for shot_code, shot_language, answer in template.shots:
+    for shot_code, shot_language, answer_text in template.shots:
         messages.append({"role": "user", "content": _question(template, shot_code, shot_language)})
-        messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "assistant", "content": answer_text})
     user = _question(template, code, language)
     messages.append({"role": "user", "content": user})
     if getattr(tokenizer, "chat_template", None):

@@ -19,11 +19,10 @@ from ..lm.paths import cache_root
 from .engine import FunctionResult, ScanOptions, ScanReport, ScanStats, scan
 from .files import FileFilter
 from .model_scorer import DetectorOptions, ModelScorer, ModelSource, SteeringOptions
-from .output import FORMATS, render, write_output
+from .output import render, write_output
 from .scorer import FunctionScore, Scorer, StaleDigestError, scorer_digest
 
 __all__ = [
-    "FORMATS",
     "DetectorOptions",
     "FileFilter",
     "FunctionResult",

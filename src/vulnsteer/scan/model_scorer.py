@@ -4,7 +4,7 @@ The score is P(vulnerable) from the answer logits (:func:`vulnsteer.detection.en
 mode); with ``explain`` the same first forward step also feeds greedy generation, whose text is the explanation
 and whose parsed verdict and named CWE are reported. Steering (``--vector V --strength S``) applies one
 :class:`~vulnsteer.steering.hooks.SteeringSpec` to every function; a saved detector (``--detector DIR``,
-:class:`~vulnsteer.detection.detector.Detector`) applies its probe-gated spec with its own prompt template, and
+:class:`~vulnsteer.detection.detector.SavedDetector`) applies its probe-gated spec with its own prompt template, and
 each score then carries the probe's score and the push the gate gave.
 
 The model is loaded on the first :meth:`ModelScorer.score` call: a rescan whose functions are all cached never
@@ -312,9 +312,9 @@ class ModelScorer:
             self._vector_cwe = None
 
     def _prepare_detector(self, options: DetectorOptions) -> None:
-        from ..detection.detector import Detector
+        from ..detection.detector import SavedDetector
 
-        detector = Detector.load(options.folder)
+        detector = SavedDetector.load(options.folder)
         if not options.allow_model_mismatch:
             detector.check_model(self._lm, str(options.folder))
         self._specs = [detector.spec()]

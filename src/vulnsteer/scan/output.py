@@ -12,14 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config.vocabulary import OUTPUT_FORMATS
 from ..io import write_text
 from .engine import FunctionResult, ScanReport, level_for
 from .sarif import build_sarif
 
-__all__ = ["FORMATS", "format_jsonl", "format_table", "render", "write_output"]
+__all__ = ["format_jsonl", "format_table", "render", "write_output"]
 
-#: Output formats of ``vulnsteer scan --format``.
-FORMATS: tuple[str, ...] = ("text", "json", "sarif")
 _EXPLANATION_LINES = 3
 
 
@@ -61,7 +60,7 @@ def format_table(findings: Sequence[FunctionResult], min_score: float, summary: 
 
 
 def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str:
-    """The scan in one of :data:`FORMATS`.
+    """The scan in one of :data:`~vulnsteer.config.vocabulary.OUTPUT_FORMATS`.
 
     >>> render(report, "sarif")[:1]  # doctest: +SKIP
     '{'
@@ -72,7 +71,7 @@ def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str
         return format_jsonl(report)
     if fmt == "text":
         return format_table(report.findings, report.options.min_score, report.stats.summary_line())
-    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
 
 
 def write_output(text: str, output: Path | None) -> None:

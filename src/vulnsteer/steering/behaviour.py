@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 
 import torch
 
-from ..data.sample import Sample
+from ..data.sample import Sample, dataset_hash
 from ..lm.activations import ANSWER_POOLINGS, Activations, extract_activations
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from .vectors import Provenance, SteeringVector, dataset_hash
+from .vectors import Provenance, SteeringVector
 
 __all__ = ["answer_vector", "answer_vector_from", "projection_sigmas"]
 

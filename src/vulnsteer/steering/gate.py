@@ -34,10 +34,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["GATES", "Gate", "LinearProbe"]
+from ..config.vocabulary import GATE_KINDS
 
-#: Gate kinds (``none`` = constant steering, no probe).
-GATES: tuple[str, ...] = ("none", "sign", "linear", "one_sided")
+__all__ = ["Gate", "LinearProbe"]
 
 
 @dataclass(frozen=True)
@@ -129,8 +128,8 @@ class Gate:
     band: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.kind not in GATES[1:]:
-            raise ValueError(f"gate kind must be one of {GATES[1:]}, got {self.kind!r}")
+        if self.kind not in GATE_KINDS:
+            raise ValueError(f"gate kind must be one of {', '.join(GATE_KINDS)}, got {self.kind!r}")
         if not (math.isfinite(self.band) and self.band >= 0):
             raise ValueError(f"gate band must be a non-negative number, got {self.band!r}")
 

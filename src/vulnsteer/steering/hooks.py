@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 
 from ..config.defaults import MAX_SHIFT_RATIO
+from ..config.vocabulary import POSITIONS, STRENGTH_UNITS
 from ..lm.backend import Shifts, backend_of
 from ..lm.model import LayerMatcher, decoder_layers
 from .gate import Gate
@@ -43,9 +44,7 @@ from .vectors import SteeringVector, VectorMismatchError
 
 __all__ = [
     "MAX_SHIFT_RATIO",
-    "POSITION_MODES",
     "SIGN_CONVENTION",
-    "STRENGTH_UNITS",
     "PositionMode",
     "SteeringSpec",
     "StrengthUnit",
@@ -53,10 +52,10 @@ __all__ = [
     "steer_rows",
 ]
 
+#: The type checker's names for :data:`~vulnsteer.config.vocabulary.POSITIONS` and
+#: :data:`~vulnsteer.config.vocabulary.STRENGTH_UNITS` (a test checks that they hold the same values).
 PositionMode = Literal["last", "answer", "prompt", "generated", "all"]
 StrengthUnit = Literal["raw", "relative", "sigma"]
-POSITION_MODES: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
-STRENGTH_UNITS: tuple[str, ...] = ("raw", "relative", "sigma")
 #: The sign convention in one sentence (reports and results.json repeat it).
 SIGN_CONVENTION = (
     "Vectors point from vulnerable to secure (mean(secure) - mean(vulnerable)); a positive steering strength "
@@ -99,8 +98,8 @@ class SteeringSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
             raise ValueError(f"steering strength must be a finite number, got {self.strength!r}")
-        if self.positions not in POSITION_MODES:
-            raise ValueError(f"--positions must be one of {', '.join(POSITION_MODES)}, got {self.positions!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if self.unit not in STRENGTH_UNITS:
             raise ValueError(f"--unit must be one of {', '.join(STRENGTH_UNITS)}, got {self.unit!r}")
         layers = tuple(sorted(self.layers)) if self.layers else self.vector.layers

@@ -10,7 +10,6 @@ strength means a comparable shift whatever the method.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from ..data.sample import Sample
+from ..config.vocabulary import METHOD_NAMES
+from ..data.sample import Sample, dataset_hash
 from ..io import atomic_open
 from ..lm.activations import Activations
 
@@ -34,7 +34,6 @@ __all__ = [
     "Provenance",
     "SteeringVector",
     "VectorMismatchError",
-    "dataset_hash",
     "fit_vector",
     "logistic_direction",
     "mean_difference",
@@ -84,9 +83,10 @@ def logistic_direction(secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.
     return _rescale_to_mean_diff(weights, secure, vulnerable)
 
 
-#: Vector methods by name (``--method``).
+#: The function of each vector method (``vectors.methods``, ``--method``), by its name in
+#: :data:`~vulnsteer.config.vocabulary.METHOD_NAMES`.
 METHODS: Mapping[str, DirectionFn] = MappingProxyType(
-    {"mean_diff": mean_difference, "pca": pca_direction, "logistic": logistic_direction}
+    dict(zip(METHOD_NAMES, (mean_difference, pca_direction, logistic_direction), strict=True))
 )
 
 
@@ -307,15 +307,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def dataset_hash(samples: Sequence[Sample]) -> str:
-    """A short hash of the samples' ids, labels and code (identifies the training data of a vector)."""
-    digest = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: s.id):
-        digest.update(f"{s.id}\0{s.label}\0{s.cwe}\0".encode())
-        digest.update(hashlib.sha256(s.code.encode()).digest())
-    return digest.hexdigest()[:16]
-
-
 def fit_vector(
     acts: Activations,
     samples: Sequence[Sample],
@@ -338,7 +329,7 @@ def fit_vector(
     """
     if isinstance(method, str):
         if method not in METHODS:
-            raise ValueError(f"unknown vector method {method!r}; choose from {sorted(METHODS)}")
+            raise ValueError(f"unknown vector method {method!r}; choose from {', '.join(METHOD_NAMES)}")
         fn, name = METHODS[method], method
     else:
         fn, name = method, getattr(method, "__name__", "custom")
@@ -381,10 +372,11 @@ def fit_vector(
     return SteeringVector(dirs, prov)
 
 
-def answer_direction(
+def unembedding_vector(
     lm: Any, layers: Sequence[int], *, layer_norms: Mapping[int, float] | None = None, template: Any = None
 ) -> SteeringVector:
-    """The model's own answer axis: ``W_U[" secure"] - W_U[" vulnerable"]`` (unembedding rows), unit length.
+    """The ``unembedding`` behaviour, the model's own answer axis: ``W_U[" secure"] - W_U[" vulnerable"]``
+    (unembedding rows), unit length.
 
     Data-free, read off the output layer. Steering along it at late layers moves the answer logits directly, so
     it shows the sign convention on a real model, and it is the "pure answer bias" reference against which a
