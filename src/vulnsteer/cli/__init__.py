@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
+from .._version import __version__
 from . import data, detect, detector, experiment, scan, vectors
 from .options import HelpFormatter
 
@@ -45,9 +46,9 @@ EXIT_BROKEN_PIPE = 141
 COMMANDS = (experiment, detector, vectors, detect, data, scan)
 
 EPILOG = f"""\
-exit codes:
+exit codes (every command):
   0    success
-  {EXIT_PROBLEMS}    `data validate` found problems (listed one per line)
+  {EXIT_PROBLEMS}    `data validate` found problems (listed one per line); `scan` failed as a gate (see scan --help)
   {EXIT_USAGE}    bad usage or input: one line names the file, field or option
   {EXIT_INTERNAL}    internal error (a bug): one line; rerun with -v for the traceback
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): finished work is kept, rerun the same command to resume
@@ -104,13 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     _add_global_flags(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"vulnsteer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
-    for child in _subparsers(parser):
+    for child in _subparsers(parser):  # (the exit codes are in the top-level help, once)
         child.formatter_class = HelpFormatter
-        if child.epilog is None:
-            child.epilog = EPILOG
         _add_global_flags(child, top=False)
     return parser
 

@@ -1,6 +1,8 @@
 """``vulnsteer scan``: functions of real code scored, findings as SARIF, JSON lines or a table.
 
-Exit codes: 0 no function scores at or above ``--fail-on``, 1 some do, 2 usage or input error, 130 interrupted.
+Exit codes: 0 the scan passes, 1 it fails as a gate (a finding at or above ``--fail-on``, or a source file not
+scanned without ``--allow-unscanned``), 2 usage or input error, 130 interrupted. Findings go to standard output
+(or ``-o``); the summary line, the warnings and why the scan fails go to standard error.
 The options and paths are checked before anything loads; a rescan whose functions are all cached loads no model
 (and imports no torch).
 """
@@ -29,12 +31,17 @@ from .options import (
 )
 
 EPILOG = """\
-exit codes:
-  0    no function scores at or above --fail-on
-  1    some function does
+exit codes (scan):
+  0    no finding reaches --fail-on, and every source file was scanned
+  1    a finding reaches --fail-on, or a source file was not scanned (too large, unreadable; --allow-unscanned
+       to pass anyway): the lines on stderr say which
   2    bad usage or input: one line names the file or option
-  3    internal error (a bug): one line; rerun with -v for the traceback
   130  interrupted (Ctrl-C): nothing is written half-way; finished scores stay cached
+
+suppressing findings:
+  a `vulnsteer: ignore` comment on a function's first line or the line above it keeps its findings out;
+  `vulnsteer: ignore[CWE-89]` only those naming CWE-89; --baseline FILE (an earlier --format sarif or json
+  output) keeps out the findings it already has
 """
 
 
@@ -73,7 +80,23 @@ def register(sub: Any) -> None:
     o.add_argument("--format", default=None, choices=["text", "json", "sarif"], help="output format (default: text)")
     o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
     o.add_argument("--min-score", type=_probability, default=0.5, help="findings from this score (default: 0.5)")
-    o.add_argument("--fail-on", type=_probability, default=0.5, help="exit 1 when a function reaches it (default: 0.5)")
+    o.add_argument(
+        "--fail-on",
+        type=_probability,
+        default=None,
+        help="exit 1 when a finding reaches it; at least --min-score (default: --min-score)",
+    )
+    o.add_argument(
+        "--baseline",
+        default=None,
+        metavar="FILE",
+        help="an earlier scan's --format sarif or json output: its findings are not reported again (default: none)",
+    )
+    o.add_argument(
+        "--allow-unscanned",
+        action="store_true",
+        help="pass even when source files could not be scanned (too large, unreadable); they are still named",
+    )
     o.add_argument(
         "--cwe",
         action="append",
@@ -121,6 +144,11 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--max-new-tokens needs --explain (the score alone generates nothing)")
     if args.no_cache and args.cache_dir is not None:
         raise UsageError("--cache-dir and --no-cache contradict each other")
+    if args.fail_on is not None and args.fail_on < args.min_score:
+        raise UsageError(
+            f"--fail-on {args.fail_on:g} is below --min-score {args.min_score:g}: a function could fail the scan "
+            f"without being reported; lower --min-score to {args.fail_on:g} or raise --fail-on"
+        )
 
 
 def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
@@ -161,11 +189,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from ..io import check_writable
     from ..scan import FileFilter, ScanOptions, default_cache_dir, render, scan, write_output
     from ..scan.engine import check_paths
+    from ..scan.functions import tree_sitter_available
+    from ..scan.suppression import read_baseline
 
     _check_options(args)
     check_paths(args.paths)  # before anything loads
+    if not tree_sitter_available():
+        raise UsageError(
+            "scan splits files into functions with tree-sitter, which is not installed: "
+            "pip install 'vulnsteer[scan]' (or `make setup`)"
+        )
     if args.output:
         check_writable(args.output, "-o/--output", inputs=args.paths)
+    baseline = read_baseline(args.baseline) if args.baseline else frozenset()
     if not is_default(args.max_code_tokens):  # (the default is lowered when scoring; a rescan loads nothing)
         code_token_budget(args, int(args.max_new_tokens) if args.explain else 0)
     options = ScanOptions(
@@ -180,6 +216,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         fail_on=args.fail_on,
         cwes=tuple(args.cwe),
+        allow_unscanned=args.allow_unscanned,
+        baseline=baseline,
     )
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     scorer = _model_scorer(args, cache_dir)
@@ -189,18 +227,44 @@ def cmd_scan(args: argparse.Namespace) -> int:
         close = getattr(scorer, "close", None)
         if close is not None:
             close()
-    fmt = args.format or "text"
-    write_output(render(report, fmt), Path(args.output) if args.output else None)
-    for message in report.stats.unreadable:
-        print(f"vulnsteer: warning: {message}", file=sys.stderr)
-    for message in report.stats.warnings:
-        print(f"vulnsteer: warning: {message}", file=sys.stderr)
-    if not report.stats.files:
-        print(
-            f"vulnsteer: warning: no source file found under {', '.join(args.paths)} (check --include/--exclude, "
-            "the default excludes and .gitignore)",
-            file=sys.stderr,
-        )
-    if fmt != "text" or args.output:
-        print(report.stats.summary_line(), file=sys.stderr)
+    write_output(render(report, args.format or "text"), Path(args.output) if args.output else None)
+    _report_on_stderr(report, args)
     return report.exit_code
+
+
+def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
+    """What a user must hear besides the findings, on stderr: files not scanned or skipped by name, parse errors,
+    warnings, why nothing was found, the summary line and why the scan fails."""
+    stats = report.stats
+
+    def say(line: str) -> None:
+        print(f"vulnsteer: {line}", file=sys.stderr)
+
+    for line in stats.unscanned:
+        say(f"warning: not scanned: {line}")
+    for line in stats.skipped_named:
+        say(f"warning: skipped: {line}")
+    for path in stats.parse_error_files:
+        say(f"warning: {path}: parse errors (tree-sitter could not read part of it; functions scored as found)")
+    for message in stats.warnings:
+        say(f"warning: {message}")
+    if not stats.files:
+        say(f"warning: no source file scanned under {', '.join(args.paths)}{_nothing_found_hint(stats, args)}")
+    print(stats.summary_line(), file=sys.stderr)
+    for line in report.failures():
+        say(f"fails: {line}")
+
+
+def _nothing_found_hint(stats: Any, args: argparse.Namespace) -> str:
+    """Why a scan found no source file, from what it left out (the hint names the ``.gitignore`` that did)."""
+    reasons = []
+    for ignore_file, count in stats.ignored_by.most_common():
+        reasons.append(f"{count} ignored by {ignore_file} (--no-gitignore to scan them)")
+    if stats.unscanned:
+        reasons.append(f"{len(stats.unscanned)} not scanned (see above)")
+    if stats.skipped:
+        reasons.append(", ".join(f"{n} {reason}" for reason, n in sorted(stats.skipped.items())))
+    others = stats.ignored - sum(stats.ignored_by.values())
+    if others:
+        reasons.append(f"{others} left out by --include/--exclude or the default excludes")
+    return f": {'; '.join(reasons)}" if reasons else " (no files there)"

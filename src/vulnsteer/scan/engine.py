@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..cwe import normalize_cwe
 from ..data.clean import strip_comments
@@ -30,16 +31,33 @@ from ..data.sample import VULNERABLE, Sample
 from ..data.text import BinaryContentError, read_source
 from ..progress import Progress, track
 from .cache import ScanCache
-from .files import FileFilter, SourceCandidate, WalkStats, language_of, walk
-from .functions import CodeUnit, FunctionSplitter
+from .files import FileFilter, SourceCandidate, WalkStats, language_of, printable, walk
+from .functions import CodeUnit, FunctionSplitter, tree_sitter_available
 from .gitignore import find_repository_top
 from .region import Region
 from .scorer import FunctionScore, Scorer, StaleDigestError
+from .suppression import Suppression, inline_suppression
 
-__all__ = ["ERROR_AT", "FunctionResult", "ScanOptions", "ScanReport", "ScanStats", "check_paths", "level_for", "scan"]
+__all__ = [
+    "DISCRIMINATION_MIN_FUNCTIONS",
+    "ERROR_AT",
+    "FunctionResult",
+    "ScanOptions",
+    "ScanReport",
+    "ScanStats",
+    "check_paths",
+    "level_for",
+    "scan",
+]
 
 #: Scores at or above this are SARIF ``error`` level (``warning`` from ``min_score``, ``note`` below).
 ERROR_AT = 0.8
+#: A scan of at least this many functions is checked for scores that do not discriminate.
+DISCRIMINATION_MIN_FUNCTIONS = 20
+#: ... and warned about when at least this share of its functions reaches ``min_score`` (or none does, while
+#: every score lies within :data:`FLAT_SPREAD`).
+FLAT_SHARE = 0.9
+FLAT_SPREAD = 0.05
 
 
 def level_for(score: float, min_score: float) -> str:
@@ -59,6 +77,8 @@ class ScanOptions:
 
     >>> ScanOptions(min_score=0.7, cwes=("89", "cwe-078")).cwes
     ('CWE-89', 'CWE-78')
+    >>> ScanOptions(min_score=0.7).fail_on  # (the gate follows the findings unless set)
+    0.7
 
     Attributes:
         files: which files (globs, default excludes, ``.gitignore``).
@@ -66,8 +86,12 @@ class ScanOptions:
         max_file_bytes: larger files are skipped and counted.
         chunk_size: functions scored per scorer call (each finished chunk is cached).
         min_score: functions at or above it are findings (reported in SARIF and the table).
-        fail_on: any function at or above it makes the exit code 1.
+        fail_on: any finding at or above it makes the exit code 1 (None: ``min_score``); it cannot be below
+            ``min_score`` (a function that fails the scan is always reported).
         cwes: report only findings naming one of these CWEs (empty: all).
+        allow_unscanned: source files that could not be scanned (too large, unreadable) do not fail the scan.
+        baseline: fingerprints of findings already known (an earlier scan's; see
+            :mod:`~vulnsteer.scan.suppression`): those are not reported and do not fail the scan.
     """
 
     files: FileFilter = field(default_factory=FileFilter)
@@ -75,17 +99,32 @@ class ScanOptions:
     max_file_bytes: int = 2_000_000
     chunk_size: int = 32
     min_score: float = 0.5
-    fail_on: float = 0.5
+    fail_on: float | None = None
     cwes: tuple[str, ...] = ()
+    allow_unscanned: bool = False
+    baseline: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        if self.fail_on is None:
+            object.__setattr__(self, "fail_on", self.min_score)
         for name in ("min_score", "fail_on"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {value}")
+        if self.gate < self.min_score:
+            raise ValueError(
+                f"--fail-on {self.gate:g} is below --min-score {self.min_score:g}: a function could fail the scan "
+                f"without being reported; lower --min-score to {self.gate:g} or raise --fail-on"
+            )
         if self.chunk_size < 1 or self.max_file_bytes < 1:
             raise ValueError("chunk_size and max_file_bytes must be positive")
         object.__setattr__(self, "cwes", tuple(normalize_cwe(c) for c in self.cwes))
+        object.__setattr__(self, "baseline", frozenset(self.baseline))
+
+    @property
+    def gate(self) -> float:
+        """``fail_on`` once resolved (never None)."""
+        return self.min_score if self.fail_on is None else self.fail_on
 
     def counts(self, score: FunctionScore) -> bool:
         """Whether a score's CWE passes the ``cwes`` filter."""
@@ -97,12 +136,13 @@ class FunctionResult:
     """One scored function (:meth:`to_record` is its JSON-lines record).
 
     >>> result = FunctionResult("a.py", "python", "f", "function", Region(1, 1, 2, 9), "h", "fp",
-    ...                         FunctionScore(0.9, "vulnerable"), cached=False, finding=True)
+    ...                         FunctionScore(0.9, "vulnerable"), cached=False, finding=True, uri="a.py")
     >>> result.to_record(0.5)["level"]
     'error'
 
     Attributes:
-        path: the file, relative to the base folder (POSIX), or absolute when outside it.
+        path: the file, relative to the base folder (POSIX, ``..`` when outside it), printable (a name's bytes that
+            are not UTF-8 shown as ``\\xNN``).
         language: its language.
         name, kind, region: the function (see :class:`~vulnsteer.scan.functions.CodeUnit`).
         code_hash: hash of the cleaned code (the cache key with the scorer digest).
@@ -110,8 +150,11 @@ class FunctionResult:
             across runs and line moves.
         score: the scorer's result.
         cached: the score came from the cache.
-        finding: at or above ``min_score`` and passing the CWE filter.
+        finding: at or above ``min_score``, passing the CWE filter, and neither suppressed nor in the baseline.
         whole_file: why the unit is a whole file, or None for a function.
+        triaged: why a function at or above ``min_score`` is not a finding: ``inline`` (a ``vulnsteer: ignore``
+            comment) or ``baseline`` (in the baseline); None otherwise.
+        uri: the file's path relative to the base folder as a URI reference (percent-encoded bytes of the name).
     """
 
     path: str
@@ -125,10 +168,13 @@ class FunctionResult:
     cached: bool
     finding: bool
     whole_file: str | None = None
+    triaged: str | None = None
+    uri: str = ""
 
     def to_record(self, min_score: float) -> dict[str, Any]:
         """The JSON-lines record of this function."""
         return {
+            "type": "function",
             "path": self.path,
             "language": self.language,
             "function": self.name,
@@ -145,6 +191,7 @@ class FunctionResult:
             "push": self.score.push,
             "cached": self.cached,
             "whole_file": self.whole_file,
+            "triaged": self.triaged,
             "fingerprint": self.fingerprint,
             "code_hash": self.code_hash,
         }
@@ -160,6 +207,10 @@ class ScanStats:
 
     >>> ScanStats(files=1, functions=2, scored=2).summary_line()
     '1 file, 2 functions (0 cached, 2 scored), 0 findings >= 0.50, 0.0 s'
+
+    Files left out by design (``skipped``: not source, binary, empty, a link out of the scanned folder) are
+    counted; source files that could not be scanned (``unscanned``: too large, unreadable) are named one by one,
+    and fail the scan unless allowed (:attr:`ScanOptions.allow_unscanned`).
     """
 
     files: int = 0
@@ -170,13 +221,26 @@ class ScanStats:
     failing: int = 0
     ignored: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    #: files left out that a user should hear of by name (``path: reason``), e.g. links out of the folder
+    skipped_named: list[str] = field(default_factory=list)
+    #: source files not scanned, ``path: reason`` (too large, unreadable)
+    unscanned: list[str] = field(default_factory=list)
+    unscanned_reasons: Counter[str] = field(default_factory=Counter)
+    #: ``.gitignore`` (or ``.git/info/exclude``) files and how many files and folders each left out
+    ignored_by: Counter[str] = field(default_factory=Counter)
     whole_files: Counter[str] = field(default_factory=Counter)
     parse_errors: int = 0
+    #: files where the parser met syntax it could not read (their functions are still scored as found)
+    parse_error_files: list[str] = field(default_factory=list)
     replaced_bytes: int = 0
     comments_kept: int = 0
     truncated: int = 0
+    #: functions at or above ``min_score`` kept out by a ``vulnsteer: ignore`` comment / by the baseline
+    suppressed: int = 0
+    in_baseline: int = 0
+    #: False when the scores do not tell functions apart (see :func:`_check_discrimination`); None: not checked
+    discriminates: bool | None = None
     min_score: float = 0.5
-    unreadable: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -189,13 +253,19 @@ class ScanStats:
             "findings": self.findings,
             "failing": self.failing,
             "ignored": self.ignored,
+            "ignored_by": dict(self.ignored_by),
             "skipped": dict(self.skipped),
+            "skipped_named": list(self.skipped_named),
+            "unscanned": list(self.unscanned),
             "whole_files": dict(self.whole_files),
             "parse_errors": self.parse_errors,
+            "parse_error_files": list(self.parse_error_files),
             "decoded_with_replacement": self.replaced_bytes,
             "comment_strip_failed": self.comments_kept,
             "truncated": self.truncated,
-            "unreadable": list(self.unreadable),
+            "suppressed": self.suppressed,
+            "in_baseline": self.in_baseline,
+            "discriminates": self.discriminates,
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
         }
@@ -207,10 +277,17 @@ class ScanStats:
             f"{_count(self.functions, 'function')} ({self.cached} cached, {self.scored} scored)",
             f"{_count(self.findings, 'finding')} >= {self.min_score:.2f}",
         ]
+        if self.suppressed:
+            parts.append(f"{self.suppressed} suppressed inline")
+        if self.in_baseline:
+            parts.append(f"{self.in_baseline} in the baseline")
         skipped = sum(self.skipped.values())
         if skipped:
             detail = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
             parts.append(f"{_count(skipped, 'file')} skipped ({detail})")
+        if self.unscanned:
+            detail = ", ".join(f"{n} {reason}" for reason, n in sorted(self.unscanned_reasons.items()))
+            parts.append(f"{_count(len(self.unscanned), 'source file')} NOT scanned ({detail})")
         whole = sum(self.whole_files.values())
         if whole:
             detail = ", ".join(f"{n} {reason}" for reason, n in sorted(self.whole_files.items()))
@@ -219,6 +296,11 @@ class ScanStats:
             parts.append(f"{self.replaced_bytes} not UTF-8 (decoded with replacement)")
         parts.append(f"{self.seconds:.1f} s")
         return ", ".join(parts)
+
+    def not_scanned(self, path: str, reason: str, detail: str) -> None:
+        """Count a source file that could not be scanned, and name it."""
+        self.unscanned_reasons[reason] += 1
+        self.unscanned.append(f"{path}: {detail}")
 
 
 @dataclass
@@ -233,6 +315,13 @@ class ScanReport:
     base: Path
 
     @property
+    def portable_provenance(self) -> dict[str, Any]:
+        """The scorer's provenance without absolute paths (for output that is shared: SARIF, JSON): a path under
+        the base folder becomes relative to it, any other absolute path its last component (the digests identify
+        what it was)."""
+        return {key: _portable(value, self.base) for key, value in self.provenance.items()}
+
+    @property
     def findings(self) -> list[FunctionResult]:
         """The findings, highest score first."""
         found = (r for r in self.results if r.finding)
@@ -240,19 +329,57 @@ class ScanReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when no function reaches ``fail_on``, else 1."""
-        return 1 if self.stats.failing else 0
+        """1 when a finding reaches ``fail_on`` or a source file could not be scanned (unless allowed), else 0."""
+        return 1 if self.failures() else 0
+
+    def failures(self) -> list[str]:
+        """Why the scan fails as a gate, one line per reason (empty: it passes): the findings that reach
+        ``fail_on`` (the highest named), the source files not scanned."""
+        lines = []
+        if self.stats.failing:
+            gate = self.options.gate
+            worst = max(
+                (r for r in self.results if r.finding and r.score.score >= gate),
+                key=lambda r: (r.score.score, r.path),
+            )
+            lines.append(
+                f"{_count(self.stats.failing, 'function')} at or above --fail-on {gate:.2f}, the highest "
+                f"{worst.path}:{worst.region.start_line}:{worst.region.start_column} {worst.name} "
+                f"({worst.score.score:.2f})"
+            )
+        if self.stats.unscanned and not self.options.allow_unscanned:
+            first = self.stats.unscanned[0]
+            more = f" and {len(self.stats.unscanned) - 1} more" if len(self.stats.unscanned) > 1 else ""
+            lines.append(
+                f"{_count(len(self.stats.unscanned), 'source file')} not scanned ({first}{more}); "
+                "--allow-unscanned to pass anyway"
+            )
+        return lines
+
+
+def _portable(value: Any, base: Path) -> Any:
+    """*value* without an absolute path in it (see :attr:`ScanReport.portable_provenance`).
+
+    >>> _portable("/home/me/models/qwen", Path("/work")), _portable("/work/v.safetensors", Path("/work"))
+    ('qwen', 'v.safetensors')
+    """
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value)
+        return path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
+    return value
 
 
 @dataclass(frozen=True)
 class _Pending:
     path: str
+    uri: str
     language: str
     unit: CodeUnit
     code: str
     code_hash: str
     fingerprint: str
     whole_file: str | None
+    suppression: Suppression | None
 
 
 def check_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -278,12 +405,9 @@ def check_paths(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _display_path(path: Path, base: Path) -> str:
-    absolute = Path(os.path.abspath(path))
-    try:
-        return absolute.relative_to(base).as_posix()
-    except ValueError:
-        return absolute.as_posix()
+def _relative(path: Path, base: Path) -> str:
+    """*path* relative to *base* (POSIX, with ``..`` when outside it), as the file system names it."""
+    return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
 
 
 def _anchor(root: Path) -> Path:
@@ -320,17 +444,22 @@ def _read(
 ) -> list[_Pending]:
     """The functions of one file (and its counts in *stats*)."""
     path = candidate.path
+    shown = printable(_relative(path, base))
     try:
-        if path.stat().st_size > options.max_file_bytes:
-            stats.skipped["too large"] += 1
+        if candidate.language is None and _language_from_head(path) is None:  # not source: skipped, whatever size
+            stats.skipped["unknown language"] += 1
+            return []
+        size = path.stat().st_size
+        if size > options.max_file_bytes:
+            stats.not_scanned(shown, "too large", f"{size} bytes, over --max-file-bytes {options.max_file_bytes}")
             return []
         source = read_source(path)
     except BinaryContentError:
         stats.skipped["binary"] += 1
         return []
-    except OSError as exc:
-        stats.skipped["unreadable"] += 1
-        stats.unreadable.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+    except OSError as exc:  # (read_source's message starts with the path)
+        text = str(exc).removeprefix(f"{path}: ") if exc.strerror is None else f"cannot read ({exc.strerror})"
+        stats.not_scanned(shown, "unreadable", printable(text))
         return []
     text = source.text
     if not text.strip():
@@ -346,11 +475,14 @@ def _read(
     if split.whole_file:
         stats.whole_files[split.whole_file] += 1
     stats.parse_errors += split.parse_errors
-    shown = _display_path(path, base)
+    if split.parse_errors:
+        stats.parse_error_files.append(shown)
     try:
-        stable = Path(os.path.abspath(path)).relative_to(anchor).as_posix()
+        stable = printable(Path(os.path.abspath(path)).relative_to(anchor).as_posix())
     except ValueError:
-        stable = candidate.rel
+        stable = printable(candidate.rel)
+    lines = text.splitlines()
+    uri = quote(os.fsencode(_relative(path, base)))
     out = []
     for unit in split.units:
         code, failed = _clean(unit, language, options.keep_comments)
@@ -358,8 +490,17 @@ def _read(
         if not code.strip():
             continue
         fingerprint = _hash(stable, unit.name, " ".join(code.split()))[:32]
-        out.append(_Pending(shown, language, unit, code, _hash(language, code), fingerprint, split.whole_file))
+        suppression = inline_suppression(lines, unit.region.start_line)
+        code_hash = _hash(language, code)
+        out.append(_Pending(shown, uri, language, unit, code, code_hash, fingerprint, split.whole_file, suppression))
     return out
+
+
+def _language_from_head(path: Path) -> str | None:
+    """The language of a file without an extension, from its first bytes (a ``#!`` line); None if unknown."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    return language_of(path, head.decode("utf-8", "replace"))
 
 
 def _score_missing(
@@ -459,36 +600,78 @@ def scan(
         for candidate in track(candidates, f"reading {root}", unit="file", enabled=progress):
             pending.extend(_read(candidate, anchor, base, splitter, options, stats))
     stats.ignored = walked.ignored
+    stats.ignored_by.update(walked.ignored_by)
     stats.skipped.update(walked.skipped)
+    stats.skipped_named.extend(walked.named)
     if walked.gitignore_unread:
         stats.warnings.append(
             f"{walked.gitignore_unread} .gitignore files not honoured: pathspec is not installed "
             "(pip install 'vulnsteer[scan]')"
         )
-    scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
-    results = []
-    for item in pending:
-        score = scores[item.code_hash]
-        finding = score.score >= options.min_score and options.counts(score)
-        stats.failing += score.score >= options.fail_on and options.counts(score)
-        stats.findings += finding
-        stats.truncated += score.truncated
-        results.append(
-            FunctionResult(
-                item.path,
-                item.language,
-                item.unit.name,
-                item.unit.kind,
-                item.unit.region,
-                item.code_hash,
-                item.fingerprint,
-                score,
-                cached=item.code_hash in hits,
-                finding=finding,
-                whole_file=item.whole_file,
-            )
+    if stats.files and not tree_sitter_available():
+        stats.warnings.append(
+            "tree-sitter is not installed: every file was scored whole, not function by function "
+            "(pip install 'vulnsteer[scan]')"
         )
+    scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
+    results = [_result(item, scores[item.code_hash], item.code_hash in hits, options, stats) for item in pending]
     stats.functions = len(results)
     stats.cached = sum(r.cached for r in results)
+    _check_discrimination(results, options, stats)
     stats.seconds = time.perf_counter() - started
     return ScanReport(results, stats, dict(scorer.provenance), scorer.digest, options, base)
+
+
+def _result(
+    item: _Pending, score: FunctionScore, cached: bool, options: ScanOptions, stats: ScanStats
+) -> FunctionResult:
+    """One function's result, counted in *stats*: a finding unless below ``min_score``, filtered out by CWE,
+    suppressed inline or in the baseline."""
+    triaged = None
+    if score.score >= options.min_score and options.counts(score):
+        if item.suppression is not None and item.suppression.covers(score.cwe):
+            triaged = "inline"
+            stats.suppressed += 1
+        elif item.fingerprint in options.baseline:
+            triaged = "baseline"
+            stats.in_baseline += 1
+    finding = score.score >= options.min_score and options.counts(score) and triaged is None
+    stats.findings += finding
+    stats.failing += finding and score.score >= options.gate
+    stats.truncated += score.truncated
+    return FunctionResult(
+        item.path,
+        item.language,
+        item.unit.name,
+        item.unit.kind,
+        item.unit.region,
+        item.code_hash,
+        item.fingerprint,
+        score,
+        cached=cached,
+        finding=finding,
+        whole_file=item.whole_file,
+        triaged=triaged,
+        uri=item.uri,
+    )
+
+
+def _check_discrimination(results: Sequence[FunctionResult], options: ScanOptions, stats: ScanStats) -> None:
+    """On a tree of at least :data:`DISCRIMINATION_MIN_FUNCTIONS` functions, warn when the scores do not tell
+    functions apart: nearly every one at or above ``min_score``, or every score within a hair of the others. Such
+    findings say more about the model than about the code."""
+    if len(results) < DISCRIMINATION_MIN_FUNCTIONS:
+        return
+    scores = [r.score.score for r in results]
+    above = sum(score >= options.min_score for score in scores)
+    low, high = min(scores), max(scores)
+    flat = above >= FLAT_SHARE * len(scores) or high - low < FLAT_SPREAD
+    stats.discriminates = not flat
+    if flat:
+        stats.warnings.append(
+            f"the scores do not discriminate: {above} of {len(scores)} functions score at or above "
+            f"{options.min_score:.2f} (scores {low:.3f} to {high:.3f}), so the findings say little about the code. "
+            "Use a detector that was measured to discriminate (--detector RUN/detector from `vulnsteer detector "
+            "fit`, or --vector/--strength chosen by `vulnsteer run`, or a larger --model), and read the run's "
+            "report before trusting its scores"
+        )

@@ -29,6 +29,7 @@ __all__ = [
     "WalkStats",
     "glob_matches",
     "language_of",
+    "printable",
     "walk",
 ]
 
@@ -99,6 +100,16 @@ def language_of(path: Path, head: str | None = None) -> str | None:
     return None
 
 
+def printable(path: str | os.PathLike[str]) -> str:
+    """A path as text that can be printed and written to UTF-8 files: the bytes of a name that is not valid UTF-8
+    (which Python keeps as lone surrogates) are shown as ``\\xNN`` escapes.
+
+    >>> printable(os.fsdecode(b"src/caf\\xe9.c"))
+    'src/caf\\\\xe9.c'
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def glob_matches(pattern: str, rel: str) -> bool:
     """Whether a ``--include``/``--exclude`` glob matches a path relative to the scanned folder (POSIX form).
 
@@ -165,8 +176,10 @@ class SourceCandidate:
 
 @dataclass
 class WalkStats:
-    """Counts of what a walk left out: ``ignored`` (excludes, include globs, ``.gitignore``) and ``skipped``
-    (reason -> files, e.g. ``unknown language``).
+    """What a walk left out: ``ignored`` (excludes, include globs, ``.gitignore``; ``ignored_by`` counts the files
+    each ``.gitignore`` left out), ``skipped`` (reason -> files, e.g. ``unknown language``) and ``named``: the
+    files and folders not read that a user should hear of by name (``path: reason``), such as a symbolic link
+    whose target lies outside the scanned folder.
 
     >>> WalkStats().skipped["binary"]
     0
@@ -175,11 +188,45 @@ class WalkStats:
     ignored: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     gitignore_unread: int = 0
+    ignored_by: Counter[str] = field(default_factory=Counter)
+    named: list[str] = field(default_factory=list)
+
+
+#: Why a symbolic link in a walked folder is not read (its target is outside the folder scanned).
+OUTSIDE = "symbolic link out of the scanned folder"
+#: Why a symbolic link to a folder is not entered.
+LINKED_FOLDER = "symbolic link to a folder (not followed)"
+
+
+def _outside(path: Path, root: Path) -> bool:
+    """Whether the symbolic link *path* resolves outside the (resolved) *root*, or does not resolve."""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling or looping
+        return True
+    return target != root and root not in target.parents
+
+
+def _left_out(
+    rel: str, is_dir: bool, file_filter: FileFilter, rules: IgnoreRules | None, root: Path, stats: WalkStats
+) -> bool:
+    """Whether the walk leaves *rel* (a path under *root*) out: excluded, not included, or ignored by git (each
+    counted in *stats*, with the ignore file that decided)."""
+    if file_filter.excluded(rel) or (not is_dir and not file_filter.included(rel)):
+        stats.ignored += 1
+        return True
+    by = rules.ignored_by(root / rel, is_dir) if rules is not None else None
+    if by is not None:
+        stats.ignored += 1
+        stats.ignored_by[str(by)] += 1
+        return True
+    return False
 
 
 def walk(paths: Sequence[Path], file_filter: FileFilter, stats: WalkStats) -> Iterator[SourceCandidate]:
-    """The files under *paths*, in a stable (sorted) order. A path naming a file is always scanned; folders are
-    walked without following symbolic links to folders.
+    """The files under *paths*, in a stable (sorted) order. A path naming a file is always scanned; in folders,
+    nothing outside the folder is read: symbolic links to folders are not followed, and a symbolic link to a file
+    is read only when its target lies inside the folder (the others are counted and named in *stats*).
 
     >>> stats = WalkStats()
     >>> [c.rel for c in walk([Path(__file__).parent], FileFilter(include=("region.py",)), stats)]
@@ -199,21 +246,25 @@ def walk(paths: Sequence[Path], file_filter: FileFilter, stats: WalkStats) -> It
             kept_dirs = []
             for name in sorted(dirs):
                 rel = (rel_here / name).as_posix()
-                if file_filter.excluded(rel) or (rules is not None and rules.ignored(absolute / rel, True)):
-                    stats.ignored += 1
+                if _left_out(rel, True, file_filter, rules, absolute, stats):
+                    continue
+                if (here / name).is_symlink():  # (os.walk does not enter it; its target is not read)
+                    outside = _outside(here / name, absolute)
+                    stats.skipped[OUTSIDE if outside else LINKED_FOLDER] += 1
+                    if outside:
+                        stats.named.append(f"{printable(here / name)}: {OUTSIDE} (not followed)")
                     continue
                 kept_dirs.append(name)
             dirs[:] = kept_dirs
             for name in sorted(files):
                 rel = (rel_here / name).as_posix()
-                if (
-                    file_filter.excluded(rel)
-                    or not file_filter.included(rel)
-                    or (rules is not None and rules.ignored(absolute / rel, False))
-                ):
-                    stats.ignored += 1
+                if _left_out(rel, False, file_filter, rules, absolute, stats):
                     continue
                 path = here / name
+                if path.is_symlink() and _outside(path, absolute):
+                    stats.skipped[OUTSIDE] += 1
+                    stats.named.append(f"{printable(path)}: {OUTSIDE} (not read)")
+                    continue
                 if not path.is_file():
                     stats.skipped["not a regular file"] += 1
                     continue

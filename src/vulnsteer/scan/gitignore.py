@@ -60,7 +60,8 @@ class IgnoreRules:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self._specs: dict[Path, Any] = {}
+        #: per folder, its rule files in order (``.git/info/exclude`` first at the top) with their patterns
+        self._specs: dict[Path, list[tuple[Path, Any]]] = {}
         self._entered: set[Path] = set()
         self._module: Any = None
         self.available = pathspec_available()
@@ -86,9 +87,7 @@ class IgnoreRules:
         self.files_seen += 1
         if self._module is None:
             return
-        spec = self._module.GitIgnoreSpec.from_lines(lines)
-        previous = self._specs.get(folder)
-        self._specs[folder] = spec if previous is None else previous + spec
+        self._specs.setdefault(folder, []).append((file, self._module.GitIgnoreSpec.from_lines(lines)))
 
     def enter(self, folder: Path) -> None:
         """Read ``folder/.gitignore`` (once)."""
@@ -101,16 +100,19 @@ class IgnoreRules:
 
     def ignored(self, path: Path, is_dir: bool) -> bool:
         """Whether git would ignore *path* (a file, or a folder when *is_dir*)."""
+        return self.ignored_by(path, is_dir) is not None
+
+    def ignored_by(self, path: Path, is_dir: bool) -> Path | None:
+        """The rule file (a ``.gitignore`` or ``.git/info/exclude``) that makes git ignore *path*, or None when git
+        would not ignore it."""
         if not self._specs:
-            return False
+            return None
         path = path if path.is_absolute() else path.resolve()
-        verdict: bool | None = None
+        verdict: Path | None = None
         for folder in reversed(path.parents):
-            spec = self._specs.get(folder)
-            if spec is None:
-                continue
-            rel = path.relative_to(folder).as_posix() + ("/" if is_dir else "")
-            result = spec.check_file(rel)
-            if result.include is not None:
-                verdict = bool(result.include)
-        return bool(verdict)
+            for file, spec in self._specs.get(folder, ()):
+                rel = path.relative_to(folder).as_posix() + ("/" if is_dir else "")
+                result = spec.check_file(rel)
+                if result.include is not None:
+                    verdict = file if result.include else None
+        return verdict

@@ -1,8 +1,10 @@
-"""Writing a scan: SARIF, JSON lines (one record per function) or a terminal table, to a file written
-atomically (a scan stopped half-way leaves no half-written output) or to standard output.
+"""Writing a scan: SARIF, JSON lines (one record per function, then a summary record) or a terminal table of
+the findings, to a file written atomically (a scan stopped half-way leaves no half-written output) or to standard
+output. The summary line (:meth:`~vulnsteer.scan.engine.ScanStats.summary_line`) is not part of the table: the
+command prints it on standard error, with the warnings.
 
->>> format_table([], 0.5, "3 files, 9 functions (9 cached, 0 scored), 0 findings >= 0.50, 0.1 s")
-'no findings at or above 0.50\\n3 files, 9 functions (9 cached, 0 scored), 0 findings >= 0.50, 0.1 s\\n'
+>>> format_table([], 0.5)
+'no findings at or above 0.50\\n'
 """
 
 from __future__ import annotations
@@ -23,20 +25,30 @@ _EXPLANATION_LINES = 3
 
 
 def format_jsonl(report: ScanReport) -> str:
-    """One JSON record per function (every function, findings or not), in file order.
+    """One JSON record per function (``"type": "function"``: every function, findings or not), in file order, then
+    one ``"type": "summary"`` record: the scan's counts, its warnings, the thresholds and the exit code.
 
     >>> format_jsonl(report).splitlines()[0]  # doctest: +SKIP
-    '{"path": "src/a.py", "language": "python", "function": "f", ...}'
+    '{"type": "function", "path": "src/a.py", "language": "python", "function": "f", ...}'
     """
     min_score = report.options.min_score
-    return "".join(json.dumps(r.to_record(min_score), ensure_ascii=False) + "\n" for r in report.results)
+    summary = {
+        "type": "summary",
+        **report.stats.to_dict(),
+        "min_score": min_score,
+        "fail_on": report.options.gate,
+        "exit_code": report.exit_code,
+        "failures": report.failures(),
+        "scorer": dict(report.provenance),
+    }
+    records = [r.to_record(min_score) for r in report.results]
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in [*records, summary])
 
 
-def format_table(findings: Sequence[FunctionResult], min_score: float, summary: str) -> str:
-    """A readable table of the findings (highest score first) and the summary line (example in the module
-    docstring)."""
+def format_table(findings: Sequence[FunctionResult], min_score: float) -> str:
+    """A readable table of the findings, highest score first (example in the module docstring)."""
     if not findings:
-        return f"no findings at or above {min_score:.2f}\n{summary}\n"
+        return f"no findings at or above {min_score:.2f}\n"
     rows = [
         (
             f"{f.score.score:.2f}",
@@ -56,7 +68,7 @@ def format_table(findings: Sequence[FunctionResult], min_score: float, summary: 
         if text:
             kept = [line.strip() for line in text.splitlines() if line.strip()][:_EXPLANATION_LINES]
             lines.extend(f"      | {line}" for line in kept)
-    return "\n".join(lines) + f"\n{summary}\n"
+    return "\n".join(lines) + "\n"
 
 
 def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str:
@@ -70,7 +82,7 @@ def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str
     if fmt == "json":
         return format_jsonl(report)
     if fmt == "text":
-        return format_table(report.findings, report.options.min_score, report.stats.summary_line())
+        return format_table(report.findings, report.options.min_score)
     raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
 
 

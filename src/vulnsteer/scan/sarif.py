@@ -7,7 +7,12 @@ findings that name no CWE. Each finding is a result with ``ruleId``/``ruleIndex`
 it has one), a ``physicalLocation`` with the function's region (``%SRCROOT%``-relative URI; the run declares
 ``columnKind: unicodeCodePoints``), a ``logicalLocation`` naming the function, ``partialFingerprints`` stable across
 runs and line moves, and the score, verdict, scorer digest and model in ``properties``. The run's ``properties``
-hold the scorer's provenance and the scan's counts; unreadable files are ``toolExecutionNotifications``.
+hold the scorer's provenance and the scan's counts, its warnings (``summary.warnings``; e.g. scores that do not
+discriminate) and why it fails (``failures``); source files not scanned, files skipped by name, files with parse
+errors and the warnings are ``toolExecutionNotifications``. No absolute path is written: artifact URIs are relative
+to ``%SRCROOT%`` (the folder the scan ran in, left unnamed), and the provenance's paths are shortened
+(:attr:`~vulnsteer.scan.engine.ScanReport.portable_provenance`). Each rule carries the weakness's
+``security-severity`` (:data:`~vulnsteer.cwe.CWE_SEVERITY`); with a baseline, each result is ``baselineState: new``.
 
 >>> rule_name("SQL injection"), rule_name("OS command injection")
 ('SqlInjection', 'OsCommandInjection')
@@ -20,14 +25,13 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import __version__
-from ..cwe import cwe_name
+from ..cwe import CWE_SEVERITY, DEFAULT_SEVERITY, cwe_name
 from .engine import FunctionResult, ScanReport, level_for
+from .suppression import FINGERPRINT_KEY
 
 __all__ = ["FINGERPRINT_KEY", "GENERIC_RULE", "SARIF_SCHEMA_URI", "build_sarif", "rule_name"]
 
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
-#: The ``partialFingerprints`` key (hash of repository path, function name and normalised code).
-FINGERPRINT_KEY = "vulnsteerFunctionHash/v1"
 #: Rule id of findings that name no CWE.
 GENERIC_RULE = "vulnerable-function"
 _BASE_ID = "%SRCROOT%"
@@ -60,7 +64,11 @@ def _rule(cwe: str | None) -> dict[str, Any]:
                 "untrusted data reaches it.",
             },
             "defaultConfiguration": {"level": "warning"},
-            "properties": {"tags": ["security"], "precision": "low"},
+            "properties": {
+                "tags": ["security"],
+                "precision": "low",
+                "security-severity": f"{DEFAULT_SEVERITY:.1f}",
+            },
         }
     name = cwe_name(cwe)
     number = cwe.split("-", 1)[1]
@@ -83,14 +91,17 @@ def _rule(cwe: str | None) -> dict[str, Any]:
         },
         "helpUri": link,
         "defaultConfiguration": {"level": "warning"},
-        "properties": {"tags": ["security", f"external/cwe/cwe-{number}"], "precision": "low"},
+        "properties": {
+            "tags": ["security", f"external/cwe/cwe-{number}"],
+            "precision": "low",
+            "security-severity": f"{CWE_SEVERITY.get(cwe, DEFAULT_SEVERITY):.1f}",
+        },
     }
 
 
-def _artifact(path: str) -> dict[str, str]:
-    if path.startswith("/"):
-        return {"uri": "file://" + quote(path)}
-    return {"uri": quote(path), "uriBaseId": _BASE_ID}
+def _artifact(result: FunctionResult) -> dict[str, str]:
+    """A file's location: its path relative to the scan's base folder (``%SRCROOT%``), never absolute."""
+    return {"uri": result.uri or quote(result.path), "uriBaseId": _BASE_ID}
 
 
 def _message(result: FunctionResult) -> str:
@@ -115,7 +126,7 @@ def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict
         "locations": [
             {
                 "physicalLocation": {
-                    "artifactLocation": _artifact(result.path),
+                    "artifactLocation": _artifact(result),
                     "region": result.region.to_sarif(),
                 },
                 "logicalLocations": [
@@ -128,6 +139,7 @@ def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict
             }
         ],
         "partialFingerprints": {FINGERPRINT_KEY: result.fingerprint},
+        **({"baselineState": "new"} if report.options.baseline else {}),
         "properties": {
             "score": score.score,
             "verdict": score.verdict,
@@ -138,7 +150,7 @@ def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict
             "cached": result.cached,
             "wholeFile": result.whole_file,
             "detector": report.digest,
-            "model": report.provenance.get("model"),
+            "model": report.portable_provenance.get("model"),
             **({"probe": score.probe, "push": score.push} if score.probe is not None else {}),
         },
     }
@@ -154,12 +166,15 @@ def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str
     cwes = sorted({f.score.cwe for f in findings if f.score.cwe}, key=lambda c: int(c.split("-", 1)[1]))
     rule_ids: list[str | None] = [*cwes, *([None] if any(f.score.cwe is None for f in findings) else [])]
     index = {cwe: i for i, cwe in enumerate(rule_ids)}
+    notes = [
+        *(("error", f"not scanned: {line}") for line in report.stats.unscanned),
+        *(("warning", f"skipped: {line}") for line in report.stats.skipped_named),
+        *(("warning", f"parse errors (functions scored as found): {path}") for path in report.stats.parse_error_files),
+        *(("warning", text) for text in report.stats.warnings),
+    ]
     invocation: dict[str, Any] = {
         "executionSuccessful": True,
-        "toolExecutionNotifications": [
-            {"level": "warning", "message": {"text": text}}
-            for text in [*(f"unreadable: {m}" for m in report.stats.unreadable), *report.stats.warnings]
-        ],
+        "toolExecutionNotifications": [{"level": level, "message": {"text": text}} for level, text in notes],
     }
     if command_line:
         invocation["commandLine"] = command_line
@@ -177,13 +192,17 @@ def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str
                     }
                 },
                 "invocations": [invocation],
-                "originalUriBaseIds": {_BASE_ID: {"uri": report.base.as_uri().rstrip("/") + "/"}},
+                "originalUriBaseIds": {
+                    _BASE_ID: {"description": {"text": "the folder the scan ran in (paths are relative to it)"}}
+                },
                 "columnKind": "unicodeCodePoints",
                 "results": [_result(f, index[f.score.cwe], report) for f in findings],
                 "properties": {
-                    "scorer": dict(report.provenance),
+                    "scorer": report.portable_provenance,
                     "minScore": report.options.min_score,
-                    "failOn": report.options.fail_on,
+                    "failOn": report.options.gate,
+                    "exitCode": report.exit_code,
+                    "failures": report.failures(),
                     "summary": report.stats.to_dict(),
                 },
             }
