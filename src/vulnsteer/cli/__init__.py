@@ -46,13 +46,17 @@ EXIT_BROKEN_PIPE = 141
 COMMANDS = (experiment, detector, vectors, detect, data, scan)
 
 EPILOG = f"""\
-exit codes (every command):
+exit codes:
   0    success
   {EXIT_PROBLEMS}    `data validate` found problems (listed one per line); `scan` failed as a gate (see scan --help)
   {EXIT_USAGE}    bad usage or input: one line names the file, field or option
   {EXIT_INTERNAL}    internal error (a bug): one line; rerun with -v for the traceback
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): finished work is kept, rerun the same command to resume
 """
+
+
+#: What a subcommand's help says about exit codes (the table is in ``vulnsteer --help``).
+SEE_EXIT_CODES = "exit codes: see `vulnsteer --help`"
 
 
 def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -109,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
-    for child in _subparsers(parser):  # (the exit codes are in the top-level help, once)
+    for child in _subparsers(parser):  # the exit codes are in the top-level help, once
         child.formatter_class = HelpFormatter
+        if child.epilog is None:
+            child.epilog = SEE_EXIT_CODES
         _add_global_flags(child, top=False)
     return parser
 
