@@ -9,18 +9,20 @@ from typing import Any
 import pytest
 import torch
 from tests.conftest import toy_samples, write_toy_jsonl
-from tests.test_protocol import run, write_config
+from tests.test_protocol import held_out, run, write_config
 
 from vulnsteer.cli import main
 from vulnsteer.config.experiment import load_config
 from vulnsteer.detection.detector import SavedDetector, SavedDetectorError
 from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
+from vulnsteer.experiment.results import Results
+from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.steering.vectors import VectorMismatchError
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, dict[str, Any]]:
+def fitted(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Results]:
     root = tmp_path_factory.mktemp("detector")
     config = write_config(
         root / "c.toml",
@@ -32,17 +34,16 @@ def fitted(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tu
     return root / "run", run(load_config(config), root / "run", tiny_lm)
 
 
-def test_the_protocol_saves_a_detector_that_loads_back(
-    fitted: tuple[Path, dict[str, Any]], tiny_lm: LoadedModel
-) -> None:
+def test_the_protocol_saves_a_detector_that_loads_back(fitted: tuple[Path, Results], tiny_lm: LoadedModel) -> None:
     out, results = fitted
-    info = results["detector"]
+    info = results.families["conditional"].saved
+    assert info is not None and info.folder == "detector"
     detector = SavedDetector.load(out / "detector", tiny_lm)
-    assert detector.digest == info["digest"] and detector.gate == "sign"
+    assert detector.digest == info.digest and detector.gate == "sign"
     assert detector.vector.provenance.method == "answer" and detector.probe.name == "logistic"
     assert detector.probe.layer <= min(detector.layers)
     doc = json.loads((out / "detector" / "detector.json").read_text())
-    assert doc["validation"]["balanced_accuracy"] == info["balanced_accuracy"]
+    assert doc["validation"]["balanced_accuracy"] == info.balanced_accuracy
     assert doc["training"]["n_train"] > 0 and doc["model"]["fingerprint"] == tiny_lm.fingerprint
     records = detector.detect(tiny_lm, toy_samples(2), mode="logit", progress=False)
     assert all(r.gate_score is not None and r.push in (-1.0, 1.0) for r in records)
@@ -51,7 +52,7 @@ def test_the_protocol_saves_a_detector_that_loads_back(
 
 
 def test_a_detector_refuses_another_model_and_damaged_files(
-    fitted: tuple[Path, dict[str, Any]], tmp_path: Path, tiny_tokenizer: Any
+    fitted: tuple[Path, Results], tmp_path: Path, tiny_tokenizer: Any
 ) -> None:
     from conftest import make_tiny
 
@@ -73,7 +74,7 @@ def test_a_detector_refuses_another_model_and_damaged_files(
 
 
 def test_detect_with_a_detector_prints_the_probe_score(
-    fitted: tuple[Path, dict[str, Any]], tiny_lm: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fitted: tuple[Path, Results], tiny_lm: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = fitted
     model_dir = tmp_path / "model"
@@ -104,24 +105,22 @@ def test_detect_with_a_detector_prints_the_probe_score(
 
 
 def test_evaluate_from_applies_the_conditional_choice_too(
-    fitted: tuple[Path, dict[str, Any]], tiny_lm: LoadedModel, tmp_path: Path
+    fitted: tuple[Path, Results], tiny_lm: LoadedModel, tmp_path: Path
 ) -> None:
     out, results = fitted
     other = write_toy_jsonl(tmp_path / "other.jsonl", n_pairs=3, prefix="other")
     config = transfer_config(out, {"data.path": (str(other), "--data"), "data.format": ("jsonl", "--format")})
-    got = json.loads(
-        (evaluate_from_run(out, config, tmp_path / "t", lm=tiny_lm, progress=False) / "results.json").read_text()
-    )
-    assert got["conditional_selection"] == results["conditional_selection"]
-    for row in got["conditional"]["logit"].values():
-        shown = row.get("best_steered_not_chosen", row)
-        assert row["split"] == "all" and shown["gate_control"] and shown["control"]
-        assert shown["lever_rate"]["pushed"] > 0
-    gated = [k for k in got["records"] if "|sign:" in k]
-    assert gated and all(r["push"] is not None for k in gated for r in got["records"][k])
+    got = load_results(evaluate_from_run(out, config, tmp_path / "t", lm=tiny_lm, progress=False) / "results.json")
+    assert got.families["conditional"].choices == results.families["conditional"].choices
+    for row in held_out(got, "logit", "conditional").rows.values():
+        shown = row.best_not_chosen or row
+        assert row.split == "all" and shown.controls["gate_control"] and shown.controls["control"]
+        assert shown.lever_rate is not None and shown.lever_rate.pushed > 0
+    gated = [k for k in got.records if "|sign:" in k]
+    assert gated and all(r.push is not None for k in gated for r in got.records[k])
 
 
-def test_probe_weights_survive_the_round_trip(fitted: tuple[Path, dict[str, Any]]) -> None:
+def test_probe_weights_survive_the_round_trip(fitted: tuple[Path, Results]) -> None:
     out, _ = fitted
     a = SavedDetector.load(out / "detector")
     b_dir = out.parent / "copy"
@@ -131,7 +130,7 @@ def test_probe_weights_survive_the_round_trip(fitted: tuple[Path, dict[str, Any]
     assert a.digest == b.digest
 
 
-def test_a_hand_edited_or_damaged_detector_folder_is_named(fitted: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_a_hand_edited_or_damaged_detector_folder_is_named(fitted: tuple[Path, Results], tmp_path: Path) -> None:
     """What `detector show` prints must be what is applied, and a damaged probe file is an error naming it."""
     import shutil
 

@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 import torch
 from tests.conftest import write_toy_jsonl
-from tests.test_protocol import run, write_config
+from tests.test_protocol import held_out, run, write_config
 
 from vulnsteer.cli import main
 from vulnsteer.config.experiment import ConfigError, load_config, parse_config
+from vulnsteer.experiment.chosen import load_chosen
 from vulnsteer.experiment.evaluate import evaluate_from_run, evaluate_vectors, transfer_config
 from vulnsteer.experiment.fit import load_vector_dir
 from vulnsteer.experiment.prepare import prepare_data
+from vulnsteer.experiment.results import HeldOutRow, HeldOutTable, Results
+from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.steering.vectors import Provenance, SteeringVector, VectorMismatchError
 
@@ -47,7 +50,7 @@ def _vector(
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, dict[str, Any]]:
+def swept(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, Results]:
     root = tmp_path_factory.mktemp("evaluate")
     config = write_config(root / "sweep.toml", write_toy_jsonl(root / "toy.jsonl"), cache_dir=root / "cache")
     return config, root / "run", run(load_config(config), root / "run", tiny_lm)
@@ -59,21 +62,28 @@ def _other(tmp_path: Path, **kwargs: Any) -> dict[str, tuple[Any, str]]:
 
 
 def test_from_run_applies_the_choice_to_every_sample(
-    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+    tmp_path: Path, swept: tuple[Path, Path, Results], tiny_lm: LoadedModel
 ) -> None:
     _, run_dir, results = swept
     config = transfer_config(run_dir, _other(tmp_path, cwes=("CWE-89", "CWE-78", "CWE-22"), n_pairs=3, prefix="other"))
     assert config.data.max_code_tokens == 64  # the run's cleaning keys carry over
     out = evaluate_from_run(run_dir, config, tmp_path / "t", lm=tiny_lm, progress=False)
-    got = json.loads((out / "results.json").read_text())
-    assert got["command"] == "evaluate --from" and got["selection"] == results["selection"]  # nothing re-selected
-    assert set(got["summary"]["logit"]) == {"CWE-89", "CWE-78"}
-    for row in got["summary"]["logit"].values():
-        assert row["split"] == "all" and row["n"] == 6 and row["p_value"] is not None
-    assert got["data"]["skipped_cwes"] == {"CWE-22": 6}
-    assert got["data"]["overlap_with_run_train"] > 0  # the toy code repeats across the two files
-    cross = got["cross_cwe"]["logit"]
-    assert cross["split"] == "all" and len(cross["delta_balanced_accuracy"]) == len(cross["vectors"])
+    got = load_results(out / "results.json")
+    assert got.command == "evaluate --from"
+    for name in ("constant", "conditional"):  # nothing re-selected
+        assert got.families[name].choices == results.families[name].choices, name
+    assert set(held_out(got).rows) == {"CWE-89", "CWE-78"}
+    for row in held_out(got).rows.values():
+        assert row.split == "all" and row.n == 6 and row.p_value is not None
+    assert got.data is not None and got.data.skipped_cwes == {"CWE-22": 6}
+    assert (got.data.overlap_with_run_train or 0) > 0  # the toy code repeats across the two files
+    cross = held_out(got).cross_cwe
+    assert cross is not None
+    assert cross.split == "all" and len(cross.delta_balanced_accuracy) == len(cross.vectors)
+    lead = got.lead["logit"]  # the lead table, on the other dataset: every re-applied detector, with its controls
+    assert lead.split == "all" and [r.name for r in lead.rows] == [
+        "baseline", "constant", "constant_control", "conditional", "gate_control", "vector_control"
+    ]  # fmt: skip
     report = (out / "report.md").read_text()
     assert "unchanged" in report and "CWE-22 (6 samples)" in report and "ALL samples" in report
     assert "the all numbers" not in report and " on all unchanged" not in report  # sentences say "all samples"
@@ -100,32 +110,42 @@ def _test_split_file(config_path: Path, tiny_lm: LoadedModel, path: Path) -> Pat
     return path
 
 
-def _strip(value: Any) -> Any:
+def _strip(value: HeldOutTable | HeldOutRow | None) -> Any:
     """Without the split's name (``all`` there, ``test`` here) and the sentences that name it."""
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in ("split", "words")}
-    return [_strip(v) for v in value] if isinstance(value, list) else value
+
+    def strip(doc: Any) -> Any:
+        if isinstance(doc, dict):
+            return {k: strip(v) for k, v in doc.items() if k not in ("split", "words")}
+        return [strip(v) for v in doc] if isinstance(doc, list) else doc
+
+    return None if value is None else strip(value.to_json())
 
 
 def test_from_run_on_the_runs_own_test_split_reproduces_its_numbers(
-    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+    tmp_path: Path, swept: tuple[Path, Path, Results], tiny_lm: LoadedModel
 ) -> None:
     """The same vectors, settings, controls and statistics: on the run's test samples, the same rows."""
     config_path, run_dir, results = swept
     test_file = _test_split_file(config_path, tiny_lm, tmp_path / "test.jsonl")
     config = transfer_config(run_dir, {"data.path": (str(test_file), "--data"), "data.format": ("jsonl", "")})
     out = evaluate_from_run(run_dir, config, tmp_path / "t", lm=tiny_lm, progress=False)
-    got = json.loads((out / "results.json").read_text())
-    for key in ("summary", "pooled", "cross_cwe"):
-        assert _strip(got[key]) == _strip(results[key]), key
+    got = load_results(out / "results.json")
+    for name in ("constant", "conditional"):  # rows per CWE, the pooled vector's rows, the cross-CWE matrix
+        for mode, table in results.families[name].held_out.items():
+            assert _strip(got.families[name].held_out[mode]) == _strip(table), (name, mode)
+    for mode, lead in results.lead.items():  # the detectors both have, on the same samples: the same rows
+        again = {r.name: r for r in got.lead[mode].rows}
+        for row in lead.rows:
+            if row.name in again:
+                assert again[row.name].metrics == row.metrics and again[row.name].versus == row.versus, row.name
 
 
 def test_both_evaluate_paths_give_identical_rows(
-    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+    tmp_path: Path, swept: tuple[Path, Path, Results], tiny_lm: LoadedModel
 ) -> None:
     """--vectors with the run's chosen vectors at a chosen setting == --from, for the CWEs that chose it."""
     config_path, run_dir, results = swept
-    chosen = json.loads((run_dir / "chosen" / "chosen.json").read_text())["modes"]["logit"]
+    chosen = load_chosen(run_dir).families["constant"]["logit"]
     steered = {t: e for t, e in chosen.items() if t != "any"}
     target, entry = next(iter(steered.items()))
     setting = entry["best_steered"]
@@ -146,7 +166,7 @@ def test_both_evaluate_paths_give_identical_rows(
         "layers": [setting["layers"]],
         "positions": [setting["positions"]],
         "strengths": {setting["unit"]: [setting["strength"]]},
-        "control_seed": results["config"]["steering"]["control_seed"],
+        "control_seed": results.config["steering"]["control_seed"],
     }
     cfg = parse_config({**data_keys, "steering": steering, "detection": {"modes": ["logit"], "cross_cwe_modes": []}})
     out_v = evaluate_vectors(folder, cfg, setting["strength"], tmp_path / "v", split="all", lm=tiny_lm, progress=False)
@@ -161,17 +181,16 @@ def test_both_evaluate_paths_give_identical_rows(
         },
     )
     out_f = evaluate_from_run(run_dir, from_cfg, tmp_path / "f", lm=tiny_lm, progress=False)
-    rows_v = json.loads((out_v / "results.json").read_text())["summary"]["logit"][target]
-    rows_f = json.loads((out_f / "results.json").read_text())["summary"]["logit"][target]
+    rows_v = held_out(load_results(out_v / "results.json")).rows[target]
+    rows_f = held_out(load_results(out_f / "results.json")).rows[target]
     if entry["chosen"] == "baseline":
-        rows_f = {**rows_f["best_steered_not_chosen"]}
+        assert rows_f.best_not_chosen is not None
+        rows_f = rows_f.best_not_chosen
     assert _strip(rows_v) == _strip(rows_f)
-    assert set(rows_v) >= {"baseline", "steered", "control", "control_delta", "delta", "delta_ci", "p_value", "flips"}
+    assert set(rows_v.controls) == {"control"} and rows_v.controls["control"].delta is not None
 
 
-def test_model_mismatch_is_refused(
-    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_tokenizer: Any
-) -> None:
+def test_model_mismatch_is_refused(tmp_path: Path, swept: tuple[Path, Path, Results], tiny_tokenizer: Any) -> None:
     from conftest import make_tiny
 
     _, run_dir, _ = swept
@@ -183,7 +202,7 @@ def test_model_mismatch_is_refused(
     with pytest.raises(VectorMismatchError, match="different weights"):
         evaluate_from_run(run_dir, config, tmp_path / "b", lm=reseeded, progress=False)
     out = evaluate_from_run(run_dir, config, tmp_path / "c", lm=deeper, allow_model_mismatch=True, progress=False)
-    warnings = json.loads((out / "results.json").read_text())["warnings"]
+    warnings = load_results(out / "results.json").warnings
     assert warnings and "fingerprint" in warnings[0]
 
 
@@ -285,23 +304,24 @@ def test_evaluate_vectors_writes_baseline_steered_and_control(
     out = tmp_path / "eval"
     assert _evaluate(env, out, "--strength", "0.5") == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
-    results = json.loads((out / "results.json").read_text())
-    assert results["command"] == "evaluate --vectors" and results["vectors_from"] == str(env["vectors"])
-    assert sorted(results["data"]["cwes"]) == ["CWE-78", "CWE-89"]  # CWE-22 has no vector: left out
-    test_counts = results["data"]["splits"]["test"]["by_cwe"]
+    results = load_results(out / "results.json")
+    assert results.command == "evaluate --vectors" and results.vectors_from == str(env["vectors"])
+    assert results.data is not None and results.data.splits is not None
+    assert sorted(results.data.cwes) == ["CWE-78", "CWE-89"]  # CWE-22 has no vector: left out
+    test_counts = results.data.splits.class_counts("test")
     for mode in ("logit", "generation"):
-        for cwe, row in results["summary"][mode].items():
-            assert row["split"] == "test" and row["n"] == test_counts[cwe]["vulnerable"] + test_counts[cwe]["secure"]
-            assert row["chosen"] == "mean_diff@last L1 relative +0.5 (steer last)"
-            assert row["baseline"] and row["steered"] and row["control"] and "words" in row
-    keys = {k.split("|")[0] for k in results["records"]}
+        for cwe, row in held_out(results, mode).rows.items():
+            assert row.split == "test" and row.n == sum(test_counts[cwe])
+            assert row.chosen == "mean_diff@last L1 relative +0.5 (steer last)"
+            assert row.baseline and row.steered and row.controls["control"] and row.words
+    keys = {k.split("|")[0] for k in results.records}
     assert keys == {"baseline", "steered", "control"}
     logit = {
         k.split("|")[0]: v
-        for k, v in results["records"].items()
+        for k, v in results.records.items()
         if ("|logit|" in k and "|CWE-89|" in k) or k == "baseline|logit|test"
     }
-    margins = {kind: [r["margin"] for r in recs if r["cwe"] == "CWE-89"] for kind, recs in logit.items()}
+    margins = {role: [r.margin for r in recs if r.cwe == "CWE-89"] for role, recs in logit.items()}
     assert margins["steered"] != margins["baseline"] and margins["control"] != margins["steered"]
     report = (out / "report.md").read_text()
     assert "## logit mode: TEST split, setting chosen on the given (evaluate --vectors)" in report
@@ -325,7 +345,7 @@ def test_evaluate_errors_are_one_line(env: dict[str, Any], tmp_path: Path, capsy
 
 
 def test_evaluate_from_cli(
-    tmp_path: Path, swept: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, swept: tuple[Path, Path, Results], tiny_lm: LoadedModel, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, run_dir, _ = swept
     model_dir = tmp_path / "model"

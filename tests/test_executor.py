@@ -46,7 +46,10 @@ def toy_grid(root: Path, lm: LoadedModel, layer_sets: Sequence[tuple[int, ...]] 
     data = prepare_data(config.data, lm.tokenizer, progress=False, require=("train", "val"))
     acts = extract_activations(lm, data.samples("train"), [1, 2], ["last"], progress=False)
     vectors = fit_cwe_vectors(lm, acts, data.by_cwe("train"), [1, 2])
-    conds = val_conditions(config, candidate_settings(config, layer_sets), "logit")
+    conds = [
+        Condition("baseline", "logit", "val"),
+        *val_conditions(config, candidate_settings(config, layer_sets), "logit"),
+    ]
     return {"data": data, "vectors": vectors, "conds": conds, "samples": data.by_cwe}
 
 

@@ -18,8 +18,12 @@ from tests.conftest import write_toy_jsonl
 
 from vulnsteer.config.experiment import ConfigError, ExperimentConfig, load_config, parse_config
 from vulnsteer.experiment import protocol as protocol_mod
+from vulnsteer.experiment.chosen import load_chosen
+from vulnsteer.experiment.compare import numbers
 from vulnsteer.experiment.protocol import run_protocol
+from vulnsteer.experiment.results import SCHEMA_VERSION, Flips, HeldOutTable, Results
 from vulnsteer.experiment.rundir import RunDir, RunDirBusyError, _locked
+from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.io import OutputError
 from vulnsteer.lm.model import LoadedModel
 
@@ -65,46 +69,52 @@ cache_dir = "{cache_dir}"
     return path
 
 
-def run(config: ExperimentConfig, out: Path, lm: LoadedModel, command: str = "sweep") -> dict[str, Any]:
+def run(config: ExperimentConfig, out: Path, lm: LoadedModel, command: str = "sweep") -> Results:
     run_protocol(config, out, lm=lm, progress=False, command=command)
-    results: dict[str, Any] = json.loads((out / "results.json").read_text())
-    return results
+    return load_results(out / "results.json")
+
+
+def held_out(results: Results, mode: str = "logit", family: str = "constant") -> HeldOutTable:
+    """A family's per-CWE rows in one mode (constant steering's by default)."""
+    return results.families[family].held_out[mode]
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, dict[str, Any]]:
+def toy_run(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path, Results]:
     """One finished sweep on the toy data (config, run directory, results), shared by the tests below."""
     root = tmp_path_factory.mktemp("toy")
     config = write_config(root / "sweep.toml", write_toy_jsonl(root / "toy.jsonl"), cache_dir=root / "cache")
     return config, root / "run", run(load_config(config), root / "run", tiny_lm)
 
 
-def test_outputs_and_resume(toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel) -> None:
+def test_outputs_and_resume(toy_run: tuple[Path, Path, Results], tiny_lm: LoadedModel) -> None:
     config, out, results = toy_run
-    assert results["schema_version"] == 2 and results["status"] == "complete" and results["command"] == "sweep"
-    assert results["layer_sets"] == [[1], [2], [1, 2]]
-    summary = results["summary"]["logit"]
+    assert results.schema_version == SCHEMA_VERSION and results.status == "complete" and results.command == "sweep"
+    assert json.loads((out / "results.json").read_text())["schema_version"] == SCHEMA_VERSION == 3
+    assert results.layer_sets == ((1,), (2,), (1, 2))
+    summary = held_out(results).rows
     assert set(summary) == {"CWE-89", "CWE-78"}
     for row in summary.values():
-        assert row["split"] == "test" and row["n"] == row["baseline"]["n"]
-        assert set(row["flips"]) == {"wrong_to_right", "right_to_wrong"}
-    cross = results["cross_cwe"]["logit"]
-    assert set(cross["targets"]) == {"CWE-89", "CWE-78"} and cross["vectors"][-1] == "any"
-    assert len(cross["delta_balanced_accuracy"]) == len(cross["vectors"])
-    assert set(results["cosine"]["mean_diff@last"]["layers"]) == {"1", "2"}
+        assert row.split == "test" and row.n == row.baseline.n
+        assert isinstance(row.flips, Flips)
+    cross = held_out(results).cross_cwe
+    assert cross is not None
+    assert set(cross.targets) == {"CWE-89", "CWE-78"} and cross.vectors[-1] == "any"
+    assert len(cross.delta_balanced_accuracy) == len(cross.vectors)
+    assert set(results.families["constant"].cosine["mean_diff@last"].layers) == {1, 2}
     # two layers x four poolings: last, code_mean (the probes) and the two answer poolings (the answer vector)
-    assert results["activation_cache"]["misses"] == 8
-    entries = [e["condition"] for e in results["val"]["logit"]]
-    constant = [c for c in entries if c["template"] == "default" and (c["setting"] or {}).get("gate", "none") == "none"]
+    assert results.activation_cache["misses"] == 8
+    entries = [e.condition for e in results.val["logit"]]
+    constant = [c for c in entries if c.template == "default" and (c.setting is None or not c.setting.gated)]
     assert len(constant) == 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled) x 3 layer sets x 2 strengths
-    gated = [c for c in entries if (c["setting"] or {}).get("gate") == "sign"]
-    # answer vector x (L1 probe under sets [1] and [1,2]; L1 and L2 probes under [2]) x 3 strengths x 3 kinds
-    assert len(gated) == 4 * 3 * 3 and {c["kind"] for c in gated} == {"steered", "control", "gate_control"}
-    assert {c["template"] for c in entries if c["template"] != "default"} == {"strict", "one_shot"}
-    assert results["prefix_cache"]["hits"] >= results["prefix_cache"]["misses"] > 0
-    assert {p["detector"] for p in results["probes"]} == {"direction", "logistic", "length"}
-    chosen = json.loads((out / "chosen" / "chosen.json").read_text())
-    for target, entry in chosen["modes"]["logit"].items():
+    gated = [c for c in entries if c.setting is not None and c.setting.gate == "sign"]
+    # answer vector x (L1 probe under sets [1] and [1,2]; L1 and L2 probes under [2]) x 3 strengths x 3 roles
+    assert len(gated) == 4 * 3 * 3 and {c.role for c in gated} == {"steered", "control", "gate_control"}
+    assert {c.template for c in entries if c.template != "default"} == {"strict", "one_shot"}
+    assert results.prefix_cache["hits"] >= results.prefix_cache["misses"] > 0
+    assert {p.detector for p in results.probes} == {"direction", "logistic", "length"}
+    chosen = load_chosen(out)
+    for target, entry in chosen.families["constant"]["logit"].items():
         assert (out / "chosen" / entry["vector"]).is_file(), target
     report = (out / "report.md").read_text()
     assert "VAL" in report and "TEST" in report and "random" in report and "Probe detectors" in report
@@ -117,12 +127,14 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm:
     lines = (out / "records.jsonl").read_text().splitlines()
     again = run(load_config(config), out, tiny_lm)  # same directory: everything is skipped
     assert (out / "records.jsonl").read_text().splitlines() == lines
-    assert again["summary"] == results["summary"] and again["selection"] == results["selection"]
-    assert again["activation_cache"]["hits"] == 8 and again["activation_cache"]["misses"] == 0
+    for name, family in results.families.items():
+        assert again.families[name].held_out == family.held_out and again.families[name].choices == family.choices
+    assert again.activation_cache["hits"] == 8 and again.activation_cache["misses"] == 0
 
 
-def _numbers(results: dict[str, Any]) -> dict[str, Any]:
-    return {k: results[k] for k in ("val", "selection", "summary", "pooled", "cross_cwe", "probes", "vectors")}
+def _numbers(results: Results) -> dict[str, Any]:
+    """Every number of *results* but the held-out records (the val entries, choices, rows, lead, probes, vectors)."""
+    return {k: v for k, v in numbers(results).items() if not k.startswith("records/")}
 
 
 def test_run_equals_sweep_on_its_resolved_config(tmp_path: Path, tiny_lm: LoadedModel) -> None:
@@ -151,8 +163,9 @@ def test_run_equals_sweep_on_its_resolved_config(tmp_path: Path, tiny_lm: Loaded
         ]
     )
     first = run(config_from_args(args), tmp_path / "run", tiny_lm, command="run")
-    assert set(first["summary"]) == {"logit", "generation"}
-    assert first["selection"]["generation"] == first["selection"]["logit"]  # chosen on logit val by default
+    assert set(first.families["constant"].held_out) == {"logit", "generation"}
+    choices = first.families["constant"].choices
+    assert choices["generation"] == choices["logit"]  # chosen on logit val by default
     resolved = load_config(tmp_path / "run" / "config.resolved.toml")
     second = run(resolved, tmp_path / "sweep", tiny_lm, command="sweep")
     assert _numbers(second) == _numbers(first)
@@ -166,7 +179,7 @@ def test_run_equals_sweep_on_its_resolved_config(tmp_path: Path, tiny_lm: Loaded
 
 
 def test_a_different_experiment_in_the_same_folder_is_refused(
-    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+    tmp_path: Path, toy_run: tuple[Path, Path, Results], tiny_lm: LoadedModel
 ) -> None:
     config, out, _ = toy_run
     with pytest.raises(ConfigError, match=r"changed: steering\.layers"):
@@ -240,7 +253,7 @@ def test_a_folder_that_finished_nothing_is_taken_over_by_the_corrected_rerun(
     assert (out / "identity.json").is_file() and not (out / "records.jsonl").is_file()
     stale = {p.name for p in (out / "vectors").glob("*")}
     results = run(base.replace(steering__strengths={"raw": [0.5]}, data__cwes=["CWE-89"]), out, tiny_lm)
-    assert results["status"] == "complete" and set(results["summary"]["logit"]) == {"CWE-89"}
+    assert results.status == "complete" and set(held_out(results).rows) == {"CWE-89"}
     assert not any("78" in name for name in {p.name for p in (out / "vectors").glob("*")}), stale
     # a folder that holds records is still protected, and the message says what changed
     with pytest.raises(ConfigError, match=r"holds an experiment computed from other inputs \(changed: [^)]*steering"):
@@ -248,7 +261,7 @@ def test_a_folder_that_finished_nothing_is_taken_over_by_the_corrected_rerun(
 
 
 def test_a_busy_run_folder_names_its_holder(
-    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel
+    tmp_path: Path, toy_run: tuple[Path, Path, Results], tiny_lm: LoadedModel
 ) -> None:
     config, out, _ = toy_run
     holder = subprocess.Popen(
@@ -278,7 +291,7 @@ def test_a_busy_run_folder_names_its_holder(
 
 
 def test_test_labels_cannot_change_the_choice(
-    tmp_path: Path, toy_run: tuple[Path, Path, dict[str, Any]], tiny_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, toy_run: tuple[Path, Path, Results], tiny_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Flip every test label: the selection is unchanged; only the test rows move."""
     config, _, plain = toy_run
@@ -295,9 +308,12 @@ def test_test_labels_cannot_change_the_choice(
 
     monkeypatch.setattr(protocol_mod, "prepare_data", flipped)
     results = run(load_config(config), tmp_path / "flipped", tiny_lm)
-    assert results["selection"] == plain["selection"]
-    assert [r["baseline"]["tpr"] for r in results["summary"]["logit"].values()] == [
-        r["baseline"]["fpr"] for r in plain["summary"]["logit"].values()
+    for name, family in plain.families.items():
+        assert results.families[name].choices == family.choices, name
+        assert results.families[name].templates == family.templates, name
+        assert results.families[name].thresholds == family.thresholds, name
+    assert [r.baseline.tpr for r in held_out(results).rows.values()] == [
+        r.baseline.fpr for r in held_out(plain).rows.values()
     ]
 
 
@@ -313,11 +329,14 @@ def test_examples_and_generation_rows(tmp_path: Path, tiny_lm: LoadedModel) -> N
         }
     )
     results = run(config, tmp_path / "run", tiny_lm)
-    assert results["selection"]["generation"]["CWE-89"]["selected_by"] == "generation mode, val split"
-    examples = results["examples"]["generation"]
-    assert {e["cwe"] for e in examples} == {"CWE-89", "CWE-78"} and all(e["steered"] for e in examples)
+    for name in ("constant", "conditional"):
+        family = results.families[name]
+        assert family.choices["generation"]["CWE-89"].selected_by == "generation mode, val split"
+        examples = family.examples["generation"]
+        assert {e.cwe for e in examples} == {"CWE-89", "CWE-78"} and all(e.steered for e in examples)
     assert "Example generations" in (tmp_path / "run" / "report.md").read_text()
-    assert "probes" not in results and not results["cross_cwe"]["generation"]["targets"]
+    cross = held_out(results, "generation").cross_cwe
+    assert not results.probes and cross is not None and not cross.targets
 
 
 # ------------------------------------------------------------------------------------------ subprocess runs
@@ -422,8 +441,8 @@ def test_sigkill_mid_run_loses_at_most_the_chunk_in_flight(tmp_path: Path, tiny_
     )
     assert fresh.wait(timeout=600) == 0, fresh.stdout.read().decode() if fresh.stdout else ""
     assert _entries(records) == _entries(fresh_out / "records.jsonl")
-    killed = json.loads((out / "results.json").read_text())
-    uninterrupted = json.loads((fresh_out / "results.json").read_text())
+    killed = load_results(out / "results.json")
+    uninterrupted = load_results(fresh_out / "results.json")
     assert _numbers(killed) == _numbers(uninterrupted)
 
 
@@ -435,8 +454,8 @@ def test_sigint_stops_cleanly_with_a_partial_report(tmp_path: Path, tiny_model_d
     _wait_for_lines(proc, out / "records.jsonl", 1)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
-    results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "interrupted" and results["finished_conditions"]
+    results = load_results(out / "results.json")
+    assert results.status == "interrupted" and results.finished_conditions
     assert "INTERRUPTED" in (out / "report.md").read_text()
 
 

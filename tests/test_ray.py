@@ -28,6 +28,7 @@ from vulnsteer.lm.model import LoadedModel, load_model
 ray = pytest.importorskip("ray")
 
 from vulnsteer.experiment.ray_executor import RayExecutor, WorkerFailedError  # noqa: E402
+from vulnsteer.experiment.upgrade import load_results  # noqa: E402
 
 # the fault-injecting scorer below travels to the workers by value (they cannot import this test module)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -75,19 +76,20 @@ def test_ray_sweep_equals_local(tmp_path: Path, cluster: str, model_dir: Path, m
     # the probes read the states the workers' sinks recorded: the driver extracted nothing for val and test
     assert sorted((tmp_path / "cache").rglob("*")) == cached
 
-    assert distributed["selection"] == local["selection"]
-    assert distributed["conditional_selection"] == local["conditional_selection"]
+    for name in ("constant", "conditional", "prompt"):
+        assert distributed.families[name].choices == local.families[name].choices, name
+        assert distributed.families[name].templates == local.families[name].templates, name
     assert _numbers(distributed) == _numbers(local)
-    for key in ("records", "lead", "conditional", "prompt_selection"):
-        assert distributed[key] == local[key], key
+    assert distributed.records == local.records and distributed.lead == local.lead
+    assert distributed.families["conditional"].held_out == local.families["conditional"].held_out
     assert _entries(tmp_path / "ray" / "records.jsonl") == _entries(tmp_path / "local" / "records.jsonl")
 
-    stats = distributed["executor"]
+    stats = distributed.executor
     assert stats["kind"] == "ray" and len(stats["workers"]) == 2 and stats["retried_chunks"] == 0
     scored = sum(w["conditions"] for w in stats["workers"])
     assert scored == len((tmp_path / "ray" / "records.jsonl").read_text().splitlines())
     assert all(w["conditions"] > 0 and w["conditions_per_s"] > 0 for w in stats["workers"]), stats
-    assert local["executor"]["kind"] == "local" and local["executor"]["workers"][0]["conditions"] == scored
+    assert local.executor["kind"] == "local" and local.executor["workers"][0]["conditions"] == scored
 
     # `evaluate --from RUN` on other data: the same rows with one Ray worker as locally
     other = write_toy_jsonl(tmp_path / "other.jsonl", n_pairs=3, prefix="other")
@@ -96,10 +98,11 @@ def test_ray_sweep_equals_local(tmp_path: Path, cluster: str, model_dir: Path, m
     for name, executor in (("local", "local"), ("ray", "ray")):
         settings = transfer.replace(run__executor=executor, run__ray_workers=1)
         out = evaluate_from_run(tmp_path / "local", settings, tmp_path / f"eval-{name}", lm=model, progress=False)
-        found[name] = json.loads((out / "results.json").read_text())
-    assert found["ray"]["executor"]["kind"] == "ray" and found["ray"]["executor"]["workers"][0]["conditions"] > 0
-    for key in ("summary", "pooled", "cross_cwe", "records"):
-        assert found["ray"][key] == found["local"][key], key
+        found[name] = load_results(out / "results.json")
+    assert found["ray"].executor["kind"] == "ray" and found["ray"].executor["workers"][0]["conditions"] > 0
+    for family in ("constant", "conditional"):  # rows per CWE, the pooled vector's rows, the cross-CWE matrix
+        assert found["ray"].families[family].held_out == found["local"].families[family].held_out, family
+    assert found["ray"].records == found["local"].records
 
 
 # ------------------------------------------------------------------------------------------ a killed driver
@@ -130,7 +133,7 @@ def test_a_killed_driver_resumes(tmp_path: Path, cluster: str, model_dir: Path, 
 
     local = run(load_config(config).replace(run__cache_dir=str(tmp_path / "fresh")), tmp_path / "local", model)
     assert _entries(records) == _entries(tmp_path / "local" / "records.jsonl")
-    assert _numbers(json.loads((out / "results.json").read_text())) == _numbers(local)
+    assert _numbers(load_results(out / "results.json")) == _numbers(local)
 
 
 # ------------------------------------------------------------------------------------------ executor faults

@@ -1,13 +1,33 @@
-"""report.md and its plots, rendered from a hand-built results dict (the shape ``results.json`` has)."""
+"""report.md and its plots, rendered from hand-built typed results (what ``results.json`` holds)."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 from vulnsteer.cwe import cwe_name
+from vulnsteer.detection.probe import ProbeResult
+from vulnsteer.experiment.grid import Condition, Setting
+from vulnsteer.experiment.results import (
+    Control,
+    CrossCwe,
+    DataInfo,
+    DataNotes,
+    Example,
+    FamilyResults,
+    Flips,
+    HeldOutRow,
+    HeldOutTable,
+    MetricBlock,
+    ModelInfo,
+    PointMetrics,
+    Results,
+    RunFiles,
+    SplitsInfo,
+    ValEntry,
+)
+from vulnsteer.experiment.select import Choice
 from vulnsteer.report import write_report
 from vulnsteer.report.markdown import duplicates_text, fmt, render_markdown
 
@@ -15,173 +35,156 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABEL = "mean_diff@last L1 relative +0.5 (steer last)"
 
 
-def _metrics(bal: float, lo: float, hi: float, margin: float | None = 0.25) -> dict[str, Any]:
-    return {
-        "balanced_accuracy": bal,
-        "balanced_accuracy_ci": [lo, hi],
-        "accuracy": bal,
-        "tpr": 0.75,
-        "fpr": 0.25,
-        "pair_accuracy": 0.5,
-        "vulnerable_rate": 0.5,
-        "uncertain_rate": 0.0,
-        "auroc": 0.8,
-        "mean_margin": margin,
-        "n": 8,
-        "n_pairs": 4,
-    }
+def _metrics(bal: float, lo: float, hi: float, margin: float | None = 0.25) -> MetricBlock:
+    return MetricBlock(
+        n=8,
+        n_pairs=4,
+        accuracy=bal,
+        balanced_accuracy=bal,
+        tpr=0.75,
+        fpr=0.25,
+        auroc=0.8,
+        pair_accuracy=0.5,
+        vulnerable_rate=0.5,
+        uncertain_rate=0.0,
+        balanced_accuracy_ci=(lo, hi),
+        mean_margin=margin,
+    )
 
 
-def _row(
-    base: dict[str, Any], steered: dict[str, Any], control: dict[str, Any] | None, delta: float, words: str
-) -> dict[str, Any]:
-    return {
-        "n": 8,
-        "n_pairs": 4,
-        "split": "test",
-        "baseline": base,
-        "steered": steered,
-        "control": control,
-        "chosen": LABEL if control else "baseline (no steered setting beat it on val)",
-        "delta": delta,
-        "delta_ci": [0.1, 0.4] if delta else [0.0, 0.0],
-        "p_value": 0.03125 if delta else 1.0,
-        "flips": {"wrong_to_right": 3, "right_to_wrong": 1} if delta else {"wrong_to_right": 0, "right_to_wrong": 0},
-        "words": words,
-    }
+def _point(bal: float, margin: float | None = 0.25) -> PointMetrics:
+    return PointMetrics(8, bal, bal, 0.75, 0.25, 0.5, 0.5, 0.8, margin)
 
 
-def _setting(strength: float) -> dict[str, Any]:
-    return {
-        "method": "mean_diff",
-        "pooling": "last",
-        "layers": [1],
-        "unit": "relative",
-        "strength": strength,
-        "positions": "last",
-        "label": LABEL if strength == 0.5 else f"strength {strength}",
-    }
+def _row(base: MetricBlock, steered: MetricBlock, control: MetricBlock | None, delta: float, words: str) -> HeldOutRow:
+    return HeldOutRow(
+        n=8,
+        n_pairs=4,
+        split="test",
+        baseline=base,
+        chosen=LABEL if control else "baseline (no steered setting beat it on val)",
+        steered=steered,
+        delta=delta,
+        delta_ci=(0.1, 0.4) if delta else (0.0, 0.0),
+        p_value=0.03125 if delta else 1.0,
+        flips=Flips(3, 1) if delta else Flips(0, 0),
+        words=words,
+        controls={} if control is None else {"control": Control(control, 0.02)},
+    )
 
 
-def _results() -> dict[str, Any]:
+def _setting(strength: float) -> Setting:
+    return Setting("mean_diff", "last", (1,), "relative", strength, "last")
+
+
+def _results() -> Results:
     """Two CWEs on test: CWE-89 steered (chosen at 0.5, with its control), CWE-79 kept at baseline."""
     base89, steer89, ctrl89 = _metrics(0.5, 0.4, 0.6), _metrics(0.75, 0.6, 0.9), _metrics(0.52, 0.41, 0.63)
     base79 = _metrics(0.625, 0.5, 0.75)
     row79 = _row(base79, base79, None, 0.0, "no steered setting beat the baseline on validation")
-    row79["best_steered_not_chosen"] = _row(base79, _metrics(0.5, 0.4, 0.6), base79, -0.125, "a loss")
+    row79 = dataclasses.replace(row79, best_not_chosen=_row(base79, _metrics(0.5, 0.4, 0.6), base79, -0.125, "a loss"))
     val = [
-        {
-            "condition": {"kind": "baseline", "vector": None},
-            "setting": None,
-            "metrics": {
-                "CWE-89": _metrics(0.5, 0, 1),
-                "CWE-79": _metrics(0.7, 0, 1),
-                "overall": _metrics(0.6, 0, 1, 4.8),
-            },
-        }
+        ValEntry(
+            Condition("baseline", "logit", "val"),
+            {"CWE-89": _point(0.5), "CWE-79": _point(0.7), "overall": _point(0.6, 4.8)},
+        )
     ]
     for strength in (0.5, 2.0):
-        for kind in ("steered", "control"):
+        for role in ("steered", "control"):
             val.append(
-                {
-                    "condition": {"kind": kind, "vector": None},
-                    "setting": _setting(strength),
-                    "metrics": {
-                        "CWE-89": _metrics(0.8 if strength == 0.5 else 0.6, 0, 1),
-                        "CWE-79": _metrics(0.6, 0, 1),
-                        "overall": _metrics(0.7, 0, 1, -1.5),
+                ValEntry(
+                    _setting(strength).condition(role, "logit", "val"),
+                    {
+                        "CWE-89": _point(0.8 if strength == 0.5 else 0.6),
+                        "CWE-79": _point(0.6),
+                        "overall": _point(0.7, -1.5),
                     },
-                }
+                    "constant",
+                )
             )
-    return {
-        "schema_version": 2,
-        "command": "run",
-        "status": "complete",
-        "config": {
-            "data": {"seed": 0},
-            "vectors": {"methods": ["mean_diff"], "pooling": ["last"], "pooled": False},
-            "steering": {"strengths": {"relative": [0.5, 2.0]}, "positions": ["last"]},
-            "detection": {"modes": ["logit"]},
-        },
-        "model": {"id": "tiny-llama", "num_layers": 4, "hidden_size": 64, "fingerprint": "abc"},
-        "layer_sets": [[1]],
-        "sign_convention": "positive strength pushes toward 'vulnerable'",
-        "data": {
-            "source": "toy.jsonl",
-            "cwes": ["CWE-89", "CWE-79"],
-            "notes": {"comments_stripped": True, "max_code_tokens": 64, "truncated": 1},
-            "splits": {
-                "train": {"n": 24},
-                "val": {"n": 16},
-                "test": {"n": 16},
-                "duplicates": {"exact": 0, "normalised": 2},
-                "notes": {"merge_duplicates": True},
-            },
-        },
-        "files": {"resolved_config": "config.resolved.toml", "chosen": "chosen/chosen.json"},
-        "val": {"logit": val},
-        "selection": {
+    how = "logit mode, val split"
+    constant = FamilyResults(
+        "constant",
+        "constant steering",
+        {"control": "random control"},
+        choices={
             "logit": {
-                "CWE-89": {"chosen": "steered", "best_steered": _setting(0.5), "selected_by": "logit mode, val split"},
-                "CWE-79": {"chosen": "baseline", "best_steered": _setting(0.5), "selected_by": "logit mode, val split"},
+                "CWE-89": Choice("CWE-89", "steered", _setting(0.5), selected_by=how),
+                "CWE-79": Choice("CWE-79", "baseline", _setting(0.5), selected_by=how),
             }
         },
-        "summary": {
-            "logit": {"CWE-89": _row(base89, steer89, ctrl89, 0.25, "gain of +0.250 is significant"), "CWE-79": row79}
+        held_out={
+            "logit": HeldOutTable(
+                "test",
+                {"CWE-89": _row(base89, steer89, ctrl89, 0.25, "gain of +0.250 is significant"), "CWE-79": row79},
+                cross_cwe=CrossCwe(
+                    ("CWE-89", "CWE-79"),
+                    ("CWE-89", "CWE-79"),
+                    ((0.25, None), (0.0, -0.125)),
+                    "test",
+                    {"CWE-89": "steered", "CWE-79": "baseline"},
+                ),
+            )
         },
-        "pooled": {"logit": {}},
-        "cross_cwe": {
-            "logit": {
-                "vectors": ["CWE-89", "CWE-79"],
-                "targets": ["CWE-89", "CWE-79"],
-                "split": "test",
-                "delta_balanced_accuracy": [[0.25, None], [0.0, -0.125]],
-                "chosen": {"CWE-89": "steered", "CWE-79": "baseline"},
-            }
+        examples={
+            "generation": (
+                Example(
+                    "CWE-89",
+                    "p0-v",
+                    "vulnerable",
+                    "steered",
+                    LABEL,
+                    "Answer: secure\nnone",
+                    "secure",
+                    "Answer: `vulnerable`",
+                    "vulnerable",
+                ),
+            )
         },
-        "probes": [
-            {
-                "cwe": "CWE-89",
-                "detector": "direction",
-                "pooling": "last",
-                "layer": 1,
-                "val_balanced_accuracy": 0.75,
-                "threshold": 0.125,
-                "test_auroc": 0.9,
-                "test_balanced_accuracy": 0.875,
-                "balanced_accuracy_ci": [0.7, 1.0],
-                "skipped": None,
-            },
+    )
+    probes = (
+        ProbeResult("direction", "last", 1, "CWE-89", 0.125, 0.9, 0.875, None, 0.75, 8, 8, 8, (0.7, 1.0)),
+        ProbeResult.from_dict(
             {
                 "cwe": "CWE-79",
                 "detector": "logistic",
                 "pooling": "last",
                 "layer": 1,
-                "val_balanced_accuracy": None,
-                "threshold": None,
-                "test_auroc": None,
-                "test_balanced_accuracy": None,
-                "balanced_accuracy_ci": None,
                 "skipped": "fewer than 2 train samples per class",
-            },
-        ],
-        "examples": {
-            "generation": [
-                {
-                    "cwe": "CWE-89",
-                    "sample_id": "p0-v",
-                    "truth": "vulnerable",
-                    "chosen": "steered",
-                    "setting": LABEL,
-                    "baseline": "Answer: secure\nnone",
-                    "baseline_verdict": "secure",
-                    "steered": "Answer: `vulnerable`",
-                    "steered_verdict": "vulnerable",
-                }
-            ]
-        },
-        "timings_s": {"activations": 0.5, "total": 3.25},
+            }
+        ),
+    )
+    splits = {
+        "train": {"n": 24},
+        "val": {"n": 16},
+        "test": {"n": 16},
+        "duplicates": {"exact": 0, "normalised": 2},
+        "notes": {"merge_duplicates": True},
     }
+    return Results(
+        command="run",
+        status="complete",
+        config={
+            "data": {"seed": 0},
+            "vectors": {"methods": ["mean_diff"], "pooling": ["last"], "pooled": False},
+            "steering": {"strengths": {"relative": [0.5, 2.0]}, "positions": ["last"]},
+            "detection": {"modes": ["logit"]},
+        },
+        model=ModelInfo("tiny-llama", "abc", 4, 64),
+        layer_sets=((1,),),
+        sign_convention="positive strength pushes toward 'vulnerable'",
+        data=DataInfo(
+            "toy.jsonl",
+            ("CWE-89", "CWE-79"),
+            DataNotes({"comments_stripped": True, "max_code_tokens": 64, "truncated": 1}),
+            SplitsInfo(splits),
+        ),
+        files=RunFiles("config.resolved.toml", "chosen/chosen.json", "records.jsonl"),
+        val={"logit": tuple(val)},
+        families={"constant": constant},
+        probes=probes,
+        timings_s={"activations": 0.5, "total": 3.25},
+    )
 
 
 def _section(markdown: str, heading: str) -> list[str]:
@@ -244,15 +247,13 @@ def test_lead_table_has_one_row_per_cwe_with_ci_delta_p_and_flips() -> None:
 
 def test_evaluate_headers_say_where_the_settings_come_from() -> None:
     results = _results()
-    results["command"] = "evaluate --from"
-    results["run_dir"] = "runs/x"
-    results["data"] = {**results["data"], "n_samples": 16, "skipped_cwes": {"CWE-22": 6}, "overlap_with_run_train": 2}
+    assert results.data is not None
+    data = dataclasses.replace(results.data, n_samples=16, skipped_cwes={"CWE-22": 6}, overlap_with_run_train=2)
+    results = dataclasses.replace(results, command="evaluate --from", run_dir="runs/x", data=data)
     md = render_markdown(results)
     assert "settings chosen in `runs/x`" in md and "applied here **unchanged**" in md
     assert "CWE-22 (6 samples)" in md and "also in the run's training split: 2" in md
-    del results["run_dir"]
-    results["vectors_from"] = "vecs/"
-    results["command"] = "evaluate --vectors"
+    results = dataclasses.replace(results, run_dir=None, vectors_from="vecs/", command="evaluate --vectors")
     assert "vectors from `vecs/` at the setting given on the command line" in render_markdown(results)
 
 
@@ -268,8 +269,7 @@ def test_pooled_cross_val_and_probe_sections() -> None:
     rows = _rows(probe)
     assert rows[0] == ["CWE-89", "direction", "last", "1", "0.750", "0.125", "0.900", "0.875 [0.70, 1.00]"]
     assert rows[1][-1] == "skipped: fewer than 2 train samples per class" and set(rows[1][4:-1]) == {"–"}
-    without = _results()
-    without["probes"] = []
+    without = dataclasses.replace(_results(), probes=())
     assert "Probe detectors" not in render_markdown(without)
 
 
@@ -278,18 +278,23 @@ def test_examples_timings_and_interrupted_report() -> None:
     assert "![x](plots/x.png)" in md and "**CWE-89** `p0-v` (truth: vulnerable" in md
     assert "`Answer: secure ⏎ none`" in md and "`Answer: 'vulnerable'`" in md  # one line, no backticks inside
     assert "activations: 0.5, total: 3.25" in md
-    stopped = {"command": "sweep", "status": "interrupted", "finished_conditions": [{"key": "baseline|logit|val"}]}
+    stopped = Results(
+        command="sweep", status="interrupted", finished_conditions=(Condition("baseline", "logit", "val"),)
+    )
     text = render_markdown(stopped)
     assert "INTERRUPTED" in text and "- baseline|logit|val" in text
 
 
 def test_render_markdown_tolerates_nan_and_missing_values() -> None:
-    results = copy.deepcopy(_results())
-    row = results["summary"]["logit"]["CWE-89"]
-    row["baseline"]["balanced_accuracy"] = math.nan
-    row["baseline"]["balanced_accuracy_ci"] = None
-    row["control"] = None
-    md = render_markdown(results)
+    results = _results()
+    constant = results.families["constant"]
+    table = constant.held_out["logit"]
+    row = table.rows["CWE-89"]
+    baseline = dataclasses.replace(row.baseline, balanced_accuracy=math.nan, balanced_accuracy_ci=None)
+    row = dataclasses.replace(row, baseline=baseline, controls={})
+    table = dataclasses.replace(table, rows={**table.rows, "CWE-89": row})
+    constant = dataclasses.replace(constant, held_out={"logit": table})
+    md = render_markdown(dataclasses.replace(results, families={"constant": constant}))
     assert "nan [–, –]" in md
 
 
@@ -300,20 +305,22 @@ def test_write_report_writes_markdown_and_plots(tmp_path: Path) -> None:
     assert pngs and all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
     for png in pngs:
         assert f"(plots/{png.name})" in text
-    interrupted = {"command": "sweep", "status": "interrupted", "finished_conditions": []}
+    interrupted = Results(command="sweep", status="interrupted")
     assert "INTERRUPTED" in write_report(interrupted, tmp_path / "i").read_text()
     assert not (tmp_path / "i" / "plots").exists()
 
 
 def test_duplicates_text_says_what_was_found_and_dropped() -> None:
-    kept = {"duplicates": {"exact": 2, "normalised": 3}, "notes": {}}
+    kept = SplitsInfo({"duplicates": {"exact": 2, "normalised": 3}, "notes": {}})
     assert duplicates_text(kept) == "cross-split duplicates (kept): exact 2, normalised 3"
-    dropped = {
-        "duplicates": {"exact": 0, "normalised": 0},
-        "notes": {
-            "deduped": {"dropped": {"val": ["a", "b"], "test": ["c"]}},
-            "duplicates_before_dedupe": {"exact": 2, "normalised": 3},
-        },
-    }
+    dropped = SplitsInfo(
+        {
+            "duplicates": {"exact": 0, "normalised": 0},
+            "notes": {
+                "deduped": {"dropped": {"val": ["a", "b"], "test": ["c"]}},
+                "duplicates_before_dedupe": {"exact": 2, "normalised": 3},
+            },
+        }
+    )
     text = duplicates_text(dropped)
     assert "found: exact 2, normalised 3; dropped 2 val and 1 test samples" in text and "left: exact 0" in text

@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 from tests.conftest import write_toy_jsonl
+from tests.test_protocol import _numbers as numbers_of
 from tests.test_protocol import write_config
+
+from vulnsteer.experiment.upgrade import load_results
 
 #: Where to die: (module, attribute, how many calls to let through first).
 KILL_POINTS = {
@@ -86,22 +89,9 @@ def _env(setup: dict[str, Path]) -> dict[str, str]:
 
 
 def _numbers(out: Path) -> dict[str, Any]:
-    results = json.loads((out / "results.json").read_text())
-    return {
-        k: results.get(k)
-        for k in (
-            "val",
-            "selection",
-            "conditional_selection",
-            "summary",
-            "conditional",
-            "lead",
-            "pooled",
-            "cross_cwe",
-            "probes",
-            "detector",
-        )
-    }
+    """Every number of the run's results.json but its records (the val entries, choices, rows, lead, probes and the
+    saved detector)."""
+    return numbers_of(load_results(out / "results.json"))
 
 
 def _entries(out: Path) -> dict[str, Any]:

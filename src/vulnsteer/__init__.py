@@ -35,9 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .detection.detector import SavedDetector
     from .detection.engine import detect, generate_verdicts, score_logits
     from .detection.records import DetectionRecord
-    from .experiment.apply import apply_choices
+    from .experiment.apply import apply_families
     from .experiment.evaluate import evaluate_from_run, evaluate_vectors
     from .experiment.protocol import run_protocol
+    from .experiment.results import Results
+    from .experiment.upgrade import load_results
     from .lm.activations import Activations, extract_activations
     from .lm.model import LoadedModel, decoder_layers, load_model
     from .lm.prompts import PromptTemplate
@@ -56,13 +58,14 @@ __all__ = [
     "LinearProbe",
     "LoadedModel",
     "PromptTemplate",
+    "Results",
     "Sample",
     "SavedDetector",
     "SteeringSpec",
     "SteeringVector",
     "__version__",
     "answer_vector",
-    "apply_choices",
+    "apply_families",
     "decoder_layers",
     "detect",
     "evaluate_from_run",
@@ -73,6 +76,7 @@ __all__ = [
     "load_builtin",
     "load_config",
     "load_model",
+    "load_results",
     "load_samples",
     "parse_config",
     "run_protocol",
@@ -92,13 +96,15 @@ _HOME = {
     "generate_verdicts": "detection.engine",
     "score_logits": "detection.engine",
     "DetectionRecord": "detection.records",
-    "apply_choices": "experiment.apply",
+    "apply_families": "experiment.apply",
     "ExperimentConfig": "config",
     "load_config": "config",
     "parse_config": "config",
     "evaluate_from_run": "experiment.evaluate",
     "evaluate_vectors": "experiment.evaluate",
     "run_protocol": "experiment.protocol",
+    "Results": "experiment.results",
+    "load_results": "experiment.upgrade",
     "Activations": "lm.activations",
     "extract_activations": "lm.activations",
     "LoadedModel": "lm.model",

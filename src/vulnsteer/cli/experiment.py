@@ -95,7 +95,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
 
     from ..config import check_overrides
 
@@ -131,13 +130,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             progress=progress,
             allow_model_mismatch=args.allow_model_mismatch,
         )
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    for warning in results.get("warnings", []):
+    from ..experiment.upgrade import load_results
+
+    results = load_results(out / "results.json")
+    for warning in results.warnings:
         print(f"warning: {warning}")
-    for mode, rows in results["summary"].items():
-        for cwe, row in rows.items():
-            print(f"{mode} {cwe}: n={row['n']} Δ bal.acc {row['delta']:+.3f} (p={row['p_value']:.3g}) {row['chosen']}")
-    if results["data"].get("skipped_cwes"):
-        print("skipped (no vector or choice): " + ", ".join(results["data"]["skipped_cwes"]))
+    for family in results.families.values():
+        for mode, table in family.held_out.items():
+            for cwe, row in table.rows.items():
+                print(f"{mode} {cwe}: n={row.n} Δ bal.acc {row.delta:+.3f} (p={row.p_value:.3g}) {row.chosen}")
+    if results.data is not None and results.data.skipped_cwes:
+        print("skipped (no vector or choice): " + ", ".join(results.data.skipped_cwes))
     _print_done(out)
     return 0

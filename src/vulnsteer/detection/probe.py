@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +145,37 @@ class ProbeResult:
             "notes": list(self.notes),
             "skipped": self.skipped,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeResult:
+        """A result from its :meth:`to_dict` form (``None`` metrics back to ``nan`` where the field is a float)."""
+
+        def num(key: str) -> float:
+            value = data.get(key)
+            return _NAN if value is None else float(value)
+
+        def opt(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        lo, hi = data.get("balanced_accuracy_ci") or (None, None)
+        return cls(
+            str(data["detector"]),
+            str(data["pooling"]),
+            int(data["layer"]),
+            str(data["cwe"]),
+            num("threshold"),
+            opt("test_auroc"),
+            num("test_balanced_accuracy"),
+            opt("val_auroc"),
+            num("val_balanced_accuracy"),
+            int(data.get("n_train", 0)),
+            int(data.get("n_val", 0)),
+            int(data.get("n_test", 0)),
+            (_NAN if lo is None else float(lo), _NAN if hi is None else float(hi)),
+            tuple(data.get("notes") or ()),
+            data.get("skipped"),
+        )
 
 
 # ------------------------------------------------------------------------------------------ scores

@@ -2,14 +2,16 @@
 
 Nothing is selected here. ``--from`` applies a run's choices (per mode and CWE, chosen on that run's validation
 split; the baseline where the baseline won) unchanged to every sample of another dataset; ``--vectors`` applies
-saved vectors at a strength the user gives to one split. Both go through the apply engine
-(:func:`~vulnsteer.experiment.apply.apply_choices`), so their rows have one shape: baseline vs chosen vs
-random-direction control, CIs, McNemar p-values, the pooled vector and the cross-CWE matrix. A model whose
+saved vectors at a strength the user gives to one split (as the constant family's choice). Both go through the apply
+engine (:func:`~vulnsteer.experiment.apply.apply_families`), so their rows have the test phase's shape: per family
+baseline vs chosen vs controls, CIs, McNemar p-values, the pooled vector and the cross-CWE matrix, and the lead
+table. ``--from`` re-applies every family that kept its choices in the run's ``chosen/`` folder. A model whose
 architecture or weights differ from the vectors' is refused unless mismatches are allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -24,17 +26,21 @@ from ..lm.activation_cache import model_key
 from ..lm.memory import peak_memory
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
-from ..steering.gate import LinearProbe
-from ..steering.vectors import SteeringVector, VectorMismatchError
-from .apply import apply_choices
+from ..steering.vectors import VectorMismatchError
+from .apply import apply_families
+from .chosen import load_chosen
 from .engine import ResultStore, ScoringOptions
+from .families import DEFAULT_FAMILIES, by_name
+from .families.constant import CONSTANT
+from .families.setting import SettingChoices
+from .family import Artefacts, Family, HeldOut, merge_artefacts
 from .fit import load_vector_dir
 from .grid import POOLED, Setting
 from .preflight import check_before_loading, load_configured_model
 from .prepare import load_dataset, prepare_data
 from .protocol import default_out_dir
 from .ray_executor import open_executor
-from .results import examples, json_ready, load_chosen, load_probes, new_results
+from .results import DataInfo, DataNotes, Results, SplitsInfo, new_results
 from .rundir import CHOSEN_DIR, RunDir
 from .select import Choice
 
@@ -70,7 +76,7 @@ def transfer_config(run_dir: str | Path, overrides: Mapping[str, tuple[Any, str]
     cleaning keys (token budget, comments) stay; which dataset and which of its samples come from *overrides*
     only, and every sample is evaluated (no split, so ``data.duplicates`` is ``keep``)."""
     chosen = load_chosen(run_dir)
-    doc = {k: dict(v) if isinstance(v, dict) else v for k, v in chosen["config"].items()}
+    doc = {k: dict(v) if isinstance(v, dict) else v for k, v in chosen.config.items()}
     data = doc.get("data", {})
     doc["data"] = {k: data[k] for k in ("max_code_tokens", "keep_comments") if k in data} | {"duplicates": "keep"}
     doc["run"] = {k: v for k, v in dict(doc.get("run") or {}).items() if k != "out"}  # (the run's own folder)
@@ -95,19 +101,19 @@ def _run_evaluation(
     run: RunDir,
     lm: LoadedModel,
     samples: Mapping[str, Sequence[Sample]],
-    choices: Mapping[str, Mapping[str, Choice]],
-    vectors: Mapping[tuple[str, str], SteeringVector],
+    families: Sequence[Family[Any, Any]],
+    chosen: Mapping[str, Any],
+    artefacts: Artefacts,
     *,
+    modes: Sequence[str],
     split: str,
     control_seed: int,
     identity: Mapping[str, Any],
     extra: Mapping[str, Any],
     progress: bool,
-    conditional: Mapping[str, Mapping[str, Choice]] | None = None,
-    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
-) -> dict[str, Any]:
-    """Score *choices* (and the *conditional* ones, gated by *probes*) on *samples* through the apply engine and
-    write results.json and the report."""
+) -> Results:
+    """Apply each family's choice (*chosen*, by name) to *samples* through the apply engine and write
+    results.json and the report; *extra* fills the fields that say where the choices come from."""
     from ..report import write_report
 
     started = time.perf_counter()
@@ -125,58 +131,30 @@ def _run_evaluation(
     )
     load = partial(load_configured_model, config.model)
     with run.open(identity, f"{command} run"), open_executor(config.run, load, lm) as executor:
-        applied = apply_choices(
-            lm,
-            choices,
+        held = HeldOut(
+            split,
+            tuple(modes),
             samples,
-            vectors,
-            ResultStore(run.records),
-            split=split,
-            control_seed=control_seed,
-            cross_cwe_modes=d.cross_cwe_modes,
-            options=options,
             seed=config.data.seed,
-            executor=executor,
+            control_seed=control_seed,
+            cross_cwe_modes=tuple(d.cross_cwe_modes),
+            n_examples=config.report.n_examples,
         )
-        gated = None
-        if conditional:
-            gated = apply_choices(
-                lm,
-                conditional,
-                samples,
-                vectors,
-                ResultStore(run.records),
-                split=split,
-                control_seed=control_seed,
-                cross_cwe_modes=(),
-                options=options,
-                seed=config.data.seed,
-                probes=probes,
-            )
-        results = new_results(command, config_document(config), lm, DEFAULT_TEMPLATE)
-        results.update(extra)
-        results["selection"] = {m: {t: c.to_dict() for t, c in by.items()} for m, by in choices.items()}
-        for key in ("summary", "pooled", "cross_cwe"):
-            results[key] = {m: found["rows" if key == "summary" else key] for m, found in applied.by_mode.items()}
-        if gated is not None and conditional:
-            results["conditional_selection"] = {
-                m: {t: c.to_dict() for t, c in by.items()} for m, by in conditional.items()
-            }
-            results["conditional"] = {m: found["rows"] for m, found in gated.by_mode.items()}
-        every = [*applied.conditions, *(gated.conditions if gated else [])]
-        records = {**applied.records, **(gated.records if gated else {})}
-        results["records"] = {c.key: [r.to_dict() for r in records[c.key]] for c in every}
-        results["examples"] = {
-            m: examples(applied, choices[m], m, split, config.report.n_examples)
-            for m in choices
-            if m == "generation" and config.report.n_examples
-        }
-        results["status"] = "complete"
-        results["timings_s"] = {"total": round(time.perf_counter() - started, 2)}
-        results["peak_memory"] = peak_memory(lm.device)
-        results["executor"] = executor.stats()
-        results = json_ready(results)
-        write_json(run.path / "results.json", results)
+        found = apply_families(
+            lm, families, chosen, held, ResultStore(run.records), artefacts, options, executor=executor
+        )
+        results = dataclasses.replace(
+            new_results(command, config_document(config), lm, DEFAULT_TEMPLATE),
+            status="complete",
+            families={f.name: f.results(None, chosen[f.name], found.applied[f.name], None) for f in families},
+            lead=found.lead,
+            records={c.key: tuple(found.records[c.key]) for c in found.conditions},
+            timings_s={"total": round(time.perf_counter() - started, 2)},
+            peak_memory=peak_memory(lm.device),
+            executor=executor.stats(),
+            **extra,
+        )
+        write_json(run.path / "results.json", results.to_json())
         write_report(results, run.path)
     return results
 
@@ -198,16 +176,18 @@ def evaluate_from_run(
     modes: Sequence[str] | None = None,
     allow_model_mismatch: bool = False,
     progress: bool = True,
+    families: Sequence[Family[Any, Any]] = DEFAULT_FAMILIES,
 ) -> Path:
     """Apply the choices saved in *run_dir* (``chosen/``) unchanged to every sample of *config*'s dataset (build
-    *config* with :func:`transfer_config`); returns the output directory.
+    *config* with :func:`transfer_config`), each by the family of *families* that saved it; returns the output
+    directory.
 
     >>> config = transfer_config("runs/quick", {"data.path": ("../shared/data/sven", "--data")})  # doctest: +SKIP
     >>> out = evaluate_from_run("runs/quick", config, "runs/quick-on-sven")  # doctest: +SKIP
     """
     source = Path(run_dir)
     chosen = load_chosen(source)
-    available = list(chosen["modes"])
+    available = chosen.modes
     modes = [m for m in (modes or config.detection.modes) if m in available]
     if not modes:
         raise ValueError(f"{source}: the run has choices for modes {', '.join(available)} only")
@@ -220,27 +200,20 @@ def evaluate_from_run(
     own = lm is None
     lm = lm or load_configured_model(config.model)
     try:
-        warnings = check_model(chosen["model"], lm, allow_model_mismatch)
-        if chosen.get("template") != DEFAULT_TEMPLATE.to_dict():
+        warnings = check_model(chosen.model.to_json(), lm, allow_model_mismatch)
+        if chosen.template != DEFAULT_TEMPLATE.to_dict():
             warnings.append("the prompt template differs from the one the run used")
-        choices = {m: {t: Choice.from_dict(e) for t, e in chosen["modes"][m].items()} for m in modes}
-        gated_doc = chosen.get("conditional") or {}
-        conditional = {m: {t: Choice.from_dict(e) for t, e in gated_doc[m].items()} for m in modes if m in gated_doc}
-        vectors: dict[tuple[str, str], SteeringVector] = {}
-        probes: dict[tuple[str, str], LinearProbe] = {}
-        for doc, by_mode in ((chosen["modes"], choices), (gated_doc, conditional)):
-            for mode, by_target in by_mode.items():
-                for target, entry in doc[mode].items():
-                    best = by_target[target].best
-                    if entry.get("vector") and best is not None:
-                        vectors[(target, best.method_key)] = SteeringVector.load(
-                            source / CHOSEN_DIR / entry["vector"],
-                            hidden_size=lm.hidden_size,
-                            fingerprint=None if allow_model_mismatch else lm.fingerprint,
-                        )
-                        probes.update(load_probes(source, entry, target))
+        restored: dict[str, Any] = {}
+        for name, entry in chosen.families.items():
+            family = by_name(families, name)
+            if family is None:
+                warnings.append(f"the run's {name} choices are not applied (no detector family of that name)")
+                continue
+            state = family.restore({m: entry[m] for m in modes if m in entry}, source, lm, allow_model_mismatch)
+            if state is not None:
+                restored[name] = state
         data, everything = _prepared_samples(config, lm, loaded, "all", progress)
-        covered = sorted({t for m in modes for t in chosen["modes"][m] if t != POOLED})
+        covered = chosen.targets(modes)
         samples = {cwe: items for cwe, items in everything.items() if cwe in covered}
         skipped = {cwe: len(items) for cwe, items in everything.items() if cwe not in covered}
         if not samples:
@@ -248,38 +221,35 @@ def evaluate_from_run(
                 f"none of the CWEs of {data.source} ({', '.join(everything) or 'none'}) has a chosen "
                 f"setting in {source} (it has {', '.join(covered)})"
             )
-        choices = {m: {t: c for t, c in by.items() if t in (*samples, POOLED)} for m, by in choices.items()}
-        conditional = {m: {t: c for t, c in by.items() if t in samples} for m, by in conditional.items()}
-        seen = set(chosen.get("train_code_hashes", []))
-        overlap = sum(1 for items in samples.values() for s in items if _code_hash(s) in seen)
-        extra = {
-            "run_dir": str(source),
-            "source_model": chosen["model"],
-            "warnings": warnings,
-            "data": {
-                "source": data.source,
-                "cwes": list(samples),
-                "skipped_cwes": skipped,
-                "notes": data.notes,
-                "n_samples": sum(len(v) for v in samples.values()),
-                "overlap_with_run_train": overlap,
-            },
-        }
+        targets = [*samples, POOLED]
+        restored = {n: s.restricted(targets) if isinstance(s, SettingChoices) else s for n, s in restored.items()}
+        applied = [f for f in families if f.name in restored]
+        overlap = sum(1 for items in samples.values() for s in items if _code_hash(s) in chosen.train_code_hashes)
+        info = DataInfo(
+            data.source,
+            tuple(samples),
+            DataNotes(data.notes),
+            n_samples=sum(len(v) for v in samples.values()),
+            skipped_cwes=skipped,
+            overlap_with_run_train=overlap,
+        )
+        extra = {"run_dir": str(source), "source_model": chosen.model, "warnings": tuple(warnings), "data": info}
+        artefacts = merge_artefacts([s.artefacts for s in restored.values() if isinstance(s, SettingChoices)])
         _run_evaluation(
             "evaluate --from",
             config,
             run,
             lm,
             samples,
-            choices,
-            vectors,
+            applied,
+            restored,
+            artefacts,
+            modes=modes,
             split="all",
-            control_seed=int(chosen["control_seed"]),
+            control_seed=chosen.control_seed,
             progress=progress,
             extra=extra,
             identity={"from": str(source.resolve()), "modes": modes},
-            conditional=conditional,
-            probes=probes,
         )
     finally:
         if own:
@@ -346,30 +316,29 @@ def evaluate_vectors(
                 )
         targets = [*samples, *([POOLED] if (POOLED, key) in vectors else [])]
         choice = {t: Choice(t, "steered", setting, selected_by="given (evaluate --vectors)") for t in targets}
-        choices = {mode: choice for mode in config.detection.modes}
-        extra = {
-            "vectors_from": str(vectors_dir),
-            "data": {
-                "source": data.source,
-                "cwes": list(samples),
-                "notes": data.notes,
-                "splits": data.splits.summary(),
-                "n_samples": sum(len(v) for v in samples.values()),
-                "skipped_cwes": {c: len(v) for c, v in by_cwe.items() if c not in samples},
-            },
-        }
+        given = SettingChoices({mode: choice for mode in config.detection.modes}, vectors)
+        info = DataInfo(
+            data.source,
+            tuple(samples),
+            DataNotes(data.notes),
+            SplitsInfo(data.splits.summary()),
+            n_samples=sum(len(v) for v in samples.values()),
+            skipped_cwes={c: len(v) for c, v in by_cwe.items() if c not in samples},
+        )
         _run_evaluation(
             "evaluate --vectors",
             config,
             run,
             lm,
             samples,
-            choices,
-            vectors,
+            (CONSTANT,),
+            {CONSTANT.name: given},
+            given.artefacts,
+            modes=config.detection.modes,
             split=split,
             control_seed=config.steering.control_seed,
             progress=progress,
-            extra=extra,
+            extra={"vectors_from": str(vectors_dir), "data": info},
             identity={"vectors": _files_digest(Path(vectors_dir)), "strength": strength},
         )
     finally:

@@ -1,11 +1,12 @@
-"""The grid: steering settings, and the conditions (setting x role x detector mode x split) that get scored.
+"""The grid: steering settings, and the conditions (setting x role x mode x split) that get scored.
 
 A :class:`Setting` is one steering configuration: which vector (method at a pooling), at which layers, in which
 strength unit and size, at which token positions, and, for conditional steering, which probe gates it and how.
 A :class:`Condition` is what the engine scores and stores: the baseline (no setting, possibly under another
 prompt template), a setting with a real vector (``steered``), with its random-direction control (``control``:
 same norms, same layers, same gate), or, for a gated setting, with a random gate (``gate_control``: the real
-vector gated by a random direction's score), in one detector mode, on one split, with one vector source.
+vector gated by a random direction's score): that is its *role*. It is scored in one mode, on one split, with one
+vector source. Its :attr:`Condition.key` names it in ``records.jsonl`` (a resumed run finds its records by it).
 
 >>> s = Setting("mean_diff", "last", (15,), "relative", 0.3, "last")
 >>> s.label()
@@ -29,8 +30,8 @@ from ..steering.hooks import PositionMode, SteeringSpec, StrengthUnit
 from ..steering.vectors import SteeringVector
 
 __all__ = [
-    "KINDS",
     "POOLED",
+    "ROLES",
     "Condition",
     "Setting",
     "candidate_settings",
@@ -42,7 +43,8 @@ __all__ = [
 
 #: Name of the pooled "any weakness" vector (all CWEs' training samples together).
 POOLED = "any"
-KINDS: tuple[str, ...] = ("baseline", "steered", "control", "gate_control")
+#: What a scored condition is in a comparison (the glossary's *role*).
+ROLES: tuple[str, ...] = ("baseline", "steered", "control", "gate_control")
 #: How a random-gate control names its probe: ``random:<probe key>``.
 RANDOM_PROBE = "random:"
 DEFAULT_CONTROL_SEED = 1234
@@ -90,14 +92,14 @@ class Setting:
 
     def condition(
         self,
-        kind: str,
+        role: str,
         mode: str,
         split: str,
         vector: str | None = None,
         cover: str = "all",
         control_seed: int = DEFAULT_CONTROL_SEED,
     ) -> Condition:
-        return Condition(kind, mode, split, self, vector, cover, control_seed)
+        return Condition(role, mode, split, self, vector, cover, control_seed)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -124,8 +126,8 @@ class Condition:
     """One scored condition.
 
     Attributes:
-        kind: ``baseline``, ``steered``, ``control`` (random vector) or ``gate_control`` (random gate).
-        mode: detector mode (``logit`` or ``generation``).
+        role: ``baseline``, ``steered``, ``control`` (random vector) or ``gate_control`` (random gate).
+        mode: ``logit`` or ``generation``.
         split: ``val``, ``test``, ``train`` or ``all`` (every sample of another dataset).
         setting: the steering setting (None for the baseline).
         vector: whose vector steers: None = each sample's own CWE's, ``"any"`` = the pooled vector, or a CWE id.
@@ -134,7 +136,7 @@ class Condition:
         template: the prompt template's name (``default``; other names are the prompting baselines).
     """
 
-    kind: str
+    role: str
     mode: str
     split: str
     setting: Setting | None = None
@@ -144,23 +146,24 @@ class Condition:
     template: str = "default"
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"condition kind must be one of {KINDS}, got {self.kind!r}")
-        if (self.kind == "baseline") != (self.setting is None):
+        if self.role not in ROLES:
+            raise ValueError(f"a condition's role must be one of {ROLES}, got {self.role!r}")
+        if (self.role == "baseline") != (self.setting is None):
             raise ValueError("the baseline has no setting; steered and control conditions need one")
         if self.cover not in ("all", "target") or (self.cover == "target" and self.vector in (None, POOLED)):
             raise ValueError(f"cover must be 'all', or 'target' with a CWE's vector, got {self.cover!r}")
-        if self.kind == "gate_control" and (self.setting is None or not self.setting.gated):
+        if self.role == "gate_control" and (self.setting is None or not self.setting.gated):
             raise ValueError("a random-gate control needs a gated setting")
 
     @property
     def key(self) -> str:
-        """Unique name in ``records.jsonl``: every field that changes a record is in it."""
+        """Unique name in ``records.jsonl``: every field that changes a record is in it (its text never changes
+        between versions: a resumed run finds its finished conditions by it)."""
         template = "" if self.template == "default" else f"|template={self.template}"
         if self.setting is None:
             return f"baseline|{self.mode}|{self.split}{template}"
         return (
-            f"{self.kind}|{self.mode}|{self.split}|{self.setting.key}|{self.vector or 'own'}|{self.cover}"
+            f"{self.role}|{self.mode}|{self.split}|{self.setting.key}|{self.vector or 'own'}|{self.cover}"
             f"|seed={self.control_seed}{template}"
         )
 
@@ -175,13 +178,13 @@ class Condition:
 
     def label(self) -> str:
         if self.setting is None:
-            return "baseline"
+            return "baseline" if self.template == "default" else f"baseline ({self.template} prompt)"
         source = "" if self.vector is None else f" [{self.vector} vector]"
-        return f"{self.kind} {self.setting.label()}{source}"
+        return f"{self.role} {self.setting.label()}{source}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "role": self.role,
             "mode": self.mode,
             "split": self.split,
             "setting": None if self.setting is None else self.setting.to_dict(),
@@ -191,6 +194,21 @@ class Condition:
             "template": self.template,
             "key": self.key,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Condition:
+        """A condition from its :meth:`to_dict` form (``kind`` is what files of schema 2 call the role)."""
+        setting = data.get("setting")
+        return cls(
+            str(data["role"] if "role" in data else data["kind"]),
+            str(data["mode"]),
+            str(data["split"]),
+            None if setting is None else Setting.from_dict(setting),
+            data.get("vector"),
+            str(data.get("cover", "all")),
+            int(data.get("control_seed", DEFAULT_CONTROL_SEED)),
+            str(data.get("template", "default")),
+        )
 
 
 def resolve_layer_sets(
@@ -220,10 +238,11 @@ def candidate_settings(config: ExperimentConfig, layer_sets: Sequence[tuple[int,
 
 
 def val_conditions(config: ExperimentConfig, settings: Sequence[Setting], mode: str) -> list[Condition]:
-    """The validation grid of one detector mode: the baseline, every setting with each CWE's own vector (and, with
-    ``run.controls_on_val``, its random control, for the selection curves), and with the pooled vector."""
+    """The validation grid of constant steering in one mode: every setting with each CWE's own vector (and, with
+    ``run.controls_on_val``, its random control, for the selection curves), then with the pooled vector (the
+    baseline is the protocol's)."""
     seed = config.steering.control_seed
-    conds = [Condition("baseline", mode, "val")]
+    conds = []
     for setting in settings:
         conds.append(setting.condition("steered", mode, "val", control_seed=seed))
         if config.run.controls_on_val:
@@ -257,12 +276,12 @@ def condition_specs(
     vec = vectors.get((condition.vector or cwe, setting.method_key))
     if vec is None:
         return None
-    if condition.kind == "control":
+    if condition.role == "control":
         vec = control_vector(vec, condition.control_seed)
     gate = None
     if setting.gated:
         assert setting.probe is not None
-        name = (RANDOM_PROBE if condition.kind == "gate_control" else "") + setting.probe
+        name = (RANDOM_PROBE if condition.role == "gate_control" else "") + setting.probe
         probe = (probes or {}).get((cwe, name)) or (probes or {}).get((POOLED, name))
         if probe is None:
             return None

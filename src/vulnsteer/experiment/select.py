@@ -112,18 +112,18 @@ def select_settings(
             scores[(cond.key, target)] = balanced_accuracy(records[cond.key], None if target == POOLED else target)
         return scores[(cond.key, target)]
 
-    baseline = [c for c in conds if c.kind == "baseline"]
+    baseline = [c for c in conds if c.role == "baseline"]
     choices: dict[str, Choice] = {}
     families = [(cwe, None) for cwe in cwes] + ([(POOLED, POOLED)] if pooled else [])
     for target, vector in families:
-        steered = [c for c in conds if c.kind == "steered" and c.vector == vector]
+        steered = [c for c in conds if c.role == "steered" and c.vector == vector]
         pick = select_per_cwe([*baseline, *steered], score, [target]).get(target)
         best = select_per_cwe(steered, score, [target]).get(target)
         if pick is None and best is None:
             continue
         choices[target] = Choice(
             target,
-            "steered" if pick is not None and pick.kind == "steered" else "baseline",
+            "steered" if pick is not None and pick.role == "steered" else "baseline",
             best.setting if best else None,
             score(best, target) if best else None,
             score(baseline[0], target) if baseline else None,
@@ -137,7 +137,7 @@ def select_templates(
 ) -> dict[str, str]:
     """Per CWE, the prompt template whose (unsteered) baseline scores the best balanced accuracy on val; ties go
     to the default template, then to the order given."""
-    baselines = [c for c in conds if c.kind == "baseline"]
+    baselines = [c for c in conds if c.role == "baseline"]
     if any(c.split != "val" for c in baselines):
         raise ValueError("select_templates takes validation conditions only")
     ordered = sorted(baselines, key=lambda c: c.template != "default")

@@ -1,10 +1,11 @@
-"""Report plots (matplotlib PNGs), drawn from ``results.json`` data only; :func:`report_plots` makes every one.
+"""Report plots (matplotlib PNGs), drawn from typed results only; :func:`report_plots` makes every one.
 
 - ``val_curves_<mode>_<unit>.png``: balanced accuracy vs strength per CWE on the **validation** split (the
   selection curves), one line per (vector, layer set), its random control dashed, the baseline grey;
 - ``layer_strength_<mode>_<method>.png``: layer set x strength heatmap of the change vs baseline (validation);
 - ``cross_cwe_<mode>.png``: vector of CWE A on the samples of CWE B, change vs baseline (test, or the other
-  dataset for ``evaluate --from``);
+  dataset for ``evaluate --from``; a second family with such a matrix gets ``cross_cwe_<family>_<mode>.png``);
+- ``margins_<mode>.png``: the answer margins by class of the baseline and the headline detectors (test);
 - ``cosine_<method>.png``: cosine similarity of the per-CWE vectors, one panel per layer;
 - ``pca_<pooling>.png``: training activations of each CWE on their first two principal components.
 """
@@ -14,9 +15,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..experiment.grid import Setting
+from ..experiment.results import CrossCwe, PointMetrics, Results, ValEntry
 from ..io import atomic_open
 
 __all__ = [
@@ -65,42 +69,52 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _steered_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [e for e in entries if e["condition"]["kind"] != "baseline" and e["condition"]["vector"] is None]
+def _steered_entries(entries: Sequence[ValEntry]) -> list[ValEntry]:
+    """The own-vector steered entries and their controls (a setting, each CWE's own vector)."""
+    return [e for e in entries if e.condition.setting is not None and e.condition.vector is None]
 
 
-def _baseline(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    return next((e["metrics"] for e in entries if e["condition"]["kind"] == "baseline"), {})
+def _setting(entry: ValEntry) -> Setting:
+    assert entry.condition.setting is not None
+    return entry.condition.setting
 
 
-def _ba(metrics: Mapping[str, Any], cwe: str) -> float:
-    value = (metrics.get(cwe) or {}).get("balanced_accuracy")
+def _baseline(entries: Sequence[ValEntry]) -> Mapping[str, PointMetrics]:
+    return next(
+        (e.metrics for e in entries if e.condition.role == "baseline" and e.condition.template == "default"), {}
+    )
+
+
+def _ba(metrics: Mapping[str, PointMetrics], cwe: str) -> float:
+    found = metrics.get(cwe)
+    value = None if found is None else found.balanced_accuracy
     return math.nan if value is None else float(value)
 
 
-def _line_name(setting: Mapping[str, Any]) -> str:
-    layers = ",".join(map(str, setting["layers"]))
-    return f"{setting['method']}@{setting['pooling']} L{layers} ({setting['positions']})"
+def _line_name(setting: Setting) -> str:
+    layers = ",".join(map(str, setting.layers))
+    return f"{setting.method}@{setting.pooling} L{layers} ({setting.positions})"
 
 
-def plot_val_curves(results: Mapping[str, Any], out_dir: Path, mode: str) -> list[str]:
+def plot_val_curves(results: Results, out_dir: Path, mode: str) -> list[str]:
     """Balanced accuracy vs strength per CWE on VAL, one figure per strength unit (strength 0 = the baseline)."""
-    entries = results["val"].get(mode, [])
-    cwes = [*results["data"]["cwes"], "overall"]
+    entries = results.val.get(mode, ())
+    cwes = [*results.cwes, "overall"]
     base = _baseline(entries)
     names = []
-    for unit in dict.fromkeys(e["setting"]["unit"] for e in _steered_entries(entries)):
-        lines: dict[tuple[str, str], list[tuple[float, Mapping[str, Any]]]] = {}
+    for unit in dict.fromkeys(_setting(e).unit for e in _steered_entries(entries)):
+        lines: dict[tuple[str, str], list[tuple[float, Mapping[str, PointMetrics]]]] = {}
         for e in _steered_entries(entries):
-            if e["setting"]["unit"] == unit:
-                line = lines.setdefault((_line_name(e["setting"]), e["condition"]["kind"]), [(0.0, base)])
-                line.append((float(e["setting"]["strength"]), e["metrics"]))
+            setting = _setting(e)
+            if setting.unit == unit:
+                line = lines.setdefault((_line_name(setting), e.condition.role), [(0.0, base)])
+                line.append((float(setting.strength), e.metrics))
         fig, axes = _grid(len(cwes))
         colours: dict[str, Any] = {}
         for ax, cwe in zip(axes, cwes):
-            for (name, kind), points in sorted(lines.items()):
+            for (name, role), points in sorted(lines.items()):
                 pts = sorted((s, _ba(m, cwe)) for s, m in points)
-                style = "o-" if kind == "steered" else "x--"
+                style = "o-" if role == "steered" else "x--"
                 colour = colours.get(name)
                 (handle,) = ax.plot(
                     [p[0] for p in pts],
@@ -109,8 +123,8 @@ def plot_val_curves(results: Mapping[str, Any], out_dir: Path, mode: str) -> lis
                     color=colour,
                     ms=3,
                     lw=1,
-                    alpha=1.0 if kind == "steered" else 0.5,
-                    label=name if kind == "steered" else f"{name} control",
+                    alpha=1.0 if role == "steered" else 0.5,
+                    label=name if role == "steered" else f"{name} control",
                 )
                 colours.setdefault(name, handle.get_color())
             if cwe in base:
@@ -156,31 +170,30 @@ def _heatmap(
     return image
 
 
-def plot_layer_strength(results: Mapping[str, Any], out_dir: Path, mode: str) -> list[str]:
+def plot_layer_strength(results: Results, out_dir: Path, mode: str) -> list[str]:
     """Layer set x strength heatmap (VAL, Δ balanced accuracy vs baseline) per CWE, per vector method."""
-    entries = [e for e in _steered_entries(results["val"].get(mode, [])) if e["condition"]["kind"] == "steered"]
-    base = _baseline(results["val"].get(mode, []))
-    cwes = [*results["data"]["cwes"], "overall"]
+    entries = [e for e in _steered_entries(results.val.get(mode, ())) if e.condition.role == "steered"]
+    base = _baseline(results.val.get(mode, ()))
+    cwes = [*results.cwes, "overall"]
     names = []
-    groups = dict.fromkeys(
-        (e["setting"]["method"], e["setting"]["pooling"], e["setting"]["positions"]) for e in entries
-    )
+    groups = dict.fromkeys((_setting(e).method, _setting(e).pooling, _setting(e).positions) for e in entries)
     for method, pooling, steer in groups:
         chosen = [
             e
             for e in entries
-            if (e["setting"]["method"], e["setting"]["pooling"], e["setting"]["positions"]) == (method, pooling, steer)
+            if (_setting(e).method, _setting(e).pooling, _setting(e).positions) == (method, pooling, steer)
         ]
-        rows = list(dict.fromkeys(",".join(map(str, e["setting"]["layers"])) for e in chosen))
-        cols = sorted(dict.fromkeys((e["setting"]["unit"], float(e["setting"]["strength"])) for e in chosen))
+        rows = list(dict.fromkeys(",".join(map(str, _setting(e).layers)) for e in chosen))
+        cols = sorted(dict.fromkeys((_setting(e).unit, float(_setting(e).strength)) for e in chosen))
         fig, axes = _grid(len(cwes))
         image = None
         for ax, cwe in zip(axes, cwes):
             values: list[list[float | None]] = [[None] * len(cols) for _ in rows]
             for e in chosen:
-                i = rows.index(",".join(map(str, e["setting"]["layers"])))
-                j = cols.index((e["setting"]["unit"], float(e["setting"]["strength"])))
-                values[i][j] = _ba(e["metrics"], cwe) - _ba(base, cwe)
+                setting = _setting(e)
+                i = rows.index(",".join(map(str, setting.layers)))
+                j = cols.index((setting.unit, float(setting.strength)))
+                values[i][j] = _ba(e.metrics, cwe) - _ba(base, cwe)
             image = _heatmap(
                 ax, values, [f"L{r}" for r in rows], [f"{s:g} {u[:3]}" for u, s in cols], vmin=-0.5, vmax=0.5
             )
@@ -192,81 +205,77 @@ def plot_layer_strength(results: Mapping[str, Any], out_dir: Path, mode: str) ->
     return names
 
 
-def plot_cross_cwe(cross: Mapping[str, Any], out_dir: Path, name: str, title: str) -> str | None:
+def plot_cross_cwe(cross: CrossCwe, out_dir: Path, name: str, title: str) -> str | None:
     """Heatmap of the cross-CWE matrix (rows: vector, columns: samples)."""
-    if not cross.get("vectors") or not cross.get("targets"):
+    if not cross.vectors or not cross.targets:
         return None
     fig, axes = _grid(
-        1, width=max(5.5, 2.5 + 0.8 * len(cross["targets"])), height=max(3.5, 1.8 + 0.5 * len(cross["vectors"]))
+        1, width=max(5.5, 2.5 + 0.8 * len(cross.targets)), height=max(3.5, 1.8 + 0.5 * len(cross.vectors))
     )
-    rows = [v if cross["chosen"].get(v) == "steered" else f"{v}*" for v in cross["vectors"]]
-    image = _heatmap(axes[0], cross["delta_balanced_accuracy"], rows, cross["targets"], vmin=-0.5, vmax=0.5)
-    axes[0].set(
-        xlabel=f"samples ({cross['split']})", ylabel="vector at its best val setting\n(* = baseline won on val)"
-    )
+    rows = [v if cross.chosen.get(v) == "steered" else f"{v}*" for v in cross.vectors]
+    image = _heatmap(axes[0], cross.delta_balanced_accuracy, rows, cross.targets, vmin=-0.5, vmax=0.5)
+    axes[0].set(xlabel=f"samples ({cross.split})", ylabel="vector at its best val setting\n(* = baseline won on val)")
     fig.colorbar(image, ax=axes[0], label="Δ balanced accuracy vs baseline")
     axes[0].set_title(title, fontsize=9)
     return _save(fig, out_dir, name)
 
 
-def plot_cosines(results: Mapping[str, Any], out_dir: Path) -> list[str]:
+def plot_cosines(results: Results, out_dir: Path) -> list[str]:
     """Cosine similarity of the per-CWE vectors (train), one panel per layer, one figure per method."""
     names = []
-    for method_key, block in results.get("cosine", {}).items():
-        layers = list(block["layers"])
-        side = max(3.6, 1.2 + 0.55 * len(block["cwes"]))
-        fig, axes = _grid(len(layers), width=side, height=side * 0.9)
-        image = None
-        for ax, layer in zip(axes, layers):
-            image = _heatmap(ax, block["layers"][layer], block["cwes"], block["cwes"], vmin=-1, vmax=1)
-            ax.set_title(f"layer {layer}", fontsize=9)
-        if image is not None:
-            fig.colorbar(image, ax=axes, shrink=0.6, label="cosine")
-        fig.suptitle(f"vector cosine similarity ({method_key}, fitted on TRAIN)", fontsize=10)
-        names.append(_save(fig, out_dir, _safe(f"cosine_{method_key}.png")))
+    for family in results.families.values():
+        for method_key, block in family.cosine.items():
+            layers = list(block.layers)
+            side = max(3.6, 1.2 + 0.55 * len(block.cwes))
+            fig, axes = _grid(len(layers), width=side, height=side * 0.9)
+            image = None
+            for ax, layer in zip(axes, layers):
+                image = _heatmap(ax, block.layers[layer], block.cwes, block.cwes, vmin=-1, vmax=1)
+                ax.set_title(f"layer {layer}", fontsize=9)
+            if image is not None:
+                fig.colorbar(image, ax=axes, shrink=0.6, label="cosine")
+            fig.suptitle(f"vector cosine similarity ({method_key}, fitted on TRAIN)", fontsize=10)
+            names.append(_save(fig, out_dir, _safe(f"cosine_{method_key}.png")))
     return names
 
 
-def plot_pca(results: Mapping[str, Any], out_dir: Path) -> list[str]:
+def plot_pca(results: Results, out_dir: Path) -> list[str]:
     """Secure vs vulnerable training activations per CWE on their first two principal components."""
     names = []
-    for pooling, block in results.get("pca", {}).items():
-        cwes = list(block["cwes"])
+    for pooling, block in results.pca.items():
+        cwes = list(block.cwes)
         fig, axes = _grid(len(cwes), width=3.2, height=3.0, cols=4)
         for ax, cwe in zip(axes, cwes):
-            item = block["cwes"][cwe]
+            item = block.cwes[cwe]
             for flag, colour, label in ((True, "tab:red", "vulnerable"), (False, "tab:blue", "secure")):
-                xs = [x for x, v in zip(item["x"], item["vulnerable"]) if v == flag]
-                ys = [y for y, v in zip(item["y"], item["vulnerable"]) if v == flag]
+                xs = [x for x, v in zip(item.x, item.vulnerable, strict=True) if v == flag]
+                ys = [y for y, v in zip(item.y, item.vulnerable, strict=True) if v == flag]
                 ax.scatter(xs, ys, s=10, c=colour, label=label, alpha=0.7)
-            var = item.get("explained", [])
-            ax.set_title(f"{cwe} ({', '.join(f'{100 * v:.0f}%' for v in var)})", fontsize=8)
+            ax.set_title(f"{cwe} ({', '.join(f'{100 * v:.0f}%' for v in item.explained)})", fontsize=8)
             ax.tick_params(labelsize=6)
         axes[0].legend(fontsize=6)
-        fig.suptitle(f"TRAIN activations, layer {block['layer']}, pooling {pooling}: PC1 vs PC2")
+        fig.suptitle(f"TRAIN activations, layer {block.layer}, pooling {pooling}: PC1 vs PC2")
         names.append(_save(fig, out_dir, _safe(f"pca_{pooling}.png")))
     return names
 
 
-def plot_margins(results: Mapping[str, Any], out_dir: Path, mode: str) -> str | None:
-    """Answer-margin distribution per class: the baseline vs conditional steering (logit mode)."""
-    block = results.get("lead", {}).get(mode, {}).get("margins")
-    if not block:
+def plot_margins(results: Results, out_dir: Path, mode: str) -> str | None:
+    """Answer-margin distribution per class: the baseline vs the headline detectors (logit mode)."""
+    block = results.lead.get(mode)
+    if block is None or not block.margins:
         return None
-    fig, axes = _grid(len(block), width=4.5, height=3.2)
-    for ax, (name, by_class) in zip(axes, block.items()):
-        values = [v for vs in by_class.values() for v in vs]
+    fig, axes = _grid(len(block.margins), width=4.5, height=3.2)
+    for ax, (name, by_class) in zip(axes, block.margins.items()):
+        values = [*by_class.vulnerable, *by_class.secure]
         if not values:
             continue
         bins = 20
-        for label, colour in (("vulnerable", "tab:red"), ("secure", "tab:blue")):
+        for label, colour, points in (
+            ("vulnerable", "tab:red", by_class.vulnerable),
+            ("secure", "tab:blue", by_class.secure),
+        ):
             ax.hist(
-                by_class.get(label, []),
-                bins=bins,
-                range=(min(values), max(values)),
-                alpha=0.55,
-                color=colour,
-                label=f"truly {label}",
+                points, bins=bins, range=(min(values), max(values)), alpha=0.55, color=colour, label=f"truly {label}"
             )
         ax.axvline(0.0, color="black", lw=0.8, ls=":")
         ax.set(title=name, xlabel="logp(' vulnerable') - logp(' secure')", ylabel="samples")
@@ -275,24 +284,26 @@ def plot_margins(results: Mapping[str, Any], out_dir: Path, mode: str) -> str | 
     return _save(fig, out_dir, f"margins_{mode}.png")
 
 
-def report_plots(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
+def report_plots(results: Results, out_dir: str | Path) -> list[str]:
     """Every plot of a report; returns their paths relative to *out_dir* (a failing plot is skipped, not fatal)."""
     import logging
 
     out = Path(out_dir)
     made: list[str] = []
     jobs: list[Callable[[], list[str] | str | None]] = []
-    for mode in results.get("lead", {}):
-        jobs.append(lambda mode=mode: plot_margins(results, out, mode))  # type: ignore[misc]
-    for mode in results.get("val", {}):
-        jobs.append(lambda mode=mode: plot_val_curves(results, out, mode))  # type: ignore[misc]
-        jobs.append(lambda mode=mode: plot_layer_strength(results, out, mode))  # type: ignore[misc]
-    for mode, cross in results.get("cross_cwe", {}).items():
-        jobs.append(
-            lambda mode=mode, cross=cross: plot_cross_cwe(  # type: ignore[misc]
-                cross, out, f"cross_cwe_{mode}.png", f"{mode} mode, {cross.get('split', 'test')} split"
-            )
-        )
+    for mode in results.lead:
+        jobs.append(partial(plot_margins, results, out, mode))
+    for mode in results.val:
+        jobs.append(partial(plot_val_curves, results, out, mode))
+        jobs.append(partial(plot_layer_strength, results, out, mode))
+    drawn: set[str] = set()
+    for family in results.families.values():
+        for mode, table in family.held_out.items():
+            cross = table.cross_cwe
+            if cross is not None and cross.vectors and cross.targets:
+                name = f"cross_cwe_{mode}.png" if mode not in drawn else f"cross_cwe_{family.name}_{mode}.png"
+                drawn.add(mode)
+                jobs.append(partial(plot_cross_cwe, cross, out, name, f"{mode} mode, {cross.split} split"))
     jobs += [lambda: plot_cosines(results, out), lambda: plot_pca(results, out)]
     for job in jobs:
         try:

@@ -1,0 +1,376 @@
+"""The conditional family: steering gated per input by a probe of the prompt's own hidden states.
+
+Fitted on train: the behaviour vectors (what to push: the answer-token contrast, the unembedding difference, or a
+data-derived vector at the answer position) and the gating probes (at a condition layer at or below the steered
+layers, thresholded on val), each with a random-gate control (a random direction of the same norm, thresholded by
+the same rule). On val, every gated setting runs with two controls: the same push gated by the random direction
+(``gate_control``: does the probe matter?) and a random behaviour vector of the same norm under the real gate
+(``control``: does the direction matter?); a setting per CWE is chosen there. The setting a scanner can apply
+without knowing the CWE (a label-free vector and a probe pooled over every CWE) with the best val balanced
+accuracy over every CWE is saved as ``RUN/detector/`` (:class:`~vulnsteer.detection.detector.SavedDetector`).
+
+Lead-table rows: ``conditional`` (the headline), ``gate_control`` and ``vector_control`` (its controls).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+
+from ...config import ExperimentConfig
+from ...data.sample import Sample, dataset_hash
+from ...detection.condition import fit_condition_probe, rethreshold
+from ...detection.detector import SavedDetector
+from ...detection.records import DetectionRecord
+from ...lm.activations import ANSWER_POOLINGS, Activations
+from ...lm.model import LoadedModel, resolve_layers
+from ...lm.prompts import DEFAULT_TEMPLATE
+from ...steering.behaviour import answer_vector_from, projection_sigmas
+from ...steering.gate import LinearProbe
+from ...steering.vectors import SteeringVector, unembedding_vector
+from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, Saved, ValContext
+from ..fit import fit_cwe_vectors, method_key, save_vectors
+from ..grid import POOLED, RANDOM_PROBE, Condition, Setting
+from ..prepare import PreparedData
+from ..results import FamilyResults, GateProbeInfo, JsonObject, SavedDetectorInfo, VectorInfo
+from ..select import balanced_accuracy, select_per_cwe
+from .setting import (
+    RowSpec,
+    SettingChoices,
+    apply_settings,
+    conditions_of,
+    restore_choices,
+    save_choices,
+    select_by_mode,
+)
+
+__all__ = [
+    "CONDITIONAL",
+    "ConditionalChoices",
+    "ConditionalFamily",
+    "ConditionalFit",
+    "behaviour_vectors",
+    "condition_layers",
+    "condition_probes",
+    "conditional_settings",
+]
+
+#: The pooling name of vectors read at the answer token (not a prompt pooling).
+ANSWER = "answer"
+LABEL = "conditional steering, probe-gated"
+#: Its controls' columns in the per-CWE table, by role.
+CONTROLS = MappingProxyType({"gate_control": "random gate", "control": "random vector"})
+ROWS = (
+    RowSpec(
+        "steered",
+        "conditional",
+        "conditional steering (probe-gated; setting per CWE chosen on val)",
+        what="conditional steering",
+        headline=True,
+    ),
+    RowSpec(
+        "gate_control",
+        "gate_control",
+        "random gate: the same push gated by a random direction",
+        control_of="conditional",
+        claim="the probe's reading matters",
+        what="the random gate",
+    ),
+    RowSpec(
+        "control",
+        "vector_control",
+        "random behaviour vector of the same norm under the real gate",
+        control_of="conditional",
+        claim="the direction pushed matters",
+        what="the random behaviour vector",
+    ),
+)
+
+
+def condition_layers(config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], num_layers: int) -> list[int]:
+    """The layers the gating probes read: ``conditional.layers``, or each steered layer set's lowest layer."""
+    configured = [layer for group in config.conditional.layers for layer in group]
+    if configured:
+        return resolve_layers(configured, num_layers, "conditional.layers (--condition-layers)")
+    return sorted({min(group) for group in layer_sets})
+
+
+def behaviour_key(name: str) -> str:
+    """The vector key of a behaviour: ``answer@answer``, ``unembedding@answer``, ``mean_diff@last`` ..."""
+    return method_key(name, ANSWER) if name in ("answer", "unembedding") else method_key(name, "last")
+
+
+def behaviour_vectors(
+    lm: LoadedModel,
+    config: ExperimentConfig,
+    acts: Activations,
+    train_by_cwe: Mapping[str, Sequence[Sample]],
+    layers: Sequence[int],
+) -> dict[tuple[str, str], SteeringVector]:
+    """The behaviour vectors of ``conditional.behaviours``, keyed ``(cwe, key)``. The label-free ones (``answer``,
+    ``unembedding``) are one vector registered for every CWE and ``"any"``; a data-derived one is each CWE's own
+    vector at the answer position (the same fit as the constant settings' vector of that method)."""
+    by_id = {s.id: s for group in train_by_cwe.values() for s in group}
+    train = [by_id[i] for i in acts.sample_ids]
+    out: dict[tuple[str, str], SteeringVector] = {}
+    for name in config.conditional.behaviours:
+        key = behaviour_key(name)
+        if name in ("answer", "unembedding"):
+            if name == "answer":
+                vec = answer_vector_from(lm, acts, train, layers)
+            else:
+                norms = acts.mean_norms("last")
+                base = unembedding_vector(lm, layers, layer_norms={layer: norms[layer] for layer in layers})
+                hidden = {layer: acts.get("last", layer) for layer in layers}
+                sigmas = projection_sigmas(hidden, {layer: base.direction(layer) for layer in layers})
+                vec = SteeringVector(dict(base.directions), dataclasses.replace(base.provenance, layer_sigmas=sigmas))
+            out.update({(target, key): vec for target in [*train_by_cwe, POOLED]})
+        else:
+            out.update(fit_cwe_vectors(lm, acts, train_by_cwe, layers, methods=[name], poolings=["last"]))
+    return out
+
+
+def condition_probes(
+    config: ExperimentConfig,
+    train: tuple[Activations, Sequence[Sample]],
+    val: tuple[Activations, Sequence[Sample]],
+    layers: Sequence[int],
+) -> dict[tuple[str, str], LinearProbe]:
+    """The gating probes, keyed ``(target, key)``: ``"any"`` for a probe pooled over every CWE, else the CWE; each
+    with its random-gate control ``random:<key>`` (a random direction of the same norm, thresholded on val by the
+    same rule). Fitted on train, thresholded on val."""
+    c = config.conditional
+    (train_acts, train_samples), (val_acts, val_samples) = train, val
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    if c.scope == "pooled":
+        groups[POOLED] = (list(range(len(train_samples))), list(range(len(val_samples))))
+    else:
+        for cwe in dict.fromkeys(s.cwe for s in train_samples):
+            groups[cwe] = (
+                [i for i, s in enumerate(train_samples) if s.cwe == cwe],
+                [i for i, s in enumerate(val_samples) if s.cwe == cwe],
+            )
+    out: dict[tuple[str, str], LinearProbe] = {}
+    for target, (tr, va) in groups.items():
+        ty = torch.tensor([train_samples[i].y for i in tr])
+        vy = torch.tensor([val_samples[i].y for i in va])
+        if len(torch.unique(ty)) < 2:
+            continue
+        for pooling in c.pooling:
+            for layer in layers:
+                tx = train_acts.get(pooling, layer)[tr]
+                vx = val_acts.get(pooling, layer)[va]
+                probe = fit_condition_probe(
+                    c.probe,
+                    tx,
+                    ty,
+                    vx,
+                    vy,
+                    layer=layer,
+                    pooling=pooling,
+                    seed=config.data.seed,
+                    meta={"target": target},
+                )
+                seed = config.steering.control_seed + layer
+                out[(target, probe.key)] = probe
+                out[(target, RANDOM_PROBE + probe.key)] = rethreshold(probe.random_like(seed), vx, vy)
+    return out
+
+
+def conditional_settings(
+    config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], probe_keys: Sequence[str]
+) -> list[Setting]:
+    """Every gated candidate: behaviour x steered layer set x gating probe (at or below the set) x gate x positions
+    x strength."""
+    c = config.conditional
+    out: list[Setting] = []
+    for name in c.behaviours:
+        method, pooling = behaviour_key(name).split("@", 1)
+        for layers in layer_sets:
+            for key in probe_keys:
+                if int(key.rsplit("@L", 1)[1]) > min(layers):
+                    continue
+                for gate in c.gates:
+                    for positions in c.positions:
+                        for unit, strength in c.strengths:
+                            if strength:
+                                out.append(Setting(method, pooling, layers, unit, strength, positions, gate, key))
+    return out
+
+
+@dataclass(frozen=True)
+class ConditionalFit:
+    """The behaviour vectors, the gating probes (with their random-gate controls), the gated settings and the
+    roles each is scored in on val (with its controls unless ``run.controls_on_val`` is off)."""
+
+    settings: tuple[Setting, ...]
+    vectors: Mapping[tuple[str, str], SteeringVector]
+    probes: Mapping[tuple[str, str], LinearProbe]
+    roles: tuple[str, ...] = ("steered", "control", "gate_control")
+    control_seed: int = 1234
+    info: Mapping[str, VectorInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConditionalChoices(SettingChoices):
+    """The gated choices, and the detector to save (None when no candidate can run without a CWE)."""
+
+    detector: SavedDetector | None = None
+
+
+def _detector(
+    config: ExperimentConfig,
+    data: PreparedData | None,
+    conds: Sequence[Condition],
+    records: Mapping[str, Sequence[DetectionRecord]],
+    vectors: Mapping[tuple[str, str], SteeringVector],
+    probes: Mapping[tuple[str, str], LinearProbe],
+) -> SavedDetector | None:
+    """The gated setting with the best balanced accuracy on val over every CWE together (ties to the smaller
+    |strength|), among those a scanner can apply without knowing the CWE (a label-free behaviour vector and a
+    probe pooled over every CWE); None if there is none. Its header (model, creation time) comes at save."""
+    candidates = [
+        c
+        for c in conds
+        if c.role == "steered"
+        and c.setting is not None
+        and c.setting.gated
+        and (POOLED, c.setting.method_key) in vectors
+        and (POOLED, str(c.setting.probe)) in probes
+    ]
+    if not candidates or data is None:
+        return None
+    best = select_per_cwe(candidates, lambda c, _t: balanced_accuracy(records[c.key]), [POOLED])[POOLED]
+    setting = best.setting
+    assert setting is not None and setting.probe is not None
+    base = records[Condition("baseline", best.mode, "val").key]
+    training = {
+        "source": data.source,
+        "cwes": data.cwes,
+        "n_train": len(data.samples("train")),
+        "n_val": len(data.samples("val")),
+        "data_hashes": {n: dataset_hash(part) for n, part in data.splits.items()},
+    }
+    validation = {
+        "mode": best.mode,
+        "setting": setting.label(),
+        "balanced_accuracy": balanced_accuracy(records[best.key]),
+        "baseline_balanced_accuracy": balanced_accuracy(base),
+        "chosen_by": "balanced accuracy over every CWE's val samples, ties to the smaller |strength|",
+    }
+    return SavedDetector(
+        vectors[(POOLED, setting.method_key)],
+        probes[(POOLED, setting.probe)],
+        setting.gate,
+        setting.strength,
+        setting.layers,
+        setting.positions,
+        setting.unit,
+        config.conditional.band,
+        DEFAULT_TEMPLATE,
+        {"training": training, "validation": validation},
+    )
+
+
+@dataclass(frozen=True)
+class ConditionalFamily:
+    """Conditional (probe-gated) steering (see the module docstring). *detector_dir*: where in the run folder
+    its saved detector goes."""
+
+    name: str = "conditional"
+    label: str = LABEL
+    rows: tuple[RowSpec, ...] = ROWS
+    detector_dir: str = "detector"
+
+    def enabled(self, config: ExperimentConfig) -> bool:
+        return config.conditional.enabled
+
+    def needs(
+        self, config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], num_layers: int
+    ) -> ActivationNeeds:
+        layers = {layer for group in layer_sets for layer in group}
+        answer = ANSWER_POOLINGS if "answer" in config.conditional.behaviours else ()
+        return ActivationNeeds(
+            tuple(sorted({*layers, *condition_layers(config, layer_sets, num_layers)})),
+            ("last", *config.conditional.pooling),
+            answer,
+        )
+
+    def fit(self, ctx: FitContext) -> ConditionalFit:
+        cfg, data = ctx.config, ctx.data
+        acts, train = ctx.acts("train"), data.samples("train")
+        vectors = behaviour_vectors(ctx.lm, cfg, acts, data.by_cwe("train"), ctx.layers)
+        layers = condition_layers(cfg, ctx.layer_sets, ctx.lm.num_layers)
+        probes = condition_probes(cfg, (acts, train), (ctx.acts("val"), data.samples("val")), layers)
+        keys = sorted({k for _, k in probes if not k.startswith(RANDOM_PROBE)})
+        settings = conditional_settings(cfg, ctx.layer_sets, keys)
+        pooled = {k: v for k, v in vectors.items() if k[0] == POOLED}
+        info = {k: VectorInfo.from_json(v) for k, v in save_vectors(pooled, ctx.out / "behaviours").items()}
+        roles = ("steered", "control", "gate_control") if cfg.run.controls_on_val else ("steered",)
+        return ConditionalFit(tuple(settings), vectors, probes, roles, cfg.steering.control_seed, info)
+
+    def artefacts(self, fitted: ConditionalFit) -> Artefacts:
+        return Artefacts(fitted.vectors, fitted.probes)
+
+    def val_conditions(self, fitted: ConditionalFit, mode: str) -> list[Condition]:
+        seed = fitted.control_seed
+        return [s.condition(role, mode, "val", control_seed=seed) for s in fitted.settings for role in fitted.roles]
+
+    def select(self, fitted: ConditionalFit, val: ValContext) -> ConditionalChoices:
+        choices = select_by_mode(val, pooled=False)
+        first = val.config.selecting_modes()[0]  # the detector is chosen on the first selecting mode's val records
+        art = val.artefacts
+        detector = _detector(val.config, val.data, val.conditions[first], val.records, art.vectors, art.probes)
+        return ConditionalChoices(choices, fitted.vectors, fitted.probes, detector)
+
+    def save(self, chosen: ConditionalChoices, run: Path, info: JsonObject) -> Saved:
+        saved = save_choices(chosen, run)
+        if chosen.detector is None:
+            return saved
+        detector = dataclasses.replace(chosen.detector, info={**info, **chosen.detector.info})
+        detector.save(run / self.detector_dir)
+        summary = SavedDetectorInfo.from_json(
+            {"folder": self.detector_dir, "digest": detector.digest, **detector.info["validation"]}
+        )
+        return dataclasses.replace(saved, detector=summary)
+
+    def restore(self, entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> ConditionalChoices:
+        restored = restore_choices(entry, run, lm, allow_mismatch)
+        return ConditionalChoices(restored.choices, restored.vectors, restored.probes)
+
+    def held_out_conditions(self, chosen: SettingChoices, held: HeldOut) -> list[Condition]:
+        return conditions_of(chosen, held, cross_modes=())
+
+    def apply(self, chosen: SettingChoices, held: HeldOut) -> Applied:
+        return apply_settings(chosen, held, self.rows, cross_modes=())
+
+    def results(
+        self,
+        fitted: ConditionalFit | None,
+        chosen: SettingChoices | None,
+        applied: Applied | None,
+        saved: Saved | None,
+    ) -> FamilyResults:
+        probes = {
+            f"{target}|{key}": GateProbeInfo(p.threshold, p.spread, dict(p.meta))
+            for (target, key), p in (fitted.probes.items() if fitted else ())
+        }
+        return FamilyResults(
+            self.name,
+            self.label,
+            CONTROLS,
+            choices=chosen.choices if chosen else {},
+            held_out=applied.held_out if applied else {},
+            examples={m: tuple(e) for m, e in applied.examples.items()} if applied else {},
+            vectors=fitted.info if fitted else {},
+            probes=probes,
+            saved=saved.detector if saved else None,
+        )
+
+
+CONDITIONAL = ConditionalFamily()

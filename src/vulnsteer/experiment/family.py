@@ -1,0 +1,263 @@
+"""Detector families: the plug-ins of the protocol.
+
+A *family* (the glossary's word) is a kind of detector with its controls: constant steering, conditional
+steering, the best prompt, the calibrated baseline, the probe alone, and whatever comes next. The protocol
+(:mod:`~vulnsteer.experiment.protocol`), the apply engine (:mod:`~vulnsteer.experiment.apply`) and the lead table
+(:mod:`~vulnsteer.experiment.lead`) know no family by name: they call, for each family of the run, in order,
+
+1. :meth:`Family.needs`: the unsteered activations it reads (layers and poolings), so every split is extracted
+   once (through the activation cache) for all families;
+2. :meth:`Family.fit` on **train** (:class:`FitContext`): vectors, gating probes, prompt templates
+   (:class:`Artefacts`, what the scoring engine needs) and the family's own state;
+3. :meth:`Family.val_conditions`: the **val** conditions it needs, with their controls (one scoring pass serves
+   every family);
+4. :meth:`Family.select` on **val** only (:class:`ValContext`): its choices (settings, templates, thresholds);
+5. :meth:`Family.save`: what it keeps in the run folder (``chosen/``, a saved detector) for ``evaluate --from``;
+6. :meth:`Family.held_out_conditions`: what it scores on held-out data (the test split, or another dataset);
+7. :meth:`Family.apply` (:class:`HeldOut`): its per-CWE rows, examples and lead-table rows
+   (:class:`LeadEntry`, with which rows are controls of which) from the held-out records, and, for families
+   that read hidden states, the held-out samples' activations (an adapted family re-estimates a threshold
+   from them, unlabelled);
+8. :meth:`Family.results`: what ``results.json`` says about it (:class:`~vulnsteer.experiment.results.
+   FamilyResults`).
+
+A family also restores its choices from a run folder (:meth:`Family.restore`, for ``evaluate --from``; None when
+it keeps nothing to restore). Families are values: :data:`~vulnsteer.experiment.families.DEFAULT_FAMILIES` is one
+immutable tuple, ``run_protocol(..., families=...)`` takes another, and each family says whether the
+configuration enables it (:meth:`Family.enabled`). A family may read the state of families before it (the probe
+family reads the gating probes the conditional family chose): :attr:`ValContext.earlier` and
+:attr:`HeldOut.chosen` hold them by name.
+
+>>> from vulnsteer.experiment.families import DEFAULT_FAMILIES
+>>> [f.name for f in DEFAULT_FAMILIES]
+['calibrated', 'prompt', 'constant', 'conditional', 'probe']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from ..config import ExperimentConfig
+from ..data.sample import Sample
+from ..detection.records import DetectionRecord
+from ..lm.activations import Activations
+from ..lm.prompts import PromptTemplate
+from ..steering.gate import LinearProbe
+from ..steering.vectors import SteeringVector
+from .grid import Condition
+from .results import Example, FamilyResults, HeldOutTable, JsonObject, SavedDetectorInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..lm.model import LoadedModel
+    from .prepare import PreparedData
+
+__all__ = [
+    "ActivationNeeds",
+    "Applied",
+    "Artefacts",
+    "Family",
+    "FitContext",
+    "HeldOut",
+    "LeadEntry",
+    "Saved",
+    "ValContext",
+    "merge_artefacts",
+]
+
+F = TypeVar("F")
+C = TypeVar("C")
+
+#: Vectors and gating probes are keyed ``(target, key)``: a CWE or ``"any"``, and ``method@pooling`` / the
+#: probe's key.
+Keyed = Mapping[tuple[str, str], Any]
+
+
+@dataclass(frozen=True)
+class ActivationNeeds:
+    """Unsteered activations a family reads: *layers* at *poolings* on every split, and *train_poolings* on the
+    training split only."""
+
+    layers: tuple[int, ...] = ()
+    poolings: tuple[str, ...] = ()
+    train_poolings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Artefacts:
+    """What the scoring engine needs from a family: vectors and gating probes by ``(target, key)``, and prompt
+    templates by name."""
+
+    vectors: Mapping[tuple[str, str], SteeringVector] = field(default_factory=dict)
+    probes: Mapping[tuple[str, str], LinearProbe] = field(default_factory=dict)
+    templates: Mapping[str, PromptTemplate] = field(default_factory=dict)
+
+
+def merge_artefacts(parts: Sequence[Artefacts]) -> Artefacts:
+    """Every family's artefacts in one (a later family's entry wins a key both name: the same fit)."""
+    vectors: dict[tuple[str, str], SteeringVector] = {}
+    probes: dict[tuple[str, str], LinearProbe] = {}
+    templates: dict[str, PromptTemplate] = {}
+    for part in parts:
+        vectors.update(part.vectors)
+        probes.update(part.probes)
+        templates.update(part.templates)
+    return Artefacts(vectors, probes, templates)
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a family fits on: the configuration, the model, the prepared data (train, and val for thresholds),
+    the layer sets, the activations of a split (:attr:`acts`, extracted once for every family), where the run
+    keeps its files, and the fits of the families before it (by name)."""
+
+    config: ExperimentConfig
+    lm: LoadedModel
+    data: PreparedData
+    layer_sets: tuple[tuple[int, ...], ...]
+    layers: tuple[int, ...]
+    acts: Callable[[str], Activations]
+    out: Path
+    progress: bool = True
+    earlier: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ValContext:
+    """Validation, for a family's choice: per selecting mode, its own conditions (the baseline first), every val
+    record by condition key, the CWEs, every family's artefacts (what the engine scored with), the prepared data,
+    and the choices of the families before it (by name)."""
+
+    config: ExperimentConfig
+    cwes: tuple[str, ...]
+    conditions: Mapping[str, Sequence[Condition]]
+    records: Mapping[str, Sequence[DetectionRecord]]
+    artefacts: Artefacts = field(default_factory=lambda: Artefacts())
+    data: PreparedData | None = None
+    earlier: Mapping[str, Any] = field(default_factory=dict)
+
+    def by_detection_mode(self, picked: Mapping[str, C]) -> dict[str, C]:
+        """Per detection mode, what was picked on the val records of the mode that chooses for it."""
+        return {mode: picked[self.config.selection_mode(mode)] for mode in self.config.detection.modes}
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out data a family applies its choices to: the test split (``test``) or every sample of another
+    dataset (``all``), by CWE; every held-out record by condition key (each family's and the baseline's in every
+    mode); the held-out samples' unsteered activations (:attr:`activations`, extracted on first use); and what
+    every family chose (by name)."""
+
+    split: str
+    modes: tuple[str, ...]
+    samples: Mapping[str, Sequence[Sample]]
+    records: Mapping[str, Sequence[DetectionRecord]] = field(default_factory=dict)
+    seed: int = 0
+    control_seed: int = 1234
+    cross_cwe_modes: tuple[str, ...] = ()
+    n_examples: int = 0
+    activations: Callable[[], Activations] | None = None
+    chosen: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def cwes(self) -> list[str]:
+        return list(self.samples)
+
+    def baseline(self, mode: str) -> Sequence[DetectionRecord]:
+        """The baseline's records in *mode* (the apply engine always scores them)."""
+        return self.records[Condition("baseline", mode, self.split).key]
+
+
+@dataclass(frozen=True)
+class LeadEntry:
+    """One detector a family puts in the lead table, with its records on the held-out samples.
+
+    A control names the detector it controls (*control_of*): the table compares the two on the same samples,
+    and the words say what beating it shows (*claim*). The words lead with a *headline* detector (and its
+    controls); *what* is how they name a row, *note* what they add after its score."""
+
+    name: str
+    label: str
+    records: Sequence[DetectionRecord]
+    control_of: str | None = None
+    claim: str = ""
+    what: str = ""
+    headline: bool = False
+    note: str = ""
+    family: str | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a family found on held-out data: per mode, its lead-table rows, its per-CWE rows and its examples."""
+
+    lead: Mapping[str, Sequence[LeadEntry]] = field(default_factory=dict)
+    held_out: Mapping[str, HeldOutTable] = field(default_factory=dict)
+    examples: Mapping[str, Sequence[Example]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a family kept in the run folder: its ``chosen.json`` entry (per mode and target) and a saved detector."""
+
+    chosen: JsonObject | None = None
+    detector: SavedDetectorInfo | None = None
+
+
+class Family(Protocol[F, C]):
+    """A detector family (see the module docstring). *F* is what it fitted, *C* what it chose."""
+
+    @property
+    def name(self) -> str: ...
+
+    def enabled(self, config: ExperimentConfig) -> bool:
+        """Whether the configuration runs this family."""
+        ...
+
+    def needs(
+        self, config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], num_layers: int
+    ) -> ActivationNeeds:
+        """The unsteered activations :meth:`fit` and :meth:`apply` read."""
+        ...
+
+    def fit(self, ctx: FitContext) -> F:
+        """Fit on train (thresholds on val where a fit needs them); nothing here reads test data."""
+        ...
+
+    def artefacts(self, fitted: F) -> Artefacts:
+        """What the scoring engine needs for this family's conditions."""
+        ...
+
+    def val_conditions(self, fitted: F, mode: str) -> list[Condition]:
+        """The validation conditions of one selecting mode, with their controls (the baseline is the protocol's)."""
+        ...
+
+    def select(self, fitted: F, val: ValContext) -> C:
+        """Choose on val only."""
+        ...
+
+    def save(self, chosen: C, run: Path, info: JsonObject) -> Saved:
+        """Write what ``evaluate --from`` and ``detect`` need into the run folder *run*; *info* is the header of
+        what is saved (model, creation time)."""
+        ...
+
+    def restore(self, entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> C | None:
+        """The choice saved by :meth:`save` (its ``chosen.json`` *entry*) in the run folder *run*, or None when
+        the family keeps nothing to apply elsewhere."""
+        ...
+
+    def held_out_conditions(self, chosen: C, held: HeldOut) -> list[Condition]:
+        """The conditions it scores on held-out data (the baseline's are always scored)."""
+        ...
+
+    def apply(self, chosen: C, held: HeldOut) -> Applied:
+        """Its rows on held-out data (nothing is selected here)."""
+        ...
+
+    def results(
+        self, fitted: F | None, chosen: C | None, applied: Applied | None, saved: Saved | None
+    ) -> FamilyResults:
+        """What results.json says about the family (any phase may be missing: an interrupted run)."""
+        ...

@@ -1,0 +1,192 @@
+"""Detector families are plug-ins of the protocol: a family defined here (fitted on train, thresholded on val,
+applied to the held-out activations, with an adapted variant and a control) reaches results.json and report.md
+without editing the protocol, the apply engine or the lead table, which name no family."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import write_toy_jsonl
+
+from vulnsteer.config.experiment import ExperimentConfig
+from vulnsteer.detection.probe import choose_threshold
+from vulnsteer.detection.records import DetectionRecord
+from vulnsteer.experiment import apply, lead, protocol
+from vulnsteer.experiment.families import DEFAULT_FAMILIES, by_name, enabled
+from vulnsteer.experiment.family import (
+    ActivationNeeds,
+    Applied,
+    Artefacts,
+    FitContext,
+    HeldOut,
+    LeadEntry,
+    Saved,
+    ValContext,
+)
+from vulnsteer.experiment.grid import Condition
+from vulnsteer.experiment.protocol import run_protocol
+from vulnsteer.experiment.results import FamilyResults, JsonObject
+from vulnsteer.experiment.upgrade import load_results
+from vulnsteer.lm.model import LoadedModel
+
+LAYER, POOLING = 1, "code_mean"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """What the toy family fitted: a class-mean direction (train) and its threshold (val)."""
+
+    weight: torch.Tensor
+    threshold: float
+
+
+@dataclass(frozen=True)
+class MeanDirectionFamily:
+    """A toy detector family: the class-mean direction of the code-mean hidden state at one layer, fitted on train,
+    thresholded on val; applied to the held-out activations as is, *adapted* (its threshold re-estimated as the
+    median of the unlabelled held-out scores), and with a control (a random direction of the same norm)."""
+
+    name: str = "mean_direction"
+    label: str = "class-mean direction of the hidden state"
+
+    def enabled(self, config: ExperimentConfig) -> bool:
+        return True
+
+    def needs(
+        self, config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], num_layers: int
+    ) -> ActivationNeeds:
+        return ActivationNeeds((LAYER,), (POOLING,))
+
+    def _scores(self, direction: torch.Tensor, ctx_acts: torch.Tensor) -> torch.Tensor:
+        return ctx_acts.float() @ direction
+
+    def fit(self, ctx: FitContext) -> Direction:
+        train, val = ctx.acts("train").get(POOLING, LAYER), ctx.acts("val").get(POOLING, LAYER)
+        y = torch.tensor([s.y for s in ctx.data.samples("train")])
+        weight = train[y == 1].float().mean(0) - train[y == 0].float().mean(0)
+        scores = self._scores(weight, val).numpy()
+        return Direction(weight, choose_threshold(scores, [s.y for s in ctx.data.samples("val")]))
+
+    def artefacts(self, fitted: Direction) -> Artefacts:
+        return Artefacts()
+
+    def val_conditions(self, fitted: Direction, mode: str) -> list[Condition]:
+        return []
+
+    def select(self, fitted: Direction, val: ValContext) -> Direction:
+        return fitted
+
+    def save(self, chosen: Direction, run: Path, info: JsonObject) -> Saved:
+        return Saved()
+
+    def restore(self, entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> None:
+        return None
+
+    def held_out_conditions(self, chosen: Direction, held: HeldOut) -> list[Condition]:
+        return []
+
+    def _records(self, held: HeldOut, weight: torch.Tensor, threshold: float | None) -> list[DetectionRecord]:
+        assert held.activations is not None
+        samples = [s for group in held.samples.values() for s in group]
+        scores = self._scores(weight, held.activations().get(POOLING, LAYER))
+        cut = float(scores.median()) if threshold is None else threshold  # adapted: no label is read
+        verdicts = ["vulnerable" if float(x) > cut else "secure" for x in scores]
+        return [
+            DetectionRecord(s.id, s.cwe, s.pair_id, s.y, v, score=float(x))
+            for s, v, x in zip(samples, verdicts, scores, strict=True)
+        ]
+
+    def apply(self, chosen: Direction, held: HeldOut) -> Applied:
+        random = torch.randn(chosen.weight.shape, generator=torch.Generator().manual_seed(0))
+        random = random * chosen.weight.norm() / random.norm()
+        entries = [
+            LeadEntry(self.name, "class-mean direction, threshold on val",
+                      self._records(held, chosen.weight, chosen.threshold)),
+            LeadEntry(f"{self.name}_adapted", "the same, threshold re-estimated on the unlabelled held-out inputs",
+                      self._records(held, chosen.weight, None)),
+            LeadEntry(f"{self.name}_control", "a random direction of the same norm",
+                      self._records(held, random, chosen.threshold), control_of=self.name,
+                      claim="the direction matters", what="the random direction"),
+        ]  # fmt: skip
+        return Applied({mode: entries for mode in held.modes})
+
+    def results(
+        self, fitted: Direction | None, chosen: Direction | None, applied: Applied | None, saved: Saved | None
+    ) -> FamilyResults:
+        return FamilyResults(self.name, self.label, thresholds={"any": chosen.threshold} if chosen else {})
+
+
+def _config(tmp_path: Path, **keys: object) -> ExperimentConfig:
+    return ExperimentConfig().replace(
+        data__path=str(write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=5)),
+        data__format="jsonl",
+        data__max_code_tokens=64,
+        steering__layers=[[1]],
+        steering__strengths={"raw": [0.5]},
+        conditional__strengths={"sigma": [2.0]},
+        detection__modes=["logit"],
+        baselines__templates=[],
+        report__probes=False,
+        run__cache_dir=str(tmp_path / "cache"),
+        **keys,
+    )
+
+
+def test_a_family_defined_here_reaches_results_and_report(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    families = (*DEFAULT_FAMILIES, MeanDirectionFamily())
+    out = run_protocol(_config(tmp_path), tmp_path / "run", lm=tiny_lm, progress=False, families=families)
+    results = load_results(out / "results.json")
+    assert list(results.families) == [f.name for f in families]
+    assert math.isfinite(results.families["mean_direction"].thresholds["any"])
+    table = results.lead["logit"]
+    rows = {r.name: r for r in table.rows}
+    n = rows["baseline"].metrics.n
+    adapted = rows["mean_direction_adapted"].metrics.vulnerable_rate  # a median split of the held-out scores
+    assert adapted is not None and abs(adapted - 0.5) <= 1 / n
+    names = [r.name for r in table.rows]
+    assert names[-3:] == ["mean_direction", "mean_direction_adapted", "mean_direction_control"]
+    assert names[:2] == ["baseline", "calibrated"] and "conditional" in names and "probe" in names
+    mine = rows["mean_direction"]
+    assert mine.family == "mean_direction" and mine.metrics.n == rows["baseline"].metrics.n  # the same samples
+    control = rows["mean_direction_control"]
+    assert control.control_of == "mean_direction" and control.versus is not None  # compared with what it controls
+    assert rows["gate_control"].control_of == "conditional" and rows["gate_control"].versus is not None
+    report = (out / "report.md").read_text()
+    for name in ("mean_direction", "mean_direction_adapted", "mean_direction_control"):
+        assert f"| **{name}** |" in report
+    # the configuration picks the families: without conditional steering, neither it nor its probe runs
+    off = run_protocol(
+        _config(tmp_path, conditional__enabled=False), tmp_path / "off", lm=tiny_lm, progress=False, families=families
+    )
+    assert list(load_results(off / "results.json").families) == [
+        "calibrated",
+        "prompt",
+        "constant",
+        "mean_direction",
+    ]
+
+
+def test_families_are_values() -> None:
+    assert isinstance(DEFAULT_FAMILIES, tuple)
+    for family in DEFAULT_FAMILIES:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            family.name = "other"  # type: ignore[misc]
+    assert by_name(DEFAULT_FAMILIES, "conditional") is DEFAULT_FAMILIES[3] and by_name(DEFAULT_FAMILIES, "x") is None
+    with pytest.raises(ValueError, match="two detector families are named 'constant'"):
+        enabled((*DEFAULT_FAMILIES, DEFAULT_FAMILIES[2]), ExperimentConfig())
+
+
+@pytest.mark.parametrize("module", [protocol, apply, lead])
+def test_the_protocol_the_apply_engine_and_the_lead_table_name_no_family(module: object) -> None:
+    code = Path(str(getattr(module, "__file__", ""))).read_text().splitlines()
+    source = "\n".join(line for line in code if not line.startswith(("from ", "import ")))  # (detection.probe)
+    names = [f.name for f in DEFAULT_FAMILIES]
+    found = re.findall(rf"\b({'|'.join(names)}|gated)\b", source)
+    assert not found, found
