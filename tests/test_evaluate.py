@@ -18,7 +18,8 @@ from vulnsteer.experiment.chosen import load_chosen
 from vulnsteer.experiment.evaluate import evaluate_from_run, evaluate_vectors, transfer_config
 from vulnsteer.experiment.fit import load_vector_dir
 from vulnsteer.experiment.prepare import prepare_data
-from vulnsteer.experiment.results import HeldOutRow, HeldOutTable, Results
+from vulnsteer.experiment.results import Results
+from vulnsteer.experiment.tables import HeldOutRow, HeldOutTable
 from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.steering.vectors import Provenance, SteeringVector, VectorMismatchError

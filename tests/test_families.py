@@ -32,8 +32,9 @@ from vulnsteer.experiment.family import (
 )
 from vulnsteer.experiment.grid import Condition
 from vulnsteer.experiment.protocol import run_protocol
-from vulnsteer.experiment.results import FamilyResults, JsonObject
+from vulnsteer.experiment.results import FamilyResults
 from vulnsteer.experiment.upgrade import load_results
+from vulnsteer.io import JsonObject
 from vulnsteer.lm.model import LoadedModel
 
 LAYER, POOLING = 1, "code_mean"

@@ -7,18 +7,9 @@ import random
 from pathlib import Path
 
 from vulnsteer.experiment.grid import Condition, Setting
-from vulnsteer.experiment.results import (
-    CosineBlock,
-    CrossCwe,
-    DataInfo,
-    FamilyResults,
-    HeldOutTable,
-    PcaBlock,
-    PcaPoints,
-    PointMetrics,
-    Results,
-    ValEntry,
-)
+from vulnsteer.experiment.header import DataInfo
+from vulnsteer.experiment.results import CosineBlock, FamilyResults, PcaBlock, PcaPoints, Results, ValEntry
+from vulnsteer.experiment.tables import CrossCwe, HeldOutTable, PointMetrics
 from vulnsteer.report.plots import plot_cross_cwe, report_plots
 
 CWES = ["CWE-89", "CWE-78"]

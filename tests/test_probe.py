@@ -321,7 +321,7 @@ def test_length_control_reads_length_only_with_the_same_protocol() -> None:
     ]
     assert all(r.test_auroc == 1.0 for r in results)  # here length alone separates the classes
     rows = probe_table(results)
-    assert rows[0]["layer"] == "–" and rows[0]["detector"] == "length"
+    assert rows[0]["layer"] == "–" and rows[0]["probe"] == "length"
     # lengths that carry no label: the control is at chance on test
     flat = [replace(s, code="x = 1\n" * 5) for s in test]
     assert all(r.test_auroc == 0.5 for r in evaluate_length_control(train, val, flat, n_boot=50))

@@ -21,8 +21,9 @@ from vulnsteer.experiment import protocol as protocol_mod
 from vulnsteer.experiment.chosen import load_chosen
 from vulnsteer.experiment.compare import numbers
 from vulnsteer.experiment.protocol import run_protocol
-from vulnsteer.experiment.results import SCHEMA_VERSION, Flips, HeldOutTable, Results
+from vulnsteer.experiment.results import SCHEMA_VERSION, Results
 from vulnsteer.experiment.rundir import RunDir, RunDirBusyError, _locked
+from vulnsteer.experiment.tables import Flips, HeldOutTable
 from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.io import OutputError
 from vulnsteer.lm.model import LoadedModel
@@ -103,7 +104,7 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, Results], tiny_lm: Loaded
     assert len(cross.delta_balanced_accuracy) == len(cross.vectors)
     assert set(results.families["constant"].cosine["mean_diff@last"].layers) == {1, 2}
     # two layers x four poolings: last, code_mean (the probes) and the two answer poolings (the answer vector)
-    assert results.activation_cache["misses"] == 8
+    assert results.activation_cache is not None and results.activation_cache.misses == 8
     entries = [e.condition for e in results.val["logit"]]
     constant = [c for c in entries if c.template == "default" and (c.setting is None or not c.setting.gated)]
     assert len(constant) == 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled) x 3 layer sets x 2 strengths
@@ -129,7 +130,8 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, Results], tiny_lm: Loaded
     assert (out / "records.jsonl").read_text().splitlines() == lines
     for name, family in results.families.items():
         assert again.families[name].held_out == family.held_out and again.families[name].choices == family.choices
-    assert again.activation_cache["hits"] == 8 and again.activation_cache["misses"] == 0
+    assert again.activation_cache is not None
+    assert again.activation_cache.hits == 8 and again.activation_cache.misses == 0
 
 
 def _numbers(results: Results) -> dict[str, Any]:

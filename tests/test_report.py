@@ -9,25 +9,10 @@ from pathlib import Path
 from vulnsteer.cwe import cwe_name
 from vulnsteer.detection.probe import ProbeResult
 from vulnsteer.experiment.grid import Condition, Setting
-from vulnsteer.experiment.results import (
-    Control,
-    CrossCwe,
-    DataInfo,
-    DataNotes,
-    Example,
-    FamilyResults,
-    Flips,
-    HeldOutRow,
-    HeldOutTable,
-    MetricBlock,
-    ModelInfo,
-    PointMetrics,
-    Results,
-    RunFiles,
-    SplitsInfo,
-    ValEntry,
-)
+from vulnsteer.experiment.header import DataInfo, DataNotes, ModelInfo, RunFiles, SplitsInfo
+from vulnsteer.experiment.results import Example, FamilyResults, Results, ValEntry
 from vulnsteer.experiment.select import Choice
+from vulnsteer.experiment.tables import Control, CrossCwe, Flips, HeldOutRow, HeldOutTable, MetricBlock, PointMetrics
 from vulnsteer.report import write_report
 from vulnsteer.report.markdown import duplicates_text, fmt, render_markdown
 

@@ -3,15 +3,29 @@ that cannot be written before any work is done."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["OutputError", "append_jsonl", "atomic_open", "check_writable", "read_jsonl", "write_json", "write_text"]
+__all__ = [
+    "JsonObject",
+    "OutputError",
+    "append_jsonl",
+    "atomic_open",
+    "check_writable",
+    "json_ready",
+    "read_jsonl",
+    "write_json",
+    "write_text",
+]
+
+#: A JSON object as read back (its shape owned by whoever wrote it: a configuration document, an environment, ...).
+JsonObject = Mapping[str, Any]
 
 
 class OutputError(ValueError):
@@ -196,3 +210,20 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def json_ready(obj: Any) -> Any:
+    """*obj* as plain JSON data: tuples become lists, dataclasses dicts, arrays lists, anything else its ``str``.
+
+    >>> json_ready({"pair": (1, 2.5)})
+    {'pair': [1, 2.5]}
+    """
+    return json.loads(json.dumps(obj, default=_plain))
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

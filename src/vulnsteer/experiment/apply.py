@@ -23,7 +23,7 @@ from .engine import DEFAULT_OPTIONS, Executor, ResultStore, ScoringOptions, run_
 from .family import Applied, Artefacts, Family, HeldOut
 from .grid import Condition
 from .lead import build_lead
-from .results import LeadTable
+from .tables import LeadTable
 
 __all__ = ["HeldOutFound", "apply_families"]
 

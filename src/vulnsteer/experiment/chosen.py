@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..data.sample import Sample
-from ..io import atomic_open, write_json
+from ..io import JsonObject, atomic_open, json_ready, write_json
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
 from .fit import annotate, slug
 from .grid import POOLED, RANDOM_PROBE
-from .results import SCHEMA_VERSION, JsonObject, ModelInfo, json_ready
+from .header import ModelInfo
+from .results import SCHEMA_VERSION
 from .rundir import CHOSEN_DIR, CHOSEN_NAME
 from .select import Choice
 

@@ -6,7 +6,8 @@ auroc``, ``families/constant/choices/logit/CWE-89/chosen``, ``records/<condition
 :func:`compare` lists the paths whose values differ and those only one side has. Where and how fast a run went
 (timings, caches, memory, environment, absolute paths) is left out.
 
->>> from vulnsteer.experiment.results import LeadRow, LeadTable, MetricBlock, Results
+>>> from vulnsteer.experiment.results import Results
+>>> from vulnsteer.experiment.tables import LeadRow, LeadTable, MetricBlock
 >>> a = Results(lead={"logit": LeadTable("test", (LeadRow("baseline", "", MetricBlock(4, balanced_accuracy=0.5)),))})
 >>> compare(a, a).same
 True
@@ -20,7 +21,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .results import HeldOutRow, MetricBlock, Results
+from .results import Results
+from .tables import HeldOutRow, MetricBlock
 
 __all__ = ["Comparison", "compare", "numbers"]
 

@@ -1,7 +1,7 @@
 """The scoring engine: conditions in, detection records out, in resumable chunks.
 
 :func:`run_conditions` is the one place where conditions meet the model. Pending conditions are grouped by split
-into chunks; a chunk shares its batched forward passes across its conditions and detector modes (each row
+into chunks; a chunk shares its batched forward passes across its conditions and modes (each row
 steered with its own specs, :func:`~vulnsteer.detection.engine.detect_variants_modes`), and is appended to the
 :class:`ResultStore` (``records.jsonl``) as soon as it is done, so a killed run loses at most the chunk in flight
 and a rerun skips what is stored.
@@ -117,7 +117,7 @@ def score_chunk(
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
 ) -> dict[str, list[DetectionRecord]]:
-    """Score conditions together: one batched pass over the samples serves every condition and detector mode
+    """Score conditions together: one batched pass over the samples serves every condition and mode
     (the unsteered prompt prefix shared where positions allow, and kept in *prefix_store* for later chunks).
     Returns records by condition key. Pure with respect to its inputs, so any worker can run it. *sink* records
     the unsteered hidden states of chunks under the experiment's own prompt (template ``default``) only."""
@@ -162,7 +162,7 @@ def _template_of(conditions: Sequence[Condition]) -> str:
 
 
 def _chunks(pending: Sequence[Condition], size: int) -> list[list[Condition]]:
-    """Chunks of at most *size* conditions that share one split, one prompt template and one set of detector
+    """Chunks of at most *size* conditions that share one split, one prompt template and one set of
     modes per variant, so a chunk never generates text for a variant that only needs its answer logits."""
     modes: dict[str, set[str]] = defaultdict(set)
     for cond in pending:

@@ -36,11 +36,12 @@ from .families.setting import SettingChoices
 from .family import Artefacts, Family, HeldOut, merge_artefacts
 from .fit import load_vector_dir
 from .grid import POOLED, Setting
+from .header import DataInfo, DataNotes, SplitsInfo
 from .preflight import check_before_loading, load_configured_model
 from .prepare import load_dataset, prepare_data
 from .protocol import default_out_dir
 from .ray_executor import open_executor
-from .results import DataInfo, DataNotes, Results, SplitsInfo, new_results
+from .results import Results, new_results
 from .rundir import CHOSEN_DIR, RunDir
 from .select import Choice
 

@@ -43,12 +43,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..config import ExperimentConfig
 from ..data.sample import Sample
 from ..detection.records import DetectionRecord
+from ..io import JsonObject
 from ..lm.activations import Activations
 from ..lm.prompts import PromptTemplate
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
 from .grid import Condition
-from .results import Example, FamilyResults, HeldOutTable, JsonObject, SavedDetectorInfo
+from .results import Example, FamilyResults, SavedDetectorInfo
+from .tables import HeldOutTable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..lm.model import LoadedModel
@@ -139,7 +141,7 @@ class ValContext:
     earlier: Mapping[str, Any] = field(default_factory=dict)
 
     def by_detection_mode(self, picked: Mapping[str, C]) -> dict[str, C]:
-        """Per detection mode, what was picked on the val records of the mode that chooses for it."""
+        """Per mode, what was picked on the val records of the mode that chooses for it."""
         return {mode: picked[self.config.selection_mode(mode)] for mode in self.config.detection.modes}
 
 

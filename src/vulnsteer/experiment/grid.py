@@ -169,7 +169,7 @@ class Condition:
 
     @property
     def variant_key(self) -> str:
-        """What steers, regardless of the detector mode (one forward pass serves every mode)."""
+        """What steers, regardless of the mode (one forward pass serves every mode)."""
         return self.key.replace(f"|{self.mode}|", "|", 1)
 
     @property

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from ..detection.records import DetectionRecord
 from ..stats.compare import compare_to_baseline, metrics_block
 from .family import LeadEntry
-from .results import Change, Flips, LeadRow, LeadTable, LeverRate, MarginsByClass, MetricBlock
+from .tables import Change, Flips, LeadRow, LeadTable, LeverRate, MarginsByClass, MetricBlock
 
 __all__ = ["BASELINE_LABEL", "build_lead", "compose", "lead_rows", "lead_words", "lever_rate", "margins_by_class"]
 
@@ -97,7 +97,7 @@ def _ba(row: LeadRow) -> float:
 def lead_words(rows: Sequence[LeadRow], entries: Sequence[LeadEntry], split: str) -> str:
     """What beat what, in one or two sentences (significance: McNemar p < 0.05 and a CI that excludes 0).
 
-    >>> from vulnsteer.experiment.results import Change, LeadRow, MetricBlock
+    >>> from vulnsteer.experiment.tables import Change, LeadRow, MetricBlock
     >>> rows = [LeadRow("baseline", "", MetricBlock(balanced_accuracy=0.5)),
     ...         LeadRow("steered", "", MetricBlock(balanced_accuracy=0.8), 0.3, (0.1, 0.5), 0.001),
     ...         LeadRow("random_gate", "", MetricBlock(balanced_accuracy=0.52), 0.02, (-0.1, 0.1), 0.8,

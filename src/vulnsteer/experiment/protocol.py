@@ -40,10 +40,11 @@ from .families import DEFAULT_FAMILIES, enabled
 from .family import Artefacts, Family, FitContext, HeldOut, Saved, ValContext, merge_artefacts
 from .fit import train_pca
 from .grid import Condition, resolve_layer_sets
+from .header import ActivationCacheInfo, DataInfo, DataNotes, RunFiles, SplitsInfo
 from .preflight import check_before_loading, load_configured_model
 from .prepare import PreparedData, load_dataset, prepare_data
 from .ray_executor import open_executor
-from .results import DataInfo, DataNotes, PcaBlock, RunFiles, SplitsInfo, ValEntry, new_results, val_entry
+from .results import PcaBlock, ValEntry, new_results, val_entry
 from .rundir import CHOSEN_DIR, CHOSEN_NAME, RESOLVED_NAME, RunDir
 
 __all__ = ["default_out_dir", "run_protocol"]
@@ -176,8 +177,8 @@ class _Protocol:
             )
             self._acts[split] = acts
             if split == "train":
-                cache = {"dir": str(self.cache.root), "enabled": cfg.run.cache, **stats.to_dict()}
-                self.results = dataclasses.replace(self.results, activation_cache=cache)
+                found = {"dir": str(self.cache.root), "enabled": cfg.run.cache, **stats.to_dict()}
+                self.results = dataclasses.replace(self.results, activation_cache=ActivationCacheInfo.from_json(found))
         return self._acts[split]
 
     def _timed(self, name: str, start: float) -> None:

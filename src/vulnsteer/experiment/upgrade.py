@@ -17,6 +17,7 @@ from typing import Any
 
 from ..detection.probe import ProbeResult
 from ..detection.records import record_from_dict
+from ..io import JsonObject
 from .families.calibrated import CALIBRATED
 from .families.conditional import CONDITIONAL
 from .families.conditional import CONTROLS as CONDITIONAL_CONTROLS
@@ -25,35 +26,34 @@ from .families.constant import CONTROLS as CONSTANT_CONTROLS
 from .families.probe import PROBE
 from .families.prompt import PROMPT
 from .grid import Condition
+from .header import ActivationCacheInfo, DataInfo, ModelInfo, RunFiles
 from .results import (
     SCHEMA_VERSION,
-    Change,
-    Control,
     CosineBlock,
-    CrossCwe,
-    DataInfo,
     Example,
     FamilyResults,
-    Flips,
     GateProbeInfo,
-    HeldOutRow,
-    HeldOutTable,
-    JsonObject,
-    LeadRow,
-    LeadTable,
-    LeverRate,
-    MarginsByClass,
-    MetricBlock,
-    ModelInfo,
     PcaBlock,
-    PointMetrics,
     Results,
-    RunFiles,
     SavedDetectorInfo,
     ValEntry,
     VectorInfo,
 )
 from .select import Choice
+from .tables import (
+    Change,
+    Control,
+    CrossCwe,
+    Flips,
+    HeldOutRow,
+    HeldOutTable,
+    LeadRow,
+    LeadTable,
+    LeverRate,
+    MarginsByClass,
+    MetricBlock,
+    PointMetrics,
+)
 
 __all__ = ["READABLE", "ResultsError", "load_results", "upgrade_v2"]
 
@@ -260,7 +260,7 @@ def upgrade_v2(doc: JsonObject) -> Results:
         lead={m: _lead(block) for m, block in (doc.get("lead") or {}).items()},
         probes=tuple(ProbeResult.from_dict(p) for p in doc.get("probes") or ()),
         records={k: tuple(record_from_dict(r) for r in rs) for k, rs in (doc.get("records") or {}).items()},
-        activation_cache=dict(doc.get("activation_cache") or {}),
+        activation_cache=ActivationCacheInfo.from_json(doc.get("activation_cache")),
         prefix_cache=dict(doc.get("prefix_cache") or {}),
         peak_memory=dict(doc.get("peak_memory") or {}),
         executor=dict(doc.get("executor") or {}),

@@ -21,16 +21,9 @@ from pathlib import Path
 
 from ..cwe import cwe_name
 from ..detection.probe import ProbeResult
-from ..experiment.results import (
-    FamilyResults,
-    HeldOutRow,
-    HeldOutTable,
-    LeadTable,
-    MetricBlock,
-    Results,
-    SplitsInfo,
-    ValEntry,
-)
+from ..experiment.header import SplitsInfo
+from ..experiment.results import FamilyResults, Results, ValEntry
+from ..experiment.tables import HeldOutRow, HeldOutTable, LeadTable, MetricBlock
 from .probes import PROBE_TABLE_COLUMNS, probe_table
 
 __all__ = ["ci_cell", "cwe_table", "duplicates_text", "fmt", "markdown_table", "render_markdown"]
@@ -382,10 +375,10 @@ def _later_sections(results: Results, plots: Sequence[str]) -> list[str]:
                 lines.append(f"- steered ({ex.steered_verdict}): `{_one_line(ex.steered)}`")
                 lines.append("")
     cache = results.activation_cache
-    if cache:
+    if cache is not None:
         lines += [
-            f"activation cache `{cache.get('dir')}`: {cache.get('hits', 0)} entries reused, "
-            f"{cache.get('misses', 0)} extracted (layers {cache.get('extracted_layers', [])})",
+            f"activation cache `{cache.dir}`: {cache.hits} entries reused, {cache.misses} extracted (layers "
+            f"{list(cache.extracted_layers)})",
             "",
         ]
     if results.timings_s:

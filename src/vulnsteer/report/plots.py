@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..experiment.grid import Setting
-from ..experiment.results import CrossCwe, PointMetrics, Results, ValEntry
+from ..experiment.results import Results, ValEntry
+from ..experiment.tables import CrossCwe, PointMetrics
 from ..io import atomic_open
 
 __all__ = [

@@ -18,7 +18,7 @@ __all__ = ["PROBE_TABLE_COLUMNS", "probe_table"]
 
 PROBE_TABLE_COLUMNS: tuple[str, ...] = (
     "CWE",
-    "detector",
+    "probe",
     "pooling",
     "layer",
     "val bal.acc",

@@ -19,10 +19,11 @@ import numpy as np
 from ...config import ExperimentConfig
 from ...detection.probe import choose_threshold
 from ...detection.records import DetectionRecord
+from ...io import JsonObject
 from ...lm.model import LoadedModel
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
 from ..grid import Condition
-from ..results import FamilyResults, JsonObject
+from ..results import FamilyResults
 
 __all__ = ["CALIBRATED", "CalibratedFamily", "calibrated_records", "calibrated_thresholds"]
 

@@ -27,6 +27,7 @@ from ...data.sample import Sample, dataset_hash
 from ...detection.condition import fit_condition_probe, rethreshold
 from ...detection.detector import SavedDetector
 from ...detection.records import DetectionRecord
+from ...io import JsonObject
 from ...lm.activations import ANSWER_POOLINGS, Activations
 from ...lm.model import LoadedModel, resolve_layers
 from ...lm.prompts import DEFAULT_TEMPLATE
@@ -37,7 +38,7 @@ from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, S
 from ..fit import fit_cwe_vectors, method_key, save_vectors
 from ..grid import POOLED, RANDOM_PROBE, Condition, Setting
 from ..prepare import PreparedData
-from ..results import FamilyResults, GateProbeInfo, JsonObject, SavedDetectorInfo, VectorInfo
+from ..results import FamilyResults, GateProbeInfo, SavedDetectorInfo, VectorInfo
 from ..select import balanced_accuracy, select_per_cwe
 from .setting import (
     RowSpec,

@@ -19,12 +19,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ...config import ExperimentConfig
+from ...io import JsonObject
 from ...lm.model import LoadedModel
 from ...steering.vectors import SteeringVector
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, Saved, ValContext
 from ..fit import fit_cwe_vectors, save_vectors, vector_cosines
 from ..grid import Condition, Setting, candidate_settings, val_conditions
-from ..results import CosineBlock, FamilyResults, JsonObject, VectorInfo
+from ..results import CosineBlock, FamilyResults, VectorInfo
 from .setting import (
     RowSpec,
     SettingChoices,

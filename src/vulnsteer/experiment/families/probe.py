@@ -18,12 +18,13 @@ from pathlib import Path
 from ...config import ExperimentConfig
 from ...data.sample import Sample
 from ...detection.records import DetectionRecord
+from ...io import JsonObject
 from ...lm.activations import Activations
 from ...lm.model import LoadedModel
 from ...steering.gate import LinearProbe
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
 from ..grid import POOLED, Condition
-from ..results import FamilyResults, JsonObject
+from ..results import FamilyResults
 from .conditional import CONDITIONAL, ConditionalFamily
 from .setting import SettingChoices
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from ...config import ExperimentConfig
 from ...data.sample import Sample
 from ...detection.records import DetectionRecord
+from ...io import JsonObject
 from ...lm.model import LoadedModel
 from ...lm.prompts import DEFAULT_TEMPLATE, TEMPLATES, PromptTemplate
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
 from ..grid import Condition
 from ..lead import compose
-from ..results import FamilyResults, JsonObject
+from ..results import FamilyResults
 from ..select import select_templates
 
 __all__ = ["PROMPT", "PromptFamily", "prompt_templates", "template_conditions"]
@@ -94,7 +95,7 @@ class PromptFamily:
         return template_conditions(list(fitted), mode, "val")
 
     def select(self, fitted: Mapping[str, PromptTemplate], val: ValContext) -> dict[str, dict[str, str]]:
-        """Per detection mode and CWE, the template chosen on val."""
+        """Per mode and CWE, the template chosen on val."""
         picked = {mode: select_templates(conds, val.records, val.cwes) for mode, conds in val.conditions.items()}
         return val.by_detection_mode(picked)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...detection.records import DetectionRecord
+from ...io import JsonObject
 from ...lm.model import LoadedModel
 from ...stats.compare import compare_to_baseline, metrics_block, verdict_words
 from ...steering.gate import LinearProbe
@@ -29,17 +30,9 @@ from ..chosen import load_probes, save_choice_files
 from ..family import Applied, Artefacts, HeldOut, LeadEntry, Saved, ValContext
 from ..grid import POOLED, Condition
 from ..lead import compose, lever_rate
-from ..results import (
-    Control,
-    CrossCwe,
-    Example,
-    Flips,
-    HeldOutRow,
-    HeldOutTable,
-    JsonObject,
-    MetricBlock,
-)
+from ..results import Example
 from ..select import Choice, balanced_accuracy, select_settings
+from ..tables import Control, CrossCwe, Flips, HeldOutRow, HeldOutTable, MetricBlock
 
 __all__ = [
     "RowSpec",
@@ -94,7 +87,7 @@ def split_words(split: str) -> str:
 
 
 def select_by_mode(val: ValContext, pooled: bool) -> dict[str, dict[str, Choice]]:
-    """Per detection mode, the choice per target made on the val records of the mode that chooses for it (the
+    """Per mode, the choice per target made on the val records of the mode that chooses for it (the
     family's own conditions, the baseline first)."""
     picked = {
         mode: select_settings(conds, val.records, val.cwes, pooled, f"{mode} mode, val split")
