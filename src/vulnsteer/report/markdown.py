@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..cwe import cwe_name
 from ..detection.probe import ProbeResult
+from ..experiment.grid import POOLED
 from ..experiment.header import SplitsInfo
 from ..experiment.results import FamilyResults, Results, ValEntry
 from ..experiment.tables import HeldOutRow, HeldOutTable, LeadTable, MetricBlock
@@ -267,7 +268,7 @@ def _family_sections(family: FamilyResults) -> list[str]:
         split = _split(table.split)
         lines += [f"## {mode} mode: {split} split, setting chosen on the {how} ({family.label})", ""]
         lines += [*cwe_table(table, dict(family.controls)), ""]
-        pooled = by_target.get("any")
+        pooled = by_target.get(POOLED)
         if table.pooled and pooled is not None:
             label = None if pooled.best is None else pooled.best.label()
             lines += [

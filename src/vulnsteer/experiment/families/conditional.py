@@ -48,6 +48,7 @@ from .setting import (
     restore_choices,
     save_choices,
     select_by_mode,
+    setting_results,
 )
 
 __all__ = [
@@ -357,20 +358,12 @@ class ConditionalFamily:
         applied: Applied | None,
         saved: Saved | None,
     ) -> FamilyResults:
-        probes = {
-            f"{target}|{key}": GateProbeInfo(p.threshold, p.spread, dict(p.meta))
-            for (target, key), p in (fitted.probes.items() if fitted else ())
-        }
-        return FamilyResults(
-            self.name,
-            self.label,
-            CONTROLS,
-            choices=chosen.choices if chosen else {},
-            held_out=applied.held_out if applied else {},
-            examples={m: tuple(e) for m, e in applied.examples.items()} if applied else {},
-            vectors=fitted.info if fitted else {},
-            probes=probes,
-            saved=saved.detector if saved else None,
+        detector = saved.detector if saved else None
+        if fitted is None:
+            return setting_results(self.name, self.label, CONTROLS, chosen, applied, saved=detector)
+        probes = {f"{t}|{k}": GateProbeInfo(p.threshold, p.spread, dict(p.meta)) for (t, k), p in fitted.probes.items()}
+        return setting_results(
+            self.name, self.label, CONTROLS, chosen, applied, vectors=fitted.info, probes=probes, saved=detector
         )
 
 

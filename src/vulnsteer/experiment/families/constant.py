@@ -34,6 +34,7 @@ from .setting import (
     restore_choices,
     save_choices,
     select_by_mode,
+    setting_results,
 )
 
 __all__ = ["CONSTANT", "ConstantFamily", "ConstantFit"]
@@ -127,15 +128,10 @@ class ConstantFamily:
         applied: Applied | None,
         saved: Saved | None,
     ) -> FamilyResults:
-        return FamilyResults(
-            self.name,
-            self.label,
-            CONTROLS,
-            choices=chosen.choices if chosen else {},
-            held_out=applied.held_out if applied else {},
-            examples={m: tuple(e) for m, e in applied.examples.items()} if applied else {},
-            vectors=fitted.info if fitted else {},
-            cosine=fitted.cosine if fitted else {},
+        if fitted is None:
+            return setting_results(self.name, self.label, CONTROLS, chosen, applied)
+        return setting_results(
+            self.name, self.label, CONTROLS, chosen, applied, vectors=fitted.info, cosine=fitted.cosine
         )
 
 

@@ -30,7 +30,7 @@ from ..chosen import load_probes, save_choice_files
 from ..family import Applied, Artefacts, HeldOut, LeadEntry, Saved, ValContext
 from ..grid import POOLED, Condition
 from ..lead import compose, lever_rate
-from ..results import Example
+from ..results import Example, FamilyResults
 from ..select import Choice, balanced_accuracy, select_settings
 from ..tables import Control, CrossCwe, Flips, HeldOutRow, HeldOutTable, MetricBlock
 
@@ -44,6 +44,7 @@ __all__ = [
     "restore_choices",
     "select_by_mode",
     "setting_lead",
+    "setting_results",
     "split_words",
 ]
 
@@ -386,6 +387,22 @@ def restore_choices(entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatc
     return SettingChoices(choices, vectors, probes)
 
 
-def choice_table(choices: Mapping[str, Mapping[str, Choice]]) -> dict[str, dict[str, Any]]:
-    """``{mode: {target: choice}}`` as plain data (for a saved detector's or a report's header)."""
-    return {m: {t: c.to_dict() for t, c in by.items()} for m, by in choices.items()}
+def setting_results(
+    family: str,
+    label: str,
+    controls: Mapping[str, str],
+    chosen: SettingChoices | None,
+    applied: Applied | None,
+    **fitted: Any,
+) -> FamilyResults:
+    """What results.json says about a setting family: its choices, its per-CWE rows and examples (when it got
+    that far), its controls' columns, and what it fitted (*fitted*: :class:`FamilyResults` fields)."""
+    return FamilyResults(
+        family,
+        label,
+        controls,
+        choices=chosen.choices if chosen else {},
+        held_out=applied.held_out if applied else {},
+        examples={m: tuple(e) for m, e in applied.examples.items()} if applied else {},
+        **fitted,
+    )
