@@ -19,6 +19,7 @@ from vulnsteer.config.experiment import ExperimentConfig
 from vulnsteer.detection.probe import choose_threshold
 from vulnsteer.detection.records import DetectionRecord
 from vulnsteer.experiment import apply, lead, protocol
+from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
 from vulnsteer.experiment.families import DEFAULT_FAMILIES, by_name, enabled
 from vulnsteer.experiment.family import (
     ActivationNeeds,
@@ -42,10 +43,12 @@ LAYER, POOLING = 1, "code_mean"
 
 @dataclass(frozen=True)
 class Direction:
-    """What the toy family fitted: a class-mean direction (train) and its threshold (val)."""
+    """What the toy family fitted: a class-mean direction (train) and its threshold (val); once chosen, the modes
+    it is kept for."""
 
     weight: torch.Tensor
     threshold: float
+    modes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,17 @@ class MeanDirectionFamily:
         return []
 
     def select(self, fitted: Direction, val: ValContext) -> Direction:
-        return fitted
+        return dataclasses.replace(fitted, modes=tuple(val.config.detection.modes))
 
     def save(self, chosen: Direction, run: Path, info: JsonObject) -> Saved:
-        return Saved()
+        kept = {"weight": chosen.weight.tolist(), "threshold": chosen.threshold}
+        return Saved(chosen={mode: kept for mode in chosen.modes})  # chosen.json keys every entry by mode
 
-    def restore(self, entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> None:
-        return None
+    def restore(self, entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> Direction | None:
+        if not entry:
+            return None
+        kept = next(iter(entry.values()))
+        return Direction(torch.tensor(kept["weight"]), float(kept["threshold"]), tuple(entry))
 
     def held_out_conditions(self, chosen: Direction, held: HeldOut) -> list[Condition]:
         return []
@@ -172,6 +179,24 @@ def test_a_family_defined_here_reaches_results_and_report(tmp_path: Path, tiny_l
         "constant",
         "mean_direction",
     ]
+
+
+def test_a_family_defined_here_is_applied_unchanged_by_evaluate_from(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    """It keeps its choice in the run's chosen/ folder; evaluate --from restores it and applies it to another
+    dataset, reading that dataset's activations (as an adapted detector will)."""
+    families = (*DEFAULT_FAMILIES, MeanDirectionFamily())
+    config = _config(tmp_path, conditional__enabled=False)
+    run = run_protocol(config, tmp_path / "run", lm=tiny_lm, progress=False, families=families)
+    other = write_toy_jsonl(tmp_path / "other.jsonl", cwes=("CWE-89", "CWE-22"), n_pairs=3, prefix="other")
+    transfer = transfer_config(run, {"data.path": (str(other), "--data"), "data.format": ("jsonl", "--format")})
+    out = evaluate_from_run(run, transfer, tmp_path / "t", lm=tiny_lm, progress=False, families=families)
+    results = load_results(out / "results.json")
+    assert list(results.families) == ["constant", "mean_direction"]  # what the run kept, re-applied
+    rows = {r.name: r for r in results.lead["logit"].rows}
+    assert rows["mean_direction"].metrics.n == rows["baseline"].metrics.n == 6  # CWE-89's samples (22: no choice)
+    assert rows["mean_direction_control"].control_of == "mean_direction"
+    kept = load_results(run / "results.json").families["mean_direction"].thresholds
+    assert results.families["mean_direction"].thresholds == kept  # the run's threshold, not re-chosen
 
 
 def test_families_are_values() -> None:

@@ -41,7 +41,8 @@ _V2_FAMILIES = {"modes": "constant", "conditional": "conditional"}
 
 @dataclass(frozen=True)
 class ChosenFile:
-    """A run's ``chosen/chosen.json``: its header, and per family the entry that family saved (by mode first)."""
+    """A run's ``chosen/chosen.json``: its header, and per family the entry that family saved (per mode: every
+    family keys its entry by mode, so ``evaluate --from`` applies the modes asked for)."""
 
     path: Path
     model: ModelInfo
@@ -55,11 +56,6 @@ class ChosenFile:
     def modes(self) -> list[str]:
         """The modes some family chose for."""
         return list(dict.fromkeys(mode for entry in self.families.values() for mode in entry))
-
-    def targets(self, modes: Sequence[str]) -> list[str]:
-        """The CWEs some family chose for in *modes* (``"any"``, a pooled vector, left out)."""
-        found = (t for entry in self.families.values() for m in modes for t in entry.get(m, {}) if t != POOLED)
-        return sorted(set(found))
 
 
 def train_code_hashes(samples: Sequence[Sample]) -> list[str]:

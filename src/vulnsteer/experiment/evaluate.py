@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from typing import Any
 from ..config import ExperimentConfig, VectorsSection, config_document, identity_of, parse_config
 from ..data.sample import Sample, dataset_hash
 from ..io import write_json
-from ..lm.activation_cache import model_key
+from ..lm.activation_cache import ActivationCache, model_key
+from ..lm.activations import Activations
 from ..lm.memory import peak_memory
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE
@@ -35,7 +36,7 @@ from .families.constant import CONSTANT
 from .families.setting import SettingChoices
 from .family import Artefacts, Family, HeldOut, merge_artefacts
 from .fit import load_vector_dir
-from .grid import POOLED, Setting
+from .grid import POOLED, Setting, resolve_layer_sets
 from .header import DataInfo, DataNotes, SplitsInfo
 from .preflight import check_before_loading, load_configured_model
 from .prepare import load_dataset, prepare_data
@@ -140,6 +141,7 @@ def _run_evaluation(
             control_seed=control_seed,
             cross_cwe_modes=tuple(d.cross_cwe_modes),
             n_examples=config.report.n_examples,
+            activations=_activations(lm, config, families, all_samples, progress),
         )
         found = apply_families(
             lm, families, chosen, held, ResultStore(run.records), artefacts, options, executor=executor
@@ -158,6 +160,30 @@ def _run_evaluation(
         write_json(run.path / "results.json", results.to_json())
         write_report(results, run.path)
     return results
+
+
+def _activations(
+    lm: LoadedModel, config: ExperimentConfig, families: Sequence[Family[Any, Any]], samples: Sequence[Sample],
+    progress: bool,
+) -> Callable[[], Activations]:  # fmt: skip
+    """The held-out samples' unsteered activations at what the *families* read, extracted (through the activation
+    cache) only when a family asks for them."""
+    found: list[Activations] = []
+
+    def extract() -> Activations:
+        if not found:
+            layer_sets = resolve_layer_sets(config.steering.layers, lm.num_layers)
+            needs = [f.needs(config, layer_sets, lm.num_layers) for f in families]
+            layers = sorted({layer for n in needs for layer in n.layers})
+            poolings = list(dict.fromkeys(p for n in needs for p in n.poolings))
+            cache = ActivationCache(config.run.cache_dir, enabled=config.run.cache)
+            acts, _ = cache.load_or_extract(
+                lm, samples, layers, poolings, batch_size=config.detection.batch_size, progress=progress
+            )
+            found.append(acts)
+        return found[0]
+
+    return extract
 
 
 def _prepared_samples(
@@ -214,7 +240,10 @@ def evaluate_from_run(
             if state is not None:
                 restored[name] = state
         data, everything = _prepared_samples(config, lm, loaded, "all", progress)
-        covered = chosen.targets(modes)
+        # the CWEs a family chose settings for (a family without per-CWE choices applies to every CWE)
+        setting = [s for s in restored.values() if isinstance(s, SettingChoices)]
+        chose = {t for s in setting for by in s.choices.values() for t in by if t != POOLED}
+        covered = sorted(chose) if setting else list(everything)
         samples = {cwe: items for cwe, items in everything.items() if cwe in covered}
         skipped = {cwe: len(items) for cwe, items in everything.items() if cwe not in covered}
         if not samples:
