@@ -111,7 +111,7 @@ def plot_val_curves(results: Results, out_dir: Path, mode: str) -> list[str]:
                 line = lines.setdefault((_line_name(setting), e.condition.role), [(0.0, base)])
                 line.append((float(setting.strength), e.metrics))
         fig, axes = _grid(len(cwes))
-        colours: dict[str, Any] = {}
+        colours: dict[str, object] = {}
         for ax, cwe in zip(axes, cwes):
             for (name, role), points in sorted(lines.items()):
                 pts = sorted((s, _ba(m, cwe)) for s, m in points)
