@@ -16,8 +16,8 @@ from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 from vulnsteer.steering.gguf import (
     ControlVectorError,
     control_vector_data,
-    export_control_vector,
-    import_control_vector,
+    export_gguf,
+    import_gguf,
     read_control_vector,
 )
 from vulnsteer.steering.hooks import SteeringSpec, steer
@@ -76,7 +76,7 @@ def test_export_writes_the_llama_cpp_format_and_import_gives_the_vector_back(
 ) -> None:
     vector = _vector((1, 3))
     path = tmp_path / "v.gguf"
-    info = export_control_vector(vector, path, strength=strength, unit=unit)  # type: ignore[arg-type]
+    info = export_gguf(vector, path, strength=strength, unit=unit)  # type: ignore[arg-type]
     assert info.layers == (1, 3) and info.model_hint == "llama" and 'positions="all"' in info.describe()
 
     reader = _reader(path)
@@ -98,7 +98,7 @@ def test_export_writes_the_llama_cpp_format_and_import_gives_the_vector_back(
         scale = strength if unit == "raw" else strength * vector.provenance.layer_norms[layer] / float(d.norm())
         assert torch.allclose(expected, -scale * d, atol=1e-5)
 
-    back = import_control_vector(path, hidden_size=HIDDEN)
+    back = import_gguf(path, hidden_size=HIDDEN)
     assert back.layers == vector.layers
     for layer in vector.layers:
         torch.testing.assert_close(back.direction(layer), vector.direction(layer), rtol=1e-5, atol=1e-6)
@@ -115,8 +115,8 @@ def test_export_writes_the_llama_cpp_format_and_import_gives_the_vector_back(
 
 def test_export_of_some_layers_imports_those_layers(tmp_path: Path) -> None:
     vector = _vector((1, 2, 3))
-    export_control_vector(vector, tmp_path / "v.gguf", strength=1.0, layers=[2])
-    back = import_control_vector(tmp_path / "v.gguf")
+    export_gguf(vector, tmp_path / "v.gguf", strength=1.0, layers=[2])
+    back = import_gguf(tmp_path / "v.gguf")
     assert back.layers == (2,) and back.provenance.layers == (2,) and set(back.provenance.layer_norms) == {2}
     torch.testing.assert_close(back.direction(2), vector.direction(2))
 
@@ -124,32 +124,32 @@ def test_export_of_some_layers_imports_those_layers(tmp_path: Path) -> None:
 def test_export_refusals(tmp_path: Path) -> None:
     path = tmp_path / "v.gguf"
     with pytest.raises(ControlVectorError, match="block 0"):
-        export_control_vector(_vector((0, 1)), path)
-    export_control_vector(_vector((0, 1)), path, layers=[1])  # without layer 0 it is fine
+        export_gguf(_vector((0, 1)), path)
+    export_gguf(_vector((0, 1)), path, layers=[1])  # without layer 0 it is fine
     path.unlink()
     with pytest.raises(ControlVectorError, match="strength 0"):
-        export_control_vector(_vector(), path, strength=0.0)
+        export_gguf(_vector(), path, strength=0.0)
     with pytest.raises(ControlVectorError, match="--model-hint"):
-        export_control_vector(_vector(model_type=None), path)
+        export_gguf(_vector(model_type=None), path)
     assert not path.exists()  # nothing half-written
-    info = export_control_vector(_vector(model_type=None), path, model_hint="qwen2")
+    info = export_gguf(_vector(model_type=None), path, model_hint="qwen2")
     assert info.model_hint == "qwen2" and read_control_vector(path).model_hint == "qwen2"
     with pytest.raises(ValueError, match="not in the vector"):
-        export_control_vector(_vector(), path, layers=[3])
+        export_gguf(_vector(), path, layers=[3])
 
 
 def test_import_refusals(tmp_path: Path) -> None:
     good = tmp_path / "good.gguf"
-    export_control_vector(_vector(), good)
+    export_gguf(_vector(), good)
     with pytest.raises(ControlVectorError, match="length 64, but the model's hidden size is 128"):
-        import_control_vector(good, hidden_size=128)
+        import_gguf(good, hidden_size=128)
     with pytest.raises(ControlVectorError, match="not 'qwen2'"):
-        import_control_vector(good, model_hint="qwen2")
+        import_gguf(good, model_hint="qwen2")
     t = np.ones(HIDDEN, dtype=np.float32)
     no_hint = _write_foreign(tmp_path / "nohint.gguf", {"direction.1": t}, hint=None)
     with pytest.raises(ControlVectorError, match=r"no controlvector\.model_hint; pass --model-hint"):
-        import_control_vector(no_hint)
-    assert import_control_vector(no_hint, model_hint="llama").provenance.model_type == "llama"
+        import_gguf(no_hint)
+    assert import_gguf(no_hint, model_hint="llama").provenance.model_type == "llama"
     cases = {
         "zero.gguf": ({"direction.0": t, "direction.1": t}, "controlvector", "rejects layer 0"),
         "name.gguf": ({"dir.1": t}, "controlvector", "not named direction.<layer>"),
@@ -161,7 +161,7 @@ def test_import_refusals(tmp_path: Path) -> None:
     for name, (tensors, arch, message) in cases.items():
         path = _write_foreign(tmp_path / name, tensors, arch=arch)
         with pytest.raises(ControlVectorError, match=message) as info:
-            import_control_vector(path)
+            import_gguf(path)
         assert str(path) in str(info.value)
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(ControlVectorError, match="not a GGUF file"):
@@ -175,7 +175,7 @@ def test_a_foreign_control_vector_steers_like_llama_cpp(tmp_path: Path, tiny_lm:
     the imported vector at strength 1 does exactly that through vulnsteer's hook."""
     t = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(5))
     path = _write_foreign(tmp_path / "cv.gguf", {"direction.2": t.numpy()})
-    vector = import_control_vector(path, hidden_size=HIDDEN)
+    vector = import_gguf(path, hidden_size=HIDDEN)
     assert vector.layers == (2,) and torch.equal(vector.direction(2), -t)
     batch = tokenize_prompts(tiny_lm.tokenizer, [build_prompt(tiny_lm.tokenizer, "eval(input())", "python")])
     blocks = decoder_layers(tiny_lm.model)

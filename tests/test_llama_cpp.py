@@ -28,7 +28,7 @@ from vulnsteer.data.builtin import load_builtin
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompts
 from vulnsteer.lm.source import embedded_gguf_path
-from vulnsteer.steering.gguf import control_vector_data, export_control_vector
+from vulnsteer.steering.gguf import control_vector_data, export_gguf
 from vulnsteer.steering.hooks import steer
 from vulnsteer.steering.vectors import unembedding_vector
 
@@ -87,7 +87,7 @@ def test_exported_vector_in_llama_cpp_matches_vulnsteer_steering(embedded: Loade
         print(f"\nplain margins: vulnsteer {plain_ours.round(3)}, llama.cpp {plain_theirs.round(3)}, d0 {d0:.3f}")
         for strength in STRENGTHS:
             path = tmp_path / f"cv{strength:+g}.gguf"
-            export_control_vector(vector, path, strength=strength)
+            export_gguf(vector, path, strength=strength)
             steered_ours, steered_theirs = ours(strength), theirs([(path, 1.0)])
             shift = steered_ours - plain_ours
             error = np.abs(steered_ours - steered_theirs)

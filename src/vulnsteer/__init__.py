@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .scan.engine import scan
     from .steering.behaviour import answer_vector
     from .steering.gate import Gate, LinearProbe
+    from .steering.gguf import export_gguf, import_gguf
     from .steering.hooks import SIGN_CONVENTION, SteeringSpec, steer, steer_rows
     from .steering.vectors import SteeringVector, fit_vector
 
@@ -70,9 +71,11 @@ __all__ = [
     "detect",
     "evaluate_from_run",
     "evaluate_vectors",
+    "export_gguf",
     "extract_activations",
     "fit_vector",
     "generate_verdicts",
+    "import_gguf",
     "load_builtin",
     "load_config",
     "load_model",
@@ -113,6 +116,8 @@ _HOME = {
     "PromptTemplate": "lm.prompts",
     "scan": "scan.engine",
     "answer_vector": "steering.behaviour",
+    "export_gguf": "steering.gguf",
+    "import_gguf": "steering.gguf",
     "Gate": "steering.gate",
     "LinearProbe": "steering.gate",
     "SIGN_CONVENTION": "steering.hooks",

@@ -18,7 +18,10 @@ __all__ = [
     "append_jsonl",
     "atomic_open",
     "check_writable",
+    "current_umask",
     "json_ready",
+    "naming_the_file",
+    "portable",
     "read_jsonl",
     "write_json",
     "write_text",
@@ -97,28 +100,49 @@ def _cannot_create_in(folder: Path) -> str | None:
 
 
 @contextmanager
+def naming_the_file(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An ``OSError`` raised inside names *path* when it names no file (a full disk's ``[Errno 28] No space left
+    on device`` otherwise says nothing of where).
+
+    >>> with naming_the_file("out/report.md"):  # doctest: +ELLIPSIS
+    ...     raise OSError(28, "No space left on device")
+    Traceback (most recent call last):
+    ...
+    OSError: [Errno 28] No space left on device: 'out/report.md'
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+@contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temporary file beside *path*; on success fsync and rename it over *path*.
 
-    On an exception the temporary file is removed and *path* is left untouched.
+    On an exception the temporary file is removed and *path* is left untouched; an ``OSError`` (a full disk)
+    names *path*.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with naming_the_file(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual permissions
+            os.replace(tmp, target)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -168,14 +192,15 @@ def _end_torn_line(target: Path) -> None:
 def append_jsonl(path: str | os.PathLike[str], record: Any) -> None:
     """Append one JSON line and fsync it (a crash loses at most the line being written)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, default=_json_default) + "\n"
-    if target.exists():
-        _end_torn_line(target)
-    with open(target, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    with naming_the_file(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            _end_torn_line(target)
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
@@ -198,6 +223,26 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
                 break
             raise ValueError(f"{target}:{number}: malformed JSON line") from None
     return records
+
+
+def portable(value: Any, base: str | os.PathLike[str] | None = None) -> Any:
+    """*value* (a string, or lists and dicts of them) without absolute paths, for what is shared with others (a
+    SARIF log, a GGUF file): a path under *base* becomes relative to it, any other absolute path its last
+    component.
+
+    >>> portable({"model": "/home/me/models/qwen", "file": "/work/v.safetensors", "n": 3}, "/work")
+    {'model': 'qwen', 'file': 'v.safetensors', 'n': 3}
+    """
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value)
+        if base is not None and path.is_relative_to(base):
+            return path.relative_to(base).as_posix()
+        return path.name
+    if isinstance(value, dict):
+        return {key: portable(item, base) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item, base) for item in value]
+    return value
 
 
 def _json_default(obj: Any) -> Any:

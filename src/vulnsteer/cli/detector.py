@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,25 @@ def cmd_fit(args: argparse.Namespace) -> int:
     folder = out / "detector"
     if not (folder / "detector.json").is_file():
         raise ValueError(f"{out}: no gated setting could be saved as a detector (see {out / 'report.md'})")
+    _warn_caveats(folder)
     print(f"detector: {folder}")
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _warn_caveats(folder: Path) -> list[str]:
+    """Print, as warnings on stderr, what the detector's own record shows against trusting it (and whether the run
+    that saved it ever finished); returns them."""
+    from ..detection.detector import caveats
+
+    doc = json.loads((folder / "detector.json").read_text(encoding="utf-8"))
+    found = caveats(doc)
+    run = folder.parent
+    if (run / "identity.json").is_file() and not (run / "report.md").is_file():
+        found.append(f"the run that saved it ({run}) has not finished: it was never tested; rerun it to finish")
+    for line in found:
+        print(f"vulnsteer: warning: {folder}: {line}", file=sys.stderr)
+    return found
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -52,6 +69,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     detector = SavedDetector.load(args.folder)
     doc = json.loads((Path(args.folder) / "detector.json").read_text(encoding="utf-8"))
+    _warn_caveats(Path(args.folder))
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

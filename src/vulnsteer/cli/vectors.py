@@ -216,12 +216,12 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..io import check_writable
-    from ..steering.gguf import export_control_vector
+    from ..steering.gguf import export_gguf
     from ..steering.vectors import SteeringVector
 
     check_writable(args.gguf, "--gguf", inputs=[args.vector])
     vector = SteeringVector.load(args.vector)
-    info = export_control_vector(
+    info = export_gguf(
         vector,
         args.gguf,
         strength=args.strength,
@@ -235,10 +235,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from ..io import check_writable
-    from ..steering.gguf import import_control_vector
+    from ..steering.gguf import import_gguf
 
     check_writable(args.out, "--out", inputs=[args.gguf])
-    vector = import_control_vector(args.gguf, hidden_size=args.hidden_size, model_hint=args.model_hint)
+    vector = import_gguf(args.gguf, hidden_size=args.hidden_size, model_hint=args.model_hint)
     vector.save(args.out)
     print(f"wrote {args.out}: layers {list(vector.layers)}, hidden size {vector.provenance.hidden_size}")
     return 0

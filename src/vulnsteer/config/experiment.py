@@ -51,7 +51,7 @@ from .sections import (
     SteeringSection,
     VectorsSection,
 )
-from .values import ConfigError, fail
+from .values import ConfigError, fail, path_list, path_value
 from .vocabulary import STRENGTH_UNITS
 
 __all__ = [
@@ -239,7 +239,9 @@ def _resolve_strengths(values: dict[str, dict[str, Any]], units: dict[str, dict[
 
 
 def load_config(path: str | Path, overrides: Mapping[str, tuple[Any, str]] | None = None) -> ExperimentConfig:
-    """Read and validate a TOML config; ``data.path`` is relative to the file (stored absolute when resolved).
+    """Read and validate a TOML config. Every path in it (``data.path``, ``data.paths``, ``run.out``,
+    ``run.cache_dir``) is relative to the file's folder, ``~`` is the home folder, and each is stored absolute (a
+    flag on the command line is relative to the working directory, as usual).
 
     >>> load_config("examples/quick.toml").data.cwes  # doctest: +SKIP
     ('CWE-89', 'CWE-78')
@@ -255,19 +257,30 @@ def load_config(path: str | Path, overrides: Mapping[str, tuple[Any, str]] | Non
         raise ConfigError(f"{file}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not a UTF-8 text file") from None
-    data = doc.get("data")
-    if isinstance(data, dict):
-
-        def anchored(value: Any) -> Any:
-            if not isinstance(value, str) or not value or value == "builtin" or Path(value).is_absolute():
-                return value
-            return str((file.parent / value).expanduser().resolve())
-
-        data = {**data, **({"path": anchored(data["path"])} if "path" in data else {})}
-        if isinstance(data.get("paths"), list):
-            data["paths"] = [anchored(v) for v in data["paths"]]
-        doc = {**doc, "data": data}
+    doc = {name: _anchored(body, SECTIONS.get(name), file.parent) for name, body in doc.items()}
     return parse_config(doc, str(file), overrides)
+
+
+def _anchored(body: Any, section: type | None, folder: Path) -> Any:
+    """A TOML section's *body* with its path keys (parsed by ``path_value``/``path_list``) anchored at *folder*
+    (``~`` expanded first; ``builtin`` and absolute paths kept)."""
+    if not isinstance(body, dict) or section is None:
+        return body
+
+    def anchor(value: Any) -> Any:
+        if not isinstance(value, str) or not value or value == "builtin":
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (folder / path).resolve())
+
+    out = dict(body)
+    for f in dataclasses.fields(section):
+        parser = f.metadata.get("key", (None,))[0]
+        if f.name not in out or parser not in (path_value, path_list):
+            continue
+        value = out[f.name]
+        out[f.name] = [anchor(v) for v in value] if isinstance(value, list) else anchor(value)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -9,8 +9,11 @@ A detector directory holds
 - ``probe.safetensors``: the probe's weight (its bias and threshold are in the header too);
 - ``vector.safetensors``: the behaviour vector (a :class:`~vulnsteer.steering.vectors.SteeringVector`).
 
-Nothing is pickled. Loading refuses a model of another architecture or other weights of the same dtype (as
-vectors do) unless mismatches are allowed.
+Nothing is pickled. The folder is written whole or not at all (into a temporary folder, then renamed), and
+``detector.json`` holds a digest of each tensor file: loading refuses a folder whose probe or vector file was
+replaced. Loading refuses a model of another architecture or other weights of the same dtype (as vectors do)
+unless mismatches are allowed. :func:`caveats` says what a detector's own record shows against trusting it (chosen
+on a handful of val samples, no better than the unsteered model on val).
 
 >>> detector = SavedDetector.load("runs/demo/detector", lm)  # doctest: +SKIP
 >>> records = detector.detect(lm, samples, mode="generation")  # doctest: +SKIP
@@ -23,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from ..data.sample import Sample
-from ..io import atomic_open, write_json
+from ..io import atomic_open, current_umask, write_json
 from ..lm.model import LoadedModel
 from ..lm.prompts import PromptTemplate, template_from_dict
 from ..steering.gate import Gate, LinearProbe
@@ -41,10 +47,15 @@ from ..steering.vectors import SteeringVector, VectorMismatchError
 from .engine import detect_variants_modes
 from .records import DetectionRecord
 
-__all__ = ["DETECTOR_FORMAT", "SavedDetector", "SavedDetectorError"]
+__all__ = ["DETECTOR_FORMAT", "MIN_VAL_SAMPLES", "SavedDetector", "SavedDetectorError", "caveats"]
 
 DETECTOR_FORMAT = "vulnsteer.Detector"  # (the format tag written into detector.json)
 DETECTOR_VERSION = 1
+#: A detector chosen on fewer val samples than this is said to rest on too little data.
+MIN_VAL_SAMPLES = 20
+#: The tensor files of a detector folder (each one's digest is in ``detector.json``'s field ``files``).
+PROBE_FILE = "probe.safetensors"
+VECTOR_FILE = "vector.safetensors"
 
 
 class SavedDetectorError(ValueError):
@@ -143,13 +154,32 @@ class SavedDetector:
         }
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``detector.json``, ``probe.safetensors`` and ``vector.safetensors`` into *folder* (atomically)."""
+        """Write ``detector.json``, ``probe.safetensors`` and ``vector.safetensors`` as *folder*, whole or not at
+        all: into a temporary folder beside it, renamed into place once complete (a kill leaves no half-written
+        detector; an earlier detector there is replaced)."""
         root = Path(folder)
-        tensors, meta = self.probe.to_tensors()
-        with atomic_open(root / "probe.safetensors", "wb") as handle:
-            handle.write(save(tensors, metadata=meta))
-        self.vector.save(root / "vector.safetensors")
-        write_json(root / "detector.json", {**self._document(), "digest": self.digest})
+        root.parent.mkdir(parents=True, exist_ok=True)
+        for stale in root.parent.glob(f".{root.name}.*"):  # what a killed save left (the run folder is locked)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            tensors, meta = self.probe.to_tensors()
+            with atomic_open(staging / PROBE_FILE, "wb") as handle:
+                handle.write(save(tensors, metadata=meta))
+            self.vector.save(staging / VECTOR_FILE)
+            files = {PROBE_FILE: _tensor_digest(self.probe.weight), VECTOR_FILE: _vector_digest(self.vector)}
+            write_json(staging / "detector.json", {**self._document(), "digest": self.digest, "files": files})
+            os.chmod(staging, 0o777 & ~current_umask())
+            if root.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old.", dir=root.parent))
+                os.replace(root, old / root.name)
+                os.replace(staging, root)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return root
 
     @classmethod
@@ -207,6 +237,15 @@ class SavedDetector:
                     f"{path}: field 'probe.{key}' ({probe_doc[key]!r}) differs from {probe_path} "
                     f"({getattr(probe, key)!r}); the folder was edited by hand"
                 )
+        recorded = doc.get("files")
+        if isinstance(recorded, dict):  # (folders saved before the digests were recorded have none)
+            actual = {PROBE_FILE: _tensor_digest(probe.weight), VECTOR_FILE: _vector_digest(vector)}
+            for name, digest in actual.items():
+                if name in recorded and recorded[name] != digest:
+                    raise SavedDetectorError(
+                        f"{root / name}: is not the file this detector was saved with (its digest differs from "
+                        f"detector.json's field 'files'); it was replaced or edited: refit the detector"
+                    )
         if lm is not None and not allow_model_mismatch:
             detector.check_model(lm, str(root))
         try:
@@ -225,6 +264,44 @@ class SavedDetector:
             raise VectorMismatchError(
                 f"{where}: the probe reads hidden size {self.probe.weight.shape[0]}, the model has {lm.hidden_size}"
             )
+
+
+def caveats(document: Mapping[str, Any]) -> list[str]:
+    """What a detector's own record (its ``detector.json`` *document*) shows against trusting it: chosen on fewer
+    than :data:`MIN_VAL_SAMPLES` val samples, or no better on val than the unsteered model (or than chance).
+
+    >>> for line in caveats({"training": {"n_val": 2},
+    ...                      "validation": {"balanced_accuracy": 0.5, "baseline_balanced_accuracy": 0.5}}):
+    ...     print(line)
+    chosen on 2 val samples (fewer than 20): its val numbers say almost nothing
+    its val balanced accuracy 0.500 is not above the unsteered baseline (0.500): it did no better than the plain model
+    """
+    out = []
+    training, validation = document.get("training") or {}, document.get("validation") or {}
+    n_val = training.get("n_val")
+    if isinstance(n_val, int) and n_val < MIN_VAL_SAMPLES:
+        out.append(f"chosen on {n_val} val samples (fewer than {MIN_VAL_SAMPLES}): its val numbers say almost nothing")
+    ba, base = validation.get("balanced_accuracy"), validation.get("baseline_balanced_accuracy")
+    if isinstance(ba, (int, float)) and isinstance(base, (int, float)) and ba <= base:
+        out.append(
+            f"its val balanced accuracy {ba:.3f} is not above the unsteered baseline ({base:.3f}): it did no "
+            "better than the plain model"
+        )
+    elif isinstance(ba, (int, float)) and ba <= 0.5:
+        out.append(f"its val balanced accuracy {ba:.3f} is no better than chance (0.5)")
+    return out
+
+
+def _tensor_digest(tensor: Any) -> str:
+    return hashlib.sha256(tensor.detach().to("cpu").contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _vector_digest(vector: SteeringVector) -> str:
+    h = hashlib.sha256()
+    for layer in vector.layers:
+        h.update(f"{layer}\0".encode())
+        h.update(vector.direction(layer).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _same_number(written: Any, value: float) -> bool:

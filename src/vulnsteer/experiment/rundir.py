@@ -75,9 +75,19 @@ class RunDir:
         return self.path / CHOSEN_DIR
 
     def check_writable(self, option: str = "--out") -> None:
-        """Fail now, naming *option*, if the folder could not be created or written, or if another process is
-        writing it (creates nothing; :meth:`open` takes the lock for real once the inputs are validated)."""
+        """Fail now, naming *option*, if the folder could not be created or written, if it holds files that are not
+        a run's (a run writes ``report.md``, ``results.json``, ``plots/``...: it would replace the user's own), or
+        if another process is writing it (creates nothing; :meth:`open` takes the lock for real once the inputs are
+        validated)."""
         check_writable(self.path, option, folder=True)
+        if self.path.is_dir() and not (self.path / IDENTITY_NAME).is_file():
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise ConfigError(
+                    f"{option} {self.path}: holds files that are not a vulnsteer run ({shown}); a run would "
+                    "overwrite them: give a new or empty folder"
+                )
         lock = self.path / LOCK_NAME
         if lock.is_file():
             with _locked(lock, probe=True):

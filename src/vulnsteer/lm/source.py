@@ -209,10 +209,13 @@ def source_options(spec: str | None, trust_remote_code: bool) -> tuple[str, str,
 def load_error(
     exc: BaseException, model_id: str, kind: str, location: str | Path, what: str = "model"
 ) -> ModelLoadError:
+    """A one-line error for *what* (``model``, ``config`` or ``tokenizer``) of a model that failed to load."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    thing = "model" if what == "model" else f"the model's {what}"
     if kind == "hub":
-        return ModelLoadError(f"cannot load {what} {model_id!r} from the Hugging Face hub: {first}")
-    return ModelLoadError(f"cannot load {what} from {location}: {first}")
+        return ModelLoadError(f"cannot load {thing} {model_id!r} from the Hugging Face hub: {first}")
+    where = Path(location).absolute() if str(location) in ("", ".") else location  # (not "from .")
+    return ModelLoadError(f"cannot load {thing} from {where}: {first}")
 
 
 def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
@@ -223,7 +226,7 @@ def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False) 
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except Exception as exc:
-        raise load_error(exc, model_id, kind, location, "the tokenizer of") from exc
+        raise load_error(exc, model_id, kind, location, "tokenizer") from exc
 
 
 def load_model_config(spec: str | None = None, *, trust_remote_code: bool = False) -> Any:
@@ -235,4 +238,4 @@ def load_model_config(spec: str | None = None, *, trust_remote_code: bool = Fals
     try:
         return AutoConfig.from_pretrained(location, **kwargs)
     except Exception as exc:
-        raise load_error(exc, model_id, kind, location, "the config of") from exc
+        raise load_error(exc, model_id, kind, location, "config") from exc

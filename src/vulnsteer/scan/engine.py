@@ -29,6 +29,7 @@ from ..cwe import normalize_cwe
 from ..data.clean import strip_comments
 from ..data.sample import VULNERABLE, Sample
 from ..data.text import BinaryContentError, read_source
+from ..io import portable
 from ..progress import Progress, track
 from .cache import ScanCache
 from .files import FileFilter, SourceCandidate, WalkStats, language_of, printable, walk
@@ -319,7 +320,7 @@ class ScanReport:
         """The scorer's provenance without absolute paths (for output that is shared: SARIF, JSON): a path under
         the base folder becomes relative to it, any other absolute path its last component (the digests identify
         what it was)."""
-        return {key: _portable(value, self.base) for key, value in self.provenance.items()}
+        return {key: portable(value, self.base) for key, value in self.provenance.items()}
 
     @property
     def findings(self) -> list[FunctionResult]:
@@ -355,18 +356,6 @@ class ScanReport:
                 "--allow-unscanned to pass anyway"
             )
         return lines
-
-
-def _portable(value: Any, base: Path) -> Any:
-    """*value* without an absolute path in it (see :attr:`ScanReport.portable_provenance`).
-
-    >>> _portable("/home/me/models/qwen", Path("/work")), _portable("/work/v.safetensors", Path("/work"))
-    ('qwen', 'v.safetensors')
-    """
-    if isinstance(value, str) and os.path.isabs(value):
-        path = Path(value)
-        return path.relative_to(base).as_posix() if path.is_relative_to(base) else path.name
-    return value
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from ..data.sample import Sample, dataset_hash
 from ..lm.activations import ANSWER_POOLINGS, Activations, extract_activations
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from .vectors import Provenance, SteeringVector
+from .vectors import Provenance, SteeringVector, unit_direction
 
 __all__ = ["answer_vector", "answer_vector_from", "projection_sigmas"]
 
@@ -34,7 +34,7 @@ def projection_sigmas(hidden: Mapping[int, torch.Tensor], directions: Mapping[in
     """Per layer: the standard deviation of ``hidden[layer] [n, h]`` projected on the unit ``directions[layer]``."""
     out: dict[int, float] = {}
     for layer, d in directions.items():
-        unit = d.float() / d.float().norm().clamp(min=1e-12)
+        unit = unit_direction(d)
         proj = hidden[layer].float() @ unit
         out[layer] = float(proj.std(unbiased=False)) if proj.numel() > 1 else 0.0
     return out

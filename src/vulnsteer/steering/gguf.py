@@ -22,8 +22,10 @@ vulnsteer's layer ``L`` is the 0-based decoder block whose output :func:`~vulnst
 positions="all")`` does. llama.cpp has no position modes: the steering holds at every position.
 
 vulnsteer also writes its own keys (``vulnsteer.*``: provenance, strength, unit, per-layer scale), which llama.cpp
-ignores, so that :func:`import_control_vector` gives back the original vector. A file without them (made by
-another tool) imports as the direction ``-tensor``: steering it with strength 1 (raw) equals llama.cpp at scale 1.
+ignores, so that :func:`import_gguf` gives back the original vector. The file holds no absolute path
+(a local model's folder in the provenance is written as its name: the file is meant to be shared). A file without
+them (made by another tool) imports as the direction ``-tensor``: steering it with strength 1 (raw) equals
+llama.cpp at scale 1.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_open
+from ..io import atomic_open, portable
 from .hooks import SteeringSpec, StrengthUnit
 from .vectors import Provenance, SteeringVector
 
@@ -49,8 +51,8 @@ __all__ = [
     "ControlVectorFile",
     "ExportInfo",
     "control_vector_data",
-    "export_control_vector",
-    "import_control_vector",
+    "export_gguf",
+    "import_gguf",
     "read_control_vector",
 ]
 
@@ -78,7 +80,7 @@ class ControlVectorError(ValueError):
 
 @dataclass(frozen=True)
 class ExportInfo:
-    """What :func:`export_control_vector` wrote."""
+    """What :func:`export_gguf` wrote."""
 
     path: Path
     layers: tuple[int, ...]
@@ -117,7 +119,7 @@ def _spec(vector: SteeringVector, strength: float, unit: StrengthUnit, layers: S
     return SteeringSpec(vector, strength, tuple(layers or ()), "all", unit)
 
 
-def export_control_vector(
+def export_gguf(
     vector: SteeringVector,
     path: str | Path,
     *,
@@ -132,7 +134,7 @@ def export_control_vector(
     applied: positive strength = toward "vulnerable"). Refuses layer 0 (llama.cpp cannot steer block 0), a zero
     strength, and a vector without a model type unless *model_hint* is given.
 
-    >>> info = export_control_vector(vector, "cwe-89.gguf", strength=0.5, unit="relative")  # doctest: +SKIP
+    >>> info = export_gguf(vector, "cwe-89.gguf", strength=0.5, unit="relative")  # doctest: +SKIP
     >>> print(info.describe())  # doctest: +SKIP
     """
     path = Path(path)
@@ -178,7 +180,7 @@ def _write(
         writer = gguf.GGUFWriter(staging, arch=ARCHITECTURE)
         writer.add_string(KEY_MODEL_HINT, hint)
         writer.add_int32(KEY_LAYER_COUNT, len(tensors))
-        writer.add_string(KEY_PROVENANCE, provenance.to_json())
+        writer.add_string(KEY_PROVENANCE, json.dumps(portable(json.loads(provenance.to_json())), sort_keys=True))
         writer.add_float32(KEY_STRENGTH, strength)
         writer.add_string(KEY_UNIT, unit)
         writer.add_array(KEY_LAYERS, [int(layer) for layer in tensors])
@@ -249,6 +251,8 @@ def read_control_vector(path: str | Path) -> ControlVectorFile:
         if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
             raise ControlVectorError(f"{path}: tensor {name} is {tensor.tensor_type.name}, not F32")
         data = np.asarray(tensor.data, dtype=np.float32)
+        if not np.isfinite(data).all():
+            raise ControlVectorError(f"{path}: tensor {name} has non-finite values (NaN or infinity)")
         if data.ndim != 1:
             raise ControlVectorError(f"{path}: tensor {name} has shape {tuple(data.shape)}, not 1-D")
         if layer in tensors:
@@ -262,9 +266,7 @@ def read_control_vector(path: str | Path) -> ControlVectorFile:
     return ControlVectorFile(path, dict(sorted(tensors.items())), metadata)
 
 
-def import_control_vector(
-    path: str | Path, *, hidden_size: int | None = None, model_hint: str | None = None
-) -> SteeringVector:
+def import_gguf(path: str | Path, *, hidden_size: int | None = None, model_hint: str | None = None) -> SteeringVector:
     """A :class:`SteeringVector` from a control-vector GGUF file.
 
     A file exported by vulnsteer gives back the original vector and provenance (the export's strength and unit are
@@ -273,7 +275,7 @@ def import_control_vector(
     size differs from *hidden_size*, and one without ``controlvector.model_hint`` unless *model_hint* is given (and
     a *model_hint* that contradicts the file's).
 
-    >>> vector = import_control_vector("cwe-89.gguf", hidden_size=576)  # doctest: +SKIP
+    >>> vector = import_gguf("cwe-89.gguf", hidden_size=576)  # doctest: +SKIP
     """
     cv = read_control_vector(path)
     path = cv.path

@@ -40,7 +40,7 @@ from ..config.vocabulary import POSITIONS, STRENGTH_UNITS
 from ..lm.backend import Shifts, backend_of
 from ..lm.model import LayerMatcher, decoder_layers
 from .gate import Gate
-from .vectors import SteeringVector, VectorMismatchError
+from .vectors import SteeringVector, VectorMismatchError, unit_direction
 
 __all__ = [
     "MAX_SHIFT_RATIO",
@@ -130,6 +130,8 @@ class SteeringSpec:
         )
         scale = self.vector.provenance.layer_norms.get(layer)
         where = f"strength {self.strength:g} ({self.unit}) at layer {layer}"
+        if self.strength and self.vector.norm(layer) == 0:
+            raise ValueError(f"the vector's direction at layer {layer} is zero: steering would change nothing")
         if not math.isfinite(shift):
             raise ValueError(f"steering shift is not finite ({where}); lower {self.source}")
         if scale and shift > MAX_SHIFT_RATIO * scale:
@@ -154,9 +156,9 @@ class SteeringSpec:
             raise ValueError("a gated spec has no fixed shift: resolve its gate per input first (SteeringSpec.gated)")
         d = self.vector.direction(layer)
         if self.unit == "relative":
-            d = d / d.norm().clamp(min=1e-12) * self.vector.provenance.layer_norms[layer]
+            d = unit_direction(d) * self.vector.provenance.layer_norms[layer]
         elif self.unit == "sigma":
-            d = d / d.norm().clamp(min=1e-12) * self.vector.provenance.layer_sigmas[layer]
+            d = unit_direction(d) * self.vector.provenance.layer_sigmas[layer]
         return -float(self.strength) * d
 
 

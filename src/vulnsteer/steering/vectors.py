@@ -38,6 +38,7 @@ __all__ = [
     "logistic_direction",
     "mean_difference",
     "pca_direction",
+    "unit_direction",
 ]
 
 FORMAT_VERSION = 1
@@ -49,8 +50,20 @@ def mean_difference(secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.Ten
     return secure.float().mean(0) - vulnerable.float().mean(0)
 
 
+def unit_direction(d: torch.Tensor) -> torch.Tensor:
+    """*d* scaled to length 1 (float32), its length taken in float64: a float32 norm of a vector with entries near
+    1e20 or beyond overflows to infinity, and the "unit" direction would come out zero (a steering shift that
+    silently does nothing). A zero *d* stays zero.
+
+    >>> unit_direction(torch.full((4,), 1e30)).tolist()
+    [0.5, 0.5, 0.5, 0.5]
+    """
+    wide = d.detach().to(torch.float64)
+    return (wide / wide.norm().clamp(min=1e-300)).to(torch.float32)
+
+
 def _rescale_to_mean_diff(unit: torch.Tensor, secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.Tensor:
-    unit = unit / unit.norm().clamp(min=1e-12)
+    unit = unit_direction(unit)
     projection = float(mean_difference(secure, vulnerable) @ unit)
     if projection < 0:  # orient toward secure
         unit, projection = -unit, -projection
@@ -182,6 +195,19 @@ class SteeringVector:
         """Pickle as plain data (the read-only mapping is rebuilt): vectors travel to sweep workers."""
         return (SteeringVector, (dict(self.directions), self.provenance))
 
+    def __repr__(self) -> str:
+        """One short line (not the tensors): CWE, method, pooling, layers, hidden size, model.
+
+        >>> prov = Provenance("m", "f", 4, (3,), "last", "mean_diff", "CWE-89", 2, 2, "h", "t")
+        >>> SteeringVector({3: torch.ones(4)}, prov)
+        SteeringVector(CWE-89, mean_diff@last, layers=(3,), hidden=4, model='m')
+        """
+        p = self.provenance
+        return (
+            f"SteeringVector({p.cwe}, {p.method}@{p.pooling}, layers={self.layers}, hidden={p.hidden_size}, "
+            f"model={p.model_id!r})"
+        )
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.directions))
@@ -194,7 +220,8 @@ class SteeringVector:
         return self.directions[layer].clone()
 
     def norm(self, layer: int) -> float:
-        return float(self.directions[layer].norm())
+        """The direction's length (taken in float64: finite for any finite float32 vector)."""
+        return float(self.directions[layer].to(torch.float64).norm())
 
     def relative_norm(self, layer: int) -> float:
         """The direction's length as a fraction of the layer's mean hidden-state norm (nan if unknown)."""
@@ -207,7 +234,7 @@ class SteeringVector:
         dirs = {}
         for layer, vec in self.directions.items():
             rand = torch.randn(vec.shape[0], generator=gen)
-            dirs[layer] = rand / rand.norm() * vec.norm()
+            dirs[layer] = unit_direction(rand) * self.norm(layer)
         prov = replace(self.provenance, method=f"random-control({self.provenance.method},seed={seed})")
         return SteeringVector(dirs, prov)
 
@@ -228,6 +255,12 @@ class SteeringVector:
         if hidden_size != prov.hidden_size:
             raise VectorMismatchError(
                 f"vector for {prov.model_id} has hidden size {prov.hidden_size}, but the {what} has {hidden_size}"
+            )
+        if fingerprint is not None and not prov.model_fingerprint:
+            kind = f"a {prov.model_type} model" if prov.model_type else "an unknown model"
+            raise VectorMismatchError(
+                f"vector {prov.model_id} records no model fingerprint (made by another tool for {kind}), so it "
+                f"cannot be checked against this {what}; pass --allow-model-mismatch to use it anyway"
             )
         if fingerprint is not None and fingerprint != prov.model_fingerprint:
             raise VectorMismatchError(
@@ -286,6 +319,14 @@ class SteeringVector:
             raise VectorMismatchError(f"{path}: not a vulnsteer steering vector (header field 'provenance' missing)")
         try:
             prov = Provenance.from_json(meta["provenance"])
+        except json.JSONDecodeError as exc:
+            raise VectorMismatchError(
+                f"{path}: header field 'provenance' is not valid JSON (line {exc.lineno}, column {exc.colno}): the "
+                "file was damaged or edited by hand"
+            ) from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise VectorMismatchError(f"{path}: header field 'provenance': {_reason(exc)}") from None
+        try:
             dirs = {int(key.split(".", 1)[1]): vec for key, vec in tensors.items() if key.startswith("layer.")}
             vector = cls(dirs, prov)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged or hand-edited header
@@ -351,7 +392,7 @@ def fit_vector(
     for layer in chosen:
         h = acts.get(pooling, layer)
         dirs[layer] = fn(h[secure_idx], h[vuln_idx])
-        unit = dirs[layer].float() / dirs[layer].float().norm().clamp(min=1e-12)
+        unit = unit_direction(dirs[layer])
         sigmas[layer] = float((h.float() @ unit).std(unbiased=False)) if len(h) > 1 else 0.0
     prov = Provenance(
         model_id=model_id,
