@@ -8,6 +8,7 @@ import inspect
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,31 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def _readme_python_block() -> str:
+    readme = (SRC.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    return block.split("\nconfig = ", 1)[0]  # (the protocol run after it is the protocol tests' business)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_readme_python_example_fits_on_train_and_steers_visibly(
+    embedded: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19 item 15: the README's example fits on a train split, steers so that a reader sees it (the README
+    quotes the numbers), and its vector exports to GGUF (fit_vector recorded the model type)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(vulnsteer, "load_model", lambda *a, **k: embedded)  # (the session's copy: same model)
+    scope: dict[str, Any] = {}
+    exec(_readme_python_block(), scope)  # the README's own code, verbatim
+    splits, vector, plain, steered = scope["splits"], scope["vector"], scope["plain"], scope["steered"]
+    assert not {s.group for s in splits.train} & {s.group for s in splits.test}
+    assert vector.provenance.model_type == "llama" and (tmp_path / "cwe-89.gguf").is_file()
+    before = sum(r.score for r in plain) / len(plain)
+    after = sum(r.score for r in steered) / len(steered)
+    flipped = sum(a.verdict != b.verdict for a, b in zip(plain, steered))
+    assert before > 0.9 and after < 0.5 and flipped >= len(plain) // 2, (before, after, flipped)
+    assert scope["texts"][0].text != vulnsteer.generate_verdicts(embedded, splits.test[:1], max_new_tokens=12)[0].text

@@ -161,6 +161,18 @@ def test_a_detector_chosen_on_a_few_val_samples_says_so(world: World, cli: ForkS
     assert f"{swapped / 'vector.safetensors'}: is not the file this detector was saved with" in _error(refused)
 
 
+def test_a_run_folder_given_as_a_detector_points_to_its_detector(world: World, cli: ForkServer) -> None:
+    """Found trying it: ``--detector runs/demo`` (the run, not ``runs/demo/detector``)."""
+    out = world.root / "fit"
+    if not (out / "detector").is_dir():
+        assert _fit(world, cli, out).rc == 0
+    result = cli.run(["detector", "show", str(out)])
+    assert result.rc == 2
+    assert _error(result).endswith(
+        f"{out}: not a detector folder (no detector.json); did you mean {out / 'detector'} (a run's detector)?"
+    )
+
+
 def test_a_detector_of_a_run_that_never_finished_says_so(world: World, cli: ForkServer) -> None:
     out = world.root / "killed-fit"
     assert _fit(world, cli, out).rc == 0

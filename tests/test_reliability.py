@@ -8,6 +8,7 @@ import io
 import json
 import math
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +108,16 @@ def progress_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
 
 
+@contextmanager
+def _stderr_as(stream: io.StringIO) -> Iterator[None]:
+    saved = sys.stderr
+    sys.stderr = stream
+    try:
+        yield
+    finally:
+        sys.stderr = saved
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -119,7 +130,7 @@ def test_progress_in_a_log_is_one_line_per_phase() -> None:
     with Progress(4, "activations", unit="sample", stream=log, clock=lambda: next(ticks)) as bar:
         for _ in range(4):
             bar.update()
-    assert log.getvalue() == "activations: 4/4 samples in 2.5s\n"
+    assert log.getvalue() == "activations: 4 samples\nactivations: 4/4 samples in 2.5s\n"  # its size, then its end
 
 
 @pytest.mark.usefixtures("progress_on")
@@ -132,7 +143,7 @@ def test_progress_in_a_log_says_where_it_stopped() -> None:
     ):
         bar.update(3)
         raise KeyboardInterrupt
-    assert log.getvalue() == "detection: stopped at 3/10 samples after 1.0s\n"
+    assert log.getvalue() == "detection: 10 samples\ndetection: stopped at 3/10 samples after 1.0s\n"
 
 
 def test_progress_disabled_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,10 +176,59 @@ def test_progress_on_a_terminal_draws_a_bar_and_erases_it_on_error() -> None:
 def test_track_counts_what_was_iterated() -> None:
     log = io.StringIO()
     assert list(track(["a", "b"], "files", unit="file", stream=log)) == ["a", "b"]
-    assert log.getvalue().startswith("files: 2/2 files in ")
+    assert log.getvalue().startswith("files: 2 files\nfiles: 2/2 files in ")
     log = io.StringIO()
     assert list(track(iter("abc"), "letters", unit="letter", stream=log)) == ["a", "b", "c"]
-    assert log.getvalue().startswith("letters: 3 letters in ")
+    assert log.getvalue().startswith("letters: started\nletters: 3 letters in ")
+
+
+@pytest.mark.usefixtures("progress_on")
+def test_progress_in_a_log_says_how_long_the_rest_takes_while_a_slow_item_runs() -> None:
+    """Issue 19: a log silent for minutes inside one phase (one slow chunk of conditions) gets a line every
+    interval, with the time left at the pace so far."""
+    log = io.StringIO()
+    now = [0.0]
+    with Progress(4, "conditions (test logit)", unit="condition", stream=log, clock=lambda: now[0], interval=0.01):
+        now[0] = 5.0
+        waited = 0
+        while "no estimate yet" not in log.getvalue() and waited < 1000:  # the first item is still running
+            time.sleep(0.01)
+            waited += 1
+    first = [line for line in log.getvalue().splitlines() if "no estimate yet" in line]
+    assert first and first[0] == "conditions (test logit): 0/4 conditions, 5.0s, no estimate yet"
+    log = io.StringIO()
+    with Progress(4, "activations (val)", unit="sample", stream=log, clock=lambda: now[0], interval=0.01) as bar:
+        bar.update(1)
+        now[0] = 15.0  # 10 s for the first sample: 30 s left for the other three
+        waited = 0
+        while "left" not in log.getvalue() and waited < 1000:
+            time.sleep(0.01)
+            waited += 1
+        bar.update(3)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "activations (val): 4 samples"
+    assert "activations (val): 1/4 samples, 10.0s, about 30.0s left" in lines
+    assert lines[-1] == "activations (val): 4/4 samples in 10.0s"
+
+
+@pytest.mark.usefixtures("progress_on")
+def test_no_two_progress_phases_of_a_run_share_a_name(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    """Issue 19: the demo's log printed two phases with the same name (activations of train and val, the test
+    scoring of constant and conditional steering)."""
+    from tests.conftest import write_toy_jsonl
+    from tests.test_protocol import write_config
+
+    from vulnsteer.config.experiment import load_config
+    from vulnsteer.experiment.protocol import run_protocol
+
+    config = write_config(tmp_path / "c.toml", write_toy_jsonl(tmp_path / "toy.jsonl"), cache_dir=tmp_path / "cache")
+    log = io.StringIO()
+    with _stderr_as(log):
+        run_protocol(load_config(config), tmp_path / "run", lm=tiny_lm, progress=True)
+    starts = [line for line in log.getvalue().splitlines() if line.endswith(("samples", "conditions"))]
+    names = [line.rsplit(": ", 1)[0] for line in starts]
+    assert "activations (train)" in names and any(n.startswith("conditions (test") for n in names)
+    assert len(names) == len(set(names)), names
 
 
 # ---------------------------------------------------------------- context length and token budgets

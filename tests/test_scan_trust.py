@@ -270,3 +270,15 @@ def test_sarif_has_severity_and_no_absolute_path(tree: Tree, cli: ForkServer) ->
         cli, "../" + tree.root.name + "/big/small.c", "--min-score", "0", "--format", "sarif", cwd=tree.root / "many"
     )
     assert str(tree.root) not in outside.out and "file://" not in outside.out
+
+
+# ---------------------------------------------------------------- found trying it: -o out.sarif writes SARIF
+
+
+def test_output_named_sarif_or_json_gets_that_format(tree: Tree, cli: ForkServer) -> None:
+    result = tree.scan(cli, "big/small.c", "--min-score", "0", "-o", "guess.sarif")
+    assert result.rc == 1 and result.out == ""
+    assert json.loads((tree.root / "guess.sarif").read_text(encoding="utf-8"))["version"] == "2.1.0"
+    tree.scan(cli, "big/small.c", "--min-score", "0", "-o", "guess.jsonl")
+    lines = (tree.root / "guess.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["function", "summary"]

@@ -10,14 +10,15 @@ The public API, importable from here (loaded on first use, so ``import vulnsteer
     import vulnsteer as vs
 
     lm = vs.load_model()                                  # embedded SmolLM2 (or an HF id / folder / .gguf)
-    samples = vs.load_builtin(["CWE-89"])                 # or vs.load_samples("path/to/data")
-    acts = vs.extract_activations(lm, samples, layers=[15], poolings=["last"])
-    vector = vs.fit_vector(acts, samples, cwe="CWE-89", model_id=lm.model_id, model_fingerprint=lm.fingerprint)
-    with vs.steer(lm, vector, strength=0.3, unit="relative", positions="last"):   # + = toward "vulnerable"
-        records = vs.detect(lm, samples[:4], mode="generation")
+    splits = vs.split_samples(vs.load_builtin(["CWE-89"]))  # train/val/test by group: a pair never straddles
+    acts = vs.extract_activations(lm, splits.train, layers=[15], poolings=["last"])
+    vector = vs.fit_vector(acts, splits.train, cwe="CWE-89")  # records the model (id, weights, type)
+    with vs.steer(lm, vector, strength=1.0, unit="relative", positions="last"):   # + = toward "vulnerable"
+        records = vs.score_logits(lm, splits.test)
+    vs.export_gguf(vector, "cwe-89.gguf", strength=1.0, unit="relative")          # the same push for llama.cpp
     run_dir = vs.run_protocol(vs.ExperimentConfig())       # the whole protocol (what `vulnsteer run` does)
     detector = vs.SavedDetector.load(run_dir / "detector", lm)   # probe-gated steering chosen on val
-    records = detector.detect(lm, samples, mode="generation")        # verdict, probe score and push per sample
+    records = detector.detect(lm, splits.test, mode="generation")   # verdict, probe score and push per sample
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .data.builtin import load_builtin
     from .data.loaders import load_samples
     from .data.sample import Sample
+    from .data.splits import split_samples
     from .detection.detector import SavedDetector
     from .detection.engine import detect, generate_verdicts, score_logits
     from .detection.records import DetectionRecord
@@ -85,6 +87,7 @@ __all__ = [
     "run_protocol",
     "scan",
     "score_logits",
+    "split_samples",
     "steer",
     "steer_rows",
 ]
@@ -94,6 +97,7 @@ _HOME = {
     "load_builtin": "data.builtin",
     "load_samples": "data.loaders",
     "Sample": "data.sample",
+    "split_samples": "data.splits",
     "SavedDetector": "detection.detector",
     "detect": "detection.engine",
     "generate_verdicts": "detection.engine",

@@ -77,7 +77,12 @@ def register(sub: Any) -> None:
     add_steering_args(g)
     add_model_args(p)
     o = p.add_argument_group("output")
-    o.add_argument("--format", default=None, choices=["text", "json", "sarif"], help="output format (default: text)")
+    o.add_argument(
+        "--format",
+        default=None,
+        choices=["text", "json", "sarif"],
+        help="output format (default: from -o's name: .sarif SARIF, .json/.jsonl JSON lines; else text)",
+    )
     o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
     o.add_argument("--min-score", type=_probability, default=0.5, help="findings from this score (default: 0.5)")
     o.add_argument(
@@ -227,9 +232,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
         close = getattr(scorer, "close", None)
         if close is not None:
             close()
-    write_output(render(report, args.format or "text"), Path(args.output) if args.output else None)
+    write_output(render(report, _format(args)), Path(args.output) if args.output else None)
     _report_on_stderr(report, args)
     return report.exit_code
+
+
+def _format(args: argparse.Namespace) -> str:
+    """``--format``, or without it the format ``-o``'s name asks for (``.sarif`` SARIF, ``.json``/``.jsonl`` JSON
+    lines), else text: ``-o out.sarif`` alone writes SARIF, not a table named .sarif.
+
+    >>> [_format(argparse.Namespace(format=None, output=name)) for name in ("scan.sarif", "all.jsonl", None)]
+    ['sarif', 'json', 'text']
+    """
+    if args.format:
+        return str(args.format)
+    name = str(args.output or "").lower()
+    if name.endswith(".sarif") or name.endswith(".sarif.json"):
+        return "sarif"
+    if name.endswith((".json", ".jsonl", ".ndjson")):
+        return "json"
+    return "text"
 
 
 def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:

@@ -192,7 +192,9 @@ class SavedDetector:
         if not root.is_dir():
             raise FileNotFoundError(f"detector folder not found: {root}")
         if not path.is_file():
-            raise SavedDetectorError(f"{root}: not a detector folder (no detector.json)")
+            inside = root / "detector"
+            hint = f"; did you mean {inside} (a run's detector)?" if (inside / "detector.json").is_file() else ""
+            raise SavedDetectorError(f"{root}: not a detector folder (no detector.json){hint}")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:

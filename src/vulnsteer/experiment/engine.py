@@ -284,6 +284,28 @@ class LocalExecutor:
         return {"kind": "local", "workers": [self.worker.to_dict()]}
 
 
+def _phase(chunks: Sequence[Sequence[Condition]]) -> str:
+    """What a scoring phase is called: per split and mode, which kinds of condition it scores (``constant``
+    steering and its baselines, ``conditional`` steering, ``prompts``), e.g. ``test logit conditional``: the test
+    phases of constant and conditional steering are told apart in a log.
+
+    >>> _phase([[Condition("baseline", "logit", "test")]])
+    'test logit constant'
+    """
+    kinds: dict[tuple[str, str], dict[str, None]] = {}
+    for chunk in chunks:
+        for c in chunk:
+            kind = (
+                "conditional"
+                if c.setting is not None and c.setting.gated
+                else "prompts"
+                if c.template != "default"
+                else "constant"
+            )
+            kinds.setdefault((c.split, c.mode), {})[kind] = None
+    return " + ".join(f"{split} {mode} {'/'.join(found)}" for (split, mode), found in kinds.items())
+
+
 def run_conditions(
     lm: LoadedModel,
     conditions: Iterable[Condition],
@@ -307,9 +329,9 @@ def run_conditions(
     todo = list(dict.fromkeys(conditions))
     chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
     inputs = ChunkInputs(samples_for, vectors, options, probes, sink, prefix_store)
-    phase = " + ".join(dict.fromkeys(f"{c.split} {c.mode}" for chunk in chunks for c in chunk)) or "nothing left"
+    phase = _phase(chunks)
     total = sum(len(c) for c in chunks)
-    with Progress(total, f"conditions ({phase})", unit="condition", enabled=options.progress) as bar:
+    with Progress(total, f"conditions ({phase})", unit="condition", enabled=options.progress and total > 0) as bar:
         done = (executor or LocalExecutor(lm)).map_chunks(chunks, inputs)
         try:
             for chunk, found, seconds in done:

@@ -174,6 +174,7 @@ class _Protocol:
                 list(dict.fromkeys(poolings)),
                 batch_size=cfg.detection.batch_size,
                 progress=self.progress,
+                desc=f"activations ({split})",
             )
             self._acts[split] = acts
             if split == "train":

@@ -31,7 +31,7 @@ from safetensors.torch import save
 
 from ..data.sample import Sample, dataset_hash
 from ..io import atomic_open
-from .activations import Activations, extract_activations
+from .activations import Activations, extract_activations, model_identity
 from .model import LoadedModel, cache_root, weights_digest
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate
 
@@ -128,8 +128,10 @@ class ActivationCache:
         batch_size: int = 8,
         template: PromptTemplate = DEFAULT_TEMPLATE,
         progress: bool = True,
+        desc: str = "activations",
     ) -> tuple[Activations, CacheStats]:
-        """Activations ``[n, len(layers), hidden]`` per pooling, in the order of *samples*."""
+        """Activations ``[n, len(layers), hidden]`` per pooling, in the order of *samples* (*desc* names the
+        extraction's progress phase)."""
         layers = sorted(set(int(x) for x in layers))
         stats = CacheStats()
         ids = [s.id for s in samples]
@@ -173,6 +175,7 @@ class ActivationCache:
                 batch_size=batch_size,
                 template=template,
                 progress=progress,
+                desc=desc,
             )
             stats.seconds_extracting = time.perf_counter() - start
             stats.extracted_layers = missing_layers
@@ -184,4 +187,4 @@ class ActivationCache:
                         self._write(keys[(layer, pos)], tensor, headers[(layer, pos)])
         stats.entries = [str(self.path(keys[item])) for item in sorted(keys)] if self.enabled else []
         by_pooling = {pos: torch.stack([found[(layer, pos)] for layer in layers], dim=1) for pos in poolings}
-        return Activations(layers=list(layers), sample_ids=ids, by_pooling=by_pooling), stats
+        return Activations(list(layers), ids, by_pooling, model_identity(lm)), stats

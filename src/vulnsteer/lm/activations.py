@@ -43,6 +43,7 @@ __all__ = [
     "batch_states",
     "extract_activations",
     "length_order",
+    "model_identity",
 ]
 
 #: The answer poolings: the hidden state at the last token of the vulnerable / secure answer after the prompt.
@@ -62,6 +63,9 @@ class Activations:
     layers: list[int]
     sample_ids: list[str]
     by_pooling: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the model they were recorded from (:func:`model_identity`; empty when not known): a vector fitted on them
+    #: records it (:func:`~vulnsteer.steering.vectors.fit_vector`)
+    model: dict[str, str] = field(default_factory=dict)
 
     def get(self, pooling: str, layer: int | None = None) -> torch.Tensor:
         if pooling not in self.by_pooling:
@@ -84,6 +88,7 @@ class Activations:
             layers=list(self.layers),
             sample_ids=[self.sample_ids[i] for i in idx.tolist()],
             by_pooling={k: v.index_select(0, idx) for k, v in self.by_pooling.items()},
+            model=dict(self.model),
         )
 
 
@@ -204,10 +209,11 @@ def extract_activations(
     batch_size: int = 8,
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
+    desc: str = "activations",
 ) -> Activations:
     """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings
     (:func:`batch_states` per batch). On CUDA a batch that runs out of memory is run again in smaller batches
-    (:class:`~vulnsteer.lm.batching.AutoBatch`).
+    (:class:`~vulnsteer.lm.batching.AutoBatch`). *desc* names the progress phase (say which samples).
 
     >>> acts = extract_activations(load_model(), samples, [10, -1], poolings=["last"])  # doctest: +SKIP
     >>> acts.get("last").shape  # doctest: +SKIP
@@ -230,10 +236,16 @@ def extract_activations(
         return batch_states(lm, batch, chosen, poolings, answer_tokens)
 
     batcher = AutoBatch.for_model(lm, "extraction", batch_size)
-    with Progress(len(samples), "activations", unit="sample", enabled=progress) as bar:
+    with Progress(len(samples), desc, unit="sample", enabled=progress) as bar:
         for rows, values in batcher.map(order, run):
             index = torch.as_tensor(rows, dtype=torch.long)
             for pos, value in values.items():
                 out[pos][index] = value
             bar.update(len(rows))
-    return Activations(layers=chosen, sample_ids=[s.id for s in samples], by_pooling=dict(out))
+    return Activations(chosen, [s.id for s in samples], dict(out), model_identity(lm))
+
+
+def model_identity(lm: LoadedModel) -> dict[str, str]:
+    """What a vector fitted on *lm*'s activations records of it: ``model_id``, ``fingerprint`` and the weights'
+    identity (``weights_digest``, ``dtype``, ``model_type``: what ``vectors export --gguf`` needs)."""
+    return {"model_id": lm.model_id, "fingerprint": lm.fingerprint, **lm.weights_identity}

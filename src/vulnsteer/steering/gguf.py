@@ -148,9 +148,17 @@ def export_gguf(
         raise ControlVectorError(f"cannot export {path}: strength 0 gives a control vector that does nothing")
     hint = model_hint or vector.provenance.model_type
     if not hint:
+        prov = vector.provenance
+        why = (
+            "it was imported from a file without controlvector.model_hint"
+            if prov.method == "gguf-import"
+            else "it was fitted without its model's identity (fit_vector on activations that do not record it)"
+            if not prov.model_fingerprint
+            else "it was fitted by a vulnsteer that did not record it yet"
+        )
         raise ControlVectorError(
-            f"cannot export {path}: the vector records no model type (fitted before vulnsteer recorded it, or "
-            "imported); pass --model-hint with the Hugging Face model_type, e.g. llama or qwen2"
+            f"cannot export {path}: the vector records no model type ({why}); pass --model-hint with the Hugging "
+            "Face model_type, e.g. llama or qwen2"
         )
     tensors: dict[int, np.ndarray] = {}
     scales: list[float] = []

@@ -362,7 +362,10 @@ def fit_vector(
 ) -> SteeringVector:
     """Fit a per-layer direction from recorded activations of *samples* (same order as ``acts``).
 
-    Secure and vulnerable rows are ordered by pair id (then sample id) so that PCA sees aligned pairs.
+    Secure and vulnerable rows are ordered by pair id (then sample id) so that PCA sees aligned pairs. The
+    provenance records the model the activations came from (``acts.model``: its id, fingerprint, weights digest,
+    dtype and model type, what loading checks and ``vectors export --gguf`` needs); *model_id*,
+    *model_fingerprint* and *extra* override it.
 
     >>> acts = extract_activations(lm, samples, [15], poolings=["last"])  # doctest: +SKIP
     >>> vector = fit_vector(acts, samples, cwe="CWE-89", method="mean_diff")  # doctest: +SKIP
@@ -394,9 +397,11 @@ def fit_vector(
         dirs[layer] = fn(h[secure_idx], h[vuln_idx])
         unit = unit_direction(dirs[layer])
         sigmas[layer] = float((h.float() @ unit).std(unbiased=False)) if len(h) > 1 else 0.0
+    recorded = dict(acts.model)
+    weights = {key: recorded[key] for key in ("weights_digest", "dtype", "model_type") if recorded.get(key)}
     prov = Provenance(
-        model_id=model_id,
-        model_fingerprint=model_fingerprint,
+        model_id=model_id or recorded.get("model_id", ""),
+        model_fingerprint=model_fingerprint or recorded.get("fingerprint", ""),
         hidden_size=int(acts.get(pooling).shape[-1]),
         layers=tuple(sorted(chosen)),
         pooling=pooling,
@@ -408,7 +413,7 @@ def fit_vector(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         layer_norms={layer: norms[layer] for layer in chosen},
         layer_sigmas=sigmas,
-        extra=dict(extra or {}),
+        extra={**weights, **dict(extra or {})},
     )
     return SteeringVector(dirs, prov)
 
