@@ -24,7 +24,7 @@ from tests.conftest import write_toy_jsonl
 from tests.test_protocol import write_config
 
 from cli_runner import ForkServer, Result, cli_env
-from vulnsteer.lm.model import model_fingerprint
+from vulnsteer.lm.model import LoadedModel, model_fingerprint
 from vulnsteer.steering.vectors import Provenance, SteeringVector
 
 SOURCE = "int main(void) {\n    char b[4];\n    gets(b);\n    return 0;\n}\n"
@@ -349,3 +349,34 @@ def test_export_gguf_from_python_writes_no_absolute_path(world: World) -> None:
     assert str(world.root).encode() not in blob and b"toy.jsonl" in blob and world.tiny.name.encode() in blob
     back = vs.import_gguf(path, hidden_size=64)
     assert torch.allclose(back.direction(1), vector.direction(1)) and back.provenance.model_id == world.tiny.name
+
+
+def test_fit_vector_records_what_gguf_export_needs_and_says_why_when_it_is_missing(
+    world: World, cli: ForkServer, tiny_lm: LoadedModel
+) -> None:
+    from tests.conftest import toy_samples
+
+    from vulnsteer.lm.activations import extract_activations
+    from vulnsteer.steering.vectors import fit_vector
+
+    samples = toy_samples(4)
+    acts = extract_activations(tiny_lm, samples, [1], ["last"], progress=False)
+    fitted = fit_vector(acts, samples, cwe="CWE-89")  # nothing about the model passed: the activations know it
+    assert fitted.provenance.model_type == tiny_lm.model_type
+    assert fitted.provenance.model_fingerprint == tiny_lm.fingerprint
+    fitted.save(world.root / "fitted.safetensors")
+    out = world.root / "fitted.gguf"
+    assert (
+        cli.run(["vectors", "export", str(world.root / "fitted.safetensors"), "--gguf", str(out), "--strength", "1"]).rc
+        == 0
+    )
+    bare_acts = type(acts)(acts.layers, acts.sample_ids, acts.by_pooling)  # activations that do not name a model
+    anonymous = fit_vector(bare_acts, samples, cwe="CWE-89")
+    anonymous.save(world.root / "anonymous.safetensors")
+    refused = cli.run(
+        ["vectors", "export", str(world.root / "anonymous.safetensors"), "--gguf", str(out) + "2", "--strength", "1"]
+    )
+    assert refused.rc == 2
+    line = _error(refused)
+    assert "records no model type (it was fitted without its model's identity" in line and "--model-hint" in line
+    assert "older" not in line and "before vulnsteer" not in line
