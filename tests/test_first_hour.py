@@ -380,3 +380,15 @@ def test_fit_vector_records_what_gguf_export_needs_and_says_why_when_it_is_missi
     line = _error(refused)
     assert "records no model type (it was fitted without its model's identity" in line and "--model-hint" in line
     assert "older" not in line and "before vulnsteer" not in line
+
+
+@pytest.mark.parametrize("command", [["detect", "{ok}"], ["run", "--out", "{out}"], ["scan", "{ok}"]])
+def test_an_empty_model_name_is_refused_not_read_as_the_embedded_model(
+    command: list[str], world: World, cli: ForkServer
+) -> None:
+    """Found trying it: ``--model "$MODEL"`` with MODEL unset silently ran the embedded model."""
+    argv = [a.format(ok=world.root / "ok.c", out=world.root / "empty-model-run") for a in command]
+    result = cli.run([*argv, "--model", ""])
+    assert result.rc == 2
+    assert "--model" in _error(result) and "is empty" in _error(result)
+    assert not (world.root / "empty-model-run").exists()

@@ -19,7 +19,7 @@ from ..config.defaults import (
     DEFAULT_STEER_POSITIONS,
     DEFAULT_UNIT,
 )
-from ..config.values import remote_option
+from ..config.values import model_name, remote_option
 from ..config.vocabulary import BACKEND_NAMES, DTYPES, POSITIONS, STRENGTH_UNITS
 
 __all__ = [
@@ -165,11 +165,20 @@ def check_steered_positions(positions: str, generates: bool, why: str) -> None:
         )
 
 
+def _model_name(text: str) -> str:
+    """``--model``: as the configuration key ``model.name`` reads it (an empty name is refused)."""
+    try:
+        return str(model_name(text, "--model"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--model: ")) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
         default=None,
+        type=_model_name,
         help="Hugging Face id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
     )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps or auto (default: cuda if available)")

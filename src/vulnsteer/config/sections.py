@@ -21,6 +21,7 @@ from .values import (
     integer,
     layer_sets,
     merge_list,
+    model_name,
     non_negative,
     one_of,
     optional_one_of,
@@ -100,7 +101,7 @@ class ModelSection:
 
     name: str | None = _key(
         None,
-        optional_str,
+        model_name,
         "Hugging Face id, local directory or .gguf file (absent: the embedded SmolLM2-135M-Instruct)",
         "--model",
     )

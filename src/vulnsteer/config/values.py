@@ -33,6 +33,7 @@ __all__ = [
     "integer",
     "layer_sets",
     "merge_list",
+    "model_name",
     "non_negative",
     "number",
     "one_of",
@@ -63,6 +64,18 @@ def optional_str(value: Any, where: str) -> str | None:
     if not isinstance(value, str):
         raise fail(where, f"expected a string, got {value!r}")
     return value or None
+
+
+def model_name(value: Any, where: str) -> str | None:
+    """A model's name: a string that is not empty (an empty ``--model "$MODEL"`` with ``MODEL`` unset would
+    otherwise mean the embedded model, silently).
+
+    >>> model_name("Qwen/Qwen2.5-1.5B", "model.name")
+    'Qwen/Qwen2.5-1.5B'
+    """
+    if isinstance(value, str) and not value.strip():
+        raise fail(where, "is empty; leave it out for the embedded model, or name a Hugging Face id, folder or .gguf")
+    return optional_str(value, where)
 
 
 def path_value(value: Any, where: str) -> str | None:

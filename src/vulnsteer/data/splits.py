@@ -275,6 +275,13 @@ def split_samples(
     The assignment does not depend on the input order; within each split samples keep their input order.
     The returned :class:`Splits` carries a :class:`DuplicateReport` (see :func:`find_cross_split_duplicates`;
     ``check_duplicates=False`` skips that check, which lexes every sample, and leaves the report empty).
+
+    >>> from vulnsteer.data.builtin import load_builtin
+    >>> splits = split_samples(load_builtin(["CWE-89"]))
+    >>> len(splits.train), len(splits.val), len(splits.test)
+    (16, 6, 6)
+    >>> {s.pair_id for s in splits.train} & {s.pair_id for s in splits.test}
+    set()
     """
     samples = list(samples)
     fr = _check_fractions(fractions)
