@@ -149,11 +149,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("--max-new-tokens needs --explain (the score alone generates nothing)")
     if args.no_cache and args.cache_dir is not None:
         raise UsageError("--cache-dir and --no-cache contradict each other")
-    if args.fail_on is not None and args.fail_on < args.min_score:
-        raise UsageError(
-            f"--fail-on {args.fail_on:g} is below --min-score {args.min_score:g}: a function could fail the scan "
-            f"without being reported; lower --min-score to {args.fail_on:g} or raise --fail-on"
-        )
 
 
 def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:

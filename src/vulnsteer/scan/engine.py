@@ -78,7 +78,7 @@ class ScanOptions:
 
     >>> ScanOptions(min_score=0.7, cwes=("89", "cwe-078")).cwes
     ('CWE-89', 'CWE-78')
-    >>> ScanOptions(min_score=0.7).fail_on  # (the gate follows the findings unless set)
+    >>> ScanOptions(min_score=0.7).fail_on  # (the scan fails from --min-score unless set)
     0.7
 
     Attributes:
@@ -112,10 +112,11 @@ class ScanOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {value}")
-        if self.gate < self.min_score:
+        threshold = self.fail_threshold
+        if threshold < self.min_score:
             raise ValueError(
-                f"--fail-on {self.gate:g} is below --min-score {self.min_score:g}: a function could fail the scan "
-                f"without being reported; lower --min-score to {self.gate:g} or raise --fail-on"
+                f"--fail-on {threshold:g} is below --min-score {self.min_score:g}: a function could fail the scan "
+                f"without being reported; lower --min-score to {threshold:g} or raise --fail-on"
             )
         if self.chunk_size < 1 or self.max_file_bytes < 1:
             raise ValueError("chunk_size and max_file_bytes must be positive")
@@ -123,7 +124,7 @@ class ScanOptions:
         object.__setattr__(self, "baseline", frozenset(self.baseline))
 
     @property
-    def gate(self) -> float:
+    def fail_threshold(self) -> float:
         """``fail_on`` once resolved (never None)."""
         return self.min_score if self.fail_on is None else self.fail_on
 
@@ -334,17 +335,17 @@ class ScanReport:
         return 1 if self.failures() else 0
 
     def failures(self) -> list[str]:
-        """Why the scan fails as a gate, one line per reason (empty: it passes): the findings that reach
+        """Why the scan fails, one line per reason (empty: it passes): the findings that reach
         ``fail_on`` (the highest named), the source files not scanned."""
         lines = []
         if self.stats.failing:
-            gate = self.options.gate
+            threshold = self.options.fail_threshold
             worst = max(
-                (r for r in self.results if r.finding and r.score.score >= gate),
+                (r for r in self.results if r.finding and r.score.score >= threshold),
                 key=lambda r: (r.score.score, r.path),
             )
             lines.append(
-                f"{_count(self.stats.failing, 'function')} at or above --fail-on {gate:.2f}, the highest "
+                f"{_count(self.stats.failing, 'function')} at or above --fail-on {threshold:.2f}, the highest "
                 f"{worst.path}:{worst.region.start_line}:{worst.region.start_column} {worst.name} "
                 f"({worst.score.score:.2f})"
             )
@@ -626,7 +627,7 @@ def _result(
             stats.in_baseline += 1
     finding = score.score >= options.min_score and options.counts(score) and triaged is None
     stats.findings += finding
-    stats.failing += finding and score.score >= options.gate
+    stats.failing += finding and score.score >= options.fail_threshold
     stats.truncated += score.truncated
     return FunctionResult(
         item.path,

@@ -36,7 +36,7 @@ def format_jsonl(report: ScanReport) -> str:
         "type": "summary",
         **report.stats.to_dict(),
         "min_score": min_score,
-        "fail_on": report.options.gate,
+        "fail_on": report.options.fail_threshold,
         "exit_code": report.exit_code,
         "failures": report.failures(),
         "scorer": dict(report.provenance),

@@ -200,7 +200,7 @@ def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str
                 "properties": {
                     "scorer": report.portable_provenance,
                     "minScore": report.options.min_score,
-                    "failOn": report.options.gate,
+                    "failOn": report.options.fail_threshold,
                     "exitCode": report.exit_code,
                     "failures": report.failures(),
                     "summary": report.stats.to_dict(),
