@@ -171,6 +171,7 @@ def test_bad_input_is_skipped_counted_and_named(tmp_path: Path, monkeypatch: pyt
     report = scan([root], FakeScorer(), ScanOptions(max_file_bytes=500), cache_dir=None, progress=False)
     stats = report.stats
     assert dict(stats.skipped) == {"binary": 1, "empty": 1, "unknown language": 1}  # not source: by design
+    assert stats.skipped_named == [f"{_rel(root / 'exe.c')}: binary content, not source text"]  # a .c without text
     # source files that could not be scanned: named one by one, and they fail the gate
     assert sorted(stats.unscanned) == [
         f"{_rel(root / 'big.c')}: 700 bytes, over --max-file-bytes 500",

@@ -444,8 +444,9 @@ def _read(
             stats.not_scanned(shown, "too large", f"{size} bytes, over --max-file-bytes {options.max_file_bytes}")
             return []
         source = read_source(path)
-    except BinaryContentError:
+    except BinaryContentError:  # (named: a file with a source file's name that holds no text is worth a look)
         stats.skipped["binary"] += 1
+        stats.skipped_named.append(f"{shown}: binary content, not source text")
         return []
     except OSError as exc:  # (read_source's message starts with the path)
         text = str(exc).removeprefix(f"{path}: ") if exc.strerror is None else f"cannot read ({exc.strerror})"
