@@ -51,13 +51,18 @@ def mean_difference(secure: torch.Tensor, vulnerable: torch.Tensor) -> torch.Ten
 
 
 def unit_direction(d: torch.Tensor) -> torch.Tensor:
-    """*d* scaled to length 1 (float32), its length taken in float64: a float32 norm of a vector with entries near
-    1e20 or beyond overflows to infinity, and the "unit" direction would come out zero (a steering shift that
-    silently does nothing). A zero *d* stays zero.
+    """*d* scaled to length 1 (float32). A float32 norm of a vector with entries near 1e20 or beyond overflows to
+    infinity, and the "unit" direction would come out zero (a steering shift that silently does nothing): such a
+    length is taken in float64. Any other vector is divided by its float32 norm, exactly as before (so earlier runs
+    reproduce bit for bit). A zero *d* stays zero.
 
     >>> unit_direction(torch.full((4,), 1e30)).tolist()
     [0.5, 0.5, 0.5, 0.5]
     """
+    narrow = d.detach().float()
+    norm = narrow.norm()
+    if torch.isfinite(norm):
+        return narrow / norm.clamp(min=1e-12)
     wide = d.detach().to(torch.float64)
     return (wide / wide.norm().clamp(min=1e-300)).to(torch.float32)
 
@@ -220,8 +225,9 @@ class SteeringVector:
         return self.directions[layer].clone()
 
     def norm(self, layer: int) -> float:
-        """The direction's length (taken in float64: finite for any finite float32 vector)."""
-        return float(self.directions[layer].to(torch.float64).norm())
+        """The direction's length (in float64 where float32 overflows: finite for any finite vector)."""
+        norm = float(self.directions[layer].norm())
+        return norm if math.isfinite(norm) else float(self.directions[layer].to(torch.float64).norm())
 
     def relative_norm(self, layer: int) -> float:
         """The direction's length as a fraction of the layer's mean hidden-state norm (nan if unknown)."""
