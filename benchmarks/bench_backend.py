@@ -73,11 +73,11 @@ def main() -> int:
             hooks.model_id, hooks.fingerprint, hooks.hidden_size, layers, "last", "mean_diff", "bench", 1, 1, "-", "-"
         ),
     )
-    steered_all = {"plain": [], "steered": [SteeringSpec(vector, 0.5, positions="all")]}
+    steered_all = {"plain": [], "steered": [SteeringSpec(vector, 0.5, positions="all", unit="raw")]}
     steered_last = {
         "plain": [],
-        "up": [SteeringSpec(vector, 1.0, positions="last")],
-        "down": [SteeringSpec(vector, -1.0, positions="last")],
+        "up": [SteeringSpec(vector, 1.0, positions="last", unit="raw")],
+        "down": [SteeringSpec(vector, -1.0, positions="last", unit="raw")],
     }
 
     def generation(lm: LoadedModel) -> Any:

@@ -225,7 +225,7 @@ def bench_generation(lm: Any, prompts: list[Any], plan: Plan, vector: Any) -> li
             _generate(lm, batch, plan.new_tokens)
 
         def steered(plain: Callable[[], None] = plain) -> None:
-            with steer(lm.model, vector, 0.5, positions="all"):
+            with steer(lm.model, vector, 0.5, positions="all", unit="raw"):
                 plain()
 
         times = _interleaved({"plain": plain, "steered": steered}, plan.repeats, lm.device)
@@ -307,7 +307,7 @@ def bench_memory(lm: Any, prompt: Any, plan: Plan, vector: Any) -> dict[str, Any
 
     batch = tokenize_prompts(lm.tokenizer, [prompt]).to(lm.device)
     reset_peak_memory(lm.device)
-    with steer(lm.model, vector, 0.5, positions="all"):
+    with steer(lm.model, vector, 0.5, positions="all", unit="raw"):
         _generate(lm, batch, plan.new_tokens)
     _sync(lm.device)
     peak = peak_memory(lm.device)

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vulnsteer.config.experiment import load_config
-    from vulnsteer.experiment.protocol import load_configured_model
+    from vulnsteer.lm.model import load_model
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-ray-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{base.detection.modes}, group_size {base.run.group_size}; torch threads {torch.get_num_threads()}, "
         f"cpus {os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}"
     )
-    lm = load_configured_model(base.model)  # the driver's copy (each Ray worker loads its own)
+    lm = load_model(base.model)  # the driver's copy (each Ray worker loads its own)
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
     cpus: dict[str, list[float]] = {name: [] for name, _ in variants}
     last: dict[str, dict[str, Any]] = {}

@@ -84,7 +84,7 @@ def main() -> int:
             )
 
         def steered(enc: Any = enc) -> None:
-            with steer(lm.model, vector, 1.0, positions="all"):
+            with steer(lm.model, vector, 1.0, positions="all", unit="raw"):
                 plain(enc)
 
         plain()  # warm-up
@@ -100,7 +100,7 @@ def main() -> int:
             rows.append(("batch 8 / batch 1 generation throughput", f"{tps_plain / tps_b1:.2f}"))
 
     probe = LinearProbe(10, "code_mean", torch.randn(lm.hidden_size, generator=gen), bias=0.0, threshold=0.0)
-    gated = [SteeringSpec(vector, 1.0, layers=(15,), positions="answer", gate=Gate("sign", probe))]
+    gated = [SteeringSpec(vector, 1.0, layers=(15,), positions="answer", unit="raw", gate=Gate("sign", probe))]
     for batch in (1, 8):
         chosen = samples[:batch]
         texts: dict[str, list[str]] = {}

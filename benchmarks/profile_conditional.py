@@ -45,7 +45,7 @@ def main() -> None:
     prov = Provenance(lm.model_id, lm.fingerprint, lm.hidden_size, layers, "last", "mean_diff", "bench", 1, 1, "-", "-")
     vector = SteeringVector({layer: torch.randn(lm.hidden_size, generator=gen) for layer in layers}, prov)
     probe = LinearProbe(10, "code_mean", torch.randn(lm.hidden_size, generator=gen), bias=0.0, threshold=0.0)
-    gated = [SteeringSpec(vector, 1.0, layers=(15,), positions="answer", gate=Gate("sign", probe))]
+    gated = [SteeringSpec(vector, 1.0, layers=(15,), positions="answer", unit="raw", gate=Gate("sign", probe))]
 
     def run(specs: list[SteeringSpec]) -> None:
         detect_variants(

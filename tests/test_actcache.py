@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vulnsteer.lm import activation_cache as actcache
-from vulnsteer.lm.activation_cache import ActivationCache, model_key
+from vulnsteer.lm.activation_cache import ActivationCache
 from vulnsteer.lm.activations import extract_activations
 from vulnsteer.lm.model import LoadedModel
 
@@ -73,7 +73,7 @@ def test_keys_separate_models_data_and_poolings(
     cache.load_or_extract(tiny_llama, samples, [1], ["last"], progress=False)
     other_weights = make_tiny(tiny_tokenizer, "llama", seed=1)
     assert other_weights.fingerprint == tiny_llama.fingerprint  # same architecture ...
-    assert model_key(other_weights) != model_key(tiny_llama)  # ... but not the same model
+    assert other_weights.identity.digest() != tiny_llama.identity.digest()  # ... but not the same model
     _, stats = cache.load_or_extract(other_weights, samples, [1], ["last"], progress=False)
     assert stats.misses == 1
     changed = [dataclasses.replace(samples[0], code=samples[0].code + " "), *samples[1:]]

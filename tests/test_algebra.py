@@ -32,26 +32,30 @@ def _steered(lm: LoadedModel, *args: Any, **kwargs: Any) -> torch.Tensor:
 def test_strength_scales_the_vector(tiny_llama: LoadedModel, positions: str) -> None:
     """steer(v, 2) == steer(2v, 1); steer(v, -1) == steer(-v, 1)."""
     v, v2 = random_vector((1, 2)), random_vector((1, 2), scale=2.0)
-    a = _steered(tiny_llama, v, 2.0, positions=positions)
-    torch.testing.assert_close(a, _steered(tiny_llama, v2, 1.0, positions=positions))
+    a = _steered(tiny_llama, v, 2.0, positions=positions, unit="raw")
+    torch.testing.assert_close(a, _steered(tiny_llama, v2, 1.0, positions=positions, unit="raw"))
     neg = random_vector((1, 2), scale=-1.0)
     torch.testing.assert_close(
-        _steered(tiny_llama, v, -1.0, positions=positions), _steered(tiny_llama, neg, 1.0, positions=positions)
+        _steered(tiny_llama, v, -1.0, positions=positions, unit="raw"),
+        _steered(tiny_llama, neg, 1.0, positions=positions, unit="raw"),
     )
     assert not torch.allclose(a, _logits(tiny_llama))
 
 
 def test_strength_zero_is_the_plain_model(tiny_llama: LoadedModel) -> None:
     v = random_vector((1,))
-    torch.testing.assert_close(_steered(tiny_llama, v, 0.0, positions="all"), _logits(tiny_llama), rtol=0, atol=0)
-    with steer(tiny_llama.model, v, 0.0):
+    torch.testing.assert_close(
+        _steered(tiny_llama, v, 0.0, positions="all", unit="raw"), _logits(tiny_llama), rtol=0, atol=0
+    )
+    with steer(tiny_llama.model, v, 0.0, positions="all", unit="raw"):
         assert not any(b._forward_hooks for b in decoder_layers(tiny_llama.model))  # nothing registered
 
 
 def test_relative_strength_ignores_the_vectors_length(tiny_llama: LoadedModel) -> None:
     short, long = random_vector((1,)), random_vector((1,), scale=7.0)
     torch.testing.assert_close(
-        _steered(tiny_llama, short, 0.3, unit="relative"), _steered(tiny_llama, long, 0.3, unit="relative")
+        _steered(tiny_llama, short, 0.3, unit="relative", positions="all"),
+        _steered(tiny_llama, long, 0.3, unit="relative", positions="all"),
     )
 
 
@@ -60,23 +64,32 @@ def test_specs_add_up(tiny_llama: LoadedModel) -> None:
     v, w = random_vector((1,), seed=1), random_vector((1,), seed=2)
     both = SteeringVector({1: v.direction(1) + w.direction(1)}, v.provenance)
     torch.testing.assert_close(
-        _steered(tiny_llama, [SteeringSpec(v, 1.0), SteeringSpec(w, 1.0)]), _steered(tiny_llama, both, 1.0)
+        _steered(
+            tiny_llama,
+            [SteeringSpec(v, 1.0, positions="all", unit="raw"), SteeringSpec(w, 1.0, positions="all", unit="raw")],
+        ),
+        _steered(tiny_llama, both, 1.0, positions="all", unit="raw"),
     )
     two = random_vector((1, 2))
-    per_layer = [SteeringSpec(two, 1.0, layers=(1,)), SteeringSpec(two, 1.0, layers=(2,))]
-    torch.testing.assert_close(_steered(tiny_llama, per_layer), _steered(tiny_llama, two, 1.0))
+    per_layer = [
+        SteeringSpec(two, 1.0, layers=(1,), positions="all", unit="raw"),
+        SteeringSpec(two, 1.0, layers=(2,), positions="all", unit="raw"),
+    ]
+    torch.testing.assert_close(
+        _steered(tiny_llama, per_layer), _steered(tiny_llama, two, 1.0, positions="all", unit="raw")
+    )
 
 
 def test_last_position_steering_leaves_earlier_positions_alone(tiny_llama: LoadedModel) -> None:
     v = random_vector((1,))
-    plain, steered = _logits(tiny_llama), _steered(tiny_llama, v, 5.0, positions="last")
+    plain, steered = _logits(tiny_llama), _steered(tiny_llama, v, 5.0, positions="last", unit="raw")
     torch.testing.assert_close(steered[:, :-1], plain[:, :-1], rtol=0, atol=0)
     assert not torch.allclose(steered[:, -1], plain[:, -1])
 
 
 def test_per_row_steering_equals_one_row_at_a_time(tiny_llama: LoadedModel) -> None:
     v, w = random_vector((1, 2), seed=1), random_vector((2,), seed=2)
-    rows = [[SteeringSpec(v, 1.5, positions="all")], [SteeringSpec(w, -2.0, positions="last")]]
+    rows = [[SteeringSpec(v, 1.5, positions="all", unit="raw")], [SteeringSpec(w, -2.0, positions="last", unit="raw")]]
     with steer_rows(tiny_llama.model, rows):
         together = _logits(tiny_llama)
     for i, specs in enumerate(rows):
@@ -126,5 +139,5 @@ def test_a_layer_matcher_finds_blocks_of_an_unknown_architecture(tiny_llama: Loa
         acts.get("last"), extract_activations(tiny_llama, samples, [1], progress=False).get("last")
     )
     v = random_vector((1,))
-    with steer(wrapped, v, 1.0, layer_matcher="core.stack"):
+    with steer(wrapped, v, 1.0, layer_matcher="core.stack", positions="all", unit="raw"):
         assert tiny_llama.model.model.layers[1]._forward_hooks

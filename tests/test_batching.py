@@ -139,8 +139,8 @@ def test_detection_after_backoff_equals_a_plain_run(monkeypatch: pytest.MonkeyPa
     vector = _vector(tiny_lm)
     variants = {
         "base": (),
-        "plus": (SteeringSpec(vector, 2.0, positions="last"),),
-        "minus": (SteeringSpec(vector, -2.0, positions="last"),),
+        "plus": (SteeringSpec(vector, 2.0, positions="last", unit="raw"),),
+        "minus": (SteeringSpec(vector, -2.0, positions="last", unit="raw"),),
     }
     kwargs: dict[str, Any] = {"modes": ("logit", "generation"), "max_new_tokens": 3, "progress": False}
     plain = detect_variants_modes(tiny_lm, samples, variants, batch_size=1, **kwargs)

@@ -73,6 +73,14 @@ def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
         (["run", "--duplicates", "x"], "--duplicates: unknown value 'x'"),
         (["detect", "a.c", "--strength", "lots"], "invalid float value"),
         (["detect"], "the following arguments are required: files"),
+        # a flag that would change nothing is refused, never accepted and ignored
+        (["run", "--no-conditional", "--probe", "direction"], "--probe needs conditional steering"),
+        (["run", "--ray-workers", "2"], "--ray-workers needs --executor ray"),
+        (["run", "--format", "csv"], "--format needs --data"),
+        (["evaluate", "--from", "r", "--data", "d", "--split", "val"], "--split is for --vectors"),
+        (["scan", "x.c", "--remote", "https://ndif.example"], "--remote needs backend nnsight"),
+        (["detect", "x.c", "--remote", "on"], "--remote needs backend nnsight"),
+        (["vectors", "fit", "--out", "v", "--respect-upstream-split"], "--respect-upstream-split needs --data"),
     ],
 )
 def test_bad_arguments_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

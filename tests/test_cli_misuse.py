@@ -211,7 +211,9 @@ CATALOGUE = [
     Case("batch-size-word", ["vectors", "fit", "--out", "{out}/v0", "--batch-size", "many"], ("--batch-size",)),
     Case("max-code-tokens-zero", ["detect", "{in}/ok.c", "--max-code-tokens", "0"], ("--max-code-tokens",)),
     Case(
-        "max-pairs-zero", ["vectors", "fit", "--out", "{out}/v0", "--max-pairs-per-cwe", "0"], ("--max-pairs-per-cwe",)
+        "max-pairs-negative",
+        ["vectors", "fit", "--out", "{out}/v0", "--max-pairs-per-cwe", "-1"],
+        ("--max-pairs-per-cwe", "0 (no cap)"),
     ),
     Case(
         "strength-nan", ["detect", "{in}/ok.c", "--vector", "{in}/good.safetensors", "--strength", "nan"], ("finite",)
@@ -220,13 +222,11 @@ CATALOGUE = [
         "strength-inf", ["detect", "{in}/ok.c", "--vector", "{in}/good.safetensors", "--strength", "-inf"], ("finite",)
     ),
     Case("strength-word", ["detect", "{in}/ok.c", "--strength", "lots"], ("--strength",)),
-    Case("dtype-unknown", ["detect", "{in}/ok.c", "--dtype", "float8"], ("--dtype", "invalid choice")),
+    Case("dtype-unknown", ["detect", "{in}/ok.c", "--dtype", "float8"], ("--dtype", "unknown value 'float8'")),
     Case("layers-not-integers", ["vectors", "fit", "--out", "{out}/v0", "--layers", "1.5"], ("--layers", "integers")),
     Case("layers-empty", ["vectors", "fit", "--out", "{out}/v0", "--layers", ","], ("--layers",)),
     Case("record-unknown", ["extract", "--out", "{out}/a.st", "--record", "middle"], ("--record", "code_mean")),
-    Case(
-        "method-unknown", ["vectors", "fit", "--out", "{out}/v0", "--method", "magic"], ("--method", "invalid choice")
-    ),
+    Case("method-unknown", ["vectors", "fit", "--out", "{out}/v0", "--method", "magic"], ("--method", "unknown value")),
     Case("language-empty", ["detect", "{in}/ok.c", "--language", " "], ("--language",)),
     Case("extract-needs-out", ["extract"], ("--out",)),
     Case("format-without-data", ["vectors", "fit", "--out", "{out}/v", "--format", "csv"], ("--format needs --data",)),

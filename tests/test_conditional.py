@@ -38,7 +38,7 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
     vec = random_vector((1, 2), seed=5)
     variants = {
         "base": [],
-        "sign": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("sign", probe))],  # type: ignore[arg-type]
+        "sign": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("sign", probe), unit="raw")],  # type: ignore[arg-type]
         "linear": [
             SteeringSpec(
                 vec,
@@ -57,7 +57,7 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
                 gate=Gate("one_sided", probe, band=0.3),
             )
         ],
-        "constant": [SteeringSpec(vec, 2.0, positions=positions)],  # type: ignore[arg-type]
+        "constant": [SteeringSpec(vec, 2.0, positions=positions, unit="raw")],  # type: ignore[arg-type]
     }
     store = PrefixStore()
     batched = detect_variants_modes(
@@ -97,10 +97,10 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
 def test_a_gate_above_the_steered_layers_is_refused(tiny_llama: LoadedModel) -> None:
     probe = _probe(tiny_llama, "last", layer=2)
     with pytest.raises(ValueError, match="condition layer 2 is above the steered layers"):
-        SteeringSpec(random_vector((1,), seed=5), 1.0, gate=Gate("sign", probe))
+        SteeringSpec(random_vector((1,), seed=5), 1.0, gate=Gate("sign", probe), positions="all", unit="raw")
     with pytest.raises(ValueError, match="gate kind"):
         Gate("maybe", probe)
-    gated = SteeringSpec(random_vector((2,), seed=5), 1.0, gate=Gate("sign", probe))
+    gated = SteeringSpec(random_vector((2,), seed=5), 1.0, gate=Gate("sign", probe), positions="all", unit="raw")
     with pytest.raises(ValueError, match="resolve its gate"), steer(tiny_llama.model, gated):
         pass
 
@@ -108,7 +108,9 @@ def test_a_gate_above_the_steered_layers_is_refused(tiny_llama: LoadedModel) -> 
 def test_sigma_unit_scales_by_the_projection_spread(tiny_llama: LoadedModel) -> None:
     vec = random_vector((1,), seed=5)
     d = vec.direction(1)
-    torch.testing.assert_close(SteeringSpec(vec, 1.5, unit="sigma").delta(1), -1.5 * 2.0 * d / d.norm())
+    torch.testing.assert_close(
+        SteeringSpec(vec, 1.5, unit="sigma", positions="all").delta(1), -1.5 * 2.0 * d / d.norm()
+    )
 
 
 def test_probe_round_trips_and_random_control(tiny_llama: LoadedModel) -> None:

@@ -23,12 +23,18 @@ def _variants() -> dict[str, list[SteeringSpec]]:
     v = _vec()
     return {
         "base": [],
-        "last+": [SteeringSpec(v, 2.0, positions="last")],
-        "last-": [SteeringSpec(v, -2.0, positions="last")],
-        "gen": [SteeringSpec(v, 1.0, positions="generated")],
-        "both": [SteeringSpec(v, 1.0, positions="last"), SteeringSpec(v, 0.5, positions="generated")],
-        "answer": [SteeringSpec(v, 1.5, positions="answer")],
-        "last+gen": [SteeringSpec(v, 1.5, positions="last"), SteeringSpec(v, 1.5, positions="generated")],
+        "last+": [SteeringSpec(v, 2.0, positions="last", unit="raw")],
+        "last-": [SteeringSpec(v, -2.0, positions="last", unit="raw")],
+        "gen": [SteeringSpec(v, 1.0, positions="generated", unit="raw")],
+        "both": [
+            SteeringSpec(v, 1.0, positions="last", unit="raw"),
+            SteeringSpec(v, 0.5, positions="generated", unit="raw"),
+        ],
+        "answer": [SteeringSpec(v, 1.5, positions="answer", unit="raw")],
+        "last+gen": [
+            SteeringSpec(v, 1.5, positions="last", unit="raw"),
+            SteeringSpec(v, 1.5, positions="generated", unit="raw"),
+        ],
     }
 
 
@@ -54,7 +60,7 @@ def test_shared_prefix_matches_full_computation(tiny_llama: LoadedModel, mode: s
 def test_steered_variant_equals_outer_steer_context(tiny_llama: LoadedModel) -> None:
     samples = toy_samples(2)
     v = _vec()
-    spec = SteeringSpec(v, 2.0, positions="all")
+    spec = SteeringSpec(v, 2.0, positions="all", unit="raw")
     inner = detect_variants(tiny_llama, samples, {"s": [spec]}, progress=False)["s"]
     with steer(tiny_llama.model, spec):
         outer = score_logits(tiny_llama, samples, progress=False)
@@ -105,7 +111,7 @@ def test_sink_records_the_same_activations_as_extraction(tiny_llama: LoadedModel
 
     samples = toy_samples(3)
     sink = ActivationSink([1, 3])
-    variants = {"base": [], "steered": [SteeringSpec(_vec((1, 2)), 2.0, positions="last")]}
+    variants = {"base": [], "steered": [SteeringSpec(_vec((1, 2)), 2.0, positions="last", unit="raw")]}
     detect_variants(tiny_llama, samples, variants, share_prefix=share, batch_size=4, progress=False, sink=sink)
     ids = [s.id for s in samples]
     assert sink.complete(ids)
@@ -141,7 +147,7 @@ def test_prefix_store_respects_its_budget_and_the_sink(tiny_llama: LoadedModel) 
     from vulnsteer.lm.activations import ActivationSink, extract_activations
 
     samples = toy_samples(3)
-    variants = {"base": [], "s": [SteeringSpec(_vec((1,)), 1.0, positions="last")]}
+    variants = {"base": [], "s": [SteeringSpec(_vec((1,)), 1.0, positions="last", unit="raw")]}
     empty = PrefixStore(max_bytes=0)
     detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=empty)
     detect_variants_modes(tiny_llama, samples, variants, batch_size=4, progress=False, prefix_store=empty)
@@ -179,7 +185,7 @@ def test_variants_that_leave_samples_out_run_only_the_rest(tiny_llama: LoadedMod
     from vulnsteer.detection.prefix import PrefixStore
 
     samples = toy_samples(3, "CWE-89") + toy_samples(3, "CWE-78")
-    spec = SteeringSpec(_vec((1, 2)), 1.5, positions=positions)  # type: ignore[arg-type]
+    spec = SteeringSpec(_vec((1, 2)), 1.5, positions=positions, unit="raw")  # type: ignore[arg-type]
     variants = {"base": [], "only89": lambda s: [spec] if s.cwe == "CWE-89" else None}
     mixed = detect_variants_modes(
         tiny_llama,

@@ -17,8 +17,8 @@ from vulnsteer.detection.detector import SavedDetector, SavedDetectorError
 from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
 from vulnsteer.experiment.results import Results
 from vulnsteer.experiment.upgrade import load_results
+from vulnsteer.lm.identity import ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
-from vulnsteer.steering.vectors import VectorMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def test_a_detector_refuses_another_model_and_damaged_files(
     from conftest import make_tiny
 
     out, _ = fitted
-    with pytest.raises(VectorMismatchError, match="fingerprint"):
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
         SavedDetector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", layers=5))
-    with pytest.raises(VectorMismatchError, match="other weights"):
+    with pytest.raises(ModelMismatchError, match="other weights"):
         SavedDetector.load(out / "detector", make_tiny(tiny_tokenizer, "llama", seed=3))
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -94,7 +94,7 @@ def test_a_bfloat16_layer_gets_a_bfloat16_delta(lm: LoadedModel) -> None:
     with _split(lm, {1: ("cpu", torch.bfloat16)}, ("cpu", torch.float32)):
         plain, steered = _Outputs(), _Outputs()
         handle = block.register_forward_hook(plain)
-        with steer(lm.model, vec, 2.0, positions="all"):
+        with steer(lm.model, vec, 2.0, positions="all", unit="raw"):
             inner = block.register_forward_hook(steered)  # runs after the steering hook
             logits = lm.model(input_ids=batch.input_ids).logits
             inner.remove()
@@ -110,7 +110,10 @@ def test_per_row_deltas_follow_each_layer_dtype(lm: LoadedModel) -> None:
     vec = _vector(lm.hidden_size, (1, 2))
     ids = _prompt(lm).input_ids.repeat(2, 1)
     block = decoder_layers(lm.model)[1]
-    rows = [[SteeringSpec(vec, 1.0)], []]  # row 0 steered at layers 1 (bfloat16) and 2 (float32), row 1 not
+    rows = [
+        [SteeringSpec(vec, 1.0, positions="all", unit="raw")],
+        [],
+    ]  # row 0 steered at layers 1 (bfloat16) and 2 (float32), row 1 not
     with _split(lm, {1: ("cpu", torch.bfloat16)}, ("cpu", torch.float32)):
         plain, steered = _Outputs(), _Outputs()
         handle = block.register_forward_hook(plain)
@@ -135,7 +138,7 @@ def test_layers_on_another_device_get_their_delta_there(lm: LoadedModel) -> None
         assert lm.device.type == "cpu"  # model.device names the first device only
         cpu_plain, cpu_steered, meta_steered = _Outputs(), _Outputs(), _Outputs()
         handle = blocks[1].register_forward_hook(cpu_plain)
-        with steer(lm.model, vec, 3.0, positions="last"):
+        with steer(lm.model, vec, 3.0, positions="last", unit="raw"):
             inner = [blocks[1].register_forward_hook(cpu_steered), blocks[2].register_forward_hook(meta_steered)]
             logits = lm.model(input_ids=batch.input_ids).logits
             for h in inner:
@@ -165,7 +168,13 @@ def test_a_model_built_on_meta_registers_and_removes_hooks(tiny_tokenizer: Any) 
     seen = _Outputs()
     blocks = decoder_layers(model)
     ids = torch.zeros(2, 5, dtype=torch.long, device="meta")
-    with steer(model, [SteeringSpec(vec, 1.0, positions="all"), SteeringSpec(vec, -0.5, layers=(2,), unit="relative")]):
+    with steer(
+        model,
+        [
+            SteeringSpec(vec, 1.0, positions="all", unit="raw"),
+            SteeringSpec(vec, -0.5, layers=(2,), unit="relative", positions="all"),
+        ],
+    ):
         assert [len(b._forward_hooks) for b in blocks] == [0, 1, 1]
         handle = blocks[2].register_forward_hook(seen)
         out = model(input_ids=ids).logits
@@ -185,7 +194,7 @@ def test_extraction_and_detection_run_with_a_bfloat16_layer(lm: LoadedModel) -> 
     samples = toy_samples(2)
     reference = extract_activations(lm, samples, [1, 2], progress=False)
     vec = _vector(lm.hidden_size, (1, 2))
-    variants = {"base": (), "steered": (SteeringSpec(vec, 4.0, positions="last"),)}
+    variants = {"base": (), "steered": (SteeringSpec(vec, 4.0, positions="last", unit="raw"),)}
     with _split(lm, {1: ("cpu", torch.bfloat16)}, ("cpu", torch.float32)):
         acts = extract_activations(lm, samples, [1, 2], progress=False)
         result = detect_variants_modes(lm, samples, variants, progress=False)["logit"]

@@ -51,13 +51,12 @@ def margins(embedded: LoadedModel) -> dict[float, list[float]]:
         train,
         pooling="last",
         method="mean_diff",
-        model_id=embedded.model_id,
-        model_fingerprint=embedded.fingerprint,
+        model=embedded.identity,
     )
     assert 0 < vector.relative_norm(LAYER) < 0.1
     out: dict[float, list[float]] = {}
     for strength in (-STRENGTH, 0.0, STRENGTH):
-        with steer(embedded.model, vector, strength, positions="last"):
+        with steer(embedded.model, vector, strength, positions="last", unit="raw"):
             records = score_logits(embedded, held, progress=False)
         assert [r.sample_id for r in records] == [s.id for s in held]
         out[strength] = [float(r.margin) for r in records]  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from vulnsteer.experiment.prepare import prepare_data
 from vulnsteer.experiment.results import Results
 from vulnsteer.experiment.tables import HeldOutRow, HeldOutTable
 from vulnsteer.experiment.upgrade import load_results
+from vulnsteer.lm.identity import ModelIdentity, ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.steering.vectors import Provenance, SteeringVector, VectorMismatchError
 
@@ -197,10 +198,10 @@ def test_model_mismatch_is_refused(tmp_path: Path, swept: tuple[Path, Path, Resu
     _, run_dir, _ = swept
     config = transfer_config(run_dir, _other(tmp_path, n_pairs=2, prefix="other"))
     deeper = make_tiny(tiny_tokenizer, "llama", layers=5)
-    with pytest.raises(VectorMismatchError, match="fingerprint"):
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
         evaluate_from_run(run_dir, config, tmp_path / "a", lm=deeper, progress=False)
     reseeded = make_tiny(tiny_tokenizer, "llama", seed=7)
-    with pytest.raises(VectorMismatchError, match="different weights"):
+    with pytest.raises(ModelMismatchError, match="other weights"):
         evaluate_from_run(run_dir, config, tmp_path / "b", lm=reseeded, progress=False)
     out = evaluate_from_run(run_dir, config, tmp_path / "c", lm=deeper, allow_model_mismatch=True, progress=False)
     warnings = load_results(out / "results.json").warnings
@@ -215,11 +216,12 @@ def test_load_vector_dir_keys_and_refusals(tmp_path: Path) -> None:
     _vector("CWE-89").save(tmp_path / "cwe-89-mean_diff.safetensors")
     _vector("CWE-78", method="pca").save(tmp_path / "cwe-78-pca.safetensors")
     (tmp_path / "notes.txt").write_text("not a vector")
-    assert set(load_vector_dir(tmp_path, 64, "f" * 16)) == {("CWE-89", "mean_diff@last"), ("CWE-78", "pca@last")}
+    found = load_vector_dir(tmp_path, 64, ModelIdentity("m", "f" * 16))
+    assert set(found) == {("CWE-89", "mean_diff@last"), ("CWE-78", "pca@last")}
     with pytest.raises(VectorMismatchError, match=r"cwe-78-pca\.safetensors.*hidden size 64.*has 32"):
         load_vector_dir(tmp_path, 32, None)
-    with pytest.raises(VectorMismatchError, match="fingerprint"):
-        load_vector_dir(tmp_path, 64, "0" * 16)
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        load_vector_dir(tmp_path, 64, ModelIdentity("m", "0" * 16))
     _vector("CWE-89").save(tmp_path / "again.safetensors")
     with pytest.raises(VectorMismatchError, match="a second CWE-89 vector"):
         load_vector_dir(tmp_path, 64, None)

@@ -92,7 +92,7 @@ def test_export_writes_the_llama_cpp_format_and_import_gives_the_vector_back(
         tensor = tensors[f"direction.{layer}"]
         assert tensor.tensor_type == gguf.GGMLQuantizationType.F32 and len(tensor.shape) == 1
         # the file holds the shift vulnsteer's hook adds: sign convention and unit applied
-        expected = SteeringSpec(vector, strength, unit=unit).delta(layer)  # type: ignore[arg-type]
+        expected = SteeringSpec(vector, strength, unit=unit, positions="all").delta(layer)  # type: ignore[arg-type]
         assert torch.allclose(torch.from_numpy(np.array(tensor.data)), expected, atol=1e-6)
         d = vector.direction(layer)
         scale = strength if unit == "raw" else strength * vector.provenance.layer_norms[layer] / float(d.norm())
@@ -197,7 +197,7 @@ def test_a_foreign_control_vector_steers_like_llama_cpp(tmp_path: Path, tiny_lm:
         return seen
 
     plain = block_inputs()
-    with steer(tiny_lm.model, vector, 1.0, positions="all"):
+    with steer(tiny_lm.model, vector, 1.0, positions="all", unit="raw"):
         steered = block_inputs()
     for n in (0, 1, 2):
         assert torch.equal(steered[n], plain[n])  # the embeddings and the outputs of blocks 0 and 1: untouched

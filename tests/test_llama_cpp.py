@@ -59,7 +59,7 @@ def test_exported_vector_in_llama_cpp_matches_vulnsteer_steering(embedded: Loade
     def ours(strength: float) -> np.ndarray:
         out = []
         for row in ids:
-            with torch.no_grad(), steer(lm.model, vector, strength, positions="all"):
+            with torch.no_grad(), steer(lm.model, vector, strength, positions="all", unit="raw"):
                 logits = lm.model(input_ids=row).logits[0, -1]
             out.append(float(logits[vulnerable] - logits[secure]))
         return np.array(out)

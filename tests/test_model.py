@@ -76,7 +76,8 @@ def test_weights_digest_tells_weights_apart_and_is_cached(tiny_tokenizer: Any) -
     a = make_tiny(tiny_tokenizer, "llama", seed=0)
     b = make_tiny(tiny_tokenizer, "llama", seed=1)
     assert a.fingerprint == b.fingerprint and a.weights_digest != b.weights_digest
-    assert a.weights_identity == {"weights_digest": a.weights_digest, "dtype": "float32", "model_type": "llama"}
+    identity = a.identity
+    assert (identity.weights_digest, identity.dtype, identity.model_type) == (a.weights_digest, "float32", "llama")
     first = a.weights_digest
     with torch.no_grad():
         a.model.lm_head.weight.add_(1.0)

@@ -93,10 +93,13 @@ def test_per_row_steered_margins_are_equal(pair: tuple[LoadedModel, LoadedModel]
     vec, other = random_vector((1, 2), seed=5), random_vector((2,), seed=9)
     variants = {
         "base": [],
-        "last+": [SteeringSpec(vec, 2.0, positions="last")],
+        "last+": [SteeringSpec(vec, 2.0, positions="last", unit="raw")],
         "last-": [SteeringSpec(vec, -0.3, unit="relative", positions="last")],
         "prompt": [SteeringSpec(vec, 1.5, unit="sigma", positions="prompt")],
-        "all": [SteeringSpec(other, 1.0, positions="all"), SteeringSpec(vec, 0.5, layers=(1,), positions="last")],
+        "all": [
+            SteeringSpec(other, 1.0, positions="all", unit="raw"),
+            SteeringSpec(vec, 0.5, layers=(1,), positions="last", unit="raw"),
+        ],
     }
     samples = _samples()
 
@@ -117,7 +120,11 @@ def test_per_row_steered_margins_are_equal(pair: tuple[LoadedModel, LoadedModel]
 def test_last_position_prefix_path_and_sink_are_equal(pair: tuple[LoadedModel, LoadedModel]) -> None:
     """Only ``last`` steering: the prompt prefix is run once (recorded by the sink) and its KV cache continued."""
     vec = random_vector((1, 3), seed=5)
-    variants = {"base": [], "up": [SteeringSpec(vec, 1.0, positions="last")], "down": [SteeringSpec(vec, -1.0)]}
+    variants = {
+        "base": [],
+        "up": [SteeringSpec(vec, 1.0, positions="last", unit="raw")],
+        "down": [SteeringSpec(vec, -1.0, positions="all", unit="raw")],
+    }
     samples = _samples()
     sinks = []
 
@@ -143,9 +150,12 @@ def test_generated_tokens_are_equal(pair: tuple[LoadedModel, LoadedModel]) -> No
     vec = random_vector((1, 2), seed=5)
     variants = {
         "base": [],
-        "generated": [SteeringSpec(vec, 3.0, positions="generated")],
-        "all": [SteeringSpec(vec, -2.0, positions="all")],
-        "mixed": [SteeringSpec(vec, 2.0, positions="last"), SteeringSpec(vec, 1.0, layers=(2,), positions="generated")],
+        "generated": [SteeringSpec(vec, 3.0, positions="generated", unit="raw")],
+        "all": [SteeringSpec(vec, -2.0, positions="all", unit="raw")],
+        "mixed": [
+            SteeringSpec(vec, 2.0, positions="last", unit="raw"),
+            SteeringSpec(vec, 1.0, layers=(2,), positions="generated", unit="raw"),
+        ],
     }
     samples = _samples()
 
@@ -194,7 +204,7 @@ def test_gated_specs_are_equal(pair: tuple[LoadedModel, LoadedModel]) -> None:
     vec = random_vector((1, 2), seed=5)
     variants = {
         "base": [],
-        "sign": [SteeringSpec(vec, 2.0, positions="all", gate=Gate("sign", probe))],
+        "sign": [SteeringSpec(vec, 2.0, positions="all", gate=Gate("sign", probe), unit="raw")],
         "linear": [SteeringSpec(vec, 0.5, unit="relative", positions="last", gate=Gate("linear", probe))],
     }
 
@@ -212,8 +222,8 @@ def _one_pass(lm: LoadedModel, vec: SteeringVector) -> tuple[torch.Tensor, torch
     """Nested contexts on one forward pass: an outer steer, a recording, per-row steering inside it."""
     tok = lm.tokenizer
     batch = tokenize_prompts(tok, [build_prompt(tok, c, "python") for c in ("x = 1", "y = open(p).read()\n" * 2)])
-    rows = [[], [SteeringSpec(vec, -1.0, positions="prompt")]]
-    with steer(lm, vec, 0.5, positions="all"), recording(lm, [1, 2]) as seen, steer_rows(lm, rows):
+    rows = [[], [SteeringSpec(vec, -1.0, positions="prompt", unit="raw")]]
+    with steer(lm, vec, 0.5, positions="all", unit="raw"), recording(lm, [1, 2]) as seen, steer_rows(lm, rows):
         logits, _ = forward(lm, batch.input_ids, batch.attention_mask, None, all_logits=True)
     return logits, seen[1], seen[2]
 
@@ -233,7 +243,7 @@ def test_errors_inside_a_trace_keep_their_type_and_leave_no_context(pair: tuple[
     hooks, nn = pair
     tok = hooks.tokenizer
     batch = tokenize_prompts(tok, [build_prompt(tok, "x = 1", "python")] * 2)
-    rows = [[SteeringSpec(random_vector((1,), seed=5), 1.0)]] * 3
+    rows = [[SteeringSpec(random_vector((1,), seed=5), 1.0, positions="all", unit="raw")]] * 3
     for lm in (hooks, nn):
         with (
             pytest.raises(ValueError, match="per-row steering has 3 rows but the batch has 2"),
@@ -303,7 +313,7 @@ def test_config_keys_and_flags() -> None:
     run's identity (same numbers), the remote host is (another machine)."""
     from vulnsteer.config.experiment import ConfigError, ExperimentConfig, identity_of, parse_config
     from vulnsteer.config.resolved import dump_config
-    from vulnsteer.experiment import preflight
+    from vulnsteer.lm import model as model_module
 
     if sys.version_info >= (3, 11):
         import tomllib
@@ -315,16 +325,21 @@ def test_config_keys_and_flags() -> None:
     assert parse_config(tomllib.loads(dump_config(config))) == config
     plain = ExperimentConfig()
     assert identity_of(plain) == identity_of(plain.replace(model__backend="nnsight"))
-    assert identity_of(plain) != identity_of(plain.replace(model__remote=True))
+    hosted = plain.replace(model__backend="nnsight")
+    assert identity_of(hosted) != identity_of(hosted.replace(model__remote=True))
+    with pytest.raises(ConfigError, match=r"model\.remote needs backend nnsight"):
+        plain.replace(model__remote=True)  # (a remote host is nnsight's: accepted with hooks, it would be ignored)
     with pytest.raises(ConfigError, match=r"model\.backend.*jax"):
         parse_config({"model": {"backend": "jax"}})
     with pytest.raises(ConfigError, match=r"model\.remote"):
         parse_config({"model": {"remote": "ftp://host"}})
     seen: dict[str, Any] = {}
+    remote = parse_config({"model": {"name": "org/m", "backend": "nnsight", "remote": "https://ndif.example"}})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(preflight, "load_model", lambda *a, **k: seen.update(k))
-        preflight.load_configured_model(config.model)
-    assert (seen["backend"], seen["remote"]) == ("nnsight", "local")
+        patch.setattr(nnsight_backend, "require_nnsight", lambda: None)
+        patch.setattr(model_module, "_load_remote", lambda spec, **k: seen.update(k, spec=spec))
+        model_module.load_model(remote.model)  # the section's keys reach the loading
+    assert (seen["spec"], seen["remote"]) == ("org/m", "https://ndif.example")
 
 
 def test_cli_flags_parse() -> None:
@@ -332,9 +347,10 @@ def test_cli_flags_parse() -> None:
     from vulnsteer.cli.options import config_from_args
 
     parser = build_parser()
-    args = parser.parse_args(["detect", "x.py", "--backend", "nnsight", "--remote", "on"])
-    assert (args.backend, args.remote) == ("nnsight", True)
-    assert parser.parse_args(["detect", "x.py"]).remote is False
+    for command in ("detect", "scan"):  # the same [model] keys as run's
+        model = config_from_args(parser.parse_args([command, "x.py", "--backend", "nnsight", "--remote", "on"])).model
+        assert (model.backend, model.remote) == ("nnsight", True)
+        assert config_from_args(parser.parse_args([command, "x.py"])).model.remote is False
     args = parser.parse_args(["run", "--backend", "nnsight", "--remote", "https://ndif.example"])
     assert (config_from_args(args).model.backend, config_from_args(args).model.remote) == (
         "nnsight",

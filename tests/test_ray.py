@@ -181,12 +181,10 @@ def faulty(
     tmp_path_factory: pytest.TempPathFactory, cluster: str, model_dir: Path, model: LoadedModel
 ) -> Iterator[tuple[RayExecutor, Path]]:
     """Two workers scoring with :func:`_faulty`, shared by the fault tests (workers take seconds to start)."""
-    from vulnsteer.lm.activation_cache import model_key
-
     plan = tmp_path_factory.mktemp("plan") / "plan.json"
     load = partial(load_model, str(model_dir), device="cpu")
     with RayExecutor(
-        load, workers=2, expect_model=model_key(model), score=partial(_faulty, str(plan)), max_restarts=2
+        load, workers=2, expect_model=model.identity, score=partial(_faulty, str(plan)), max_restarts=2
     ) as executor:
         yield executor, plan
 

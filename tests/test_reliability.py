@@ -20,8 +20,9 @@ import torch
 from tests.conftest import toy_samples
 
 from vulnsteer.cli import build_parser
-from vulnsteer.cli.options import DefaultInt
+from vulnsteer.cli.options import config_from_args, scorer_spec
 from vulnsteer.config.defaults import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CODE_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_STEER_POSITIONS,
@@ -356,24 +357,24 @@ def _vector(norms: dict[int, float] | None = None, scale: float = 1.0) -> Steeri
 
 def test_relative_strengths_far_beyond_the_hidden_scale_are_refused() -> None:
     vec = _vector({1: 10.0})
-    SteeringSpec(vec, MAX_SHIFT_RATIO, unit="relative")
-    SteeringSpec(vec, -MAX_SHIFT_RATIO, unit="relative")
+    SteeringSpec(vec, MAX_SHIFT_RATIO, unit="relative", positions="all")
+    SteeringSpec(vec, -MAX_SHIFT_RATIO, unit="relative", positions="all")
     with pytest.raises(ValueError, match=r"far beyond the hidden-state scale.*lower --strength"):
-        SteeringSpec(vec, MAX_SHIFT_RATIO * 1.01, unit="relative")
+        SteeringSpec(vec, MAX_SHIFT_RATIO * 1.01, unit="relative", positions="all")
     with pytest.raises(ValueError, match="strength 1e\\+30"):
-        SteeringSpec(vec, 1e30, unit="relative")
+        SteeringSpec(vec, 1e30, unit="relative", positions="all")
 
 
 def test_raw_shifts_are_measured_against_the_layer_norm_when_known() -> None:
     # |shift| = strength x |d| = 2000 x 1 = 2000 = 200 x the layer norm of 10
     with pytest.raises(ValueError, match="200 x the layer's mean hidden-state norm"):
-        SteeringSpec(_vector({1: 10.0}), 2000.0, unit="raw")
-    SteeringSpec(_vector({1: 10.0}), 999.0, unit="raw")
-    SteeringSpec(_vector(), 1e5, unit="raw")  # no norm recorded: only the absolute limit applies
+        SteeringSpec(_vector({1: 10.0}), 2000.0, unit="raw", positions="all")
+    SteeringSpec(_vector({1: 10.0}), 999.0, unit="raw", positions="all")
+    SteeringSpec(_vector(), 1e5, unit="raw", positions="all")  # no norm recorded: only the absolute limit applies
     with pytest.raises(ValueError, match="no layer norm to compare with"):
-        SteeringSpec(_vector(), 1e7, unit="raw")
+        SteeringSpec(_vector(), 1e7, unit="raw", positions="all")
     with pytest.raises(ValueError, match="not finite"):
-        SteeringSpec(_vector(scale=1e30), 1e300, unit="raw")
+        SteeringSpec(_vector(scale=1e30), 1e300, unit="raw", positions="all")
 
 
 @contextmanager
@@ -555,12 +556,15 @@ def test_every_option_has_help_that_shows_its_default(command: str) -> None:
 def test_shared_option_defaults_come_from_one_place() -> None:
     commands = _commands()
     detect = commands["detect"].parse_args(["x.c"])
-    assert detect.max_code_tokens == DEFAULT_MAX_CODE_TOKENS and isinstance(detect.max_code_tokens, DefaultInt)
-    assert commands["detect"].parse_args(["x.c", "--max-code-tokens", "512"]).max_code_tokens.__class__ is int
+    spec = scorer_spec(detect, explain=True)
+    assert config_from_args(detect).data.max_code_tokens == DEFAULT_MAX_CODE_TOKENS
+    assert spec.max_code_tokens is None  # not given: the default, lowered to what fits the model's context
+    assert scorer_spec(commands["detect"].parse_args(["x.c", "--max-code-tokens", "512"]), True).max_code_tokens == 512
+    assert (spec.max_new_tokens, spec.batch_size) == (DEFAULT_MAX_NEW_TOKENS, DEFAULT_BATCH_SIZE)
+    assert scorer_spec(commands["scan"].parse_args(["x.c"]), explain=True) == spec  # scan reads the same flags
     vectors = commands["vectors fit"].parse_args(["--out", "v"])
-    assert vectors.max_code_tokens == DEFAULT_MAX_CODE_TOKENS
-    assert not hasattr(vectors, "unit") and not hasattr(vectors, "steer_positions")  # vectors steers nothing
-    from vulnsteer.cli.options import config_from_args
+    assert config_from_args(vectors).data.max_code_tokens == DEFAULT_MAX_CODE_TOKENS
+    assert not any("unit" in name or "positions" in name for name in vars(vectors))  # vectors steers nothing
 
     run = config_from_args(commands["run"].parse_args([]))
     assert run.steering.positions == (DEFAULT_STEER_POSITIONS,)
@@ -572,6 +576,39 @@ def test_shared_option_defaults_come_from_one_place() -> None:
     help_text = " ".join(commands["detect"].format_help().split())
     assert f"(default: {DEFAULT_STEER_POSITIONS})" in help_text and f"(default: {DEFAULT_UNIT})" in help_text
     assert f"default: {DEFAULT_MAX_NEW_TOKENS}" in help_text
+
+
+def test_library_defaults_are_the_configuration_defaults() -> None:
+    """What ``detect(...)``, ``steer(...)``, a steering spec, a scorer spec and ``fit_vector(...)`` do by default is
+    what the configuration does by default (one declaration each)."""
+    import dataclasses
+    import inspect
+
+    from vulnsteer.config import ExperimentConfig
+    from vulnsteer.detection.engine import detect, detect_variants, detect_variants_modes
+    from vulnsteer.scan.model_scorer import ScorerSpec, VectorSteering
+    from vulnsteer.steering.hooks import steer
+    from vulnsteer.steering.vectors import fit_vector
+
+    config = ExperimentConfig()
+    for function in (detect, detect_variants, detect_variants_modes):
+        params = inspect.signature(function).parameters
+        assert params["max_new_tokens"].default == config.detection.max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+        assert params["batch_size"].default == config.detection.batch_size
+    steering = (config.steering.positions[0], config.steering.strengths[0][0])
+    params = inspect.signature(steer).parameters
+    assert (params["positions"].default, params["unit"].default) == steering == ("last", "relative")
+    spec_fields = {f.name: f.default for f in dataclasses.fields(SteeringSpec)}
+    assert (spec_fields["positions"], spec_fields["unit"]) == steering
+    setting = VectorSteering(Path("v.safetensors"), 1.0)
+    assert (setting.positions, setting.unit) == steering
+    scorer = ScorerSpec()
+    assert (scorer.max_new_tokens, scorer.batch_size) == (config.detection.max_new_tokens, config.detection.batch_size)
+    params = inspect.signature(fit_vector).parameters
+    assert (params["pooling"].default, params["method"].default) == (
+        config.vectors.pooling[0],
+        config.vectors.methods[0],
+    )
 
 
 #: Known differences in the experiment commands (owned elsewhere); delete an entry once its command follows
@@ -590,8 +627,6 @@ def test_an_option_shared_by_commands_has_one_default() -> None:
                     and action.help != argparse.SUPPRESS
                 ):
                     shown = action.default
-                    if isinstance(shown, DefaultInt):
-                        shown = int(shown)
                     defaults.setdefault(option, {})[name] = shown
     mixed = {
         option: by_command
@@ -617,7 +652,9 @@ def test_global_flags_parse_anywhere() -> None:
 
 def test_numbers_that_start_with_a_minus_are_values() -> None:
     parser = build_parser()
-    assert parser.parse_args(["vectors", "fit", "--out", "v", "--layers", "-8,15"]).layers == (-8, 15)
+    assert config_from_args(
+        parser.parse_args(["vectors", "fit", "--out", "v", "--layers", "-8,15"])
+    ).steering.layers == ((-8, 15),)
     assert parser.parse_args(["detect", "x", "--vector", "v", "--strength", "-1e-1"]).strength == -0.1
     assert parser.parse_args(["run", "--strengths", "-1,-.3,0.3"]).cfg__steering__strengths == [-1.0, -0.3, 0.3]
 

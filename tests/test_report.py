@@ -13,6 +13,7 @@ from vulnsteer.experiment.header import DataInfo, DataNotes, ModelInfo, RunFiles
 from vulnsteer.experiment.results import Example, FamilyResults, Results, ValEntry
 from vulnsteer.experiment.select import Choice
 from vulnsteer.experiment.tables import Control, CrossCwe, Flips, HeldOutRow, HeldOutTable, MetricBlock, PointMetrics
+from vulnsteer.lm.identity import ModelIdentity
 from vulnsteer.report import write_report
 from vulnsteer.report.markdown import duplicates_text, fmt, render_markdown
 
@@ -155,7 +156,7 @@ def _results() -> Results:
             "steering": {"strengths": {"relative": [0.5, 2.0]}, "positions": ["last"]},
             "detection": {"modes": ["logit"]},
         },
-        model=ModelInfo("tiny-llama", "abc", 4, 64),
+        model=ModelInfo(ModelIdentity("tiny-llama", "abc"), 4, 64),
         layer_sets=((1,),),
         sign_convention="positive strength pushes toward 'vulnerable'",
         data=DataInfo(

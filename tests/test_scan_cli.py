@@ -71,9 +71,11 @@ def test_usage_and_input_errors_exit_2(
 
 @pytest.mark.parametrize("args", [["--fail-on", "1.5"], ["--format", "xml"], ["--vector", "v", "--detector", "d"]])
 def test_bad_options_are_usage_errors(args: list[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["scan", str(DEMO), *args])
-    assert info.value.code == 2
+    try:
+        code = main(["scan", str(DEMO), *args])
+    except SystemExit as info:  # argparse's own checks
+        code = int(info.code or 0)
+    assert code == 2
 
 
 @needs_grammars
@@ -150,3 +152,43 @@ def test_a_scan_that_finds_no_source_file_says_so(tmp_path: Path, capsys: pytest
     (tmp_path / "empty").mkdir()
     assert main(["scan", str(tmp_path / "empty"), "--no-cache"]) == 0  # nothing at or above --fail-on
     assert "no source file scanned under" in capsys.readouterr().err
+
+
+@needs_grammars
+def test_detect_and_scan_give_one_function_the_same_score(
+    run: Any, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``detect`` is a view of the scan engine: the same file, prepared the same way (its comments stripped),
+    scored by the same scorer, gets the same number; a file of several functions gets its highest one."""
+    one = tmp_path / "copy.c"
+    code = "// copies a name\nvoid copy(char *src) {\n    char buf[8]; /* small? */\n    strcpy(buf, src);\n}\n"
+    one.write_text(code, encoding="utf-8")
+    two = tmp_path / "two.py"
+    two.write_text("def f(x):\n    return eval(x)  # run it\n\n\ndef g(y):\n    return y\n", encoding="utf-8")
+    model = ["--model", str(model_dir), "--device", "cpu", "--max-code-tokens", "64"]
+    for mode, explain in (("logit", []), ("generation", ["--explain", "--max-new-tokens", "4"])):
+        out = tmp_path / f"scan-{mode}.jsonl"
+        run(str(one), str(two), "--format", "json", "-o", str(out), "--no-cache", *explain)
+        scanned = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        capsys.readouterr()
+        new_tokens = ["--max-new-tokens", "4"] if explain else []
+        argv = ["--no-progress", "detect", str(one), str(two), "--mode", mode, "--json", *new_tokens, *model]
+        assert main(argv) == 0
+        detected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [d["file"] for d in detected] == [str(one), str(two)]
+        copy = next(r for r in scanned if r["path"].endswith("copy.c"))
+        assert detected[0]["p_vulnerable"] == copy["score"] and detected[0]["function"] == "copy"
+        assert detected[0]["verdict"] == copy["verdict"] and detected[0]["text"] == copy["explanation"]
+        functions = [r for r in scanned if r["path"].endswith("two.py")]
+        top = max(functions, key=lambda r: r["score"])
+        assert (detected[1]["p_vulnerable"], detected[1]["function"]) == (top["score"], top["function"])
+        assert detected[1]["functions"] == len(functions) == 2
+        assert (detected[0]["text"] is not None) == bool(explain)
+
+
+@pytest.mark.parametrize("command", ["scan", "detect"])
+def test_a_remote_host_needs_the_nnsight_backend(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--remote`` is nnsight's: with the hook backend it is refused (exit 2), never accepted and ignored."""
+    assert main([command, str(DEMO), "--remote", "https://ndif.example"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("vulnsteer: error: --remote") and "nnsight" in err

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 import torch
 
+from vulnsteer.config.sections import ModelSection
 from vulnsteer.data.sample import Sample
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
-from vulnsteer.scan import DetectorOptions, ModelScorer, ModelSource, SteeringOptions, scan
+from vulnsteer.scan import ModelScorer, ScorerSpec, VectorSteering, scan
 from vulnsteer.scan import identity as identity_module
 from vulnsteer.scan import model_scorer as model_scorer_module
 from vulnsteer.scan.functions import tree_sitter_available
-from vulnsteer.steering.vectors import Provenance, SteeringVector
+from vulnsteer.steering.vectors import Provenance, SteeringVector, recorded_identity
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
 
@@ -42,11 +43,21 @@ def _vector(lm: LoadedModel, path: Path, scale: float = 1.0, cwe: str = "CWE-89"
         "h",
         "t",
         {},
-        lm.weights_identity,
+        recorded_identity(lm.identity),
     )
     generator = torch.Generator().manual_seed(0)
     SteeringVector({1: scale * torch.randn(lm.hidden_size, generator=generator)}, prov).save(path)
     return path
+
+
+def _scorer(lm: LoadedModel, template: Any = None, **spec: Any) -> ModelScorer:
+    """A scorer on the loaded *lm* with the :class:`ScorerSpec` fields *spec*."""
+    return ModelScorer(ScorerSpec(**spec), lm=lm, template=template)
+
+
+def _steering(vector: Path, strength: float, **setting: Any) -> VectorSteering:
+    """The vector at *strength* in raw units at every position (the test vectors record no layer norms)."""
+    return VectorSteering(vector, strength, **{"positions": "all", "unit": "raw", **setting})
 
 
 def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0) -> Path:
@@ -63,7 +74,7 @@ def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0) -> Path
 
 
 def test_scores_are_probabilities_with_a_threshold_verdict(tiny_lm: LoadedModel) -> None:
-    scorer = ModelScorer(tiny_lm, max_code_tokens=64, threshold=0.5)
+    scorer = _scorer(tiny_lm, max_code_tokens=64, threshold=0.5)
     scores = scorer.score(UNITS, progress=False)
     assert len(scores) == 2
     for s in scores:
@@ -76,15 +87,13 @@ def test_scores_are_probabilities_with_a_threshold_verdict(tiny_lm: LoadedModel)
 
 def test_long_functions_are_truncated_to_the_budget(tiny_lm: LoadedModel) -> None:
     long = dataclasses.replace(UNITS[0], code="\n".join(f"x{i} = read(p{i})" for i in range(200)))
-    short, cut = ModelScorer(tiny_lm, max_code_tokens=32).score([UNITS[0], long], progress=False)
+    short, cut = _scorer(tiny_lm, max_code_tokens=32).score([UNITS[0], long], progress=False)
     assert cut.truncated and not short.truncated
 
 
 def test_explain_adds_the_generated_answer(tiny_lm: LoadedModel) -> None:
-    plain = ModelScorer(tiny_lm, max_code_tokens=64).score(UNITS[:1], progress=False)[0]
-    explained = ModelScorer(tiny_lm, explain=True, max_new_tokens=6, max_code_tokens=64).score(
-        UNITS[:1], progress=False
-    )[0]
+    plain = _scorer(tiny_lm, max_code_tokens=64).score(UNITS[:1], progress=False)[0]
+    explained = _scorer(tiny_lm, explain=True, max_new_tokens=6, max_code_tokens=64).score(UNITS[:1], progress=False)[0]
     assert explained.explanation is not None and explained.explanation.startswith(DEFAULT_TEMPLATE.answer_prefix)
     assert explained.verdict in ("vulnerable", "secure", "uncertain")
     assert explained.score == pytest.approx(plain.score, abs=1e-5)  # the score is the logit score either way
@@ -92,13 +101,11 @@ def test_explain_adds_the_generated_answer(tiny_lm: LoadedModel) -> None:
 
 def test_steering_moves_the_score_and_names_the_vector_cwe(tiny_lm: LoadedModel, tmp_path: Path) -> None:
     vector = _vector(tiny_lm, tmp_path / "v.safetensors", scale=20.0)
-    plain = ModelScorer(tiny_lm, max_code_tokens=64).score(UNITS, progress=False)
-    steered = ModelScorer(tiny_lm, steering=SteeringOptions(vector, 3.0), max_code_tokens=64).score(
-        UNITS, progress=False
-    )
+    plain = _scorer(tiny_lm, max_code_tokens=64).score(UNITS, progress=False)
+    steered = _scorer(tiny_lm, vector=_steering(vector, 3.0), max_code_tokens=64).score(UNITS, progress=False)
     assert [s.score for s in steered] != pytest.approx([s.score for s in plain], abs=1e-4)
     assert {s.cwe for s in steered} == {"CWE-89"}
-    zero = ModelScorer(tiny_lm, steering=SteeringOptions(vector, 0.0), max_code_tokens=64).score(UNITS, progress=False)
+    zero = _scorer(tiny_lm, vector=_steering(vector, 0.0), max_code_tokens=64).score(UNITS, progress=False)
     assert [s.score for s in zero] == pytest.approx([s.score for s in plain], abs=1e-5)
 
 
@@ -107,15 +114,15 @@ def test_digest_covers_everything_that_changes_a_score(tiny_lm: LoadedModel, tmp
     other_vector = _vector(tiny_lm, tmp_path / "w.safetensors", scale=2.0)
 
     def digest(**kwargs: Any) -> str:
-        return ModelScorer(tiny_lm, **kwargs).digest
+        return _scorer(tiny_lm, **kwargs).digest
 
     base = digest()
     assert base == digest()
     variants = [
-        digest(steering=SteeringOptions(vector, 1.0)),
-        digest(steering=SteeringOptions(vector, 2.0)),
-        digest(steering=SteeringOptions(other_vector, 1.0)),
-        digest(steering=SteeringOptions(vector, 1.0, positions="last")),
+        digest(vector=_steering(vector, 1.0)),
+        digest(vector=_steering(vector, 2.0)),
+        digest(vector=_steering(other_vector, 1.0)),
+        digest(vector=_steering(vector, 1.0, positions="last")),
         digest(template=dataclasses.replace(DEFAULT_TEMPLATE, question="Is this {language} code safe?")),
         digest(max_code_tokens=256),
         digest(explain=True),
@@ -127,7 +134,7 @@ def test_digest_covers_everything_that_changes_a_score(tiny_lm: LoadedModel, tmp
 
 def test_a_missing_vector_file_is_named(tiny_lm: LoadedModel, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"--vector: file not found: .*nope\.safetensors"):
-        ModelScorer(tiny_lm, steering=SteeringOptions(tmp_path / "nope.safetensors", 1.0))
+        _scorer(tiny_lm, vector=_steering(tmp_path / "nope.safetensors", 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -171,14 +178,14 @@ def test_a_cached_rescan_never_loads_the_model(
 ) -> None:
     root = _two_functions(tmp_path / "src")
     cache = tmp_path / "cache"
-    source = ModelSource(str(saved_tiny), device="cpu")
+    spec = ScorerSpec(ModelSection(str(saved_tiny), device="cpu"), max_code_tokens=64)
     loads = _Loads(monkeypatch)
-    with ModelScorer(source, identity_store=cache / "models", max_code_tokens=64) as first:
+    with ModelScorer(spec, identity_store=cache / "models") as first:
         report = scan([root], first, cache_dir=cache, progress=False)
     assert loads.count == 1 and report.stats.scored == 2
 
     _Loads(monkeypatch, forbid=True)
-    with ModelScorer(source, identity_store=cache / "models", max_code_tokens=64) as second:
+    with ModelScorer(spec, identity_store=cache / "models") as second:
         again = scan([root], second, cache_dir=cache, progress=False)
         assert second.digest == first.digest
     assert again.stats.cached == 2 and again.stats.scored == 0
@@ -189,14 +196,14 @@ def test_a_cached_rescan_never_loads_the_model(
 def test_a_stale_recorded_identity_is_corrected_and_rescored(saved_tiny: Path, tmp_path: Path) -> None:
     root = _two_functions(tmp_path / "src")
     store = tmp_path / "cache" / "models"
-    source = ModelSource(str(saved_tiny), device="cpu")
-    with ModelScorer(source, identity_store=store, max_code_tokens=64) as real:
+    spec = ScorerSpec(ModelSection(str(saved_tiny), device="cpu"), max_code_tokens=64)
+    with ModelScorer(spec, identity_store=store) as real:
         true_digest = real.digest
     record = next(store.glob("*.json"))
     data = json.loads(record.read_text())
     data["identity"]["weights_digest"] = "0" * 16  # as if the weights changed without their size or time changing
     record.write_text(json.dumps(data))
-    stale = ModelScorer(source, identity_store=store, max_code_tokens=64)
+    stale = ModelScorer(spec, identity_store=store)
     assert stale.digest != true_digest
     report = scan([root], stale, cache_dir=tmp_path / "cache", progress=False)
     assert stale.digest == true_digest and report.digest == true_digest
@@ -228,17 +235,15 @@ def test_module_doctests() -> None:
 
 def test_a_saved_detector_scores_with_its_probe_gate(tiny_lm: LoadedModel, tmp_path: Path) -> None:
     folder = save_detector(tiny_lm, tmp_path / "detector")
-    scorer = ModelScorer(tiny_lm, detector=DetectorOptions(folder), max_code_tokens=64)
+    scorer = _scorer(tiny_lm, detector=folder, max_code_tokens=64)
     scores = scorer.score(UNITS, progress=False)
     assert all(s.probe is not None and s.push in (-1.0, 1.0) and 0.0 <= s.score <= 1.0 for s in scores)
     assert scorer.provenance["scorer"] == "detector"
-    plain = ModelScorer(tiny_lm, max_code_tokens=64)
+    plain = _scorer(tiny_lm, max_code_tokens=64)
     assert scorer.digest != plain.digest
     other = save_detector(tiny_lm, tmp_path / "other", threshold=1.0)  # another threshold: another detector
-    assert ModelScorer(tiny_lm, detector=DetectorOptions(other), max_code_tokens=64).digest != scorer.digest
+    assert _scorer(tiny_lm, detector=other, max_code_tokens=64).digest != scorer.digest
     with pytest.raises(ValueError, match="exclude each other"):
-        ModelScorer(
-            tiny_lm, detector=DetectorOptions(folder), steering=SteeringOptions(folder / "vector.safetensors", 1)
-        )
+        _scorer(tiny_lm, detector=folder, vector=_steering(folder / "vector.safetensors", 1))
     with pytest.raises(ValueError, match=r"no detector\.json"):
-        ModelScorer(tiny_lm, detector=DetectorOptions(tmp_path))
+        _scorer(tiny_lm, detector=tmp_path)

@@ -51,7 +51,7 @@ def _batch(lm: LoadedModel) -> Any:
 @pytest.mark.parametrize("positions", ["last", "prompt", "all"])
 def test_shift_is_exact_on_a_forward_pass(tiny: LoadedModel, positions: str) -> None:
     vec = random_vector((1, 2))
-    spec = SteeringSpec(vec, 3.0, positions=positions)  # type: ignore[arg-type]
+    spec = SteeringSpec(vec, 3.0, positions=positions, unit="raw")  # type: ignore[arg-type]
     batch = _batch(tiny)
     for layer in (1, 2):
         (shift,) = _shifts(
@@ -66,7 +66,7 @@ def test_shift_is_exact_on_a_forward_pass(tiny: LoadedModel, positions: str) -> 
 
 
 def test_unsteered_layers_untouched(tiny_llama: LoadedModel) -> None:
-    spec = SteeringSpec(random_vector((1, 2)), 5.0, layers=(2,))
+    spec = SteeringSpec(random_vector((1, 2)), 5.0, layers=(2,), positions="all", unit="raw")
     batch = _batch(tiny_llama)
     (shift,) = _shifts(tiny_llama, spec, 1, lambda: tiny_llama.model(input_ids=batch.input_ids))
     assert shift.abs().max() == 0
@@ -75,7 +75,7 @@ def test_unsteered_layers_untouched(tiny_llama: LoadedModel) -> None:
 @pytest.mark.parametrize("positions", ["generated", "last", "answer", "prompt", "all"])
 def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) -> None:
     vec = random_vector((1,))
-    spec = SteeringSpec(vec, 2.0, positions=positions)  # type: ignore[arg-type]
+    spec = SteeringSpec(vec, 2.0, positions=positions, unit="raw")  # type: ignore[arg-type]
     batch = _batch(tiny_llama)
     pad = tiny_llama.tokenizer.pad_token_id
 
@@ -112,7 +112,7 @@ def test_positions_during_generation(tiny_llama: LoadedModel, positions: str) ->
 
 def test_relative_unit_scales_by_layer_norm(tiny_llama: LoadedModel) -> None:
     vec = random_vector((1,))
-    spec = SteeringSpec(vec, 0.5, unit="relative")
+    spec = SteeringSpec(vec, 0.5, unit="relative", positions="all")
     d = vec.direction(1)
     assert torch.allclose(spec.delta(1), -0.5 * 10.0 * d / d.norm())
 
@@ -120,7 +120,7 @@ def test_relative_unit_scales_by_layer_norm(tiny_llama: LoadedModel) -> None:
 def test_hooks_removed_even_on_exception(tiny_llama: LoadedModel) -> None:
     blocks = decoder_layers(tiny_llama.model)
     before = [len(b._forward_hooks) for b in blocks]
-    with pytest.raises(RuntimeError), steer(tiny_llama.model, random_vector((0, 3)), 1.0):
+    with pytest.raises(RuntimeError), steer(tiny_llama.model, random_vector((0, 3)), 1.0, positions="all", unit="raw"):
         assert sum(len(b._forward_hooks) for b in blocks) == sum(before) + 2
         raise RuntimeError("boom")
     assert [len(b._forward_hooks) for b in blocks] == before
@@ -129,7 +129,7 @@ def test_hooks_removed_even_on_exception(tiny_llama: LoadedModel) -> None:
 def test_steering_never_mutates_weights(tiny_llama: LoadedModel) -> None:
     state = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
     batch = _batch(tiny_llama)
-    with steer(tiny_llama.model, random_vector((0, 1, 2, 3)), 4.0):
+    with steer(tiny_llama.model, random_vector((0, 1, 2, 3)), 4.0, positions="all", unit="raw"):
         tiny_llama.model(input_ids=batch.input_ids)
     for k, v in tiny_llama.model.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -141,7 +141,10 @@ def test_several_vectors_add_up(tiny_llama: LoadedModel) -> None:
     block = decoder_layers(tiny_llama.model)[1]
     before, after = _Recorder(), _Recorder()
     h1 = block.register_forward_hook(before)
-    with steer(tiny_llama.model, [SteeringSpec(a, 1.0), SteeringSpec(b, -2.0, positions="last")]):
+    with steer(
+        tiny_llama.model,
+        [SteeringSpec(a, 1.0, positions="all", unit="raw"), SteeringSpec(b, -2.0, positions="last", unit="raw")],
+    ):
         h2 = block.register_forward_hook(after)
         tiny_llama.model(input_ids=batch.input_ids)
         h2.remove()
@@ -154,13 +157,16 @@ def test_several_vectors_add_up(tiny_llama: LoadedModel) -> None:
 def test_spec_validation(tiny_llama: LoadedModel) -> None:
     vec = random_vector((1,))
     with pytest.raises(ValueError, match="positions"):
-        SteeringSpec(vec, 1.0, positions="middle")  # type: ignore[arg-type]
+        SteeringSpec(vec, 1.0, positions="middle", unit="raw")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not in the vector"):
-        SteeringSpec(vec, 1.0, layers=(3,))
+        SteeringSpec(vec, 1.0, layers=(3,), positions="all", unit="raw")
     with pytest.raises(ValueError, match="finite"):
-        SteeringSpec(vec, float("nan"))
+        SteeringSpec(vec, float("nan"), positions="all", unit="raw")
     wrong = random_vector((1,), 32)
-    with pytest.raises(ValueError, match="hidden size"), steer(tiny_llama.model, wrong, 1.0):
+    with (
+        pytest.raises(ValueError, match="hidden size"),
+        steer(tiny_llama.model, wrong, 1.0, positions="all", unit="raw"),
+    ):
         pass
 
 
@@ -171,7 +177,7 @@ def test_sign_convention_moves_toward_vulnerable_activations(tiny_llama: LoadedM
     vec = fit_vector(acts, samples, layers=[1])
     secure_mean = acts.get("last", 1)[[not s.is_vulnerable for s in samples]].mean(0)
     d = vec.direction(1)
-    with steer(tiny_llama.model, vec, 1.0, positions="last"):
+    with steer(tiny_llama.model, vec, 1.0, positions="last", unit="raw"):
         steered = extract_activations(
             tiny_llama, [s for s in samples if not s.is_vulnerable], [1], poolings=["last"], progress=False
         )

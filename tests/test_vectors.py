@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from conftest import toy_samples
 from vulnsteer.data.sample import Sample, dataset_hash
 from vulnsteer.lm.activations import Activations
+from vulnsteer.lm.identity import ModelIdentity, ModelMismatchError
 from vulnsteer.steering.vectors import (
     METHODS,
     Provenance,
@@ -72,7 +73,7 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
 def test_load_checks_pass_for_the_right_model(tmp_path: Path) -> None:
     path = tmp_path / "v.safetensors"
     _vector().save(path)
-    back = SteeringVector.load(path, hidden_size=HIDDEN, fingerprint="abcd1234abcd1234")
+    back = SteeringVector.load(path, hidden_size=HIDDEN, model=ModelIdentity("tiny-llama", "abcd1234abcd1234"))
     assert back.cwe == "CWE-89"
 
 
@@ -89,8 +90,8 @@ def test_load_refuses_hidden_size_mismatch(tmp_path: Path) -> None:
 def test_load_refuses_fingerprint_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "v.safetensors"
     _vector().save(path)
-    with pytest.raises(VectorMismatchError) as info:
-        SteeringVector.load(path, hidden_size=HIDDEN, fingerprint="0000000000000000")
+    with pytest.raises(ModelMismatchError) as info:
+        SteeringVector.load(path, hidden_size=HIDDEN, model=ModelIdentity("other", "0000000000000000"))
     message = str(info.value)
     assert str(path) in message
     assert "abcd1234abcd1234" in message and "0000000000000000" in message
@@ -100,8 +101,8 @@ def test_load_refuses_fingerprint_mismatch(tmp_path: Path) -> None:
 def test_load_checks_the_fingerprint_even_without_a_hidden_size(tmp_path: Path) -> None:
     path = tmp_path / "v.safetensors"
     _vector().save(path)
-    with pytest.raises(VectorMismatchError, match="fingerprint"):
-        SteeringVector.load(path, fingerprint="0000000000000000")
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        SteeringVector.load(path, model=ModelIdentity("other", "0000000000000000"))
 
 
 def test_load_checks_the_weights_digest_in_the_same_dtype_only(tmp_path: Path) -> None:
@@ -109,19 +110,18 @@ def test_load_checks_the_weights_digest_in_the_same_dtype_only(tmp_path: Path) -
     ident = {"weights_digest": "1111222233334444", "dtype": "float32"}
     vec = _vector()
     SteeringVector(dict(vec.directions), dataclasses.replace(vec.provenance, extra=ident)).save(path)
-    SteeringVector.load(path, fingerprint="abcd1234abcd1234", weights=ident)  # the same weights
-    with pytest.raises(VectorMismatchError) as info:  # a fine-tune: same architecture, other weights
-        SteeringVector.load(
-            path, fingerprint="abcd1234abcd1234", weights={"weights_digest": "9999888877776666", "dtype": "float32"}
-        )
+    same = ModelIdentity("tiny-llama", "abcd1234abcd1234", "1111222233334444", "float32")
+    SteeringVector.load(path, model=same)  # the same weights
+    with pytest.raises(ModelMismatchError) as info:  # a fine-tune: same architecture, other weights
+        SteeringVector.load(path, model=dataclasses.replace(same, weights_digest="9999888877776666"))
     message = str(info.value)
     assert str(path) in message and "other weights" in message and "1111222233334444" in message
     assert "--allow-model-mismatch" in message
     # another dtype gives another digest for the same weights: not evidence of other weights
-    SteeringVector.load(path, weights={"weights_digest": "9999888877776666", "dtype": "bfloat16"})
+    SteeringVector.load(path, model=dataclasses.replace(same, weights_digest="9999888877776666", dtype="bfloat16"))
     # vectors saved without a digest (older files, hand-made ones) are checked on the fingerprint only
     _vector().save(path)
-    SteeringVector.load(path, fingerprint="abcd1234abcd1234", weights=ident)
+    SteeringVector.load(path, model=same)
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
@@ -307,8 +307,7 @@ def test_fit_vector_records_provenance() -> None:
         layers=[3],
         method="mean_diff",
         cwe="CWE-89",
-        model_id="tiny",
-        model_fingerprint="f" * 16,
+        model=ModelIdentity("tiny", "f" * 16),
         extra={"k": 1},
     )
     prov = vec.provenance
@@ -316,7 +315,7 @@ def test_fit_vector_records_provenance() -> None:
     assert (prov.n_vulnerable, prov.n_secure, prov.hidden_size) == (4, 4, HIDDEN)
     assert prov.layer_norms == {3: pytest.approx(acts.mean_norms("last")[3])}
     assert prov.dataset_hash == dataset_hash(samples)
-    assert prov.extra == {"k": 1}
+    assert prov.extra["k"] == 1 and prov.model == ModelIdentity("tiny", "f" * 16)
     h = acts.get("last", 3)
     secure = torch.tensor([not s.is_vulnerable for s in samples])
     expected = h[secure].mean(0) - h[~secure].mean(0)

@@ -1,8 +1,9 @@
-"""``vulnsteer detect``: verdicts for source files.
+"""``vulnsteer detect``: a verdict per source file, a view of the scan engine (:mod:`vulnsteer.scan`).
 
-Everything that can be wrong with the input is checked before the model loads: the options, the files (read as
-source text: BOMs, UTF-16; binary files skipped with a count), the steering vector, and the token budget against
-the model's context.
+Each file is prepared and scored as ``vulnsteer scan`` does it (decoded, split into functions, comments stripped,
+truncated token-aware, scored by the same :class:`~vulnsteer.scan.model_scorer.ScorerSpec` from the same flags),
+and reported by its highest-scoring function. The options, the files, the steering vector or detector and the
+token budget are checked before the model loads. Nothing is cached.
 """
 
 from __future__ import annotations
@@ -10,32 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from ..config.defaults import DEFAULT_MAX_NEW_TOKENS
-from .options import (
-    DefaultInt,
-    UsageError,
-    add_code_tokens_arg,
-    add_model_args,
-    add_steering_args,
-    check_model_options,
-    check_steering_options,
-    code_token_budget,
-    is_default,
-    load,
-    positive_int,
-)
-
-#: The largest file ``detect`` reads: far beyond any function's token budget, and tokenising more only costs time.
-MAX_SOURCE_BYTES = 8 << 20
+from ..config.vocabulary import MODES
+from .options import UsageError, add_scorer_args, check_steering_options, config_from_args, given, scorer_spec
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("detect", help="verdicts for source files, optionally steered")
-    add_model_args(p)
-    p.add_argument("files", nargs="+", help="source files to scan")
+    p = sub.add_parser("detect", help="a verdict per source file (its highest-scoring function), optionally steered")
+    p.add_argument("files", nargs="+", help="source files to score")
     p.add_argument(
         "--language",
         default=None,
@@ -45,211 +29,58 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mode",
         default="generation",
-        choices=["generation", "logit"],
-        help="how the verdict is read: the generated answer text, or P(vulnerable) from the answer logits",
+        choices=list(reversed(MODES)),
+        help="how the verdict is read: the generated answer text (kept as the explanation), or P(vulnerable) from "
+        "the answer logits alone (the score is P(vulnerable) in both)",
     )
-    p.add_argument(
-        "--max-new-tokens",
-        type=positive_int,
-        default=DefaultInt(DEFAULT_MAX_NEW_TOKENS),
-        help=f"tokens to generate (--mode generation only; default: {DEFAULT_MAX_NEW_TOKENS})",
-    )
-    add_code_tokens_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
-    p.add_argument(
-        "--detector",
-        default=None,
-        help="a saved detector folder (RUN/detector from `vulnsteer run`/`sweep`/`detector fit`): the probe reads "
-        "each file's hidden states and gates the steering; prints its score too (default: none)",
-    )
-    g = p.add_argument_group("steering (all need --vector)")
-    g.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
-    add_steering_args(g)
+    add_scorer_args(p)
     p.set_defaults(func=cmd_detect)
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    if args.detector is not None and args.vector is not None:
-        raise UsageError("--detector and --vector exclude each other (a detector carries its own vector)")
-    check_steering_options(args, args.mode == "generation", f"--mode {args.mode} generates nothing")
-    if args.mode != "generation" and not is_default(args.max_new_tokens):
-        raise UsageError("--max-new-tokens needs --mode generation (logit mode generates nothing)")
-    if args.language is not None and not args.language.strip():
-        raise UsageError("--language is empty")
 
 
 def _warn(message: str) -> None:
     print(f"vulnsteer: warning: {message}", file=sys.stderr)
 
 
-def read_files(names: list[str], language: str | None) -> list[Any]:
-    """One sample per readable source file; binary files are skipped (a warning each, and a count); an empty
-    file, a folder or a missing file is an error naming it."""
-    from ..data.clean import LANGUAGE_ALIASES, canonical_language
-    from ..data.sample import Sample
-    from ..data.text import BinaryContentError, read_source
-
-    known = set(LANGUAGE_ALIASES) | set(LANGUAGE_ALIASES.values())
-    if language is not None and canonical_language(language) not in known:
-        _warn(
-            f"--language {language!r} is no language vulnsteer knows; it goes into the prompt as written "
-            f"(known: {', '.join(sorted(set(LANGUAGE_ALIASES.values())))})"
-        )
-    samples = []
-    skipped = 0
-    for name in dict.fromkeys(names):
-        path = Path(name)
-        if path.is_dir():
-            raise UsageError(f"{path}: is a folder; detect takes source files (pass them, e.g. {path}/*.c)")
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file")
-        if not path.is_file():
-            raise UsageError(f"{path}: not a regular file (a device, pipe or socket); pass source files")
-        size = path.stat().st_size
-        if size > MAX_SOURCE_BYTES:
-            raise UsageError(
-                f"{path}: {size / 2**20:.1f} MiB is too large for one source file (at most "
-                f"{MAX_SOURCE_BYTES // 2**20} MiB); pass the part to check"
-            )
-        try:
-            decoded = read_source(path)
-        except BinaryContentError as exc:
-            _warn(f"{exc}; skipped")
-            skipped += 1
-            continue
-        if not decoded.text.strip():
-            raise ValueError(f"{path}: file is empty")
-        if decoded.replaced:
-            _warn(f"{path}: not valid {decoded.encoding}; undecodable bytes replaced")
-        lang = language
-        if lang is None:
-            suffix = path.suffix.lower().lstrip(".")
-            if suffix in LANGUAGE_ALIASES:
-                lang = canonical_language(suffix)
-            else:
-                what = f"extension '.{suffix}'" if suffix else "no extension"
-                _warn(f"{path}: {what} names no known language; prompting it as plain source code (pass --language)")
-                lang = ""
-        samples.append(
-            Sample(str(path), decoded.text, canonical_language(lang) if lang else "", "unknown", "vulnerable")
-        )
-    if skipped:
-        _warn(f"skipped {skipped} binary file(s)")
-    if not samples:
-        raise ValueError("no source files left to scan (every file given is binary)")
-    return samples
-
-
-def _steering_spec(args: argparse.Namespace, vector: Any, config: Any) -> Any:
-    """The steering spec, checked before the model's weights load: the vector's hidden size and layers against
-    the model's config (a mismatch ``--allow-model-mismatch`` cannot fix), ``--layers``, and the shift's scale.
-    None without a vector."""
-    from ..steering.hooks import PositionMode, SteeringSpec, StrengthUnit
-    from ..steering.vectors import VectorMismatchError
-
-    if vector is None:
-        return None
-    hidden = getattr(config, "hidden_size", None)
-    if isinstance(hidden, int):
-        try:
-            vector.check_compatible(hidden)
-        except VectorMismatchError as exc:
-            raise VectorMismatchError(f"{args.vector}: {exc}") from None
-    layers = getattr(config, "num_hidden_layers", None)
-    outside = [layer for layer in args.layers or vector.layers if isinstance(layers, int) and not 0 <= layer < layers]
-    if outside:
-        raise VectorMismatchError(f"{args.vector}: steers layers {outside}, but the model has {layers} layers")
-    try:
-        return SteeringSpec(
-            vector,
-            args.strength,
-            layers=tuple(args.layers),
-            positions=cast(PositionMode, str(args.positions)),  # argparse choices checked them
-            unit=cast(StrengthUnit, str(args.unit)),
-        )
-    except ValueError as exc:
-        raise UsageError(f"{args.vector}: {exc}") from None
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
-    _check_options(args)
-    samples = read_files(args.files, args.language)  # cheap checks first: no torch imported yet
-    check_model_options(args)
-    vector = None
-    if args.vector is not None:  # a damaged file is said before transformers is even imported
-        from ..steering.vectors import SteeringVector
+    from ..scan.sources import MAX_SOURCE_BYTES, check_language, check_source_files
 
-        vector = SteeringVector.load(args.vector)
-    detector = None
-    if args.detector is not None:
-        from ..detection.detector import SavedDetector
+    generates = args.mode == "generation"
+    check_steering_options(args, generates, f"--mode {args.mode} generates nothing")
+    if not generates and given(args, "detection.max_new_tokens"):
+        raise UsageError("--max-new-tokens needs --mode generation (logit mode generates nothing)")
+    language, warnings = check_language(args.language) if args.language is not None else (None, [])
+    spec = scorer_spec(args, explain=generates)
+    files, found = check_source_files(args.files, language is not None)  # (torch is not imported yet)
+    for message in warnings + found:
+        _warn(message)
+    from ..scan import ModelScorer, ScanOptions, scan
+    from ..scan.sources import file_scores
 
-        detector = SavedDetector.load(args.detector)
-
-    from contextlib import nullcontext
-
-    from ..data.truncate import truncate_sample
-    from ..detection.engine import generate_verdicts, score_logits
-    from ..steering.hooks import steer
-    from ..steering.vectors import VectorMismatchError
-
-    new_tokens = int(args.max_new_tokens) if args.mode == "generation" else 0
-    config, tokenizer, budget = code_token_budget(args, new_tokens)
-    spec = _steering_spec(args, vector, config)
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    samples = [truncate_sample(s, count, budget) for s in samples]
-    lm = load(args)
-    try:
-        if detector is not None:
-            if not args.allow_model_mismatch:
-                detector.check_model(lm, args.detector)
-            records = detector.detect(
-                lm, samples, mode=args.mode, max_new_tokens=new_tokens or 1, progress=not args.no_progress
-            )
-            return _print(args, samples, records)
-        ctx: Any = nullcontext()
-        if spec is not None:
-            if not args.allow_model_mismatch:
-                try:
-                    spec.vector.check_compatible(lm.hidden_size, lm.fingerprint, weights=lm.weights_identity)
-                except VectorMismatchError as exc:
-                    raise VectorMismatchError(f"{args.vector}: {exc}") from None
-            ctx = steer(lm, spec)
-        with ctx:
-            if args.mode == "logit":
-                records = score_logits(lm, samples, progress=not args.no_progress)
-            else:
-                records = generate_verdicts(lm, samples, max_new_tokens=new_tokens, progress=not args.no_progress)
-    finally:
-        lm.close()
-    return _print(args, samples, records)
-
-
-def _print(args: argparse.Namespace, samples: list[Any], records: list[Any]) -> int:
-    for sample, rec in zip(samples, records):
-        out = {
-            "file": sample.id,
-            "language": sample.language or "unknown",
-            "verdict": rec.verdict,
-            "weakness": rec.named_cwe,
-            "p_vulnerable": rec.score,
-            "text": rec.text,
-            "truncated": bool(sample.meta.get("truncation", {}).get("truncated")),
-        }
-        if rec.gate_score is not None:
-            out["probe_score"] = rec.gate_score
-            out["push"] = rec.push
+    keep_comments = config_from_args(args).data.keep_comments
+    options = ScanOptions(keep_comments=keep_comments, max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0,
+                          language=language, score_unknown=True)  # fmt: skip
+    with ModelScorer(spec) as scorer:
+        scorer.check()
+        report = scan(files, scorer, options, progress=not args.no_progress)
+    scores = file_scores(report, files)
+    for name in sorted(set(files) - {s.path for s in scores}):
+        _warn(f"{name}: nothing left to score once comments are stripped")
+    for file in scores:
+        top, result = file.top, file.top.score
+        out = {"file": file.path, "language": top.language or "unknown", "function": top.name,
+               "line": top.region.start_line, "functions": file.functions, "verdict": result.verdict,
+               "weakness": result.cwe, "p_vulnerable": result.score, "text": result.explanation,
+               "truncated": result.truncated}  # fmt: skip
+        if result.probe is not None:
+            out.update(probe_score=result.probe, push=result.push)
         if args.json:
             print(json.dumps(out))
-        else:
-            extra = f" p(vulnerable)={rec.score:.3f}" if rec.score is not None else ""
-            if rec.gate_score is not None:
-                extra += f" probe score {rec.gate_score:+.3f} (push {rec.push:+.2f})"
-            weakness = f" {rec.named_cwe}" if rec.named_cwe else ""
-            print(f"{sample.id}: {rec.verdict}{weakness}{extra}")
-            if rec.text:
-                print("  " + rec.text.strip().replace("\n", "\n  "))
+            continue
+        weakness = f" {result.cwe}" if result.cwe else ""
+        where = f"{top.name} at line {top.region.start_line}, the highest of {file.functions} function(s)"
+        probe = f" probe score {result.probe:+.3f} (push {result.push:+.2f})" if result.probe is not None else ""
+        print(f"{file.path}: {result.verdict}{weakness} p(vulnerable)={result.score:.4f} ({where}){probe}")
+        if result.explanation:
+            print("  " + result.explanation.replace("\n", "\n  "))
     return 0

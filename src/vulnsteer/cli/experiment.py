@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_config_args, config_from_args, finite_float, overrides_from_args
+from .options import DefaultStr, add_config_args, config_from_args, finite_float, overrides_from_args
 
 SECTIONS = ("model", "data", "vectors", "steering", "detection", "conditional", "baselines", "report", "run")
 
@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--split",
-        default="test",
+        default=DefaultStr("test"),
         choices=["all", "train", "val", "test"],
         help="with --vectors: which split of --data (default: test)",
     )
@@ -104,6 +104,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.from_run:
         if strength is not None:
             raise ValueError("--strength is for --vectors; --from applies the run's own chosen settings")
+        if not isinstance(args.split, DefaultStr):
+            raise ValueError("--split is for --vectors; --from applies the run's choices to every sample of --data")
         check_overrides("evaluate --from", overrides)
         if "data.path" not in overrides:
             raise ValueError("evaluate --from RUN_DIR needs --data OTHER (the dataset to apply the choices to)")

@@ -1,7 +1,9 @@
 """Argument groups, value parsers and checks shared by several commands.
 
-Every option has help text that shows its default (:class:`HelpFormatter` appends it), and an option that several
-commands share has one default, taken from :mod:`vulnsteer.config.defaults`.
+Every option that is a configuration key is declared once, with the key (:func:`add_config_args`: ``run``,
+``sweep``, ``evaluate``, ``detector fit``, and the ``[model]``, ``[data]`` and ``[detection]`` keys of ``detect``,
+``scan``, ``vectors fit`` and ``extract``), so its help text, default and validation are the configuration's. Every
+option has help text that shows its default (:class:`HelpFormatter` appends it).
 """
 
 from __future__ import annotations
@@ -13,38 +15,27 @@ from typing import Any
 
 from ..config import UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
 from ..config import load_config as load_experiment_config
-from ..config.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_CODE_TOKENS,
-    DEFAULT_STEER_POSITIONS,
-    DEFAULT_UNIT,
-)
-from ..config.values import model_name, remote_option
-from ..config.vocabulary import BACKEND_NAMES, DTYPES, POSITIONS, STRENGTH_UNITS
+from ..config.defaults import DEFAULT_STEER_POSITIONS, DEFAULT_UNIT
+from ..config.vocabulary import POSITIONS, STRENGTH_UNITS
 
 __all__ = [
     "STEERING_OPTIONS",
-    "DefaultInt",
     "DefaultStr",
     "HelpFormatter",
     "UsageError",
     "add_config_args",
-    "add_data_args",
-    "add_model_args",
+    "add_scorer_args",
     "add_steering_args",
-    "add_vector_args",
-    "code_token_budget",
     "config_from_args",
-    "data_config",
     "finite_float",
     "floats",
+    "given",
     "ints",
     "is_default",
-    "load",
-    "load_model_from_args",
     "overrides_from_args",
     "positive_int",
     "require",
+    "scorer_spec",
 ]
 
 
@@ -113,16 +104,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _remote(text: str) -> bool | str:
-    """``--remote``: on, off, local or an http(s) URL (:func:`~vulnsteer.config.values.remote_option`)."""
-    try:
-        return remote_option(text, "--remote")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--remote: ")) from None
-
-
-def require(args: argparse.Namespace, needs: str, given: Iterable[tuple[str, str]]) -> None:
-    """Refuse options that only mean something with *needs*: ``given`` is ``(option, dest)`` pairs; an option
+def require(args: argparse.Namespace, needs: str, options: Iterable[tuple[str, str]]) -> None:
+    """Refuse options that only mean something with *needs*: *options* are ``(option, dest)`` pairs; an option
     counts as given unless its value :func:`is_default`.
 
     >>> require(argparse.Namespace(vector=None, strength=3.0), "--vector", [("--strength", "strength")])
@@ -130,7 +113,7 @@ def require(args: argparse.Namespace, needs: str, given: Iterable[tuple[str, str
     ...
     vulnsteer.cli.options.UsageError: --strength needs --vector (it has no effect without it)
     """
-    for option, dest in given:
+    for option, dest in options:
         if not is_default(getattr(args, dest, None)):
             raise UsageError(f"{option} needs {needs} (it has no effect without it)")
 
@@ -139,6 +122,8 @@ def check_steering_options(args: argparse.Namespace, generates: bool, why: str) 
     """The steering options of ``detect`` and ``scan`` (:data:`STEERING_OPTIONS`): only with ``--vector`` (a
     ``--detector`` takes ``--allow-model-mismatch`` alone), ``--vector`` needs ``--strength``, and the positions
     must steer something where *generates* is false (*why* says so)."""
+    if args.detector is not None and args.vector is not None:
+        raise UsageError("--detector and --vector exclude each other (a detector carries its own vector)")
     if args.detector is not None:
         require(args, "--vector", STEERING_OPTIONS[:-1])
     elif args.vector is None:
@@ -165,122 +150,19 @@ def check_steered_positions(positions: str, generates: bool, why: str) -> None:
         )
 
 
-def _model_name(text: str) -> str:
-    """``--model``: as the configuration key ``model.name`` reads it (an empty name is refused)."""
-    try:
-        return str(model_name(text, "--model"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--model: ")) from None
+class DefaultStr(str):
+    """A string option's default, told apart from the same value given on the command line (argparse keeps a
+    non-string default as it is; this one is a ``str`` everywhere else).
 
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        default=None,
-        type=_model_name,
-        help="Hugging Face id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
-    )
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps or auto (default: cuda if available)")
-    g.add_argument(
-        "--dtype", default=None, choices=DTYPES, help="weights' dtype (default: auto = bf16 on CUDA, fp32 on CPU)"
-    )
-    g.add_argument(
-        "--device-map",
-        default=None,
-        help="passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs (default: none)",
-    )
-    g.add_argument("--trust-remote-code", action="store_true", help="allow model repositories to run their code")
-    g.add_argument(
-        "--layers-path",
-        default=None,
-        help="dotted attribute path of the decoder blocks, for an architecture vulnsteer does not know (e.g. "
-        "transformer.blocks; default: found automatically)",
-    )
-    g.add_argument(
-        "--backend",
-        default="hooks",
-        choices=BACKEND_NAMES,
-        help="how steered and recorded passes run: PyTorch forward hooks, or nnsight tracing contexts (same "
-        "numbers; pip install 'vulnsteer[nnsight]')",
-    )
-    g.add_argument(
-        "--remote",
-        default=False,
-        type=_remote,
-        metavar="on|local|URL",
-        help="with --backend nnsight: run every pass on an NDIF server (on; NDIF_API_KEY/NDIF_HOST configure it), "
-        "on the host at URL, or simulate the remote path here (local) (default: run here)",
-    )
-
-
-def add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data", default=None, required=required, help="dataset file or folder (default: the bundled corpus)"
-    )
-    g.add_argument("--format", default=None, help="sven, juliet, paired-dir, castle, jsonl or csv (default: detected)")
-    g.add_argument(
-        "--cwe",
-        action="append",
-        default=[],
-        help="restrict to these CWEs (repeatable: --cwe 89 --cwe 79; default: all)",
-    )
-    g.add_argument(
-        "--merge-cwe", action="append", default=[], help="treat CWE FROM as TO, e.g. 77=78 (repeatable; default: none)"
-    )
-    g.add_argument("--keep-comments", action="store_true", help="do not strip comments (label leaks!)")
-    add_code_tokens_arg(g)
-    g.add_argument(
-        "--max-pairs-per-cwe",
-        type=positive_int,
-        default=None,
-        help="cap pairs per CWE (seeded choice; with --respect-upstream-split only train/val pairs are capped, "
-        "the upstream val split stays whole; default: no cap)",
-    )
-    g.add_argument(
-        "--duplicates",
-        default="merge",
-        choices=["merge", "drop", "keep"],
-        help="code occurring in several splits (after stripping comments/whitespace): merge = one split "
-        "group, nothing dropped (default); drop = drop val/test copies with their pair partner; keep = "
-        "report only",
-    )
-    g.add_argument("--seed", type=int, default=0, help="split seed")
-    g.add_argument(
-        "--respect-upstream-split", action="store_true", help="use the dataset's own train/val split (val becomes test)"
-    )
-
-
-class DefaultInt(int):
-    """An integer option's default, told apart from the same value given on the command line (argparse keeps a
-    non-string default as it is). It is an ``int`` everywhere else.
-
-    >>> isinstance(DefaultInt(512), DefaultInt), DefaultInt(512) + 1
-    (True, 513)
+    >>> isinstance(DefaultStr("last"), DefaultStr), DefaultStr("last") == "last"
+    (True, True)
     """
 
 
-class DefaultStr(str):
-    """A string option's default, told apart from the same value given on the command line (see
-    :class:`DefaultInt`)."""
-
-
 def is_default(value: object) -> bool:
-    """Whether *value* is an option's untouched default (:class:`DefaultInt`, :class:`DefaultStr`) or unset
-    (None, False, an empty tuple or list)."""
-    return value is None or value is False or value in ((), []) or isinstance(value, (DefaultInt, DefaultStr))
-
-
-def add_code_tokens_arg(g: Any) -> None:
-    """``--max-code-tokens`` (one definition for every command that truncates code)."""
-    g.add_argument(
-        "--max-code-tokens",
-        type=positive_int,
-        default=DefaultInt(DEFAULT_MAX_CODE_TOKENS),
-        help=f"token budget for the code; longer code is truncated around its changed lines (default: "
-        f"{DEFAULT_MAX_CODE_TOKENS}, lowered to what fits the model's context; a larger value must fit it)",
-    )
+    """Whether *value* is an option's untouched default (:class:`DefaultStr`) or unset (None, False, an empty tuple
+    or list)."""
+    return value is None or value is False or value in ((), []) or isinstance(value, DefaultStr)
 
 
 #: Options that only mean something with ``--vector`` (option, dest): :func:`add_steering_args` adds them.
@@ -312,89 +194,11 @@ def add_steering_args(g: Any) -> None:
     g.add_argument(
         "--unit",
         default=DefaultStr(DEFAULT_UNIT),
-        choices=["raw", "relative"],
-        help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector "
-        f"(default: {DEFAULT_UNIT})",
+        choices=list(STRENGTH_UNITS),
+        help="raw: strength x vector; relative: strength x the layer's mean hidden-state norm x unit vector; "
+        f"sigma: strength x the spread of the training activations along the vector (default: {DEFAULT_UNIT})",
     )
     g.add_argument("--allow-model-mismatch", action="store_true", help="use a vector fitted on another model")
-
-
-def add_vector_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """How vectors are fitted: ``--layers``, ``--position``, ``--method``, ``--batch-size``."""
-    g = p.add_argument_group("vectors")
-    g.add_argument(
-        "--layers", type=ints, default=(), help="comma-separated layers, negatives allowed (default: the middle layer)"
-    )
-    g.add_argument(
-        "--pooling",
-        default="last",
-        choices=["last", "code_mean"],
-        help="activation pooling the vectors are fitted at: last (the answer position) or code_mean",
-    )
-    g.add_argument(
-        "--method",
-        default="mean_diff",
-        choices=["mean_diff", "pca", "logistic"],
-        help="how a direction is fitted from secure and vulnerable activations",
-    )
-    g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="prompts per forward pass")
-    return g
-
-
-def data_config(args: argparse.Namespace) -> Any:
-    """The ``[data]`` section from the plain data options (:func:`add_data_args`); validated like a file's."""
-    body: dict[str, Any] = {
-        "cwes": list(args.cwe),
-        "merge": list(args.merge_cwe),
-        "seed": args.seed,
-        "duplicates": args.duplicates,
-        "respect_upstream": bool(args.respect_upstream_split),
-        "keep_comments": bool(args.keep_comments),
-        "max_code_tokens": int(args.max_code_tokens or DEFAULT_MAX_CODE_TOKENS),
-        "max_pairs_per_cwe": args.max_pairs_per_cwe or 0,
-    }
-    body.update({k: v for k, v in (("path", args.data), ("format", args.format)) if v})
-    flags = {key.name: str(key.flag or key.dotted) for key in config_keys() if key.section == "data"}
-    overrides = {f"data.{name}": (value, flags[name]) for name, value in body.items()}
-    return parse_config({}, "command line", overrides).data  # (an error names the flag)
-
-
-def code_token_budget(args: argparse.Namespace, max_new_tokens: int = 0) -> tuple[Any, Any, int]:
-    """Before any weights load: the model's config and tokenizer, and the code budget: ``--max-code-tokens``
-    checked against the context (a one-line error naming the option if it does not fit), or, when not given,
-    the default lowered to what fits."""
-    from ..lm.budget import check_token_budget, fit_code_tokens
-    from ..lm.source import context_length, load_model_config, load_tokenizer
-
-    config = load_model_config(args.model, trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    context = context_length(config)
-    name = args.model or "the default model"
-    if is_default(args.max_code_tokens):
-        preferred = int(args.max_code_tokens or DEFAULT_MAX_CODE_TOKENS)
-        return (
-            config,
-            tokenizer,
-            fit_code_tokens(context, tokenizer, max_new_tokens=max_new_tokens, preferred=preferred),
-        )
-    check_token_budget(context, tokenizer, args.max_code_tokens, max_new_tokens=max_new_tokens, model=name)
-    return config, tokenizer, int(args.max_code_tokens)
-
-
-def check_model_options(args: argparse.Namespace) -> None:
-    """``--device`` and ``--dtype`` against this machine, before anything is loaded."""
-    from ..lm.model import resolve_device
-
-    resolve_device(args.device)
-
-
-def load(args: argparse.Namespace) -> Any:
-    """The model the ``model`` flags name (:func:`add_model_args`), loaded as a run's ``[model]`` section is."""
-    from ..config import ModelSection
-    from ..experiment.preflight import load_configured_model
-
-    keys = ("device", "dtype", "device_map", "trust_remote_code", "layers_path", "backend", "remote")
-    return load_configured_model(ModelSection(name=args.model, **{key: getattr(args, key) for key in keys}))
 
 
 # ------------------------------------------------------------------------------------------------ config keys
@@ -501,8 +305,55 @@ def config_from_args(args: argparse.Namespace, config_file: str | None = None) -
     return parse_config({}, "command line", overrides)
 
 
-def load_model_from_args(args: argparse.Namespace) -> Any:
-    """The model the ``[model]`` flags name (loaded only once everything else has been checked)."""
-    from ..experiment.preflight import load_configured_model
+def given(args: argparse.Namespace, dotted: str) -> bool:
+    """Whether the flag of configuration key *dotted* (``"data.max_code_tokens"``) was given."""
+    return dotted in overrides_from_args(args)
 
-    return load_configured_model(config_from_args(args).model)
+
+# ------------------------------------------------------------------------------------------------ scoring
+# `detect` and `scan` score code the same way: one set of flags, read into one ScorerSpec.
+
+
+def add_scorer_args(p: argparse.ArgumentParser) -> None:
+    """What scores code, for ``detect`` and ``scan`` alike (:func:`scorer_spec` reads them): a saved detector, or
+    a vector with its setting (:data:`STEERING_OPTIONS`), or neither; the ``[model]`` keys; and the
+    ``[detection]`` and ``[data]`` keys that apply (``--max-new-tokens``, ``--batch-size``, ``--max-code-tokens``,
+    ``--keep-comments``)."""
+    g = p.add_argument_group("what steers the model (a saved detector, or a vector: the steering options need it)")
+    g.add_argument(
+        "--detector",
+        default=None,
+        metavar="DIR",
+        help="a saved detector folder (RUN/detector from `vulnsteer run`/`sweep`/`detector fit`): its probe reads "
+        "each function's hidden states and gates its steering; its probe score and push are reported (default: "
+        "none)",
+    )
+    g.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
+    add_steering_args(g)
+    add_config_args(p, ["model"])
+    add_config_args(p, ["detection"], only=("--max-new-tokens", "--batch-size"))
+    add_config_args(p, ["data"], only=("--max-code-tokens", "--keep-comments"))
+
+
+def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:
+    """The :class:`~vulnsteer.scan.model_scorer.ScorerSpec` the :func:`add_scorer_args` flags name (checked as
+    configuration keys are: an error names the flag); *explain*: also generate the answer text."""
+    from pathlib import Path
+
+    from ..scan.model_scorer import ScorerSpec, VectorSteering
+
+    config = config_from_args(args)
+    vector = None
+    if args.vector is not None:
+        positions, unit = str(args.positions), str(args.unit)
+        vector = VectorSteering(Path(args.vector), args.strength, tuple(args.layers), positions, unit)
+    return ScorerSpec(
+        model=config.model,
+        vector=vector,
+        detector=Path(args.detector) if args.detector is not None else None,
+        allow_model_mismatch=bool(args.allow_model_mismatch),
+        explain=explain,
+        max_new_tokens=config.detection.max_new_tokens,
+        batch_size=config.detection.batch_size,
+        max_code_tokens=config.data.max_code_tokens if given(args, "data.max_code_tokens") else None,
+    )

@@ -14,20 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_CODE_TOKENS,
-    DEFAULT_MAX_NEW_TOKENS,
-)
+from ..config.vocabulary import OUTPUT_FORMATS
 from .options import (
-    DefaultInt,
     UsageError,
-    add_model_args,
-    add_steering_args,
+    add_scorer_args,
     check_steering_options,
-    code_token_budget,
-    is_default,
+    config_from_args,
+    given,
     positive_int,
+    scorer_spec,
 )
 
 EPILOG = """\
@@ -64,23 +59,12 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to scan")
-    source = p.add_argument_group("detector").add_mutually_exclusive_group()
-    source.add_argument(
-        "--detector",
-        default=None,
-        metavar="DIR",
-        help="a saved detector folder (RUN/detector from `vulnsteer run`/`sweep`/`detector fit`): its probe gates "
-        "its steering, and each function's probe score is reported too (default: none)",
-    )
-    source.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
-    g = p.add_argument_group("steering (all need --vector)")
-    add_steering_args(g)
-    add_model_args(p)
+    add_scorer_args(p)
     o = p.add_argument_group("output")
     o.add_argument(
         "--format",
         default=None,
-        choices=["text", "json", "sarif"],
+        choices=list(OUTPUT_FORMATS),
         help="output format (default: from -o's name: .sarif SARIF, .json/.jsonl JSON lines; else text)",
     )
     o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
@@ -116,21 +100,9 @@ def register(sub: Any) -> None:
     f.add_argument("--no-gitignore", action="store_true", help="also scan files that .gitignore ignores")
     f.add_argument("--max-file-bytes", type=positive_int, default=2_000_000, help="skip larger files (default: 2 MB)")
     s = p.add_argument_group("scoring")
-    s.add_argument("--explain", action="store_true", help="also generate the model's verdict and explanation")
-    s.add_argument("--keep-comments", action="store_true", help="score functions with their comments")
     s.add_argument(
-        "--max-code-tokens",
-        type=positive_int,
-        default=DefaultInt(DEFAULT_MAX_CODE_TOKENS),
-        help=f"token budget per function, at least 32 (default: {DEFAULT_MAX_CODE_TOKENS})",
+        "--explain", action="store_true", help="also generate the model's answer text: verdict, CWE, explanation"
     )
-    s.add_argument(
-        "--max-new-tokens",
-        type=positive_int,
-        default=DefaultInt(DEFAULT_MAX_NEW_TOKENS),
-        help=f"tokens to generate (--explain only; default: {DEFAULT_MAX_NEW_TOKENS})",
-    )
-    s.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help=f"default: {DEFAULT_BATCH_SIZE}")
     s.add_argument("--cache-dir", default=None, help="score cache (default: $VULNSTEER_CACHE/scan)")
     s.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
     p.set_defaults(func=cmd_scan)
@@ -145,54 +117,21 @@ def _check_options(args: argparse.Namespace) -> None:
             "--detector no finding names one: expect no findings",
             file=sys.stderr,
         )
-    if not args.explain and not is_default(args.max_new_tokens):
+    if not args.explain and given(args, "detection.max_new_tokens"):
         raise UsageError("--max-new-tokens needs --explain (the score alone generates nothing)")
     if args.no_cache and args.cache_dir is not None:
         raise UsageError("--cache-dir and --no-cache contradict each other")
 
 
-def _model_scorer(args: argparse.Namespace, cache_dir: Path | None) -> Any:
-    from ..scan import DetectorOptions, ModelScorer, ModelSource, SteeringOptions
-
-    steering = None
-    if args.vector is not None:
-        steering = SteeringOptions(
-            Path(args.vector),
-            args.strength,
-            layers=tuple(args.layers),
-            positions=str(args.positions),
-            unit=str(args.unit),
-            allow_model_mismatch=args.allow_model_mismatch,
-        )
-    source = ModelSource(
-        args.model,
-        args.device,
-        args.dtype,
-        args.device_map,
-        args.trust_remote_code,
-        getattr(args, "layers_path", None),
-    )
-    detector = DetectorOptions(Path(args.detector), args.allow_model_mismatch) if args.detector else None
-    return ModelScorer(
-        source,
-        steering=steering,
-        detector=detector,
-        explain=args.explain,
-        batch_size=args.batch_size,
-        max_new_tokens=int(args.max_new_tokens),
-        max_code_tokens=int(args.max_code_tokens),
-        identity_store=cache_dir / "models" if cache_dir is not None else None,
-    )
-
-
 def cmd_scan(args: argparse.Namespace) -> int:
     from ..io import check_writable
-    from ..scan import FileFilter, ScanOptions, default_cache_dir, render, scan, write_output
+    from ..scan import FileFilter, ModelScorer, ScanOptions, default_cache_dir, render, scan, write_output
     from ..scan.engine import check_paths
     from ..scan.functions import tree_sitter_available
     from ..scan.suppression import read_baseline
 
     _check_options(args)
+    spec = scorer_spec(args, explain=args.explain)
     check_paths(args.paths)  # before anything loads
     if not tree_sitter_available():
         raise UsageError(
@@ -202,8 +141,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output, "-o/--output", inputs=args.paths)
     baseline = read_baseline(args.baseline) if args.baseline else frozenset()
-    if not is_default(args.max_code_tokens):  # (the default is lowered when scoring; a rescan loads nothing)
-        code_token_budget(args, int(args.max_new_tokens) if args.explain else 0)
     options = ScanOptions(
         files=FileFilter(
             include=tuple(args.include),
@@ -211,7 +148,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             default_excludes=not args.no_default_excludes,
             gitignore=not args.no_gitignore,
         ),
-        keep_comments=args.keep_comments,
+        keep_comments=config_from_args(args).data.keep_comments,
         max_file_bytes=args.max_file_bytes,
         min_score=args.min_score,
         fail_on=args.fail_on,
@@ -220,13 +157,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         baseline=baseline,
     )
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    scorer = _model_scorer(args, cache_dir)
-    try:
+    with ModelScorer(spec, identity_store=cache_dir / "models" if cache_dir is not None else None) as scorer:
+        if spec.max_code_tokens is not None:  # (the default budget is fitted when scoring: a rescan loads nothing)
+            scorer.check()
         report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
-    finally:
-        close = getattr(scorer, "close", None)
-        if close is not None:
-            close()
     write_output(render(report, _format(args)), Path(args.output) if args.output else None)
     _report_on_stderr(report, args)
     return report.exit_code

@@ -9,68 +9,63 @@ split): a mistake costs seconds, not a model load.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_UNIT
+from ..config.defaults import DEFAULT_UNIT
+from ..config.vocabulary import POOLINGS, STRENGTH_UNITS
 from .options import (
     UsageError,
-    add_data_args,
-    add_model_args,
-    add_vector_args,
-    check_model_options,
-    code_token_budget,
-    data_config,
+    add_config_args,
+    config_from_args,
     finite_float,
+    given,
     ints,
-    load,
     positive_int,
-    require,
 )
 
-__all__ = ["RECORDABLE", "register"]
-
-#: Positions ``extract`` can record.
-RECORDABLE = ("last", "code_mean")
+__all__ = ["register"]
 
 
-def _positions(text: str) -> tuple[str, ...]:
+def _poolings(text: str) -> tuple[str, ...]:
     values = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [p for p in values if p not in RECORDABLE]
+    bad = [p for p in values if p not in POOLINGS]
     if bad or not values:
-        raise argparse.ArgumentTypeError(f"expected last and/or code_mean (comma-separated), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {' and/or '.join(POOLINGS)} (comma-separated), got {text!r}")
     return values
+
+
+def _add_fitting_args(p: argparse.ArgumentParser) -> None:
+    """The configuration keys ``extract`` and ``vectors fit`` take: ``[model]``, ``[data]``, ``steering.layers``
+    (the layers read: every layer the layer sets name) and ``detection.batch_size``."""
+    add_config_args(p, ["model", "data"])
+    add_config_args(p, ["steering"], only=("--layers",))
+    add_config_args(p, ["detection"], only=("--batch-size",))
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("extract", help="record hidden states of a dataset's samples to a safetensors file")
-    add_model_args(p)
-    add_data_args(p)
-    p.add_argument("--layers", type=ints, default=(), help="comma-separated layers (default: the middle layer)")
     p.add_argument(
         "--record",
         dest="record",
-        type=_positions,
-        default=RECORDABLE,
-        help="positions to record: last (the answer position) and/or code_mean (mean over the code's tokens)",
+        type=_poolings,
+        default=POOLINGS,
+        help="poolings to record: last (the answer position) and/or code_mean (mean over the code's tokens)",
     )
-    p.add_argument("--positions", dest="record", type=_positions, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--positions", dest="record", type=_poolings, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--split", default="all", choices=["all", "train", "val", "test"], help="which samples to record")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="prompts per forward pass")
     p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
+    _add_fitting_args(p)
     p.set_defaults(func=cmd_extract)
 
     group = sub.add_parser("vectors", help="steering vectors: fit, show, export to / import from llama.cpp (GGUF)")
     vsub = group.add_subparsers(dest="vectors_command", required=True)
 
     p = vsub.add_parser("fit", help="fit per-CWE steering vectors on the train split and save them")
-    add_model_args(p)
-    add_data_args(p)
-    add_vector_args(p)
-    p.add_argument("--pooled", action="store_true", help="also fit an 'any weakness' vector over all CWEs")
     p.add_argument("--out", required=True, help="output folder for <cwe>-<method>-<pooling>.safetensors")
+    _add_fitting_args(p)
+    add_config_args(p, ["vectors"])
     p.set_defaults(func=cmd_vectors)
 
     p = vsub.add_parser(
@@ -83,7 +78,7 @@ def register(sub: Any) -> None:
     p.add_argument("vector", help="a vector file (.safetensors, from `vulnsteer vectors fit` or a sweep)")
     p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="output control-vector file")
     p.add_argument("--strength", type=finite_float, required=True, help="baked into the file (+ = toward 'vulnerable')")
-    p.add_argument("--unit", default=DEFAULT_UNIT, choices=["raw", "relative", "sigma"], help="unit of --strength")
+    p.add_argument("--unit", default=DEFAULT_UNIT, choices=list(STRENGTH_UNITS), help="unit of --strength")
     p.add_argument("--layers", type=ints, default=(), help="export only these layers (default: all of the vector's)")
     p.add_argument("--model-hint", default=None, help="Hugging Face model_type (default: the vector's provenance)")
     p.set_defaults(func=cmd_export)
@@ -107,55 +102,57 @@ def register(sub: Any) -> None:
 
 
 def _prepare(args: argparse.Namespace, splits: tuple[str, ...]) -> tuple[Any, Any, list[int] | None]:
-    """The run config and the prepared data, and the layers checked against the model's config; all before
+    """The configuration and the prepared data, and the layers checked against the model's config; all before
     the model's weights load."""
     from ..experiment.prepare import prepare_data
+    from ..lm.budget import model_budget
+    from ..lm.model import resolve_device
 
-    if args.data is None:
-        require(args, "--data", [("--format", "format"), ("--respect-upstream-split", "respect_upstream_split")])
-    check_model_options(args)
-    config = data_config(args)
-    model_config, tokenizer, budget = code_token_budget(args)
-    config = dataclasses.replace(config, max_code_tokens=budget)
-    data = prepare_data(config, tokenizer, progress=not args.no_progress, require=splits)
+    config = config_from_args(args)
+    resolve_device(config.model.device)
+    budget = config.data.max_code_tokens if given(args, "data.max_code_tokens") else None
+    model_config, tokenizer, fitted = model_budget(config.model, budget)
+    config = config.replace(data__max_code_tokens=fitted)
+    data = prepare_data(config.data, tokenizer, progress=not args.no_progress, require=splits)
     num_layers = getattr(model_config, "num_hidden_layers", None)
-    layers = _layers(args.layers, num_layers) if isinstance(num_layers, int) else None
+    layers = _layers(config, num_layers) if isinstance(num_layers, int) else None
     return config, data, layers
 
 
-def _layers(layers: tuple[int, ...], num_layers: int) -> list[int]:
-    """The given layers (negatives count from the end), or the middle layer."""
+def _layers(config: Any, num_layers: int) -> list[int]:
+    """Every layer the ``--layers`` sets name (negatives count from the end), or the middle layer."""
     from ..lm.model import resolve_layers
 
-    return resolve_layers(list(layers) or [num_layers // 2], num_layers, "--layers")
+    named = [layer for layers in config.steering.layers for layer in layers]
+    return resolve_layers(named or [num_layers // 2], num_layers, "--layers")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from ..io import atomic_open, check_writable
 
-    check_writable(args.out, "--out", inputs=[args.data] if args.data else [])
-    _config, data, layers = _prepare(args, () if args.split == "all" else (args.split,))
+    data = config_from_args(args).data
+    check_writable(args.out, "--out", inputs=[p for p in (data.path, *data.paths) if p and p != "builtin"])
+    config, data, layers = _prepare(args, () if args.split == "all" else (args.split,))
 
     from safetensors.torch import save
 
     from ..lm.activations import extract_activations
+    from ..lm.model import load_model
 
     samples = (
         [s for _, part in data.splits.items() for s in part] if args.split == "all" else data.splits.get(args.split)
     )
     if not samples:
         raise ValueError(f"{data.source}: no samples to record")
-    lm = load(args)
-    try:
-        layers = layers if layers is not None else _layers(args.layers, lm.num_layers)
+    with load_model(config.model) as lm:
+        layers = layers if layers is not None else _layers(config, lm.num_layers)
+        batch_size = config.detection.batch_size
         acts = extract_activations(
-            lm, samples, layers, list(args.record), batch_size=args.batch_size, progress=not args.no_progress
+            lm, samples, layers, list(args.record), batch_size=batch_size, progress=not args.no_progress
         )
-    finally:
-        lm.close()
+        identity = lm.identity
     meta = {
-        "model_id": lm.model_id,
-        "fingerprint": lm.fingerprint,
+        "model": json.dumps(identity.to_dict()),
         "layers": json.dumps(acts.layers),
         "sample_ids": json.dumps(acts.sample_ids),
         "labels": json.dumps([s.label for s in samples]),
@@ -189,24 +186,25 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     from ..io import check_writable
 
     out = check_writable(args.out, "--out", folder=True)
-    _config, data, layers = _prepare(args, ("train",))
+    config, data, layers = _prepare(args, ("train",))
 
     from ..experiment.fit import fit_cwe_vectors, save_vectors
     from ..lm.activations import extract_activations
+    from ..lm.model import load_model
 
     _check_fittable(data)
-    lm = load(args)
-    try:
-        layers = layers if layers is not None else _layers(args.layers, lm.num_layers)
+    fitting = config.vectors
+    with load_model(config.model) as lm:
+        layers = layers if layers is not None else _layers(config, lm.num_layers)
         train = data.samples("train")
         acts = extract_activations(
-            lm, train, layers, [args.pooling], batch_size=args.batch_size, progress=not args.no_progress
-        )
+            lm, train, layers, list(fitting.pooling), batch_size=config.detection.batch_size,
+            progress=not args.no_progress,
+        )  # fmt: skip
         vectors = fit_cwe_vectors(
-            lm, acts, data.by_cwe("train"), layers, methods=[args.method], poolings=[args.pooling], pooled=args.pooled
-        )
-    finally:
-        lm.close()
+            lm, acts, data.by_cwe("train"), layers, methods=fitting.methods, poolings=fitting.pooling,
+            pooled=fitting.pooled,
+        )  # fmt: skip
     info = save_vectors(vectors, out)
     for key, item in info.items():
         norms = ", ".join(f"L{k}: {v:.3g} ({item['relative_norm'][k]:.3g} rel)" for k, v in item["norm"].items())

@@ -8,10 +8,14 @@ Plain literals, importable without torch, so ``--help`` stays fast.
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MAX_CODE_TOKENS",
     "DEFAULT_MAX_NEW_TOKENS",
+    "DEFAULT_METHOD",
+    "DEFAULT_POOLING",
     "DEFAULT_STEER_POSITIONS",
     "DEFAULT_UNIT",
     "MAX_SHIFT_RATIO",
@@ -24,9 +28,13 @@ DEFAULT_MAX_NEW_TOKENS = 20
 #: ``--batch-size``: prompts per forward pass.
 DEFAULT_BATCH_SIZE = 8
 #: ``--positions``: token positions steered (the answer position, as ``vulnsteer run`` chooses strengths for).
-DEFAULT_STEER_POSITIONS = "last"
+DEFAULT_STEER_POSITIONS: Final = "last"
 #: ``--unit``: strengths as multiples of the layer's mean hidden-state norm (they transfer between models).
-DEFAULT_UNIT = "relative"
+DEFAULT_UNIT: Final = "relative"
+#: ``--pooling``: where a vector is fitted (the answer position).
+DEFAULT_POOLING: Final = "last"
+#: ``--method``: how a vector is fitted (the class-mean difference).
+DEFAULT_METHOD: Final = "mean_diff"
 
 #: The largest shift a steering spec may apply, as a multiple of the layer's mean hidden-state norm (useful
 #: strengths move a hidden state by a fraction of its norm; a hundred times it saturates the layer and the logits

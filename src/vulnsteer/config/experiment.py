@@ -158,7 +158,26 @@ def parse_config(
         config = ExperimentConfig(description=description, **sections)
     except TypeError as exc:  # pragma: no cover - every key is declared
         raise ConfigError(f"{source}: {exc}") from None
+
+    def named(dotted: str) -> str:  # how an error names a key: its flag, or the file and the key
+        return (overrides or {}).get(dotted, (None, f"{source}: {dotted}"))[1]
+
+    for dotted, (_, flag) in (overrides or {}).items():  # a flag that would change nothing is refused, not ignored
+        section, key = dotted.split(".", 1)
+        if section == "conditional" and key != "enabled" and not config.conditional.enabled:
+            raise ConfigError(f"{flag} needs conditional steering (conditional.enabled; drop --no-conditional)")
+        if section == "run" and key.startswith("ray_") and config.run.executor != "ray":
+            raise ConfigError(f"{flag} needs --executor ray (run.executor)")
+    if config.model.remote and config.model.backend != "nnsight":
+        raise ConfigError(
+            f"{named('model.remote')} needs backend nnsight (--backend nnsight): remote execution is nnsight's"
+        )
     d = config.data
+    for dotted, value in (("data.format", d.format), ("data.respect_upstream", d.respect_upstream)):
+        if value and d.path is None and not d.paths:
+            path = "--data" if named(dotted).startswith("--") else "data.path"
+            raise ConfigError(f"{named(dotted)} needs {path} (the bundled corpus has neither a format to choose nor "
+                              "an upstream split)")  # fmt: skip
     if d.path is not None and d.paths:
         raise ConfigError(f"{source}: data.path and data.paths exclude each other (one dataset, or several)")
     if d.formats and len(d.formats) != len(d.paths):

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
+from .defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CODE_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_METHOD,
+    DEFAULT_POOLING,
+    DEFAULT_STEER_POSITIONS,
+    DEFAULT_UNIT,
+)
 from .values import (
     Parser,
     boolean,
@@ -216,10 +224,10 @@ class VectorsSection:
     """``[vectors]``: how steering vectors are fitted on the train split."""
 
     methods: tuple[str, ...] = _key(
-        ("mean_diff",), some_of(METHOD_NAMES), "direction methods: mean_diff, pca, logistic", "--method", "csv"
+        (DEFAULT_METHOD,), some_of(METHOD_NAMES), "direction methods: mean_diff, pca, logistic", "--method", "csv"
     )
     pooling: tuple[str, ...] = _key(
-        ("last",),
+        (DEFAULT_POOLING,),
         some_of(POOLINGS),
         "activation pooling the vectors are fitted at: last (answer position), code_mean",
         "--pooling",
@@ -232,7 +240,7 @@ class VectorsSection:
 
 #: ``vulnsteer run``'s candidate strengths (x the layer's mean hidden-state norm, both signs: raw mean differences
 #: are a few per cent of the hidden norm on small models and move nothing; validation picks sign and size).
-DEFAULT_STRENGTHS: tuple[tuple[str, float], ...] = tuple(("relative", s) for s in (-1.0, -0.3, 0.3, 1.0))
+DEFAULT_STRENGTHS: tuple[tuple[str, float], ...] = tuple((DEFAULT_UNIT, s) for s in (-1.0, -0.3, 0.3, 1.0))
 
 
 @dataclass(frozen=True)
@@ -255,7 +263,11 @@ class SteeringSection:
         "floats",
     )
     positions: tuple[str, ...] = _key(
-        ("last",), some_of(POSITIONS), "token positions steered: last, prompt, generated, all", "--positions", "csv"
+        (DEFAULT_STEER_POSITIONS,),
+        some_of(POSITIONS),
+        "token positions steered: last, answer, prompt, generated, all",
+        "--positions",
+        "csv",
     )
     control_seed: int = _key(1234, integer(0), "seed of the random-direction controls", "--control-seed", "int")
 

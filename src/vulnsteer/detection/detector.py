@@ -37,6 +37,7 @@ from typing import Any, cast
 from safetensors import safe_open
 from safetensors.torch import save
 
+from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from ..data.sample import Sample
 from ..io import atomic_open, current_umask, write_json
 from ..lm.model import LoadedModel
@@ -77,8 +78,8 @@ class SavedDetector:
     gate: str
     strength: float
     layers: tuple[int, ...]
-    positions: str = "last"
-    unit: str = "sigma"
+    positions: str
+    unit: str
     band: float = 0.5
     template: PromptTemplate = field(default_factory=PromptTemplate)
     info: Mapping[str, Any] = field(default_factory=dict)
@@ -110,8 +111,8 @@ class SavedDetector:
         samples: Sequence[Sample],
         *,
         mode: str = "generation",
-        batch_size: int = 8,
-        max_new_tokens: int = 20,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         progress: bool = True,
     ) -> list[DetectionRecord]:
         """The steered model's verdict on *samples* (each record has the probe's score and the push it got)."""
@@ -248,24 +249,22 @@ class SavedDetector:
                         f"{root / name}: is not the file this detector was saved with (its digest differs from "
                         f"detector.json's field 'files'); it was replaced or edited: refit the detector"
                     )
-        if lm is not None and not allow_model_mismatch:
-            detector.check_model(lm, str(root))
+        if lm is not None:
+            detector.check_model(lm, str(root), allow_mismatch=allow_model_mismatch)
         try:
             detector.spec()  # validates the setting against the vector (layers, unit, gate layer)
         except ValueError as exc:
             raise SavedDetectorError(f"{path}: field 'setting': {exc}") from None
         return detector
 
-    def check_model(self, lm: LoadedModel, where: str) -> None:
-        """Refuse a model of another hidden size, architecture, or other weights in the same dtype."""
-        try:
-            self.vector.check_compatible(lm.hidden_size, lm.fingerprint, "model", weights=lm.weights_identity)
-        except VectorMismatchError as exc:
-            raise VectorMismatchError(f"{where}: {exc}") from None
+    def check_model(self, lm: LoadedModel, where: str, *, allow_mismatch: bool = False) -> list[str]:
+        """Refuse a model of another hidden size and (unless *allow_mismatch*: then they are returned as warnings)
+        another architecture or other weights of it in the same dtype; *where* names the detector's folder."""
         if self.probe.weight.shape[0] != lm.hidden_size:
             raise VectorMismatchError(
                 f"{where}: the probe reads hidden size {self.probe.weight.shape[0]}, the model has {lm.hidden_size}"
             )
+        return self.vector.check_model(lm.identity, lm.hidden_size, where, allow_mismatch=allow_mismatch)
 
 
 def caveats(document: Mapping[str, Any]) -> list[str]:

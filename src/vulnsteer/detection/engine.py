@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, batch_states, length_order, masked_mean, recording
 from ..lm.batching import AutoBatch
@@ -271,8 +272,8 @@ def detect_variants(
     *,
     mode: str = "logit",
     template: PromptTemplate = DEFAULT_TEMPLATE,
-    batch_size: int = 8,
-    max_new_tokens: int = 24,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     threshold: float = 0.5,
     share_prefix: bool = True,
     max_rows: int = 64,
@@ -305,8 +306,8 @@ def detect_variants_modes(
     *,
     modes: Sequence[str] = ("logit",),
     template: PromptTemplate = DEFAULT_TEMPLATE,
-    batch_size: int = 8,
-    max_new_tokens: int = 24,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     threshold: float = 0.5,
     share_prefix: bool = True,
     max_rows: int = 64,
@@ -476,8 +477,8 @@ def detect(
     *,
     mode: str = "logit",
     template: PromptTemplate = DEFAULT_TEMPLATE,
-    batch_size: int = 8,
-    max_new_tokens: int = 24,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     threshold: float = 0.5,
     progress: bool = True,
     desc: str | None = None,

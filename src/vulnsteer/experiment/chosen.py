@@ -139,7 +139,7 @@ def load_chosen(run_dir: str | Path) -> ChosenFile:
             f"{path}: not a vulnsteer chosen-settings file of schema 2 or {SCHEMA_VERSION} (schema "
             f"{version!r}; rerun the experiment with this version)"
         )
-    model = ModelInfo.from_json(data.get("model"))
+    model = ModelInfo.from_json(data.get("model"), str(path))
     if model is None:
         raise ValueError(f"{path}: no model in the chosen-settings file")
     return ChosenFile(

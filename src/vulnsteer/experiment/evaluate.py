@@ -22,14 +22,14 @@ from typing import Any
 from ..config import ExperimentConfig, VectorsSection, config_document, identity_of, parse_config
 from ..data.sample import Sample, dataset_hash
 from ..io import write_json
-from ..lm.activation_cache import ActivationCache, model_key
+from ..lm.activation_cache import ActivationCache
 from ..lm.activations import Activations
+from ..lm.identity import check_same_model
 from ..lm.memory import peak_memory
-from ..lm.model import LoadedModel
+from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
-from ..steering.vectors import VectorMismatchError
 from .apply import apply_families
-from .chosen import load_chosen
+from .chosen import ChosenFile, load_chosen
 from .engine import ResultStore, ScoringOptions
 from .families import DEFAULT_FAMILIES, by_name
 from .families.constant import CONSTANT
@@ -38,7 +38,7 @@ from .family import Artefacts, Family, HeldOut, merge_artefacts
 from .fit import load_vector_dir
 from .grid import POOLED, Setting, resolve_layer_sets
 from .header import DataInfo, DataNotes, SplitsInfo
-from .preflight import check_before_loading, load_configured_model
+from .preflight import check_before_loading
 from .prepare import load_dataset, prepare_data
 from .protocol import default_out_dir
 from .ray_executor import open_executor
@@ -46,30 +46,16 @@ from .results import Results, new_results
 from .rundir import CHOSEN_DIR, RunDir
 from .select import Choice
 
-__all__ = ["check_model", "evaluate_from_run", "evaluate_vectors", "transfer_config"]
+__all__ = ["check_run_model", "evaluate_from_run", "evaluate_vectors", "transfer_config"]
 
 
-def check_model(run_model: Mapping[str, Any], lm: LoadedModel, allow_mismatch: bool) -> list[str]:
-    """Refuse a model that is not the run's (architecture fingerprint, then weights in the same dtype); returns
-    the warnings that remain when mismatches are allowed."""
-    warnings: list[str] = []
-    if run_model["fingerprint"] != lm.fingerprint:
-        message = (
-            f"the run's vectors were fitted on {run_model['id']} (fingerprint {run_model['fingerprint']}), "
-            f"which does not match {lm.model_id} (fingerprint {lm.fingerprint})"
-        )
-        if not allow_mismatch:
-            raise VectorMismatchError(message + "; pass --allow-model-mismatch to use them anyway")
-        warnings.append(message)
-    ours, theirs = model_key(lm).split("-"), str(run_model.get("key", "")).split("-")
-    if len(theirs) >= 3 and theirs[:2] != ours[:2]:
-        message = (
-            f"same architecture as the run's model but different weights (weights digest {theirs[1]} in the "
-            f"run, {ours[1]} now; dtype {theirs[2]} in the run, {ours[2]} now)"
-        )
-        if theirs[2] == ours[2] and not allow_mismatch:
-            raise VectorMismatchError(message + "; pass --allow-model-mismatch to use the vectors anyway")
-        warnings.append(message)
+def check_run_model(chosen: ChosenFile, where: str, lm: LoadedModel, allow_mismatch: bool) -> list[str]:
+    """Refuse a model that is not the run's (:func:`~vulnsteer.lm.identity.check_same_model`, naming *where*, the
+    run's ``chosen.json``); returns the warnings that remain when mismatches are allowed."""
+    recorded = chosen.model.identity
+    warnings = check_same_model(recorded, lm.identity, where, allow=allow_mismatch)
+    if not recorded.weights_digest:
+        warnings.append(f"{where}: records no weights digest: only the architecture was checked")
     return warnings
 
 
@@ -123,7 +109,7 @@ def _run_evaluation(
     identity = {
         **identity,
         "config": identity_of(config),
-        "model_key": model_key(lm),
+        "model_key": lm.identity.digest(),
         "data": dataset_hash(all_samples),
         "split": split,
     }
@@ -131,7 +117,7 @@ def _run_evaluation(
     options = ScoringOptions(
         d.batch_size, d.max_new_tokens, config.run.group_size, {"default": DEFAULT_TEMPLATE}, progress
     )
-    load = partial(load_configured_model, config.model)
+    load = partial(load_model, config.model)
     with run.open(identity, f"{command} run"), open_executor(config.run, load, lm) as executor:
         held = HeldOut(
             split,
@@ -225,9 +211,9 @@ def evaluate_from_run(
     loaded = load_dataset(config.data)
     check_before_loading(config, loaded, need_model=lm is None)
     own = lm is None
-    lm = lm or load_configured_model(config.model)
+    lm = lm or load_model(config.model)
     try:
-        warnings = check_model(chosen.model.to_json(), lm, allow_model_mismatch)
+        warnings = check_run_model(chosen, str(source / CHOSEN_DIR / "chosen.json"), lm, allow_model_mismatch)
         if chosen.template != DEFAULT_TEMPLATE.to_dict():
             warnings.append("the prompt template differs from the one the run used")
         restored: dict[str, Any] = {}
@@ -310,12 +296,9 @@ def evaluate_vectors(
     check_before_loading(config, loaded, need_model=lm is None)
     load_vector_dir(vectors_dir)  # a damaged vector file is named before the model loads
     own = lm is None
-    lm = lm or load_configured_model(config.model)
+    lm = lm or load_model(config.model)
     try:
-        strict = not allow_model_mismatch
-        vectors = load_vector_dir(
-            vectors_dir, lm.hidden_size, lm.fingerprint if strict else None, lm.weights_identity if strict else None
-        )
+        vectors = load_vector_dir(vectors_dir, lm.hidden_size, None if allow_model_mismatch else lm.identity)
         keys = sorted({k for _, k in vectors})
         wanted = f"{config.vectors.methods[0]}@{config.vectors.pooling[0]}"
         default = VectorsSection()

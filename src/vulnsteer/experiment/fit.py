@@ -15,6 +15,7 @@ import torch
 
 from ..data.sample import Sample
 from ..lm.activations import Activations
+from ..lm.identity import ModelIdentity
 from ..lm.model import LoadedModel
 from ..steering.vectors import DirectionFn, SteeringVector, VectorMismatchError, fit_vector
 from .grid import POOLED
@@ -54,7 +55,6 @@ def fit_cwe_vectors(
     if pooled:
         groups[POOLED] = train
     vectors: dict[tuple[str, str], SteeringVector] = {}
-    extra = lm.weights_identity
     for cwe, samples in groups.items():
         sub = activations.subset([index[s.id] for s in samples])
         for pooling in poolings:
@@ -67,9 +67,7 @@ def fit_cwe_vectors(
                     layers=list(layers),
                     method=method,
                     cwe=cwe,
-                    model_id=lm.model_id,
-                    model_fingerprint=lm.fingerprint,
-                    extra=extra,
+                    model=lm.identity,
                 )
     return vectors
 
@@ -101,11 +99,10 @@ def save_vectors(vectors: Mapping[tuple[str, str], SteeringVector], folder: Path
 def load_vector_dir(
     folder: str | Path,
     hidden_size: int | None = None,
-    fingerprint: str | None = None,
-    weights: Mapping[str, str] | None = None,
+    model: ModelIdentity | None = None,
 ) -> dict[tuple[str, str], SteeringVector]:
     """Every ``*.safetensors`` vector in *folder*, keyed ``(cwe, "method@pooling")``; refuses a damaged file and,
-    given the model's *hidden_size* / architecture *fingerprint* / ``weights_identity``, a model mismatch, naming
+    given the model's *hidden_size* and identity (*model*), a model mismatch, naming
     the file (without them, only the files are checked: what can be done before a model loads)."""
     root = Path(folder)
     if not root.is_dir():
@@ -114,7 +111,7 @@ def load_vector_dir(
         )
     vectors: dict[tuple[str, str], SteeringVector] = {}
     for path in sorted(root.glob("*.safetensors")):
-        vec = SteeringVector.load(path, hidden_size=hidden_size, fingerprint=fingerprint, weights=weights)
+        vec = SteeringVector.load(path, hidden_size=hidden_size, model=model)
         key = (vec.cwe, method_key(vec.provenance.method, vec.provenance.pooling))
         if key in vectors:
             raise VectorMismatchError(f"{path}: a second {key[0]} vector for {key[1]} in {root}")

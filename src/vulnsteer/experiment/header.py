@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..io import JsonObject
+from ..lm.identity import ModelIdentity
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..lm.model import LoadedModel
@@ -44,45 +45,41 @@ def as_object(value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The model a run used: id, architecture fingerprint, identity key, size, and what its loader adds (dtype,
-    device, weights digest, ...)."""
+    """The model a run used: its identity (:class:`~vulnsteer.lm.identity.ModelIdentity`: what ``evaluate --from``
+    and a saved detector check), its size, and what its loader adds (the device)."""
 
-    id: str
-    fingerprint: str
+    identity: ModelIdentity
     num_layers: int
     hidden_size: int
-    key: str | None = None
     extra: JsonObject = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.identity.id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
 
     @classmethod
     def of(cls, lm: LoadedModel) -> ModelInfo:
-        from ..lm.activation_cache import model_key
-
-        return cls(lm.model_id, lm.fingerprint, lm.num_layers, lm.hidden_size, model_key(lm), dict(lm.extra))
+        identity = lm.identity
+        extra = {k: v for k, v in lm.extra.items() if k not in identity.to_dict()}
+        return cls(identity, lm.num_layers, lm.hidden_size, extra)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "fingerprint": self.fingerprint,
-            "key": self.key,
-            "num_layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            **self.extra,
-        }
+        return {**self.identity.to_dict(), "num_layers": self.num_layers, "hidden_size": self.hidden_size, **self.extra}
 
     @classmethod
-    def from_json(cls, doc: JsonObject | None) -> ModelInfo | None:
+    def from_json(cls, doc: JsonObject | None, where: str = "results.json") -> ModelInfo | None:
+        """The model of a results or chosen file (*where*); older files' ``key`` (a packed identity string) is
+        not read: their weights digest, when they have one, is in the document itself."""
         if doc is None:
             return None
-        known = ("id", "fingerprint", "key", "num_layers", "hidden_size")
-        return cls(
-            str(doc["id"]),
-            str(doc["fingerprint"]),
-            int(doc["num_layers"]),
-            int(doc["hidden_size"]),
-            doc.get("key"),
-            {k: v for k, v in doc.items() if k not in known},
-        )
+        identity = ModelIdentity.from_dict(doc, f"{where}: model")
+        known = {*identity.to_dict(), "key", "num_layers", "hidden_size"}
+        extra = {k: v for k, v in doc.items() if k not in known}
+        return cls(identity, int(doc["num_layers"]), int(doc["hidden_size"]), extra)
 
 
 @dataclass(frozen=True)

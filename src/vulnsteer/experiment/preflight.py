@@ -1,18 +1,12 @@
-"""Before a model loads: what can be checked from the configuration, the data and the model's config alone, and
-loading the configured model.
-
->>> from vulnsteer.config import ExperimentConfig
->>> load_configured_model(ExperimentConfig().model)  # doctest: +SKIP
-"""
+"""Before a model loads: what can be checked from the configuration, the data and the model's config alone."""
 
 from __future__ import annotations
 
-from ..config import ExperimentConfig, ModelSection
-from ..lm.model import LoadedModel, load_model
+from ..config import ExperimentConfig
 from .prepare import LoadedData
 from .ray_executor import check_executor
 
-__all__ = ["check_before_loading", "load_configured_model"]
+__all__ = ["check_before_loading"]
 
 
 def check_before_loading(config: ExperimentConfig, loaded: LoadedData, need_model: bool = True) -> None:
@@ -44,17 +38,3 @@ def check_before_loading(config: ExperimentConfig, loaded: LoadedData, need_mode
             max_new_tokens=new_tokens,
             model=m.name or "the default model",
         )
-
-
-def load_configured_model(model: ModelSection) -> LoadedModel:
-    """:func:`~vulnsteer.lm.model.load_model` with the ``[model]`` section's keys."""
-    return load_model(
-        model.name,
-        device=model.device,
-        dtype=model.dtype,
-        device_map=model.device_map,
-        trust_remote_code=model.trust_remote_code,
-        layer_matcher=model.layers_path,
-        backend=model.backend,
-        remote=model.remote,
-    )

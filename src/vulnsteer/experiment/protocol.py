@@ -28,10 +28,10 @@ from ..data.sample import Sample, dataset_hash
 from ..detection.prefix import PrefixStore
 from ..detection.probe import evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
-from ..lm.activation_cache import ActivationCache, model_key
+from ..lm.activation_cache import ActivationCache
 from ..lm.activations import Activations
 from ..lm.memory import peak_memory, reset_peak_memory
-from ..lm.model import LoadedModel
+from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
 from .apply import HeldOutFound, apply_families
 from .chosen import save_chosen, train_code_hashes
@@ -41,7 +41,7 @@ from .family import Artefacts, Family, FitContext, HeldOut, Saved, ValContext, m
 from .fit import train_pca
 from .grid import Condition, resolve_layer_sets
 from .header import ActivationCacheInfo, DataInfo, DataNotes, RunFiles, SplitsInfo
-from .preflight import check_before_loading, load_configured_model
+from .preflight import check_before_loading
 from .prepare import PreparedData, load_dataset, prepare_data
 from .ray_executor import open_executor
 from .results import PcaBlock, ValEntry, new_results, val_entry
@@ -84,7 +84,7 @@ def run_protocol(
     chosen_families = enabled(families, config)
     own = lm is None
     if lm is None:
-        lm = load_configured_model(config.model)
+        lm = load_model(config.model)
     try:
         data = prepare_data(
             config.data, lm.tokenizer, samples=loaded, progress=progress, require=("train", "val", "test")
@@ -92,7 +92,7 @@ def run_protocol(
         layer_sets = resolve_layer_sets(config.steering.layers, lm.num_layers)
         identity = {
             **identity_of(config),
-            "model_key": model_key(lm),
+            "model_key": lm.identity.digest(),
             "template": DEFAULT_TEMPLATE.to_dict(),
             **{f"data_{n}": dataset_hash(part) for n, part in data.splits.items()},
         }
@@ -102,7 +102,7 @@ def run_protocol(
         )
         with (
             run.open(identity, "experiment", resolved=dump_config(config, header)),
-            open_executor(config.run, partial(load_configured_model, config.model), lm) as executor,
+            open_executor(config.run, partial(load_model, config.model), lm) as executor,
         ):
             protocol = _Protocol(config, run, lm, data, layer_sets, command, progress, executor, chosen_families)
             try:

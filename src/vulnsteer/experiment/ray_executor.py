@@ -41,8 +41,8 @@ from ..config import RunSection
 from ..data.sample import Sample
 from ..detection.prefix import PrefixStore
 from ..detection.records import DetectionRecord
-from ..lm.activation_cache import model_key
 from ..lm.activations import ActivationSink
+from ..lm.identity import ModelIdentity, check_same_model
 from ..lm.model import LoadedModel
 from ..steering.gate import LinearProbe
 from ..steering.vectors import SteeringVector
@@ -92,7 +92,7 @@ def _no_ray() -> RayUnavailableError:
 def open_executor(run: RunSection, load: Callable[[], LoadedModel], lm: LoadedModel) -> Iterator[Executor]:
     """The executor ``[run]`` asks for: a :class:`~vulnsteer.experiment.engine.LocalExecutor` on *lm*, or a
     started :class:`RayExecutor` whose workers each call *load* (a picklable function returning the same model as
-    *lm*, e.g. ``functools.partial(load_configured_model, config.model)``), stopped on exit.
+    *lm*, e.g. ``functools.partial(load_model, config.model)``), stopped on exit.
 
     >>> with open_executor(RunSection(), load, lm) as executor:  # doctest: +SKIP
     ...     run_conditions(lm, conditions, store, data.by_cwe, vectors, executor=executor)
@@ -107,7 +107,7 @@ def open_executor(run: RunSection, load: Callable[[], LoadedModel], lm: LoadedMo
         gpus_per_worker=run.ray_gpus_per_worker,
         address=run.ray_address,
         prefix_cache_bytes=run.prefix_cache_mib * 1024**2,
-        expect_model=model_key(lm),
+        expect_model=lm.identity,
     ) as executor:
         yield executor
 
@@ -163,7 +163,7 @@ class _Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "device": str(self.lm.device),
-            "model_key": model_key(self.lm),
+            "model": self.lm.identity,
         }
 
     def score(self, box: list[Any], chunk: list[Condition]) -> _Scored:
@@ -206,8 +206,8 @@ class RayExecutor:
         address: the cluster to join (``auto``, ``HOST:PORT``); None starts a local Ray instance for the run
             (a Ray already initialised in this process is used as it is).
         prefix_cache_bytes: each worker's prompt-prefix store budget.
-        expect_model: the driver's :func:`~vulnsteer.lm.activation_cache.model_key`: a worker that loads
-            another model (other weights, dtype or device type) is refused.
+        expect_model: the driver's model identity (``lm.identity``): a worker that loads another model (other
+            weights, dtype or device type) is refused.
         max_attempts: tries per chunk before the sweep stops.
         max_restarts: restarts per worker process (Ray restarts a dead worker, which loads the model again).
         restart_timeout_s: how long a restarting worker may take to be back before it is given up on.
@@ -226,7 +226,7 @@ class RayExecutor:
         gpus_per_worker: float | None = None,
         address: str | None = None,
         prefix_cache_bytes: int = 2 * 1024**3,
-        expect_model: str | None = None,
+        expect_model: ModelIdentity | None = None,
         max_attempts: int = 3,
         max_restarts: int = 3,
         restart_timeout_s: float = 1800.0,
@@ -450,12 +450,15 @@ class RayExecutor:
         except Exception as exc:  # pragma: no cover - ready() itself raised
             self._give_up(w, _one_line(exc))
             return
-        if self.expect_model is not None and info["model_key"] != self.expect_model:
+        where = f"Ray worker {w} on {info['host']}"
+        expected = self.expect_model
+        differs = [] if expected is None else check_same_model(info["model"], expected, where, allow=True, numbers=True)
+        if differs:
             self._give_up(
                 w,
-                f"it loaded another model ({info['model_key']}) than this process ({self.expect_model}): every "
-                "worker loads the [model] section, so give model.name a path or id that every node can load, "
-                "with the same dtype and device type",
+                f"it loaded another model than this process ({differs[0]}): every worker loads the [model] "
+                "section, so give model.name a path or id that every node can load, with the same dtype and device "
+                "type",
             )
             return
         self.workers[w].extra.update({k: info[k] for k in ("host", "pid", "device")})

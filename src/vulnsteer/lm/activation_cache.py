@@ -5,8 +5,9 @@ them is the slowest step, so they are stored as safetensors files keyed by hashe
 configuration of a sweep and by later runs:
 
 ``<root>/<key[:2]>/<key>.safetensors`` holds ``[n_samples, hidden]`` for one layer at one pooling, where
-``key = sha256(model key, data hash, prompt template, layer, pooling)``. The model key covers the architecture
-fingerprint, a digest of the weights, the dtype and the device type (numbers differ between CPU and CUDA), so a
+``key = sha256(model, data hash, prompt template, layer, pooling)``. The model's part is its identity's digest
+(:meth:`~vulnsteer.lm.identity.ModelIdentity.digest`): the architecture fingerprint, a digest of the weights, the
+dtype and the device type (numbers differ between CPU and CUDA), so a
 fine-tune of the same architecture never reads another model's activations. The header repeats every part of
 the key and the sample ids; an entry whose header does not match is treated as missing. Files are written
 atomically, so a killed run never leaves a half-written entry.
@@ -29,28 +30,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from ..config.defaults import DEFAULT_BATCH_SIZE
 from ..data.sample import Sample, dataset_hash
 from ..io import atomic_open
-from .activations import Activations, extract_activations, model_identity
-from .model import LoadedModel, cache_root, weights_digest
+from .activations import Activations, extract_activations
+from .model import LoadedModel, cache_root
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate
 
-__all__ = ["ActivationCache", "CacheStats", "default_cache_dir", "model_key", "template_hash", "weights_digest"]
+__all__ = ["ActivationCache", "CacheStats", "default_cache_dir", "template_hash"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vulnsteer.ActivationCache"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 
 def default_cache_dir() -> Path:
     return cache_root() / "activations"
-
-
-def model_key(lm: LoadedModel) -> str:
-    """Identity of a loaded model for caching: architecture fingerprint, weights, dtype and device type."""
-    ident = lm.weights_identity
-    return f"{lm.fingerprint}-{ident['weights_digest']}-{ident['dtype']}-{lm.device.type}"
 
 
 def template_hash(template: PromptTemplate) -> str:
@@ -125,7 +121,7 @@ class ActivationCache:
         layers: Sequence[int],
         poolings: Sequence[str],
         *,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         template: PromptTemplate = DEFAULT_TEMPLATE,
         progress: bool = True,
         desc: str = "activations",
@@ -135,7 +131,8 @@ class ActivationCache:
         layers = sorted(set(int(x) for x in layers))
         stats = CacheStats()
         ids = [s.id for s in samples]
-        mkey, dhash, thash = model_key(lm), dataset_hash(samples), template_hash(template)
+        identity = lm.identity
+        mkey, dhash, thash = identity.digest(), dataset_hash(samples), template_hash(template)
         ids_hash = hashlib.sha256("\0".join(ids).encode()).hexdigest()[:16]
         headers: dict[tuple[int, str], dict[str, str]] = {}
         keys: dict[tuple[int, str], str] = {}
@@ -145,8 +142,8 @@ class ActivationCache:
                 headers[(layer, pos)] = {
                     "format": FORMAT,
                     "format_version": FORMAT_VERSION,
-                    "model_key": mkey,
-                    "model_id": lm.model_id,
+                    "model_digest": mkey,
+                    "model_id": identity.id,
                     "data_hash": dhash,
                     "template_hash": thash,
                     "layer": str(layer),
@@ -187,4 +184,4 @@ class ActivationCache:
                         self._write(keys[(layer, pos)], tensor, headers[(layer, pos)])
         stats.entries = [str(self.path(keys[item])) for item in sorted(keys)] if self.enabled else []
         by_pooling = {pos: torch.stack([found[(layer, pos)] for layer in layers], dim=1) for pos in poolings}
-        return Activations(list(layers), ids, by_pooling, model_identity(lm)), stats
+        return Activations(list(layers), ids, by_pooling, identity), stats

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_POOLING
 from ..config.vocabulary import POOLINGS
 from ..data.sample import Sample
 from ..progress import Progress
@@ -26,6 +27,7 @@ from .backend import Readout, backend_of
 from .backend import masked_mean as masked_mean  # re-exported: callers import it from here
 from .batching import AutoBatch
 from .forward import cache_kwarg
+from .identity import ModelIdentity
 from .model import LayerMatcher, LoadedModel, decoder_layers, position_ids_for, resolve_layers
 from .prompts import (
     DEFAULT_TEMPLATE,
@@ -43,7 +45,6 @@ __all__ = [
     "batch_states",
     "extract_activations",
     "length_order",
-    "model_identity",
 ]
 
 #: The answer poolings: the hidden state at the last token of the vulnerable / secure answer after the prompt.
@@ -63,9 +64,9 @@ class Activations:
     layers: list[int]
     sample_ids: list[str]
     by_pooling: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: the model they were recorded from (:func:`model_identity`; empty when not known): a vector fitted on them
-    #: records it (:func:`~vulnsteer.steering.vectors.fit_vector`)
-    model: dict[str, str] = field(default_factory=dict)
+    #: the identity of the model they were recorded from (None when not known): a vector fitted on them records
+    #: it (:func:`~vulnsteer.steering.vectors.fit_vector`)
+    model: ModelIdentity | None = None
 
     def get(self, pooling: str, layer: int | None = None) -> torch.Tensor:
         if pooling not in self.by_pooling:
@@ -77,7 +78,7 @@ class Activations:
             raise KeyError(f"layer {layer} was not recorded (have {self.layers})")
         return acts[:, self.layers.index(layer)]
 
-    def mean_norms(self, pooling: str = "last") -> dict[int, float]:
+    def mean_norms(self, pooling: str = DEFAULT_POOLING) -> dict[int, float]:
         """Mean L2 norm of the hidden state per layer (the scale for relative steering strengths)."""
         acts = self.get(pooling)
         return {layer: float(acts[:, i].norm(dim=-1).mean()) for i, layer in enumerate(self.layers)}
@@ -88,7 +89,7 @@ class Activations:
             layers=list(self.layers),
             sample_ids=[self.sample_ids[i] for i in idx.tolist()],
             by_pooling={k: v.index_select(0, idx) for k, v in self.by_pooling.items()},
-            model=dict(self.model),
+            model=self.model,
         )
 
 
@@ -206,7 +207,7 @@ def extract_activations(
     layers: int | Sequence[int],
     poolings: Sequence[str] = POOLINGS,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
     desc: str = "activations",
@@ -242,10 +243,4 @@ def extract_activations(
             for pos, value in values.items():
                 out[pos][index] = value
             bar.update(len(rows))
-    return Activations(chosen, [s.id for s in samples], dict(out), model_identity(lm))
-
-
-def model_identity(lm: LoadedModel) -> dict[str, str]:
-    """What a vector fitted on *lm*'s activations records of it: ``model_id``, ``fingerprint`` and the weights'
-    identity (``weights_digest``, ``dtype``, ``model_type``: what ``vectors export --gguf`` needs)."""
-    return {"model_id": lm.model_id, "fingerprint": lm.fingerprint, **lm.weights_identity}
+    return Activations(chosen, [s.id for s in samples], dict(out), lm.identity)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.defaults import DEFAULT_MAX_CODE_TOKENS
+from ..config.sections import ModelSection
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt
 
-__all__ = ["TokenBudgetError", "check_token_budget", "fit_code_tokens", "prompt_overhead"]
+__all__ = ["TokenBudgetError", "check_token_budget", "fit_code_tokens", "model_budget", "prompt_overhead"]
 
 #: Tokens allowed for the ``...`` truncation markers and for tokenising the code differently inside the prompt.
 SLACK_TOKENS = 16
@@ -104,3 +105,22 @@ def fit_code_tokens(
     if room < 1:
         check_token_budget(context, tokenizer, 1, max_new_tokens=max_new_tokens, template=template)
     return max(1, min(preferred, room))
+
+
+def model_budget(model: ModelSection, max_code_tokens: int | None, *, max_new_tokens: int = 0) -> tuple[Any, Any, int]:
+    """Before any weights load: the ``[model]`` section's config and tokenizer (cheap), and the code budget:
+    *max_code_tokens* checked against the context (:class:`TokenBudgetError` naming ``--max-code-tokens`` if it
+    does not fit), or, when None, the default lowered to what fits (:func:`fit_code_tokens`).
+
+    >>> config, tokenizer, budget = model_budget(ModelSection(), None)  # doctest: +SKIP
+    """
+    from .source import context_length, load_model_config, load_tokenizer
+
+    config = load_model_config(model.name, trust_remote_code=model.trust_remote_code)
+    tokenizer = load_tokenizer(model.name, trust_remote_code=model.trust_remote_code)
+    context = context_length(config)
+    if max_code_tokens is None:
+        return config, tokenizer, fit_code_tokens(context, tokenizer, max_new_tokens=max_new_tokens)
+    name = model.name or "the default model"
+    check_token_budget(context, tokenizer, max_code_tokens, max_new_tokens=max_new_tokens, model=name)
+    return config, tokenizer, max_code_tokens

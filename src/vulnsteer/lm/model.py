@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config.sections import ModelSection
 from ..config.vocabulary import BACKEND_NAMES, DTYPES
 from .backend import Backend
 from .backend import hidden_of as hidden_of  # re-exported: callers import it from here
 from .backend import with_hidden as with_hidden
+from .identity import ModelIdentity
 from .paths import DEFAULT_MODEL, cache_root
 from .source import ModelLoadError, context_length, load_error, source_options
 
@@ -48,7 +50,7 @@ class LoadedModel:
     """A model, its tokenizer and where they came from. One resident copy serves baseline and steered runs.
 
     >>> lm = load_model()  # doctest: +SKIP
-    >>> lm.num_layers, lm.hidden_size, lm.weights_identity["dtype"]  # doctest: +SKIP
+    >>> lm.num_layers, lm.hidden_size, lm.identity.dtype  # doctest: +SKIP
     (30, 576, 'float32')
     """
 
@@ -109,11 +111,17 @@ class LoadedModel:
         return str(getattr(self.model.config, "model_type", "") or "")
 
     @property
-    def weights_identity(self) -> dict[str, str]:
-        """``{"weights_digest", "dtype", "model_type"}``: recorded in vector provenance; the digest depends on the
-        dtype, so two identities only contradict each other when their dtypes agree."""
-        dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
-        return {"weights_digest": self.weights_digest, "dtype": dtype, "model_type": self.model_type}
+    def dtype(self) -> str:
+        """The weights' dtype (``float32``, ``bfloat16`` ...)."""
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Which model this is, in which numbers (:class:`~vulnsteer.lm.identity.ModelIdentity`): what vectors,
+        saved detectors, runs and caches record, and :func:`~vulnsteer.lm.identity.check_same_model` compares."""
+        return ModelIdentity(
+            self.model_id, self.fingerprint, self.weights_digest, self.dtype, self.device.type, self.model_type
+        )
 
     def close(self) -> None:
         """Release the model's memory explicitly (gc and the CUDA cache)."""
@@ -274,37 +282,40 @@ def resolve_device(device: str | None) -> str:
 
 
 def load_model(
-    spec: str | None = None,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    device_map: str | None = None,
-    trust_remote_code: bool = False,
-    layer_matcher: LayerMatcher | None = None,
-    backend: str = "hooks",
-    remote: bool | str = False,
+    model: ModelSection | str | None = None, /, *, layer_matcher: LayerMatcher | None = None, **keys: Any
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer, in eval mode.
+    """Load a causal LM and its tokenizer, in eval mode, as the ``[model]`` section says: the one way a model is
+    loaded (every command, the protocol, the scan scorer and each Ray worker call it).
 
     Args:
-        spec: Hugging Face id, local directory, ``.gguf`` file, or ``None`` for the embedded default.
-        device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available.
-        dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``float32``, ``bfloat16``, ``float16``.
-        device_map: passed through to ``from_pretrained`` (``"auto"`` spreads a large model over GPUs).
-        trust_remote_code: off unless the user asks for it.
-        layer_matcher: where the decoder blocks are, for an architecture vulnsteer does not know (a dotted
-            attribute path such as ``"transformer.blocks"``, or a function of the model).
-        backend: ``hooks`` (forward hooks) or ``nnsight`` (nnsight tracing contexts; ``pip install
-            'vulnsteer[nnsight]'``): same steering, same numbers (:mod:`vulnsteer.lm.backend`).
-        remote: with the ``nnsight`` backend, nnsight's remote option: ``True`` runs every pass on NDIF (only the
-            tokenizer and the architecture are loaded here; ``NDIF_API_KEY``/``NDIF_HOST`` configure nnsight), a URL
-            names another host, ``"local"`` simulates the remote path on the model loaded here.
+        model: the ``[model]`` section (:class:`~vulnsteer.config.sections.ModelSection`; every key is
+            documented there), or its ``name`` (a Hugging Face id, local directory or ``.gguf`` file; ``None``: the
+            embedded default) with other ``[model]`` keys as keyword arguments (``device="cpu"``, ``dtype``,
+            ``device_map``, ``trust_remote_code``, ``layers_path``, ``backend``, ``remote``).
+        layer_matcher: where the decoder blocks are, for an architecture vulnsteer does not know: a function of
+            the model returning them (a dotted attribute path is the ``layers_path`` key); overrides
+            ``layers_path``.
+
+    ``backend="nnsight"`` runs passes in nnsight tracing contexts (``pip install 'vulnsteer[nnsight]'``; same
+    steering, same numbers, :mod:`vulnsteer.lm.backend`); with it, ``remote`` runs every pass on NDIF (``True``:
+    only the tokenizer and the architecture are loaded here; ``NDIF_API_KEY``/``NDIF_HOST`` configure nnsight), on
+    the host at a URL, or ``"local"`` simulates the remote path on the model loaded here.
 
     >>> lm = load_model()                                   # the embedded SmolLM2-135M  # doctest: +SKIP
+    >>> lm = load_model(ExperimentConfig().model)           # a run's [model] section  # doctest: +SKIP
     >>> lm = load_model("Qwen/Qwen2.5-1.5B-Instruct", device="cuda")  # bf16 on CUDA  # doctest: +SKIP
-    >>> lm = load_model("my-model/", layer_matcher="transformer.blocks")  # doctest: +SKIP
+    >>> lm = load_model("my-model/", layers_path="transformer.blocks")  # doctest: +SKIP
     >>> lm = load_model("meta-llama/Llama-3.1-70B", backend="nnsight", remote=True)  # on NDIF  # doctest: +SKIP
     """
+    if isinstance(model, ModelSection):
+        if keys:
+            raise TypeError(f"load_model: give the [model] keys in the section, not as {', '.join(keys)}")
+        section = model
+    else:
+        section = ModelSection(name=model, **keys)
+    spec, device, dtype, device_map = section.name, section.device, section.dtype, section.device_map
+    trust_remote_code, backend, remote = section.trust_remote_code, section.backend, section.remote
+    layer_matcher = layer_matcher if layer_matcher is not None else section.layers_path
     if backend not in BACKEND_NAMES:
         raise ValueError(f"--backend must be one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
     if remote and backend != "nnsight":
@@ -325,17 +336,17 @@ def load_model(
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model: Any = AutoModelForCausalLM.from_pretrained(
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch_dtype, device_map=device_map, low_cpu_mem_usage=True, **kwargs
         )
     except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError ...) for bad models
         raise load_error(exc, model_id, kind, location) from exc
     if "gguf_file" in kwargs:
-        setattr(model, "hf_quantizer", None)  # noqa: B010
+        setattr(loaded, "hf_quantizer", None)  # noqa: B010
     if device_map is None:
-        model.to(dev)
-    model.eval()
-    model.requires_grad_(False)
+        loaded.to(dev)
+    loaded.eval()
+    loaded.requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -343,12 +354,12 @@ def load_model(
     if backend == "nnsight":
         from .nnsight_backend import NNSightBackend
 
-        runner = NNSightBackend.wrap(model, tokenizer, remote)
+        runner = NNSightBackend.wrap(loaded, tokenizer, remote)
     return LoadedModel(
-        model=model,
+        model=loaded,
         tokenizer=tokenizer,
         model_id=model_id,
-        fingerprint=model_fingerprint(model),
+        fingerprint=model_fingerprint(loaded),
         source=kind,
         extra={"dtype": str(torch_dtype).replace("torch.", ""), "device": dev},
         layer_matcher=layer_matcher,

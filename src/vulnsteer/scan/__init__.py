@@ -1,14 +1,16 @@
 """``vulnsteer scan``: real code in, findings out.
 
 Walk files and folders, split them into functions with tree-sitter, score each function with a
-:class:`~vulnsteer.scan.scorer.Scorer` (the plain or steered model: :class:`~vulnsteer.scan.model_scorer.ModelScorer`),
-cache scores per (scorer digest, code hash), and write SARIF 2.1.0, JSON lines or a table.
+:class:`~vulnsteer.scan.scorer.Scorer` (the plain or steered model, or a saved detector, as a
+:class:`~vulnsteer.scan.model_scorer.ScorerSpec` says: :class:`~vulnsteer.scan.model_scorer.ModelScorer`), cache
+scores per (scorer digest, code hash), and write SARIF 2.1.0, JSON lines or a table. ``vulnsteer detect`` is a view
+of the same engine: one score per file (:mod:`vulnsteer.scan.sources`).
 
 Nothing here imports torch until a function has to be scored, so a rescan whose functions are all cached is
 fast.
 
->>> from vulnsteer.scan import ModelScorer, ModelSource, ScanOptions, scan, render  # doctest: +SKIP
->>> with ModelScorer(ModelSource(), identity_store=default_cache_dir() / "models") as scorer:  # doctest: +SKIP
+>>> from vulnsteer.scan import ModelScorer, ScorerSpec, ScanOptions, scan, render  # doctest: +SKIP
+>>> with ModelScorer(ScorerSpec(), identity_store=default_cache_dir() / "models") as scorer:  # doctest: +SKIP
 ...     report = scan(["src/"], scorer, ScanOptions(), cache_dir=default_cache_dir())
 >>> print(render(report, "text"))  # doctest: +SKIP
 """
@@ -18,23 +20,22 @@ from pathlib import Path
 from ..lm.paths import cache_root
 from .engine import FunctionResult, ScanOptions, ScanReport, ScanStats, scan
 from .files import FileFilter
-from .model_scorer import DetectorOptions, ModelScorer, ModelSource, SteeringOptions
+from .model_scorer import ModelScorer, ScorerSpec, VectorSteering
 from .output import render, write_output
 from .scorer import FunctionScore, Scorer, StaleDigestError, scorer_digest
 
 __all__ = [
-    "DetectorOptions",
     "FileFilter",
     "FunctionResult",
     "FunctionScore",
     "ModelScorer",
-    "ModelSource",
     "ScanOptions",
     "ScanReport",
     "ScanStats",
     "Scorer",
+    "ScorerSpec",
     "StaleDigestError",
-    "SteeringOptions",
+    "VectorSteering",
     "default_cache_dir",
     "render",
     "scan",

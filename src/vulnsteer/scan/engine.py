@@ -47,6 +47,7 @@ __all__ = [
     "ScanReport",
     "ScanStats",
     "check_paths",
+    "display_path",
     "level_for",
     "scan",
 ]
@@ -93,6 +94,8 @@ class ScanOptions:
         allow_unscanned: source files that could not be scanned (too large, unreadable) do not fail the scan.
         baseline: fingerprints of findings already known (an earlier scan's; see
             :mod:`~vulnsteer.scan.suppression`): those are not reported and do not fail the scan.
+        language: the language of every file (None: each file's own, from its extension or ``#!`` line).
+        score_unknown: score a file of no known language whole, as plain source code (else it is skipped).
     """
 
     files: FileFilter = field(default_factory=FileFilter)
@@ -104,6 +107,8 @@ class ScanOptions:
     cwes: tuple[str, ...] = ()
     allow_unscanned: bool = False
     baseline: frozenset[str] = frozenset()
+    language: str | None = None
+    score_unknown: bool = False
 
     def __post_init__(self) -> None:
         if self.fail_on is None:
@@ -395,6 +400,11 @@ def check_paths(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def display_path(path: Path, base: Path) -> str:
+    """How a report names *path*: relative to *base* (see :attr:`FunctionResult.path`)."""
+    return printable(_relative(path, base))
+
+
 def _relative(path: Path, base: Path) -> str:
     """*path* relative to *base* (POSIX, with ``..`` when outside it), as the file system names it."""
     return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
@@ -434,9 +444,10 @@ def _read(
 ) -> list[_Pending]:
     """The functions of one file (and its counts in *stats*)."""
     path = candidate.path
-    shown = printable(_relative(path, base))
+    shown = display_path(path, base)
+    named = options.language is not None or options.score_unknown  # (a language, or none, is given)
     try:
-        if candidate.language is None and _language_from_head(path) is None:  # not source: skipped, whatever size
+        if not named and candidate.language is None and _language_from_head(path) is None:  # not source: skipped
             stats.skipped["unknown language"] += 1
             return []
         size = path.stat().st_size
@@ -456,7 +467,9 @@ def _read(
     if not text.strip():
         stats.skipped["empty"] += 1
         return []
-    language = language_of(path, text[:8192])
+    language = options.language if options.language is not None else language_of(path, text[:8192])
+    if language is None and options.score_unknown:
+        language = ""
     if language is None:
         stats.skipped["unknown language"] += 1
         return []

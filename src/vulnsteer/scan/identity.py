@@ -1,4 +1,4 @@
-"""A model's identity (id, architecture fingerprint, weights digest, dtype) without loading it.
+"""A model's identity (:class:`~vulnsteer.lm.identity.ModelIdentity`) without loading it.
 
 Loading a model and hashing its weights takes seconds; a rescan whose functions are all cached needs neither.
 The identity a real load measured is recorded under a key made of the model's local files (names, sizes,
@@ -9,7 +9,7 @@ one that disagrees is replaced. Hub ids have no local files and no key: they are
 >>> import tempfile
 >>> from pathlib import Path
 >>> store = Path(tempfile.mkdtemp())
->>> ident = ModelIdentity("tiny", "f00d", "beef", "float32")
+>>> ident = ModelIdentity("tiny", "f00d", "beef", "float32", "cpu")
 >>> remember_identity(store, "k1", ident)
 >>> recall_identity(store, "k1") == ident, recall_identity(store, "k2")
 (True, None)
@@ -20,40 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from ..io import write_json
+from ..lm.identity import ModelIdentity
 
-__all__ = ["ModelIdentity", "identity_of", "location_key", "recall_identity", "remember_identity"]
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a scorer's digest needs to know about its model.
-
-    >>> ModelIdentity("tiny", "f00d", "beef", "float32").to_dict()["dtype"]
-    'float32'
-    """
-
-    model_id: str
-    fingerprint: str
-    weights_digest: str
-    dtype: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def identity_of(lm: Any) -> ModelIdentity:
-    """The identity of a :class:`~vulnsteer.lm.model.LoadedModel` (hashes its weights once).
-
-    >>> identity_of(load_model()).fingerprint  # doctest: +SKIP
-    'a1ede990bdddcd03'
-    """
-    weights = lm.weights_identity
-    return ModelIdentity(str(lm.model_id), str(lm.fingerprint), weights["weights_digest"], weights["dtype"])
+__all__ = ["location_key", "recall_identity", "remember_identity"]
 
 
 def location_key(location: Path, device: str | None, dtype: str | None) -> str:
@@ -89,7 +61,7 @@ def recall_identity(store: Path, key: str) -> ModelIdentity | None:
         data = json.loads((store / f"{key}.json").read_text(encoding="utf-8"))
         if data.get("key") != key:
             return None
-        return ModelIdentity(**{name: str(data["identity"][name]) for name in ModelIdentity.__dataclass_fields__})
+        return ModelIdentity.from_dict(data["identity"], str(store / f"{key}.json"))
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 

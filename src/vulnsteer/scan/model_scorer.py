@@ -1,20 +1,26 @@
 """The plain or steered model, or a saved detector, as a :class:`~vulnsteer.scan.scorer.Scorer`.
 
+What scores code is declared once, as a :class:`ScorerSpec` built from the configuration keys (the ``[model]``
+section, ``detection.max_new_tokens`` and ``batch_size``, ``data.max_code_tokens``) plus what steers the model: a
+vector at one setting (:class:`VectorSteering`), a saved detector folder, or nothing. ``vulnsteer detect`` and
+``vulnsteer scan`` build the same spec from the same flags, so one function gets the same score from both.
+
 The score is P(vulnerable) from the answer logits (:func:`vulnsteer.detection.engine.detect_variants_modes`, logit
-mode); with ``explain`` the same first forward step also feeds greedy generation, whose text is the explanation
-and whose parsed verdict and named CWE are reported. Steering (``--vector V --strength S``) applies one
-:class:`~vulnsteer.steering.hooks.SteeringSpec` to every function; a saved detector (``--detector DIR``,
-:class:`~vulnsteer.detection.detector.SavedDetector`) applies its probe-gated spec with its own prompt template, and
-each score then carries the probe's score and the push the gate gave.
+mode); with ``explain`` (mode ``generation``) the same first forward step also feeds greedy generation, whose
+answer text is the explanation and whose parsed verdict and named CWE are reported. A saved detector
+(:class:`~vulnsteer.detection.detector.SavedDetector`) applies its probe-gated setting with its own prompt
+template, and each score then carries the probe's score and the push the gate gave.
 
-The model is loaded on the first :meth:`ModelScorer.score` call: a rescan whose functions are all cached never
-loads it. The digest covers the model (fingerprint, weights digest, dtype), the vector file's SHA-256 and the
-steering settings (or the detector folder's files), the prompt template, the token budget, the threshold and,
-with ``explain``, the generation length; see :mod:`vulnsteer.scan.identity` for how the model's identity is known
-without loading it.
+The model is loaded on the first :meth:`ModelScorer.score` call (or when the digest needs an identity nobody
+recorded): a rescan whose functions are all cached never loads it. The digest covers the model's identity, the
+vector file's SHA-256 and its setting (or the detector folder's files), the prompt template, the token budget,
+the threshold and, with ``explain``, the generation length; see :mod:`vulnsteer.scan.identity` for how the model's
+identity is known without loading it.
 
->>> scorer = ModelScorer(loaded_model, steering=SteeringOptions(Path("cwe-89.safetensors"), 4.0))  # doctest: +SKIP
->>> scorer.score(units)[0].score  # doctest: +SKIP
+>>> spec = ScorerSpec(vector=VectorSteering(Path("cwe-89.safetensors"), 0.3))  # doctest: +SKIP
+>>> with ModelScorer(spec) as scorer:  # doctest: +SKIP
+...     scorer.check()                           # files, token budget and vector against the model's config
+...     scorer.score(units)[0].score
 0.83
 """
 
@@ -24,70 +30,96 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_CODE_TOKENS, DEFAULT_MAX_NEW_TOKENS
+from ..config.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CODE_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_STEER_POSITIONS,
+    DEFAULT_UNIT,
+)
+from ..config.sections import ModelSection
 from ..cwe import UnknownCWEError, normalize_cwe
 from ..data.sample import Sample
 from ..data.truncate import truncate_sample
+from ..lm.identity import ModelIdentity
 from ..lm.paths import local_model_location
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from .identity import ModelIdentity, identity_of, location_key, recall_identity, remember_identity
+from .identity import location_key, recall_identity, remember_identity
 from .scorer import FunctionScore, StaleDigestError, scorer_digest
 
-__all__ = ["SCORE_FORMAT", "DetectorOptions", "ModelScorer", "ModelSource", "SteeringOptions"]
+__all__ = ["SCORE_FORMAT", "ModelScorer", "ScorerSpec", "VectorSteering"]
 
 log = logging.getLogger(__name__)
 
 #: Bumped when what a score means changes (a scorer's digest includes it).
-SCORE_FORMAT = 1
+SCORE_FORMAT = 2
 
 
 @dataclass(frozen=True)
-class ModelSource:
-    """How to load the model: the ``[model]`` keys (``--model``, ``--device``, ``--dtype``, ``--device-map``,
-    ``--trust-remote-code``, ``--layers-path``); ``spec=None`` is the embedded default.
+class VectorSteering:
+    """A steering vector file applied at one setting (``--vector``, ``--strength``, ``--layers``, ``--positions``,
+    ``--unit``; see :class:`~vulnsteer.steering.hooks.SteeringSpec`). Positions and unit default as the
+    configuration's do.
 
-    >>> ModelSource("Qwen/Qwen2.5-1.5B-Instruct", device="cuda").dtype is None
-    True
-    """
-
-    spec: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    device_map: str | None = None
-    trust_remote_code: bool = False
-    layers_path: str | None = None
-
-
-@dataclass(frozen=True)
-class SteeringOptions:
-    """A steering vector file and how to apply it (see :class:`~vulnsteer.steering.hooks.SteeringSpec`).
-
-    >>> SteeringOptions(Path("vecs/cwe-89.safetensors"), 4.0, positions="last").unit
-    'raw'
+    >>> VectorSteering(Path("vecs/cwe-89.safetensors"), 0.3).positions, VectorSteering(Path("v"), 1.0).unit
+    ('last', 'relative')
     """
 
     vector: Path
     strength: float
     layers: tuple[int, ...] = ()
-    positions: str = "all"
-    unit: str = "raw"
-    allow_model_mismatch: bool = False
+    positions: str = DEFAULT_STEER_POSITIONS
+    unit: str = DEFAULT_UNIT
 
 
 @dataclass(frozen=True)
-class DetectorOptions:
-    """A saved detector folder (``detector.json``, ``probe.safetensors``, ``vector.safetensors``).
+class ScorerSpec:
+    """What scores code (see the module docstring): the model, what steers it, and the detection options.
 
-    >>> DetectorOptions(Path("runs/demo/detector")).allow_model_mismatch
-    False
+    Attributes:
+        model: the ``[model]`` section (:func:`~vulnsteer.lm.model.load_model` loads it).
+        vector: a vector at one setting, or None.
+        detector: a saved detector folder instead of *vector* (its template replaces the default one).
+        allow_model_mismatch: use a vector or detector made with another model.
+        explain: also generate the answer text (mode ``generation``): verdict, named CWE and explanation.
+        max_new_tokens: ``detection.max_new_tokens``, with *explain*.
+        batch_size: ``detection.batch_size``.
+        max_code_tokens: ``data.max_code_tokens`` as given (an error if it does not fit the model's context), or
+            None: its default, lowered to what fits.
+        threshold: P(vulnerable) at which the logit verdict is ``vulnerable``.
+
+    >>> ScorerSpec(max_code_tokens=16)
+    Traceback (most recent call last):
+    ...
+    ValueError: --max-code-tokens must be at least 32, got 16
     """
 
-    folder: Path
+    model: ModelSection = field(default_factory=ModelSection)
+    vector: VectorSteering | None = None
+    detector: Path | None = None
     allow_model_mismatch: bool = False
+    explain: bool = False
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_code_tokens: int | None = None
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_code_tokens is not None and self.max_code_tokens < 32:
+            raise ValueError(f"--max-code-tokens must be at least 32, got {self.max_code_tokens}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("--batch-size and --max-new-tokens must be positive")
+        if self.vector is not None and self.detector is not None:
+            raise ValueError("--detector and --vector exclude each other (a detector carries its own vector)")
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens generated per function (0 without *explain*)."""
+        return self.max_new_tokens if self.explain else 0
 
 
 #: The files of a detector folder that decide its scores (hashed into the scorer's digest).
@@ -111,218 +143,238 @@ def _file_sha256(path: Path, option: str = "--vector") -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
         raise FileNotFoundError(f"{option}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{option}: {path}: is a folder, not a vector file") from None
     except OSError as exc:
         raise ValueError(f"{option}: cannot read {path} ({exc.strerror or exc})") from None
 
 
+def _cwe_of(name: str) -> str | None:
+    try:
+        return normalize_cwe(name)
+    except UnknownCWEError:  # a vector or detector for no one weakness ("any", pooled)
+        return None
+
+
 class ModelScorer:
-    """Scores functions with a model (a :class:`ModelSource` to load when needed, or a loaded
-    :class:`~vulnsteer.lm.model.LoadedModel`), optionally steered; see the module docstring.
+    """Scores functions as a :class:`ScorerSpec` says; see the module docstring.
 
     Args:
-        model: what to score with.
-        steering: a vector and strength, or None for the plain model.
-        detector: a saved detector instead of *steering* (its template replaces *template*).
-        explain: also generate an answer (the verdict, named CWE and explanation text).
-        template: the prompt wording (default: :data:`~vulnsteer.lm.prompts.DEFAULT_TEMPLATE`).
-        batch_size: functions per forward pass.
-        max_new_tokens: generation length with *explain*.
-        max_code_tokens: token budget for a function (token-aware truncation, as in training).
-        threshold: P(vulnerable) at which the logit verdict is ``vulnerable``.
-        identity_store: folder of recorded model identities (None: always load the model to know it).
-
-    >>> with ModelScorer(ModelSource(), identity_store=Path("~/.cache/vulnsteer/scan/models")) as s:  # doctest: +SKIP
-    ...     s.score([Sample("x", "os.system(cmd)", "python", "unknown", "vulnerable")])[0].score
-    0.97
+        spec: what scores.
+        lm: an already loaded model to score with (None: load ``spec.model`` when needed; the scorer then owns it).
+        identity_store: folder of recorded model identities (None: load the model to know its identity).
+        template: the prompt wording without a detector (default: :data:`~vulnsteer.lm.prompts.DEFAULT_TEMPLATE`).
     """
 
     def __init__(
         self,
-        model: ModelSource | Any,
+        spec: ScorerSpec | None = None,
         *,
-        steering: SteeringOptions | None = None,
-        detector: DetectorOptions | None = None,
-        explain: bool = False,
-        template: PromptTemplate | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        max_code_tokens: int = DEFAULT_MAX_CODE_TOKENS,
-        threshold: float = 0.5,
+        lm: Any = None,
         identity_store: Path | None = None,
+        template: PromptTemplate | None = None,
     ) -> None:
-        if max_code_tokens < 32:
-            raise ValueError(f"--max-code-tokens must be at least 32, got {max_code_tokens}")
-        if batch_size < 1 or max_new_tokens < 1:
-            raise ValueError("--batch-size and --max-new-tokens must be positive")
-        if steering is not None and detector is not None:
-            raise ValueError("--detector and --vector exclude each other (a detector carries its own vector)")
-        self.steering = steering
-        self.detector = detector
-        self._detector_sha = _detector_sha256(detector.folder) if detector is not None else None
-        self.explain = explain
+        self.spec = spec = spec or ScorerSpec()
+        if spec.model.backend == "nnsight":
+            from ..lm.nnsight_backend import require_nnsight
+
+            require_nnsight()  # a rescan needs no model, but the flag is not accepted without the package
         self.template = template or DEFAULT_TEMPLATE
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.max_code_tokens = max_code_tokens
-        self.threshold = threshold
+        self._vector_sha = _file_sha256(spec.vector.vector) if spec.vector is not None else None
+        self._detector_sha = _detector_sha256(spec.detector) if spec.detector is not None else None
+        self._lm = lm
+        self._owns_model = lm is None
         self._identity_store = identity_store
-        self._vector_sha = _file_sha256(steering.vector) if steering is not None else None
-        self._specs: list[Any] | None = None
-        self._vector_cwe: str | None = None
         self._key: str | None = None
-        if isinstance(model, ModelSource):
-            self._source: ModelSource | None = model
-            self._lm: Any = None
-            self._owns_model = True
-            self._identity = self._recalled_identity(model)
-        else:
-            self._source = None
-            self._lm = model
-            self._owns_model = False
-            self._identity = identity_of(model)
-        if self._identity is None:
-            self._load()
-        assert self._identity is not None
-        self.digest = scorer_digest(self._digest_parts())
+        self._specs: list[Any] | None = None
+        self._steering_cwe: str | None = None
+        self._budget: int | None = None
+        self._identity: ModelIdentity | None = lm.identity if lm is not None else self._recalled_identity()
+        self._digest: str | None = None
 
     # identity ----------------------------------------------------------------------------------------------
 
-    def _recalled_identity(self, source: ModelSource) -> ModelIdentity | None:
-        location = local_model_location(source.spec)
-        if location is None or self._identity_store is None or source.device_map is not None:
+    def _recalled_identity(self) -> ModelIdentity | None:
+        model = self.spec.model
+        location = local_model_location(model.name)
+        if location is None or self._identity_store is None or model.device_map is not None or model.remote:
             return None
-        self._key = location_key(location, source.device, source.dtype)
+        self._key = location_key(location, model.device, model.dtype)
         return recall_identity(self._identity_store, self._key)
+
+    @property
+    def digest(self) -> str:
+        """A hash of everything that decides the scores (the cache key's scorer part); loads the model if no
+        identity was recorded for it."""
+        if self._digest is None:
+            if self._identity is None:
+                self._load()
+            self._digest = scorer_digest(self._digest_parts())
+        return self._digest
 
     def _digest_parts(self) -> dict[str, Any]:
         assert self._identity is not None
-        steering = self.steering
+        spec, vector = self.spec, self.spec.vector
         return {
             "scorer": "model",
             "format": SCORE_FORMAT,
-            "model": {k: v for k, v in self._identity.to_dict().items() if k != "model_id"},
+            "model": self._identity.digest(),
             "vector": None
-            if steering is None
+            if vector is None
             else {
                 "sha256": self._vector_sha,
-                "strength": float(steering.strength),
-                "layers": list(steering.layers),
-                "positions": steering.positions,
-                "unit": steering.unit,
+                "strength": float(vector.strength),
+                "layers": list(vector.layers),
+                "positions": vector.positions,
+                "unit": vector.unit,
             },
             "detector": self._detector_sha,
-            "template": self.template.to_dict() if self.detector is None else None,  # the detector's files hold it
-            "max_code_tokens": self.max_code_tokens,
-            "threshold": self.threshold,
-            "explain": {"max_new_tokens": self.max_new_tokens} if self.explain else None,
+            "template": self.template.to_dict() if spec.detector is None else None,  # the detector's files hold it
+            "max_code_tokens": spec.max_code_tokens,
+            "threshold": spec.threshold,
+            "explain": {"max_new_tokens": spec.max_new_tokens} if spec.explain else None,
         }
 
     @property
     def provenance(self) -> Mapping[str, Any]:
         """What this scorer is (for SARIF ``properties`` and JSON records)."""
+        digest = self.digest
         assert self._identity is not None
+        spec, vector = self.spec, self.spec.vector
         out: dict[str, Any] = {
-            "scorer": "model" if self.detector is None else "detector",
-            "digest": self.digest,
-            "model": self._identity.model_id,
+            "scorer": "model" if spec.detector is None else "detector",
+            "digest": digest,
+            "model": self._identity.id,
             "model_fingerprint": self._identity.fingerprint,
             "weights_digest": self._identity.weights_digest,
             "dtype": self._identity.dtype,
-            "mode": "logit+generation" if self.explain else "logit",
-            "max_code_tokens": self.max_code_tokens,
-            "prompt_template": "default" if self.template == DEFAULT_TEMPLATE else "custom",
+            "mode": "logit+generation" if spec.explain else "logit",
+            "max_code_tokens": spec.max_code_tokens or DEFAULT_MAX_CODE_TOKENS,
         }
-        if self.detector is not None:
-            out.update(detector=str(self.detector.folder), detector_sha256=self._detector_sha)
-            out.pop("prompt_template")  # the detector's own (in its detector.json)
-        if self.steering is not None:
-            out.update(
-                vector=str(self.steering.vector),
-                vector_sha256=self._vector_sha,
-                strength=self.steering.strength,
-                layers=list(self.steering.layers),
-                positions=self.steering.positions,
-                unit=self.steering.unit,
-            )
+        if spec.detector is not None:
+            out.update(detector=str(spec.detector), detector_sha256=self._detector_sha)
+        else:
+            out["prompt_template"] = "default" if self.template == DEFAULT_TEMPLATE else "custom"
+        if vector is not None:
+            out.update(dataclasses.asdict(vector), vector=str(vector.vector), layers=list(vector.layers))
+            out["vector_sha256"] = self._vector_sha
         return out
 
-    # loading -----------------------------------------------------------------------------------------------
+    # checking and loading ----------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """What can be wrong before the weights load, each a one-line error naming the file or option: the device,
+        the vector file or detector folder, the token budget against the model's context, and the vector's
+        hidden size, layers and strength against the model's config."""
+        from ..lm.budget import model_budget
+        from ..lm.model import resolve_device
+
+        spec = self.spec
+        resolve_device(spec.model.device)
+        vector = self._read_vector() if spec.vector is not None else None
+        if spec.detector is not None:
+            from ..detection.detector import SavedDetector
+
+            SavedDetector.load(spec.detector)
+        config, _, self._budget = model_budget(spec.model, spec.max_code_tokens, max_new_tokens=spec.new_tokens)
+        if vector is not None:
+            self._check_vector_shape(vector, config)
+
+    def _fit_budget(self, context: int | None, tokenizer: Any) -> None:
+        from ..lm.budget import fit_code_tokens
+
+        spec = self.spec
+        if spec.max_code_tokens is not None:
+            self._budget = spec.max_code_tokens
+        else:
+            self._budget = fit_code_tokens(context, tokenizer, max_new_tokens=spec.new_tokens)
+
+    def _read_vector(self) -> Any:
+        from ..steering.vectors import SteeringVector
+
+        assert self.spec.vector is not None
+        return SteeringVector.load(self.spec.vector.vector)
+
+    def _steering_spec(self, vector: Any) -> Any:
+        from ..steering.hooks import SteeringSpec
+
+        steering = self.spec.vector
+        assert steering is not None
+        try:
+            return SteeringSpec(
+                vector,
+                steering.strength,
+                layers=steering.layers,
+                positions=steering.positions,  # type: ignore[arg-type]
+                unit=steering.unit,  # type: ignore[arg-type]
+            )
+        except ValueError as exc:
+            raise ValueError(f"{steering.vector}: {exc}") from None
+
+    def _check_vector_shape(self, vector: Any, config: Any) -> None:
+        """The vector's hidden size and steered layers against the model's config, and its setting."""
+        steering = self.spec.vector
+        assert steering is not None
+        hidden = getattr(config, "hidden_size", None)
+        if isinstance(hidden, int):
+            vector.check_hidden_size(hidden, str(steering.vector))
+        layers = getattr(config, "num_hidden_layers", None)
+        steered = steering.layers or vector.layers
+        outside = [layer for layer in steered if isinstance(layers, int) and not 0 <= layer < layers]
+        if outside:
+            raise ValueError(f"{steering.vector}: steers layers {outside}, but the model has {layers} layers")
+        self._steering_spec(vector)
 
     def _load(self) -> Any:
-        """Load the model (and the vector) if not loaded yet; check a recalled identity against the real one."""
+        """Load the model (and what steers it) if not loaded yet; check a recalled identity against the real one."""
         if self._lm is None:
             from ..lm.model import load_model
 
-            source = self._source
-            assert source is not None
-            self._lm = load_model(
-                source.spec,
-                device=source.device,
-                dtype=source.dtype,
-                device_map=source.device_map,
-                trust_remote_code=source.trust_remote_code,
-                layer_matcher=source.layers_path,
-            )
-            measured = identity_of(self._lm)
+            model = self.spec.model
+            self._lm = load_model(model)
+            measured = self._lm.identity
             recalled = self._identity
             self._identity = measured
-            if self._key is None and self._identity_store is not None and source.device_map is None:
-                location = local_model_location(source.spec)  # the embedded model exists once loaded
-                self._key = location_key(location, source.device, source.dtype) if location is not None else None
+            if self._key is None and self._identity_store is not None and model.device_map is None:
+                location = local_model_location(model.name)  # the embedded model exists once loaded
+                self._key = location_key(location, model.device, model.dtype) if location is not None else None
             if self._key is not None and self._identity_store is not None and measured != recalled:
                 remember_identity(self._identity_store, self._key, measured)
             if recalled is not None and measured != recalled:
-                log.warning("the recorded identity of %s was stale; it is updated", measured.model_id)
-                self.digest = scorer_digest(self._digest_parts())
-                self._prepare_steering()
+                log.warning("the recorded identity of %s was stale; it is updated", measured.id)
+                self._digest = None
+                self._prepare()
                 raise StaleDigestError(f"model identity changed to {measured}")
         if self._specs is None:
-            self._prepare_steering()
+            self._prepare()
         return self._lm
 
-    def _prepare_steering(self) -> None:
-        from ..steering.hooks import SteeringSpec
-        from ..steering.vectors import SteeringVector
+    def _prepare(self) -> None:
+        """The steering specs and the token budget, once the model is loaded (refusing another model's vector or
+        detector unless mismatches are allowed)."""
+        lm, spec = self._lm, self.spec
+        if self._budget is None:
+            self._fit_budget(lm.context_length, lm.tokenizer)
+        allow = spec.allow_model_mismatch
+        if spec.detector is not None:
+            from ..detection.detector import SavedDetector
 
-        lm, steering = self._lm, self.steering
-        if self.detector is not None:
-            self._prepare_detector(self.detector)
-            return
-        if steering is None:
+            detector = SavedDetector.load(spec.detector)
+            for warning in detector.check_model(lm, str(spec.detector), allow_mismatch=allow):
+                log.warning("%s", warning)
+            self._specs = [detector.spec()]
+            self.template = detector.template
+            self._steering_cwe = _cwe_of(detector.vector.cwe)
+        elif spec.vector is not None:
+            vector = self._read_vector()
+            for warning in vector.check_model(
+                lm.identity, lm.hidden_size, str(spec.vector.vector), allow_mismatch=allow
+            ):
+                log.warning("%s", warning)
+            self._specs = [self._steering_spec(vector)]
+            self._steering_cwe = _cwe_of(vector.cwe)
+        else:
             self._specs = []
-            return
-        check = not steering.allow_model_mismatch
-        vector = SteeringVector.load(
-            steering.vector,
-            hidden_size=lm.hidden_size,
-            fingerprint=lm.fingerprint if check else None,
-            weights=lm.weights_identity if check else None,
-        )
-        spec = SteeringSpec(
-            vector,
-            steering.strength,
-            layers=steering.layers,
-            positions=steering.positions,  # type: ignore[arg-type]
-            unit=steering.unit,  # type: ignore[arg-type]
-        )
-        self._specs = [spec]
-        try:
-            self._vector_cwe = normalize_cwe(vector.cwe)
-        except UnknownCWEError:  # a vector for no one weakness ("any", pooled)
-            self._vector_cwe = None
-
-    def _prepare_detector(self, options: DetectorOptions) -> None:
-        from ..detection.detector import SavedDetector
-
-        detector = SavedDetector.load(options.folder)
-        if not options.allow_model_mismatch:
-            detector.check_model(self._lm, str(options.folder))
-        self._specs = [detector.spec()]
-        self.template = detector.template
-        try:
-            self._vector_cwe = normalize_cwe(detector.vector.cwe)
-        except UnknownCWEError:  # a detector for any weakness
-            self._vector_cwe = None
 
     def close(self) -> None:
         """Release the model if this scorer loaded it."""
@@ -346,37 +398,39 @@ class ModelScorer:
 
         lm = self._load()
         tokenizer = lm.tokenizer
+        spec = self.spec
+        assert self._budget is not None
 
         def count(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-        samples = [truncate_sample(u, count, self.max_code_tokens) for u in units]
+        samples = [truncate_sample(u, count, self._budget) for u in units]
         # unique ids: the engine keys nothing on them, but records carry them
         samples = [dataclasses.replace(s, id=f"{i}:{s.id}") for i, s in enumerate(samples)]
-        modes = ("logit", "generation") if self.explain else ("logit",)
+        modes = ("logit", "generation") if spec.explain else ("logit",)
         out = detect_variants_modes(
             lm,
             samples,
             {"scan": list(self._specs or [])},
             modes=modes,
             template=self.template,
-            batch_size=self.batch_size,
-            max_new_tokens=self.max_new_tokens,
-            threshold=self.threshold,
+            batch_size=spec.batch_size,
+            max_new_tokens=spec.max_new_tokens,
+            threshold=spec.threshold,
             progress=progress,
             desc="scoring",
         )
         logits = out["logit"]["scan"]
-        texts = out["generation"]["scan"] if self.explain else [None] * len(samples)
+        texts = out["generation"]["scan"] if spec.explain else [None] * len(samples)
         scores = []
         for sample, rec, gen in zip(samples, logits, texts):
             p = min(1.0, max(0.0, float(rec.score if rec.score is not None else 0.0)))
             truncated = bool(sample.meta.get("truncation", {}).get("truncated"))
             probe = {"probe": rec.gate_score, "push": rec.push}
             if gen is None:
-                scores.append(FunctionScore(p, rec.verdict, self._vector_cwe, None, truncated, **probe))
+                scores.append(FunctionScore(p, rec.verdict, self._steering_cwe, None, truncated, **probe))
             else:
-                cwe = gen.named_cwe if gen.verdict == "vulnerable" and gen.named_cwe else self._vector_cwe
+                cwe = gen.named_cwe if gen.verdict == "vulnerable" and gen.named_cwe else self._steering_cwe
                 text = (gen.text or "").strip() or None
                 scores.append(FunctionScore(p, gen.verdict, cwe, text, truncated, **probe))
         return scores

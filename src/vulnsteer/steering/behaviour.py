@@ -21,11 +21,12 @@ from datetime import datetime, timezone
 
 import torch
 
+from ..config.defaults import DEFAULT_BATCH_SIZE
 from ..data.sample import Sample, dataset_hash
 from ..lm.activations import ANSWER_POOLINGS, Activations, extract_activations
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
-from .vectors import Provenance, SteeringVector, unit_direction
+from .vectors import Provenance, SteeringVector, recorded_identity, unit_direction
 
 __all__ = ["answer_vector", "answer_vector_from", "projection_sigmas"]
 
@@ -46,7 +47,7 @@ def answer_vector(
     layers: int | Sequence[int],
     *,
     template: PromptTemplate = DEFAULT_TEMPLATE,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     cwe: str = "any",
     progress: bool = True,
 ) -> SteeringVector:
@@ -87,9 +88,10 @@ def answer_vector_from(
     directions = {layer: h_secure[layer].mean(0) - h_vuln[layer].mean(0) for layer in chosen}
     both = {layer: torch.cat([h_vuln[layer], h_secure[layer]]) for layer in chosen}
     norms = {layer: float(both[layer].norm(dim=-1).mean()) for layer in chosen}
+    identity = lm.identity
     prov = Provenance(
-        model_id=lm.model_id,
-        model_fingerprint=lm.fingerprint,
+        model_id=identity.id,
+        model_fingerprint=identity.fingerprint,
         hidden_size=lm.hidden_size,
         layers=tuple(chosen),
         pooling="answer",
@@ -101,10 +103,6 @@ def answer_vector_from(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         layer_norms=norms,
         layer_sigmas=projection_sigmas(both, directions),
-        extra={
-            **lm.weights_identity,
-            "model_type": str(getattr(lm.model.config, "model_type", "")),
-            "n_prompts": len(samples),
-        },
+        extra={**recorded_identity(identity), "n_prompts": len(samples)},
     )
     return SteeringVector(directions, prov)

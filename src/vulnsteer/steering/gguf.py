@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config.defaults import DEFAULT_UNIT
 from ..io import atomic_open, portable
 from .hooks import SteeringSpec, StrengthUnit
 from .vectors import Provenance, SteeringVector
@@ -124,7 +125,7 @@ def export_gguf(
     path: str | Path,
     *,
     strength: float = 1.0,
-    unit: StrengthUnit = "raw",
+    unit: StrengthUnit = DEFAULT_UNIT,
     layers: Sequence[int] | None = None,
     model_hint: str | None = None,
 ) -> ExportInfo:

@@ -35,12 +35,12 @@ from typing import Any, Literal
 
 import torch
 
-from ..config.defaults import MAX_SHIFT_RATIO
+from ..config.defaults import DEFAULT_STEER_POSITIONS, DEFAULT_UNIT, MAX_SHIFT_RATIO
 from ..config.vocabulary import POSITIONS, STRENGTH_UNITS
 from ..lm.backend import Shifts, backend_of
 from ..lm.model import LayerMatcher, decoder_layers
 from .gate import Gate
-from .vectors import SteeringVector, VectorMismatchError, unit_direction
+from .vectors import SteeringVector, unit_direction
 
 __all__ = [
     "MAX_SHIFT_RATIO",
@@ -89,8 +89,8 @@ class SteeringSpec:
     vector: SteeringVector
     strength: float
     layers: tuple[int, ...] = field(default=())
-    positions: PositionMode = "all"
-    unit: StrengthUnit = "raw"
+    positions: PositionMode = DEFAULT_STEER_POSITIONS
+    unit: StrengthUnit = DEFAULT_UNIT
     gate: Gate | None = None
     #: What the user set the strength with, named when a strength is refused (not part of the spec's value).
     source: str = field(default="--strength", compare=False, repr=False)
@@ -193,10 +193,7 @@ def _check_specs(model: Any, specs: Sequence[SteeringSpec]) -> None:
     hidden_size = int(getattr(backend_of(model)[1].config, "hidden_size", 0) or 0)
     for spec in specs:
         if hidden_size:
-            try:
-                spec.vector.check_compatible(hidden_size)
-            except VectorMismatchError as exc:
-                raise VectorMismatchError(f"cannot steer: {exc}") from None
+            spec.vector.check_hidden_size(hidden_size, "cannot steer")
 
 
 @contextmanager
@@ -206,8 +203,8 @@ def steer(
     strength: float | None = None,
     *,
     layers: Sequence[int] | None = None,
-    positions: PositionMode = "all",
-    unit: StrengthUnit = "raw",
+    positions: PositionMode = DEFAULT_STEER_POSITIONS,
+    unit: StrengthUnit = DEFAULT_UNIT,
     layer_matcher: LayerMatcher | None = None,
 ) -> Iterator[list[SteeringSpec]]:
     """Steer *model* inside a ``with`` block; hooks are removed on exit, exceptions included.

@@ -23,10 +23,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from ..config.defaults import DEFAULT_METHOD, DEFAULT_POOLING
 from ..config.vocabulary import METHOD_NAMES
 from ..data.sample import Sample, dataset_hash
 from ..io import atomic_open
 from ..lm.activations import Activations
+from ..lm.identity import ModelIdentity, check_same_model
 
 __all__ = [
     "METHODS",
@@ -38,6 +40,8 @@ __all__ = [
     "logistic_direction",
     "mean_difference",
     "pca_direction",
+    "recorded_identity",
+    "unembedding_vector",
     "unit_direction",
 ]
 
@@ -136,6 +140,18 @@ class Provenance:
     def model_type(self) -> str:
         """The fitting model's Hugging Face ``model_type`` (kept in :attr:`extra`; empty for older vectors)."""
         return str(self.extra.get("model_type", "") or "")
+
+    @property
+    def model(self) -> ModelIdentity:
+        """The identity of the model the vector was fitted on (weights digest and dtype from :attr:`extra`, where
+        :func:`recorded_identity` puts them; unknown for older or imported vectors)."""
+        return ModelIdentity(
+            self.model_id,
+            self.model_fingerprint,
+            str(self.extra.get("weights_digest", "") or ""),
+            str(self.extra.get("dtype", "") or ""),
+            model_type=self.model_type,
+        )
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -248,43 +264,23 @@ class SteeringVector:
         a, b = self.directions[layer], other.directions[layer]
         return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-12))
 
-    def check_compatible(
-        self,
-        hidden_size: int,
-        fingerprint: str | None = None,
-        what: str = "model",
-        weights: Mapping[str, str] | None = None,
-    ) -> None:
-        """Refuse another hidden size, another architecture *fingerprint* and, with *weights* (a model's
-        ``weights_identity``), other weights of the same architecture in the same dtype (a fine-tune)."""
+    def check_hidden_size(self, hidden_size: int, where: str) -> None:
+        """Refuse a model of another hidden size (nothing can override this: the shapes do not fit)."""
         prov = self.provenance
         if hidden_size != prov.hidden_size:
             raise VectorMismatchError(
-                f"vector for {prov.model_id} has hidden size {prov.hidden_size}, but the {what} has {hidden_size}"
+                f"{where}: vector for {prov.model_id} has hidden size {prov.hidden_size}, but the model has "
+                f"{hidden_size}"
             )
-        if fingerprint is not None and not prov.model_fingerprint:
-            kind = f"a {prov.model_type} model" if prov.model_type else "an unknown model"
-            raise VectorMismatchError(
-                f"vector {prov.model_id} records no model fingerprint (made by another tool for {kind}), so it "
-                f"cannot be checked against this {what}; pass --allow-model-mismatch to use it anyway"
-            )
-        if fingerprint is not None and fingerprint != prov.model_fingerprint:
-            raise VectorMismatchError(
-                f"vector was fitted on {prov.model_id} (fingerprint {prov.model_fingerprint}), which does not "
-                f"match this {what} (fingerprint {fingerprint}); pass --allow-model-mismatch to use it anyway"
-            )
-        theirs = prov.extra.get("weights_digest")
-        if (
-            weights is not None
-            and theirs is not None
-            and prov.extra.get("dtype") == weights.get("dtype")
-            and theirs != weights.get("weights_digest")
-        ):
-            raise VectorMismatchError(
-                f"vector was fitted on other weights of this architecture (weights digest {theirs}, this {what} "
-                f"has {weights.get('weights_digest')}, both {weights.get('dtype')}); pass --allow-model-mismatch "
-                "to use it anyway"
-            )
+
+    def check_model(
+        self, model: ModelIdentity, hidden_size: int, where: str, *, allow_mismatch: bool = False
+    ) -> list[str]:
+        """Refuse a model of another hidden size, and (unless *allow_mismatch*: then they are returned as warnings)
+        another architecture or other weights of it (:func:`~vulnsteer.lm.identity.check_same_model`); *where*
+        names the vector's file."""
+        self.check_hidden_size(hidden_size, where)
+        return check_same_model(self.provenance.model, model, where, allow=allow_mismatch)
 
     def save(self, path: str | Path) -> None:
         """Write safetensors (``layer.<n>`` tensors) with the provenance JSON in the header, atomically."""
@@ -306,10 +302,10 @@ class SteeringVector:
         path: str | Path,
         *,
         hidden_size: int | None = None,
-        fingerprint: str | None = None,
-        weights: Mapping[str, str] | None = None,
+        model: ModelIdentity | None = None,
     ) -> SteeringVector:
-        """Read a vector written by :meth:`save` (safetensors only: nothing is unpickled)."""
+        """Read a vector written by :meth:`save` (safetensors only: nothing is unpickled); with *hidden_size* and
+        *model*, refuse a vector that does not fit that model (errors name the file)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -337,13 +333,10 @@ class SteeringVector:
             vector = cls(dirs, prov)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a damaged or hand-edited header
             raise VectorMismatchError(f"{path}: not a usable steering vector: {_reason(exc)}") from None
-        if hidden_size is not None or fingerprint is not None or weights is not None:
-            try:
-                vector.check_compatible(
-                    prov.hidden_size if hidden_size is None else hidden_size, fingerprint, weights=weights
-                )
-            except VectorMismatchError as exc:
-                raise VectorMismatchError(f"{path}: {exc}") from None
+        if hidden_size is not None:
+            vector.check_hidden_size(hidden_size, str(path))
+        if model is not None:
+            check_same_model(prov.model, model, str(path))
         return vector
 
 
@@ -354,27 +347,31 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def recorded_identity(model: ModelIdentity) -> dict[str, str]:
+    """What a vector's :attr:`Provenance.extra` records of its model beside ``model_id`` and ``model_fingerprint``
+    (read back by :attr:`Provenance.model`)."""
+    return {"weights_digest": model.weights_digest, "dtype": model.dtype, "model_type": model.model_type}
+
+
 def fit_vector(
     acts: Activations,
     samples: Sequence[Sample],
     *,
-    pooling: str = "last",
+    pooling: str = DEFAULT_POOLING,
     layers: Sequence[int] | None = None,
-    method: str | DirectionFn = "mean_diff",
+    method: str | DirectionFn = DEFAULT_METHOD,
     cwe: str = "any",
-    model_id: str = "",
-    model_fingerprint: str = "",
+    model: ModelIdentity | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> SteeringVector:
     """Fit a per-layer direction from recorded activations of *samples* (same order as ``acts``).
 
     Secure and vulnerable rows are ordered by pair id (then sample id) so that PCA sees aligned pairs. The
-    provenance records the model the activations came from (``acts.model``: its id, fingerprint, weights digest,
-    dtype and model type, what loading checks and ``vectors export --gguf`` needs); *model_id*,
-    *model_fingerprint* and *extra* override it.
+    provenance records the identity of the model the activations came from (``acts.model``, or *model* given: what
+    loading checks and ``vectors export --gguf`` needs) and *extra*.
 
     >>> acts = extract_activations(lm, samples, [15], poolings=["last"])  # doctest: +SKIP
-    >>> vector = fit_vector(acts, samples, cwe="CWE-89", method="mean_diff")  # doctest: +SKIP
+    >>> vector = fit_vector(acts, samples, cwe="CWE-89", method="mean_diff", model=lm.identity)  # doctest: +SKIP
     >>> vector.save("cwe-89.safetensors")  # doctest: +SKIP
     """
     if isinstance(method, str):
@@ -403,11 +400,10 @@ def fit_vector(
         dirs[layer] = fn(h[secure_idx], h[vuln_idx])
         unit = unit_direction(dirs[layer])
         sigmas[layer] = float((h.float() @ unit).std(unbiased=False)) if len(h) > 1 else 0.0
-    recorded = dict(acts.model)
-    weights = {key: recorded[key] for key in ("weights_digest", "dtype", "model_type") if recorded.get(key)}
+    identity = model if model is not None else acts.model
     prov = Provenance(
-        model_id=model_id or recorded.get("model_id", ""),
-        model_fingerprint=model_fingerprint or recorded.get("fingerprint", ""),
+        model_id=identity.id if identity is not None else "",
+        model_fingerprint=identity.fingerprint if identity is not None else "",
         hidden_size=int(acts.get(pooling).shape[-1]),
         layers=tuple(sorted(chosen)),
         pooling=pooling,
@@ -419,7 +415,7 @@ def fit_vector(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         layer_norms={layer: norms[layer] for layer in chosen},
         layer_sigmas=sigmas,
-        extra={**weights, **dict(extra or {})},
+        extra={**(recorded_identity(identity) if identity is not None else {}), **(extra or {})},
     )
     return SteeringVector(dirs, prov)
 
@@ -440,9 +436,10 @@ def unembedding_vector(
     weight = lm.model.get_output_embeddings().weight.detach().float().cpu()
     d = weight[secure[0]] - weight[vuln[0]]
     d = d / d.norm()
+    identity = lm.identity
     prov = Provenance(
-        model_id=lm.model_id,
-        model_fingerprint=lm.fingerprint,
+        model_id=identity.id,
+        model_fingerprint=identity.fingerprint,
         hidden_size=int(d.shape[0]),
         layers=tuple(layers),
         pooling="answer",
@@ -453,6 +450,6 @@ def unembedding_vector(
         dataset_hash="-",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         layer_norms=dict(layer_norms or {}),
-        extra=lm.weights_identity,
+        extra=recorded_identity(identity),
     )
     return SteeringVector({layer: d.clone() for layer in layers}, prov)

@@ -381,7 +381,7 @@ def restore_choices(entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatc
                 vectors[(target, best.method_key)] = SteeringVector.load(
                     Path(run) / "chosen" / item["vector"],
                     hidden_size=lm.hidden_size,
-                    fingerprint=None if allow_mismatch else lm.fingerprint,
+                    model=None if allow_mismatch else lm.identity,
                 )
                 probes.update(load_probes(run, item, target))
     return SettingChoices(choices, vectors, probes)

@@ -1,0 +1,130 @@
+"""Source files named one by one (``vulnsteer detect FILE...``): checked before anything loads, then scanned like
+any other path, and one score per file.
+
+A file's score is its functions' aggregate (:func:`file_score`: the highest function score for now), with the
+function that gave it.
+
+>>> from vulnsteer.scan.engine import FunctionResult
+>>> from vulnsteer.scan.region import Region
+>>> from vulnsteer.scan.scorer import FunctionScore
+>>> def result(name, p):
+...     return FunctionResult("a.c", "c", name, "function", Region(1, 1, 2, 1), "h", "f", FunctionScore(p, "secure"),
+...                           cached=False, finding=False)
+>>> score = file_score("a.c", [result("f", 0.2), result("g", 0.7)])
+>>> score.score, score.top.name, score.functions
+(0.7, 'g', 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.clean import LANGUAGE_ALIASES, canonical_language
+from ..data.text import BinaryContentError, read_source
+from .engine import FunctionResult, ScanReport, display_path
+
+__all__ = ["MAX_SOURCE_BYTES", "FileScore", "check_language", "check_source_files", "file_score", "file_scores"]
+
+#: The largest file read when named on its own: far beyond any function's token budget (tokenising more only
+#: costs time).
+MAX_SOURCE_BYTES = 8 << 20
+
+
+def check_language(language: str) -> tuple[str, list[str]]:
+    """A ``--language`` given for every file: its canonical name, and a warning when vulnsteer does not know it
+    (it is prompted as written).
+
+    >>> check_language("Py")
+    ('python', [])
+    """
+    if not language.strip():
+        raise ValueError("--language is empty")
+    known = set(LANGUAGE_ALIASES) | set(LANGUAGE_ALIASES.values())
+    if canonical_language(language) in known:
+        return canonical_language(language), []
+    names = ", ".join(sorted(set(LANGUAGE_ALIASES.values())))
+    return language, [f"--language {language!r} is no language vulnsteer knows; it goes into the prompt as written "
+                      f"(known: {names})"]  # fmt: skip
+
+
+def check_source_files(names: Sequence[str], language_given: bool) -> tuple[list[str], list[str]]:
+    """The files to score, in the order given (repeats once), and the warnings to show: a binary file is skipped
+    (a warning each, and a count), an undecodable byte is replaced, and (unless *language_given*) an extension of no
+    known language is prompted as plain source code. A folder, a missing, special, empty or too large file is an
+    error naming it, as is a list left with no file."""
+    from .files import language_of
+
+    files: list[str] = []
+    warnings: list[str] = []
+    skipped = 0
+    for name in dict.fromkeys(names):
+        path = Path(name)
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder; detect takes source files (pass them, e.g. {path}/*.c)")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        if not path.is_file():
+            raise ValueError(f"{path}: not a regular file (a device, pipe or socket); pass source files")
+        size = path.stat().st_size
+        if size > MAX_SOURCE_BYTES:
+            raise ValueError(
+                f"{path}: {size / 2**20:.1f} MiB is too large for one source file (at most "
+                f"{MAX_SOURCE_BYTES // 2**20} MiB); pass the part to check"
+            )
+        try:
+            decoded = read_source(path)
+        except BinaryContentError as exc:
+            warnings.append(f"{exc}; skipped")
+            skipped += 1
+            continue
+        if not decoded.text.strip():
+            raise ValueError(f"{path}: file is empty")
+        if decoded.replaced:
+            warnings.append(f"{path}: not valid {decoded.encoding}; undecodable bytes replaced")
+        if not language_given and language_of(path, decoded.text[:8192]) is None:
+            suffix = path.suffix.lower().lstrip(".")
+            what = f"extension '.{suffix}'" if suffix else "no extension"
+            warnings.append(
+                f"{path}: {what} names no known language; prompting it as plain source code (pass --language)"
+            )
+        files.append(name)
+    if skipped:
+        warnings.append(f"skipped {skipped} binary file(s)")
+    if not files:
+        raise ValueError("no source files left to scan (every file given is binary)")
+    return files, warnings
+
+
+@dataclass(frozen=True)
+class FileScore:
+    """One file's score: the aggregate of its functions' scores, and the function that gave it."""
+
+    path: str
+    score: float
+    top: FunctionResult
+    functions: int
+
+
+def file_score(path: str, functions: Sequence[FunctionResult]) -> FileScore:
+    """The score of the file *path* from its functions' results: the highest function score (the one place that
+    decides how functions add up to a file; see the module docstring for an example)."""
+    if not functions:
+        raise ValueError(f"{path}: no function was scored")
+    top = max(functions, key=lambda r: r.score.score)
+    return FileScore(path, top.score.score, top, len(functions))
+
+
+def file_scores(report: ScanReport, names: Sequence[str]) -> list[FileScore]:
+    """One :class:`FileScore` per file in *names* (as given to :func:`~vulnsteer.scan.engine.scan`), in order;
+    a file whose functions were all empty after cleaning has none."""
+    by_path: dict[str, list[FunctionResult]] = {}
+    for result in report.results:
+        by_path.setdefault(result.path, []).append(result)
+    out = []
+    for name in names:
+        found = by_path.get(display_path(Path(name), report.base))
+        if found:
+            out.append(file_score(name, found))
+    return out
