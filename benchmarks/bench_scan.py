@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
+from vulnsteer.config.sections import ModelSection
 from vulnsteer.data.builtin import builtin_files
 from vulnsteer.data.clean import canonical_language
 from vulnsteer.lm.model import load_model
-from vulnsteer.scan import ModelScorer, ModelSource, ScanOptions, scan
+from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
 
 _EXTENSIONS = {"c": ".c", "cpp": ".cpp", "python": ".py", "javascript": ".js", "java": ".java"}
 
@@ -72,12 +73,13 @@ def main() -> int:
         work = Path(tmp)
         tree, cache = work / "tree", work / "cache"
         files = write_corpus_tree(tree, args.limit)
-        source = ModelSource(device="cpu")
+        spec = ScorerSpec(ModelSection(device="cpu"))
         store = cache / "models"
         print(f"tree: {files} files from the bundled corpus; torch threads: {torch.get_num_threads()}")
 
         start = time.perf_counter()
-        first = ModelScorer(source, identity_store=store)  # no identity on record: loads the model and hashes it
+        first = ModelScorer(spec, identity_store=store)
+        assert first.digest  # no identity on record: loads the model and hashes it
         setup = time.perf_counter() - start
         scanned, functions, scored = _timed_scan(tree, first, cache)
         first_total = setup + scanned
@@ -88,7 +90,7 @@ def main() -> int:
         print(f"  probe-only (logit) scoring: {functions / scanned:.2f} functions/s")
 
         start = time.perf_counter()
-        fresh = ModelScorer(source, identity_store=store)  # identity recalled: nothing loaded
+        fresh = ModelScorer(spec, identity_store=store)  # identity recalled: nothing loaded
         _, re_functions, re_scored = _timed_scan(tree, fresh, cache)
         rescan = time.perf_counter() - start
         assert re_scored == 0 and re_functions == functions, "the rescan scored something"
@@ -128,8 +130,8 @@ def main() -> int:
         subset = work / "subset"
         write_corpus_tree(subset, args.explain_functions)
         lm = load_model(device="cpu")
-        probe = ModelScorer(lm)
-        explain = ModelScorer(lm, explain=True, max_new_tokens=args.max_new_tokens)
+        probe = ModelScorer(lm=lm)
+        explain = ModelScorer(ScorerSpec(explain=True, max_new_tokens=args.max_new_tokens), lm=lm)
         probe_s, n_probe, _ = _timed_scan(subset, probe, None)
         explain_s, n_explain, _ = _timed_scan(subset, explain, None)
         print(f"subset of {n_probe} functions, cache off, model loaded beforehand:")

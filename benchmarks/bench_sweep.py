@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vulnsteer.config.experiment import load_config
-    from vulnsteer.experiment.preflight import load_configured_model
+    from vulnsteer.lm.model import load_model
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.2f}"
     )
     start = time.perf_counter()
-    lm = load_configured_model(config.model)
+    lm = load_model(config.model)
     load = time.perf_counter() - start
     try:
         first = _run(config, root / "run-1-cold", lm)

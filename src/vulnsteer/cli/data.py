@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ..config.vocabulary import DATASET_FORMATS
 from .options import require
 
 __all__ = ["register"]
@@ -14,7 +15,7 @@ __all__ = ["register"]
 
 def _add_dataset_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("path", help="dataset file or folder")
-    q.add_argument("--format", default=None, help="sven, juliet, paired-dir, castle, jsonl or csv (default: detected)")
+    q.add_argument("--format", default=None, help=f"{', '.join(DATASET_FORMATS)} (default: detected)")
     q.add_argument(
         "--merge-cwe", action="append", default=[], help="treat CWE FROM as TO, e.g. 77=78 (repeatable; default: none)"
     )

@@ -81,6 +81,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         where = f"{top.name} at line {top.region.start_line}, the highest of {file.functions} function(s)"
         probe = f" probe score {result.probe:+.3f} (push {result.push:+.2f})" if result.probe is not None else ""
         print(f"{file.path}: {result.verdict}{weakness} p(vulnerable)={result.score:.4f} ({where}){probe}")
-        if result.explanation:
-            print("  " + result.explanation.replace("\n", "\n  "))
+        for line in (result.explanation or "").splitlines():
+            if line.strip():
+                print(f"  {line.strip()}")
     return 0
