@@ -169,7 +169,8 @@ def test_detect_and_scan_give_one_function_the_same_score(
     for mode, explain in (("logit", []), ("generation", ["--explain", "--max-new-tokens", "4"])):
         out = tmp_path / f"scan-{mode}.jsonl"
         run(str(one), str(two), "--format", "json", "-o", str(out), "--no-cache", *explain)
-        scanned = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        scanned = [r for r in records if r["type"] == "function"]
         capsys.readouterr()
         new_tokens = ["--max-new-tokens", "4"] if explain else []
         argv = ["--no-progress", "detect", str(one), str(two), "--mode", mode, "--json", *new_tokens, *model]
