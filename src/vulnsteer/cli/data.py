@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..config.vocabulary import DATASET_FORMATS
-from .options import require
+from .options import UsageError, add_config_args, config_from_args, overrides_from_args
 
 __all__ = ["register"]
 
@@ -27,9 +27,7 @@ def register(sub: Any) -> None:
     q = dsub.add_parser("stats", help="per-CWE counts, languages, lengths")
     _add_dataset_args(q)
     q.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    q.add_argument(
-        "--model", default=None, help="tokenizer for token-length percentiles (default: the embedded model's)"
-    )
+    add_config_args(q, ["model"], only=("--model", "--trust-remote-code"))  # (whose tokenizer counts tokens)
     q.add_argument("--no-tokens", action="store_true", help="skip token-length percentiles")
     q.set_defaults(func=cmd_data_stats)
     q = dsub.add_parser(
@@ -67,8 +65,10 @@ def _load_notes(report: Any) -> list[str]:
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from ..data.loaders import LoadReport, dataset_stats, load_samples
 
+    model = config_from_args(args).model
     if args.no_tokens:
-        require(args, "token-length percentiles (drop --no-tokens)", [("--model", "model")])
+        for _, flag in overrides_from_args(args).values():
+            raise UsageError(f"{flag} needs token-length percentiles (drop --no-tokens): it has no effect without them")
     report = LoadReport()
     samples = load_samples(args.path, args.format, merge=_merge_map(args), report=report, progress=not args.no_progress)
     counter = None
@@ -76,7 +76,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         from ..lm.source import ModelLoadError, load_tokenizer
 
         try:
-            tokenizer = load_tokenizer(args.model)
+            tokenizer = load_tokenizer(model.name, trust_remote_code=model.trust_remote_code)
 
             def counter(text: str) -> int:
                 return len(tokenizer(text, add_special_tokens=False)["input_ids"])
