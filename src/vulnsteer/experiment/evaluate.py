@@ -109,7 +109,7 @@ def _run_evaluation(
     identity = {
         **identity,
         "config": identity_of(config),
-        "model_key": lm.identity.digest(),
+        "model": lm.identity.digest(),
         "data": dataset_hash(all_samples),
         "split": split,
     }

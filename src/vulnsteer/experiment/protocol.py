@@ -92,7 +92,7 @@ def run_protocol(
         layer_sets = resolve_layer_sets(config.steering.layers, lm.num_layers)
         identity = {
             **identity_of(config),
-            "model_key": lm.identity.digest(),
+            "model": lm.identity.digest(),
             "template": DEFAULT_TEMPLATE.to_dict(),
             **{f"data_{n}": dataset_hash(part) for n, part in data.splits.items()},
         }
