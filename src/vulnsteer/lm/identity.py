@@ -94,7 +94,7 @@ def check_same_model(
     problems = []
     if not made_with.fingerprint:  # (a llama.cpp control vector made by another tool, say)
         kind = f"a {made_with.model_type} model" if made_with.model_type else "an unknown model"
-        problems.append(f"records no model fingerprint ({made_with.id}, for {kind}), so it cannot be checked")
+        problems.append(f"records no model fingerprint (made by another tool for {kind}), so it cannot be checked")
     elif model.fingerprint and made_with.fingerprint != model.fingerprint:
         problems.append(
             f"made with {made_with.id} (fingerprint {made_with.fingerprint}), not this model {model.id} "
