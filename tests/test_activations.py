@@ -47,8 +47,8 @@ def test_shape_and_layers(tiny: LoadedModel) -> None:
     acts = extract_activations(tiny, samples, [2, 0], progress=False)
     assert acts.layers == [0, 2]
     assert acts.sample_ids == [s.id for s in samples]
-    assert set(acts.by_pooling) == {"last", "code_mean"}
-    for pos in ("last", "code_mean"):
+    assert set(acts.by_pooling) == {"last", "code_mean", "code_max"}
+    for pos in ("last", "code_mean", "code_max"):
         got = acts.get(pos)
         assert got.shape == (len(samples), 2, tiny.hidden_size)
         assert got.dtype == torch.float32
@@ -78,10 +78,12 @@ def test_independent_of_batch_size_and_order(tiny: LoadedModel) -> None:
     big = extract_activations(tiny, samples, layers, batch_size=8, progress=False)
     order = [3, 0, 4, 2, 6, 1, 5]
     shuffled = extract_activations(tiny, [samples[i] for i in order], layers, batch_size=3, progress=False)
-    for p in ("last", "code_mean"):
+    for p in ("last", "code_mean", "code_max"):
         torch.testing.assert_close(big.get(p), ref.get(p), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(shuffled.get(p), ref.get(p)[order], atol=1e-4, rtol=1e-4)
     assert shuffled.sample_ids == [samples[i].id for i in order]
+    assert ref.code_tokens is not None and shuffled.code_tokens is not None and bool((ref.code_tokens > 0).all())
+    assert shuffled.code_tokens.tolist() == [int(ref.code_tokens[i]) for i in order]
 
 
 @pytest.mark.parametrize("layer", [0, 2])
@@ -97,6 +99,9 @@ def test_last_and_code_mean_match_a_manual_forward(tiny: LoadedModel, layer: int
         expected = hidden[code_mask].mean(0)
         torch.testing.assert_close(acts.get("code_mean", layer)[i], expected, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(acts.get("last", layer)[i], expected, atol=1e-3)
+        # code_max: the maximum over the same code tokens, per dimension
+        torch.testing.assert_close(acts.get("code_max", layer)[i], hidden[code_mask].amax(0), atol=1e-4, rtol=1e-4)
+        assert acts.code_tokens is not None and int(acts.code_tokens[i]) == int(code_mask.sum())
 
 
 def test_final_layer_is_the_block_output_before_the_final_norm(tiny_llama: LoadedModel) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tests.conftest import random_vector, toy_samples
 
+from vulnsteer.config.design import ProbeDesign
 from vulnsteer.detection.engine import detect, detect_variants_modes
 from vulnsteer.detection.prefix import PrefixStore
 from vulnsteer.lm.activations import ANSWER_POOLINGS, extract_activations, recording
@@ -15,20 +16,28 @@ from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompts
 from vulnsteer.steering import gate as gate_mod
 from vulnsteer.steering.behaviour import answer_vector
-from vulnsteer.steering.gate import Gate, LinearProbe
+from vulnsteer.steering.gate import Gate
 from vulnsteer.steering.hooks import SteeringSpec, steer
+from vulnsteer.steering.probe import Calibration, Probe
 
 
-def _probe(tiny: LoadedModel, pooling: str, layer: int = 1) -> LinearProbe:
-    """A probe whose threshold splits the toy samples (so both gate signs occur)."""
+def _probe(tiny: LoadedModel, pooling: str, layer: int = 1) -> Probe:
+    """A probe whose threshold splits the toy samples (so both gate signs occur). *pooling* ``code_mean+code_max``:
+    a probe reading both code poolings at layers 0 and *layer*, with a length term."""
     samples = toy_samples(4)
-    weight = torch.randn(64, generator=torch.Generator().manual_seed(11))
-    acts = extract_activations(tiny, samples, [layer], poolings=[pooling], progress=False)
-    scores = acts.get(pooling, layer) @ weight
-    return LinearProbe(layer, pooling, weight, 0.0, float(scores.median()), float(scores.std()))
+    poolings = tuple(pooling.split("+"))
+    several = len(poolings) > 1
+    design = ProbeDesign((0, layer) if several else (layer,), poolings)
+    weight = torch.randn(64 * len(design.reads), generator=torch.Generator().manual_seed(11))
+    acts = extract_activations(tiny, samples, list(design.layers), poolings=list(poolings), progress=False)
+    plain = Probe(design, weight, 0.0, 0.0, length_weight=0.5 if several else 0.0, length_centre=1.0)
+    scores = plain.scores_of(acts, acts.code_tokens)
+    spread = float(scores.std())
+    return Probe(design, weight, 0.0, float(scores.median()), spread, plain.length_weight, plain.length_centre,
+                 Calibration(1.0 / spread, -float(scores.median()) / spread))  # fmt: skip
 
 
-@pytest.mark.parametrize("pooling", ["code_mean", "last"])
+@pytest.mark.parametrize("pooling", ["code_mean", "last", "code_mean+code_max"])
 @pytest.mark.parametrize("positions", ["last", "answer", "all"])
 def test_batched_gated_detection_equals_one_sample_at_a_time(
     tiny_llama: LoadedModel, pooling: str, positions: str
@@ -57,6 +66,7 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
                 gate=Gate("one_sided", probe, band=0.3),
             )
         ],
+        "calibrated": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("calibrated", probe))],  # type: ignore[arg-type]
         "constant": [SteeringSpec(vec, 2.0, positions=positions, unit="raw")],  # type: ignore[arg-type]
     }
     store = PrefixStore()
@@ -73,12 +83,12 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
     pushes = {name: [r.push for r in batched["logit"][name]] for name in variants}
     assert set(pushes["sign"]) == {1.0, -1.0}, "the probe should send both ways"
     assert pushes["base"] == [None] * len(samples) and pushes["constant"] == [None] * len(samples)
+    assert len(set(pushes["calibrated"])) == len(samples), "the calibrated gate keeps every score apart"
     for i, sample in enumerate(samples):
-        hidden = extract_activations(tiny_llama, [sample], [1], poolings=[pooling], progress=False).get(pooling, 1)
+        acts = extract_activations(tiny_llama, [sample], list(probe.layers), probe.poolings, progress=False)
+        score = probe.scores_of(acts, acts.code_tokens)
         for name, specs in variants.items():
-            resolved = [
-                sp.gated(float(sp.gate.multipliers(probe.scores(hidden))[0])) if sp.gate else sp for sp in specs
-            ]
+            resolved = [sp.gated(float(sp.gate.multipliers(score)[0])) if sp.gate else sp for sp in specs]
             with steer(tiny_llama.model, resolved) if resolved else steer(tiny_llama.model, []):
                 alone_logit = detect(tiny_llama, [sample], mode="logit", progress=False)[0]
                 alone_gen = detect(tiny_llama, [sample], mode="generation", max_new_tokens=4, progress=False)[0]
@@ -86,7 +96,8 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
             assert got.margin == pytest.approx(alone_logit.margin, abs=1e-4), (name, i)
             assert batched["generation"][name][i].text == alone_gen.text, (name, i)
             if specs and specs[0].gate:
-                assert got.push == pytest.approx(float(specs[0].gate.multipliers(probe.scores(hidden))[0]), abs=1e-4)
+                assert got.push == pytest.approx(float(specs[0].gate.multipliers(score)[0]), abs=1e-4)
+                assert got.gate_score == pytest.approx(float(score[0]), abs=1e-4)
     # a second call reuses the stored gate states (same prompts): identical records
     again = detect_variants_modes(
         tiny_llama, samples, variants, modes=("logit",), batch_size=3, progress=False, prefix_store=store
@@ -116,10 +127,14 @@ def test_sigma_unit_scales_by_the_projection_spread(tiny_llama: LoadedModel) -> 
 def test_probe_round_trips_and_random_control(tiny_llama: LoadedModel) -> None:
     probe = _probe(tiny_llama, "code_mean")
     tensors, meta = probe.to_tensors()
-    again = LinearProbe.from_tensors(tensors, meta)
+    again = Probe.from_tensors(tensors, meta)
     assert again.key == probe.key == "logistic@code_mean@L1"
     torch.testing.assert_close(again.weight, probe.weight)
-    assert (again.threshold, again.spread) == (probe.threshold, probe.spread)
+    assert (again.threshold, again.spread, again.calibration) == (probe.threshold, probe.spread, probe.calibration)
+    several = _probe(tiny_llama, "code_mean+code_max")
+    back = Probe.from_tensors(*several.to_tensors())
+    assert back == several and back != probe
+    assert back.reads == ((0, "code_mean"), (0, "code_max"), (1, "code_mean"), (1, "code_max"))
     rand = probe.random_like(3)
     assert rand.name == "random" and float(rand.weight.norm()) == pytest.approx(float(probe.weight.norm()))
     assert abs(float(torch.nn.functional.cosine_similarity(rand.weight, probe.weight, dim=0))) < 0.5

@@ -241,6 +241,7 @@ def test_config_doc_has_every_section() -> None:
         "baselines",
         "report",
         "run",
+        "transfer",
     }
 
 

@@ -41,7 +41,7 @@ def test_the_protocol_saves_a_detector_that_loads_back(fitted: tuple[Path, Resul
     detector = SavedDetector.load(out / "detector", tiny_lm)
     assert detector.digest == info.digest and detector.gate == "sign"
     assert detector.vector.provenance.method == "answer" and detector.probe.name == "logistic"
-    assert detector.probe.layer <= min(detector.layers)
+    assert detector.probe.design.deepest <= min(detector.layers)
     doc = json.loads((out / "detector" / "detector.json").read_text())
     assert doc["validation"]["balanced_accuracy"] == info.balanced_accuracy
     assert doc["training"]["n_train"] > 0 and doc["model"]["fingerprint"] == tiny_lm.fingerprint

@@ -14,6 +14,7 @@ import pytest
 import torch
 from tests.conftest import write_toy_jsonl
 
+from vulnsteer.config.design import ProbeDesign
 from vulnsteer.config.experiment import ConfigError, ExperimentConfig, parse_config
 from vulnsteer.config.sections import RunSection
 from vulnsteer.experiment.engine import (
@@ -31,7 +32,7 @@ from vulnsteer.experiment.ray_executor import RayUnavailableError, check_executo
 from vulnsteer.lm.activations import ActivationSink, extract_activations
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
-from vulnsteer.steering.gate import LinearProbe
+from vulnsteer.steering.probe import Probe
 from vulnsteer.steering.vectors import SteeringVector
 
 
@@ -178,6 +179,6 @@ def test_vectors_and_probes_pickle(toy: dict[str, Any]) -> None:
         assert all(torch.equal(back.directions[layer], vector.directions[layer]) for layer in vector.layers)
         with pytest.raises(TypeError):
             back.directions[1] = torch.zeros(1)  # type: ignore[index]  # still read-only
-    probe = LinearProbe(1, "last", torch.arange(4.0), 0.5, 0.25, 2.0, meta={"n": 3})
+    probe = Probe(ProbeDesign((1,), ("last",)), torch.arange(4.0), 0.5, 0.25, 2.0, meta={"n": 3})
     back = pickle.loads(pickle.dumps(probe))
     assert torch.equal(back.weight, probe.weight) and (back.threshold, back.meta) == (0.25, {"n": 3})

@@ -15,6 +15,7 @@ import pytest
 import torch
 from tests.conftest import make_tiny, random_vector, toy_samples
 
+from vulnsteer.config.design import ProbeDesign
 from vulnsteer.config.vocabulary import POOLINGS
 from vulnsteer.data.sample import Sample
 from vulnsteer.detection.engine import detect_variants_modes, score_logits
@@ -23,8 +24,9 @@ from vulnsteer.lm.activations import ANSWER_POOLINGS, ActivationSink, extract_ac
 from vulnsteer.lm.forward import forward
 from vulnsteer.lm.model import LoadedModel, load_model
 from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
-from vulnsteer.steering.gate import Gate, LinearProbe
+from vulnsteer.steering.gate import Gate
 from vulnsteer.steering.hooks import SteeringSpec, steer, steer_rows
+from vulnsteer.steering.probe import Probe
 from vulnsteer.steering.vectors import SteeringVector, unembedding_vector
 
 needs_nnsight = pytest.mark.skipif(importlib.util.find_spec("nnsight") is None, reason="nnsight not installed")
@@ -200,7 +202,7 @@ def test_gated_specs_are_equal(pair: tuple[LoadedModel, LoadedModel]) -> None:
     weight = torch.randn(64, generator=torch.Generator().manual_seed(11))
     scores = extract_activations(hooks, samples, [1], poolings=["code_mean"], progress=False).get("code_mean", 1)
     scores = scores @ weight
-    probe = LinearProbe(1, "code_mean", weight, 0.0, float(scores.median()), float(scores.std()))
+    probe = Probe(ProbeDesign((1,), ("code_mean",)), weight, 0.0, float(scores.median()), float(scores.std()))
     vec = random_vector((1, 2), seed=5)
     variants = {
         "base": [],

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from vulnsteer.config.design import ProbeDesign
 from vulnsteer.data.sample import Sample
 from vulnsteer.detection.probe import (
     OVERALL,
+    ProbeData,
     ProbeResult,
     choose_threshold,
-    direction_scores,
     evaluate_probes,
     fit_logistic_probe,
     fit_probe,
@@ -90,15 +91,19 @@ def splits(n: int = 60, **kw: object) -> tuple[tuple[Activations, list[Sample]],
 # ------------------------------------------------------------------------------------------ scores
 
 
-def test_direction_scores_sign_and_centre() -> None:
-    direction = torch.tensor([2.0, 0.0])  # points toward secure
-    acts = torch.tensor([[1.0, 5.0], [-1.0, 5.0], [3.0, 0.0]])
-    scores = direction_scores(acts, direction)
-    np.testing.assert_allclose(scores, [-1.0, 1.0, -3.0])  # vulnerable side scores higher
-    centred = direction_scores(acts, direction, center=torch.tensor([1.0, 0.0]))
-    np.testing.assert_allclose(centred, [0.0, 2.0, -2.0])
-    with pytest.raises(ValueError, match="shapes"):
-        direction_scores(acts, torch.ones(3))
+def test_direction_probe_sign_and_centre() -> None:
+    # secure rows at x0 = +1, vulnerable rows at x0 = -1 (the second coordinate is constant): the class-mean
+    # direction scores the vulnerable side higher, and 0 is the midpoint of the two class means
+    train = torch.tensor([[1.0, 5.0], [1.0, 5.0], [-1.0, 5.0], [-1.0, 5.0]])
+    y = np.array([0, 0, 1, 1])
+    probe = fit_probe(ProbeDesign((0,), ("last",), "direction"), ProbeData(train, y), ProbeData(train, y))
+    scores = probe.score_matrix(torch.tensor([[1.0, 5.0], [-1.0, 5.0], [3.0, 0.0], [0.0, 5.0]]))
+    np.testing.assert_allclose(scores.numpy(), [-1.0, 1.0, -3.0, 0.0], atol=1e-6)  # vulnerable side scores higher
+    assert probe.threshold == 0.0  # the natural threshold separates val perfectly
+    with pytest.raises(ValueError, match="state columns"):
+        fit_probe(
+            ProbeDesign((0, 1), ("last",), "direction"), ProbeData(train[:, :1].repeat(1, 3), y), ProbeData(train, y)
+        )
 
 
 def test_logistic_probe_deterministic_and_vulnerable_positive() -> None:
@@ -208,12 +213,13 @@ def test_permuting_test_labels_changes_no_choice() -> None:
 def test_fit_probe_uses_val_for_threshold_only() -> None:
     (tr_a, tr_s), (va_a, va_s), _ = splits(n=30)
     tr_x, va_x = tr_a.get("last", 1), va_a.get("last", 1)
-    tr_y, va_y = [s.y for s in tr_s], [s.y for s in va_s]
-    fitted = fit_probe("logistic", tr_x, tr_y, va_x, va_y)
-    other_val = fit_probe("logistic", tr_x, tr_y, va_x[:10], va_y[:10])
-    np.testing.assert_array_equal(fitted.score(tr_x), other_val.score(tr_x))  # val does not touch the fit
+    tr_y, va_y = np.array([s.y for s in tr_s]), np.array([s.y for s in va_s])
+    design = ProbeDesign((1,), ("last",))
+    fitted = fit_probe(design, ProbeData(tr_x, tr_y), ProbeData(va_x, va_y))
+    other_val = fit_probe(design, ProbeData(tr_x, tr_y), ProbeData(va_x[:10], va_y[:10]))
+    np.testing.assert_array_equal(fitted.score_matrix(tr_x), other_val.score_matrix(tr_x))  # val does not touch the fit
     with pytest.raises(ValueError, match="unknown probe kind"):
-        fit_probe("nope", tr_x, tr_y, va_x, va_y)
+        ProbeDesign((1,), ("last",), "nope")
 
 
 def test_per_cwe_directions_versus_pooled() -> None:

@@ -181,7 +181,13 @@ def test_this_version_reproduces_every_number_of_the_schema_2_run(tmp_path: Path
     config = load_config(_sweep_config(tmp_path / "sweep.toml", data, tmp_path / "cache"))
     run_protocol(config, tmp_path / "run", lm=tiny_lm, progress=False, command="sweep")
     found = compare(load_results(V2 / "run" / "results.json"), load_results(tmp_path / "run" / "results.json"))
-    assert found.same, list(found.differ.items())[:10]
+    # Since one probe type serves the gate and the table of probes, the table scores its probes in float32 as the
+    # gate always did (schema 2's table scored the same probe in float64): its thresholds move by < 1e-6, and
+    # detector.json names the probe's design (so its digest changed). Every other number is the same.
+    moved = {k: v for k, v in found.differ.items() if k.startswith("probes/") and k.endswith("/threshold")}
+    assert all(abs(a - b) < 1e-6 for a, b in moved.values()), moved
+    rest = {k: v for k, v in found.differ.items() if k not in moved and k != "families/conditional/saved/digest"}
+    assert not rest, list(rest.items())[:10]
     assert found.compared > 3000
     # schema 2 compared constant steering's control with nothing; this version with constant steering
     assert all("/constant_control/versus" in path for path in (*found.only_before, *found.only_after))

@@ -30,12 +30,14 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and IDEs
     from .config import ExperimentConfig, load_config, parse_config
+    from .config.design import ProbeDesign
     from .data.builtin import load_builtin
     from .data.loaders import load_samples
     from .data.sample import Sample
     from .data.splits import split_samples
     from .detection.detector import SavedDetector
     from .detection.engine import detect, generate_verdicts, score_logits
+    from .detection.probe import fit_probe
     from .detection.records import DetectionRecord
     from .experiment.apply import apply_families
     from .experiment.evaluate import evaluate_from_run, evaluate_vectors
@@ -47,9 +49,10 @@ if TYPE_CHECKING:  # pragma: no cover - the names below, for type checkers and I
     from .lm.prompts import PromptTemplate
     from .scan.engine import scan
     from .steering.behaviour import answer_vector
-    from .steering.gate import Gate, LinearProbe
+    from .steering.gate import Gate
     from .steering.gguf import export_gguf, import_gguf
     from .steering.hooks import SIGN_CONVENTION, SteeringSpec, steer, steer_rows
+    from .steering.probe import Probe
     from .steering.vectors import SteeringVector, fit_vector
 
 __all__ = [
@@ -58,8 +61,9 @@ __all__ = [
     "DetectionRecord",
     "ExperimentConfig",
     "Gate",
-    "LinearProbe",
     "LoadedModel",
+    "Probe",
+    "ProbeDesign",
     "PromptTemplate",
     "Results",
     "Sample",
@@ -75,6 +79,7 @@ __all__ = [
     "evaluate_vectors",
     "export_gguf",
     "extract_activations",
+    "fit_probe",
     "fit_vector",
     "generate_verdicts",
     "import_gguf",
@@ -102,6 +107,7 @@ _HOME = {
     "detect": "detection.engine",
     "generate_verdicts": "detection.engine",
     "score_logits": "detection.engine",
+    "fit_probe": "detection.probe",
     "DetectionRecord": "detection.records",
     "apply_families": "experiment.apply",
     "ExperimentConfig": "config",
@@ -123,7 +129,8 @@ _HOME = {
     "export_gguf": "steering.gguf",
     "import_gguf": "steering.gguf",
     "Gate": "steering.gate",
-    "LinearProbe": "steering.gate",
+    "Probe": "steering.probe",
+    "ProbeDesign": "config.design",
     "SIGN_CONVENTION": "steering.hooks",
     "SteeringSpec": "steering.hooks",
     "steer": "steering.hooks",

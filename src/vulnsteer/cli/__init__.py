@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from .._version import __version__
-from . import data, detect, detector, experiment, scan, vectors
+from . import data, detect, detector, experiment, scan, transfer, vectors
 from .options import HelpFormatter
 
 __all__ = [
@@ -44,7 +44,7 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 #: Each command module's ``register(subparsers)`` adds its subcommands.
-COMMANDS = (experiment, detector, vectors, detect, data, scan)
+COMMANDS = (experiment, transfer, detector, vectors, detect, data, scan)
 
 EPILOG = f"""\
 exit codes:

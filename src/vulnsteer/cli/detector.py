@@ -73,16 +73,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    s, p = doc["setting"], doc["probe"]
+    s, probe = doc["setting"], detector.probe
     print(f"{args.folder}: detector {detector.digest}")
     print(
         f"  push: {detector.vector.provenance.method} vector, strength {s['strength']:g} ({s['unit']}) at layers "
         f"{s['layers']}, positions {s['positions']}; gate {s['gate']}"
     )
-    print(
-        f"  probe: {p['name']} at layer {p['layer']} ({p['pooling']}), threshold {p['threshold']:.4g}, spread "
-        f"{p['spread']:.4g}"
-    )
+    reads = ", ".join(f"layer {layer} ({pooling})" for layer, pooling in probe.reads)
+    print(f"  probe: {probe.name} ({probe.key}) at {reads}, threshold {probe.threshold:.4g}, spread {probe.spread:.4g}")
     model = doc.get("model", {})
     print(f"  model: {model.get('id')} (fingerprint {model.get('fingerprint')}, weights {model.get('weights_digest')})")
     training = doc.get("training", {})

@@ -36,6 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .defaults import MAX_SHIFT_RATIO
+from .design import ProbeDesign
 from .sections import (
     DEFAULT_CONDITIONAL_STRENGTHS,
     DEFAULT_STRENGTHS,
@@ -49,6 +50,7 @@ from .sections import (
     ReportSection,
     RunSection,
     SteeringSection,
+    TransferSection,
     VectorsSection,
 )
 from .values import ConfigError, fail, path_list, path_value
@@ -88,6 +90,7 @@ class ExperimentConfig:
     baselines: BaselinesSection = field(default_factory=BaselinesSection)
     report: ReportSection = field(default_factory=ReportSection)
     run: RunSection = field(default_factory=RunSection)
+    transfer: TransferSection = field(default_factory=TransferSection)
 
     def replace(self, **dotted: Any) -> ExperimentConfig:
         """A copy with ``section__key=value`` changes, validated like a file: ``cfg.replace(run__out="x")``."""
@@ -322,6 +325,8 @@ def config_document(config: ExperimentConfig) -> dict[str, Any]:
                 value = table
             elif (section, f.name) == ("data", "max_pairs_per_cwe") and value is None:
                 value = 0
+            elif (section, f.name) == ("transfer", "max_pairs_per_cwe"):
+                value = tuple(0 if cap is None else cap for cap in value)
             doc[section][f.name] = _plain(value)
     return doc
 
@@ -329,6 +334,8 @@ def config_document(config: ExperimentConfig) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, ProbeDesign):
+        return value.to_json()
     return value
 
 
@@ -337,11 +344,12 @@ def key_info(section: str, name: str) -> Key:
     return _KEYS[(section, name)]
 
 
-def identity_of(config: ExperimentConfig) -> dict[str, Any]:
-    """The keys that decide the numbers (everything but where and how fast), flat: ``{"steering.layers": ...}``."""
+def identity_of(config: ExperimentConfig, sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keys that decide the numbers (everything but where and how fast), flat: ``{"steering.layers": ...}``;
+    only those of *sections* when given (a command's own sections: other keys do not change its numbers)."""
     doc = config_document(config)
     out = {"description": config.description}
-    for section in SECTIONS:
+    for section in sections or tuple(SECTIONS):
         for key, value in doc[section].items():
             if _KEYS[(section, key)].identity:
                 out[f"{section}.{key}"] = value

@@ -19,7 +19,9 @@ from .defaults import (
     DEFAULT_POOLING,
     DEFAULT_STEER_POSITIONS,
     DEFAULT_UNIT,
+    MIN_ADAPT,
 )
+from .design import ProbeDesign
 from .values import (
     Parser,
     boolean,
@@ -35,11 +37,16 @@ from .values import (
     optional_one_of,
     optional_str,
     pairs_cap,
+    pairs_caps,
     path_list,
     path_value,
+    pooling_sets,
+    positive_numbers,
+    probe_designs,
     remote_option,
     some_of,
     strength_list,
+    switches,
 )
 from .vocabulary import (
     BACKEND_NAMES,
@@ -49,16 +56,21 @@ from .vocabulary import (
     DUPLICATE_POLICIES,
     EXECUTORS,
     GATE_KINDS,
+    LENGTH_MODES,
     METHOD_NAMES,
     MODES,
+    PEERS,
     POOLINGS,
     POSITIONS,
+    PROBE_COMBINES,
     PROBE_KINDS,
+    TRANSFER_CRITERIA,
 )
 
 __all__ = [
     "DEFAULT_CONDITIONAL_STRENGTHS",
     "DEFAULT_STRENGTHS",
+    "EXPERIMENT_SECTIONS",
     "SECTIONS",
     "BaselinesSection",
     "ConditionalSection",
@@ -69,6 +81,7 @@ __all__ = [
     "ReportSection",
     "RunSection",
     "SteeringSection",
+    "TransferSection",
     "VectorsSection",
 ]
 
@@ -342,6 +355,12 @@ class ConditionalSection:
         "--condition-layers",
         "layers",
     )
+    designs: tuple[ProbeDesign, ...] = _key(
+        (),
+        probe_designs,
+        "gating probe designs as tables (layers, poolings, kind, C, combine, pairs, length, per_dataset; every "
+        "layer at or below the steered layers), instead of probe x pooling x layers",
+    )
     scope: str = _key(
         "pooled",
         one_of(("pooled", "per_cwe")),
@@ -349,7 +368,11 @@ class ConditionalSection:
         "--probe-scope",
     )
     gates: tuple[str, ...] = _key(
-        ("sign",), some_of(GATE_KINDS), "gates: sign, linear (ACT-like), one_sided", "--gates", "csv"
+        ("sign",),
+        some_of(GATE_KINDS),
+        "gates: sign, linear (ACT-like), one_sided, calibrated (the push follows the calibrated probability)",
+        "--gates",
+        "csv",
     )
     positions: tuple[str, ...] = _key(
         ("last",),
@@ -479,6 +502,52 @@ class RunSection:
     )
 
 
+@dataclass(frozen=True)
+class TransferSection:
+    """``[transfer]``: the leave-one-dataset-out protocol (``vulnsteer transfer``): the probe designs it chooses
+    from (the grid of these lists, and ``designs``), how it chooses, and the peers it runs beside. The steered
+    detector's candidates are ``[conditional]``'s behaviours, gates, strengths and positions."""
+
+    layers: tuple[tuple[int, ...], ...] = _key(
+        ((18,), (10, 14, 18), (6, 10, 14, 18, 22)), layer_sets, "layer sets a probe design reads (the grid)"
+    )
+    poolings: tuple[tuple[str, ...], ...] = _key(
+        (("code_mean",), ("code_mean", "code_max")), pooling_sets, "pooling sets a probe design reads (the grid)"
+    )
+    probes: tuple[str, ...] = _key(("logistic",), some_of(PROBE_KINDS), "probe kinds (the grid)")
+    C: tuple[float, ...] = _key((0.001, 0.01), positive_numbers, "logistic probes' regularisation C (the grid)")
+    combine: tuple[str, ...] = _key(
+        ("concat", "ensemble"), some_of(PROBE_COMBINES), "several layers: concat or per-layer ensemble (the grid)"
+    )
+    pairs: tuple[bool, ...] = _key((False,), switches, "pair-difference training off and/or on (the grid)")
+    length: tuple[str, ...] = _key(
+        ("none", "covariate"), some_of(LENGTH_MODES), "length handling: none, covariate, residual (the grid)"
+    )
+    per_dataset: tuple[bool, ...] = _key(
+        (False,), switches, "standardise each training dataset on its own: off and/or on (the grid)"
+    )
+    designs: tuple[ProbeDesign, ...] = _key((), probe_designs, "more probe designs as tables, beside the grid")
+    select_by: str = _key(
+        "auroc",
+        one_of(TRANSFER_CRITERIA),
+        "what designs, gates and strengths are chosen by: their mean over the inner folds of auroc or "
+        "balanced_accuracy",
+    )
+    max_pairs_per_cwe: tuple[int | None, ...] = _key(
+        (),
+        pairs_caps,
+        "a pair cap per CWE for each of data.paths, in order (0: no cap; empty: data.max_pairs_per_cwe for all)",
+    )
+    min_adapt: int = _key(
+        MIN_ADAPT, integer(1), "the adapted probe's fewest unlabelled inputs (fewer: it does not adapt, and says so)"
+    )
+    steered: bool = _key(True, boolean, "score the steered model (the chosen probe gating the push) on every fold")
+    peers: tuple[str, ...] = _key(
+        PEERS, some_of(PEERS, empty=True), "peer analysers run beside the detectors where installed"
+    )
+    n_boot: int = _key(1000, integer(10), "bootstrap replicates of every interval")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "data": DataSection,
@@ -489,4 +558,9 @@ SECTIONS: dict[str, type] = {
     "baselines": BaselinesSection,
     "report": ReportSection,
     "run": RunSection,
+    "transfer": TransferSection,
 }
+
+#: The sections the experiment protocol (``run``, ``sweep``, ``evaluate``) reads: ``[transfer]`` is the transfer
+#: protocol's, so it is not part of their runs' identity.
+EXPERIMENT_SECTIONS: tuple[str, ...] = tuple(name for name in SECTIONS if name != "transfer")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..cwe import normalize_cwe, parse_merge_map
-from .vocabulary import STRENGTH_UNITS
+from .design import ProbeDesign
+from .vocabulary import POOLINGS, STRENGTH_UNITS
 
 __all__ = [
     "STRENGTH_UNITS",
@@ -40,10 +41,15 @@ __all__ = [
     "optional_one_of",
     "optional_str",
     "pairs_cap",
+    "pairs_caps",
     "path_list",
     "path_value",
+    "pooling_sets",
+    "positive_numbers",
+    "probe_designs",
     "some_of",
     "strength_list",
+    "switches",
 ]
 
 Parser = Callable[[Any, str], Any]
@@ -270,3 +276,47 @@ def remote_option(value: Any, where: str) -> bool | str:
     if lowered == "local" or lowered.startswith(("http://", "https://")):
         return value.strip()
     raise fail(where, f"expected on, off, local or an http(s) URL of an NDIF host, got {value!r}")
+
+
+def pooling_sets(value: Any, where: str) -> tuple[tuple[str, ...], ...]:
+    """Sets of poolings read together, e.g. ``[["code_mean"], ["code_mean", "code_max"]]``."""
+    out: list[tuple[str, ...]] = []
+    for item in as_list(value, where):
+        group = some_of(POOLINGS)(item if isinstance(item, (list, tuple)) else [item], where)
+        out.append(group)
+    return tuple(dict.fromkeys(out))
+
+
+def positive_numbers(value: Any, where: str) -> tuple[float, ...]:
+    """A non-empty list of finite numbers > 0."""
+    items = tuple(number(x, where) for x in as_list(value, where))
+    if min(items) <= 0:
+        raise fail(where, f"expected numbers above 0, got {value!r}")
+    return tuple(dict.fromkeys(items))
+
+
+def switches(value: Any, where: str) -> tuple[bool, ...]:
+    """A non-empty list of true/false."""
+    return tuple(dict.fromkeys(boolean(x, where) for x in as_list(value, where)))
+
+
+def pairs_caps(value: Any, where: str) -> tuple[int | None, ...]:
+    """One pair cap per dataset (:func:`pairs_cap`: 0 is no cap)."""
+    return tuple(pairs_cap(x, where) for x in as_list(value, where, empty=True))
+
+
+def probe_designs(value: Any, where: str) -> tuple[ProbeDesign, ...]:
+    """Probe designs as tables, e.g. ``[{layers = [10, 14, 18], poolings = ["code_mean", "code_max"], C = 0.001,
+    combine = "ensemble"}]`` (the fields of :class:`~vulnsteer.config.design.ProbeDesign`; absent ones: defaults)."""
+    out: list[ProbeDesign] = []
+    for k, item in enumerate(as_list(value, where, empty=True)):
+        if isinstance(item, ProbeDesign):
+            out.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise fail(f"{where}[{k}]", f"expected a table of probe design fields, got {item!r}")
+        try:
+            out.append(ProbeDesign.from_json(item))
+        except (TypeError, ValueError) as exc:
+            raise fail(f"{where}[{k}]", str(exc)) from None
+    return tuple(dict.fromkeys(out))

@@ -5,7 +5,7 @@ parsers, the CLI's choices and the library's checks all read these. Where a ``Li
 for type checkers, a test checks it against the tuple here.
 
 >>> MODES, POOLINGS
-(('logit', 'generation'), ('last', 'code_mean'))
+(('logit', 'generation'), ('last', 'code_mean', 'code_max'))
 """
 
 from __future__ import annotations
@@ -18,19 +18,24 @@ __all__ = [
     "DUPLICATE_POLICIES",
     "EXECUTORS",
     "GATE_KINDS",
+    "LENGTH_MODES",
     "METHOD_NAMES",
     "MODES",
     "OUTPUT_FORMATS",
+    "PEERS",
     "POOLINGS",
     "POSITIONS",
+    "PROBE_COMBINES",
     "PROBE_KINDS",
     "STRENGTH_UNITS",
+    "TRANSFER_CRITERIA",
 ]
 
 #: Modes: how the model's verdict is read (the answer logits, or the generated answer text).
 MODES: tuple[str, ...] = ("logit", "generation")
-#: How a hidden state is read from a prompt's tokens: the answer position, or the mean over the code tokens.
-POOLINGS: tuple[str, ...] = ("last", "code_mean")
+#: How a hidden state is read from a prompt's tokens: the answer position, the mean or the maximum (per dimension)
+#: over the code tokens.
+POOLINGS: tuple[str, ...] = ("last", "code_mean", "code_max")
 #: The token positions a steering hook edits.
 POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
 #: How a steering strength is scaled: as written, x the layer's mean hidden-state norm, x the spread along the vector.
@@ -41,8 +46,14 @@ METHOD_NAMES: tuple[str, ...] = ("mean_diff", "pca", "logistic")
 BEHAVIOURS: tuple[str, ...] = ("answer", "unembedding", *METHOD_NAMES)
 #: Probe kinds: the class-mean difference read as a direction, or logistic regression.
 PROBE_KINDS: tuple[str, ...] = ("direction", "logistic")
+#: How a probe reading several layers combines them: one probe over their concatenation, or the mean of one probe
+#: per layer (each standardised on train).
+PROBE_COMBINES: tuple[str, ...] = ("concat", "ensemble")
+#: How a probe handles the code's length (log code-token count): not at all, as a covariate in fitting (dropped when
+#: scoring), or by residualising every feature on it.
+LENGTH_MODES: tuple[str, ...] = ("none", "covariate", "residual")
 #: Gates of conditional steering (constant steering has none).
-GATE_KINDS: tuple[str, ...] = ("sign", "linear", "one_sided")
+GATE_KINDS: tuple[str, ...] = ("sign", "linear", "one_sided", "calibrated")
 #: What to do with code found in several splits.
 DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
 #: Execution backends of a forward pass.
@@ -55,3 +66,7 @@ DATASET_FORMATS: tuple[str, ...] = ("sven", "juliet", "paired-dir", "castle", "j
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "sarif")
 #: The weights' dtype (``model.dtype``; ``auto``: bfloat16 on CUDA, float32 on the CPU), short names included.
 DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+#: Peer static analysers the transfer protocol runs beside the detectors, where installed.
+PEERS: tuple[str, ...] = ("cppcheck", "flawfinder", "bandit")
+#: What the transfer protocol chooses designs, gates and strengths by (their mean over inner folds).
+TRANSFER_CRITERIA: tuple[str, ...] = ("auroc", "balanced_accuracy")

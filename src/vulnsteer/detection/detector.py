@@ -38,12 +38,14 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from ..config.design import ProbeDesign
 from ..data.sample import Sample
 from ..io import atomic_open, current_umask, write_json
 from ..lm.model import LoadedModel
 from ..lm.prompts import PromptTemplate, template_from_dict
-from ..steering.gate import Gate, LinearProbe
+from ..steering.gate import Gate
 from ..steering.hooks import SIGN_CONVENTION, PositionMode, SteeringSpec, StrengthUnit
+from ..steering.probe import Probe
 from ..steering.vectors import SteeringVector, VectorMismatchError
 from .engine import detect_variants_modes
 from .records import DetectionRecord
@@ -74,7 +76,7 @@ class SavedDetector:
     """
 
     vector: SteeringVector
-    probe: LinearProbe
+    probe: Probe
     gate: str
     strength: float
     layers: tuple[int, ...]
@@ -142,14 +144,7 @@ class SavedDetector:
                 "layers": list(self.layers),
                 "positions": self.positions,
             },
-            "probe": {
-                "name": self.probe.name,
-                "layer": self.probe.layer,
-                "pooling": self.probe.pooling,
-                "bias": self.probe.bias,
-                "threshold": self.probe.threshold,
-                "spread": self.probe.spread,
-            },
+            "probe": self.probe.header(),
             "template": self.template.to_dict(),
             **dict(self.info),
         }
@@ -208,7 +203,7 @@ class SavedDetector:
         probe_path = root / "probe.safetensors"
         try:
             with safe_open(str(probe_path), framework="pt") as handle:
-                probe = LinearProbe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
+                probe = Probe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
         except Exception as exc:  # safetensors raises its own error types for a damaged file
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SavedDetectorError(f"{probe_path}: not a usable probe ({reason})") from None
@@ -232,7 +227,7 @@ class SavedDetector:
             raise SavedDetectorError(f"{path}: missing field {exc.args[0]!r}") from None
         except (OSError, TypeError, ValueError) as exc:
             raise SavedDetectorError(f"{root}: {exc}") from None
-        if (probe.layer, probe.pooling) != (int(probe_doc["layer"]), str(probe_doc["pooling"])):
+        if _design_of(probe_doc) != probe.design:
             raise SavedDetectorError(f"{probe_path}: does not match detector.json's field 'probe'")
         for key in ("bias", "threshold", "spread"):  # what `detector show` prints must be what is applied
             if key in probe_doc and not _same_number(probe_doc[key], getattr(probe, key)):
@@ -260,9 +255,9 @@ class SavedDetector:
     def check_model(self, lm: LoadedModel, where: str, *, allow_mismatch: bool = False) -> list[str]:
         """Refuse a model of another hidden size and (unless *allow_mismatch*: then they are returned as warnings)
         another architecture or other weights of it in the same dtype; *where* names the detector's folder."""
-        if self.probe.weight.shape[0] != lm.hidden_size:
+        if self.probe.hidden_size != lm.hidden_size:
             raise VectorMismatchError(
-                f"{where}: the probe reads hidden size {self.probe.weight.shape[0]}, the model has {lm.hidden_size}"
+                f"{where}: the probe reads hidden size {self.probe.hidden_size}, the model has {lm.hidden_size}"
             )
         return self.vector.check_model(lm.identity, lm.hidden_size, where, allow_mismatch=allow_mismatch)
 
@@ -303,6 +298,17 @@ def _vector_digest(vector: SteeringVector) -> str:
         h.update(f"{layer}\0".encode())
         h.update(vector.direction(layer).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _design_of(doc: Mapping[str, Any]) -> ProbeDesign | None:
+    """The probe design ``detector.json`` names (an earlier version's single-state probe: its layer and pooling)."""
+    try:
+        if "design" in doc:
+            return ProbeDesign.from_json(doc["design"])
+        kind = str(doc.get("name", "logistic"))
+        return ProbeDesign((int(doc["layer"]),), (str(doc["pooling"]),), "logistic" if kind == "random" else kind)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _same_number(written: Any, value: float) -> bool:

@@ -18,6 +18,7 @@ import torch
 from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, batch_states, length_order, masked_mean, recording
+from ..lm.backend import masked_max
 from ..lm.batching import AutoBatch
 from ..lm.forward import NonFiniteLogitsError, forward
 from ..lm.model import LayerMatcher, LoadedModel
@@ -222,9 +223,13 @@ def _eos_ids(tok: Any, model: Any) -> set[int]:
     return ids
 
 
+#: The poolings over the code's tokens (the shared prefix pass holds them: the code ends before the last token).
+CODE_POOLINGS: tuple[str, ...] = ("code_mean", "code_max")
+
+
 def _gate_needs(specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None]) -> tuple[list[int], list[str]]:
-    """The condition layers and poolings the gated specs of a batch read (empty when nothing is gated)."""
-    needed = {(sp.gate.probe.layer, sp.gate.probe.pooling) for v in specs.values() if v for sp in v if sp.gate}
+    """The layers and poolings the gating probes of a batch read (empty when nothing is gated)."""
+    needed = {read for v in specs.values() if v for sp in v if sp.gate for read in sp.gate.probe.reads}
     return sorted({layer for layer, _ in needed}), sorted({pooling for _, pooling in needed})
 
 
@@ -233,10 +238,12 @@ def _resolve_gates(
     specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None],
     states: Mapping[str, torch.Tensor],
     layers: Sequence[int],
+    code_tokens: torch.Tensor,
 ) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], tuple[float, float]]]:
-    """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden state
-    (*states*: ``{pooling: [batch, len(layers), hidden]}``) and scales the spec's strength. Returns the resolved
-    specs and, per (sample, variant), the first gate's multiplier (the direction it pushed) and its probe's score."""
+    """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden states
+    (*states*: ``{pooling: [batch, len(layers), hidden]}``; *code_tokens*: each row's code-token count, for a
+    probe with a length term) and scales the spec's strength. Returns the resolved specs and, per (sample,
+    variant), the first gate's multiplier (the direction it pushed) and its probe's score."""
     row = {i: j for j, i in enumerate(idx)}
     memo: dict[tuple[int, int], tuple[float, float]] = {}
     resolved: dict[tuple[int, str], Sequence[SteeringSpec] | None] = {}
@@ -252,8 +259,8 @@ def _resolve_gates(
                 out.append(sp)
                 continue
             if (id(gate), i) not in memo:
-                hidden = states[gate.probe.pooling][row[i], layers.index(gate.probe.layer)]
-                score = gate.probe.scores(hidden[None])
+                read = {(layer, p): states[p][row[i], layers.index(layer)][None] for layer, p in gate.probe.reads}
+                score = gate.probe.scores(read, code_tokens[row[i]][None].cpu())
                 memo[(id(gate), i)] = (float(gate.multipliers(score)[0]), float(score[0]))
             pushes.setdefault((i, name), memo[(id(gate), i)])
             out.append(sp.gated(memo[(id(gate), i)][0]))
@@ -364,8 +371,8 @@ def detect_variants_modes(
         base = {i: next((n for n in names if _unsteered(specs[(i, n)])), None) for i in idx} if sink else {}
         key = PrefixStore.key([prompts[i].text for i in idx]) if prefix_store is not None or gate_layers else ""
         states = prefix_store.get_states(key, gate_layers, gate_poolings) if gate_layers and prefix_store else None
-        # code-mean gates read the shared prefix pass (the code ends before the last prompt token): no pass of their own
-        from_prefix = bool(gate_layers) and states is None and shared and gate_poolings == ["code_mean"]
+        # code-token gates read the shared prefix pass (the code ends before the last prompt token): no own pass
+        from_prefix = bool(gate_layers) and states is None and shared and set(gate_poolings) <= set(CODE_POOLINGS)
         prefix_cache = None
         if shared:
             need_code = sink is not None and any(b is not None for b in base.values())
@@ -384,6 +391,10 @@ def detect_variants_modes(
                     code = torch.stack([means[layer] for layer in sink.layers], dim=1)
                 if from_prefix:
                     states = {"code_mean": torch.stack([means[layer] for layer in gate_layers], dim=1)}
+                    if "code_max" in gate_poolings:
+                        maxima = [masked_max(seen[layer].float(), mask.to(seen[layer].device)).cpu()
+                                  for layer in gate_layers]  # fmt: skip
+                        states["code_max"] = torch.stack(maxima, dim=1)
                     if prefix_store is not None:
                         prefix_store.put_states(key, gate_layers, states)
                 if prefix_store is not None:
@@ -397,7 +408,7 @@ def detect_variants_modes(
                 states = batch_states(lm, batch, gate_layers, gate_poolings)
                 if prefix_store is not None:
                     prefix_store.put_states(key, gate_layers, states)
-            specs, pushes = _resolve_gates(idx, specs, states, gate_layers)
+            specs, pushes = _resolve_gates(idx, specs, states, gate_layers, batch.code_mask.sum(1))
         # one row per (sample, variant) that runs, packed max_rows to a pass whatever the variant (a variant that
         # leaves a sample out, None, has no row; sink users keep every row)
         repeats = len(names)

@@ -1,5 +1,12 @@
-"""Probes read alone as detectors: a steering direction (or a logistic-regression probe) as a classifier on
-activations.
+"""Fitting probes (:class:`~vulnsteer.steering.probe.Probe`, one type for every use), and probes read alone as
+detectors: the report's table of probes.
+
+:func:`fit_probe` fits a :class:`~vulnsteer.steering.probe.ProbeDesign` on train (one :class:`ProbeData` part per
+dataset) and chooses its threshold, spread, Platt calibration and adaptation on val (:func:`rethreshold`); the
+design conditional steering has always used (one layer, one pooling, logistic with ``C = 0.1`` or the class-mean
+direction) gives exactly the numbers it always gave.
+
+The table of probes (:func:`evaluate_probes`):
 
 It sits beside the logit and generation modes and answers a narrower question: is the information
 "this code is vulnerable" linearly readable from the hidden states at all, at which layer and pooling, and
@@ -7,10 +14,10 @@ does the steering direction itself point along it?
 
 Protocol (the same for every pooling x layer x CWE x probe kind):
 
-1. **fit on train only**: the direction is ``mean(secure) - mean(vulnerable)`` of the train rows (for one CWE
+1. **fit on train only**: the direction is ``mean(vulnerable) - mean(secure)`` of the train rows (for one CWE
    that CWE's own train rows; for ``"overall"`` every train row, pooled over CWEs), the logistic probe is a
    :class:`~sklearn.preprocessing.StandardScaler` + :class:`~sklearn.linear_model.LogisticRegression` fitted on
-   the same rows;
+   the same rows (folded into the probe's weights);
 2. **choose the threshold on val only** (:func:`choose_threshold`: maximise balanced accuracy);
 3. **score once on test**: AUROC, balanced accuracy and a pair-bootstrap CI of the balanced accuracy.
 
@@ -19,9 +26,9 @@ sees the test split (``tests/test_probe.py`` checks that permuting the test labe
 score).
 
 Scores: higher means *more vulnerable* for both probe kinds. The direction score is the signed distance along
-``-d / |d|`` (``d`` points toward secure, see :mod:`vulnsteer.steering.vectors`) from the midpoint of the two
-train class means, so 0 is the train midpoint; the logistic score is the probe's log-odds of *vulnerable*, so 0 is its
-decision boundary. That natural threshold (0) is also the fallback when val cannot choose one.
+the unit class-mean difference from the midpoint of the two train class means, so 0 is the train midpoint; the
+logistic score is the probe's log-odds of *vulnerable*, so 0 is its decision boundary. That natural threshold (0)
+is also the fallback when val cannot choose one.
 
 Edge cases (never a crash):
 
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,31 +53,37 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
+from ..config.design import DEFAULT_C, ProbeDesign, Read
 from ..config.vocabulary import POOLINGS, PROBE_KINDS
 from ..data.sample import Sample
 from ..lm.activations import Activations
 from ..stats.metrics import Prediction, bootstrap_ci, compute_metrics
-from ..steering.vectors import mean_difference
+from ..steering.probe import Adaptation, Calibration, Probe, log_lengths
 
 __all__ = [
+    "DEFAULT_C",
     "MIN_TRAIN_PER_CLASS",
     "OVERALL",
-    "FittedProbe",
+    "TABLE_POOLINGS",
+    "ProbeData",
     "ProbeResult",
     "choose_threshold",
-    "direction_scores",
     "evaluate_length_control",
     "evaluate_probes",
     "fit_logistic_probe",
     "fit_probe",
+    "platt",
+    "probe_data",
+    "rethreshold",
+    "states_matrix",
     "surface_features",
 ]
 
 OVERALL = "overall"
 #: A CWE needs at least this many train samples of *each* class to be probed.
 MIN_TRAIN_PER_CLASS = 2
-#: Regularisation strength of the logistic probe (the same as :func:`vulnsteer.steering.vectors.logistic_direction`).
-DEFAULT_C = 0.1
+#: The poolings the report's table of probes reads by default.
+TABLE_POOLINGS: tuple[str, ...] = ("last", "code_mean")
 _NAN = float("nan")
 _TIE_TOL = 1e-12
 
@@ -178,26 +191,75 @@ class ProbeResult:
         )
 
 
-# ------------------------------------------------------------------------------------------ scores
+# ------------------------------------------------------------------------------------------ data
 
 
-def direction_scores(
-    acts: torch.Tensor, direction: torch.Tensor, center: torch.Tensor | None = None
-) -> NDArray[np.float64]:
-    """Scores ``[n]`` of *acts* ``[n, h]`` along *direction* ``[h]``; higher = more vulnerable.
+@dataclass(frozen=True)
+class ProbeData:
+    """One dataset's part of a fit or a threshold: the design's states side by side (``[n, len(reads) * hidden]``),
+    the labels (1 = vulnerable), the code-token counts (for the length term) and the pair ids (for pair-difference
+    training). Several parts are several datasets (standardised on their own with ``per_dataset``; centred on their
+    own for the adapted threshold)."""
 
-    ``score = -((acts - center) @ d) / |d|``: *direction* points toward secure (the steering convention), so the
-    sign is flipped. *center* (``[h]``) is the midpoint of the train class means, which makes 0 the natural
-    threshold; without it the raw projection is returned.
-    """
-    x = acts.detach().to("cpu", torch.float64)
-    d = direction.detach().to("cpu", torch.float64)
-    if x.ndim != 2 or d.ndim != 1 or x.shape[1] != d.shape[0]:
-        raise ValueError(f"direction_scores: shapes {tuple(x.shape)} and {tuple(d.shape)} do not match")
-    if center is not None:
-        x = x - center.detach().to("cpu", torch.float64)
-    scores = -(x @ d) / d.norm().clamp(min=1e-12)
-    return np.asarray(scores.numpy(), dtype=np.float64)
+    x: torch.Tensor
+    y: NDArray[np.int64]
+    lengths: torch.Tensor | None = None
+    pairs: tuple[str | None, ...] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "y", np.asarray(self.y, dtype=np.int64).ravel())
+        if self.x.ndim != 2 or self.x.shape[0] != len(self.y):
+            raise ValueError(f"probe data: {tuple(self.x.shape)} states for {len(self.y)} labels")
+        if self.lengths is not None and len(self.lengths) != len(self.y):
+            raise ValueError(f"probe data: {len(self.lengths)} lengths for {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def rows(self, indices: Sequence[int]) -> ProbeData:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return ProbeData(
+            self.x.index_select(0, idx),
+            self.y[np.asarray(list(indices), dtype=np.int64)],
+            None if self.lengths is None else self.lengths.index_select(0, idx),
+            tuple(self.pairs[i] for i in indices) if self.pairs else (),
+            self.name,
+        )
+
+
+def states_matrix(states: Mapping[Read, torch.Tensor], reads: Sequence[Read]) -> torch.Tensor:
+    """The states a design reads side by side, float32 (the order :class:`Probe` weights them in)."""
+    parts = [states[r].detach().to("cpu", torch.float32) for r in reads]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def probe_data(
+    design: ProbeDesign,
+    acts: Activations,
+    samples: Sequence[Sample],
+    lengths: torch.Tensor | Sequence[int] | None = None,
+    name: str = "",
+) -> ProbeData:
+    """*samples*' part of a fit from their activations (every layer and pooling *design* reads); *lengths*: their
+    code-token counts (needed by a design with a length term)."""
+    if [s.id for s in samples] != list(acts.sample_ids):
+        raise ValueError(f"{name or 'probe data'}: samples do not match the activations (ids or order differ)")
+    x = states_matrix({(layer, p): acts.get(p, layer) for layer, p in design.reads}, design.reads)
+    counts = None if lengths is None else torch.as_tensor(lengths, dtype=torch.float32)
+    return ProbeData(x, np.array([s.y for s in samples], dtype=np.int64), counts, tuple(s.pair_id for s in samples),
+                     name)  # fmt: skip
+
+
+def _joined(parts: Sequence[ProbeData]) -> ProbeData:
+    if len(parts) == 1:
+        return parts[0]
+    lengths = None if any(p.lengths is None for p in parts) else torch.cat([p.lengths for p in parts])  # type: ignore[misc]
+    pairs = tuple(f"{k}:{pid}" if pid is not None else None for k, p in enumerate(parts) for pid in p.pairs)
+    return ProbeData(torch.cat([p.x for p in parts]), np.concatenate([p.y for p in parts]), lengths, pairs)
+
+
+# ------------------------------------------------------------------------------------------ fitting
 
 
 def fit_logistic_probe(
@@ -206,7 +268,7 @@ def fit_logistic_probe(
     """A fitted ``StandardScaler + LogisticRegression`` pipeline (y = 1 vulnerable); deterministic.
 
     L2-regularised (``C``), lbfgs, fixed ``random_state``. Its ``decision_function`` is the log-odds of
-    *vulnerable* (higher = more vulnerable, 0 = decision boundary).
+    *vulnerable* (higher = more vulnerable, 0 = decision boundary); :func:`fit_probe` folds it into a probe.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -226,6 +288,215 @@ def _as_numpy(x: ArrayLike | torch.Tensor) -> NDArray[np.float64]:
     return np.asarray(x, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class _Linear:
+    """A fitted linear score in the states' own space: ``x @ weight + bias - length_weight * (l - length_centre)``."""
+
+    weight: torch.Tensor
+    bias: float
+    length_weight: float = 0.0
+    length_centre: float = 0.0
+
+    def scores(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        out = x.detach().to("cpu", torch.float32) @ self.weight + self.bias
+        if self.length_weight:
+            assert lengths is not None
+            out = out - self.length_weight * (log_lengths(lengths) - self.length_centre)
+        return out
+
+
+def _pair_differences(
+    z: NDArray[np.float64], y: NDArray[np.int64], pairs: Sequence[str | None]
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Vulnerable-minus-fixed differences of every (vulnerable, secure) combination within a pair, and their
+    negatives (labels 1 and 0)."""
+    by: dict[str, tuple[list[int], list[int]]] = {}
+    for i, (pid, label) in enumerate(zip(pairs, y, strict=True)):
+        if pid is not None:
+            by.setdefault(pid, ([], []))[0 if label == 1 else 1].append(i)
+    rows = [z[v] - z[s] for vul, sec in by.values() for v in vul for s in sec]
+    if not rows:
+        raise ValueError("pair-difference training needs pairs with a vulnerable and a fixed half in train")
+    d = np.stack(rows)
+    return np.concatenate([d, -d]), np.concatenate([np.ones(len(d), np.int64), np.zeros(len(d), np.int64)])
+
+
+def _fit_linear(design: ProbeDesign, parts: Sequence[ProbeData], seed: int) -> _Linear:
+    """One linear probe of *design*'s kind on the training *parts* (every column of their states), folded back
+    into the states' space. The design with none of the options (global standardisation, no length term, no
+    pairs) is exactly the probe conditional steering has always fitted."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    data = _joined(parts)
+    y = data.y
+    if min(int((y == 1).sum()), int((y == 0).sum())) < 1:
+        raise ValueError(f"a {design.kind} probe needs both classes in train ({len(y)} samples)")
+    plain = not design.per_dataset and design.length == "none" and not design.pairs
+    if plain and design.kind == "logistic":
+        pipe = fit_logistic_probe(data.x, y, C=design.C, seed=seed)
+        scaler, clf = pipe.steps[0][1], pipe.steps[1][1]
+        coef = clf.coef_[0] / scaler.scale_
+        return _Linear(
+            torch.as_tensor(coef, dtype=torch.float32), float(clf.intercept_[0] - float(np.dot(scaler.mean_, coef)))
+        )
+    if plain:  # the class-mean difference, in float32 as it always was
+        x, vul = data.x.float(), torch.as_tensor(y == 1)
+        mean_v, mean_s = x[vul].mean(0), x[~vul].mean(0)
+        unit = (mean_v - mean_s) / (mean_v - mean_s).norm().clamp(min=1e-12)
+        return _Linear(unit, float(-(unit @ ((mean_v + mean_s) / 2))))
+    # 1. per-dataset standardisation: each training dataset on its own; unseen data by the mean centre and scale
+    xs = [_as_numpy(p.x) for p in parts]
+    if design.per_dataset:
+        mus = [x.mean(0) for x in xs]
+        sds = [np.where(x.std(0) > 0, x.std(0), 1.0) for x in xs]
+        z = np.concatenate([(x - m) / s for x, m, s in zip(xs, mus, sds, strict=True)])
+        mu, sd = np.mean(mus, axis=0), np.mean(sds, axis=0)
+    else:
+        z, mu, sd = np.concatenate(xs), np.zeros(xs[0].shape[1]), np.ones(xs[0].shape[1])
+    # 2. the logistic probe's own standardisation (none for the direction)
+    if design.kind == "logistic":
+        scaler = StandardScaler().fit(z)
+        m, s = scaler.mean_, scaler.scale_
+    else:
+        m, s = np.zeros(z.shape[1]), np.ones(z.shape[1])
+    zs = (z - m) / s
+    # 3. length: residualise every column on the centred log length, or fit it as a covariate (dropped in scoring)
+    centre, slope = 0.0, np.zeros(zs.shape[1])
+    fit_z = zs
+    if design.length != "none":
+        if data.lengths is None:
+            raise ValueError(f"the probe design {design.key} reads length: give the code-token counts")
+        ll = log_lengths(data.lengths).double().numpy()
+        centre = float(ll.mean())
+        lc = ll - centre
+        if design.length == "residual" and float(lc @ lc) > 0:
+            slope = (lc @ zs) / float(lc @ lc)
+            zs = zs - np.outer(lc, slope)
+            fit_z = zs
+        elif design.length == "covariate":
+            fit_z = np.concatenate([zs, (lc / (lc.std() or 1.0))[:, None]], axis=1)
+    # 4. the probe
+    if design.kind == "logistic" and design.pairs:
+        d, dy = _pair_differences(zs, y, data.pairs)
+        clf = LogisticRegression(C=design.C, fit_intercept=False, max_iter=5000, random_state=seed).fit(d, dy)
+        w = clf.coef_[0][: zs.shape[1]]
+        b = -float(np.mean(zs @ w))
+    elif design.kind == "logistic":
+        clf = LogisticRegression(C=design.C, max_iter=5000, random_state=seed).fit(fit_z, y)
+        w, b = clf.coef_[0][: zs.shape[1]], float(clf.intercept_[0])
+    else:
+        if design.pairs:
+            d, dy = _pair_differences(zs, y, data.pairs)
+            diff = d[dy == 1].mean(0)
+        else:
+            diff = zs[y == 1].mean(0) - zs[y == 0].mean(0)
+        w = diff / max(float(np.linalg.norm(diff)), 1e-12)
+        b = -float(((zs[y == 1].mean(0) + zs[y == 0].mean(0)) / 2) @ w)
+    # 5. fold back: score = ((x - mu) / sd - m) / s @ w + b - (l - centre) * (slope @ w)
+    coef = w / s / sd
+    bias = b - float(np.dot(m / s, w)) - float(np.dot(mu, coef))
+    return _Linear(torch.as_tensor(coef, dtype=torch.float32), bias, float(slope @ w), centre)
+
+
+def _combined(design: ProbeDesign, parts: Sequence[ProbeData], seed: int, hidden: int) -> _Linear:
+    """The design's probe: one linear probe over every read state, or (``ensemble``) the mean of one probe per
+    layer, each standardised by its training scores (still one linear probe over the states)."""
+    if design.combine == "concat":
+        return _fit_linear(design, parts, seed)
+    width = hidden * len(design.poolings)
+    weights, bias, length_weight, centre = [], 0.0, 0.0, 0.0
+    k = len(design.layers)
+    for i, layer in enumerate(design.layers):
+        cols = slice(i * width, (i + 1) * width)
+        sub = [dataclasses.replace(p, x=p.x[:, cols]) for p in parts]
+        one = _fit_linear(dataclasses.replace(design, layers=(layer,), combine="concat"), sub, seed)
+        train = torch.cat([one.scores(p.x, p.lengths) for p in sub]).double()
+        mean, std = float(train.mean()), float(train.std(unbiased=False)) or 1.0
+        weights.append(one.weight / (std * k))
+        bias += (one.bias - mean) / (std * k)
+        length_weight += one.length_weight / (std * k)
+        centre = one.length_centre
+    return _Linear(torch.cat(weights), bias, length_weight, centre)
+
+
+def platt(scores: ArrayLike, y: ArrayLike, threshold: float, spread: float) -> Calibration:
+    """Platt scaling of *scores* to P(vulnerable), fitted on (val) *scores* / *y*; with one class, the logistic
+    curve through the *threshold* with the *spread* as its scale (0.5 at the threshold)."""
+    from sklearn.linear_model import LogisticRegression
+
+    s = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
+    labels = np.asarray(y, dtype=np.int64).ravel()
+    if len(np.unique(labels)) < 2:
+        return Calibration(1.0 / spread, -threshold / spread)
+    clf = LogisticRegression(C=1e6, max_iter=1000).fit(s, labels)
+    return Calibration(float(clf.coef_[0][0]), float(clf.intercept_[0]))
+
+
+def _threshold_spread(scores: torch.Tensor, y: NDArray[np.int64]) -> tuple[float, float]:
+    """The threshold chosen on these (val) scores (balanced accuracy, ties to 0; 0 with one class) and their
+    standard deviation."""
+    threshold = choose_threshold(scores.numpy(), y, reference=0.0) if len(np.unique(y)) == 2 else 0.0
+    spread = float(scores.std(unbiased=False)) if len(scores) > 1 else 1.0
+    return threshold, spread
+
+
+def rethreshold(probe: Probe, val: ProbeData | Sequence[ProbeData]) -> Probe:
+    """*probe* with its threshold, spread and calibration chosen on *val* (balanced accuracy, ties to its natural
+    threshold 0; threshold 0 when val has one class), and its adaptation: the same chosen on the val scores of
+    each part centred on their own mean. The weights are untouched."""
+    parts = [val] if isinstance(val, ProbeData) else list(val)
+    scores = [probe.score_matrix(p.x, p.lengths) for p in parts]
+    y = np.concatenate([p.y for p in parts]) if parts else np.zeros(0, np.int64)
+    joined = torch.cat(scores) if scores else torch.zeros(0)
+    threshold, spread = _threshold_spread(joined, y)
+    centred = torch.cat([s - s.double().mean().float() for s in scores if len(s)]) if len(joined) else joined
+    a_threshold, a_spread = _threshold_spread(centred, y)
+    adaptation = Adaptation(a_threshold, a_spread, platt(centred.numpy(), y, a_threshold, a_spread))
+    calibration = platt(joined.numpy(), y, threshold, spread)
+    return dataclasses.replace(
+        probe, threshold=threshold, spread=spread, calibration=calibration, adaptation=adaptation
+    )
+
+
+def _val_notes(y: NDArray[np.int64]) -> list[str]:
+    """What a threshold chosen on val with labels *y* cannot do."""
+    if len(np.unique(y)) == 2:
+        return []
+    what = "no val samples" if len(y) == 0 else f"val has one class only ({_class_name(int(y[0]))})"
+    return [f"{what}: threshold 0 (train midpoint / decision boundary), not tuned"]
+
+
+def fit_probe(
+    design: ProbeDesign,
+    train: ProbeData | Sequence[ProbeData],
+    val: ProbeData | Sequence[ProbeData],
+    *,
+    seed: int = 0,
+    meta: Mapping[str, Any] | None = None,
+) -> Probe:
+    """A *design* fitted on *train* (one part per dataset), its threshold, spread, calibration and adaptation
+    chosen on *val* (:func:`rethreshold`); the test split is not an argument. Each part's states are the design's
+    reads side by side (:func:`probe_data`)."""
+    parts = [train] if isinstance(train, ProbeData) else list(train)
+    if not parts:
+        raise ValueError("a probe needs training data")
+    width = parts[0].x.shape[1]
+    if width % len(design.reads):
+        raise ValueError(f"{width} state columns do not split into the design's {len(design.reads)} reads")
+    fitted = _combined(design, parts, seed, width // len(design.reads))
+    vals = [val] if isinstance(val, ProbeData) else list(val)
+    notes = _val_notes(np.concatenate([v.y for v in vals]) if vals else np.zeros(0, np.int64))
+    info = {"n_train": sum(len(p) for p in parts), "n_val": sum(len(v) for v in vals), **(meta or {})}
+    probe = Probe(design, fitted.weight, fitted.bias, 0.0, 1.0, fitted.length_weight, fitted.length_centre,
+                  name=design.kind, meta={**info, **({"notes": notes} if notes else {})})  # fmt: skip
+    return rethreshold(probe, vals)
+
+
+def _class_name(y: int) -> str:
+    return "vulnerable" if y == 1 else "secure"
+
+
 # ------------------------------------------------------------------------------------------ threshold
 
 
@@ -236,7 +507,7 @@ def choose_threshold(scores: ArrayLike, y: ArrayLike, reference: float | None = 
     consecutive distinct scores; among the cells with the best balanced accuracy (ties within 1e-12), the one
     nearest *reference* wins: *reference* itself if it lies in a best cell, otherwise the midpoint of the
     nearest best cell (the outer cells are represented half a typical gap beyond the extreme scores).
-    *reference* defaults to the median score; :func:`evaluate_probes` passes 0, the score's natural threshold.
+    *reference* defaults to the median score; :func:`fit_probe` passes 0, the score's natural threshold.
 
     With a single class (or no samples), balanced accuracy cannot choose: *reference* (or 0.0 without scores)
     is returned unchanged.
@@ -269,70 +540,6 @@ def choose_threshold(scores: ArrayLike, y: ArrayLike, reference: float | None = 
             return ref
     distance = np.where(ref < lows[best], lows[best] - ref, ref - highs[best])
     return float(reps[best[int(np.argmin(distance))]])
-
-
-# ------------------------------------------------------------------------------------------ probes
-
-
-@dataclass(frozen=True)
-class FittedProbe:
-    """A probe fitted on train with its threshold chosen on val: ``score`` maps ``[n, h]`` to scores; *name* is
-    its probe kind (or what it reads, e.g. ``length`` for the length-only control)."""
-
-    name: str
-    score: Callable[[torch.Tensor], NDArray[np.float64]]
-    threshold: float
-    notes: tuple[str, ...] = ()
-    model: Any = field(default=None, repr=False, compare=False)
-
-
-def _fit_scorer(
-    kind: str, train_x: torch.Tensor, train_y: NDArray[np.int64], C: float, seed: int
-) -> tuple[Callable[[torch.Tensor], NDArray[np.float64]], Any]:
-    if kind == "direction":
-        vul = train_y == 1
-        secure_x, vulnerable_x = train_x[torch.as_tensor(~vul)], train_x[torch.as_tensor(vul)]
-        direction = mean_difference(secure_x, vulnerable_x)
-        center = (secure_x.float().mean(0) + vulnerable_x.float().mean(0)) / 2
-        return (lambda x: direction_scores(x, direction, center)), {"direction": direction, "center": center}
-    if kind == "logistic":
-        pipe = fit_logistic_probe(train_x, train_y, C=C, seed=seed)
-        return (lambda x: np.asarray(pipe.decision_function(_as_numpy(x)), dtype=np.float64)), pipe
-    raise ValueError(f"unknown probe kind {kind!r}; choose from {', '.join(PROBE_KINDS)}")
-
-
-def fit_probe(
-    kind: str,
-    train_x: torch.Tensor,
-    train_y: ArrayLike,
-    val_x: torch.Tensor,
-    val_y: ArrayLike,
-    *,
-    C: float = DEFAULT_C,
-    seed: int = 0,
-) -> FittedProbe:
-    """Fit a *kind* probe on train and choose its threshold on val; the test split is not an argument.
-
-    The threshold's tie-break reference is 0 (the train midpoint / the logistic decision boundary); with a
-    single class or no samples in val it *is* the threshold, and a note says so.
-    """
-    ty = np.asarray(train_y, dtype=np.int64)
-    vy = np.asarray(val_y, dtype=np.int64)
-    if min(int((ty == 1).sum()), int((ty == 0).sum())) < 1:
-        raise ValueError(f"{kind}: train needs both classes")
-    scorer, model = _fit_scorer(kind, train_x, ty, C, seed)
-    notes: list[str] = []
-    if len(vy) == 0 or len(np.unique(vy)) < 2:
-        what = "no val samples" if len(vy) == 0 else f"val has one class only ({_class_name(int(vy[0]))})"
-        notes.append(f"{what}: threshold 0 (train midpoint / decision boundary), not tuned")
-        threshold = 0.0
-    else:
-        threshold = choose_threshold(scorer(val_x), vy, reference=0.0)
-    return FittedProbe(name=kind, score=scorer, threshold=threshold, notes=tuple(notes), model=model)
-
-
-def _class_name(y: int) -> str:
-    return "vulnerable" if y == 1 else "secure"
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -390,7 +597,7 @@ def evaluate_probes(
     test: Split,
     *,
     layers: Sequence[int] | None = None,
-    poolings: Sequence[str] = POOLINGS,
+    poolings: Sequence[str] = TABLE_POOLINGS,
     per_cwe: bool = True,
     kinds: Sequence[str] = PROBE_KINDS,
     C: float = DEFAULT_C,
@@ -500,15 +707,18 @@ def _evaluate_features(
         va_s = [val[i] for i in va_idx]
         te_s = [test[i] for i in te_idx]
         for kind in kinds:
-            fitted = fit_probe(kind, tr_x, tr_y, va_x, va_y, C=C, seed=seed)
-            if name is not None:
-                fitted = dataclasses.replace(fitted, name=name)
-            results.append(_score(fitted, pooling, layer, cwe, counts, va_s, va_x, te_s, te_x, n_boot, seed))
+            # the states (or, for the length control, the surface features) read as one state
+            design = ProbeDesign((max(layer, 0),), (pooling if pooling in POOLINGS else "last",), kind, C)
+            fitted = fit_probe(design, ProbeData(tr_x, tr_y), ProbeData(va_x, va_y), seed=seed)
+            results.append(
+                _score(fitted, name or kind, pooling, layer, cwe, counts, va_s, va_x, te_s, te_x, n_boot, seed)
+            )
     return results
 
 
 def _score(
-    fitted: FittedProbe,
+    fitted: Probe,
+    name: str,
     pooling: str,
     layer: int,
     cwe: str,
@@ -520,20 +730,21 @@ def _score(
     n_boot: int,
     seed: int,
 ) -> ProbeResult:
-    notes = list(fitted.notes)
+    notes = list(fitted.meta.get("notes", ()))
     val_auroc: float | None = None
     val_bal = _NAN
     if val_samples:
-        val_metrics = compute_metrics(_predictions(val_samples, fitted.score(val_x), fitted.threshold))
+        val_scores = fitted.score_matrix(val_x).double().numpy()
+        val_metrics = compute_metrics(_predictions(val_samples, val_scores, fitted.threshold))
         val_auroc, val_bal = val_metrics.auroc, val_metrics.balanced_accuracy
-    test_preds = _predictions(test_samples, fitted.score(test_x), fitted.threshold)
+    test_preds = _predictions(test_samples, fitted.score_matrix(test_x).double().numpy(), fitted.threshold)
     metrics = compute_metrics(test_preds)
     if metrics.n_vulnerable == 0 or metrics.n_secure == 0:
         only = "secure" if metrics.n_vulnerable == 0 else "vulnerable"
         notes.append(f"test has one class only ({only}): no AUROC; balanced accuracy = recall of that class")
     ci = bootstrap_ci(test_preds, "balanced_accuracy", n_boot=n_boot, seed=seed)
     return ProbeResult(
-        detector=fitted.name,
+        detector=name,
         pooling=pooling,
         layer=layer,
         cwe=cwe,
@@ -549,6 +760,3 @@ def _score(
         notes=tuple(notes),
         predictions=tuple(test_preds),
     )
-
-
-# ------------------------------------------------------------------------------------------ table

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.sample import Sample
-from ..io import JsonObject, atomic_open, json_ready, write_json
-from ..steering.gate import LinearProbe
+from ..io import JsonObject, json_ready, write_json
+from ..steering.probe import Probe
 from ..steering.vectors import SteeringVector
 from .fit import annotate, slug
 from .grid import POOLED, RANDOM_PROBE
@@ -74,7 +74,7 @@ def save_choice_files(
     target: str,
     choice: Choice,
     vectors: Mapping[tuple[str, str], SteeringVector],
-    probes: Mapping[tuple[str, str], LinearProbe],
+    probes: Mapping[tuple[str, str], Probe],
 ) -> dict[str, Any]:
     """A choice's ``chosen.json`` entry, with its vector (every fitted layer: the setting says which are steered,
     so applying it elsewhere uses exactly the vector, and draws exactly the random control, the run used) and,
@@ -91,31 +91,21 @@ def save_choice_files(
     return entry
 
 
-def _save_probes(run: Path, target: str, key: str, probes: Mapping[tuple[str, str], LinearProbe]) -> dict[str, str]:
+def _save_probes(run: Path, target: str, key: str, probes: Mapping[tuple[str, str], Probe]) -> dict[str, str]:
     """The gating probe of *target*'s setting and its random-gate control, saved under ``chosen/probes/``."""
-    from safetensors.torch import save
-
     files = {}
     for name in (key, RANDOM_PROBE + key):
         owner = target if (target, name) in probes else POOLED
-        tensors, meta = probes[(owner, name)].to_tensors()
         file = f"probes/{slug(owner)}-{slug(name)}.safetensors"
-        with atomic_open(run / CHOSEN_DIR / file, "wb") as handle:
-            handle.write(save(tensors, metadata=meta))
+        probes[(owner, name)].save(run / CHOSEN_DIR / file)
         files[name] = file
     return files
 
 
-def load_probes(run: Path, entry: JsonObject, target: str) -> dict[tuple[str, str], LinearProbe]:
+def load_probes(run: Path, entry: JsonObject, target: str) -> dict[tuple[str, str], Probe]:
     """The probes a gated choice's entry names, keyed ``(target, key)`` as the engine looks them up."""
-    from safetensors import safe_open
-
-    out = {}
-    for name, file in (entry.get("probes") or {}).items():
-        with safe_open(str(Path(run) / CHOSEN_DIR / file), framework="pt") as handle:
-            out[(target, name)] = LinearProbe.from_tensors({"weight": handle.get_tensor("weight")},
-                                                          handle.metadata() or {})  # fmt: skip
-    return out
+    files = entry.get("probes") or {}
+    return {(target, name): Probe.load(Path(run) / CHOSEN_DIR / file) for name, file in files.items()}
 
 
 def load_chosen(run_dir: str | Path) -> ChosenFile:

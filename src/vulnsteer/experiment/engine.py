@@ -30,8 +30,8 @@ from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from ..progress import Progress
-from ..steering.gate import LinearProbe
 from ..steering.hooks import SteeringSpec
+from ..steering.probe import Probe
 from ..steering.vectors import SteeringVector
 from .grid import Condition, condition_specs
 
@@ -113,7 +113,7 @@ def score_chunk(
     vectors: Mapping[tuple[str, str], SteeringVector],
     options: ScoringOptions = DEFAULT_OPTIONS,
     *,
-    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
+    probes: Mapping[tuple[str, str], Probe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
 ) -> dict[str, list[DetectionRecord]]:
@@ -229,7 +229,7 @@ class ChunkInputs:
     samples_for: SamplesFor
     vectors: Mapping[tuple[str, str], SteeringVector]
     options: ScoringOptions = DEFAULT_OPTIONS
-    probes: Mapping[tuple[str, str], LinearProbe] | None = None
+    probes: Mapping[tuple[str, str], Probe] | None = None
     sink: ActivationSink | None = None
     prefix_store: PrefixStore | None = None
 
@@ -314,7 +314,7 @@ def run_conditions(
     vectors: Mapping[tuple[str, str], SteeringVector],
     options: ScoringOptions = DEFAULT_OPTIONS,
     *,
-    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
+    probes: Mapping[tuple[str, str], Probe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
     executor: Executor | None = None,

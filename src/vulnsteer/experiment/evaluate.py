@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, VectorsSection, config_document, identity_of, parse_config
+from ..config.sections import EXPERIMENT_SECTIONS
 from ..data.sample import Sample, dataset_hash
 from ..io import write_json
 from ..lm.activation_cache import ActivationCache
@@ -108,7 +109,7 @@ def _run_evaluation(
     all_samples = [s for items in samples.values() for s in items]
     identity = {
         **identity,
-        "config": identity_of(config),
+        "config": identity_of(config, EXPERIMENT_SECTIONS),
         "model": lm.identity.digest(),
         "data": dataset_hash(all_samples),
         "split": split,

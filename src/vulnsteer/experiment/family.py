@@ -46,7 +46,7 @@ from ..detection.records import DetectionRecord
 from ..io import JsonObject
 from ..lm.activations import Activations
 from ..lm.prompts import PromptTemplate
-from ..steering.gate import LinearProbe
+from ..steering.probe import Probe
 from ..steering.vectors import SteeringVector
 from .grid import Condition
 from .results import Example, FamilyResults, SavedDetectorInfo
@@ -93,14 +93,14 @@ class Artefacts:
     templates by name."""
 
     vectors: Mapping[tuple[str, str], SteeringVector] = field(default_factory=dict)
-    probes: Mapping[tuple[str, str], LinearProbe] = field(default_factory=dict)
+    probes: Mapping[tuple[str, str], Probe] = field(default_factory=dict)
     templates: Mapping[str, PromptTemplate] = field(default_factory=dict)
 
 
 def merge_artefacts(parts: Sequence[Artefacts]) -> Artefacts:
     """Every family's artefacts in one (a later family's entry wins a key both name: the same fit)."""
     vectors: dict[tuple[str, str], SteeringVector] = {}
-    probes: dict[tuple[str, str], LinearProbe] = {}
+    probes: dict[tuple[str, str], Probe] = {}
     templates: dict[str, PromptTemplate] = {}
     for part in parts:
         vectors.update(part.vectors)

@@ -25,8 +25,9 @@ from typing import Any, cast
 
 from ..config import ExperimentConfig
 from ..lm.model import resolve_layers
-from ..steering.gate import Gate, LinearProbe
+from ..steering.gate import Gate
 from ..steering.hooks import PositionMode, SteeringSpec, StrengthUnit
+from ..steering.probe import Probe
 from ..steering.vectors import SteeringVector
 
 __all__ = [
@@ -262,7 +263,7 @@ def condition_specs(
     condition: Condition,
     cwe: str,
     vectors: Mapping[tuple[str, str], SteeringVector],
-    probes: Mapping[tuple[str, str], LinearProbe] | None = None,
+    probes: Mapping[tuple[str, str], Probe] | None = None,
 ) -> list[SteeringSpec] | None:
     """The steering specs of *condition* for a sample of *cwe*: ``[]`` for the baseline, None when the condition
     does not cover the sample or has no vector (or gating probe) for it. A gated setting's probe is looked up as

@@ -23,10 +23,10 @@ from typing import Any
 
 from .._version import __version__
 from ..config import ExperimentConfig, config_document, dump_config, identity_of
-from ..config.vocabulary import POOLINGS
+from ..config.sections import EXPERIMENT_SECTIONS
 from ..data.sample import Sample, dataset_hash
 from ..detection.prefix import PrefixStore
-from ..detection.probe import evaluate_length_control, evaluate_probes
+from ..detection.probe import TABLE_POOLINGS, evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
 from ..lm.activation_cache import ActivationCache
 from ..lm.activations import Activations
@@ -91,7 +91,7 @@ def run_protocol(
         )
         layer_sets = resolve_layer_sets(config.steering.layers, lm.num_layers)
         identity = {
-            **identity_of(config),
+            **identity_of(config, EXPERIMENT_SECTIONS),
             "model": lm.identity.digest(),
             "template": DEFAULT_TEMPLATE.to_dict(),
             **{f"data_{n}": dataset_hash(part) for n, part in data.splits.items()},
@@ -163,7 +163,7 @@ class _Protocol:
             cfg = self.config
             poolings = [
                 *(p for n in self.needs for p in n.poolings),
-                *(POOLINGS if cfg.report.probes else ()),
+                *(TABLE_POOLINGS if cfg.report.probes else ()),
                 *(p for n in self.needs for p in n.train_poolings if split == "train"),
             ]
             layers = sorted({*self.layers, *(layer for n in self.needs for layer in n.layers)})

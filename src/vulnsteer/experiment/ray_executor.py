@@ -44,7 +44,7 @@ from ..detection.records import DetectionRecord
 from ..lm.activations import ActivationSink
 from ..lm.identity import ModelIdentity, check_same_model
 from ..lm.model import LoadedModel
-from ..steering.gate import LinearProbe
+from ..steering.probe import Probe
 from ..steering.vectors import SteeringVector
 from .engine import ChunkDone, ChunkInputs, Executor, LocalExecutor, ScoringOptions, WorkerStats, score_chunk
 from .grid import Condition
@@ -127,7 +127,7 @@ class _Shared:
 
     samples: Mapping[str, Mapping[str, Sequence[Sample]]]
     vectors: Mapping[tuple[str, str], SteeringVector]
-    probes: Mapping[tuple[str, str], LinearProbe]
+    probes: Mapping[tuple[str, str], Probe]
     options: ScoringOptions
     #: the layers of the driver's activation sink (None: it has none)
     sink_layers: list[int] | None

@@ -59,8 +59,10 @@ class RunDir:
     'records.jsonl'
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, record_files: tuple[str, ...] = (RECORDS_NAME,)) -> None:
         self.path = Path(path)
+        #: the files that hold finished work (a rerun with other inputs is refused once one is not empty)
+        self.record_files = record_files
 
     @property
     def records(self) -> Path:
@@ -138,7 +140,8 @@ class RunDir:
         write_json(path, plain)
 
     def _holds_records(self) -> bool:
-        return self.records.is_file() and self.records.stat().st_size > 0
+        files = [self.path / name for name in self.record_files]
+        return any(f.is_file() and f.stat().st_size > 0 for f in files)
 
 
 def _article(word: str) -> str:

@@ -58,8 +58,8 @@ def json_pair(pair: tuple[float, float] | None) -> list[float | None] | None:
 @dataclass(frozen=True)
 class MetricBlock:
     """Every metric of one detector on one set of samples (:func:`~vulnsteer.stats.compare.metrics_block`): the
-    counts, the point metrics (None where undefined), a pair-bootstrap 95% CI of balanced accuracy and the mean
-    answer margin (logit mode)."""
+    counts, the point metrics (None where undefined; AUROC, pair-rank accuracy and TPR at 5% FPR read the scores),
+    pair-bootstrap 95% CIs of balanced accuracy and AUROC, and the mean answer margin (logit mode)."""
 
     n: int = 0
     n_vulnerable: int | None = None
@@ -80,17 +80,22 @@ class MetricBlock:
     uncertain_rate: float | None = None
     balanced_accuracy_ci: tuple[float, float] | None = None
     mean_margin: float | None = None
+    pair_rank_accuracy: float | None = None
+    tpr_at_5_fpr: float | None = None
+    auroc_ci: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["balanced_accuracy_ci"] = json_pair(self.balanced_accuracy_ci)
+        out["auroc_ci"] = json_pair(self.auroc_ci)
         return out
 
     @classmethod
     def from_json(cls, doc: JsonObject) -> MetricBlock:
-        names = {f.name for f in dataclasses.fields(cls)} - {"balanced_accuracy_ci"}
-        values: dict[str, Any] = {k: doc[k] for k in names if k in doc}
-        return cls(**values, balanced_accuracy_ci=float_pair(doc.get("balanced_accuracy_ci")))
+        pairs = {"balanced_accuracy_ci", "auroc_ci"}
+        values: dict[str, Any] = {k: doc[k] for k in {f.name for f in dataclasses.fields(cls)} - pairs if k in doc}
+        values.update({k: float_pair(doc.get(k)) for k in pairs})
+        return cls(**values)
 
 
 @dataclass(frozen=True)

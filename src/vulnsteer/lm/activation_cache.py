@@ -35,7 +35,7 @@ from ..data.sample import Sample, dataset_hash
 from ..io import atomic_open
 from .activations import Activations, extract_activations
 from .model import LoadedModel, cache_root
-from .prompts import DEFAULT_TEMPLATE, PromptTemplate
+from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, code_token_counts
 
 __all__ = ["ActivationCache", "CacheStats", "default_cache_dir", "template_hash"]
 
@@ -184,4 +184,6 @@ class ActivationCache:
                         self._write(keys[(layer, pos)], tensor, headers[(layer, pos)])
         stats.entries = [str(self.path(keys[item])) for item in sorted(keys)] if self.enabled else []
         by_pooling = {pos: torch.stack([found[(layer, pos)] for layer in layers], dim=1) for pos in poolings}
-        return Activations(list(layers), ids, by_pooling, identity), stats
+        prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
+        counts = torch.tensor(code_token_counts(lm.tokenizer, prompts), dtype=torch.long)
+        return Activations(list(layers), ids, by_pooling, identity, counts), stats

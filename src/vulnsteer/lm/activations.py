@@ -4,6 +4,7 @@ Poolings (how one hidden state is read from a prompt's tokens):
 
 - ``last``: each row's last prompt token (the answer position: the prompt ends with ``Answer:``);
 - ``code_mean``: the mean over the tokens of the code itself;
+- ``code_max``: the maximum over the tokens of the code, per dimension;
 - ``answer_vulnerable`` / ``answer_secure`` (:data:`ANSWER_POOLINGS`): the last token of each answer, teacher-forced
   after the prompt (its KV cache reused), as the answer-token behaviour vector needs: recorded in the same pass as
   the others, so that vector costs no pass of its own.
@@ -35,11 +36,13 @@ from .prompts import (
     PromptTemplate,
     answer_token_ids,
     build_prompt,
+    code_token_counts,
     tokenize_prompts,
 )
 
 __all__ = [
     "ANSWER_POOLINGS",
+    "SINK_POOLINGS",
     "ActivationSink",
     "Activations",
     "batch_states",
@@ -67,6 +70,8 @@ class Activations:
     #: the identity of the model they were recorded from (None when not known): a vector fitted on them records
     #: it (:func:`~vulnsteer.steering.vectors.fit_vector`)
     model: ModelIdentity | None = None
+    #: per sample, how many prompt tokens overlap the code (what a probe's length term reads); None if not counted
+    code_tokens: torch.Tensor | None = None
 
     def get(self, pooling: str, layer: int | None = None) -> torch.Tensor:
         if pooling not in self.by_pooling:
@@ -90,7 +95,12 @@ class Activations:
             sample_ids=[self.sample_ids[i] for i in idx.tolist()],
             by_pooling={k: v.index_select(0, idx) for k, v in self.by_pooling.items()},
             model=self.model,
+            code_tokens=None if self.code_tokens is None else self.code_tokens.index_select(0, idx),
         )
+
+
+#: What an :class:`ActivationSink` records: the answer position and the code mean.
+SINK_POOLINGS: tuple[str, ...] = ("last", "code_mean")
 
 
 class ActivationSink:
@@ -106,10 +116,10 @@ class ActivationSink:
     def add(self, sample_id: str, pooling: str, value: torch.Tensor) -> None:
         self.rows.setdefault(sample_id, {})[pooling] = value.detach().float().cpu()
 
-    def complete(self, sample_ids: Sequence[str], poolings: Sequence[str] = POOLINGS) -> bool:
+    def complete(self, sample_ids: Sequence[str], poolings: Sequence[str] = SINK_POOLINGS) -> bool:
         return all(p in self.rows.get(sid, {}) for sid in sample_ids for p in poolings)
 
-    def activations(self, sample_ids: Sequence[str], poolings: Sequence[str] = POOLINGS) -> Activations:
+    def activations(self, sample_ids: Sequence[str], poolings: Sequence[str] = SINK_POOLINGS) -> Activations:
         missing = [sid for sid in sample_ids if any(p not in self.rows.get(sid, {}) for p in poolings)]
         if missing:
             raise KeyError(f"no captured activations for {len(missing)} samples (e.g. {missing[0]})")
@@ -183,7 +193,7 @@ def batch_states(
             "use_cache": past is not None,
             **({cache_kwarg(model): past} if past is not None else {}),
         }
-        code_mask = batch.code_mask if "code_mean" in read else None
+        code_mask = batch.code_mask if {"code_mean", "code_max"} & set(read) else None
         return backend.states(model, lm.layers, Readout(tuple(layers), read, code_mask), kwargs)
 
     first: tuple[str, ...] = tuple(p for p in poolings if p in POOLINGS)
@@ -243,4 +253,5 @@ def extract_activations(
             for pos, value in values.items():
                 out[pos][index] = value
             bar.update(len(rows))
-    return Activations(chosen, [s.id for s in samples], dict(out), lm.identity)
+    counts = torch.tensor(code_token_counts(lm.tokenizer, prompts), dtype=torch.long)
+    return Activations(chosen, [s.id for s in samples], dict(out), lm.identity, counts)

@@ -32,6 +32,7 @@ __all__ = [
     "apply_shifts",
     "backend_of",
     "hidden_of",
+    "masked_max",
     "masked_mean",
     "past_length",
     "pool",
@@ -74,20 +75,33 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def pool(hidden: torch.Tensor, poolings: Sequence[str], code_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """A layer's output reduced to each pooling (``last``: the last position, left padding; ``code_mean``: the
-    mean over *code_mask*), float32 on the CPU.
+def masked_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Maximum per dimension over the positions where *mask* is true: ``[batch, seq, hidden]`` -> ``[batch,
+    hidden]`` (0 for a row without any such position).
 
-    >>> pool(torch.tensor([[[1.0], [3.0]]]), ["last", "code_mean"], torch.tensor([[1, 1]]))["code_mean"]
+    >>> masked_max(torch.tensor([[[1.0], [3.0], [9.0]]]), torch.tensor([[1, 1, 0]]))
+    tensor([[3.]])
+    """
+    keep = mask.to(hidden.device).bool().unsqueeze(-1)
+    out = hidden.masked_fill(~keep, float("-inf")).amax(1)
+    return torch.where(keep.any(1), out, torch.zeros_like(out))
+
+
+def pool(hidden: torch.Tensor, poolings: Sequence[str], code_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """A layer's output reduced to each pooling (``last``: the last position, left padding; ``code_mean`` /
+    ``code_max``: the mean / the maximum per dimension over *code_mask*), float32 on the CPU.
+
+    >>> pool(torch.tensor([[[1.0], [3.0]]]), ["last", "code_mean", "code_max"], torch.tensor([[1, 1]]))["code_mean"]
     tensor([[2.]])
     """
     out: dict[str, torch.Tensor] = {}
     if "last" in poolings:
         out["last"] = hidden[:, -1].float().cpu()
-    if "code_mean" in poolings:
-        if code_mask is None:
-            raise ValueError("the code_mean pooling needs the batch's code mask")
-        out["code_mean"] = masked_mean(hidden.float(), code_mask).cpu()
+    for name, reduce in (("code_mean", masked_mean), ("code_max", masked_max)):
+        if name in poolings:
+            if code_mask is None:
+                raise ValueError(f"the {name} pooling needs the batch's code mask")
+            out[name] = reduce(hidden.float(), code_mask).cpu()
     return out
 
 
@@ -137,8 +151,8 @@ def apply_shifts(hidden: torch.Tensor, items: Sequence[tuple[torch.Tensor, str]]
 
 @dataclass(frozen=True)
 class Readout:
-    """What :meth:`Backend.states` reads: these layers' outputs, pooled (``last``, ``code_mean`` over
-    *code_mask*).
+    """What :meth:`Backend.states` reads: these layers' outputs, pooled (``last``, ``code_mean`` or ``code_max``
+    over *code_mask*).
 
     >>> Readout((1,), ("last",), None).of(torch.ones(2, 3, 4))["last"].shape
     torch.Size([2, 4])

@@ -24,6 +24,7 @@ __all__ = [
     "PromptTemplate",
     "answer_token_ids",
     "build_prompt",
+    "code_token_counts",
     "template_from_dict",
     "tokenize_prompts",
 ]
@@ -174,6 +175,13 @@ class PromptBatch:
         return PromptBatch(self.input_ids.to(device), self.attention_mask.to(device), self.code_mask.to(device))
 
 
+def _tokens(tokenizer: Any, prompt: Prompt) -> tuple[list[int], list[bool]]:
+    """A prompt's token ids and, per token, whether it overlaps the code span."""
+    enc = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
+    start, end = prompt.code_span
+    return list(enc["input_ids"]), [s < end and e > start for s, e in enc["offset_mapping"]]
+
+
 def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:
     """Tokenise with left padding (the last column is every row's last prompt token)."""
     import torch
@@ -181,10 +189,9 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:
     ids_list: list[list[int]] = []
     code_list: list[list[bool]] = []
     for prompt in prompts:
-        enc = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
-        start, end = prompt.code_span
-        ids_list.append(list(enc["input_ids"]))
-        code_list.append([s < end and e > start for s, e in enc["offset_mapping"]])
+        ids, code = _tokens(tokenizer, prompt)
+        ids_list.append(ids)
+        code_list.append(code)
     width = max(len(ids) for ids in ids_list)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -196,6 +203,16 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:
         attention[row, width - n :] = 1
         code_mask[row, width - n :] = torch.tensor(code, dtype=torch.bool)
     return PromptBatch(input_ids, attention, code_mask)
+
+
+def code_token_counts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[int]:
+    """How many tokens of each prompt overlap its code (what ``code_mean`` averages over; the length a probe's
+    length term reads), without padding.
+
+    >>> code_token_counts(tokenizer, [build_prompt(tokenizer, "int x;", "c")])  # doctest: +SKIP
+    [3]
+    """
+    return [sum(_tokens(tokenizer, prompt)[1]) for prompt in prompts]
 
 
 def answer_token_ids(tokenizer: Any, template: PromptTemplate = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:

@@ -41,10 +41,14 @@ def _prediction(item: Scored | Prediction) -> Prediction:
 
 
 def metrics_block(records: Sequence[Scored | Prediction], seed: int = 0, n_boot: int = N_BOOT) -> dict[str, Any]:
-    """Every metric of *records*, a pair-bootstrap CI of balanced accuracy and the mean answer margin."""
+    """Every metric of *records*, pair-bootstrap CIs of balanced accuracy and (where every record has a score)
+    AUROC, and the mean answer margin."""
     preds = [_prediction(r) for r in records]
-    metrics = compute_metrics(preds).to_dict()
+    found = compute_metrics(preds)
+    metrics = found.to_dict()
     metrics["balanced_accuracy_ci"] = list(bootstrap_ci(preds, "balanced_accuracy", n_boot=n_boot, seed=seed))
+    if found.auroc is not None:
+        metrics["auroc_ci"] = list(bootstrap_ci(preds, "auroc", n_boot=n_boot, seed=seed))
     margins = [m for r in records if (m := getattr(r, "margin", None)) is not None]
     # logp(" vulnerable") - logp(" secure"): shows which way a steered setting really pushes the answer
     metrics["mean_margin"] = sum(margins) / len(margins) if margins else None

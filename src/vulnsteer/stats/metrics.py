@@ -51,8 +51,10 @@ __all__ = [
     "bootstrap_diff_ci",
     "compute_metrics",
     "mcnemar_exact",
+    "pair_rank_accuracy",
     "per_cwe",
     "point_metrics",
+    "tpr_at_fpr",
 ]
 
 #: Metrics that :func:`bootstrap_ci` and :func:`bootstrap_diff_ci` accept.
@@ -112,7 +114,11 @@ class Metrics:
     """Detection metrics of one set of predictions (see the module docstring for conventions).
 
     ``n_pairs`` counts complete pairs (a pair id with at least one vulnerable and one secure member);
-    ``pair_accuracy`` is the share of them with every member right (``None`` without complete pairs).
+    ``pair_accuracy`` is the share of them with every member right (``None`` without complete pairs);
+    ``pair_rank_accuracy`` the share where the vulnerable half scores above its fix (ties half; per pair, over its
+    vulnerable x fixed combinations; ``None`` without scores or complete pairs); ``tpr_at_5_fpr`` the share of
+    vulnerable samples scored above every score that only 5% of the secure ones exceed (``None`` without scores or
+    with one class).
     """
 
     n: int
@@ -132,6 +138,8 @@ class Metrics:
     pair_accuracy: float | None
     vulnerable_rate: float
     uncertain_rate: float
+    pair_rank_accuracy: float | None = None
+    tpr_at_5_fpr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (free for callers to extend), JSON-safe: ``nan`` becomes ``None``."""
@@ -253,7 +261,43 @@ def compute_metrics(preds: Sequence[Prediction]) -> Metrics:
         pair_accuracy=float(pair_ok.sum() / n_pairs) if n_pairs else None,
         vulnerable_rate=float(np.mean(y_pred == 1)),
         uncertain_rate=float(np.mean(y_pred == -1)),
+        pair_rank_accuracy=None if scores is None else pair_rank_accuracy(preds, scores),
+        tpr_at_5_fpr=None if scores is None or not 0 < n_vul < n else tpr_at_fpr(y_true, scores, 0.05),
     )
+
+
+def pair_rank_accuracy(preds: Sequence[Prediction], scores: NDArray[np.float64]) -> float | None:
+    """Mean over complete pairs of the share of (vulnerable, fixed) combinations where the vulnerable half scores
+    higher (ties count half); ``None`` without complete pairs.
+
+    >>> preds = [Prediction("a", "CWE-89", "p", 1, 1), Prediction("b", "CWE-89", "p", 0, 1),
+    ...          Prediction("c", "CWE-89", "q", 1, 1), Prediction("d", "CWE-89", "q", 0, 1)]
+    >>> pair_rank_accuracy(preds, np.array([0.9, 0.1, 0.5, 0.5]))
+    0.75
+    """
+    by: dict[str, tuple[list[float], list[float]]] = {}
+    for p, score in zip(preds, scores, strict=True):
+        if p.pair_id is not None:
+            by.setdefault(p.pair_id, ([], []))[0 if p.y_true == 1 else 1].append(float(score))
+    shares = []
+    for vulnerable, fixed in by.values():
+        if vulnerable and fixed:
+            a, b = np.array(vulnerable)[:, None], np.array(fixed)[None, :]
+            shares.append(float(((a > b) + 0.5 * (a == b)).mean()))
+    return float(np.mean(shares)) if shares else None
+
+
+def tpr_at_fpr(y_true: NDArray[np.int64], scores: NDArray[np.float64], fpr: float) -> float:
+    """The true-positive rate at the threshold that at most *fpr* of the negatives exceed (scores strictly above
+    it count as positive).
+
+    >>> tpr_at_fpr(np.array([1, 1, 0, 0]), np.array([3.0, 1.0, 2.0, 0.0]), 0.5)
+    0.5
+    """
+    negatives = np.sort(scores[y_true == 0])[::-1]
+    k = int(np.floor(fpr * len(negatives)))
+    threshold = negatives[k] if k < len(negatives) else -np.inf
+    return float((scores[y_true == 1] > threshold).mean())
 
 
 def per_cwe(preds: Sequence[Prediction]) -> dict[str, list[Prediction]]:

@@ -112,10 +112,11 @@ class SteeringSpec:
             if absent:
                 what = "norms" if self.unit == "relative" else "sigmas"
                 raise ValueError(f"{self.unit} strength needs the vector's layer {what}; missing for layers {absent}")
-        if self.gate is not None and self.gate.probe.layer > min(layers):
+        if self.gate is not None and self.gate.probe.design.deepest > min(layers):
             raise ValueError(
-                f"the gate's condition layer {self.gate.probe.layer} is above the steered layers "
-                f"{list(layers)}: it would read a steered state"
+                f"the gate's condition layer {self.gate.probe.design.deepest} is above the steered layers "
+                f"{list(layers)}: it would read a steered state (every layer a gating probe reads must be at or "
+                "below them)"
             )
         object.__setattr__(self, "layers", layers)
         for layer in layers:

@@ -20,19 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-import torch
+import numpy as np
 
 from ...config import ExperimentConfig
+from ...config.design import ProbeDesign
 from ...data.sample import Sample, dataset_hash
-from ...detection.condition import fit_condition_probe, rethreshold
 from ...detection.detector import SavedDetector
+from ...detection.probe import fit_probe, probe_data, rethreshold
 from ...detection.records import DetectionRecord
 from ...io import JsonObject
 from ...lm.activations import ANSWER_POOLINGS, Activations
 from ...lm.model import LoadedModel, resolve_layers
 from ...lm.prompts import DEFAULT_TEMPLATE
 from ...steering.behaviour import answer_vector_from, projection_sigmas
-from ...steering.gate import LinearProbe
+from ...steering.probe import Probe
 from ...steering.vectors import SteeringVector, unembedding_vector
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, Saved, ValContext
 from ..fit import fit_cwe_vectors, method_key, save_vectors
@@ -57,6 +58,7 @@ __all__ = [
     "ConditionalFamily",
     "ConditionalFit",
     "behaviour_vectors",
+    "condition_designs",
     "condition_layers",
     "condition_probes",
     "conditional_settings",
@@ -137,12 +139,21 @@ def behaviour_vectors(
     return out
 
 
+def condition_designs(config: ExperimentConfig, layers: Sequence[int]) -> list[ProbeDesign]:
+    """The gating probes' designs: ``conditional.designs`` if given, else one per pooling and condition layer
+    (``conditional.probe`` at ``conditional.pooling`` x :func:`condition_layers`)."""
+    c = config.conditional
+    if c.designs:
+        return list(c.designs)
+    return [ProbeDesign((layer,), (pooling,), c.probe) for pooling in c.pooling for layer in layers]
+
+
 def condition_probes(
     config: ExperimentConfig,
     train: tuple[Activations, Sequence[Sample]],
     val: tuple[Activations, Sequence[Sample]],
-    layers: Sequence[int],
-) -> dict[tuple[str, str], LinearProbe]:
+    designs: Sequence[ProbeDesign],
+) -> dict[tuple[str, str], Probe]:
     """The gating probes, keyed ``(target, key)``: ``"any"`` for a probe pooled over every CWE, else the CWE; each
     with its random-gate control ``random:<key>`` (a random direction of the same norm, thresholded on val by the
     same rule). Fitted on train, thresholded on val."""
@@ -157,51 +168,41 @@ def condition_probes(
                 [i for i, s in enumerate(train_samples) if s.cwe == cwe],
                 [i for i, s in enumerate(val_samples) if s.cwe == cwe],
             )
-    out: dict[tuple[str, str], LinearProbe] = {}
-    for target, (tr, va) in groups.items():
-        ty = torch.tensor([train_samples[i].y for i in tr])
-        vy = torch.tensor([val_samples[i].y for i in va])
-        if len(torch.unique(ty)) < 2:
-            continue
-        for pooling in c.pooling:
-            for layer in layers:
-                tx = train_acts.get(pooling, layer)[tr]
-                vx = val_acts.get(pooling, layer)[va]
-                probe = fit_condition_probe(
-                    c.probe,
-                    tx,
-                    ty,
-                    vx,
-                    vy,
-                    layer=layer,
-                    pooling=pooling,
-                    seed=config.data.seed,
-                    meta={"target": target},
-                )
-                seed = config.steering.control_seed + layer
-                out[(target, probe.key)] = probe
-                out[(target, RANDOM_PROBE + probe.key)] = rethreshold(probe.random_like(seed), vx, vy)
+    out: dict[tuple[str, str], Probe] = {}
+    for design in designs:
+        tr_all = probe_data(design, train_acts, train_samples, train_acts.code_tokens, "train")
+        va_all = probe_data(design, val_acts, val_samples, val_acts.code_tokens, "val")
+        for target, (tr, va) in groups.items():
+            tr_data, va_data = tr_all.rows(tr), va_all.rows(va)
+            if len(np.unique(tr_data.y)) < 2:
+                continue
+            probe = fit_probe(design, tr_data, va_data, seed=config.data.seed, meta={"target": target})
+            seed = config.steering.control_seed + design.deepest
+            out[(target, probe.key)] = probe
+            out[(target, RANDOM_PROBE + probe.key)] = rethreshold(probe.random_like(seed), va_data)
     return out
 
 
 def conditional_settings(
-    config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], probe_keys: Sequence[str]
+    config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], designs: Sequence[ProbeDesign]
 ) -> list[Setting]:
-    """Every gated candidate: behaviour x steered layer set x gating probe (at or below the set) x gate x positions
-    x strength."""
+    """Every gated candidate: behaviour x steered layer set x gating probe (every layer it reads at or below the
+    set) x gate x positions x strength."""
     c = config.conditional
     out: list[Setting] = []
     for name in c.behaviours:
         method, pooling = behaviour_key(name).split("@", 1)
         for layers in layer_sets:
-            for key in probe_keys:
-                if int(key.rsplit("@L", 1)[1]) > min(layers):
+            for design in designs:
+                if design.deepest > min(layers):
                     continue
                 for gate in c.gates:
                     for positions in c.positions:
                         for unit, strength in c.strengths:
                             if strength:
-                                out.append(Setting(method, pooling, layers, unit, strength, positions, gate, key))
+                                out.append(
+                                    Setting(method, pooling, layers, unit, strength, positions, gate, design.key)
+                                )
     return out
 
 
@@ -212,7 +213,7 @@ class ConditionalFit:
 
     settings: tuple[Setting, ...]
     vectors: Mapping[tuple[str, str], SteeringVector]
-    probes: Mapping[tuple[str, str], LinearProbe]
+    probes: Mapping[tuple[str, str], Probe]
     roles: tuple[str, ...] = ("steered", "control", "gate_control")
     control_seed: int = 1234
     info: Mapping[str, VectorInfo] = field(default_factory=dict)
@@ -231,7 +232,7 @@ def _detector(
     conds: Sequence[Condition],
     records: Mapping[str, Sequence[DetectionRecord]],
     vectors: Mapping[tuple[str, str], SteeringVector],
-    probes: Mapping[tuple[str, str], LinearProbe],
+    probes: Mapping[tuple[str, str], Probe],
 ) -> SavedDetector | None:
     """The gated setting with the best balanced accuracy on val over every CWE together (ties to the smaller
     |strength|), among those a scanner can apply without knowing the CWE (a label-free behaviour vector and a
@@ -297,9 +298,11 @@ class ConditionalFamily:
     ) -> ActivationNeeds:
         layers = {layer for group in layer_sets for layer in group}
         answer = ANSWER_POOLINGS if "answer" in config.conditional.behaviours else ()
+        designs = condition_designs(config, condition_layers(config, layer_sets, num_layers))
+        reads = [read for design in designs for read in design.reads]
         return ActivationNeeds(
-            tuple(sorted({*layers, *condition_layers(config, layer_sets, num_layers)})),
-            ("last", *config.conditional.pooling),
+            tuple(sorted({*layers, *(layer for layer, _ in reads)})),
+            tuple(dict.fromkeys(["last", *(pooling for _, pooling in reads)])),
             answer,
         )
 
@@ -307,10 +310,10 @@ class ConditionalFamily:
         cfg, data = ctx.config, ctx.data
         acts, train = ctx.acts("train"), data.samples("train")
         vectors = behaviour_vectors(ctx.lm, cfg, acts, data.by_cwe("train"), ctx.layers)
-        layers = condition_layers(cfg, ctx.layer_sets, ctx.lm.num_layers)
-        probes = condition_probes(cfg, (acts, train), (ctx.acts("val"), data.samples("val")), layers)
-        keys = sorted({k for _, k in probes if not k.startswith(RANDOM_PROBE)})
-        settings = conditional_settings(cfg, ctx.layer_sets, keys)
+        designs = condition_designs(cfg, condition_layers(cfg, ctx.layer_sets, ctx.lm.num_layers))
+        probes = condition_probes(cfg, (acts, train), (ctx.acts("val"), data.samples("val")), designs)
+        fitted = {k for _, k in probes}
+        settings = conditional_settings(cfg, ctx.layer_sets, sorted((d for d in designs if d.key in fitted), key=_key))
         pooled = {k: v for k, v in vectors.items() if k[0] == POOLED}
         info = {k: VectorInfo.from_json(v) for k, v in save_vectors(pooled, ctx.out / "behaviours").items()}
         roles = ("steered", "control", "gate_control") if cfg.run.controls_on_val else ("steered",)
@@ -365,6 +368,10 @@ class ConditionalFamily:
         return setting_results(
             self.name, self.label, CONTROLS, chosen, applied, vectors=fitted.info, probes=probes, saved=detector
         )
+
+
+def _key(design: ProbeDesign) -> str:
+    return design.key
 
 
 CONDITIONAL = ConditionalFamily()

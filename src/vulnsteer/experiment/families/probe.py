@@ -21,7 +21,7 @@ from ...detection.records import DetectionRecord
 from ...io import JsonObject
 from ...lm.activations import Activations
 from ...lm.model import LoadedModel
-from ...steering.gate import LinearProbe
+from ...steering.probe import Probe
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
 from ..grid import POOLED, Condition
 from ..results import FamilyResults
@@ -31,9 +31,9 @@ from .setting import SettingChoices
 __all__ = ["PROBE", "ProbeFamily", "probe_records"]
 
 
-def probe_records(probe: LinearProbe, acts: Activations, samples: Sequence[Sample]) -> list[DetectionRecord]:
+def probe_records(probe: Probe, acts: Activations, samples: Sequence[Sample]) -> list[DetectionRecord]:
     """The probe alone as a detector: its own verdict per sample (score = the probe's score)."""
-    scores = probe.scores(acts.get(probe.pooling, probe.layer))
+    scores = probe.scores_of(acts, acts.code_tokens)
     return [
         DetectionRecord(
             s.id, s.cwe, s.pair_id, s.y, "vulnerable" if float(x) > probe.threshold else "secure", score=float(x)

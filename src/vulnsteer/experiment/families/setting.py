@@ -24,7 +24,7 @@ from ...detection.records import DetectionRecord
 from ...io import JsonObject
 from ...lm.model import LoadedModel
 from ...stats.compare import compare_to_baseline, metrics_block, verdict_words
-from ...steering.gate import LinearProbe
+from ...steering.probe import Probe
 from ...steering.vectors import SteeringVector
 from ..chosen import load_probes, save_choice_files
 from ..family import Applied, Artefacts, HeldOut, LeadEntry, Saved, ValContext
@@ -70,7 +70,7 @@ class SettingChoices:
 
     choices: Mapping[str, Mapping[str, Choice]]
     vectors: Mapping[tuple[str, str], SteeringVector] = field(default_factory=dict)
-    probes: Mapping[tuple[str, str], LinearProbe] = field(default_factory=dict)
+    probes: Mapping[tuple[str, str], Probe] = field(default_factory=dict)
 
     @property
     def artefacts(self) -> Artefacts:
@@ -373,7 +373,7 @@ def restore_choices(entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatc
     model's unless mismatches are allowed)."""
     choices = {m: {t: Choice.from_dict(e) for t, e in by.items()} for m, by in entry.items()}
     vectors: dict[tuple[str, str], SteeringVector] = {}
-    probes: dict[tuple[str, str], LinearProbe] = {}
+    probes: dict[tuple[str, str], Probe] = {}
     for mode, by_target in entry.items():
         for target, item in by_target.items():
             best = choices[mode][target].best

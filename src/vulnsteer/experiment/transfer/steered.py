@@ -1,0 +1,201 @@
+"""The steered model on the transfer protocol's folds: the probe chosen for a fold gates a push of the behaviour
+vector fitted on the fold's training datasets, and the model answers (logit mode) every sample of the left-out
+dataset, under every gate and strength (with a random gate as the control of the outer folds' rows).
+
+Every fold that leaves a dataset out (its outer fold, and the inner folds of every other outer fold) is scored in
+one pass over that dataset: the prompt minus its last token runs once, unsteered, and every (fold, gate, strength)
+row continues it for one token (:func:`~vulnsteer.detection.engine.detect_variants_modes`), so a dataset costs one
+forward pass whatever the grid. Work is saved per chunk of samples (``steered.jsonl``): a rerun skips finished
+chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from ...config import ExperimentConfig
+from ...detection.engine import detect_variants_modes
+from ...detection.probe import rethreshold
+from ...detection.records import DetectionRecord
+from ...io import append_jsonl, read_jsonl
+from ...lm.activations import ANSWER_POOLINGS, Activations
+from ...lm.model import LoadedModel
+from ...progress import Progress
+from ...steering.behaviour import answer_vector_from
+from ...steering.gate import Gate
+from ...steering.hooks import PositionMode, SteeringSpec, StrengthUnit
+from ...steering.probe import Probe
+from ...steering.vectors import SteeringVector
+from .data import FIT_SPLITS, TransferDataset
+from .folds import Fold
+
+__all__ = ["CHUNK", "Steered", "SteeredStore", "fold_vector", "score_steered", "steered_layers", "steered_variants"]
+
+#: Samples per saved chunk (a kill loses at most one).
+CHUNK = 32
+
+
+def steered_layers(config: ExperimentConfig, deepest: int) -> tuple[int, ...]:
+    """Where a push gated by a probe whose deepest layer is *deepest* is applied: the first of ``steering.layers``
+    at or above it, else that layer itself (the probe must read unsteered states)."""
+    for group in config.steering.layers:
+        if group and min(group) >= deepest and min(group) >= 0:
+            return tuple(sorted(group))
+    return (deepest,)
+
+
+def fold_vector(
+    lm: LoadedModel, fold: Fold, data: Mapping[str, TransferDataset], layers: Sequence[int]
+) -> SteeringVector:
+    """The answer vector (the hidden-state contrast of continuing with " vulnerable" vs " secure"; no labels) over
+    the fit splits of *fold*'s training datasets."""
+    parts: list[Activations] = []
+    samples = []
+    for name in fold.training:
+        ds = data[name]
+        rows = ds.indices(FIT_SPLITS)
+        parts.append(ds.acts().subset(rows))
+        samples += [ds.samples[i] for i in rows]
+    joined = Activations(
+        parts[0].layers,
+        [sid for p in parts for sid in p.sample_ids],
+        {pool: torch.cat([p.get(pool) for p in parts]) for pool in ANSWER_POOLINGS},
+    )
+    return answer_vector_from(lm, joined, samples, list(layers))
+
+
+@dataclass(frozen=True)
+class Steered:
+    """One steered row of a fold: the fold, the gate, the strength (unit), and whether it is the random-gate control."""
+
+    fold: str
+    gate: str
+    unit: str
+    strength: float
+    control: bool = False
+
+    @property
+    def name(self) -> str:
+        """The row's name in ``steered.jsonl`` and the choices: ``sven|linear|sigma:4`` (``...|random`` for the
+        control)."""
+        return f"{self.fold}|{self.setting}" + ("|random" if self.control else "")
+
+    @property
+    def setting(self) -> str:
+        """What is chosen: the gate and the strength."""
+        return f"{self.gate}|{self.unit}:{self.strength:g}"
+
+
+def steered_variants(
+    config: ExperimentConfig,
+    fold: Fold,
+    probe: Probe,
+    vector: SteeringVector,
+    val: Any,
+) -> dict[Steered, SteeringSpec]:
+    """Every gate x strength of ``[conditional]`` for one fold (*probe* gating *vector*), and for an outer fold the
+    same under a random gate (a random direction of the probe's norm, thresholded and calibrated on the same val
+    data *val*, seeded by ``steering.control_seed``)."""
+    c = config.conditional
+    layers = tuple(vector.layers)
+    random = rethreshold(probe.random_like(config.steering.control_seed + probe.design.deepest), val)
+    out: dict[Steered, SteeringSpec] = {}
+    for control in (False, True) if not fold.is_inner else (False,):
+        gated = random if control else probe
+        for gate in c.gates:
+            for unit, strength in c.strengths:
+                if not strength:
+                    continue
+                spec = SteeringSpec(
+                    vector,
+                    strength,
+                    layers=layers,
+                    positions=cast(PositionMode, "last"),
+                    unit=cast(StrengthUnit, unit),
+                    gate=Gate(gate, gated, c.band),
+                    source="conditional.strengths",
+                )
+                out[Steered(fold.key, gate, unit, strength, control)] = spec
+    return out
+
+
+def _digest(variants: Mapping[str, SteeringSpec]) -> str:
+    """What decides the rows' numbers: names, strengths, gates, probes and vectors."""
+    h = hashlib.sha256()
+    for name, spec in sorted(variants.items()):
+        h.update(name.encode())
+        h.update(repr((spec.strength, spec.layers, spec.unit)).encode())
+        if spec.gate is not None:
+            h.update(repr(sorted(spec.gate.probe.header().items(), key=str)).encode())
+            h.update(spec.gate.probe.weight.numpy().tobytes())
+        for layer in spec.layers:
+            h.update(spec.vector.direction(layer).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class SteeredStore:
+    """``steered.jsonl``: per dataset and chunk of samples, every row's answer margin, push and gate score."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._done: dict[tuple[str, int, str], dict[str, list[list[Any]]]] = {}
+        for doc in read_jsonl(path):
+            self._done[(doc["dataset"], int(doc["chunk"]), doc["digest"])] = doc["rows"]
+
+    def get(self, dataset: str, chunk: int, digest: str) -> dict[str, list[list[Any]]] | None:
+        return self._done.get((dataset, chunk, digest))
+
+    def add(self, dataset: str, chunk: int, digest: str, rows: dict[str, list[list[Any]]]) -> None:
+        append_jsonl(self.path, {"dataset": dataset, "chunk": chunk, "digest": digest, "rows": rows})
+        self._done[(dataset, chunk, digest)] = rows
+
+
+def score_steered(
+    lm: LoadedModel,
+    target: TransferDataset,
+    variants: Mapping[str, SteeringSpec],
+    store: SteeredStore,
+    *,
+    batch_size: int,
+    progress: bool = True,
+) -> dict[str, list[DetectionRecord]]:
+    """Every row of *variants* (and the unsteered model, ``baseline``) on every sample of *target*, in logit mode;
+    finished chunks come from *store*."""
+    specs: dict[str, list[SteeringSpec]] = {"baseline": [], **{k: [v] for k, v in variants.items()}}
+    digest = _digest(variants)
+    samples = list(target.samples)
+    out: dict[str, list[DetectionRecord]] = {name: [] for name in specs}
+    chunks = range(0, len(samples), CHUNK)
+    with Progress(len(samples), f"steered {target.name}", unit="sample", enabled=progress) as bar:
+        for k, start in enumerate(chunks):
+            part = samples[start : start + CHUNK]
+            rows = store.get(target.name, k, digest)
+            if rows is None:
+                found = detect_variants_modes(
+                    lm, part, specs, modes=("logit",), batch_size=batch_size, max_rows=32, progress=False
+                )["logit"]
+                rows = {name: [[r.margin, r.push, r.gate_score] for r in recs] for name, recs in found.items()}
+                store.add(target.name, k, digest, rows)
+            for name in specs:
+                out[name] += [
+                    DetectionRecord(
+                        s.id,
+                        s.cwe,
+                        s.pair_id,
+                        s.y,
+                        "vulnerable" if m >= 0 else "secure",
+                        score=m,
+                        margin=m,
+                        push=push,
+                        gate_score=g,
+                    )
+                    for s, (m, push, g) in zip(part, rows[name], strict=True)
+                ]
+            bar.update(len(part))
+    return out

@@ -1,0 +1,346 @@
+"""Probes: linear read-outs of a prompt's hidden states, one immutable type for every use.
+
+A :class:`~vulnsteer.config.design.ProbeDesign` says what a probe reads and how it is fitted: its layers and
+poolings (several at once), the probe kind, ``concat`` or per-layer ``ensemble``, pair-difference training, length
+handling and per-dataset standardisation. Fitting lives in :mod:`vulnsteer.detection.probe`
+(:func:`~vulnsteer.detection.probe.fit_probe`).
+
+A :class:`Probe` is a fitted design: every design is linear in the read states, so a probe is one weight vector
+over their concatenation, a bias, and a length term::
+
+    score = concat(states at its reads) @ weight + bias - length_weight * (log(code tokens) - length_centre)
+
+higher = more vulnerable, with a threshold and a spread (of the val scores, the ``linear`` gate's scale) and a
+Platt calibration (:class:`Calibration`, to a probability) chosen on val. One type serves the gate of conditional
+steering (:class:`~vulnsteer.steering.gate.Gate`), the report's table of probes, the transfer protocol and saved
+detectors; a file is a safetensors file (weights) with its numbers in the header (nothing is pickled).
+
+**Label-free adaptation** (:meth:`Probe.adapted`): the probe's centre re-estimated from the unlabelled inputs it is
+applied to. Their mean state replaces the training data's centre; for a linear read-out that is subtracting their
+mean score. The adapted probe's threshold and calibration were chosen on val scores centred the same way (each
+dataset's val inputs on their own mean, :class:`Adaptation`), so it reads no label of the data it is applied to.
+Below :data:`~vulnsteer.config.defaults.MIN_ADAPT` inputs it refuses (:class:`AdaptationError`) and says so.
+
+>>> design = ProbeDesign(layers=(3,), poolings=("code_mean",))
+>>> design.key
+'logistic@code_mean@L3'
+>>> probe = Probe(design, torch.tensor([1.0, 0.0]), bias=0.0, threshold=0.5, adaptation=Adaptation(0.1))
+>>> probe.scores({(3, "code_mean"): torch.tensor([[2.0, 9.0], [-1.0, 9.0]])}).tolist()
+[2.0, -1.0]
+>>> adapted = probe.adapted(torch.tensor([2.0, -1.0, 2.0]), min_count=2)  # centred on the mean of these scores
+>>> adapted.bias, adapted.threshold, adapted.centred
+(-1.0, 0.1, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config.defaults import MIN_ADAPT
+from ..config.design import ProbeDesign, Read
+from ..io import atomic_open
+
+__all__ = [
+    "PROBE_FORMAT",
+    "Adaptation",
+    "AdaptationError",
+    "Calibration",
+    "Probe",
+    "ProbeFileError",
+    "log_lengths",
+]
+
+#: The format tag in a probe file's header.
+PROBE_FORMAT = "vulnsteer.Probe"
+
+
+class AdaptationError(ValueError):
+    """A probe that cannot adapt to the inputs it was given (too few, or no adaptation fitted); says why."""
+
+
+class ProbeFileError(ValueError):
+    """A probe file that cannot be used; the message names the file and the field."""
+
+
+def log_lengths(counts: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """``log(max(code tokens, 1))`` as float32: the length a probe's length term reads.
+
+    >>> log_lengths([1, 0]).tolist()
+    [0.0, 0.0]
+    """
+    n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1.0)
+    return n.log().to(torch.float32)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Platt scaling: ``P(vulnerable) = sigmoid(slope * score + intercept)``, fitted on val scores.
+
+    >>> Calibration(2.0, -1.0).probabilities(torch.tensor([0.5])).tolist()
+    [0.5]
+    """
+
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slope) and math.isfinite(self.intercept)):
+            raise ValueError("a calibration's slope and intercept must be finite")
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(scores.double() * self.slope + self.intercept).float()
+
+    def to_json(self) -> dict[str, float]:
+        return {"slope": self.slope, "intercept": self.intercept}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Calibration:
+        return cls(float(doc["slope"]), float(doc["intercept"]))
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What the adapted probe applies once its centre is re-estimated: a threshold, a spread and a calibration
+    chosen on val scores each centred on their own dataset's mean (no label of the adapted-to data is read)."""
+
+    threshold: float
+    spread: float = 1.0
+    calibration: Calibration = field(default_factory=Calibration)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "spread": self.spread, "calibration": self.calibration.to_json()}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Adaptation:
+        return cls(float(doc["threshold"]), float(doc["spread"]), Calibration.from_json(doc["calibration"]))
+
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """A fitted probe (see the module docstring). Immutable: :meth:`adapted` and :meth:`random_like` return new
+    probes.
+
+    Attributes:
+        design: what it reads and how it was fitted.
+        weight: ``[len(reads) * hidden]``, float32, CPU (the states concatenated in :attr:`ProbeDesign.reads` order).
+        bias, threshold: vulnerable iff ``score > threshold`` (chosen on val).
+        spread: standard deviation of the val scores (the ``linear`` gate's scale, the ``one_sided`` band's unit).
+        length_weight, length_centre: the length term (0 unless the design residualises on length).
+        calibration: Platt scaling to a probability, fitted on val.
+        adaptation: the adapted probe's threshold and calibration (None: this probe cannot adapt).
+        name: what fitted it: its probe kind, or ``random`` (the random-gate control).
+        meta: provenance (training data, counts, notes, and for an adapted probe how many inputs it adapted to).
+        centred: how many unlabelled inputs its centre was re-estimated from (0: not adapted).
+    """
+
+    design: ProbeDesign
+    weight: torch.Tensor
+    bias: float
+    threshold: float
+    spread: float = 1.0
+    length_weight: float = 0.0
+    length_centre: float = 0.0
+    calibration: Calibration = field(default_factory=Calibration)
+    adaptation: Adaptation | None = None
+    name: str = "logistic"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    centred: int = 0
+
+    def __post_init__(self) -> None:
+        if self.weight.ndim != 1:
+            raise ValueError(f"probe weight must be 1-D, got shape {tuple(self.weight.shape)}")
+        numbers = (self.bias, self.threshold, self.length_weight, self.length_centre)
+        if not torch.isfinite(self.weight).all() or not all(map(math.isfinite, numbers)):
+            raise ValueError("probe weight, bias, threshold and length term must be finite")
+        if self.weight.shape[0] % len(self.design.reads):
+            raise ValueError(f"probe weight has {self.weight.shape[0]} entries for {len(self.design.reads)} states")
+        object.__setattr__(self, "weight", self.weight.detach().to("cpu", torch.float32).clone())
+        object.__setattr__(self, "spread", float(self.spread) if self.spread > 0 else 1.0)
+
+    def __eq__(self, other: object) -> bool:
+        """The same weights and the same numbers (the provenance in :attr:`meta` aside)."""
+        if not isinstance(other, Probe):
+            return NotImplemented
+        return self.header() == other.header() and torch.equal(self.weight, other.weight)
+
+    __hash__ = object.__hash__
+
+    # ---------------------------------------------------------------------------------------------- reading
+
+    @property
+    def reads(self) -> tuple[Read, ...]:
+        return self.design.reads
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.design.layers
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        return self.design.poolings
+
+    @property
+    def hidden_size(self) -> int:
+        return self.weight.shape[0] // len(self.reads)
+
+    @property
+    def key(self) -> str:
+        """How settings name their gating probe (the design's key; ``random`` controls are keyed by their caller)."""
+        return self.design.key
+
+    @property
+    def reads_length(self) -> bool:
+        """Whether scores need the code-token counts."""
+        return self.length_weight != 0.0
+
+    def scores(self, states: Mapping[Read, torch.Tensor], lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[n]`` (float32, CPU) of the states ``{(layer, pooling): [n, hidden]}``; *lengths* are the
+        code-token counts (needed when :attr:`reads_length`)."""
+        missing = [r for r in self.reads if r not in states]
+        if missing:
+            raise KeyError(f"the probe reads layer {missing[0][0]} at {missing[0][1]}, which was not given")
+        parts = [states[r].detach().to("cpu", torch.float32) for r in self.reads]
+        return self.score_matrix(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1), lengths)
+
+    def score_matrix(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the read states already side by side (``[n, len(reads) * hidden]``, :attr:`reads` order)."""
+        out = hidden.detach().to("cpu", torch.float32) @ self.weight + self.bias
+        if self.reads_length:
+            if lengths is None:
+                raise ValueError("this probe residualises on length: give the code-token counts")
+            out = out - self.length_weight * (log_lengths(lengths) - self.length_centre)
+        return out
+
+    def scores_of(self, acts: Any, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of an :class:`~vulnsteer.lm.activations.Activations` (every read layer and pooling recorded)."""
+        return self.scores({(layer, pooling): acts.get(pooling, layer) for layer, pooling in self.reads}, lengths)
+
+    def verdicts(self, scores: torch.Tensor) -> torch.Tensor:
+        """1 (vulnerable) where a score is above the threshold, else 0: the probe alone as a detector."""
+        return (scores > self.threshold).long()
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Calibrated P(vulnerable) of *scores*."""
+        return self.calibration.probabilities(scores)
+
+    # ---------------------------------------------------------------------------------------------- new probes
+
+    def adapted(self, scores: torch.Tensor, min_count: int = MIN_ADAPT) -> Probe:
+        """This probe with its centre re-estimated from the unlabelled inputs whose (unadapted) *scores* are given:
+        their mean score becomes 0, and the adaptation's threshold, spread and calibration apply. Refuses
+        (:class:`AdaptationError`) fewer than *min_count* inputs, or a probe fitted without an adaptation."""
+        if self.adaptation is None:
+            raise AdaptationError("this probe was fitted without an adaptation (no val scores to choose its threshold)")
+        n = int(scores.numel())
+        if n < max(1, min_count):
+            raise AdaptationError(
+                f"{n} input{'s' if n != 1 else ''} to adapt to: at least {max(1, min_count)} are needed to "
+                "re-estimate the probe's centre (the unadapted probe applies)"
+            )
+        a = self.adaptation
+        centre = float(scores.double().mean())
+        return dataclasses.replace(
+            self,
+            bias=self.bias - centre,
+            threshold=a.threshold,
+            spread=a.spread,
+            calibration=a.calibration,
+            adaptation=None,
+            centred=n,
+        )
+
+    def random_like(self, seed: int) -> Probe:
+        """The random-gate control: a random direction of the same norm over the same states, no length term (the
+        caller chooses its threshold, spread and calibration on val: :func:`~vulnsteer.detection.probe.rethreshold`)."""
+        gen = torch.Generator().manual_seed(seed)
+        rand = torch.randn(self.weight.shape[0], generator=gen)
+        weight = rand / rand.norm() * self.weight.norm()
+        return Probe(self.design, weight, 0.0, 0.0, name="random", meta={"seed": seed})
+
+    # ---------------------------------------------------------------------------------------------- files
+
+    def header(self) -> dict[str, Any]:
+        """Every number but the weight (what ``detector.json`` prints and a probe file's header holds)."""
+        return {
+            "name": self.name,
+            "design": self.design.to_json(),
+            "bias": self.bias,
+            "threshold": self.threshold,
+            "spread": self.spread,
+            "length_weight": self.length_weight,
+            "length_centre": self.length_centre,
+            "calibration": self.calibration.to_json(),
+            "adaptation": None if self.adaptation is None else self.adaptation.to_json(),
+            "centred": self.centred,
+        }
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and string metadata for a safetensors file."""
+        meta = {"format": PROBE_FORMAT, "probe": json.dumps(self.header()),
+                "meta": json.dumps(dict(self.meta), default=str)}  # fmt: skip
+        # the single-state fields older readers (and `detector show`) read
+        if len(self.reads) == 1:
+            meta.update(layer=str(self.layers[0]), pooling=self.poolings[0])
+        return {"weight": self.weight.contiguous()}, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> Probe:
+        """A probe from its file's tensors and header; reads the single-state probes of earlier versions too
+        (``layer``, ``pooling``, ``bias``, ``threshold``, ``spread``, ``name`` in the header)."""
+        weight = tensors["weight"]
+        extra = json.loads(meta.get("meta", "{}"))
+        if "probe" not in meta:  # an earlier version's single-state probe
+            name = meta.get("name", "logistic")
+            design = ProbeDesign((int(meta["layer"]),), (meta["pooling"],), "logistic" if name == "random" else name)
+            return cls(design, weight, float(meta["bias"]), float(meta["threshold"]),
+                       float(meta.get("spread", "1.0")), name=name, meta=extra)  # fmt: skip
+        doc = json.loads(meta["probe"])
+        adaptation = doc.get("adaptation")
+        return cls(
+            ProbeDesign.from_json(doc["design"]),
+            weight,
+            float(doc["bias"]),
+            float(doc["threshold"]),
+            float(doc["spread"]),
+            float(doc.get("length_weight", 0.0)),
+            float(doc.get("length_centre", 0.0)),
+            Calibration.from_json(doc["calibration"]),
+            None if adaptation is None else Adaptation.from_json(adaptation),
+            str(doc.get("name", "logistic")),
+            extra,
+            int(doc.get("centred", 0)),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the probe as one safetensors file (atomically)."""
+        from safetensors.torch import save
+
+        tensors, meta = self.to_tensors()
+        with atomic_open(Path(path), "wb") as handle:
+            handle.write(save(tensors, metadata=meta))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Probe:
+        """Read a probe file; a damaged or foreign file is a :class:`ProbeFileError` naming it."""
+        from safetensors import safe_open
+
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"probe file not found: {file}")
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                return cls.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
+        except KeyError as exc:
+            raise ProbeFileError(f"{file}: missing field {exc.args[0]!r}") from None
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ProbeFileError(f"{file}: not a usable probe ({reason})") from None

@@ -1,0 +1,232 @@
+"""The transfer protocol on a tiny model and tiny synthetic datasets: fold structure (a left-out dataset is never
+fitted or chosen on), nesting, resume, label-free adaptation and the table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import write_toy_jsonl
+
+from vulnsteer.config import ExperimentConfig, parse_config
+from vulnsteer.config.design import ProbeDesign
+from vulnsteer.experiment.transfer import TransferResults, inner_folds, outer_folds, run_transfer
+from vulnsteer.experiment.transfer import designs as designs_mod
+from vulnsteer.experiment.transfer import run as run_mod
+from vulnsteer.experiment.transfer.designs import design_grid
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.report.transfer import render_transfer
+
+NAMES = ("alpha", "beta", "gamma", "delta")
+
+
+def _config(tmp: Path, **transfer: Any) -> ExperimentConfig:
+    paths = []
+    for k, name in enumerate(NAMES):
+        path = tmp / f"{name}.jsonl"
+        if not path.exists():
+            write_toy_jsonl(path, cwes=("CWE-89", "CWE-78"), n_pairs=5 + k, prefix=name)
+        paths.append(str(path))
+    doc = {
+        "data": {"paths": paths, "formats": ["jsonl"] * len(paths), "max_code_tokens": 64},
+        "conditional": {"gates": ["sign", "calibrated"], "strengths": {"sigma": [2.0]}},
+        "transfer": {
+            "layers": [[1], [0, 1]],
+            "poolings": [["code_mean"], ["code_mean", "code_max"]],
+            "C": [0.1],
+            "combine": ["concat"],
+            "length": ["none"],
+            "peers": [],
+            "n_boot": 50,
+            "min_adapt": 5,
+            **transfer,
+        },
+        "run": {"cache_dir": str(tmp / "cache")},
+    }
+    return parse_config(doc, "test.toml")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("transfer")
+
+
+@pytest.fixture(scope="module")
+def spied(module_tmp: Path, tiny_lm: LoadedModel) -> Iterator[tuple[Path, list[tuple[str, tuple[str, ...]]]]]:
+    """One run, recording every fit's fold and training datasets."""
+    fits: list[tuple[str, tuple[str, ...]]] = []
+    original = run_mod.fit_on_fold
+
+    def spy(design: ProbeDesign, fold: Any, data: Any, seed: int) -> Any:
+        fits.append((fold.key, fold.training))
+        return original(design, fold, data, seed)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(run_mod, "fit_on_fold", spy)
+    out = run_transfer(_config(module_tmp), module_tmp / "run", lm=tiny_lm, progress=False)
+    mp.undo()
+    yield out, fits
+
+
+def _results(out: Path) -> TransferResults:
+    return TransferResults.from_json(json.loads((out / "results.json").read_text()))
+
+
+def test_folds_leave_their_dataset_out_of_every_fit_and_choice() -> None:
+    for outer in outer_folds(NAMES):
+        assert outer.left_out not in outer.training and len(outer.training) == len(NAMES) - 1
+        inner = inner_folds(NAMES, outer.left_out)
+        assert [f.left_out for f in inner] == [n for n in NAMES if n != outer.left_out]
+        for fold in inner:
+            assert outer.left_out not in fold.training and fold.left_out not in fold.training
+            assert set(fold.training) | {fold.left_out, outer.left_out} == set(NAMES)
+    with pytest.raises(ValueError, match="no dataset left to fit on"):
+        inner_folds(["a", "b"], "a")
+
+
+def test_a_run_fits_each_fold_on_its_training_datasets_only(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]],
+) -> None:
+    out, fits = spied
+    assert fits
+    for key, training in fits:
+        left = key.split("/")
+        assert not set(left) & set(training), (key, training)  # neither left-out dataset is fitted on
+    # each (design, training set) is fitted once: inner folds that share a training set share the fit
+    results = _results(out)
+    assert [f.left_out for f in results.folds] == list(NAMES)
+    for fold in results.folds:
+        assert fold.left_out not in fold.training
+        assert {r.name for r in fold.detectors} >= {"probe", "adapted", "steered", "gate_control", "answer", "length"}
+        n = fold.n
+        for row in fold.detectors:
+            assert row.metrics.n == n  # every detector on every sample of the left-out dataset
+            assert row.metrics.auroc is not None and row.metrics.auroc_ci is not None
+            assert row.metrics.pair_rank_accuracy is not None and row.metrics.tpr_at_5_fpr is not None
+        assert fold.row("gate_control").control_of == "steered"  # type: ignore[union-attr]
+
+
+def test_designs_and_settings_are_chosen_by_their_mean_over_inner_folds(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]],
+) -> None:
+    out, _ = spied
+    results = _results(out)
+    for fold in results.folds:
+        probe = fold.row("probe")
+        assert probe is not None
+        best = max(fold.designs_inner.values())
+        assert fold.designs_inner[probe.chosen] == best  # the design with the best inner mean
+        steered = fold.row("steered")
+        assert steered is not None and fold.steered_inner[steered.chosen] == max(fold.steered_inner.values())
+    # the non-nested choice is the best mean over the outer folds (recomputed from the stored scores)
+    store = designs_mod.DesignStore(out / "designs.jsonl")
+    keys = list({f.row("probe").chosen for f in results.folds} | {results.non_nested_design})  # type: ignore[union-attr]
+    assert results.non_nested_design in keys
+    assert all(store.get(f.left_out, results.non_nested_design) is not None for f in results.folds)
+
+
+def test_a_rerun_resumes_without_refitting_or_rescoring(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]],
+    module_tmp: Path,
+    tiny_lm: LoadedModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out, _ = spied
+    before = _results(out)
+    lines = {name: (out / name).read_text() for name in ("designs.jsonl", "steered.jsonl")}
+    calls: list[str] = []
+    original = designs_mod.fit_probe
+    monkeypatch.setattr(designs_mod, "fit_probe", lambda *a, **k: calls.append("fit") or original(*a, **k))
+    from vulnsteer.experiment.transfer import steered as steered_mod
+
+    monkeypatch.setattr(steered_mod, "detect_variants_modes", lambda *a, **k: calls.append("score") or {})
+    run_transfer(_config(module_tmp), out, lm=tiny_lm, progress=False)
+    after = _results(out)
+    # the steered rows' probes are refitted in memory (cheap); nothing is scored again, no line is appended
+    assert "score" not in calls
+    assert {name: (out / name).read_text() for name in lines} == lines
+    assert [f.to_json() for f in after.folds] == [f.to_json() for f in before.folds]
+
+
+def test_another_config_is_refused_in_the_same_folder(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]], module_tmp: Path, tiny_lm: LoadedModel
+) -> None:
+    out, _ = spied
+    with pytest.raises(ValueError, match=r"transfer\.C"):
+        run_transfer(_config(module_tmp, C=[0.5]), out, lm=tiny_lm, progress=False)
+
+
+def test_adaptation_reads_no_label_of_the_left_out_data(module_tmp: Path, tiny_lm: LoadedModel) -> None:
+    """Permuting the left-out dataset's labels changes no adapted score and no adapted threshold."""
+    from vulnsteer.experiment.transfer.run import _Transfer
+
+    config = _config(module_tmp)
+    from vulnsteer.experiment.rundir import RunDir
+    from vulnsteer.experiment.transfer.data import load_transfer_data
+
+    data = load_transfer_data(config, tiny_lm.tokenizer, progress=False)
+    t = _Transfer(config, RunDir(module_tmp / "scratch"), tiny_lm, data, False)
+    t.extract()
+    fold = outer_folds(NAMES)[1]
+    design = t.grid[-1]
+    probe = t.fit(design, fold)
+    plain = designs_mod.probe_scores(probe, fold, t.data[fold.left_out], 5)
+    target = t.data[fold.left_out]
+    labels = [s.label for s in target.samples]
+    random.Random(0).shuffle(labels)
+    shuffled = {s.id: dataclasses.replace(s, label=lab) for s, lab in zip(target.samples, labels, strict=True)}
+    assert [s.label for s in shuffled.values()] != [s.label for s in target.samples]
+    permuted = dataclasses.replace(
+        target, splits={k: tuple(shuffled[s.id] for s in v) for k, v in target.splits.items()}
+    )
+    again = designs_mod.probe_scores(probe, fold, permuted, 5)
+    assert plain.adapted is not None and again.adapted == plain.adapted
+    assert again.adapted_threshold == plain.adapted_threshold
+    # the adapted scores are the unadapted ones centred on their own mean (label-free)
+    mean = sum(plain.scores) / len(plain.scores)
+    assert max(abs(a - (s - mean)) for a, s in zip(plain.adapted, plain.scores, strict=True)) < 1e-4
+    # below the minimum count it refuses and says why
+    refused = designs_mod.probe_scores(probe, fold, target, len(target.samples) + 1)
+    assert refused.adapted is None and "at least" in refused.note
+
+
+def test_the_table_has_a_row_per_left_out_dataset_and_the_length_control(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]],
+) -> None:
+    out, _ = spied
+    results = _results(out)
+    text = render_transfer(results)
+    assert (out / "report.md").read_text() == text
+    header = next(line for line in text.splitlines() if line.startswith("| left out"))
+    for name in ("probe", "adapted", "steered", "gate_control", "answer", "length"):
+        assert f" {name} " in header
+    for fold in results.folds:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {fold.left_out} ("))
+        probe = fold.row("probe")
+        assert probe is not None and f"{probe.metrics.auroc:.3f}" in row
+    assert "| **mean** |" in text and "length-only control" in text
+
+
+def test_the_grid_is_the_product_of_its_lists() -> None:
+    config = parse_config(
+        {
+            "transfer": {
+                "layers": [[1], [0, -1]],
+                "poolings": [["code_mean"]],
+                "C": [0.1, 0.01],
+                "combine": ["concat", "ensemble"],
+                "length": ["none", "residual"],
+            }
+        }
+    )
+    grid = design_grid(config, num_layers=4)
+    # one layer: concat only (an ensemble of one is the probe itself); [0, -1] resolves to (0, 3)
+    assert len(grid) == 1 * 2 * 2 + 1 * 2 * 2 * 2
+    assert {d.layers for d in grid} == {(1,), (0, 3)} and len(set(grid)) == len(grid)
+    with pytest.raises(ValueError, match="at least 3 datasets"):
+        run_transfer(parse_config({"data": {"paths": ["builtin", "builtin"]}}), progress=False)
