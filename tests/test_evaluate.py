@@ -84,8 +84,11 @@ def test_from_run_applies_the_choice_to_every_sample(
     assert cross.split == "all" and len(cross.delta_balanced_accuracy) == len(cross.vectors)
     lead = got.lead["logit"]  # the lead table, on the other dataset: every re-applied detector, with its controls
     assert lead.split == "all" and [r.name for r in lead.rows] == [
-        "baseline", "constant", "constant_control", "conditional", "gate_control", "vector_control"
+        "baseline", "constant", "constant_control", "conditional", "gate_control", "vector_control", "probe"
     ]  # fmt: skip
+    # the adapted probe needs conditional.min_adapt (20) unlabelled inputs: on these 12 it says it did not adapt
+    assert any("at least 20" in note for note in got.families["adapted"].notes)
+    assert "not adapted" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "unchanged" in report and "CWE-22 (6 samples)" in report and "ALL samples" in report
     assert "the all numbers" not in report and " on all unchanged" not in report  # sentences say "all samples"

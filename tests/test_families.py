@@ -16,6 +16,7 @@ import torch
 from tests.conftest import write_toy_jsonl
 
 from vulnsteer.config.experiment import ExperimentConfig
+from vulnsteer.detection.detector import SavedDetector
 from vulnsteer.detection.probe import choose_threshold
 from vulnsteer.detection.records import DetectionRecord
 from vulnsteer.experiment import apply, lead, protocol
@@ -37,6 +38,7 @@ from vulnsteer.experiment.results import FamilyResults
 from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.io import JsonObject
 from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steering.probe import Probe
 
 LAYER, POOLING = 1, "code_mean"
 
@@ -216,3 +218,23 @@ def test_the_protocol_the_apply_engine_and_the_lead_table_name_no_family(module:
     names = [f.name for f in DEFAULT_FAMILIES]
     found = re.findall(rf"\b({'|'.join(names)}|gated)\b", source)
     assert not found, found
+
+
+def test_a_gating_probe_of_several_states_with_the_calibrated_gate(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    """conditional.designs: a probe reading two layers at both code poolings, residualised on length, gates the
+    push (every layer it reads at or below the steered one); the saved detector and chosen/ keep it whole."""
+    design = {"layers": [0, 1], "poolings": ["code_mean", "code_max"], "length": "residual", "C": 0.5}
+    config = _config(
+        tmp_path, conditional__designs=[design], conditional__gates=["calibrated", "sign"], conditional__min_adapt=4
+    )
+    out = run_protocol(config, tmp_path / "run", lm=tiny_lm, progress=False)
+    results = load_results(out / "results.json")
+    key = "logistic@code_mean+code_max@L0,1|C=0.5|length=residual"
+    assert any(key in k for k in results.families["conditional"].probes)
+    detector = SavedDetector.load(out / "detector", tiny_lm)
+    assert detector.probe.key == key and detector.probe.reads_length and detector.gate in ("calibrated", "sign")
+    rows = {r.name: r for r in results.lead["logit"].rows}
+    for name in ("conditional", "probe", "adapted"):
+        assert rows[name].metrics.n == rows["baseline"].metrics.n and rows[name].metrics.auroc is not None
+    probes = list((out / "chosen" / "probes-alone").glob("*.safetensors"))
+    assert probes and Probe.load(probes[0]).key == key

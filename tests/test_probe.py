@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from vulnsteer.detection.probe import (
 )
 from vulnsteer.lm.activations import Activations
 from vulnsteer.report.probes import PROBE_TABLE_COLUMNS, probe_table
+from vulnsteer.steering.probe import AdaptationError
 
 HIDDEN = 16
 LAYERS = [0, 1]  # layer 0: pure noise, layer 1: planted signal
@@ -331,3 +334,104 @@ def test_length_control_reads_length_only_with_the_same_protocol() -> None:
     # lengths that carry no label: the control is at chance on test
     flat = [replace(s, code="x = 1\n" * 5) for s in test]
     assert all(r.test_auroc == 0.5 for r in evaluate_length_control(train, val, flat, n_boot=50))
+
+
+# ------------------------------------------------------------------------------------------ designs
+
+
+def _planted(n: int, seed: int, length_leak: float = 0.0) -> ProbeData:
+    """Two states side by side (8 columns each): the label along column 0 of the second; with *length_leak*, the
+    code length carries the label too and leaks into every column of the first."""
+    gen = torch.Generator().manual_seed(seed)
+    y = np.array([i % 2 for i in range(n)])
+    lengths = torch.tensor(
+        [40.0 + 30.0 * length_leak * yi + float(torch.randint(0, 10, (1,), generator=gen)) for yi in y]
+    )
+    x = torch.randn(n, 16, generator=gen)
+    x[:, 8] += torch.tensor(y * 2.0 - 1.0, dtype=torch.float32) * 1.5
+    x[:, :8] += torch.log(lengths)[:, None] * length_leak * 3.0
+    pairs = tuple(f"p{i // 2}" for i in range(n))
+    return ProbeData(x, y, lengths, pairs)
+
+
+def test_an_ensemble_is_one_linear_probe_over_every_read_state() -> None:
+    train, val = _planted(200, 1), _planted(100, 2)
+    design = ProbeDesign((3, 5), ("code_mean",), C=0.5, combine="ensemble")
+    probe = fit_probe(design, train, val)
+    assert probe.reads == ((3, "code_mean"), (5, "code_mean")) and probe.weight.shape == (16,)
+    # the mean of the two per-layer probes, each standardised by its training scores
+    parts = [
+        fit_probe(
+            ProbeDesign((layer,), ("code_mean",), C=0.5),
+            ProbeData(train.x[:, cols], train.y),
+            ProbeData(val.x[:, cols], val.y),
+        )
+        for layer, cols in ((3, slice(0, 8)), (5, slice(8, 16)))
+    ]
+    z = []
+    for part, cols in zip(parts, (slice(0, 8), slice(8, 16)), strict=True):
+        s_train = part.score_matrix(train.x[:, cols]).double()
+        z.append((part.score_matrix(val.x[:, cols]).double() - s_train.mean()) / s_train.std(unbiased=False))
+    torch.testing.assert_close(probe.score_matrix(val.x).double(), (z[0] + z[1]) / 2, atol=1e-4, rtol=1e-4)
+    scores = probe.scores({(3, "code_mean"): val.x[:, :8], (5, "code_mean"): val.x[:, 8:]})
+    torch.testing.assert_close(scores, probe.score_matrix(val.x))
+
+
+def test_length_handling_reads_the_code_token_count() -> None:
+    train, val = _planted(300, 3, length_leak=1.0), _planted(200, 4, length_leak=1.0)
+    flat = _planted(200, 5, length_leak=0.0)  # no length signal: only the planted column tells
+    plain = fit_probe(ProbeDesign((1,), ("code_mean",)), train, val)
+    residual = fit_probe(ProbeDesign((1,), ("code_mean",), length="residual"), train, val)
+    covariate = fit_probe(ProbeDesign((1,), ("code_mean",), length="covariate"), train, val)
+    assert plain.length_weight == 0.0 and covariate.length_weight == 0.0  # the covariate is dropped when scoring
+    assert residual.reads_length and residual.length_weight != 0.0
+    with pytest.raises(ValueError, match="code-token counts"):
+        residual.score_matrix(val.x)
+
+    def corr_with_length(probe: Any, data: ProbeData) -> float:
+        s = probe.score_matrix(data.x, data.lengths).double().numpy()
+        return float(abs(np.corrcoef(s, np.log(data.lengths.numpy()))[0, 1]))
+
+    # residualised on length, the score leans less on it than the plain probe's does
+    assert corr_with_length(residual, val) < corr_with_length(plain, val)
+    # where length carries no label, the residualised probe still reads the planted state, at least as well
+    found = {p.key: _auroc(flat.y, p.score_matrix(flat.x, flat.lengths).numpy()) for p in (plain, residual, covariate)}
+    assert found[residual.key] > 0.8 and found[residual.key] >= found[plain.key], found
+
+
+def _auroc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s))
+
+
+def test_pairs_and_per_dataset_designs_fit_and_read_the_signal() -> None:
+    a, b, val = _planted(120, 6), _planted(120, 7), _planted(100, 8)
+    b = dataclasses.replace(b, x=b.x * 3.0 + 5.0)  # another dataset on another scale
+    for design in (
+        ProbeDesign((1,), ("code_mean",), pairs=True),
+        ProbeDesign((1,), ("code_mean",), per_dataset=True),
+        ProbeDesign((1,), ("code_mean",), "direction", pairs=True),
+    ):
+        probe = fit_probe(design, [a, b], val)
+        assert _auroc(val.y, probe.score_matrix(val.x).numpy()) > 0.8, design.key
+    with pytest.raises(ValueError, match="pairs with a vulnerable and a fixed half"):
+        fit_probe(ProbeDesign((1,), ("code_mean",), pairs=True), dataclasses.replace(a, pairs=()), val)
+
+
+def test_calibration_and_adaptation_are_chosen_on_val_without_the_adapted_to_labels() -> None:
+    train, val = _planted(200, 9), _planted(200, 10)
+    probe = fit_probe(ProbeDesign((1,), ("code_mean",)), train, val)
+    p = probe.probabilities(probe.score_matrix(val.x))
+    assert float(p[val.y == 1].mean()) > 0.5 > float(p[val.y == 0].mean())  # calibrated toward the truth
+    shifted = _planted(200, 11)
+    shifted = dataclasses.replace(shifted, x=shifted.x + 4.0)  # unseen data off-centre: the plain probe flags most
+    scores = probe.score_matrix(shifted.x)
+    adapted = probe.adapted(scores, min_count=20)
+    a_scores = adapted.score_matrix(shifted.x)
+    assert abs(float(a_scores.double().mean())) < 1e-4 and adapted.centred == 200
+    flagged_plain = float((scores > probe.threshold).float().mean())
+    flagged_adapted = float((a_scores > adapted.threshold).float().mean())
+    assert abs(flagged_adapted - 0.5) < abs(flagged_plain - 0.5)
+    with pytest.raises(AdaptationError, match="at least 20"):
+        probe.adapted(scores[:19], min_count=20)

@@ -84,10 +84,27 @@ def _numbers(doc: Any, skip: str = "$^") -> Counter[Any]:
     return found
 
 
+#: Metrics added after schema 2 (issue 17): absent (None) in its files.
+NEW_METRICS = ("auroc_ci", "pair_rank_accuracy", "tpr_at_5_fpr")
+NEW_METRIC_PATH = re.compile(r"/(auroc_ci|pair_rank_accuracy|tpr_at_5_fpr)(/|$)")
+#: Columns the lead tables gained after schema 2 (AUROC, pair-rank accuracy, TPR at 5% FPR: issue 17), by position.
+NEW_LEAD_COLUMNS = (3, 5, 6)
+
+
 def _first_screen(report: str) -> list[str]:
-    """The report's header and lead tables: every line up to the lever-rate note."""
+    """The report's header and lead tables: every line up to the note under them (the lead tables without the
+    columns added since schema 2, so an old file's cells are compared cell for cell)."""
     lines = report.splitlines()
-    return lines[: next(i for i, line in enumerate(lines) if line.startswith("`lever rate`")) + 1]
+    end = next(i for i, line in enumerate(lines) if line.startswith(("`lever rate`", "`AUROC`")))
+    out = []
+    for line in lines[:end]:
+        if line == "|---" * 11 + "|":  # a lead table's rule in this version
+            line = "|---" * 8 + "|"
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) == 11:  # a lead table's row in this version
+            line = " | ".join(c for k, c in enumerate(cells) if k not in NEW_LEAD_COLUMNS)
+        out.append(line)
+    return out
 
 
 def test_a_schema_2_run_renders_with_its_first_screen_unchanged(tmp_path: Path) -> None:
@@ -186,14 +203,27 @@ def test_this_version_reproduces_every_number_of_the_schema_2_run(tmp_path: Path
     # detector.json names the probe's design (so its digest changed). Every other number is the same.
     moved = {k: v for k, v in found.differ.items() if k.startswith("probes/") and k.endswith("/threshold")}
     assert all(abs(a - b) < 1e-6 for a, b in moved.values()), moved
-    rest = {k: v for k, v in found.differ.items() if k not in moved and k != "families/conditional/saved/digest"}
+    # the metrics added since (AUROC's CI, pair-rank accuracy, TPR at 5% FPR) were absent (None) before
+    added = {k: v for k, v in found.differ.items() if k.rsplit("/", 1)[-1] in NEW_METRICS and v[0] is None}
+    rest = {
+        k: v
+        for k, v in found.differ.items()
+        if k not in {**moved, **added} and k != "families/conditional/saved/digest"
+    }
     assert not rest, list(rest.items())[:10]
     assert found.compared > 3000
-    # schema 2 compared constant steering's control with nothing; this version with constant steering
-    assert all("/constant_control/versus" in path for path in (*found.only_before, *found.only_after))
+    # schema 2 compared constant steering's control with nothing; this version with constant steering; the adapted
+    # probe (issue 17) and the new metrics are new rows and keys
+    assert all("/constant_control/versus" in path or NEW_METRIC_PATH.search(path) for path in found.only_before)
+    assert all(
+        "/constant_control/versus" in path or "/adapted" in path or NEW_METRIC_PATH.search(path)
+        for path in found.only_after
+    ), [p for p in found.only_after if "/adapted" not in p][:10]
     other = write_toy_jsonl(tmp_path / "other.jsonl", cwes=("CWE-89", "CWE-78", "CWE-22"), n_pairs=3, prefix="other")
     transfer = transfer_config(tmp_path / "run", {"data.path": (str(other), "--data"), "data.format": ("jsonl", "")})
     out = evaluate_from_run(tmp_path / "run", transfer, tmp_path / "eval", lm=tiny_lm, progress=False)
     evaluated = compare(load_results(V2 / "eval" / "results.json"), load_results(out / "results.json"))
-    assert evaluated.same and evaluated.compared > 3000 and not evaluated.only_before
-    assert all(path.startswith("lead/") for path in evaluated.only_after)  # evaluate now has a lead table
+    changed = {k: v for k, v in evaluated.differ.items() if not (k.rsplit("/", 1)[-1] in NEW_METRICS and v[0] is None)}
+    assert not changed and evaluated.compared > 3000
+    assert all(NEW_METRIC_PATH.search(path) for path in evaluated.only_before)
+    assert all(path.startswith("lead/") or NEW_METRIC_PATH.search(path) for path in evaluated.only_after)

@@ -34,7 +34,7 @@ def _config(tmp: Path, **transfer: Any) -> ExperimentConfig:
         paths.append(str(path))
     doc = {
         "data": {"paths": paths, "formats": ["jsonl"] * len(paths), "max_code_tokens": 64},
-        "conditional": {"gates": ["sign", "calibrated"], "strengths": {"sigma": [2.0]}},
+        "conditional": {"gates": ["sign", "calibrated"], "strengths": {"sigma": [2.0]}, "min_adapt": 5},
         "transfer": {
             "layers": [[1], [0, 1]],
             "poolings": [["code_mean"], ["code_mean", "code_max"]],
@@ -43,7 +43,6 @@ def _config(tmp: Path, **transfer: Any) -> ExperimentConfig:
             "length": ["none"],
             "peers": [],
             "n_boot": 50,
-            "min_adapt": 5,
             **transfer,
         },
         "run": {"cache_dir": str(tmp / "cache")},

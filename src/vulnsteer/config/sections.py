@@ -390,6 +390,12 @@ class ConditionalSection:
         "--conditional-strengths",
         "floats",
     )
+    min_adapt: int = _key(
+        MIN_ADAPT,
+        integer(1),
+        "the adapted probe's fewest unlabelled inputs to re-estimate its centre from (fewer: it does not adapt, and "
+        "says so)",
+    )
     band: float = _key(
         0.5,
         non_negative,
@@ -537,9 +543,6 @@ class TransferSection:
         (),
         pairs_caps,
         "a pair cap per CWE for each of data.paths, in order (0: no cap; empty: data.max_pairs_per_cwe for all)",
-    )
-    min_adapt: int = _key(
-        MIN_ADAPT, integer(1), "the adapted probe's fewest unlabelled inputs (fewer: it does not adapt, and says so)"
     )
     steered: bool = _key(True, boolean, "score the steered model (the chosen probe gating the push) on every fold")
     peers: tuple[str, ...] = _key(

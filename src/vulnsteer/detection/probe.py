@@ -255,7 +255,9 @@ def _joined(parts: Sequence[ProbeData]) -> ProbeData:
     if len(parts) == 1:
         return parts[0]
     lengths = None if any(p.lengths is None for p in parts) else torch.cat([p.lengths for p in parts])  # type: ignore[misc]
-    pairs = tuple(f"{k}:{pid}" if pid is not None else None for k, p in enumerate(parts) for pid in p.pairs)
+    pairs = tuple(
+        f"{k}:{pid}" if pid is not None else None for k, p in enumerate(parts) for pid in (p.pairs or (None,) * len(p))
+    )
     return ProbeData(torch.cat([p.x for p in parts]), np.concatenate([p.y for p in parts]), lengths, pairs)
 
 
@@ -311,7 +313,7 @@ def _pair_differences(
     """Vulnerable-minus-fixed differences of every (vulnerable, secure) combination within a pair, and their
     negatives (labels 1 and 0)."""
     by: dict[str, tuple[list[int], list[int]]] = {}
-    for i, (pid, label) in enumerate(zip(pairs, y, strict=True)):
+    for i, (pid, label) in enumerate(zip(pairs or (None,) * len(y), y, strict=True)):
         if pid is not None:
             by.setdefault(pid, ([], []))[0 if label == 1 else 1].append(i)
     rows = [z[v] - z[s] for vul, sec in by.values() for v in vul for s in sec]
@@ -477,7 +479,14 @@ def fit_probe(
 ) -> Probe:
     """A *design* fitted on *train* (one part per dataset), its threshold, spread, calibration and adaptation
     chosen on *val* (:func:`rethreshold`); the test split is not an argument. Each part's states are the design's
-    reads side by side (:func:`probe_data`)."""
+    reads side by side (:func:`probe_data`).
+
+    >>> x = torch.tensor([[1.0, 0.2], [1.2, -0.1], [-1.0, 0.1], [-0.9, 0.0]])
+    >>> data = ProbeData(x, np.array([1, 1, 0, 0]))
+    >>> probe = fit_probe(ProbeDesign((18,), ("code_mean",), C=1.0), data, data)
+    >>> probe.key, (probe.score_matrix(x) > probe.threshold).tolist()
+    ('logistic@code_mean@L18|C=1', [True, True, False, False])
+    """
     parts = [train] if isinstance(train, ProbeData) else list(train)
     if not parts:
         raise ValueError("a probe needs training data")

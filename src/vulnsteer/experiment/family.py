@@ -30,7 +30,7 @@ family reads the gating probes the conditional family chose): :attr:`ValContext.
 
 >>> from vulnsteer.experiment.families import DEFAULT_FAMILIES
 >>> [f.name for f in DEFAULT_FAMILIES]
-['calibrated', 'prompt', 'constant', 'conditional', 'probe']
+['calibrated', 'prompt', 'constant', 'conditional', 'probe', 'adapted']
 """
 
 from __future__ import annotations
@@ -198,6 +198,8 @@ class Applied:
     lead: Mapping[str, Sequence[LeadEntry]] = field(default_factory=dict)
     held_out: Mapping[str, HeldOutTable] = field(default_factory=dict)
     examples: Mapping[str, Sequence[Example]] = field(default_factory=dict)
+    #: what the family could not do on this data, in words (e.g. too few inputs to adapt to)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

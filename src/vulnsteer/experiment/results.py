@@ -296,6 +296,7 @@ class FamilyResults:
     cosine: Mapping[str, CosineBlock] = field(default_factory=dict)
     probes: Mapping[str, GateProbeInfo] = field(default_factory=dict)
     saved: SavedDetectorInfo | None = None
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -310,6 +311,7 @@ class FamilyResults:
             "cosine": {k: c.to_json() for k, c in self.cosine.items()},
             "probes": {k: p.to_json() for k, p in self.probes.items()},
             "saved": None if self.saved is None else self.saved.to_json(),
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -327,6 +329,7 @@ class FamilyResults:
             {k: CosineBlock.from_json(c) for k, c in (doc.get("cosine") or {}).items()},
             {k: GateProbeInfo.from_json(p) for k, p in (doc.get("probes") or {}).items()},
             SavedDetectorInfo.from_json(doc.get("saved")),
+            tuple(doc.get("notes") or ()),
         )
 
 

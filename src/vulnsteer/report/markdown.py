@@ -68,6 +68,14 @@ def ci_cell(block: MetricBlock | None) -> str:
     return f"{fmt(block.balanced_accuracy)} [{fmt(lo, 2)}, {fmt(hi, 2)}]"
 
 
+def auroc_cell(block: MetricBlock | None) -> str:
+    """``0.612 [0.58, 0.64]``: AUROC with its pair-bootstrap CI (– without scores)."""
+    if block is None or block.auroc is None:
+        return "–"
+    ci = block.auroc_ci
+    return fmt(block.auroc) if ci is None else f"{fmt(block.auroc)} [{fmt(ci[0], 2)}, {fmt(ci[1], 2)}]"
+
+
 def _delta_cell(delta: float, ci: tuple[float, float]) -> str:
     lo, hi = ci
     return f"{delta:+.3f} [{lo:+.2f}, {hi:+.2f}]"
@@ -222,7 +230,10 @@ def _lead_block(mode: str, block: LeadTable, plots: Sequence[str]) -> list[str]:
                 f"**{row.name}**",
                 row.label,
                 ci_cell(m),
+                auroc_cell(m),
                 fmt(m.pair_accuracy),
+                fmt(m.pair_rank_accuracy),
+                fmt(m.tpr_at_5_fpr),
                 "–" if row.is_baseline else _delta_cell(row.delta, row.delta_ci),
                 "–" if row.is_baseline else fmt(row.p_value, 3),
                 "–" if flips is None else f"+{flips.wrong_to_right} / −{flips.right_to_wrong}",
@@ -233,7 +244,10 @@ def _lead_block(mode: str, block: LeadTable, plots: Sequence[str]) -> list[str]:
         "detector",
         "what it is",
         "bal.acc [95% CI]",
+        "AUROC [95% CI]",
         "pair acc",
+        "pair-rank",
+        "TPR @5% FPR",
         "Δ vs baseline [95% CI]",
         "McNemar p",
         "flips (→right / →wrong)",
@@ -252,10 +266,16 @@ def _first_screen(results: Results, plots: Sequence[str]) -> list[str]:
         lines += _lead_block(mode, block, plots)
     if results.lead:
         lines += [
-            "`lever rate`: among inputs a gate pushed, how often the verdict followed the push (toward "
-            "'vulnerable' where the probe said vulnerable, toward 'secure' where it said secure).",
+            "`AUROC`: of each detector's score (the answer's P(vulnerable) for the model, the probe's score for a "
+            "probe; – where it has none, e.g. generated verdicts); `pair-rank`: the share of pairs whose vulnerable "
+            "half scores above its fix (ties half); `lever rate`: among inputs a gate pushed, how often the verdict "
+            "followed the push (toward 'vulnerable' where the probe said vulnerable, toward 'secure' where it said "
+            "secure).",
             "",
         ]
+    notes = [f"- {family.name}: {note}" for family in results.families.values() for note in family.notes]
+    if notes:
+        lines += [*notes, ""]
     return lines
 
 

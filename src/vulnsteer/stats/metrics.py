@@ -291,7 +291,9 @@ def tpr_at_fpr(y_true: NDArray[np.int64], scores: NDArray[np.float64], fpr: floa
     """The true-positive rate at the threshold that at most *fpr* of the negatives exceed (scores strictly above
     it count as positive).
 
-    >>> tpr_at_fpr(np.array([1, 1, 0, 0]), np.array([3.0, 1.0, 2.0, 0.0]), 0.5)
+    >>> tpr_at_fpr(np.array([1, 1, 0, 0]), np.array([3.0, 1.0, 2.0, 0.0]), 0.5)  # one negative (2.0) may exceed
+    1.0
+    >>> tpr_at_fpr(np.array([1, 1, 0, 0]), np.array([3.0, 1.0, 2.0, 0.0]), 0.0)  # none may: above 2.0 only
     0.5
     """
     negatives = np.sort(scores[y_true == 0])[::-1]

@@ -128,6 +128,10 @@ class Probe:
     """A fitted probe (see the module docstring). Immutable: :meth:`adapted` and :meth:`random_like` return new
     probes.
 
+    >>> probe = Probe(ProbeDesign((3,), ("code_mean",)), torch.tensor([1.0, -1.0]), bias=0.5, threshold=0.0)
+    >>> probe.scores({(3, "code_mean"): torch.tensor([[2.0, 1.0]])}).tolist(), probe.reads
+    ([1.5], ((3, 'code_mean'),))
+
     Attributes:
         design: what it reads and how it was fitted.
         weight: ``[len(reads) * hidden]``, float32, CPU (the states concatenated in :attr:`ProbeDesign.reads` order).

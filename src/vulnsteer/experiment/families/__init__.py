@@ -1,7 +1,8 @@
 """The detector families of the protocol, one module each (see :mod:`vulnsteer.experiment.family`).
 
 :data:`DEFAULT_FAMILIES` is what ``vulnsteer run`` / ``sweep`` run, in the order of the lead table: the
-calibrated baseline, the best prompt, constant steering, conditional steering, the probe alone. It is an
+calibrated baseline, the best prompt, constant steering, conditional steering, the probe alone, the probe adapted to
+the held-out data. It is an
 immutable tuple of immutable values; pass another to :func:`~vulnsteer.experiment.protocol.run_protocol` to add or
 drop a family (the configuration then says which of them run: :meth:`~vulnsteer.experiment.family.Family.enabled`).
 
@@ -19,13 +20,13 @@ from ..family import Family
 from .calibrated import CALIBRATED
 from .conditional import CONDITIONAL
 from .constant import CONSTANT
-from .probe import PROBE
+from .probe import ADAPTED, PROBE
 from .prompt import PROMPT
 
 __all__ = ["DEFAULT_FAMILIES", "by_name", "enabled"]
 
 #: Every family of the protocol, in the order the lead table lists them.
-DEFAULT_FAMILIES: tuple[Family[Any, Any], ...] = (CALIBRATED, PROMPT, CONSTANT, CONDITIONAL, PROBE)
+DEFAULT_FAMILIES: tuple[Family[Any, Any], ...] = (CALIBRATED, PROMPT, CONSTANT, CONDITIONAL, PROBE, ADAPTED)
 
 
 def enabled(families: Sequence[Family[Any, Any]], config: ExperimentConfig) -> tuple[Family[Any, Any], ...]:

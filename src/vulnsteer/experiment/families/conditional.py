@@ -139,12 +139,19 @@ def behaviour_vectors(
     return out
 
 
-def condition_designs(config: ExperimentConfig, layers: Sequence[int]) -> list[ProbeDesign]:
-    """The gating probes' designs: ``conditional.designs`` if given, else one per pooling and condition layer
-    (``conditional.probe`` at ``conditional.pooling`` x :func:`condition_layers`)."""
+def condition_designs(
+    config: ExperimentConfig, layer_sets: Sequence[tuple[int, ...]], num_layers: int
+) -> list[ProbeDesign]:
+    """The gating probes' designs: ``conditional.designs`` if given (negative layers counted from the end), else
+    one per pooling and condition layer (``conditional.probe`` at ``conditional.pooling`` x
+    :func:`condition_layers`)."""
     c = config.conditional
     if c.designs:
-        return list(c.designs)
+        where = "conditional.designs"
+        return [
+            dataclasses.replace(d, layers=tuple(resolve_layers(list(d.layers), num_layers, where))) for d in c.designs
+        ]
+    layers = condition_layers(config, layer_sets, num_layers)
     return [ProbeDesign((layer,), (pooling,), c.probe) for pooling in c.pooling for layer in layers]
 
 
@@ -298,7 +305,7 @@ class ConditionalFamily:
     ) -> ActivationNeeds:
         layers = {layer for group in layer_sets for layer in group}
         answer = ANSWER_POOLINGS if "answer" in config.conditional.behaviours else ()
-        designs = condition_designs(config, condition_layers(config, layer_sets, num_layers))
+        designs = condition_designs(config, layer_sets, num_layers)
         reads = [read for design in designs for read in design.reads]
         return ActivationNeeds(
             tuple(sorted({*layers, *(layer for layer, _ in reads)})),
@@ -310,7 +317,7 @@ class ConditionalFamily:
         cfg, data = ctx.config, ctx.data
         acts, train = ctx.acts("train"), data.samples("train")
         vectors = behaviour_vectors(ctx.lm, cfg, acts, data.by_cwe("train"), ctx.layers)
-        designs = condition_designs(cfg, condition_layers(cfg, ctx.layer_sets, ctx.lm.num_layers))
+        designs = condition_designs(cfg, ctx.layer_sets, ctx.lm.num_layers)
         probes = condition_probes(cfg, (acts, train), (ctx.acts("val"), data.samples("val")), designs)
         fitted = {k for _, k in probes}
         settings = conditional_settings(cfg, ctx.layer_sets, sorted((d for d in designs if d.key in fitted), key=_key))

@@ -1,17 +1,23 @@
-"""The probe family: a gating probe read alone, as its own detector (no model answer): the ceiling conditional
-steering can reach through the model.
+"""The probe families: a gating probe read alone, as its own detector (no model answer): the ceiling conditional
+steering can reach through the model; and the same probe **adapted** to the data it is applied to.
 
-It fits and selects nothing of its own: it reads the gating probes a gated family (*source*, by default the
+They fit and select nothing of their own: they read the gating probes a gated family (*source*, by default the
 conditional family) fitted on train and thresholded on val, the probe of each CWE's chosen (else best) setting,
-and applies it to the held-out samples' unsteered activations (the same layer and pooling). A CWE without a
-choice (no val samples) is read by the probe the other CWEs chose.
+and apply it to the held-out samples' unsteered activations (the layers and poolings it reads). A CWE without a
+choice (no val samples) is read by the probe the other CWEs chose. They keep their probes under
+``chosen/probes-alone/``, so ``evaluate --from`` applies them to another dataset too.
 
-Lead-table row: ``probe`` (the same records in every mode's table).
+The **adapted** family (``adapt=True``) re-estimates each probe's centre from the unlabelled held-out inputs it
+reads (:meth:`~vulnsteer.steering.probe.Probe.adapted`: their mean score becomes the centre; the threshold and
+calibration were chosen on val scores centred the same way). It reads the held-out activations only, never a
+label; with fewer than ``conditional.min_adapt`` inputs it does not adapt and says so (no row).
+
+Lead-table rows: ``probe`` and ``adapted`` (the same records in every mode's table).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +27,19 @@ from ...detection.records import DetectionRecord
 from ...io import JsonObject
 from ...lm.activations import Activations
 from ...lm.model import LoadedModel
-from ...steering.probe import Probe
+from ...steering.probe import AdaptationError, Probe
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
+from ..fit import slug
 from ..grid import POOLED, Condition
 from ..results import FamilyResults
+from ..rundir import CHOSEN_DIR
 from .conditional import CONDITIONAL, ConditionalFamily
 from .setting import SettingChoices
 
-__all__ = ["PROBE", "ProbeFamily", "probe_records"]
+__all__ = ["ADAPTED", "PROBE", "ProbeChoices", "ProbeFamily", "probe_records"]
+
+#: Where the probe families keep their probes in a run folder (under ``chosen/``).
+FOLDER = "probes-alone"
 
 
 def probe_records(probe: Probe, acts: Activations, samples: Sequence[Sample]) -> list[DetectionRecord]:
@@ -43,12 +54,41 @@ def probe_records(probe: Probe, acts: Activations, samples: Sequence[Sample]) ->
 
 
 @dataclass(frozen=True)
+class ProbeChoices:
+    """The probe each CWE's chosen (else best) gated setting reads, and the probe for any other CWE; *min_adapt*:
+    the fewest inputs the adapted family adapts to."""
+
+    by_cwe: Mapping[str, Probe]
+    default: Probe
+    min_adapt: int = 1
+    modes: tuple[str, ...] = ("logit",)
+
+    def probe_for(self, cwe: str) -> Probe:
+        return self.by_cwe.get(cwe, self.default)
+
+
+def _from_settings(chosen: SettingChoices, min_adapt: int) -> ProbeChoices | None:
+    if not chosen.choices:
+        return None
+    by_target = next(iter(chosen.choices.values()))
+    keys = {cwe: c.best.probe for cwe, c in by_target.items() if c is not None and c.best and c.best.probe}
+    if not keys:
+        return None
+    probes = {cwe: chosen.probes.get((cwe, key)) or chosen.probes[(POOLED, key)] for cwe, key in keys.items()}
+    default = probes.get(POOLED) or next(iter(probes.values()))
+    return ProbeChoices(
+        {cwe: p for cwe, p in probes.items() if cwe != POOLED}, default, min_adapt, tuple(chosen.choices)
+    )
+
+
+@dataclass(frozen=True)
 class ProbeFamily:
-    """The gating probe alone (see the module docstring)."""
+    """The gating probe alone, or adapted (see the module docstring)."""
 
     name: str = "probe"
     label: str = "the gating probe alone"
     source: ConditionalFamily = CONDITIONAL
+    adapt: bool = False
 
     def enabled(self, config: ExperimentConfig) -> bool:
         return self.source.enabled(config)
@@ -58,60 +98,97 @@ class ProbeFamily:
     ) -> ActivationNeeds:
         return self.source.needs(config, layer_sets, num_layers)
 
-    def fit(self, ctx: FitContext) -> None:
-        return None
+    def fit(self, ctx: FitContext) -> int:
+        return ctx.config.conditional.min_adapt
 
-    def artefacts(self, fitted: None) -> Artefacts:
+    def artefacts(self, fitted: int) -> Artefacts:
         return Artefacts()
 
-    def val_conditions(self, fitted: None, mode: str) -> list[Condition]:
+    def val_conditions(self, fitted: int, mode: str) -> list[Condition]:
         return []
 
-    def select(self, fitted: None, val: ValContext) -> SettingChoices | None:
-        """The gated family's choices (their probes are this family's detectors)."""
+    def select(self, fitted: int, val: ValContext) -> ProbeChoices | None:
+        """The gated family's choices' probes (they are this family's detectors)."""
         chosen = val.earlier.get(self.source.name)
-        return chosen if isinstance(chosen, SettingChoices) else None
+        return _from_settings(chosen, fitted) if isinstance(chosen, SettingChoices) else None
 
-    def save(self, chosen: SettingChoices | None, run: Path, info: JsonObject) -> Saved:
-        return Saved()
+    def save(self, chosen: ProbeChoices | None, run: Path, info: JsonObject) -> Saved:
+        """Each probe under ``chosen/probes-alone/``; the entry names each CWE's file (``any``: the default)."""
+        if chosen is None:
+            return Saved()
+        files: dict[str, str] = {}
+        for cwe, probe in [*chosen.by_cwe.items(), (POOLED, chosen.default)]:
+            file = f"{FOLDER}/{slug(probe.key)}.safetensors"
+            probe.save(run / CHOSEN_DIR / file)
+            files[cwe] = file
+        doc = {"probes": files, "min_adapt": chosen.min_adapt}
+        return Saved(chosen={mode: doc for mode in chosen.modes})
 
-    def restore(self, entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> None:
-        return None
+    def restore(self, entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> ProbeChoices | None:
+        doc = next(iter(entry.values()), None)
+        if not isinstance(doc, Mapping):
+            return None
+        probes = {cwe: Probe.load(Path(run) / CHOSEN_DIR / file) for cwe, file in doc["probes"].items()}
+        for probe in probes.values():
+            if probe.hidden_size != lm.hidden_size:
+                raise ValueError(
+                    f"{run}: the probes read hidden size {probe.hidden_size}, the model has {lm.hidden_size}"
+                )
+        default = probes.pop(POOLED)
+        return ProbeChoices(probes, default, int(doc.get("min_adapt", 1)), tuple(entry))
 
-    def held_out_conditions(self, chosen: SettingChoices | None, held: HeldOut) -> list[Condition]:
+    def held_out_conditions(self, chosen: ProbeChoices | None, held: HeldOut) -> list[Condition]:
         return []
 
-    def apply(self, chosen: SettingChoices | None, held: HeldOut) -> Applied:
-        """The probe of each CWE's gated setting (chosen, else best) on the held-out activations."""
-        if chosen is None or not chosen.choices or held.activations is None:
-            return Applied()
-        by_target = next(iter(chosen.choices.values()))
-        keys = {cwe: c.best.probe for cwe, c in by_target.items() if c is not None and c.best and c.best.probe}
-        if not keys:
+    def apply(self, chosen: ProbeChoices | None, held: HeldOut) -> Applied:
+        """Each CWE's probe on the held-out activations (adapted: each probe's centre re-estimated from every
+        held-out input it reads)."""
+        if chosen is None or held.activations is None:
             return Applied()
         acts = held.activations()
         samples = [s for group in held.samples.values() for s in group]
-        records: list[DetectionRecord] = []
-        for cwe in held.cwes:
-            key = keys.get(cwe) or next(iter(keys.values()))
-            probe = chosen.probes.get((cwe, key)) or chosen.probes[(POOLED, key)]
-            records += [r for r in probe_records(probe, acts, samples) if r.cwe == cwe]
-        if not records:
-            return Applied()
-        label = "the gating probe alone (its own verdict, no model)"
-        entry = LeadEntry(
-            self.name,
-            label,
-            records,
-            what="the probe alone",
-            note=f"the ceiling {next(r.what for r in self.source.rows if r.headline)} can reach through the model",
-        )
-        return Applied({mode: [entry] for mode in held.modes})
+        by_probe: dict[str, tuple[Probe, list[int]]] = {}
+        for i, s in enumerate(samples):
+            probe = chosen.probe_for(s.cwe)
+            by_probe.setdefault(probe.key, (probe, []))[1].append(i)
+        records: dict[str, DetectionRecord] = {}
+        notes: list[str] = []
+        for probe, rows in by_probe.values():
+            part = acts.subset(rows)
+            mine = [samples[i] for i in rows]
+            if self.adapt:
+                try:
+                    probe = probe.adapted(probe.scores_of(part, part.code_tokens), chosen.min_adapt)
+                except AdaptationError as exc:
+                    notes.append(f"{probe.key}: not adapted: {exc}")
+                    continue
+            records.update({r.sample_id: r for r in probe_records(probe, part, mine)})
+        ordered = [records[s.id] for cwe in held.cwes for s in held.samples[cwe] if s.id in records]
+        if not ordered:
+            return Applied(notes=tuple(notes))
+        if self.adapt:
+            label = "the gating probe adapted to the held-out inputs (centre from their unlabelled states)"
+            note = "its centre re-estimated from the unlabelled inputs it reads; no label is read"
+            entry = LeadEntry(self.name, label, ordered, what="the adapted probe", note=note)
+        else:
+            label = "the gating probe alone (its own verdict, no model)"
+            source = next(r.what for r in self.source.rows if r.headline)
+            entry = LeadEntry(
+                self.name,
+                label,
+                ordered,
+                what="the probe alone",
+                note=f"the ceiling {source} can reach through the model",
+            )
+        return Applied({mode: [entry] for mode in held.modes}, notes=tuple(notes))
 
     def results(
-        self, fitted: None, chosen: SettingChoices | None, applied: Applied | None, saved: Saved | None
+        self, fitted: int | None, chosen: ProbeChoices | None, applied: Applied | None, saved: Saved | None
     ) -> FamilyResults:
-        return FamilyResults(self.name, self.label)
+        return FamilyResults(self.name, self.label, notes=applied.notes if applied else ())
 
 
 PROBE = ProbeFamily()
+ADAPTED = ProbeFamily(
+    "adapted", "the gating probe adapted to the data it is applied to (label-free)", CONDITIONAL, adapt=True
+)

@@ -144,7 +144,7 @@ class _Transfer:
         with Progress(len(todo), "probe designs x folds", unit="fit", enabled=self.progress) as bar:
             for fold, design in todo:
                 probe = self.fit(design, fold)
-                found = probe_fold_scores(probe, fold, self.data[fold.left_out], self.config.transfer.min_adapt)
+                found = probe_fold_scores(probe, fold, self.data[fold.left_out], self.config.conditional.min_adapt)
                 self.store.add(found)
                 bar.update(1)
         self.timings["designs"] = time.perf_counter() - t

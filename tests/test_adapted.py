@@ -1,0 +1,79 @@
+"""The adapted probe family: the gating probe with its centre re-estimated from the held-out inputs it reads. It
+never reads a label: permuting the held-out labels changes no adapted score and no verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vulnsteer.config.design import ProbeDesign
+from vulnsteer.data.sample import Sample
+from vulnsteer.detection.probe import ProbeData, fit_probe
+from vulnsteer.experiment.families.probe import ADAPTED, PROBE, ProbeChoices
+from vulnsteer.experiment.family import HeldOut
+from vulnsteer.lm.activations import Activations
+
+DESIGN = ProbeDesign((2,), ("code_mean",))
+
+
+def _data(n: int, seed: int, shift: float = 0.0) -> tuple[list[Sample], Activations]:
+    gen = torch.Generator().manual_seed(seed)
+    samples = [
+        Sample(f"s{seed}-{i}", "x = 1", "python", "CWE-89" if i % 4 < 2 else "CWE-78",
+               "vulnerable" if i % 2 else "secure", pair_id=f"p{seed}-{i // 2}")
+        for i in range(n)
+    ]  # fmt: skip
+    x = torch.randn(n, 8, generator=gen)
+    x[:, 0] += torch.tensor([2.0 if s.y else -2.0 for s in samples]) + shift
+    acts = Activations([2], [s.id for s in samples], {"code_mean": x[:, None, :]}, code_tokens=torch.full((n,), 30))
+    return samples, acts
+
+
+def _held(samples: list[Sample], acts: Activations) -> HeldOut:
+    by_cwe: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_cwe.setdefault(s.cwe, []).append(s)
+    order = [s for group in by_cwe.values() for s in group]
+    index = {sid: i for i, sid in enumerate(acts.sample_ids)}
+    ordered = acts.subset([index[s.id] for s in order])
+    return HeldOut("all", ("logit",), by_cwe, activations=lambda: ordered)
+
+
+def _choices(min_adapt: int) -> ProbeChoices:
+    val, val_acts = _data(60, 2)
+    tr_s, tr_acts = _data(80, 1)
+    probe = fit_probe(
+        DESIGN,
+        ProbeData(tr_acts.get("code_mean", 2), np.array([s.y for s in tr_s])),
+        ProbeData(val_acts.get("code_mean", 2), np.array([s.y for s in val])),
+    )
+    return ProbeChoices({}, probe, min_adapt)
+
+
+def test_adapted_scores_ignore_the_held_out_labels() -> None:
+    choices = _choices(20)
+    samples, acts = _data(60, 3, shift=3.0)  # another dataset: off the training centre
+    labels = [s.label for s in samples]
+    random.Random(0).shuffle(labels)
+    permuted = [dataclasses.replace(s, label=lab) for s, lab in zip(samples, labels, strict=True)]
+    assert labels != [s.label for s in samples]
+    a = ADAPTED.apply(choices, _held(samples, acts)).lead["logit"][0].records
+    b = ADAPTED.apply(choices, _held(permuted, acts)).lead["logit"][0].records
+    assert [(r.sample_id, r.score, r.verdict) for r in a] == [(r.sample_id, r.score, r.verdict) for r in b]
+    # off-centre, the plain probe calls nearly everything vulnerable; adapted, about half
+    plain = PROBE.apply(choices, _held(samples, acts)).lead["logit"][0].records
+    share = {name: np.mean([r.verdict == "vulnerable" for r in recs]) for name, recs in (("plain", plain), ("a", a))}
+    assert share["plain"] >= 0.85 and 0.35 < share["a"] < 0.65, share
+    assert float(np.mean([r.score for r in a])) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_too_few_inputs_to_adapt_to_is_said_not_guessed() -> None:
+    choices = _choices(100)
+    samples, acts = _data(60, 3, shift=3.0)
+    applied = ADAPTED.apply(choices, _held(samples, acts))
+    assert not applied.lead and any("at least 100" in note for note in applied.notes)
+    assert ADAPTED.results(100, choices, applied, None).notes == applied.notes
