@@ -62,12 +62,13 @@ def _steering(vector: Path, strength: float, **setting: Any) -> VectorSteering:
 
 def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0) -> Path:
     """A probe-gated detector for *lm* (random probe at layer 0 gating a random vector at layer 1), saved."""
+    from vulnsteer.config.design import ProbeDesign
     from vulnsteer.detection.detector import SavedDetector
-    from vulnsteer.steering.gate import LinearProbe
+    from vulnsteer.steering.probe import Probe
 
     generator = torch.Generator().manual_seed(1)
     weight = torch.randn(lm.hidden_size, generator=generator)
-    probe = LinearProbe(layer=0, pooling="code_mean", weight=weight, bias=0.0, threshold=threshold, spread=1.0)
+    probe = Probe(ProbeDesign((0,), ("code_mean",)), weight, bias=0.0, threshold=threshold, spread=1.0)
     vector = SteeringVector.load(_vector(lm, folder.parent / f"{folder.name}-vector.safetensors", scale=5.0))
     SavedDetector(vector, probe, "sign", 2.0, (1,), positions="last", unit="raw").save(folder)
     return folder
