@@ -19,7 +19,7 @@ from vulnsteer.scan import output as output_module
 from vulnsteer.scan import sarif as sarif_module
 from vulnsteer.scan import scorer as scorer_module
 from vulnsteer.scan.cache import ScanCache
-from vulnsteer.scan.functions import tree_sitter_available
+from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.scan.output import format_jsonl, render
 from vulnsteer.scan.sarif import FINGERPRINT_KEY, build_sarif
 from vulnsteer.scan.scorer import FunctionScore, Scorer
@@ -299,9 +299,13 @@ def test_json_lines_and_table(tmp_path: Path) -> None:
     root = _write(tmp_path / "src", {"a.py": PY})
     report = scan([root], FakeScorer(), cache_dir=None, progress=False, base=tmp_path)
     lines = [json.loads(line) for line in format_jsonl(report).splitlines()]
-    records, summary = lines[:-1], lines[-1]
+    records, files, summary = lines[:-2], lines[-2], lines[-1]
     assert [(r["function"], r["finding"], r["score"]) for r in records] == [("safe", False, 0.2), ("risky", True, 0.9)]
     assert summary["type"] == "summary" and summary["functions"] == 2 and summary["exit_code"] == 1
+    # the file's record: its functions' aggregate (max by default) and the function that leads it
+    assert (files["type"], files["path"], files["score"], files["top_function"], files["functions"]) == (
+        "file", "src/a.py", 0.9, "risky", 2,
+    )
     assert records[1]["region"] == {"startLine": 5, "startColumn": 1, "endLine": 7, "endColumn": 23}
     table = render(report, "text")
     lines = table.splitlines()

@@ -10,7 +10,7 @@ import pytest
 
 from vulnsteer.cli import main
 from vulnsteer.scan import model_scorer as model_scorer_module
-from vulnsteer.scan.functions import tree_sitter_available
+from vulnsteer.data.functions import tree_sitter_available
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "scan-demo"

@@ -6,10 +6,10 @@ import doctest
 
 import pytest
 
-from vulnsteer.scan import functions as functions_module
-from vulnsteer.scan import region as region_module
-from vulnsteer.scan.functions import FunctionSplitter, tree_sitter_available
-from vulnsteer.scan.region import Region, TextIndex
+from vulnsteer.data import functions as functions_module
+from vulnsteer.data import region as region_module
+from vulnsteer.data.functions import FunctionSplitter, tree_sitter_available
+from vulnsteer.data.region import Region, TextIndex
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
 

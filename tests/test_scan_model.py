@@ -17,7 +17,7 @@ from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
 from vulnsteer.scan import ModelScorer, ScorerSpec, VectorSteering, scan
 from vulnsteer.scan import identity as identity_module
 from vulnsteer.scan import model_scorer as model_scorer_module
-from vulnsteer.scan.functions import tree_sitter_available
+from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.steering.vectors import Provenance, SteeringVector, recorded_identity
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
@@ -88,8 +88,27 @@ def test_scores_are_probabilities_with_a_threshold_verdict(tiny_lm: LoadedModel)
 
 def test_long_functions_are_truncated_to_the_budget(tiny_lm: LoadedModel) -> None:
     long = dataclasses.replace(UNITS[0], code="\n".join(f"x{i} = read(p{i})" for i in range(200)))
-    short, cut = _scorer(tiny_lm, max_code_tokens=32).score([UNITS[0], long], progress=False)
-    assert cut.truncated and not short.truncated
+    short, cut = _scorer(tiny_lm, max_code_tokens=32, long_functions="head").score([UNITS[0], long], progress=False)
+    assert cut.truncated and not short.truncated and cut.windows == 1
+
+
+@pytest.mark.parametrize("how", ["max", "mean"])
+def test_long_functions_are_read_in_windows_and_aggregated(tiny_lm: LoadedModel, how: str) -> None:
+    from vulnsteer.data.truncate import windows
+
+    long = dataclasses.replace(UNITS[0], code="\n".join(f"x{i} = read(p{i})" for i in range(24)))
+    scorer = _scorer(tiny_lm, max_code_tokens=64, aggregation=how)
+    short, read = scorer.score([UNITS[0], long], progress=False)
+    tokenizer = tiny_lm.tokenizer
+    parts = windows(long.code, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]), 64)
+    assert short.windows == 1 and not short.truncated
+    assert read.windows == len(parts) > 1 and not read.truncated  # every line read, in windows
+    alone = scorer.score([dataclasses.replace(long, code=text) for text, _ in parts], progress=False)
+    values = [s.score for s in alone]
+    expected = max(values) if how == "max" else sum(values) / len(values)
+    assert read.score == pytest.approx(expected, abs=1e-5)
+    top = values.index(max(values))
+    assert read.verdict == alone[top].verdict  # the top window's verdict
 
 
 def test_explain_adds_the_generated_answer(tiny_lm: LoadedModel) -> None:

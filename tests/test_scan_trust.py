@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import ForkServer, Result, cli_env
-from vulnsteer.scan.functions import tree_sitter_available
+from vulnsteer.data.functions import tree_sitter_available
 
 pytestmark = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
 
@@ -165,7 +165,7 @@ def test_a_folder_ignored_by_a_gitignore_above_names_that_gitignore(tree: Tree, 
 
 def test_scan_without_tree_sitter_refuses_and_names_the_install(tree: Tree) -> None:
     probe = (
-        "import sys\nimport vulnsteer.scan.functions as f\nf.tree_sitter_available = lambda: False\n"
+        "import sys\nimport vulnsteer.data.functions as f\nf.tree_sitter_available = lambda: False\n"
         "from vulnsteer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     )
     proc = subprocess.run(
@@ -281,4 +281,4 @@ def test_output_named_sarif_or_json_gets_that_format(tree: Tree, cli: ForkServer
     assert json.loads((tree.root / "guess.sarif").read_text(encoding="utf-8"))["version"] == "2.1.0"
     tree.scan(cli, "big/small.c", "--min-score", "0", "-o", "guess.jsonl")
     lines = (tree.root / "guess.jsonl").read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line)["type"] for line in lines] == ["function", "summary"]
+    assert [json.loads(line)["type"] for line in lines] == ["function", "file", "summary"]

@@ -1,9 +1,11 @@
 """``vulnsteer detect``: a verdict per source file, a view of the scan engine (:mod:`vulnsteer.scan`).
 
 Each file is prepared and scored as ``vulnsteer scan`` does it (decoded, split into functions, comments stripped,
-truncated token-aware, scored by the same :class:`~vulnsteer.scan.model_scorer.ScorerSpec` from the same flags),
-and reported by its highest-scoring function. The options, the files, the steering vector or detector and the
-token budget are checked before the model loads. Nothing is cached.
+a function over the token budget read in windows or by its head, scored by the same
+:class:`~vulnsteer.scan.model_scorer.ScorerSpec` from the same flags), and reported by its functions' aggregate
+score (``--aggregation``: what the detector's run chose, else the highest) and its highest-scoring function. The
+options, the files, the steering vector or detector and the token budget are checked before the model loads.
+Nothing is cached.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     keep_comments = config_from_args(args).data.keep_comments
     options = ScanOptions(keep_comments=keep_comments, max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0,
-                          language=language, score_unknown=True)  # fmt: skip
+                          language=language, score_unknown=True, aggregation=spec.resolved_aggregation)  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)
@@ -70,17 +72,22 @@ def cmd_detect(args: argparse.Namespace) -> int:
         top, result = file.top, file.top.score
         out = {"file": file.path, "language": top.language or "unknown", "function": top.name,
                "line": top.region.start_line, "functions": file.functions, "verdict": result.verdict,
-               "weakness": result.cwe, "p_vulnerable": result.score, "text": result.explanation,
-               "truncated": result.truncated}  # fmt: skip
+               "weakness": result.cwe, "p_vulnerable": file.score, "aggregation": file.aggregation,
+               "function_p_vulnerable": result.score, "text": result.explanation, "truncated": result.truncated,
+               "windows": result.windows}  # fmt: skip
         if result.probe is not None:
             out.update(probe_score=result.probe, push=result.push)
         if args.json:
             print(json.dumps(out))
             continue
         weakness = f" {result.cwe}" if result.cwe else ""
-        where = f"{top.name} at line {top.region.start_line}, the highest of {file.functions} function(s)"
+        if file.aggregation == "max" or file.functions == 1:
+            where = f"{top.name} at line {top.region.start_line}, the highest of {file.functions} function(s)"
+        else:
+            where = (f"{file.aggregation} of {file.functions} functions; the highest {top.name} at line "
+                     f"{top.region.start_line}, {result.score:.4f}")  # fmt: skip
         probe = f" probe score {result.probe:+.3f} (push {result.push:+.2f})" if result.probe is not None else ""
-        print(f"{file.path}: {result.verdict}{weakness} p(vulnerable)={result.score:.4f} ({where}){probe}")
+        print(f"{file.path}: {result.verdict}{weakness} p(vulnerable)={file.score:.4f} ({where}){probe}")
         for line in (result.explanation or "").splitlines():
             if line.strip():
                 print(f"  {line.strip()}")

@@ -16,7 +16,7 @@ from typing import Any
 from ..config import UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
 from ..config import load_config as load_experiment_config
 from ..config.defaults import DEFAULT_STEER_POSITIONS, DEFAULT_UNIT
-from ..config.vocabulary import POSITIONS, STRENGTH_UNITS
+from ..config.vocabulary import AGGREGATIONS, POSITIONS, STRENGTH_UNITS
 
 __all__ = [
     "STEERING_OPTIONS",
@@ -316,9 +316,9 @@ def given(args: argparse.Namespace, dotted: str) -> bool:
 
 def add_scorer_args(p: argparse.ArgumentParser) -> None:
     """What scores code, for ``detect`` and ``scan`` alike (:func:`scorer_spec` reads them): a saved detector, or
-    a vector with its setting (:data:`STEERING_OPTIONS`), or neither; the ``[model]`` keys; and the
-    ``[detection]`` and ``[data]`` keys that apply (``--max-new-tokens``, ``--batch-size``, ``--max-code-tokens``,
-    ``--keep-comments``)."""
+    a vector with its setting (:data:`STEERING_OPTIONS`), or neither; the ``[model]`` keys; the ``[detection]``
+    and ``[data]`` keys that apply (``--max-new-tokens``, ``--batch-size``, ``--max-code-tokens``,
+    ``--keep-comments``, ``--long-functions``); and ``--aggregation``."""
     g = p.add_argument_group("what steers the model (a saved detector, or a vector: the steering options need it)")
     g.add_argument(
         "--detector",
@@ -332,7 +332,14 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
     add_steering_args(g)
     add_config_args(p, ["model"])
     add_config_args(p, ["detection"], only=("--max-new-tokens", "--batch-size"))
-    add_config_args(p, ["data"], only=("--max-code-tokens", "--keep-comments"))
+    add_config_args(p, ["data"], only=("--max-code-tokens", "--keep-comments", "--long-functions"))
+    p.add_argument(
+        "--aggregation",
+        default=None,
+        choices=list(AGGREGATIONS),
+        help="how a long function's windows and a file's functions add up to its score (default: what the "
+        "detector's run chose on val, else max)",
+    )
 
 
 def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:
@@ -356,4 +363,6 @@ def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:
         max_new_tokens=config.detection.max_new_tokens,
         batch_size=config.detection.batch_size,
         max_code_tokens=config.data.max_code_tokens if given(args, "data.max_code_tokens") else None,
+        long_functions=config.data.long_functions,
+        aggregation=args.aggregation,
     )

@@ -124,10 +124,10 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from ..data.functions import tree_sitter_available
     from ..io import check_writable
     from ..scan import FileFilter, ModelScorer, ScanOptions, default_cache_dir, render, scan, write_output
     from ..scan.engine import check_paths
-    from ..scan.functions import tree_sitter_available
     from ..scan.suppression import read_baseline
 
     _check_options(args)
@@ -155,6 +155,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         cwes=tuple(args.cwe),
         allow_unscanned=args.allow_unscanned,
         baseline=baseline,
+        aggregation=spec.resolved_aggregation,
     )
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     with ModelScorer(spec, identity_store=cache_dir / "models" if cache_dir is not None else None) as scorer:

@@ -12,6 +12,7 @@ from typing import Final
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LONG_FUNCTIONS",
     "DEFAULT_MAX_CODE_TOKENS",
     "DEFAULT_MAX_NEW_TOKENS",
     "DEFAULT_METHOD",
@@ -24,6 +25,8 @@ __all__ = [
 
 #: ``--max-code-tokens``: the code's token budget; lowered to what fits when a model's context is shorter.
 DEFAULT_MAX_CODE_TOKENS = 512
+#: ``--long-functions``: code over the token budget, where the changed lines are not known, is read in windows.
+DEFAULT_LONG_FUNCTIONS: Final = "windows"
 #: ``--max-new-tokens``: tokens generated in generation mode (``Answer: ...`` plus the ``Weakness:`` line).
 DEFAULT_MAX_NEW_TOKENS = 20
 #: ``--batch-size``: prompts per forward pass.

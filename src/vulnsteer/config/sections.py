@@ -13,6 +13,7 @@ from typing import Any
 
 from .defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_LONG_FUNCTIONS,
     DEFAULT_MAX_CODE_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_METHOD,
@@ -49,6 +50,7 @@ from .values import (
     switches,
 )
 from .vocabulary import (
+    AGGREGATIONS,
     BACKEND_NAMES,
     BEHAVIOURS,
     DATASET_FORMATS,
@@ -57,6 +59,7 @@ from .vocabulary import (
     EXECUTORS,
     GATE_KINDS,
     LENGTH_MODES,
+    LONG_FUNCTIONS,
     METHOD_NAMES,
     MODES,
     PEERS,
@@ -230,6 +233,14 @@ class DataSection:
         "int",
     )
     keep_comments: bool = _key(False, boolean, "keep comments (they can leak the label)", "--keep-comments", "bool")
+    long_functions: str = _key(
+        DEFAULT_LONG_FUNCTIONS,
+        one_of(LONG_FUNCTIONS),
+        "code over the token budget where the changed lines are not known (held-out splits, other datasets, scans): "
+        "windows (overlapping windows of the budget, each scored, aggregated like functions) or head (its head "
+        "only); training data keeps its diff-centred truncation",
+        "--long-functions",
+    )
 
 
 @dataclass(frozen=True)
@@ -308,6 +319,15 @@ class DetectionSection:
     )
     max_new_tokens: int = _key(
         DEFAULT_MAX_NEW_TOKENS, integer(1), "generation mode: tokens to generate", "--max-new-tokens", "int"
+    )
+    aggregations: tuple[str, ...] = _key(
+        AGGREGATIONS,
+        some_of(AGGREGATIONS),
+        "how the scores of a sample's pieces (a whole file's functions, a long function's windows) add up to its "
+        "score: the candidates, one chosen on val (best mean AUROC over the val conditions) where val has samples "
+        "of several pieces, else the first",
+        "--aggregations",
+        "csv",
     )
     # Not part of a run's identity: rows are exact under left padding (tested against one sample at a time), so a
     # run that ran out of memory resumes with a smaller batch.

@@ -11,14 +11,17 @@ for type checkers, a test checks it against the tuple here.
 from __future__ import annotations
 
 __all__ = [
+    "AGGREGATIONS",
     "BACKEND_NAMES",
     "BEHAVIOURS",
+    "CHANGE_KINDS",
     "DATASET_FORMATS",
     "DTYPES",
     "DUPLICATE_POLICIES",
     "EXECUTORS",
     "GATE_KINDS",
     "LENGTH_MODES",
+    "LONG_FUNCTIONS",
     "METHOD_NAMES",
     "MODES",
     "OUTPUT_FORMATS",
@@ -70,3 +73,12 @@ DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float
 PEERS: tuple[str, ...] = ("cppcheck", "flawfinder", "bandit")
 #: What the transfer protocol chooses designs, gates and strengths by (their mean over inner folds).
 TRANSFER_CRITERIA: tuple[str, ...] = ("auroc", "balanced_accuracy")
+#: How the scores of a sample's pieces (its functions, a long function's windows) add up to the sample's score: the
+#: highest, the mean of the highest two or three, the mean of all.
+AGGREGATIONS: tuple[str, ...] = ("max", "top2_mean", "top3_mean", "mean")
+#: How code longer than the token budget is read where the changed lines are not known (held-out data, scans):
+#: in overlapping windows, each scored, aggregated like functions; or its head only.
+LONG_FUNCTIONS: tuple[str, ...] = ("windows", "head")
+#: What happened to a function between two versions of a file (matched by qualified name; ``renamed``: another
+#: name, the same code).
+CHANGE_KINDS: tuple[str, ...] = ("changed", "added", "removed", "renamed", "unchanged")

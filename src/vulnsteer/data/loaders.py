@@ -23,12 +23,18 @@ Formats (``fmt``):
     ``<root>/<CWE folder>/<stem>.<ext>`` (vulnerable) + ``p_<stem>.<ext>`` (patched) side by side, and/or case
     folders holding ``vuln.<ext>`` + ``patch.<ext>``; the CWE comes from ``cwe_map.json`` in the root
     (``{"case-folder-or-stem": "CWE-79"}``) or from the nearest enclosing folder whose name starts with ``CWE``.
+    Each sample is a whole file (``Sample.is_file``).
 ``castle``
     A JSON list ``[{"name", "cwe", "vulnerable", "code"}]`` or ``{"tests": [...]}`` (a file or a directory of
-    ``*.json``); unpaired; comments are stripped (CASTLE files carry their label in a header comment).
+    ``*.json``); unpaired; comments are stripped (CASTLE files carry their label in a header comment). Each sample
+    is a whole program (``Sample.is_file``).
 ``jsonl`` / ``csv``
     Generic rows with ``code``, ``label`` (vulnerable/secure, 1/0, true/false, vuln/safe, bad/good), ``cwe``
-    and optional ``pair_id``, ``language``, ``id``, ``group``, ``source``.
+    and optional ``pair_id``, ``language``, ``id``, ``group``, ``source``, ``whole_file`` (true/false, 1/0: the
+    code is a whole source file, ``Sample.is_file``; default false: one function).
+
+A whole file in which the function splitter finds at least two functions is scored as its functions and their
+scores aggregated back to it (:mod:`vulnsteer.data.units`).
 """
 
 from __future__ import annotations
@@ -84,6 +90,8 @@ _LABEL_WORDS: dict[str, Label] = {
     "benign": SECURE,
     "non-vulnerable": SECURE,
 }
+#: How ``whole_file`` (jsonl/csv) is spelled (JSON booleans read as ``true``/``false``).
+_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _VULN_NAMES = ("vuln", "vulnerable")
 _PATCH_NAMES = ("patch", "patched")
 _IGNORED_NAMES = {"cwe_map.json", "readme", "readme.md", "readme.txt", "license", "license.txt"}
@@ -460,6 +468,7 @@ class _Loader:
                     pair_id=pair_id,
                     source=source,
                     meta={"file": file.relative_to(root).as_posix()},
+                    is_file=True,
                 )
             )
         return out
@@ -529,6 +538,7 @@ class _Loader:
             source="castle",
             group=f"castle:{name}",
             meta={k: v for k, v in item.items() if k != "code"} | {"file": file.as_posix()},
+            is_file=True,
         )
 
     # ---------------------------------------------------------------- generic jsonl / csv
@@ -567,7 +577,14 @@ class _Loader:
         if not language and isinstance(row.get("file_name"), str):
             language = _language_of(row["file_name"])
         sample_id = str(row.get("id") or "") or default_id
-        meta = {k: v for k, v in row.items() if k not in ("code", "label", "cwe", "pair_id", "language", "id")}
+        whole = row.get("whole_file")
+        is_file = _FLAGS.get(str(whole).strip().lower()) if whole not in (None, "") else False
+        if is_file is None:
+            self.problem(f"{where}: cannot read field 'whole_file' = {whole!r} as true or false (or 1/0, yes/no)")
+            return None
+        meta = {
+            k: v for k, v in row.items() if k not in ("code", "label", "cwe", "pair_id", "language", "id", "whole_file")
+        }
         meta["upstream_file"] = file.as_posix()
         return Sample(
             id=sample_id,
@@ -579,6 +596,7 @@ class _Loader:
             source=str(row.get("source") or file.stem),
             group=str(row.get("group") or ""),
             meta=meta,
+            is_file=is_file,
         )
 
     def jsonl(self, path: Path) -> list[Sample]:

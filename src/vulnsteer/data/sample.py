@@ -33,6 +33,10 @@ class Sample:
         description: optional one-line description of the weakness/fix.
         meta: free-form extra fields (file name, commit link, changed lines, truncation notes ...). Never
             shown to the model.
+        is_file: the code is a whole source file (set by the loaders that read files: ``paired-dir``, ``castle``,
+            and ``jsonl``/``csv`` rows with ``whole_file`` true). A file in which the function splitter finds at
+            least two functions is scored as its functions, aggregated back (:mod:`vulnsteer.data.units`); any
+            other sample is scored as it is.
 
     >>> s = Sample("q1-v", "cur.execute('SELECT ' + x)", "python", "CWE-89", "vulnerable", "q1")
     >>> s.is_vulnerable, s.y
@@ -49,6 +53,7 @@ class Sample:
     group: str = ""
     description: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    is_file: bool = False
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:

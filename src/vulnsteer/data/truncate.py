@@ -196,10 +196,23 @@ def truncate_code(
     if count_tokens("") > budget:
         raise ValueError(f"budget {budget} is below the token count of an empty text")
 
-    # Per-line estimates; tokenizers are not additive, so the plan is verified on the real text below.
-    cost = [count_tokens(line + "\n") if i < n - 1 else count_tokens(line) for i, line in enumerate(lines)]
-    order = _plan(lines, cost, max(1, count_tokens(MARKER + "\n")), budget, focus)
+    costs = _line_costs(lines, count_tokens)
+    kept, text, tokens = _fit(lines, _plan(lines, *costs, budget, focus), count_tokens, budget)
+    return _finish(code, lines, kept, text, tokens, count_tokens, budget, original_tokens, focus, focus_1)
 
+
+def _line_costs(lines: Sequence[str], count_tokens: TokenCounter) -> tuple[list[int], int]:
+    """Per-line token estimates and a marker line's (tokenizers are not additive: a plan is verified by
+    :func:`_fit` on the real text)."""
+    n = len(lines)
+    cost = [count_tokens(line + "\n") if i < n - 1 else count_tokens(line) for i, line in enumerate(lines)]
+    return cost, max(1, count_tokens(MARKER + "\n"))
+
+
+def _fit(
+    lines: Sequence[str], order: Sequence[int], count_tokens: TokenCounter, budget: int
+) -> tuple[list[int], str, int]:
+    """The planned lines rendered, the last choices undone until the real text fits: (kept, text, tokens)."""
     kept = list(order)
     text = _render(lines, kept)
     tokens = count_tokens(text)
@@ -207,7 +220,23 @@ def truncate_code(
         kept.pop()  # undo the last choice
         text = _render(lines, kept) if kept else ""
         tokens = count_tokens(text)
+    return kept, text, tokens
 
+
+def _finish(
+    code: str,
+    lines: Sequence[str],
+    kept: list[int],
+    text: str,
+    tokens: int,
+    count_tokens: TokenCounter,
+    budget: int,
+    original_tokens: int,
+    focus: Sequence[int],
+    focus_1: tuple[int, ...],
+) -> tuple[str, Truncation]:
+    """The text and its :class:`Truncation` record (a first line cut inside itself when not even it fits)."""
+    n = len(lines)
     line_cut = False
     if not kept:
         # Not even the first line fits: keep a prefix of it.
@@ -232,6 +261,47 @@ def truncate_code(
         focus_kept=(all(f in kept_set for f in focus) and not line_cut) if focus else None,
         line_cut=line_cut,
     )
+
+
+def windows(code: str, count_tokens: TokenCounter, budget: int) -> list[tuple[str, Truncation]]:
+    """Code longer than *budget* tokens as overlapping windows, each within the budget: the first is
+    :func:`truncate_code`'s head (the signature and the lines after it); each next one keeps the same head (about a
+    third of the budget, so every window says which function it is) and, around a focus line further down, the
+    lines that fit, overlapping the window before by about a quarter of its body, until the last line is read.
+    Code that fits is one window, unchanged. Every line of the code is in at least one window (unless a single line
+    is longer than the budget, which is cut as :func:`truncate_code` cuts it).
+
+    >>> code = "\\n".join(["int f(void) {", *[f"  x{i} = {i};" for i in range(40)], "}"])
+    >>> found = windows(code, lambda text: len(text.split()), 40)
+    >>> len(found) > 1, all(len(text.split()) <= 40 for text, _ in found), found[-1][1].kept_ranges[-1][1]
+    (True, True, 42)
+    """
+    whole, info = truncate_code(code, count_tokens, budget)
+    if not info.truncated or info.line_cut:
+        return [(whole, info)]
+    lines = code.split("\n")
+    n = len(lines)
+    cost, marker = _line_costs(lines, count_tokens)
+    head: set[int] = set()  # (the lines every window starts with, as _plan's first step takes them)
+    spent, limit = 0, max(1, int(budget * HEAD_FRACTION))
+    for i in range(n):
+        if i and spent + cost[i] + 2 * marker > limit:
+            break
+        spent += cost[i]
+        head.add(i)
+    out = [(whole, info)]
+    last = info.kept_ranges[-1][1] - 1  # 0-based last line read so far
+    body = max(1, last + 1 - len(head))
+    while last < n - 1:
+        centre = min(n - 1, max(last + 1, last + body // 4 + 1))
+        kept, text, tokens = _fit(lines, _plan(lines, cost, marker, budget, [centre]), count_tokens, budget)
+        if not kept or max(kept) <= last:
+            break  # (no progress: a line alone over the budget)
+        window = _finish(code, lines, kept, text, tokens, count_tokens, budget, info.original_tokens, [centre], ())
+        out.append((window[0], dataclasses.replace(window[1], focus_lines=(), focus_kept=None)))
+        body = max(1, len(set(kept) - head))
+        last = max(kept)
+    return out
 
 
 def _locate(entry: Mapping[str, Any], lines: Sequence[str]) -> int | None:

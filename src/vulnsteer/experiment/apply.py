@@ -4,9 +4,12 @@ Every evaluation on held-out data goes through :func:`apply_families`: the proto
 evaluate --from RUN`` (a run's choices on another dataset) and ``vulnsteer evaluate --vectors DIR`` (saved vectors
 at a strength the user gives). So all three emit the same rows. For each family, in order, the engine scores what
 the family asks (:meth:`~vulnsteer.experiment.family.Family.held_out_conditions`; one scoring pass per family, only
-what the records file does not hold yet), then the baseline in every mode; then each family builds its rows from
-every record (:meth:`~vulnsteer.experiment.family.Family.apply`, which may also read the held-out samples'
-activations), and the lead table puts every family's detectors side by side. Nothing is selected here.
+what the records file does not hold yet), then the baseline in every mode, each on the pieces the samples are
+scored as (whole files as their functions, long code as windows: :class:`~vulnsteer.data.units.Units`), the
+pieces' records aggregated back to one per sample (:meth:`~vulnsteer.experiment.family.HeldOut.to_samples`);
+then each family builds its rows from every record (:meth:`~vulnsteer.experiment.family.Family.apply`, which may
+also read the held-out pieces' activations), and the lead table puts every family's detectors side by side.
+Nothing is selected here.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def apply_families(
             lm,
             todo,
             store,
-            lambda _split: held.samples,
+            lambda _split: held.pieces_by_cwe(),
             artefacts.vectors,
             options,
             probes=artefacts.probes,
@@ -79,7 +82,7 @@ def apply_families(
             executor=executor,
         )
         found.conditions += todo
-        found.records.update(records)
+        found.records.update({key: held.to_samples(recs) for key, recs in records.items()})
 
     for family in present:
         score(family.held_out_conditions(chosen[family.name], held))

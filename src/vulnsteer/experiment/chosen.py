@@ -1,9 +1,10 @@
 """``RUN/chosen/``: what a run chose on validation, kept so ``evaluate --from`` applies it unchanged elsewhere.
 
 ``chosen/chosen.json`` holds a header (the run's model, configuration, prompt template, control seed, the hashes
-of its training code) and, per detector family that keeps its choices, that family's entry (for the setting
-families: per mode and target, the choice and the files of its vector and gating probes, saved beside it).
-Files of schema 2 (``modes`` for constant steering, ``conditional`` for conditional steering) are read too.
+of its training code, how it adds up a sample's pieces) and, per detector family that keeps its choices, that
+family's entry (for the setting families: per mode and target, the choice and the files of its vector and gating
+probes, saved beside it). Files of schema 2 (``modes`` for constant steering, ``conditional`` for conditional
+steering) are read too.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.vocabulary import AGGREGATIONS
 from ..data.sample import Sample
 from ..io import JsonObject, json_ready, write_json
+from ..stats.aggregate import check_aggregation
 from ..steering.probe import Probe
 from ..steering.vectors import SteeringVector
 from .fit import annotate, slug
@@ -51,6 +54,9 @@ class ChosenFile:
     control_seed: int
     train_code_hashes: frozenset[str] = frozenset()
     families: Mapping[str, JsonObject] = field(default_factory=dict)
+    #: how the run adds up a sample's pieces (chosen on its val split; ``max`` for runs made before there was a
+    #: choice)
+    aggregation: str = AGGREGATIONS[0]
 
     @property
     def modes(self) -> list[str]:
@@ -140,4 +146,5 @@ def load_chosen(run_dir: str | Path) -> ChosenFile:
         int(data["control_seed"]),
         frozenset(data.get("train_code_hashes") or ()),
         families,
+        check_aggregation(str(data.get("aggregation") or AGGREGATIONS[0]), f"{path}: aggregation"),
     )

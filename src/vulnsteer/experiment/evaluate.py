@@ -22,6 +22,7 @@ from typing import Any
 from ..config import ExperimentConfig, VectorsSection, config_document, identity_of, parse_config
 from ..config.sections import EXPERIMENT_SECTIONS
 from ..data.sample import Sample, dataset_hash
+from ..data.units import Units
 from ..io import write_json
 from ..lm.activation_cache import ActivationCache
 from ..lm.activations import Activations
@@ -38,9 +39,9 @@ from .families.setting import SettingChoices
 from .family import Artefacts, Family, HeldOut, merge_artefacts
 from .fit import load_vector_dir
 from .grid import POOLED, Setting, resolve_layer_sets
-from .header import DataInfo, DataNotes, SplitsInfo
+from .header import DataInfo, DataNotes, PiecesInfo, SplitsInfo
 from .preflight import check_before_loading
-from .prepare import load_dataset, prepare_data
+from .prepare import PreparedData, load_dataset, prepare_data
 from .protocol import default_out_dir
 from .ray_executor import open_executor
 from .results import Results, new_results
@@ -100,18 +101,24 @@ def _run_evaluation(
     identity: Mapping[str, Any],
     extra: Mapping[str, Any],
     progress: bool,
+    units: Units,
+    aggregation: str,
 ) -> Results:
-    """Apply each family's choice (*chosen*, by name) to *samples* through the apply engine and write
-    results.json and the report; *extra* fills the fields that say where the choices come from."""
+    """Apply each family's choice (*chosen*, by name) to *samples* (scored as the pieces *units* has, their
+    records added up by *aggregation*) through the apply engine and write results.json and the report; *extra*
+    fills the fields that say where the choices come from."""
     from ..report import write_report
 
     started = time.perf_counter()
     all_samples = [s for items in samples.values() for s in items]
+    pieces = list(units.pieces)
     identity = {
         **identity,
         "config": identity_of(config, EXPERIMENT_SECTIONS),
         "model": lm.identity.digest(),
         "data": dataset_hash(all_samples),
+        "pieces": dataset_hash(pieces),
+        "aggregation": aggregation,
         "split": split,
     }
     d = config.detection
@@ -128,7 +135,9 @@ def _run_evaluation(
             control_seed=control_seed,
             cross_cwe_modes=tuple(d.cross_cwe_modes),
             n_examples=config.report.n_examples,
-            activations=_activations(lm, config, families, all_samples, progress),
+            activations=_activations(lm, config, families, pieces, progress),
+            units=units,
+            aggregation=aggregation,
         )
         found = apply_families(
             lm, families, chosen, held, ResultStore(run.records), artefacts, options, executor=executor
@@ -175,10 +184,14 @@ def _activations(
 
 def _prepared_samples(
     config: ExperimentConfig, lm: LoadedModel, loaded: Any, split: str, progress: bool
-) -> tuple[Any, dict[str, list[Sample]]]:
+) -> tuple[PreparedData, dict[str, list[Sample]]]:
     require = () if split == "all" else (split,)
-    data = prepare_data(config.data, lm.tokenizer, samples=loaded, progress=progress, require=require)
+    data = prepare_data(config.data, lm.tokenizer, samples=loaded, progress=progress, require=require, train=False)
     return data, data.by_cwe(split)
+
+
+def _pieces_info(units: Units, aggregation: str, chosen_by: str) -> PiecesInfo:
+    return PiecesInfo(aggregation, chosen_by, {}, len(units.samples), units.split, len(units.pieces))
 
 
 def evaluate_from_run(
@@ -191,10 +204,12 @@ def evaluate_from_run(
     allow_model_mismatch: bool = False,
     progress: bool = True,
     families: Sequence[Family[Any, Any]] = DEFAULT_FAMILIES,
+    aggregation: str | None = None,
 ) -> Path:
     """Apply the choices saved in *run_dir* (``chosen/``) unchanged to every sample of *config*'s dataset (build
     *config* with :func:`transfer_config`), each by the family of *families* that saved it; returns the output
-    directory.
+    directory. Whole files are scored as their functions and long code as windows (``data.long_functions``), the
+    pieces' scores added up as the run chose on its val split, or by *aggregation* when given.
 
     >>> config = transfer_config("runs/quick", {"data.path": ("../shared/data/sven", "--data")})  # doctest: +SKIP
     >>> out = evaluate_from_run("runs/quick", config, "runs/quick-on-sven")  # doctest: +SKIP
@@ -242,6 +257,9 @@ def evaluate_from_run(
         restored = {n: s.restricted(targets) if isinstance(s, SettingChoices) else s for n, s in restored.items()}
         applied = [f for f in families if f.name in restored]
         overlap = sum(1 for items in samples.values() for s in items if _code_hash(s) in chosen.train_code_hashes)
+        units = data.held_out([s for items in samples.values() for s in items])
+        how = aggregation or chosen.aggregation
+        words = "given (--aggregations)" if aggregation else f"the run's choice ({source})"
         info = DataInfo(
             data.source,
             tuple(samples),
@@ -249,6 +267,7 @@ def evaluate_from_run(
             n_samples=sum(len(v) for v in samples.values()),
             skipped_cwes=skipped,
             overlap_with_run_train=overlap,
+            pieces=_pieces_info(units, how, words),
         )
         extra = {"run_dir": str(source), "source_model": chosen.model, "warnings": tuple(warnings), "data": info}
         artefacts = merge_artefacts([s.artefacts for s in restored.values() if isinstance(s, SettingChoices)])
@@ -267,6 +286,8 @@ def evaluate_from_run(
             progress=progress,
             extra=extra,
             identity={"from": str(source.resolve()), "modes": modes},
+            units=units,
+            aggregation=how,
         )
     finally:
         if own:
@@ -331,6 +352,8 @@ def evaluate_vectors(
         targets = [*samples, *([POOLED] if (POOLED, key) in vectors else [])]
         choice = {t: Choice(t, "steered", setting, selected_by="given (evaluate --vectors)") for t in targets}
         given = SettingChoices({mode: choice for mode in config.detection.modes}, vectors)
+        units = data.held_out([s for items in samples.values() for s in items])
+        how = config.detection.aggregations[0]
         info = DataInfo(
             data.source,
             tuple(samples),
@@ -338,6 +361,7 @@ def evaluate_vectors(
             SplitsInfo(data.splits.summary()),
             n_samples=sum(len(v) for v in samples.values()),
             skipped_cwes={c: len(v) for c, v in by_cwe.items() if c not in samples},
+            pieces=_pieces_info(units, how, "the first of detection.aggregations (nothing is chosen here)"),
         )
         _run_evaluation(
             "evaluate --vectors",
@@ -354,6 +378,8 @@ def evaluate_vectors(
             progress=progress,
             extra={"vectors_from": str(vectors_dir), "data": info},
             identity={"vectors": _files_digest(Path(vectors_dir)), "strength": strength},
+            units=units,
+            aggregation=how,
         )
     finally:
         if own:

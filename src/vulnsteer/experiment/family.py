@@ -41,7 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..config import ExperimentConfig
+from ..config.vocabulary import AGGREGATIONS
 from ..data.sample import Sample
+from ..data.units import Units
+from ..detection.aggregate import aggregate_records
 from ..detection.records import DetectionRecord
 from ..io import JsonObject
 from ..lm.activations import Activations
@@ -129,8 +132,9 @@ class FitContext:
 @dataclass(frozen=True)
 class ValContext:
     """Validation, for a family's choice: per selecting mode, its own conditions (the baseline first), every val
-    record by condition key, the CWEs, every family's artefacts (what the engine scored with), the prepared data,
-    and the choices of the families before it (by name)."""
+    record by condition key (one per sample: a sample scored as several pieces has its pieces' records aggregated),
+    the CWEs, every family's artefacts (what the engine scored with), the prepared data, the choices of the
+    families before it (by name), and how pieces are aggregated."""
 
     config: ExperimentConfig
     cwes: tuple[str, ...]
@@ -139,6 +143,8 @@ class ValContext:
     artefacts: Artefacts = field(default_factory=lambda: Artefacts())
     data: PreparedData | None = None
     earlier: Mapping[str, Any] = field(default_factory=dict)
+    #: how the val pieces' records were added up to the samples' (and will be on held-out data)
+    aggregation: str = AGGREGATIONS[0]
 
     def by_detection_mode(self, picked: Mapping[str, C]) -> dict[str, C]:
         """Per mode, what was picked on the val records of the mode that chooses for it."""
@@ -149,8 +155,13 @@ class ValContext:
 class HeldOut:
     """Held-out data a family applies its choices to: the test split (``test``) or every sample of another
     dataset (``all``), by CWE; every held-out record by condition key (each family's and the baseline's in every
-    mode); the held-out samples' unsteered activations (:attr:`activations`, extracted on first use); and what
-    every family chose (by name)."""
+    mode, one per sample); the pieces the samples are scored as (:attr:`units`: whole files as their functions,
+    long code as windows; None: each sample is one piece) and how their scores add up (:attr:`aggregation`); the
+    pieces' unsteered activations (:attr:`activations`, extracted on first use, one row per piece of
+    :attr:`pieces`); and what every family chose (by name).
+
+    A family that makes records from the activations makes one per piece and turns them into one per sample with
+    :meth:`to_samples`."""
 
     split: str
     modes: tuple[str, ...]
@@ -162,10 +173,30 @@ class HeldOut:
     n_examples: int = 0
     activations: Callable[[], Activations] | None = None
     chosen: Mapping[str, Any] = field(default_factory=dict)
+    units: Units | None = None
+    aggregation: str = AGGREGATIONS[0]
 
     @property
     def cwes(self) -> list[str]:
         return list(self.samples)
+
+    @property
+    def pieces(self) -> list[Sample]:
+        """What is scored and read, in the activations' row order."""
+        if self.units is not None:
+            return list(self.units.pieces)
+        return [s for group in self.samples.values() for s in group]
+
+    def pieces_by_cwe(self) -> Mapping[str, Sequence[Sample]]:
+        """The pieces by CWE (what the scoring engine scores)."""
+        return self.samples if self.units is None else self.units.by_cwe()
+
+    def to_samples(self, records: Sequence[DetectionRecord]) -> list[DetectionRecord]:
+        """One record per sample from records of its pieces (:func:`~vulnsteer.detection.aggregate.
+        aggregate_records` by :attr:`aggregation`)."""
+        if self.units is None:
+            return list(records)
+        return aggregate_records(self.units, records, self.aggregation)
 
     def baseline(self, mode: str) -> Sequence[DetectionRecord]:
         """The baseline's records in *mode* (the apply engine always scores them)."""

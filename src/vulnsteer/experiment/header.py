@@ -31,6 +31,7 @@ __all__ = [
     "DataNotes",
     "GridInfo",
     "ModelInfo",
+    "PiecesInfo",
     "RunFiles",
     "SplitsInfo",
     "as_object",
@@ -143,6 +144,40 @@ class DataNotes:
 
 
 @dataclass(frozen=True)
+class PiecesInfo:
+    """How held-out samples were scored as pieces (:mod:`vulnsteer.data.units`: whole files as their functions,
+    long code as windows) and how the pieces' scores add up (:mod:`vulnsteer.stats.aggregate`).
+
+    Attributes:
+        aggregation: the rule used.
+        chosen_by: how it was chosen (on val, the first candidate by default, or the run's choice).
+        val_auroc: per candidate, the mean val AUROC over every val condition with scores (where it was chosen on
+            val).
+        samples: held-out samples scored.
+        split: of them, scored as several pieces.
+        pieces: pieces scored.
+    """
+
+    aggregation: str
+    chosen_by: str
+    val_auroc: Mapping[str, float] = field(default_factory=dict)
+    samples: int = 0
+    split: int = 0
+    pieces: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "val_auroc": dict(self.val_auroc)}
+
+    @classmethod
+    def from_json(cls, doc: JsonObject | None) -> PiecesInfo | None:
+        if doc is None:
+            return None
+        auroc = {str(k): float(v) for k, v in as_object(doc.get("val_auroc")).items()}
+        return cls(str(doc["aggregation"]), str(doc.get("chosen_by", "")), auroc,
+                   int(doc.get("samples", 0)), int(doc.get("split", 0)), int(doc.get("pieces", 0)))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class DataInfo:
     """The data a command read: its source, CWEs, preparation notes, split summary (run/sweep, evaluate
     --vectors), and what evaluate skipped or found in the run's training split."""
@@ -154,9 +189,12 @@ class DataInfo:
     n_samples: int | None = None
     skipped_cwes: Mapping[str, int] = field(default_factory=dict)
     overlap_with_run_train: int | None = None
+    pieces: PiecesInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "cwes": list(self.cwes), "notes": dict(self.notes.document)}
+        if self.pieces is not None:
+            out["pieces"] = self.pieces.to_json()
         if self.splits is not None:
             out["splits"] = dict(self.splits.document)
         if self.n_samples is not None:
@@ -180,6 +218,7 @@ class DataInfo:
             doc.get("n_samples"),
             {cwe: int(n) for cwe, n in (doc.get("skipped_cwes") or {}).items()},
             doc.get("overlap_with_run_train"),
+            PiecesInfo.from_json(doc.get("pieces")),
         )
 
 

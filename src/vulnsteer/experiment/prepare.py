@@ -4,6 +4,12 @@ Loading comes first and needs no model, so a data error is reported before a mod
 the model's tokenizer; the split keeps the two halves of a pair (and, by default, every copy of the same code)
 in one split.
 
+Whole files are split into functions and held-out code over the token budget is read in windows
+(:mod:`vulnsteer.data.units`): :meth:`PreparedData.units` gives the pieces of a split that are scored and read,
+and the way back to its samples. The training split holds its pieces as samples (a file pair's changed
+functions), truncated around the changed lines where a dataset records them; held-out splits are read as unseen
+code is.
+
 >>> from vulnsteer.config import DataSection
 >>> raw = load_dataset(DataSection(cwes=("CWE-89",)))
 >>> data = prepare_data(DataSection(cwes=("CWE-89",)), samples=raw, progress=False)
@@ -16,17 +22,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..config import DataSection
 from ..cwe import PRIORITY_CWES, parse_merge_map
 from ..data.builtin import BUILTIN_NAME, load_builtin
 from ..data.clean import strip_comments
+from ..data.functions import FunctionSplitter
 from ..data.sample import UPSTREAM_SPLIT_KEY, Sample
 from ..data.splits import Splits, dedupe_across_splits, split_samples
-from ..data.truncate import truncate_sample
+from ..data.truncate import Truncation, truncate_sample
+from ..data.units import (
+    Fitter,
+    FunctionCode,
+    Units,
+    file_functions,
+    head_fitter,
+    held_out_units,
+    training_pieces,
+    window_fitter,
+)
 from ..progress import track
 
 __all__ = ["LoadedData", "PreparedData", "cwe_order", "load_dataset", "prepare_data"]
@@ -43,12 +61,23 @@ class LoadedData:
 
 @dataclass
 class PreparedData:
-    """Cleaned, truncated and split samples, with what was done to them."""
+    """Cleaned, truncated and split samples, with what was done to them; :meth:`units` gives the pieces a split is
+    scored as (whole files as their functions, long held-out code as windows).
+
+    Attributes:
+        functions: the functions of each whole file that was split (by sample id).
+        full: the cleaned, untruncated code of each held-out sample that was truncated (by sample id).
+        fit: how held-out code is read within the token budget (its head, or windows); None: as it is.
+    """
 
     splits: Splits
     cwes: list[str]
     source: str
     notes: dict[str, Any] = field(default_factory=dict)
+    functions: Mapping[str, tuple[FunctionCode, ...]] = field(default_factory=dict)
+    full: Mapping[str, str] = field(default_factory=dict)
+    fit: Fitter | None = None
+    _units: dict[str, Units] = field(default_factory=dict, repr=False)
 
     def by_cwe(self, split: str) -> dict[str, list[Sample]]:
         """The samples of *split* (``all``: every split) by CWE, in :attr:`cwes` order."""
@@ -61,6 +90,30 @@ class PreparedData:
 
     def samples(self, split: str) -> list[Sample]:
         return [s for group in self.by_cwe(split).values() for s in group]
+
+    def units(self, split: str) -> Units:
+        """The pieces *split*'s samples (in :meth:`samples` order) are scored and read as: the training split's
+        samples are its pieces already; a held-out split's whole files are their functions and its code over the
+        budget is read by :attr:`fit`."""
+        if split not in self._units:
+            samples = self.samples(split)
+            self._units[split] = Units.whole(samples) if split == "train" else self.held_out(samples)
+        return self._units[split]
+
+    def held_out(self, samples: Sequence[Sample]) -> Units:
+        """The pieces held-out *samples* (of this data) are scored and read as, in order: whole files as their
+        functions, code over the budget read by :attr:`fit` (every sample as itself when there is neither)."""
+        if not self.functions and (self.fit is None or not self.full):
+            return Units.whole(samples)
+        return held_out_units(samples, self.functions, self.full, self.fit or _as_is)
+
+    def pieces(self, split: str) -> list[Sample]:
+        """The pieces of *split* (what its activations and records are of), in order."""
+        return list(self.units(split).pieces)
+
+
+def _as_is(code: str) -> list[tuple[str, Truncation]]:
+    return [(code, Truncation(False, 0, 0, None))]
 
 
 def _cap_pairs(samples: Sequence[Sample], max_pairs: int | None, seed: int) -> list[Sample]:
@@ -128,12 +181,15 @@ def prepare_data(
     samples: LoadedData | None = None,
     progress: bool = True,
     require: Sequence[str] = (),
+    train: bool = True,
 ) -> PreparedData:
-    """Clean (comments stripped unless ``keep_comments``), truncate to the token budget (with a *tokenizer*), and
-    split. *samples* is :func:`load_dataset`'s result (loaded here when absent).
+    """Clean (comments stripped unless ``keep_comments``), truncate to the token budget (with a *tokenizer*), split,
+    and find the functions of whole files. *samples* is :func:`load_dataset`'s result (loaded here when absent).
 
     *require* names splits that must not come out empty (``("train", "val", "test")`` for experiments that fit on
-    train, choose on val and report on test): an empty one is a ``ValueError`` that says how the split was made."""
+    train, choose on val and report on test): an empty one is a ``ValueError`` that says how the split was made.
+    *train*: the training split is fitted on, so its whole files become their pieces (:mod:`vulnsteer.data.units`);
+    False where every sample is held out (``evaluate``)."""
     loaded = samples or load_dataset(config)
     raw = loaded.samples
     if config.respect_upstream:  # the dataset's own held-out split is kept whole; the cap thins what train/val use
@@ -145,12 +201,18 @@ def prepare_data(
     notes: dict[str, Any] = {"load": loaded.notes, "comments_stripped": not config.keep_comments}
     cleaned: list[Sample] = []
     failed_clean = changed_clean = 0
+    splitter = FunctionSplitter()
+    functions: dict[str, tuple[FunctionCode, ...]] = {}
+    full: dict[str, str] = {}
 
     def count(text: str) -> int:
         assert tokenizer is not None
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     for s in track(raw, "cleaning", unit="sample", enabled=progress):
+        found = file_functions(s, splitter, config.keep_comments)  # (split from the file as written, as scan does)
+        if found is not None:
+            functions[s.id] = found
         if not config.keep_comments:
             try:
                 code = strip_comments(s.code, s.language)
@@ -160,13 +222,19 @@ def prepare_data(
             if code != s.code:
                 changed_clean += 1
                 s = dataclasses.replace(s, code=code)
-        if tokenizer is not None:
+        if tokenizer is not None and found is None:  # (a split file is read as its functions)
+            before = s.code
             s = truncate_sample(s, count, config.max_code_tokens)
+            if s.code != before:
+                full[s.id] = before
         cleaned.append(s)
     notes["comments_removed_from"] = changed_clean
     notes["comment_strip_unsupported_language"] = failed_clean
     notes["truncated"] = sum(1 for s in cleaned if s.meta.get("truncation", {}).get("truncated"))
     notes["max_code_tokens"] = config.max_code_tokens
+    notes["files_split"] = len(functions)
+    notes["functions_of_files"] = sum(len(f) for f in functions.values())
+    notes["long_functions"] = config.long_functions
     try:
         splits = split_samples(
             cleaned,
@@ -178,10 +246,15 @@ def prepare_data(
     except ValueError as exc:  # name the dataset: the splitter only sees samples
         raise ValueError(f"{loaded.source}: {exc}") from None
     if config.duplicates == "drop":
-        found = splits.duplicates.as_dict()
+        found_duplicates = splits.duplicates.as_dict()
         splits = dedupe_across_splits(splits)
-        before = {k: found[k] for k in ("exact", "normalised", "affected")}
-        splits = dataclasses.replace(splits, notes={**splits.notes, "duplicates_before_dedupe": before})
+        before_dedupe = {k: found_duplicates[k] for k in ("exact", "normalised", "affected")}
+        splits = dataclasses.replace(splits, notes={**splits.notes, "duplicates_before_dedupe": before_dedupe})
+    if train and functions:
+        fit_train = partial(truncate_sample, count_tokens=count, budget=config.max_code_tokens)
+        pieces = training_pieces(splits.train, functions, fit_train if tokenizer is not None else _same)
+        notes["train_pieces"] = {"samples": len(splits.train), "pieces": len(pieces)}
+        splits = dataclasses.replace(splits, train=pieces)
     for name in require:
         if not getattr(splits, name):
             how = (
@@ -196,7 +269,15 @@ def prepare_data(
             )
     present = sorted({s.cwe for s in cleaned}, key=cwe_order)
     cwes = [c for c in (config.cwes or present) if c in present]
-    return PreparedData(splits=splits, cwes=cwes, source=loaded.source, notes=notes)
+    fit: Fitter | None = None
+    if tokenizer is not None:
+        reader = window_fitter if config.long_functions == "windows" else head_fitter
+        fit = reader(count, config.max_code_tokens)
+    return PreparedData(splits, cwes, loaded.source, notes, functions, full, fit)
+
+
+def _same(sample: Sample) -> Sample:
+    return sample
 
 
 def cwe_order(cwe: str) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from .._version import __version__
 from ..config import ExperimentConfig, config_document, dump_config, identity_of
 from ..config.sections import EXPERIMENT_SECTIONS
 from ..data.sample import Sample, dataset_hash
+from ..detection.aggregate import aggregate_records
 from ..detection.prefix import PrefixStore
 from ..detection.probe import TABLE_POOLINGS, evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord
@@ -33,6 +34,7 @@ from ..lm.activations import Activations
 from ..lm.memory import peak_memory, reset_peak_memory
 from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
+from .aggregation import choose_aggregation
 from .apply import HeldOutFound, apply_families
 from .chosen import save_chosen, train_code_hashes
 from .engine import Executor, LocalExecutor, ResultStore, ScoringOptions, run_conditions
@@ -40,7 +42,7 @@ from .families import DEFAULT_FAMILIES, enabled
 from .family import Artefacts, Family, FitContext, HeldOut, Saved, ValContext, merge_artefacts
 from .fit import train_pca
 from .grid import Condition, resolve_layer_sets
-from .header import ActivationCacheInfo, DataInfo, DataNotes, RunFiles, SplitsInfo
+from .header import ActivationCacheInfo, DataInfo, DataNotes, PiecesInfo, RunFiles, SplitsInfo
 from .preflight import check_before_loading
 from .prepare import PreparedData, load_dataset, prepare_data
 from .ray_executor import open_executor
@@ -155,6 +157,7 @@ class _Protocol:
         self.saved: dict[str, Saved] = {}
         self.found: HeldOutFound | None = None
         self._acts: dict[str, Activations] = {}
+        self.aggregation = config.detection.aggregations[0]
 
     def split_acts(self, split: str) -> Activations:
         """A split's unsteered activations at every layer and pooling a family (or the report's table of probes) reads,
@@ -169,7 +172,7 @@ class _Protocol:
             layers = sorted({*self.layers, *(layer for n in self.needs for layer in n.layers)})
             acts, stats = self.cache.load_or_extract(
                 self.lm,
-                self.data.samples(split),
+                self.data.pieces(split),
                 layers,
                 list(dict.fromkeys(poolings)),
                 batch_size=cfg.detection.batch_size,
@@ -207,6 +210,8 @@ class _Protocol:
             cross_cwe_modes=tuple(cfg.detection.cross_cwe_modes),
             n_examples=cfg.report.n_examples,
             activations=partial(self.split_acts, "test"),
+            units=data.units("test"),
+            aggregation=self.aggregation,
         )
         self.found = apply_families(
             self.lm,
@@ -258,11 +263,11 @@ class _Protocol:
             base = Condition("baseline", mode, "val")
             conditions[mode] = {f.name: [base, *f.val_conditions(self.fits[f.name], mode)] for f in self.families}
         every = [c for by_family in conditions.values() for conds in by_family.values() for c in conds]
-        records = run_conditions(
+        pieces = run_conditions(
             self.lm,
             every,
             self.store,
-            self.data.by_cwe,
+            lambda split: self.data.units(split).by_cwe(),
             self.artefacts.vectors,
             self.options,
             probes=self.artefacts.probes,
@@ -270,6 +275,7 @@ class _Protocol:
             executor=self.executor,
         )
         self._timed("score_val", t)
+        records = self._to_samples(pieces)
         cwes = self.data.cwes
         val: dict[str, tuple[ValEntry, ...]] = {}
         for mode, by_family in conditions.items():
@@ -278,6 +284,18 @@ class _Protocol:
             val[mode] = tuple(val_entry(c, records[c.key], cwes, owner.get(c)) for c in order)
         self.results = dataclasses.replace(self.results, val=val)
         return records, conditions
+
+    def _to_samples(self, pieces: dict[str, list[DetectionRecord]]) -> dict[str, list[DetectionRecord]]:
+        """Choose how the val pieces' scores add up (:func:`~vulnsteer.experiment.aggregation.choose_aggregation`)
+        and every val condition's records, one per sample."""
+        units = self.data.units("val")
+        how, words, means = choose_aggregation(self.config.detection.aggregations, units, pieces)
+        self.aggregation = how
+        test = self.data.units("test")
+        info = PiecesInfo(how, words, means, len(test.samples), test.split, len(test.pieces))
+        if self.results.data is not None:
+            self.results = dataclasses.replace(self.results, data=dataclasses.replace(self.results.data, pieces=info))
+        return {key: aggregate_records(units, recs, how) for key, recs in pieces.items()}
 
     def _select(
         self, conditions: dict[str, dict[str, list[Condition]]], records: dict[str, list[DetectionRecord]]
@@ -294,6 +312,7 @@ class _Protocol:
                 self.artefacts,
                 self.data,
                 dict(self.chosen),
+                self.aggregation,
             )
             self.chosen[family.name] = family.select(self.fits[family.name], val)
         model = results.model.to_json() if results.model else {}
@@ -308,6 +327,7 @@ class _Protocol:
             "control_seed": cfg.steering.control_seed,
             "sign_convention": results.sign_convention,
             "train_code_hashes": train_code_hashes(self.data.samples("train")),
+            "aggregation": self.aggregation,
             "selection": "per CWE on the validation split only (balanced accuracy, ties to the smaller |strength|)",
         }
         entries = {name: saved.chosen for name, saved in self.saved.items() if saved.chosen is not None}
@@ -317,8 +337,8 @@ class _Protocol:
         """Probe detectors on the val/test activations, extracted the way the training activations are (through
         the activation cache), so a resumed run reads exactly the numbers an uninterrupted one does."""
         splits: dict[str, tuple[Activations, list[Sample]]] = {}
-        for name in ("train", "val", "test"):
-            splits[name] = (self.split_acts(name), self.data.samples(name))
+        for name in ("train", "val", "test"):  # (val and test as their pieces)
+            splits[name] = (self.split_acts(name), self.data.pieces(name))
         seed = self.config.data.seed
         probes = evaluate_probes(splits["train"], splits["val"], splits["test"], layers=list(self.layers), seed=seed)
         probes += evaluate_length_control(*(splits[n][1] for n in ("train", "val", "test")), seed=seed)

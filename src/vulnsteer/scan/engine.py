@@ -1,7 +1,7 @@
 """Scanning: files in, scored functions out.
 
 :func:`scan` walks the paths (:mod:`~vulnsteer.scan.files`), reads each file as text, splits it into functions
-(:mod:`~vulnsteer.scan.functions`), strips their comments as training data is stripped
+(:mod:`~vulnsteer.data.functions`), strips their comments as training data is stripped
 (:func:`vulnsteer.data.clean.strip_comments`), looks every function up in the cache by (scorer digest, hash of
 its cleaned code) and scores the rest in batches with the :class:`~vulnsteer.scan.scorer.Scorer` (which truncates
 to its token budget), writing each batch to the cache as it finishes. Functions with the same cleaned code are
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,17 +24,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..config.vocabulary import AGGREGATIONS
 from ..cwe import normalize_cwe
-from ..data.clean import strip_comments
+from ..data.functions import CodeUnit, FunctionSplitter, tree_sitter_available
+from ..data.region import Region
 from ..data.sample import VULNERABLE, Sample
 from ..data.text import BinaryContentError, read_source
+from ..data.units import function_code
 from ..io import portable
 from ..progress import Progress, track
+from ..stats.aggregate import check_aggregation
 from .cache import ScanCache
 from .files import FileFilter, SourceCandidate, WalkStats, language_of, printable, walk
-from .functions import CodeUnit, FunctionSplitter, tree_sitter_available
 from .gitignore import find_repository_top
-from .region import Region
 from .scorer import FunctionScore, Scorer, StaleDigestError
 from .suppression import Suppression, inline_suppression
 
@@ -96,6 +97,8 @@ class ScanOptions:
             :mod:`~vulnsteer.scan.suppression`): those are not reported and do not fail the scan.
         language: the language of every file (None: each file's own, from its extension or ``#!`` line).
         score_unknown: score a file of no known language whole, as plain source code (else it is skipped).
+        aggregation: how a file's functions add up to the file's score (file records, ``detect``): one of
+            :data:`~vulnsteer.config.vocabulary.AGGREGATIONS`, the scorer's own for a long function's windows.
     """
 
     files: FileFilter = field(default_factory=FileFilter)
@@ -109,6 +112,7 @@ class ScanOptions:
     baseline: frozenset[str] = frozenset()
     language: str | None = None
     score_unknown: bool = False
+    aggregation: str = AGGREGATIONS[0]
 
     def __post_init__(self) -> None:
         if self.fail_on is None:
@@ -126,6 +130,7 @@ class ScanOptions:
         if self.chunk_size < 1 or self.max_file_bytes < 1:
             raise ValueError("chunk_size and max_file_bytes must be positive")
         object.__setattr__(self, "cwes", tuple(normalize_cwe(c) for c in self.cwes))
+        check_aggregation(self.aggregation, "--aggregation")
         object.__setattr__(self, "baseline", frozenset(self.baseline))
 
     @property
@@ -151,7 +156,7 @@ class FunctionResult:
         path: the file, relative to the base folder (POSIX, ``..`` when outside it), printable (a name's bytes that
             are not UTF-8 shown as ``\\xNN``).
         language: its language.
-        name, kind, region: the function (see :class:`~vulnsteer.scan.functions.CodeUnit`).
+        name, kind, region: the function (see :class:`~vulnsteer.data.functions.CodeUnit`).
         code_hash: hash of the cleaned code (the cache key with the scorer digest).
         fingerprint: hash of (path from the repository top, name, whitespace-normalised cleaned code): stable
             across runs and line moves.
@@ -194,6 +199,7 @@ class FunctionResult:
             "cwe": self.score.cwe,
             "explanation": self.score.explanation,
             "truncated": self.score.truncated,
+            "windows": self.score.windows,
             "probe": self.score.probe,
             "push": self.score.push,
             "cached": self.cached,
@@ -417,19 +423,6 @@ def _anchor(root: Path) -> Path:
     return root.resolve() if root.is_dir() else root.resolve().parent
 
 
-def _clean(unit: CodeUnit, language: str, keep_comments: bool) -> tuple[str, bool]:
-    """The unit's code as the model sees it (dedented, LF line ends, comments stripped); and whether stripping
-    failed (no lexer for the language)."""
-    code = textwrap.dedent(unit.indent + unit.text) if unit.indent else unit.text
-    code = code.replace("\r\n", "\n").replace("\r", "\n")
-    if keep_comments:
-        return code, False
-    try:
-        return strip_comments(code, language), False
-    except ValueError:
-        return code, True
-
-
 def _hash(*parts: str) -> str:
     return hashlib.sha256("\n\0".join(parts).encode("utf-8")).hexdigest()
 
@@ -489,7 +482,7 @@ def _read(
     uri = quote(os.fsencode(_relative(path, base)))
     out = []
     for unit in split.units:
-        code, failed = _clean(unit, language, options.keep_comments)
+        code, failed = function_code(unit, language, options.keep_comments)
         stats.comments_kept += failed
         if not code.strip():
             continue

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,22 +37,24 @@ from typing import Any
 
 from ..config.defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_LONG_FUNCTIONS,
     DEFAULT_MAX_CODE_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_STEER_POSITIONS,
     DEFAULT_UNIT,
 )
 from ..config.sections import ModelSection
+from ..config.vocabulary import AGGREGATIONS, LONG_FUNCTIONS
 from ..cwe import UnknownCWEError, normalize_cwe
 from ..data.sample import Sample
-from ..data.truncate import truncate_sample
 from ..lm.identity import ModelIdentity
 from ..lm.paths import local_model_location
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from ..stats.aggregate import check_aggregation
 from .identity import location_key, recall_identity, remember_identity
 from .scorer import FunctionScore, StaleDigestError, scorer_digest
 
-__all__ = ["SCORE_FORMAT", "ModelScorer", "ScorerSpec", "VectorSteering"]
+__all__ = ["SCORE_FORMAT", "ModelScorer", "ScorerSpec", "VectorSteering", "detector_aggregation"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,11 @@ class ScorerSpec:
         max_code_tokens: ``data.max_code_tokens`` as given (an error if it does not fit the model's context), or
             None: its default, lowered to what fits.
         threshold: P(vulnerable) at which the logit verdict is ``vulnerable``.
+        long_functions: ``data.long_functions``: a function over the token budget is scored in ``windows``
+            (aggregated by *aggregation*) or by its ``head``.
+        aggregation: how a function's windows (and a file's functions) add up
+            (:data:`~vulnsteer.config.vocabulary.AGGREGATIONS`); None: what the detector's run chose on val
+            (:func:`detector_aggregation`), else ``max``.
 
     >>> ScorerSpec(max_code_tokens=16)
     Traceback (most recent call last):
@@ -107,10 +115,18 @@ class ScorerSpec:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_code_tokens: int | None = None
     threshold: float = 0.5
+    long_functions: str = DEFAULT_LONG_FUNCTIONS
+    aggregation: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_code_tokens is not None and self.max_code_tokens < 32:
             raise ValueError(f"--max-code-tokens must be at least 32, got {self.max_code_tokens}")
+        if self.long_functions not in LONG_FUNCTIONS:
+            raise ValueError(
+                f"--long-functions must be one of {', '.join(LONG_FUNCTIONS)}, got {self.long_functions!r}"
+            )
+        if self.aggregation is not None:
+            check_aggregation(self.aggregation, "--aggregation")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("--batch-size and --max-new-tokens must be positive")
         if self.vector is not None and self.detector is not None:
@@ -120,6 +136,27 @@ class ScorerSpec:
     def new_tokens(self) -> int:
         """Tokens generated per function (0 without *explain*)."""
         return self.max_new_tokens if self.explain else 0
+
+    @property
+    def resolved_aggregation(self) -> str:
+        """:attr:`aggregation`, or the detector's (:func:`detector_aggregation`), else the first of
+        :data:`~vulnsteer.config.vocabulary.AGGREGATIONS` (``max``)."""
+        if self.aggregation is not None:
+            return self.aggregation
+        recorded = detector_aggregation(self.detector) if self.detector is not None else None
+        return recorded or AGGREGATIONS[0]
+
+
+def detector_aggregation(folder: Path) -> str | None:
+    """How the run that saved the detector in *folder* added up a sample's pieces (``detector.json``'s field
+    ``validation.aggregation``), or None when it records none (or the folder cannot be read: loading it says why)."""
+    try:
+        doc = json.loads((folder / "detector.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    validation = doc.get("validation") if isinstance(doc, dict) else None
+    value = validation.get("aggregation") if isinstance(validation, dict) else None
+    return value if value in AGGREGATIONS else None
 
 
 #: The files of a detector folder that decide its scores (hashed into the scorer's digest).
@@ -233,6 +270,8 @@ class ModelScorer:
             "max_code_tokens": spec.max_code_tokens,
             "threshold": spec.threshold,
             "explain": {"max_new_tokens": spec.max_new_tokens} if spec.explain else None,
+            "long_functions": spec.long_functions,
+            "aggregation": self.aggregation,
         }
 
     @property
@@ -250,6 +289,8 @@ class ModelScorer:
             "dtype": self._identity.dtype,
             "mode": "logit+generation" if spec.explain else "logit",
             "max_code_tokens": spec.max_code_tokens or DEFAULT_MAX_CODE_TOKENS,
+            "long_functions": spec.long_functions,
+            "aggregation": self.aggregation,
         }
         if spec.detector is not None:
             out.update(detector=str(spec.detector), detector_sha256=self._detector_sha)
@@ -391,9 +432,11 @@ class ModelScorer:
     # scoring -----------------------------------------------------------------------------------------------
 
     def score(self, units: Sequence[Sample], progress: bool = True) -> list[FunctionScore]:
-        """P(vulnerable) (and with ``explain`` the generated verdict) for each function, in order."""
+        """P(vulnerable) (and with ``explain`` the generated verdict) for each function, in order; a function over
+        the token budget is scored in windows, aggregated (``long_functions``), or by its head."""
         if not units:
             return []
+        from ..data.units import head_fitter, held_out_units, window_fitter
         from ..detection.engine import detect_variants_modes
 
         lm = self._load()
@@ -404,13 +447,14 @@ class ModelScorer:
         def count(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-        samples = [truncate_sample(u, count, self._budget) for u in units]
         # unique ids: the engine keys nothing on them, but records carry them
-        samples = [dataclasses.replace(s, id=f"{i}:{s.id}") for i, s in enumerate(samples)]
+        named = [dataclasses.replace(u, id=f"{i}:{u.id}") for i, u in enumerate(units)]
+        fitter = window_fitter if spec.long_functions == "windows" else head_fitter
+        read = held_out_units(named, {}, {}, fitter(count, self._budget))
         modes = ("logit", "generation") if spec.explain else ("logit",)
         out = detect_variants_modes(
             lm,
-            samples,
+            list(read.pieces),
             {"scan": list(self._specs or [])},
             modes=modes,
             template=self.template,
@@ -421,16 +465,31 @@ class ModelScorer:
             desc="scoring",
         )
         logits = out["logit"]["scan"]
-        texts = out["generation"]["scan"] if spec.explain else [None] * len(samples)
-        scores = []
-        for sample, rec, gen in zip(samples, logits, texts):
-            p = min(1.0, max(0.0, float(rec.score if rec.score is not None else 0.0)))
-            truncated = bool(sample.meta.get("truncation", {}).get("truncated"))
-            probe = {"probe": rec.gate_score, "push": rec.push}
+        texts = out["generation"]["scan"] if spec.explain else [None] * len(logits)
+        how = self.aggregation
+        scores = read.aggregate([min(1.0, max(0.0, float(r.score or 0.0))) for r in logits], how)
+        gated = all(r.gate_score is not None for r in logits)
+        probes = read.aggregate([float(r.gate_score or 0.0) for r in logits], how) if gated else None
+        count_windows = [0] * len(units)
+        truncated = [False] * len(units)
+        for piece, where in zip(read.pieces, read.where):
+            count_windows[where.sample] += 1
+            truncated[where.sample] |= bool(piece.meta.get("truncation", {}).get("truncated"))
+        results = []
+        for k, (p, top) in enumerate(scores):
+            rec, gen = logits[top], texts[top]
+            cut = truncated[k] and count_windows[k] == 1  # (read from its head only)
+            probe = {"probe": probes[k][0] if probes is not None else None, "push": rec.push}
             if gen is None:
-                scores.append(FunctionScore(p, rec.verdict, self._steering_cwe, None, truncated, **probe))
+                verdict, cwe, text = rec.verdict, self._steering_cwe, None
             else:
+                verdict = gen.verdict
                 cwe = gen.named_cwe if gen.verdict == "vulnerable" and gen.named_cwe else self._steering_cwe
                 text = (gen.text or "").strip() or None
-                scores.append(FunctionScore(p, gen.verdict, cwe, text, truncated, **probe))
-        return scores
+            results.append(FunctionScore(p, verdict, cwe, text, cut, **probe, windows=count_windows[k]))
+        return results
+
+    @property
+    def aggregation(self) -> str:
+        """How a function's windows add up (:attr:`ScorerSpec.resolved_aggregation`)."""
+        return self.spec.resolved_aggregation

@@ -18,6 +18,7 @@ from ..config.vocabulary import OUTPUT_FORMATS
 from ..io import write_text
 from .engine import FunctionResult, ScanReport, level_for
 from .sarif import build_sarif
+from .sources import file_scores
 
 __all__ = ["format_jsonl", "format_table", "render", "write_output"]
 
@@ -26,7 +27,8 @@ _EXPLANATION_LINES = 3
 
 def format_jsonl(report: ScanReport) -> str:
     """One JSON record per function (``"type": "function"``: every function, findings or not), in file order, then
-    one ``"type": "summary"`` record: the scan's counts, its warnings, the thresholds and the exit code.
+    one per file (``"type": "file"``: its functions' aggregate score and the function that leads it), then one
+    ``"type": "summary"`` record: the scan's counts, its warnings, the thresholds and the exit code.
 
     >>> format_jsonl(report).splitlines()[0]  # doctest: +SKIP
     '{"type": "function", "path": "src/a.py", "language": "python", "function": "f", ...}'
@@ -37,11 +39,12 @@ def format_jsonl(report: ScanReport) -> str:
         **report.stats.to_dict(),
         "min_score": min_score,
         "fail_on": report.options.fail_threshold,
+        "aggregation": report.options.aggregation,
         "exit_code": report.exit_code,
         "failures": report.failures(),
         "scorer": dict(report.provenance),
     }
-    records = [r.to_record(min_score) for r in report.results]
+    records = [r.to_record(min_score) for r in report.results] + [f.to_record() for f in file_scores(report)]
     return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in [*records, summary])
 
 

@@ -147,6 +147,7 @@ def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict
             "language": result.language,
             "kind": result.kind,
             "truncated": score.truncated,
+            "windows": score.windows,
             "cached": result.cached,
             "wholeFile": result.whole_file,
             "detector": report.digest,

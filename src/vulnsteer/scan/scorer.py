@@ -45,6 +45,8 @@ class FunctionScore:
             None.
         push: the gate's multiplier of the detector's steering for this function (+ = toward "vulnerable"), else
             None.
+        windows: how many windows the function was read in (1: whole, or its head when *truncated*); the score
+            is their aggregate, the verdict, explanation and push the top window's.
     """
 
     score: float
@@ -54,6 +56,7 @@ class FunctionScore:
     truncated: bool = False
     probe: float | None = None
     push: float | None = None
+    windows: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.score, (int, float)) or not math.isfinite(self.score) or not 0 <= self.score <= 1:
@@ -80,6 +83,7 @@ class FunctionScore:
             truncated=bool(data.get("truncated", False)),
             probe=None if data.get("probe") is None else float(data["probe"]),
             push=None if data.get("push") is None else float(data["push"]),
+            windows=int(data.get("windows", 1)),
         )
 
 

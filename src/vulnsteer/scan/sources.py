@@ -1,11 +1,11 @@
 """Source files named one by one (``vulnsteer detect FILE...``): checked before anything loads, then scanned like
 any other path, and one score per file.
 
-A file's score is its functions' aggregate (:func:`file_score`: the highest function score for now), with the
-function that gave it.
+A file's score is its functions' aggregate (:func:`file_score`, by the scan's aggregation:
+:mod:`vulnsteer.stats.aggregate`; ``max`` by default), with the function that leads it (the highest-scoring).
 
 >>> from vulnsteer.scan.engine import FunctionResult
->>> from vulnsteer.scan.region import Region
+>>> from vulnsteer.data.region import Region
 >>> from vulnsteer.scan.scorer import FunctionScore
 >>> def result(name, p):
 ...     return FunctionResult("a.c", "c", name, "function", Region(1, 1, 2, 1), "h", "f", FunctionScore(p, "secure"),
@@ -13,6 +13,8 @@ function that gave it.
 >>> score = file_score("a.c", [result("f", 0.2), result("g", 0.7)])
 >>> score.score, score.top.name, score.functions
 (0.7, 'g', 2)
+>>> file_score("a.c", [result("f", 0.2), result("g", 0.7)], "mean").score
+0.45
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..config.vocabulary import AGGREGATIONS
 from ..data.clean import LANGUAGE_ALIASES, canonical_language
 from ..data.text import BinaryContentError, read_source
+from ..stats.aggregate import aggregate, top_index
 from .engine import FunctionResult, ScanReport, display_path
 
 __all__ = ["MAX_SOURCE_BYTES", "FileScore", "check_language", "check_source_files", "file_score", "file_scores"]
@@ -99,32 +104,55 @@ def check_source_files(names: Sequence[str], language_given: bool) -> tuple[list
 
 @dataclass(frozen=True)
 class FileScore:
-    """One file's score: the aggregate of its functions' scores, and the function that gave it."""
+    """One file's score: the aggregate of its functions' scores (by *aggregation*), and the function that leads it
+    (the highest-scoring; the file's verdict is its)."""
 
     path: str
     score: float
     top: FunctionResult
     functions: int
+    aggregation: str = AGGREGATIONS[0]
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-lines record of this file (``"type": "file"``)."""
+        top = self.top
+        return {
+            "type": "file",
+            "path": self.path,
+            "language": top.language,
+            "score": self.score,
+            "aggregation": self.aggregation,
+            "functions": self.functions,
+            "verdict": top.score.verdict,
+            "top_function": top.name,
+            "top_line": top.region.start_line,
+            "top_score": top.score.score,
+        }
 
 
-def file_score(path: str, functions: Sequence[FunctionResult]) -> FileScore:
-    """The score of the file *path* from its functions' results: the highest function score (the one place that
-    decides how functions add up to a file; see the module docstring for an example)."""
+def file_score(path: str, functions: Sequence[FunctionResult], how: str = AGGREGATIONS[0]) -> FileScore:
+    """The score of the file *path* from its functions' results, aggregated by *how* (the one place that decides
+    how a scan's functions add up to a file; see the module docstring for an example)."""
     if not functions:
         raise ValueError(f"{path}: no function was scored")
-    top = max(functions, key=lambda r: r.score.score)
-    return FileScore(path, top.score.score, top, len(functions))
+    values = [r.score.score for r in functions]
+    return FileScore(path, aggregate(values, how), functions[top_index(values)], len(functions), how)
 
 
-def file_scores(report: ScanReport, names: Sequence[str]) -> list[FileScore]:
-    """One :class:`FileScore` per file in *names* (as given to :func:`~vulnsteer.scan.engine.scan`), in order;
-    a file whose functions were all empty after cleaning has none."""
+def file_scores(report: ScanReport, names: Sequence[str] | None = None) -> list[FileScore]:
+    """One :class:`FileScore` per file in *names* (as given to :func:`~vulnsteer.scan.engine.scan`), in order, by
+    the scan's aggregation (:attr:`~vulnsteer.scan.engine.ScanOptions.aggregation`); without *names*, every file
+    scanned, in scan order (named as reports name them). A file whose functions were all empty after cleaning has
+    none."""
     by_path: dict[str, list[FunctionResult]] = {}
     for result in report.results:
         by_path.setdefault(result.path, []).append(result)
+    how = report.options.aggregation
+    if names is None:
+        return [file_score(path, found, how) for path, found in by_path.items()]
     out = []
     for name in names:
         found = by_path.get(display_path(Path(name), report.base))
         if found:
-            out.append(file_score(name, found))
+            out.append(file_score(name, found, how))
     return out

@@ -136,7 +136,7 @@ def _from_json_lines(text: str, file: Path) -> frozenset[str]:
             ) from None
         if not isinstance(record, dict):
             raise BaselineError(f"--baseline {file}:{number}: not a JSON object")
-        if record.get("type") == "summary":
+        if record.get("type") in ("summary", "file"):  # (findings are functions)
             continue
         if "fingerprint" not in record or "finding" not in record:
             raise BaselineError(f"--baseline {file}:{number}: no field 'fingerprint' (not vulnsteer scan output)")

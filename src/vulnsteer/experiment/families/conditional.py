@@ -240,10 +240,12 @@ def _detector(
     records: Mapping[str, Sequence[DetectionRecord]],
     vectors: Mapping[tuple[str, str], SteeringVector],
     probes: Mapping[tuple[str, str], Probe],
+    aggregation: str,
 ) -> SavedDetector | None:
     """The gated setting with the best balanced accuracy on val over every CWE together (ties to the smaller
     |strength|), among those a scanner can apply without knowing the CWE (a label-free behaviour vector and a
-    probe pooled over every CWE); None if there is none. Its header (model, creation time) comes at save."""
+    probe pooled over every CWE); None if there is none. Its header (model, creation time) comes at save; its
+    validation record says how the run added up a sample's pieces (``scan`` and ``detect`` use it)."""
     candidates = [
         c
         for c in conds
@@ -272,6 +274,7 @@ def _detector(
         "balanced_accuracy": balanced_accuracy(records[best.key]),
         "baseline_balanced_accuracy": balanced_accuracy(base),
         "chosen_by": "balanced accuracy over every CWE's val samples, ties to the smaller |strength|",
+        "aggregation": aggregation,
     }
     return SavedDetector(
         vectors[(POOLED, setting.method_key)],
@@ -318,7 +321,7 @@ class ConditionalFamily:
         acts, train = ctx.acts("train"), data.samples("train")
         vectors = behaviour_vectors(ctx.lm, cfg, acts, data.by_cwe("train"), ctx.layers)
         designs = condition_designs(cfg, ctx.layer_sets, ctx.lm.num_layers)
-        probes = condition_probes(cfg, (acts, train), (ctx.acts("val"), data.samples("val")), designs)
+        probes = condition_probes(cfg, (acts, train), (ctx.acts("val"), data.pieces("val")), designs)
         fitted = {k for _, k in probes}
         settings = conditional_settings(cfg, ctx.layer_sets, sorted((d for d in designs if d.key in fitted), key=_key))
         pooled = {k: v for k, v in vectors.items() if k[0] == POOLED}
@@ -337,7 +340,9 @@ class ConditionalFamily:
         choices = select_by_mode(val, pooled=False)
         first = val.config.selecting_modes()[0]  # the detector is chosen on the first selecting mode's val records
         art = val.artefacts
-        detector = _detector(val.config, val.data, val.conditions[first], val.records, art.vectors, art.probes)
+        detector = _detector(
+            val.config, val.data, val.conditions[first], val.records, art.vectors, art.probes, val.aggregation
+        )
         return ConditionalChoices(choices, fitted.vectors, fitted.probes, detector)
 
     def save(self, chosen: ConditionalChoices, run: Path, info: JsonObject) -> Saved:

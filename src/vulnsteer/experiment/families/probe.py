@@ -146,7 +146,7 @@ class ProbeFamily:
         if chosen is None or held.activations is None:
             return Applied()
         acts = held.activations()
-        samples = [s for group in held.samples.values() for s in group]
+        samples = held.pieces  # (the activations' rows; their records are aggregated back to the samples)
         by_probe: dict[str, tuple[Probe, list[int]]] = {}
         for i, s in enumerate(samples):
             probe = chosen.probe_for(s.cwe)
@@ -163,7 +163,7 @@ class ProbeFamily:
                     notes.append(f"{probe.key}: not adapted: {exc}")
                     continue
             records.update({r.sample_id: r for r in probe_records(probe, part, mine)})
-        ordered = [records[s.id] for cwe in held.cwes for s in held.samples[cwe] if s.id in records]
+        ordered = held.to_samples([records[s.id] for s in samples if s.id in records])
         if not ordered:
             return Applied(notes=tuple(notes))
         if self.adapt:

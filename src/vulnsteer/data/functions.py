@@ -108,7 +108,7 @@ class CodeUnit:
     Attributes:
         name: qualified name (``Outer.Inner.method``, ``ns::A::f``, ``(*T).Name``; ``<file>`` for a whole file).
         kind: ``function``, ``method``, ``constructor`` or ``file``.
-        region: where it is (SARIF semantics: :mod:`vulnsteer.scan.region`).
+        region: where it is (SARIF semantics: :mod:`vulnsteer.data.region`).
         text: the source text the region covers, exactly.
         indent: whitespace before the unit on its first line (to dedent the text for the model).
     """
