@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.data.sample import Sample
 from vulnsteer.scan import ScanOptions, scan
 from vulnsteer.scan import cache as cache_module
@@ -19,10 +20,10 @@ from vulnsteer.scan import output as output_module
 from vulnsteer.scan import sarif as sarif_module
 from vulnsteer.scan import scorer as scorer_module
 from vulnsteer.scan.cache import ScanCache
-from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.scan.output import format_jsonl, render
 from vulnsteer.scan.sarif import FINGERPRINT_KEY, build_sarif
 from vulnsteer.scan.scorer import FunctionScore, Scorer
+from vulnsteer.stats.aggregate import aggregate
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "scan-demo"
@@ -302,10 +303,10 @@ def test_json_lines_and_table(tmp_path: Path) -> None:
     records, files, summary = lines[:-2], lines[-2], lines[-1]
     assert [(r["function"], r["finding"], r["score"]) for r in records] == [("safe", False, 0.2), ("risky", True, 0.9)]
     assert summary["type"] == "summary" and summary["functions"] == 2 and summary["exit_code"] == 1
-    # the file's record: its functions' aggregate (max by default) and the function that leads it
-    assert (files["type"], files["path"], files["score"], files["top_function"], files["functions"]) == (
-        "file", "src/a.py", 0.9, "risky", 2,
-    )
+    # the file's record: its functions' aggregate (logsumexp by default) and the function that leads it
+    assert (files["type"], files["path"], files["top_function"], files["functions"]) == ("file", "src/a.py", "risky", 2)
+    assert files["aggregation"] == "logsumexp" and files["score"] == pytest.approx(aggregate([0.2, 0.9], "logsumexp"))
+    assert 0.2 < files["score"] < 0.9
     assert records[1]["region"] == {"startLine": 5, "startColumn": 1, "endLine": 7, "endColumn": 23}
     table = render(report, "text")
     lines = table.splitlines()

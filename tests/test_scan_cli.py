@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from vulnsteer.cli import main
-from vulnsteer.scan import model_scorer as model_scorer_module
 from vulnsteer.data.functions import tree_sitter_available
+from vulnsteer.scan import model_scorer as model_scorer_module
+from vulnsteer.stats.aggregate import aggregate
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "scan-demo"
@@ -159,7 +160,8 @@ def test_detect_and_scan_give_one_function_the_same_score(
     run: Any, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``detect`` is a view of the scan engine: the same file, prepared the same way (its comments stripped),
-    scored by the same scorer, gets the same number; a file of several functions gets its highest one."""
+    scored by the same scorer, gets the same number; a file of several functions gets its functions' aggregate
+    (logsumexp by default, ``--aggregation max``: the highest), led by its highest one."""
     one = tmp_path / "copy.c"
     code = "// copies a name\nvoid copy(char *src) {\n    char buf[8]; /* small? */\n    strcpy(buf, src);\n}\n"
     one.write_text(code, encoding="utf-8")
@@ -182,8 +184,13 @@ def test_detect_and_scan_give_one_function_the_same_score(
         assert detected[0]["verdict"] == copy["verdict"] and detected[0]["text"] == copy["explanation"]
         functions = [r for r in scanned if r["path"].endswith("two.py")]
         top = max(functions, key=lambda r: r["score"])
-        assert (detected[1]["p_vulnerable"], detected[1]["function"]) == (top["score"], top["function"])
+        assert (detected[1]["function_p_vulnerable"], detected[1]["function"]) == (top["score"], top["function"])
+        assert detected[1]["aggregation"] == "logsumexp"
+        assert detected[1]["p_vulnerable"] == pytest.approx(aggregate([r["score"] for r in functions], "logsumexp"))
         assert detected[1]["functions"] == len(functions) == 2
+        assert main([*argv, "--aggregation", "max"]) == 0
+        maxed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert (maxed[1]["p_vulnerable"], maxed[1]["aggregation"]) == (top["score"], "max")
         assert (detected[0]["text"] is not None) == bool(explain)
 
 

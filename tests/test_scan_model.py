@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from vulnsteer.config.sections import ModelSection
+from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.data.sample import Sample
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
 from vulnsteer.scan import ModelScorer, ScorerSpec, VectorSteering, scan
 from vulnsteer.scan import identity as identity_module
 from vulnsteer.scan import model_scorer as model_scorer_module
-from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.steering.vectors import Provenance, SteeringVector, recorded_identity
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")

@@ -1,10 +1,12 @@
 """Functions, not file heads: whole files scored as their functions, long code as windows, the pieces' scores
-aggregated back to the sample (stats.aggregate, data.units, detection.aggregate, the protocol and evaluate)."""
+aggregated back to the sample (stats.aggregate, data.units, detection.records, the protocol and evaluate)."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,10 @@ from vulnsteer.data.loaders import DataError, load_samples
 from vulnsteer.data.sample import Sample
 from vulnsteer.data.truncate import truncate_code, windows
 from vulnsteer.data.units import Piece, Units, file_functions, held_out_units, training_pieces, window_fitter
-from vulnsteer.detection.aggregate import aggregate_records
-from vulnsteer.detection.records import DetectionRecord
-from vulnsteer.experiment.aggregation import choose_aggregation
+from vulnsteer.detection.records import DetectionRecord, aggregate_records
 from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
 from vulnsteer.experiment.prepare import LoadedData, prepare_data
+from vulnsteer.experiment.select import choose_aggregation
 from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.stats.aggregate import aggregate, check_aggregation, top_index
@@ -44,8 +45,13 @@ def test_aggregation_rules() -> None:
     assert aggregate(values, "top3_mean") == pytest.approx((0.9 + 0.7 + 0.4) / 3)
     assert aggregate(values, "mean") == pytest.approx(0.525)
     assert aggregate([0.3], "top3_mean") == 0.3  # fewer pieces than k: all of them
+    # logsumexp: log(mean(exp(v))), between the mean and the highest, equal to both when every piece is equal
+    assert aggregate(values, "logsumexp") == pytest.approx(math.log(sum(math.exp(v) for v in values) / 4))
+    assert aggregate(values, "mean") < aggregate(values, "logsumexp") < aggregate(values, "max")
+    assert aggregate([1.5] * 7, "logsumexp") == pytest.approx(1.5)  # more functions do not score higher
+    assert aggregate([800.0, 0.0], "logsumexp") == pytest.approx(800 - math.log(2))  # no overflow
     assert top_index([0.2, 0.9, 0.9]) == 1  # the first of equal ones
-    with pytest.raises(ValueError, match="--aggregation must be one of max, top2_mean"):
+    with pytest.raises(ValueError, match="--aggregation must be one of logsumexp, max, top2_mean"):
         check_aggregation("median", "--aggregation")
     with pytest.raises(ValueError, match="finite"):
         aggregate([float("nan")], "max")
@@ -57,6 +63,7 @@ def test_max_ties_a_change_away_from_the_top_and_mean_does_not() -> None:
     assert aggregate(before, "max") == aggregate(after, "max")
     assert aggregate(before, "mean") > aggregate(after, "mean")
     assert aggregate(before, "top2_mean") > aggregate(after, "top2_mean")
+    assert aggregate(before, "logsumexp") > aggregate(after, "logsumexp")
 
 
 # ---------------------------------------------------------------- which functions changed
@@ -96,9 +103,11 @@ def test_windows_cover_every_line_within_the_budget(budget: int) -> None:
         covered.update(line for a, b in info.kept_ranges for line in range(a, b + 1))
     assert covered == set(range(1, code.count("\n") + 2))
     bodies = [info.kept_ranges[-1] for _, info in found[1:]]
-    for (_, end), (start, _) in zip(bodies, bodies[1:]):
+    for (_, end), (start, _) in itertools.pairwise(bodies):
         assert start <= end  # consecutive windows overlap
-    assert windows("int f(void) { return 0; }", words, budget) == [truncate_code("int f(void) { return 0; }", words, budget)]
+    assert windows("int f(void) { return 0; }", words, budget) == [
+        truncate_code("int f(void) { return 0; }", words, budget)
+    ]
 
 
 # ---------------------------------------------------------------- files as functions
@@ -268,7 +277,7 @@ def test_loaders_mark_whole_files(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- prepare, protocol and evaluate --from
 
-PY_FILE = '''import os
+PY_FILE = """import os
 
 
 def load(name):
@@ -281,7 +290,7 @@ def run(cmd{i}):
 
 def report(rows):
     return ", ".join(str(r) for r in rows)
-'''
+"""
 BODIES = {
     "CWE-78": ("os.system('ls ' + cmd{i})", "subprocess.run(['ls', cmd{i}])"),
     "CWE-89": ("cur.execute('SELECT ' + cmd{i})", "cur.execute('SELECT ?', (cmd{i},))"),
@@ -326,9 +335,11 @@ def test_protocol_and_evaluate_score_files_as_functions(tmp_path: Path, tiny_lm:
                           extra="", strengths="{ relative = [0.5] }")  # fmt: skip
     results = run(load_config(config), tmp_path / "run", tiny_lm)
     info = results.data.pieces if results.data is not None else None
-    assert info is not None and info.chosen_by.startswith("on val") and set(info.val_auroc) == {
-        "max", "top2_mean", "top3_mean", "mean"
-    }
+    assert (
+        info is not None
+        and info.chosen_by.startswith("on val")
+        and set(info.val_auroc) == {"logsumexp", "max", "top2_mean", "top3_mean", "mean"}
+    )
     assert info.aggregation == max(info.val_auroc, key=lambda how: info.val_auroc[how])
     assert info.split == info.samples > 0 and info.pieces == 3 * info.samples
     chosen = json.loads((tmp_path / "run" / "chosen" / "chosen.json").read_text())

@@ -338,7 +338,7 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=list(AGGREGATIONS),
         help="how a long function's windows and a file's functions add up to its score (default: what the "
-        "detector's run chose on val, else max)",
+        "detector's run chose on val, else logsumexp, a smooth maximum)",
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "DEFAULT_AGGREGATION",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_LONG_FUNCTIONS",
     "DEFAULT_MAX_CODE_TOKENS",
@@ -25,6 +26,9 @@ __all__ = [
 
 #: ``--max-code-tokens``: the code's token budget; lowered to what fits when a model's context is shorter.
 DEFAULT_MAX_CODE_TOKENS = 512
+#: ``--aggregation``: how a file's functions (and a long function's windows) add up where nothing was chosen on val:
+#: the smooth maximum, which never ties two versions of a file that differ in one function (``max`` does).
+DEFAULT_AGGREGATION: Final = "logsumexp"
 #: ``--long-functions``: code over the token budget, where the changed lines are not known, is read in windows.
 DEFAULT_LONG_FUNCTIONS: Final = "windows"
 #: ``--max-new-tokens``: tokens generated in generation mode (``Answer: ...`` plus the ``Weakness:`` line).

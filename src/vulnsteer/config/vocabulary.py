@@ -73,9 +73,10 @@ DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float
 PEERS: tuple[str, ...] = ("cppcheck", "flawfinder", "bandit")
 #: What the transfer protocol chooses designs, gates and strengths by (their mean over inner folds).
 TRANSFER_CRITERIA: tuple[str, ...] = ("auroc", "balanced_accuracy")
-#: How the scores of a sample's pieces (its functions, a long function's windows) add up to the sample's score: the
-#: highest, the mean of the highest two or three, the mean of all.
-AGGREGATIONS: tuple[str, ...] = ("max", "top2_mean", "top3_mean", "mean")
+#: How the scores of a sample's pieces (its functions, a long function's windows) add up to the sample's score: a
+#: smooth maximum (the default), the highest, the mean of the highest two or three, the mean of all
+#: (:mod:`vulnsteer.stats.aggregate`).
+AGGREGATIONS: tuple[str, ...] = ("logsumexp", "max", "top2_mean", "top3_mean", "mean")
 #: How code longer than the token budget is read where the changed lines are not known (held-out data, scans):
 #: in overlapping windows, each scored, aggregated like functions; or its head only.
 LONG_FUNCTIONS: tuple[str, ...] = ("windows", "head")

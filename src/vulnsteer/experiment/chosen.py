@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.vocabulary import AGGREGATIONS
+from ..config.defaults import DEFAULT_AGGREGATION
 from ..data.sample import Sample
 from ..io import JsonObject, json_ready, write_json
 from ..stats.aggregate import check_aggregation
@@ -54,9 +54,9 @@ class ChosenFile:
     control_seed: int
     train_code_hashes: frozenset[str] = frozenset()
     families: Mapping[str, JsonObject] = field(default_factory=dict)
-    #: how the run adds up a sample's pieces (chosen on its val split; ``max`` for runs made before there was a
+    #: how the run adds up a sample's pieces (chosen on its val split; the default for runs made before there was a
     #: choice)
-    aggregation: str = AGGREGATIONS[0]
+    aggregation: str = DEFAULT_AGGREGATION
 
     @property
     def modes(self) -> list[str]:
@@ -146,5 +146,5 @@ def load_chosen(run_dir: str | Path) -> ChosenFile:
         int(data["control_seed"]),
         frozenset(data.get("train_code_hashes") or ()),
         families,
-        check_aggregation(str(data.get("aggregation") or AGGREGATIONS[0]), f"{path}: aggregation"),
+        check_aggregation(str(data.get("aggregation") or DEFAULT_AGGREGATION), f"{path}: aggregation"),
     )

@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..config import ExperimentConfig
-from ..config.vocabulary import AGGREGATIONS
+from ..config.defaults import DEFAULT_AGGREGATION
 from ..data.sample import Sample
 from ..data.units import Units
-from ..detection.aggregate import aggregate_records
-from ..detection.records import DetectionRecord
+from ..detection.records import DetectionRecord, aggregate_records
 from ..io import JsonObject
 from ..lm.activations import Activations
 from ..lm.prompts import PromptTemplate
@@ -144,7 +143,7 @@ class ValContext:
     data: PreparedData | None = None
     earlier: Mapping[str, Any] = field(default_factory=dict)
     #: how the val pieces' records were added up to the samples' (and will be on held-out data)
-    aggregation: str = AGGREGATIONS[0]
+    aggregation: str = DEFAULT_AGGREGATION
 
     def by_detection_mode(self, picked: Mapping[str, C]) -> dict[str, C]:
         """Per mode, what was picked on the val records of the mode that chooses for it."""
@@ -174,7 +173,7 @@ class HeldOut:
     activations: Callable[[], Activations] | None = None
     chosen: Mapping[str, Any] = field(default_factory=dict)
     units: Units | None = None
-    aggregation: str = AGGREGATIONS[0]
+    aggregation: str = DEFAULT_AGGREGATION
 
     @property
     def cwes(self) -> list[str]:
@@ -192,7 +191,7 @@ class HeldOut:
         return self.samples if self.units is None else self.units.by_cwe()
 
     def to_samples(self, records: Sequence[DetectionRecord]) -> list[DetectionRecord]:
-        """One record per sample from records of its pieces (:func:`~vulnsteer.detection.aggregate.
+        """One record per sample from records of its pieces (:func:`~vulnsteer.detection.records.
         aggregate_records` by :attr:`aggregation`)."""
         if self.units is None:
             return list(records)

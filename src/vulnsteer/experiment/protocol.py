@@ -25,16 +25,14 @@ from .._version import __version__
 from ..config import ExperimentConfig, config_document, dump_config, identity_of
 from ..config.sections import EXPERIMENT_SECTIONS
 from ..data.sample import Sample, dataset_hash
-from ..detection.aggregate import aggregate_records
 from ..detection.prefix import PrefixStore
 from ..detection.probe import TABLE_POOLINGS, evaluate_length_control, evaluate_probes
-from ..detection.records import DetectionRecord
+from ..detection.records import DetectionRecord, aggregate_records
 from ..lm.activation_cache import ActivationCache
 from ..lm.activations import Activations
 from ..lm.memory import peak_memory, reset_peak_memory
 from ..lm.model import LoadedModel, load_model
 from ..lm.prompts import DEFAULT_TEMPLATE
-from .aggregation import choose_aggregation
 from .apply import HeldOutFound, apply_families
 from .chosen import save_chosen, train_code_hashes
 from .engine import Executor, LocalExecutor, ResultStore, ScoringOptions, run_conditions
@@ -48,6 +46,7 @@ from .prepare import PreparedData, load_dataset, prepare_data
 from .ray_executor import open_executor
 from .results import PcaBlock, ValEntry, new_results, val_entry
 from .rundir import CHOSEN_DIR, CHOSEN_NAME, RESOLVED_NAME, RunDir
+from .select import choose_aggregation
 
 __all__ = ["default_out_dir", "run_protocol"]
 
@@ -286,7 +285,7 @@ class _Protocol:
         return records, conditions
 
     def _to_samples(self, pieces: dict[str, list[DetectionRecord]]) -> dict[str, list[DetectionRecord]]:
-        """Choose how the val pieces' scores add up (:func:`~vulnsteer.experiment.aggregation.choose_aggregation`)
+        """Choose how the val pieces' scores add up (:func:`~vulnsteer.experiment.select.choose_aggregation`)
         and every val condition's records, one per sample."""
         units = self.data.units("val")
         how, words, means = choose_aggregation(self.config.detection.aggregations, units, pieces)

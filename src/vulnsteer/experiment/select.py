@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..detection.records import DetectionRecord
+from ..data.units import Units
+from ..detection.records import DetectionRecord, aggregate_records
 from ..stats.metrics import point_metrics
 from .grid import POOLED, Condition, Setting
 
-__all__ = ["Choice", "balanced_accuracy", "select_per_cwe", "select_settings", "select_templates"]
+__all__ = ["Choice", "balanced_accuracy", "choose_aggregation", "select_per_cwe", "select_settings", "select_templates"]
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,46 @@ def select_templates(
                 best = (-score, order)
                 chosen[cwe] = cond.template
     return chosen
+
+
+def choose_aggregation(
+    candidates: Sequence[str], units: Units, records: Mapping[str, Sequence[DetectionRecord]]
+) -> tuple[str, str, dict[str, float]]:
+    """How a sample's pieces add up (``detection.aggregations``), chosen on val: the rule, how it was chosen (in
+    words), and per candidate its mean val AUROC. *records* are every val condition's piece records by condition
+    key, *units* the val split's pieces.
+
+    Where the val split holds samples scored as several pieces (whole files as their functions, long functions as
+    windows), every candidate rule aggregates every val condition's records, and the rule with the best mean AUROC
+    over the conditions that have scores wins (ties to the earlier candidate): a choice of how files are read,
+    made the way every other design choice is, over every candidate setting rather than for one detector. Where
+    no val sample is split, the first candidate is used (``logsumexp`` by default) and the report says so.
+
+    >>> from vulnsteer.data.sample import Sample
+    >>> choose_aggregation(("max", "mean"), Units.whole([Sample("a", "x", "c", "CWE-787", "vulnerable")]), {})
+    ('max', 'the first of detection.aggregations (no val sample is scored as several pieces)', {})
+    """
+    if not candidates:
+        raise ValueError("detection.aggregations is empty")
+    if not units.split:
+        return candidates[0], "the first of detection.aggregations (no val sample is scored as several pieces)", {}
+    if len(candidates) == 1:
+        return candidates[0], "the only candidate of detection.aggregations", {}
+    means: dict[str, float] = {}
+    for how in candidates:
+        found = []
+        for piece_records in records.values():
+            samples = aggregate_records(units, piece_records, how)
+            auroc = point_metrics([r.to_prediction() for r in samples], ["auroc"])["auroc"]
+            if auroc is not None:
+                found.append(auroc)
+        if found:
+            means[how] = sum(found) / len(found)
+    if not means:
+        return candidates[0], "the first of detection.aggregations (no val condition has scores)", {}
+    best = max(candidates, key=lambda how: (means.get(how, float("-inf")), -candidates.index(how)))
+    words = (
+        f"on val: the best mean AUROC over {len(records)} conditions ({units.split} of {len(units.samples)} val "
+        "samples scored as several pieces)"
+    )
+    return best, words, means

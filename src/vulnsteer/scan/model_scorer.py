@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.defaults import (
+    DEFAULT_AGGREGATION,
     DEFAULT_BATCH_SIZE,
     DEFAULT_LONG_FUNCTIONS,
     DEFAULT_MAX_CODE_TOKENS,
@@ -98,7 +99,7 @@ class ScorerSpec:
             (aggregated by *aggregation*) or by its ``head``.
         aggregation: how a function's windows (and a file's functions) add up
             (:data:`~vulnsteer.config.vocabulary.AGGREGATIONS`); None: what the detector's run chose on val
-            (:func:`detector_aggregation`), else ``max``.
+            (:func:`detector_aggregation`), else ``logsumexp``.
 
     >>> ScorerSpec(max_code_tokens=16)
     Traceback (most recent call last):
@@ -144,7 +145,7 @@ class ScorerSpec:
         if self.aggregation is not None:
             return self.aggregation
         recorded = detector_aggregation(self.detector) if self.detector is not None else None
-        return recorded or AGGREGATIONS[0]
+        return recorded or DEFAULT_AGGREGATION
 
 
 def detector_aggregation(folder: Path) -> str | None:

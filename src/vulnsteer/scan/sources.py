@@ -2,7 +2,7 @@
 any other path, and one score per file.
 
 A file's score is its functions' aggregate (:func:`file_score`, by the scan's aggregation:
-:mod:`vulnsteer.stats.aggregate`; ``max`` by default), with the function that leads it (the highest-scoring).
+:mod:`vulnsteer.stats.aggregate`; ``logsumexp`` by default), with the function that leads it (the highest-scoring).
 
 >>> from vulnsteer.scan.engine import FunctionResult
 >>> from vulnsteer.data.region import Region
@@ -11,10 +11,10 @@ A file's score is its functions' aggregate (:func:`file_score`, by the scan's ag
 ...     return FunctionResult("a.c", "c", name, "function", Region(1, 1, 2, 1), "h", "f", FunctionScore(p, "secure"),
 ...                           cached=False, finding=False)
 >>> score = file_score("a.c", [result("f", 0.2), result("g", 0.7)])
->>> score.score, score.top.name, score.functions
-(0.7, 'g', 2)
->>> file_score("a.c", [result("f", 0.2), result("g", 0.7)], "mean").score
-0.45
+>>> round(score.score, 4), score.top.name, score.functions, score.aggregation
+(0.4809, 'g', 2, 'logsumexp')
+>>> file_score("a.c", [result("f", 0.2), result("g", 0.7)], "max").score
+0.7
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.vocabulary import AGGREGATIONS
+from ..config.defaults import DEFAULT_AGGREGATION
 from ..data.clean import LANGUAGE_ALIASES, canonical_language
 from ..data.text import BinaryContentError, read_source
 from ..stats.aggregate import aggregate, top_index
@@ -111,7 +111,7 @@ class FileScore:
     score: float
     top: FunctionResult
     functions: int
-    aggregation: str = AGGREGATIONS[0]
+    aggregation: str = DEFAULT_AGGREGATION
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-lines record of this file (``"type": "file"``)."""
@@ -130,7 +130,7 @@ class FileScore:
         }
 
 
-def file_score(path: str, functions: Sequence[FunctionResult], how: str = AGGREGATIONS[0]) -> FileScore:
+def file_score(path: str, functions: Sequence[FunctionResult], how: str = DEFAULT_AGGREGATION) -> FileScore:
     """The score of the file *path* from its functions' results, aggregated by *how* (the one place that decides
     how a scan's functions add up to a file; see the module docstring for an example)."""
     if not functions:

@@ -8,9 +8,17 @@ and the pieces' scores add up to one score by one of these rules.
   led by the riskiest pieces, but a change in the second or third one moves the score.
 * ``mean``: every piece counts the same; strictly increasing in each, so a changed function always moves the
   score, while one risky function among many unchanged ones moves it little.
+* ``logsumexp``: ``log(mean(exp(v)))``, a smooth maximum at unit temperature (the log-sum-exp less ``log n``, so a
+  file does not score higher for having more functions): between the mean and the highest, led by the riskiest
+  pieces, and strictly increasing in every piece, so two versions of a file that differ in one function never tie
+  (``max`` tied 60-87% of such pairs in the issue-17 research, ``research/FINDINGS.md``). On probabilities (0-1)
+  it stays near the mean; on margins and probe scores (spread over several units) it nears the highest. The
+  default (:data:`~vulnsteer.config.defaults.DEFAULT_AGGREGATION`).
 
 >>> aggregate([0.2, 0.9, 0.4], "max"), aggregate([0.2, 0.9, 0.4], "top2_mean"), aggregate([0.2, 0.9, 0.4], "mean")
 (0.9, 0.65, 0.5)
+>>> round(aggregate([0.0, 4.0], "logsumexp"), 3), aggregate([2.5, 2.5], "logsumexp")
+(3.325, 2.5)
 >>> top_index([0.2, 0.9, 0.4])
 1
 """
@@ -33,7 +41,7 @@ def check_aggregation(how: str, where: str = "aggregation") -> str:
     >>> check_aggregation("median", "--aggregation")
     Traceback (most recent call last):
     ...
-    ValueError: --aggregation must be one of max, top2_mean, top3_mean, mean, got 'median'
+    ValueError: --aggregation must be one of logsumexp, max, top2_mean, top3_mean, mean, got 'median'
     """
     if how not in AGGREGATIONS:
         raise ValueError(f"{where} must be one of {', '.join(AGGREGATIONS)}, got {how!r}")
@@ -51,6 +59,9 @@ def aggregate(values: Sequence[float], how: str) -> float:
         return max(values)
     if how == "mean":
         return math.fsum(values) / len(values)
+    if how == "logsumexp":
+        top = max(values)  # (shifted by the highest: exp never overflows)
+        return top + math.log(math.fsum(math.exp(v - top) for v in values) / len(values))
     highest = sorted(values, reverse=True)[: _TOP_K[how]]
     return math.fsum(highest) / len(highest)
 
