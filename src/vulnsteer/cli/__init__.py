@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from .._version import __version__
-from . import data, detect, detector, experiment, scan, transfer, vectors
+from . import data, detect, detector, diff, experiment, scan, transfer, vectors
 from .options import HelpFormatter
 
 __all__ = [
@@ -44,12 +44,12 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 #: Each command module's ``register(subparsers)`` adds its subcommands.
-COMMANDS = (experiment, transfer, detector, vectors, detect, data, scan)
+COMMANDS = (experiment, transfer, detector, vectors, detect, data, scan, diff)
 
 EPILOG = f"""\
 exit codes:
   0    success
-  {EXIT_PROBLEMS}    `data validate` found problems (listed one per line); `scan` failed as a gate (see scan --help)
+  {EXIT_PROBLEMS}    `data validate` found problems (listed one per line); `scan` or `diff` failed as a gate
   {EXIT_USAGE}    bad usage or input: one line names the file, field or option
   {EXIT_INTERNAL}    internal error (a bug): one line; rerun with -v for the traceback
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): finished work is kept, rerun the same command to resume

@@ -60,6 +60,28 @@ def register(sub: Any) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to scan")
     add_scorer_args(p)
+    o = add_output_args(p, "exit 1 when a finding reaches it; at least --min-score (default: --min-score)")
+    o.add_argument(
+        "--baseline",
+        default=None,
+        metavar="FILE",
+        help="an earlier scan's --format sarif or json output: its findings are not reported again (default: none)",
+    )
+    o.add_argument(
+        "--cwe",
+        action="append",
+        default=[],
+        help="report only findings naming these CWEs (repeatable; a finding names a CWE only with --explain, "
+        "--vector or --detector)",
+    )
+    add_file_args(p)
+    add_scoring_args(p)
+    p.set_defaults(func=cmd_scan)
+
+
+def add_output_args(p: argparse.ArgumentParser, fail_on: str) -> Any:
+    """``--format``, ``-o``, ``--min-score``, ``--fail-on`` (its help: *fail_on*) and ``--allow-unscanned``, for
+    ``scan`` and ``diff``; returns the group (for more options)."""
     o = p.add_argument_group("output")
     o.add_argument(
         "--format",
@@ -69,54 +91,51 @@ def register(sub: Any) -> None:
     )
     o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
     o.add_argument("--min-score", type=_probability, default=0.5, help="findings from this score (default: 0.5)")
-    o.add_argument(
-        "--fail-on",
-        type=_probability,
-        default=None,
-        help="exit 1 when a finding reaches it; at least --min-score (default: --min-score)",
-    )
-    o.add_argument(
-        "--baseline",
-        default=None,
-        metavar="FILE",
-        help="an earlier scan's --format sarif or json output: its findings are not reported again (default: none)",
-    )
+    o.add_argument("--fail-on", type=_probability, default=None, help=fail_on)
     o.add_argument(
         "--allow-unscanned",
         action="store_true",
         help="pass even when source files could not be scanned (too large, unreadable); they are still named",
     )
-    o.add_argument(
-        "--cwe",
-        action="append",
-        default=[],
-        help="report only findings naming these CWEs (repeatable; a finding names a CWE only with --explain, "
-        "--vector or --detector)",
-    )
+    return o
+
+
+def add_file_args(p: argparse.ArgumentParser) -> None:
+    """Which files a walk reads (``scan`` and ``diff``)."""
     f = p.add_argument_group("files")
     f.add_argument("--include", action="append", default=[], metavar="GLOB", help="scan only matching files")
     f.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave matching paths out")
     f.add_argument("--no-default-excludes", action="store_true", help="also scan .git, node_modules, build ...")
     f.add_argument("--no-gitignore", action="store_true", help="also scan files that .gitignore ignores")
     f.add_argument("--max-file-bytes", type=positive_int, default=2_000_000, help="skip larger files (default: 2 MB)")
+
+
+def add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """``--explain`` and the score cache (``scan`` and ``diff``)."""
     s = p.add_argument_group("scoring")
     s.add_argument(
         "--explain", action="store_true", help="also generate the model's answer text: verdict, CWE, explanation"
     )
     s.add_argument("--cache-dir", default=None, help="score cache (default: $VULNSTEER_CACHE/scan)")
     s.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
-    p.set_defaults(func=cmd_scan)
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    # (argparse refuses --detector with --vector)
-    check_steering_options(args, args.explain, "a scan without --explain generates nothing")
+    check_scoring_options(args)
     if args.cwe and not args.explain and args.vector is None and args.detector is None:
         print(
             "vulnsteer: warning: --cwe keeps only findings that name a CWE, and without --explain, --vector or "
             "--detector no finding names one: expect no findings",
             file=sys.stderr,
         )
+
+
+def check_scoring_options(args: argparse.Namespace) -> None:
+    """The scoring and cache flags of ``scan`` and ``diff`` agree (before anything loads)."""
+    # (argparse refuses --detector with --vector)
+    check_steering_options(
+        args, args.explain, f"a {getattr(args, 'command', 'scan')} without --explain generates nothing"
+    )
     if not args.explain and given(args, "detection.max_new_tokens"):
         raise UsageError("--max-new-tokens needs --explain (the score alone generates nothing)")
     if args.no_cache and args.cache_dir is not None:
@@ -126,7 +145,7 @@ def _check_options(args: argparse.Namespace) -> None:
 def cmd_scan(args: argparse.Namespace) -> int:
     from ..data.functions import tree_sitter_available
     from ..io import check_writable
-    from ..scan import FileFilter, ModelScorer, ScanOptions, default_cache_dir, render, scan, write_output
+    from ..scan import ModelScorer, render, scan, write_output
     from ..scan.engine import check_paths
     from ..scan.suppression import read_baseline
 
@@ -141,7 +160,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output, "-o/--output", inputs=args.paths)
     baseline = read_baseline(args.baseline) if args.baseline else frozenset()
-    options = ScanOptions(
+    options = scan_options(args, spec, cwes=tuple(args.cwe), baseline=baseline)
+    cache_dir = cache_dir_of(args)
+    with ModelScorer(spec, identity_store=cache_dir / "models" if cache_dir is not None else None) as scorer:
+        if spec.max_code_tokens is not None:  # (the default budget is fitted when scoring: a rescan loads nothing)
+            scorer.check()
+        report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
+    write_output(render(report, output_format(args)), Path(args.output) if args.output else None)
+    _report_on_stderr(report, args)
+    return report.exit_code
+
+
+def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
+    """The :class:`~vulnsteer.scan.engine.ScanOptions` of ``scan``'s and ``diff``'s shared flags (*more*: the
+    others)."""
+    from ..scan import FileFilter, ScanOptions
+
+    return ScanOptions(
         files=FileFilter(
             include=tuple(args.include),
             exclude=tuple(args.exclude),
@@ -152,26 +187,24 @@ def cmd_scan(args: argparse.Namespace) -> int:
         max_file_bytes=args.max_file_bytes,
         min_score=args.min_score,
         fail_on=args.fail_on,
-        cwes=tuple(args.cwe),
         allow_unscanned=args.allow_unscanned,
-        baseline=baseline,
         aggregation=spec.resolved_aggregation,
+        **more,
     )
-    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    with ModelScorer(spec, identity_store=cache_dir / "models" if cache_dir is not None else None) as scorer:
-        if spec.max_code_tokens is not None:  # (the default budget is fitted when scoring: a rescan loads nothing)
-            scorer.check()
-        report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
-    write_output(render(report, _format(args)), Path(args.output) if args.output else None)
-    _report_on_stderr(report, args)
-    return report.exit_code
 
 
-def _format(args: argparse.Namespace) -> str:
+def cache_dir_of(args: argparse.Namespace) -> Path | None:
+    """The score cache's folder (``--cache-dir``, or the default), None with ``--no-cache``."""
+    from ..scan import default_cache_dir
+
+    return None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def output_format(args: argparse.Namespace) -> str:
     """``--format``, or without it the format ``-o``'s name asks for (``.sarif`` SARIF, ``.json``/``.jsonl`` JSON
     lines), else text: ``-o out.sarif`` alone writes SARIF, not a table named .sarif.
 
-    >>> [_format(argparse.Namespace(format=None, output=name)) for name in ("scan.sarif", "all.jsonl", None)]
+    >>> [output_format(argparse.Namespace(format=None, output=name)) for name in ("scan.sarif", "all.jsonl", None)]
     ['sarif', 'json', 'text']
     """
     if args.format:
@@ -192,19 +225,28 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
     def say(line: str) -> None:
         print(f"vulnsteer: {line}", file=sys.stderr)
 
-    for line in stats.unscanned:
-        say(f"warning: not scanned: {line}")
-    for line in stats.skipped_named:
-        say(f"warning: skipped: {line}")
-    for path in stats.parse_error_files:
-        say(f"warning: {path}: parse errors (tree-sitter could not read part of it; functions scored as found)")
-    for message in stats.warnings:
-        say(f"warning: {message}")
+    warn_on_stderr(stats)
     if not stats.files:
         say(f"warning: no source file scanned under {', '.join(args.paths)}{_nothing_found_hint(stats, args)}")
     print(stats.summary_line(), file=sys.stderr)
     for line in report.failures():
         say(f"fails: {line}")
+
+
+def warn_on_stderr(stats: Any) -> None:
+    """The files not scanned or skipped by name, the parse errors and the warnings of a scan's (or a diff's)
+    :class:`~vulnsteer.scan.engine.ScanStats`, one line each on stderr."""
+    lines = [
+        *(f"not scanned: {line}" for line in stats.unscanned),
+        *(f"skipped: {line}" for line in stats.skipped_named),
+        *(
+            f"{path}: parse errors (tree-sitter could not read part of it; functions scored as found)"
+            for path in stats.parse_error_files
+        ),
+        *stats.warnings,
+    ]
+    for line in lines:
+        print(f"vulnsteer: warning: {line}", file=sys.stderr)
 
 
 def _nothing_found_hint(stats: Any, args: argparse.Namespace) -> str:

@@ -4,7 +4,7 @@ Functions of the two versions are matched by their qualified name (``Outer.metho
 functions of one name in one file (overloads) are matched in the order they appear. A matched pair whose code
 differs is ``changed``, one whose code is the same ``unchanged``; a function only in the old version is
 ``removed``, one only in the new version ``added``, except that a removed and an added function with the same code
-are one function ``renamed`` (its code unchanged). The kinds are
+(once the old name is written as the new) are one function ``renamed``. The kinds are
 :data:`~vulnsteer.config.vocabulary.CHANGE_KINDS`.
 
 >>> old = [("f", "return 1"), ("g", "return 2"), ("h", "return 3")]
@@ -62,10 +62,20 @@ def match_functions(
     for index in added:
         new = out[index].after
         assert new is not None
-        code = identify(new)[1]
-        twin = next((gone for gone in removed if identify(gone)[1] == code), None)
+        name, code = identify(new)
+        twin = next((gone for gone in removed if _renamed(identify(gone), (name, code))), None)
         if twin is not None:
             removed.remove(twin)
             out[index] = Change("renamed", twin, new)
     out += [Change("removed", gone, None) for gone in removed]
     return out
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1].rsplit("::", 1)[-1]
+
+
+def _renamed(old: tuple[str, str], new: tuple[str, str]) -> bool:
+    """The same code under another name: equal once the old (short) name is written as the new one."""
+    (old_name, old_code), (new_name, new_code) = old, new
+    return old_code == new_code or old_code.replace(_short(old_name), _short(new_name)) == new_code

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..config.vocabulary import AGGREGATIONS
+from ..config.defaults import DEFAULT_AGGREGATION
 from ..cwe import normalize_cwe
 from ..data.functions import CodeUnit, FunctionSplitter, tree_sitter_available
 from ..data.region import Region
@@ -112,7 +112,7 @@ class ScanOptions:
     baseline: frozenset[str] = frozenset()
     language: str | None = None
     score_unknown: bool = False
-    aggregation: str = AGGREGATIONS[0]
+    aggregation: str = DEFAULT_AGGREGATION
 
     def __post_init__(self) -> None:
         if self.fail_on is None:
@@ -371,7 +371,9 @@ class ScanReport:
 
 
 @dataclass(frozen=True)
-class _Pending:
+class PendingFunction:
+    """A function read and cleaned, not yet scored (:func:`read_functions`, scored by :func:`score_functions`)."""
+
     path: str
     uri: str
     language: str
@@ -416,7 +418,8 @@ def _relative(path: Path, base: Path) -> str:
     return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
 
 
-def _anchor(root: Path) -> Path:
+def anchor_of(root: Path) -> Path:
+    """Where stable paths (fingerprints) start for files under *root*: its repository top, else the folder."""
     top = find_repository_top(root.resolve())
     if top is not None:
         return top
@@ -427,15 +430,16 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("\n\0".join(parts).encode("utf-8")).hexdigest()
 
 
-def _read(
+def read_file(
     candidate: SourceCandidate,
     anchor: Path,
     base: Path,
     splitter: FunctionSplitter,
     options: ScanOptions,
     stats: ScanStats,
-) -> list[_Pending]:
-    """The functions of one file (and its counts in *stats*)."""
+) -> list[PendingFunction]:
+    """The functions of one file found by a walk (and its counts in *stats*): read, split and cleaned by
+    :func:`read_functions`; a file too large, binary or unreadable is counted and named instead."""
     path = candidate.path
     shown = display_path(path, base)
     named = options.language is not None or options.score_unknown  # (a language, or none, is given)
@@ -456,10 +460,36 @@ def _read(
         text = str(exc).removeprefix(f"{path}: ") if exc.strerror is None else f"cannot read ({exc.strerror})"
         stats.not_scanned(shown, "unreadable", printable(text))
         return []
-    text = source.text
+    stats.replaced_bytes += source.replaced
+    try:
+        stable = printable(Path(os.path.abspath(path)).relative_to(anchor).as_posix())
+    except ValueError:
+        stable = printable(candidate.rel)
+    where = SourceName(shown, stable, quote(os.fsencode(_relative(path, base))), path)
+    return read_functions(source.text, where, splitter, options, stats)
+
+
+@dataclass(frozen=True)
+class SourceName:
+    """How a file's functions are named in a report: its display path (:attr:`FunctionResult.path`), its path
+    from the repository top (fingerprints), its URI relative to the base folder (SARIF), and the path its
+    language is told from (its extension or ``#!`` line)."""
+
+    shown: str
+    stable: str
+    uri: str
+    path: Path
+
+
+def read_functions(
+    text: str, where: SourceName, splitter: FunctionSplitter, options: ScanOptions, stats: ScanStats
+) -> list[PendingFunction]:
+    """The functions of one file's *text* as they are scored (split, cleaned, hashed), counted in *stats*; none
+    for an empty text or one of no known language (counted as skipped)."""
     if not text.strip():
         stats.skipped["empty"] += 1
         return []
+    path, shown = where.path, where.shown
     language = options.language if options.language is not None else language_of(path, text[:8192])
     if language is None and options.score_unknown:
         language = ""
@@ -467,19 +497,14 @@ def _read(
         stats.skipped["unknown language"] += 1
         return []
     stats.files += 1
-    stats.replaced_bytes += source.replaced
     split = splitter.split(text, language, path.suffix)
     if split.whole_file:
         stats.whole_files[split.whole_file] += 1
     stats.parse_errors += split.parse_errors
     if split.parse_errors:
         stats.parse_error_files.append(shown)
-    try:
-        stable = printable(Path(os.path.abspath(path)).relative_to(anchor).as_posix())
-    except ValueError:
-        stable = printable(candidate.rel)
+    stable, uri = where.stable, where.uri
     lines = text.splitlines()
-    uri = quote(os.fsencode(_relative(path, base)))
     out = []
     for unit in split.units:
         code, failed = function_code(unit, language, options.keep_comments)
@@ -489,7 +514,9 @@ def _read(
         fingerprint = _hash(stable, unit.name, " ".join(code.split()))[:32]
         suppression = inline_suppression(lines, unit.region.start_line)
         code_hash = _hash(language, code)
-        out.append(_Pending(shown, uri, language, unit, code, code_hash, fingerprint, split.whole_file, suppression))
+        out.append(
+            PendingFunction(shown, uri, language, unit, code, code_hash, fingerprint, split.whole_file, suppression)
+        )
     return out
 
 
@@ -500,8 +527,22 @@ def _language_from_head(path: Path) -> str | None:
     return language_of(path, head.decode("utf-8", "replace"))
 
 
+def score_functions(
+    pending: Sequence[PendingFunction],
+    scorer: Scorer,
+    cache_dir: Path | None,
+    options: ScanOptions,
+    stats: ScanStats,
+    progress: bool,
+) -> list[FunctionResult]:
+    """The results of *pending* functions, in order: each function's code scored once (the cache first), each
+    result counted in *stats* (a finding unless below ``min_score``, filtered out by CWE or suppressed)."""
+    scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
+    return [_result(item, scores[item.code_hash], item.code_hash in hits, options, stats) for item in pending]
+
+
 def _score_missing(
-    pending: Sequence[_Pending],
+    pending: Sequence[PendingFunction],
     scorer: Scorer,
     cache_dir: Path | None,
     options: ScanOptions,
@@ -509,7 +550,7 @@ def _score_missing(
     progress: bool,
 ) -> tuple[dict[str, FunctionScore], set[str]]:
     """Scores by code hash, and the hashes that came from the cache."""
-    unique: dict[str, _Pending] = {}
+    unique: dict[str, PendingFunction] = {}
     for item in pending:
         unique.setdefault(item.code_hash, item)
     for _attempt in range(2):
@@ -536,7 +577,7 @@ def _score_missing(
 
 
 def _score_chunks(
-    missing: Sequence[_Pending],
+    missing: Sequence[PendingFunction],
     scorer: Scorer,
     cache: ScanCache | None,
     options: ScanOptions,
@@ -590,12 +631,12 @@ def scan(
     stats = ScanStats(min_score=options.min_score)
     walked = WalkStats()
     splitter = FunctionSplitter()
-    pending: list[_Pending] = []
+    pending: list[PendingFunction] = []
     for root in roots:
-        anchor = _anchor(root)
+        anchor = anchor_of(root)
         candidates = list(walk([root], options.files, walked))
         for candidate in track(candidates, f"reading {root}", unit="file", enabled=progress):
-            pending.extend(_read(candidate, anchor, base, splitter, options, stats))
+            pending.extend(read_file(candidate, anchor, base, splitter, options, stats))
     stats.ignored = walked.ignored
     stats.ignored_by.update(walked.ignored_by)
     stats.skipped.update(walked.skipped)
@@ -610,8 +651,7 @@ def scan(
             "tree-sitter is not installed: every file was scored whole, not function by function "
             "(pip install 'vulnsteer[scan]')"
         )
-    scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
-    results = [_result(item, scores[item.code_hash], item.code_hash in hits, options, stats) for item in pending]
+    results = score_functions(pending, scorer, cache_dir, options, stats, progress)
     stats.functions = len(results)
     stats.cached = sum(r.cached for r in results)
     _check_discrimination(results, options, stats)
@@ -620,7 +660,7 @@ def scan(
 
 
 def _result(
-    item: _Pending, score: FunctionScore, cached: bool, options: ScanOptions, stats: ScanStats
+    item: PendingFunction, score: FunctionScore, cached: bool, options: ScanOptions, stats: ScanStats
 ) -> FunctionResult:
     """One function's result, counted in *stats*: a finding unless below ``min_score``, filtered out by CWE,
     suppressed inline or in the baseline."""

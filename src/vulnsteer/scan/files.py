@@ -229,8 +229,8 @@ def walk(paths: Sequence[Path], file_filter: FileFilter, stats: WalkStats) -> It
     is read only when its target lies inside the folder (the others are counted and named in *stats*).
 
     >>> stats = WalkStats()
-    >>> [c.rel for c in walk([Path(__file__).parent], FileFilter(include=("region.py",)), stats)]
-    ['region.py']
+    >>> [c.rel for c in walk([Path(__file__).parent], FileFilter(include=("sarif.py",)), stats)]
+    ['sarif.py']
     """
     for root in paths:
         if root.is_file():

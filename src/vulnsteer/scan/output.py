@@ -1,7 +1,7 @@
-"""Writing a scan: SARIF, JSON lines (one record per function, then a summary record) or a terminal table of
-the findings, to a file written atomically (a scan stopped half-way leaves no half-written output) or to standard
-output. The summary line (:meth:`~vulnsteer.scan.engine.ScanStats.summary_line`) is not part of the table: the
-command prints it on standard error, with the warnings.
+"""Writing a scan (or a diff: :func:`render_diff`): SARIF, JSON lines (one record per function, then a summary
+record) or a terminal table of the findings, to a file written atomically (a scan stopped half-way leaves no
+half-written output) or to standard output. The summary line (:meth:`~vulnsteer.scan.engine.ScanStats.
+summary_line`) is not part of the table: the command prints it on standard error, with the warnings.
 
 >>> format_table([], 0.5)
 'no findings at or above 0.50\\n'
@@ -16,11 +16,12 @@ from pathlib import Path
 
 from ..config.vocabulary import OUTPUT_FORMATS
 from ..io import write_text
+from .diff import DiffReport
 from .engine import FunctionResult, ScanReport, level_for
-from .sarif import build_sarif
+from .sarif import build_diff_sarif, build_sarif
 from .sources import file_scores
 
-__all__ = ["format_jsonl", "format_table", "render", "write_output"]
+__all__ = ["format_diff_table", "format_jsonl", "format_table", "render", "render_diff", "write_output"]
 
 _EXPLANATION_LINES = 3
 
@@ -63,15 +64,46 @@ def format_table(findings: Sequence[FunctionResult], min_score: float) -> str:
         for f in findings
     ]
     header = ("SCORE", "LEVEL", "CWE", "LOCATION", "FUNCTION")
+    return _table(header, rows, [None, *(f.score.explanation for f in findings)])
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], notes: Sequence[str | None]) -> str:
+    """Columns padded to their widest cell (the last one not), each row followed by the first lines of its note
+    (*notes*: one per line, the header's first)."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     lines = []
-    for row, finding in zip([header, *rows], [None, *findings]):
+    for row, text in zip([header, *rows], notes):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1])
-        text = finding.score.explanation if finding is not None else None
         if text:
             kept = [line.strip() for line in text.splitlines() if line.strip()][:_EXPLANATION_LINES]
             lines.extend(f"      | {line}" for line in kept)
     return "\n".join(lines) + "\n"
+
+
+def format_diff_table(report: DiffReport) -> str:
+    """A readable table of a diff's changes, in :meth:`~vulnsteer.scan.diff.DiffReport.ordered` order.
+
+    >>> format_diff_table(report).splitlines()[0]  # doctest: +SKIP
+    'BEFORE  AFTER  DELTA  CHANGE   LOCATION     FUNCTION'
+    """
+    if not report.changes:
+        return f"no function differs between {report.before} and {report.after}\n"
+    changes = report.ordered()
+    rows = []
+    for c in changes:
+        now = c.current
+        rows.append(
+            (
+                f"{c.before.score.score:.2f}" if c.before else "-",
+                f"{c.after.score.score:.2f}" if c.after else "-",
+                f"{c.delta:+.2f}" if c.delta is not None else "",
+                c.kind + (" riskier" if c.riskier else ""),
+                f"{now.path}:{now.region.start_line}",
+                now.name if c.kind != "renamed" or c.before is None else f"{c.before.name} -> {now.name}",
+            )
+        )
+    header = ("BEFORE", "AFTER", "DELTA", "CHANGE", "LOCATION", "FUNCTION")
+    return _table(header, rows, [None, *(c.after.score.explanation if c.after else None for c in changes)])
 
 
 def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str:
@@ -86,6 +118,20 @@ def render(report: ScanReport, fmt: str, command_line: str | None = None) -> str
         return format_jsonl(report)
     if fmt == "text":
         return format_table(report.findings, report.options.min_score)
+    raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+
+
+def render_diff(report: DiffReport, fmt: str, command_line: str | None = None) -> str:
+    """A diff (:mod:`vulnsteer.scan.diff`) in one of :data:`~vulnsteer.config.vocabulary.OUTPUT_FORMATS`: SARIF,
+    JSON lines (one ``"type": "change"`` record per function that differs, then a ``"type": "summary"`` record),
+    or a table."""
+    if fmt == "sarif":
+        return json.dumps(build_diff_sarif(report, command_line), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "json":
+        records = [*(c.to_record() for c in report.changes), report.summary()]
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if fmt == "text":
+        return format_diff_table(report)
     raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
 
 

@@ -21,15 +21,17 @@ to ``%SRCROOT%`` (the folder the scan ran in, left unnamed), and the provenance'
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from .. import __version__
 from ..cwe import CWE_SEVERITY, DEFAULT_SEVERITY, cwe_name
-from .engine import FunctionResult, ScanReport, level_for
+from .diff import DiffReport
+from .engine import FunctionResult, ScanOptions, ScanReport, ScanStats, level_for
 from .suppression import FINGERPRINT_KEY
 
-__all__ = ["FINGERPRINT_KEY", "GENERIC_RULE", "SARIF_SCHEMA_URI", "build_sarif", "rule_name"]
+__all__ = ["FINGERPRINT_KEY", "GENERIC_RULE", "SARIF_SCHEMA_URI", "build_diff_sarif", "build_sarif", "rule_name"]
 
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 #: Rule id of findings that name no CWE.
@@ -114,7 +116,7 @@ def _message(result: FunctionResult) -> str:
     return head
 
 
-def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict[str, Any]:
+def _result(result: FunctionResult, rule_index: int, report: _Scored) -> dict[str, Any]:
     score = result.score
     short = result.name if result.name.startswith("<") else result.name.rsplit(".", 1)[-1].rsplit("::", 1)[-1]
     return {
@@ -157,21 +159,40 @@ def _result(result: FunctionResult, rule_index: int, report: ScanReport) -> dict
     }
 
 
-def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str, Any]:
-    """The SARIF log of a scan (findings only; see the module docstring).
+class _Scored(Protocol):
+    """What a SARIF result needs of the report it belongs to (a scan's, or a diff's)."""
 
-    >>> build_sarif(report)["runs"][0]["tool"]["driver"]["name"]  # doctest: +SKIP
-    'vulnsteer'
-    """
-    findings = report.findings
-    cwes = sorted({f.score.cwe for f in findings if f.score.cwe}, key=lambda c: int(c.split("-", 1)[1]))
-    rule_ids: list[str | None] = [*cwes, *([None] if any(f.score.cwe is None for f in findings) else [])]
-    index = {cwe: i for i, cwe in enumerate(rule_ids)}
+    @property
+    def options(self) -> ScanOptions: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def portable_provenance(self) -> dict[str, Any]: ...
+
+
+def _rules(results: Sequence[FunctionResult]) -> tuple[list[str | None], dict[str | None, int]]:
+    """The rules of *results* (one per CWE, in CWE order, then the generic rule) and each rule's index."""
+    cwes = sorted({f.score.cwe for f in results if f.score.cwe}, key=lambda c: int(c.split("-", 1)[1]))
+    rule_ids: list[str | None] = [*cwes, *([None] if any(f.score.cwe is None for f in results) else [])]
+    return rule_ids, {cwe: i for i, cwe in enumerate(rule_ids)}
+
+
+def _log(
+    rule_ids: Sequence[str | None],
+    results: list[dict[str, Any]],
+    stats: ScanStats,
+    properties: dict[str, Any],
+    command_line: str | None,
+) -> dict[str, Any]:
+    """A SARIF log of one run: the rules, the results, the files not read or skipped and the warnings of *stats*
+    as notifications, and the run's *properties*."""
     notes = [
-        *(("error", f"not scanned: {line}") for line in report.stats.unscanned),
-        *(("warning", f"skipped: {line}") for line in report.stats.skipped_named),
-        *(("warning", f"parse errors (functions scored as found): {path}") for path in report.stats.parse_error_files),
-        *(("warning", text) for text in report.stats.warnings),
+        *(("error", f"not scanned: {line}") for line in stats.unscanned),
+        *(("warning", f"skipped: {line}") for line in stats.skipped_named),
+        *(("warning", f"parse errors (functions scored as found): {path}") for path in stats.parse_error_files),
+        *(("warning", text) for text in stats.warnings),
     ]
     invocation: dict[str, Any] = {
         "executionSuccessful": True,
@@ -197,15 +218,66 @@ def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str
                     _BASE_ID: {"description": {"text": "the folder the scan ran in (paths are relative to it)"}}
                 },
                 "columnKind": "unicodeCodePoints",
-                "results": [_result(f, index[f.score.cwe], report) for f in findings],
-                "properties": {
-                    "scorer": report.portable_provenance,
-                    "minScore": report.options.min_score,
-                    "failOn": report.options.fail_threshold,
-                    "exitCode": report.exit_code,
-                    "failures": report.failures(),
-                    "summary": report.stats.to_dict(),
-                },
+                "results": results,
+                "properties": properties,
             }
         ],
     }
+
+
+def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str, Any]:
+    """The SARIF log of a scan (findings only; see the module docstring).
+
+    >>> build_sarif(report)["runs"][0]["tool"]["driver"]["name"]  # doctest: +SKIP
+    'vulnsteer'
+    """
+    findings = report.findings
+    rule_ids, index = _rules(findings)
+    properties = {
+        "scorer": report.portable_provenance,
+        "minScore": report.options.min_score,
+        "failOn": report.options.fail_threshold,
+        "exitCode": report.exit_code,
+        "failures": report.failures(),
+        "summary": report.stats.to_dict(),
+    }
+    results = [_result(f, index[f.score.cwe], report) for f in findings]
+    return _log(rule_ids, results, report.stats, properties, command_line)
+
+
+def build_diff_sarif(report: DiffReport, command_line: str | None = None) -> dict[str, Any]:
+    """The SARIF log of a diff (:mod:`vulnsteer.scan.diff`): one result per changed, renamed or added function
+    (in :meth:`~vulnsteer.scan.diff.DiffReport.ordered` order), where it is now, its level from its score after
+    the change, the message saying the score before and after (``scoreBefore``, ``scoreAfter``, ``delta``,
+    ``change`` and ``riskier`` in its properties); removed functions are counted in the run's ``summary``, not
+    reported (they have no place in the new version)."""
+    present = [c for c in report.ordered() if c.after is not None]
+    rule_ids, index = _rules([c.after for c in present if c.after is not None])
+    results = []
+    for change in present:
+        now = change.current
+        out = _result(now, index[now.score.cwe], report)
+        before = change.before.score.score if change.before is not None else None
+        if before is None:
+            what = f"New function `{now.name}`: P(vulnerable) = {now.score.score:.2f}."
+        else:
+            verb = "riskier" if change.riskier else "no riskier"
+            what = (
+                f"`{now.name}` {change.kind}: P(vulnerable) {before:.2f} -> {now.score.score:.2f} "
+                f"({now.score.score - before:+.2f}): this change made it {verb}."
+            )
+        out["message"] = {"text": what}
+        out["properties"].update(
+            change=change.kind, scoreBefore=before, scoreAfter=now.score.score, delta=change.delta,
+            riskier=change.riskier,
+        )  # fmt: skip
+        results.append(out)
+    properties = {
+        "scorer": report.portable_provenance,
+        "minScore": report.options.min_score,
+        "failOn": report.options.fail_threshold,
+        "exitCode": report.exit_code,
+        "failures": report.failures(),
+        "summary": report.summary(),
+    }
+    return _log(rule_ids, results, report.stats, properties, command_line)
