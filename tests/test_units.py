@@ -366,3 +366,22 @@ def test_protocol_and_evaluate_score_files_as_functions(tmp_path: Path, tiny_lm:
                             aggregation="max")  # fmt: skip
     maxed = load_results(out / "results.json")
     assert maxed.data is not None and maxed.data.pieces is not None and maxed.data.pieces.aggregation == "max"
+
+
+def test_val_entries_report_pair_rank_beside_pair_accuracy() -> None:
+    from vulnsteer.experiment.grid import Condition
+    from vulnsteer.experiment.results import val_entry
+
+    def rec(sid: str, pair: str, y: int, score: float | None) -> DetectionRecord:
+        return DetectionRecord(sid, "CWE-787", pair, y, "vulnerable", score=score)
+
+    # both pairs answered "vulnerable" twice: pair accuracy 0; the scores still rank one pair right, one tied
+    records = [rec("a", "p", 1, 0.9), rec("b", "p", 0, 0.4), rec("c", "q", 1, 0.6), rec("d", "q", 0, 0.6)]
+    entry = val_entry(Condition("baseline", "logit", "val"), records, ["CWE-787"])
+    overall = entry.metrics["overall"]
+    assert overall.pair_accuracy == 0.0 and overall.pair_rank_accuracy == pytest.approx(0.75)
+    texts = [dataclasses.replace(r, score=None) for r in records]  # generation mode: no scores, no pair-rank
+    assert (
+        val_entry(Condition("baseline", "generation", "val"), texts, ["CWE-787"]).metrics["overall"].pair_rank_accuracy
+        is None
+    )

@@ -27,10 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..detection.probe import ProbeResult
 from ..detection.records import DetectionRecord, record_from_dict
 from ..io import JsonObject, json_ready
-from ..stats.metrics import point_metrics
+from ..stats.metrics import pair_rank_accuracy, point_metrics
 from .grid import Condition
 from .header import ActivationCacheInfo, DataInfo, GridInfo, ModelInfo, RunFiles, as_object, environment_info
 from .select import Choice
@@ -97,16 +99,21 @@ def val_entry(
     cwes: Sequence[str],
     family: str | None = None,
 ) -> ValEntry:
-    """*condition*'s point metrics per CWE and overall, from its validation *records*."""
+    """*condition*'s point metrics per CWE and overall, from its validation *records* (pair-rank accuracy beside
+    pair accuracy where the records have scores)."""
     metrics: dict[str, PointMetrics] = {}
     for cwe in [*cwes, "overall"]:
         subset = [r for r in records if cwe == "overall" or r.cwe == cwe]
         if subset:
             margins = [r.margin for r in subset if r.margin is not None]
+            preds = [r.to_prediction() for r in subset]
+            scores = [r.score for r in subset]
+            ranked = None if None in scores else pair_rank_accuracy(preds, np.array(scores, dtype=np.float64))
             metrics[cwe] = PointMetrics(
                 len(subset),
-                **point_metrics([r.to_prediction() for r in subset], VAL_METRICS),
+                **point_metrics(preds, VAL_METRICS),
                 mean_margin=sum(margins) / len(margins) if margins else None,
+                pair_rank_accuracy=ranked,
             )
     return ValEntry(condition, metrics, family)
 

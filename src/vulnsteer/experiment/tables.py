@@ -111,6 +111,8 @@ class PointMetrics:
     vulnerable_rate: float | None = None
     auroc: float | None = None
     mean_margin: float | None = None
+    #: the share of pairs whose vulnerable half scores above its fix (ties half; None without scores or pairs)
+    pair_rank_accuracy: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
