@@ -101,7 +101,9 @@ def test_a_run_fits_each_fold_on_its_training_datasets_only(
     assert [f.left_out for f in results.folds] == list(NAMES)
     for fold in results.folds:
         assert fold.left_out not in fold.training
-        assert {r.name for r in fold.detectors} >= {"probe", "adapted", "steered", "gate_control", "answer", "length"}
+        names = {r.name for r in fold.detectors}
+        assert names >= {"probe", "adapted", "steered", "gate_control", "answer", "length", "bag_of_tokens"}
+        assert fold.row("bag_of_tokens").control_of == "probe"  # type: ignore[union-attr]
         n = fold.n
         for row in fold.detectors:
             assert row.metrics.n == n  # every detector on every sample of the left-out dataset

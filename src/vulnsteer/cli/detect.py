@@ -30,10 +30,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--mode",
-        default="generation",
+        default=None,
         choices=list(reversed(MODES)),
         help="how the verdict is read: the generated answer text (kept as the explanation), or P(vulnerable) from "
-        "the answer logits alone (the score is P(vulnerable) in both)",
+        "the answer logits alone (the score is P(vulnerable) in both); with a probe detector (the shipped one is "
+        "the default) the verdict is its probe's and generation only adds the model's text (default: logit with a "
+        "probe detector, else generation)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     add_scorer_args(p)
@@ -45,8 +47,13 @@ def _warn(message: str) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from ..detection.probe_detector import is_probe_detector
     from ..scan.sources import MAX_SOURCE_BYTES, check_language, check_source_files
+    from .options import detector_folder
 
+    folder = detector_folder(args)
+    if args.mode is None:
+        args.mode = "logit" if folder is not None and is_probe_detector(folder) else "generation"
     generates = args.mode == "generation"
     check_steering_options(args, generates, f"--mode {args.mode} generates nothing")
     if not generates and given(args, "detection.max_new_tokens"):
@@ -61,7 +68,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     keep_comments = config_from_args(args).data.keep_comments
     options = ScanOptions(keep_comments=keep_comments, max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0,
-                          language=language, score_unknown=True, aggregation=spec.resolved_aggregation)  # fmt: skip
+                          language=language, score_unknown=True, aggregation=spec.resolved_aggregation,
+                          adapt=args.adapt)  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)

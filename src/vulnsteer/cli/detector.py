@@ -25,10 +25,39 @@ def register(sub: Any) -> None:
     )
     add_config_args(p, SECTIONS)
     p.set_defaults(func=cmd_fit)
-    p = dsub.add_parser("show", help="print a saved detector: setting, probe, model, training data, val metrics")
-    p.add_argument("folder", help="a detector folder (RUN/detector)")
+    p = dsub.add_parser(
+        "fit-default",
+        help="fit the shipped detector from a finished transfer run (the design it chose, calibrated out of dataset)",
+        description="Fit the probe design with the best mean over the outer folds of a finished `vulnsteer "
+        "transfer` run on every dataset of it, calibrate its scores to probabilities on the out-of-dataset (leave-"
+        "one-dataset-out) scores, choose its threshold so the flagged share on each left-out dataset is nearest its "
+        "vulnerable share, and write it (probe.safetensors + detector.json with provenance: model, design, dataset "
+        "hashes and licences, the leave-one-dataset-out table with the length-only control). Reads the run's "
+        "activation cache: nothing is extracted again. Default OUT: the shipped detector inside the package.",
+    )
+    p.add_argument("run", help="a finished transfer run folder (results.json, config.resolved.toml)")
+    p.add_argument("--out", default=None, help="where to write it (default: the shipped detector in the package)")
+    p.add_argument("--cache-dir", default=None, help="the activation cache (default: the run's run.cache_dir)")
+    p.set_defaults(func=cmd_fit_default)
+    p = dsub.add_parser(
+        "show",
+        help="print a saved detector (setting, probe, model, training data, metrics); no folder: the shipped one",
+    )
+    p.add_argument(
+        "folder", nargs="?", default=None, help="a detector folder (RUN/detector; default: the shipped detector)"
+    )
     p.add_argument("--json", action="store_true", help="print detector.json as it is")
     p.set_defaults(func=cmd_show)
+
+
+def cmd_fit_default(args: argparse.Namespace) -> int:
+    from ..detection.probe_detector import SHIPPED_DETECTOR
+    from ..experiment.transfer.ship import fit_default
+
+    out = Path(args.out) if args.out else SHIPPED_DETECTOR
+    fit_default(args.run, out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    print(f"detector: {out}")
+    return show_probe_detector(out)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -64,9 +93,70 @@ def _warn_caveats(folder: Path) -> list[str]:
     return found
 
 
+def _cell(row: Any) -> str:
+    if not row or row.get("auroc") is None:
+        return "–"
+    ci = row.get("auroc_ci")
+    return f"{row['auroc']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def show_probe_detector(folder: Path) -> int:
+    """Print a probe detector: what it reads, its model, its data and its leave-one-dataset-out numbers."""
+    import torch
+
+    from ..detection.probe_detector import ProbeDetector
+
+    detector = ProbeDetector.load(folder)
+    probe, info = detector.probe, detector.info
+    print(
+        f"{folder}: probe detector {detector.digest} (vulnsteer {info.get('vulnsteer_version')}, {info.get('created')})"
+    )
+    reads = ", ".join(f"layer {layer} ({pooling})" for layer, pooling in probe.reads)
+    print(f"  probe: {probe.key} at {reads}")
+    at = float(probe.probabilities(torch.tensor([probe.threshold]))[0])
+    print(f"  score: P(vulnerable), Platt-calibrated on out-of-dataset scores; flagged above {at:.3f}")
+    m = detector.model
+    print(f"  model: {m.id} (fingerprint {m.fingerprint}, weights {m.weights_digest}, {m.dtype})")
+    for ds in info.get("datasets", []):
+        licence = (ds.get("licence") or {}).get("licence", "?")
+        print(
+            f"  data: {ds['name']}: {ds['n']} samples ({ds['n_vulnerable']} vulnerable), hash {ds['hash']}, {licence}"
+        )
+    table = info.get("leave_one_dataset_out") or {}
+    measured = info.get("out_of_dataset") or {}
+    if table:
+        print("  leave-one-dataset-out (AUROC [95% CI]; nested: chosen without the left-out dataset):")
+        print(f"    {'left out':<14} {'probe (nested)':<22} {'adapted':<22} {'length only':<22} share flagged/true")
+        for name, fold in table.items():
+            rows = fold["rows"]
+            shipped = (measured.get("plain") or {}).get("nested", {}).get(name, {})
+            share = f"{shipped['flagged_share']:.2f}/{shipped['vulnerable_share']:.2f}" if shipped else "–"
+            print(
+                f"    {name:<14} {_cell(rows.get('probe')):<22} {_cell(rows.get('adapted')):<22} "
+                f"{_cell(rows.get('length')):<22} {share}"
+            )
+    for kind in ("plain", "adapted"):
+        found = measured.get(kind)
+        if found:
+            s, n = found["summary"], found["nested_summary"]
+            print(
+                f"  {kind}: mean AUROC {s['mean_auroc']:.3f}; flagged share within {s['max_share_gap']:.2f} of the "
+                f"true share on every left-out dataset (nested: {n['max_share_gap']:.2f}, mean "
+                f"{n['mean_share_gap']:.2f}); nested balanced accuracy {n['mean_balanced_accuracy']:.3f}"
+            )
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from ..detection.detector import SavedDetector
+    from ..detection.probe_detector import SHIPPED_DETECTOR, is_probe_detector
 
+    if args.folder is None or is_probe_detector(args.folder):
+        folder = Path(args.folder) if args.folder else SHIPPED_DETECTOR
+        if args.json:
+            print((folder / "detector.json").read_text(encoding="utf-8"))
+            return 0
+        return show_probe_detector(folder)
     detector = SavedDetector.load(args.folder)
     doc = json.loads((Path(args.folder) / "detector.json").read_text(encoding="utf-8"))
     _warn_caveats(Path(args.folder))

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
 from ..config import load_config as load_experiment_config
-from ..config.defaults import DEFAULT_STEER_POSITIONS, DEFAULT_UNIT
+from ..config.defaults import DEFAULT_STEER_POSITIONS, DEFAULT_UNIT, MIN_ADAPT, WARN_ADAPT
 from ..config.vocabulary import AGGREGATIONS, POSITIONS, STRENGTH_UNITS
 
 __all__ = [
@@ -329,6 +329,18 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
         "none)",
     )
     g.add_argument("--vector", default=None, help="steering vector (.safetensors) (default: no steering)")
+    g.add_argument(
+        "--answer",
+        action="store_true",
+        help="score by the bare model's answer (P(vulnerable) from its logits), not the shipped detector (which "
+        "is the default with the embedded model: no --model, --detector or --vector)",
+    )
+    g.add_argument(
+        "--adapt",
+        action="store_true",
+        help="label-free adaptation: the probe detector's centre and threshold re-estimated from the functions "
+        f"being scored (no label is read; refused below {MIN_ADAPT} functions, warned below {WARN_ADAPT})",
+    )
     add_steering_args(g)
     add_config_args(p, ["model"])
     add_config_args(p, ["detection"], only=("--max-new-tokens", "--batch-size"))
@@ -340,6 +352,31 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
         help="how a long function's windows and a file's functions add up to its score (default: what the "
         "detector's run chose on val, else logsumexp, a smooth maximum)",
     )
+
+
+def detector_folder(args: argparse.Namespace) -> Any:
+    """The detector folder the :func:`add_scorer_args` flags name: ``--detector``; else, with the embedded model
+    (no ``--model``), no ``--vector`` and no ``--answer``, the shipped detector; else None (the bare model's
+    answer). Refuses the flags that contradict each other."""
+    from pathlib import Path
+
+    from ..detection.probe_detector import SHIPPED_DETECTOR
+
+    if args.answer and (args.detector is not None or args.vector is not None):
+        raise UsageError("--answer scores by the bare model's answer: it excludes --detector and --vector")
+    if args.detector is not None:
+        return Path(args.detector)
+    if args.answer or args.vector is not None or given(args, "model.name"):
+        if args.adapt:
+            raise UsageError("--adapt re-estimates a probe detector's centre: use it with the shipped detector or "
+                             "--detector (not with --answer, --vector or another --model)")  # fmt: skip
+        return None
+    if not (SHIPPED_DETECTOR / "detector.json").is_file():
+        raise UsageError(
+            f"the shipped detector is missing from this installation ({SHIPPED_DETECTOR}); pass --answer for the "
+            "bare model's answer, or --detector DIR"
+        )
+    return SHIPPED_DETECTOR
 
 
 def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:
@@ -357,7 +394,7 @@ def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:
     return ScorerSpec(
         model=config.model,
         vector=vector,
-        detector=Path(args.detector) if args.detector is not None else None,
+        detector=detector_folder(args),
         allow_model_mismatch=bool(args.allow_model_mismatch),
         explain=explain,
         max_new_tokens=config.detection.max_new_tokens,

@@ -90,7 +90,12 @@ def add_output_args(p: argparse.ArgumentParser, fail_on: str) -> Any:
         help="output format (default: from -o's name: .sarif SARIF, .json/.jsonl JSON lines; else text)",
     )
     o.add_argument("-o", "--output", default=None, metavar="FILE", help="write here, atomically (default: stdout)")
-    o.add_argument("--min-score", type=_probability, default=0.5, help="findings from this score (default: 0.5)")
+    o.add_argument(
+        "--min-score",
+        type=_probability,
+        default=None,
+        help="findings from this score (default: a probe detector's threshold, e.g. the shipped detector's; else 0.5)",
+    )
     o.add_argument("--fail-on", type=_probability, default=None, help=fail_on)
     o.add_argument(
         "--allow-unscanned",
@@ -185,12 +190,23 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         ),
         keep_comments=config_from_args(args).data.keep_comments,
         max_file_bytes=args.max_file_bytes,
-        min_score=args.min_score,
+        min_score=args.min_score if args.min_score is not None else default_min_score(spec, args.adapt),
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
         aggregation=spec.resolved_aggregation,
+        adapt=args.adapt,
         **more,
     )
+
+
+def default_min_score(spec: Any, adapt: bool) -> float:
+    """Where findings start without ``--min-score``: a probe detector's threshold as a probability (its adapted
+    one with ``--adapt``), else 0.5."""
+    from ..detection.probe_detector import ProbeDetector, is_probe_detector
+
+    if spec.detector is None or not is_probe_detector(spec.detector):
+        return 0.5
+    return ProbeDetector.load(spec.detector).threshold_probability(adapted=adapt)
 
 
 def cache_dir_of(args: argparse.Namespace) -> Path | None:

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_UNIT",
     "MAX_SHIFT_RATIO",
     "MIN_ADAPT",
+    "WARN_ADAPT",
 ]
 
 #: ``--max-code-tokens``: the code's token budget; lowered to what fits when a model's context is shorter.
@@ -53,3 +54,6 @@ MAX_SHIFT_RATIO = 100.0
 #: leave-one-dataset-out folds of the embedded model, 20 inputs gave the flagged share within about +-10 points of
 #: the share the whole left-out dataset gives (5 inputs: +-20 points).
 MIN_ADAPT = 20
+#: Below this many inputs an adaptation is made but warned about (the research: its flagged share still moves by
+#: about +-10 points between draws of 20 to 50 inputs).
+WARN_ADAPT = 50

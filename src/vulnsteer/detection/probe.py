@@ -422,16 +422,20 @@ def _combined(design: ProbeDesign, parts: Sequence[ProbeData], seed: int, hidden
     return _Linear(torch.cat(weights), bias, length_weight, centre)
 
 
-def platt(scores: ArrayLike, y: ArrayLike, threshold: float, spread: float) -> Calibration:
-    """Platt scaling of *scores* to P(vulnerable), fitted on (val) *scores* / *y*; with one class, the logistic
-    curve through the *threshold* with the *spread* as its scale (0.5 at the threshold)."""
+def platt(
+    scores: ArrayLike, y: ArrayLike, threshold: float, spread: float, weights: ArrayLike | None = None
+) -> Calibration:
+    """Platt scaling of *scores* to P(vulnerable), fitted on (val) *scores* / *y* (each weighted by *weights*, if
+    given); with one class, the logistic curve through the *threshold* with the *spread* as its scale (0.5 at the
+    threshold)."""
     from sklearn.linear_model import LogisticRegression
 
     s = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
     labels = np.asarray(y, dtype=np.int64).ravel()
     if len(np.unique(labels)) < 2:
         return Calibration(1.0 / spread, -threshold / spread)
-    clf = LogisticRegression(C=1e6, max_iter=1000).fit(s, labels)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    clf = LogisticRegression(C=1e6, max_iter=1000).fit(s, labels, sample_weight=w)
     return Calibration(float(clf.coef_[0][0]), float(clf.intercept_[0]))
 
 

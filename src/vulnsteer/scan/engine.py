@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..config.defaults import DEFAULT_AGGREGATION
+from ..config.defaults import DEFAULT_AGGREGATION, WARN_ADAPT
 from ..cwe import normalize_cwe
 from ..data.functions import CodeUnit, FunctionSplitter, tree_sitter_available
 from ..data.region import Region
@@ -99,6 +99,8 @@ class ScanOptions:
         score_unknown: score a file of no known language whole, as plain source code (else it is skipped).
         aggregation: how a file's functions add up to the file's score (file records, ``detect``): one of
             :data:`~vulnsteer.config.vocabulary.AGGREGATIONS`, the scorer's own for a long function's windows.
+        adapt: re-read every function's score by the scorer's probe detector adapted to all the functions scanned
+            (its centre from their unlabelled scores; see :meth:`~vulnsteer.scan.model_scorer.ModelScorer.adapt`).
     """
 
     files: FileFilter = field(default_factory=FileFilter)
@@ -113,6 +115,7 @@ class ScanOptions:
     language: str | None = None
     score_unknown: bool = False
     aggregation: str = DEFAULT_AGGREGATION
+    adapt: bool = False
 
     def __post_init__(self) -> None:
         if self.fail_on is None:
@@ -538,6 +541,8 @@ def score_functions(
     """The results of *pending* functions, in order: each function's code scored once (the cache first), each
     result counted in *stats* (a finding unless below ``min_score``, filtered out by CWE or suppressed)."""
     scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
+    if options.adapt:
+        scores = _adapted(scorer, scores, stats)
     return [_result(item, scores[item.code_hash], item.code_hash in hits, options, stats) for item in pending]
 
 
@@ -652,11 +657,30 @@ def scan(
             "(pip install 'vulnsteer[scan]')"
         )
     results = score_functions(pending, scorer, cache_dir, options, stats, progress)
+    provenance = dict(scorer.provenance)
+    if options.adapt:
+        provenance["adapted_to"] = len({item.code_hash for item in pending})
     stats.functions = len(results)
     stats.cached = sum(r.cached for r in results)
     _check_discrimination(results, options, stats)
     stats.seconds = time.perf_counter() - started
-    return ScanReport(results, stats, dict(scorer.provenance), scorer.digest, options, base)
+    return ScanReport(results, stats, provenance, scorer.digest, options, base)
+
+
+def _adapted(scorer: Scorer, scores: Mapping[str, FunctionScore], stats: ScanStats) -> dict[str, FunctionScore]:
+    """Every distinct function's score re-read by the scorer adapted to all of them (no label is read); a warning
+    below :data:`~vulnsteer.config.defaults.WARN_ADAPT` functions."""
+    adapt = getattr(scorer, "adapt", None)
+    if adapt is None:
+        raise ValueError("--adapt: this scorer cannot adapt (it needs a probe detector)")
+    keys = list(scores)
+    adapted, n = adapt([scores[k] for k in keys])
+    if n < WARN_ADAPT:
+        stats.warnings.append(
+            f"--adapt: the centre comes from {n} functions (fewer than {WARN_ADAPT}): the share it flags may still "
+            "be off by about 10 points"
+        )
+    return dict(zip(keys, adapted, strict=True))
 
 
 def _result(

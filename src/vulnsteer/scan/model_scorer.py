@@ -87,7 +87,10 @@ class ScorerSpec:
     Attributes:
         model: the ``[model]`` section (:func:`~vulnsteer.lm.model.load_model` loads it).
         vector: a vector at one setting, or None.
-        detector: a saved detector folder instead of *vector* (its template replaces the default one).
+        detector: a saved detector folder instead of *vector* (its template replaces the default one): a steering
+            detector (:class:`~vulnsteer.detection.detector.SavedDetector`) or a probe detector (:class:`~vulnsteer.
+            detection.probe_detector.ProbeDetector`, e.g. the shipped one: its calibrated probe alone scores, the
+            model generates only with *explain*).
         allow_model_mismatch: use a vector or detector made with another model.
         explain: also generate the answer text (mode ``generation``): verdict, named CWE and explanation.
         max_new_tokens: ``detection.max_new_tokens``, with *explain*.
@@ -170,7 +173,8 @@ def _detector_sha256(folder: Path) -> str:
     if not (folder / "detector.json").is_file():
         raise ValueError(f"--detector: {folder}: not a detector folder (no detector.json)")
     digest = hashlib.sha256()
-    for name in DETECTOR_FILES:
+    present = [name for name in DETECTOR_FILES if (folder / name).exists()]  # (a probe detector has no vector)
+    for name in present:
         digest.update(name.encode() + b"\0")
         digest.update(bytes.fromhex(_file_sha256(folder / name, "--detector")))
     return digest.hexdigest()
@@ -226,6 +230,7 @@ class ModelScorer:
         self._key: str | None = None
         self._specs: list[Any] | None = None
         self._steering_cwe: str | None = None
+        self._probe_detector: Any = None
         self._budget: int | None = None
         self._identity: ModelIdentity | None = lm.identity if lm is not None else self._recalled_identity()
         self._digest: str | None = None
@@ -315,9 +320,7 @@ class ModelScorer:
         resolve_device(spec.model.device)
         vector = self._read_vector() if spec.vector is not None else None
         if spec.detector is not None:
-            from ..detection.detector import SavedDetector
-
-            SavedDetector.load(spec.detector)
+            _load_detector(spec.detector)
         config, _, self._budget = model_budget(spec.model, spec.max_code_tokens, max_new_tokens=spec.new_tokens)
         if vector is not None:
             self._check_vector_shape(vector, config)
@@ -399,14 +402,16 @@ class ModelScorer:
             self._fit_budget(lm.context_length, lm.tokenizer)
         allow = spec.allow_model_mismatch
         if spec.detector is not None:
-            from ..detection.detector import SavedDetector
-
-            detector = SavedDetector.load(spec.detector)
+            detector = _load_detector(spec.detector)
             for warning in detector.check_model(lm, str(spec.detector), allow_mismatch=allow):
                 log.warning("%s", warning)
-            self._specs = [detector.spec()]
             self.template = detector.template
-            self._steering_cwe = _cwe_of(detector.vector.cwe)
+            if hasattr(detector, "spec"):
+                self._specs = [detector.spec()]
+                self._steering_cwe = _cwe_of(detector.vector.cwe)
+            else:  # a probe detector: its probe alone scores (the model generates only to explain)
+                self._specs = []
+                self._probe_detector = detector
         elif spec.vector is not None:
             vector = self._read_vector()
             for warning in vector.check_model(
@@ -452,6 +457,8 @@ class ModelScorer:
         named = [dataclasses.replace(u, id=f"{i}:{u.id}") for i, u in enumerate(units)]
         fitter = window_fitter if spec.long_functions == "windows" else head_fitter
         read = held_out_units(named, {}, {}, fitter(count, self._budget))
+        if self._probe_detector is not None:
+            return self._probe_scores(lm, read, len(units), progress)
         modes = ("logit", "generation") if spec.explain else ("logit",)
         out = detect_variants_modes(
             lm,
@@ -494,3 +501,88 @@ class ModelScorer:
     def aggregation(self) -> str:
         """How a function's windows add up (:attr:`ScorerSpec.resolved_aggregation`)."""
         return self.spec.resolved_aggregation
+
+    def _probe_scores(self, lm: Any, read: Any, n: int, progress: bool) -> list[FunctionScore]:
+        """A probe detector's calibrated P(vulnerable) and verdict per function: its raw score on each piece (a
+        long function's windows) aggregated as the model's scores are (kept as ``probe``), then calibrated; with
+        ``explain``, the unsteered model's generated answer on the top piece as the explanation (the verdict stays
+        the probe's)."""
+        import torch
+
+        detector, spec = self._probe_detector, self.spec
+        pieces = list(read.pieces)
+        raw = detector.raw_scores(lm, pieces, batch_size=spec.batch_size, progress=progress)
+        found = read.aggregate([float(x) for x in raw.tolist()], self.aggregation)
+        texts: list[Any] = [None] * len(pieces)
+        if spec.explain:
+            from ..detection.engine import detect_variants_modes
+
+            out = detect_variants_modes(lm, pieces, {"scan": []}, modes=("generation",), template=self.template,
+                                        batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
+                                        progress=progress, desc="explaining")  # fmt: skip
+            texts = [(r.text or "").strip() or None for r in out["generation"]["scan"]]
+        count_windows, truncated = [0] * n, [False] * n
+        for piece, where in zip(read.pieces, read.where):
+            count_windows[where.sample] += 1
+            truncated[where.sample] |= bool(piece.meta.get("truncation", {}).get("truncated"))
+        scores = torch.tensor([value for value, _ in found], dtype=torch.float32)
+        probs, verdicts = _probe_verdicts(detector.probe, scores)
+        return [
+            FunctionScore(
+                p, v, None, texts[top], truncated[k] and count_windows[k] == 1, probe=value, windows=count_windows[k]
+            )
+            for k, ((value, top), p, v) in enumerate(zip(found, probs, verdicts, strict=True))
+        ]
+
+    def adapt(self, scores: Sequence[FunctionScore]) -> tuple[list[FunctionScore], int]:
+        """*scores* (this scorer's, of every function scanned) re-read by the probe detector adapted to them: its
+        centre re-estimated from their raw probe scores (no label is read). Refuses (``AdaptationError``) fewer
+        than the detector's minimum, and any scorer but a probe detector. Returns the scores and how many inputs
+        the centre came from."""
+        from ..steering.probe import AdaptationError
+
+        detector = self._probe_detector
+        if detector is None and self.spec.detector is not None and _is_probe_detector(self.spec.detector):
+            from ..detection.probe_detector import ProbeDetector
+
+            detector = ProbeDetector.load(self.spec.detector)  # (every score came from the cache: no model needed)
+        if detector is None:
+            raise AdaptationError(
+                "--adapt re-estimates a probe detector's centre (the shipped detector, or --detector with a probe "
+                "detector); this scorer has none"
+            )
+        import torch
+
+        raw = torch.tensor([s.probe for s in scores], dtype=torch.float32)
+        try:
+            adapted = detector.adapted(raw)
+        except AdaptationError as exc:
+            raise AdaptationError(f"--adapt: {exc}") from None
+        centred = raw - (detector.probe.bias - adapted.bias)  # (the adapted probe's score: minus their mean)
+        probs, verdicts = _probe_verdicts(adapted, centred)
+        out = [dataclasses.replace(s, score=p, verdict=v) for s, p, v in zip(scores, probs, verdicts, strict=True)]
+        return out, adapted.centred
+
+
+def _probe_verdicts(probe: Any, raw: Any) -> tuple[list[float], list[str]]:
+    """Calibrated probabilities (clamped to [0, 1]) and verdicts of a probe's scores *raw*."""
+    probs = [min(1.0, max(0.0, float(p))) for p in probe.probabilities(raw).tolist()]
+    verdicts = ["vulnerable" if v else "secure" for v in probe.verdicts(raw).tolist()]
+    return probs, verdicts
+
+
+def _is_probe_detector(folder: Path) -> bool:
+    from ..detection.probe_detector import is_probe_detector
+
+    return is_probe_detector(folder)
+
+
+def _load_detector(folder: Path) -> Any:
+    """The detector in *folder*: a probe detector or a steering detector (each refuses a folder it cannot use)."""
+    from ..detection.probe_detector import ProbeDetector, is_probe_detector
+
+    if is_probe_detector(folder):
+        return ProbeDetector.load(folder)
+    from ..detection.detector import SavedDetector
+
+    return SavedDetector.load(folder)

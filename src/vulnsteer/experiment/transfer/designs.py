@@ -36,6 +36,7 @@ __all__ = [
     "length_scores",
     "metric_of",
     "predictions",
+    "token_scores",
 ]
 
 
@@ -145,6 +146,41 @@ def length_scores(fold: Fold, data: Mapping[str, TransferDataset]) -> FoldScores
     target, _ = lengths(data[fold.left_out], None)
     note = f"longer code scores {'higher' if sign > 0 else 'lower'} (sign chosen on the training datasets)"
     return FoldScores(fold.key, "length", tuple((sign * target).tolist()), threshold, note=note)
+
+
+#: Code tokens of the bag-of-tokens control: identifiers, numbers, two-character operators, single symbols.
+TOKEN_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*|\d+|==|!=|<=|>=|->|\+\+|--|&&|\|\||[^\sA-Za-z0-9_]"
+
+
+def _code_tokens(text: str) -> list[str]:
+    import re
+
+    return re.findall(TOKEN_PATTERN, text)
+
+
+def token_scores(fold: Fold, data: Mapping[str, TransferDataset]) -> FoldScores:
+    """The bag-of-tokens control: a logistic regression (C=1) on TF-IDF of the code's tokens (uni- and bigrams
+    seen in at least 3 samples, sublinear counts), no model at all; fitted on the training datasets' fit splits,
+    thresholded on their val splits, applied to every sample of the left-out one. What the code's words alone
+    tell, to set beside what the hidden states tell."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    def split(ds: TransferDataset, splits: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        rows = [ds.samples[i] for i in ds.indices(splits)]
+        return [s.code for s in rows], np.array([s.y for s in rows])
+
+    fit = [split(data[n], FIT_SPLITS) for n in fold.training]
+    code, y = [c for f in fit for c in f[0]], np.concatenate([f[1] for f in fit])
+    vectorizer = TfidfVectorizer(tokenizer=_code_tokens, lowercase=False, ngram_range=(1, 2), min_df=3,
+                                 sublinear_tf=True, token_pattern=None)  # fmt: skip
+    model = LogisticRegression(C=1.0, max_iter=2000).fit(vectorizer.fit_transform(code), y)
+    val = [split(data[n], ("val",)) for n in fold.training]
+    v_code, vy = [c for v in val for c in v[0]], np.concatenate([v[1] for v in val])
+    v_scores = model.decision_function(vectorizer.transform(v_code))
+    threshold = choose_threshold(v_scores, vy) if len(np.unique(vy)) == 2 else 0.0
+    target = model.decision_function(vectorizer.transform([s.code for s in data[fold.left_out].samples]))
+    return FoldScores(fold.key, "bag_of_tokens", tuple(float(x) for x in target), threshold)
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:

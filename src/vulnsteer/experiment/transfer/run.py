@@ -15,8 +15,8 @@ For every **outer fold** (one dataset of ``data.paths`` left out):
    datasets and chosen by their mean there; the outer fold's row is the chosen one, with its random-gate control;
 4. every detector is scored on every sample of the left-out dataset: the chosen probe (its threshold transferred),
    the adapted probe (its centre re-estimated from the left-out inputs, no label), the steered model, its random
-   gate, the model's own answer, the length-only control, the non-nested probe, and the peer analysers where
-   installed.
+   gate, the model's own answer, the length-only control, the bag-of-tokens control (TF-IDF of the code's tokens:
+   what the words alone tell, no model), the non-nested probe, and the peer analysers where installed.
 
 Resumable: activations come from the activation cache, every (fold, design) is appended to ``designs.jsonl`` and
 every chunk of steered rows to ``steered.jsonl`` as it finishes, peers are kept in ``peers.json``; a rerun into the
@@ -52,7 +52,16 @@ from ..prepare import load_dataset
 from ..rundir import RunDir
 from ..tables import MetricBlock
 from .data import TransferDataset, dataset_sections, load_transfer_data, with_activations
-from .designs import DesignStore, FoldScores, design_grid, fit_on_fold, length_scores, metric_of, predictions
+from .designs import (
+    DesignStore,
+    FoldScores,
+    design_grid,
+    fit_on_fold,
+    length_scores,
+    metric_of,
+    predictions,
+    token_scores,
+)
 from .designs import probe_scores as probe_fold_scores
 from .folds import Fold, inner_folds, outer_folds
 from .peers import run_peer
@@ -304,6 +313,17 @@ class _Transfer:
                 self.block(predictions(target, length.scores, length.threshold)),
                 "",
                 length.note,
+                control_of="probe",
+            )
+        )
+        tokens = token_scores(outer, self.data)
+        rows.append(
+            DetectorRow(
+                "bag_of_tokens",
+                "bag-of-tokens control (TF-IDF of the code's tokens, logistic; no model)",
+                self.block(predictions(target, tokens.scores, tokens.threshold)),
+                "",
+                "what the code's words alone tell",
                 control_of="probe",
             )
         )

@@ -1,0 +1,340 @@
+"""The shipped detector, fitted from a finished transfer run (``vulnsteer detector fit-default RUN``).
+
+From the run's ``results.json`` and resolved config it takes **the design with the best mean over the outer folds**
+(the legitimate final choice: its nested leave-one-dataset-out numbers, the run's ``probe`` rows, are the estimate
+of how well that way of choosing transfers), reads every dataset's activations through the same activation cache
+(same model, data and prompt: nothing is extracted again), and fits:
+
+1. **the probe** on every dataset (their ``train`` and ``test`` splits, one part each), as a fold's probe is fitted;
+2. **its calibration on out-of-dataset scores**: on every outer fold, the design fitted on the other datasets
+   scores the left-out one; each score is standardised by its fold probe's own training scores (mean, standard
+   deviation), and one Platt scaling is fitted on all folds' standardised scores together, each dataset weighing
+   the same. Applied to the shipped probe's scores standardised by its own training scores. Not on in-distribution
+   val, whose scores sit elsewhere;
+3. **its threshold** (a probability): the one whose flagged share on every left-out dataset is nearest its
+   vulnerable share (the largest gap over the folds made smallest). Measured per fold twice: with that threshold
+   (it read every fold's vulnerable share) and nested (calibration and threshold chosen on the other folds only);
+4. **its adaptation** the same way on scores centred on each left-out dataset's mean (no label is read).
+
+Its provenance (:class:`~vulnsteer.detection.probe_detector.ProbeDetector`'s ``detector.json``) holds the model
+identity, the design and how it was chosen, each dataset's source, hash, size and licence, the run's
+leave-one-dataset-out table (every detector and the length-only control, per fold), these per-fold measurements,
+the date and the vulnsteer version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..._version import __version__
+from ...config import ExperimentConfig, load_config
+from ...config.design import ProbeDesign
+from ...detection.probe import ProbeData, fit_probe, platt
+from ...detection.probe_detector import ProbeDetector
+from ...lm.activation_cache import ActivationCache
+from ...lm.model import LoadedModel, load_model
+from ...lm.prompts import DEFAULT_TEMPLATE
+from ...stats.compare import metrics_block
+from ...stats.metrics import Prediction
+from ...steering.probe import Adaptation, Calibration, Probe
+from ..rundir import RESOLVED_NAME
+from ..tables import MetricBlock
+from .data import FIT_SPLITS, TransferDataset, load_transfer_data, with_activations
+from .designs import design_grid
+from .folds import outer_folds
+from .results import TransferResults
+
+__all__ = ["FoldCalibration", "fit_default", "licence_of", "share_threshold"]
+
+#: The rows of a transfer run's table the shipped detector's provenance keeps (when the run has them).
+TABLE_ROWS = ("probe", "adapted", "steered", "gate_control", "answer", "length", "probe_non_nested", "bag_of_tokens")
+
+
+@dataclass(frozen=True)
+class FoldCalibration:
+    """One outer fold's out-of-dataset scores of the shipped design: standardised by the fold probe's own training
+    scores (*z*), and centred on the left-out dataset's mean instead (*centred*, for the adaptation); the labels."""
+
+    left_out: str
+    z: np.ndarray
+    centred: np.ndarray
+    y: np.ndarray
+    pairs: tuple[str | None, ...]
+
+    @property
+    def share(self) -> float:
+        return float(self.y.mean())
+
+
+def share_threshold(probs: Sequence[np.ndarray], shares: Sequence[float]) -> tuple[float, float]:
+    """The probability threshold (flagged iff ``p > t``) whose largest gap between a fold's flagged share and its
+    *shares* entry is smallest (ties: nearest 0.5); returns it and that gap.
+
+    >>> t, gap = share_threshold([np.array([0.1, 0.2, 0.6, 0.7]), np.array([0.3, 0.4, 0.8, 0.9])], [0.5, 0.5])
+    >>> 0.4 <= t < 0.6, gap
+    (True, 0.0)
+    """
+    pooled = np.concatenate(list(probs))
+    candidates = np.unique(np.concatenate([pooled, [0.5], (pooled[:-1] + pooled[1:]) / 2 if len(pooled) > 1 else []]))
+    best, best_gap = 0.5, math.inf
+    for t in candidates:
+        gap = max(abs(float((p > t).mean()) - s) for p, s in zip(probs, shares, strict=True))
+        if gap < best_gap - 1e-12 or (abs(gap - best_gap) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
+            best, best_gap = float(t), gap
+    return best, best_gap
+
+
+def _calibrate(folds: Sequence[FoldCalibration], centred: bool) -> tuple[Calibration, float]:
+    """One Platt scaling of the folds' scores (each dataset weighing the same) and the share threshold on it."""
+    x = [f.centred if centred else f.z for f in folds]
+    weights = np.concatenate([np.full(len(v), 1.0 / len(v)) for v in x])
+    y = np.concatenate([f.y for f in folds])
+    calibration = platt(np.concatenate(x), y, 0.0, 1.0, weights=weights * len(weights) / weights.sum())
+    probs = [calibration.probabilities(torch.as_tensor(v)).double().numpy() for v in x]
+    threshold, _ = share_threshold(probs, [f.share for f in folds])
+    return calibration, threshold
+
+
+def _block(fold: FoldCalibration, probs: np.ndarray, threshold: float, seed: int, n_boot: int) -> dict[str, Any]:
+    preds = [
+        Prediction(f"{fold.left_out}:{i}", "any", pid, int(y), int(p > threshold), float(p))
+        for i, (y, p, pid) in enumerate(zip(fold.y, probs, fold.pairs, strict=True))
+    ]
+    m = MetricBlock.from_json(metrics_block(preds, seed, n_boot))
+    flagged = float((probs > threshold).mean())
+    return {
+        "auroc": m.auroc,
+        "auroc_ci": None if m.auroc_ci is None else list(m.auroc_ci),
+        "balanced_accuracy": m.balanced_accuracy,
+        "pair_rank_accuracy": m.pair_rank_accuracy,
+        "flagged_share": flagged,
+        "vulnerable_share": fold.share,
+        "share_gap": flagged - fold.share,
+        "brier": float(np.mean((probs - fold.y) ** 2)),
+        "threshold": threshold,
+    }
+
+
+def fold_measurements(folds: Sequence[FoldCalibration], centred: bool, seed: int, n_boot: int) -> dict[str, Any]:
+    """Per fold: the shipped calibration and threshold (fitted on every fold), and nested (fitted on the others:
+    what a dataset never seen gets); the mean and largest share gap of each."""
+    calibration, threshold = _calibrate(folds, centred)
+    shipped, nested = {}, {}
+    for k, fold in enumerate(folds):
+        x = fold.centred if centred else fold.z
+        probs = calibration.probabilities(torch.as_tensor(x)).double().numpy()
+        shipped[fold.left_out] = _block(fold, probs, threshold, seed, n_boot)
+        others = [f for j, f in enumerate(folds) if j != k]
+        c_other, t_other = _calibrate(others, centred)
+        p_other = c_other.probabilities(torch.as_tensor(x)).double().numpy()
+        nested[fold.left_out] = _block(fold, p_other, t_other, seed, n_boot)
+
+    def summary(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+        gaps = [abs(r["share_gap"]) for r in rows.values()]
+        aurocs = [r["auroc"] for r in rows.values() if r["auroc"] is not None]
+        return {
+            "mean_auroc": float(np.mean(aurocs)) if aurocs else math.nan,
+            "mean_balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in rows.values()])),
+            "mean_share_gap": float(np.mean(gaps)),
+            "max_share_gap": float(np.max(gaps)),
+        }
+
+    return {
+        "calibration": calibration.to_json(),
+        "threshold": threshold,
+        "folds": shipped,
+        "nested": nested,
+        "summary": summary(shipped),
+        "nested_summary": summary(nested),
+    }
+
+
+def licence_of(source: str) -> dict[str, str]:
+    """What a dataset's licence file says (its name, the licence it names, its SHA-256), or that the bundled corpus
+    is vulnsteer's own.
+
+    >>> licence_of("builtin")["licence"]
+    "MIT (vulnsteer's own bundled corpus)"
+    """
+    import hashlib
+
+    if source == "builtin":
+        return {"licence": "MIT (vulnsteer's own bundled corpus)", "file": ""}
+    root = Path(source)
+    root = root if root.is_dir() else root.parent
+    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENSE-NOTE.md", "COPYING"):
+        path = root / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            lowered = text.lower()
+            licence = (
+                "MIT" if "mit license" in lowered else "public domain" if "public domain" in lowered else f"see {name}"
+            )
+            return {"licence": licence, "file": str(path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return {"licence": "unknown (no licence file found)", "file": ""}
+
+
+def _table(results: TransferResults) -> dict[str, Any]:
+    """The run's leave-one-dataset-out table: per left-out dataset, each kept row's metrics and what it applied."""
+    out: dict[str, Any] = {}
+    for fold in results.folds:
+        rows = {}
+        for row in fold.detectors:
+            if row.name in TABLE_ROWS:
+                m = row.metrics
+                rows[row.name] = {
+                    "label": row.label,
+                    "chosen": row.chosen,
+                    "auroc": m.auroc,
+                    "auroc_ci": None if m.auroc_ci is None else list(m.auroc_ci),
+                    "balanced_accuracy": m.balanced_accuracy,
+                    "pair_rank_accuracy": m.pair_rank_accuracy,
+                    "flagged_share": m.vulnerable_rate,
+                }
+        out[fold.left_out] = {"n": fold.n, "vulnerable_share": fold.vulnerable_share, "rows": rows}
+    return out
+
+
+def _fit_stats(probe: Probe, parts: Sequence[ProbeData]) -> tuple[float, float]:
+    scores = torch.cat([probe.score_matrix(p.x, p.lengths) for p in parts]).double()
+    sd = float(scores.std(unbiased=False))
+    return float(scores.mean()), sd if sd > 0 else 1.0
+
+
+def _fit(design: ProbeDesign, data: Mapping[str, TransferDataset], names: Sequence[str], seed: int) -> Probe:
+    train = [data[n].probe_data(design.reads, FIT_SPLITS) for n in names]
+    val = [data[n].probe_data(design.reads, ("val",)) for n in names]
+    return fit_probe(design, train, val, seed=seed, meta={"training": list(names)})
+
+
+def fold_calibrations(
+    design: ProbeDesign, data: Mapping[str, TransferDataset], names: Sequence[str], seed: int
+) -> list[FoldCalibration]:
+    """Every outer fold's out-of-dataset scores of *design*, standardised (see the module docstring)."""
+    out = []
+    for fold in outer_folds(names):
+        probe = _fit(design, data, fold.training, seed)
+        mu, sd = _fit_stats(probe, [data[n].probe_data(design.reads, FIT_SPLITS) for n in fold.training])
+        target = data[fold.left_out].probe_data(design.reads)
+        s = probe.score_matrix(target.x, target.lengths).double().numpy()
+        out.append(FoldCalibration(fold.left_out, (s - mu) / sd, (s - s.mean()) / sd, target.y, target.pairs))
+    return out
+
+
+def shipped_probe(
+    design: ProbeDesign, data: Mapping[str, TransferDataset], names: Sequence[str], seed: int, folds: Any
+) -> tuple[Probe, dict[str, Any]]:
+    """*design* fitted on every dataset, with the out-of-dataset calibration, threshold and adaptation of
+    *folds* (:func:`fold_measurements` for unadapted and adapted scores) in its own score units."""
+    probe = _fit(design, data, names, seed)
+    mu, sd = _fit_stats(probe, [data[n].probe_data(design.reads, FIT_SPLITS) for n in names])
+    plain, adapted = folds["plain"], folds["adapted"]
+    a = Calibration.from_json(plain["calibration"])
+    if a.slope <= 0:
+        raise ValueError(
+            f"the design {design.key} ranks left-out datasets the wrong way round (Platt slope {a.slope:.3g} on its "
+            "out-of-dataset scores): nothing to ship"
+        )
+    calibration = Calibration(a.slope / sd, a.intercept - a.slope * mu / sd)
+    threshold = mu + sd * (_logit(plain["threshold"]) - a.intercept) / a.slope
+    b = Calibration.from_json(adapted["calibration"])
+    adaptation = Adaptation(
+        sd * (_logit(adapted["threshold"]) - b.intercept) / b.slope if b.slope > 0 else 0.0,
+        sd,
+        Calibration(b.slope / sd, b.intercept),
+    )
+    shipped = dataclasses.replace(probe, threshold=threshold, spread=sd, calibration=calibration, adaptation=adaptation)
+    return shipped, {"training_score_mean": mu, "training_score_sd": sd}
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
+
+
+def fit_default(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    lm: LoadedModel | None = None,
+    progress: bool = True,
+) -> ProbeDetector:
+    """The shipped detector from the finished transfer run *run_dir*, written to *out* (see the module docstring).
+    *cache_dir*: the activation cache (default: the run's ``run.cache_dir``)."""
+    import json
+
+    run = Path(run_dir)
+    results_path = run / "results.json"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path}: not found (is {run} a finished transfer run?)")
+    results = TransferResults.from_json(json.loads(results_path.read_text(encoding="utf-8")), str(results_path))
+    if results.status != "complete" or not results.non_nested_design:
+        raise ValueError(f"{results_path}: the run has not finished (status {results.status!r})")
+    config: ExperimentConfig = load_config(run / RESOLVED_NAME)
+    if cache_dir is not None:
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, cache_dir=str(cache_dir)))
+    own = lm is None
+    if lm is None:
+        lm = load_model(config.model)
+    try:
+        grid = {d.key: d for d in design_grid(config, lm.num_layers)}
+        design = grid.get(results.non_nested_design)
+        if design is None:
+            raise ValueError(f"{results_path}: design {results.non_nested_design!r} is not in the run's grid")
+        loaded = load_transfer_data(config, lm.tokenizer, progress)
+        recorded = {d.name: d.hash for d in results.datasets}
+        for ds in loaded:
+            if recorded.get(ds.name) != ds.hash:
+                raise ValueError(
+                    f"{results_path}: dataset {ds.name!r} is not the data the run used (hash {ds.hash} vs "
+                    f"{recorded.get(ds.name)}); the data or the code that prepares it changed"
+                )
+        cache = ActivationCache(config.run.cache_dir, enabled=config.run.cache)
+        with_acts = with_activations(
+            loaded,
+            lm,
+            cache,
+            sorted(set(design.layers)),
+            sorted(set(design.poolings)),
+            config.detection.batch_size,
+            progress,
+        )
+        data = {d.name: d for d in with_acts}
+        names = [d.name for d in with_acts]
+        seed, n_boot = config.data.seed, config.transfer.n_boot
+        folds = fold_calibrations(design, data, names, seed)
+        measured = {
+            "plain": fold_measurements(folds, False, seed, n_boot),
+            "adapted": fold_measurements(folds, True, seed, n_boot),
+        }
+        probe, scale = shipped_probe(design, data, names, seed, measured)
+        info = {
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "vulnsteer_version": __version__,
+            "design": {
+                "key": design.key,
+                "chosen": f"the design with the best mean {results.select_by} over the outer folds of the transfer "
+                "run (non-nested); the run's nested 'probe' rows estimate how well choosing this way transfers",
+                "transfer_run": str(run.resolve()),
+            },
+            "datasets": [{**ds.to_json(), "licence": licence_of(ds.source)} for ds in results.datasets],
+            "leave_one_dataset_out": _table(results),
+            "out_of_dataset": measured,
+            "score_scale": scale,
+        }
+        detector = ProbeDetector(probe, lm.identity, DEFAULT_TEMPLATE, config.conditional.min_adapt, info)
+        detector.save(out)
+        return detector
+    finally:
+        if own:
+            lm.close()

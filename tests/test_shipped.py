@@ -1,0 +1,204 @@
+"""The shipped detector's machinery on a tiny model: fitted from a finished transfer run with the design it chose,
+calibrated on out-of-dataset scores, its threshold measured against each left-out dataset's vulnerable share,
+verified by digest, refusing another model, and used by scan and detect by default."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.test_transfer import _config
+
+from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
+from vulnsteer.experiment.transfer import TransferResults, run_transfer
+from vulnsteer.experiment.transfer.ship import FoldCalibration, fit_default, fold_measurements, share_threshold
+from vulnsteer.lm.identity import ModelMismatchError
+from vulnsteer.lm.model import LoadedModel
+from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
+from vulnsteer.scan.functions import tree_sitter_available
+from vulnsteer.steering.probe import AdaptationError
+
+needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Path]:
+    """A finished tiny transfer run (no steering) and the detector fitted from it."""
+    tmp = tmp_path_factory.mktemp("shipped")
+    run = run_transfer(_config(tmp, steered=False), tmp / "run", lm=tiny_lm, progress=False)
+    fit_default(run, tmp / "detector", lm=tiny_lm, progress=False)
+    return run, tmp / "detector"
+
+
+def test_it_is_the_design_the_run_chose_with_its_provenance(shipped: tuple[Path, Path], tiny_lm: LoadedModel) -> None:
+    run, folder = shipped
+    results = TransferResults.from_json(json.loads((run / "results.json").read_text()))
+    assert is_probe_detector(folder)
+    detector = ProbeDetector.load(folder, tiny_lm)
+    assert detector.probe.key == results.non_nested_design
+    assert detector.model == tiny_lm.identity
+    info = detector.info
+    assert [d["name"] for d in info["datasets"]] == [d.name for d in results.datasets]
+    assert all(d["hash"] and d["licence"]["licence"] for d in info["datasets"])
+    table = info["leave_one_dataset_out"]
+    assert list(table) == [f.left_out for f in results.folds]
+    assert all({"probe", "length"} <= set(fold["rows"]) for fold in table.values())
+    for kind in ("plain", "adapted"):
+        measured = info["out_of_dataset"][kind]
+        assert set(measured["folds"]) == set(measured["nested"]) == set(table)
+        for row in measured["nested"].values():
+            assert row["share_gap"] == pytest.approx(row["flagged_share"] - row["vulnerable_share"])
+        gaps = [abs(r["share_gap"]) for r in measured["folds"].values()]
+        assert measured["summary"]["max_share_gap"] == pytest.approx(max(gaps))
+
+
+def test_its_scores_are_the_out_of_dataset_calibration_in_its_own_units(
+    shipped: tuple[Path, Path], tiny_lm: LoadedModel
+) -> None:
+    _, folder = shipped
+    detector = ProbeDetector.load(folder)
+    probe, info = detector.probe, detector.info
+    scale = info["score_scale"]
+    a = info["out_of_dataset"]["plain"]["calibration"]
+    raw = torch.tensor([scale["training_score_mean"], scale["training_score_mean"] + scale["training_score_sd"]])
+    z = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    expected = torch.sigmoid(z * a["slope"] + a["intercept"]).float()
+    torch.testing.assert_close(probe.probabilities(raw), expected, atol=1e-5, rtol=1e-5)
+    # the threshold (in score units) is where the calibrated probability reaches the chosen one
+    at = float(probe.probabilities(torch.tensor([probe.threshold]))[0])
+    assert at == pytest.approx(info["out_of_dataset"]["plain"]["threshold"], abs=1e-4)
+
+
+def test_a_replaced_probe_file_and_another_model_are_refused(
+    shipped: tuple[Path, Path], tmp_path: Path, tiny_lm: LoadedModel
+) -> None:
+    _, folder = shipped
+    detector = ProbeDetector.load(folder)
+    copy = detector.save(tmp_path / "copy")
+    ProbeDetector.load(copy, tiny_lm)
+    other = dataclasses.replace(detector.probe, bias=detector.probe.bias + 1.0)
+    other.save(copy / "probe.safetensors")
+    with pytest.raises(ProbeDetectorError, match="SHA-256 differs"):
+        ProbeDetector.load(copy)
+    foreign = dataclasses.replace(detector, model=dataclasses.replace(detector.model, fingerprint="another"))
+    foreign.save(tmp_path / "foreign")
+    with pytest.raises(ModelMismatchError, match="not this model"):
+        ProbeDetector.load(tmp_path / "foreign", tiny_lm)
+
+
+def test_adaptation_refuses_too_few_inputs(shipped: tuple[Path, Path]) -> None:
+    detector = ProbeDetector.load(shipped[1])
+    with pytest.raises(AdaptationError, match=f"at least {detector.min_adapt}"):
+        detector.adapted(torch.zeros(detector.min_adapt - 1))
+    adapted = detector.adapted(torch.arange(detector.min_adapt, dtype=torch.float32))
+    assert adapted.centred == detector.min_adapt
+
+
+def _fold(name: str, shift: float, share: float, n: int, seed: int) -> FoldCalibration:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < share).astype(np.int64)
+    z = rng.normal(size=n) + 1.5 * y + shift
+    return FoldCalibration(name, z, z - z.mean(), y, tuple(f"{name}{i // 2}" for i in range(n)))
+
+
+def test_threshold_travels_by_share_and_adaptation_removes_a_dataset_offset() -> None:
+    folds = [_fold("a", 0.0, 0.5, 400, 1), _fold("b", 2.5, 0.5, 400, 2), _fold("c", -2.5, 0.5, 400, 3)]
+    plain = fold_measurements(folds, False, 0, 50)
+    adapted = fold_measurements(folds, True, 0, 50)
+    # each dataset sits elsewhere: no one threshold flags its share everywhere; centred on each, one does
+    assert plain["summary"]["max_share_gap"] > 0.3
+    assert adapted["summary"]["max_share_gap"] < 0.1 and adapted["nested_summary"]["max_share_gap"] < 0.15
+    # the ranking within a dataset is the same either way
+    for name in ("a", "b", "c"):
+        assert plain["folds"][name]["auroc"] == pytest.approx(adapted["folds"][name]["auroc"])
+    t, gap = share_threshold([np.array([0.2, 0.9]), np.array([0.1, 0.3, 0.7, 0.8])], [0.5, 0.5])
+    assert gap == 0.0 and 0.3 <= t < 0.7
+
+
+# ------------------------------------------------------------------------------------------ scan and detect
+
+
+def _tree(root: Path, n: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        body = f"    return db.execute('SELECT * FROM t WHERE id = ' + {i} + x)" if i % 2 else f"    return x + {i}"
+        (root / f"m{i}.py").write_text(f"def f{i}(db, x):\n{body}\n", encoding="utf-8")
+    return root
+
+
+@needs_grammars
+def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
+    shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path
+) -> None:
+    folder = shipped[1]
+    detector = ProbeDetector.load(folder)
+    scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
+    tree = _tree(tmp_path / "src", detector.min_adapt + 2)
+    report = scan([tree], scorer, ScanOptions(min_score=0.0), progress=False)
+    raw = torch.tensor([r.score.probe for r in report.results])
+    probs = detector.probe.probabilities(raw)
+    assert [r.score.score for r in report.results] == pytest.approx(probs.tolist(), abs=1e-6)
+    assert all(r.score.push is None for r in report.results)  # nothing steered
+    assert report.provenance["scorer"] == "detector"
+    adapted = scan([tree], scorer, ScanOptions(min_score=0.0, adapt=True), progress=False)
+    centre = float(raw.double().mean())
+    expected = detector.probe.adaptation.calibration.probabilities(raw - centre)  # type: ignore[union-attr]
+    assert [r.score.score for r in adapted.results] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert adapted.provenance["adapted_to"] == len(report.results)
+    assert any("fewer than 50" in w for w in adapted.stats.warnings)
+    few = _tree(tmp_path / "few", detector.min_adapt - 1)
+    with pytest.raises(AdaptationError, match=f"--adapt: .* at least {detector.min_adapt}"):
+        scan([few], scorer, ScanOptions(adapt=True), progress=False)
+    plain = ModelScorer(ScorerSpec(max_code_tokens=64), lm=tiny_lm)
+    with pytest.raises(ValueError, match="probe detector"):
+        scan([few], plain, ScanOptions(adapt=True), progress=False)
+
+
+def _args(**given: object) -> argparse.Namespace:
+    from vulnsteer.cli import build_parser
+
+    argv = ["scan", "x"]
+    for flag, value in given.items():
+        argv += [f"--{flag.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return build_parser().parse_args(argv)
+
+
+def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model(
+    shipped: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vulnsteer.cli.options import UsageError, detector_folder
+    from vulnsteer.detection import probe_detector
+
+    monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", shipped[1])
+    assert detector_folder(_args()) == shipped[1]
+    assert detector_folder(_args(adapt=True)) == shipped[1]
+    assert detector_folder(_args(answer=True)) is None  # the bare model's answer
+    assert detector_folder(_args(model="some/other-model")) is None  # the shipped one is for the embedded model
+    assert detector_folder(_args(detector="d")) == Path("d")
+    for bad in ({"answer": True, "detector": "d"}, {"answer": True, "adapt": True}):
+        with pytest.raises(UsageError):
+            detector_folder(_args(**bad))
+    monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", shipped[1].parent / "missing")
+    with pytest.raises(UsageError, match="--answer"):
+        detector_folder(_args())
+
+
+def test_detector_show_prints_the_leave_one_out_table_and_the_length_control(
+    shipped: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vulnsteer.cli import main
+    from vulnsteer.detection import probe_detector
+
+    monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", shipped[1])
+    assert main(["detector", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "length only" in out and "leave-one-dataset-out" in out
+    detector = ProbeDetector.load(shipped[1])
+    for name in detector.info["leave_one_dataset_out"]:
+        assert f"    {name} " in out
+    assert f"{detector.threshold_probability():.3f}" in out
