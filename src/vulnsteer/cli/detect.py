@@ -49,11 +49,11 @@ def _warn(message: str) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     from ..detection.probe_detector import is_probe_detector
     from ..scan.sources import MAX_SOURCE_BYTES, check_language, check_source_files
-    from .options import detector_folder
 
-    folder = detector_folder(args)
-    if args.mode is None:
-        args.mode = "logit" if folder is not None and is_probe_detector(folder) else "generation"
+    if args.mode is None:  # a probe detector (the shipped one by default) needs no generation
+        shipped = args.detector is None and args.vector is None and not args.answer and not given(args, "model.name")
+        probe = shipped or (args.detector is not None and is_probe_detector(args.detector))
+        args.mode = "logit" if probe else "generation"
     generates = args.mode == "generation"
     check_steering_options(args, generates, f"--mode {args.mode} generates nothing")
     if not generates and given(args, "detection.max_new_tokens"):
