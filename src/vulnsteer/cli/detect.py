@@ -52,8 +52,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     if args.mode is None:  # a probe detector (the shipped one by default) needs no generation
         shipped = args.detector is None and args.vector is None and not args.answer and not given(args, "model.name")
-        probe = shipped or (args.detector is not None and is_probe_detector(args.detector))
-        args.mode = "logit" if probe else "generation"
+        probe_only = shipped or (args.detector is not None and is_probe_detector(args.detector))
+        args.mode = "logit" if probe_only else "generation"
     generates = args.mode == "generation"
     check_steering_options(args, generates, f"--mode {args.mode} generates nothing")
     if not generates and given(args, "detection.max_new_tokens"):
@@ -94,7 +94,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         else:
             where = (f"{file.aggregation} of {file.functions} functions; the highest {top.name} at line "
                      f"{top.region.start_line}, {result.score:.4f}")  # fmt: skip
-        probe = f" probe score {result.probe:+.3f} (push {result.push:+.2f})" if result.probe is not None else ""
+        push = f" (push {result.push:+.2f})" if result.push is not None else ""
+        probe = f" probe score {result.probe:+.3f}{push}" if result.probe is not None else ""
         print(f"{file.path}: {result.verdict}{weakness} p(vulnerable)={file.score:.4f} ({where}){probe}")
         for line in (result.explanation or "").splitlines():
             if line.strip():

@@ -124,16 +124,27 @@ def show_probe_detector(folder: Path) -> int:
         )
     table = info.get("leave_one_dataset_out") or {}
     measured = info.get("out_of_dataset") or {}
+    nested = {kind: (measured.get(kind) or {}).get("nested", {}) for kind in ("plain", "adapted")}
+    own = (measured.get("plain") or {}).get("folds", {})
     if table:
-        print("  leave-one-dataset-out (AUROC [95% CI]; nested: chosen without the left-out dataset):")
-        print(f"    {'left out':<14} {'probe (nested)':<22} {'adapted':<22} {'length only':<22} share flagged/true")
+        print(
+            "  leave-one-dataset-out, AUROC [95% CI] (probe, adapted: the run's nested choice; shipped: this design on "
+            "each fold, chosen on all of them; flagged/true share: this detector's threshold chosen without the fold):"
+        )
+        print(
+            f"    {'left out':<12} {'probe':<20} {'adapted':<20} {'length only':<20} {'bag of tokens':<20} "
+            f"{'shipped':<20} {'flagged/true':<13} adapted"
+        )
         for name, fold in table.items():
             rows = fold["rows"]
-            shipped = (measured.get("plain") or {}).get("nested", {}).get(name, {})
-            share = f"{shipped['flagged_share']:.2f}/{shipped['vulnerable_share']:.2f}" if shipped else "–"
+            shares = [
+                f"{row['flagged_share']:.2f}/{row['vulnerable_share']:.2f}" if (row := nested[kind].get(name)) else "–"
+                for kind in ("plain", "adapted")
+            ]
             print(
-                f"    {name:<14} {_cell(rows.get('probe')):<22} {_cell(rows.get('adapted')):<22} "
-                f"{_cell(rows.get('length')):<22} {share}"
+                f"    {name:<12} {_cell(rows.get('probe')):<20} {_cell(rows.get('adapted')):<20} "
+                f"{_cell(rows.get('length')):<20} {_cell(rows.get('bag_of_tokens')):<20} {_cell(own.get(name)):<20} "
+                f"{shares[0]:<13} {shares[1]}"
             )
     for kind in ("plain", "adapted"):
         found = measured.get(kind)
