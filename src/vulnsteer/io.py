@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,7 @@ __all__ = [
     "naming_the_file",
     "portable",
     "read_jsonl",
+    "write_folder",
     "write_json",
     "write_text",
 ]
@@ -151,6 +153,31 @@ def current_umask() -> int:
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(text)
+
+
+def write_folder(folder: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
+    """Write *folder* whole or not at all: *fill* writes its files into a temporary folder beside it, which is then
+    renamed into place (a kill leaves no half-written folder; an earlier one there is replaced; what a killed write
+    left beside it is removed first)."""
+    root = Path(folder)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    for stale in root.parent.glob(f".{root.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        fill(staging)
+        os.chmod(staging, 0o777 & ~current_umask())
+        if root.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old.", dir=root.parent))
+            os.replace(root, old / root.name)
+            os.replace(staging, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

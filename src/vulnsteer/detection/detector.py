@@ -26,9 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +37,7 @@ from safetensors.torch import save
 from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from ..config.design import ProbeDesign
 from ..data.sample import Sample
-from ..io import atomic_open, current_umask, write_json
+from ..io import atomic_open, write_folder, write_json
 from ..lm.model import LoadedModel
 from ..lm.prompts import PromptTemplate, template_from_dict
 from ..steering.gate import Gate
@@ -153,30 +150,16 @@ class SavedDetector:
         """Write ``detector.json``, ``probe.safetensors`` and ``vector.safetensors`` as *folder*, whole or not at
         all: into a temporary folder beside it, renamed into place once complete (a kill leaves no half-written
         detector; an earlier detector there is replaced)."""
-        root = Path(folder)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        for stale in root.parent.glob(f".{root.name}.*"):  # what a killed save left (the run folder is locked)
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+
+        def fill(staging: Path) -> None:
             tensors, meta = self.probe.to_tensors()
             with atomic_open(staging / PROBE_FILE, "wb") as handle:
                 handle.write(save(tensors, metadata=meta))
             self.vector.save(staging / VECTOR_FILE)
             files = {PROBE_FILE: _tensor_digest(self.probe.weight), VECTOR_FILE: _vector_digest(self.vector)}
             write_json(staging / "detector.json", {**self._document(), "digest": self.digest, "files": files})
-            os.chmod(staging, 0o777 & ~current_umask())
-            if root.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old.", dir=root.parent))
-                os.replace(root, old / root.name)
-                os.replace(staging, root)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return root
+
+        return write_folder(folder, fill)
 
     @classmethod
     def load(

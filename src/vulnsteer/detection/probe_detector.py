@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.defaults import DEFAULT_BATCH_SIZE, MIN_ADAPT
 from ..data.sample import Sample
-from ..io import current_umask, write_json
+from ..io import write_folder, write_json
 from ..lm.identity import ModelIdentity, check_same_model
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate, template_from_dict
 
@@ -185,25 +182,12 @@ class ProbeDetector:
     def save(self, folder: str | Path) -> Path:
         """Write ``probe.safetensors`` and ``detector.json`` (with the probe file's SHA-256) as *folder*, whole or
         not at all (into a temporary folder beside it, then renamed; an earlier one there is replaced)."""
-        root = Path(folder)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+
+        def fill(staging: Path) -> None:
             self.probe.save(staging / PROBE_FILE)
-            doc = {**self.document(), "files": {PROBE_FILE: _sha256(staging / PROBE_FILE)}}
-            write_json(staging / DOCUMENT, doc)
-            os.chmod(staging, 0o777 & ~current_umask())
-            if root.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old.", dir=root.parent))
-                os.replace(root, old / root.name)
-                os.replace(staging, root)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return root
+            write_json(staging / DOCUMENT, {**self.document(), "files": {PROBE_FILE: _sha256(staging / PROBE_FILE)}})
+
+        return write_folder(folder, fill)
 
     @classmethod
     def load(
