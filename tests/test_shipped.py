@@ -14,13 +14,13 @@ import pytest
 import torch
 from tests.test_transfer import _config
 
+from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
 from vulnsteer.experiment.transfer import TransferResults, run_transfer
 from vulnsteer.experiment.transfer.ship import FoldCalibration, fit_default, fold_measurements, share_threshold
 from vulnsteer.lm.identity import ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
-from vulnsteer.scan.functions import tree_sitter_available
 from vulnsteer.steering.probe import AdaptationError
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
