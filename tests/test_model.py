@@ -227,3 +227,47 @@ def test_embedded_model_second_load_reuses_the_cache(embedded: LoadedModel) -> N
     with load_model(device="cpu") as again:
         assert again.fingerprint == embedded.fingerprint
     assert (cached / "model.safetensors").stat().st_mtime_ns == before
+
+
+# ---------------------------------------------------------------- int8 (model.quantize)
+
+
+def test_int8_quantises_the_decoder_blocks_and_is_another_identity(saved_dir: Path) -> None:
+    plain = load_model(str(saved_dir), device="cpu")
+    with plain, load_model(str(saved_dir), device="cpu", quantize="int8") as q:
+        linear = [m for m in q.layers.modules() if type(m) is nn.Linear]
+        assert not linear  # every Linear of the blocks is replaced
+        assert type(q.model.lm_head) is nn.Linear  # the head that gives the answer logits is not
+        # the weights' digest is that of the float32 weights it was quantised from; the identity tells them apart
+        assert q.weights_digest == plain.weights_digest and q.dtype == plain.dtype == "float32"
+        assert q.identity.quantize == "int8" and plain.identity.quantize == ""
+        assert q.identity.digest() != plain.identity.digest()
+        assert "quantize" not in plain.identity.to_dict()
+        ids = q.tokenizer("int main(void) { return 0; }", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            a, b = plain.model(input_ids=ids).logits, q.model(input_ids=ids).logits
+        assert torch.isfinite(b).all() and not torch.equal(a, b)  # int8 numbers: close, not equal
+        torch.testing.assert_close(b, a, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"dtype": "bfloat16"}, "quantises float32 weights"),
+        ({"device": "cuda"}, "CPU only|CUDA|cuda"),
+        ({"quantize": "int4"}, "must be one of none, int8"),
+    ],
+)
+def test_int8_refusals_come_before_the_weights_load(saved_dir: Path, keys: dict[str, str], message: str) -> None:
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        load_model(str(saved_dir), **{"device": "cpu", "quantize": "int8", **keys})
+
+
+def test_a_vector_from_the_float32_model_is_refused_by_the_int8_model_where_numbers_must_match() -> None:
+    from vulnsteer.lm.identity import ModelIdentity, ModelMismatchError, check_same_model
+
+    fp32 = ModelIdentity("m", "f", "w", "float32", "cpu", "llama")
+    int8 = ModelIdentity("m", "f", "w", "float32", "cpu", "llama", quantize="int8")
+    assert check_same_model(fp32, int8, "vec.safetensors") == []  # the same weights: a vector transfers
+    with pytest.raises(ModelMismatchError, match="made with no quantisation, this model has int8"):
+        check_same_model(fp32, int8, "worker 1", numbers=True)

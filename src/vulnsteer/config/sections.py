@@ -67,6 +67,7 @@ from .vocabulary import (
     POSITIONS,
     PROBE_COMBINES,
     PROBE_KINDS,
+    QUANTIZATIONS,
     TRANSFER_CRITERIA,
 )
 
@@ -139,6 +140,13 @@ class ModelSection:
         optional_one_of(DTYPES),
         "the weights' dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16 (or fp32, bf16, fp16)",
         "--dtype",
+    )
+    quantize: str = _key(
+        "none",
+        one_of(QUANTIZATIONS),
+        "none, or int8: the decoder blocks' Linear layers quantised to int8 with activations quantised on the fly "
+        "(CPU and float32 weights only; faster, and the numbers differ slightly: a different model identity)",
+        "--quantize",
     )
     device_map: str | None = _key(
         None, optional_str, "passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs", "--device-map"

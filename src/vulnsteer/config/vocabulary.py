@@ -30,6 +30,7 @@ __all__ = [
     "POSITIONS",
     "PROBE_COMBINES",
     "PROBE_KINDS",
+    "QUANTIZATIONS",
     "STRENGTH_UNITS",
     "TRANSFER_CRITERIA",
 ]
@@ -83,3 +84,6 @@ LONG_FUNCTIONS: tuple[str, ...] = ("windows", "head")
 #: What happened to a function between two versions of a file (matched by qualified name; ``renamed``: another
 #: name, the same code).
 CHANGE_KINDS: tuple[str, ...] = ("changed", "added", "removed", "renamed", "unchanged")
+#: How the weights are quantised once loaded (``model.quantize``): not at all, or the decoder blocks' Linear layers to
+#: int8 with dynamically quantised activations (CPU only).
+QUANTIZATIONS: tuple[str, ...] = ("none", "int8")

@@ -44,6 +44,9 @@ class ModelIdentity:
         dtype: the weights' dtype (``float32``, ``bfloat16`` ...); empty when unknown.
         device_type: ``cpu``, ``cuda``, ``mps`` (numbers differ between them); empty when unknown.
         model_type: the Hugging Face ``model_type`` (``llama``, ``qwen2`` ...; llama.cpp's ``model_hint``).
+        quantize: how the weights were quantised after loading (``model.quantize``: ``int8``), empty when they
+            were not (or unknown): an int8 model's numbers differ from its float32 weights' (its
+            :attr:`weights_digest` and :attr:`dtype` are those of the weights it was quantised from).
     """
 
     id: str
@@ -52,9 +55,20 @@ class ModelIdentity:
     dtype: str = ""
     device_type: str = ""
     model_type: str = ""
+    quantize: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """The fields as a mapping; ``quantize`` only when set (what models that were not quantised wrote before
+        it existed is unchanged).
+
+        >>> int8 = ModelIdentity("m", "f", quantize="int8")
+        >>> "quantize" in ModelIdentity("m", "f").to_dict(), int8.to_dict()["quantize"]
+        (False, 'int8')
+        """
+        out = asdict(self)
+        if not self.quantize:
+            del out["quantize"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> ModelIdentity:
@@ -69,14 +83,17 @@ class ModelIdentity:
         return cls(**{f.name: str(data.get(f.name) or "") for f in fields(cls)})
 
     def digest(self) -> str:
-        """A short hash of what decides the numbers (architecture, weights, dtype, device type; not the id): the
-        model's part of a cache key.
+        """A short hash of what decides the numbers (architecture, weights, dtype, device type, quantisation; not
+        the id): the model's part of a cache key, so a score cached from float32 is never reused for int8.
 
         >>> a, b = ModelIdentity("a", "f", "w", "float32", "cpu"), ModelIdentity("b", "f", "w", "float32", "cpu")
-        >>> a.digest() == b.digest()
-        True
+        >>> int8 = ModelIdentity("a", "f", "w", "float32", "cpu", quantize="int8")
+        >>> a.digest() == b.digest(), a.digest() == int8.digest()
+        (True, False)
         """
         decisive = [self.fingerprint, self.weights_digest, self.dtype, self.device_type]
+        if self.quantize:  # (appended only when set: the digests of models that were not quantised are unchanged)
+            decisive.append(self.quantize)
         return hashlib.sha256(json.dumps(decisive).encode()).hexdigest()[:16]
 
 
@@ -85,8 +102,9 @@ def check_same_model(
 ) -> list[str]:
     """Refuse *model* when *made_with* (what *where*, a file or a worker, records) is another model: another
     architecture, or other weights of it in the same dtype (a digest in another dtype is no evidence); with
-    *numbers*, also another dtype or device type (the same numbers are expected, as from a Ray worker). What
-    records no fingerprint cannot be checked and is refused too; other unknown fields (empty) are not compared.
+    *numbers*, also another dtype, device type or quantisation (the same numbers are expected, as from a Ray
+    worker). What records no fingerprint cannot be checked and is refused too; other unknown fields (empty) are
+    not compared.
 
     Raises :class:`ModelMismatchError`, one message format naming *where*; with *allow*, returns the messages as
     warnings instead (an empty list when the models agree). See the module docstring for an example.
@@ -114,6 +132,9 @@ def check_same_model(
         theirs, ours = getattr(made_with, name), getattr(model, name)
         if theirs and ours and theirs != ours:
             problems.append(f"made with {name.replace('_', ' ')} {theirs}, this model has {ours}")
+    if numbers and not problems and made_with.quantize != model.quantize:
+        theirs, ours = made_with.quantize or "no quantisation", model.quantize or "no quantisation"
+        problems.append(f"made with {theirs}, this model has {ours}")
     messages = [f"{where}: {problem}" for problem in problems]
     if messages and not allow:
         raise ModelMismatchError(f"{messages[0]}; pass --allow-model-mismatch to use it anyway")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config.sections import ModelSection
-from ..config.vocabulary import BACKEND_NAMES, DTYPES
+from ..config.vocabulary import BACKEND_NAMES, DTYPES, QUANTIZATIONS
 from .backend import Backend
 from .backend import hidden_of as hidden_of  # re-exported: callers import it from here
 from .backend import with_hidden as with_hidden
@@ -34,6 +34,7 @@ __all__ = [
     "decoder_layers",
     "load_model",
     "model_fingerprint",
+    "quantize_int8",
     "resolve_device",
     "resolve_layers",
     "weights_digest",
@@ -64,6 +65,8 @@ class LoadedModel:
     layer_matcher: LayerMatcher | None = None
     #: how passes run (:mod:`vulnsteer.lm.backend`); None: forward hooks
     backend: Backend | None = None
+    #: ``model.quantize``: ``none``, or ``int8`` (the decoder blocks' Linear layers, :func:`quantize_int8`)
+    quantize: str = "none"
 
     @property
     def device(self) -> torch.device:
@@ -120,7 +123,13 @@ class LoadedModel:
         """Which model this is, in which numbers (:class:`~vulnsteer.lm.identity.ModelIdentity`): what vectors,
         saved detectors, runs and caches record, and :func:`~vulnsteer.lm.identity.check_same_model` compares."""
         return ModelIdentity(
-            self.model_id, self.fingerprint, self.weights_digest, self.dtype, self.device.type, self.model_type
+            self.model_id,
+            self.fingerprint,
+            self.weights_digest,
+            self.dtype,
+            self.device.type,
+            self.model_type,
+            "" if self.quantize == "none" else self.quantize,
         )
 
     def close(self) -> None:
@@ -281,6 +290,44 @@ def resolve_device(device: str | None) -> str:
     raise ValueError(f"--device {device}: unsupported device type {parsed.type!r} (use cpu, cuda, cuda:N or mps)")
 
 
+def quantize_int8(model: nn.Module, blocks: nn.ModuleList) -> int:
+    """Quantise every ``nn.Linear`` inside the decoder *blocks* to int8 in place (PyTorch's dynamic quantisation:
+    int8 weights per tensor, activations quantised per batch on the fly, fbgemm/x86 int8 matrix products); returns
+    how many were replaced. The embeddings, norms and the output head stay in float32 (the answer logits are read
+    from the head). The blocks stay the same modules, so steering and recording hooks on them work unchanged.
+
+    >>> blocks = nn.ModuleList([nn.Sequential(nn.Linear(4, 4))])
+    >>> quantize_int8(nn.Sequential(blocks), blocks), type(blocks[0][0]).__module__
+    (1, 'torch.ao.nn.quantized.dynamic.modules.linear')
+    """
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError("--quantize int8 quantises float32 weights: drop --dtype or pass --dtype float32")
+    before = sum(isinstance(m, nn.Linear) for block in blocks for m in block.modules())
+    with warnings.catch_warnings():  # torch marks eager-mode quantisation deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        for block in blocks:
+            quantize_dynamic(block, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return before - sum(type(m) is nn.Linear for block in blocks for m in block.modules())
+
+
+def _check_quantize(quantize: str, device: str, dtype: str | None, device_map: str | None, remote: bool | str) -> None:
+    """Refuse, before any weights load, what :func:`quantize_int8` cannot do."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if quantize == "none":
+        return
+    if remote:
+        raise ValueError("--quantize int8 quantises a model loaded here, not one that runs --remote")
+    if torch.device(device).type != "cpu" or device_map is not None:
+        raise ValueError(f"--quantize int8 runs on the CPU only (--device {device}); on a GPU use --dtype bfloat16")
+    if dtype not in (None, "auto", "float32", "fp32"):
+        raise ValueError(f"--quantize int8 quantises float32 weights, not --dtype {dtype}: drop --dtype")
+
+
 def load_model(
     model: ModelSection | str | None = None, /, *, layer_matcher: LayerMatcher | None = None, **keys: Any
 ) -> LoadedModel:
@@ -291,7 +338,7 @@ def load_model(
         model: the ``[model]`` section (:class:`~vulnsteer.config.sections.ModelSection`; every key is
             documented there), or its ``name`` (a Hugging Face id, local directory or ``.gguf`` file; ``None``: the
             embedded default) with other ``[model]`` keys as keyword arguments (``device="cpu"``, ``dtype``,
-            ``device_map``, ``trust_remote_code``, ``layers_path``, ``backend``, ``remote``).
+            ``device_map``, ``trust_remote_code``, ``layers_path``, ``backend``, ``remote``, ``quantize``).
         layer_matcher: where the decoder blocks are, for an architecture vulnsteer does not know: a function of
             the model returning them (a dotted attribute path is the ``layers_path`` key); overrides
             ``layers_path``.
@@ -315,6 +362,7 @@ def load_model(
         section = ModelSection(name=model, **keys)
     spec, device, dtype, device_map = section.name, section.device, section.dtype, section.device_map
     trust_remote_code, backend, remote = section.trust_remote_code, section.backend, section.remote
+    quantize = section.quantize
     layer_matcher = layer_matcher if layer_matcher is not None else section.layers_path
     if backend not in BACKEND_NAMES:
         raise ValueError(f"--backend must be one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
@@ -324,6 +372,8 @@ def load_model(
         from .nnsight_backend import require_nnsight
 
         require_nnsight()  # before any weights load
+    if quantize != "none":
+        _check_quantize(quantize, resolve_device(device), dtype, device_map, remote)
     if remote and remote != "local":
         return _load_remote(
             spec, dtype=dtype, trust_remote_code=trust_remote_code, layer_matcher=layer_matcher, remote=remote
@@ -350,6 +400,11 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    fingerprint = model_fingerprint(loaded)
+    extra: dict[str, Any] = {"dtype": str(torch_dtype).replace("torch.", ""), "device": dev}
+    if quantize == "int8":
+        extra["weights_digest"] = weights_digest(loaded)  # of the float32 weights, before they are replaced
+        quantize_int8(loaded, decoder_layers(loaded, layer_matcher))
     runner: Backend | None = None
     if backend == "nnsight":
         from .nnsight_backend import NNSightBackend
@@ -359,11 +414,12 @@ def load_model(
         model=loaded,
         tokenizer=tokenizer,
         model_id=model_id,
-        fingerprint=model_fingerprint(loaded),
+        fingerprint=fingerprint,
         source=kind,
-        extra={"dtype": str(torch_dtype).replace("torch.", ""), "device": dev},
+        extra=extra,
         layer_matcher=layer_matcher,
         backend=runner,
+        quantize=quantize,
     )
 
 

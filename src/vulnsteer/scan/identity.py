@@ -28,10 +28,10 @@ from ..lm.identity import ModelIdentity
 __all__ = ["location_key", "recall_identity", "remember_identity"]
 
 
-def location_key(location: Path, device: str | None, dtype: str | None) -> str:
+def location_key(location: Path, device: str | None, dtype: str | None, quantize: str = "none") -> str:
     """A key for a model's local files (a ``.gguf`` file, or the regular files directly in a model folder) as
-    loaded with *device* and *dtype* (both as requested: the defaults depend on whether a GPU is visible, which
-    the key includes).
+    loaded with *device*, *dtype* (both as requested: the defaults depend on whether a GPU is visible, which
+    the key includes) and *quantize*.
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -51,6 +51,8 @@ def location_key(location: Path, device: str | None, dtype: str | None) -> str:
         "dtype": dtype,
         "gpu": [os.environ.get("CUDA_VISIBLE_DEVICES"), Path("/dev/nvidiactl").exists()],
     }
+    if quantize != "none":  # (only then: the keys of models that are not quantised are unchanged)
+        parts["quantize"] = quantize
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 

@@ -242,7 +242,7 @@ class ModelScorer:
         location = local_model_location(model.name)
         if location is None or self._identity_store is None or model.device_map is not None or model.remote:
             return None
-        self._key = location_key(location, model.device, model.dtype)
+        self._key = location_key(location, model.device, model.dtype, model.quantize)
         return recall_identity(self._identity_store, self._key)
 
     @property
@@ -293,6 +293,7 @@ class ModelScorer:
             "model_fingerprint": self._identity.fingerprint,
             "weights_digest": self._identity.weights_digest,
             "dtype": self._identity.dtype,
+            **({"quantize": self._identity.quantize} if self._identity.quantize else {}),
             "mode": "logit+generation" if spec.explain else "logit",
             "max_code_tokens": spec.max_code_tokens or DEFAULT_MAX_CODE_TOKENS,
             "long_functions": spec.long_functions,
@@ -382,7 +383,9 @@ class ModelScorer:
             self._identity = measured
             if self._key is None and self._identity_store is not None and model.device_map is None:
                 location = local_model_location(model.name)  # the embedded model exists once loaded
-                self._key = location_key(location, model.device, model.dtype) if location is not None else None
+                self._key = (
+                    location_key(location, model.device, model.dtype, model.quantize) if location is not None else None
+                )
             if self._key is not None and self._identity_store is not None and measured != recalled:
                 remember_identity(self._identity_store, self._key, measured)
             if recalled is not None and measured != recalled:
