@@ -1,6 +1,15 @@
 """``vulnsteer scan`` speed on the embedded model, measured side by side in one run (a benchmark, not a test).
 
     .venv/bin/python benchmarks/bench_scan.py [--threads 2] [--explain-functions 32] [--limit N]
+    .venv/bin/python benchmarks/bench_scan.py --paths --detector DIR [--pairs 16] [--threads 2]
+
+``--paths`` compares the ways to score functions side by side in one run, on the same functions (pairs of the
+bundled corpus spread over its CWEs, each pair's vulnerable and fixed version): today's full-model scan (the
+answer logits, float32), the detector's probe alone on the full model and stopping after the deepest layer it
+reads (early exit), each also with the model in int8 (``model.quantize``) and in bfloat16. For each: functions/s,
+tokens/s, the ratio to the full float32 scan, the rank agreement (Spearman) of its scores with the same score in
+float32, and the AUROC of its scores against the corpus labels. Then the plain forward pass's throughput as a
+fraction of the matrix-product peak measured in the same run (float32 matmul, int8 dynamic Linear).
 
 The tree scanned is the bundled corpus (``vulnsteer/corpus``: vulnerable and fixed versions of 14 functions per
 CWE in C, C++, Python, JavaScript and Java), one file per version, in a temporary folder. Prints:
@@ -18,20 +27,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.ao.quantization import quantize_dynamic
 
 from vulnsteer.config.sections import ModelSection
-from vulnsteer.data.builtin import builtin_files
+from vulnsteer.data.builtin import builtin_files, load_builtin
 from vulnsteer.data.clean import canonical_language
-from vulnsteer.lm.model import load_model
+from vulnsteer.data.sample import Sample
+from vulnsteer.lm.activations import extract_activations, length_order
+from vulnsteer.lm.model import LoadedModel, load_model
+from vulnsteer.lm.prompts import build_prompt, tokenize_prompts
 from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
+from vulnsteer.steering.probe import Probe
 
 _EXTENSIONS = {"c": ".c", "cpp": ".cpp", "python": ".py", "javascript": ".js", "java": ".java"}
 
@@ -60,14 +83,161 @@ def _timed_scan(root: Path, scorer: ModelScorer, cache: Path | None) -> tuple[fl
     return time.perf_counter() - start, report.stats.functions, report.stats.scored
 
 
+def _corpus_pairs(pairs: int) -> list[Sample]:
+    """*pairs* pairs of the bundled corpus, spread over its CWEs (round robin), each vulnerable then fixed."""
+    by_cwe: dict[str, list[Sample]] = {}
+    for sample in load_builtin():
+        by_cwe.setdefault(sample.cwe, []).append(sample)
+    rounds = zip(*[sorted(group, key=lambda s: (s.pair_id, s.label)) for group in by_cwe.values()])
+    flat = [s for row in rounds for s in row]
+    by_pair: dict[str, list[Sample]] = {}
+    for sample in flat:
+        by_pair.setdefault(f"{sample.cwe}/{sample.pair_id}", []).append(sample)
+    chosen = [group for group in by_pair.values() if len(group) == 2][:pairs]
+    return [s for group in chosen for s in group]
+
+
+def _auroc(labels: list[int], scores: list[float]) -> float:
+    return float(roc_auc_score(labels, scores)) if len(set(labels)) == 2 else float("nan")
+
+
+def _answer_path(lm: LoadedModel, samples: list[Sample], batch_size: int) -> list[float]:
+    """Today's full-model scan score: P(vulnerable) from the answer logits (the engine scan uses)."""
+    scorer = ModelScorer(ScorerSpec(batch_size=batch_size), lm=lm)
+    return [s.score for s in scorer.score(samples, progress=False)]
+
+
+def _probe_path(lm: LoadedModel, samples: list[Sample], probe: Probe, batch_size: int, early: bool) -> list[float]:
+    """The probe's scores; *early*: the passes stop after the deepest layer it reads (else the whole model runs:
+    the last layer is recorded too)."""
+    layers = sorted(set(probe.layers)) + ([] if early else [lm.num_layers - 1])
+    acts = extract_activations(lm, samples, layers, sorted(set(probe.poolings)), batch_size=batch_size, progress=False)
+    return [float(x) for x in probe.scores_of(acts, acts.code_tokens).tolist()]
+
+
+def _matmul_peak(kind: str, n: int = 2048, reps: int = 8) -> float:
+    """GFLOP/s (GOP/s) of an n x n product: a float32 matmul, or an int8 dynamically quantised Linear."""
+    x = torch.randn(n, n)
+    if kind == "float32":
+        w = torch.randn(n, n)
+
+        def run() -> Any:
+            return x @ w
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            linear = quantize_dynamic(nn.Sequential(nn.Linear(n, n, bias=False)), {nn.Linear}, dtype=torch.qint8)
+
+        def run() -> Any:
+            return linear(x)
+
+    run()
+    start = time.perf_counter()
+    for _ in range(reps):
+        run()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def _forward_rate(lm: LoadedModel, samples: list[Sample], batch_size: int) -> tuple[float, float]:
+    """The plain forward pass (every layer, last-position logits) over *samples* in length-sorted batches:
+    (tokens/s, GFLOP/s of its matrix products: 2 x the blocks' Linear weights per token, plus attention's
+    4 x layers x hidden x sequence length per token)."""
+    from vulnsteer.lm.forward import forward
+
+    prompts = [build_prompt(lm.tokenizer, s.code, s.language) for s in samples]
+    order = length_order(lm, [p.text for p in prompts])
+    batches = [
+        tokenize_prompts(lm.tokenizer, [prompts[i] for i in order[k : k + batch_size]])
+        for k in range(0, len(order), batch_size)
+    ]
+    sizes = [(getattr(m, "in_features", 0), getattr(m, "out_features", 0)) for m in lm.layers.modules()]
+    linear = sum(int(i) * int(o) for i, o in sizes)
+    config = lm.model.config
+    flops = 0.0
+    with torch.no_grad():
+        forward(lm, batches[0].input_ids, batches[0].attention_mask, None)  # warm-up
+        start = time.perf_counter()
+        for batch in batches:
+            forward(lm, batch.input_ids, batch.attention_mask, None)
+        seconds = time.perf_counter() - start
+    for batch in batches:
+        rows, length = batch.input_ids.shape
+        flops += rows * length * (2 * linear + 4 * config.num_hidden_layers * config.hidden_size * length)
+    tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    return tokens / seconds, flops / seconds / 1e9
+
+
+def compare_paths(args: argparse.Namespace) -> int:
+    """``--paths``: see the module docstring."""
+    if args.detector is None:
+        print("--paths needs --detector DIR (a detector folder with probe.safetensors)", file=sys.stderr)
+        return 2
+    with safe_open(str(Path(args.detector) / "probe.safetensors"), framework="pt") as handle:
+        probe = Probe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
+    samples = _corpus_pairs(args.pairs)
+    labels = [1 if s.label == "vulnerable" else 0 for s in samples]
+    print(f"load: {os.getloadavg()}; torch threads {torch.get_num_threads()}; {len(samples)} functions "
+          f"({args.pairs} pairs over the corpus's CWEs); probe reads layers {sorted(set(probe.layers))} "
+          f"({', '.join(sorted(set(probe.poolings)))}) of the detector {args.detector}")  # fmt: skip
+    models = {name: load_model(device="cpu", **keys) for name, keys in
+              (("fp32", {}), ("int8", {"quantize": "int8"}), ("bf16", {"dtype": "bfloat16"}))}  # fmt: skip
+    lm32 = models["fp32"]
+    prompts = [build_prompt(lm32.tokenizer, s.code, s.language) for s in samples]
+    tokens = sum(len(lm32.tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in prompts)
+    print(f"  {tokens} prompt tokens ({tokens / len(samples):.0f} per function); deepest layer read "
+          f"{max(probe.layers)} of {lm32.num_layers}")  # fmt: skip
+    paths: list[tuple[str, str, str, Callable[[], list[float]]]] = []
+    for name in ("fp32", "int8", "bf16"):
+        lm = models[name]
+        if name != "bf16":
+            paths.append((f"answer, full model, {name}", "answer", name,
+                          partial(_answer_path, lm, samples, args.batch_size)))  # fmt: skip
+            paths.append((f"probe, full model, {name}", "probe", name,
+                          partial(_probe_path, lm, samples, probe, args.batch_size, False)))  # fmt: skip
+        paths.append((f"probe, early exit, {name}", "probe", name,
+                      partial(_probe_path, lm, samples, probe, args.batch_size, True)))  # fmt: skip
+    results: dict[str, tuple[float, list[float]]] = {}
+    reference: dict[str, list[float]] = {}
+    for label, kind, _dtype, run in paths:
+        start = time.perf_counter()
+        scores = run()
+        results[label] = (time.perf_counter() - start, scores)
+        reference.setdefault(kind, scores)  # the float32 path of each kind comes first
+    base = results["answer, full model, fp32"][0]
+    print("\n| path | functions/s | tokens/s | x full fp32 scan | Spearman vs fp32 | AUROC | AUROC - fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for label, kind, _dtype, _ in paths:
+        seconds, scores = results[label]
+        rho = float(spearmanr(scores, reference[kind]).statistic)
+        auroc, ref_auroc = _auroc(labels, scores), _auroc(labels, reference[kind])
+        print(f"| {label} | {len(samples) / seconds:.2f} | {tokens / seconds:.0f} | {base / seconds:.2f} | "
+              f"{rho:.4f} | {auroc:.3f} | {auroc - ref_auroc:+.3f} |")  # fmt: skip
+    peak32, peak8 = _matmul_peak("float32"), _matmul_peak("int8")
+    print(f"\nmatmul peak (2048^3, same run): float32 {peak32:.0f} GFLOP/s, int8 dynamic Linear {peak8:.0f} GOP/s")
+    for name, peak in (("fp32", peak32), ("int8", peak8)):
+        rate, gflops = _forward_rate(models[name], samples, args.batch_size)
+        print(f"plain forward, {name}: {rate:.0f} tokens/s, {gflops:.0f} GFLOP/s = {gflops / peak:.2f} of the "
+              f"{'float32' if name == 'fp32' else 'int8'} peak")  # fmt: skip
+    print(f"load after: {os.getloadavg()}")
+    for lm in models.values():
+        lm.close()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--explain-functions", type=int, default=32, help="subset scored with explanations")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--limit", type=int, default=None, help="scan only this many corpus functions")
+    parser.add_argument("--paths", action="store_true", help="compare the scoring paths side by side (only)")
+    parser.add_argument("--detector", default=None, help="--paths: the detector whose probe is read")
+    parser.add_argument("--pairs", type=int, default=16, help="--paths: corpus pairs scored (default 16)")
+    parser.add_argument("--batch-size", type=int, default=8, help="--paths: functions per forward pass")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.paths:
+        return compare_paths(args)
 
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
         work = Path(tmp)
