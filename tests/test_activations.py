@@ -166,3 +166,22 @@ def test_subset_and_get() -> None:
         acts.get("nowhere")
     with pytest.raises(KeyError, match="layer 7 was not recorded"):
         acts.get("last", 7)
+
+
+def test_extraction_runs_only_the_layers_up_to_the_deepest_one_read(tiny_llama: LoadedModel) -> None:
+    """Early exit: recording layers 0 and 1 of 4 never runs layers 2 and 3 (nor the head), and the states equal a
+    full pass's under left padding (samples of other lengths in one batch)."""
+    samples = _samples()
+    blocks = decoder_layers(tiny_llama.model)
+    ran: list[str] = []
+    handles = [blocks[k].register_forward_hook(lambda *_, k=k: ran.append(f"layer {k}")) for k in (2, 3)]
+    handles.append(tiny_llama.model.lm_head.register_forward_hook(lambda *_: ran.append("head")))
+    try:
+        early = extract_activations(tiny_llama, samples, [0, 1], batch_size=8, progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == []
+    full = extract_activations(tiny_llama, samples, [0, 1, 3], batch_size=8, progress=False)  # runs every layer
+    for pooling in ("last", "code_mean"):
+        assert torch.equal(early.get(pooling), full.get(pooling)[:, :2])
