@@ -139,7 +139,16 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
     detector = ProbeDetector.load(folder)
     scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
     tree = _tree(tmp_path / "src", detector.min_adapt + 2)
-    report = scan([tree], scorer, ScanOptions(min_score=0.0), progress=False)
+    deeper = range(max(detector.probe.layers) + 1, tiny_lm.num_layers)
+    ran: list[int] = []
+    handles = [tiny_lm.layers[k].register_forward_hook(lambda *_, k=k: ran.append(k)) for k in deeper]
+    try:
+        report = scan([tree], scorer, ScanOptions(min_score=0.0), progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert list(deeper) and ran == []  # early exit: the layers after the probe's deepest never ran
+    assert report.provenance["score"].startswith("probe only")
     raw = torch.tensor([r.score.probe for r in report.results])
     probs = detector.probe.probabilities(raw)
     assert [r.score.score for r in report.results] == pytest.approx(probs.tolist(), abs=1e-6)

@@ -244,6 +244,8 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
     warn_on_stderr(stats)
     if not stats.files:
         say(f"warning: no source file scanned under {', '.join(args.paths)}{_nothing_found_hint(stats, args)}")
+    if "score" in report.provenance:
+        say(f"score: {report.provenance['score']}")
     print(stats.summary_line(), file=sys.stderr)
     for line in report.failures():
         say(f"fails: {line}")
