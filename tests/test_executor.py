@@ -182,3 +182,19 @@ def test_vectors_and_probes_pickle(toy: dict[str, Any]) -> None:
     probe = Probe(ProbeDesign((1,), ("last",)), torch.arange(4.0), 0.5, 0.25, 2.0, meta={"n": 3})
     back = pickle.loads(pickle.dumps(probe))
     assert torch.equal(back.weight, probe.weight) and (back.threshold, back.meta) == (0.25, {"n": 3})
+
+
+def test_a_chunk_tells_its_progress_batch_by_batch(tiny_lm: LoadedModel, toy: dict[str, Any]) -> None:
+    """Issue 19.12: a chunk of conditions can take minutes; counted in conditions, a log had no time left until
+    the first chunk ended. A local chunk now reports every batch's scored (sample, setting) rows as it goes."""
+    from vulnsteer.experiment.engine import _rows
+
+    told: list[int] = []
+    chunk = toy["conds"][:5]
+    options = ScoringOptions(batch_size=2, progress=False)
+    inputs = ChunkInputs(toy["data"].by_cwe, toy["vectors"], options, on_rows=told.append)
+    [(done, found, _)] = list(LocalExecutor(tiny_lm).map_chunks([chunk], inputs))
+    n_val = len(toy["data"].samples("val"))
+    assert len(told) == -(-n_val // 2) > 1  # one report per batch of 2 samples, before the chunk ends
+    assert sum(told) == _rows(chunk, toy["data"].by_cwe) == n_val * len({c.variant_key for c in chunk})
+    assert list(done) == chunk and set(found) == {c.key for c in chunk}

@@ -322,6 +322,7 @@ def detect_variants_modes(
     desc: str | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, list[DetectionRecord]]]:
     """Detect on *samples* once per variant (baseline, steered settings, controls) and mode, batched together.
 
@@ -340,7 +341,8 @@ def detect_variants_modes(
     for every sample that has an unsteered variant, at no extra cost (probes and vectors can use them).
 
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
-    samples (a sweep's chunks), so each is computed once.
+    samples (a sweep's chunks), so each is computed once. *on_rows(n)* is told of every batch's *n* scored
+    (sample, variant) rows as they finish (a caller's own progress, e.g. a sweep phase's time left).
 
     On CUDA, a batch that runs out of memory is run again with half the samples (and so half the rows per pass),
     and the size that fitted is kept for later calls (:class:`~vulnsteer.lm.batching.AutoBatch`).
@@ -464,6 +466,8 @@ def detect_variants_modes(
                         gate_score=gate_score,
                     )
         bar.update(len(idx) * repeats)
+        if on_rows is not None:
+            on_rows(len(idx) * repeats)
 
     done = 0
 

@@ -116,6 +116,7 @@ def score_chunk(
     probes: Mapping[tuple[str, str], Probe] | None = None,
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> dict[str, list[DetectionRecord]]:
     """Score conditions together: one batched pass over the samples serves every condition and mode
     (the unsteered prompt prefix shared where positions allow, and kept in *prefix_store* for later chunks).
@@ -150,8 +151,15 @@ def score_chunk(
         # the sink holds the experiment's own prompt's states: a prompting baseline's pass must not overwrite them
         sink=sink if template == "default" else None,
         prefix_store=prefix_store,
+        on_rows=on_rows,
     )
     return {c.key: found[c.mode][key] for key, conds in by_variant.items() for c in conds}
+
+
+def _rows(chunk: Sequence[Condition], samples_for: SamplesFor) -> int:
+    """How many (sample, setting) rows a chunk scores: one per sample and variant (its modes share the row)."""
+    n_samples = sum(len(group) for group in samples_for(chunk[0].split).values())
+    return n_samples * len({c.variant_key for c in chunk})
 
 
 def _template_of(conditions: Sequence[Condition]) -> str:
@@ -224,7 +232,8 @@ class WorkerStats:
 class ChunkInputs:
     """What every chunk of one :func:`run_conditions` call reads: *samples_for(split)* (samples by CWE), the
     vectors and gating probes, the scoring options, and the driver's activation sink and prefix store (an
-    executor whose workers live in other processes leaves the last two alone)."""
+    executor whose workers live in other processes leaves the last two alone), and *on_rows*, told of scored
+    (sample, setting) rows as batches finish (a local executor's progress within a chunk)."""
 
     samples_for: SamplesFor
     vectors: Mapping[tuple[str, str], SteeringVector]
@@ -232,6 +241,7 @@ class ChunkInputs:
     probes: Mapping[tuple[str, str], Probe] | None = None
     sink: ActivationSink | None = None
     prefix_store: PrefixStore | None = None
+    on_rows: Callable[[int], None] | None = None
 
 
 class Executor(Protocol):
@@ -275,6 +285,7 @@ class LocalExecutor:
                 probes=inputs.probes,
                 sink=inputs.sink,
                 prefix_store=inputs.prefix_store,
+                on_rows=inputs.on_rows,
             )
             seconds = time.perf_counter() - start
             self.worker.add(len(chunk), seconds)
@@ -328,16 +339,22 @@ def run_conditions(
     """
     todo = list(dict.fromkeys(conditions))
     chunks = _chunks([c for c in todo if c.key not in store], options.group_size)
-    inputs = ChunkInputs(samples_for, vectors, options, probes, sink, prefix_store)
     phase = _phase(chunks)
-    total = sum(len(c) for c in chunks)
-    with Progress(total, f"conditions ({phase})", unit="condition", enabled=options.progress and total > 0) as bar:
+    rows = {id(chunk): _rows(chunk, samples_for) for chunk in chunks}
+    total, n_conditions = sum(rows.values()), sum(len(c) for c in chunks)
+    # progress counts scored (sample, setting) rows, told batch by batch where the chunk runs here (a chunk of
+    # conditions can take minutes: counted in conditions, the log would have no time left until it ends)
+    desc = f"conditions ({phase}; {n_conditions} conditions)"
+    with Progress(total, desc, unit="scored sample", enabled=options.progress and total > 0) as bar:
+        inputs = ChunkInputs(samples_for, vectors, options, probes, sink, prefix_store, on_rows=bar.update)
         done = (executor or LocalExecutor(lm)).map_chunks(chunks, inputs)
+        finished = 0
         try:
             for chunk, found, seconds in done:
                 for cond in chunk:
                     store.add(cond, found[cond.key], seconds)
-                bar.update(len(chunk))
+                finished += rows[id(chunk)]
+                bar.rewind(finished)  # exact at every chunk's end, whoever scored it
         finally:
             close = getattr(done, "close", None)
             if close is not None:
