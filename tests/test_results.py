@@ -91,10 +91,18 @@ NEW_METRIC_PATH = re.compile(r"/(auroc_ci|pair_rank_accuracy|tpr_at_5_fpr)(/|$)"
 NEW_LEAD_COLUMNS = (3, 5, 6)
 
 
+ANSWER_LINES = ("- **Answer", "- **Probe, unadapted", "- **Transfer", "- **Caution")
+
+
 def _first_screen(report: str) -> list[str]:
     """The report's header and lead tables: every line up to the note under them (the lead tables without the
     columns added since schema 2, so an old file's cells are compared cell for cell)."""
     lines = report.splitlines()
+    if lines[0].startswith("# vulnsteer report (") and "): " in lines[0]:  # the answer, since the title has one
+        lines[0] = lines[0].split("): ")[0] + ")"
+    answers = [i for i, line in enumerate(lines) if line.startswith(ANSWER_LINES)]
+    if answers:  # the answer lines under the title (and the blank line after them) are new
+        lines = lines[: answers[0]] + lines[answers[-1] + 2 :]
     end = next(i for i, line in enumerate(lines) if line.startswith(("`lever rate`", "`AUROC`")))
     out = []
     for line in lines[:end]:

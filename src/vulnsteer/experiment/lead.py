@@ -85,6 +85,7 @@ def lead_rows(base: Sequence[DetectionRecord], entries: Sequence[LeadEntry], see
                 entry.family,
                 entry.control_of,
                 versus,
+                entry.headline,
             )
         )
     return tuple(rows)

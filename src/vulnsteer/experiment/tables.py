@@ -332,6 +332,8 @@ class LeadRow:
     family: str | None = None
     control_of: str | None = None
     versus: Change | None = None
+    #: the detector the table is about (its family's headline: conditional steering in a default run)
+    headline: bool = False
 
     @property
     def is_baseline(self) -> bool:
@@ -350,6 +352,7 @@ class LeadRow:
             "flips": None if self.flips is None else self.flips.to_json(),
             "lever_rate": None if self.lever_rate is None else self.lever_rate.to_json(),
             "versus": None if self.versus is None else self.versus.to_json(),
+            "headline": self.headline,
         }
 
     @classmethod
@@ -367,6 +370,7 @@ class LeadRow:
             doc.get("family"),
             doc.get("control_of"),
             Change.from_json(doc.get("versus")),
+            bool(doc.get("headline", False)),
         )
 
 

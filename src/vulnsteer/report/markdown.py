@@ -25,6 +25,7 @@ from ..experiment.grid import POOLED
 from ..experiment.header import SplitsInfo
 from ..experiment.results import FamilyResults, Results, ValEntry
 from ..experiment.tables import HeldOutRow, HeldOutTable, LeadTable, MetricBlock
+from .answer import answer_lines, headline, verdicts_of
 from .probes import PROBE_TABLE_COLUMNS, probe_table
 
 __all__ = ["ci_cell", "cwe_table", "duplicates_text", "fmt", "markdown_table", "render_markdown"]
@@ -163,7 +164,10 @@ def cross_table(table: HeldOutTable) -> list[str]:
 
 def _header(results: Results) -> list[str]:
     data, model, command = results.data, results.model, results.command
-    lines = [f"# vulnsteer report ({command})", ""]
+    answer = headline(verdicts_of(results))
+    lines = [f"# vulnsteer report ({command})" + (f": {answer}" if answer else ""), ""]
+    first = answer_lines(results)
+    lines += [*first, ""] if first else []
     if model is not None:
         lines.append(
             f"- model: `{model.id}` ({model.num_layers} layers, hidden {model.hidden_size}, "
