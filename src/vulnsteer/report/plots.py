@@ -1,19 +1,25 @@
 """Report plots (matplotlib PNGs), drawn from typed results only; :func:`report_plots` makes every one.
 
 - ``val_curves_<mode>_<unit>.png``: balanced accuracy vs strength per CWE on the **validation** split (the
-  selection curves), one line per (vector, layer set), its random control dashed, the baseline grey;
+  selection curves), one line per steered setting (vector, layer set, gate), each with its own legend entry and
+  style: steered solid, its random vector control dashed, its random gate control dotted; the baseline grey;
 - ``layer_strength_<mode>_<method>.png``: layer set x strength heatmap of the change vs baseline (validation);
 - ``cross_cwe_<mode>.png``: vector of CWE A on the samples of CWE B, change vs baseline (test, or the other
   dataset for ``evaluate --from``; a second family with such a matrix gets ``cross_cwe_<family>_<mode>.png``);
 - ``margins_<mode>.png``: the answer margins by class of the baseline and the headline detectors (test);
 - ``cosine_<method>.png``: cosine similarity of the per-CWE vectors, one panel per layer;
 - ``pca_<pooling>.png``: training activations of each CWE on their first two principal components.
+
+A plot that carries no information is not drawn (and so not linked): a change-vs-baseline grid or set of curves
+that is zero everywhere, a layer x strength heatmap with a single layer set (the curves show the same numbers), a
+cosine matrix of a single vector. Every title is wrapped until it fits its figure.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -57,8 +63,28 @@ def _grid(n: int, width: float = 4.0, height: float = 3.2, cols: int = 3) -> tup
     return fig, flat[:n]
 
 
+def _fits(fig: Any, text: Any, renderer: Any) -> bool:
+    box, frame = text.get_window_extent(renderer), fig.bbox
+    return bool(box.x0 >= frame.x0 - 0.5 and box.x1 <= frame.x1 + 0.5)
+
+
+def fit_titles(fig: Any) -> None:
+    """Wrap the figure's title and every panel's title onto more lines until each lies inside the figure."""
+    texts = [t for t in (*fig.texts, *(ax.title for ax in fig.axes)) if t.get_text()]
+    for _ in range(2):  # a wrapped title can move the panels (constrained layout): check again after a draw
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for text in texts:
+            words = " ".join(text.get_text().split())
+            width = len(words)
+            while not _fits(fig, text, renderer) and width > 12:
+                width = int(width * 0.8)
+                text.set_text(textwrap.fill(words, width))
+
+
 def _save(fig: Any, out_dir: Path, name: str) -> str:
     plt = _pyplot()
+    fit_titles(fig)
     path = out_dir / PLOT_DIR / name
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=90)
@@ -93,12 +119,40 @@ def _ba(metrics: Mapping[str, PointMetrics], cwe: str) -> float:
 
 
 def _line_name(setting: Setting) -> str:
+    """The steered setting a curve follows, strength aside (its vector, layers, steered positions and gate)."""
     layers = ",".join(map(str, setting.layers))
-    return f"{setting.method}@{setting.pooling} L{layers} ({setting.positions})"
+    gate = f", gated by {setting.probe} ({setting.gate})" if setting.gated else ""
+    return f"{setting.method}@{setting.pooling} L{layers} (steer {setting.positions}{gate})"
+
+
+#: How each role's curve is drawn and named in the legend (the setting's name filled in).
+ROLE_LINES: Mapping[str, tuple[str, float, str]] = {
+    "steered": ("o-", 1.0, "steered {}"),
+    "control": ("x--", 0.6, "random vector control of {}"),
+    "gate_control": ("s:", 0.6, "random gate control of {}"),
+}
+
+ROLE_ORDER = {role: i for i, role in enumerate(ROLE_LINES)}
+
+
+def _all_zero(values: Sequence[float | None]) -> bool:
+    """Whether *values* carry nothing: each is missing, NaN or zero."""
+    return all(v is None or math.isnan(v) or abs(v) < 1e-12 for v in values)
+
+
+def _legend_below(fig: Any, ax: Any) -> None:
+    """*ax*'s legend under the panels, in as many columns as its longest label allows, the figure made taller by
+    its rows (so no panel shrinks to make room)."""
+    handles, labels = ax.get_legend_handles_labels()
+    width = fig.get_figwidth()
+    cols = max(1, min(3, int(width / (0.6 + 0.06 * max(map(len, labels), default=1)))))
+    fig.set_figheight(fig.get_figheight() + 0.2 * math.ceil(len(labels) / cols))
+    fig.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=cols)
 
 
 def plot_val_curves(results: Results, out_dir: Path, mode: str) -> list[str]:
-    """Balanced accuracy vs strength per CWE on VAL, one figure per strength unit (strength 0 = the baseline)."""
+    """Balanced accuracy vs strength per CWE on VAL, one figure per strength unit (strength 0 = the baseline);
+    a unit whose every curve sits on the baseline is not drawn."""
     entries = results.val.get(mode, ())
     cwes = [*results.cwes, "overall"]
     base = _baseline(entries)
@@ -107,33 +161,38 @@ def plot_val_curves(results: Results, out_dir: Path, mode: str) -> list[str]:
         lines: dict[tuple[str, str], list[tuple[float, Mapping[str, PointMetrics]]]] = {}
         for e in _steered_entries(entries):
             setting = _setting(e)
-            if setting.unit == unit:
+            if setting.unit == unit and e.condition.role in ROLE_LINES:
                 line = lines.setdefault((_line_name(setting), e.condition.role), [(0.0, base)])
                 line.append((float(setting.strength), e.metrics))
+        scored = [m for line in lines.values() for _, m in line]
+        if _all_zero([_ba(m, cwe) - (_ba(base, cwe) if cwe in base else 0.0) for m in scored for cwe in cwes]):
+            continue
         fig, axes = _grid(len(cwes))
         colours: dict[str, object] = {}
         for ax, cwe in zip(axes, cwes):
-            for (name, role), points in sorted(lines.items()):
+            for (name, role), points in sorted(lines.items(), key=lambda item: (item[0][0], ROLE_ORDER[item[0][1]])):
                 pts = sorted((s, _ba(m, cwe)) for s, m in points)
-                style = "o-" if role == "steered" else "x--"
-                colour = colours.get(name)
+                style, alpha, label = ROLE_LINES[role]
                 (handle,) = ax.plot(
                     [p[0] for p in pts],
                     [p[1] for p in pts],
                     style,
-                    color=colour,
+                    color=colours.get(name),
                     ms=3,
                     lw=1,
-                    alpha=1.0 if role == "steered" else 0.5,
-                    label=name if role == "steered" else f"{name} control",
+                    alpha=alpha,
+                    label=label.format(name),
                 )
                 colours.setdefault(name, handle.get_color())
             if cwe in base:
-                ax.axhline(_ba(base, cwe), color="grey", lw=1.5, label="baseline")
+                ax.axhline(_ba(base, cwe), color="grey", lw=1.5, label="baseline (no steering)")
             ax.axhline(0.5, color="black", lw=0.5, ls=":")
             ax.set(title=cwe, ylim=(0, 1), xlabel=f"strength ({unit})", ylabel="balanced accuracy (val)")
-        axes[0].legend(fontsize=6)
-        fig.suptitle(f"{mode} mode, VALIDATION split (selection curves); dashed = random-direction control")
+        _legend_below(fig, axes[0])
+        fig.suptitle(
+            f"{mode} mode, VALIDATION split (selection curves): steered solid, random vector control dashed, "
+            "random gate control dotted"
+        )
         names.append(_save(fig, out_dir, f"val_curves_{mode}_{unit}.png"))
     return names
 
@@ -185,16 +244,23 @@ def plot_layer_strength(results: Results, out_dir: Path, mode: str) -> list[str]
             if (_setting(e).method, _setting(e).pooling, _setting(e).positions) == (method, pooling, steer)
         ]
         rows = list(dict.fromkeys(",".join(map(str, _setting(e).layers)) for e in chosen))
+        if len(rows) < 2:
+            continue  # one layer set: the val curves show the same numbers
         cols = sorted(dict.fromkeys((_setting(e).unit, float(_setting(e).strength)) for e in chosen))
-        fig, axes = _grid(len(cwes))
-        image = None
-        for ax, cwe in zip(axes, cwes):
+        grids: dict[str, list[list[float | None]]] = {}
+        for cwe in cwes:
             values: list[list[float | None]] = [[None] * len(cols) for _ in rows]
             for e in chosen:
                 setting = _setting(e)
                 i = rows.index(",".join(map(str, setting.layers)))
                 j = cols.index((setting.unit, float(setting.strength)))
                 values[i][j] = _ba(e.metrics, cwe) - _ba(base, cwe)
+            grids[cwe] = values
+        if _all_zero([v for values in grids.values() for line in values for v in line]):
+            continue
+        fig, axes = _grid(len(cwes))
+        image = None
+        for ax, (cwe, values) in zip(axes, grids.items()):
             image = _heatmap(
                 ax, values, [f"L{r}" for r in rows], [f"{s:g} {u[:3]}" for u, s in cols], vmin=-0.5, vmax=0.5
             )
@@ -208,7 +274,7 @@ def plot_layer_strength(results: Results, out_dir: Path, mode: str) -> list[str]
 
 def plot_cross_cwe(cross: CrossCwe, out_dir: Path, name: str, title: str) -> str | None:
     """Heatmap of the cross-CWE matrix (rows: vector, columns: samples)."""
-    if not cross.vectors or not cross.targets:
+    if not cross.vectors or not cross.targets or _all_zero([v for line in cross.delta_balanced_accuracy for v in line]):
         return None
     fig, axes = _grid(
         1, width=max(5.5, 2.5 + 0.8 * len(cross.targets)), height=max(3.5, 1.8 + 0.5 * len(cross.vectors))
@@ -227,6 +293,8 @@ def plot_cosines(results: Results, out_dir: Path) -> list[str]:
     for family in results.families.values():
         for method_key, block in family.cosine.items():
             layers = list(block.layers)
+            if len(block.cwes) < 2:
+                continue  # one vector: its cosine with itself
             side = max(3.6, 1.2 + 0.55 * len(block.cwes))
             fig, axes = _grid(len(layers), width=side, height=side * 0.9)
             image = None
@@ -263,7 +331,7 @@ def plot_pca(results: Results, out_dir: Path) -> list[str]:
 def plot_margins(results: Results, out_dir: Path, mode: str) -> str | None:
     """Answer-margin distribution per class: the baseline vs the headline detectors (logit mode)."""
     block = results.lead.get(mode)
-    if block is None or not block.margins:
+    if block is None or not any([*m.vulnerable, *m.secure] for m in block.margins.values()):
         return None
     fig, axes = _grid(len(block.margins), width=4.5, height=3.2)
     for ax, (name, by_class) in zip(axes, block.margins.items()):
