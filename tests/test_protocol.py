@@ -20,6 +20,7 @@ from vulnsteer.config.experiment import ConfigError, ExperimentConfig, load_conf
 from vulnsteer.experiment import protocol as protocol_mod
 from vulnsteer.experiment.chosen import load_chosen
 from vulnsteer.experiment.compare import numbers
+from vulnsteer.experiment.grid import Condition
 from vulnsteer.experiment.protocol import run_protocol
 from vulnsteer.experiment.results import SCHEMA_VERSION, Results
 from vulnsteer.experiment.rundir import RunDir, RunDirBusyError, _locked
@@ -336,7 +337,9 @@ def test_examples_and_generation_rows(tmp_path: Path, tiny_lm: LoadedModel) -> N
         assert family.choices["generation"]["CWE-89"].selected_by == "generation mode, val split"
         examples = family.examples["generation"]
         assert {e.cwe for e in examples} == {"CWE-89", "CWE-78"} and all(e.steered for e in examples)
-    assert "Example generations" in (tmp_path / "run" / "report.md").read_text()
+        test_ids = {r.sample_id for r in results.records[Condition("baseline", "generation", "test").key]}
+        assert all(e.split == "test" and e.sample_id in test_ids for e in examples)  # never val's samples
+    assert "Example generations (generation mode, TEST split" in (tmp_path / "run" / "report.md").read_text()
     cross = held_out(results, "generation").cross_cwe
     assert not results.probes and cross is not None and not cross.targets
 

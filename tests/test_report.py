@@ -124,6 +124,19 @@ def _results() -> Results:
                     "secure",
                     "Answer: `vulnerable`",
                     "vulnerable",
+                    "test",
+                ),
+                Example(
+                    "CWE-79",
+                    "p3-s",
+                    "secure",
+                    "baseline",
+                    LABEL,
+                    "Answer: secure",
+                    "secure",
+                    "Answer: vulnerable",
+                    "vulnerable",
+                    "test",
                 ),
             )
         },
@@ -310,3 +323,28 @@ def test_duplicates_text_says_what_was_found_and_dropped() -> None:
     )
     text = duplicates_text(dropped)
     assert "found: exact 2, normalised 3; dropped 2 val and 1 test samples" in text and "left: exact 0" in text
+
+
+def test_examples_name_their_split_and_whether_val_chose_their_setting() -> None:
+    md = render_markdown(_results())
+    heading = next(line for line in md.splitlines() if line.startswith("## Example generations"))
+    assert heading.startswith("## Example generations (generation mode, TEST split, constant steering;")
+    assert "val" not in heading.split(";")[0]
+    assert f"**CWE-89** `p0-v` (truth: vulnerable; steered: {LABEL}, chosen on val)" in md
+    assert (
+        f"**CWE-79** `p3-s` (truth: secure; steered: {LABEL}, the best steered setting on val, not chosen: the "
+        "baseline scored at least as well there)" in md
+    )
+
+
+def test_examples_of_older_results_load_and_say_their_split_is_not_recorded() -> None:
+    results = _results()
+    family = results.families["constant"]
+    example = family.examples["generation"][0]
+    assert Example.from_json(example.to_json()) == example and example.to_json()["split"] == "test"
+    old = {k: v for k, v in example.to_json().items() if k != "split"}  # written before the split was recorded
+    loaded = Example.from_json(old)
+    assert loaded.split is None and dataclasses.replace(loaded, split="test") == example
+    family = dataclasses.replace(family, examples={"generation": (loaded,)})
+    md = render_markdown(dataclasses.replace(results, families={"constant": family}))
+    assert "## Example generations (generation mode, held-out samples (split not recorded)," in md

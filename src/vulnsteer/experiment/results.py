@@ -120,7 +120,11 @@ def val_entry(
 
 @dataclass(frozen=True)
 class Example:
-    """One sample's generated answer: the baseline's and the chosen (else best) steered setting's."""
+    """One held-out sample's generated answer: the baseline's and the chosen (else best) steered setting's.
+
+    *chosen* is what val chose for the CWE: ``steered`` (*setting* was chosen) or ``baseline`` (*setting* was the
+    best steered setting on val, not chosen: the baseline scored at least as well). *split* is the split the sample
+    comes from (``test``, or ``all`` for another dataset; None in results written before it was recorded)."""
 
     cwe: str
     sample_id: str
@@ -131,6 +135,7 @@ class Example:
     baseline_verdict: str | None
     steered: str | None
     steered_verdict: str
+    split: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,7 +23,7 @@ from ..cwe import cwe_name
 from ..detection.probe import ProbeResult
 from ..experiment.grid import POOLED
 from ..experiment.header import SplitsInfo
-from ..experiment.results import FamilyResults, Results, ValEntry
+from ..experiment.results import Example, FamilyResults, Results, ValEntry
 from ..experiment.tables import HeldOutRow, HeldOutTable, LeadTable, MetricBlock
 from .answer import answer_lines, headline, verdicts_of
 from .probes import PROBE_TABLE_COLUMNS, probe_table
@@ -365,6 +365,29 @@ def _val_table(results: Results, mode: str, entries: Sequence[ValEntry]) -> list
     return markdown_table(header, rows)
 
 
+def _examples(family: FamilyResults, mode: str, items: Sequence[Example]) -> list[str]:
+    """A family's example generations in *mode*: the heading names their split, each example whether its setting
+    was chosen on val or only the best steered one there (the baseline won)."""
+    splits = sorted({ex.split for ex in items if ex.split is not None})
+    where = " and ".join(f"{_split(s)} split" for s in splits) or "held-out samples (split not recorded)"
+    lines = [
+        f"## Example generations ({mode} mode, {where}, {family.label}; baseline vs the chosen, else best, steered "
+        "setting)",
+        "",
+    ]
+    for ex in items:
+        how = (
+            "chosen on val"
+            if ex.chosen == "steered"
+            else "the best steered setting on val, not chosen: the baseline scored at least as well there"
+        )
+        lines.append(f"**{ex.cwe}** `{ex.sample_id}` (truth: {ex.truth}; steered: {ex.setting}, {how})")
+        lines.append(f"- baseline ({ex.baseline_verdict}): `{_one_line(ex.baseline)}`")
+        lines.append(f"- steered ({ex.steered_verdict}): `{_one_line(ex.steered)}`")
+        lines.append("")
+    return lines
+
+
 def _later_sections(results: Results, plots: Sequence[str]) -> list[str]:
     lines: list[str] = []
     if results.probes:
@@ -389,16 +412,7 @@ def _later_sections(results: Results, plots: Sequence[str]) -> list[str]:
             lines.append("")
     for family in results.families.values():
         for mode, items in family.examples.items():
-            lines += [
-                f"## Example generations ({mode} mode, {family.label}; baseline vs the chosen, else best, steered "
-                "setting)",
-                "",
-            ]
-            for ex in items:
-                lines.append(f"**{ex.cwe}** `{ex.sample_id}` (truth: {ex.truth}; {ex.setting}, {ex.chosen} on val)")
-                lines.append(f"- baseline ({ex.baseline_verdict}): `{_one_line(ex.baseline)}`")
-                lines.append(f"- steered ({ex.steered_verdict}): `{_one_line(ex.steered)}`")
-                lines.append("")
+            lines += _examples(family, mode, items)
     cache = results.activation_cache
     if cache is not None:
         lines += [

@@ -298,7 +298,8 @@ def examples(
     choices: Mapping[str, Choice], records: Mapping[str, Sequence[DetectionRecord]], mode: str, split: str, n: int,
     control_seed: int, cross: bool,
 ) -> list[Example]:  # fmt: skip
-    """Per CWE, up to *n* samples: the baseline's and the chosen (else best) steered setting's generated text."""
+    """Per CWE, up to *n* samples of *split* (the held-out samples, never val's): the baseline's and the chosen
+    (else best) steered setting's generated text."""
     base = {r.sample_id: r for r in records.get(Condition("baseline", mode, split).key, [])}
     out = []
     for cwe, choice in choices.items():
@@ -319,6 +320,7 @@ def examples(
                     b.verdict if b else None,
                     r.text,
                     r.verdict,
+                    split,
                 )
             )
     return out
