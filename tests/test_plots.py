@@ -186,3 +186,12 @@ def test_plots_without_information_are_neither_written_nor_linked(tmp_path: Path
     written = {p.stem for p in (tmp_path / "one" / "plots").glob("*.png")}
     assert "layer_strength_logit_mean_diff_last_last" not in written and "layer_strength" not in report
     assert "val_curves_logit_relative" in written and "(plots/val_curves_logit_relative.png)" in report
+
+
+def test_gated_and_constant_settings_at_the_same_layers_get_their_own_heatmap_rows(
+    tmp_path: Path, figures: list[Any]
+) -> None:
+    drawn = _drawn(report_plots(fake_results(layer_sets=((10,),), gated=True), tmp_path), figures)
+    fig = drawn["layer_strength_logit_mean_diff_last_last"]
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert rows == ["L10", "L10 gated by logistic@code_mean@L10 (sign)"]

@@ -230,8 +230,16 @@ def _heatmap(
     return image
 
 
+def _heatmap_row(setting: Setting) -> str:
+    """A layer x strength heatmap's row: the layer set, and for a gated setting its gate (one row per gate, so
+    settings gated by different probes at the same layers never share a cell)."""
+    layers = "L" + ",".join(map(str, setting.layers))
+    return f"{layers} gated by {setting.probe} ({setting.gate})" if setting.gated else layers
+
+
 def plot_layer_strength(results: Results, out_dir: Path, mode: str) -> list[str]:
-    """Layer set x strength heatmap (VAL, Δ balanced accuracy vs baseline) per CWE, per vector method."""
+    """Layer set (and gate) x strength heatmap (VAL, Δ balanced accuracy vs baseline) per CWE, per vector method;
+    not drawn with a single row or a grid of zeros."""
     entries = [e for e in _steered_entries(results.val.get(mode, ())) if e.condition.role == "steered"]
     base = _baseline(results.val.get(mode, ()))
     cwes = [*results.cwes, "overall"]
@@ -243,16 +251,16 @@ def plot_layer_strength(results: Results, out_dir: Path, mode: str) -> list[str]
             for e in entries
             if (_setting(e).method, _setting(e).pooling, _setting(e).positions) == (method, pooling, steer)
         ]
-        rows = list(dict.fromkeys(",".join(map(str, _setting(e).layers)) for e in chosen))
+        rows = list(dict.fromkeys(_heatmap_row(_setting(e)) for e in chosen))
         if len(rows) < 2:
-            continue  # one layer set: the val curves show the same numbers
+            continue  # one row: the val curves show the same numbers
         cols = sorted(dict.fromkeys((_setting(e).unit, float(_setting(e).strength)) for e in chosen))
         grids: dict[str, list[list[float | None]]] = {}
         for cwe in cwes:
             values: list[list[float | None]] = [[None] * len(cols) for _ in rows]
             for e in chosen:
                 setting = _setting(e)
-                i = rows.index(",".join(map(str, setting.layers)))
+                i = rows.index(_heatmap_row(setting))
                 j = cols.index((setting.unit, float(setting.strength)))
                 values[i][j] = _ba(e.metrics, cwe) - _ba(base, cwe)
             grids[cwe] = values
@@ -261,9 +269,7 @@ def plot_layer_strength(results: Results, out_dir: Path, mode: str) -> list[str]
         fig, axes = _grid(len(cwes))
         image = None
         for ax, (cwe, values) in zip(axes, grids.items()):
-            image = _heatmap(
-                ax, values, [f"L{r}" for r in rows], [f"{s:g} {u[:3]}" for u, s in cols], vmin=-0.5, vmax=0.5
-            )
+            image = _heatmap(ax, values, rows, [f"{s:g} {u[:3]}" for u, s in cols], vmin=-0.5, vmax=0.5)
             ax.set_title(cwe, fontsize=9)
         if image is not None:
             fig.colorbar(image, ax=axes, shrink=0.6, label="Δ balanced accuracy vs baseline (val)")
