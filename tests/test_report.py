@@ -8,11 +8,22 @@ from pathlib import Path
 
 from vulnsteer.cwe import cwe_name
 from vulnsteer.detection.probe import ProbeResult
+from vulnsteer.experiment.families import conditional, constant
 from vulnsteer.experiment.grid import Condition, Setting
 from vulnsteer.experiment.header import DataInfo, DataNotes, ModelInfo, RunFiles, SplitsInfo
 from vulnsteer.experiment.results import Example, FamilyResults, Results, ValEntry
 from vulnsteer.experiment.select import Choice
-from vulnsteer.experiment.tables import Control, CrossCwe, Flips, HeldOutRow, HeldOutTable, MetricBlock, PointMetrics
+from vulnsteer.experiment.tables import (
+    Control,
+    CrossCwe,
+    Flips,
+    HeldOutRow,
+    HeldOutTable,
+    LeadRow,
+    LeadTable,
+    MetricBlock,
+    PointMetrics,
+)
 from vulnsteer.lm.identity import ModelIdentity
 from vulnsteer.report import write_report
 from vulnsteer.report.markdown import duplicates_text, fmt, render_markdown
@@ -241,7 +252,14 @@ def test_lead_table_has_one_row_per_cwe_with_ci_delta_p_and_flips() -> None:
     assert row79[3] == "0.625 [0.50, 0.75]<br>baseline (no steered setting beat it on val)"
     assert row79[4] == "–" and row79[5:] == ["+0.000 [+0.00, +0.00]", "1.000", "+0 / −0"]
     assert "- **CWE-89**: gain of +0.250 is significant." in lead
-    assert any(line.startswith("- CWE-79: the best steered setting on val") and "-0.125" in line for line in lead)
+    best = f"the best steered setting on val (not chosen: the baseline scored at least as well) was {LABEL}"
+    assert any(
+        line.startswith(f"- **CWE-79**: no steered setting beat the baseline on validation; {best}, which on TEST")
+        and "-0.125" in line
+        for line in lead
+    )
+    bullets = [line.split(":")[0] for line in lead if line.startswith("- ")]
+    assert bullets == ["- **CWE-89**", "- **CWE-79**"]  # one sentence per CWE
 
 
 def test_evaluate_headers_say_where_the_settings_come_from() -> None:
@@ -348,3 +366,45 @@ def test_examples_of_older_results_load_and_say_their_split_is_not_recorded() ->
     family = dataclasses.replace(family, examples={"generation": (loaded,)})
     md = render_markdown(dataclasses.replace(results, families={"constant": family}))
     assert "## Example generations (generation mode, held-out samples (split not recorded)," in md
+
+
+def _lead_row(name: str, label: str, family: str | None, control_of: str | None = None) -> LeadRow:
+    return LeadRow(name, label, _metrics(0.5, 0.4, 0.6), family=family, control_of=control_of)
+
+
+def _lead_labels(md: str) -> dict[str, list[tuple[str, str]]]:
+    """Per lead table (by its heading): each row's (detector, what it is) cells."""
+    heads = [line for line in md.splitlines() if line.startswith("## ") and "every detector on the" in line]
+    return {head: [(r[0], r[1]) for r in _rows(_section(md, head))] for head in heads}
+
+
+def test_lead_rows_of_constant_and_conditional_steering_in_both_modes_have_distinct_labels() -> None:
+    rows = [_lead_row("baseline", "the model as it is", None)]
+    for family, specs in (("constant", constant.ROWS), ("conditional", conditional.ROWS)):
+        rows += [_lead_row(spec.name, spec.label, family, spec.control_of) for spec in specs]
+    rows.append(_lead_row("probe", "the gating probe alone (its own verdict, no model)", "probe"))
+    lead = {mode: LeadTable("test", tuple(rows), "") for mode in ("logit", "generation")}
+    families = {
+        "constant": FamilyResults("constant", "constant steering"),
+        "conditional": FamilyResults("conditional", "conditional steering, probe-gated"),
+        "probe": FamilyResults("probe", "the gating probe alone"),
+    }
+    tables = _lead_labels(render_markdown(dataclasses.replace(_results(), lead=lead, families=families)))
+    assert len(tables) == 2
+    for head, cells in tables.items():
+        names, labels = [c[0] for c in cells], [c[1] for c in cells]
+        assert len(cells) == 7 and len(set(names)) == 7 and len(set(labels)) == 7, head
+        control = dict(cells)["**constant_control**"]
+        assert "control of constant steering" in control  # says whose control it is, not "its"
+
+
+def test_lead_rows_that_share_a_name_are_told_apart_by_their_family() -> None:
+    rows = (
+        _lead_row("baseline", "the model as it is", None),
+        _lead_row("probe", "a probe", "probe"),
+        _lead_row("probe", "a probe", "other"),
+    )
+    families = {"probe": FamilyResults("probe", "the gating probe alone"), "other": FamilyResults("other", "")}
+    results = dataclasses.replace(_results(), lead={"logit": LeadTable("test", rows, "")}, families=families)
+    (cells,) = _lead_labels(render_markdown(results)).values()
+    assert [c[0] for c in cells] == ["**baseline**", "**probe (the gating probe alone)**", "**probe (other)**"]

@@ -16,7 +16,8 @@ generations, caches and timings. Every number says which split it comes from. A 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..cwe import cwe_name
@@ -24,7 +25,7 @@ from ..detection.probe import ProbeResult
 from ..experiment.grid import POOLED
 from ..experiment.header import SplitsInfo
 from ..experiment.results import Example, FamilyResults, Results, ValEntry
-from ..experiment.tables import HeldOutRow, HeldOutTable, LeadTable, MetricBlock
+from ..experiment.tables import HeldOutRow, HeldOutTable, LeadRow, LeadTable, MetricBlock
 from .answer import answer_lines, headline, verdicts_of
 from .probes import PROBE_TABLE_COLUMNS, probe_table
 
@@ -121,15 +122,16 @@ def cwe_table(table: HeldOutTable, controls: dict[str, str] | None = None) -> li
         *(["lever rate"] if lever else []),
     ]
     lines = [*markdown_table(header, body), ""]
-    lines += [f"- **{cwe}**: {row.words}." for cwe, row in rows.items()]
     for cwe, row in rows.items():
         other = row.best_not_chosen
-        if other is not None:
-            lines.append(
-                f"- {cwe}: the best steered setting on val (not chosen: the baseline scored at least as "
-                f"well) was {other.chosen}; on {_split(split)} it gives {_delta_cell(other.delta, other.delta_ci)} "
-                "(for information only)"
-            )
+        more = (
+            ""
+            if other is None
+            else f"; the best steered setting on val (not chosen: the baseline scored at least as well) was "
+            f"{other.chosen}, which on {_split(split)} gives {_delta_cell(other.delta, other.delta_ci)} (for "
+            "information only)"
+        )
+        lines.append(f"- **{cwe}**: {row.words}{more}.")
     return lines
 
 
@@ -224,14 +226,35 @@ def _header(results: Results) -> list[str]:
     return lines
 
 
-def _lead_block(mode: str, block: LeadTable, plots: Sequence[str]) -> list[str]:
+def row_names(rows: Sequence[LeadRow], families: Mapping[str, str]) -> list[str]:
+    """Each lead row's name as the table shows it: its own, or, where rows share a name (two families both
+    naming a row ``probe``), qualified by its family's label (*families*: name -> label), then by its place.
+
+    >>> rows = [LeadRow("probe", "", MetricBlock(), family="probe"), LeadRow("probe", "", MetricBlock(), family="x")]
+    >>> row_names(rows, {"probe": "the gating probe alone"})
+    ['probe (the gating probe alone)', 'probe (x)']
+    """
+    counts = Counter(r.name for r in rows)
+    names = [
+        r.name if counts[r.name] == 1 else f"{r.name} ({families.get(r.family or '') or r.family or 'baseline'})"
+        for r in rows
+    ]
+    seen: Counter[str] = Counter()
+    out = []
+    for name in names:
+        seen[name] += 1
+        out.append(name if names.count(name) == 1 else f"{name} #{seen[name]}")
+    return out
+
+
+def _lead_block(mode: str, block: LeadTable, plots: Sequence[str], families: Mapping[str, str]) -> list[str]:
     lines = [f"## {mode} mode: every detector on the {_split(block.split)} samples", ""]
     body = []
-    for row in block.rows:
+    for row, name in zip(block.rows, row_names(block.rows, families), strict=True):
         m, flips, lever = row.metrics, row.flips, row.lever_rate
         body.append(
             [
-                f"**{row.name}**",
+                f"**{name}**",
                 row.label,
                 ci_cell(m),
                 auroc_cell(m),
@@ -267,7 +290,7 @@ def _first_screen(results: Results, plots: Sequence[str]) -> list[str]:
     """Every detector on the same held-out samples, per mode: the answer first."""
     lines: list[str] = []
     for mode, block in results.lead.items():
-        lines += _lead_block(mode, block, plots)
+        lines += _lead_block(mode, block, plots, {f.name: f.label for f in results.families.values()})
     if results.lead:
         lines += [
             "`AUROC`: of each detector's score (the answer's P(vulnerable) for the model, the probe's score for a "

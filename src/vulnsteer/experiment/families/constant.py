@@ -47,7 +47,7 @@ ROWS = (
     RowSpec(
         "control",
         "constant_control",
-        "its random-direction control",
+        "random-direction control of constant steering (same norm, same layers)",
         control_of="constant",
         claim="the direction pushed matters",
         what="its random-direction control",
