@@ -24,9 +24,17 @@ setup: $(VENV)/.setup-done
 
 setup-test: $(VENV)/.test-done
 
-# Conditional steering on the bundled corpus with every control (examples/demo.toml); rerun to resume.
+# Conditional steering on four CWEs of the bundled corpus with every control (examples/demo.toml), then its probe,
+# unadapted and adapted (label-free), applied unchanged to the corpus's other four CWEs, left out of every fit and
+# choice (logit mode: the probes need no generation). Each report's first lines say the answer; rerun to resume.
+DEMO_LEFT_OUT := --cwe CWE-190 --cwe CWE-416 --cwe CWE-476 --cwe CWE-787
 demo: setup
 	$(VENV)/bin/vulnsteer sweep examples/demo.toml
+	$(VENV)/bin/vulnsteer evaluate --from runs/demo --data builtin $(DEMO_LEFT_OUT) --modes logit --out runs/demo-left-out
+	@echo; echo "== runs/demo/report.md (fitted and chosen on 4 CWEs, scored on their test split):"
+	@awk '/^$$/ {n++} n == 2 {exit} {print}' runs/demo/report.md
+	@echo; echo "== runs/demo-left-out/report.md (the other 4 CWEs, left out of every fit and choice):"
+	@awk '/^$$/ {n++} n == 2 {exit} {print}' runs/demo-left-out/report.md
 
 test: lint
 	$(PY) -m pytest -q

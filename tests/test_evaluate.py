@@ -106,6 +106,22 @@ def test_from_run_applies_the_choice_to_every_sample(
         evaluate_from_run(run_dir, another, run_dir, lm=tiny_lm, progress=False)
 
 
+def test_from_run_on_cwes_it_never_chose_for_scores_the_probes_that_read_any_code(
+    tmp_path: Path, swept: tuple[Path, Path, Results], tiny_lm: LoadedModel
+) -> None:
+    """17.6 (the demo's left-out CWEs): no per-CWE choice covers the data, so constant and conditional steering have
+    nothing to apply; the pooled probe, alone and adapted, reads any code and is scored, with a warning."""
+    _, run_dir, _ = swept
+    config = transfer_config(run_dir, _other(tmp_path, cwes=("CWE-22",), n_pairs=12, prefix="left-out"))
+    out = evaluate_from_run(run_dir, config, tmp_path / "t", lm=tiny_lm, progress=False)
+    got = load_results(out / "results.json")
+    assert got.data is not None and got.data.skipped_cwes == {} and got.data.n_samples == 24
+    assert [r.name for r in got.lead["logit"].rows] == ["baseline", "probe", "adapted"]
+    assert any("none of these CWEs has a per-CWE choice" in w for w in got.warnings)
+    first = (out / "report.md").read_text().splitlines()[0]
+    assert first.startswith("# vulnsteer report (evaluate --from): the ") and "probe transferred better" in first
+
+
 def _test_split_file(config_path: Path, tiny_lm: LoadedModel, path: Path) -> Path:
     data = prepare_data(load_config(config_path).data, tiny_lm.tokenizer, progress=False)
     rows = [

@@ -124,3 +124,14 @@ def test_no_answer_line_without_controls() -> None:
     results = Results(command="sweep", lead={"logit": table})
     assert answer_lines(results) == []
     assert render_markdown(results).splitlines()[0] == "# vulnsteer report (sweep)"
+
+
+def test_a_left_out_report_without_steered_rows_is_titled_by_which_probe_transferred() -> None:
+    """17.6: applied to CWEs the run never chose for, only the probe families score; the title says which of
+    the unadapted and adapted probes transferred, and whether either is above chance."""
+    rows = tuple(r for r in _lead((0.05, 0.19), 0.001).rows if r.name in ("baseline", "probe", "adapted"))
+    results = Results(command="evaluate --from", lead={"logit": LeadTable("all", rows)})
+    first = render_markdown(results).splitlines()[0]
+    assert first == (
+        "# vulnsteer report (evaluate --from): the unadapted probe transferred better (above chance: the gating probe)"
+    )

@@ -344,7 +344,7 @@ def run_conditions(
     total, n_conditions = sum(rows.values()), sum(len(c) for c in chunks)
     # progress counts scored (sample, setting) rows, told batch by batch where the chunk runs here (a chunk of
     # conditions can take minutes: counted in conditions, the log would have no time left until it ends)
-    desc = f"conditions ({phase}; {n_conditions} conditions)"
+    desc = f"conditions ({phase}; {n_conditions} condition{'' if n_conditions == 1 else 's'})"
     with Progress(total, desc, unit="scored sample", enabled=options.progress and total > 0) as bar:
         inputs = ChunkInputs(samples_for, vectors, options, probes, sink, prefix_store, on_rows=bar.update)
         done = (executor or LocalExecutor(lm)).map_chunks(chunks, inputs)

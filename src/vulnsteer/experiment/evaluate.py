@@ -247,6 +247,15 @@ def evaluate_from_run(
         chose = {t for s in setting for by in s.choices.values() for t in by if t != POOLED}
         covered = sorted(chose) if setting else list(everything)
         samples = {cwe: items for cwe, items in everything.items() if cwe in covered}
+        if not samples and len(setting) < len(restored):
+            # CWEs the run never chose for (left out of its fit): only the families that read any code (the probe
+            # alone and adapted, a pooled probe) score them; the per-CWE families have nothing to apply
+            samples, covered = dict(everything), list(everything)
+            restored = {name: state for name, state in restored.items() if not isinstance(state, SettingChoices)}
+            warnings.append(
+                f"none of these CWEs has a per-CWE choice in {source} (it chose for {', '.join(sorted(chose))}): "
+                "only the detectors that apply to any CWE are scored"
+            )
         skipped = {cwe: len(items) for cwe, items in everything.items() if cwe not in covered}
         if not samples:
             raise ValueError(

@@ -35,6 +35,7 @@ __all__ = [
     "headline",
     "length_control",
     "mode_verdict",
+    "title",
     "transfer_line",
     "verdicts_of",
 ]
@@ -211,19 +212,47 @@ def transfer_line(table: LeadTable, left_out: bool) -> str | None:
         chance = "above chance" if _above_chance(row.metrics) else "**not** above chance"
         said.append(f"{_words(row.name)} {_ci(row.metrics)} ({chance}), flagging {_flagged(row.metrics)}")
     truth = "" if not m.n or m.n_vulnerable is None else f" of inputs ({m.n_vulnerable / m.n:.0%} truly vulnerable)"
-    a, p = adapted.metrics.balanced_accuracy, plain.metrics.balanced_accuracy
-    verb = "transferred" if left_out else "did"
-    if a is None or p is None or a == p:
-        better = f"neither {verb} better (same balanced accuracy)"
-    else:
-        better = f"the {'adapted' if a > p else 'unadapted'} probe {verb} better"
-    auroc = "" if m.auroc is None else f"; both rank at AUROC {m.auroc:.3f} (adapting moves the threshold only)"
+    better = _better(plain, adapted, left_out)
+    auroc = ""
+    if m.auroc is not None:
+        ci = "" if m.auroc_ci is None else f" [{m.auroc_ci[0]:.2f}, {m.auroc_ci[1]:.2f}]"
+        ranks = "" if m.auroc_ci is None else (", above chance" if m.auroc_ci[0] > 0.5 else ", **not** above chance")
+        auroc = f"; both rank at AUROC {m.auroc:.3f}{ci}{ranks} (adapting moves the threshold only)"
     where = (
         "Transfer to the left-out data"
         if left_out
         else f"Probe, unadapted vs adapted ({SPLIT_WORDS.get(table.split, table.split)})"
     )
     return f"**{where}**: balanced accuracy of {said[0]}; of {said[1]}{truth}: {better}{auroc}."
+
+
+def _better(plain: LeadRow, adapted: LeadRow, left_out: bool) -> str:
+    a, p = adapted.metrics.balanced_accuracy, plain.metrics.balanced_accuracy
+    verb = "transferred" if left_out else "did"
+    if a is None or p is None or a == p:
+        return f"neither {verb} better (same balanced accuracy)"
+    return f"the {'adapted' if a > p else 'unadapted'} probe {verb} better"
+
+
+def title(results: Results) -> str:
+    """What the report's title says after the command: the headline detector's verdict
+    (:func:`headline`), else which probe, unadapted or adapted, did better (on left-out data: transferred), and
+    whether either lies above chance; "" where the lead table has neither.
+
+    >>> from vulnsteer.experiment.tables import LeadRow, LeadTable, MetricBlock
+    >>> rows = (LeadRow("probe", "", MetricBlock(balanced_accuracy=0.55, balanced_accuracy_ci=(0.48, 0.62))),
+    ...         LeadRow("adapted", "", MetricBlock(balanced_accuracy=0.6, balanced_accuracy_ci=(0.53, 0.67))))
+    >>> title(Results(command="evaluate --from", lead={"logit": LeadTable("all", rows)}))
+    'the adapted probe transferred better (above chance: the adapted probe)'
+    """
+    said = headline(verdicts_of(results))
+    table = next(iter(results.lead.values()), None)
+    plain, adapted = (None, None) if table is None else (table.row("probe"), table.row("adapted"))
+    if said or plain is None or adapted is None:
+        return said
+    above = [_words(r.name) for r in (plain, adapted) if _above_chance(r.metrics)]
+    chance = f"above chance: {' and '.join(above)}" if above else "neither above chance"
+    return f"{_better(plain, adapted, results.command.startswith('evaluate'))} ({chance})"
 
 
 #: how far a probe's AUROC must lie above its length-only control's to count as reading more than length

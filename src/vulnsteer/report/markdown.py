@@ -26,7 +26,7 @@ from ..experiment.grid import POOLED
 from ..experiment.header import SplitsInfo
 from ..experiment.results import Example, FamilyResults, Results, ValEntry
 from ..experiment.tables import HeldOutRow, HeldOutTable, LeadRow, LeadTable, MetricBlock
-from .answer import answer_lines, headline, verdicts_of
+from .answer import answer_lines, title
 from .probes import PROBE_TABLE_COLUMNS, probe_table
 
 __all__ = ["ci_cell", "cwe_table", "duplicates_text", "fmt", "markdown_table", "render_markdown"]
@@ -166,7 +166,7 @@ def cross_table(table: HeldOutTable) -> list[str]:
 
 def _header(results: Results) -> list[str]:
     data, model, command = results.data, results.model, results.command
-    answer = headline(verdicts_of(results))
+    answer = title(results)
     lines = [f"# vulnsteer report ({command})" + (f": {answer}" if answer else ""), ""]
     first = answer_lines(results)
     lines += [*first, ""] if first else []
@@ -248,7 +248,8 @@ def row_names(rows: Sequence[LeadRow], families: Mapping[str, str]) -> list[str]
 
 
 def _lead_block(mode: str, block: LeadTable, plots: Sequence[str], families: Mapping[str, str]) -> list[str]:
-    lines = [f"## {mode} mode: every detector on the {_split(block.split)} samples", ""]
+    where = "every sample" if block.split == "all" else f"the {_split(block.split)} samples"
+    lines = [f"## {mode} mode: every detector on {where}", ""]
     body = []
     for row, name in zip(block.rows, row_names(block.rows, families), strict=True):
         m, flips, lever = row.metrics, row.flips, row.lever_rate
