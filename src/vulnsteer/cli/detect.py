@@ -42,10 +42,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_detect)
 
 
-def _warn(message: str) -> None:
-    print(f"vulnsteer: warning: {message}", file=sys.stderr)
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
     from ..detection.probe_detector import is_probe_detector
     from ..scan.sources import MAX_SOURCE_BYTES, check_language, check_source_files
@@ -62,7 +58,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     spec = scorer_spec(args, explain=generates)
     files, found = check_source_files(args.files, language is not None)  # (torch is not imported yet)
     for message in warnings + found:
-        _warn(message)
+        print(f"vulnsteer: warning: {message}", file=sys.stderr)
     from ..scan import ModelScorer, ScanOptions, scan
     from ..scan.sources import file_scores
 
@@ -75,18 +71,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         report = scan(files, scorer, options, progress=not args.no_progress)
     scores = file_scores(report, files)
     for name in sorted(set(files) - {s.path for s in scores}):
-        _warn(f"{name}: nothing left to score once comments are stripped")
+        print(f"vulnsteer: warning: {name}: nothing left to score once comments are stripped", file=sys.stderr)
     for file in scores:
         top, result = file.top, file.top.score
-        out = {"file": file.path, "language": top.language or "unknown", "function": top.name,
-               "line": top.region.start_line, "functions": file.functions, "verdict": result.verdict,
-               "weakness": result.cwe, "p_vulnerable": file.score, "aggregation": file.aggregation,
-               "function_p_vulnerable": result.score, "text": result.explanation, "truncated": result.truncated,
-               "windows": result.windows}  # fmt: skip
-        if result.probe is not None:
-            out.update(probe_score=result.probe, push=result.push)
         if args.json:
-            print(json.dumps(out))
+            print(json.dumps(file.to_detect_json()))
             continue
         weakness = f" {result.cwe}" if result.cwe else ""
         if file.aggregation == "max" or file.functions == 1:

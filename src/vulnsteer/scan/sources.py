@@ -129,6 +129,18 @@ class FileScore:
             "top_score": top.score.score,
         }
 
+    def to_detect_json(self) -> dict[str, Any]:
+        """``vulnsteer detect --json``'s object for this file (the README lists its keys)."""
+        top, result = self.top, self.top.score
+        out = {"file": self.path, "language": top.language or "unknown", "function": top.name,
+               "line": top.region.start_line, "functions": self.functions, "verdict": result.verdict,
+               "weakness": result.cwe, "p_vulnerable": self.score, "aggregation": self.aggregation,
+               "function_p_vulnerable": result.score, "text": result.explanation, "truncated": result.truncated,
+               "windows": result.windows}  # fmt: skip
+        if result.probe is not None:
+            out.update(probe_score=result.probe, push=result.push)
+        return out
+
 
 def file_score(path: str, functions: Sequence[FunctionResult], how: str = DEFAULT_AGGREGATION) -> FileScore:
     """The score of the file *path* from its functions' results, aggregated by *how* (the one place that decides
