@@ -133,5 +133,18 @@ def test_a_left_out_report_without_steered_rows_is_titled_by_which_probe_transfe
     results = Results(command="evaluate --from", lead={"logit": LeadTable("all", rows)})
     first = render_markdown(results).splitlines()[0]
     assert first == (
-        "# vulnsteer report (evaluate --from): the unadapted probe transferred better (above chance: the gating probe)"
+        "# vulnsteer report (evaluate --from): the unadapted probe transferred better "
+        "(balanced accuracy above chance: the gating probe)"
     )
+
+
+def test_a_ci_above_zero_that_mcnemar_does_not_confirm_says_why_it_is_not_beaten() -> None:
+    """Found trying it (the demo): 'did not beat the random gate (Δ +0.167 [+0.04, +0.29], p=0.344)' read as a
+    contradiction; both tests must agree, and the line now says the second one did not."""
+    table = _lead((0.05, 0.19), 0.001)
+    rows = tuple(
+        dataclasses.replace(r, versus=Change(0.17, (0.04, 0.29), 0.344)) if r.name == "random_gate" else r
+        for r in table.rows
+    )
+    [line] = answer_lines(Results(command="sweep", lead={"logit": LeadTable("test", rows)}))[:1]
+    assert "did **not** beat the random gate (0.510; Δ +0.170 [+0.04, +0.29], p=0.344: the CI lies above 0 but" in line

@@ -71,6 +71,15 @@ def _significant(delta_ci: tuple[float, float], p_value: float) -> bool:
     return p_value < 0.05 and delta_ci[0] > 0
 
 
+def _change(delta: float, ci: tuple[float, float], p_value: float) -> str:
+    """``Δ +0.167 [+0.04, +0.29], p=0.344`` and, where the bootstrap CI and McNemar's test disagree, why it is not
+    counted as beaten (both must agree)."""
+    said = f"Δ {delta:+.3f} [{ci[0]:+.2f}, {ci[1]:+.2f}], p={p_value:.3g}"
+    if ci[0] > 0 and p_value >= 0.05:
+        said += ": the CI lies above 0 but McNemar's test (on the answers that changed) does not confirm it"
+    return said
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The headline detector against one reference: whether it beat it, and the numbers that say so."""
@@ -134,8 +143,8 @@ def mode_verdict(mode: str, table: LeadTable, length: ProbeResult | None) -> Mod
         Comparison(
             "the baseline",
             _significant(head.delta_ci, head.p_value),
-            f"balanced accuracy {_ba(head.metrics)} vs {_ba(base.metrics)}, Δ {head.delta:+.3f} "
-            f"[{head.delta_ci[0]:+.2f}, {head.delta_ci[1]:+.2f}], p={head.p_value:.3g}",
+            f"balanced accuracy {_ba(head.metrics)} vs {_ba(base.metrics)}, "
+            + _change(head.delta, head.delta_ci, head.p_value),
         )
     ]
     for row in table.rows:
@@ -146,7 +155,7 @@ def mode_verdict(mode: str, table: LeadTable, length: ProbeResult | None) -> Mod
             Comparison(
                 _words(row.name),
                 _significant(v.delta_ci, v.p_value),
-                f"{_ba(row.metrics)}; Δ {v.delta:+.3f} [{v.delta_ci[0]:+.2f}, {v.delta_ci[1]:+.2f}], p={v.p_value:.3g}",
+                f"{_ba(row.metrics)}; {_change(v.delta, v.delta_ci, v.p_value)}",
             )
         )
     if length is not None:
@@ -243,7 +252,7 @@ def title(results: Results) -> str:
     >>> rows = (LeadRow("probe", "", MetricBlock(balanced_accuracy=0.55, balanced_accuracy_ci=(0.48, 0.62))),
     ...         LeadRow("adapted", "", MetricBlock(balanced_accuracy=0.6, balanced_accuracy_ci=(0.53, 0.67))))
     >>> title(Results(command="evaluate --from", lead={"logit": LeadTable("all", rows)}))
-    'the adapted probe transferred better (above chance: the adapted probe)'
+    'the adapted probe transferred better (balanced accuracy above chance: the adapted probe)'
     """
     said = headline(verdicts_of(results))
     table = next(iter(results.lead.values()), None)
@@ -251,7 +260,7 @@ def title(results: Results) -> str:
     if said or plain is None or adapted is None:
         return said
     above = [_words(r.name) for r in (plain, adapted) if _above_chance(r.metrics)]
-    chance = f"above chance: {' and '.join(above)}" if above else "neither above chance"
+    chance = f"balanced accuracy above chance: {' and '.join(above) if above else 'neither'}"
     return f"{_better(plain, adapted, results.command.startswith('evaluate'))} ({chance})"
 
 
