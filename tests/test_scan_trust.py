@@ -222,6 +222,14 @@ def test_scores_that_flag_everything_are_warned_about(tree: Tree, cli: ForkServe
     assert not any("discriminate" in line for line in small.err_lines)  # under 20 functions: no judgement
 
 
+def test_flat_scores_with_nothing_flagged_are_warned_about_by_their_spread(tree: Tree, cli: ForkServer) -> None:
+    """Found re-running item 14: with --min-score 0.99 nothing was flagged and the warning's evidence read
+    '0 of 22 functions score at or above 0.99', as if flagging nothing were the problem; it is the spread."""
+    result = tree.scan(cli, "many/lib.c", "--min-score", "0.999")
+    line = _one_line(result, "warning: the scores do not discriminate", "every one of 22 functions scores between")
+    assert " of 22 functions score at or above" not in line
+
+
 # ---------------------------------------------------------------- item 16: output, suppression, baseline, SARIF
 
 
@@ -282,3 +290,13 @@ def test_output_named_sarif_or_json_gets_that_format(tree: Tree, cli: ForkServer
     tree.scan(cli, "big/small.c", "--min-score", "0", "-o", "guess.jsonl")
     lines = (tree.root / "guess.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["function", "file", "summary"]
+
+
+def test_a_rescan_does_not_count_its_own_output_as_a_skipped_file(tree: Tree, cli: ForkServer) -> None:
+    """Found re-running the issue-19 catalogue: scanning a folder with -o inside it twice, the second scan counted
+    the first one's SARIF as a skipped file (unknown language)."""
+    _write(tree.root / "selfout" / "a.c", C_OK)
+    args = ("selfout", "--min-score", "0", "--allow-unscanned", "-o", "selfout/report.sarif")
+    first, second = tree.scan(cli, *args), tree.scan(cli, *args)
+    assert (tree.root / "selfout" / "report.sarif").is_file()
+    assert "skipped" not in second.err and first.err.splitlines()[-1] == second.err.splitlines()[-1]

@@ -187,6 +187,7 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
             exclude=tuple(args.exclude),
             default_excludes=not args.no_default_excludes,
             gitignore=not args.no_gitignore,
+            outputs=frozenset({Path(args.output).resolve()}) if getattr(args, "output", None) else frozenset(),
         ),
         keep_comments=config_from_args(args).data.keep_comments,
         max_file_bytes=args.max_file_bytes,

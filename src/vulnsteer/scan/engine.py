@@ -729,10 +729,17 @@ def _check_discrimination(results: Sequence[FunctionResult], options: ScanOption
     flat = above >= FLAT_SHARE * len(scores) or high - low < FLAT_SPREAD
     stats.discriminates = not flat
     if flat:
+        # the evidence that holds: nearly all flagged, else the spread (then "0 of 22 flagged" is not the problem)
+        why = (
+            f"{above} of {len(scores)} functions score at or above {options.min_score:.2f} (scores {low:.3f} to "
+            f"{high:.3f})"
+            if above >= FLAT_SHARE * len(scores)
+            else f"every one of {len(scores)} functions scores between {low:.3f} and {high:.3f}"
+        )
         stats.warnings.append(
-            f"the scores do not discriminate: {above} of {len(scores)} functions score at or above "
-            f"{options.min_score:.2f} (scores {low:.3f} to {high:.3f}), so the findings say little about the code. "
-            "Use a detector that was measured to discriminate (--detector RUN/detector from `vulnsteer detector "
-            "fit`, or --vector/--strength chosen by `vulnsteer run`, or a larger --model), and read the run's "
-            "report before trusting its scores"
+            f"the scores do not discriminate: {why}, so the findings say little about the code. Use a detector "
+            "that was measured to discriminate (the shipped one, the default with the embedded model: `vulnsteer "
+            "detector show` prints its numbers; --detector RUN/detector from `vulnsteer detector fit`; "
+            "--vector/--strength chosen by `vulnsteer run`; or a larger --model), and read its report before "
+            "trusting its scores"
         )

@@ -145,12 +145,14 @@ class FileFilter:
         exclude: globs that leave files and folders out (see :func:`glob_matches`).
         default_excludes: leave out :data:`DEFAULT_EXCLUDES`.
         gitignore: honour ``.gitignore`` files.
+        outputs: files the scan itself writes (its ``-o``, resolved): never read as input, nor counted as skipped.
     """
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     default_excludes: bool = True
     gitignore: bool = True
+    outputs: frozenset[Path] = frozenset()
 
     def excluded(self, rel: str) -> bool:
         patterns = (*self.exclude, *(DEFAULT_EXCLUDES if self.default_excludes else ()))
@@ -261,6 +263,8 @@ def walk(paths: Sequence[Path], file_filter: FileFilter, stats: WalkStats) -> It
                 if _left_out(rel, False, file_filter, rules, absolute, stats):
                     continue
                 path = here / name
+                if file_filter.outputs and path.resolve() in file_filter.outputs:
+                    continue  # this scan's own output (an earlier run of the same command wrote it)
                 if path.is_symlink() and _outside(path, absolute):
                     stats.skipped[OUTSIDE] += 1
                     stats.named.append(f"{printable(path)}: {OUTSIDE} (not read)")
