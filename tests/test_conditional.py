@@ -105,6 +105,29 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
     assert [r.margin for r in again["logit"]["sign"]] == [r.margin for r in batched["logit"]["sign"]]
 
 
+def test_stored_gate_states_never_depend_on_which_chunks_a_store_saw_before(tiny_llama: LoadedModel) -> None:
+    """A store that first ran a chunk whose gates read a pass over the whole prompt (positions ``all``) gives a
+    later chunk whose gates read the shared prefix pass exactly the records a fresh store gives (the two passes
+    differ in the last bits): a Ray worker's records do not depend on which chunks it happened to run before."""
+    samples = toy_samples(4)
+    probe = _probe(tiny_llama, "code_mean")
+    vec = random_vector((1, 2), seed=5)
+
+    def chunk(positions: str) -> dict[str, list[SteeringSpec]]:
+        return {"gated": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("calibrated", probe), unit="raw")]}  # type: ignore[arg-type]
+
+    def run(store: PrefixStore, positions: str) -> list[tuple[float | None, float | None]]:
+        found = detect_variants_modes(tiny_llama, samples, chunk(positions), batch_size=3, progress=False,
+                                      prefix_store=store)["logit"]["gated"]  # fmt: skip
+        return [(r.gate_score, r.margin) for r in found]
+
+    fresh = run(PrefixStore(), "last")
+    seen = PrefixStore()
+    run(seen, "all")  # (its gates read a pass over the whole prompt)
+    assert run(seen, "last") == fresh
+    assert run(seen, "last") == fresh and seen.hits > 0  # (and once its own states are stored)
+
+
 def test_a_gate_above_the_steered_layers_is_refused(tiny_llama: LoadedModel) -> None:
     probe = _probe(tiny_llama, "last", layer=2)
     with pytest.raises(ValueError, match="condition layer 2 is above the steered layers"):

@@ -372,9 +372,12 @@ def detect_variants_modes(
         shared = share_prefix and shares_prefix(sp for v in specs.values() if v for sp in v)
         base = {i: next((n for n in names if _unsteered(specs[(i, n)])), None) for i in idx} if sink else {}
         key = PrefixStore.key([prompts[i].text for i in idx]) if prefix_store is not None or gate_layers else ""
-        states = prefix_store.get_states(key, gate_layers, gate_poolings) if gate_layers and prefix_store else None
         # code-token gates read the shared prefix pass (the code ends before the last prompt token): no own pass
-        from_prefix = bool(gate_layers) and states is None and shared and set(gate_poolings) <= set(CODE_POOLINGS)
+        source = "prefix" if shared and set(gate_poolings) <= set(CODE_POOLINGS) else "full"
+        states = None
+        if gate_layers and prefix_store is not None:
+            states = prefix_store.get_states(key, gate_layers, gate_poolings, source)
+        from_prefix = bool(gate_layers) and states is None and source == "prefix"
         prefix_cache = None
         if shared:
             need_code = sink is not None and any(b is not None for b in base.values())
@@ -398,7 +401,7 @@ def detect_variants_modes(
                                   for layer in gate_layers]  # fmt: skip
                         states["code_max"] = torch.stack(maxima, dim=1)
                     if prefix_store is not None:
-                        prefix_store.put_states(key, gate_layers, states)
+                        prefix_store.put_states(key, gate_layers, states, source)
                 if prefix_store is not None:
                     prefix_store.put(key, prefix_cache, code, tuple(sink.layers) if sink is not None else ())
             if sink is not None and code is not None:
@@ -409,7 +412,7 @@ def detect_variants_modes(
             if states is None:
                 states = batch_states(lm, batch, gate_layers, gate_poolings)
                 if prefix_store is not None:
-                    prefix_store.put_states(key, gate_layers, states)
+                    prefix_store.put_states(key, gate_layers, states, source)
             specs, pushes = _resolve_gates(idx, specs, states, gate_layers, batch.code_mask.sum(1))
         # one row per (sample, variant) that runs, packed max_rows to a pass whatever the variant (a variant that
         # leaves a sample out, None, has no row; sink users keep every row)

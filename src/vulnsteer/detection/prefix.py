@@ -42,7 +42,7 @@ class PrefixStore:
     hits: int = 0
     misses: int = 0
     _entries: dict[str, tuple[Any, torch.Tensor | None, tuple[int, ...]]] = field(default_factory=dict, repr=False)
-    _states: dict[tuple[str, tuple[int, ...]], dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _states: dict[tuple[str, tuple[int, ...], str], dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @staticmethod
     def key(texts: Sequence[str]) -> str:
@@ -73,17 +73,24 @@ class PrefixStore:
         self.used_bytes += size
         return True
 
-    def get_states(self, key: str, layers: Sequence[int], poolings: Sequence[str]) -> dict[str, torch.Tensor] | None:
-        """The unsteered pooled hidden states of a batch (what gates read), if stored for these layers."""
-        found = self._states.get((key, tuple(layers)))
+    def get_states(
+        self, key: str, layers: Sequence[int], poolings: Sequence[str], source: str
+    ) -> dict[str, torch.Tensor] | None:
+        """The unsteered pooled hidden states of a batch (what gates read), if stored for these layers by the same
+        *source* pass (``prefix``: the shared prompt-prefix pass; ``full``: a pass over the whole prompt). The two
+        differ in the last bits (matrix products of other shapes), so a batch only reuses states computed as it
+        would compute them itself: its scores never depend on which chunks a store saw before (a Ray worker's
+        store sees the chunks it happened to run)."""
+        found = self._states.get((key, tuple(layers), source))
         if found is None or any(p not in found for p in poolings):
             return None
         return found
 
-    def put_states(self, key: str, layers: Sequence[int], states: dict[str, torch.Tensor]) -> None:
-        """Keep a batch's pooled hidden states (``{pooling: [batch, len(layers), hidden]}``, small: CPU floats)."""
-        merged = {**self._states.get((key, tuple(layers)), {}), **states}
-        self._states[(key, tuple(layers))] = merged
+    def put_states(self, key: str, layers: Sequence[int], states: dict[str, torch.Tensor], source: str) -> None:
+        """Keep a batch's pooled hidden states (``{pooling: [batch, len(layers), hidden]}``, small: CPU floats),
+        computed by the *source* pass (see :meth:`get_states`)."""
+        merged = {**self._states.get((key, tuple(layers), source), {}), **states}
+        self._states[(key, tuple(layers), source)] = merged
 
     def discard(self, key: str) -> None:
         """Drop the entry under *key*, if any, freeing its share of the budget (e.g. a batch that ran out of GPU
