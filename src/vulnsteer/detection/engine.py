@@ -323,6 +323,7 @@ def detect_variants_modes(
     sink: ActivationSink | None = None,
     prefix_store: PrefixStore | None = None,
     on_rows: Callable[[int], None] | None = None,
+    buckets: bool = True,
 ) -> dict[str, dict[str, list[DetectionRecord]]]:
     """Detect on *samples* once per variant (baseline, steered settings, controls) and mode, batched together.
 
@@ -343,6 +344,9 @@ def detect_variants_modes(
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
     samples (a sweep's chunks), so each is computed once. *on_rows(n)* is told of every batch's *n* scored
     (sample, variant) rows as they finish (a caller's own progress, e.g. a sweep phase's time left).
+    Batches take the samples in length buckets
+    (:func:`~vulnsteer.lm.activations.length_order`; ``buckets=False``: in the order given); the order is fixed by
+    the samples alone, so later calls on the same samples find their batches' prefixes in the store.
 
     On CUDA, a batch that runs out of memory is run again with half the samples (and so half the rows per pass),
     and the size that fitted is kept for later calls (:class:`~vulnsteer.lm.batching.AutoBatch`).
@@ -353,7 +357,7 @@ def detect_variants_modes(
     tok, model, matcher = lm.tokenizer, lm, lm.layer_matcher  # lm: its backend runs every pass
     answer_tokens = list(answer_token_ids(tok, template))
     prompts = [build_prompt(tok, s.code, s.language, template) for s in samples]
-    order = length_order(lm, [p.text for p in prompts])
+    order = length_order(lm, [p.text for p in prompts], buckets)
     names = list(variants)
     results: dict[str, dict[str, list[DetectionRecord | None]]] = {
         mode: {name: [None] * len(samples) for name in names} for mode in modes

@@ -132,8 +132,10 @@ class ProbeDetector:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = True,
+        buckets: bool = True,
     ) -> torch.Tensor:
-        """The probe's (uncalibrated) scores ``[n]`` on *samples*: the states it reads, under its template."""
+        """The probe's (uncalibrated) scores ``[n]`` on *samples*: the states it reads, under its template (batched
+        in length buckets unless ``buckets=False``)."""
         import torch
 
         from ..lm.activations import extract_activations
@@ -149,6 +151,7 @@ class ProbeDetector:
             template=self.template,
             progress=progress,
             desc="probe detector",
+            buckets=buckets,
         )
         return self.probe.scores_of(acts, acts.code_tokens)
 

@@ -146,8 +146,18 @@ def recording(
         yield out
 
 
-def length_order(lm: LoadedModel, texts: Sequence[str]) -> list[int]:
-    """Indices sorted by token length (batching similar lengths wastes less padding)."""
+def length_order(lm: LoadedModel, texts: Sequence[str], buckets: bool = True) -> list[int]:
+    """The order in which batches take *texts*: length buckets, i.e. sorted by token count (stable: equal counts
+    keep their order), so each batch holds prompts of similar lengths and left padding wastes little; or, with
+    ``buckets=False``, as given. Callers write each result back at its text's index, so the order changes no
+    result's place, and under left padding (exact positions and masks) no result either, up to the last bits of
+    matrix products of other shapes (tested).
+
+    >>> length_order(lm, ["a b c", "a", "a b"]), length_order(lm, ["a b c", "a"], buckets=False)  # doctest: +SKIP
+    ([1, 2, 0], [0, 1])
+    """
+    if not buckets:
+        return list(range(len(texts)))
     lengths = [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return sorted(range(len(texts)), key=lambda i: lengths[i])
 
@@ -221,10 +231,12 @@ def extract_activations(
     template: PromptTemplate = DEFAULT_TEMPLATE,
     progress: bool = True,
     desc: str = "activations",
+    buckets: bool = True,
 ) -> Activations:
     """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings
     (:func:`batch_states` per batch). On CUDA a batch that runs out of memory is run again in smaller batches
-    (:class:`~vulnsteer.lm.batching.AutoBatch`). *desc* names the progress phase (say which samples).
+    (:class:`~vulnsteer.lm.batching.AutoBatch`). *desc* names the progress phase (say which samples). Batches
+    take the samples in length buckets (:func:`length_order`; ``buckets=False``: in the order given).
 
     >>> acts = extract_activations(load_model(), samples, [10, -1], poolings=["last"])  # doctest: +SKIP
     >>> acts.get("last").shape  # doctest: +SKIP
@@ -239,7 +251,7 @@ def extract_activations(
     )
     chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, lm.num_layers)
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
-    order = length_order(lm, [p.text for p in prompts])
+    order = length_order(lm, [p.text for p in prompts], buckets)
     out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in poolings}
 
     def run(rows: list[int]) -> dict[str, torch.Tensor]:

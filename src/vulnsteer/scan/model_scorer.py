@@ -103,6 +103,9 @@ class ScorerSpec:
         aggregation: how a function's windows (and a file's functions) add up
             (:data:`~vulnsteer.config.vocabulary.AGGREGATIONS`); None: what the detector's run chose on val
             (:func:`detector_aggregation`), else ``logsumexp``.
+        length_buckets: batch the functions of a call by token count (sorted, then put back in order), so a batch
+            pads little; False: in the order given. The scores are the same either way (tested), so the digest
+            leaves it out.
 
     >>> ScorerSpec(max_code_tokens=16)
     Traceback (most recent call last):
@@ -121,6 +124,7 @@ class ScorerSpec:
     threshold: float = 0.5
     long_functions: str = DEFAULT_LONG_FUNCTIONS
     aggregation: str | None = None
+    length_buckets: bool = True
 
     def __post_init__(self) -> None:
         if self.max_code_tokens is not None and self.max_code_tokens < 32:
@@ -488,6 +492,7 @@ class ModelScorer:
             threshold=spec.threshold,
             progress=progress,
             desc="scoring",
+            buckets=spec.length_buckets,
         )
         logits = out["logit"]["scan"]
         texts = out["generation"]["scan"] if spec.explain else [None] * len(logits)
@@ -528,7 +533,8 @@ class ModelScorer:
 
         detector, spec = self._probe_detector, self.spec
         pieces = list(read.pieces)
-        raw = detector.raw_scores(lm, pieces, batch_size=spec.batch_size, progress=progress)
+        raw = detector.raw_scores(lm, pieces, batch_size=spec.batch_size, progress=progress,
+                                  buckets=spec.length_buckets)  # fmt: skip
         found = read.aggregate([float(x) for x in raw.tolist()], self.aggregation)
         texts: list[Any] = [None] * len(pieces)
         if spec.explain:
@@ -536,7 +542,8 @@ class ModelScorer:
 
             out = detect_variants_modes(lm, pieces, {"scan": []}, modes=("generation",), template=self.template,
                                         batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
-                                        progress=progress, desc="explaining")  # fmt: skip
+                                        progress=progress, desc="explaining",
+                                        buckets=spec.length_buckets)  # fmt: skip
             texts = [(r.text or "").strip() or None for r in out["generation"]["scan"]]
         count_windows, truncated = [0] * n, [False] * n
         for piece, where in zip(read.pieces, read.where):
