@@ -129,7 +129,7 @@ _LIBRARY_ERRORS = (
     ("vulnsteer.lm.nnsight_backend", "NNSightMissingError"),
     ("vulnsteer.steering.vectors", "VectorMismatchError"),
     ("vulnsteer.experiment.rundir", "RunDirBusyError"),
-    ("vulnsteer.experiment.ray_executor", "WorkerFailedError"),
+    ("vulnsteer.lm.ray_pool", "WorkerFailedError"),
 )
 
 

@@ -29,6 +29,7 @@ from ..io import append_jsonl, read_jsonl
 from ..lm.activations import ActivationSink
 from ..lm.model import LoadedModel
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from ..lm.ray_pool import WorkerStats
 from ..progress import Progress
 from ..steering.hooks import SteeringSpec
 from ..steering.probe import Probe
@@ -183,49 +184,6 @@ def _chunks(pending: Sequence[Condition], size: int) -> list[list[Condition]]:
 
 #: One finished chunk: its conditions, their records by condition key, and the scoring seconds per condition.
 ChunkDone = tuple[Sequence[Condition], dict[str, list[DetectionRecord]], float]
-
-
-@dataclass
-class WorkerStats:
-    """What one worker did: chunks and conditions scored, seconds spent scoring them, restarts after a crash,
-    chunk attempts that failed on it, and its last error (set when it was given up on).
-
-    >>> worker = WorkerStats("local")
-    >>> worker.add(conditions=4, seconds=2.0)
-    >>> worker.to_dict()["conditions_per_s"]
-    2.0
-    """
-
-    id: str
-    chunks: int = 0
-    conditions: int = 0
-    seconds: float = 0.0
-    restarts: int = 0
-    failed_chunks: int = 0
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, conditions: int, seconds: float) -> None:
-        self.chunks += 1
-        self.conditions += conditions
-        self.seconds += seconds
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"id", "chunks", "conditions", "seconds", "conditions_per_s", ...}`` for results.json."""
-        rate = self.conditions / self.seconds if self.seconds > 0 else None
-        out = {
-            "id": self.id,
-            "chunks": self.chunks,
-            "conditions": self.conditions,
-            "seconds": round(self.seconds, 3),
-            "conditions_per_s": None if rate is None else round(rate, 3),
-            "restarts": self.restarts,
-            "failed_chunks": self.failed_chunks,
-            **self.extra,
-        }
-        if self.error is not None:
-            out["error"] = self.error
-        return out
 
 
 @dataclass(frozen=True)
