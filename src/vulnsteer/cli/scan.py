@@ -17,6 +17,7 @@ from typing import Any
 from ..config.vocabulary import OUTPUT_FORMATS
 from .options import (
     UsageError,
+    add_config_args,
     add_scorer_args,
     check_steering_options,
     config_from_args,
@@ -76,6 +77,7 @@ def register(sub: Any) -> None:
     )
     add_file_args(p)
     add_scoring_args(p)
+    add_config_args(p, ["run"], only=("--executor", "--ray-address", "--ray-workers", "--ray-gpus-per-worker"))
     p.set_defaults(func=cmd_scan)
 
 
@@ -150,12 +152,15 @@ def check_scoring_options(args: argparse.Namespace) -> None:
 def cmd_scan(args: argparse.Namespace) -> int:
     from ..data.functions import tree_sitter_available
     from ..io import check_writable
+    from ..lm.ray_pool import check_ray
     from ..scan import ModelScorer, render, scan, write_output
     from ..scan.engine import check_paths
     from ..scan.suppression import read_baseline
 
     _check_options(args)
     spec = scorer_spec(args, explain=args.explain)
+    run = config_from_args(args).run
+    check_ray(run.executor)  # before anything loads
     check_paths(args.paths)  # before anything loads
     if not tree_sitter_available():
         raise UsageError(
@@ -167,13 +172,30 @@ def cmd_scan(args: argparse.Namespace) -> int:
     baseline = read_baseline(args.baseline) if args.baseline else frozenset()
     options = scan_options(args, spec, cwes=tuple(args.cwe), baseline=baseline)
     cache_dir = cache_dir_of(args)
-    with ModelScorer(spec, identity_store=cache_dir / "models" if cache_dir is not None else None) as scorer:
+    local = ModelScorer(spec, identity_store=cache_dir / "models" if cache_dir is not None else None)
+    with _spread(local, run) as scorer:
         if spec.max_code_tokens is not None:  # (the default budget is fitted when scoring: a rescan loads nothing)
-            scorer.check()
+            local.check()
         report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
+        workers = scorer.stats() if run.executor == "ray" else {}
     write_output(render(report, output_format(args)), Path(args.output) if args.output else None)
+    if workers:
+        busy = [w for w in workers["workers"] if w["chunks"]]
+        chunks = sum(w["chunks"] for w in busy)
+        line = f"{len(busy)} of {len(workers['workers'])} workers scored {chunks} chunks"
+        print(f"vulnsteer: ray: {line}, {workers['retried_chunks']} run again", file=sys.stderr)
     _report_on_stderr(report, args)
     return report.exit_code
+
+
+def _spread(scorer: Any, run: Any) -> Any:
+    """*scorer*, or with ``--executor ray`` a :class:`~vulnsteer.scan.ray_scorer.RayScorer` around it (its chunks
+    scored on Ray workers; see the run section's ``ray_*`` keys)."""
+    if run.executor != "ray":
+        return scorer
+    from ..scan.ray_scorer import RayScorer
+
+    return RayScorer(scorer, run)
 
 
 def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:

@@ -18,7 +18,7 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -589,14 +589,17 @@ def _score_chunks(
     scores: dict[str, FunctionScore],
     progress: bool,
 ) -> None:
+    """Score *missing* in chunks of ``chunk_size``, each written to the cache as it finishes (here, by this
+    process only, whoever scored it)."""
+    chunks = [missing[start : start + options.chunk_size] for start in range(0, len(missing), options.chunk_size)]
+    samples = [
+        [Sample(f"{p.path}:{p.unit.region.start_line}:{p.unit.name}", p.code, p.language, "unknown", VULNERABLE)
+         for p in chunk]
+        for chunk in chunks
+    ]  # fmt: skip
     with Progress(len(missing), "scoring", unit="function", enabled=progress and bool(missing)) as bar:
-        for start in range(0, len(missing), options.chunk_size):
-            chunk = missing[start : start + options.chunk_size]
-            samples = [
-                Sample(f"{p.path}:{p.unit.region.start_line}:{p.unit.name}", p.code, p.language, "unknown", VULNERABLE)
-                for p in chunk
-            ]
-            got = scorer.score(samples, progress=False)
+        for k, got in _chunk_scores(scorer, samples):
+            chunk = chunks[k]
             if len(got) != len(chunk):
                 raise RuntimeError(f"the scorer returned {len(got)} scores for {len(chunk)} functions")
             fresh = {p.code_hash: s for p, s in zip(chunk, got)}
@@ -604,6 +607,17 @@ def _score_chunks(
                 cache.put(fresh)
             scores.update(fresh)
             bar.update(len(chunk))
+
+
+def _chunk_scores(scorer: Scorer, chunks: Sequence[list[Sample]]) -> Iterator[tuple[int, list[FunctionScore]]]:
+    """``(index, scores)`` of each chunk as it is done: all at once on a scorer with workers (``score_chunks``,
+    e.g. :class:`~vulnsteer.scan.ray_scorer.RayScorer`; in the order they finish), else one after another."""
+    score_chunks = getattr(scorer, "score_chunks", None)
+    if score_chunks is not None:
+        yield from score_chunks(chunks)
+        return
+    for k, chunk in enumerate(chunks):
+        yield k, scorer.score(chunk, progress=False)
 
 
 def scan(

@@ -259,6 +259,13 @@ class ModelScorer:
             self._digest = scorer_digest(self._digest_parts())
         return self._digest
 
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model's identity (recorded, or measured: loads the model if nobody recorded it)."""
+        _ = self.digest
+        assert self._identity is not None
+        return self._identity
+
     def _digest_parts(self) -> dict[str, Any]:
         assert self._identity is not None
         spec, vector = self.spec, self.spec.vector
