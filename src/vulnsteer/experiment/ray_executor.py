@@ -8,10 +8,10 @@ run_conditions` to :class:`RayExecutor`:
   of the CPUs) and keeps its own prompt-prefix store; the driver computes the activations, vectors and probes once
   and puts them, with the samples, in the Ray object store, where every worker reads them;
 - the driver hands each worker one chunk at a time (the next one as soon as it returns one; the first ones once
-  every worker is up) and appends each
-  finished chunk to ``records.jsonl`` itself (one writer, as in a local run), so the run directory holds the
-  same records, a killed driver resumes like a local sweep, and one progress bar counts every worker's
-  conditions;
+  every worker is up) and appends each finished chunk to ``records.jsonl`` itself (one writer, as in a local
+  run), so the run directory holds the same records, a killed driver resumes like a local sweep, and one progress
+  bar counts every worker's conditions; a chunk's records do not depend on which worker scored it, nor on what
+  that worker scored before (its prefix store reuses only what the chunk would compute itself);
 - a worker whose process dies is restarted by Ray (up to ``max_restarts`` times) and the chunk it was scoring
   is run again; finished chunks are never redone. A chunk that fails ``max_attempts`` times, or a pool with no
   worker left, stops the sweep with :class:`WorkerFailedError` naming the worker and its error, once the chunks
