@@ -1,12 +1,14 @@
 """``vulnsteer scan`` speed on the embedded model, measured side by side in one run (a benchmark, not a test).
 
     .venv/bin/python benchmarks/bench_scan.py [--threads 2] [--explain-functions 32] [--limit N]
-    .venv/bin/python benchmarks/bench_scan.py --paths --detector DIR [--pairs 16] [--threads 2]
+    .venv/bin/python benchmarks/bench_scan.py --paths --detector DIR [--pairs 16] [--threads 2] [--dtypes fp32]
 
 ``--paths`` compares the ways to score functions side by side in one run, on the same functions (pairs of the
 bundled corpus spread over its CWEs, each pair's vulnerable and fixed version): today's full-model scan (the
 answer logits, float32), the detector's probe alone on the full model and stopping after the deepest layer it
-reads (early exit), each also with the model in int8 (``model.quantize``) and in bfloat16. For each: functions/s,
+reads (early exit), each also with the model in int8 (``model.quantize``) and in bfloat16 (``--dtypes`` picks
+which), and in float32 the answer and the early-exit probe without length buckets (batches in the order given,
+not sorted by token count), with their speed-up from buckets. For each: functions/s,
 tokens/s, the ratio to the full float32 scan, the rank agreement (Spearman) of its scores with the same score in
 float32, and the AUROC of its scores against the corpus labels. Then the plain forward pass's throughput as a
 fraction of the matrix-product peak measured in the same run (float32 matmul, int8 dynamic Linear).
@@ -101,17 +103,21 @@ def _auroc(labels: list[int], scores: list[float]) -> float:
     return float(roc_auc_score(labels, scores)) if len(set(labels)) == 2 else float("nan")
 
 
-def _answer_path(lm: LoadedModel, samples: list[Sample], batch_size: int) -> list[float]:
-    """Today's full-model scan score: P(vulnerable) from the answer logits (the engine scan uses)."""
-    scorer = ModelScorer(ScorerSpec(batch_size=batch_size), lm=lm)
+def _answer_path(lm: LoadedModel, samples: list[Sample], batch_size: int, buckets: bool = True) -> list[float]:
+    """Today's full-model scan score: P(vulnerable) from the answer logits (the engine scan uses); *buckets*:
+    batches of similar token counts (else in the order given)."""
+    scorer = ModelScorer(ScorerSpec(batch_size=batch_size, length_buckets=buckets), lm=lm)
     return [s.score for s in scorer.score(samples, progress=False)]
 
 
-def _probe_path(lm: LoadedModel, samples: list[Sample], probe: Probe, batch_size: int, early: bool) -> list[float]:
+def _probe_path(
+    lm: LoadedModel, samples: list[Sample], probe: Probe, batch_size: int, early: bool, buckets: bool = True
+) -> list[float]:
     """The probe's scores; *early*: the passes stop after the deepest layer it reads (else the whole model runs:
-    the last layer is recorded too)."""
+    the last layer is recorded too); *buckets*: batches of similar token counts (else in the order given)."""
     layers = sorted(set(probe.layers)) + ([] if early else [lm.num_layers - 1])
-    acts = extract_activations(lm, samples, layers, sorted(set(probe.poolings)), batch_size=batch_size, progress=False)
+    acts = extract_activations(lm, samples, layers, sorted(set(probe.poolings)), batch_size=batch_size,
+                               progress=False, buckets=buckets)  # fmt: skip
     return [float(x) for x in probe.scores_of(acts, acts.code_tokens).tolist()]
 
 
@@ -179,15 +185,20 @@ def compare_paths(args: argparse.Namespace) -> int:
     print(f"load: {os.getloadavg()}; torch threads {torch.get_num_threads()}; {len(samples)} functions "
           f"({args.pairs} pairs over the corpus's CWEs); probe reads layers {sorted(set(probe.layers))} "
           f"({', '.join(sorted(set(probe.poolings)))}) of the detector {args.detector}")  # fmt: skip
-    models = {name: load_model(device="cpu", **keys) for name, keys in
-              (("fp32", {}), ("int8", {"quantize": "int8"}), ("bf16", {"dtype": "bfloat16"}))}  # fmt: skip
+    wanted = {"fp32", *(name.strip() for name in args.dtypes.split(","))}
+    kinds: list[tuple[str, dict[str, str]]] = [
+        ("fp32", {}),
+        ("int8", {"quantize": "int8"}),
+        ("bf16", {"dtype": "bfloat16"}),
+    ]
+    models = {name: load_model(device="cpu", **keys) for name, keys in kinds if name in wanted}
     lm32 = models["fp32"]
     prompts = [build_prompt(lm32.tokenizer, s.code, s.language) for s in samples]
     tokens = sum(len(lm32.tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in prompts)
     print(f"  {tokens} prompt tokens ({tokens / len(samples):.0f} per function); deepest layer read "
           f"{max(probe.layers)} of {lm32.num_layers}")  # fmt: skip
     paths: list[tuple[str, str, str, Callable[[], list[float]]]] = []
-    for name in ("fp32", "int8", "bf16"):
+    for name in models:
         lm = models[name]
         if name != "bf16":
             paths.append((f"answer, full model, {name}", "answer", name,
@@ -196,6 +207,11 @@ def compare_paths(args: argparse.Namespace) -> int:
                           partial(_probe_path, lm, samples, probe, args.batch_size, False)))  # fmt: skip
         paths.append((f"probe, early exit, {name}", "probe", name,
                       partial(_probe_path, lm, samples, probe, args.batch_size, True)))  # fmt: skip
+        if name == "fp32":  # the same paths without length buckets
+            paths.append(("answer, full model, fp32, no buckets", "answer", name,
+                          partial(_answer_path, lm, samples, args.batch_size, False)))  # fmt: skip
+            paths.append(("probe, early exit, fp32, no buckets", "probe", name,
+                          partial(_probe_path, lm, samples, probe, args.batch_size, True, False)))  # fmt: skip
     results: dict[str, tuple[float, list[float]]] = {}
     reference: dict[str, list[float]] = {}
     for label, kind, _dtype, run in paths:
@@ -212,9 +228,14 @@ def compare_paths(args: argparse.Namespace) -> int:
         auroc, ref_auroc = _auroc(labels, scores), _auroc(labels, reference[kind])
         print(f"| {label} | {len(samples) / seconds:.2f} | {tokens / seconds:.0f} | {base / seconds:.2f} | "
               f"{rho:.4f} | {auroc:.3f} | {auroc - ref_auroc:+.3f} |")  # fmt: skip
+    for with_buckets in ("answer, full model, fp32", "probe, early exit, fp32"):
+        without = results[f"{with_buckets}, no buckets"][0]
+        print(f"length buckets, {with_buckets}: {without / results[with_buckets][0]:.2f}x the functions/s without")
     peak32, peak8 = _matmul_peak("float32"), _matmul_peak("int8")
     print(f"\nmatmul peak (2048^3, same run): float32 {peak32:.0f} GFLOP/s, int8 dynamic Linear {peak8:.0f} GOP/s")
     for name, peak in (("fp32", peak32), ("int8", peak8)):
+        if name not in models:
+            continue
         rate, gflops = _forward_rate(models[name], samples, args.batch_size)
         print(f"plain forward, {name}: {rate:.0f} tokens/s, {gflops:.0f} GFLOP/s = {gflops / peak:.2f} of the "
               f"{'float32' if name == 'fp32' else 'int8'} peak")  # fmt: skip
@@ -234,6 +255,7 @@ def main() -> int:
     parser.add_argument("--detector", default=None, help="--paths: the detector whose probe is read")
     parser.add_argument("--pairs", type=int, default=16, help="--paths: corpus pairs scored (default 16)")
     parser.add_argument("--batch-size", type=int, default=8, help="--paths: functions per forward pass")
+    parser.add_argument("--dtypes", default="fp32,int8,bf16", help="--paths: the models compared (fp32 always)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.paths:
