@@ -570,7 +570,7 @@ def _score_missing(
                 if hit is not None:
                     scores[key] = hit
                     hits.add(key)
-        # shortest first: batches of similar length waste less padding (the engine batches in call order)
+        # shortest first: each chunk holds functions of similar lengths (its scorer batches them in length buckets)
         missing = sorted((unique[k] for k in unique if k not in scores), key=lambda p: len(p.code))
         try:
             _score_chunks(missing, scorer, cache, options, scores, progress)
