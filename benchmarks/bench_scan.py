@@ -121,6 +121,17 @@ def _probe_path(
     return [float(x) for x in probe.scores_of(acts, acts.code_tokens).tolist()]
 
 
+def _padding_share(lm: LoadedModel, prompts: list[Any], batch_size: int, buckets: bool) -> float:
+    """The share of the batches' cells (rows x longest prompt) that are padding, batched as the scorers batch."""
+    order = length_order(lm, [p.text for p in prompts], buckets)
+    cells = pads = 0
+    for k in range(0, len(order), batch_size):
+        batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in order[k : k + batch_size]])
+        cells += batch.attention_mask.numel()
+        pads += int((batch.attention_mask == 0).sum())
+    return pads / cells
+
+
 def _matmul_peak(kind: str, n: int = 2048, reps: int = 8) -> float:
     """GFLOP/s (GOP/s) of an n x n product: a float32 matmul, or an int8 dynamically quantised Linear."""
     x = torch.randn(n, n)
@@ -207,9 +218,9 @@ def compare_paths(args: argparse.Namespace) -> int:
                           partial(_probe_path, lm, samples, probe, args.batch_size, False)))  # fmt: skip
         paths.append((f"probe, early exit, {name}", "probe", name,
                       partial(_probe_path, lm, samples, probe, args.batch_size, True)))  # fmt: skip
-        if name == "fp32":  # the same paths without length buckets
-            paths.append(("answer, full model, fp32, no buckets", "answer", name,
-                          partial(_answer_path, lm, samples, args.batch_size, False)))  # fmt: skip
+        if name == "fp32":  # the same paths without length buckets, each run right after its twin
+            paths.insert(1, ("answer, full model, fp32, no buckets", "answer", name,
+                             partial(_answer_path, lm, samples, args.batch_size, False)))  # fmt: skip
             paths.append(("probe, early exit, fp32, no buckets", "probe", name,
                           partial(_probe_path, lm, samples, probe, args.batch_size, True, False)))  # fmt: skip
     results: dict[str, tuple[float, list[float]]] = {}
@@ -231,6 +242,9 @@ def compare_paths(args: argparse.Namespace) -> int:
     for with_buckets in ("answer, full model, fp32", "probe, early exit, fp32"):
         without = results[f"{with_buckets}, no buckets"][0]
         print(f"length buckets, {with_buckets}: {without / results[with_buckets][0]:.2f}x the functions/s without")
+    shares = {buckets: _padding_share(lm32, prompts, args.batch_size, buckets) for buckets in (True, False)}
+    print(f"padding (pad cells of the batches of {args.batch_size}): {shares[True]:.1%} with length buckets, "
+          f"{shares[False]:.1%} in the order given")  # fmt: skip
     peak32, peak8 = _matmul_peak("float32"), _matmul_peak("int8")
     print(f"\nmatmul peak (2048^3, same run): float32 {peak32:.0f} GFLOP/s, int8 dynamic Linear {peak8:.0f} GOP/s")
     for name, peak in (("fp32", peak32), ("int8", peak8)):
