@@ -343,10 +343,10 @@ def detect_variants_modes(
 
     A *prefix_store* (:class:`PrefixStore`) keeps the shared prefixes for later calls on the same model and
     samples (a sweep's chunks), so each is computed once. *on_rows(n)* is told of every batch's *n* scored
-    (sample, variant) rows as they finish (a caller's own progress, e.g. a sweep phase's time left).
-    Batches take the samples in length buckets
-    (:func:`~vulnsteer.lm.activations.length_order`; ``buckets=False``: in the order given); the order is fixed by
-    the samples alone, so later calls on the same samples find their batches' prefixes in the store.
+    (sample, variant) rows as they finish (a caller's own progress, e.g. a sweep phase's time left). Batches take
+    the samples in length buckets (:func:`~vulnsteer.lm.activations.length_order`; ``buckets=False``: in the order
+    given); the order is fixed by the samples alone, so later calls on the same samples find their batches'
+    prefixes in the store.
 
     On CUDA, a batch that runs out of memory is run again with half the samples (and so half the rows per pass),
     and the size that fitted is kept for later calls (:class:`~vulnsteer.lm.batching.AutoBatch`).
