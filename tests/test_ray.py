@@ -105,6 +105,107 @@ def test_ray_sweep_equals_local(tmp_path: Path, cluster: str, model_dir: Path, m
     assert found["ray"].records == found["local"].records
 
 
+# ------------------------------------------------------------------------------------------ scan on Ray
+# (before the fault tests: their module-scoped pool holds both of the cluster's CPUs until the module ends, and
+# a pool started after it would wait for CPUs forever)
+
+
+def _scan_tree(root: Path, files: int = 10) -> Path:
+    """*files* Python files of 4 functions each, short and long (40 functions: two chunks of the scan's 32)."""
+    for k in range(files):
+        body = []
+        for j in range(4):
+            n = 4 * k + j
+            lines = [f"    x = db.execute('SELECT * FROM t{i} WHERE id = ' + user)" for i in range(1 + (n * 7) % 5)]
+            body.append(f"def f{n}(db, user):\n" + "\n".join(lines) + f"\n    return x + {n}\n")
+        path = root / f"m{k}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join(body), encoding="utf-8")
+    return root
+
+
+def _functions(path: Path) -> list[dict[str, Any]]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("type") == "function"]
+
+
+def _cache_lines(folder: Path) -> list[str]:
+    """The score cache's entries (not the model identities), in any order."""
+    return sorted(
+        line for f in folder.rglob("*.jsonl") if "models" not in f.parts for line in f.read_text().splitlines()
+    )
+
+
+def test_ray_scan_equals_local(
+    tmp_path: Path, cluster: str, model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vulnsteer scan --executor ray --ray-workers 2`: the same functions and scores as a local scan, both
+    workers scoring, and the same score cache (written by the driver)."""
+    from vulnsteer.cli import main
+
+    monkeypatch.setenv("VULNSTEER_CACHE", str(tmp_path / "vcache"))
+    tree = _scan_tree(tmp_path / "src")
+    common = ["--no-progress", "scan", str(tree), "--model", str(model_dir), "--device", "cpu",
+              "--max-code-tokens", "64", "--min-score", "0", "--format", "json"]  # fmt: skip
+    assert main([*common, "-o", str(tmp_path / "local.jsonl"), "--cache-dir", str(tmp_path / "c-local")]) == 1
+    local_err = capsys.readouterr().err
+    ray_args = ["--executor", "ray", "--ray-address", cluster, "--ray-workers", "2"]
+    assert main([*common, "-o", str(tmp_path / "ray.jsonl"), "--cache-dir", str(tmp_path / "c-ray"), *ray_args]) == 1
+    ray_err = capsys.readouterr().err
+    assert "ray: 2 of 2 workers scored 2 chunks, 0 run again" in ray_err, ray_err
+    assert "ray:" not in local_err
+    local, distributed = _functions(tmp_path / "local.jsonl"), _functions(tmp_path / "ray.jsonl")
+    assert len(local) == 40 and distributed == local
+    assert len(_cache_lines(tmp_path / "c-ray")) == 40 and _cache_lines(tmp_path / "c-ray") == _cache_lines(
+        tmp_path / "c-local"
+    )
+    # a rescan finds every score in the cache: no Ray worker is started
+    assert main([*common, "-o", str(tmp_path / "again.jsonl"), "--cache-dir", str(tmp_path / "c-ray"), *ray_args]) == 1
+    assert "ray:" not in capsys.readouterr().err
+    again = _functions(tmp_path / "again.jsonl")
+    assert all(r["cached"] for r in again) and [{**r, "cached": False} for r in again] == local
+
+
+def _faulty_scan(plan_file: str, lm: LoadedModel, scorer: Any, shared: Any, chunk: Any) -> Any:
+    """A scan worker's task under the test's plan: each attempt of a chunk is noted in the plan's ``marks``
+    folder; the first attempt of the chunk holding the function named ``kill`` kills its worker's process."""
+    plan = json.loads(Path(plan_file).read_text())
+    ids = [s.id for s in chunk]
+    mark = Path(plan["marks"]) / _tag(ids)
+    with open(mark, "a", encoding="utf-8") as handle:
+        handle.write(f"{os.getpid()}\n")
+    if any(i.endswith(f":{plan['kill']}") for i in ids) and len(mark.read_text().splitlines()) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return scorer.score(chunk, progress=False)
+
+
+def test_a_killed_scan_worker_s_chunk_is_scored_again(
+    tmp_path: Path, cluster: str, model_dir: Path, model: LoadedModel
+) -> None:
+    from vulnsteer.config import RunSection
+    from vulnsteer.config.sections import ModelSection
+    from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
+    from vulnsteer.scan.ray_scorer import RayScorer
+
+    tree = _scan_tree(tmp_path / "src", files=4)
+    spec = ScorerSpec(ModelSection(name=str(model_dir), device="cpu"), max_code_tokens=64)
+    options = ScanOptions(min_score=0.0, chunk_size=4)
+    local = scan([tree], ModelScorer(spec, lm=model), options, cache_dir=tmp_path / "local", progress=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"marks": str(marks), "kill": "f9"}))
+    run_section = RunSection(executor="ray", ray_workers=2)
+    with RayScorer(ModelScorer(spec, lm=model), run_section, task=partial(_faulty_scan, str(plan))) as scorer:
+        found = scan([tree], scorer, options, cache_dir=tmp_path / "ray", progress=False)
+        stats = scorer.stats()
+    assert [r.to_record(0.0) for r in found.results] == [r.to_record(0.0) for r in local.results]
+    attempts = sorted(len(m.read_text().splitlines()) for m in marks.iterdir())
+    assert attempts == [1, 1, 1, 2], "the killed worker's chunk was not scored again, or another chunk was"
+    assert stats["retried_chunks"] == 1 and sum(w["restarts"] for w in stats["workers"]) == 1
+    assert sum(w["functions"] for w in stats["workers"]) == 16
+    assert _cache_lines(tmp_path / "ray") == _cache_lines(tmp_path / "local")
+
+
 # ------------------------------------------------------------------------------------------ a killed driver
 
 
@@ -256,102 +357,3 @@ def test_a_chunk_that_keeps_failing_stops_the_sweep_and_keeps_finished_work(
     assert _sweep(executor, model, grid, records) == grid["local"]
     assert all(_attempts(marks, keys) == 0 for keys in grid["chunks"] if set(keys) <= set(stored))
     assert len(_stored_keys(records)) == len(grid["conds"])
-
-
-# ------------------------------------------------------------------------------------------ scan on Ray
-
-
-def _scan_tree(root: Path, files: int = 10) -> Path:
-    """*files* Python files of 4 functions each, short and long (40 functions: two chunks of the scan's 32)."""
-    for k in range(files):
-        body = []
-        for j in range(4):
-            n = 4 * k + j
-            lines = [f"    x = db.execute('SELECT * FROM t{i} WHERE id = ' + user)" for i in range(1 + (n * 7) % 5)]
-            body.append(f"def f{n}(db, user):\n" + "\n".join(lines) + f"\n    return x + {n}\n")
-        path = root / f"m{k}.py"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n\n".join(body), encoding="utf-8")
-    return root
-
-
-def _functions(path: Path) -> list[dict[str, Any]]:
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("type") == "function"]
-
-
-def _cache_lines(folder: Path) -> list[str]:
-    """The score cache's entries (not the model identities), in any order."""
-    return sorted(
-        line for f in folder.rglob("*.jsonl") if "models" not in f.parts for line in f.read_text().splitlines()
-    )
-
-
-def test_ray_scan_equals_local(
-    tmp_path: Path, cluster: str, model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`vulnsteer scan --executor ray --ray-workers 2`: the same functions and scores as a local scan, both
-    workers scoring, and the same score cache (written by the driver)."""
-    from vulnsteer.cli import main
-
-    monkeypatch.setenv("VULNSTEER_CACHE", str(tmp_path / "vcache"))
-    tree = _scan_tree(tmp_path / "src")
-    common = ["--no-progress", "scan", str(tree), "--model", str(model_dir), "--device", "cpu",
-              "--max-code-tokens", "64", "--min-score", "0", "--format", "json"]  # fmt: skip
-    assert main([*common, "-o", str(tmp_path / "local.jsonl"), "--cache-dir", str(tmp_path / "c-local")]) == 1
-    local_err = capsys.readouterr().err
-    ray_args = ["--executor", "ray", "--ray-address", cluster, "--ray-workers", "2"]
-    assert main([*common, "-o", str(tmp_path / "ray.jsonl"), "--cache-dir", str(tmp_path / "c-ray"), *ray_args]) == 1
-    ray_err = capsys.readouterr().err
-    assert "ray: 2 of 2 workers scored 2 chunks, 0 run again" in ray_err, ray_err
-    assert "ray:" not in local_err
-    local, distributed = _functions(tmp_path / "local.jsonl"), _functions(tmp_path / "ray.jsonl")
-    assert len(local) == 40 and distributed == local
-    assert len(_cache_lines(tmp_path / "c-ray")) == 40 and _cache_lines(tmp_path / "c-ray") == _cache_lines(
-        tmp_path / "c-local"
-    )
-    # a rescan finds every score in the cache: no Ray worker is started
-    assert main([*common, "-o", str(tmp_path / "again.jsonl"), "--cache-dir", str(tmp_path / "c-ray"), *ray_args]) == 1
-    assert "ray:" not in capsys.readouterr().err
-    again = _functions(tmp_path / "again.jsonl")
-    assert all(r["cached"] for r in again) and [{**r, "cached": False} for r in again] == local
-
-
-def _faulty_scan(plan_file: str, lm: LoadedModel, scorer: Any, shared: Any, chunk: Any) -> Any:
-    """A scan worker's task under the test's plan: each attempt of a chunk is noted in the plan's ``marks``
-    folder; the first attempt of the chunk holding the function named ``kill`` kills its worker's process."""
-    plan = json.loads(Path(plan_file).read_text())
-    ids = [s.id for s in chunk]
-    mark = Path(plan["marks"]) / _tag(ids)
-    with open(mark, "a", encoding="utf-8") as handle:
-        handle.write(f"{os.getpid()}\n")
-    if any(i.endswith(f":{plan['kill']}") for i in ids) and len(mark.read_text().splitlines()) == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return scorer.score(chunk, progress=False)
-
-
-def test_a_killed_scan_worker_s_chunk_is_scored_again(
-    tmp_path: Path, cluster: str, model_dir: Path, model: LoadedModel
-) -> None:
-    from vulnsteer.config import RunSection
-    from vulnsteer.config.sections import ModelSection
-    from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
-    from vulnsteer.scan.ray_scorer import RayScorer
-
-    tree = _scan_tree(tmp_path / "src", files=4)
-    spec = ScorerSpec(ModelSection(name=str(model_dir), device="cpu"), max_code_tokens=64)
-    options = ScanOptions(min_score=0.0, chunk_size=4)
-    local = scan([tree], ModelScorer(spec, lm=model), options, cache_dir=tmp_path / "local", progress=False)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"marks": str(marks), "kill": "f9"}))
-    run_section = RunSection(executor="ray", ray_workers=2)
-    with RayScorer(ModelScorer(spec, lm=model), run_section, task=partial(_faulty_scan, str(plan))) as scorer:
-        found = scan([tree], scorer, options, cache_dir=tmp_path / "ray", progress=False)
-        stats = scorer.stats()
-    assert [r.to_record(0.0) for r in found.results] == [r.to_record(0.0) for r in local.results]
-    attempts = sorted(len(m.read_text().splitlines()) for m in marks.iterdir())
-    assert attempts == [1, 1, 1, 2], "the killed worker's chunk was not scored again, or another chunk was"
-    assert stats["retried_chunks"] == 1 and sum(w["restarts"] for w in stats["workers"]) == 1
-    assert sum(w["functions"] for w in stats["workers"]) == 16
-    assert _cache_lines(tmp_path / "ray") == _cache_lines(tmp_path / "local")
