@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..detection.records import DetectionRecord
-from ..stats.compare import compare_to_baseline, metrics_block
+from ..stats.compare import compare_to_baseline, metrics_block, significant, significant_gain
 from .family import LeadEntry
 from .tables import Change, Flips, LeadRow, LeadTable, LeverRate, MarginsByClass, MetricBlock
 
@@ -122,7 +122,7 @@ reader alone scores 0.820 (the ceiling).
     if head is None:
         best = max(rows, key=_ba)
         return f"On {split}, the best detector is {best.name} at balanced accuracy {_ba(best):.3f} (baseline {b:.3f})."
-    sig = head.p_value < 0.05 and (head.delta_ci[0] > 0 or head.delta_ci[1] < 0)
+    sig = significant(head.delta_ci, head.p_value)
     words = [
         f"On {split}, {spec[head.name].what or head.name} scores balanced accuracy {_ba(head):.3f} against the "
         f"baseline's {b:.3f} (Δ {head.delta:+.3f}, p={head.p_value:.3g}: {'significant' if sig else 'not significant'})"
@@ -136,7 +136,7 @@ reader alone scores 0.820 (the ceiling).
             words.append(score)
             continue
         lo, hi = row.versus.delta_ci
-        decided = row.versus.p_value < 0.05 and lo > 0
+        decided = significant_gain(row.versus.delta_ci, row.versus.p_value)
         claim = entry.claim if decided else "no evidence yet that " + entry.claim
         words.append(
             f"{score} ({head.name} {row.versus.delta:+.3f} [{lo:+.2f}, {hi:+.2f}], p={row.versus.p_value:.3g}: {claim})"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ..detection.probe import ProbeResult
 from ..experiment.results import Results
 from ..experiment.tables import LeadRow, LeadTable, MetricBlock
+from ..stats.compare import significant_gain
 
 __all__ = [
     "ModeVerdict",
@@ -67,15 +68,11 @@ def _ba(block: MetricBlock) -> str:
     return "–" if block.balanced_accuracy is None else f"{block.balanced_accuracy:.3f}"
 
 
-def _significant(delta_ci: tuple[float, float], p_value: float) -> bool:
-    return p_value < 0.05 and delta_ci[0] > 0
-
-
 def _change(delta: float, ci: tuple[float, float], p_value: float) -> str:
     """``Δ +0.167 [+0.04, +0.29], p=0.344`` and, where the bootstrap CI and McNemar's test disagree, why it is not
     counted as beaten (both must agree)."""
     said = f"Δ {delta:+.3f} [{ci[0]:+.2f}, {ci[1]:+.2f}], p={p_value:.3g}"
-    if ci[0] > 0 and p_value >= 0.05:
+    if ci[0] > 0 and not significant_gain(ci, p_value):
         said += ": the CI lies above 0 but McNemar's test (on the answers that changed) does not confirm it"
     return said
 
@@ -142,7 +139,7 @@ def mode_verdict(mode: str, table: LeadTable, length: ProbeResult | None) -> Mod
     comparisons = [
         Comparison(
             "the baseline",
-            _significant(head.delta_ci, head.p_value),
+            significant_gain(head.delta_ci, head.p_value),
             f"balanced accuracy {_ba(head.metrics)} vs {_ba(base.metrics)}, "
             + _change(head.delta, head.delta_ci, head.p_value),
         )
@@ -154,7 +151,7 @@ def mode_verdict(mode: str, table: LeadTable, length: ProbeResult | None) -> Mod
         comparisons.append(
             Comparison(
                 _words(row.name),
-                _significant(v.delta_ci, v.p_value),
+                significant_gain(v.delta_ci, v.p_value),
                 f"{_ba(row.metrics)}; {_change(v.delta, v.delta_ci, v.p_value)}",
             )
         )

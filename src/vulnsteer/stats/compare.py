@@ -18,7 +18,17 @@ from typing import Any, Protocol
 
 from .metrics import Prediction, bootstrap_ci, bootstrap_diff_ci, compute_metrics, mcnemar_exact
 
-__all__ = ["N_BOOT", "Scored", "compare_to_baseline", "metrics_block", "summarize_metrics", "verdict_words"]
+__all__ = [
+    "ALPHA",
+    "N_BOOT",
+    "Scored",
+    "compare_to_baseline",
+    "metrics_block",
+    "significant",
+    "significant_gain",
+    "summarize_metrics",
+    "verdict_words",
+]
 
 #: Bootstrap replicates behind every reported interval.
 N_BOOT = 1000
@@ -95,6 +105,29 @@ def compare_to_baseline(
     return out
 
 
+#: McNemar's p below which a paired change counts, together with a 95% bootstrap CI that excludes 0.
+ALPHA = 0.05
+
+
+def significant(ci: Sequence[float], p: float) -> bool:
+    """A paired change that counts, either way: McNemar's p below :data:`ALPHA` and a CI that excludes 0.
+
+    >>> significant((0.1, 0.4), 0.01), significant((-0.4, -0.1), 0.01), significant((0.1, 0.4), 0.3)
+    (True, True, False)
+    """
+    return p < ALPHA and (ci[0] > 0 or ci[1] < 0)
+
+
+def significant_gain(ci: Sequence[float], p: float) -> bool:
+    """A paired gain that counts: McNemar's p below :data:`ALPHA` and a CI wholly above 0 (what "beat" means in
+    the lead table's words and the report's answer).
+
+    >>> significant_gain((0.04, 0.29), 0.344), significant_gain((0.04, 0.29), 0.01)
+    (False, True)
+    """
+    return p < ALPHA and ci[0] > 0
+
+
 def verdict_words(
     delta: float,
     ci: Sequence[float],
@@ -115,7 +148,7 @@ def verdict_words(
     if delta == 0:
         moved = f" ({flips[0]} answers became wrong, {flips[1]} became right)" if flips else ""
         return f"the chosen setting left balanced accuracy on {where} unchanged (Δ 0.000){moved}"
-    sig = p < 0.05 and (ci[0] > 0 or ci[1] < 0)
+    sig = significant(ci, p)
     direction = "gain" if delta > 0 else "loss"
     parts = [
         f"{direction} of {delta:+.3f} balanced accuracy is {'significant' if sig else 'not significant'} "
