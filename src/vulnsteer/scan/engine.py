@@ -740,14 +740,15 @@ def _check_discrimination(results: Sequence[FunctionResult], options: ScanOption
     scores = [r.score.score for r in results]
     above = sum(score >= options.min_score for score in scores)
     low, high = min(scores), max(scores)
-    flat = above >= FLAT_SHARE * len(scores) or high - low < FLAT_SPREAD
+    nearly_all = above >= FLAT_SHARE * len(scores)
+    flat = nearly_all or high - low < FLAT_SPREAD
     stats.discriminates = not flat
     if flat:
         # the evidence that holds: nearly all flagged, else the spread (then "0 of 22 flagged" is not the problem)
         why = (
             f"{above} of {len(scores)} functions score at or above {options.min_score:.2f} (scores {low:.3f} to "
             f"{high:.3f})"
-            if above >= FLAT_SHARE * len(scores)
+            if nearly_all
             else f"every one of {len(scores)} functions scores between {low:.3f} and {high:.3f}"
         )
         stats.warnings.append(
