@@ -30,6 +30,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tu
         cache_dir=root / "cache",
         strengths="{ relative = [0.5] }",
         pooled="false",
+        extra='[conditional]\ngates = ["sign"]   # the tests below check the sign gate\'s pushes',
     )
     return root / "run", run(load_config(config), root / "run", tiny_lm)
 

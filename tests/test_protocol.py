@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import write_toy_jsonl
 
 from vulnsteer.config.experiment import ConfigError, ExperimentConfig, load_config, parse_config
+from vulnsteer.config.sections import ConditionalSection
 from vulnsteer.experiment import protocol as protocol_mod
 from vulnsteer.experiment.chosen import load_chosen
 from vulnsteer.experiment.compare import numbers
@@ -109,7 +110,9 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, Results], tiny_lm: Loaded
     entries = [e.condition for e in results.val["logit"]]
     constant = [c for c in entries if c.template == "default" and (c.setting is None or not c.setting.gated)]
     assert len(constant) == 1 + 3 * 3 * 2  # baseline + (own steered, own control, pooled) x 3 layer sets x 2 strengths
-    gated = [c for c in entries if c.setting is not None and c.setting.gate == "sign"]
+    gated = [
+        c for c in entries if c.setting is not None and c.setting.gate in ConditionalSection().gates
+    ]  # the default gate
     # answer vector x (L1 probe under sets [1] and [1,2]; L1 and L2 probes under [2]) x 3 strengths x 3 roles
     assert len(gated) == 4 * 3 * 3 and {c.role for c in gated} == {"steered", "control", "gate_control"}
     assert {c.template for c in entries if c.template != "default"} == {"strict", "one_shot"}

@@ -3,7 +3,7 @@
 :mod:`vulnsteer.config.experiment` assembles them into :class:`~vulnsteer.config.experiment.ExperimentConfig`.
 
 >>> DetectionSection().max_new_tokens, ConditionalSection().gates
-(20, ('sign',))
+(20, ('linear',))
 """
 
 from __future__ import annotations
@@ -396,9 +396,11 @@ class ConditionalSection:
         "--probe-scope",
     )
     gates: tuple[str, ...] = _key(
-        ("sign",),
+        ("linear",),
         some_of(GATE_KINDS),
-        "gates: sign, linear (ACT-like), one_sided, calibrated (the push follows the calibrated probability)",
+        "gates: sign, linear (ACT-like; the default: the push follows the probe's score, so the steered score keeps "
+        "its ranking, and the transfer protocol chose it over sign and calibrated), one_sided, calibrated (the push "
+        "follows the calibrated probability)",
         "--gates",
         "csv",
     )
