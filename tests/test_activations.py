@@ -185,3 +185,43 @@ def test_extraction_runs_only_the_layers_up_to_the_deepest_one_read(tiny_llama: 
     full = extract_activations(tiny_llama, samples, [0, 1, 3], batch_size=8, progress=False)  # runs every layer
     for pooling in ("last", "code_mean"):
         assert torch.equal(early.get(pooling), full.get(pooling)[:, :2])
+
+
+def test_code_poolings_alone_stop_at_the_last_code_token(tiny_llama: LoadedModel) -> None:
+    """Reading only code poolings runs each prompt through its last code token: the same states as the whole prompt
+    (causal attention), on fewer tokens."""
+    samples = _samples()
+    layers = [0, tiny_llama.num_layers - 1]
+    widths: list[int] = []
+
+    def seen(_m: Any, args: Any, kwargs: Any) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        widths.append(int(hidden.shape[1]))
+
+    handle = decoder_layers(tiny_llama.model)[0].register_forward_pre_hook(seen, with_kwargs=True)
+    try:
+        whole = extract_activations(tiny_llama, samples, layers, ["last", "code_mean", "code_max"], progress=False)
+        full_width = sum(widths)
+        widths.clear()
+        code = extract_activations(tiny_llama, samples, layers, ["code_mean", "code_max"], progress=False)
+    finally:
+        handle.remove()
+    assert sum(widths) < full_width
+    for pooling in ("code_mean", "code_max"):
+        torch.testing.assert_close(code.get(pooling), whole.get(pooling), atol=1e-5, rtol=1e-5)
+    assert code.code_tokens is not None and torch.equal(code.code_tokens, whole.code_tokens)
+
+
+def test_through_code_cuts_each_prompt_after_its_code(tiny_tokenizer: Any) -> None:
+    prompts = [build_prompt(tiny_tokenizer, s.code, s.language) for s in _samples()]
+    whole = tokenize_prompts(tiny_tokenizer, prompts)
+    cut = tokenize_prompts(tiny_tokenizer, prompts, through_code=True)
+    assert cut.input_ids.shape[1] < whole.input_ids.shape[1]
+    assert bool(cut.code_mask[:, -1].all()), "every row ends on a code token"
+    assert torch.equal(cut.code_mask.sum(1), whole.code_mask.sum(1))
+    for row in range(len(prompts)):  # each row is the whole prompt's head
+        ids, kept = (
+            whole.input_ids[row][whole.attention_mask[row].bool()],
+            cut.input_ids[row][cut.attention_mask[row].bool()],
+        )
+        assert torch.equal(ids[: len(kept)], kept)

@@ -40,6 +40,8 @@ MODES: tuple[str, ...] = ("logit", "generation")
 #: How a hidden state is read from a prompt's tokens: the answer position, the mean or the maximum (per dimension)
 #: over the code tokens.
 POOLINGS: tuple[str, ...] = ("last", "code_mean", "code_max")
+#: The poolings over the code's tokens only: under causal attention they need no token after the code.
+CODE_POOLINGS: tuple[str, ...] = ("code_mean", "code_max")
 #: The token positions a steering hook edits.
 POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
 #: How a steering strength is scaled: as written, x the layer's mean hidden-state norm, x the spread along the vector.

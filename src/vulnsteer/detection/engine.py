@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from ..config.vocabulary import CODE_POOLINGS
 from ..data.sample import Sample
 from ..lm.activations import ActivationSink, batch_states, length_order, masked_mean, recording
 from ..lm.backend import masked_max
@@ -221,10 +222,6 @@ def _eos_ids(tok: Any, model: Any) -> set[int]:
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
     return ids
-
-
-#: The poolings over the code's tokens (the shared prefix pass holds them: the code ends before the last token).
-CODE_POOLINGS: tuple[str, ...] = ("code_mean", "code_max")
 
 
 def _gate_needs(specs: Mapping[tuple[int, str], Sequence[SteeringSpec] | None]) -> tuple[list[int], list[str]]:

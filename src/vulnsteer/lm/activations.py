@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..config.defaults import DEFAULT_BATCH_SIZE, DEFAULT_POOLING
-from ..config.vocabulary import POOLINGS
+from ..config.vocabulary import CODE_POOLINGS, POOLINGS
 from ..data.sample import Sample
 from ..progress import Progress
 from .backend import Readout, backend_of
@@ -234,9 +234,11 @@ def extract_activations(
     buckets: bool = True,
 ) -> Activations:
     """Run the model over *samples* and record the chosen layers' outputs at the chosen poolings
-    (:func:`batch_states` per batch). On CUDA a batch that runs out of memory is run again in smaller batches
-    (:class:`~vulnsteer.lm.batching.AutoBatch`). *desc* names the progress phase (say which samples). Batches
-    take the samples in length buckets (:func:`length_order`; ``buckets=False``: in the order given).
+    (:func:`batch_states` per batch). Where only the code poolings are read, each prompt ends at its last code
+    token (the tokens after it cannot change the code tokens' states, so they are not run). On CUDA a batch that
+    runs out of memory is run again in smaller batches (:class:`~vulnsteer.lm.batching.AutoBatch`). *desc* names
+    the progress phase (say which samples). Batches take the samples in length buckets (:func:`length_order`;
+    ``buckets=False``: in the order given).
 
     >>> acts = extract_activations(load_model(), samples, [10, -1], poolings=["last"])  # doctest: +SKIP
     >>> acts.get("last").shape  # doctest: +SKIP
@@ -254,8 +256,10 @@ def extract_activations(
     order = length_order(lm, [p.text for p in prompts], buckets)
     out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in poolings}
 
+    through_code = set(poolings) <= set(CODE_POOLINGS)  # nothing after the code is read: it is not run
+
     def run(rows: list[int]) -> dict[str, torch.Tensor]:
-        batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows]).to(lm.device)
+        batch = tokenize_prompts(lm.tokenizer, [prompts[i] for i in rows], through_code=through_code).to(lm.device)
         return batch_states(lm, batch, chosen, poolings, answer_tokens)
 
     batcher = AutoBatch.for_model(lm, "extraction", batch_size)

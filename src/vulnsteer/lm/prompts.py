@@ -182,14 +182,19 @@ def _tokens(tokenizer: Any, prompt: Prompt) -> tuple[list[int], list[bool]]:
     return list(enc["input_ids"]), [s < end and e > start for s, e in enc["offset_mapping"]]
 
 
-def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> PromptBatch:
-    """Tokenise with left padding (the last column is every row's last prompt token)."""
+def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt], *, through_code: bool = False) -> PromptBatch:
+    """Tokenise with left padding (the last column is every row's last prompt token). *through_code*: each prompt
+    ends at its last code token (a prompt without code tokens stays whole): what the code poolings read, since
+    under causal attention no code token's state depends on a later token; there is no answer position then."""
     import torch
 
     ids_list: list[list[int]] = []
     code_list: list[list[bool]] = []
     for prompt in prompts:
         ids, code = _tokens(tokenizer, prompt)
+        if through_code and any(code):
+            end = len(code) - code[::-1].index(True)
+            ids, code = ids[:end], code[:end]
         ids_list.append(ids)
         code_list.append(code)
     width = max(len(ids) for ids in ids_list)
