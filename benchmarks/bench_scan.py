@@ -6,10 +6,11 @@
 ``--paths`` compares the ways to score functions side by side in one run, on the same functions (pairs of the
 bundled corpus spread over its CWEs, each pair's vulnerable and fixed version): today's full-model scan (the
 answer logits, float32), the detector's probe alone on the full model and stopping after the deepest layer it
-reads (early exit), each also with the model in int8 (``model.quantize``) and in bfloat16 (``--dtypes`` picks
+reads (early exit; both read code poolings only, so each prompt ends at its last code token), each also with the model in int8 (``model.quantize``) and in bfloat16 (``--dtypes`` picks
 which), and in float32 the answer and the early-exit probe without length buckets (batches in the order given,
 not sorted by token count), with their speed-up from buckets. For each: functions/s,
-tokens/s, the ratio to the full float32 scan, the rank agreement (Spearman) of its scores with the same score in
+tokens/s, the ratio to the full float32 scan (and a closing line: the fastest path within 0.01 AUROC of the float32
+probe, against the issue's goal of 3x), the rank agreement (Spearman) of its scores with the same score in
 float32, and the AUROC of its scores against the corpus labels. Then the plain forward pass's throughput as a
 fraction of the matrix-product peak measured in the same run (float32 matmul, int8 dynamic Linear).
 
@@ -231,23 +232,20 @@ def compare_paths(args: argparse.Namespace) -> int:
         results[label] = (time.perf_counter() - start, scores)
         reference.setdefault(kind, scores)  # the float32 path of each kind comes first
     base = results["answer, full model, fp32"][0]
-    before = results["answer, full model, fp32, no buckets"][0]  # the scan as issue 20 found it
-    print("\n| path | functions/s | tokens/s | x full fp32 scan | x scan before buckets | Spearman vs fp32 | AUROC "
-          "| AUROC - fp32 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| path | functions/s | tokens/s | x full fp32 scan | Spearman vs fp32 | AUROC | AUROC - fp32 |")
+    print("|---|---|---|---|---|---|---|")
     kept: list[tuple[float, str]] = []
     for label, kind, _dtype, _ in paths:
         seconds, scores = results[label]
         rho = float(spearmanr(scores, reference[kind]).statistic)
         auroc, ref_auroc = _auroc(labels, scores), _auroc(labels, reference[kind])
         print(f"| {label} | {len(samples) / seconds:.2f} | {tokens / seconds:.0f} | {base / seconds:.2f} | "
-              f"{before / seconds:.2f} | {rho:.4f} | {auroc:.3f} | {auroc - ref_auroc:+.3f} |")  # fmt: skip
+              f"{rho:.4f} | {auroc:.3f} | {auroc - ref_auroc:+.3f} |")  # fmt: skip
         if kind == "probe" and abs(auroc - _auroc(labels, reference["probe"])) <= 0.01:
             kept.append((seconds, label))
     fastest_seconds, fastest = min(kept)
-    print(f"fastest path within 0.01 AUROC of the fp32 probe: {fastest}, {before / fastest_seconds:.2f}x the scan "
-          f"before length buckets (answer, full model, fp32, no buckets), {base / fastest_seconds:.2f}x the full "
-          "fp32 scan with buckets")  # fmt: skip
+    print(f"fastest path within 0.01 AUROC of the fp32 probe: {fastest}, {base / fastest_seconds:.2f}x the full "
+          "fp32 scan (goal: >= 3x)")  # fmt: skip
     for with_buckets in ("answer, full model, fp32", "probe, early exit, fp32"):
         without = results[f"{with_buckets}, no buckets"][0]
         print(f"length buckets, {with_buckets}: {without / results[with_buckets][0]:.2f}x the functions/s without")
