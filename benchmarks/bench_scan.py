@@ -6,13 +6,14 @@
 ``--paths`` compares the ways to score functions side by side in one run, on the same functions (pairs of the
 bundled corpus spread over its CWEs, each pair's vulnerable and fixed version): today's full-model scan (the
 answer logits, float32), the detector's probe alone on the full model and stopping after the deepest layer it
-reads (early exit; both read code poolings only, so each prompt ends at its last code token), each also with the model in int8 (``model.quantize``) and in bfloat16 (``--dtypes`` picks
-which), and in float32 the answer and the early-exit probe without length buckets (batches in the order given,
-not sorted by token count), with their speed-up from buckets. For each: functions/s,
-tokens/s, the ratio to the full float32 scan (and a closing line: the fastest path within 0.01 AUROC of the float32
-probe, against the issue's goal of 3x), the rank agreement (Spearman) of its scores with the same score in
-float32, and the AUROC of its scores against the corpus labels. Then the plain forward pass's throughput as a
-fraction of the matrix-product peak measured in the same run (float32 matmul, int8 dynamic Linear).
+reads (early exit; both read code poolings only, so each prompt ends at its last code token), each also with
+the model in int8 (``model.quantize``) and in bfloat16 (``--dtypes`` picks which), and in float32 the answer and
+the early-exit probe without length buckets (batches in the order given, not sorted by token count), with their
+speed-up from buckets. For each: functions/s, tokens/s, the ratio to the full float32 scan (and a closing line:
+the fastest path within 0.01 AUROC of the float32 probe, against the issue's goal of 3x), the rank agreement
+(Spearman) of its scores with the same score in float32, and the AUROC of its scores against the corpus labels.
+Then the plain forward pass's throughput as a fraction of the matrix-product peak measured in the same run
+(float32 matmul, int8 dynamic Linear).
 
 The tree scanned is the bundled corpus (``vulnsteer/corpus``: vulnerable and fixed versions of 14 functions per
 CWE in C, C++, Python, JavaScript and Java), one file per version, in a temporary folder. Prints:
