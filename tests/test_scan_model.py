@@ -18,6 +18,7 @@ from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
 from vulnsteer.scan import ModelScorer, ScorerSpec, VectorSteering, scan
 from vulnsteer.scan import identity as identity_module
 from vulnsteer.scan import model_scorer as model_scorer_module
+from vulnsteer.scan.model_scorer import AUTO_DTYPE, DtypeChoice, choose_dtype
 from vulnsteer.steering.vectors import Provenance, SteeringVector, recorded_identity
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
@@ -267,3 +268,58 @@ def test_a_saved_detector_scores_with_its_probe_gate(tiny_lm: LoadedModel, tmp_p
         _scorer(tiny_lm, detector=folder, vector=_steering(folder / "vector.safetensors", 1))
     with pytest.raises(ValueError, match=r"no detector\.json"):
         _scorer(tiny_lm, detector=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ the model's dtype
+
+
+def _detector_json(folder: Path, dtype: str, fmt: str = "vulnsteer.ProbeDetector") -> Path:
+    """A detector folder with only what :func:`choose_dtype` reads: its format and the dtype it was fitted in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "detector.json").write_text(json.dumps({"format": fmt, "model": {"id": "m", "dtype": dtype}}))
+    return folder
+
+
+def test_a_probe_detector_fitted_in_bf16_loads_in_bf16_where_the_cpu_runs_it(tmp_path: Path) -> None:
+    bf16 = _detector_json(tmp_path / "bf16", "bfloat16")
+
+    def choose(native: bool = True, detector: Path | None = bf16, explain: bool = False, **model: Any) -> Any:
+        section = ModelSection(**{"device": "cpu", **model})
+        return choose_dtype(ScorerSpec(model=section, detector=detector, explain=explain), native_bf16=native)
+
+    chosen = choose()
+    assert (chosen.dtype, chosen.why) == ("bfloat16", "the detector's dtype; this CPU has native bf16")
+    assert choose(dtype="auto").dtype == "bfloat16"
+    emulated = choose(native=False)  # bf16 without native instructions is slower than float32
+    assert emulated.dtype is None and emulated.why.startswith(AUTO_DTYPE) and "no native bf16" in emulated.why
+    assert choose(dtype="float32") == choose(native=False, dtype="float32")  # an explicit --dtype wins
+    assert (choose(dtype="float32").dtype, choose(dtype="float32").why) == ("float32", "--dtype")
+    assert choose(native=False, dtype="bf16").dtype == "bf16"
+    # the bare model's answer (--answer), a steering detector, a probe fitted in float32: auto, as before
+    assert choose(detector=None) == DtypeChoice(None, AUTO_DTYPE)
+    assert choose(detector=_detector_json(tmp_path / "steer", "bfloat16", "vulnsteer.SavedDetector")).dtype is None
+    assert choose(detector=_detector_json(tmp_path / "fp32", "float32")).dtype is None
+    # --explain generates with the model; --quantize int8 needs float32 weights; a GPU is auto's (bf16 there)
+    assert choose(explain=True).dtype is None and "--explain" in choose(explain=True).why
+    int8 = choose(quantize="int8")
+    assert int8.dtype is None and "--quantize int8" in int8.why
+    assert choose(device="cuda:0").dtype is None and choose(device_map="auto").dtype is None
+
+
+def test_a_scorer_loads_the_chosen_dtype_and_keys_its_identity_by_it(tmp_path: Path, saved_tiny: Path) -> None:
+    from vulnsteer.lm.cpu import cpu_runs_bf16
+    from vulnsteer.lm.model import _check_quantize
+
+    bf16 = _detector_json(tmp_path / "bf16", "bfloat16")
+    store = tmp_path / "models"
+    section = ModelSection(name=str(saved_tiny), device="cpu")
+    scorer = ModelScorer(ScorerSpec(model=section, detector=bf16), identity_store=store)
+    expected = "bfloat16" if cpu_runs_bf16() else None  # (this machine's CPU decides)
+    assert scorer.spec.model.dtype == expected and scorer.spec.detector == bf16
+    assert scorer._key == identity_module.location_key(saved_tiny, "cpu", expected)
+    assert scorer._key != identity_module.location_key(saved_tiny, "cpu", "float32")
+    explicit = ModelScorer(ScorerSpec(model=dataclasses.replace(section, dtype="float32"), detector=bf16))
+    assert explicit.spec.model.dtype == "float32" and explicit.dtype_choice.why == "--dtype"
+    quantized = ModelScorer(ScorerSpec(model=dataclasses.replace(section, quantize="int8"), detector=bf16))
+    assert quantized.spec.model.dtype is None
+    _check_quantize("int8", "cpu", quantized.spec.model.dtype, None, False)  # (loading it is not refused)

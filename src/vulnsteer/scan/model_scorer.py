@@ -11,11 +11,13 @@ answer text is the explanation and whose parsed verdict and named CWE are report
 (:class:`~vulnsteer.detection.detector.SavedDetector`) applies its probe-gated setting with its own prompt
 template, and each score then carries the probe's score and the push the gate gave.
 
-The model is loaded on the first :meth:`ModelScorer.score` call (or when the digest needs an identity nobody
-recorded): a rescan whose functions are all cached never loads it. The digest covers the model's identity, the
-vector file's SHA-256 and its setting (or the detector folder's files), the prompt template, the token budget,
-the threshold and, with ``explain``, the generation length; see :mod:`vulnsteer.scan.identity` for how the model's
-identity is known without loading it.
+Without an explicit dtype, a probe detector fitted in bfloat16 (the shipped one) loads the model in bfloat16 where
+the CPU runs it natively (:func:`choose_dtype`; the scan says which dtype and why). The model is loaded on the first
+:meth:`ModelScorer.score` call (or when the digest needs an identity nobody recorded): a rescan whose functions are
+all cached never loads it. The digest covers the model's identity (its dtype included), the vector file's SHA-256
+and its setting (or the detector folder's files), the prompt template, the token budget, the threshold and, with
+``explain``, the generation length; see :mod:`vulnsteer.scan.identity` for how the model's identity is known
+without loading it.
 
 >>> spec = ScorerSpec(vector=VectorSteering(Path("cwe-89.safetensors"), 0.3))  # doctest: +SKIP
 >>> with ModelScorer(spec) as scorer:  # doctest: +SKIP
@@ -48,6 +50,7 @@ from ..config.sections import ModelSection
 from ..config.vocabulary import AGGREGATIONS, LONG_FUNCTIONS
 from ..cwe import UnknownCWEError, normalize_cwe
 from ..data.sample import Sample
+from ..lm.cpu import cpu_runs_bf16
 from ..lm.identity import ModelIdentity
 from ..lm.paths import local_model_location
 from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
@@ -55,7 +58,16 @@ from ..stats.aggregate import check_aggregation
 from .identity import location_key, recall_identity, remember_identity
 from .scorer import FunctionScore, StaleDigestError, scorer_digest
 
-__all__ = ["SCORE_FORMAT", "ModelScorer", "ScorerSpec", "VectorSteering", "detector_aggregation"]
+__all__ = [
+    "AUTO_DTYPE",
+    "SCORE_FORMAT",
+    "DtypeChoice",
+    "ModelScorer",
+    "ScorerSpec",
+    "VectorSteering",
+    "choose_dtype",
+    "detector_aggregation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +167,79 @@ class ScorerSpec:
         return recorded or DEFAULT_AGGREGATION
 
 
-def detector_aggregation(folder: Path) -> str | None:
-    """How the run that saved the detector in *folder* added up a sample's pieces (``detector.json``'s field
-    ``validation.aggregation``), or None when it records none (or the folder cannot be read: loading it says why)."""
+def _detector_document(folder: Path) -> dict[str, Any]:
+    """A detector folder's ``detector.json``, or an empty one when it cannot be read (loading the detector says
+    why)."""
     try:
         doc = json.loads((folder / "detector.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    validation = doc.get("validation") if isinstance(doc, dict) else None
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def detector_aggregation(folder: Path) -> str | None:
+    """How the run that saved the detector in *folder* added up a sample's pieces (``detector.json``'s field
+    ``validation.aggregation``), or None when it records none (or the folder cannot be read: loading it says why)."""
+    validation = _detector_document(folder).get("validation")
     value = validation.get("aggregation") if isinstance(validation, dict) else None
     return value if value in AGGREGATIONS else None
+
+
+#: Why a model loads in the ``[model]`` dtype's default (``auto``), in words.
+AUTO_DTYPE = "auto: bfloat16 on CUDA, float32 on the CPU"
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The ``[model]`` dtype a scorer loads its model with (None or ``auto``: :func:`~vulnsteer.lm.model.load_model`'s
+    default, :data:`AUTO_DTYPE`) and why, in words (the scan's provenance and stderr say it); see
+    :func:`choose_dtype`."""
+
+    dtype: str | None
+    why: str
+
+
+def choose_dtype(spec: ScorerSpec, *, native_bf16: bool | None = None) -> DtypeChoice:
+    """The dtype *spec*'s model loads in: a probe detector fitted in bfloat16 runs in bfloat16 where the CPU has it.
+
+    An explicit ``--dtype`` wins. Without one (None or ``auto``), a probe detector whose ``detector.json`` records
+    ``model.dtype`` bfloat16 (the shipped one), scoring alone (no ``explain``: the model then generates, in auto's
+    dtype as before), unquantised (``--quantize int8`` quantises float32 weights), on the CPU (``--device cpu``, or
+    no GPU), loads in bfloat16 when the CPU runs it natively (*native_bf16*; None: ask this machine,
+    :func:`~vulnsteer.lm.cpu.cpu_runs_bf16`). The shipped detector's early-exit path then ran 1.77x faster than in
+    float32, with AUROC 0.762 against 0.760 and a Spearman correlation of 0.998 with the float32 scores (README
+    "Scanning code"). Everything else keeps auto (:data:`AUTO_DTYPE`): emulated bfloat16 is slower than float32.
+    Only a device left to auto imports torch (to see whether CUDA is there), and only when the rest holds.
+
+    >>> choose_dtype(ScorerSpec()).why  # (no detector: the bare model's answer)
+    'auto: bfloat16 on CUDA, float32 on the CPU'
+    >>> choose_dtype(ScorerSpec(model=ModelSection(dtype="float16")))
+    DtypeChoice(dtype='float16', why='--dtype')
+    """
+    model = spec.model
+    if model.dtype not in (None, "auto"):
+        return DtypeChoice(model.dtype, "--dtype")
+    auto = DtypeChoice(model.dtype, AUTO_DTYPE)
+    if spec.detector is None or not _is_probe_detector(spec.detector):
+        return auto
+    recorded = _detector_document(spec.detector).get("model")
+    if not isinstance(recorded, dict) or recorded.get("dtype") != "bfloat16" or model.remote or model.device_map:
+        return auto
+    if spec.explain:
+        return DtypeChoice(model.dtype, f"{AUTO_DTYPE}; --explain generates, so not the detector's bfloat16")
+    if model.quantize != "none":
+        return DtypeChoice(model.dtype, f"{AUTO_DTYPE}; --quantize {model.quantize} quantises float32 weights")
+    if not (cpu_runs_bf16() if native_bf16 is None else native_bf16):
+        return DtypeChoice(model.dtype, f"{AUTO_DTYPE}; this CPU has no native bf16, so not the detector's bfloat16")
+    if model.device in (None, "", "auto"):
+        from ..lm.model import resolve_device
+
+        on_cpu = resolve_device(model.device) == "cpu"
+    else:
+        on_cpu = str(model.device).split(":")[0] == "cpu"
+    if not on_cpu:
+        return auto
+    return DtypeChoice("bfloat16", "the detector's dtype; this CPU has native bf16")
 
 
 #: The files of a detector folder that decide its scores (hashed into the scorer's digest).
@@ -220,7 +295,12 @@ class ModelScorer:
         identity_store: Path | None = None,
         template: PromptTemplate | None = None,
     ) -> None:
-        self.spec = spec = spec or ScorerSpec()
+        spec = spec or ScorerSpec()
+        #: the dtype the model loads in, and why (:func:`choose_dtype`; a model given is as it was loaded)
+        self.dtype_choice = choose_dtype(spec) if lm is None else DtypeChoice(spec.model.dtype, "the model given")
+        if self.dtype_choice.dtype != spec.model.dtype:
+            spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, dtype=self.dtype_choice.dtype))
+        self.spec = spec
         if spec.model.backend == "nnsight":
             from ..lm.nnsight_backend import require_nnsight
 
@@ -317,6 +397,7 @@ class ModelScorer:
             "model_fingerprint": self._identity.fingerprint,
             "weights_digest": self._identity.weights_digest,
             "dtype": self._identity.dtype,
+            "dtype_choice": self.dtype_choice.why,
             **({"quantize": self._identity.quantize} if self._identity.quantize else {}),
             "mode": "logit+generation" if spec.explain else "logit",
             "score": self.score_kind,
