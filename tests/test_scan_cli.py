@@ -200,3 +200,50 @@ def test_a_remote_host_needs_the_nnsight_backend(command: str, capsys: pytest.Ca
     assert main([command, str(DEMO), "--remote", "https://ndif.example"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vulnsteer: error: --remote") and "nnsight" in err
+
+
+@pytest.fixture(scope="module")
+def bf16_detector(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A probe detector (random weights) fitted, as the shipped one, on the model in bfloat16."""
+    import torch
+
+    from vulnsteer.config.design import ProbeDesign
+    from vulnsteer.detection.probe_detector import ProbeDetector
+    from vulnsteer.lm.model import load_model
+    from vulnsteer.steering.probe import Probe
+
+    with load_model(str(model_dir), device="cpu", dtype="bfloat16") as lm:
+        identity, hidden = lm.identity, lm.hidden_size
+    weight = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
+    probe = Probe(ProbeDesign((1,), ("code_mean",)), weight, bias=0.0, threshold=0.0)
+    return ProbeDetector(probe, identity).save(tmp_path_factory.mktemp("bf16") / "detector")
+
+
+@needs_grammars
+def test_a_bf16_probe_detector_names_its_dtype_and_caches_apart_from_fp32(
+    run: Any, bf16_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --dtype the scan loads the model in the detector's bfloat16 where this CPU runs it natively (else
+    float32) and says so; scores of one dtype are never read back for the other."""
+    from vulnsteer.lm.cpu import cpu_runs_bf16
+
+    def scanned(*dtype: str) -> tuple[dict[str, Any], str]:
+        out = tmp_path / "out.jsonl"
+        run(str(DEMO / "vulnerable"), "--detector", str(bf16_detector), "--min-score", "0", "-o", str(out), *dtype)
+        summary = json.loads(out.read_text(encoding="utf-8").splitlines()[-1])
+        return summary, capsys.readouterr().err
+
+    fp32, _ = scanned("--dtype", "float32")
+    assert fp32["scored"] == fp32["functions"] > 0 and fp32["scorer"]["dtype_choice"] == "--dtype"
+    assert fp32["scorer"]["dtype"] == "float32"
+    bf16, _ = scanned("--dtype", "bfloat16")
+    assert (bf16["cached"], bf16["scored"], bf16["scorer"]["dtype"]) == (0, fp32["scored"], "bfloat16")
+    assert bf16["scorer"]["digest"] != fp32["scorer"]["digest"]
+    assert scanned("--dtype", "float32")[0]["cached"] == fp32["functions"]  # (each dtype's own scores)
+    auto, err = scanned()
+    expected = "bfloat16" if cpu_runs_bf16() else "float32"
+    why = "the detector's dtype; this CPU has native bf16" if expected == "bfloat16" else "this CPU has no native bf16"
+    assert auto["scorer"]["dtype"] == expected and why in auto["scorer"]["dtype_choice"]
+    assert auto["cached"] == auto["functions"]  # the explicit run of the same dtype scored them
+    header = next(line for line in err.splitlines() if line.startswith("vulnsteer: model: "))
+    assert f", {expected} (" in header and why in header, header

@@ -258,7 +258,8 @@ def output_format(args: argparse.Namespace) -> str:
 
 def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
     """What a user must hear besides the findings, on stderr: files not scanned or skipped by name, parse errors,
-    warnings, why nothing was found, the summary line and why the scan fails."""
+    warnings, why nothing was found, the model with its dtype and why, the score, the summary line and why the scan
+    fails."""
     stats = report.stats
 
     def say(line: str) -> None:
@@ -267,8 +268,11 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
     warn_on_stderr(stats)
     if not stats.files:
         say(f"warning: no source file scanned under {', '.join(args.paths)}{_nothing_found_hint(stats, args)}")
-    if "score" in report.provenance:
-        say(f"score: {report.provenance['score']}")
+    provenance = report.provenance
+    if "dtype_choice" in provenance:  # (a model scorer's: which dtype it loads in, and why)
+        say(f"model: {provenance['model']}, {provenance['dtype']} ({provenance['dtype_choice']})")
+    if "score" in provenance:
+        say(f"score: {provenance['score']}")
     print(stats.summary_line(), file=sys.stderr)
     for line in report.failures():
         say(f"fails: {line}")
