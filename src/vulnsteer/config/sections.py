@@ -138,7 +138,8 @@ class ModelSection:
     dtype: str | None = _key(
         None,
         optional_one_of(DTYPES),
-        "the weights' dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16 (or fp32, bf16, fp16)",
+        "the weights' dtype: auto (bf16 on CUDA, fp32 on CPU; scan, detect and diff scored by a probe detector "
+        "fitted in bf16: bf16 on a CPU with native bf16), float32, bfloat16, float16 (or fp32, bf16, fp16)",
         "--dtype",
     )
     quantize: str = _key(
