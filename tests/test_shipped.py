@@ -14,6 +14,7 @@ import pytest
 import torch
 from tests.test_transfer import _config
 
+from vulnsteer.config.defaults import WARN_ADAPT
 from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
 from vulnsteer.experiment.transfer import TransferResults, run_transfer
@@ -154,7 +155,7 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
     assert [r.score.score for r in report.results] == pytest.approx(probs.tolist(), abs=1e-6)
     assert all(r.score.push is None for r in report.results)  # nothing steered
     assert report.provenance["scorer"] == "detector"
-    adapted = scan([tree], scorer, ScanOptions(min_score=0.0, adapt=True), progress=False)
+    adapted = scan([tree], scorer, ScanOptions(min_score=0.0, adapt="on"), progress=False)
     centre = float(raw.double().mean())
     expected = detector.probe.adaptation.calibration.probabilities(raw - centre)  # type: ignore[union-attr]
     assert [r.score.score for r in adapted.results] == pytest.approx(expected.tolist(), abs=1e-5)
@@ -162,10 +163,35 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
     assert any("fewer than 50" in w for w in adapted.stats.warnings)
     few = _tree(tmp_path / "few", detector.min_adapt - 1)
     with pytest.raises(AdaptationError, match=f"--adapt: .* at least {detector.min_adapt}"):
-        scan([few], scorer, ScanOptions(adapt=True), progress=False)
+        scan([few], scorer, ScanOptions(adapt="on"), progress=False)
     plain = ModelScorer(ScorerSpec(max_code_tokens=64), lm=tiny_lm)
     with pytest.raises(ValueError, match="probe detector"):
-        scan([few], plain, ScanOptions(adapt=True), progress=False)
+        scan([few], plain, ScanOptions(adapt="on"), progress=False)
+
+
+@needs_grammars
+def test_auto_adaptation_starts_at_warn_adapt_distinct_functions(
+    shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path
+) -> None:
+    """``adapt="auto"`` (the CLI's default with a probe detector) scores below WARN_ADAPT distinct functions as
+    fitted, and from it exactly as ``adapt="on"``, its findings from the adapted threshold."""
+    folder = shipped[1]
+    scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
+    auto = ScanOptions(min_score=0.2, adapt="auto", adapted_min_score=0.3)
+    small = _tree(tmp_path / "small", WARN_ADAPT - 1)
+    kept = scan([small], scorer, auto, progress=False)
+    as_fitted = scan([small], scorer, ScanOptions(min_score=0.2), progress=False)
+    assert "adapted_to" not in kept.provenance and kept.options.adapt == "off" and kept.options.min_score == 0.2
+    assert [r.score.score for r in kept.results] == [r.score.score for r in as_fitted.results]
+    large = _tree(tmp_path / "large", WARN_ADAPT)
+    adapted = scan([large], scorer, auto, progress=False)
+    on = scan([large], scorer, ScanOptions(min_score=0.3, adapt="on"), progress=False)
+    assert adapted.provenance["adapted_to"] == WARN_ADAPT and adapted.options.min_score == 0.3
+    assert [r.score.score for r in adapted.results] == [r.score.score for r in on.results]
+    assert [r.finding for r in adapted.results] == [r.finding for r in on.results]
+    assert adapted.stats.min_score == 0.3
+    with pytest.raises(ValueError, match="adapt must be one of"):
+        ScanOptions(adapt="sometimes")
 
 
 def _args(**given: object) -> argparse.Namespace:
@@ -180,7 +206,7 @@ def _args(**given: object) -> argparse.Namespace:
 def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model(
     shipped: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vulnsteer.cli.options import UsageError, detector_folder
+    from vulnsteer.cli.options import UsageError, adapt_mode, detector_folder
     from vulnsteer.detection import probe_detector
 
     monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", shipped[1])
@@ -189,6 +215,9 @@ def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model
     assert detector_folder(_args(answer=True)) is None  # the bare model's answer
     assert detector_folder(_args(model="some/other-model")) is None  # the shipped one is for the embedded model
     assert detector_folder(_args(detector="d")) == Path("d")
+    probe_spec, bare_spec = ScorerSpec(detector=shipped[1]), ScorerSpec()
+    assert adapt_mode(_args(), probe_spec) == "auto" and adapt_mode(_args(), bare_spec) == "off"
+    assert adapt_mode(_args(adapt=True), probe_spec) == "on" and adapt_mode(_args(no_adapt=True), probe_spec) == "off"
     for bad in ({"answer": True, "detector": "d"}, {"answer": True, "adapt": True}):
         with pytest.raises(UsageError):
             detector_folder(_args(**bad))

@@ -337,9 +337,20 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--adapt",
-        action="store_true",
+        action="store_const",
+        const="on",
+        default=None,
         help="label-free adaptation: the probe detector's centre and threshold re-estimated from the functions "
-        f"being scored (no label is read; refused below {MIN_ADAPT} functions, warned below {WARN_ADAPT})",
+        f"being scored (no label is read; refused below {MIN_ADAPT} functions, warned below {WARN_ADAPT}). "
+        f"Default with a probe detector (the shipped one): adapt from {WARN_ADAPT} distinct functions on",
+    )
+    g.add_argument(
+        "--no-adapt",
+        dest="adapt",
+        action="store_const",
+        const="off",
+        help="never adapt: every function scored by the detector as fitted (the score of a function then does not "
+        "depend on the others scanned)",
     )
     add_steering_args(g)
     add_config_args(p, ["model"])
@@ -367,7 +378,7 @@ def detector_folder(args: argparse.Namespace) -> Any:
     if args.detector is not None:
         return Path(args.detector)
     if args.answer or args.vector is not None or given(args, "model.name"):
-        if args.adapt:
+        if args.adapt == "on":
             raise UsageError("--adapt re-estimates a probe detector's centre: use it with the shipped detector or "
                              "--detector (not with --answer, --vector or another --model)")  # fmt: skip
         return None
@@ -377,6 +388,17 @@ def detector_folder(args: argparse.Namespace) -> Any:
             "bare model's answer, or --detector DIR"
         )
     return SHIPPED_DETECTOR
+
+
+def adapt_mode(args: argparse.Namespace, spec: Any) -> str:
+    """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` with a probe detector (adapted
+    from :data:`~vulnsteer.config.defaults.WARN_ADAPT` distinct functions: on the leave-one-dataset-out folds the
+    adapted threshold transferred better) and ``off`` with any other scorer."""
+    from ..detection.probe_detector import is_probe_detector
+
+    if args.adapt is not None:
+        return str(args.adapt)
+    return "auto" if spec.detector is not None and is_probe_detector(spec.detector) else "off"
 
 
 def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:

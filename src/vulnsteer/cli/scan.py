@@ -17,6 +17,7 @@ from typing import Any
 from ..config.vocabulary import OUTPUT_FORMATS
 from .options import (
     UsageError,
+    adapt_mode,
     add_config_args,
     add_scorer_args,
     check_steering_options,
@@ -203,6 +204,7 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
     others)."""
     from ..scan import FileFilter, ScanOptions
 
+    adapt = adapt_mode(args, spec)
     return ScanOptions(
         files=FileFilter(
             include=tuple(args.include),
@@ -213,18 +215,19 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         ),
         keep_comments=config_from_args(args).data.keep_comments,
         max_file_bytes=args.max_file_bytes,
-        min_score=args.min_score if args.min_score is not None else default_min_score(spec, args.adapt),
+        min_score=args.min_score if args.min_score is not None else default_min_score(spec, adapt == "on"),
+        adapted_min_score=default_min_score(spec, True) if adapt == "auto" and args.min_score is None else None,
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
         aggregation=spec.resolved_aggregation,
-        adapt=args.adapt,
+        adapt=adapt,
         **more,
     )
 
 
 def default_min_score(spec: Any, adapt: bool) -> float:
     """Where findings start without ``--min-score``: a probe detector's threshold as a probability (its adapted
-    one with ``--adapt``), else 0.5."""
+    one when the scan adapts), else 0.5."""
     from ..detection.probe_detector import ProbeDetector, is_probe_detector
 
     if spec.detector is None or not is_probe_detector(spec.detector):
@@ -273,6 +276,9 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
         say(f"model: {provenance['model']}, {provenance['dtype']} ({provenance['dtype_choice']})")
     if "score" in provenance:
         say(f"score: {provenance['score']}")
+    if "adapted_to" in provenance:
+        say(f"adapted: the probe's centre re-estimated from the {provenance['adapted_to']} distinct functions scanned "
+            "(label-free; --no-adapt scores each function as the detector was fitted)")  # fmt: skip
     print(stats.summary_line(), file=sys.stderr)
     for line in report.failures():
         say(f"fails: {line}")

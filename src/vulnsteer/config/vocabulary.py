@@ -42,6 +42,9 @@ MODES: tuple[str, ...] = ("logit", "generation")
 POOLINGS: tuple[str, ...] = ("last", "code_mean", "code_max")
 #: The poolings over the code's tokens only: under causal attention they need no token after the code.
 CODE_POOLINGS: tuple[str, ...] = ("code_mean", "code_max")
+#: When a scan adapts a probe detector to the functions it scores (label-free): always, never, or from
+#: :data:`~vulnsteer.config.defaults.WARN_ADAPT` distinct functions.
+ADAPT_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: The token positions a steering hook edits.
 POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")
 #: How a steering strength is scaled: as written, x the layer's mean hidden-state norm, x the spread along the vector.

@@ -14,6 +14,7 @@ scored once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..config.defaults import DEFAULT_AGGREGATION, WARN_ADAPT
+from ..config.vocabulary import ADAPT_MODES
 from ..cwe import normalize_cwe
 from ..data.functions import CodeUnit, FunctionSplitter, tree_sitter_available
 from ..data.region import Region
@@ -80,8 +82,10 @@ class ScanOptions:
 
     >>> ScanOptions(min_score=0.7, cwes=("89", "cwe-078")).cwes
     ('CWE-89', 'CWE-78')
-    >>> ScanOptions(min_score=0.7).fail_on  # (the scan fails from --min-score unless set)
+    >>> ScanOptions(min_score=0.7).fail_threshold  # (the scan fails from --min-score unless set)
     0.7
+    >>> ScanOptions(min_score=0.5, adapt="auto", adapted_min_score=0.6).settled(80).min_score  # adapted from 50
+    0.6
 
     Attributes:
         files: which files (globs, default excludes, ``.gitignore``).
@@ -99,8 +103,12 @@ class ScanOptions:
         score_unknown: score a file of no known language whole, as plain source code (else it is skipped).
         aggregation: how a file's functions add up to the file's score (file records, ``detect``): one of
             :data:`~vulnsteer.config.vocabulary.AGGREGATIONS`, the scorer's own for a long function's windows.
-        adapt: re-read every function's score by the scorer's probe detector adapted to all the functions scanned
-            (its centre from their unlabelled scores; see :meth:`~vulnsteer.scan.model_scorer.ModelScorer.adapt`).
+        adapt: ``on``: re-read every function's score by the scorer's probe detector adapted to all the functions
+            scanned (its centre from their unlabelled scores; see
+            :meth:`~vulnsteer.scan.model_scorer.ModelScorer.adapt`); ``off``: never; ``auto``: on from
+            :data:`~vulnsteer.config.defaults.WARN_ADAPT` distinct functions, off below (:meth:`settled`).
+        adapted_min_score: ``min_score`` in effect when ``auto`` adapts (None: ``min_score``): a probe detector's
+            adapted threshold.
     """
 
     files: FileFilter = field(default_factory=FileFilter)
@@ -115,14 +123,15 @@ class ScanOptions:
     language: str | None = None
     score_unknown: bool = False
     aggregation: str = DEFAULT_AGGREGATION
-    adapt: bool = False
+    adapt: str = "off"
+    adapted_min_score: float | None = None
 
     def __post_init__(self) -> None:
-        if self.fail_on is None:
-            object.__setattr__(self, "fail_on", self.min_score)
-        for name in ("min_score", "fail_on"):
+        if self.adapt not in ADAPT_MODES:
+            raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        for name in ("min_score", "fail_on", "adapted_min_score"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {value}")
         threshold = self.fail_threshold
         if threshold < self.min_score:
@@ -135,6 +144,19 @@ class ScanOptions:
         object.__setattr__(self, "cwes", tuple(normalize_cwe(c) for c in self.cwes))
         check_aggregation(self.aggregation, "--aggregation")
         object.__setattr__(self, "baseline", frozenset(self.baseline))
+
+    def settled(self, functions: int) -> ScanOptions:
+        """These options once the number of distinct *functions* to score is known: ``auto`` adaptation turns
+        ``on`` from :data:`~vulnsteer.config.defaults.WARN_ADAPT` functions (``adapted_min_score`` then the
+        ``min_score``) and ``off`` below; ``on`` and ``off`` stay."""
+        if self.adapt != "auto":
+            return self
+        if functions < WARN_ADAPT:
+            return dataclasses.replace(self, adapt="off")
+        adapted = self.min_score if self.adapted_min_score is None else self.adapted_min_score
+        if self.fail_on is not None:  # a function that fails the scan is still reported
+            adapted = min(adapted, self.fail_on)
+        return dataclasses.replace(self, adapt="on", min_score=adapted)
 
     @property
     def fail_threshold(self) -> float:
@@ -541,7 +563,7 @@ def score_functions(
     """The results of *pending* functions, in order: each function's code scored once (the cache first), each
     result counted in *stats* (a finding unless below ``min_score``, filtered out by CWE or suppressed)."""
     scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
-    if options.adapt:
+    if options.adapt == "on":
         scores = _adapted(scorer, scores, stats)
     return [_result(item, scores[item.code_hash], item.code_hash in hits, options, stats) for item in pending]
 
@@ -670,9 +692,11 @@ def scan(
             "tree-sitter is not installed: every file was scored whole, not function by function "
             "(pip install 'vulnsteer[scan]')"
         )
+    options = options.settled(len({item.code_hash for item in pending}))
+    stats.min_score = options.min_score
     results = score_functions(pending, scorer, cache_dir, options, stats, progress)
     provenance = dict(scorer.provenance)
-    if options.adapt:
+    if options.adapt == "on":
         provenance["adapted_to"] = len({item.code_hash for item in pending})
     stats.functions = len(results)
     stats.cached = sum(r.cached for r in results)
