@@ -48,6 +48,7 @@ layers = [[1], [2]]
 strengths = {{ relative = [0.5, 2.0] }}
 [conditional]
 strengths = {{ sigma = [2.0, 4.0] }}
+gates = ["sign"]   # the default when the fixture was made (linear since)
 [baselines]
 templates = ["strict"]
 [detection]
