@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,22 @@ def test_appending_after_a_long_torn_line(tmp_path: Path) -> None:
     append_jsonl(path, {"c": 3})
     assert read_jsonl(path) == [{"a": 1}, {"c": 3}]
     assert path.stat().st_size < 100
+
+
+def test_a_target_that_is_no_regular_file_is_written_in_place(tmp_path: Path) -> None:
+    """``-o /dev/null`` or a named pipe: written directly, never replaced by a renamed file (as root a rename would
+    turn /dev/null into a regular file)."""
+    import stat
+    import threading
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_text(encoding="utf-8")), daemon=True)
+    reader.start()
+    with atomic_open(pipe) as handle:
+        handle.write("findings\n")
+    reader.join(timeout=10)
+    assert got == ["findings\n"]
+    assert stat.S_ISFIFO(pipe.stat().st_mode), "the pipe is still a pipe"
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"], "no temporary file left"

@@ -125,10 +125,15 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
     """Open a temporary file beside *path*; on success fsync and rename it over *path*.
 
     On an exception the temporary file is removed and *path* is left untouched; an ``OSError`` (a full disk)
-    names *path*.
+    names *path*. A *path* that exists and is not a regular file (``/dev/null``, ``/dev/stdout``, a named pipe) is
+    written directly: renaming over it would replace the device with a file.
     """
     target = Path(path)
     with naming_the_file(target):
+        if target.exists() and not target.is_file() and not target.is_dir():
+            with open(target, mode, encoding=None if "b" in mode else encoding) as stream:
+                yield stream
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
