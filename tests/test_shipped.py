@@ -14,7 +14,6 @@ import pytest
 import torch
 from tests.test_transfer import _config
 
-from vulnsteer.config.defaults import WARN_ADAPT
 from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
 from vulnsteer.experiment.transfer import TransferResults, run_transfer
@@ -170,23 +169,25 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
 
 
 @needs_grammars
-def test_auto_adaptation_starts_at_warn_adapt_distinct_functions(
+def test_auto_adaptation_starts_at_the_detectors_minimum(
     shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path
 ) -> None:
-    """``adapt="auto"`` (the CLI's default with a probe detector) scores below WARN_ADAPT distinct functions as
-    fitted, and from it exactly as ``adapt="on"``, its findings from the adapted threshold."""
+    """``adapt="auto"`` (the CLI's default with a probe detector) scores below the detector's ``min_adapt``
+    distinct functions as fitted, and from it exactly as ``adapt="on"``, its findings from the adapted
+    threshold."""
     folder = shipped[1]
     scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
-    auto = ScanOptions(min_score=0.2, adapt="auto", adapted_min_score=0.3)
-    small = _tree(tmp_path / "small", WARN_ADAPT - 1)
+    least = ProbeDetector.load(folder).min_adapt
+    auto = ScanOptions(min_score=0.2, adapt="auto", adapted_min_score=0.3, adapt_from=least)
+    small = _tree(tmp_path / "small", least - 1)
     kept = scan([small], scorer, auto, progress=False)
     as_fitted = scan([small], scorer, ScanOptions(min_score=0.2), progress=False)
     assert "adapted_to" not in kept.provenance and kept.options.adapt == "off" and kept.options.min_score == 0.2
     assert [r.score.score for r in kept.results] == [r.score.score for r in as_fitted.results]
-    large = _tree(tmp_path / "large", WARN_ADAPT)
+    large = _tree(tmp_path / "large", least)
     adapted = scan([large], scorer, auto, progress=False)
     on = scan([large], scorer, ScanOptions(min_score=0.3, adapt="on"), progress=False)
-    assert adapted.provenance["adapted_to"] == WARN_ADAPT and adapted.options.min_score == 0.3
+    assert adapted.provenance["adapted_to"] == least and adapted.options.min_score == 0.3
     assert [r.score.score for r in adapted.results] == [r.score.score for r in on.results]
     assert [r.finding for r in adapted.results] == [r.finding for r in on.results]
     assert adapted.stats.min_score == 0.3
@@ -206,7 +207,7 @@ def _args(**given: object) -> argparse.Namespace:
 def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model(
     shipped: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vulnsteer.cli.options import UsageError, adapt_mode, detector_folder
+    from vulnsteer.cli.options import UsageError, adapt_from, adapt_mode, detector_folder
     from vulnsteer.detection import probe_detector
 
     monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", shipped[1])
@@ -218,6 +219,7 @@ def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model
     probe_spec, bare_spec = ScorerSpec(detector=shipped[1]), ScorerSpec()
     assert adapt_mode(_args(), probe_spec) == "auto" and adapt_mode(_args(), bare_spec) == "off"
     assert adapt_mode(_args(adapt=True), probe_spec) == "on" and adapt_mode(_args(no_adapt=True), probe_spec) == "off"
+    assert adapt_from(probe_spec) == ProbeDetector.load(shipped[1]).min_adapt
     for bad in ({"answer": True, "detector": "d"}, {"answer": True, "adapt": True}):
         with pytest.raises(UsageError):
             detector_folder(_args(**bad))

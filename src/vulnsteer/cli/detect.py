@@ -18,6 +18,7 @@ from typing import Any
 from ..config.vocabulary import MODES
 from .options import (
     UsageError,
+    adapt_from,
     adapt_mode,
     add_scorer_args,
     check_steering_options,
@@ -73,7 +74,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     keep_comments = config_from_args(args).data.keep_comments
     options = ScanOptions(keep_comments=keep_comments, max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0,
                           language=language, score_unknown=True, aggregation=spec.resolved_aggregation,
-                          adapt=adapt_mode(args, spec))  # fmt: skip
+                          adapt=adapt_mode(args, spec), adapt_from=adapt_from(spec))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)

@@ -17,6 +17,7 @@ from typing import Any
 from ..config.vocabulary import OUTPUT_FORMATS
 from .options import (
     UsageError,
+    adapt_from,
     adapt_mode,
     add_config_args,
     add_scorer_args,
@@ -221,6 +222,7 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         allow_unscanned=args.allow_unscanned,
         aggregation=spec.resolved_aggregation,
         adapt=adapt,
+        adapt_from=adapt_from(spec),
         **more,
     )
 

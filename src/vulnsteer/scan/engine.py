@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..config.defaults import DEFAULT_AGGREGATION, WARN_ADAPT
+from ..config.defaults import DEFAULT_AGGREGATION, MIN_ADAPT, WARN_ADAPT
 from ..config.vocabulary import ADAPT_MODES
 from ..cwe import normalize_cwe
 from ..data.functions import CodeUnit, FunctionSplitter, tree_sitter_available
@@ -84,8 +84,10 @@ class ScanOptions:
     ('CWE-89', 'CWE-78')
     >>> ScanOptions(min_score=0.7).fail_threshold  # (the scan fails from --min-score unless set)
     0.7
-    >>> ScanOptions(min_score=0.5, adapt="auto", adapted_min_score=0.6).settled(80).min_score  # adapted from 50
+    >>> ScanOptions(min_score=0.5, adapt="auto", adapted_min_score=0.6).settled(20).min_score  # adapted from 20
     0.6
+    >>> ScanOptions(min_score=0.5, adapt="auto", adapted_min_score=0.6).settled(19).adapt
+    'off'
 
     Attributes:
         files: which files (globs, default excludes, ``.gitignore``).
@@ -106,7 +108,9 @@ class ScanOptions:
         adapt: ``on``: re-read every function's score by the scorer's probe detector adapted to all the functions
             scanned (its centre from their unlabelled scores; see
             :meth:`~vulnsteer.scan.model_scorer.ModelScorer.adapt`); ``off``: never; ``auto``: on from
-            :data:`~vulnsteer.config.defaults.WARN_ADAPT` distinct functions, off below (:meth:`settled`).
+            ``adapt_from`` distinct functions, off below (:meth:`settled`).
+        adapt_from: where ``auto`` starts adapting: a probe detector's minimum (``min_adapt``: below it the
+            detector refuses to adapt).
         adapted_min_score: ``min_score`` in effect when ``auto`` adapts (None: ``min_score``): a probe detector's
             adapted threshold.
     """
@@ -125,6 +129,7 @@ class ScanOptions:
     aggregation: str = DEFAULT_AGGREGATION
     adapt: str = "off"
     adapted_min_score: float | None = None
+    adapt_from: int = MIN_ADAPT
 
     def __post_init__(self) -> None:
         if self.adapt not in ADAPT_MODES:
@@ -147,11 +152,11 @@ class ScanOptions:
 
     def settled(self, functions: int) -> ScanOptions:
         """These options once the number of distinct *functions* to score is known: ``auto`` adaptation turns
-        ``on`` from :data:`~vulnsteer.config.defaults.WARN_ADAPT` functions (``adapted_min_score`` then the
+        ``on`` from ``adapt_from`` functions (``adapted_min_score`` then the
         ``min_score``) and ``off`` below; ``on`` and ``off`` stay."""
         if self.adapt != "auto":
             return self
-        if functions < WARN_ADAPT:
+        if functions < self.adapt_from:
             return dataclasses.replace(self, adapt="off")
         adapted = self.min_score if self.adapted_min_score is None else self.adapted_min_score
         if self.fail_on is not None:  # a function that fails the scan is still reported
@@ -715,7 +720,7 @@ def _adapted(scorer: Scorer, scores: Mapping[str, FunctionScore], stats: ScanSta
     adapted, n = adapt([scores[k] for k in keys])
     if n < WARN_ADAPT:
         stats.warnings.append(
-            f"--adapt: the centre comes from {n} functions (fewer than {WARN_ADAPT}): the share it flags may still "
+            f"adaptation: the centre comes from {n} functions (fewer than {WARN_ADAPT}): the share it flags may still "
             "be off by about 10 points"
         )
     return dict(zip(keys, adapted, strict=True))
