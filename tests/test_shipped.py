@@ -14,6 +14,7 @@ import pytest
 import torch
 from tests.test_transfer import _config
 
+from vulnsteer.config.defaults import MIN_ADAPT
 from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
 from vulnsteer.experiment.transfer import TransferResults, run_transfer
@@ -208,6 +209,7 @@ def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model
     shipped: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from vulnsteer.cli.options import UsageError, adapt_from, adapt_mode, detector_folder
+    from vulnsteer.cli.options import probe_detector as detector_of
     from vulnsteer.detection import probe_detector
 
     monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", shipped[1])
@@ -216,10 +218,11 @@ def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model
     assert detector_folder(_args(answer=True)) is None  # the bare model's answer
     assert detector_folder(_args(model="some/other-model")) is None  # the shipped one is for the embedded model
     assert detector_folder(_args(detector="d")) == Path("d")
-    probe_spec, bare_spec = ScorerSpec(detector=shipped[1]), ScorerSpec()
-    assert adapt_mode(_args(), probe_spec) == "auto" and adapt_mode(_args(), bare_spec) == "off"
-    assert adapt_mode(_args(adapt=True), probe_spec) == "on" and adapt_mode(_args(no_adapt=True), probe_spec) == "off"
-    assert adapt_from(probe_spec) == ProbeDetector.load(shipped[1]).min_adapt
+    probe = detector_of(ScorerSpec(detector=shipped[1]))
+    assert probe is not None and detector_of(ScorerSpec()) is None
+    assert adapt_mode(_args(), probe) == "auto" and adapt_mode(_args(), None) == "off"
+    assert adapt_mode(_args(adapt=True), probe) == "on" and adapt_mode(_args(no_adapt=True), probe) == "off"
+    assert adapt_from(probe) == ProbeDetector.load(shipped[1]).min_adapt and adapt_from(None) == MIN_ADAPT
     for bad in ({"answer": True, "detector": "d"}, {"answer": True, "adapt": True}):
         with pytest.raises(UsageError):
             detector_folder(_args(**bad))

@@ -24,6 +24,7 @@ from .options import (
     check_steering_options,
     config_from_args,
     given,
+    probe_detector,
     scorer_spec,
 )
 
@@ -72,9 +73,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..scan.sources import file_scores
 
     keep_comments = config_from_args(args).data.keep_comments
+    detector = probe_detector(spec)
     options = ScanOptions(keep_comments=keep_comments, max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0,
                           language=language, score_unknown=True, aggregation=spec.resolved_aggregation,
-                          adapt=adapt_mode(args, spec), adapt_from=adapt_from(spec))  # fmt: skip
+                          adapt=adapt_mode(args, detector), adapt_from=adapt_from(detector))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)

@@ -391,25 +391,29 @@ def detector_folder(args: argparse.Namespace) -> Any:
     return SHIPPED_DETECTOR
 
 
-def adapt_mode(args: argparse.Namespace, spec: Any) -> str:
-    """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` with a probe detector (adapted from
-    its ``min_adapt`` distinct functions: on the leave-one-dataset-out folds the adapted threshold transferred
-    better, and 20 functions already place the centre within about a quarter of the scores' spread) and ``off``
-    with any other scorer."""
-    from ..detection.probe_detector import is_probe_detector
-
-    if args.adapt is not None:
-        return str(args.adapt)
-    return "auto" if spec.detector is not None and is_probe_detector(spec.detector) else "off"
-
-
-def adapt_from(spec: Any) -> int:
-    """Where ``auto`` adaptation starts: the probe detector's ``min_adapt`` (else the default minimum)."""
+def probe_detector(spec: Any) -> Any:
+    """The probe detector *spec* scores by (:class:`~vulnsteer.detection.probe_detector.ProbeDetector`, loaded
+    once for every setting read from it), or None for any other scorer."""
     from ..detection.probe_detector import ProbeDetector, is_probe_detector
 
     if spec.detector is None or not is_probe_detector(spec.detector):
-        return MIN_ADAPT
-    return int(ProbeDetector.load(spec.detector).min_adapt)
+        return None
+    return ProbeDetector.load(spec.detector)
+
+
+def adapt_mode(args: argparse.Namespace, detector: Any) -> str:
+    """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` with a probe *detector* (adapted
+    from its ``min_adapt`` distinct functions: on the leave-one-dataset-out folds the adapted threshold transferred
+    better, and 20 functions already place the centre within about a quarter of the scores' spread) and ``off``
+    with any other scorer (*detector* None)."""
+    if args.adapt is not None:
+        return str(args.adapt)
+    return "off" if detector is None else "auto"
+
+
+def adapt_from(detector: Any) -> int:
+    """Where ``auto`` adaptation starts: the probe *detector*'s ``min_adapt`` (else the default minimum)."""
+    return MIN_ADAPT if detector is None else int(detector.min_adapt)
 
 
 def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:

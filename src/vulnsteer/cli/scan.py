@@ -25,6 +25,7 @@ from .options import (
     config_from_args,
     given,
     positive_int,
+    probe_detector,
     scorer_spec,
 )
 
@@ -205,7 +206,8 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
     others)."""
     from ..scan import FileFilter, ScanOptions
 
-    adapt = adapt_mode(args, spec)
+    detector = probe_detector(spec)
+    adapt = adapt_mode(args, detector)
     return ScanOptions(
         files=FileFilter(
             include=tuple(args.include),
@@ -216,25 +218,21 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         ),
         keep_comments=config_from_args(args).data.keep_comments,
         max_file_bytes=args.max_file_bytes,
-        min_score=args.min_score if args.min_score is not None else default_min_score(spec, adapt == "on"),
-        adapted_min_score=default_min_score(spec, True) if adapt == "auto" and args.min_score is None else None,
+        min_score=args.min_score if args.min_score is not None else default_min_score(detector, adapt == "on"),
+        adapted_min_score=default_min_score(detector, True) if adapt == "auto" and args.min_score is None else None,
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
         aggregation=spec.resolved_aggregation,
         adapt=adapt,
-        adapt_from=adapt_from(spec),
+        adapt_from=adapt_from(detector),
         **more,
     )
 
 
-def default_min_score(spec: Any, adapt: bool) -> float:
-    """Where findings start without ``--min-score``: a probe detector's threshold as a probability (its adapted
+def default_min_score(detector: Any, adapt: bool) -> float:
+    """Where findings start without ``--min-score``: a probe *detector*'s threshold as a probability (its adapted
     one when the scan adapts), else 0.5."""
-    from ..detection.probe_detector import ProbeDetector, is_probe_detector
-
-    if spec.detector is None or not is_probe_detector(spec.detector):
-        return 0.5
-    return ProbeDetector.load(spec.detector).threshold_probability(adapted=adapt)
+    return 0.5 if detector is None else float(detector.threshold_probability(adapted=adapt))
 
 
 def cache_dir_of(args: argparse.Namespace) -> Path | None:

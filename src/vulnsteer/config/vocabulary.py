@@ -42,8 +42,8 @@ MODES: tuple[str, ...] = ("logit", "generation")
 POOLINGS: tuple[str, ...] = ("last", "code_mean", "code_max")
 #: The poolings over the code's tokens only: under causal attention they need no token after the code.
 CODE_POOLINGS: tuple[str, ...] = ("code_mean", "code_max")
-#: When a scan adapts a probe detector to the functions it scores (label-free): always, never, or from
-#: :data:`~vulnsteer.config.defaults.WARN_ADAPT` distinct functions.
+#: When a scan adapts a probe detector to the functions it scores (label-free): from the detector's minimum
+#: (``min_adapt``) of distinct functions, always, or never.
 ADAPT_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: The token positions a steering hook edits.
 POSITIONS: tuple[str, ...] = ("last", "answer", "prompt", "generated", "all")

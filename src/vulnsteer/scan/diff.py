@@ -43,6 +43,7 @@ from .engine import (
     read_file,
     read_functions,
     score_functions,
+    settle,
 )
 from .files import SourceCandidate, WalkStats, language_of, printable, walk
 from .scorer import Scorer
@@ -408,8 +409,7 @@ def diff(
         matched += match_functions(before, after, _identify)
     todo = [c for c in matched if c.kind != "unchanged"]
     pending = [f for c in todo for f in (c.before, c.after) if f is not None]
-    options = options.settled(len({f.code_hash for f in pending}))
-    stats.min_score = options.min_score
+    options = settle(options, pending, stats)
     results = iter(score_functions(pending, scorer, cache_dir, options, stats, progress))
     changes = [
         FunctionChange(

@@ -557,6 +557,14 @@ def _language_from_head(path: Path) -> str | None:
     return language_of(path, head.decode("utf-8", "replace"))
 
 
+def settle(options: ScanOptions, pending: Sequence[PendingFunction], stats: ScanStats) -> ScanOptions:
+    """*options* settled for the distinct functions of *pending* (:meth:`ScanOptions.settled`), their
+    ``min_score`` recorded in *stats*: what a scan and a diff do once they have read their functions."""
+    settled = options.settled(len({item.code_hash for item in pending}))
+    stats.min_score = settled.min_score
+    return settled
+
+
 def score_functions(
     pending: Sequence[PendingFunction],
     scorer: Scorer,
@@ -697,8 +705,7 @@ def scan(
             "tree-sitter is not installed: every file was scored whole, not function by function "
             "(pip install 'vulnsteer[scan]')"
         )
-    options = options.settled(len({item.code_hash for item in pending}))
-    stats.min_score = options.min_score
+    options = settle(options, pending, stats)
     results = score_functions(pending, scorer, cache_dir, options, stats, progress)
     provenance = dict(scorer.provenance)
     if options.adapt == "on":
