@@ -242,7 +242,7 @@ def compare_paths(args: argparse.Namespace) -> int:
         auroc, ref_auroc = _auroc(labels, scores), _auroc(labels, reference[kind])
         print(f"| {label} | {len(samples) / seconds:.2f} | {tokens / seconds:.0f} | {base / seconds:.2f} | "
               f"{rho:.4f} | {auroc:.3f} | {auroc - ref_auroc:+.3f} |")  # fmt: skip
-        if kind == "probe" and abs(auroc - _auroc(labels, reference["probe"])) <= 0.01:
+        if kind == "probe" and abs(auroc - ref_auroc) <= 0.01:
             kept.append((seconds, label))
     fastest_seconds, fastest = min(kept)
     print(f"fastest path within 0.01 AUROC of the fp32 probe: {fastest}, {base / fastest_seconds:.2f}x the full "
