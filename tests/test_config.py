@@ -93,6 +93,9 @@ def test_unknown_keys_are_rejected_with_name_and_file(tmp_path: Path) -> None:
         ("[detection]\nbatch_size = 0", r"detection\.batch_size: must be at least 1"),
         ("[detection]\nselect_generation_by = 'coin'", "coin"),
         ("[run]\ncache = 'yes'", "true or false"),
+        ("[transfer]\ntokens = [-1.0]", r"transfer\.tokens: must not be negative"),
+        ("[transfer]\ntokens = [0.0, 1.0]", r"transfer\.steered = false"),
+        ("[conditional]\ndesigns = [{layers = [2], tokens = 1.0}]", r"conditional\.designs\[0\].*tokens must be 0"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, match: str) -> None:

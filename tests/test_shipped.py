@@ -245,3 +245,34 @@ def test_detector_show_prints_the_leave_one_out_table_and_the_length_control(
     for name in detector.info["leave_one_dataset_out"]:
         assert f"    {name} " in out
     assert f"{detector.threshold_probability():.3f}" in out
+
+
+@needs_grammars
+def test_a_detector_with_the_codes_tokens_scores_them_in_scan(
+    tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel, tmp_path: Path
+) -> None:
+    """A run whose every design adds a bag-of-tokens term ships one; its scan scores are the states' part plus the
+    term on each function's text (the same single scoring path as the probe alone)."""
+    tmp = tmp_path_factory.mktemp("tokens")
+    run = run_transfer(_config(tmp, steered=False, tokens=[1.0]), tmp / "run", lm=tiny_lm, progress=False)
+    fit_default(run, tmp / "detector", lm=tiny_lm, progress=False)
+    detector = ProbeDetector.load(tmp / "detector", tiny_lm)
+    lexical = detector.probe.lexical
+    assert detector.probe.key.endswith("|tokens=1") and lexical is not None and lexical.vocabulary
+    tree = _tree(tmp_path / "src", 6)
+    states_design = dataclasses.replace(detector.probe.design, tokens=0.0)
+    states_only = dataclasses.replace(detector.probe, design=states_design, lexical=None)
+    plain_folder = ProbeDetector(states_only, detector.model, detector.template, detector.min_adapt).save(
+        tmp / "states-only"
+    )
+    scores = {}
+    for folder in (tmp / "detector", plain_folder):
+        scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
+        found = scan([tree], scorer, ScanOptions(min_score=0.0, adapt="off"), progress=False)
+        scores[folder.name] = {r.name: r.score.probe for r in found.results}
+    texts = {f"f{i}": (tree / f"m{i}.py").read_text(encoding="utf-8") for i in range(6)}
+    assert set(scores["detector"]) == set(scores["states-only"]) == set(texts)
+    term = dict(zip(texts, lexical.scores(list(texts.values())), strict=True))
+    for name in texts:  # each function's score: the states' part plus the term on its own text
+        assert scores["detector"][name] == pytest.approx(scores["states-only"][name] + term[name], abs=1e-4)
+    assert len({round(float(v), 6) for v in term.values()}) > 1  # the term tells the functions apart

@@ -113,6 +113,11 @@ def show_probe_detector(folder: Path) -> int:
     )
     reads = ", ".join(f"layer {layer} ({pooling})" for layer, pooling in probe.reads)
     print(f"  probe: {probe.key} at {reads}")
+    if probe.lexical is not None:
+        lex = probe.lexical.summary()
+        print(f"  plus a bag-of-tokens term: {lex['terms']} code-token uni- and bigrams (TF-IDF, logistic), weighted "
+              f"{probe.design.tokens:g}x the states' val spread; most vulnerable: "
+              f"{', '.join(lex['most_vulnerable'][:5])}; most secure: {', '.join(lex['most_secure'][:5])}")  # fmt: skip
     at = float(probe.probabilities(torch.tensor([probe.threshold]))[0])
     print(f"  score: P(vulnerable), Platt-calibrated on out-of-dataset scores; flagged above {at:.3f}")
     m = detector.model

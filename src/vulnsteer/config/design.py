@@ -31,12 +31,16 @@ class ProbeDesign:
     over every read state side by side) or ``ensemble`` (one probe per layer, each standardised on its training
     scores, averaged), pair-difference training (``pairs``), how the code's length is handled (``none``,
     ``covariate``: a covariate in fitting, dropped when scoring, ``residual``: every feature residualised on the log
-    code-token count) and whether each training dataset is standardised on its own (``per_dataset``).
+    code-token count), whether each training dataset is standardised on its own (``per_dataset``) and the weight of
+    a bag-of-tokens term (``tokens``: a logistic regression on TF-IDF of the code's tokens, :mod:`vulnsteer.stats.
+    lexical`, added to the probe's score at *tokens* times the ratio of their val spreads; 0: none).
 
     >>> ProbeDesign((10, 14), ("code_mean", "code_max"), C=0.01, combine="ensemble", length="covariate").key
     'logistic@code_mean+code_max@L10,14|C=0.01|ensemble|length=covariate'
     >>> ProbeDesign((10, 14), ("code_mean",)).reads
     ((10, 'code_mean'), (14, 'code_mean'))
+    >>> ProbeDesign((18,), ("code_mean",), tokens=1).key
+    'logistic@code_mean@L18|tokens=1'
     """
 
     layers: tuple[int, ...] = (15,)
@@ -47,6 +51,7 @@ class ProbeDesign:
     pairs: bool = False
     length: str = "none"
     per_dataset: bool = False
+    tokens: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
@@ -67,6 +72,9 @@ class ProbeDesign:
                     raise ValueError(f"unknown {name} {v!r}; choose from {', '.join(allowed)}")
         if not (math.isfinite(self.C) and self.C > 0):
             raise ValueError(f"a probe's C must be a positive number, got {self.C!r}")
+        if not (math.isfinite(self.tokens) and self.tokens >= 0):
+            raise ValueError(f"a probe's tokens weight must be 0 or a positive number, got {self.tokens!r}")
+        object.__setattr__(self, "tokens", float(self.tokens))
         if len(self.layers) == 1 and self.combine == "ensemble":  # one layer: the ensemble is the probe itself
             object.__setattr__(self, "combine", "concat")
 
@@ -79,6 +87,11 @@ class ProbeDesign:
     def deepest(self) -> int:
         """The deepest layer read: a gate with this probe steers only at or after it."""
         return max(self.layers)
+
+    @property
+    def reads_code(self) -> bool:
+        """Whether scores need the code's text (a bag-of-tokens term)."""
+        return self.tokens > 0
 
     @property
     def key(self) -> str:
@@ -96,6 +109,8 @@ class ProbeDesign:
             extra.append(f"length={self.length}")
         if self.per_dataset:
             extra.append("per_dataset")
+        if self.tokens:
+            extra.append(f"tokens={self.tokens:g}")
         return "|".join([base, *extra])
 
     def to_json(self) -> dict[str, Any]:

@@ -29,11 +29,13 @@ from .values import (
     cwe_list,
     each_of,
     fractions,
+    gate_designs,
     integer,
     layer_sets,
     merge_list,
     model_name,
     non_negative,
+    non_negative_numbers,
     one_of,
     optional_one_of,
     optional_str,
@@ -386,8 +388,9 @@ class ConditionalSection:
     )
     designs: tuple[ProbeDesign, ...] = _key(
         (),
-        probe_designs,
-        "gating probe designs as tables (layers, poolings, kind, C, combine, pairs, length, per_dataset; every "
+        gate_designs,
+        "gating probe designs as tables (layers, poolings, kind, C, combine, pairs, length, per_dataset, tokens = 0; "
+        "every "
         "layer at or below the steered layers), instead of probe x pooling x layers",
     )
     scope: str = _key(
@@ -562,6 +565,12 @@ class TransferSection:
     )
     per_dataset: tuple[bool, ...] = _key(
         (False,), switches, "standardise each training dataset on its own: off and/or on (the grid)"
+    )
+    tokens: tuple[float, ...] = _key(
+        (0.0,),
+        non_negative_numbers,
+        "weights of a bag-of-tokens term added to the probe (TF-IDF of the code's tokens, logistic, at this many "
+        "times the probe's val spread; 0: none; the grid)",
     )
     designs: tuple[ProbeDesign, ...] = _key((), probe_designs, "more probe designs as tables, beside the grid")
     select_by: str = _key(

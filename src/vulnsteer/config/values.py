@@ -31,11 +31,13 @@ __all__ = [
     "each_of",
     "fail",
     "fractions",
+    "gate_designs",
     "integer",
     "layer_sets",
     "merge_list",
     "model_name",
     "non_negative",
+    "non_negative_numbers",
     "number",
     "one_of",
     "optional_one_of",
@@ -287,12 +289,27 @@ def pooling_sets(value: Any, where: str) -> tuple[tuple[str, ...], ...]:
     return tuple(dict.fromkeys(out))
 
 
+def gate_designs(value: Any, where: str) -> tuple[ProbeDesign, ...]:
+    """:func:`probe_designs` that can gate steering: the gate reads hidden states while the model runs, so a design
+    with a bag-of-tokens term (which reads the code's text) is refused."""
+    out = probe_designs(value, where)
+    for k, design in enumerate(out):
+        if design.reads_code:
+            raise fail(f"{where}[{k}]", "a gating probe reads hidden states only: tokens must be 0")
+    return out
+
+
 def positive_numbers(value: Any, where: str) -> tuple[float, ...]:
     """A non-empty list of finite numbers > 0."""
     items = tuple(number(x, where) for x in as_list(value, where))
     if min(items) <= 0:
         raise fail(where, f"expected numbers above 0, got {value!r}")
     return tuple(dict.fromkeys(items))
+
+
+def non_negative_numbers(value: Any, where: str) -> tuple[float, ...]:
+    """A non-empty list of finite numbers >= 0."""
+    return tuple(dict.fromkeys(non_negative(x, where) for x in as_list(value, where)))
 
 
 def switches(value: Any, where: str) -> tuple[bool, ...]:

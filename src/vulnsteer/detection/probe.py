@@ -197,18 +197,21 @@ class ProbeResult:
 @dataclass(frozen=True)
 class ProbeData:
     """One dataset's part of a fit or a threshold: the design's states side by side (``[n, len(reads) * hidden]``),
-    the labels (1 = vulnerable), the code-token counts (for the length term) and the pair ids (for pair-difference
-    training). Several parts are several datasets (standardised on their own with ``per_dataset``; centred on their
-    own for the adapted threshold)."""
+    the labels (1 = vulnerable), the code-token counts (for the length term), the pair ids (for pair-difference
+    training) and the code (for a bag-of-tokens term; empty when no design reads it). Several parts are several
+    datasets (standardised on their own with ``per_dataset``; centred on their own for the adapted threshold)."""
 
     x: torch.Tensor
     y: NDArray[np.int64]
     lengths: torch.Tensor | None = None
     pairs: tuple[str | None, ...] = ()
     name: str = ""
+    codes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "y", np.asarray(self.y, dtype=np.int64).ravel())
+        if self.codes and len(self.codes) != len(self.y):
+            raise ValueError(f"probe data: {len(self.codes)} codes for {len(self.y)} labels")
         if self.x.ndim != 2 or self.x.shape[0] != len(self.y):
             raise ValueError(f"probe data: {tuple(self.x.shape)} states for {len(self.y)} labels")
         if self.lengths is not None and len(self.lengths) != len(self.y):
@@ -225,6 +228,7 @@ class ProbeData:
             None if self.lengths is None else self.lengths.index_select(0, idx),
             tuple(self.pairs[i] for i in indices) if self.pairs else (),
             self.name,
+            tuple(self.codes[i] for i in indices) if self.codes else (),
         )
 
 
@@ -248,7 +252,7 @@ def probe_data(
     x = states_matrix({(layer, p): acts.get(p, layer) for layer, p in design.reads}, design.reads)
     counts = None if lengths is None else torch.as_tensor(lengths, dtype=torch.float32)
     return ProbeData(x, np.array([s.y for s in samples], dtype=np.int64), counts, tuple(s.pair_id for s in samples),
-                     name)  # fmt: skip
+                     name, tuple(s.code for s in samples))  # fmt: skip
 
 
 def _joined(parts: Sequence[ProbeData]) -> ProbeData:
@@ -258,7 +262,8 @@ def _joined(parts: Sequence[ProbeData]) -> ProbeData:
     pairs = tuple(
         f"{k}:{pid}" if pid is not None else None for k, p in enumerate(parts) for pid in (p.pairs or (None,) * len(p))
     )
-    return ProbeData(torch.cat([p.x for p in parts]), np.concatenate([p.y for p in parts]), lengths, pairs)
+    codes = tuple(c for p in parts for c in p.codes) if all(p.codes for p in parts) else ()
+    return ProbeData(torch.cat([p.x for p in parts]), np.concatenate([p.y for p in parts]), lengths, pairs, "", codes)
 
 
 # ------------------------------------------------------------------------------------------ fitting
@@ -452,7 +457,7 @@ def rethreshold(probe: Probe, val: ProbeData | Sequence[ProbeData]) -> Probe:
     threshold 0; threshold 0 when val has one class), and its adaptation: the same chosen on the val scores of
     each part centred on their own mean. The weights are untouched."""
     parts = [val] if isinstance(val, ProbeData) else list(val)
-    scores = [probe.score_matrix(p.x, p.lengths) for p in parts]
+    scores = [probe.score_matrix(p.x, p.lengths, p.codes) for p in parts]
     y = np.concatenate([p.y for p in parts]) if parts else np.zeros(0, np.int64)
     joined = torch.cat(scores) if scores else torch.zeros(0)
     threshold, spread = _threshold_spread(joined, y)
@@ -501,9 +506,28 @@ def fit_probe(
     vals = [val] if isinstance(val, ProbeData) else list(val)
     notes = _val_notes(np.concatenate([v.y for v in vals]) if vals else np.zeros(0, np.int64))
     info = {"n_train": sum(len(p) for p in parts), "n_val": sum(len(v) for v in vals), **(meta or {})}
-    probe = Probe(design, fitted.weight, fitted.bias, 0.0, 1.0, fitted.length_weight, fitted.length_centre,
+    states_only = dataclasses.replace(design, tokens=0.0)
+    probe = Probe(states_only, fitted.weight, fitted.bias, 0.0, 1.0, fitted.length_weight, fitted.length_centre,
                   name=design.kind, meta={**info, **({"notes": notes} if notes else {})})  # fmt: skip
+    if design.reads_code:
+        probe = _with_lexical(probe, design, parts, vals)
     return rethreshold(probe, vals)
+
+
+def _with_lexical(probe: Probe, design: ProbeDesign, parts: Sequence[ProbeData], vals: Sequence[ProbeData]) -> Probe:
+    """*probe* (fitted on the states alone) with *design*'s bag-of-tokens term: fitted on the training parts' code,
+    scaled so its val spread is ``design.tokens`` times the probe's (its own on train when val is too small)."""
+    from ..stats.lexical import LexicalModel
+
+    data = _joined(parts)
+    if not data.codes:
+        raise ValueError(f"design {design.key} has a bag-of-tokens term: its training data needs the code's text")
+    lexical = LexicalModel.fit(data.codes, data.y)
+    scale = [v for v in vals if v.codes] if sum(len(v) for v in vals if v.codes) > 1 else [data]
+    probe_spread = float(torch.cat([probe.score_matrix(v.x, v.lengths) for v in scale]).std(unbiased=False))
+    lexical_spread = float(np.concatenate([lexical.scores(v.codes) for v in scale]).std())
+    factor = design.tokens * (probe_spread or 1.0) / (lexical_spread or 1.0)
+    return dataclasses.replace(probe, design=design, lexical=lexical.scaled(factor))
 
 
 def _class_name(y: int) -> str:

@@ -114,6 +114,9 @@ class ProbeDetector:
         decisive = {"probe": self.probe.header(), "template": self.template.to_dict(), "model": self.model.digest()}
         h.update(json.dumps(decisive, sort_keys=True, default=str).encode())
         h.update(self.probe.weight.numpy().tobytes())
+        if self.probe.lexical is not None:
+            h.update(json.dumps(self.probe.lexical.vocabulary).encode())
+            h.update(self.probe.lexical.weight.tobytes() + self.probe.lexical.idf.tobytes())
         return h.hexdigest()[:16]
 
     def check_model(self, lm: LoadedModel, where: str, *, allow_mismatch: bool = False) -> list[str]:
@@ -153,7 +156,7 @@ class ProbeDetector:
             desc="probe detector",
             buckets=buckets,
         )
-        return self.probe.scores_of(acts, acts.code_tokens)
+        return self.probe.scores_of(acts, acts.code_tokens, [s.code for s in samples])
 
     def threshold_probability(self, *, adapted: bool = False) -> float:
         """The threshold as a calibrated probability (a score above it is ``vulnerable``), adapted or not."""

@@ -10,8 +10,10 @@ over their concatenation, a bias, and a length term::
 
     score = concat(states at its reads) @ weight + bias - length_weight * (log(code tokens) - length_centre)
 
-higher = more vulnerable, with a threshold and a spread (of the val scores, the ``linear`` gate's scale) and a
-Platt calibration (:class:`Calibration`, to a probability) chosen on val. One type serves the gate of conditional
+plus, for a design with a bag-of-tokens term (``tokens``), the :class:`~vulnsteer.stats.lexical.LexicalModel`'s
+score of the code's text (:attr:`Probe.lexical`, scaled when fitted); higher = more vulnerable, with a threshold
+and a spread (of the val scores, the ``linear`` gate's scale) and a Platt calibration (:class:`Calibration`, to a
+probability) chosen on val. One type serves the gate of conditional
 steering (:class:`~vulnsteer.steering.gate.Gate`), the report's table of probes, the transfer protocol and saved
 detectors; a file is a safetensors file (weights) with its numbers in the header (nothing is pickled).
 
@@ -47,6 +49,7 @@ import torch
 from ..config.defaults import MIN_ADAPT
 from ..config.design import ProbeDesign, Read
 from ..io import atomic_open
+from ..stats.lexical import LexicalModel
 
 __all__ = [
     "PROBE_FORMAT",
@@ -143,6 +146,7 @@ class Probe:
         name: what fitted it: its probe kind, or ``random`` (the random-gate control).
         meta: provenance (training data, counts, notes, and for an adapted probe how many inputs it adapted to).
         centred: how many unlabelled inputs its centre was re-estimated from (0: not adapted).
+        lexical: the bag-of-tokens term added to the score (None: the design has none).
     """
 
     design: ProbeDesign
@@ -157,6 +161,7 @@ class Probe:
     name: str = "logistic"
     meta: Mapping[str, Any] = field(default_factory=dict)
     centred: int = 0
+    lexical: LexicalModel | None = None
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 1:
@@ -168,12 +173,17 @@ class Probe:
             raise ValueError(f"probe weight has {self.weight.shape[0]} entries for {len(self.design.reads)} states")
         object.__setattr__(self, "weight", self.weight.detach().to("cpu", torch.float32).clone())
         object.__setattr__(self, "spread", float(self.spread) if self.spread > 0 else 1.0)
+        if (self.lexical is not None) != self.design.reads_code:
+            raise ValueError(f"probe {self.design.key}: a bag-of-tokens term exactly when the design has tokens > 0")
 
     def __eq__(self, other: object) -> bool:
         """The same weights and the same numbers (the provenance in :attr:`meta` aside)."""
         if not isinstance(other, Probe):
             return NotImplemented
-        return self.header() == other.header() and torch.equal(self.weight, other.weight)
+        same_lexical = (self.lexical is None) == (other.lexical is None) and (
+            self.lexical is None or other.lexical is None or self.lexical.equals(other.lexical)
+        )
+        return self.header() == other.header() and torch.equal(self.weight, other.weight) and same_lexical
 
     __hash__ = object.__hash__
 
@@ -205,27 +215,50 @@ class Probe:
         """Whether scores need the code-token counts."""
         return self.length_weight != 0.0
 
-    def scores(self, states: Mapping[Read, torch.Tensor], lengths: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def reads_code(self) -> bool:
+        """Whether scores need the code's text (a bag-of-tokens term)."""
+        return self.lexical is not None
+
+    def scores(
+        self,
+        states: Mapping[Read, torch.Tensor],
+        lengths: torch.Tensor | None = None,
+        codes: Sequence[str] | None = None,
+    ) -> torch.Tensor:
         """Scores ``[n]`` (float32, CPU) of the states ``{(layer, pooling): [n, hidden]}``; *lengths* are the
-        code-token counts (needed when :attr:`reads_length`)."""
+        code-token counts (needed when :attr:`reads_length`), *codes* the code's text (when :attr:`reads_code`)."""
         missing = [r for r in self.reads if r not in states]
         if missing:
             raise KeyError(f"the probe reads layer {missing[0][0]} at {missing[0][1]}, which was not given")
         parts = [states[r].detach().to("cpu", torch.float32) for r in self.reads]
-        return self.score_matrix(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1), lengths)
+        return self.score_matrix(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1), lengths, codes)
 
-    def score_matrix(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def score_matrix(
+        self, hidden: torch.Tensor, lengths: torch.Tensor | None = None, codes: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """Scores of the read states already side by side (``[n, len(reads) * hidden]``, :attr:`reads` order)."""
         out = hidden.detach().to("cpu", torch.float32) @ self.weight + self.bias
         if self.reads_length:
             if lengths is None:
                 raise ValueError("this probe residualises on length: give the code-token counts")
             out = out - self.length_weight * (log_lengths(lengths) - self.length_centre)
+        if self.lexical is not None:
+            if codes is None or not len(codes):
+                if len(out):
+                    raise ValueError("this probe has a bag-of-tokens term: give the code's text")
+                return out
+            if len(codes) != len(out):
+                raise ValueError(f"{len(codes)} codes for {len(out)} states")
+            out = out + torch.as_tensor(self.lexical.scores(codes), dtype=torch.float32)
         return out
 
-    def scores_of(self, acts: Any, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def scores_of(
+        self, acts: Any, lengths: torch.Tensor | None = None, codes: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """Scores of an :class:`~vulnsteer.lm.activations.Activations` (every read layer and pooling recorded)."""
-        return self.scores({(layer, pooling): acts.get(pooling, layer) for layer, pooling in self.reads}, lengths)
+        states = {(layer, pooling): acts.get(pooling, layer) for layer, pooling in self.reads}
+        return self.scores(states, lengths, codes)
 
     def verdicts(self, scores: torch.Tensor) -> torch.Tensor:
         """1 (vulnerable) where a score is above the threshold, else 0: the probe alone as a detector."""
@@ -267,7 +300,8 @@ class Probe:
         gen = torch.Generator().manual_seed(seed)
         rand = torch.randn(self.weight.shape[0], generator=gen)
         weight = rand / rand.norm() * self.weight.norm()
-        return Probe(self.design, weight, 0.0, 0.0, name="random", meta={"seed": seed})
+        design = dataclasses.replace(self.design, tokens=0.0)
+        return Probe(design, weight, 0.0, 0.0, name="random", meta={"seed": seed})
 
     # ---------------------------------------------------------------------------------------------- files
 
@@ -284,6 +318,7 @@ class Probe:
             "calibration": self.calibration.to_json(),
             "adaptation": None if self.adaptation is None else self.adaptation.to_json(),
             "centred": self.centred,
+            **({} if self.lexical is None else {"lexical": self.lexical.summary()}),
         }
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -293,7 +328,11 @@ class Probe:
         # the single-state fields older readers (and `detector show`) read
         if len(self.reads) == 1:
             meta.update(layer=str(self.layers[0]), pooling=self.poolings[0])
-        return {"weight": self.weight.contiguous()}, meta
+        tensors = {"weight": self.weight.contiguous()}
+        if self.lexical is not None:
+            arrays, meta["lexical"] = self.lexical.to_arrays()
+            tensors.update({f"lexical.{k}": torch.from_numpy(v.copy()) for k, v in arrays.items()})
+        return tensors, meta
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> Probe:
@@ -321,6 +360,12 @@ class Probe:
             str(doc.get("name", "logistic")),
             extra,
             int(doc.get("centred", 0)),
+            None
+            if "lexical" not in meta
+            else LexicalModel.from_arrays(
+                {k.removeprefix("lexical."): v.numpy() for k, v in tensors.items() if k.startswith("lexical.")},
+                meta["lexical"],
+            ),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -342,7 +387,7 @@ class Probe:
             raise FileNotFoundError(f"probe file not found: {file}")
         try:
             with safe_open(str(file), framework="pt") as handle:
-                return cls.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
+                return cls.from_tensors({k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {})  # noqa: SIM118
         except KeyError as exc:
             raise ProbeFileError(f"{file}: missing field {exc.args[0]!r}") from None
         except Exception as exc:  # safetensors raises its own error types for a damaged file

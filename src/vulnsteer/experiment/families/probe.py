@@ -44,7 +44,7 @@ FOLDER = "probes-alone"
 
 def probe_records(probe: Probe, acts: Activations, samples: Sequence[Sample]) -> list[DetectionRecord]:
     """The probe alone as a detector: its own verdict per sample (score = the probe's score)."""
-    scores = probe.scores_of(acts, acts.code_tokens)
+    scores = probe.scores_of(acts, acts.code_tokens, [s.code for s in samples])
     return [
         DetectionRecord(
             s.id, s.cwe, s.pair_id, s.y, "vulnerable" if float(x) > probe.threshold else "secure", score=float(x)
@@ -158,7 +158,8 @@ class ProbeFamily:
             mine = [samples[i] for i in rows]
             if self.adapt:
                 try:
-                    probe = probe.adapted(probe.scores_of(part, part.code_tokens), chosen.min_adapt)
+                    raw = probe.scores_of(part, part.code_tokens, [s.code for s in mine])
+                    probe = probe.adapted(raw, chosen.min_adapt)
                 except AdaptationError as exc:
                     notes.append(f"{probe.key}: not adapted: {exc}")
                     continue

@@ -96,6 +96,7 @@ class TransferDataset:
             lengths,
             tuple(s.pair_id for s in samples),
             self.name,
+            tuple(s.code for s in samples),
         )
 
 

@@ -23,6 +23,7 @@ from ...config.design import ProbeDesign
 from ...detection.probe import choose_threshold, fit_probe
 from ...io import append_jsonl, read_jsonl
 from ...lm.model import resolve_layers
+from ...stats.lexical import LexicalModel
 from ...stats.metrics import Prediction, compute_metrics
 from ...steering.probe import AdaptationError, Probe, log_lengths
 from .data import FIT_SPLITS, TransferDataset
@@ -42,24 +43,24 @@ __all__ = [
 
 def design_grid(config: ExperimentConfig, num_layers: int) -> list[ProbeDesign]:
     """Every design of ``[transfer]``'s grid (layer sets x pooling sets x probe kinds x C x combine x pairs x length
-    x per_dataset; C only for logistic probes, combine only for several layers), then ``transfer.designs``; layers
-    resolved (negative ones count from the end), duplicates dropped, in that order."""
+    x per_dataset x tokens; C only for logistic probes, combine only for several layers), then
+    ``transfer.designs``; layers resolved (negative ones count from the end), duplicates dropped, in that order."""
     t = config.transfer
     out: list[ProbeDesign] = []
-    for layers, poolings, kind, c, combine, pairs, length, per_dataset in itertools.product(
-        t.layers, t.poolings, t.probes, t.C, t.combine, t.pairs, t.length, t.per_dataset
+    for layers, poolings, kind, c, combine, pairs, length, per_dataset, tokens in itertools.product(
+        t.layers, t.poolings, t.probes, t.C, t.combine, t.pairs, t.length, t.per_dataset, t.tokens
     ):
         resolved = tuple(resolve_layers(list(layers), num_layers, "transfer.layers"))
         if kind == "direction" and c != t.C[0]:
             continue
-        out.append(ProbeDesign(resolved, poolings, kind, c, combine, pairs, length, per_dataset))
+        out.append(ProbeDesign(resolved, poolings, kind, c, combine, pairs, length, per_dataset, tokens))
     for design in t.designs:
         resolved = tuple(resolve_layers(list(design.layers), num_layers, "transfer.designs"))
         out.append(ProbeDesign(resolved, *(getattr(design, f) for f in _FIELDS)))
     return list(dict.fromkeys(out))
 
 
-_FIELDS = ("poolings", "kind", "C", "combine", "pairs", "length", "per_dataset")
+_FIELDS = ("poolings", "kind", "C", "combine", "pairs", "length", "per_dataset", "tokens")
 
 
 def fit_on_fold(design: ProbeDesign, fold: Fold, data: Mapping[str, TransferDataset], seed: int) -> Probe:
@@ -121,9 +122,9 @@ def probe_scores(probe: Probe, fold: Fold, target: TransferDataset, min_adapt: i
     return FoldScores(fold.key, probe.key, tuple(scores.tolist()), probe.threshold, a_scores, a_threshold, note)
 
 
-def _states(probe: Probe, target: TransferDataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _states(probe: Probe, target: TransferDataset) -> tuple[torch.Tensor, torch.Tensor | None, tuple[str, ...]]:
     data = target.probe_data(probe.reads)
-    return data.x, data.lengths
+    return data.x, data.lengths, data.codes
 
 
 def length_scores(fold: Fold, data: Mapping[str, TransferDataset]) -> FoldScores:
@@ -148,23 +149,12 @@ def length_scores(fold: Fold, data: Mapping[str, TransferDataset]) -> FoldScores
     return FoldScores(fold.key, "length", tuple((sign * target).tolist()), threshold, note=note)
 
 
-#: Code tokens of the bag-of-tokens control: identifiers, numbers, two-character operators, single symbols.
-TOKEN_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*|\d+|==|!=|<=|>=|->|\+\+|--|&&|\|\||[^\sA-Za-z0-9_]"
-
-
-def _code_tokens(text: str) -> list[str]:
-    import re
-
-    return re.findall(TOKEN_PATTERN, text)
-
-
 def token_scores(fold: Fold, data: Mapping[str, TransferDataset]) -> FoldScores:
     """The bag-of-tokens control: a logistic regression (C=1) on TF-IDF of the code's tokens (uni- and bigrams
     seen in at least 3 samples, sublinear counts), no model at all; fitted on the training datasets' fit splits,
     thresholded on their val splits, applied to every sample of the left-out one. What the code's words alone
-    tell, to set beside what the hidden states tell."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+    tell, to set beside what the hidden states tell (:class:`~vulnsteer.stats.lexical.LexicalModel`, the term a
+    design with ``tokens`` adds to its probe)."""
 
     def split(ds: TransferDataset, splits: Sequence[str]) -> tuple[list[str], np.ndarray]:
         rows = [ds.samples[i] for i in ds.indices(splits)]
@@ -172,14 +162,12 @@ def token_scores(fold: Fold, data: Mapping[str, TransferDataset]) -> FoldScores:
 
     fit = [split(data[n], FIT_SPLITS) for n in fold.training]
     code, y = [c for f in fit for c in f[0]], np.concatenate([f[1] for f in fit])
-    vectorizer = TfidfVectorizer(tokenizer=_code_tokens, lowercase=False, ngram_range=(1, 2), min_df=3,
-                                 sublinear_tf=True, token_pattern=None)  # fmt: skip
-    model = LogisticRegression(C=1.0, max_iter=2000).fit(vectorizer.fit_transform(code), y)
+    model = LexicalModel.fit(code, y)
     val = [split(data[n], ("val",)) for n in fold.training]
     v_code, vy = [c for v in val for c in v[0]], np.concatenate([v[1] for v in val])
-    v_scores = model.decision_function(vectorizer.transform(v_code))
+    v_scores = model.scores(v_code)
     threshold = choose_threshold(v_scores, vy) if len(np.unique(vy)) == 2 else 0.0
-    target = model.decision_function(vectorizer.transform([s.code for s in data[fold.left_out].samples]))
+    target = model.scores([s.code for s in data[fold.left_out].samples])
     return FoldScores(fold.key, "bag_of_tokens", tuple(float(x) for x in target), threshold)
 
 

@@ -205,7 +205,7 @@ def _table(results: TransferResults) -> dict[str, Any]:
 
 
 def _fit_stats(probe: Probe, parts: Sequence[ProbeData]) -> tuple[float, float]:
-    scores = torch.cat([probe.score_matrix(p.x, p.lengths) for p in parts]).double()
+    scores = torch.cat([probe.score_matrix(p.x, p.lengths, p.codes) for p in parts]).double()
     sd = float(scores.std(unbiased=False))
     return float(scores.mean()), sd if sd > 0 else 1.0
 
@@ -225,7 +225,7 @@ def fold_calibrations(
         probe = _fit(design, data, fold.training, seed)
         mu, sd = _fit_stats(probe, [data[n].probe_data(design.reads, FIT_SPLITS) for n in fold.training])
         target = data[fold.left_out].probe_data(design.reads)
-        s = probe.score_matrix(target.x, target.lengths).double().numpy()
+        s = probe.score_matrix(target.x, target.lengths, target.codes).double().numpy()
         out.append(FoldCalibration(fold.left_out, (s - mu) / sd, (s - s.mean()) / sd, target.y, target.pairs))
     return out
 
