@@ -270,6 +270,9 @@ def test_a_detector_with_the_codes_tokens_scores_them_in_scan(
         scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
         found = scan([tree], scorer, ScanOptions(min_score=0.0, adapt="off"), progress=False)
         scores[folder.name] = {r.name: r.score.probe for r in found.results}
+        assert found.provenance["score"].startswith("probe only") and (
+            ("bag-of-tokens term" in found.provenance["score"]) == (folder.name == "detector")
+        )
     texts = {f"f{i}": (tree / f"m{i}.py").read_text(encoding="utf-8") for i in range(6)}
     assert set(scores["detector"]) == set(scores["states-only"]) == set(texts)
     term = dict(zip(texts, lexical.scores(list(texts.values())), strict=True))

@@ -52,6 +52,7 @@ __all__ = [
     "ProbeDetector",
     "ProbeDetectorError",
     "is_probe_detector",
+    "reads_code",
 ]
 
 #: The format tag of a probe detector's ``detector.json``.
@@ -80,6 +81,20 @@ def is_probe_detector(folder: str | Path) -> bool:
     try:
         return bool(json.loads(path.read_text(encoding="utf-8")).get("format") == PROBE_DETECTOR_FORMAT)
     except (ValueError, AttributeError):
+        return False
+
+
+def reads_code(folder: str | Path) -> bool:
+    """Whether the probe detector in *folder* adds a bag-of-tokens term (reads the code's text besides its states);
+    False for anything else.
+
+    >>> reads_code("/nonexistent")
+    False
+    """
+    try:
+        doc = json.loads((Path(folder) / DOCUMENT).read_text(encoding="utf-8"))
+        return bool(float(doc["probe"]["design"].get("tokens", 0.0)) > 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
