@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -120,7 +119,7 @@ def _probe_path(
     layers = sorted(set(probe.layers)) + ([] if early else [lm.num_layers - 1])
     acts = extract_activations(lm, samples, layers, sorted(set(probe.poolings)), batch_size=batch_size,
                                progress=False, buckets=buckets)  # fmt: skip
-    return [float(x) for x in probe.scores_of(acts, acts.code_tokens).tolist()]
+    return [float(x) for x in probe.scores_of(acts, acts.code_tokens, [s.code for s in samples]).tolist()]
 
 
 def _padding_share(lm: LoadedModel, prompts: list[Any], batch_size: int, buckets: bool) -> float:
@@ -191,8 +190,7 @@ def compare_paths(args: argparse.Namespace) -> int:
     if args.detector is None:
         print("--paths needs --detector DIR (a detector folder with probe.safetensors)", file=sys.stderr)
         return 2
-    with safe_open(str(Path(args.detector) / "probe.safetensors"), framework="pt") as handle:
-        probe = Probe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
+    probe = Probe.load(Path(args.detector) / "probe.safetensors")
     samples = _corpus_pairs(args.pairs)
     labels = [1 if s.label == "vulnerable" else 0 for s in samples]
     print(f"load: {os.getloadavg()}; torch threads {torch.get_num_threads()}; {len(samples)} functions "
