@@ -38,6 +38,13 @@ def register(sub: Any) -> None:
     p.add_argument("run", help="a finished transfer run folder (results.json, config.resolved.toml)")
     p.add_argument("--out", default=None, help="where to write it (default: the shipped detector in the package)")
     p.add_argument("--cache-dir", default=None, help="the activation cache (default: the run's run.cache_dir)")
+    p.add_argument(
+        "--design",
+        default=None,
+        metavar="KEY",
+        help="fit this design of the run's grid instead of the one the run chose (its key as the run's report names "
+        "it, e.g. a shallower probe that scans faster); detector.json says it was given",
+    )
     p.set_defaults(func=cmd_fit_default)
     p = dsub.add_parser(
         "show",
@@ -55,7 +62,7 @@ def cmd_fit_default(args: argparse.Namespace) -> int:
     from ..experiment.transfer.ship import fit_default
 
     out = Path(args.out) if args.out else SHIPPED_DETECTOR
-    fit_default(args.run, out, cache_dir=args.cache_dir, progress=not args.no_progress)
+    fit_default(args.run, out, cache_dir=args.cache_dir, design_key=args.design, progress=not args.no_progress)
     print(f"detector: {out}")
     return show_probe_detector(out)
 

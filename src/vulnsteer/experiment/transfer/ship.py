@@ -266,11 +266,13 @@ def fit_default(
     out: str | Path,
     *,
     cache_dir: str | Path | None = None,
+    design_key: str | None = None,
     lm: LoadedModel | None = None,
     progress: bool = True,
 ) -> ProbeDetector:
     """The shipped detector from the finished transfer run *run_dir*, written to *out* (see the module docstring).
-    *cache_dir*: the activation cache (default: the run's ``run.cache_dir``)."""
+    *cache_dir*: the activation cache (default: the run's ``run.cache_dir``); *design_key*: another design of the
+    run's grid than the one it chose (e.g. a shallower one that scans faster; its provenance says so)."""
     import json
 
     run = Path(run_dir)
@@ -288,9 +290,11 @@ def fit_default(
         lm = load_model(config.model)
     try:
         grid = {d.key: d for d in design_grid(config, lm.num_layers)}
-        design = grid.get(results.non_nested_design)
+        key = design_key or results.non_nested_design
+        design = grid.get(key)
         if design is None:
-            raise ValueError(f"{results_path}: design {results.non_nested_design!r} is not in the run's grid")
+            known = "; ".join(grid)
+            raise ValueError(f"{results_path}: design {key!r} is not in the run's grid (its designs: {known})")
         loaded = load_transfer_data(config, lm.tokenizer, progress)
         recorded = {d.name: d.hash for d in results.datasets}
         for ds in loaded:
@@ -324,7 +328,10 @@ def fit_default(
             "design": {
                 "key": design.key,
                 "chosen": f"the design with the best mean {results.select_by} over the outer folds of the transfer "
-                "run (non-nested); the run's nested 'probe' rows estimate how well choosing this way transfers",
+                "run (non-nested); the run's nested 'probe' rows estimate how well choosing this way transfers"
+                if design_key is None or design_key == results.non_nested_design
+                else f"given by --design, not the run's choice ({results.non_nested_design}); its own mean over the "
+                "outer folds is 'shipped' in the table below",
                 "transfer_run": str(run.resolve()),
             },
             "datasets": [{**ds.to_json(), "licence": licence_of(ds.source)} for ds in results.datasets],
