@@ -89,3 +89,23 @@ def test_a_tokens_design_needs_the_code() -> None:
         fit_probe(ProbeDesign((2,), ("code_mean",), tokens=1.0), data, data)
     with pytest.raises(ValueError, match="tokens weight"):
         ProbeDesign((2,), ("code_mean",), tokens=-1.0)
+    with pytest.raises(ValueError, match="tokens_C must be a positive"):
+        ProbeDesign((2,), ("code_mean",), tokens=1.0, tokens_C=0.0)
+
+
+def test_the_terms_C_is_the_designs() -> None:
+    codes, y = _codes(6)
+    train, val = _probe_data(codes, y, 0), _probe_data(codes, y, 1)
+    design = ProbeDesign((2,), ("code_mean",), C=1.0, tokens=1.0, tokens_C=10.0)
+    probe = fit_probe(design, train, val)
+    assert probe.key.endswith("tokens=1|tokens_C=10") and probe.lexical is not None
+    # the term is the bag of tokens fitted at the design's C, scaled (one factor for every weight and the bias)
+    alone = LexicalModel.fit(train.codes, train.y, C=10.0)
+    factor = probe.lexical.bias / alone.bias
+    np.testing.assert_allclose(probe.lexical.weight, alone.weight * factor, rtol=1e-9)
+    weaker = LexicalModel.fit(train.codes, train.y)
+    assert not np.allclose(alone.weight / alone.bias, weaker.weight / weaker.bias)  # C changes the fit
+    # without a term its C is nothing: the same design, the same name
+    assert ProbeDesign((2,), ("code_mean",), tokens_C=10.0) == ProbeDesign((2,), ("code_mean",))
+    assert ProbeDesign.from_json(design.to_json()) == design
+    assert ProbeDesign.from_json({k: v for k, v in design.to_json().items() if k != "tokens_C"}).tokens_C == 1.0

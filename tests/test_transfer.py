@@ -229,5 +229,13 @@ def test_the_grid_is_the_product_of_its_lists() -> None:
     # one layer: concat only (an ensemble of one is the probe itself); [0, -1] resolves to (0, 3)
     assert len(grid) == 1 * 2 * 2 + 1 * 2 * 2 * 2
     assert {d.layers for d in grid} == {(1,), (0, 3)} and len(set(grid)) == len(grid)
+    # the term's C multiplies the designs with a term only (without one it means nothing)
+    tokens = parse_config(
+        {"transfer": {"layers": [[1]], "poolings": [["code_mean"]], "C": [0.1], "combine": ["concat"],
+                      "length": ["none"], "tokens": [0.0, 1.0], "tokens_C": [1.0, 10.0], "steered": False}}
+    )  # fmt: skip
+    keys = [d.key for d in design_grid(tokens, num_layers=4)]
+    base = "logistic@code_mean@L1"
+    assert keys == [base, f"{base}|tokens=1", f"{base}|tokens=1|tokens_C=10"]
     with pytest.raises(ValueError, match="at least 3 datasets"):
         run_transfer(parse_config({"data": {"paths": ["builtin", "builtin"]}}), progress=False)

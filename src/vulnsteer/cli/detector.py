@@ -122,9 +122,12 @@ def show_probe_detector(folder: Path) -> int:
     print(f"  probe: {probe.key} at {reads}")
     if probe.lexical is not None:
         lex = probe.lexical.summary()
-        print(f"  plus a bag-of-tokens term: {lex['terms']} code-token uni- and bigrams (TF-IDF, logistic), weighted "
-              f"{probe.design.tokens:g}x the states' val spread; most vulnerable: "
-              f"{', '.join(lex['most_vulnerable'][:5])}; most secure: {', '.join(lex['most_secure'][:5])}")  # fmt: skip
+        up, down = ", ".join(lex["most_vulnerable"][:5]), ", ".join(lex["most_secure"][:5])
+        print(
+            f"  plus a bag-of-tokens term: {lex['terms']} code-token uni- and bigrams (TF-IDF, logistic, "
+            f"C={probe.design.tokens_C:g}), weighted {probe.design.tokens:g}x the states' val spread; "
+            f"most vulnerable: {up}; most secure: {down}"
+        )
     at = float(probe.probabilities(torch.tensor([probe.threshold]))[0])
     print(f"  score: P(vulnerable), Platt-calibrated on out-of-dataset scores; flagged above {at:.3f}")
     m = detector.model

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_POOLING",
     "DEFAULT_STEER_POSITIONS",
+    "DEFAULT_TOKENS_C",
     "DEFAULT_UNIT",
     "MAX_SHIFT_RATIO",
     "MIN_ADAPT",
@@ -34,6 +35,9 @@ DEFAULT_AGGREGATION: Final = "logsumexp"
 DEFAULT_LONG_FUNCTIONS: Final = "windows"
 #: ``--max-new-tokens``: tokens generated in generation mode (``Answer: ...`` plus the ``Weakness:`` line).
 DEFAULT_MAX_NEW_TOKENS = 20
+#: Regularisation strength C of a bag-of-tokens model (:mod:`vulnsteer.stats.lexical`): the control and a
+#: probe design's term where it names none.
+DEFAULT_TOKENS_C = 1.0
 #: ``--batch-size``: prompts per forward pass.
 DEFAULT_BATCH_SIZE = 8
 #: ``--positions``: token positions steered (the answer position, as ``vulnsteer run`` chooses strengths for).

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .defaults import DEFAULT_TOKENS_C
 from .vocabulary import LENGTH_MODES, POOLINGS, PROBE_COMBINES, PROBE_KINDS
 
 __all__ = ["DEFAULT_C", "ProbeDesign", "Read"]
@@ -33,7 +34,8 @@ class ProbeDesign:
     ``covariate``: a covariate in fitting, dropped when scoring, ``residual``: every feature residualised on the log
     code-token count), whether each training dataset is standardised on its own (``per_dataset``) and the weight of
     a bag-of-tokens term (``tokens``: a logistic regression on TF-IDF of the code's tokens, :mod:`vulnsteer.stats.
-    lexical`, added to the probe's score at *tokens* times the ratio of their val spreads; 0: none).
+    lexical`, added to the probe's score at *tokens* times the ratio of their val spreads; 0: none) with its own
+    regularisation (``tokens_C``; only with a term).
 
     >>> ProbeDesign((10, 14), ("code_mean", "code_max"), C=0.01, combine="ensemble", length="covariate").key
     'logistic@code_mean+code_max@L10,14|C=0.01|ensemble|length=covariate'
@@ -41,6 +43,8 @@ class ProbeDesign:
     ((10, 'code_mean'), (14, 'code_mean'))
     >>> ProbeDesign((18,), ("code_mean",), tokens=1).key
     'logistic@code_mean@L18|tokens=1'
+    >>> ProbeDesign((18,), ("code_mean",), tokens=1, tokens_C=10).key
+    'logistic@code_mean@L18|tokens=1|tokens_C=10'
     """
 
     layers: tuple[int, ...] = (15,)
@@ -52,6 +56,7 @@ class ProbeDesign:
     length: str = "none"
     per_dataset: bool = False
     tokens: float = 0.0
+    tokens_C: float = DEFAULT_TOKENS_C
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
@@ -75,6 +80,10 @@ class ProbeDesign:
         if not (math.isfinite(self.tokens) and self.tokens >= 0):
             raise ValueError(f"a probe's tokens weight must be 0 or a positive number, got {self.tokens!r}")
         object.__setattr__(self, "tokens", float(self.tokens))
+        if not (math.isfinite(self.tokens_C) and self.tokens_C > 0):
+            raise ValueError(f"a probe's tokens_C must be a positive number, got {self.tokens_C!r}")
+        # without a term its C means nothing: one design, one name
+        object.__setattr__(self, "tokens_C", float(self.tokens_C) if self.tokens else DEFAULT_TOKENS_C)
         if len(self.layers) == 1 and self.combine == "ensemble":  # one layer: the ensemble is the probe itself
             object.__setattr__(self, "combine", "concat")
 
@@ -111,6 +120,8 @@ class ProbeDesign:
             extra.append("per_dataset")
         if self.tokens:
             extra.append(f"tokens={self.tokens:g}")
+        if self.tokens_C != DEFAULT_TOKENS_C:
+            extra.append(f"tokens_C={self.tokens_C:g}")
         return "|".join([base, *extra])
 
     def to_json(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from .defaults import (
     DEFAULT_METHOD,
     DEFAULT_POOLING,
     DEFAULT_STEER_POSITIONS,
+    DEFAULT_TOKENS_C,
     DEFAULT_UNIT,
     MIN_ADAPT,
 )
@@ -571,6 +572,11 @@ class TransferSection:
         non_negative_numbers,
         "weights of a bag-of-tokens term added to the probe (TF-IDF of the code's tokens, logistic, at this many "
         "times the probe's val spread; 0: none; the grid)",
+    )
+    tokens_C: tuple[float, ...] = _key(
+        (DEFAULT_TOKENS_C,),
+        positive_numbers,
+        "the bag-of-tokens term's regularisation C (designs with a term; the grid)",
     )
     designs: tuple[ProbeDesign, ...] = _key((), probe_designs, "more probe designs as tables, beside the grid")
     select_by: str = _key(

@@ -522,7 +522,7 @@ def _with_lexical(probe: Probe, design: ProbeDesign, parts: Sequence[ProbeData],
     data = _joined(parts)
     if not data.codes:
         raise ValueError(f"design {design.key} has a bag-of-tokens term: its training data needs the code's text")
-    lexical = LexicalModel.fit(data.codes, data.y)
+    lexical = LexicalModel.fit(data.codes, data.y, C=design.tokens_C)
     scale = [v for v in vals if v.codes] if sum(len(v) for v in vals if v.codes) > 1 else [data]
     probe_spread = float(torch.cat([probe.score_matrix(v.x, v.lengths) for v in scale]).std(unbiased=False))
     lexical_spread = float(np.concatenate([lexical.scores(v.codes) for v in scale]).std())

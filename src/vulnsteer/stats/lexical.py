@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..config.defaults import DEFAULT_TOKENS_C
+
 __all__ = ["TOKEN_PATTERN", "LexicalModel", "code_tokens"]
 
 #: Code tokens: identifiers, numbers, two-character operators, single symbols.
@@ -81,7 +83,7 @@ class LexicalModel:
         object.__setattr__(self, "_index", {term: i for i, term in enumerate(self.vocabulary)})
 
     @classmethod
-    def fit(cls, codes: Sequence[str], y: ArrayLike, *, C: float = 1.0, min_df: int = 3) -> LexicalModel:
+    def fit(cls, codes: Sequence[str], y: ArrayLike, *, C: float = DEFAULT_TOKENS_C, min_df: int = 3) -> LexicalModel:
         """A logistic regression (``C``) on TF-IDF of *codes*' uni- and bigrams seen in at least *min_df* of them
         (1 = vulnerable)."""
         from sklearn.feature_extraction.text import TfidfVectorizer

@@ -43,24 +43,24 @@ __all__ = [
 
 def design_grid(config: ExperimentConfig, num_layers: int) -> list[ProbeDesign]:
     """Every design of ``[transfer]``'s grid (layer sets x pooling sets x probe kinds x C x combine x pairs x length
-    x per_dataset x tokens; C only for logistic probes, combine only for several layers), then
+    x per_dataset x tokens x tokens_C; C only for logistic probes, combine only for several layers), then
     ``transfer.designs``; layers resolved (negative ones count from the end), duplicates dropped, in that order."""
     t = config.transfer
     out: list[ProbeDesign] = []
-    for layers, poolings, kind, c, combine, pairs, length, per_dataset, tokens in itertools.product(
-        t.layers, t.poolings, t.probes, t.C, t.combine, t.pairs, t.length, t.per_dataset, t.tokens
+    for layers, poolings, kind, c, combine, pairs, length, per_dataset, tokens, tokens_c in itertools.product(
+        t.layers, t.poolings, t.probes, t.C, t.combine, t.pairs, t.length, t.per_dataset, t.tokens, t.tokens_C
     ):
         resolved = tuple(resolve_layers(list(layers), num_layers, "transfer.layers"))
         if kind == "direction" and c != t.C[0]:
             continue
-        out.append(ProbeDesign(resolved, poolings, kind, c, combine, pairs, length, per_dataset, tokens))
+        out.append(ProbeDesign(resolved, poolings, kind, c, combine, pairs, length, per_dataset, tokens, tokens_c))
     for design in t.designs:
         resolved = tuple(resolve_layers(list(design.layers), num_layers, "transfer.designs"))
         out.append(ProbeDesign(resolved, *(getattr(design, f) for f in _FIELDS)))
     return list(dict.fromkeys(out))
 
 
-_FIELDS = ("poolings", "kind", "C", "combine", "pairs", "length", "per_dataset", "tokens")
+_FIELDS = ("poolings", "kind", "C", "combine", "pairs", "length", "per_dataset", "tokens", "tokens_C")
 
 
 def fit_on_fold(design: ProbeDesign, fold: Fold, data: Mapping[str, TransferDataset], seed: int) -> Probe:
