@@ -129,6 +129,20 @@ def test_designs_and_settings_are_chosen_by_their_mean_over_inner_folds(
     keys = list({f.row("probe").chosen for f in results.folds} | {results.non_nested_design})  # type: ignore[union-attr]
     assert results.non_nested_design in keys
     assert all(store.get(f.left_out, results.non_nested_design) is not None for f in results.folds)
+    # every design of the grid on every left-out dataset: the chosen probe's row is its entry, and the non-nested
+    # choice is the design with the best mean of them
+    grid = [d.key for d in design_grid(_config(out.parent), num_layers=4)]
+    assert list(results.designs_outer) == grid and len(grid) > 1
+    assert all(list(by_fold) == list(NAMES) for by_fold in results.designs_outer.values())
+    for fold in results.folds:
+        probe = fold.row("probe")
+        assert probe is not None and probe.metrics.auroc is not None
+        assert results.designs_outer[probe.chosen][fold.left_out] == pytest.approx(probe.metrics.auroc)
+    means = {k: sum(v.values()) / len(v) for k, v in results.designs_outer.items()}
+    assert results.non_nested_design == max(grid, key=lambda k: means[k])
+    report = (out / "report.md").read_text()
+    assert "## Every design on the left-out datasets" in report
+    assert f"| `{results.non_nested_design}` | {means[results.non_nested_design]:.3f} |" in report
 
 
 def test_a_rerun_resumes_without_refitting_or_rescoring(

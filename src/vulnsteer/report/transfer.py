@@ -1,7 +1,8 @@
 """A transfer run's report: the leave-one-dataset-out table (rows: the left-out dataset; columns: every detector and
 the length-only control; AUROC [pair-bootstrap CI] / balanced accuracy / pair-rank accuracy), the checks the
 protocol answers (does the chosen probe beat the length-only control by 0.05 AUROC, does the steered score keep the
-probe's AUROC within 0.02, how optimistic the non-nested choice is), and per fold every detector in full.
+probe's AUROC within 0.02, how optimistic the non-nested choice is), every design on every left-out dataset, and
+per fold every detector in full.
 
 >>> from vulnsteer.experiment.tables import MetricBlock
 >>> cell(MetricBlock(auroc=0.61, auroc_ci=(0.58, 0.64), balanced_accuracy=0.55, pair_rank_accuracy=0.7))
@@ -11,12 +12,12 @@ probe's AUROC within 0.02, how optimistic the non-nested choice is), and per fol
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..experiment.tables import MetricBlock
 from ..experiment.transfer.results import FoldResult, TransferResults
 
-__all__ = ["LENGTH_MARGIN", "STEERED_MARGIN", "cell", "lodo_table", "render_transfer"]
+__all__ = ["LENGTH_MARGIN", "STEERED_MARGIN", "cell", "designs_table", "lodo_table", "render_transfer"]
 
 #: The AUROC by which a chosen probe should beat the length-only control on every fold.
 LENGTH_MARGIN = 0.05
@@ -120,6 +121,37 @@ def _checks(results: TransferResults) -> list[str]:
     return lines
 
 
+def _ranked(values: Mapping[str, float]) -> list[tuple[str, float]]:
+    """*values* from the highest down (NaN last)."""
+    return sorted(values.items(), key=lambda kv: -kv[1] if not math.isnan(kv[1]) else math.inf)
+
+
+def designs_table(results: TransferResults) -> list[str]:
+    """Every design's criterion on each left-out dataset and its mean, best first (empty for a grid of one design):
+    the ranking the non-nested choice takes its first row from.
+
+    >>> r = TransferResults("complete", {}, None, (), "auroc", designs_outer={"a": {"x": 0.6, "y": 0.7},
+    ...                     "b": {"x": 0.8, "y": 0.7}})
+    >>> print("\\n".join(designs_table(r)))
+    | design | mean auroc | x | y |
+    |---|---|---|---|
+    | `b` | 0.750 | 0.800 | 0.700 |
+    | `a` | 0.650 | 0.600 | 0.700 |
+    """
+    if len(results.designs_outer) < 2:
+        return []
+    folds = list(next(iter(results.designs_outer.values())))
+    means = {key: _mean(list(by_fold.values())) for key, by_fold in results.designs_outer.items()}
+    lines = [
+        f"| design | mean {results.select_by} | " + " | ".join(folds) + " |",
+        "|---|---|" + "---|" * len(folds),
+    ]
+    for key, mean in _ranked({k: math.nan if m is None else m for k, m in means.items()}):
+        by_fold = results.designs_outer[key]
+        lines.append(f"| `{key}` | {_f(mean)} | " + " | ".join(_f(by_fold.get(f)) for f in folds) + " |")
+    return lines
+
+
 def _fold_section(fold: FoldResult) -> list[str]:
     lines = [
         f"### left out: {fold.left_out}",
@@ -139,17 +171,17 @@ def _fold_section(fold: FoldResult) -> list[str]:
             f"{_f(m.balanced_accuracy)} | {_f(m.pair_rank_accuracy)} | {_f(m.pair_accuracy)} | {_f(m.tpr_at_5_fpr)} | "
             f"{_f(m.vulnerable_rate, 2)} | {row.note or ''} |"
         )
-    best = sorted(fold.designs_inner.items(), key=lambda kv: -kv[1] if not math.isnan(kv[1]) else math.inf)[:5]
+    best = _ranked(fold.designs_inner)[:5]
     if best:
         lines += [
             "",
             "Designs by their mean over the inner folds (top 5): " + "; ".join(f"`{k}` {v:.3f}" for k, v in best),
         ]
     if fold.steered_inner:
-        ranked = sorted(fold.steered_inner.items(), key=lambda kv: -kv[1] if not math.isnan(kv[1]) else math.inf)
         lines += [
             "",
-            "Gates and strengths by their mean over the inner folds: " + "; ".join(f"`{k}` {v:.3f}" for k, v in ranked),
+            "Gates and strengths by their mean over the inner folds: "
+            + "; ".join(f"`{k}` {v:.3f}" for k, v in _ranked(fold.steered_inner)),
         ]
     lines += [f"- {note}" for note in fold.notes]
     return [*lines, ""]
@@ -176,6 +208,20 @@ def render_transfer(results: TransferResults) -> str:
         "The adapted probe re-estimates its centre from the left-out dataset's unlabelled inputs only (no label is "
         "read); the steered rows are logit mode (the model's answer margin).",
         "",
+    ]
+    if table := designs_table(results):
+        lines += [
+            "## Every design on the left-out datasets",
+            "",
+            "Each design fitted on the other datasets and applied to the one left out, for every design of the grid. "
+            "Ranking designs by these means reads every left-out dataset's labels (the non-nested choice, its first "
+            "row): use it to compare designs; the nested `probe` column above is the estimate of choosing among "
+            "them.",
+            "",
+            *table,
+            "",
+        ]
+    lines += [
         "## Per fold",
         "",
     ]

@@ -137,8 +137,10 @@ class DatasetInfo:
 @dataclass(frozen=True)
 class TransferResults:
     """A transfer run: its configuration, model and datasets, the criterion choices were made by, one
-    :class:`FoldResult` per left-out dataset, and the non-nested choices (the design and the steered setting with
-    the best mean over the outer folds, which read the left-out datasets: the optimism of choosing that way)."""
+    :class:`FoldResult` per left-out dataset, the non-nested choices (the design and the steered setting with
+    the best mean over the outer folds, which read the left-out datasets: the optimism of choosing that way), and
+    every design's criterion on each left-out dataset (``designs_outer``: design key -> left-out dataset -> value,
+    what the non-nested choice ranks; for comparing designs, not an estimate of choosing among them)."""
 
     status: str
     config: JsonObject
@@ -150,6 +152,7 @@ class TransferResults:
     non_nested_setting: str = ""
     notes: tuple[str, ...] = ()
     timings_s: Mapping[str, float] = field(default_factory=dict)
+    designs_outer: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     schema_version: int = TRANSFER_SCHEMA
 
     def to_json(self) -> dict[str, Any]:
@@ -166,6 +169,7 @@ class TransferResults:
             "non_nested_setting": self.non_nested_setting,
             "notes": list(self.notes),
             "timings_s": dict(self.timings_s),
+            "designs_outer": {key: dict(by_fold) for key, by_fold in self.designs_outer.items()},
         }
 
     @classmethod
@@ -186,4 +190,8 @@ class TransferResults:
             str(doc.get("non_nested_setting", "")),
             tuple(doc.get("notes") or ()),
             {str(k): float(v) for k, v in (doc.get("timings_s") or {}).items()},
+            {
+                str(key): {str(fold): float(v) for fold, v in by_fold.items()}
+                for key, by_fold in (doc.get("designs_outer") or {}).items()
+            },
         )

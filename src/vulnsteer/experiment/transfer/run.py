@@ -166,8 +166,9 @@ class _Transfer:
     def metric(self, fold: Fold, found: FoldScores) -> float:
         return metric_of(found, self.data[fold.left_out], self.criterion)
 
-    def choose_designs(self) -> tuple[dict[str, str], dict[str, dict[str, float]], str]:
-        """Per outer fold, the design with the best mean over its inner folds; and the non-nested choice."""
+    def choose_designs(self) -> tuple[dict[str, str], dict[str, dict[str, float]], str, dict[str, dict[str, float]]]:
+        """Per outer fold, the design with the best mean over its inner folds; the non-nested choice; and every
+        design's criterion on each outer fold (what the non-nested choice ranks)."""
         chosen: dict[str, str] = {}
         inner_means: dict[str, dict[str, float]] = {}
         keys = [d.key for d in self.grid]
@@ -176,9 +177,10 @@ class _Transfer:
             by_design = {d.key: [self.metric(f, self.scores(f, d)) for f in inner] for d in self.grid}
             chosen[outer.left_out], _ = choose(keys, by_design)
             inner_means[outer.left_out] = {k: _mean(v) for k, v in by_design.items()}
-        outer_scores = {d.key: [self.metric(f, self.scores(f, d)) for f in outer_folds(self.names)] for d in self.grid}
-        non_nested, _ = choose(keys, outer_scores)
-        return chosen, inner_means, non_nested
+        folds = outer_folds(self.names)
+        on_outer = {d.key: {f.left_out: self.metric(f, self.scores(f, d)) for f in folds} for d in self.grid}
+        non_nested, _ = choose(keys, {key: list(by_fold.values()) for key, by_fold in on_outer.items()})
+        return chosen, inner_means, non_nested, on_outer
 
     def steer(self, chosen: Mapping[str, str]) -> dict[str, dict[str, list[DetectionRecord]]]:
         """Every fold's steered rows (its outer fold's chosen design gating the push), scored one dataset at a
@@ -446,7 +448,7 @@ def run_transfer(
             t = _Transfer(config, run, lm, data, progress)
             t.extract()
             t.score_designs()
-            chosen, inner_means, non_nested = t.choose_designs()
+            chosen, inner_means, non_nested, designs_outer = t.choose_designs()
             steered = t.steer(chosen) if config.transfer.steered else None
             steered_choices, non_nested_setting = t.choose_steered(steered) if steered else ({}, "")
             peers = t.peers()
@@ -477,6 +479,7 @@ def run_transfer(
                 non_nested_setting,
                 tuple(t.notes),
                 {k: round(v, 1) for k, v in t.timings.items()},
+                designs_outer,
             )
             write_json(run.path / "results.json", results.to_json())
             write_text(run.path / "report.md", render_transfer(results))
