@@ -253,3 +253,21 @@ def test_the_grid_is_the_product_of_its_lists() -> None:
     assert keys == [base, f"{base}|tokens=1", f"{base}|tokens=1|tokens_C=10"]
     with pytest.raises(ValueError, match="at least 3 datasets"):
         run_transfer(parse_config({"data": {"paths": ["builtin", "builtin"]}}), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [("designs_outer", {"d": {"sven": "abc"}}, "designs_outer"), ("designs_outer", [1], "designs_outer"),
+     ("timings_s", [1], "timings_s"), ("folds", None, "folds")],
+)  # fmt: skip
+def test_a_bad_results_field_is_named_with_the_file(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]], key: str, value: Any, named: str
+) -> None:
+    out, _ = spied
+    doc = json.loads((out / "results.json").read_text())
+    doc[key] = value
+    with pytest.raises(ValueError, match=rf"^bad/results\.json: field '{named}'"):
+        TransferResults.from_json(doc, "bad/results.json")
+    del doc["status"]
+    with pytest.raises(ValueError, match=r"^bad/results\.json: field 'status' is missing"):
+        TransferResults.from_json(doc, "bad/results.json")

@@ -7,7 +7,7 @@ version is checked).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,19 +179,31 @@ class TransferResults:
                 f"{where}: not a transfer run's results of schema {TRANSFER_SCHEMA} (command "
                 f"{doc.get('command')!r}, schema {doc.get('schema_version')!r})"
             )
+
+        def read(key: str, parse: Callable[[Any], Any], required: bool = False) -> Any:
+            """*parse* of the field *key* (None when absent and not *required*); a bad field is named."""
+            if required and key not in doc:
+                raise ValueError(f"{where}: field {key!r} is missing")
+            try:
+                return parse(doc.get(key))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"{where}: field {key!r}: {type(e).__name__}: {e}") from e
+
         return cls(
-            str(doc["status"]),
-            dict(doc.get("config") or {}),
-            ModelInfo.from_json(doc.get("model")),
-            tuple(DatasetInfo.from_json(d) for d in doc["datasets"]),
-            str(doc["select_by"]),
-            tuple(FoldResult.from_json(f) for f in doc["folds"]),
-            str(doc.get("non_nested_design", "")),
-            str(doc.get("non_nested_setting", "")),
-            tuple(doc.get("notes") or ()),
-            {str(k): float(v) for k, v in (doc.get("timings_s") or {}).items()},
-            {
-                str(key): {str(fold): float(v) for fold, v in by_fold.items()}
-                for key, by_fold in (doc.get("designs_outer") or {}).items()
-            },
+            read("status", str, required=True),
+            read("config", lambda v: dict(v or {})),
+            read("model", ModelInfo.from_json),
+            read("datasets", lambda v: tuple(DatasetInfo.from_json(d) for d in v), required=True),
+            read("select_by", str, required=True),
+            read("folds", lambda v: tuple(FoldResult.from_json(f) for f in v), required=True),
+            read("non_nested_design", lambda v: str(v or "")),
+            read("non_nested_setting", lambda v: str(v or "")),
+            read("notes", lambda v: tuple(v or ())),
+            read("timings_s", _floats),
+            read("designs_outer", lambda v: {str(k): _floats(by_fold) for k, by_fold in (v or {}).items()}),
         )
+
+
+def _floats(value: Mapping[str, Any] | None) -> dict[str, float]:
+    """A JSON object of numbers (None: empty)."""
+    return {str(k): float(x) for k, x in (value or {}).items()}
