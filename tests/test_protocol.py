@@ -136,6 +136,23 @@ def test_outputs_and_resume(toy_run: tuple[Path, Path, Results], tiny_lm: Loaded
         assert again.families[name].held_out == family.held_out and again.families[name].choices == family.choices
     assert again.activation_cache is not None
     assert again.activation_cache.hits == 8 and again.activation_cache.misses == 0
+    # the resume's seconds add to the first attempt's, phase by phase (a resume that skips everything keeps them)
+    for phase, seconds in results.timings_s.items():
+        assert again.timings_s[phase] >= seconds, phase
+    assert again.timings_s["total"] > results.timings_s["total"]
+    assert json.loads((out / "timings.json").read_text()) == dict(again.timings_s)
+
+
+def test_timings_of_another_attempt_are_dropped_with_its_other_files(tmp_path: Path, caplog: Any) -> None:
+    run = RunDir(tmp_path / "run")
+    with run.open({"data": "a"}, "toy run"):
+        run.add_timings({"fit": 5.0})
+    with run.open({"data": "b"}, "toy run"):  # finished nothing, other inputs: taken over, stale timings gone
+        assert run.add_timings({"fit": 1.0}) == {"fit": 1.0}
+    (run.path / "timings.json").write_text("[1, 2]")
+    with caplog.at_level("WARNING"):
+        assert run.add_timings({"fit": 2.0}) == {"fit": 2.0}
+    assert "timings.json: unreadable" in caplog.text
 
 
 def _numbers(results: Results) -> dict[str, Any]:

@@ -366,7 +366,7 @@ class _Protocol:
             families=families,
             lead=found.lead,
             records={c.key: tuple(found.records[c.key]) for c in found.conditions},
-            timings_s={k: round(v, 2) for k, v in self.timings.items()},
+            timings_s=self.run_dir.add_timings(self.timings),
             peak_memory=peak_memory(self.lm.device),
             executor=self.executor.stats(),
             files=RunFiles(RESOLVED_NAME, f"{CHOSEN_DIR}/{CHOSEN_NAME}", self.run_dir.records.name),

@@ -8,6 +8,7 @@
       records.jsonl          one line per finished condition (resume skips them)
       vectors/               every fitted vector
       chosen/chosen.json     the choices made on validation (+ their vectors), for `evaluate --from`
+      timings.json           seconds spent so far per phase, summed over every attempt (a resume adds its own)
       results.json, report.md, plots/
 
 Nothing is created before the inputs are validated (:meth:`RunDir.check_writable` only looks); a rerun into the
@@ -35,11 +36,12 @@ RESOLVED_NAME = "config.resolved.toml"
 RECORDS_NAME = "records.jsonl"
 IDENTITY_NAME = "identity.json"
 LOCK_NAME = ".lock"
+TIMINGS_NAME = "timings.json"
 CHOSEN_DIR = "chosen"
 CHOSEN_NAME = "chosen.json"
 #: What a run writes besides its records: removed when a rerun with other inputs takes over a folder that finished
 #: nothing (so no stale vector or detector of the earlier attempt stays beside the new ones).
-DERIVED = ("vectors", "behaviours", "detector", CHOSEN_DIR, "plots", "results.json", "report.md")
+DERIVED = ("vectors", "behaviours", "detector", CHOSEN_DIR, "plots", "results.json", "report.md", TIMINGS_NAME)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,30 @@ class RunDir:
             if resolved is not None:
                 write_text(self.resolved, resolved)
             yield self
+
+    def add_timings(self, spent: Mapping[str, float]) -> dict[str, float]:
+        """Seconds per phase summed over every attempt at this run: *spent* (this attempt's) added to what earlier
+        attempts recorded in ``timings.json``, written back (so a resume that only re-renders reports does not
+        replace the first attempt's fit times with its own near-zero ones). Rounded to 0.01 s.
+
+        >>> import tempfile
+        >>> run = RunDir(Path(tempfile.mkdtemp()))
+        >>> run.add_timings({"fit": 2.0, "total": 3.0})
+        {'fit': 2.0, 'total': 3.0}
+        >>> run.add_timings({"fit": 0.5, "score": 1.0, "total": 1.5})
+        {'fit': 2.5, 'total': 4.5, 'score': 1.0}
+        """
+        path = self.path / TIMINGS_NAME
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            found = {str(k): float(v) for k, v in earlier.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            log.warning("%s: unreadable; timings start again from this attempt", path)
+            found = {}
+        for name, seconds in spent.items():
+            found[name] = round(found.get(name, 0.0) + seconds, 2)
+        write_json(path, found)
+        return found
 
     def _check_identity(self, identity: Mapping[str, Any], what: str) -> None:
         path = self.path / IDENTITY_NAME

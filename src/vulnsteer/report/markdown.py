@@ -445,7 +445,8 @@ def _later_sections(results: Results, plots: Sequence[str]) -> list[str]:
             "",
         ]
     if results.timings_s:
-        lines += ["## Timings (s)", "", ", ".join(f"{k}: {v}" for k, v in results.timings_s.items()), ""]
+        spent = ", ".join(f"{k}: {v}" for k, v in results.timings_s.items())
+        lines += ["## Timings (s)", "", "Summed over every attempt at this run (a resume adds its own).", "", spent, ""]
     return lines
 
 

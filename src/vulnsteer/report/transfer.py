@@ -230,5 +230,6 @@ def render_transfer(results: TransferResults) -> str:
     if results.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in results.notes), ""]
     if results.timings_s:
-        lines += ["Timings (s): " + ", ".join(f"{k} {v:g}" for k, v in results.timings_s.items()), ""]
+        spent = ", ".join(f"{k} {v:g}" for k, v in results.timings_s.items())
+        lines += [f"Timings (s, summed over every attempt at this run): {spent}", ""]
     return "\n".join(lines)

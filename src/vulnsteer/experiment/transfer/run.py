@@ -478,7 +478,7 @@ def run_transfer(
                 non_nested,
                 non_nested_setting,
                 tuple(t.notes),
-                {k: round(v, 1) for k, v in t.timings.items()},
+                run.add_timings(t.timings),
                 designs_outer,
             )
             write_json(run.path / "results.json", results.to_json())
