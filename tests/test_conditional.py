@@ -14,6 +14,7 @@ from vulnsteer.detection.prefix import PrefixStore
 from vulnsteer.lm.activations import ANSWER_POOLINGS, extract_activations, recording
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.lm.prompts import answer_token_ids, build_prompt, tokenize_prompts
+from vulnsteer.stats.lexical import LexicalModel
 from vulnsteer.steering import gate as gate_mod
 from vulnsteer.steering.behaviour import answer_vector
 from vulnsteer.steering.gate import Gate
@@ -23,21 +24,25 @@ from vulnsteer.steering.probe import Calibration, Probe
 
 def _probe(tiny: LoadedModel, pooling: str, layer: int = 1) -> Probe:
     """A probe whose threshold splits the toy samples (so both gate signs occur). *pooling* ``code_mean+code_max``:
-    a probe reading both code poolings at layers 0 and *layer*, with a length term."""
+    a probe reading both code poolings at layers 0 and *layer*, with a length term; ``code_mean|tokens``: a
+    ``code_mean`` probe with a bag-of-tokens term on the code's text."""
     samples = toy_samples(4)
+    pooling, _, extra = pooling.partition("|")
     poolings = tuple(pooling.split("+"))
     several = len(poolings) > 1
-    design = ProbeDesign((0, layer) if several else (layer,), poolings)
+    design = ProbeDesign((0, layer) if several else (layer,), poolings, tokens=1.0 if extra == "tokens" else 0.0)
     weight = torch.randn(64 * len(design.reads), generator=torch.Generator().manual_seed(11))
     acts = extract_activations(tiny, samples, list(design.layers), poolings=list(poolings), progress=False)
-    plain = Probe(design, weight, 0.0, 0.0, length_weight=0.5 if several else 0.0, length_centre=1.0)
-    scores = plain.scores_of(acts, acts.code_tokens)
+    codes = [s.code for s in samples]
+    lexical = LexicalModel.fit(codes, [s.y for s in samples], min_df=1).scaled(5.0) if design.reads_code else None
+    plain = Probe(design, weight, 0.0, 0.0, length_weight=0.5 if several else 0.0, length_centre=1.0, lexical=lexical)
+    scores = plain.scores_of(acts, acts.code_tokens, codes)
     spread = float(scores.std())
     return Probe(design, weight, 0.0, float(scores.median()), spread, plain.length_weight, plain.length_centre,
-                 Calibration(1.0 / spread, -float(scores.median()) / spread))  # fmt: skip
+                 Calibration(1.0 / spread, -float(scores.median()) / spread), lexical=lexical)  # fmt: skip
 
 
-@pytest.mark.parametrize("pooling", ["code_mean", "last", "code_mean+code_max"])
+@pytest.mark.parametrize("pooling", ["code_mean", "last", "code_mean+code_max", "code_mean|tokens"])
 @pytest.mark.parametrize("positions", ["last", "answer", "all"])
 def test_batched_gated_detection_equals_one_sample_at_a_time(
     tiny_llama: LoadedModel, pooling: str, positions: str
@@ -86,7 +91,9 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
     assert len(set(pushes["calibrated"])) == len(samples), "the calibrated gate keeps every score apart"
     for i, sample in enumerate(samples):
         acts = extract_activations(tiny_llama, [sample], list(probe.layers), probe.poolings, progress=False)
-        score = probe.scores_of(acts, acts.code_tokens)
+        score = probe.scores_of(acts, acts.code_tokens, [sample.code] if probe.reads_code else None)
+        if probe.lexical is not None:  # the term moves the score: a gate that ignored the text would differ
+            assert abs(float(probe.lexical.scores([sample.code])[0])) > 1e-3
         for name, specs in variants.items():
             resolved = [sp.gated(float(sp.gate.multipliers(score)[0])) if sp.gate else sp for sp in specs]
             with steer(tiny_llama.model, resolved) if resolved else steer(tiny_llama.model, []):

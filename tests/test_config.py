@@ -95,8 +95,7 @@ def test_unknown_keys_are_rejected_with_name_and_file(tmp_path: Path) -> None:
         ("[run]\ncache = 'yes'", "true or false"),
         ("[transfer]\ntokens = [-1.0]", r"transfer\.tokens: must not be negative"),
         ("[transfer]\ntokens_C = [0.0]", r"transfer\.tokens_C"),
-        ("[transfer]\ntokens = [0.0, 1.0]", r"transfer\.steered = false"),
-        ("[conditional]\ndesigns = [{layers = [2], tokens = 1.0}]", r"conditional\.designs\[0\].*tokens must be 0"),
+        ("[conditional]\ndesigns = [{layers = [2], tokens = -1.0}]", r"conditional\.designs\[0\].*tokens"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, match: str) -> None:

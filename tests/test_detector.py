@@ -149,3 +149,38 @@ def test_a_hand_edited_or_damaged_detector_folder_is_named(fitted: tuple[Path, R
     (damaged / "probe.safetensors").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(SavedDetectorError, match=r"probe\.safetensors: not a usable probe"):
         SavedDetector.load(damaged)
+
+
+def test_a_gate_with_a_bag_of_tokens_term_reads_the_prompts_code(
+    tmp_path: Path, tiny_lm: LoadedModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gating design with ``tokens``: the protocol fits the term with the probe, the saved detector keeps it (its
+    digest covers it), and each input's gate score is the states' part plus the term on that input's code."""
+    config = write_config(
+        tmp_path / "c.toml",
+        write_toy_jsonl(tmp_path / "toy.jsonl"),
+        cache_dir=tmp_path / "cache",
+        strengths="{ relative = [0.5] }",
+        extra='[conditional]\ngates = ["linear"]\ndesigns = [{ layers = [1], poolings = ["code_mean"], tokens = 1.0 }]',
+    )
+    results = run(load_config(config), tmp_path / "run", tiny_lm)
+    info = results.families["conditional"].saved
+    assert info is not None
+    detector = SavedDetector.load(tmp_path / "run" / info.folder, tiny_lm)
+    assert detector.probe.lexical is not None and detector.probe.design.tokens == 1.0
+    assert detector.digest == info.digest
+    samples = toy_samples(3)
+    records = detector.detect(tiny_lm, samples, mode="logit", progress=False)
+    from vulnsteer.lm.activations import extract_activations
+
+    probe = detector.probe
+    acts = extract_activations(tiny_lm, samples, list(probe.layers), list(probe.poolings), progress=False)
+    expected = probe.scores_of(acts, acts.code_tokens, [s.code for s in samples])
+    states_only = expected - torch.as_tensor(probe.lexical.scores([s.code for s in samples]), dtype=torch.float32)
+    assert [r.gate_score for r in records] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert not torch.allclose(expected, states_only)
+    # saved and loaded again: the same term (a replaced term would change the digest)
+    copy = SavedDetector.load(detector.save(tmp_path / "copy"))
+    assert copy.probe == probe and copy.digest == detector.digest
+    assert main(["detector", "show", str(tmp_path / "copy")]) == 0
+    assert "plus a bag-of-tokens term" in capsys.readouterr().out

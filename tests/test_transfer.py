@@ -166,6 +166,9 @@ def test_a_rerun_resumes_without_refitting_or_rescoring(
     assert "score" not in calls
     assert {name: (out / name).read_text() for name in lines} == lines
     assert [f.to_json() for f in after.folds] == [f.to_json() for f in before.folds]
+    # the rerun's timings add to the first attempt's (a re-render does not replace its fit time with ~0)
+    assert after.timings_s["designs"] >= before.timings_s["designs"] > 0
+    assert after.timings_s["total"] > before.timings_s["total"]
 
 
 def test_another_config_is_refused_in_the_same_folder(
@@ -271,3 +274,26 @@ def test_a_bad_results_field_is_named_with_the_file(
     del doc["status"]
     with pytest.raises(ValueError, match=r"^bad/results\.json: field 'status' is missing"):
         TransferResults.from_json(doc, "bad/results.json")
+
+
+def test_a_probe_with_a_bag_of_tokens_term_gates_the_steered_model(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    """``transfer.tokens`` with the steered model: each outer fold's steered rows are gated by the chosen probe's
+    full score (the states' part plus the term on the prompt's code), the very score its probe row reports."""
+    from vulnsteer.experiment.transfer.designs import DesignStore
+
+    config = _config(tmp_path, layers=[[1]], poolings=[["code_mean"]], tokens=[1.0])
+    out = run_transfer(config, tmp_path / "run", lm=tiny_lm, progress=False)
+    results = _results(out)
+    designs = DesignStore(out / "designs.jsonl")
+    steered = [json.loads(line) for line in (out / "steered.jsonl").read_text().splitlines()]
+    for fold, outer in zip(results.folds, outer_folds(NAMES), strict=True):
+        probe_row, steered_row = fold.row("probe"), fold.row("steered")
+        assert probe_row is not None and steered_row is not None and "tokens=1" in probe_row.chosen
+        scores = designs.get(outer.key, probe_row.chosen)
+        assert scores is not None
+        gated = [
+            g
+            for doc in sorted((d for d in steered if d["dataset"] == outer.left_out), key=lambda d: d["chunk"])
+            for _, _, g in doc["rows"][f"{outer.key}|{steered_row.chosen}"]
+        ]
+        assert gated == pytest.approx(list(scores.scores), abs=1e-3), outer.left_out

@@ -107,6 +107,18 @@ def _cell(row: Any) -> str:
     return f"{row['auroc']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def _print_lexical(probe: Any) -> None:
+    """The probe's bag-of-tokens term, if it has one: its size, weight and heaviest words."""
+    if probe.lexical is not None:
+        lex = probe.lexical.summary()
+        up, down = ", ".join(lex["most_vulnerable"][:5]), ", ".join(lex["most_secure"][:5])
+        print(
+            f"  plus a bag-of-tokens term: {lex['terms']} code-token uni- and bigrams (TF-IDF, logistic, "
+            f"C={probe.design.tokens_C:g}), weighted {probe.design.tokens:g}x the states' val spread; "
+            f"most vulnerable: {up}; most secure: {down}"
+        )
+
+
 def show_probe_detector(folder: Path) -> int:
     """Print a probe detector: what it reads, its model, its data and its leave-one-dataset-out numbers."""
     import torch
@@ -120,14 +132,7 @@ def show_probe_detector(folder: Path) -> int:
     )
     reads = ", ".join(f"layer {layer} ({pooling})" for layer, pooling in probe.reads)
     print(f"  probe: {probe.key} at {reads}")
-    if probe.lexical is not None:
-        lex = probe.lexical.summary()
-        up, down = ", ".join(lex["most_vulnerable"][:5]), ", ".join(lex["most_secure"][:5])
-        print(
-            f"  plus a bag-of-tokens term: {lex['terms']} code-token uni- and bigrams (TF-IDF, logistic, "
-            f"C={probe.design.tokens_C:g}), weighted {probe.design.tokens:g}x the states' val spread; "
-            f"most vulnerable: {up}; most secure: {down}"
-        )
+    _print_lexical(probe)
     at = float(probe.probabilities(torch.tensor([probe.threshold]))[0])
     print(f"  score: P(vulnerable), Platt-calibrated on out-of-dataset scores; flagged above {at:.3f}")
     m = detector.model
@@ -197,6 +202,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     reads = ", ".join(f"layer {layer} ({pooling})" for layer, pooling in probe.reads)
     print(f"  probe: {probe.name} ({probe.key}) at {reads}, threshold {probe.threshold:.4g}, spread {probe.spread:.4g}")
+    _print_lexical(probe)
     model = doc.get("model", {})
     print(f"  model: {model.get('id')} (fingerprint {model.get('fingerprint')}, weights {model.get('weights_digest')})")
     training = doc.get("training", {})

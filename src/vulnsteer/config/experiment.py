@@ -185,12 +185,6 @@ def parse_config(
         raise ConfigError(f"{source}: data.path and data.paths exclude each other (one dataset, or several)")
     if d.formats and len(d.formats) != len(d.paths):
         raise ConfigError(f"{source}: data.formats names {len(d.formats)} formats for {len(d.paths)} data.paths")
-    t = config.transfer
-    if t.steered and (any(t.tokens) or any(design.reads_code for design in t.designs)):
-        raise ConfigError(
-            f"{source}: transfer.tokens / transfer.designs add a bag-of-tokens term, which cannot gate the steered "
-            "model (a gate reads hidden states only): set transfer.steered = false"
-        )
     if not any(strength for _, strength in config.steering.strengths):
         raise ConfigError(f"{source}: steering.strengths needs a non-zero strength (the baseline is always run)")
     return config

@@ -30,7 +30,6 @@ from .values import (
     cwe_list,
     each_of,
     fractions,
-    gate_designs,
     integer,
     layer_sets,
     merge_list,
@@ -389,10 +388,10 @@ class ConditionalSection:
     )
     designs: tuple[ProbeDesign, ...] = _key(
         (),
-        gate_designs,
-        "gating probe designs as tables (layers, poolings, kind, C, combine, pairs, length, per_dataset, tokens = 0; "
-        "every "
-        "layer at or below the steered layers), instead of probe x pooling x layers",
+        probe_designs,
+        "gating probe designs as tables (layers, poolings, kind, C, combine, pairs, length, per_dataset, tokens; "
+        "every layer at or below the steered layers; tokens adds a bag-of-tokens term on the prompt's code text), "
+        "instead of probe x pooling x layers",
     )
     scope: str = _key(
         "pooled",

@@ -31,7 +31,6 @@ __all__ = [
     "each_of",
     "fail",
     "fractions",
-    "gate_designs",
     "integer",
     "layer_sets",
     "merge_list",
@@ -287,16 +286,6 @@ def pooling_sets(value: Any, where: str) -> tuple[tuple[str, ...], ...]:
         group = some_of(POOLINGS)(item if isinstance(item, (list, tuple)) else [item], where)
         out.append(group)
     return tuple(dict.fromkeys(out))
-
-
-def gate_designs(value: Any, where: str) -> tuple[ProbeDesign, ...]:
-    """:func:`probe_designs` that can gate steering: the gate reads hidden states while the model runs, so a design
-    with a bag-of-tokens term (which reads the code's text) is refused."""
-    out = probe_designs(value, where)
-    for k, design in enumerate(out):
-        if design.reads_code:
-            raise fail(f"{where}[{k}]", "a gating probe reads hidden states only: tokens must be 0")
-    return out
 
 
 def positive_numbers(value: Any, where: str) -> tuple[float, ...]:

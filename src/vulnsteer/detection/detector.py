@@ -102,6 +102,8 @@ class SavedDetector:
         h.update(json.dumps(decisive, sort_keys=True, default=str).encode())
         for tensor in (self.probe.weight, *(self.vector.direction(layer) for layer in self.vector.layers)):
             h.update(tensor.numpy().tobytes())
+        if self.probe.lexical is not None:
+            h.update(self.probe.lexical.fingerprint())
         return h.hexdigest()[:16]
 
     def detect(
@@ -156,7 +158,7 @@ class SavedDetector:
             with atomic_open(staging / PROBE_FILE, "wb") as handle:
                 handle.write(save(tensors, metadata=meta))
             self.vector.save(staging / VECTOR_FILE)
-            files = {PROBE_FILE: _tensor_digest(self.probe.weight), VECTOR_FILE: _vector_digest(self.vector)}
+            files = {PROBE_FILE: _probe_digest(self.probe), VECTOR_FILE: _vector_digest(self.vector)}
             write_json(staging / "detector.json", {**self._document(), "digest": self.digest, "files": files})
 
         return write_folder(folder, fill)
@@ -186,7 +188,7 @@ class SavedDetector:
         probe_path = root / "probe.safetensors"
         try:
             with safe_open(str(probe_path), framework="pt") as handle:
-                probe = Probe.from_tensors({"weight": handle.get_tensor("weight")}, handle.metadata() or {})
+                probe = Probe.from_tensors({k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {})  # noqa: SIM118
         except Exception as exc:  # safetensors raises its own error types for a damaged file
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SavedDetectorError(f"{probe_path}: not a usable probe ({reason})") from None
@@ -220,7 +222,7 @@ class SavedDetector:
                 )
         recorded = doc.get("files")
         if isinstance(recorded, dict):  # (folders saved before the digests were recorded have none)
-            actual = {PROBE_FILE: _tensor_digest(probe.weight), VECTOR_FILE: _vector_digest(vector)}
+            actual = {PROBE_FILE: _probe_digest(probe), VECTOR_FILE: _vector_digest(vector)}
             for name, digest in actual.items():
                 if name in recorded and recorded[name] != digest:
                     raise SavedDetectorError(
@@ -271,8 +273,12 @@ def caveats(document: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _tensor_digest(tensor: Any) -> str:
-    return hashlib.sha256(tensor.detach().to("cpu").contiguous().numpy().tobytes()).hexdigest()[:16]
+def _probe_digest(probe: Probe) -> str:
+    """The probe file's weights (and its bag-of-tokens term, when it has one)."""
+    h = hashlib.sha256(probe.weight.detach().to("cpu").contiguous().numpy().tobytes())
+    if probe.lexical is not None:
+        h.update(probe.lexical.fingerprint())
+    return h.hexdigest()[:16]
 
 
 def _vector_digest(vector: SteeringVector) -> str:

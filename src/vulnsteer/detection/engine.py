@@ -236,11 +236,14 @@ def _resolve_gates(
     states: Mapping[str, torch.Tensor],
     layers: Sequence[int],
     code_tokens: torch.Tensor,
+    codes: Mapping[int, str],
 ) -> tuple[dict[tuple[int, str], Sequence[SteeringSpec] | None], dict[tuple[int, str], tuple[float, float]]]:
     """Resolve every gated spec of a batch: each gate's probe reads the row's unsteered hidden states
     (*states*: ``{pooling: [batch, len(layers), hidden]}``; *code_tokens*: each row's code-token count, for a
-    probe with a length term) and scales the spec's strength. Returns the resolved specs and, per (sample,
-    variant), the first gate's multiplier (the direction it pushed) and its probe's score."""
+    probe with a length term; *codes*: each sample's code text by index, for a probe with a bag-of-tokens term:
+    the text is known before the pass, so the term is added to the score like the states' part) and scales the
+    spec's strength. Returns the resolved specs and, per (sample, variant), the first gate's multiplier (the
+    direction it pushed) and its probe's score."""
     row = {i: j for j, i in enumerate(idx)}
     memo: dict[tuple[int, int], tuple[float, float]] = {}
     resolved: dict[tuple[int, str], Sequence[SteeringSpec] | None] = {}
@@ -257,7 +260,8 @@ def _resolve_gates(
                 continue
             if (id(gate), i) not in memo:
                 read = {(layer, p): states[p][row[i], layers.index(layer)][None] for layer, p in gate.probe.reads}
-                score = gate.probe.scores(read, code_tokens[row[i]][None].cpu())
+                text = [codes[i]] if gate.probe.reads_code else None
+                score = gate.probe.scores(read, code_tokens[row[i]][None].cpu(), text)
                 memo[(id(gate), i)] = (float(gate.multipliers(score)[0]), float(score[0]))
             pushes.setdefault((i, name), memo[(id(gate), i)])
             out.append(sp.gated(memo[(id(gate), i)][0]))
@@ -414,7 +418,9 @@ def detect_variants_modes(
                 states = batch_states(lm, batch, gate_layers, gate_poolings)
                 if prefix_store is not None:
                     prefix_store.put_states(key, gate_layers, states, source)
-            specs, pushes = _resolve_gates(idx, specs, states, gate_layers, batch.code_mask.sum(1))
+            specs, pushes = _resolve_gates(
+                idx, specs, states, gate_layers, batch.code_mask.sum(1), {i: samples[i].code for i in idx}
+            )
         # one row per (sample, variant) that runs, packed max_rows to a pass whatever the variant (a variant that
         # leaves a sample out, None, has no row; sink users keep every row)
         repeats = len(names)

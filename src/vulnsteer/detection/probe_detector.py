@@ -130,8 +130,7 @@ class ProbeDetector:
         h.update(json.dumps(decisive, sort_keys=True, default=str).encode())
         h.update(self.probe.weight.numpy().tobytes())
         if self.probe.lexical is not None:
-            h.update(json.dumps(self.probe.lexical.vocabulary).encode())
-            h.update(self.probe.lexical.weight.tobytes() + self.probe.lexical.idf.tobytes())
+            h.update(self.probe.lexical.fingerprint())
         return h.hexdigest()[:16]
 
     def check_model(self, lm: LoadedModel, where: str, *, allow_mismatch: bool = False) -> list[str]:

@@ -129,6 +129,10 @@ class LexicalModel:
             and np.array_equal(self.weight, other.weight)
         )
 
+    def fingerprint(self) -> bytes:
+        """The terms, weights and IDF as bytes (for digests of what decides a score; the bias is in :meth:`summary`)."""
+        return json.dumps(self.vocabulary).encode() + self.weight.tobytes() + self.idf.tobytes()
+
     def summary(self) -> dict[str, Any]:
         """What a header prints: the size, the bias and the terms weighted most either way."""
         order = np.argsort(self.weight)

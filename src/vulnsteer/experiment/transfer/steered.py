@@ -134,6 +134,8 @@ def _digest(variants: Mapping[str, SteeringSpec]) -> str:
         if spec.gate is not None:
             h.update(repr(sorted(spec.gate.probe.header().items(), key=str)).encode())
             h.update(spec.gate.probe.weight.numpy().tobytes())
+            if spec.gate.probe.lexical is not None:
+                h.update(spec.gate.probe.lexical.fingerprint())
         for layer in spec.layers:
             h.update(spec.vector.direction(layer).numpy().tobytes())
     return h.hexdigest()[:16]
