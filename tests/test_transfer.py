@@ -278,10 +278,11 @@ def test_a_bad_results_field_is_named_with_the_file(
 
 def test_a_probe_with_a_bag_of_tokens_term_gates_the_steered_model(tmp_path: Path, tiny_lm: LoadedModel) -> None:
     """``transfer.tokens`` with the steered model: each outer fold's steered rows are gated by the chosen probe's
-    full score (the states' part plus the term on the prompt's code), the very score its probe row reports."""
+    full score (the states' part plus the term on the prompt's code), the very score its probe row reports; with
+    ``gate_adapted``, the adapted gate reads the same scores less their mean over the left-out inputs."""
     from vulnsteer.experiment.transfer.designs import DesignStore
 
-    config = _config(tmp_path, layers=[[1]], poolings=[["code_mean"]], tokens=[1.0])
+    config = _config(tmp_path, layers=[[1]], poolings=[["code_mean"]], tokens=[1.0], gate_adapted=[False, True])
     out = run_transfer(config, tmp_path / "run", lm=tiny_lm, progress=False)
     results = _results(out)
     designs = DesignStore(out / "designs.jsonl")
@@ -291,9 +292,16 @@ def test_a_probe_with_a_bag_of_tokens_term_gates_the_steered_model(tmp_path: Pat
         assert probe_row is not None and steered_row is not None and "tokens=1" in probe_row.chosen
         scores = designs.get(outer.key, probe_row.chosen)
         assert scores is not None
-        gated = [
-            g
-            for doc in sorted((d for d in steered if d["dataset"] == outer.left_out), key=lambda d: d["chunk"])
-            for _, _, g in doc["rows"][f"{outer.key}|{steered_row.chosen}"]
-        ]
-        assert gated == pytest.approx(list(scores.scores), abs=1e-3), outer.left_out
+        chunks = sorted((d for d in steered if d["dataset"] == outer.left_out), key=lambda d: d["chunk"])
+
+        def gate_scores(row: str) -> list[float]:
+            return [g for doc in chunks for _, _, g in doc["rows"][f"{outer.key}|{row}"]]  # noqa: B023
+
+        plain = steered_row.chosen.removesuffix("|adapted")
+        assert gate_scores(plain) == pytest.approx(list(scores.scores), abs=1e-3), outer.left_out
+        centre = sum(scores.scores) / len(scores.scores)
+        expected = [x - centre for x in scores.scores]
+        assert gate_scores(plain + "|adapted") == pytest.approx(expected, abs=1e-3), outer.left_out
+        assert len(gate_scores(plain + "|adapted|random")) == len(expected)  # its random gate is adapted too
+    settings = {k for fold in results.folds for k in fold.steered_inner}
+    assert settings == {f"{g}|sigma:2{a}" for g in ("sign", "calibrated") for a in ("", "|adapted")}

@@ -590,6 +590,12 @@ class TransferSection:
         "a pair cap per CWE for each of data.paths, in order (0: no cap; empty: data.max_pairs_per_cwe for all)",
     )
     steered: bool = _key(True, boolean, "score the steered model (the chosen probe gating the push) on every fold")
+    gate_adapted: tuple[bool, ...] = _key(
+        (False,),
+        switches,
+        "gate the steered model with the probe as fitted (false) and/or adapted to the inputs it gates (true: its "
+        "centre from the left-out dataset's unlabelled inputs, as the adapted row); chosen on the inner folds",
+    )
     peers: tuple[str, ...] = _key(
         PEERS, some_of(PEERS, empty=True), "peer analysers run beside the detectors where installed"
     )

@@ -66,7 +66,16 @@ from .designs import probe_scores as probe_fold_scores
 from .folds import Fold, inner_folds, outer_folds
 from .peers import run_peer
 from .results import DatasetInfo, DetectorRow, FoldResult, TransferResults
-from .steered import Steered, SteeredStore, fold_vector, score_steered, steered_layers, steered_variants
+from .steered import (
+    Steered,
+    SteeredSetting,
+    SteeredStore,
+    fold_vector,
+    score_steered,
+    steered_layers,
+    steered_settings,
+    steered_variants,
+)
 
 __all__ = ["TRANSFER_SECTIONS", "choose", "run_transfer"]
 
@@ -194,7 +203,8 @@ class _Transfer:
                 probe = self.fit(design, fold)
                 vector = fold_vector(self.lm, fold, self.data, steered_layers(self.config, design.deepest))
                 val = [self.data[n].probe_data(design.reads, ("val",)) for n in fold.training]
-                for row, spec in steered_variants(self.config, fold, probe, vector, val).items():
+                target = self.data[fold.left_out].probe_data(design.reads)
+                for row, spec in steered_variants(self.config, fold, probe, vector, val, target).items():
                     by_dataset[fold.left_out][row.name] = spec
         out: dict[str, dict[str, list[DetectionRecord]]] = {}
         for name in self.names:
@@ -237,8 +247,8 @@ class _Transfer:
         non_nested: str,
         inner_means: Mapping[str, float],
         steered: Mapping[str, list[DetectionRecord]] | None,
-        steered_choice: tuple[str, Mapping[str, float]] | None,
-        non_nested_setting: str,
+        steered_choice: tuple[SteeredSetting, Mapping[str, float]] | None,
+        non_nested_setting: SteeredSetting | None,
         peers: Mapping[str, tuple[dict[str, float], str]],
     ) -> FoldResult:
         target = self.data[outer.left_out]
@@ -269,13 +279,13 @@ class _Transfer:
         if steered is not None and steered_choice is not None:
             setting, steered_means = steered_choice
             base = steered["baseline"]
-            name = Steered(outer.key, *_setting_parts(setting)).name
+            name = Steered(outer.key, setting).name
             rows.append(
                 DetectorRow(
                     "steered",
                     "the steered model (the chosen probe gating the push), its answer",
                     self.block([r.to_prediction() for r in steered[name]]),
-                    setting,
+                    setting.key,
                     "score: the answer margin; verdict: the model's own answer",
                 )
             )
@@ -284,7 +294,7 @@ class _Transfer:
                     "gate_control",
                     "the same push gated by a random direction",
                     self.block([r.to_prediction() for r in steered[name + "|random"]]),
-                    setting,
+                    setting.key,
                     control_of="steered",
                 )
             )
@@ -297,14 +307,14 @@ class _Transfer:
                     "score: the answer margin; verdict at 0",
                 )
             )
-            if non_nested_setting != setting:
-                other = Steered(outer.key, *_setting_parts(non_nested_setting)).name
+            if non_nested_setting is not None and non_nested_setting != setting:
+                other = Steered(outer.key, non_nested_setting).name
                 rows.append(
                     DetectorRow(
                         "steered_non_nested",
                         "the steered model with the non-nested setting",
                         self.block([r.to_prediction() for r in steered[other]]),
-                        non_nested_setting,
+                        non_nested_setting.key,
                     )
                 )
         length = length_scores(outer, self.data)
@@ -370,37 +380,28 @@ class _Transfer:
 
     def choose_steered(
         self, steered: Mapping[str, Mapping[str, list[DetectionRecord]]]
-    ) -> tuple[dict[str, tuple[str, dict[str, float]]], str]:
-        """Per outer fold, the gate and strength with the best mean over its inner folds; and the non-nested one."""
-        settings = list(
-            dict.fromkeys(
-                Steered("", g, u, s).setting
-                for g in self.config.conditional.gates
-                for u, s in self.config.conditional.strengths
-                if s
-            )
-        )
+    ) -> tuple[dict[str, tuple[SteeredSetting, dict[str, float]]], SteeredSetting]:
+        """Per outer fold, the setting (gate, strength, adaptation) with the best mean over its inner folds (and
+        every setting's mean, by key); and the non-nested one."""
+        settings = {s.key: s for s in steered_settings(self.config)}
 
-        def value(fold: Fold, setting: str) -> float:
-            records = steered[fold.left_out][Steered(fold.key, *_setting_parts(setting)).name]
+        def value(fold: Fold, setting: SteeredSetting) -> float:
+            records = steered[fold.left_out].get(Steered(fold.key, setting).name)
+            if records is None:  # an adapted gate with too few inputs to adapt to
+                return math.nan
             block = self.block([r.to_prediction() for r in records])
             got = block.auroc if self.criterion == "auroc" else block.balanced_accuracy
             return math.nan if got is None else float(got)
 
-        out: dict[str, tuple[str, dict[str, float]]] = {}
+        out: dict[str, tuple[SteeredSetting, dict[str, float]]] = {}
         for outer in outer_folds(self.names):
             inner = inner_folds(self.names, outer.left_out)
-            by = {s: [value(f, s) for f in inner] for s in settings}
-            best, _ = choose(settings, by)
-            out[outer.left_out] = (best, {s: _mean(v) for s, v in by.items()})
-        non_nested, _ = choose(settings, {s: [value(f, s) for f in outer_folds(self.names)] for s in settings})
-        return out, non_nested
-
-
-def _setting_parts(setting: str) -> tuple[str, str, float]:
-    gate, strength = setting.split("|", 1)
-    unit, size = strength.split(":", 1)
-    return gate, unit, float(size)
+            by = {key: [value(f, s) for f in inner] for key, s in settings.items()}
+            best, _ = choose(list(settings), by)
+            out[outer.left_out] = (settings[best], {key: _mean(v) for key, v in by.items()})
+        on_outer = {key: [value(f, s) for f in outer_folds(self.names)] for key, s in settings.items()}
+        non_nested, _ = choose(list(settings), on_outer)
+        return out, settings[non_nested]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -450,7 +451,7 @@ def run_transfer(
             t.score_designs()
             chosen, inner_means, non_nested, designs_outer = t.choose_designs()
             steered = t.steer(chosen) if config.transfer.steered else None
-            steered_choices, non_nested_setting = t.choose_steered(steered) if steered else ({}, "")
+            steered_choices, non_nested_setting = t.choose_steered(steered) if steered else ({}, None)
             peers = t.peers()
             folds = tuple(
                 t.fold_result(
@@ -476,7 +477,7 @@ def run_transfer(
                 t.criterion,
                 folds,
                 non_nested,
-                non_nested_setting,
+                "" if non_nested_setting is None else non_nested_setting.key,
                 tuple(t.notes),
                 run.add_timings(t.timings),
                 designs_outer,

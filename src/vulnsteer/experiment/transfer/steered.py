@@ -21,7 +21,7 @@ import torch
 
 from ...config import ExperimentConfig
 from ...detection.engine import detect_variants_modes
-from ...detection.probe import rethreshold
+from ...detection.probe import ProbeData, rethreshold
 from ...detection.records import DetectionRecord
 from ...io import append_jsonl, read_jsonl
 from ...lm.activations import ANSWER_POOLINGS, Activations
@@ -30,12 +30,22 @@ from ...progress import Progress
 from ...steering.behaviour import answer_vector_from
 from ...steering.gate import Gate
 from ...steering.hooks import PositionMode, SteeringSpec, StrengthUnit
-from ...steering.probe import Probe
+from ...steering.probe import AdaptationError, Probe
 from ...steering.vectors import SteeringVector
 from .data import FIT_SPLITS, TransferDataset
 from .folds import Fold
 
-__all__ = ["CHUNK", "Steered", "SteeredStore", "fold_vector", "score_steered", "steered_layers", "steered_variants"]
+__all__ = [
+    "CHUNK",
+    "Steered",
+    "SteeredSetting",
+    "SteeredStore",
+    "fold_vector",
+    "score_steered",
+    "steered_layers",
+    "steered_settings",
+    "steered_variants",
+]
 
 #: Samples per saved chunk (a kill loses at most one).
 CHUNK = 32
@@ -71,25 +81,51 @@ def fold_vector(
 
 
 @dataclass(frozen=True)
-class Steered:
-    """One steered row of a fold: the fold, the gate, the strength (unit), and whether it is the random-gate control."""
+class SteeredSetting:
+    """What the inner folds choose for the steered model: the gate, the strength (and its unit), and whether the
+    gate's probe is adapted to the inputs it gates (its centre re-estimated from their unlabelled states).
 
-    fold: str
+    >>> SteeredSetting("linear", "sigma", 4.0).key, SteeredSetting("linear", "sigma", 4.0, adapted=True).key
+    ('linear|sigma:4', 'linear|sigma:4|adapted')
+    """
+
     gate: str
     unit: str
     strength: float
+    adapted: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its name in ``results.json`` and the report: ``linear|sigma:4`` (``...|adapted`` when adapted)."""
+        return f"{self.gate}|{self.unit}:{self.strength:g}" + ("|adapted" if self.adapted else "")
+
+
+def steered_settings(config: ExperimentConfig) -> list[SteeredSetting]:
+    """Every gate x non-zero strength x adaptation of ``[conditional]`` and ``transfer.gate_adapted``, in order."""
+    c = config.conditional
+    return list(
+        dict.fromkeys(
+            SteeredSetting(gate, unit, strength, adapted)
+            for adapted in config.transfer.gate_adapted
+            for gate in c.gates
+            for unit, strength in c.strengths
+            if strength
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Steered:
+    """One steered row of a fold: the fold, the setting, and whether it is the random-gate control."""
+
+    fold: str
+    setting: SteeredSetting
     control: bool = False
 
     @property
     def name(self) -> str:
-        """The row's name in ``steered.jsonl`` and the choices: ``sven|linear|sigma:4`` (``...|random`` for the
-        control)."""
-        return f"{self.fold}|{self.setting}" + ("|random" if self.control else "")
-
-    @property
-    def setting(self) -> str:
-        """What is chosen: the gate and the strength."""
-        return f"{self.gate}|{self.unit}:{self.strength:g}"
+        """The row's name in ``steered.jsonl``: ``sven|linear|sigma:4`` (``...|random`` for the control)."""
+        return f"{self.fold}|{self.setting.key}" + ("|random" if self.control else "")
 
 
 def steered_variants(
@@ -98,31 +134,42 @@ def steered_variants(
     probe: Probe,
     vector: SteeringVector,
     val: Any,
+    target: ProbeData,
 ) -> dict[Steered, SteeringSpec]:
-    """Every gate x strength of ``[conditional]`` for one fold (*probe* gating *vector*), and for an outer fold the
+    """Every setting of :func:`steered_settings` for one fold (*probe* gating *vector*), and for an outer fold the
     same under a random gate (a random direction of the probe's norm, thresholded and calibrated on the same val
-    data *val*, seeded by ``steering.control_seed``)."""
+    data *val*, seeded by ``steering.control_seed``). An adapted setting's gate (the random one's too) is the
+    probe adapted to *target*, the states of the fold's left-out inputs (no labels read); below
+    ``conditional.min_adapt`` inputs it has no row."""
     c = config.conditional
     layers = tuple(vector.layers)
     random = rethreshold(probe.random_like(config.steering.control_seed + probe.design.deepest), val)
     out: dict[Steered, SteeringSpec] = {}
     for control in (False, True) if not fold.is_inner else (False,):
-        gated = random if control else probe
-        for gate in c.gates:
-            for unit, strength in c.strengths:
-                if not strength:
-                    continue
-                spec = SteeringSpec(
-                    vector,
-                    strength,
-                    layers=layers,
-                    positions=cast(PositionMode, "last"),
-                    unit=cast(StrengthUnit, unit),
-                    gate=Gate(gate, gated, c.band),
-                    source="conditional.strengths",
-                )
-                out[Steered(fold.key, gate, unit, strength, control)] = spec
+        fitted = random if control else probe
+        adapted = _adapted(fitted, target, c.min_adapt) if any(config.transfer.gate_adapted) else None
+        for setting in steered_settings(config):
+            gated = adapted if setting.adapted else fitted
+            if gated is None:
+                continue
+            out[Steered(fold.key, setting, control)] = SteeringSpec(
+                vector,
+                setting.strength,
+                layers=layers,
+                positions=cast(PositionMode, "last"),
+                unit=cast(StrengthUnit, setting.unit),
+                gate=Gate(setting.gate, gated, c.band),
+                source="conditional.strengths",
+            )
     return out
+
+
+def _adapted(probe: Probe, target: ProbeData, min_count: int) -> Probe | None:
+    """*probe* adapted to the unlabelled inputs *target* (None where there are too few)."""
+    try:
+        return probe.adapted(probe.score_matrix(target.x, target.lengths, target.codes), min_count)
+    except AdaptationError:
+        return None
 
 
 def _digest(variants: Mapping[str, SteeringSpec]) -> str:
