@@ -21,18 +21,23 @@ from vulnsteer.lm.identity import ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Results]:
-    root = tmp_path_factory.mktemp("detector")
+def _fit_detector(root: Path, lm: LoadedModel, conditional: str, pooled: str = "true") -> tuple[Path, Results]:
+    """The protocol on the toy data with *conditional* (the ``[conditional]`` section's lines); its run folder."""
     config = write_config(
         root / "c.toml",
         write_toy_jsonl(root / "toy.jsonl"),
         cache_dir=root / "cache",
         strengths="{ relative = [0.5] }",
-        pooled="false",
-        extra='[conditional]\ngates = ["sign"]   # the tests below check the sign gate\'s pushes',
+        pooled=pooled,
+        extra=f"[conditional]\n{conditional}",
     )
-    return root / "run", run(load_config(config), root / "run", tiny_lm)
+    return root / "run", run(load_config(config), root / "run", lm)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> tuple[Path, Results]:
+    root = tmp_path_factory.mktemp("detector")
+    return _fit_detector(root, tiny_lm, 'gates = ["sign"]   # the tests below check the sign gate\'s pushes', "false")
 
 
 def test_the_protocol_saves_a_detector_that_loads_back(fitted: tuple[Path, Results], tiny_lm: LoadedModel) -> None:
@@ -156,14 +161,9 @@ def test_a_gate_with_a_bag_of_tokens_term_reads_the_prompts_code(
 ) -> None:
     """A gating design with ``tokens``: the protocol fits the term with the probe, the saved detector keeps it (its
     digest covers it), and each input's gate score is the states' part plus the term on that input's code."""
-    config = write_config(
-        tmp_path / "c.toml",
-        write_toy_jsonl(tmp_path / "toy.jsonl"),
-        cache_dir=tmp_path / "cache",
-        strengths="{ relative = [0.5] }",
-        extra='[conditional]\ngates = ["linear"]\ndesigns = [{ layers = [1], poolings = ["code_mean"], tokens = 1.0 }]',
+    _, results = _fit_detector(
+        tmp_path, tiny_lm, 'gates = ["linear"]\ndesigns = [{ layers = [1], poolings = ["code_mean"], tokens = 1.0 }]'
     )
-    results = run(load_config(config), tmp_path / "run", tiny_lm)
     info = results.families["conditional"].saved
     assert info is not None
     detector = SavedDetector.load(tmp_path / "run" / info.folder, tiny_lm)
