@@ -131,17 +131,19 @@ def test_cache_ignores_torn_and_corrupt_lines(tmp_path: Path) -> None:
     cache = ScanCache(tmp_path, "d")
     cache.put({"k1": FunctionScore(0.7, "vulnerable")})
     with open(cache.path, "ab") as handle:
-        handle.write(b'{"format": 1, "digest": "d", "key": "k2", "score": {"score": 0.3, "verd')  # killed writer
+        handle.write(b'{"format": 2, "digest": "d", "key": "k2", "score": {"score": 0.3, "verd')  # killed writer
     reread = ScanCache(tmp_path, "d")
     assert reread.get("k1") == FunctionScore(0.7, "vulnerable") and reread.get("k2") is None
     assert reread.bad_lines == 1
     reread.put({"k3": FunctionScore(0.1, "secure")})  # the torn line is ended first, never glued to this one
     with open(cache.path, "ab") as handle:
-        handle.write(b'{"format": 1, "digest": "d", "key": "k4", "score": {"score": 7, "verdict": "secure"}}\n')
-        handle.write(b'{"format": 1, "digest": "other", "key": "k5", "score": {"score": 0.5, "verdict": "secure"}}\n')
+        handle.write(b'{"format": 2, "digest": "d", "key": "k4", "score": {"score": 7, "verdict": "secure"}}\n')
+        handle.write(b'{"format": 2, "digest": "other", "key": "k5", "score": {"score": 0.5, "verdict": "secure"}}\n')
+        handle.write(b'{"format": 1, "digest": "d", "key": "k6", "score": {"score": 0.5, "verdict": "secure"}}\n')
     final = ScanCache(tmp_path, "d")
     assert final.get("k3") == FunctionScore(0.1, "secure")
     assert final.get("k4") is None and final.get("k5") is None  # an invalid score and another digest's line
+    assert final.get("k6") is None  # an earlier layout's line (its scores carry no threshold)
     assert len(final) == 2
 
 

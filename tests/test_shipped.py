@@ -22,6 +22,7 @@ from vulnsteer.experiment.transfer.ship import FoldCalibration, fit_default, fol
 from vulnsteer.lm.identity import ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
+from vulnsteer.scan.sources import file_scores
 from vulnsteer.steering.probe import AdaptationError
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
@@ -161,6 +162,22 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
     assert [r.score.score for r in adapted.results] == pytest.approx(expected.tolist(), abs=1e-5)
     assert adapted.provenance["adapted_to"] == len(report.results)
     assert any("fewer than 50" in w for w in adapted.stats.warnings)
+    # each score carries its verdict's threshold (fitted, then adapted), which a file's verdict reads
+    a = detector.probe.adaptation
+    assert a is not None
+    for found, calibration, threshold in ((report, detector.probe.calibration, detector.probe.threshold),
+                                          (adapted, a.calibration, a.threshold)):  # fmt: skip
+        at = float(calibration.probabilities(torch.tensor([threshold]))[0])
+        for r in found.results:
+            assert r.score.threshold == pytest.approx(at, abs=1e-6)
+            assert (r.score.verdict == "vulnerable") == (r.score.score > at)
+    many = tmp_path / "one" / "many.py"
+    many.parent.mkdir()
+    many.write_text("\n\n".join((tree / f"m{i}.py").read_text() for i in range(6)), encoding="utf-8")
+    (whole,) = file_scores(scan([many.parent], scorer, ScanOptions(min_score=0.0, aggregation="mean"), progress=False))
+    assert whole.functions == 6 and whole.top.score.threshold is not None
+    assert whole.verdict == ("vulnerable" if whole.score >= whole.top.score.threshold else "secure")
+    assert whole.to_record()["verdict"] == whole.verdict == whole.to_detect_json()["verdict"]
     few = _tree(tmp_path / "few", detector.min_adapt - 1)
     with pytest.raises(AdaptationError, match=f"--adapt: .* at least {detector.min_adapt}"):
         scan([few], scorer, ScanOptions(adapt="on"), progress=False)

@@ -3,7 +3,8 @@
 Each file is prepared and scored as ``vulnsteer scan`` does it (decoded, split into functions, comments stripped,
 a function over the token budget read in windows or by its head, scored by the same
 :class:`~vulnsteer.scan.model_scorer.ScorerSpec` from the same flags), and reported by its functions' aggregate
-score (``--aggregation``: what the detector's run chose, else a smooth maximum) and its highest-scoring function. The
+score (``--aggregation``: what the detector's run chose, else a smooth maximum), the verdict that score gets, and its
+highest-scoring function. The
 options, the files, the steering vector or detector and the token budget are checked before the model loads.
 Nothing is cached.
 """
@@ -30,7 +31,7 @@ from .options import (
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("detect", help="a verdict per source file (its highest-scoring function), optionally steered")
+    p = sub.add_parser("detect", help="a verdict per source file (its functions' aggregate score), optionally steered")
     p.add_argument("files", nargs="+", help="source files to score")
     p.add_argument(
         "--language",

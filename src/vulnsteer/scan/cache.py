@@ -25,8 +25,9 @@ from .scorer import FunctionScore
 
 __all__ = ["CACHE_FORMAT", "ScanCache"]
 
-#: Version of a cache line's layout; lines of another version are ignored.
-CACHE_FORMAT = 1
+#: Version of a cache line's layout; lines of another version are ignored (2: scores carry their verdict's
+#: threshold, which a file's verdict reads).
+CACHE_FORMAT = 2
 
 
 class ScanCache:

@@ -602,13 +602,16 @@ class ModelScorer:
             rec, gen = logits[top], texts[top]
             cut = truncated[k] and count_windows[k] == 1  # (read from its head only)
             probe = {"probe": probes[k][0] if probes is not None else None, "push": rec.push}
-            if gen is None:
-                verdict, cwe, text = rec.verdict, self._steering_cwe, None
+            threshold: float | None = None
+            if gen is None:  # the answer's verdict: its P(vulnerable) against the threshold
+                verdict, cwe, text, threshold = rec.verdict, self._steering_cwe, None, spec.threshold
             else:
                 verdict = gen.verdict
                 cwe = gen.named_cwe if gen.verdict == "vulnerable" and gen.named_cwe else self._steering_cwe
                 text = (gen.text or "").strip() or None
-            results.append(FunctionScore(p, verdict, cwe, text, cut, **probe, windows=count_windows[k]))
+            results.append(
+                FunctionScore(p, verdict, cwe, text, cut, **probe, windows=count_windows[k], threshold=threshold)
+            )
         return results
 
     @property
@@ -642,10 +645,17 @@ class ModelScorer:
             count_windows[where.sample] += 1
             truncated[where.sample] |= bool(piece.meta.get("truncation", {}).get("truncated"))
         scores = torch.tensor([value for value, _ in found], dtype=torch.float32)
-        probs, verdicts = _probe_verdicts(detector.probe, scores)
+        probs, verdicts, threshold = _probe_verdicts(detector.probe, scores)
         return [
             FunctionScore(
-                p, v, None, texts[top], truncated[k] and count_windows[k] == 1, probe=value, windows=count_windows[k]
+                p,
+                v,
+                None,
+                texts[top],
+                truncated[k] and count_windows[k] == 1,
+                probe=value,
+                windows=count_windows[k],
+                threshold=threshold,
             )
             for k, ((value, top), p, v) in enumerate(zip(found, probs, verdicts, strict=True))
         ]
@@ -675,16 +685,23 @@ class ModelScorer:
         except AdaptationError as exc:
             raise AdaptationError(f"--adapt: {exc}") from None
         centred = raw - (detector.probe.bias - adapted.bias)  # (the adapted probe's score: minus their mean)
-        probs, verdicts = _probe_verdicts(adapted, centred)
-        out = [dataclasses.replace(s, score=p, verdict=v) for s, p, v in zip(scores, probs, verdicts, strict=True)]
+        probs, verdicts, threshold = _probe_verdicts(adapted, centred)
+        out = [
+            dataclasses.replace(s, score=p, verdict=v, threshold=threshold)
+            for s, p, v in zip(scores, probs, verdicts, strict=True)
+        ]
         return out, adapted.centred
 
 
-def _probe_verdicts(probe: Any, raw: Any) -> tuple[list[float], list[str]]:
-    """Calibrated probabilities (clamped to [0, 1]) and verdicts of a probe's scores *raw*."""
+def _probe_verdicts(probe: Any, raw: Any) -> tuple[list[float], list[str], float]:
+    """Calibrated probabilities (clamped to [0, 1]) and verdicts of a probe's scores *raw*, and the probability of
+    its threshold (the calibration is increasing, so a verdict is ``vulnerable`` exactly above it)."""
+    import torch
+
     probs = [min(1.0, max(0.0, float(p))) for p in probe.probabilities(raw).tolist()]
     verdicts = ["vulnerable" if v else "secure" for v in probe.verdicts(raw).tolist()]
-    return probs, verdicts
+    threshold = min(1.0, max(0.0, float(probe.probabilities(torch.tensor([probe.threshold]))[0])))
+    return probs, verdicts, threshold
 
 
 def _is_probe_detector(folder: Path) -> bool:

@@ -47,6 +47,9 @@ class FunctionScore:
             None.
         windows: how many windows the function was read in (1: whole, or its head when *truncated*); the score
             is their aggregate, the verdict, explanation and push the top window's.
+        threshold: the score at and above which the scorer's verdict is ``vulnerable`` (a probe detector's
+            calibrated threshold, adapted or not; the answer's P(vulnerable) threshold), so a file's verdict can
+            follow its aggregate score; None where the verdict is not a threshold on the score (a generated answer).
     """
 
     score: float
@@ -57,6 +60,7 @@ class FunctionScore:
     probe: float | None = None
     push: float | None = None
     windows: int = 1
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.score, (int, float)) or not math.isfinite(self.score) or not 0 <= self.score <= 1:
@@ -84,6 +88,7 @@ class FunctionScore:
             probe=None if data.get("probe") is None else float(data["probe"]),
             push=None if data.get("push") is None else float(data["push"]),
             windows=int(data.get("windows", 1)),
+            threshold=None if data.get("threshold") is None else float(data["threshold"]),
         )
 
 

@@ -104,14 +104,35 @@ def check_source_files(names: Sequence[str], language_given: bool) -> tuple[list
 
 @dataclass(frozen=True)
 class FileScore:
-    """One file's score: the aggregate of its functions' scores (by *aggregation*), and the function that leads it
-    (the highest-scoring; the file's verdict is its)."""
+    """One file's score: the aggregate of its functions' scores (by *aggregation*), the function that leads it
+    (the highest-scoring), and its :attr:`verdict`."""
 
     path: str
     score: float
     top: FunctionResult
     functions: int
     aggregation: str = DEFAULT_AGGREGATION
+
+    @property
+    def verdict(self) -> str:
+        """The file's verdict: its score against the threshold its functions' verdicts use, where they use one
+        (a probe detector, the answer's P(vulnerable)), so the verdict follows the score reported beside it; else
+        (a generated answer) the leading function's. With ``max`` the two agree; with a smoother aggregation a
+        file is no longer called vulnerable only because one of its many functions crossed the line.
+
+        >>> from vulnsteer.scan.engine import FunctionResult
+        >>> from vulnsteer.data.region import Region
+        >>> from vulnsteer.scan.scorer import FunctionScore
+        >>> fs = [FunctionResult("a.c", "c", name, "function", Region(1, 1, 2, 1), "h", "f",
+        ...                      FunctionScore(p, "vulnerable" if p >= 0.5 else "secure", threshold=0.5),
+        ...                      cached=False, finding=p >= 0.5) for name, p in (("f", 0.6), ("g", 0.2), ("h", 0.3))]
+        >>> file_score("a.c", fs, "max").verdict, file_score("a.c", fs, "mean").verdict
+        ('vulnerable', 'secure')
+        """
+        threshold = self.top.score.threshold
+        if threshold is None:
+            return self.top.score.verdict
+        return "vulnerable" if self.score >= threshold else "secure"
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-lines record of this file (``"type": "file"``)."""
@@ -123,7 +144,7 @@ class FileScore:
             "score": self.score,
             "aggregation": self.aggregation,
             "functions": self.functions,
-            "verdict": top.score.verdict,
+            "verdict": self.verdict,
             "top_function": top.name,
             "top_line": top.region.start_line,
             "top_score": top.score.score,
@@ -133,7 +154,7 @@ class FileScore:
         """``vulnsteer detect --json``'s object for this file (the README lists its keys)."""
         top, result = self.top, self.top.score
         out = {"file": self.path, "language": top.language or "unknown", "function": top.name,
-               "line": top.region.start_line, "functions": self.functions, "verdict": result.verdict,
+               "line": top.region.start_line, "functions": self.functions, "verdict": self.verdict,
                "weakness": result.cwe, "p_vulnerable": self.score, "aggregation": self.aggregation,
                "function_p_vulnerable": result.score, "text": result.explanation, "truncated": result.truncated,
                "windows": result.windows}  # fmt: skip
