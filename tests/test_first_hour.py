@@ -124,6 +124,22 @@ def test_a_vector_scaled_by_1e30_steers_like_the_same_direction_at_unit_scale(wo
     assert steered != pytest.approx(plain, abs=1e-6)
 
 
+def test_a_files_verdict_follows_its_aggregate_score_in_json_and_text(world: World, cli: ForkServer) -> None:
+    """``detect``: a file of several functions gets the verdict of its aggregate score (the answer's P(vulnerable)
+    against its 0.5 threshold), the same in ``--json`` and in the text line, whatever its highest function says."""
+    many = world.root / "many.c"
+    many.write_text("\n".join(SOURCE.replace("main", f"f{i}") for i in range(5)), encoding="utf-8")
+    base = ["--no-progress", "detect", str(many), *world.tiny_args(), "--mode", "logit", "--aggregation", "mean"]
+    shown = cli.run([*base, "--json"])
+    assert shown.rc == 0, shown.err
+    doc = json.loads(shown.out.splitlines()[0])
+    assert doc["functions"] == 5
+    assert doc["verdict"] == ("vulnerable" if doc["p_vulnerable"] >= 0.5 else "secure")
+    text = cli.run(base)
+    assert text.rc == 0, text.err
+    assert text.out.splitlines()[0].startswith(f"{many}: {doc['verdict']} p(vulnerable)=")
+
+
 def test_a_zero_vector_is_refused_not_applied_as_nothing(world: World, cli: ForkServer) -> None:
     zero = _vector(world, "zero.safetensors", torch.zeros(64))
     argv = ["detect", str(world.root / "ok.c"), "--model", str(world.bare), "--vector", str(zero), "--strength", "1"]

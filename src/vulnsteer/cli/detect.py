@@ -89,7 +89,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(file.to_detect_json()))
             continue
-        weakness = f" {result.cwe}" if result.cwe else ""
+        weakness = f" {result.cwe}" if result.cwe and file.verdict == "vulnerable" else ""
         if file.aggregation == "max" or file.functions == 1:
             where = f"{top.name} at line {top.region.start_line}, the highest of {file.functions} function(s)"
         else:
@@ -97,7 +97,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                      f"{top.region.start_line}, {result.score:.4f}")  # fmt: skip
         push = f" (push {result.push:+.2f})" if result.push is not None else ""
         probe = f" probe score {result.probe:+.3f}{push}" if result.probe is not None else ""
-        print(f"{file.path}: {result.verdict}{weakness} p(vulnerable)={file.score:.4f} ({where}){probe}")
+        print(f"{file.path}: {file.verdict}{weakness} p(vulnerable)={file.score:.4f} ({where}){probe}")
         for line in (result.explanation or "").splitlines():
             if line.strip():
                 print(f"  {line.strip()}")
