@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .experiment import SECTIONS
 from .options import add_config_args, config_from_args
+
+if TYPE_CHECKING:
+    from ..steering.probe import Probe
 
 
 def register(sub: Any) -> None:
@@ -107,7 +110,7 @@ def _cell(row: Any) -> str:
     return f"{row['auroc']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def _print_lexical(probe: Any) -> None:
+def _print_lexical(probe: Probe) -> None:
     """The probe's bag-of-tokens term, if it has one: its size, weight and heaviest words."""
     if probe.lexical is not None:
         lex = probe.lexical.summary()
@@ -121,8 +124,6 @@ def _print_lexical(probe: Any) -> None:
 
 def show_probe_detector(folder: Path) -> int:
     """Print a probe detector: what it reads, its model, its data and its leave-one-dataset-out numbers."""
-    import torch
-
     from ..detection.probe_detector import ProbeDetector
 
     detector = ProbeDetector.load(folder)
@@ -133,7 +134,7 @@ def show_probe_detector(folder: Path) -> int:
     reads = ", ".join(f"layer {layer} ({pooling})" for layer, pooling in probe.reads)
     print(f"  probe: {probe.key} at {reads}")
     _print_lexical(probe)
-    at = float(probe.probabilities(torch.tensor([probe.threshold]))[0])
+    at = probe.threshold_probability
     print(f"  score: P(vulnerable), Platt-calibrated on out-of-dataset scores; flagged above {at:.3f}")
     m = detector.model
     print(f"  model: {m.id} (fingerprint {m.fingerprint}, weights {m.weights_digest}, {m.dtype})")

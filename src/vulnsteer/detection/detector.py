@@ -100,10 +100,9 @@ class SavedDetector:
         h = hashlib.sha256()
         decisive = {k: v for k, v in self._document().items() if k in ("setting", "probe", "template", "format")}
         h.update(json.dumps(decisive, sort_keys=True, default=str).encode())
-        for tensor in (self.probe.weight, *(self.vector.direction(layer) for layer in self.vector.layers)):
-            h.update(tensor.numpy().tobytes())
-        if self.probe.lexical is not None:
-            h.update(self.probe.lexical.fingerprint())
+        h.update(self.probe.fingerprint())
+        for layer in self.vector.layers:
+            h.update(self.vector.direction(layer).numpy().tobytes())
         return h.hexdigest()[:16]
 
     def detect(
@@ -275,10 +274,7 @@ def caveats(document: Mapping[str, Any]) -> list[str]:
 
 def _probe_digest(probe: Probe) -> str:
     """The probe file's weights (and its bag-of-tokens term, when it has one)."""
-    h = hashlib.sha256(probe.weight.detach().to("cpu").contiguous().numpy().tobytes())
-    if probe.lexical is not None:
-        h.update(probe.lexical.fingerprint())
-    return h.hexdigest()[:16]
+    return hashlib.sha256(probe.fingerprint()).hexdigest()[:16]
 
 
 def _vector_digest(vector: SteeringVector) -> str:

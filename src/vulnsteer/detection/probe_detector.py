@@ -128,9 +128,7 @@ class ProbeDetector:
         h = hashlib.sha256()
         decisive = {"probe": self.probe.header(), "template": self.template.to_dict(), "model": self.model.digest()}
         h.update(json.dumps(decisive, sort_keys=True, default=str).encode())
-        h.update(self.probe.weight.numpy().tobytes())
-        if self.probe.lexical is not None:
-            h.update(self.probe.lexical.fingerprint())
+        h.update(self.probe.fingerprint())
         return h.hexdigest()[:16]
 
     def check_model(self, lm: LoadedModel, where: str, *, allow_mismatch: bool = False) -> list[str]:
@@ -176,10 +174,10 @@ class ProbeDetector:
         """The threshold as a calibrated probability (a score above it is ``vulnerable``), adapted or not."""
         import torch
 
-        probe, adaptation = self.probe, self.probe.adaptation
+        adaptation = self.probe.adaptation
         if adapted and adaptation is not None:
             return float(adaptation.calibration.probabilities(torch.tensor([adaptation.threshold]))[0])
-        return float(probe.probabilities(torch.tensor([probe.threshold]))[0])
+        return self.probe.threshold_probability
 
     def adapted(self, raw: torch.Tensor) -> Probe:
         """The probe adapted to the unlabelled inputs whose raw scores are *raw* (refuses fewer than

@@ -695,13 +695,10 @@ class ModelScorer:
 
 def _probe_verdicts(probe: Any, raw: Any) -> tuple[list[float], list[str], float]:
     """Calibrated probabilities (clamped to [0, 1]) and verdicts of a probe's scores *raw*, and the probability of
-    its threshold (the calibration is increasing, so a verdict is ``vulnerable`` exactly above it)."""
-    import torch
-
+    its threshold (:attr:`~vulnsteer.steering.probe.Probe.threshold_probability`)."""
     probs = [min(1.0, max(0.0, float(p))) for p in probe.probabilities(raw).tolist()]
     verdicts = ["vulnerable" if v else "secure" for v in probe.verdicts(raw).tolist()]
-    threshold = min(1.0, max(0.0, float(probe.probabilities(torch.tensor([probe.threshold]))[0])))
-    return probs, verdicts, threshold
+    return probs, verdicts, probe.threshold_probability
 
 
 def _is_probe_detector(folder: Path) -> bool:

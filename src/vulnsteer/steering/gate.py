@@ -68,7 +68,7 @@ class Gate:
     def multipliers(self, scores: torch.Tensor) -> torch.Tensor:
         if self.kind == "calibrated":
             p = self.probe.probabilities(scores.float()).double()
-            c = float(self.probe.probabilities(torch.tensor([self.probe.threshold]))[0])
+            c = self.probe.threshold_probability
             return ((p - c) / max(c, 1.0 - c, 1e-6)).float()
         centred = (scores.float() - self.probe.threshold) / self.probe.spread
         if self.kind == "sign":

@@ -268,6 +268,18 @@ class Probe:
         """Calibrated P(vulnerable) of *scores*."""
         return self.calibration.probabilities(scores)
 
+    @property
+    def threshold_probability(self) -> float:
+        """The threshold as a calibrated probability: a score is ``vulnerable`` exactly where its probability is
+        above it (the calibration is increasing)."""
+        return float(self.probabilities(torch.tensor([self.threshold]))[0])
+
+    def fingerprint(self) -> bytes:
+        """The weights, and the bag-of-tokens term when there is one, as bytes (for digests of what decides a
+        score; the other numbers are in :meth:`header`)."""
+        weights = self.weight.numpy().tobytes()
+        return weights if self.lexical is None else weights + self.lexical.fingerprint()
+
     # ---------------------------------------------------------------------------------------------- new probes
 
     def adapted(self, scores: torch.Tensor, min_count: int = MIN_ADAPT) -> Probe:

@@ -203,7 +203,8 @@ class _Transfer:
                 probe = self.fit(design, fold)
                 vector = fold_vector(self.lm, fold, self.data, steered_layers(self.config, design.deepest))
                 val = [self.data[n].probe_data(design.reads, ("val",)) for n in fold.training]
-                target = self.data[fold.left_out].probe_data(design.reads)
+                adapt = any(self.config.transfer.gate_adapted)  # (the left-out states only when a gate adapts)
+                target = self.data[fold.left_out].probe_data(design.reads) if adapt else None
                 for row, spec in steered_variants(self.config, fold, probe, vector, val, target).items():
                     by_dataset[fold.left_out][row.name] = spec
         out: dict[str, dict[str, list[DetectionRecord]]] = {}

@@ -134,20 +134,20 @@ def steered_variants(
     probe: Probe,
     vector: SteeringVector,
     val: Any,
-    target: ProbeData,
+    target: ProbeData | None,
 ) -> dict[Steered, SteeringSpec]:
     """Every setting of :func:`steered_settings` for one fold (*probe* gating *vector*), and for an outer fold the
     same under a random gate (a random direction of the probe's norm, thresholded and calibrated on the same val
     data *val*, seeded by ``steering.control_seed``). An adapted setting's gate (the random one's too) is the
-    probe adapted to *target*, the states of the fold's left-out inputs (no labels read); below
-    ``conditional.min_adapt`` inputs it has no row."""
+    probe adapted to *target*, the states of the fold's left-out inputs (no labels read; needed only when
+    ``transfer.gate_adapted`` holds true); below ``conditional.min_adapt`` inputs it has no row."""
     c = config.conditional
     layers = tuple(vector.layers)
     random = rethreshold(probe.random_like(config.steering.control_seed + probe.design.deepest), val)
     out: dict[Steered, SteeringSpec] = {}
     for control in (False, True) if not fold.is_inner else (False,):
         fitted = random if control else probe
-        adapted = _adapted(fitted, target, c.min_adapt) if any(config.transfer.gate_adapted) else None
+        adapted = None if target is None else _adapted(fitted, target, c.min_adapt)
         for setting in steered_settings(config):
             gated = adapted if setting.adapted else fitted
             if gated is None:
@@ -180,9 +180,7 @@ def _digest(variants: Mapping[str, SteeringSpec]) -> str:
         h.update(repr((spec.strength, spec.layers, spec.unit)).encode())
         if spec.gate is not None:
             h.update(repr(sorted(spec.gate.probe.header().items(), key=str)).encode())
-            h.update(spec.gate.probe.weight.numpy().tobytes())
-            if spec.gate.probe.lexical is not None:
-                h.update(spec.gate.probe.lexical.fingerprint())
+            h.update(spec.gate.probe.fingerprint())
         for layer in spec.layers:
             h.update(spec.vector.direction(layer).numpy().tobytes())
     return h.hexdigest()[:16]
