@@ -305,3 +305,46 @@ def test_a_probe_with_a_bag_of_tokens_term_gates_the_steered_model(tmp_path: Pat
         assert len(gate_scores(plain + "|adapted|random")) == len(expected)  # its random gate is adapted too
     settings = {k for fold in results.folds for k in fold.steered_inner}
     assert settings == {f"{g}|sigma:2{a}" for g in ("sign", "calibrated") for a in ("", "|adapted")}
+
+
+def test_a_peer_row_carries_the_probe_on_the_same_samples(
+    tmp_path: Path, tiny_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer analyser reads only the samples of its languages; its row carries the chosen probe's metrics on
+    exactly those samples (AUROC from the probe's stored scores there), kept through ``results.json`` and printed
+    after the peer's cell in the report."""
+    from sklearn.metrics import roc_auc_score
+
+    from vulnsteer.experiment.transfer.designs import DesignStore
+    from vulnsteer.experiment.transfer.peers import PeerScores
+
+    def pair(s: Any) -> int:
+        return int(s.pair_id.rsplit("-", 1)[1])
+
+    def fake_peer(tool: str, samples: Any) -> PeerScores:
+        # a tool that reads every other pair and flags the vulnerable half of every fourth
+        read = [s for s in samples if pair(s) % 2 == 0]
+        return PeerScores(tool, {s.id: float(s.y == 1 and pair(s) % 4 == 0) for s in read})
+
+    monkeypatch.setattr(run_mod, "run_peer", fake_peer)
+    config = _config(tmp_path, layers=[[1]], poolings=[["code_mean"]], peers=["cppcheck"], steered=False)
+    out = run_transfer(config, tmp_path / "run", lm=tiny_lm, progress=False)
+    results = _results(out)
+    designs = DesignStore(out / "designs.jsonl")
+    data = {d.name: d for d in run_mod.load_transfer_data(config, tiny_lm.tokenizer, False)}
+    report = (out / "report.md").read_text()
+    for fold, outer in zip(results.folds, outer_folds(NAMES), strict=True):
+        probe, peer = fold.row("probe"), fold.row("cppcheck")
+        assert probe is not None and peer is not None and peer.probe_same is not None
+        samples = data[outer.left_out].samples
+        read = [k for k, s in enumerate(samples) if pair(s) % 2 == 0]
+        assert 0 < len(read) < len(samples)
+        assert peer.metrics.n == peer.probe_same.n == len(read) and probe.metrics.n == len(samples)
+        scores = designs.get(outer.key, probe.chosen)
+        assert scores is not None
+        expected = roc_auc_score([samples[k].y for k in read], [scores.scores[k] for k in read])
+        assert peer.probe_same.auroc == pytest.approx(expected)
+        assert probe.probe_same is None  # the probe reads every sample
+        assert f"(probe {peer.probe_same.auroc:.3f})" in report
+    again = TransferResults.from_json(json.loads((out / "results.json").read_text()))
+    assert again.folds[0].row("cppcheck").probe_same == results.folds[0].row("cppcheck").probe_same  # type: ignore[union-attr]

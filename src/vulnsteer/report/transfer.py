@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from ..experiment.tables import MetricBlock
-from ..experiment.transfer.results import FoldResult, TransferResults
+from ..experiment.transfer.results import DetectorRow, FoldResult, TransferResults
 
 __all__ = ["LENGTH_MARGIN", "STEERED_MARGIN", "cell", "designs_table", "lodo_table", "render_transfer"]
 
@@ -52,17 +52,32 @@ def lodo_table(results: TransferResults) -> list[str]:
         "|---|" + "---|" * len(columns),
     ]
     for fold in results.folds:
-        cells = [cell(r.metrics) if (r := fold.row(name)) else "–" for name, _ in columns]
+        cells = [_cell_beside_probe(r) if (r := fold.row(name)) else "–" for name, _ in columns]
         lines.append(f"| {fold.left_out} ({fold.n}, {fold.vulnerable_share:.2f}) | " + " | ".join(cells) + " |")
     means = []
     for name, _ in columns:
-        rows = [r.metrics for f in results.folds if (r := f.row(name)) is not None]
+        found = [r for f in results.folds if (r := f.row(name)) is not None]
+        rows = [r.metrics for r in found]
         parts = [_mean([getattr(m, key) for m in rows]) for key in ("auroc", "balanced_accuracy", "pair_rank_accuracy")]
+        same = [r.probe_same.auroc for r in found if r.probe_same is not None]
         means.append(
-            " / ".join(_f(p) for p in parts) + (f" ({len(rows)} folds)" if len(rows) < len(results.folds) else "")
+            " / ".join(_f(p) for p in parts)
+            + (f" (probe {_f(_mean(same))})" if same else "")
+            + (f" ({len(rows)} folds)" if len(rows) < len(results.folds) else "")
         )
     lines.append("| **mean** | " + " | ".join(means) + " |")
     return lines
+
+
+def _cell_beside_probe(row: DetectorRow) -> str:
+    """A row's cell; for a row that reads only some samples, the chosen probe's AUROC on the same ones after it.
+
+    >>> block = MetricBlock(auroc=0.55, balanced_accuracy=0.54, pair_rank_accuracy=0.6)
+    >>> _cell_beside_probe(DetectorRow("cppcheck", "", block, probe_same=MetricBlock(auroc=0.58)))
+    '0.550 / 0.540 / 0.600 (probe 0.580)'
+    """
+    same = "" if row.probe_same is None else f" (probe {_f(row.probe_same.auroc)})"
+    return cell(row.metrics) + same
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -152,6 +167,17 @@ def designs_table(results: TransferResults) -> list[str]:
     return lines
 
 
+def _row_note(row: DetectorRow) -> str:
+    if row.probe_same is None:
+        return row.note
+    m = row.probe_same
+    same = (
+        f"the chosen probe on the same samples: AUROC {_f(m.auroc)}, bal. acc {_f(m.balanced_accuracy)}, "
+        f"pair-rank {_f(m.pair_rank_accuracy)}"
+    )
+    return f"{row.note}; {same}" if row.note else same
+
+
 def _fold_section(fold: FoldResult) -> list[str]:
     lines = [
         f"### left out: {fold.left_out}",
@@ -169,7 +195,7 @@ def _fold_section(fold: FoldResult) -> list[str]:
         lines.append(
             f"| {row.name}: {row.label}{control} | `{row.chosen or '–'}` | {_f(m.auroc)}{ci} | "
             f"{_f(m.balanced_accuracy)} | {_f(m.pair_rank_accuracy)} | {_f(m.pair_accuracy)} | {_f(m.tpr_at_5_fpr)} | "
-            f"{_f(m.vulnerable_rate, 2)} | {row.note or ''} |"
+            f"{_f(m.vulnerable_rate, 2)} | {_row_note(row)} |"
         )
     best = _ranked(fold.designs_inner)[:5]
     if best:
@@ -206,7 +232,13 @@ def render_transfer(results: TransferResults) -> str:
         "",
         "Columns: " + "; ".join(f"**{name}**: {label}" for name, label in _columns(results.folds)) + ".",
         "The adapted probe re-estimates its centre from the left-out dataset's unlabelled inputs only (no label is "
-        "read); the steered rows are logit mode (the model's answer margin).",
+        "read); the steered rows are logit mode (the model's answer margin)."
+        + (
+            ' A peer analyser reads only the samples of its languages: "(probe X)" after its cell is the chosen '
+            "probe's AUROC on those same samples."
+            if any(r.probe_same is not None for f in results.folds for r in f.detectors)
+            else ""
+        ),
         "",
     ]
     if table := designs_table(results):

@@ -26,7 +26,8 @@ class DetectorRow:
     """One detector on one left-out dataset: its metrics (AUROC with a pair-bootstrap CI, balanced accuracy at the
     threshold it transferred with, pair-rank accuracy, TPR at 5% FPR, the share it flags), what it applied
     (*chosen*: a design, a gate and strength), and a note (e.g. why it did not adapt). A control names the
-    detector it controls."""
+    detector it controls. A row that reads only some of the fold's samples (a peer analyser reads its languages)
+    carries the chosen probe's metrics on the same samples (*probe_same*), so the two compare like for like."""
 
     name: str
     label: str
@@ -34,6 +35,7 @@ class DetectorRow:
     chosen: str = ""
     note: str = ""
     control_of: str | None = None
+    probe_same: MetricBlock | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class DetectorRow:
             "chosen": self.chosen,
             "note": self.note,
             "control_of": self.control_of,
+            "probe_on_same_samples": None if self.probe_same is None else self.probe_same.to_json(),
         }
 
     @classmethod
@@ -54,6 +57,7 @@ class DetectorRow:
             str(doc.get("chosen", "")),
             str(doc.get("note", "")),
             doc.get("control_of"),
+            None if (same := doc.get("probe_on_same_samples")) is None else MetricBlock.from_json(same),
         )
 
 

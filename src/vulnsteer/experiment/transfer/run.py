@@ -351,6 +351,7 @@ class _Transfer:
                     "chosen on the outer folds: reads this dataset's labels",
                 )
             )
+        probe_preds = predictions(target, found.scores, found.threshold)
         for tool, (scores, note) in peers.items():
             mine = [s for s in target.samples if s.id in scores]
             if not mine:
@@ -365,6 +366,7 @@ class _Transfer:
                     self.block(preds),
                     "",
                     f"{len(mine)} of {len(target.samples)} samples",
+                    probe_same=self.block([p for p in probe_preds if p.sample_id in scores]),
                 )
             )
         n_vul = sum(target.labels)
