@@ -108,8 +108,10 @@ def test_long_functions_are_read_in_windows_and_aggregated(tiny_lm: LoadedModel,
     values = [s.score for s in alone]
     expected = max(values) if how == "max" else sum(values) / len(values)
     assert read.score == pytest.approx(expected, abs=1e-5)
-    top = values.index(max(values))
-    assert read.verdict == alone[top].verdict  # the top window's verdict
+    # the verdict follows the aggregated score (with max: the top window's verdict)
+    assert read.threshold == 0.5 and read.verdict == ("vulnerable" if read.score >= 0.5 else "secure")
+    if how == "max":
+        assert read.verdict == alone[values.index(max(values))].verdict
 
 
 def test_explain_adds_the_generated_answer(tiny_lm: LoadedModel) -> None:

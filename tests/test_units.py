@@ -225,6 +225,23 @@ def test_records_of_pieces_add_up_to_the_sample() -> None:
     assert (file_record.verdict, file_record.push, file_record.text) == ("vulnerable", 1.0, "Answer: vulnerable")
     assert other == pieces[3]  # a sample of one piece keeps its record
     assert aggregate_records(units, pieces, "max")[0].score == 0.9
+    # pieces whose verdicts read their score against one threshold: the file's verdict reads its aggregate against
+    # it (the top piece's verdict says vulnerable; the mean of 0.2, 0.9 and 0.4 is below 0.6); mixed: the top's
+    held = [dataclasses.replace(r, threshold=0.6) for r in pieces]
+    mean_record, max_record = aggregate_records(units, held, "mean")[0], aggregate_records(units, held, "max")[0]
+    assert (mean_record.verdict, mean_record.threshold, mean_record.text) == ("secure", 0.6, "Answer: vulnerable")
+    assert (max_record.verdict, max_record.threshold) == ("vulnerable", 0.6)
+    assert aggregate_records(units, [dataclasses.replace(r, threshold=0.45) for r in pieces], "mean")[0].verdict == (
+        "vulnerable"
+    )
+    mixed = [held[0], dataclasses.replace(held[1], threshold=0.5), held[2]]
+    assert (
+        aggregate_records(units, mixed, "mean")[0].verdict,
+        aggregate_records(units, mixed, "mean")[0].threshold,
+    ) == (
+        "vulnerable",
+        None,
+    )
     # generation mode has no score: the first piece that says vulnerable leads
     texts = [dataclasses.replace(r, score=None, margin=None, gate_score=None) for r in pieces]
     texts[2] = dataclasses.replace(texts[2], verdict="vulnerable", text="third")
@@ -355,6 +372,10 @@ def test_protocol_and_evaluate_score_files_as_functions(tmp_path: Path, tiny_lm:
     for sid, score in files.items():
         parts = [pieces[f"{sid}#{k}"] for k in range(3)]
         assert score == pytest.approx(aggregate(parts, info.aggregation))
+    # and its verdict is that score against the answer's threshold, not its riskiest function's verdict
+    for r in results.records["baseline|logit|test"]:
+        assert r.threshold == 0.5 and r.score is not None
+        assert r.verdict == ("vulnerable" if r.score >= 0.5 else "secure")
     # evaluate --from applies the run's aggregation to every file of the data; --aggregations overrides it
     other = transfer_config(tmp_path / "run", {"data.path": (str(data), "--data"), "data.format": ("jsonl", "-")})
     out = evaluate_from_run(tmp_path / "run", other, tmp_path / "eval", lm=tiny_lm, progress=False)

@@ -460,7 +460,16 @@ def detect_variants_modes(
                     p = 1.0 / (1.0 + math.exp(-m)) if m > -700 else 0.0
                     verdict_word = "vulnerable" if p >= threshold else "secure"
                     results["logit"][name][i] = DetectionRecord(
-                        s.id, s.cwe, s.pair_id, s.y, verdict_word, score=p, margin=m, push=push, gate_score=gate_score
+                        s.id,
+                        s.cwe,
+                        s.pair_id,
+                        s.y,
+                        verdict_word,
+                        score=p,
+                        margin=m,
+                        push=push,
+                        gate_score=gate_score,
+                        threshold=threshold,
                     )
                 if texts:
                     verdict = parse_verdict(texts[r])

@@ -3,10 +3,16 @@
 A sample scored as several pieces (:class:`~vulnsteer.data.units.Units`: a whole file's functions, a long
 function's windows) gets one record from its pieces' (:func:`aggregate_records`). Its score, margin and
 gating-probe score are its pieces' aggregated by one rule (:mod:`vulnsteer.stats.aggregate`), the windows of a
-function first, then the functions. Its verdict, push, answer text and named CWE are those of its **top piece**
-(the one with the highest score, else margin; in generation mode, which has neither, the first piece that says
-"vulnerable", else "uncertain", else the first): a file is called vulnerable when its riskiest function is,
-whatever rule ranks it. A sample scored as one piece keeps its record exactly.
+function first, then the functions. **Its verdict follows its score** where the pieces' verdicts did: when every
+piece carries the same ``threshold`` (its verdict was "vulnerable" exactly when its score was at or above it: the
+answer's P(vulnerable) threshold, a probe's threshold), the sample is vulnerable when its aggregated score is at or
+above that threshold, as a scanned file's verdict is (:attr:`~vulnsteer.scan.engine.FileScore.verdict`). Otherwise
+(a generated answer, which has no score) its verdict is its **top piece**'s (the first piece that says
+"vulnerable", else "uncertain", else the first). Its push, answer text and named CWE are the top piece's (the one
+with the highest score, else margin). A sample scored as one piece keeps its record exactly.
+
+Before, the verdict was always the top piece's: a file of five functions was called vulnerable whenever one of
+them crossed the threshold, so nearly every file was (issue 17's "flags 96-100% of files").
 
 >>> from vulnsteer.data.sample import Sample
 >>> from vulnsteer.data.units import Piece
@@ -14,9 +20,14 @@ whatever rule ranks it. A sample scored as one piece keeps its record exactly.
 >>> pieces = (Sample("f#0", "int g();", "c", "CWE-787", "vulnerable"), Sample("f#1", "int h();", "c", "CWE-787",
 ...           "vulnerable"))
 >>> units = Units((f,), pieces, (Piece(0, 0, "g"), Piece(0, 1, "h")))
->>> records = [DetectionRecord("f#0", "CWE-787", None, 1, "secure", score=0.2),
-...            DetectionRecord("f#1", "CWE-787", None, 1, "vulnerable", score=0.8)]
+>>> records = [DetectionRecord("f#0", "CWE-787", None, 1, "secure", score=0.2, threshold=0.6),
+...            DetectionRecord("f#1", "CWE-787", None, 1, "vulnerable", score=0.8, threshold=0.6)]
 >>> [(r.sample_id, r.verdict, r.score) for r in aggregate_records(units, records, "mean")]
+[('f', 'secure', 0.5)]
+>>> [(r.sample_id, r.verdict, r.score) for r in aggregate_records(units, records, "max")]
+[('f', 'vulnerable', 0.8)]
+>>> no_threshold = [dataclasses.replace(r, threshold=None) for r in records]
+>>> [(r.sample_id, r.verdict, r.score) for r in aggregate_records(units, no_threshold, "mean")]
 [('f', 'vulnerable', 0.5)]
 """
 
@@ -58,6 +69,9 @@ class DetectionRecord:
     push: float | None = None
     #: conditional steering: the gating probe's score for this input (higher = more vulnerable), else None
     gate_score: float | None = None
+    #: the threshold the verdict read the score against (the verdict follows the score), else None (a generated
+    #: answer, a verdict read off the margin)
+    threshold: float | None = None
 
     @property
     def y_pred(self) -> int:
@@ -134,16 +148,23 @@ def _aggregate(
     if top is None:
         top = max(range(len(found)), key=lambda i: (_VERDICT_RANK.get(found[i].verdict, 0), -i))
     lead = found[top]
+    threshold = found[0].threshold
+    score = aggregated["score"]
+    if threshold is not None and score is not None and all(r.threshold == threshold for r in found):
+        verdict = "vulnerable" if score >= threshold else "secure"
+    else:
+        verdict, threshold = lead.verdict, None
     return DetectionRecord(
         sample.id,
         sample.cwe,
         sample.pair_id,
         sample.y,
-        lead.verdict,
-        score=aggregated["score"],
+        verdict,
+        score=score,
         margin=aggregated["margin"],
         text=lead.text,
         named_cwe=lead.named_cwe,
         push=lead.push,
         gate_score=aggregated["gate_score"],
+        threshold=threshold,
     )

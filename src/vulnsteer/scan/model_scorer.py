@@ -603,8 +603,10 @@ class ModelScorer:
             cut = truncated[k] and count_windows[k] == 1  # (read from its head only)
             probe = {"probe": probes[k][0] if probes is not None else None, "push": rec.push}
             threshold: float | None = None
-            if gen is None:  # the answer's verdict: its P(vulnerable) against the threshold
-                verdict, cwe, text, threshold = rec.verdict, self._steering_cwe, None, spec.threshold
+            if gen is None:  # the answer's verdict: its P(vulnerable) (over windows: aggregated) against the threshold
+                threshold = spec.threshold
+                verdict = "vulnerable" if p >= threshold else "secure"
+                cwe, text = self._steering_cwe, None
             else:
                 verdict = gen.verdict
                 cwe = gen.named_cwe if gen.verdict == "vulnerable" and gen.named_cwe else self._steering_cwe

@@ -43,11 +43,18 @@ FOLDER = "probes-alone"
 
 
 def probe_records(probe: Probe, acts: Activations, samples: Sequence[Sample]) -> list[DetectionRecord]:
-    """The probe alone as a detector: its own verdict per sample (score = the probe's score)."""
+    """The probe alone as a detector: its own verdict per sample (score = the probe's score; the record carries the
+    threshold its verdict read it against)."""
     scores = probe.scores_of(acts, acts.code_tokens, [s.code for s in samples])
     return [
         DetectionRecord(
-            s.id, s.cwe, s.pair_id, s.y, "vulnerable" if float(x) > probe.threshold else "secure", score=float(x)
+            s.id,
+            s.cwe,
+            s.pair_id,
+            s.y,
+            "vulnerable" if float(x) > probe.threshold else "secure",
+            score=float(x),
+            threshold=probe.threshold,
         )
         for s, x in zip(samples, scores, strict=True)
     ]
