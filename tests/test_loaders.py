@@ -345,6 +345,35 @@ def test_paired_dir_problems(tmp_path: Path) -> None:
     assert sorted(count_by_cwe(samples)) == ["CWE-242", "CWE-78"]
 
 
+def test_paired_dir_mirrored_trees(tmp_path: Path) -> None:
+    """``vulnerable/<path>`` pairs with ``fixed/<path>`` (or ``patched/``); the CWE from cwe_map.json by the path
+    inside the trees (with or without its extension) or a CWE folder; a file without its twin is a problem."""
+    for tree, body in (("vulnerable", "os.system(x)\n"), ("fixed", "subprocess.run([x])\n")):
+        (tmp_path / tree / "sub").mkdir(parents=True)
+        (tmp_path / tree / "run.py").write_text(body, encoding="utf-8")
+        (tmp_path / tree / "sub" / "copy.c").write_text(body.replace("x", "y"), encoding="utf-8")
+    (tmp_path / "cwe_map.json").write_text('{"run.py": "CWE-78", "sub/copy": "CWE-787"}', encoding="utf-8")
+    (tmp_path / "NOTES.md").write_text("not code\n", encoding="utf-8")
+    assert detect_format(tmp_path) == "paired-dir"
+    samples = load_samples(tmp_path)
+    assert [(s.cwe, s.label, s.pair_id, s.language, s.is_file) for s in samples] == [
+        ("CWE-78", "vulnerable", f"{tmp_path.name}:run.py", "python", True),
+        ("CWE-78", "secure", f"{tmp_path.name}:run.py", "python", True),
+        ("CWE-787", "vulnerable", f"{tmp_path.name}:sub/copy.c", "c", True),
+        ("CWE-787", "secure", f"{tmp_path.name}:sub/copy.c", "c", True),
+    ]
+    assert samples[1].code == "subprocess.run([x])\n" and validate(tmp_path) == []
+    (tmp_path / "fixed").rename(tmp_path / "patched")
+    assert len(load_samples(tmp_path)) == 4
+    (tmp_path / "patched" / "sub" / "copy.c").unlink()
+    (tmp_path / "patched" / "extra.py").write_text("pass\n", encoding="utf-8")
+    (tmp_path / "cwe_map.json").unlink()
+    problems = validate(tmp_path, "paired-dir")
+    assert any("copy.c" in p and "no fixed partner" in p for p in problems), problems
+    assert any("extra.py" in p and "without its vulnerable partner" in p for p in problems), problems
+    assert any("run.py" in p and "cannot tell the CWE" in p for p in problems), problems
+
+
 # --------------------------------------------------------------------------- juliet (synthetic)
 
 JULIET_C = r"""/* TEMPLATE GENERATED TESTCASE FILE

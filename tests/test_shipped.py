@@ -296,3 +296,94 @@ def test_a_detector_with_the_codes_tokens_scores_them_in_scan(
     for name in texts:  # each function's score: the states' part plus the term on its own text
         assert scores["detector"][name] == pytest.approx(scores["states-only"][name] + term[name], abs=1e-4)
     assert len({round(float(v), 6) for v in term.values()}) > 1  # the term tells the functions apart
+
+
+def _labelled_files(path: Path, n: int) -> Path:
+    """*n* whole-file pairs of two functions each, the second differing (string-built SQL vs a parameter)."""
+    rows = []
+    for i in range(n):
+        common = f"def helper{i}(x):\n    return x + {i}\n\n"
+        for label, body in (
+            ("vulnerable", "'SELECT * FROM t WHERE id = ' + x"),
+            ("secure", "'SELECT * FROM t WHERE id = ?', (x,)"),
+        ):
+            code = common + f"def get{i}(db, x):\n    return db.execute({body})\n"
+            rows.append({"id": f"p{i}-{label[0]}", "pair_id": f"p{i}", "cwe": "CWE-89", "label": label,
+                         "language": "python", "code": code, "whole_file": True})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@needs_grammars
+def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
+    shipped: tuple[Path, Path],
+    tiny_lm: LoadedModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each sample is scored exactly as `scan` scores the same code as a file (fitted and adapted), the rows'
+    metrics are those of the file scores and verdicts, and the command prints them (text and JSON)."""
+    from sklearn.metrics import roc_auc_score
+
+    from vulnsteer.cli import main
+    from vulnsteer.data.loaders import load_samples
+    from vulnsteer.detection import probe_detector
+    from vulnsteer.scan import labelled
+
+    folder = shipped[1]
+    detector = ProbeDetector.load(folder)
+    data = _labelled_files(tmp_path / "files.jsonl", detector.min_adapt)
+    samples = load_samples(str(data), "jsonl")
+    scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
+    options = ScanOptions(min_score=0.0, adapt="auto", adapt_from=detector.min_adapt)
+    scored = labelled.score_labelled(samples, scorer, options, progress=False)
+    assert scored.adapted is not None and scored.functions == 3 * len(samples) // 2  # helpers shared by a pair
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for k, s in enumerate(samples):
+        (tree / f"f{k}.py").write_text(s.code, encoding="utf-8")
+    for adapt, found in (("off", scored.plain), ("on", scored.adapted)):
+        by_name = {
+            Path(f.path).stem: f for f in file_scores(scan([tree], scorer, ScanOptions(adapt=adapt), progress=False))
+        }
+        for k, f in enumerate(found):
+            assert f is not None and f.functions == 2
+            assert (f.score, f.verdict) == pytest.approx((by_name[f"f{k}"].score, by_name[f"f{k}"].verdict))
+    rows = labelled.measure(scored, n_boot=20)
+    assert [r.name for r in rows] == ["detector", "adapted", "length"]
+    y = [s.y for s in samples]
+    for row, found in zip(rows, (scored.plain, scored.adapted), strict=False):
+        assert row.metrics.n == len(samples) and row.skipped == 0
+        assert row.metrics.auroc == pytest.approx(roc_auc_score(y, [f.score for f in found]))  # type: ignore[union-attr]
+        flagged = [f.verdict == "vulnerable" for f in found]  # type: ignore[union-attr]
+        assert row.metrics.vulnerable_rate == pytest.approx(sum(flagged) / len(flagged))
+    assert rows[2].metrics.pair_rank_accuracy == 0.5  # the two versions have as many lines: every pair ties
+    monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", folder)
+    monkeypatch.setattr("vulnsteer.scan.ModelScorer", lambda spec: ModelScorer(spec, lm=tiny_lm))
+    assert (
+        main(
+            [
+                "--no-progress",
+                "detector",
+                "evaluate",
+                "--data",
+                str(data),
+                "--format",
+                "jsonl",
+                "--json",
+                "--n-boot",
+                "20",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["detector"] == "the shipped detector" and doc["adapted"] and doc["samples"] == len(samples)
+    assert [r["name"] for r in doc["rows"]] == ["detector", "adapted", "length"]
+    assert doc["rows"][0]["auroc"] == pytest.approx(rows[0].metrics.auroc)
+    assert main(["--no-progress", "detector", "evaluate", "--data", str(data), "--format", "jsonl", "--no-adapt"]) == 0
+    out = capsys.readouterr().out
+    assert "| detector: as fitted | " in out and "not adapted: adaptation is off" in out and "| adapted: " not in out
+    assert main(["detector", "evaluate"]) == 2
+    assert "needs --data" in capsys.readouterr().err

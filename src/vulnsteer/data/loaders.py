@@ -21,9 +21,11 @@ Formats (``fmt``):
     cases and renaming. ``pair_id`` = case, ``group`` = functional variant.
 ``paired-dir``
     ``<root>/<CWE folder>/<stem>.<ext>`` (vulnerable) + ``p_<stem>.<ext>`` (patched) side by side, and/or case
-    folders holding ``vuln.<ext>`` + ``patch.<ext>``; the CWE comes from ``cwe_map.json`` in the root
-    (``{"case-folder-or-stem": "CWE-79"}``) or from the nearest enclosing folder whose name starts with ``CWE``.
-    Each sample is a whole file (``Sample.is_file``).
+    folders holding ``vuln.<ext>`` + ``patch.<ext>``, or two mirrored trees: ``<root>/vulnerable/<path>`` and its
+    fix at ``<root>/fixed/<path>`` (or ``patched/``, ``secure/``); the CWE comes from ``cwe_map.json`` in the root
+    (``{"case-folder-or-stem": "CWE-79"}``; in mirrored trees, keyed by the path inside them, with or without its
+    extension) or from the nearest enclosing folder whose name starts with ``CWE``. Each sample is a whole file
+    (``Sample.is_file``).
 ``castle``
     A JSON list ``[{"name", "cwe", "vulnerable", "code"}]`` or ``{"tests": [...]}`` (a file or a directory of
     ``*.json``); unpaired; comments are stripped (CASTLE files carry their label in a header comment). Each sample
@@ -364,6 +366,9 @@ class _Loader:
             self.problem(f"{root}: paired-dir format needs a directory")
             return []
         cwe_map = self._cwe_map(root)
+        mirrored = mirrored_trees(root)
+        if mirrored is not None:
+            return self._mirrored(root, *mirrored, cwe_map)
         files = sorted(p for p in root.rglob("*") if p.is_file() and _is_code_file(p))
         samples: list[Sample] = []
         by_dir: dict[Path, list[Path]] = {}
@@ -404,6 +409,29 @@ class _Loader:
                     samples.extend(self._pair(root, rel, cwe, file, partner))
         if not samples and not self.report.problems:
             self.problem(f"{root}: no vulnerable/patched file pairs found")
+        return samples
+
+    def _mirrored(self, root: Path, vulnerable: Path, fixed: Path, cwe_map: Mapping[str, str]) -> list[Sample]:
+        """``vulnerable/<path>`` paired with ``fixed/<path>`` (see :func:`mirrored_trees`)."""
+        samples: list[Sample] = []
+        for file in sorted(p for p in vulnerable.rglob("*") if p.is_file() and _is_code_file(p)):
+            rel = file.relative_to(vulnerable)
+            partner = fixed / rel
+            if not partner.is_file():
+                self.report.unpaired_files += 1
+                self.problem(f"{file}: no fixed partner {partner}")
+                continue
+            cwe = cwe_map.get(rel.as_posix()) or cwe_map.get(rel.with_suffix("").as_posix())
+            if cwe is None:  # a CWE-named folder above it, else a problem naming the file
+                cwe = self._paired_cwe(vulnerable, file.parent, rel.as_posix(), cwe_map, file)
+            if cwe is not None:
+                samples.extend(self._pair(root, rel.as_posix(), cwe, file, partner))
+        for file in sorted(p for p in fixed.rglob("*") if p.is_file() and _is_code_file(p)):
+            if not (vulnerable / file.relative_to(fixed)).is_file():
+                self.report.unpaired_files += 1
+                self.problem(f"{file}: fixed file without its vulnerable partner in {vulnerable}")
+        if not samples and not self.report.problems:
+            self.problem(f"{vulnerable}: no source files")
         return samples
 
     def _cwe_map(self, root: Path) -> dict[str, str]:
@@ -734,6 +762,19 @@ def _jsonl_kind(files: Sequence[Path]) -> str | None:
     return None
 
 
+#: The folders of the mirrored paired-dir layout: ``vulnerable/<path>`` and its fix at ``<one of these>/<path>``.
+_FIXED_TREES = ("fixed", "patched", "secure")
+
+
+def mirrored_trees(root: Path) -> tuple[Path, Path] | None:
+    """``(root/vulnerable, root/fixed)`` when *root* holds the mirrored layout of ``paired-dir`` (a ``vulnerable``
+    folder and a ``fixed``, ``patched`` or ``secure`` one whose files pair by their path inside), else None."""
+    vulnerable = root / "vulnerable"
+    if not vulnerable.is_dir():
+        return None
+    return next(((vulnerable, root / name) for name in _FIXED_TREES if (root / name).is_dir()), None)
+
+
 def detect_format(path: Path) -> str:
     """Guess the format of *path* (a file or a directory) from names and a peek at the content.
 
@@ -765,7 +806,7 @@ def detect_format(path: Path) -> str:
             f"{path}: cannot tell the dataset format from the file name; pass --format (one of "
             f"{', '.join(DATASET_FORMATS)})"
         )
-    if (path / "cwe_map.json").is_file():
+    if (path / "cwe_map.json").is_file() or mirrored_trees(path) is not None:
         return "paired-dir"
     jsonl = sorted(path.rglob("*.jsonl"))
     if jsonl:

@@ -1,0 +1,175 @@
+"""Measuring a detector on labelled code exactly as ``scan`` scores it (``vulnsteer detector evaluate``).
+
+Each sample of a labelled dataset (any format :func:`~vulnsteer.data.loaders.load_dataset` reads: whole files of
+``paired-dir``, functions of JSON lines, ...) is written to a file of its own, with its language's name as the
+extension, and the folder is scanned (:func:`~vulnsteer.scan.engine.scan`): decoded, split into functions,
+comments stripped, read within the token budget, scored, and each file called by its functions' aggregate
+score (:class:`~vulnsteer.scan.sources.FileScore`). So a number measured here is the number a user's ``scan`` or
+``detect`` gives the same code. A probe detector is measured twice from one scoring pass (the scan cache keeps the
+unadapted scores): as fitted, and adapted to the functions scored when there are at least its minimum (the centre
+from their unlabelled scores; no label is read). Beside them, the length-only control: a sample's lines of code
+(longer = riskier; flagged above the median), since fixed code is usually longer.
+
+Every row has AUROC and balanced accuracy with pair-bootstrap 95% intervals, pair-rank accuracy (the vulnerable
+version scored above its fix), TPR at 5% FPR and the share flagged beside the share vulnerable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.sample import Sample
+from ..stats.metrics import Metrics, Prediction, bootstrap_ci, compute_metrics
+from .engine import ScanOptions, scan
+from .scorer import Scorer
+from .sources import FileScore, file_scores
+
+__all__ = ["LabelledScores", "Measured", "measure", "score_labelled"]
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """Every sample's file score as fitted (*plain*) and adapted (*adapted*: None where the scorer cannot adapt
+    or there were too few functions, *why* says which); None for a sample with nothing left to score once
+    comments are stripped. *functions*: the distinct functions scored."""
+
+    samples: tuple[Sample, ...]
+    plain: tuple[FileScore | None, ...]
+    adapted: tuple[FileScore | None, ...] | None
+    functions: int
+    why: str = ""
+
+    def of_language(self, language: str) -> LabelledScores:
+        """These scores restricted to the samples of one *language* (the adaptation stays the one over all)."""
+        keep = [k for k, s in enumerate(self.samples) if s.language == language]
+        adapted = None if self.adapted is None else tuple(self.adapted[k] for k in keep)
+        return dataclasses.replace(
+            self,
+            samples=tuple(self.samples[k] for k in keep),
+            plain=tuple(self.plain[k] for k in keep),
+            adapted=adapted,
+        )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One detector's metrics on the samples it scored, with pair-bootstrap 95% intervals."""
+
+    name: str
+    label: str
+    metrics: Metrics
+    auroc_ci: tuple[float, float] | None
+    balanced_accuracy_ci: tuple[float, float]
+    skipped: int = 0
+
+
+def _write(samples: Sequence[Sample], folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for k, sample in enumerate(samples):
+        (folder / f"s{k:06d}.{sample.language or 'txt'}").write_text(sample.code, encoding="utf-8")
+
+
+def score_labelled(
+    samples: Sequence[Sample], scorer: Scorer, options: ScanOptions, *, progress: bool = True
+) -> LabelledScores:
+    """*samples* scored as ``scan`` scores files (see the module docstring); *options*' ``adapt`` decides the
+    adapted pass (``off``: none; ``auto``: from its ``adapt_from`` functions; ``on``: always, or an error)."""
+    if not samples:
+        raise ValueError("no samples to measure")
+    with tempfile.TemporaryDirectory(prefix="vulnsteer-labelled-") as tmp:
+        folder, cache = Path(tmp) / "code", Path(tmp) / "cache"
+        _write(samples, folder)
+        report = scan([folder], scorer, dataclasses.replace(options, adapt="off", score_unknown=True), cache_dir=cache,
+                      progress=progress)  # fmt: skip
+        plain = _by_sample(file_scores(report), len(samples))
+        functions = len({r.code_hash for r in report.results})
+        adapted: tuple[FileScore | None, ...] | None = None
+        why = "adaptation is off" if options.adapt == "off" else ""
+        if options.adapt != "off":
+            settled = options.settled(functions)
+            if settled.adapt == "on":
+                again = scan([folder], scorer, dataclasses.replace(settled, score_unknown=True), cache_dir=cache,
+                             progress=False)  # fmt: skip
+                adapted = _by_sample(file_scores(again), len(samples))
+            else:
+                why = f"{functions} distinct functions, fewer than the {options.adapt_from} it adapts from"
+    return LabelledScores(tuple(samples), plain, adapted, functions, why)
+
+
+def _by_sample(found: Sequence[FileScore], n: int) -> tuple[FileScore | None, ...]:
+    """The file scores by sample index (the file ``sNNNNNN.<language>`` is sample NNNNNN)."""
+    out: list[FileScore | None] = [None] * n
+    for f in found:
+        out[int(Path(f.path).stem[1:])] = f
+    return tuple(out)
+
+
+def _measured(name: str, label: str, preds: Sequence[Prediction], skipped: int, seed: int, n_boot: int) -> Measured:
+    metrics = compute_metrics(preds)
+    auroc_ci = None if metrics.auroc is None else bootstrap_ci(preds, "auroc", n_boot=n_boot, seed=seed)
+    return Measured(name, label, metrics, auroc_ci, bootstrap_ci(preds, "balanced_accuracy", n_boot, seed), skipped)
+
+
+def _file_predictions(samples: Sequence[Sample], scores: Sequence[FileScore | None]) -> list[Prediction]:
+    return [
+        Prediction(s.id, s.cwe, s.pair_id, s.y, int(f.verdict == "vulnerable"), f.score)
+        for s, f in zip(samples, scores, strict=True)
+        if f is not None
+    ]
+
+
+def _lines(code: str) -> int:
+    return sum(1 for line in code.splitlines() if line.strip())
+
+
+def measure(scored: LabelledScores, *, seed: int = 0, n_boot: int = 1000) -> list[Measured]:
+    """The rows: the detector as fitted, adapted (where it adapted), and the length-only control, each on the
+    samples the detector scored (a sample with nothing left to score is counted as skipped).
+
+    >>> from vulnsteer.scan.sources import file_score
+    >>> from vulnsteer.scan.engine import FunctionResult
+    >>> from vulnsteer.scan.scorer import FunctionScore
+    >>> from vulnsteer.data.region import Region
+    >>> def fs(p):
+    ...     r = FunctionResult("a.c", "c", "f", "function", Region(1, 1, 2, 1), "h", "f",
+    ...                        FunctionScore(p, "vulnerable" if p >= 0.5 else "secure", threshold=0.5), cached=False,
+    ...                        finding=True)
+    ...     return file_score("a.c", [r], "max")
+    >>> samples = tuple(Sample(f"s{k}", "x\\n" * (k + 1), "c", "CWE-787", label, f"p{k // 2}")
+    ...                 for k, label in enumerate(["vulnerable", "secure"] * 2))
+    >>> rows = measure(LabelledScores(samples, (fs(0.9), fs(0.2), fs(0.6), fs(0.7)), None, 4), n_boot=10)
+    >>> [(r.name, r.metrics.auroc, r.metrics.balanced_accuracy, r.metrics.pair_rank_accuracy) for r in rows]
+    [('detector', 0.75, 0.75, 0.5), ('length', 0.25, 0.5, 0.0)]
+    """
+    samples, rows = scored.samples, []
+    kept = [k for k, f in enumerate(scored.plain) if f is not None]
+    skipped = len(samples) - len(kept)
+    mine = [samples[k] for k in kept]
+    rows.append(
+        _measured(
+            "detector", "as fitted", _file_predictions(mine, [scored.plain[k] for k in kept]), skipped, seed, n_boot
+        )
+    )
+    if scored.adapted is not None:
+        adapted = [scored.adapted[k] for k in kept]
+        rows.append(
+            _measured(
+                "adapted",
+                "adapted to the functions scored (no label read)",
+                _file_predictions(mine, adapted),
+                skipped,
+                seed,
+                n_boot,
+            )
+        )
+    lengths = [_lines(s.code) for s in mine]
+    median = statistics.median(lengths)
+    length = [Prediction(s.id, s.cwe, s.pair_id, s.y, int(n > median), float(n)) for s, n in zip(mine, lengths)]
+    rows.append(_measured("length", "lines of code (longer = riskier; flagged above the median)", length, skipped,
+                          seed, n_boot))  # fmt: skip
+    return rows
