@@ -15,6 +15,7 @@ import torch
 from tests.test_transfer import _config
 
 from vulnsteer.config.defaults import MIN_ADAPT
+from vulnsteer.config.vocabulary import PEERS
 from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
 from vulnsteer.experiment.transfer import TransferResults, run_transfer
@@ -359,6 +360,23 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
         flagged = [f.verdict == "vulnerable" for f in found]  # type: ignore[union-attr]
         assert row.metrics.vulnerable_rate == pytest.approx(sum(flagged) / len(flagged))
     assert rows[2].metrics.pair_rank_accuracy == 0.5  # the two versions have as many lines: every pair ties
+    # a peer analyser that reads the first half of the pairs: its row and the detector's on exactly those samples
+    from vulnsteer.detection.peers import PeerScores
+
+    read = {s.id for s in samples[: len(samples) // 2]}
+    monkeypatch.setattr(
+        labelled, "run_peer", lambda tool, found: PeerScores(tool, {s.id: float(s.y) for s in found if s.id in read})
+    )
+    (peer,) = labelled.measure_peers(scored, ["bandit"], n_boot=20)
+    assert peer.measured is not None and peer.detector is not None
+    assert peer.measured.metrics.n == peer.detector.metrics.n == len(read) and peer.measured.metrics.auroc == 1.0
+    half = [k for k, s in enumerate(samples) if s.id in read]
+    assert peer.detector.metrics.auroc == pytest.approx(
+        roc_auc_score([samples[k].y for k in half], [scored.adapted[k].score for k in half])  # type: ignore[index,union-attr]
+    )
+    monkeypatch.setattr(labelled, "run_peer", lambda tool, found: PeerScores(tool, {}, f"{tool} is not installed"))
+    (missing,) = labelled.measure_peers(scored, ["cppcheck"], n_boot=20)
+    assert missing.measured is None and missing.note == "cppcheck is not installed"
     monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", folder)
     monkeypatch.setattr("vulnsteer.scan.ModelScorer", lambda spec: ModelScorer(spec, lm=tiny_lm))
     assert (
@@ -380,9 +398,25 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     )
     doc = json.loads(capsys.readouterr().out)
     assert doc["detector"] == "the shipped detector" and doc["adapted"] and doc["samples"] == len(samples)
+    assert [(p["tool"], p["note"]) for p in doc["peers"]] == [(t, f"{t} is not installed") for t in PEERS]
     assert [r["name"] for r in doc["rows"]] == ["detector", "adapted", "length"]
     assert doc["rows"][0]["auroc"] == pytest.approx(rows[0].metrics.auroc)
-    assert main(["--no-progress", "detector", "evaluate", "--data", str(data), "--format", "jsonl", "--no-adapt"]) == 0
+    assert (
+        main(
+            [
+                "--no-progress",
+                "detector",
+                "evaluate",
+                "--data",
+                str(data),
+                "--format",
+                "jsonl",
+                "--no-adapt",
+                "--no-peers",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| detector: as fitted | " in out and "not adapted: adaptation is off" in out and "| adapted: " not in out
     assert main(["detector", "evaluate"]) == 2

@@ -315,8 +315,8 @@ def test_a_peer_row_carries_the_probe_on_the_same_samples(
     after the peer's cell in the report."""
     from sklearn.metrics import roc_auc_score
 
+    from vulnsteer.detection.peers import PeerScores
     from vulnsteer.experiment.transfer.designs import DesignStore
-    from vulnsteer.experiment.transfer.peers import PeerScores
 
     def pair(s: Any) -> int:
         return int(s.pair_id.rsplit("-", 1)[1])

@@ -82,6 +82,11 @@ def register(sub: Any) -> None:
     add_config_args(p, ["data"], only=("--data", "--format", "--cwe"))
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals (default: 0)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of every interval (default: 1000)")
+    p.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="do not run the peer analysers (cppcheck, flawfinder, bandit; each where installed) beside it",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
@@ -97,10 +102,11 @@ def cmd_fit_default(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..config.vocabulary import PEERS
     from ..detection.probe_detector import SHIPPED_DETECTOR
     from ..experiment.prepare import load_dataset
     from ..scan import ModelScorer, ScanOptions
-    from ..scan.labelled import measure, score_labelled
+    from ..scan.labelled import measure, measure_peers, score_labelled
 
     if not given(args, "data.path"):
         raise UsageError("detector evaluate needs --data (a labelled dataset the detector was not fitted on)")
@@ -117,6 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         scorer.check()
         scored = score_labelled(loaded.samples, scorer, options, progress=not args.no_progress)
     rows = measure(scored, seed=args.seed, n_boot=args.n_boot)
+    peers = [] if args.no_peers else measure_peers(scored, PEERS, seed=args.seed, n_boot=args.n_boot)
     what = "the bare model's answer" if spec.detector is None else str(spec.detector)
     if spec.detector is not None and Path(spec.detector).resolve() == SHIPPED_DETECTOR.resolve():
         what = "the shipped detector"
@@ -131,6 +138,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "not_adapted_because": why or None,
             "rows": [{"name": r.name, "label": r.label, "skipped": r.skipped, "auroc_ci": r.auroc_ci,
                       "balanced_accuracy_ci": r.balanced_accuracy_ci, **dataclasses.asdict(r.metrics)} for r in rows],
+            "peers": [{"tool": p.tool, "note": p.note or None,
+                       "metrics": None if p.measured is None else dataclasses.asdict(p.measured.metrics),
+                       "detector_on_same_samples": (None if p.detector is None
+                                                    else dataclasses.asdict(p.detector.metrics))}
+                      for p in peers],
         }, indent=2))  # fmt: skip
         return 0
     how = spec.resolved_aggregation
@@ -145,6 +157,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if len({s.y for s in subset.samples}) == 2:
             print(f"\n{language} ({len(subset.samples)} samples):")
             _print_measured(measure(subset, seed=args.seed, n_boot=args.n_boot))
+    ran = [p for p in peers if p.measured is not None and p.detector is not None]
+    if ran:
+        print("\npeer analysers, each beside the detector on the same samples:")
+        _print_measured([row for p in ran for row in (p.measured, p.detector)])
+    for p in peers:
+        if p.measured is None:
+            print(f"{p.tool}: {p.note}")
     if rows[0].skipped:
         print(f"{rows[0].skipped} samples had nothing left to score once comments were stripped (left out)")
     return 0

@@ -11,7 +11,9 @@ from their unlabelled scores; no label is read). Beside them, the length-only co
 (longer = riskier; flagged above the median), since fixed code is usually longer.
 
 Every row has AUROC and balanced accuracy with pair-bootstrap 95% intervals, pair-rank accuracy (the vulnerable
-version scored above its fix), TPR at 5% FPR and the share flagged beside the share vulnerable.
+version scored above its fix), TPR at 5% FPR and the share flagged beside the share vulnerable. The peer analysers
+(:mod:`vulnsteer.detection.peers`) run on the same samples of their languages where installed
+(:func:`measure_peers`), each beside the detector on exactly those samples.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.sample import Sample
+from ..detection.peers import run_peer
 from ..stats.metrics import Metrics, Prediction, bootstrap_ci, compute_metrics
 from .engine import ScanOptions, scan
 from .scorer import Scorer
 from .sources import FileScore, file_scores
 
-__all__ = ["LabelledScores", "Measured", "measure", "score_labelled"]
+__all__ = ["LabelledScores", "Measured", "PeerMeasured", "measure", "measure_peers", "score_labelled"]
 
 
 @dataclass(frozen=True)
@@ -173,3 +176,47 @@ def measure(scored: LabelledScores, *, seed: int = 0, n_boot: int = 1000) -> lis
     rows.append(_measured("length", "lines of code (longer = riskier; flagged above the median)", length, skipped,
                           seed, n_boot))  # fmt: skip
     return rows
+
+
+@dataclass(frozen=True)
+class PeerMeasured:
+    """A peer analyser on the samples of its languages (*measured*: None where it did not run, *note* says why)
+    and the detector on exactly those samples (adapted where it adapted)."""
+
+    tool: str
+    measured: Measured | None
+    detector: Measured | None
+    note: str = ""
+
+
+def measure_peers(
+    scored: LabelledScores, tools: Sequence[str], *, seed: int = 0, n_boot: int = 1000
+) -> list[PeerMeasured]:
+    """Each of *tools* on the samples it reads (flagged: any finding; score: its findings' severities), beside the
+    detector's file scores on the same samples."""
+    best = scored.adapted if scored.adapted is not None else scored.plain
+    out = []
+    for tool in tools:
+        found = run_peer(tool, scored.samples)
+        keep = [k for k, s in enumerate(scored.samples) if s.id in found.scores and best[k] is not None]
+        mine = [scored.samples[k] for k in keep]
+        if len({s.y for s in mine}) < 2:
+            out.append(PeerMeasured(tool, None, None, found.note or "too few samples of its languages"))
+            continue
+        preds = [Prediction(s.id, s.cwe, s.pair_id, s.y, int(found.scores[s.id] > 0), found.scores[s.id]) for s in mine]
+        languages = ", ".join(sorted({s.language for s in mine}))
+        out.append(
+            PeerMeasured(
+                tool,
+                _measured(tool, f"{tool} ({languages}; flagged = any finding)", preds, 0, seed, n_boot),
+                _measured(
+                    "detector",
+                    "the detector on the same samples",
+                    _file_predictions(mine, [best[k] for k in keep]),
+                    0,
+                    seed,
+                    n_boot,
+                ),
+            )
+        )
+    return out

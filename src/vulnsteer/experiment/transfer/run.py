@@ -37,6 +37,7 @@ import numpy as np
 from ..._version import __version__
 from ...config import ExperimentConfig, config_document, dump_config, identity_of
 from ...config.design import ProbeDesign
+from ...detection.peers import run_peer
 from ...detection.records import DetectionRecord
 from ...io import write_json, write_text
 from ...lm.activation_cache import ActivationCache
@@ -64,7 +65,6 @@ from .designs import (
 )
 from .designs import probe_scores as probe_fold_scores
 from .folds import Fold, inner_folds, outer_folds
-from .peers import run_peer
 from .results import DatasetInfo, DetectorRow, FoldResult, TransferResults
 from .steered import (
     Steered,

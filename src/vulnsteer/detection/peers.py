@@ -1,12 +1,13 @@
-"""Peer static analysers on the transfer protocol's samples: cppcheck and flawfinder (C/C++), bandit (Python).
+"""Peer static analysers, the external detectors a user compares vulnsteer with: cppcheck and flawfinder (C/C++),
+bandit (Python), each run on samples.
 
-Each sample, as the model reads it (comments stripped, truncated to the token budget), is written to its own file
-with its language's extension, and each tool runs once over the folder. A
-finding flags the sample; the score is the severity-weighted count of findings (cppcheck: error 3, warning 2,
-style/performance/portability 1, parse and configuration messages ignored; flawfinder: the sum of hit levels;
-bandit: HIGH 3, MEDIUM 2, LOW 1). The tools are not fitted, so nothing is left out: a fold's row is the tool on the
-left-out dataset's samples of its languages. A tool that is not installed is skipped with a note; none is a
-dependency of vulnsteer.
+Each sample's code (as the caller gives it: the transfer protocol gives it as the model reads it, comments
+stripped and truncated to the token budget; ``detector evaluate`` as it was written) goes to its own file with its
+language's extension, and each tool runs once over the folder. A finding flags the sample; the score is the
+severity-weighted count of findings (cppcheck: error 3, warning 2, style/performance/portability 1, parse and
+configuration messages ignored; flawfinder: the sum of hit levels; bandit: HIGH 3, MEDIUM 2, LOW 1). The tools are
+not fitted, so nothing is left out: the transfer protocol's row for a fold is the tool on the left-out dataset's
+samples of its languages. A tool that is not installed is skipped with a note; none is a dependency of vulnsteer.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...data.sample import Sample
+from ..data.sample import Sample
 
 __all__ = ["PEER_LANGUAGES", "PeerScores", "run_peer"]
 
@@ -115,9 +117,9 @@ def run_peer(tool: str, samples: Sequence[Sample]) -> PeerScores:
     mine = [s for s in samples if s.language in languages]
     if not mine:
         return PeerScores(tool, {}, f"no {'/'.join(languages)} samples")
-    exe = shutil.which(tool)
+    exe = shutil.which(tool) or shutil.which(tool, path=str(Path(sys.executable).parent))  # (pip-installed beside)
     if exe is None:
-        return PeerScores(tool, {}, f"{tool} is not installed (not on PATH): skipped")
+        return PeerScores(tool, {}, f"{tool} is not installed (not on PATH nor beside this Python): skipped")
     with tempfile.TemporaryDirectory(prefix=f"vulnsteer-{tool}-") as tmp:
         folder = Path(tmp)
         files = {}
