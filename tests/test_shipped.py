@@ -19,11 +19,12 @@ from vulnsteer.config.vocabulary import PEERS
 from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
 from vulnsteer.experiment.transfer import TransferResults, run_transfer
-from vulnsteer.experiment.transfer.ship import FoldCalibration, fit_default, fold_measurements, share_threshold
+from vulnsteer.experiment.transfer.ship import FoldCalibration, fit_default, fold_measurements
 from vulnsteer.lm.identity import ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
 from vulnsteer.scan.sources import file_scores
+from vulnsteer.stats.metrics import share_threshold
 from vulnsteer.steering.probe import AdaptationError
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")

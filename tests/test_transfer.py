@@ -348,3 +348,43 @@ def test_a_peer_row_carries_the_probe_on_the_same_samples(
         assert f"(probe {peer.probe_same.auroc:.3f})" in report
     again = TransferResults.from_json(json.loads((out / "results.json").read_text()))
     assert again.folds[0].row("cppcheck").probe_same == results.folds[0].row("cppcheck").probe_same  # type: ignore[union-attr]
+
+
+def test_the_adapted_threshold_is_chosen_on_the_inner_folds_adapted_scores(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]], module_tmp: Path, tiny_lm: LoadedModel
+) -> None:
+    """The adapted row reads the left-out dataset's centred scores against the threshold whose flagged share on
+    every inner left-out dataset (its own centred scores) is nearest its vulnerable share: chosen out of dataset,
+    never on the fold's labels."""
+    import numpy as np
+
+    from vulnsteer.experiment.transfer.designs import DesignStore
+    from vulnsteer.stats.metrics import share_threshold
+
+    out, _ = spied
+    results = _results(out)
+    store = DesignStore(out / "designs.jsonl")
+    data = {d.name: d for d in run_mod.load_transfer_data(_config(module_tmp), tiny_lm.tokenizer, False)}
+    checked = 0
+    for fold, outer in zip(results.folds, outer_folds(NAMES), strict=True):
+        adapted, probe = fold.row("adapted"), fold.row("probe")
+        if adapted is None or probe is None:
+            continue
+        inner = [(f, store.get(f.key, probe.chosen)) for f in inner_folds(NAMES, outer.left_out)]
+        assert all(found is not None and found.adapted is not None for _, found in inner)
+        t, _ = share_threshold([np.array(found.adapted) for _, found in inner],  # type: ignore[union-attr]
+                               [float(np.mean(data[f.left_out].labels)) for f, _ in inner])  # fmt: skip
+        own = store.get(outer.key, probe.chosen)
+        assert own is not None and own.adapted is not None
+        assert adapted.metrics.vulnerable_rate == pytest.approx(float(np.mean(np.array(own.adapted) > t)))
+        assert "threshold from the inner folds" in adapted.note
+        checked += 1
+    assert checked == len(NAMES)
+    gaps = [abs(f.row("adapted").metrics.vulnerable_rate - f.vulnerable_share) for f in results.folds]  # type: ignore[union-attr,operator]
+    within = sum(g <= 0.15 for g in gaps)
+    report = render_transfer(results)
+    assert (
+        f"- Adapted, the flagged share is within 15 points of the true vulnerable share on {within} of 4 folds"
+        in report
+    )
+    assert f"(largest gap {max(gaps) * 100:.0f} points)" in report

@@ -17,12 +17,14 @@ from collections.abc import Mapping, Sequence
 from ..experiment.tables import MetricBlock
 from ..experiment.transfer.results import DetectorRow, FoldResult, TransferResults
 
-__all__ = ["LENGTH_MARGIN", "STEERED_MARGIN", "cell", "designs_table", "lodo_table", "render_transfer"]
+__all__ = ["LENGTH_MARGIN", "SHARE_MARGIN", "STEERED_MARGIN", "cell", "designs_table", "lodo_table", "render_transfer"]
 
 #: The AUROC by which a chosen probe should beat the length-only control on every fold.
 LENGTH_MARGIN = 0.05
 #: The most the steered score's AUROC may fall below its probe's.
 STEERED_MARGIN = 0.02
+#: The most a detector's flagged share on a left-out dataset may differ from its vulnerable share.
+SHARE_MARGIN = 0.15
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -125,6 +127,7 @@ def _checks(results: TransferResults) -> list[str]:
             f"design chosen on the outer folds (non-nested, `{results.non_nested_design}`): "
             f"{sum(non_nested) / len(non_nested):.3f} (optimism {optimism:+.3f})."
         )
+    gaps_by_row: dict[str, list[float]] = {"probe": [], "adapted": []}
     for fold in results.folds:
         probe = fold.row("probe")
         adapted = fold.row("adapted")
@@ -132,6 +135,17 @@ def _checks(results: TransferResults) -> list[str]:
             lines.append(
                 f"- {fold.left_out}: flagged share {_f(probe.metrics.vulnerable_rate, 2)} unadapted, "
                 f"{_f(adapted.metrics.vulnerable_rate, 2)} adapted (true vulnerable share {fold.vulnerable_share:.2f})."
+            )
+        for name, row in (("probe", probe), ("adapted", adapted)):
+            if row is not None and row.metrics.vulnerable_rate is not None:
+                gaps_by_row[name].append(abs(row.metrics.vulnerable_rate - fold.vulnerable_share))
+    for name, share_gaps in gaps_by_row.items():
+        if share_gaps:
+            within = sum(g <= SHARE_MARGIN for g in share_gaps)
+            lines.append(
+                f"- {'Adapted' if name == 'adapted' else 'Unadapted'}, the flagged share is within "
+                f"{SHARE_MARGIN * 100:.0f} points of the true vulnerable share on {within} of {len(share_gaps)} folds "
+                f"(largest gap {max(share_gaps) * 100:.0f} points)."
             )
     return lines
 

@@ -54,6 +54,7 @@ __all__ = [
     "pair_rank_accuracy",
     "per_cwe",
     "point_metrics",
+    "share_threshold",
     "tpr_at_fpr",
 ]
 
@@ -545,3 +546,22 @@ def point_metrics(preds: Sequence[Prediction], names: Sequence[str]) -> dict[str
         value = float(replicates(name, once)[0])
         out[name] = None if math.isnan(value) else value
     return out
+
+
+def share_threshold(probs: Sequence[np.ndarray], shares: Sequence[float]) -> tuple[float, float]:
+    """The threshold (flagged iff ``p > t``; *probs* in any units, one array per dataset) whose largest gap between
+    a dataset's flagged share and its *shares* entry is smallest (ties: nearest 0.5); returns it and that gap. The
+    shipped detector's threshold and the transfer protocol's adapted threshold are chosen so, out of dataset.
+
+    >>> t, gap = share_threshold([np.array([0.1, 0.2, 0.6, 0.7]), np.array([0.3, 0.4, 0.8, 0.9])], [0.5, 0.5])
+    >>> 0.4 <= t < 0.6, gap
+    (True, 0.0)
+    """
+    pooled = np.concatenate(list(probs))
+    candidates = np.unique(np.concatenate([pooled, [0.5], (pooled[:-1] + pooled[1:]) / 2 if len(pooled) > 1 else []]))
+    best, best_gap = 0.5, math.inf
+    for t in candidates:
+        gap = max(abs(float((p > t).mean()) - s) for p, s in zip(probs, shares, strict=True))
+        if gap < best_gap - 1e-12 or (abs(gap - best_gap) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
+            best, best_gap = float(t), gap
+    return best, best_gap

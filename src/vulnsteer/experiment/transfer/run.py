@@ -46,7 +46,7 @@ from ...lm.model import LoadedModel, load_model
 from ...lm.prompts import DEFAULT_TEMPLATE
 from ...progress import Progress
 from ...stats.compare import metrics_block
-from ...stats.metrics import Prediction
+from ...stats.metrics import Prediction, share_threshold
 from ...steering.probe import Probe
 from ..header import ModelInfo
 from ..prepare import load_dataset
@@ -172,6 +172,21 @@ class _Transfer:
         assert found is not None, (fold.key, design.key)
         return found
 
+    def adapted_threshold(self, outer: Fold, design: ProbeDesign) -> float | None:
+        """The adapted probe's threshold for *outer*'s left-out dataset, chosen out of dataset: on the inner folds'
+        adapted scores (each inner left-out dataset's scores centred on their own mean, as the left-out one's are),
+        the threshold whose flagged share on every inner left-out dataset is nearest its vulnerable share
+        (:func:`~vulnsteer.stats.metrics.share_threshold`). The val splits' threshold, each centred on
+        itself, flagged 20% of SVEN (half vulnerable); this one 41%. None where an inner fold did not adapt."""
+        inner = [(f, self.scores(f, design)) for f in inner_folds(self.names, outer.left_out)]
+        if any(found.adapted is None for _, found in inner):
+            return None
+        threshold, _ = share_threshold(
+            [np.asarray(found.adapted, dtype=np.float64) for _, found in inner],
+            [float(np.mean(self.data[f.left_out].labels)) for f, _ in inner],
+        )
+        return threshold
+
     def metric(self, fold: Fold, found: FoldScores) -> float:
         return metric_of(found, self.data[fold.left_out], self.criterion)
 
@@ -262,15 +277,16 @@ class _Transfer:
                 design_key,
             ),
         ]
-        if found.adapted is not None and found.adapted_threshold is not None:
-            block = self.block(predictions(target, found.adapted, found.adapted_threshold))
+        adapted_threshold = self.adapted_threshold(outer, self.designs[design_key])
+        if found.adapted is not None and adapted_threshold is not None:
+            block = self.block(predictions(target, found.adapted, adapted_threshold))
             rows.append(
                 DetectorRow(
                     "adapted",
                     "the chosen probe adapted to the left-out inputs (no labels)",
                     block,
                     design_key,
-                    f"centre from {len(found.adapted)} unlabelled inputs",
+                    f"centre from {len(found.adapted)} unlabelled inputs; threshold from the inner folds",
                 )
             )
         else:

@@ -44,7 +44,7 @@ from ...lm.activation_cache import ActivationCache
 from ...lm.model import LoadedModel, load_model
 from ...lm.prompts import DEFAULT_TEMPLATE
 from ...stats.compare import metrics_block
-from ...stats.metrics import Prediction
+from ...stats.metrics import Prediction, share_threshold
 from ...steering.probe import Adaptation, Calibration, Probe
 from ..rundir import RESOLVED_NAME
 from ..tables import MetricBlock
@@ -53,7 +53,7 @@ from .designs import design_grid
 from .folds import outer_folds
 from .results import TransferResults
 
-__all__ = ["FoldCalibration", "fit_default", "licence_of", "share_threshold"]
+__all__ = ["FoldCalibration", "fit_default", "licence_of"]
 
 #: The rows of a transfer run's table the shipped detector's provenance keeps (when the run has them).
 TABLE_ROWS = ("probe", "adapted", "steered", "gate_control", "answer", "length", "probe_non_nested", "bag_of_tokens")
@@ -73,24 +73,6 @@ class FoldCalibration:
     @property
     def share(self) -> float:
         return float(self.y.mean())
-
-
-def share_threshold(probs: Sequence[np.ndarray], shares: Sequence[float]) -> tuple[float, float]:
-    """The probability threshold (flagged iff ``p > t``) whose largest gap between a fold's flagged share and its
-    *shares* entry is smallest (ties: nearest 0.5); returns it and that gap.
-
-    >>> t, gap = share_threshold([np.array([0.1, 0.2, 0.6, 0.7]), np.array([0.3, 0.4, 0.8, 0.9])], [0.5, 0.5])
-    >>> 0.4 <= t < 0.6, gap
-    (True, 0.0)
-    """
-    pooled = np.concatenate(list(probs))
-    candidates = np.unique(np.concatenate([pooled, [0.5], (pooled[:-1] + pooled[1:]) / 2 if len(pooled) > 1 else []]))
-    best, best_gap = 0.5, math.inf
-    for t in candidates:
-        gap = max(abs(float((p > t).mean()) - s) for p, s in zip(probs, shares, strict=True))
-        if gap < best_gap - 1e-12 or (abs(gap - best_gap) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
-            best, best_gap = float(t), gap
-    return best, best_gap
 
 
 def _calibrate(folds: Sequence[FoldCalibration], centred: bool) -> tuple[Calibration, float]:
