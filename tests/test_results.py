@@ -200,6 +200,15 @@ def test_a_schema_2_run_folder_is_applied_by_evaluate_from(tmp_path: Path, tiny_
         assert set(got.families[name].held_out["logit"].rows) == {"CWE-89", "CWE-78"}
 
 
+def _record_thresholds(differ: dict[str, Any]) -> dict[str, Any]:
+    """The records' ``threshold`` keys: each record now carries the threshold its verdict read its score against
+    (absent before; a file's verdict follows its score with it). Here every one is the answer's 0.5, and no verdict
+    moved."""
+    found = {k: v for k, v in differ.items() if k.startswith("records/") and k.endswith("/threshold")}
+    assert found and all(old is None and new == 0.5 for old, new in found.values())
+    return found
+
+
 @pytest.mark.slow
 def test_this_version_reproduces_every_number_of_the_schema_2_run(tmp_path: Path, tiny_lm: LoadedModel) -> None:
     """The fixture's experiment, rerun: the same val entries, choices, rows, lead table, probes and records."""
@@ -214,10 +223,11 @@ def test_this_version_reproduces_every_number_of_the_schema_2_run(tmp_path: Path
     assert all(abs(a - b) < 1e-6 for a, b in moved.values()), moved
     # the metrics added since (AUROC's CI, pair-rank accuracy, TPR at 5% FPR) were absent (None) before
     added = {k: v for k, v in found.differ.items() if k.rsplit("/", 1)[-1] in NEW_METRICS and v[0] is None}
+    thresholds = _record_thresholds(found.differ)
     rest = {
         k: v
         for k, v in found.differ.items()
-        if k not in {**moved, **added} and k != "families/conditional/saved/digest"
+        if k not in {**moved, **added, **thresholds} and k != "families/conditional/saved/digest"
     }
     assert not rest, list(rest.items())[:10]
     assert found.compared > 3000
@@ -232,7 +242,12 @@ def test_this_version_reproduces_every_number_of_the_schema_2_run(tmp_path: Path
     transfer = transfer_config(tmp_path / "run", {"data.path": (str(other), "--data"), "data.format": ("jsonl", "")})
     out = evaluate_from_run(tmp_path / "run", transfer, tmp_path / "eval", lm=tiny_lm, progress=False)
     evaluated = compare(load_results(V2 / "eval" / "results.json"), load_results(out / "results.json"))
-    changed = {k: v for k, v in evaluated.differ.items() if not (k.rsplit("/", 1)[-1] in NEW_METRICS and v[0] is None)}
+    new_thresholds = _record_thresholds(evaluated.differ)
+    changed = {
+        k: v
+        for k, v in evaluated.differ.items()
+        if not (k.rsplit("/", 1)[-1] in NEW_METRICS and v[0] is None) and k not in new_thresholds
+    }
     assert not changed and evaluated.compared > 3000
     assert all(NEW_METRIC_PATH.search(path) for path in evaluated.only_before)
     assert all(path.startswith("lead/") or NEW_METRIC_PATH.search(path) for path in evaluated.only_after)
