@@ -380,44 +380,14 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     assert missing.measured is None and missing.note == "cppcheck is not installed"
     monkeypatch.setattr(probe_detector, "SHIPPED_DETECTOR", folder)
     monkeypatch.setattr("vulnsteer.scan.ModelScorer", lambda spec: ModelScorer(spec, lm=tiny_lm))
-    assert (
-        main(
-            [
-                "--no-progress",
-                "detector",
-                "evaluate",
-                "--data",
-                str(data),
-                "--format",
-                "jsonl",
-                "--json",
-                "--n-boot",
-                "20",
-            ]
-        )
-        == 0
-    )
+    evaluate = ["--no-progress", "detector", "evaluate", "--data", str(data), "--format", "jsonl"]
+    assert main([*evaluate, "--json", "--n-boot", "20"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["detector"] == "the shipped detector" and doc["adapted"] and doc["samples"] == len(samples)
     assert [(p["tool"], p["note"]) for p in doc["peers"]] == [(t, f"{t} is not installed") for t in PEERS]
     assert [r["name"] for r in doc["rows"]] == ["detector", "adapted", "length"]
     assert doc["rows"][0]["auroc"] == pytest.approx(rows[0].metrics.auroc)
-    assert (
-        main(
-            [
-                "--no-progress",
-                "detector",
-                "evaluate",
-                "--data",
-                str(data),
-                "--format",
-                "jsonl",
-                "--no-adapt",
-                "--no-peers",
-            ]
-        )
-        == 0
-    )
+    assert main([*evaluate, "--no-adapt", "--no-peers"]) == 0
     out = capsys.readouterr().out
     assert "| detector: as fitted | " in out and "not adapted: adaptation is off" in out and "| adapted: " not in out
     assert main(["detector", "evaluate"]) == 2
