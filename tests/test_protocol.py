@@ -281,6 +281,15 @@ def test_a_folder_that_finished_nothing_is_taken_over_by_the_corrected_rerun(
     # a folder that holds records is still protected, and the message says what changed
     with pytest.raises(ConfigError, match=r"holds an experiment computed from other inputs \(changed: [^)]*steering"):
         run_protocol(base.replace(data__cwes=["CWE-89"]), out, lm=tiny_lm, progress=False)
+    # a run of an older version lacks the keys added since: at their defaults they change nothing and it resumes;
+    # given another value, the key is named as a change
+    done = base.replace(steering__strengths={"raw": [0.5]}, data__cwes=["CWE-89"])
+    identity = json.loads((out / "identity.json").read_text())
+    del identity["detection.aggregations"]
+    (out / "identity.json").write_text(json.dumps(identity))
+    assert run(done, out, tiny_lm).status == "complete"
+    with pytest.raises(ConfigError, match=r"\(changed: detection\.aggregations\)"):
+        run_protocol(done.replace(detection__aggregations=["max"]), out, lm=tiny_lm, progress=False)
 
 
 def test_a_busy_run_folder_names_its_holder(

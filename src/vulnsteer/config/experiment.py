@@ -356,6 +356,12 @@ def identity_of(config: ExperimentConfig, sections: tuple[str, ...] = ()) -> dic
     return out
 
 
+def default_identity() -> dict[str, Any]:
+    """:func:`identity_of` the default configuration, every section: what a key added to the configuration later
+    is compared against in an older run's identity (a new key's default reproduces what the runs before it did)."""
+    return identity_of(parse_config({}, "defaults"))
+
+
 #: The configuration keys each evaluation takes (a section name: all its keys); any other key would be silently
 #: ignored, so :func:`check_overrides` refuses it. ``--from`` applies the run's own vectors, strengths, gates and
 #: prompts; ``--vectors`` applies one method, layer set, unit and positions at the strength given.

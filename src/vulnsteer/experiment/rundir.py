@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import ConfigError
+from ..config import ConfigError, default_identity
 from ..io import check_writable, write_json, write_text
 
 __all__ = ["RunDir", "RunDirBusyError"]
@@ -140,7 +140,8 @@ class RunDir:
                 old = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path}: unreadable ({exc}); use another output directory") from None
-            changed = sorted(k for k in old.keys() | plain.keys() if old.get(k) != plain.get(k))
+            added = _added_at_default(old, plain)
+            changed = sorted(k for k in old.keys() | plain.keys() if old.get(k) != plain.get(k) and k not in added)
             if not changed:
                 return
             if self._holds_records():
@@ -202,3 +203,17 @@ def _locked(path: Path, probe: bool = False) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _added_at_default(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    """The configuration keys *new* has and the *old* identity (an older version's run) lacks, at their default: a
+    key added since, whose default reproduces what that version did, changes nothing. A key given another value is
+    a change.
+
+    >>> from vulnsteer.config import default_identity
+    >>> key, value = "transfer.gate_adapted", default_identity()["transfer.gate_adapted"]
+    >>> sorted(_added_at_default({}, {key: value})), sorted(_added_at_default({}, {key: [True]}))
+    (['transfer.gate_adapted'], [])
+    """
+    defaults = json.loads(json.dumps(default_identity(), default=str))
+    return {k for k in new.keys() - old.keys() if k in defaults and new[k] == defaults[k]}
