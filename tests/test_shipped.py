@@ -384,11 +384,16 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     assert main([*evaluate, "--json", "--n-boot", "20"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["detector"] == "the shipped detector" and doc["adapted"] and doc["samples"] == len(samples)
+    assert doc["fitted_on_this_data"] is None  # (the detector was fitted on alpha, beta, gamma, delta)
     assert [(p["tool"], p["note"]) for p in doc["peers"]] == [(t, f"{t} is not installed") for t in PEERS]
     assert [r["name"] for r in doc["rows"]] == ["detector", "adapted", "length"]
     assert doc["rows"][0]["auroc"] == pytest.approx(rows[0].metrics.auroc)
     assert main([*evaluate, "--no-adapt", "--no-peers"]) == 0
     out = capsys.readouterr().out
     assert "| detector: as fitted | " in out and "not adapted: adaptation is off" in out and "| adapted: " not in out
+    fitted = ProbeDetector.load(folder).info["datasets"][0]
+    assert main(["--no-progress", "detector", "evaluate", "--data", fitted["source"], "--no-peers", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["fitted_on_this_data"] == fitted["name"] and "in-distribution" in captured.err
     assert main(["detector", "evaluate"]) == 2
     assert "needs --data" in capsys.readouterr().err

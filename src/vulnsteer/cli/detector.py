@@ -128,13 +128,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if spec.detector is not None and Path(spec.detector).resolve() == SHIPPED_DETECTOR.resolve():
         what = "the shipped detector"
     why = scored.why
+    fitted_on = detector.fitted_on(loaded.source) if detector is not None else None
+    if fitted_on is not None:
+        print(f"vulnsteer: warning: the detector was fitted on {fitted_on!r}, which --data looks like: these numbers "
+              "are in-distribution, not a measure of transfer", file=sys.stderr)  # fmt: skip
     if scored.adapted is None and detector is None:
         why = "only a probe detector adapts (the shipped one, or --detector with a probe detector)"
     n_vul = sum(s.y for s in loaded.samples)
     if args.json:
         print(json.dumps({
             "data": loaded.source, "samples": len(loaded.samples), "vulnerable": n_vul, "functions": scored.functions,
-            "detector": what, "aggregation": spec.resolved_aggregation, "adapted": scored.adapted is not None,
+            "detector": what, "fitted_on_this_data": fitted_on, "aggregation": spec.resolved_aggregation,
+            "adapted": scored.adapted is not None,
             "not_adapted_because": why or None,
             "rows": [{"name": r.name, "label": r.label, "skipped": r.skipped, "auroc_ci": r.auroc_ci,
                       "balanced_accuracy_ci": r.balanced_accuracy_ci, **dataclasses.asdict(r.metrics)} for r in rows],

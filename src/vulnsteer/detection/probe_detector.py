@@ -179,6 +179,30 @@ class ProbeDetector:
             return float(adaptation.calibration.probabilities(torch.tensor([adaptation.threshold]))[0])
         return self.probe.threshold_probability
 
+    def fitted_on(self, source: str) -> str | None:
+        """The name of the training dataset *source* (a dataset path, or ``builtin``) looks like, by its path or
+        its folder's name (``detector.json``'s ``datasets``), else None: measured there, a number is not one of
+        transfer.
+
+        >>> import torch
+        >>> from vulnsteer.config.design import ProbeDesign
+        >>> from vulnsteer.steering.probe import Probe
+        >>> probe = Probe(ProbeDesign((3,), ("code_mean",)), torch.tensor([1.0, 0.0]), 0.0, 0.0)
+        >>> d = ProbeDetector(probe, ModelIdentity("tiny", "f00d"),
+        ...                   info={"datasets": [{"name": "sven", "source": "/data/sven"}]})
+        >>> d.fitted_on("/elsewhere/sven/"), d.fitted_on("/data/sven"), d.fitted_on("my-pairs")
+        ('sven', 'sven', None)
+        """
+        given = Path(source).expanduser()
+        for entry in self.info.get("datasets", []):
+            name, path = str(entry.get("name", "")), str(entry.get("source", ""))
+            same_path = path == source or (
+                given.exists() and Path(path).exists() and given.resolve() == Path(path).resolve()
+            )
+            if same_path or given.name == name:
+                return name
+        return None
+
     def adapted(self, raw: torch.Tensor) -> Probe:
         """The probe adapted to the unlabelled inputs whose raw scores are *raw* (refuses fewer than
         :attr:`min_adapt`)."""
