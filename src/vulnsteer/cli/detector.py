@@ -170,7 +170,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if p.measured is None:
             print(f"{p.tool}: {p.note}")
     if rows[0].skipped:
-        print(f"{rows[0].skipped} samples had nothing left to score once comments were stripped (left out)")
+        print(f"{rows[0].skipped} samples left out: no function scored (nothing left once comments were stripped, "
+              "or a file the scan could not read)")  # fmt: skip
     return 0
 
 

@@ -38,8 +38,8 @@ __all__ = ["LabelledScores", "Measured", "PeerMeasured", "measure", "measure_pee
 @dataclass(frozen=True)
 class LabelledScores:
     """Every sample's file score as fitted (*plain*) and adapted (*adapted*: None where the scorer cannot adapt
-    or there were too few functions, *why* says which); None for a sample with nothing left to score once
-    comments are stripped. *functions*: the distinct functions scored."""
+    or there were too few functions, *why* says which); None for a sample of which no function was scored
+    (nothing left once comments are stripped, or too large to read). *functions*: the distinct functions scored."""
 
     samples: tuple[Sample, ...]
     plain: tuple[FileScore | None, ...]
