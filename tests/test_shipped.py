@@ -388,6 +388,9 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     assert [(p["tool"], p["note"]) for p in doc["peers"]] == [(t, f"{t} is not installed") for t in PEERS]
     assert [r["name"] for r in doc["rows"]] == ["detector", "adapted", "length"]
     assert doc["rows"][0]["auroc"] == pytest.approx(rows[0].metrics.auroc)
+    assert main([*evaluate, "--max-pairs-per-cwe", "2", "--no-peers", "--json", "--n-boot", "20"]) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert capped["samples"] == 4 and capped["rows"][0]["n_pairs"] == 2  # two pairs of the one CWE, both halves
     assert main([*evaluate, "--no-adapt", "--no-peers"]) == 0
     out = capsys.readouterr().out
     assert "| detector: as fitted | " in out and "not adapted: adaptation is off" in out and "| adapted: " not in out

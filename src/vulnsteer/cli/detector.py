@@ -79,8 +79,7 @@ def register(sub: Any) -> None:
         "length-only control. Nothing is fitted or chosen on --data.",
     )
     add_scorer_args(p)
-    add_config_args(p, ["data"], only=("--data", "--format", "--cwe"))
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals (default: 0)")
+    add_config_args(p, ["data"], only=("--data", "--format", "--cwe", "--max-pairs-per-cwe", "--seed"))
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of every interval (default: 1000)")
     p.add_argument(
         "--no-peers",
@@ -104,7 +103,7 @@ def cmd_fit_default(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..config.vocabulary import PEERS
     from ..detection.probe_detector import SHIPPED_DETECTOR
-    from ..experiment.prepare import load_dataset
+    from ..experiment.prepare import cap_pairs, load_dataset
     from ..scan import ModelScorer, ScanOptions
     from ..scan.labelled import measure, measure_peers, score_labelled
 
@@ -115,15 +114,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     spec = scorer_spec(args, explain=False)
     loaded = load_dataset(config.data)
+    samples = cap_pairs(loaded.samples, config.data.max_pairs_per_cwe, config.data.seed)
     detector = probe_detector(spec)
     options = ScanOptions(keep_comments=config.data.keep_comments, min_score=0.0, fail_on=1.0, score_unknown=True,
                           aggregation=spec.resolved_aggregation, adapt=adapt_mode(args, detector),
                           adapt_from=adapt_from(detector))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
-        scored = score_labelled(loaded.samples, scorer, options, progress=not args.no_progress)
-    rows = measure(scored, seed=args.seed, n_boot=args.n_boot)
-    peers = [] if args.no_peers else measure_peers(scored, PEERS, seed=args.seed, n_boot=args.n_boot)
+        scored = score_labelled(samples, scorer, options, progress=not args.no_progress)
+    rows = measure(scored, seed=config.data.seed, n_boot=args.n_boot)
+    peers = [] if args.no_peers else measure_peers(scored, PEERS, seed=config.data.seed, n_boot=args.n_boot)
     what = "the bare model's answer" if spec.detector is None else str(spec.detector)
     if spec.detector is not None and Path(spec.detector).resolve() == SHIPPED_DETECTOR.resolve():
         what = "the shipped detector"
@@ -134,10 +134,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "are in-distribution, not a measure of transfer", file=sys.stderr)  # fmt: skip
     if scored.adapted is None and detector is None:
         why = "only a probe detector adapts (the shipped one, or --detector with a probe detector)"
-    n_vul = sum(s.y for s in loaded.samples)
+    n_vul = sum(s.y for s in samples)
     if args.json:
         print(json.dumps({
-            "data": loaded.source, "samples": len(loaded.samples), "vulnerable": n_vul, "functions": scored.functions,
+            "data": loaded.source, "samples": len(samples), "vulnerable": n_vul, "functions": scored.functions,
             "detector": what, "fitted_on_this_data": fitted_on, "aggregation": spec.resolved_aggregation,
             "adapted": scored.adapted is not None,
             "not_adapted_because": why or None,
@@ -151,17 +151,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         }, indent=2))  # fmt: skip
         return 0
     how = spec.resolved_aggregation
-    print(f"{loaded.source}: {len(loaded.samples)} samples ({n_vul} vulnerable), {scored.functions} distinct "
+    print(f"{loaded.source}: {len(samples)} samples ({n_vul} vulnerable), {scored.functions} distinct "
           f"functions, scored as `scan` scores them by {what} (files: {how} of their functions)")  # fmt: skip
     if scored.adapted is None:
         print(f"not adapted: {why}")
     _print_measured(rows)
-    languages = sorted({s.language for s in loaded.samples})
+    languages = sorted({s.language for s in samples})
     for language in languages if len(languages) > 1 else []:
         subset = scored.of_language(language)
         if len({s.y for s in subset.samples}) == 2:
             print(f"\n{language} ({len(subset.samples)} samples):")
-            _print_measured(measure(subset, seed=args.seed, n_boot=args.n_boot))
+            _print_measured(measure(subset, seed=config.data.seed, n_boot=args.n_boot))
     ran = [p for p in peers if p.measured is not None and p.detector is not None]
     if ran:
         print("\npeer analysers, each beside the detector on the same samples:")

@@ -47,7 +47,7 @@ from ..data.units import (
 )
 from ..progress import track
 
-__all__ = ["LoadedData", "PreparedData", "cwe_order", "load_dataset", "prepare_data"]
+__all__ = ["LoadedData", "PreparedData", "cap_pairs", "cwe_order", "load_dataset", "prepare_data"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _as_is(code: str) -> list[tuple[str, Truncation]]:
     return [(code, Truncation(False, 0, 0, None))]
 
 
-def _cap_pairs(samples: Sequence[Sample], max_pairs: int | None, seed: int) -> list[Sample]:
+def cap_pairs(samples: Sequence[Sample], max_pairs: int | None, seed: int) -> list[Sample]:
     """Keep at most *max_pairs* pair ids per CWE (chosen by a seeded hash, so the choice is stable)."""
     if not max_pairs:
         return list(samples)
@@ -195,9 +195,9 @@ def prepare_data(
     if config.respect_upstream:  # the dataset's own held-out split is kept whole; the cap thins what train/val use
         held = [s for s in raw if s.meta.get(UPSTREAM_SPLIT_KEY) == "val"]
         rest = [s for s in raw if s.meta.get(UPSTREAM_SPLIT_KEY) != "val"]
-        raw = _cap_pairs(rest, config.max_pairs_per_cwe, config.seed) + held
+        raw = cap_pairs(rest, config.max_pairs_per_cwe, config.seed) + held
     else:
-        raw = _cap_pairs(raw, config.max_pairs_per_cwe, config.seed)
+        raw = cap_pairs(raw, config.max_pairs_per_cwe, config.seed)
     notes: dict[str, Any] = {"load": loaded.notes, "comments_stripped": not config.keep_comments}
     cleaned: list[Sample] = []
     failed_clean = changed_clean = 0
