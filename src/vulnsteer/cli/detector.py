@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from ..scan.labelled import Measured
     from ..steering.probe import Probe
 
 
@@ -141,13 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "detector": what, "fitted_on_this_data": fitted_on, "aggregation": spec.resolved_aggregation,
             "adapted": scored.adapted is not None,
             "not_adapted_because": why or None,
-            "rows": [{"name": r.name, "label": r.label, "skipped": r.skipped, "auroc_ci": r.auroc_ci,
-                      "balanced_accuracy_ci": r.balanced_accuracy_ci, **dataclasses.asdict(r.metrics)} for r in rows],
-            "peers": [{"tool": p.tool, "note": p.note or None,
-                       "metrics": None if p.measured is None else dataclasses.asdict(p.measured.metrics),
-                       "detector_on_same_samples": (None if p.detector is None
-                                                    else dataclasses.asdict(p.detector.metrics))}
-                      for p in peers],
+            "rows": [r.to_json() for r in rows], "peers": [p.to_json() for p in peers],
         }, indent=2))  # fmt: skip
         return 0
     how = spec.resolved_aggregation
@@ -165,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ran = [p for p in peers if p.measured is not None and p.detector is not None]
     if ran:
         print("\npeer analysers, each beside the detector on the same samples:")
-        _print_measured([row for p in ran for row in (p.measured, p.detector)])
+        _print_measured([row for p in ran for row in (p.measured, p.detector) if row is not None])
     for p in peers:
         if p.measured is None:
             print(f"{p.tool}: {p.note}")
@@ -175,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_measured(rows: Any) -> None:
+def _print_measured(rows: Sequence[Measured]) -> None:
     print("| detector | n | AUROC [95% CI] | bal. acc [95% CI] | pair-rank | TPR @5% FPR | flagged / vulnerable |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..data.sample import Sample
 from ..detection.peers import run_peer
@@ -69,6 +70,11 @@ class Measured:
     auroc_ci: tuple[float, float] | None
     balanced_accuracy_ci: tuple[float, float]
     skipped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Its name, label, skipped count, intervals and every metric, flat (``detector evaluate --json``)."""
+        return {"name": self.name, "label": self.label, "skipped": self.skipped, "auroc_ci": self.auroc_ci,
+                "balanced_accuracy_ci": self.balanced_accuracy_ci, **dataclasses.asdict(self.metrics)}  # fmt: skip
 
 
 def _write(samples: Sequence[Sample], folder: Path) -> None:
@@ -187,6 +193,14 @@ class PeerMeasured:
     measured: Measured | None
     detector: Measured | None
     note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "note": self.note or None,
+            "metrics": None if self.measured is None else dataclasses.asdict(self.measured.metrics),
+            "detector_on_same_samples": None if self.detector is None else dataclasses.asdict(self.detector.metrics),
+        }
 
 
 def measure_peers(
