@@ -77,3 +77,20 @@ def test_too_few_inputs_to_adapt_to_is_said_not_guessed() -> None:
     applied = ADAPTED.apply(choices, _held(samples, acts))
     assert not applied.lead and any("at least 100" in note for note in applied.notes)
     assert ADAPTED.results(100, choices, applied, None).notes == applied.notes
+
+
+def test_a_detectors_adapted_threshold_is_the_adapted_probes() -> None:
+    """``ProbeDetector.threshold_probability(adapted=True)`` (what scan reads before it has scores) is the threshold
+    probability of the probe once adapted, wherever the inputs sit; unadapted it is the probe's own."""
+    from vulnsteer.detection.probe_detector import ProbeDetector
+    from vulnsteer.lm.identity import ModelIdentity
+
+    probe = _choices(20).default
+    assert probe.adaptation is not None
+    detector = ProbeDetector(probe, ModelIdentity("tiny", "f00d"))
+    for shift in (-3.0, 0.0, 3.0):
+        _, acts = _data(40, 4, shift=shift)
+        adapted = detector.adapted(probe.scores_of(acts, acts.code_tokens))
+        assert detector.threshold_probability(adapted=True) == pytest.approx(adapted.threshold_probability, abs=1e-6)
+    assert detector.threshold_probability() == probe.threshold_probability
+    assert detector.threshold_probability(adapted=True) != pytest.approx(probe.threshold_probability)

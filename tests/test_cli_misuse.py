@@ -583,6 +583,46 @@ def test_unexpected_exceptions_and_interrupts(error: str, code: int, needle: str
             assert len(lines) == 1, proc.stderr
 
 
+_TERM = """
+import os, signal, sys, tempfile, time
+from pathlib import Path
+import vulnsteer.cli.data as data_cmd
+
+def work(args):
+    with tempfile.TemporaryDirectory(prefix="vulnsteer-term-") as tmp:
+        Path(sys.argv[1]).write_text(tmp)
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` or a job's timeout would
+        time.sleep(30)
+    return 0
+
+data_cmd.cmd_data_validate = work
+from vulnsteer.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does_and_exits_143(world: World) -> None:
+    """``kill`` (SIGTERM) ends a command as Ctrl-C does: its temporary folder is removed on the way out (the default
+    action would leave it), one line says so, exit 143; the handler is only the command's."""
+    import signal
+    import subprocess
+    import sys
+
+    script, marker = world.root / "term.py", world.root / "term-tmp.txt"
+    script.write_text(_TERM, encoding="utf-8")
+    argv = [sys.executable, str(script), str(marker), "data", "validate", str(world.inputs / "paired")]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=cli_env(world.cache), timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("vulnsteer: terminated; finished work is kept")
+    assert marker.read_text() and not Path(marker.read_text()).exists()
+    # in-process, main() puts back the handler it found
+    from vulnsteer.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["data", "validate", str(world.inputs / "paired")]) in (0, 1)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_the_real_entry_point_fails_fast_without_importing_torch(world: World) -> None:
     """``python -m vulnsteer.cli``: errors in options and files come before torch is even imported."""
     probe = (

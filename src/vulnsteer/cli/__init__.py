@@ -2,7 +2,8 @@
 
 Every subcommand has ``--help``; the global flags (``-v``, ``--no-progress``) work before and after the
 subcommand. Bad input prints one line naming the file, field or option and exits 2; an unexpected exception
-prints one line and exits 3 (``-v`` shows the traceback); Ctrl-C exits 130.
+prints one line and exits 3 (``-v`` shows the traceback); Ctrl-C exits 130, and SIGTERM (``kill``, a job's
+timeout) 143 after the same clean-up: temporary folders removed, nothing half-written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import errno
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -27,6 +30,7 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_PROBLEMS",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "build_parser",
     "main",
@@ -40,6 +44,8 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 #: Interrupted (Ctrl-C): finished work is kept.
 EXIT_INTERRUPTED = 130
+#: Terminated (SIGTERM: ``kill``, a job's timeout): cleaned up as after Ctrl-C, 128 + SIGTERM as a shell reports it.
+EXIT_TERMINATED = 143
 #: The reader of the output went away (``vulnsteer ... | head``): 128 + SIGPIPE, as a shell reports it.
 EXIT_BROKEN_PIPE = 141
 
@@ -53,6 +59,7 @@ exit codes:
   {EXIT_USAGE}    bad usage or input: one line names the file, field or option
   {EXIT_INTERNAL}    internal error (a bug): one line; rerun with -v for the traceback
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): finished work is kept, rerun the same command to resume
+  {EXIT_TERMINATED}  terminated (SIGTERM): the same, after the same clean-up
 """
 
 
@@ -209,6 +216,30 @@ def _silence_progress(no_progress: bool) -> None:
             hf_logging.disable_progress_bar()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised where the program is, as Ctrl-C is: ``with`` blocks and ``finally`` clauses run on the way
+    out (temporary folders removed, partial files discarded), where the default action would end the process
+    without them."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated`; the handler before is put back after, so an
+    in-process ``main()`` leaves none behind (only the main thread can set one: elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fail(line: str, code: int, verbose: bool) -> int:
     _clear_progress()
     if verbose:
@@ -222,12 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        with _configure_progress(args.no_progress):
+        with _configure_progress(args.no_progress), _terminate_as_interrupt():
             result: int = args.func(args)
         return result
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
         return _fail(
-            "interrupted; finished work is kept (rerun the same command to resume)", EXIT_INTERRUPTED, args.verbose
+            f"{'terminated' if terminated else 'interrupted'}; finished work is kept (rerun the same command to "
+            "resume)",
+            EXIT_TERMINATED if terminated else EXIT_INTERRUPTED,
+            args.verbose,
         )
     except BrokenPipeError:  # `vulnsteer ... | head`: the reader left; say nothing more
         with contextlib.suppress(OSError, ValueError):  # the interpreter flushes stdout on exit: point it nowhere

@@ -172,11 +172,9 @@ class ProbeDetector:
 
     def threshold_probability(self, *, adapted: bool = False) -> float:
         """The threshold as a calibrated probability (a score above it is ``vulnerable``), adapted or not."""
-        import torch
-
         adaptation = self.probe.adaptation
         if adapted and adaptation is not None:
-            return float(adaptation.calibration.probabilities(torch.tensor([adaptation.threshold]))[0])
+            return adaptation.threshold_probability
         return self.probe.threshold_probability
 
     def fitted_on(self, source: str) -> str | None:

@@ -101,6 +101,10 @@ class Calibration:
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(scores.double() * self.slope + self.intercept).float()
 
+    def probability(self, score: float) -> float:
+        """P(vulnerable) of one score (a threshold's, say), as :meth:`probabilities` computes it."""
+        return float(self.probabilities(torch.tensor([score]))[0])
+
     def to_json(self) -> dict[str, float]:
         return {"slope": self.slope, "intercept": self.intercept}
 
@@ -117,6 +121,11 @@ class Adaptation:
     threshold: float
     spread: float = 1.0
     calibration: Calibration = field(default_factory=Calibration)
+
+    @property
+    def threshold_probability(self) -> float:
+        """The adapted threshold as a calibrated probability (as :attr:`Probe.threshold_probability`)."""
+        return self.calibration.probability(self.threshold)
 
     def to_json(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "spread": self.spread, "calibration": self.calibration.to_json()}
@@ -272,7 +281,7 @@ class Probe:
     def threshold_probability(self) -> float:
         """The threshold as a calibrated probability: a score is ``vulnerable`` exactly where its probability is
         above it (the calibration is increasing)."""
-        return float(self.probabilities(torch.tensor([self.threshold]))[0])
+        return self.calibration.probability(self.threshold)
 
     def fingerprint(self) -> bytes:
         """The weights, and the bag-of-tokens term when there is one, as bytes (for digests of what decides a

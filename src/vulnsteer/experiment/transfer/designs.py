@@ -117,7 +117,8 @@ def probe_scores(probe: Probe, fold: Fold, target: TransferDataset, min_adapt: i
     scores = probe.score_matrix(*_states(probe, target))
     try:
         adapted = probe.adapted(scores, min_adapt)
-        a_scores: tuple[float, ...] | None = tuple(adapted.score_matrix(*_states(adapted, target)).tolist())
+        # the adapted probe differs only in its bias (the inputs' mean score subtracted): no second pass
+        a_scores: tuple[float, ...] | None = tuple((scores - (probe.bias - adapted.bias)).tolist())
         a_threshold: float | None = adapted.threshold
         note = ""
     except AdaptationError as exc:
