@@ -353,14 +353,26 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
             assert f is not None and f.functions == 2
             assert (f.score, f.verdict) == pytest.approx((by_name[f"f{k}"].score, by_name[f"f{k}"].verdict))
     rows = labelled.measure(scored, n_boot=20)
-    assert [r.name for r in rows] == ["detector", "adapted", "length"]
+    assert [r.name for r in rows] == ["detector", "adapted", "changed", "length"]
     y = [s.y for s in samples]
     for row, found in zip(rows, (scored.plain, scored.adapted), strict=False):
         assert row.metrics.n == len(samples) and row.skipped == 0
         assert row.metrics.auroc == pytest.approx(roc_auc_score(y, [f.score for f in found]))  # type: ignore[union-attr]
         flagged = [f.verdict == "vulnerable" for f in found]  # type: ignore[union-attr]
         assert row.metrics.vulnerable_rate == pytest.approx(sum(flagged) / len(flagged))
-    assert rows[2].metrics.pair_rank_accuracy == 0.5  # the two versions have as many lines: every pair ties
+    # the changed row reads only the function a pair's halves do not share (get<i>; the helper is the same)
+    assert [(f.functions, f.top.name) for f in scored.changed] == [  # type: ignore[union-attr]
+        (1, f"get{k // 2}") for k in range(len(samples))
+    ]
+    assert rows[2].metrics.n == len(samples) and rows[2].skipped == 0 and "adapted" in rows[2].label
+    assert rows[2].metrics.auroc == pytest.approx(roc_auc_score(y, [f.score for f in scored.changed]))  # type: ignore[union-attr]
+    adapted_scan = {
+        (Path(r.path).stem, r.name): r.score.score
+        for r in scan([tree], scorer, ScanOptions(adapt="on"), progress=False).results
+    }
+    for k, f in enumerate(scored.changed):  # each is that function's adapted score, as scan gives it
+        assert f is not None and f.score == pytest.approx(adapted_scan[(f"f{k}", f.top.name)])
+    assert rows[3].metrics.pair_rank_accuracy == 0.5  # the two versions have as many lines: every pair ties
     # a peer analyser that reads the first half of the pairs: its row and the detector's on exactly those samples
     from vulnsteer.detection.peers import PeerScores
 
@@ -386,7 +398,7 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     assert doc["detector"] == "the shipped detector" and doc["adapted"] and doc["samples"] == len(samples)
     assert doc["fitted_on_this_data"] is None  # (the detector was fitted on alpha, beta, gamma, delta)
     assert [(p["tool"], p["note"]) for p in doc["peers"]] == [(t, f"{t} is not installed") for t in PEERS]
-    assert [r["name"] for r in doc["rows"]] == ["detector", "adapted", "length"]
+    assert [r["name"] for r in doc["rows"]] == ["detector", "adapted", "changed", "length"]
     assert doc["rows"][0]["auroc"] == pytest.approx(rows[0].metrics.auroc)
     assert main([*evaluate, "--max-pairs-per-cwe", "2", "--no-peers", "--json", "--n-boot", "20"]) == 0
     capped = json.loads(capsys.readouterr().out)

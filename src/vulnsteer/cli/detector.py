@@ -76,7 +76,8 @@ def register(sub: Any) -> None:
         description="Write each sample of --data (any dataset format; whole files are split into functions) to a "
         "file of its own and scan it as `vulnsteer scan` does, then report the detector's file scores against the "
         "labels: AUROC and balanced accuracy with pair-bootstrap 95%% intervals, pair-rank accuracy, TPR at 5%% FPR "
-        "and the share flagged, as fitted and adapted to the functions scored (no label read), beside the "
+        "and the share flagged, as fitted and adapted to the functions scored (no label read), for pairs read by "
+        "only the functions that differ between the halves (what `vulnsteer diff` reports), beside the "
         "length-only control. Nothing is fitted or chosen on --data.",
     )
     add_scorer_args(p)

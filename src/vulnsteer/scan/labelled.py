@@ -7,8 +7,11 @@ comments stripped, read within the token budget, scored, and each file called by
 score (:class:`~vulnsteer.scan.sources.FileScore`). So a number measured here is the number a user's ``scan`` or
 ``detect`` gives the same code. A probe detector is measured twice from one scoring pass (the scan cache keeps the
 unadapted scores): as fitted, and adapted to the functions scored when there are at least its minimum (the centre
-from their unlabelled scores; no label is read). Beside them, the length-only control: a sample's lines of code
-(longer = riskier; flagged above the median), since fixed code is usually longer.
+from their unlabelled scores; no label is read). Where samples come in pairs (a vulnerable version and its fix),
+a third row reads each sample by only its functions that the pair's other half does not have (:func:`changed_scores`:
+what ``vulnsteer diff`` reports), so the functions a fix left alone, the same in both halves, do not shift a file's
+score. Beside them, the length-only control: a sample's lines of code (longer = riskier; flagged above the median),
+since fixed code is usually longer.
 
 Every row has AUROC and balanced accuracy with pair-bootstrap 95% intervals, pair-rank accuracy (the vulnerable
 version scored above its fix), TPR at 5% FPR and the share flagged beside the share vulnerable. The peer analysers
@@ -29,11 +32,19 @@ from typing import Any
 from ..data.sample import Sample
 from ..detection.peers import run_peer
 from ..stats.metrics import Metrics, Prediction, bootstrap_ci, compute_metrics
-from .engine import ScanOptions, scan
+from .engine import FunctionResult, ScanOptions, scan
 from .scorer import Scorer
-from .sources import FileScore, file_scores
+from .sources import FileScore, file_score, file_scores
 
-__all__ = ["LabelledScores", "Measured", "PeerMeasured", "measure", "measure_peers", "score_labelled"]
+__all__ = [
+    "LabelledScores",
+    "Measured",
+    "PeerMeasured",
+    "changed_scores",
+    "measure",
+    "measure_peers",
+    "score_labelled",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ class LabelledScores:
     adapted: tuple[FileScore | None, ...] | None
     functions: int
     why: str = ""
+    #: each sample's score from only the functions that differ from its pair's other half (what ``vulnsteer diff``
+    #: reads), adapted where *adapted* is; None where the sample has no such function or no one other half
+    changed: tuple[FileScore | None, ...] = ()
 
     def of_language(self, language: str) -> LabelledScores:
         """These scores restricted to the samples of one *language* (the adaptation stays the one over all)."""
@@ -57,6 +71,7 @@ class LabelledScores:
             samples=tuple(self.samples[k] for k in keep),
             plain=tuple(self.plain[k] for k in keep),
             adapted=adapted,
+            changed=tuple(self.changed[k] for k in keep) if self.changed else (),
         )
 
 
@@ -102,12 +117,51 @@ def score_labelled(
         if options.adapt != "off":
             settled = options.settled(functions)
             if settled.adapt == "on":
-                again = scan([folder], scorer, dataclasses.replace(settled, score_unknown=True), cache_dir=cache,
-                             progress=False)  # fmt: skip
-                adapted = _by_sample(file_scores(again), len(samples))
+                report = scan([folder], scorer, dataclasses.replace(settled, score_unknown=True), cache_dir=cache,
+                              progress=False)  # fmt: skip
+                adapted = _by_sample(file_scores(report), len(samples))
             else:
                 why = f"{functions} distinct functions, fewer than the {options.adapt_from} it adapts from"
-    return LabelledScores(tuple(samples), plain, adapted, functions, why)
+    changed = changed_scores(samples, report.results, report.options.aggregation)
+    return LabelledScores(tuple(samples), plain, adapted, functions, why, changed)
+
+
+def changed_scores(
+    samples: Sequence[Sample], results: Sequence[FunctionResult], aggregation: str
+) -> tuple[FileScore | None, ...]:
+    """Each sample's score from only its functions that its pair's other half does not have (by their code, once
+    comments are stripped): the functions a fix changed, as ``vulnsteer diff`` reads them. None for a sample with
+    no such function, or whose pair has not exactly one other half of the other label. *results* are a scan of
+    the samples' files ``sNNNNNN.<language>`` (:func:`score_labelled`).
+
+    >>> from vulnsteer.scan.engine import FunctionResult
+    >>> from vulnsteer.scan.scorer import FunctionScore
+    >>> from vulnsteer.data.region import Region
+    >>> def r(k, name, p):
+    ...     return FunctionResult(f"s{k:06d}.c", "c", name, "function", Region(1, 1, 2, 1), f"{name}-{p}", name,
+    ...                           FunctionScore(p, "secure", threshold=0.5), cached=False, finding=False)
+    >>> pair = [Sample("v", "", "c", "CWE-787", "vulnerable", "p"), Sample("f", "", "c", "CWE-787", "secure", "p")]
+    >>> found = changed_scores(pair, [r(0, "g", 0.2), r(0, "h", 0.7), r(1, "g", 0.2), r(1, "h", 0.4)], "max")
+    >>> [(f.score, f.top.name, f.functions) for f in found]
+    [(0.7, 'h', 1), (0.4, 'h', 1)]
+    """
+    by_sample: dict[int, list[FunctionResult]] = {}
+    for result in results:
+        by_sample.setdefault(int(Path(result.path).stem[1:]), []).append(result)
+    halves: dict[str, list[int]] = {}
+    for k, sample in enumerate(samples):
+        if sample.pair_id is not None:
+            halves.setdefault(sample.pair_id, []).append(k)
+    out: list[FileScore | None] = [None] * len(samples)
+    for members in halves.values():
+        if len(members) != 2 or samples[members[0]].y == samples[members[1]].y:
+            continue
+        for k, other in (members, members[::-1]):
+            theirs = {r.code_hash for r in by_sample.get(other, ())}
+            own = [r for r in by_sample.get(k, ()) if r.code_hash not in theirs]
+            if own:
+                out[k] = file_score(f"s{k:06d}", own, aggregation)
+    return tuple(out)
 
 
 def _by_sample(found: Sequence[FileScore], n: int) -> tuple[FileScore | None, ...]:
@@ -172,6 +226,19 @@ def measure(scored: LabelledScores, *, seed: int = 0, n_boot: int = 1000) -> lis
                 "adapted to the functions scored (no label read)",
                 _file_predictions(mine, adapted),
                 skipped,
+                seed,
+                n_boot,
+            )
+        )
+    changed = [k for k in kept if scored.changed and scored.changed[k] is not None]
+    if changed and len({samples[k].y for k in changed}) == 2:
+        rows.append(
+            _measured(
+                "changed",
+                "only the functions that differ from the pair's other half (what `vulnsteer diff` reads)"
+                + (", adapted" if scored.adapted is not None else ""),
+                _file_predictions([samples[k] for k in changed], [scored.changed[k] for k in changed]),
+                len(samples) - len(changed),
                 seed,
                 n_boot,
             )
