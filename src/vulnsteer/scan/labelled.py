@@ -148,10 +148,10 @@ def changed_scores(
     by_sample: dict[int, list[FunctionResult]] = {}
     for result in results:
         by_sample.setdefault(int(Path(result.path).stem[1:]), []).append(result)
-    halves: dict[str, list[int]] = {}
+    halves: dict[tuple[str, str], list[int]] = {}  # a pair is its id within its CWE, as the datasets say
     for k, sample in enumerate(samples):
         if sample.pair_id is not None:
-            halves.setdefault(sample.pair_id, []).append(k)
+            halves.setdefault((sample.cwe, sample.pair_id), []).append(k)
     out: list[FileScore | None] = [None] * len(samples)
     for members in halves.values():
         if len(members) != 2 or samples[members[0]].y == samples[members[1]].y:
