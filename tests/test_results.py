@@ -88,6 +88,8 @@ def _numbers(doc: Any, skip: str = "$^") -> Counter[Any]:
 #: Metrics added after schema 2 (issue 17): absent (None) in its files.
 NEW_METRICS = ("auroc_ci", "pair_rank_accuracy", "tpr_at_5_fpr")
 NEW_METRIC_PATH = re.compile(r"/(auroc_ci|pair_rank_accuracy|tpr_at_5_fpr)(/|$)")
+#: Relative tolerance for the floats of a rerun: float32 kernels round differently from one CPU to the next.
+FLOAT32_REL = 1e-5
 #: Columns the lead tables gained after schema 2 (AUROC, pair-rank accuracy, TPR at 5% FPR: issue 17), by position.
 NEW_LEAD_COLUMNS = (3, 5, 6)
 
@@ -215,12 +217,17 @@ def test_this_version_reproduces_every_number_of_the_schema_2_run(tmp_path: Path
     data = write_toy_jsonl(tmp_path / "toy.jsonl", cwes=("CWE-89", "CWE-78"), n_pairs=6)
     config = load_config(_sweep_config(tmp_path / "sweep.toml", data, tmp_path / "cache"))
     run_protocol(config, tmp_path / "run", lm=tiny_lm, progress=False, command="sweep")
-    found = compare(load_results(V2 / "run" / "results.json"), load_results(tmp_path / "run" / "results.json"))
+    # Floats are compared to FLOAT32_REL: the tiny model runs in float32, whose matmul kernels round differently on
+    # different CPUs (a CI machine read a mean margin of 0.19306588 where the fixture's machine read 0.19306600).
+    # Counts, verdicts, choices and keys are compared exactly.
+    found = compare(
+        load_results(V2 / "run" / "results.json"), load_results(tmp_path / "run" / "results.json"), rel=FLOAT32_REL
+    )
     # Since one probe type serves the gate and the table of probes, the table scores its probes in float32 as the
-    # gate always did (schema 2's table scored the same probe in float64): its thresholds move by < 1e-6, and
+    # gate always did (schema 2's table scored the same probe in float64): its thresholds move by < 1e-5, and
     # detector.json names the probe's design (so its digest changed). Every other number is the same.
     moved = {k: v for k, v in found.differ.items() if k.startswith("probes/") and k.endswith("/threshold")}
-    assert all(abs(a - b) < 1e-6 for a, b in moved.values()), moved
+    assert all(abs(a - b) < 1e-5 for a, b in moved.values()), moved
     # the metrics added since (AUROC's CI, pair-rank accuracy, TPR at 5% FPR) were absent (None) before
     added = {k: v for k, v in found.differ.items() if k.rsplit("/", 1)[-1] in NEW_METRICS and v[0] is None}
     thresholds = _record_thresholds(found.differ)
@@ -241,7 +248,7 @@ def test_this_version_reproduces_every_number_of_the_schema_2_run(tmp_path: Path
     other = write_toy_jsonl(tmp_path / "other.jsonl", cwes=("CWE-89", "CWE-78", "CWE-22"), n_pairs=3, prefix="other")
     transfer = transfer_config(tmp_path / "run", {"data.path": (str(other), "--data"), "data.format": ("jsonl", "")})
     out = evaluate_from_run(tmp_path / "run", transfer, tmp_path / "eval", lm=tiny_lm, progress=False)
-    evaluated = compare(load_results(V2 / "eval" / "results.json"), load_results(out / "results.json"))
+    evaluated = compare(load_results(V2 / "eval" / "results.json"), load_results(out / "results.json"), rel=FLOAT32_REL)
     new_thresholds = _record_thresholds(evaluated.differ)
     changed = {
         k: v
