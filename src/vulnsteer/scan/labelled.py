@@ -108,21 +108,22 @@ def score_labelled(
     with tempfile.TemporaryDirectory(prefix="vulnsteer-labelled-") as tmp:
         folder, cache = Path(tmp) / "code", Path(tmp) / "cache"
         _write(samples, folder)
-        report = scan([folder], scorer, dataclasses.replace(options, adapt="off", score_unknown=True), cache_dir=cache,
-                      progress=progress)  # fmt: skip
-        plain = _by_sample(file_scores(report), len(samples))
-        functions = len({r.code_hash for r in report.results})
+        as_fitted = scan([folder], scorer, dataclasses.replace(options, adapt="off", score_unknown=True),
+                         cache_dir=cache, progress=progress)  # fmt: skip
+        plain = _by_sample(file_scores(as_fitted), len(samples))
+        functions = len({r.code_hash for r in as_fitted.results})
         adapted: tuple[FileScore | None, ...] | None = None
+        last = as_fitted  # the changed row reads the adapted pass when there is one, as the file rows do
         why = "adaptation is off" if options.adapt == "off" else ""
         if options.adapt != "off":
             settled = options.settled(functions)
             if settled.adapt == "on":
-                report = scan([folder], scorer, dataclasses.replace(settled, score_unknown=True), cache_dir=cache,
-                              progress=False)  # fmt: skip
-                adapted = _by_sample(file_scores(report), len(samples))
+                last = scan([folder], scorer, dataclasses.replace(settled, score_unknown=True), cache_dir=cache,
+                            progress=False)  # fmt: skip
+                adapted = _by_sample(file_scores(last), len(samples))
             else:
                 why = f"{functions} distinct functions, fewer than the {options.adapt_from} it adapts from"
-    changed = changed_scores(samples, report.results, report.options.aggregation)
+    changed = changed_scores(samples, last.results, last.options.aggregation)
     return LabelledScores(tuple(samples), plain, adapted, functions, why, changed)
 
 
