@@ -92,10 +92,20 @@ class Measured:
                 "balanced_accuracy_ci": self.balanced_accuracy_ci, **dataclasses.asdict(self.metrics)}  # fmt: skip
 
 
+def _stem(k: int) -> str:
+    """The name (less its suffix) of sample *k*'s file: ``sNNNNNN``, which :func:`_sample_index` reads back."""
+    return f"s{k:06d}"
+
+
+def _sample_index(path: str) -> int:
+    """The sample whose file *path* is (``sNNNNNN.<language>`` is sample NNNNNN)."""
+    return int(Path(path).stem[1:])
+
+
 def _write(samples: Sequence[Sample], folder: Path) -> None:
     folder.mkdir(parents=True)
     for k, sample in enumerate(samples):
-        (folder / f"s{k:06d}.{sample.language or 'txt'}").write_text(sample.code, encoding="utf-8")
+        (folder / f"{_stem(k)}.{sample.language or 'txt'}").write_text(sample.code, encoding="utf-8")
 
 
 def score_labelled(
@@ -148,7 +158,7 @@ def changed_scores(
     """
     by_sample: dict[int, list[FunctionResult]] = {}
     for result in results:
-        by_sample.setdefault(int(Path(result.path).stem[1:]), []).append(result)
+        by_sample.setdefault(_sample_index(result.path), []).append(result)
     halves: dict[tuple[str, str], list[int]] = {}  # a pair is its id within its CWE, as the datasets say
     for k, sample in enumerate(samples):
         if sample.pair_id is not None:
@@ -161,15 +171,15 @@ def changed_scores(
             theirs = {r.code_hash for r in by_sample.get(other, ())}
             own = [r for r in by_sample.get(k, ()) if r.code_hash not in theirs]
             if own:
-                out[k] = file_score(f"s{k:06d}", own, aggregation)
+                out[k] = file_score(_stem(k), own, aggregation)
     return tuple(out)
 
 
 def _by_sample(found: Sequence[FileScore], n: int) -> tuple[FileScore | None, ...]:
-    """The file scores by sample index (the file ``sNNNNNN.<language>`` is sample NNNNNN)."""
+    """The file scores by sample index (:func:`_sample_index`)."""
     out: list[FileScore | None] = [None] * n
     for f in found:
-        out[int(Path(f.path).stem[1:])] = f
+        out[_sample_index(f.path)] = f
     return tuple(out)
 
 
@@ -192,8 +202,9 @@ def _lines(code: str) -> int:
 
 
 def measure(scored: LabelledScores, *, seed: int = 0, n_boot: int = 1000) -> list[Measured]:
-    """The rows: the detector as fitted, adapted (where it adapted), and the length-only control, each on the
-    samples the detector scored (a sample with nothing left to score is counted as skipped).
+    """The rows: the detector as fitted, adapted (where it adapted), by the changed functions only (where samples
+    come in pairs: :func:`changed_scores`), and the length-only control, each on the samples the detector scored (a
+    sample with nothing left to score is counted as skipped).
 
     >>> from vulnsteer.scan.sources import file_score
     >>> from vulnsteer.scan.engine import FunctionResult
