@@ -94,3 +94,56 @@ def test_a_detectors_adapted_threshold_is_the_adapted_probes() -> None:
         assert detector.threshold_probability(adapted=True) == pytest.approx(adapted.threshold_probability, abs=1e-6)
     assert detector.threshold_probability() == probe.threshold_probability
     assert detector.threshold_probability(adapted=True) != pytest.approx(probe.threshold_probability)
+
+
+def _mixture(n: int, share: float, seed: int, shift: float) -> tuple[list[Sample], Activations]:
+    """*n* samples, the first ``round(share * n)`` vulnerable, their states as :func:`_data`'s."""
+    k = round(share * n)
+    samples = [
+        Sample(f"m{seed}-{i}", "x = 1", "python", "CWE-89", "vulnerable" if i < k else "secure") for i in range(n)
+    ]
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
+    x[:, 0] += torch.tensor([2.0 if s.y else -2.0 for s in samples]) + shift
+    return samples, Activations([2], [s.id for s in samples], {"code_mean": x[:, None, :]})
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25])
+def test_a_stated_prevalence_flags_that_share_and_its_probabilities_take_it(share: float) -> None:
+    """Fitted on balanced val, adapted to data of another dataset (shifted) where only *share* is vulnerable:
+    told the share, the adapted probe flags that share of the inputs, its mean probability is that share (the
+    prior and the centre corrected), and it ranks as well as the probe. Not told, its centre (the mean of a
+    mostly secure set) sits too low and its probabilities overstate the share."""
+    probe = _choices(20).default
+    a = probe.adaptation
+    assert a is not None and a.share == pytest.approx(0.5) and a.separation is not None and a.separation > 0
+    samples, acts = _mixture(400, share, 5, shift=3.0)
+    y = np.array([s.y for s in samples])
+    raw = probe.scores_of(acts)
+    told, untold = probe.adapted(raw, 20, prevalence=share), probe.adapted(raw, 20)
+    assert told.meta["prevalence"] == share and "prevalence" not in untold.meta
+    flagged = told.verdicts(told.scores_of(acts)).numpy()
+    assert flagged.mean() == pytest.approx(share, abs=1.0 / len(y))
+    assert flagged[y == 1].mean() > 0.8  # the highest share are mostly the vulnerable ones
+    p_told = told.probabilities(told.scores_of(acts)).double().mean().item()
+    p_untold = untold.probabilities(untold.scores_of(acts)).double().mean().item()
+    assert abs(p_told - share) < 0.05 and p_untold - share > 0.15, (p_told, p_untold)
+    # a prevalence only moves the centre and the threshold: the order of the scores is the probe's
+    assert torch.equal(torch.argsort(told.scores_of(acts)), torch.argsort(raw))
+
+
+def test_a_prevalence_needs_a_share_and_separation_and_a_share_in_range() -> None:
+    from vulnsteer.steering.probe import Adaptation, AdaptationError, Probe
+
+    old = Probe(DESIGN, torch.ones(8), 0.0, 0.0, adaptation=Adaptation(0.1))  # (as files before them were read)
+    with pytest.raises(AdaptationError, match="older vulnsteer"):
+        old.adapted(torch.arange(30.0), 20, prevalence=0.1)
+    assert old.adapted(torch.arange(30.0), 20).centred == 30
+    new = _choices(20).default
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="prevalence"):
+            new.adapted(torch.arange(30.0), 20, prevalence=bad)
+    a = new.adaptation
+    assert a is not None and Adaptation.from_json(a.to_json()) == a
+    assert Adaptation.from_json(Adaptation(0.1).to_json()) == Adaptation(0.1)
+    with pytest.raises(ValueError, match="share"):
+        Adaptation(0.1, share=1.0, separation=1.0)

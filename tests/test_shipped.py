@@ -122,6 +122,9 @@ def test_threshold_travels_by_share_and_adaptation_removes_a_dataset_offset() ->
         assert plain["folds"][name]["auroc"] == pytest.approx(adapted["folds"][name]["auroc"])
     t, gap = share_threshold([np.array([0.2, 0.9]), np.array([0.1, 0.3, 0.7, 0.8])], [0.5, 0.5])
     assert gap == 0.0 and 0.3 <= t < 0.7
+    # what a stated prevalence corrects by: the centred scores' share and class-mean separation (1.5 drawn)
+    assert adapted["share"] == pytest.approx(np.mean([f.share for f in folds]))
+    assert adapted["separation"] == pytest.approx(1.5, abs=0.2)
 
 
 # ------------------------------------------------------------------------------------------ scan and detect
@@ -213,6 +216,49 @@ def test_auto_adaptation_starts_at_the_detectors_minimum(
     assert adapted.stats.min_score == 0.3
     with pytest.raises(ValueError, match="adapt must be one of"):
         ScanOptions(adapt="sometimes")
+
+
+@needs_grammars
+def test_a_stated_prevalence_flags_that_share_of_the_functions_scanned(
+    shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path
+) -> None:
+    """``prevalence``: the detector adapted to it (centre moved, prior taken), the highest that share of the
+    distinct functions are the findings, from the adapted threshold on; below the minimum it is said not applied."""
+    folder = shipped[1]
+    detector = ProbeDetector.load(folder)
+    scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
+    tree = _tree(tmp_path / "src", detector.min_adapt + 12)
+    plain = scan([tree], scorer, ScanOptions(min_score=0.0, adapt="off"), progress=False)
+    raw = torch.tensor([r.score.probe for r in plain.results])
+    report = scan([tree], scorer, ScanOptions(adapt="on", prevalence=0.25), progress=False)
+    expected = detector.adapted(raw, prevalence=0.25)
+    probs = expected.probabilities(raw - (detector.probe.bias - expected.bias))  # (the adapted probe's scores)
+    assert [r.score.score for r in report.results] == pytest.approx(probs.tolist(), abs=1e-5)
+    assert sum(r.finding for r in report.results) == round(0.25 * len(raw))
+    assert report.options.min_score == pytest.approx(expected.threshold_probability, abs=1e-6)
+    assert report.stats.min_score == report.options.min_score
+    assert all((r.score.verdict == "vulnerable") == r.finding for r in report.results)
+    few = _tree(tmp_path / "few", detector.min_adapt - 1)
+    auto = ScanOptions(adapt="auto", adapt_from=detector.min_adapt, prevalence=0.25)
+    kept = scan([few], scorer, auto, progress=False)
+    assert kept.options.adapt == "off" and any("--prevalence not applied" in w for w in kept.stats.warnings)
+    with pytest.raises(ValueError, match="needs adaptation"):
+        ScanOptions(adapt="off", prevalence=0.25)
+
+
+def test_prevalence_flags_that_cannot_apply_are_usage_errors(shipped: tuple[Path, Path]) -> None:
+    from vulnsteer.cli.options import UsageError, adaptation_options
+    from vulnsteer.cli.options import probe_detector as detector_of
+
+    probe = detector_of(ScorerSpec(detector=shipped[1]))
+    assert adaptation_options(_args(prevalence=0.1), probe)["prevalence"] == 0.1
+    assert adaptation_options(_args(), probe)["prevalence"] is None
+    for given, why in (({"prevalence": 1.5}, "between 0 and 1"), ({"prevalence": 0.1, "no_adapt": True}, "needs"),
+                       ({"prevalence": 0.1, "min_score": 0.5}, "drop --min-score")):  # fmt: skip
+        with pytest.raises(UsageError, match=why):
+            adaptation_options(_args(**given), probe)
+    with pytest.raises(UsageError, match="needs"):
+        adaptation_options(_args(prevalence=0.1), None)  # another scorer: nothing adapts
 
 
 def _args(**given: object) -> argparse.Namespace:

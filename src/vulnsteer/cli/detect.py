@@ -19,8 +19,7 @@ from typing import Any
 from ..config.vocabulary import MODES
 from .options import (
     UsageError,
-    adapt_from,
-    adapt_mode,
+    adaptation_options,
     add_scorer_args,
     check_steering_options,
     config_from_args,
@@ -77,7 +76,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     detector = probe_detector(spec)
     options = ScanOptions(keep_comments=keep_comments, max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0,
                           language=language, score_unknown=True, aggregation=spec.resolved_aggregation,
-                          adapt=adapt_mode(args, detector), adapt_from=adapt_from(detector))  # fmt: skip
+                          **adaptation_options(args, detector))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)

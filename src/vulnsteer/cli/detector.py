@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .experiment import SECTIONS
 from .options import (
     UsageError,
-    adapt_from,
-    adapt_mode,
+    adaptation_options,
     add_config_args,
     add_scorer_args,
     config_from_args,
@@ -119,8 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = cap_pairs(loaded.samples, config.data.max_pairs_per_cwe, config.data.seed)
     detector = probe_detector(spec)
     options = ScanOptions(keep_comments=config.data.keep_comments, min_score=0.0, fail_on=1.0, score_unknown=True,
-                          aggregation=spec.resolved_aggregation, adapt=adapt_mode(args, detector),
-                          adapt_from=adapt_from(detector))  # fmt: skip
+                          aggregation=spec.resolved_aggregation, **adaptation_options(args, detector))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         scored = score_labelled(samples, scorer, options, progress=not args.no_progress)

@@ -353,6 +353,16 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
         help="never adapt: every function scored by the detector as fitted (the score of a function then does not "
         "depend on the others scanned)",
     )
+    g.add_argument(
+        "--prevalence",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="the share of the functions scored you expect to be vulnerable (a prior you state, e.g. 0.05 for a "
+        "mature tree; no label is read): the adapted detector flags the highest that share, findings start there "
+        "(instead of --min-score), its probabilities take the prior, and its centre moves by what the prior says "
+        "(default: none; the centre assumes about as many vulnerable inputs as the detector's calibration data had)",
+    )
     add_steering_args(g)
     add_config_args(p, ["model"])
     add_config_args(p, ["detection"], only=("--max-new-tokens", "--batch-size"))
@@ -414,6 +424,26 @@ def adapt_mode(args: argparse.Namespace, detector: Any) -> str:
 def adapt_from(detector: Any) -> int:
     """Where ``auto`` adaptation starts: the probe *detector*'s ``min_adapt`` (else the default minimum)."""
     return MIN_ADAPT if detector is None else int(detector.min_adapt)
+
+
+def adaptation_options(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
+    """The :class:`~vulnsteer.scan.engine.ScanOptions` fields of the adaptation flags (``adapt``, ``adapt_from``,
+    ``prevalence``) for the probe *detector* (None: another scorer); a usage error for a prevalence that cannot
+    apply."""
+    adapt = adapt_mode(args, detector)
+    prevalence = getattr(args, "prevalence", None)
+    if prevalence is not None:
+        if not 0.0 < prevalence < 1.0:
+            raise UsageError(f"--prevalence must be a share between 0 and 1 (exclusive), got {prevalence:g}")
+        if adapt == "off":
+            raise UsageError(
+                "--prevalence adapts a probe detector to the functions scored: it needs the shipped detector or "
+                "--detector with a probe detector, and not --no-adapt"
+            )
+        if getattr(args, "min_score", None) is not None:
+            raise UsageError("--prevalence sets where findings start (the highest SHARE of the functions): drop "
+                             "--min-score, or --prevalence")  # fmt: skip
+    return {"adapt": adapt, "adapt_from": adapt_from(detector), "prevalence": prevalence}
 
 
 def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:

@@ -17,8 +17,7 @@ from typing import Any
 from ..config.vocabulary import OUTPUT_FORMATS
 from .options import (
     UsageError,
-    adapt_from,
-    adapt_mode,
+    adaptation_options,
     add_config_args,
     add_scorer_args,
     check_steering_options,
@@ -207,7 +206,8 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
     from ..scan import FileFilter, ScanOptions
 
     detector = probe_detector(spec)
-    adapt = adapt_mode(args, detector)
+    adaptation = adaptation_options(args, detector)
+    adapt = adaptation["adapt"]
     return ScanOptions(
         files=FileFilter(
             include=tuple(args.include),
@@ -223,8 +223,7 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
         aggregation=spec.resolved_aggregation,
-        adapt=adapt,
-        adapt_from=adapt_from(detector),
+        **adaptation,
         **more,
     )
 
@@ -279,6 +278,10 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
     if "adapted_to" in provenance:
         say(f"adapted: the probe's centre re-estimated from the {provenance['adapted_to']} distinct functions scanned "
             "(label-free; --no-adapt scores each function as the detector was fitted)")  # fmt: skip
+    if "prevalence" in provenance:
+        say(f"prevalence: {provenance['prevalence']:g} stated: the highest {provenance['prevalence']:.0%} of the "
+            f"functions are flagged (from P(vulnerable) {report.options.min_score:.3f}), the probabilities take it "
+            "as their prior")  # fmt: skip
     print(stats.summary_line(), file=sys.stderr)
     for line in report.failures():
         say(f"fails: {line}")

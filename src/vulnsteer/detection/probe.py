@@ -68,6 +68,7 @@ __all__ = [
     "ProbeData",
     "ProbeResult",
     "choose_threshold",
+    "class_separation",
     "evaluate_length_control",
     "evaluate_probes",
     "fit_logistic_probe",
@@ -444,6 +445,29 @@ def platt(
     return Calibration(float(clf.coef_[0][0]), float(clf.intercept_[0]))
 
 
+def class_separation(
+    scores: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None
+) -> tuple[float | None, float | None]:
+    """The vulnerable share of (val) *scores* and their class-mean separation (vulnerable minus secure), each input
+    weighted by *weights* if given: what an :class:`~vulnsteer.steering.probe.Adaptation` needs to adapt to a
+    stated prevalence. ``(None, None)`` with one class.
+
+    >>> class_separation([0.0, 1.0, 3.0], [0, 0, 1])
+    (0.3333333333333333, 2.5)
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(y, dtype=np.int64).ravel()
+    w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    vulnerable = labels == 1
+    if vulnerable.all() or not vulnerable.any():
+        return None, None
+    share = float(w[vulnerable].sum() / w.sum())
+    separation = float(
+        np.average(s[vulnerable], weights=w[vulnerable]) - np.average(s[~vulnerable], weights=w[~vulnerable])
+    )
+    return share, separation
+
+
 def _threshold_spread(scores: torch.Tensor, y: NDArray[np.int64]) -> tuple[float, float]:
     """The threshold chosen on these (val) scores (balanced accuracy, ties to 0; 0 with one class) and their
     standard deviation."""
@@ -463,7 +487,10 @@ def rethreshold(probe: Probe, val: ProbeData | Sequence[ProbeData]) -> Probe:
     threshold, spread = _threshold_spread(joined, y)
     centred = torch.cat([s - s.double().mean().float() for s in scores if len(s)]) if len(joined) else joined
     a_threshold, a_spread = _threshold_spread(centred, y)
-    adaptation = Adaptation(a_threshold, a_spread, platt(centred.numpy(), y, a_threshold, a_spread))
+    share, separation = class_separation(centred.numpy(), y)
+    adaptation = Adaptation(
+        a_threshold, a_spread, platt(centred.numpy(), y, a_threshold, a_spread), share=share, separation=separation
+    )
     calibration = platt(joined.numpy(), y, threshold, spread)
     return dataclasses.replace(
         probe, threshold=threshold, spread=spread, calibration=calibration, adaptation=adaptation

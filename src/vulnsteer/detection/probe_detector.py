@@ -201,10 +201,10 @@ class ProbeDetector:
                 return name
         return None
 
-    def adapted(self, raw: torch.Tensor) -> Probe:
+    def adapted(self, raw: torch.Tensor, prevalence: float | None = None) -> Probe:
         """The probe adapted to the unlabelled inputs whose raw scores are *raw* (refuses fewer than
-        :attr:`min_adapt`)."""
-        return self.probe.adapted(raw, self.min_adapt)
+        :attr:`min_adapt`), to a stated *prevalence* if given (:meth:`~vulnsteer.steering.probe.Probe.adapted`)."""
+        return self.probe.adapted(raw, self.min_adapt, prevalence)
 
     # ---------------------------------------------------------------------------------------------- files
 

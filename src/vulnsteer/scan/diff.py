@@ -410,7 +410,8 @@ def diff(
     todo = [c for c in matched if c.kind != "unchanged"]
     pending = [f for c in todo for f in (c.before, c.after) if f is not None]
     options = settle(options, pending, stats)
-    results = iter(score_functions(pending, scorer, cache_dir, options, stats, progress))
+    scored, options = score_functions(pending, scorer, cache_dir, options, stats, progress)
+    results = iter(scored)
     changes = [
         FunctionChange(
             c.kind, next(results) if c.before is not None else None, next(results) if c.after is not None else None

@@ -113,6 +113,11 @@ class ScanOptions:
             detector refuses to adapt).
         adapted_min_score: ``min_score`` in effect when ``auto`` adapts (None: ``min_score``): a probe detector's
             adapted threshold.
+        prevalence: the share of the scanned functions the user expects to be vulnerable (a prior, not a label;
+            None: none stated). When the scan adapts, the detector adapts to it
+            (:meth:`~vulnsteer.steering.probe.Probe.adapted`): the highest that share of the functions are
+            flagged, findings start at that threshold (it replaces ``min_score``: :meth:`at_threshold`), and the
+            probabilities take it as their prior. Needs adaptation (``adapt`` not ``off``).
     """
 
     files: FileFilter = field(default_factory=FileFilter)
@@ -130,10 +135,16 @@ class ScanOptions:
     adapt: str = "off"
     adapted_min_score: float | None = None
     adapt_from: int = MIN_ADAPT
+    prevalence: float | None = None
 
     def __post_init__(self) -> None:
         if self.adapt not in ADAPT_MODES:
             raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        if self.prevalence is not None:
+            if not 0.0 < self.prevalence < 1.0:
+                raise ValueError(f"--prevalence must be a share in (0, 1), got {self.prevalence}")
+            if self.adapt == "off":
+                raise ValueError("--prevalence adapts the detector to the functions scanned: it needs adaptation")
         for name in ("min_score", "fail_on", "adapted_min_score"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -153,15 +164,25 @@ class ScanOptions:
     def settled(self, functions: int) -> ScanOptions:
         """These options once the number of distinct *functions* to score is known: ``auto`` adaptation turns
         ``on`` from ``adapt_from`` functions (``adapted_min_score`` then the
-        ``min_score``) and ``off`` below; ``on`` and ``off`` stay."""
+        ``min_score``) and ``off`` below (a stated ``prevalence`` then does not apply); ``on`` and ``off`` stay."""
         if self.adapt != "auto":
             return self
         if functions < self.adapt_from:
-            return dataclasses.replace(self, adapt="off")
+            return dataclasses.replace(self, adapt="off", prevalence=None)
         adapted = self.min_score if self.adapted_min_score is None else self.adapted_min_score
         if self.fail_on is not None:  # a function that fails the scan is still reported
             adapted = min(adapted, self.fail_on)
         return dataclasses.replace(self, adapt="on", min_score=adapted)
+
+    def at_threshold(self, threshold: float) -> ScanOptions:
+        """These options with findings from *threshold* (an adapted threshold as a probability) on, or from
+        ``fail_on`` where that is lower (a function that fails the scan is still reported).
+
+        >>> ScanOptions(min_score=0.5, fail_on=0.6).at_threshold(0.7).min_score
+        0.6
+        """
+        threshold = min(1.0, max(0.0, threshold))
+        return dataclasses.replace(self, min_score=threshold if self.fail_on is None else min(threshold, self.fail_on))
 
     @property
     def fail_threshold(self) -> float:
@@ -559,8 +580,15 @@ def _language_from_head(path: Path) -> str | None:
 
 def settle(options: ScanOptions, pending: Sequence[PendingFunction], stats: ScanStats) -> ScanOptions:
     """*options* settled for the distinct functions of *pending* (:meth:`ScanOptions.settled`), their
-    ``min_score`` recorded in *stats*: what a scan and a diff do once they have read their functions."""
-    settled = options.settled(len({item.code_hash for item in pending}))
+    ``min_score`` recorded in *stats*: what a scan and a diff do once they have read their functions. A stated
+    prevalence that cannot apply (too few functions to adapt) is warned about."""
+    functions = len({item.code_hash for item in pending})
+    settled = options.settled(functions)
+    if options.prevalence is not None and settled.prevalence is None:
+        stats.warnings.append(
+            f"--prevalence not applied: {functions} distinct functions, fewer than the {options.adapt_from} the "
+            "detector adapts from (scored as fitted)"
+        )
     stats.min_score = settled.min_score
     return settled
 
@@ -572,13 +600,19 @@ def score_functions(
     options: ScanOptions,
     stats: ScanStats,
     progress: bool,
-) -> list[FunctionResult]:
+) -> tuple[list[FunctionResult], ScanOptions]:
     """The results of *pending* functions, in order: each function's code scored once (the cache first), each
-    result counted in *stats* (a finding unless below ``min_score``, filtered out by CWE or suppressed)."""
+    result counted in *stats* (a finding unless below ``min_score``, filtered out by CWE or suppressed); and the
+    options they were judged by (with a stated prevalence, findings start at the adapted threshold)."""
     scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
     if options.adapt == "on":
-        scores = _adapted(scorer, scores, stats)
-    return [_result(item, scores[item.code_hash], item.code_hash in hits, options, stats) for item in pending]
+        scores = _adapted(scorer, scores, stats, options.prevalence)
+        if options.prevalence is not None and scores:
+            threshold = next(iter(scores.values())).threshold
+            if threshold is not None:
+                options = options.at_threshold(threshold)
+                stats.min_score = options.min_score
+    return [_result(item, scores[item.code_hash], item.code_hash in hits, options, stats) for item in pending], options
 
 
 def _score_missing(
@@ -706,10 +740,12 @@ def scan(
             "(pip install 'vulnsteer[scan]')"
         )
     options = settle(options, pending, stats)
-    results = score_functions(pending, scorer, cache_dir, options, stats, progress)
+    results, options = score_functions(pending, scorer, cache_dir, options, stats, progress)
     provenance = dict(scorer.provenance)
     if options.adapt == "on":
         provenance["adapted_to"] = len({item.code_hash for item in pending})
+        if options.prevalence is not None:
+            provenance["prevalence"] = options.prevalence
     stats.functions = len(results)
     stats.cached = sum(r.cached for r in results)
     _check_discrimination(results, options, stats)
@@ -717,14 +753,16 @@ def scan(
     return ScanReport(results, stats, provenance, scorer.digest, options, base)
 
 
-def _adapted(scorer: Scorer, scores: Mapping[str, FunctionScore], stats: ScanStats) -> dict[str, FunctionScore]:
-    """Every distinct function's score re-read by the scorer adapted to all of them (no label is read); a warning
-    below :data:`~vulnsteer.config.defaults.WARN_ADAPT` functions."""
+def _adapted(
+    scorer: Scorer, scores: Mapping[str, FunctionScore], stats: ScanStats, prevalence: float | None
+) -> dict[str, FunctionScore]:
+    """Every distinct function's score re-read by the scorer adapted to all of them (no label is read; to a stated
+    *prevalence* if given); a warning below :data:`~vulnsteer.config.defaults.WARN_ADAPT` functions."""
     adapt = getattr(scorer, "adapt", None)
     if adapt is None:
         raise ValueError("--adapt: this scorer cannot adapt (it needs a probe detector)")
     keys = list(scores)
-    adapted, n = adapt([scores[k] for k in keys])
+    adapted, n = adapt([scores[k] for k in keys], prevalence)
     if n < WARN_ADAPT:
         stats.warnings.append(
             f"adaptation: the centre comes from {n} functions (fewer than {WARN_ADAPT}): the share it flags may still "

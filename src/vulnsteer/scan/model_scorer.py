@@ -662,11 +662,14 @@ class ModelScorer:
             for k, ((value, top), p, v) in enumerate(zip(found, probs, verdicts, strict=True))
         ]
 
-    def adapt(self, scores: Sequence[FunctionScore]) -> tuple[list[FunctionScore], int]:
+    def adapt(
+        self, scores: Sequence[FunctionScore], prevalence: float | None = None
+    ) -> tuple[list[FunctionScore], int]:
         """*scores* (this scorer's, of every function scanned) re-read by the probe detector adapted to them: its
-        centre re-estimated from their raw probe scores (no label is read). Refuses (``AdaptationError``) fewer
-        than the detector's minimum, and any scorer but a probe detector. Returns the scores and how many inputs
-        the centre came from."""
+        centre re-estimated from their raw probe scores (no label is read), to a stated *prevalence* if given (the
+        share of them expected vulnerable: the highest that share are flagged, and the probabilities take it as
+        their prior). Refuses (``AdaptationError``) fewer than the detector's minimum, and any scorer but a probe
+        detector. Returns the scores and how many inputs the centre came from."""
         from ..steering.probe import AdaptationError
 
         detector = self._probe_detector
@@ -683,10 +686,10 @@ class ModelScorer:
 
         raw = torch.tensor([s.probe for s in scores], dtype=torch.float32)
         try:
-            adapted = detector.adapted(raw)
+            adapted = detector.adapted(raw, prevalence)
         except AdaptationError as exc:
             raise AdaptationError(f"--adapt: {exc}") from None
-        centred = raw - (detector.probe.bias - adapted.bias)  # (the adapted probe's score: minus their mean)
+        centred = raw - (detector.probe.bias - adapted.bias)  # (the adapted probe's score: minus its centre)
         probs, verdicts, threshold = _probe_verdicts(adapted, centred)
         out = [
             dataclasses.replace(s, score=p, verdict=v, threshold=threshold)

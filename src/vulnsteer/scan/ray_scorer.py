@@ -64,9 +64,11 @@ class RayScorer:
     def aggregation(self) -> str:
         return self.scorer.aggregation
 
-    def adapt(self, scores: Sequence[FunctionScore]) -> tuple[list[FunctionScore], int]:
+    def adapt(
+        self, scores: Sequence[FunctionScore], prevalence: float | None = None
+    ) -> tuple[list[FunctionScore], int]:
         """The driver's scorer's :meth:`~vulnsteer.scan.model_scorer.ModelScorer.adapt` (no model needed)."""
-        return self.scorer.adapt(scores)
+        return self.scorer.adapt(scores, prevalence)
 
     def score(self, units: Sequence[Sample], progress: bool = True) -> list[FunctionScore]:
         """*units* scored as one chunk on a worker."""

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
@@ -55,6 +55,7 @@ __all__ = [
     "per_cwe",
     "point_metrics",
     "share_threshold",
+    "top_share_threshold",
     "tpr_at_fpr",
 ]
 
@@ -565,3 +566,25 @@ def share_threshold(probs: Sequence[np.ndarray], shares: Sequence[float]) -> tup
         if gap < best_gap - 1e-12 or (abs(gap - best_gap) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
             best, best_gap = float(t), gap
     return best, best_gap
+
+
+def top_share_threshold(scores: ArrayLike, share: float) -> float:
+    """The threshold above which (``>``) the highest *share* of *scores* lie: ``round(share * n)`` of them, midway
+    between the last one in and the first one out (tied scores fall on the same side, so a tie can flag fewer).
+    With a share of 0 it is the highest score (nothing is above it); with every score in, just below the lowest.
+    What a probe adapted with a stated prevalence flags (:meth:`~vulnsteer.steering.probe.Probe.adapted`).
+
+    >>> top_share_threshold([0.1, 0.4, 0.3, 0.2], 0.5), top_share_threshold([0.1, 0.4], 0.0)
+    (0.25, 0.4)
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"a share must be in [0, 1], got {share}")
+    ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+    if not len(ranked):
+        raise ValueError("no scores to choose a threshold from")
+    k = round(share * len(ranked))
+    if k == 0:
+        return float(ranked[0])
+    if k == len(ranked):
+        return float(np.nextafter(ranked[-1], -np.inf))
+    return float((ranked[k - 1] + ranked[k]) / 2)

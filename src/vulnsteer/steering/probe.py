@@ -50,6 +50,7 @@ from ..config.defaults import MIN_ADAPT
 from ..config.design import ProbeDesign, Read
 from ..io import atomic_open
 from ..stats.lexical import LexicalModel
+from ..stats.metrics import top_share_threshold
 
 __all__ = [
     "PROBE_FORMAT",
@@ -105,6 +106,19 @@ class Calibration:
         """P(vulnerable) of one score (a threshold's, say), as :meth:`probabilities` computes it."""
         return float(self.probabilities(torch.tensor([score]))[0])
 
+    def with_prior(self, fitted_share: float, share: float) -> Calibration:
+        """This calibration, fitted on data whose vulnerable share was *fitted_share*, for data whose share is
+        *share*: the prior's log-odds replace the fitted data's (Bayes' rule; the likelihood ratio a score carries
+        is unchanged).
+
+        >>> round(Calibration(1.0, 0.0).with_prior(0.5, 0.2).probability(0.0), 6)
+        0.2
+        """
+        for name, value in (("fitted_share", fitted_share), ("share", share)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be a share in (0, 1), got {value}")
+        return Calibration(self.slope, self.intercept + _logit(share) - _logit(fitted_share))
+
     def to_json(self) -> dict[str, float]:
         return {"slope": self.slope, "intercept": self.intercept}
 
@@ -116,11 +130,24 @@ class Calibration:
 @dataclass(frozen=True)
 class Adaptation:
     """What the adapted probe applies once its centre is re-estimated: a threshold, a spread and a calibration
-    chosen on val scores each centred on their own dataset's mean (no label of the adapted-to data is read)."""
+    chosen on val scores each centred on their own dataset's mean (no label of the adapted-to data is read).
+
+    *share* and *separation* let a stated prevalence correct the centre and the calibration
+    (:meth:`Probe.adapted`): the vulnerable share of the centred scores the calibration was fitted on (the prior
+    its probabilities assume) and their class-mean separation (vulnerable minus secure, in score units). None in
+    files written before vulnsteer knew them: such a probe adapts, but not to a stated prevalence."""
 
     threshold: float
     spread: float = 1.0
     calibration: Calibration = field(default_factory=Calibration)
+    share: float | None = None
+    separation: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.share is not None and not 0.0 < self.share < 1.0:
+            raise ValueError(f"an adaptation's share must be in (0, 1), got {self.share}")
+        if self.separation is not None and not math.isfinite(self.separation):
+            raise ValueError("an adaptation's separation must be finite")
 
     @property
     def threshold_probability(self) -> float:
@@ -128,11 +155,21 @@ class Adaptation:
         return self.calibration.probability(self.threshold)
 
     def to_json(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "spread": self.spread, "calibration": self.calibration.to_json()}
+        doc = {"threshold": self.threshold, "spread": self.spread, "calibration": self.calibration.to_json()}
+        if self.share is not None and self.separation is not None:
+            doc.update(share=self.share, separation=self.separation)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Adaptation:
-        return cls(float(doc["threshold"]), float(doc["spread"]), Calibration.from_json(doc["calibration"]))
+        share, separation = doc.get("share"), doc.get("separation")
+        return cls(
+            float(doc["threshold"]),
+            float(doc["spread"]),
+            Calibration.from_json(doc["calibration"]),
+            None if share is None else float(share),
+            None if separation is None else float(separation),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,10 +328,24 @@ class Probe:
 
     # ---------------------------------------------------------------------------------------------- new probes
 
-    def adapted(self, scores: torch.Tensor, min_count: int = MIN_ADAPT) -> Probe:
+    def adapted(self, scores: torch.Tensor, min_count: int = MIN_ADAPT, prevalence: float | None = None) -> Probe:
         """This probe with its centre re-estimated from the unlabelled inputs whose (unadapted) *scores* are given:
         their mean score becomes 0, and the adaptation's threshold, spread and calibration apply. Refuses
-        (:class:`AdaptationError`) fewer than *min_count* inputs, or a probe fitted without an adaptation."""
+        (:class:`AdaptationError`) fewer than *min_count* inputs, or a probe fitted without an adaptation.
+
+        *prevalence*: the share of these inputs the caller expects to be vulnerable (a prior it states; no label is
+        read). Their mean then sits ``(prevalence - share) * separation`` above where a set with the calibration
+        data's share would sit (:class:`Adaptation`), so the centre moves by that much; the calibration takes the
+        stated prior (:meth:`Calibration.with_prior`); and the threshold flags the highest *prevalence* share of
+        these inputs (:func:`~vulnsteer.stats.metrics.top_share_threshold`). Refused by an adaptation without a
+        share and separation.
+
+        >>> a = Adaptation(0.0, 1.0, Calibration(1.0, 0.0), share=0.5, separation=2.0)
+        >>> probe = Probe(ProbeDesign((3,), ("code_mean",)), torch.tensor([1.0]), 0.0, 0.0, adaptation=a)
+        >>> low = probe.adapted(torch.tensor([0.0, 1.0, 2.0, 3.0]), 2, prevalence=0.25)
+        >>> low.bias, low.verdicts(low.score_matrix(torch.tensor([[0.0], [1.0], [2.0], [3.0]]))).tolist()
+        (-2.0, [0, 0, 0, 1])
+        """
         if self.adaptation is None:
             raise AdaptationError("this probe was fitted without an adaptation (no val scores to choose its threshold)")
         n = int(scores.numel())
@@ -305,13 +356,27 @@ class Probe:
             )
         a = self.adaptation
         centre = float(scores.double().mean())
+        threshold, calibration, meta = a.threshold, a.calibration, self.meta
+        if prevalence is not None:
+            if not 0.0 < prevalence < 1.0:
+                raise ValueError(f"a prevalence must be a share in (0, 1), got {prevalence}")
+            if a.share is None or a.separation is None:
+                raise AdaptationError(
+                    "this probe's adaptation has no share and separation (written by an older vulnsteer): it adapts "
+                    "to a stated prevalence once refitted"
+                )
+            centre -= (prevalence - a.share) * a.separation
+            threshold = top_share_threshold((scores.double() - centre).numpy(), prevalence)
+            calibration = calibration.with_prior(a.share, prevalence)
+            meta = {**self.meta, "prevalence": prevalence}
         return dataclasses.replace(
             self,
             bias=self.bias - centre,
-            threshold=a.threshold,
+            threshold=threshold,
             spread=a.spread,
-            calibration=a.calibration,
+            calibration=calibration,
             adaptation=None,
+            meta=meta,
             centred=n,
         )
 
@@ -414,3 +479,7 @@ class Probe:
         except Exception as exc:  # safetensors raises its own error types for a damaged file
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ProbeFileError(f"{file}: not a usable probe ({reason})") from None
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))

@@ -14,7 +14,9 @@ of how well that way of choosing transfers), reads every dataset's activations t
 3. **its threshold** (a probability): the one whose flagged share on every left-out dataset is nearest its
    vulnerable share (the largest gap over the folds made smallest). Measured per fold twice: with that threshold
    (it read every fold's vulnerable share) and nested (calibration and threshold chosen on the other folds only);
-4. **its adaptation** the same way on scores centred on each left-out dataset's mean (no label is read).
+4. **its adaptation** the same way on scores centred on each left-out dataset's mean (no label is read), with
+   those scores' vulnerable share and class-mean separation (each dataset weighing the same), which a stated
+   prevalence corrects the centre and the calibration by.
 
 Its provenance (:class:`~vulnsteer.detection.probe_detector.ProbeDetector`'s ``detector.json``) holds the model
 identity, the design and how it was chosen, each dataset's source, hash, size and licence, the run's
@@ -38,7 +40,7 @@ import torch
 from ..._version import __version__
 from ...config import ExperimentConfig, load_config
 from ...config.design import ProbeDesign
-from ...detection.probe import ProbeData, fit_probe, platt
+from ...detection.probe import ProbeData, class_separation, fit_probe, platt
 from ...detection.probe_detector import ProbeDetector
 from ...lm.activation_cache import ActivationCache
 from ...lm.model import LoadedModel, load_model
@@ -75,12 +77,17 @@ class FoldCalibration:
         return float(self.y.mean())
 
 
-def _calibrate(folds: Sequence[FoldCalibration], centred: bool) -> tuple[Calibration, float]:
-    """One Platt scaling of the folds' scores (each dataset weighing the same) and the share threshold on it."""
+def _pooled(folds: Sequence[FoldCalibration], centred: bool) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The folds' scores (one array per fold), their labels and weights (each dataset weighing the same), pooled."""
     x = [f.centred if centred else f.z for f in folds]
     weights = np.concatenate([np.full(len(v), 1.0 / len(v)) for v in x])
-    y = np.concatenate([f.y for f in folds])
-    calibration = platt(np.concatenate(x), y, 0.0, 1.0, weights=weights * len(weights) / weights.sum())
+    return x, np.concatenate([f.y for f in folds]), weights * len(weights) / weights.sum()
+
+
+def _calibrate(folds: Sequence[FoldCalibration], centred: bool) -> tuple[Calibration, float]:
+    """One Platt scaling of the folds' scores (each dataset weighing the same) and the share threshold on it."""
+    x, y, weights = _pooled(folds, centred)
+    calibration = platt(np.concatenate(x), y, 0.0, 1.0, weights=weights)
     probs = [calibration.probabilities(torch.as_tensor(v)).double().numpy() for v in x]
     threshold, _ = share_threshold(probs, [f.share for f in folds])
     return calibration, threshold
@@ -130,9 +137,13 @@ def fold_measurements(folds: Sequence[FoldCalibration], centred: bool, seed: int
             "max_share_gap": float(np.max(gaps)),
         }
 
+    pooled, y, weights = _pooled(folds, centred)
+    share, separation = class_separation(np.concatenate(pooled), y, weights)
     return {
         "calibration": calibration.to_json(),
         "threshold": threshold,
+        "share": share,
+        "separation": separation,
         "folds": shipped,
         "nested": nested,
         "summary": summary(shipped),
@@ -229,10 +240,13 @@ def shipped_probe(
     calibration = Calibration(a.slope / sd, a.intercept - a.slope * mu / sd)
     threshold = mu + sd * (_logit(plain["threshold"]) - a.intercept) / a.slope
     b = Calibration.from_json(adapted["calibration"])
+    separation = adapted.get("separation")
     adaptation = Adaptation(
         sd * (_logit(adapted["threshold"]) - b.intercept) / b.slope if b.slope > 0 else 0.0,
         sd,
         Calibration(b.slope / sd, b.intercept),
+        share=adapted.get("share"),
+        separation=None if separation is None else sd * separation,
     )
     shipped = dataclasses.replace(probe, threshold=threshold, spread=sd, calibration=calibration, adaptation=adaptation)
     return shipped, {"training_score_mean": mu, "training_score_sd": sd}
