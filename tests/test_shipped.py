@@ -310,6 +310,9 @@ def test_detector_show_prints_the_leave_one_out_table_and_the_length_control(
     for name in detector.info["leave_one_dataset_out"]:
         assert f"    {name} " in out
     assert f"{detector.threshold_probability():.3f}" in out
+    a = detector.probe.adaptation
+    assert a is not None and a.share is not None
+    assert f"--prevalence: its adaptation's calibration data had {a.share:.0%} vulnerable" in out
 
 
 @needs_grammars

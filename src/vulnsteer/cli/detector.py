@@ -292,6 +292,17 @@ def show_probe_detector(folder: Path) -> int:
                 f"true share on every left-out dataset (nested: {n['max_share_gap']:.2f}, mean "
                 f"{n['mean_share_gap']:.2f}); nested balanced accuracy {n['mean_balanced_accuracy']:.3f}"
             )
+    a = detector.probe.adaptation
+    if a is not None:
+        print(
+            "  --prevalence: "
+            + (
+                f"its adaptation's calibration data had {a.share:.0%} vulnerable, the classes' means "
+                f"{a.separation / a.spread:.2f} score spreads apart"
+                if a.share is not None and a.separation is not None
+                else "not available (no share and separation in this file: refit it)"
+            )
+        )
     return 0
 
 
