@@ -279,9 +279,9 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
         say(f"adapted: the probe's centre re-estimated from the {provenance['adapted_to']} distinct functions scanned "
             "(label-free; --no-adapt scores each function as the detector was fitted)")  # fmt: skip
     if "prevalence" in provenance:
-        say(f"prevalence: {provenance['prevalence']:g} stated: the highest {provenance['prevalence']:.0%} of the "
-            f"functions are flagged (from P(vulnerable) {report.options.min_score:.3f}), the probabilities take it "
-            "as their prior")  # fmt: skip
+        share = provenance["prevalence"]
+        say(f"prevalence: {share:g} stated: the highest {share:.0%} of the distinct functions are flagged (from "
+            f"P(vulnerable) {report.options.min_score:.3f}), the probabilities take it as their prior")  # fmt: skip
     print(stats.summary_line(), file=sys.stderr)
     for line in report.failures():
         say(f"fails: {line}")
