@@ -244,6 +244,9 @@ def test_a_stated_prevalence_flags_that_share_of_the_functions_scanned(
     assert kept.options.adapt == "off" and any("--prevalence not applied" in w for w in kept.stats.warnings)
     with pytest.raises(ValueError, match="needs adaptation"):
         ScanOptions(adapt="off", prevalence=0.25)
+    # the as-fitted pass of a labelled evaluation drops the prevalence with the adaptation
+    plain_pass = auto.unadapted()
+    assert plain_pass.adapt == "off" and plain_pass.prevalence is None and plain_pass.min_score == auto.min_score
 
 
 def test_prevalence_flags_that_cannot_apply_are_usage_errors(shipped: tuple[Path, Path]) -> None:
@@ -422,6 +425,10 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     for k, f in enumerate(scored.changed):  # each is that function's adapted score, as scan gives it
         assert f is not None and f.score == pytest.approx(adapted_scan[(f"f{k}", f.top.name)])
     assert rows[3].metrics.pair_rank_accuracy == 0.5  # the two versions have as many lines: every pair ties
+    # with a stated prevalence the adapted pass flags that share of the distinct functions; the fitted pass is as before
+    told = labelled.score_labelled(samples, scorer, dataclasses.replace(options, prevalence=0.25), progress=False)
+    assert [f.score for f in told.plain] == [f.score for f in scored.plain]  # type: ignore[union-attr]
+    assert told.adapted is not None and [f.score for f in told.adapted] != [f.score for f in scored.adapted]  # type: ignore[union-attr]
     # a peer analyser that reads the first half of the pairs: its row and the detector's on exactly those samples
     from vulnsteer.detection.peers import PeerScores
 

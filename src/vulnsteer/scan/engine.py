@@ -168,11 +168,15 @@ class ScanOptions:
         if self.adapt != "auto":
             return self
         if functions < self.adapt_from:
-            return dataclasses.replace(self, adapt="off", prevalence=None)
+            return self.unadapted()
         adapted = self.min_score if self.adapted_min_score is None else self.adapted_min_score
         if self.fail_on is not None:  # a function that fails the scan is still reported
             adapted = min(adapted, self.fail_on)
         return dataclasses.replace(self, adapt="on", min_score=adapted)
+
+    def unadapted(self) -> ScanOptions:
+        """These options scoring every function as fitted (no adaptation, so no stated prevalence either)."""
+        return dataclasses.replace(self, adapt="off", prevalence=None)
 
     def at_threshold(self, threshold: float) -> ScanOptions:
         """These options with findings from *threshold* (an adapted threshold as a probability) on, or from

@@ -118,7 +118,7 @@ def score_labelled(
     with tempfile.TemporaryDirectory(prefix="vulnsteer-labelled-") as tmp:
         folder, cache = Path(tmp) / "code", Path(tmp) / "cache"
         _write(samples, folder)
-        as_fitted = scan([folder], scorer, dataclasses.replace(options, adapt="off", score_unknown=True),
+        as_fitted = scan([folder], scorer, dataclasses.replace(options.unadapted(), score_unknown=True),
                          cache_dir=cache, progress=progress)  # fmt: skip
         plain = _by_sample(file_scores(as_fitted), len(samples))
         functions = len({r.code_hash for r in as_fitted.results})
