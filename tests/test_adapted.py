@@ -147,3 +147,28 @@ def test_a_prevalence_needs_a_share_and_separation_and_a_share_in_range() -> Non
     assert Adaptation.from_json(Adaptation(0.1).to_json()) == Adaptation(0.1)
     with pytest.raises(ValueError, match="share"):
         Adaptation(0.1, share=1.0, separation=1.0)
+
+
+def test_prior_algebra_stated_at_the_fitted_share_changes_only_the_threshold() -> None:
+    """Golden algebra: a prior moved twice is the prior moved once, moved to itself is no move; a prevalence equal
+    to the calibration data's share moves neither the centre nor the calibration (only the threshold: the top
+    share); the top share flags ``round(share * n)`` of distinct scores."""
+    from vulnsteer.stats.metrics import top_share_threshold
+    from vulnsteer.steering.probe import Calibration
+
+    c = Calibration(0.7, -0.2)
+    s = torch.linspace(-3, 3, 13)
+    twice = c.with_prior(0.4, 0.1).with_prior(0.1, 0.3).probabilities(s)
+    torch.testing.assert_close(twice, c.with_prior(0.4, 0.3).probabilities(s))
+    assert c.with_prior(0.3, 0.3).intercept == pytest.approx(c.intercept) and c.with_prior(0.3, 0.3).slope == c.slope
+    probe = _choices(20).default
+    a = probe.adaptation
+    assert a is not None and a.share is not None
+    raw = torch.randn(50, generator=torch.Generator().manual_seed(3))
+    same, plain = probe.adapted(raw, 20, prevalence=a.share), probe.adapted(raw, 20)
+    assert same.bias == pytest.approx(plain.bias) and same.calibration.slope == plain.calibration.slope
+    assert same.calibration.intercept == pytest.approx(plain.calibration.intercept)
+    rng = np.random.default_rng(0)
+    for n, share in ((7, 0.3), (50, 0.05), (200, 0.5), (31, 0.99)):
+        scores = rng.normal(size=n)
+        assert int((scores > top_share_threshold(scores, share)).sum()) == round(share * n)
