@@ -195,6 +195,18 @@ def test_detect_one_file_in_logit_mode(
 
 
 @pytest.mark.model
+def test_detect_says_a_stated_prevalence_was_not_applied_to_too_few_functions(
+    embedded: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "copy.c"
+    src.write_text("void copy(char *src) {\n    char buf[8];\n    strcpy(buf, src);\n}\n", encoding="utf-8")
+    assert main(["--no-progress", "detect", str(src), "--device", "cpu", "--prevalence", "0.2"]) == 0
+    captured = capsys.readouterr()
+    assert "--prevalence not applied: 1 distinct functions, fewer than the 20" in captured.err
+    assert captured.out.startswith(f"{src}: ")
+
+
+@pytest.mark.model
 def test_detect_refuses_a_vector_for_another_model(
     embedded: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

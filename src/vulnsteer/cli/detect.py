@@ -80,6 +80,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)
+    for message in report.stats.warnings:  # (too few functions to adapt, a prevalence not applied, ...)
+        print(f"vulnsteer: warning: {message}", file=sys.stderr)
     scores = file_scores(report, files)
     for name in sorted(set(files) - {s.path for s in scores}):
         print(f"vulnsteer: warning: {name}: nothing left to score once comments are stripped", file=sys.stderr)
