@@ -357,3 +357,21 @@ def test_a_chunk_that_keeps_failing_stops_the_sweep_and_keeps_finished_work(
     assert _sweep(executor, model, grid, records) == grid["local"]
     assert all(_attempts(marks, keys) == 0 for keys in grid["chunks"] if set(keys) <= set(stored))
     assert len(_stored_keys(records)) == len(grid["conds"])
+
+
+def test_a_ray_scorer_adapts_as_its_driver_s_scorer_does() -> None:
+    """Adaptation needs no model: the Ray scorer hands the scores and a stated prevalence to its driver's scorer
+    (no pool is started)."""
+    from vulnsteer.config.sections import RunSection
+    from vulnsteer.scan.ray_scorer import RayScorer
+
+    seen: list[tuple[list[float], float | None]] = []
+
+    class Driver:
+        def adapt(self, scores: list[float], prevalence: float | None = None) -> tuple[list[float], int]:
+            seen.append((scores, prevalence))
+            return scores, len(scores)
+
+    scorer = RayScorer(Driver(), RunSection(executor="ray"))  # type: ignore[arg-type]
+    assert scorer.adapt([0.1, 0.2], 0.05) == ([0.1, 0.2], 2) and scorer.pool is None  # type: ignore[arg-type]
+    assert seen == [([0.1, 0.2], 0.05)]
