@@ -192,14 +192,7 @@ def test_detect_one_file_in_logit_mode(
     assert record["verdict"] in ("vulnerable", "secure")
     assert 0.0 <= record["p_vulnerable"] <= 1.0
     assert record["truncated"] is False
-
-
-@pytest.mark.model
-def test_detect_says_a_stated_prevalence_was_not_applied_to_too_few_functions(
-    embedded: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    src = tmp_path / "copy.c"
-    src.write_text("void copy(char *src) {\n    char buf[8];\n    strcpy(buf, src);\n}\n", encoding="utf-8")
+    # a stated prevalence needs the detector's minimum of functions to adapt from: one function is scored as fitted
     assert main(["--no-progress", "detect", str(src), "--device", "cpu", "--prevalence", "0.2"]) == 0
     captured = capsys.readouterr()
     assert "--prevalence not applied: 1 distinct functions, fewer than the 20" in captured.err
