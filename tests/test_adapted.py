@@ -153,7 +153,7 @@ def test_prior_algebra_stated_at_the_fitted_share_changes_only_the_threshold() -
     """Golden algebra: a prior moved twice is the prior moved once, moved to itself is no move; a prevalence equal
     to the calibration data's share moves neither the centre nor the calibration (only the threshold: the top
     share); the top share flags ``round(share * n)`` of distinct scores."""
-    from vulnsteer.stats.metrics import top_share_threshold
+    from vulnsteer.stats.shares import top_share_threshold
     from vulnsteer.steering.probe import Calibration
 
     c = Calibration(0.7, -0.2)

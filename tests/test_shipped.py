@@ -24,7 +24,7 @@ from vulnsteer.lm.identity import ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
 from vulnsteer.scan.sources import file_scores
-from vulnsteer.stats.metrics import share_threshold
+from vulnsteer.stats.shares import share_threshold
 from vulnsteer.steering.probe import AdaptationError
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")

@@ -359,7 +359,7 @@ def test_the_adapted_threshold_is_chosen_on_the_inner_folds_adapted_scores(
     import numpy as np
 
     from vulnsteer.experiment.transfer.designs import DesignStore
-    from vulnsteer.stats.metrics import share_threshold
+    from vulnsteer.stats.shares import share_threshold
 
     out, _ = spied
     results = _results(out)

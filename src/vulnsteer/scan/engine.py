@@ -36,6 +36,7 @@ from ..data.units import function_code
 from ..io import portable
 from ..progress import Progress, track
 from ..stats.aggregate import check_aggregation
+from ..stats.shares import check_share
 from .cache import ScanCache
 from .files import FileFilter, SourceCandidate, WalkStats, language_of, printable, walk
 from .gitignore import find_repository_top
@@ -141,8 +142,7 @@ class ScanOptions:
         if self.adapt not in ADAPT_MODES:
             raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
         if self.prevalence is not None:
-            if not 0.0 < self.prevalence < 1.0:
-                raise ValueError(f"--prevalence must be a share in (0, 1), got {self.prevalence}")
+            check_share(self.prevalence, "--prevalence")
             if self.adapt == "off":
                 raise ValueError("--prevalence adapts the detector to the functions scanned: it needs adaptation")
         for name in ("min_score", "fail_on", "adapted_min_score"):

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
@@ -54,8 +54,6 @@ __all__ = [
     "pair_rank_accuracy",
     "per_cwe",
     "point_metrics",
-    "share_threshold",
-    "top_share_threshold",
     "tpr_at_fpr",
 ]
 
@@ -547,44 +545,3 @@ def point_metrics(preds: Sequence[Prediction], names: Sequence[str]) -> dict[str
         value = float(replicates(name, once)[0])
         out[name] = None if math.isnan(value) else value
     return out
-
-
-def share_threshold(probs: Sequence[np.ndarray], shares: Sequence[float]) -> tuple[float, float]:
-    """The threshold (flagged iff ``p > t``; *probs* in any units, one array per dataset) whose largest gap between
-    a dataset's flagged share and its *shares* entry is smallest (ties: nearest 0.5); returns it and that gap. The
-    shipped detector's threshold and the transfer protocol's adapted threshold are chosen so, out of dataset.
-
-    >>> t, gap = share_threshold([np.array([0.1, 0.2, 0.6, 0.7]), np.array([0.3, 0.4, 0.8, 0.9])], [0.5, 0.5])
-    >>> 0.4 <= t < 0.6, gap
-    (True, 0.0)
-    """
-    pooled = np.concatenate(list(probs))
-    candidates = np.unique(np.concatenate([pooled, [0.5], (pooled[:-1] + pooled[1:]) / 2 if len(pooled) > 1 else []]))
-    best, best_gap = 0.5, math.inf
-    for t in candidates:
-        gap = max(abs(float((p > t).mean()) - s) for p, s in zip(probs, shares, strict=True))
-        if gap < best_gap - 1e-12 or (abs(gap - best_gap) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
-            best, best_gap = float(t), gap
-    return best, best_gap
-
-
-def top_share_threshold(scores: ArrayLike, share: float) -> float:
-    """The threshold above which (``>``) the highest *share* of *scores* lie: ``round(share * n)`` of them, midway
-    between the last one in and the first one out (tied scores fall on the same side, so a tie can flag fewer).
-    With a share of 0 it is the highest score (nothing is above it); with every score in, just below the lowest.
-    What a probe adapted with a stated prevalence flags (:meth:`~vulnsteer.steering.probe.Probe.adapted`).
-
-    >>> top_share_threshold([0.1, 0.4, 0.3, 0.2], 0.5), top_share_threshold([0.1, 0.4], 0.0)
-    (0.25, 0.4)
-    """
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"a share must be in [0, 1], got {share}")
-    ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
-    if not len(ranked):
-        raise ValueError("no scores to choose a threshold from")
-    k = round(share * len(ranked))
-    if k == 0:
-        return float(ranked[0])
-    if k == len(ranked):
-        return float(np.nextafter(ranked[-1], -np.inf))
-    return float((ranked[k - 1] + ranked[k]) / 2)

@@ -50,7 +50,7 @@ from ..config.defaults import MIN_ADAPT
 from ..config.design import ProbeDesign, Read
 from ..io import atomic_open
 from ..stats.lexical import LexicalModel
-from ..stats.metrics import top_share_threshold
+from ..stats.shares import check_share, logit, top_share_threshold
 
 __all__ = [
     "PROBE_FORMAT",
@@ -114,10 +114,9 @@ class Calibration:
         >>> round(Calibration(1.0, 0.0).with_prior(0.5, 0.2).probability(0.0), 6)
         0.2
         """
-        for name, value in (("fitted_share", fitted_share), ("share", share)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be a share in (0, 1), got {value}")
-        return Calibration(self.slope, self.intercept + _logit(share) - _logit(fitted_share))
+        check_share(fitted_share, "fitted_share")
+        check_share(share, "share")
+        return Calibration(self.slope, self.intercept + logit(share) - logit(fitted_share))
 
     def to_json(self) -> dict[str, float]:
         return {"slope": self.slope, "intercept": self.intercept}
@@ -144,8 +143,8 @@ class Adaptation:
     separation: float | None = None
 
     def __post_init__(self) -> None:
-        if self.share is not None and not 0.0 < self.share < 1.0:
-            raise ValueError(f"an adaptation's share must be in (0, 1), got {self.share}")
+        if self.share is not None:
+            check_share(self.share, "an adaptation's share")
         if self.separation is not None and not math.isfinite(self.separation):
             raise ValueError("an adaptation's separation must be finite")
 
@@ -337,7 +336,7 @@ class Probe:
         read). Their mean then sits ``(prevalence - share) * separation`` above where a set with the calibration
         data's share would sit (:class:`Adaptation`), so the centre moves by that much; the calibration takes the
         stated prior (:meth:`Calibration.with_prior`); and the threshold flags the highest *prevalence* share of
-        these inputs (:func:`~vulnsteer.stats.metrics.top_share_threshold`). Refused by an adaptation without a
+        these inputs (:func:`~vulnsteer.stats.shares.top_share_threshold`). Refused by an adaptation without a
         share and separation.
 
         >>> a = Adaptation(0.0, 1.0, Calibration(1.0, 0.0), share=0.5, separation=2.0)
@@ -358,8 +357,7 @@ class Probe:
         centre = float(scores.double().mean())
         threshold, calibration, meta = a.threshold, a.calibration, self.meta
         if prevalence is not None:
-            if not 0.0 < prevalence < 1.0:
-                raise ValueError(f"a prevalence must be a share in (0, 1), got {prevalence}")
+            check_share(prevalence, "a prevalence")
             if a.share is None or a.separation is None:
                 raise AdaptationError(
                     "this probe's adaptation has no share and separation (written by an older vulnsteer): it adapts "
@@ -479,7 +477,3 @@ class Probe:
         except Exception as exc:  # safetensors raises its own error types for a damaged file
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ProbeFileError(f"{file}: not a usable probe ({reason})") from None
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))

@@ -46,7 +46,8 @@ from ...lm.model import LoadedModel, load_model
 from ...lm.prompts import DEFAULT_TEMPLATE
 from ...progress import Progress
 from ...stats.compare import metrics_block
-from ...stats.metrics import Prediction, share_threshold
+from ...stats.metrics import Prediction
+from ...stats.shares import share_threshold
 from ...steering.probe import Probe
 from ..header import ModelInfo
 from ..prepare import load_dataset
@@ -176,7 +177,7 @@ class _Transfer:
         """The adapted probe's threshold for *outer*'s left-out dataset, chosen out of dataset: on the inner folds'
         adapted scores (each inner left-out dataset's scores centred on their own mean, as the left-out one's are),
         the threshold whose flagged share on every inner left-out dataset is nearest its vulnerable share
-        (:func:`~vulnsteer.stats.metrics.share_threshold`). The val splits' threshold, each centred on
+        (:func:`~vulnsteer.stats.shares.share_threshold`). The val splits' threshold, each centred on
         itself, flagged 20% of SVEN (half vulnerable); this one 41%. None where an inner fold did not adapt."""
         inner = [(f, self.scores(f, design)) for f in inner_folds(self.names, outer.left_out)]
         if any(found.adapted is None for _, found in inner):

@@ -46,7 +46,8 @@ from ...lm.activation_cache import ActivationCache
 from ...lm.model import LoadedModel, load_model
 from ...lm.prompts import DEFAULT_TEMPLATE
 from ...stats.compare import metrics_block
-from ...stats.metrics import Prediction, share_threshold
+from ...stats.metrics import Prediction
+from ...stats.shares import logit, share_threshold
 from ...steering.probe import Adaptation, Calibration, Probe
 from ..rundir import RESOLVED_NAME
 from ..tables import MetricBlock
@@ -253,8 +254,8 @@ def shipped_probe(
 
 
 def _logit(p: float) -> float:
-    p = min(max(p, 1e-9), 1 - 1e-9)
-    return math.log(p / (1 - p))
+    """:func:`~vulnsteer.stats.shares.logit` of a chosen threshold probability, kept off 0 and 1."""
+    return logit(min(max(p, 1e-9), 1 - 1e-9))
 
 
 def fit_default(
