@@ -143,8 +143,8 @@ class Adaptation:
     separation: float | None = None
 
     def __post_init__(self) -> None:
-        if self.share is not None:
-            check_share(self.share, "an adaptation's share")
+        if self.share is not None and not 0.0 < self.share < 1.0:
+            raise ValueError(f"an adaptation's share must be in (0, 1), got {self.share}")
         if self.separation is not None and not math.isfinite(self.separation):
             raise ValueError("an adaptation's separation must be finite")
 
