@@ -79,21 +79,27 @@ def test_too_few_inputs_to_adapt_to_is_said_not_guessed() -> None:
     assert ADAPTED.results(100, choices, applied, None).notes == applied.notes
 
 
-def test_a_detectors_adapted_threshold_is_the_adapted_probes() -> None:
-    """``ProbeDetector.threshold_probability(adapted=True)`` (what scan reads before it has scores) is the threshold
-    probability of the probe once adapted, wherever the inputs sit; unadapted it is the probe's own."""
+def test_unstated_the_adapted_probe_flags_its_calibration_share_wherever_the_inputs_sit() -> None:
+    """With no prevalence stated, the adapted probe (and a detector's) flags the share of its calibration data
+    (0.5 here) of whatever inputs it adapts to: shifted or not, and whatever their own share, which it assumes and
+    does not find. An adaptation without a share (an older file) keeps its fixed threshold above the centre."""
     from vulnsteer.detection.probe_detector import ProbeDetector
     from vulnsteer.lm.identity import ModelIdentity
+    from vulnsteer.steering.probe import Adaptation
 
     probe = _choices(20).default
-    assert probe.adaptation is not None
+    assert probe.adaptation is not None and probe.adaptation.share == pytest.approx(0.5)
     detector = ProbeDetector(probe, ModelIdentity("tiny", "f00d"))
-    for shift in (-3.0, 0.0, 3.0):
-        _, acts = _data(40, 4, shift=shift)
+    for share, shift in ((0.5, -3.0), (0.5, 3.0), (0.1, 0.0), (0.9, 3.0)):
+        _, acts = _mixture(200, share, 7, shift)
         adapted = detector.adapted(probe.scores_of(acts, acts.code_tokens))
-        assert detector.threshold_probability(adapted=True) == pytest.approx(adapted.threshold_probability, abs=1e-6)
+        flagged = adapted.verdicts(adapted.scores_of(acts, acts.code_tokens)).numpy()
+        assert flagged.mean() == pytest.approx(0.5, abs=1.0 / 200), (share, shift)
+    old = dataclasses.replace(probe, adaptation=Adaptation(0.25, spread=2.0))
+    raw = torch.randn(40, generator=torch.Generator().manual_seed(1)) + 3.0
+    adapted = old.adapted(raw, 20)
+    assert adapted.threshold == 0.25 and adapted.bias == pytest.approx(probe.bias - float(raw.double().mean()))
     assert detector.threshold_probability() == probe.threshold_probability
-    assert detector.threshold_probability(adapted=True) != pytest.approx(probe.threshold_probability)
 
 
 def _mixture(n: int, share: float, seed: int, shift: float) -> tuple[list[Sample], Activations]:
@@ -149,10 +155,10 @@ def test_a_prevalence_needs_a_share_and_separation_and_a_share_in_range() -> Non
         Adaptation(0.1, share=1.0, separation=1.0)
 
 
-def test_prior_algebra_stated_at_the_fitted_share_changes_only_the_threshold() -> None:
+def test_prior_algebra_a_prevalence_at_the_fitted_share_is_none_stated() -> None:
     """Golden algebra: a prior moved twice is the prior moved once, moved to itself is no move; a prevalence equal
-    to the calibration data's share moves neither the centre nor the calibration (only the threshold: the top
-    share); the top share flags ``round(share * n)`` of distinct scores."""
+    to the calibration data's share is the same as none stated (the same centre, calibration and threshold); the
+    top share flags ``round(share * n)`` of distinct scores."""
     from vulnsteer.stats.shares import top_share_threshold
     from vulnsteer.steering.probe import Calibration
 
@@ -167,6 +173,7 @@ def test_prior_algebra_stated_at_the_fitted_share_changes_only_the_threshold() -
     raw = torch.randn(50, generator=torch.Generator().manual_seed(3))
     same, plain = probe.adapted(raw, 20, prevalence=a.share), probe.adapted(raw, 20)
     assert same.bias == pytest.approx(plain.bias) and same.calibration.slope == plain.calibration.slope
+    assert same.threshold == pytest.approx(plain.threshold)  # unstated, the calibration share is flagged
     assert same.calibration.intercept == pytest.approx(plain.calibration.intercept)
     rng = np.random.default_rng(0)
     for n, share in ((7, 0.3), (50, 0.05), (200, 0.5), (31, 0.99)):

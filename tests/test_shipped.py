@@ -167,15 +167,15 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
     assert [r.score.score for r in adapted.results] == pytest.approx(expected.tolist(), abs=1e-5)
     assert adapted.provenance["adapted_to"] == len(report.results)
     assert any("fewer than 50" in w for w in adapted.stats.warnings)
-    # each score carries its verdict's threshold (fitted, then adapted), which a file's verdict reads
-    a = detector.probe.adaptation
-    assert a is not None
-    for found, calibration, threshold in ((report, detector.probe.calibration, detector.probe.threshold),
-                                          (adapted, a.calibration, a.threshold)):  # fmt: skip
-        at = float(calibration.probabilities(torch.tensor([threshold]))[0])
+    # each score carries its verdict's threshold (fitted, then adapted: the calibration data's share of these
+    # functions flagged), which a file's verdict reads
+    a, to_these = detector.probe.adaptation, detector.adapted(raw)
+    assert a is not None and a.share is not None
+    for found, at in ((report, detector.probe.threshold_probability), (adapted, to_these.threshold_probability)):
         for r in found.results:
             assert r.score.threshold == pytest.approx(at, abs=1e-6)
             assert (r.score.verdict == "vulnerable") == (r.score.score > at)
+    assert sum(r.score.verdict == "vulnerable" for r in adapted.results) == round(a.share * len(raw))
     many = tmp_path / "one" / "many.py"
     many.parent.mkdir()
     many.write_text("\n\n".join((tree / f"m{i}.py").read_text() for i in range(6)), encoding="utf-8")
@@ -196,24 +196,29 @@ def test_auto_adaptation_starts_at_the_detectors_minimum(
     shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path
 ) -> None:
     """``adapt="auto"`` (the CLI's default with a probe detector) scores below the detector's ``min_adapt``
-    distinct functions as fitted, and from it exactly as ``adapt="on"``, its findings from the adapted
-    threshold."""
+    distinct functions as fitted, and from it exactly as ``adapt="on"``. With ``findings_at_threshold`` (the
+    CLI's without ``--min-score``) its findings start at the adapted threshold: the highest share of the distinct
+    functions that its calibration data had vulnerable; without it, at ``min_score``."""
     folder = shipped[1]
+    detector = ProbeDetector.load(folder)
     scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
-    least = ProbeDetector.load(folder).min_adapt
-    auto = ScanOptions(min_score=0.2, adapt="auto", adapted_min_score=0.3, adapt_from=least)
+    least = detector.min_adapt
+    auto = ScanOptions(min_score=0.2, adapt="auto", findings_at_threshold=True, adapt_from=least)
     small = _tree(tmp_path / "small", least - 1)
     kept = scan([small], scorer, auto, progress=False)
     as_fitted = scan([small], scorer, ScanOptions(min_score=0.2), progress=False)
     assert "adapted_to" not in kept.provenance and kept.options.adapt == "off" and kept.options.min_score == 0.2
     assert [r.score.score for r in kept.results] == [r.score.score for r in as_fitted.results]
-    large = _tree(tmp_path / "large", least)
+    large = _tree(tmp_path / "large", least + 10)
     adapted = scan([large], scorer, auto, progress=False)
     on = scan([large], scorer, ScanOptions(min_score=0.3, adapt="on"), progress=False)
-    assert adapted.provenance["adapted_to"] == least and adapted.options.min_score == 0.3
+    assert adapted.provenance["adapted_to"] == least + 10 and on.options.min_score == 0.3
     assert [r.score.score for r in adapted.results] == [r.score.score for r in on.results]
-    assert [r.finding for r in adapted.results] == [r.finding for r in on.results]
-    assert adapted.stats.min_score == 0.3
+    assert [r.finding for r in on.results] == [r.score.score >= 0.3 for r in on.results]
+    share = detector.probe.adaptation.share if detector.probe.adaptation else None
+    assert share is not None and sum(r.finding for r in adapted.results) == round(share * (least + 10))
+    assert all((r.score.verdict == "vulnerable") == r.finding for r in adapted.results)
+    assert adapted.stats.min_score == adapted.options.min_score == pytest.approx(adapted.results[0].score.threshold)
     with pytest.raises(ValueError, match="adapt must be one of"):
         ScanOptions(adapt="sometimes")
 
@@ -291,6 +296,14 @@ def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model
     assert adapt_mode(_args(), probe) == "auto" and adapt_mode(_args(), None) == "off"
     assert adapt_mode(_args(adapt=True), probe) == "on" and adapt_mode(_args(no_adapt=True), probe) == "off"
     assert adapt_from(probe) == ProbeDetector.load(shipped[1]).min_adapt and adapt_from(None) == MIN_ADAPT
+    # without --min-score a scan's findings start where the adapted detector's flagged share begins
+    from vulnsteer.cli.scan import scan_options
+
+    spec = ScorerSpec(detector=shipped[1])
+    default, given = scan_options(_args(), spec), scan_options(_args(min_score=0.3), spec)
+    assert default.findings_at_threshold and default.min_score == pytest.approx(probe.threshold_probability())
+    assert not given.findings_at_threshold and given.min_score == 0.3
+    assert not scan_options(_args(answer=True), ScorerSpec()).findings_at_threshold
     for bad in ({"answer": True, "detector": "d"}, {"answer": True, "adapt": True}):
         with pytest.raises(UsageError):
             detector_folder(_args(**bad))
@@ -315,7 +328,7 @@ def test_detector_show_prints_the_leave_one_out_table_and_the_length_control(
     assert f"{detector.threshold_probability():.3f}" in out
     a = detector.probe.adaptation
     assert a is not None and a.share is not None
-    assert f"--prevalence: its adaptation's calibration data had {a.share:.0%} vulnerable" in out
+    assert f"adapted, it flags the highest {a.share:.0%} of the distinct functions it adapts to" in out
 
 
 @needs_grammars

@@ -293,16 +293,14 @@ def show_probe_detector(folder: Path) -> int:
                 f"{n['mean_share_gap']:.2f}); nested balanced accuracy {n['mean_balanced_accuracy']:.3f}"
             )
     a = detector.probe.adaptation
-    if a is not None:
+    if a is not None and a.share is not None and a.separation is not None:
         print(
-            "  --prevalence: "
-            + (
-                f"its adaptation's calibration data had {a.share:.0%} vulnerable, the classes' means "
-                f"{a.separation / a.spread:.2f} score spreads apart"
-                if a.share is not None and a.separation is not None
-                else "not available (no share and separation in this file: refit it)"
-            )
+            f"  adapted, it flags the highest {a.share:.0%} of the distinct functions it adapts to: its calibration "
+            "data's vulnerable share, assumed (no label is read); --prevalence states another and moves the centre "
+            f"by the classes' separation there, {a.separation / a.spread:.2f} score spreads"
         )
+    elif a is not None:
+        print("  --prevalence: not available (no share and separation in this file: refit it)")
     return 0
 
 

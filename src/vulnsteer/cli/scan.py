@@ -206,8 +206,6 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
     from ..scan import FileFilter, ScanOptions
 
     detector = probe_detector(spec)
-    adaptation = adaptation_options(args, detector)
-    adapt = adaptation["adapt"]
     return ScanOptions(
         files=FileFilter(
             include=tuple(args.include),
@@ -218,20 +216,20 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         ),
         keep_comments=config_from_args(args).data.keep_comments,
         max_file_bytes=args.max_file_bytes,
-        min_score=args.min_score if args.min_score is not None else default_min_score(detector, adapt == "on"),
-        adapted_min_score=default_min_score(detector, True) if adapt == "auto" and args.min_score is None else None,
+        min_score=args.min_score if args.min_score is not None else default_min_score(detector),
+        findings_at_threshold=detector is not None and args.min_score is None,
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
         aggregation=spec.resolved_aggregation,
-        **adaptation,
+        **adaptation_options(args, detector),
         **more,
     )
 
 
-def default_min_score(detector: Any, adapt: bool) -> float:
-    """Where findings start without ``--min-score``: a probe *detector*'s threshold as a probability (its adapted
-    one when the scan adapts), else 0.5."""
-    return 0.5 if detector is None else float(detector.threshold_probability(adapted=adapt))
+def default_min_score(detector: Any) -> float:
+    """Where findings start without ``--min-score``: a probe *detector*'s threshold as a probability (when the scan
+    adapts, its adapted threshold instead: ``ScanOptions.findings_at_threshold``), else 0.5."""
+    return 0.5 if detector is None else float(detector.threshold_probability())
 
 
 def cache_dir_of(args: argparse.Namespace) -> Path | None:
@@ -276,8 +274,15 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
     if "score" in provenance:
         say(f"score: {provenance['score']}")
     if "adapted_to" in provenance:
-        say(f"adapted: the probe's centre re-estimated from the {provenance['adapted_to']} distinct functions scanned "
-            "(label-free; --no-adapt scores each function as the detector was fitted)")  # fmt: skip
+        line = f"adapted: the probe's centre re-estimated from the {provenance['adapted_to']} distinct functions"
+        if "prevalence" not in provenance:
+            distinct = {r.code_hash: r.score.verdict == "vulnerable" for r in report.results}
+            share = sum(distinct.values()) / max(len(distinct), 1)
+            line += (f" scanned, no label read; it flags the highest {share:.0%} of them, the vulnerable share of its "
+                     "calibration data (assumed: --prevalence states yours")  # fmt: skip
+        else:
+            line += " scanned, no label read (the stated prevalence below"
+        say(line + "; --no-adapt scores each function as the detector was fitted)")
     if "prevalence" in provenance:
         share = provenance["prevalence"]
         say(f"prevalence: {share:g} stated: the highest {share:.0%} of the distinct functions are flagged (from "

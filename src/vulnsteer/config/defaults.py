@@ -55,9 +55,10 @@ DEFAULT_METHOD: Final = "mean_diff"
 MAX_SHIFT_RATIO = 100.0
 
 #: The fewest unlabelled inputs an adapted probe re-estimates its centre from (fewer: it refuses and says so). On the
-#: leave-one-dataset-out folds of the embedded model, 20 inputs gave the flagged share within about +-10 points of
-#: the share the whole left-out dataset gives (5 inputs: +-20 points).
+#: leave-one-dataset-out folds of the embedded model, when the adapted threshold was a fixed offset from the centre,
+#: 20 inputs gave the flagged share within about +-10 points of the share the whole left-out dataset gives (5
+#: inputs: +-20 points); it now flags a fixed share, but the centre, and so the probabilities, still move so.
 MIN_ADAPT = 20
-#: Below this many inputs an adaptation is made but warned about (the research: its flagged share still moves by
-#: about +-10 points between draws of 20 to 50 inputs).
+#: Below this many inputs an adaptation is made but warned about (its centre, the mean of so few scores, has a
+#: standard error of 1/sqrt(n) score spreads: 0.14 at 50).
 WARN_ADAPT = 50

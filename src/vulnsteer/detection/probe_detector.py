@@ -170,11 +170,9 @@ class ProbeDetector:
         )
         return self.probe.scores_of(acts, acts.code_tokens, [s.code for s in samples])
 
-    def threshold_probability(self, *, adapted: bool = False) -> float:
-        """The threshold as a calibrated probability (a score above it is ``vulnerable``), adapted or not."""
-        adaptation = self.probe.adaptation
-        if adapted and adaptation is not None:
-            return adaptation.threshold_probability
+    def threshold_probability(self) -> float:
+        """The threshold as a calibrated probability (a score above it is ``vulnerable``) as fitted (adapted, the
+        threshold depends on the inputs: :meth:`adapted`)."""
         return self.probe.threshold_probability
 
     def fitted_on(self, source: str) -> str | None:

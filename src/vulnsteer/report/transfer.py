@@ -246,7 +246,8 @@ def render_transfer(results: TransferResults) -> str:
         "",
         "Columns: " + "; ".join(f"**{name}**: {label}" for name, label in _columns(results.folds)) + ".",
         "The adapted probe re-estimates its centre from the left-out dataset's unlabelled inputs only (no label is "
-        "read); the steered rows are logit mode (the model's answer margin)."
+        "read) and flags the highest share of them that the training datasets had vulnerable; the steered rows "
+        "are logit mode (the model's answer margin)."
         + (
             ' A peer analyser reads only the samples of its languages: "(probe X)" after its cell is the chosen '
             "probe's AUROC on those same samples."

@@ -85,10 +85,8 @@ class ScanOptions:
     ('CWE-89', 'CWE-78')
     >>> ScanOptions(min_score=0.7).fail_threshold  # (the scan fails from --min-score unless set)
     0.7
-    >>> ScanOptions(min_score=0.5, adapt="auto", adapted_min_score=0.6).settled(20).min_score  # adapted from 20
-    0.6
-    >>> ScanOptions(min_score=0.5, adapt="auto", adapted_min_score=0.6).settled(19).adapt
-    'off'
+    >>> ScanOptions(min_score=0.5, adapt="auto").settled(20).adapt, ScanOptions(adapt="auto").settled(19).adapt
+    ('on', 'off')
 
     Attributes:
         files: which files (globs, default excludes, ``.gitignore``).
@@ -112,8 +110,9 @@ class ScanOptions:
             ``adapt_from`` distinct functions, off below (:meth:`settled`).
         adapt_from: where ``auto`` starts adapting: a probe detector's minimum (``min_adapt``: below it the
             detector refuses to adapt).
-        adapted_min_score: ``min_score`` in effect when ``auto`` adapts (None: ``min_score``): a probe detector's
-            adapted threshold.
+        findings_at_threshold: when the scan adapts, findings start at the adapted detector's threshold (where
+            the share it flags begins: :meth:`at_threshold`) instead of ``min_score``: what a scan without
+            ``--min-score`` does. A stated ``prevalence`` always does.
         prevalence: the share of the scanned functions the user expects to be vulnerable (a prior, not a label;
             None: none stated). When the scan adapts, the detector adapts to it
             (:meth:`~vulnsteer.steering.probe.Probe.adapted`): the highest that share of the functions are
@@ -134,7 +133,7 @@ class ScanOptions:
     score_unknown: bool = False
     aggregation: str = DEFAULT_AGGREGATION
     adapt: str = "off"
-    adapted_min_score: float | None = None
+    findings_at_threshold: bool = False
     adapt_from: int = MIN_ADAPT
     prevalence: float | None = None
 
@@ -145,7 +144,7 @@ class ScanOptions:
             check_share(self.prevalence, "--prevalence")
             if self.adapt == "off":
                 raise ValueError("--prevalence adapts the detector to the functions scanned: it needs adaptation")
-        for name in ("min_score", "fail_on", "adapted_min_score"):
+        for name in ("min_score", "fail_on"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {value}")
@@ -163,16 +162,13 @@ class ScanOptions:
 
     def settled(self, functions: int) -> ScanOptions:
         """These options once the number of distinct *functions* to score is known: ``auto`` adaptation turns
-        ``on`` from ``adapt_from`` functions (``adapted_min_score`` then the
-        ``min_score``) and ``off`` below (a stated ``prevalence`` then does not apply); ``on`` and ``off`` stay."""
+        ``on`` from ``adapt_from`` functions and ``off`` below (a stated ``prevalence`` then does not apply); ``on``
+        and ``off`` stay."""
         if self.adapt != "auto":
             return self
         if functions < self.adapt_from:
             return self.unadapted()
-        adapted = self.min_score if self.adapted_min_score is None else self.adapted_min_score
-        if self.fail_on is not None:  # a function that fails the scan is still reported
-            adapted = min(adapted, self.fail_on)
-        return dataclasses.replace(self, adapt="on", min_score=adapted)
+        return dataclasses.replace(self, adapt="on")
 
     def unadapted(self) -> ScanOptions:
         """These options scoring every function as fitted (no adaptation, so no stated prevalence either)."""
@@ -607,11 +603,12 @@ def score_functions(
 ) -> tuple[list[FunctionResult], ScanOptions]:
     """The results of *pending* functions, in order: each function's code scored once (the cache first), each
     result counted in *stats* (a finding unless below ``min_score``, filtered out by CWE or suppressed); and the
-    options they were judged by (with a stated prevalence, findings start at the adapted threshold)."""
+    options they were judged by (with a stated prevalence or ``findings_at_threshold``, findings start at the
+    adapted threshold)."""
     scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
     if options.adapt == "on":
         scores = _adapted(scorer, scores, stats, options.prevalence)
-        if options.prevalence is not None and scores:
+        if (options.prevalence is not None or options.findings_at_threshold) and scores:
             threshold = next(iter(scores.values())).threshold
             if threshold is not None:
                 options = options.at_threshold(threshold)
@@ -769,8 +766,8 @@ def _adapted(
     adapted, n = adapt([scores[k] for k in keys], prevalence)
     if n < WARN_ADAPT:
         stats.warnings.append(
-            f"adaptation: the centre comes from {n} functions (fewer than {WARN_ADAPT}): the share it flags may still "
-            "be off by about 10 points"
+            f"adaptation: the centre comes from {n} functions (fewer than {WARN_ADAPT}): the mean of so few scores "
+            f"moves their probabilities (its standard error is {1 / n**0.5:.2f} score spreads)"
         )
     return dict(zip(keys, adapted, strict=True))
 

@@ -128,13 +128,16 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Adaptation:
-    """What the adapted probe applies once its centre is re-estimated: a threshold, a spread and a calibration
-    chosen on val scores each centred on their own dataset's mean (no label of the adapted-to data is read).
+    """What the adapted probe applies once its centre is re-estimated: a spread and a calibration chosen on val
+    scores each centred on their own dataset's mean (no label of the adapted-to data is read), and the share it
+    flags.
 
-    *share* and *separation* let a stated prevalence correct the centre and the calibration
-    (:meth:`Probe.adapted`): the vulnerable share of the centred scores the calibration was fitted on (the prior
-    its probabilities assume) and their class-mean separation (vulnerable minus secure, in score units). None in
-    files written before vulnsteer knew them: such a probe adapts, but not to a stated prevalence."""
+    *share*: the vulnerable share of the centred scores the calibration was fitted on (the prior its probabilities
+    assume). The adapted probe flags that share of the inputs it adapted to, unless a prevalence is stated
+    (:meth:`Probe.adapted`). *separation*: their class-mean separation (vulnerable minus secure, in score units),
+    with which a stated prevalence corrects the centre. Both None in files written before vulnsteer knew them: such
+    a probe adapts with its *threshold* (a fixed offset from the centre, chosen on the same scores), but not to a
+    stated prevalence."""
 
     threshold: float
     spread: float = 1.0
@@ -147,11 +150,6 @@ class Adaptation:
             raise ValueError(f"an adaptation's share must be in (0, 1), got {self.share}")
         if self.separation is not None and not math.isfinite(self.separation):
             raise ValueError("an adaptation's separation must be finite")
-
-    @property
-    def threshold_probability(self) -> float:
-        """The adapted threshold as a calibrated probability (as :attr:`Probe.threshold_probability`)."""
-        return self.calibration.probability(self.threshold)
 
     def to_json(self) -> dict[str, Any]:
         doc = {"threshold": self.threshold, "spread": self.spread, "calibration": self.calibration.to_json()}
@@ -329,20 +327,27 @@ class Probe:
 
     def adapted(self, scores: torch.Tensor, min_count: int = MIN_ADAPT, prevalence: float | None = None) -> Probe:
         """This probe with its centre re-estimated from the unlabelled inputs whose (unadapted) *scores* are given:
-        their mean score becomes 0, and the adaptation's threshold, spread and calibration apply. Refuses
+        their mean score becomes 0, and the adaptation's spread and calibration apply. Its threshold flags the
+        highest share of these inputs (:func:`~vulnsteer.stats.shares.top_share_threshold`): the share of the
+        calibration data (:attr:`Adaptation.share`; no label of these inputs is read, so their own share is assumed,
+        not found), or a stated *prevalence*. An adaptation without a share (a file written before vulnsteer
+        stored it) applies its :attr:`Adaptation.threshold` to the centred scores instead. Refuses
         (:class:`AdaptationError`) fewer than *min_count* inputs, or a probe fitted without an adaptation.
 
         *prevalence*: the share of these inputs the caller expects to be vulnerable (a prior it states; no label is
         read). Their mean then sits ``(prevalence - share) * separation`` above where a set with the calibration
         data's share would sit (:class:`Adaptation`), so the centre moves by that much; the calibration takes the
         stated prior (:meth:`Calibration.with_prior`); and the threshold flags the highest *prevalence* share of
-        these inputs (:func:`~vulnsteer.stats.shares.top_share_threshold`). Refused by an adaptation without a
-        share and separation.
+        these inputs. Refused by an adaptation without a share and separation.
 
         >>> a = Adaptation(0.0, 1.0, Calibration(1.0, 0.0), share=0.5, separation=2.0)
         >>> probe = Probe(ProbeDesign((3,), ("code_mean",)), torch.tensor([1.0]), 0.0, 0.0, adaptation=a)
+        >>> states = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+        >>> assumed = probe.adapted(torch.tensor([0.0, 1.0, 2.0, 3.0]), 2)  # the calibration data's share: half
+        >>> assumed.bias, assumed.verdicts(assumed.score_matrix(states)).tolist()
+        (-1.5, [0, 0, 1, 1])
         >>> low = probe.adapted(torch.tensor([0.0, 1.0, 2.0, 3.0]), 2, prevalence=0.25)
-        >>> low.bias, low.verdicts(low.score_matrix(torch.tensor([[0.0], [1.0], [2.0], [3.0]]))).tolist()
+        >>> low.bias, low.verdicts(low.score_matrix(states)).tolist()
         (-2.0, [0, 0, 0, 1])
         """
         if self.adaptation is None:
@@ -364,9 +369,11 @@ class Probe:
                     "to a stated prevalence once refitted"
                 )
             centre -= (prevalence - a.share) * a.separation
-            threshold = top_share_threshold((scores.double() - centre).numpy(), prevalence)
             calibration = calibration.with_prior(a.share, prevalence)
             meta = {**self.meta, "prevalence": prevalence}
+        flagged = prevalence if prevalence is not None else a.share
+        if flagged is not None:
+            threshold = top_share_threshold((scores.double() - centre).numpy(), flagged)
         return dataclasses.replace(
             self,
             bias=self.bias - centre,

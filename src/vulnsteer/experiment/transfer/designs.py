@@ -75,9 +75,9 @@ def fit_on_fold(design: ProbeDesign, fold: Fold, data: Mapping[str, TransferData
 class FoldScores:
     """A detector's scores on every sample of a fold's left-out dataset, its threshold (vulnerable iff score >
     threshold), and, for a probe, the adapted scores and threshold (None where it refused to adapt, with why).
-    The adapted threshold here is the one chosen on the training datasets' val splits; the transfer report's
-    adapted row reads the inner folds' threshold instead (``_Transfer.adapted_threshold``), so this one is kept
-    for the record only."""
+    The adapted threshold here is the probe's own once adapted (the share of its val data flagged); the transfer
+    report's adapted row flags the training datasets' share instead (``_Transfer.adapted_threshold``), so this
+    one is kept for the record only."""
 
     fold: str
     name: str

@@ -47,7 +47,7 @@ from ...lm.prompts import DEFAULT_TEMPLATE
 from ...progress import Progress
 from ...stats.compare import metrics_block
 from ...stats.metrics import Prediction
-from ...stats.shares import share_threshold
+from ...stats.shares import top_share_threshold
 from ...steering.probe import Probe
 from ..header import ModelInfo
 from ..prepare import load_dataset
@@ -173,20 +173,17 @@ class _Transfer:
         assert found is not None, (fold.key, design.key)
         return found
 
-    def adapted_threshold(self, outer: Fold, design: ProbeDesign) -> float | None:
-        """The adapted probe's threshold for *outer*'s left-out dataset, chosen out of dataset: on the inner folds'
-        adapted scores (each inner left-out dataset's scores centred on their own mean, as the left-out one's are),
-        the threshold whose flagged share on every inner left-out dataset is nearest its vulnerable share
-        (:func:`~vulnsteer.stats.shares.share_threshold`). The val splits' threshold, each centred on
-        itself, flagged 20% of SVEN (half vulnerable); this one 41%. None where an inner fold did not adapt."""
-        inner = [(f, self.scores(f, design)) for f in inner_folds(self.names, outer.left_out)]
-        if any(found.adapted is None for _, found in inner):
+    def adapted_threshold(self, outer: Fold, found: FoldScores) -> float | None:
+        """The adapted probe's threshold on *outer*'s left-out dataset (*found*: its scores there): the one that
+        flags the highest share of its adapted scores that the training datasets had vulnerable, each weighing the
+        same (:func:`~vulnsteer.stats.shares.top_share_threshold`), as the shipped detector adapted flags the share
+        of its calibration data. No label of the left-out dataset is read: its share is assumed, not found. None
+        where the probe did not adapt."""
+        if found.adapted is None:
             return None
-        threshold, _ = share_threshold(
-            [np.asarray(found.adapted, dtype=np.float64) for _, found in inner],
-            [float(np.mean(self.data[f.left_out].labels)) for f, _ in inner],
-        )
-        return threshold
+        trained_on = [name for name in self.names if name != outer.left_out]
+        share = float(np.mean([np.mean(self.data[name].labels) for name in trained_on]))
+        return top_share_threshold(np.asarray(found.adapted, dtype=np.float64), share)
 
     def metric(self, fold: Fold, found: FoldScores) -> float:
         return metric_of(found, self.data[fold.left_out], self.criterion)
@@ -278,7 +275,7 @@ class _Transfer:
                 design_key,
             ),
         ]
-        adapted_threshold = self.adapted_threshold(outer, self.designs[design_key])
+        adapted_threshold = self.adapted_threshold(outer, found)
         if found.adapted is not None and adapted_threshold is not None:
             block = self.block(predictions(target, found.adapted, adapted_threshold))
             rows.append(
@@ -287,7 +284,7 @@ class _Transfer:
                     "the chosen probe adapted to the left-out inputs (no labels)",
                     block,
                     design_key,
-                    f"centre from {len(found.adapted)} unlabelled inputs; threshold from the inner folds",
+                    f"centre from {len(found.adapted)} unlabelled inputs; flags the training datasets' share",
                 )
             )
         else:

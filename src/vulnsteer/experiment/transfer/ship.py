@@ -15,8 +15,9 @@ of how well that way of choosing transfers), reads every dataset's activations t
    vulnerable share (the largest gap over the folds made smallest). Measured per fold twice: with that threshold
    (it read every fold's vulnerable share) and nested (calibration and threshold chosen on the other folds only);
 4. **its adaptation** the same way on scores centred on each left-out dataset's mean (no label is read), with
-   those scores' vulnerable share and class-mean separation (each dataset weighing the same), which a stated
-   prevalence corrects the centre and the calibration by.
+   those scores' vulnerable share and class-mean separation (each dataset weighing the same). Adapted, the
+   detector flags that share of the inputs it adapts to (measured so per fold), unless a prevalence is stated,
+   which corrects the centre (by the separation) and the calibration.
 
 Its provenance (:class:`~vulnsteer.detection.probe_detector.ProbeDetector`'s ``detector.json``) holds the model
 identity, the design and how it was chosen, each dataset's source, hash, size and licence, the run's
@@ -47,7 +48,7 @@ from ...lm.model import LoadedModel, load_model
 from ...lm.prompts import DEFAULT_TEMPLATE
 from ...stats.compare import metrics_block
 from ...stats.metrics import Prediction
-from ...stats.shares import logit, share_threshold
+from ...stats.shares import logit, share_threshold, top_share_threshold
 from ...steering.probe import Adaptation, Calibration, Probe
 from ..rundir import RESOLVED_NAME
 from ..tables import MetricBlock
@@ -114,19 +115,27 @@ def _block(fold: FoldCalibration, probs: np.ndarray, threshold: float, seed: int
     }
 
 
+def _judged_by(probs: np.ndarray, threshold: float, calibrated_on: Sequence[FoldCalibration], centred: bool) -> float:
+    """The threshold a fold's *probs* are judged by: *threshold* as fitted; adapted (*centred*), the one flagging
+    the highest share of them that the folds *calibrated_on* had vulnerable (each weighing the same), as the
+    adapted detector flags its calibration data's share (:meth:`~vulnsteer.steering.probe.Probe.adapted`)."""
+    return top_share_threshold(probs, float(np.mean([f.share for f in calibrated_on]))) if centred else threshold
+
+
 def fold_measurements(folds: Sequence[FoldCalibration], centred: bool, seed: int, n_boot: int) -> dict[str, Any]:
     """Per fold: the shipped calibration and threshold (fitted on every fold), and nested (fitted on the others:
-    what a dataset never seen gets); the mean and largest share gap of each."""
+    what a dataset never seen gets); the mean and largest share gap of each. Adapted (*centred*), the threshold
+    flags the calibration folds' share of each fold (:func:`_judged_by`)."""
     calibration, threshold = _calibrate(folds, centred)
     shipped, nested = {}, {}
     for k, fold in enumerate(folds):
         x = fold.centred if centred else fold.z
         probs = calibration.probabilities(torch.as_tensor(x)).double().numpy()
-        shipped[fold.left_out] = _block(fold, probs, threshold, seed, n_boot)
+        shipped[fold.left_out] = _block(fold, probs, _judged_by(probs, threshold, folds, centred), seed, n_boot)
         others = [f for j, f in enumerate(folds) if j != k]
         c_other, t_other = _calibrate(others, centred)
         p_other = c_other.probabilities(torch.as_tensor(x)).double().numpy()
-        nested[fold.left_out] = _block(fold, p_other, t_other, seed, n_boot)
+        nested[fold.left_out] = _block(fold, p_other, _judged_by(p_other, t_other, others, centred), seed, n_boot)
 
     def summary(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
         gaps = [abs(r["share_gap"]) for r in rows.values()]
