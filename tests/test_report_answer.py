@@ -136,6 +136,14 @@ def test_a_left_out_report_without_steered_rows_is_titled_by_which_probe_transfe
         "# vulnsteer report (evaluate --from): the unadapted probe transferred better "
         "(balanced accuracy above chance: the gating probe)"
     )
+    # a difference below the printed precision names no winner (0.58333 both ways, summed in another order)
+    tied = tuple(
+        dataclasses.replace(r, metrics=dataclasses.replace(r.metrics, balanced_accuracy=x))
+        for r, x in zip(rows[1:], (7 / 12, 0.5 / 2 + 1 / 3), strict=True)
+    )
+    assert 7 / 12 != 0.5 / 2 + 1 / 3
+    line = render_markdown(Results(command="evaluate --from", lead={"logit": LeadTable("all", tied)}))
+    assert "neither transferred better (same balanced accuracy)" in line.splitlines()[0]
 
 
 def test_a_ci_above_zero_that_mcnemar_does_not_confirm_says_why_it_is_not_beaten() -> None:

@@ -235,7 +235,7 @@ def transfer_line(table: LeadTable, left_out: bool) -> str | None:
 def _better(plain: LeadRow, adapted: LeadRow, left_out: bool) -> str:
     a, p = adapted.metrics.balanced_accuracy, plain.metrics.balanced_accuracy
     verb = "transferred" if left_out else "did"
-    if a is None or p is None or a == p:
+    if a is None or p is None or round(a, 3) == round(p, 3):  # (as printed: no winner by a float's last digits)
         return f"neither {verb} better (same balanced accuracy)"
     return f"the {'adapted' if a > p else 'unadapted'} probe {verb} better"
 
