@@ -1,9 +1,9 @@
 """Shares: how many of a set of inputs a threshold flags, and the prior a stated share of vulnerable inputs sets.
 
 * :func:`share_threshold`: the threshold whose flagged share on each of several datasets is nearest its vulnerable
-  share (the shipped detector's threshold and the transfer protocol's adapted one, chosen out of dataset).
-* :func:`top_share_threshold`: the threshold that flags the highest share of one set of inputs (a probe adapted to
-  a stated prevalence).
+  share (the shipped detector's threshold, chosen out of dataset).
+* :func:`top_share_threshold`: the threshold that flags the highest share of one set of inputs (an adapted probe:
+  its calibration data's share, or a stated prevalence).
 * :func:`check_share` and :func:`logit`: a share's range, and its log-odds (a prior's, in Bayes' rule).
 
 No numpy at import: the scan's options check a share before anything heavy is loaded.
@@ -50,7 +50,8 @@ def logit(p: float) -> float:
 def share_threshold(probs: Sequence[np.ndarray], shares: Sequence[float]) -> tuple[float, float]:
     """The threshold (flagged iff ``p > t``; *probs* in any units, one array per dataset) whose largest gap between
     a dataset's flagged share and its *shares* entry is smallest (ties: nearest 0.5); returns it and that gap. The
-    shipped detector's threshold and the transfer protocol's adapted threshold are chosen so, out of dataset.
+    shipped detector's threshold (and its adaptation's fixed offset, which files without a share apply) are chosen
+    so, out of dataset.
 
     >>> import numpy as np
     >>> t, gap = share_threshold([np.array([0.1, 0.2, 0.6, 0.7]), np.array([0.3, 0.4, 0.8, 0.9])], [0.5, 0.5])
@@ -73,7 +74,7 @@ def top_share_threshold(scores: ArrayLike, share: float) -> float:
     """The threshold above which (``>``) the highest *share* of *scores* lie: ``round(share * n)`` of them, midway
     between the last one in and the first one out (tied scores fall on the same side, so a tie can flag fewer).
     With a share of 0 it is the highest score (nothing is above it); with every score in, just below the lowest.
-    What a probe adapted with a stated prevalence flags (:meth:`~vulnsteer.steering.probe.Probe.adapted`).
+    What an adapted probe flags (:meth:`~vulnsteer.steering.probe.Probe.adapted`).
 
     >>> top_share_threshold([0.1, 0.4, 0.3, 0.2], 0.5), top_share_threshold([0.1, 0.4], 0.0)
     (0.25, 0.4)

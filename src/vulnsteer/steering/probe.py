@@ -19,9 +19,10 @@ detectors; a file is a safetensors file (weights) with its numbers in the header
 
 **Label-free adaptation** (:meth:`Probe.adapted`): the probe's centre re-estimated from the unlabelled inputs it is
 applied to. Their mean state replaces the training data's centre; for a linear read-out that is subtracting their
-mean score. The adapted probe's threshold and calibration were chosen on val scores centred the same way (each
-dataset's val inputs on their own mean, :class:`Adaptation`), so it reads no label of the data it is applied to.
-Below :data:`~vulnsteer.config.defaults.MIN_ADAPT` inputs it refuses (:class:`AdaptationError`) and says so.
+mean score. Its calibration was chosen on val scores centred the same way (each dataset's val inputs on their own
+mean, :class:`Adaptation`), and it flags the highest share of the inputs that those val scores had vulnerable (or a
+share the caller states), so it reads no label of the data it is applied to. Below
+:data:`~vulnsteer.config.defaults.MIN_ADAPT` inputs it refuses (:class:`AdaptationError`) and says so.
 
 >>> design = ProbeDesign(layers=(3,), poolings=("code_mean",))
 >>> design.key
