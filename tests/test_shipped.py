@@ -140,7 +140,7 @@ def _tree(root: Path, n: int) -> Path:
 
 @needs_grammars
 def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
-    shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path
+    shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = shipped[1]
     detector = ProbeDetector.load(folder)
@@ -176,6 +176,13 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
             assert r.score.threshold == pytest.approx(at, abs=1e-6)
             assert (r.score.verdict == "vulnerable") == (r.score.score > at)
     assert sum(r.score.verdict == "vulnerable" for r in adapted.results) == round(a.share * len(raw))
+    from vulnsteer.cli.scan import _report_on_stderr  # what the scan says it did, and that the share is assumed
+
+    _report_on_stderr(adapted, argparse.Namespace(paths=[str(tree)]))
+    said = capsys.readouterr().err
+    share = sum(r.score.verdict == "vulnerable" for r in adapted.results) / len(adapted.results)
+    assert f"re-estimated from the {len(raw)} distinct functions scanned, no label read" in said
+    assert f"it flags the highest {share:.0%} of them, the vulnerable share of its calibration data (assumed" in said
     many = tmp_path / "one" / "many.py"
     many.parent.mkdir()
     many.write_text("\n\n".join((tree / f"m{i}.py").read_text() for i in range(6)), encoding="utf-8")
