@@ -180,9 +180,10 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
 
     _report_on_stderr(adapted, argparse.Namespace(paths=[str(tree)]))
     said = capsys.readouterr().err
-    share = sum(r.score.verdict == "vulnerable" for r in adapted.results) / len(adapted.results)
+    flagged = sum(r.score.verdict == "vulnerable" for r in adapted.results)
     assert f"re-estimated from the {len(raw)} distinct functions scanned, no label read" in said
-    assert f"it flags the highest {share:.0%} of them, the vulnerable share of its calibration data (assumed" in said
+    assert (f"it flags the highest {flagged} of them ({flagged / len(raw):.0%}: its calibration data's vulnerable "
+            "share, to the nearest function; assumed") in said  # fmt: skip
     many = tmp_path / "one" / "many.py"
     many.parent.mkdir()
     many.write_text("\n\n".join((tree / f"m{i}.py").read_text() for i in range(6)), encoding="utf-8")

@@ -277,9 +277,10 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
         line = f"adapted: the probe's centre re-estimated from the {provenance['adapted_to']} distinct functions"
         if "prevalence" not in provenance:
             distinct = {r.code_hash: r.score.verdict == "vulnerable" for r in report.results}
-            share = sum(distinct.values()) / max(len(distinct), 1)
-            line += (f" scanned, no label read; it flags the highest {share:.0%} of them, the vulnerable share of its "
-                     "calibration data (assumed: --prevalence states yours")  # fmt: skip
+            flagged = sum(distinct.values())
+            line += (f" scanned, no label read; it flags the highest {flagged} of them "
+                     f"({flagged / max(len(distinct), 1):.0%}: its calibration data's vulnerable share, to the nearest "
+                     "function; assumed: --prevalence states yours")  # fmt: skip
         else:
             line += " scanned, no label read (the stated prevalence below"
         say(line + "; --no-adapt scores each function as the detector was fitted)")
