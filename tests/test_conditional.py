@@ -72,6 +72,7 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
             )
         ],
         "calibrated": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("calibrated", probe))],  # type: ignore[arg-type]
+        "toward_secure": [SteeringSpec(vec, 2.0, positions=positions, gate=Gate("toward_secure", probe))],  # type: ignore[arg-type]
         "constant": [SteeringSpec(vec, 2.0, positions=positions, unit="raw")],  # type: ignore[arg-type]
     }
     store = PrefixStore()
@@ -89,6 +90,7 @@ def test_batched_gated_detection_equals_one_sample_at_a_time(
     assert set(pushes["sign"]) == {1.0, -1.0}, "the probe should send both ways"
     assert pushes["base"] == [None] * len(samples) and pushes["constant"] == [None] * len(samples)
     assert len(set(pushes["calibrated"])) == len(samples), "the calibrated gate keeps every score apart"
+    assert len(set(pushes["toward_secure"])) == len(samples) and max(pushes["toward_secure"]) < 0
     for i, sample in enumerate(samples):
         acts = extract_activations(tiny_llama, [sample], list(probe.layers), probe.poolings, progress=False)
         score = probe.scores_of(acts, acts.code_tokens, [sample.code] if probe.reads_code else None)
@@ -133,6 +135,16 @@ def test_stored_gate_states_never_depend_on_which_chunks_a_store_saw_before(tiny
     run(seen, "all")  # (its gates read a pass over the whole prompt)
     assert run(seen, "last") == fresh
     assert run(seen, "last") == fresh and seen.hits > 0  # (and once its own states are stored)
+
+
+def test_toward_secure_pushes_one_way_by_the_probability_of_secure(tiny_llama: LoadedModel) -> None:
+    probe = _probe(tiny_llama, "code_mean")
+    scores = torch.linspace(-3.0, 3.0, 13) * probe.spread + probe.threshold
+    pushes = Gate("toward_secure", probe).multipliers(scores)
+    assert torch.allclose(pushes, probe.probabilities(scores) - 1.0)
+    assert bool((pushes < 0).all() and (pushes > -1).all()), "always toward secure, never past a unit push"
+    assert bool((pushes.diff() > 0).all()), "the more vulnerable the probe says, the smaller the push"
+    assert float(pushes[6]) == pytest.approx(probe.threshold_probability - 1.0, abs=1e-6)
 
 
 def test_a_gate_above_the_steered_layers_is_refused(tiny_llama: LoadedModel) -> None:

@@ -404,7 +404,8 @@ class ConditionalSection:
         some_of(GATE_KINDS),
         "gates: sign, linear (ACT-like; the default: the push follows the probe's score, so the steered score keeps "
         "its ranking, and the transfer protocol chose it over sign and calibrated), one_sided, calibrated (the push "
-        "follows the calibrated probability)",
+        "follows the calibrated probability), toward_secure (every input pushed toward secure by the probe's "
+        "probability that it is secure: the push never changes direction)",
         "--gates",
         "csv",
     )

@@ -62,7 +62,7 @@ PROBE_COMBINES: tuple[str, ...] = ("concat", "ensemble")
 #: scoring), or by residualising every feature on it.
 LENGTH_MODES: tuple[str, ...] = ("none", "covariate", "residual")
 #: Gates of conditional steering (constant steering has none).
-GATE_KINDS: tuple[str, ...] = ("sign", "linear", "one_sided", "calibrated")
+GATE_KINDS: tuple[str, ...] = ("sign", "linear", "one_sided", "calibrated", "toward_secure")
 #: What to do with code found in several splits.
 DUPLICATE_POLICIES: tuple[str, ...] = ("merge", "drop", "keep")
 #: Execution backends of a forward pass.

@@ -11,7 +11,12 @@ score into a multiplier of the behaviour vector's strength:
   confidence; *spread* is the standard deviation of the probe's validation scores);
 - ``one_sided``: ``+1`` / ``-1`` only where the probe is confident (``|score - threshold| > band x spread``), else 0;
 - ``calibrated``: ``(p - c) / max(c, 1 - c)`` with ``p`` the calibrated probability and ``c`` its value at the
-  threshold: the push follows the probability, never clipped, so no two scores tie and the ranking is kept.
+  threshold: the push follows the probability, never clipped, so no two scores tie and the ranking is kept;
+- ``toward_secure``: ``p - 1``, in ``(-1, 0)``: every input is pushed toward *secure*, by the probe's probability
+  that it is secure. The push never changes direction, so where the model's answer falls with every push toward
+  secure, however large, the steered answer falls monotonically with the probe's probability (on SmolLM2-135M a
+  large push either way lowers the "vulnerable" margin, so under the two-way gates the answer stops following the
+  probe at large strengths); it also offsets a model that answers "vulnerable" to everything.
 
 The score is read once from the prompt and held for every generated token. Every layer the probe reads must be at
 or below the steered layers, so the states it reads are unsteered ones (steering acts at and after its layer).
@@ -53,6 +58,8 @@ class Gate:
     [1.0, 0.5, -0.5]
     >>> [round(m, 3) for m in Gate("calibrated", probe).multipliers(torch.tensor([4.0, 1.0, -1.0])).tolist()]
     [0.964, 0.462, -0.462]
+    >>> [round(m, 3) for m in Gate("toward_secure", probe).multipliers(torch.tensor([4.0, 1.0, -1.0])).tolist()]
+    [-0.018, -0.269, -0.731]
     """
 
     kind: str
@@ -66,6 +73,8 @@ class Gate:
             raise ValueError(f"gate band must be a non-negative number, got {self.band!r}")
 
     def multipliers(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.kind == "toward_secure":
+            return (self.probe.probabilities(scores.float()) - 1.0).float()
         if self.kind == "calibrated":
             p = self.probe.probabilities(scores.float()).double()
             c = self.probe.threshold_probability
