@@ -400,12 +400,12 @@ class ConditionalSection:
         "--probe-scope",
     )
     gates: tuple[str, ...] = _key(
-        ("linear",),
+        ("toward_secure",),
         some_of(GATE_KINDS),
-        "gates: sign, linear (ACT-like; the default: the push follows the probe's score, so the steered score keeps "
-        "its ranking, and the transfer protocol chose it over sign and calibrated), one_sided, calibrated (the push "
-        "follows the calibrated probability), toward_secure (every input pushed toward secure by the probe's "
-        "probability that it is secure: the push never changes direction)",
+        "gates: sign, linear (ACT-like: the push follows the probe's score), one_sided, calibrated (the push follows "
+        "the calibrated probability), toward_secure (the default: every input pushed toward secure by the probe's "
+        "probability that it is secure, so the push never changes direction; the transfer protocol chose it over "
+        "linear, which it had chosen over sign and calibrated)",
         "--gates",
         "csv",
     )
