@@ -3,7 +3,7 @@
 :mod:`vulnsteer.config.experiment` assembles them into :class:`~vulnsteer.config.experiment.ExperimentConfig`.
 
 >>> DetectionSection().max_new_tokens, ConditionalSection().gates
-(20, ('linear',))
+(20, ('toward_secure',))
 """
 
 from __future__ import annotations
