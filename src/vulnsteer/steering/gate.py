@@ -74,7 +74,7 @@ class Gate:
 
     def multipliers(self, scores: torch.Tensor) -> torch.Tensor:
         if self.kind == "toward_secure":
-            return (self.probe.probabilities(scores.float()) - 1.0).float()
+            return self.probe.probabilities(scores) - 1.0
         if self.kind == "calibrated":
             p = self.probe.probabilities(scores.float()).double()
             c = self.probe.threshold_probability
