@@ -25,7 +25,7 @@ from vulnsteer.report.transfer import render_transfer
 NAMES = ("alpha", "beta", "gamma", "delta")
 
 
-def _config(tmp: Path, **transfer: Any) -> ExperimentConfig:
+def _config(tmp: Path, conditional: dict[str, Any] | None = None, **transfer: Any) -> ExperimentConfig:
     paths = []
     for k, name in enumerate(NAMES):
         path = tmp / f"{name}.jsonl"
@@ -34,7 +34,12 @@ def _config(tmp: Path, **transfer: Any) -> ExperimentConfig:
         paths.append(str(path))
     doc = {
         "data": {"paths": paths, "formats": ["jsonl"] * len(paths), "max_code_tokens": 64},
-        "conditional": {"gates": ["sign", "calibrated"], "strengths": {"sigma": [2.0]}, "min_adapt": 5},
+        "conditional": {
+            "gates": ["sign", "calibrated"],
+            "strengths": {"sigma": [2.0]},
+            "min_adapt": 5,
+            **(conditional or {}),
+        },
         "transfer": {
             "layers": [[1], [0, 1]],
             "poolings": [["code_mean"], ["code_mean", "code_max"]],
@@ -110,6 +115,7 @@ def test_a_run_fits_each_fold_on_its_training_datasets_only(
             assert row.metrics.auroc is not None and row.metrics.auroc_ci is not None
             assert row.metrics.pair_rank_accuracy is not None and row.metrics.tpr_at_5_fpr is not None
         assert fold.row("gate_control").control_of == "steered"  # type: ignore[union-attr]
+        assert fold.row("steered_matched") is None  # one strength in the grid: nothing to match
 
 
 def test_designs_and_settings_are_chosen_by_their_mean_over_inner_folds(
@@ -305,6 +311,45 @@ def test_a_probe_with_a_bag_of_tokens_term_gates_the_steered_model(tmp_path: Pat
         assert len(gate_scores(plain + "|adapted|random")) == len(expected)  # its random gate is adapted too
     settings = {k for fold in results.folds for k in fold.steered_inner}
     assert settings == {f"{g}|sigma:2{a}" for g in ("sign", "calibrated") for a in ("", "|adapted")}
+
+
+def test_the_matched_strength_flags_the_training_share_without_reading_a_label(
+    tmp_path: Path, tiny_lm: LoadedModel
+) -> None:
+    """With several strengths, each outer fold gets the chosen gate at the strength whose answer on the left-out
+    inputs flags the share nearest the training datasets' (recomputed here from ``steered.jsonl``), and its random
+    gate under the same rule; the report checks their flagged shares beside the probe's."""
+    import numpy as np
+
+    strengths = (1.0, 4.0, 16.0, 64.0)
+    conditional = {"gates": ["toward_secure"], "strengths": {"sigma": list(strengths)}}
+    config = _config(tmp_path, conditional, layers=[[1]], poolings=[["code_mean"]])
+    out = run_transfer(config, tmp_path / "run", lm=tiny_lm, progress=False)
+    results = _results(out)
+    steered = [json.loads(line) for line in (out / "steered.jsonl").read_text().splitlines()]
+    data = {d.name: d for d in run_mod.load_transfer_data(config, tiny_lm.tokenizer, False)}
+    for fold, outer in zip(results.folds, outer_folds(NAMES), strict=True):
+        share = np.mean([np.mean(data[name].labels) for name in outer.training])
+        chunks = sorted((d for d in steered if d["dataset"] == outer.left_out), key=lambda d: d["chunk"])
+        for name, suffix in (("steered_matched", ""), ("gate_control_matched", "|random")):
+            row = fold.row(name)
+            assert row is not None and row.metrics.n == fold.n
+            flagged = {
+                st: np.mean(
+                    [
+                        m >= 0
+                        for doc in chunks
+                        for m, _, _ in doc["rows"][f"{outer.key}|toward_secure|sigma:{st:g}{suffix}"]
+                    ]
+                )
+                for st in strengths
+            }
+            best = min(strengths, key=lambda st: abs(flagged[st] - share))
+            assert row.chosen == f"toward_secure|sigma:{best:g}", (outer.key, flagged, share)
+            assert row.metrics.vulnerable_rate == pytest.approx(flagged[best])
+            assert f"{share:.2f}" in row.note
+        assert fold.row("gate_control_matched").control_of == "steered_matched"  # type: ignore[union-attr]
+    assert "Steered at the matched strength, the flagged share is within 15 points" in render_transfer(results)
 
 
 def test_a_peer_row_carries_the_probe_on_the_same_samples(

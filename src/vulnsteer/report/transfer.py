@@ -127,27 +127,35 @@ def _checks(results: TransferResults) -> list[str]:
             f"design chosen on the outer folds (non-nested, `{results.non_nested_design}`): "
             f"{sum(non_nested) / len(non_nested):.3f} (optimism {optimism:+.3f})."
         )
-    gaps_by_row: dict[str, list[float]] = {"probe": [], "adapted": []}
+    gaps_by_row: dict[str, list[float]] = {name: [] for name in _VERDICTS}
     for fold in results.folds:
-        probe = fold.row("probe")
-        adapted = fold.row("adapted")
-        if probe and adapted:
+        found = {name: row for name in _VERDICTS if (row := fold.row(name)) and row.metrics.vulnerable_rate is not None}
+        if len(found) > 1:
             lines.append(
-                f"- {fold.left_out}: flagged share {_f(probe.metrics.vulnerable_rate, 2)} unadapted, "
-                f"{_f(adapted.metrics.vulnerable_rate, 2)} adapted (true vulnerable share {fold.vulnerable_share:.2f})."
+                f"- {fold.left_out}: flagged share "
+                + ", ".join(f"{_f(row.metrics.vulnerable_rate, 2)} {_VERDICTS[name]}" for name, row in found.items())
+                + f" (true vulnerable share {fold.vulnerable_share:.2f})."
             )
-        for name, row in (("probe", probe), ("adapted", adapted)):
-            if row is not None and row.metrics.vulnerable_rate is not None:
-                gaps_by_row[name].append(abs(row.metrics.vulnerable_rate - fold.vulnerable_share))
+        for name, row in found.items():
+            gaps_by_row[name].append(abs(row.metrics.vulnerable_rate - fold.vulnerable_share))  # type: ignore[operator]
     for name, share_gaps in gaps_by_row.items():
         if share_gaps:
             within = sum(g <= SHARE_MARGIN for g in share_gaps)
             lines.append(
-                f"- {'Adapted' if name == 'adapted' else 'Unadapted'}, the flagged share is within "
+                f"- {_VERDICTS[name].capitalize()}, the flagged share is within "
                 f"{SHARE_MARGIN * 100:.0f} points of the true vulnerable share on {within} of {len(share_gaps)} folds "
                 f"(largest gap {max(share_gaps) * 100:.0f} points)."
             )
     return lines
+
+
+#: The rows whose verdict's flagged share the checks compare with the truth, and how the checks name them.
+_VERDICTS: dict[str, str] = {
+    "probe": "unadapted",
+    "adapted": "adapted",
+    "steered": "steered",
+    "steered_matched": "steered at the matched strength",
+}
 
 
 def _ranked(values: Mapping[str, float]) -> list[tuple[str, float]]:

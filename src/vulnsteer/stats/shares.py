@@ -4,6 +4,8 @@
   share (the shipped detector's threshold, chosen out of dataset).
 * :func:`top_share_threshold`: the threshold that flags the highest share of one set of inputs (an adapted probe:
   its calibration data's share, or a stated prevalence).
+* :func:`nearest_share`: of several options, the one whose flagged share is nearest a share (the steered model's
+  strength matched to its inputs, no label read).
 * :func:`check_share` and :func:`logit`: a share's range, and its log-odds (a prior's, in Bayes' rule).
 
 No numpy at import: the scan's options check a share before anything heavy is loaded.
@@ -12,14 +14,17 @@ No numpy at import: the scan's options check a share before anything heavy is lo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import ArrayLike
 
-__all__ = ["check_share", "logit", "share_threshold", "top_share_threshold"]
+__all__ = ["check_share", "logit", "nearest_share", "share_threshold", "top_share_threshold"]
+
+#: An option :func:`nearest_share` chooses among (a strength).
+K = TypeVar("K")
 
 
 def check_share(value: float, name: str) -> float:
@@ -68,6 +73,18 @@ def share_threshold(probs: Sequence[np.ndarray], shares: Sequence[float]) -> tup
         if gap < best_gap - 1e-12 or (abs(gap - best_gap) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
             best, best_gap = float(t), gap
     return best, best_gap
+
+
+def nearest_share(flagged: Mapping[K, float], share: float) -> K:
+    """The key of *flagged* (an option: a strength) whose flagged share is nearest *share*; ties go to the first in
+    order (give the options from the weakest). It reads no label: the shares are of the inputs flagged.
+
+    >>> nearest_share({2.0: 0.98, 8.0: 0.61, 16.0: 0.30}, 0.45), nearest_share({2.0: 0.5, 4.0: 0.4}, 0.45)
+    (16.0, 2.0)
+    """
+    if not flagged:
+        raise ValueError("no options to choose a share from")
+    return min(flagged, key=lambda k: abs(flagged[k] - share))
 
 
 def top_share_threshold(scores: ArrayLike, share: float) -> float:

@@ -15,8 +15,10 @@ For every **outer fold** (one dataset of ``data.paths`` left out):
    datasets and chosen by their mean there; the outer fold's row is the chosen one, with its random-gate control;
 4. every detector is scored on every sample of the left-out dataset: the chosen probe (its threshold transferred),
    the adapted probe (its centre re-estimated from the left-out inputs, no label), the steered model, its random
-   gate, the model's own answer, the length-only control, the bag-of-tokens control (TF-IDF of the code's tokens:
-   what the words alone tell, no model), the non-nested probe, and the peer analysers where installed.
+   gate, the same two at the strength of the grid whose answer flags the training datasets' share of the
+   left-out inputs (matched without labels), the model's own answer, the length-only control, the bag-of-tokens
+   control (TF-IDF of the code's tokens: what the words alone tell, no model), the non-nested probe, and the peer
+   analysers where installed.
 
 Resumable: activations come from the activation cache, every (fold, design) is appended to ``designs.jsonl`` and
 every chunk of steered rows to ``steered.jsonl`` as it finishes, peers are kept in ``peers.json``; a rerun into the
@@ -72,6 +74,7 @@ from .steered import (
     SteeredSetting,
     SteeredStore,
     fold_vector,
+    matched_strength,
     score_steered,
     steered_layers,
     steered_settings,
@@ -181,9 +184,12 @@ class _Transfer:
         where the probe did not adapt."""
         if found.adapted is None:
             return None
-        trained_on = [name for name in self.names if name != outer.left_out]
-        share = float(np.mean([np.mean(self.data[name].labels) for name in trained_on]))
-        return top_share_threshold(np.asarray(found.adapted, dtype=np.float64), share)
+        return top_share_threshold(np.asarray(found.adapted, dtype=np.float64), self.training_share(outer))
+
+    def training_share(self, fold: Fold) -> float:
+        """The vulnerable share of *fold*'s training datasets, each weighing the same: the share a label-free rule
+        assumes of the left-out inputs."""
+        return float(np.mean([np.mean(self.data[name].labels) for name in fold.training]))
 
     def metric(self, fold: Fold, found: FoldScores) -> float:
         return metric_of(found, self.data[fold.left_out], self.criterion)
@@ -322,6 +328,7 @@ class _Transfer:
                     "score: the answer margin; verdict at 0",
                 )
             )
+            rows += self.matched_rows(outer, setting, steered)
             if non_nested_setting is not None and non_nested_setting != setting:
                 other = Steered(outer.key, non_nested_setting).name
                 rows.append(
@@ -394,6 +401,35 @@ class _Transfer:
             dict(steered_means),
             tuple(notes),
         )
+
+    def matched_rows(
+        self, outer: Fold, setting: SteeredSetting, steered: Mapping[str, list[DetectionRecord]]
+    ) -> list[DetectorRow]:
+        """The chosen gate at the strength whose answer on the left-out inputs flags the training datasets' share
+        (:func:`~.steered.matched_strength`, no label read), and the same rule under the random gate; none where the
+        grid has one strength."""
+        share = self.training_share(outer)
+        settings = steered_settings(self.config)
+        rows = []
+        for control in (False, True):
+            found = matched_strength(steered, outer, setting, share, settings, control=control)
+            if found is None:
+                return []
+            chosen, flagged = found
+            rows.append(
+                DetectorRow(
+                    "gate_control_matched" if control else "steered_matched",
+                    "the same push gated by a random direction, its strength matched the same way"
+                    if control
+                    else "the steered model, the chosen gate at a strength matched to the left-out inputs (no labels)",
+                    self.block([r.to_prediction() for r in steered[Steered(outer.key, chosen, control).name]]),
+                    chosen.key,
+                    f"the strength of the grid whose answer flags the share nearest the training datasets' "
+                    f"{share:.2f}: {flagged:.2f} flagged",
+                    control_of="steered_matched" if control else None,
+                )
+            )
+        return rows
 
     def choose_steered(
         self, steered: Mapping[str, Mapping[str, list[DetectionRecord]]]

@@ -27,6 +27,7 @@ from ...io import append_jsonl, read_jsonl
 from ...lm.activations import ANSWER_POOLINGS, Activations
 from ...lm.model import LoadedModel
 from ...progress import Progress
+from ...stats.shares import nearest_share
 from ...steering.behaviour import answer_vector_from
 from ...steering.gate import Gate
 from ...steering.hooks import PositionMode, SteeringSpec, StrengthUnit
@@ -41,6 +42,7 @@ __all__ = [
     "SteeredSetting",
     "SteeredStore",
     "fold_vector",
+    "matched_strength",
     "score_steered",
     "steered_layers",
     "steered_settings",
@@ -162,6 +164,31 @@ def steered_variants(
                 source="conditional.strengths",
             )
     return out
+
+
+def matched_strength(
+    rows: Mapping[str, Sequence[DetectionRecord]],
+    fold: Fold,
+    setting: SteeredSetting,
+    share: float,
+    settings: Sequence[SteeredSetting],
+    *,
+    control: bool = False,
+) -> tuple[SteeredSetting, float] | None:
+    """*setting*'s gate and adaptation at the strength (of those in *settings*, same unit) whose answer on *fold*'s
+    left-out inputs (*rows*: that dataset's steered rows by name) says "vulnerable" for the share nearest *share*
+    (ties: the weaker push), and that share; None with fewer than two strengths to choose from. It reads no label:
+    the verdict's share is matched to one assumed (the training datasets'), as the adapted probe's is. *control*:
+    the same rule on the random gate's rows."""
+    found: dict[SteeredSetting, float] = {}
+    for other in sorted(settings, key=lambda s: s.strength):
+        records = rows.get(Steered(fold.key, other, control).name)
+        if records and (other.gate, other.unit, other.adapted) == (setting.gate, setting.unit, setting.adapted):
+            found[other] = sum(r.y_pred == 1 for r in records) / len(records)
+    if len(found) < 2:
+        return None
+    best = nearest_share(found, share)
+    return best, found[best]
 
 
 def _adapted(probe: Probe, target: ProbeData, min_count: int) -> Probe | None:
