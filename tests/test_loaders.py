@@ -643,6 +643,14 @@ def test_detect_format_unknown_names_path(tmp_path: Path) -> None:
     assert set(DATASET_FORMATS) == {"sven", "juliet", "paired-dir", "castle", "jsonl", "csv"}
 
 
+def test_every_format_name_has_its_plug_in() -> None:
+    """``--format``'s names and the registered readers are one list: a format added to either is in both."""
+    from vulnsteer.data.formats import FORMATS
+
+    assert tuple(FORMATS) == DATASET_FORMATS
+    assert all(reader.__module__.startswith("vulnsteer.data.formats.") for reader in FORMATS.values())
+
+
 def test_parse_label() -> None:
     assert parse_label("VULN") == "vulnerable" and parse_label("Safe") == "secure"
     assert parse_label(2) is None and parse_label(None) is None
