@@ -214,7 +214,7 @@ def test_families_are_values() -> None:
 @pytest.mark.parametrize("module", [protocol, apply, lead])
 def test_the_protocol_the_apply_engine_and_the_lead_table_name_no_family(module: object) -> None:
     code = Path(str(getattr(module, "__file__", ""))).read_text().splitlines()
-    source = "\n".join(line for line in code if not line.startswith(("from ", "import ")))  # (detection.probe)
+    source = "\n".join(line for line in code if not line.startswith(("from ", "import ")))  # (detection.probe_table)
     names = [f.name for f in DEFAULT_FAMILIES]
     found = re.findall(rf"\b({'|'.join(names)}|gated)\b", source)
     assert not found, found

@@ -15,15 +15,8 @@ import torch
 
 from vulnsteer.config.design import ProbeDesign
 from vulnsteer.data.sample import Sample
-from vulnsteer.detection.probe import (
-    OVERALL,
-    ProbeData,
-    ProbeResult,
-    choose_threshold,
-    evaluate_probes,
-    fit_logistic_probe,
-    fit_probe,
-)
+from vulnsteer.detection.probe import ProbeData, choose_threshold, fit_logistic_probe, fit_probe
+from vulnsteer.detection.probe_table import OVERALL, ProbeResult, evaluate_probes
 from vulnsteer.lm.activations import Activations
 from vulnsteer.report.probes import PROBE_TABLE_COLUMNS, probe_table
 from vulnsteer.steering.probe import AdaptationError
@@ -303,7 +296,7 @@ def test_rejects_misaligned_inputs() -> None:
 
 
 def test_length_control_reads_length_only_with_the_same_protocol() -> None:
-    from vulnsteer.detection.probe import evaluate_length_control, surface_features
+    from vulnsteer.detection.probe_table import evaluate_length_control, surface_features
 
     def sample(i: int, vulnerable: bool, cwe: str = "CWE-89") -> Sample:
         body = "x = 1\n" * (3 + i % 3) + ("y = 2\n" * 6 if vulnerable else "")  # vulnerable code is longer

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from vulnsteer.cwe import cwe_name
-from vulnsteer.detection.probe import ProbeResult
+from vulnsteer.detection.probe_table import ProbeResult
 from vulnsteer.experiment.families import conditional, constant
 from vulnsteer.experiment.grid import Condition, Setting
 from vulnsteer.experiment.header import DataInfo, DataNotes, ModelInfo, RunFiles, SplitsInfo

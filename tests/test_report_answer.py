@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vulnsteer.detection.probe import ProbeResult
+from vulnsteer.detection.probe_table import ProbeResult
 from vulnsteer.experiment.results import Results
 from vulnsteer.experiment.tables import Change, LeadRow, LeadTable, MetricBlock
 from vulnsteer.report.answer import answer_lines, headline, verdicts_of

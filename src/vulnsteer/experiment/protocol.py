@@ -26,7 +26,7 @@ from ..config import ExperimentConfig, config_document, dump_config, identity_of
 from ..config.sections import EXPERIMENT_SECTIONS
 from ..data.sample import Sample, dataset_hash
 from ..detection.prefix import PrefixStore
-from ..detection.probe import TABLE_POOLINGS, evaluate_length_control, evaluate_probes
+from ..detection.probe_table import TABLE_POOLINGS, evaluate_length_control, evaluate_probes
 from ..detection.records import DetectionRecord, aggregate_records
 from ..lm.activation_cache import ActivationCache
 from ..lm.activations import Activations

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..detection.probe import ProbeResult
+from ..detection.probe_table import ProbeResult
 from ..detection.records import DetectionRecord, record_from_dict
 from ..io import JsonObject, json_ready
 from ..stats.metrics import pair_rank_accuracy, point_metrics

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..detection.probe import ProbeResult
+from ..detection.probe_table import ProbeResult
 from ..experiment.results import Results
 from ..experiment.tables import LeadRow, LeadTable, MetricBlock
 from ..stats.compare import significant_gain

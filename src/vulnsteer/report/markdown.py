@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..cwe import cwe_name
-from ..detection.probe import ProbeResult
+from ..detection.probe_table import ProbeResult
 from ..experiment.grid import POOLED
 from ..experiment.header import SplitsInfo
 from ..experiment.results import Example, FamilyResults, Results, ValEntry

@@ -1,5 +1,5 @@
 """The probe detectors' table in the report: one row of formatted cells per
-:class:`~vulnsteer.detection.probe.ProbeResult`.
+:class:`~vulnsteer.detection.probe_table.ProbeResult`.
 
 >>> row = ProbeResult.from_dict({"cwe": "CWE-89", "detector": "logistic", "pooling": "code_mean", "layer": 15,
 ...                              "skipped": "1 class"})
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..detection.probe import ProbeResult
+from ..detection.probe_table import ProbeResult
 
 __all__ = ["PROBE_TABLE_COLUMNS", "probe_table"]
 
