@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from vulnsteer.data.functions import tree_sitter_available
+from vulnsteer.data.region import Region
 from vulnsteer.data.sample import Sample
 from vulnsteer.scan import ScanOptions, scan
 from vulnsteer.scan import cache as cache_module
@@ -252,7 +253,7 @@ def test_demo_sarif_is_schema_valid_with_exact_regions_in_every_language(tmp_pat
     for result in run["results"]:
         location = result["locations"][0]["physicalLocation"]
         text = (base / location["artifactLocation"]["uri"]).read_text(encoding="utf-8")
-        region = engine_module.Region.from_dict(location["region"])
+        region = Region.from_dict(location["region"])
         code = slice_region(text, region)
         name = result["locations"][0]["logicalLocations"][0]["name"]
         first_line = code.splitlines()[0]
@@ -261,7 +262,7 @@ def test_demo_sarif_is_schema_valid_with_exact_regions_in_every_language(tmp_pat
             assert first_line.startswith("def ") and code.endswith(text.splitlines()[region.end_line - 1].strip())
         else:
             assert code.endswith("}") and code.count("{") == code.count("}")
-        after = text[len(slice_region(text, engine_module.Region(1, 1, region.end_line, region.end_column))) :]
+        after = text[len(slice_region(text, Region(1, 1, region.end_line, region.end_column))) :]
         assert after[:1] in ("\n", ")", ";", "")  # the region ends where the function does
         assert result["ruleId"] == run["tool"]["driver"]["rules"][result["ruleIndex"]]["id"]
 

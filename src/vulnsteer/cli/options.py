@@ -427,7 +427,7 @@ def adapt_from(detector: Any) -> int:
 
 
 def adaptation_options(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
-    """The :class:`~vulnsteer.scan.engine.ScanOptions` fields of the adaptation flags (``adapt``, ``adapt_from``,
+    """The :class:`~vulnsteer.scan.options.ScanOptions` fields of the adaptation flags (``adapt``, ``adapt_from``,
     ``prevalence``) for the probe *detector* (None: another scorer); a usage error for a prevalence that cannot
     apply."""
     adapt = adapt_mode(args, detector)

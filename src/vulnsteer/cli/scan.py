@@ -201,7 +201,7 @@ def _spread(scorer: Any, run: Any) -> Any:
 
 
 def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
-    """The :class:`~vulnsteer.scan.engine.ScanOptions` of ``scan``'s and ``diff``'s shared flags (*more*: the
+    """The :class:`~vulnsteer.scan.options.ScanOptions` of ``scan``'s and ``diff``'s shared flags (*more*: the
     others)."""
     from ..scan import FileFilter, ScanOptions
 
@@ -295,7 +295,7 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
 
 def warn_on_stderr(stats: Any) -> None:
     """The files not scanned or skipped by name, the parse errors and the warnings of a scan's (or a diff's)
-    :class:`~vulnsteer.scan.engine.ScanStats`, one line each on stderr."""
+    :class:`~vulnsteer.scan.results.ScanStats`, one line each on stderr."""
     lines = [
         *(f"not scanned: {line}" for line in stats.unscanned),
         *(f"skipped: {line}" for line in stats.skipped_named),

@@ -18,10 +18,12 @@ fast.
 from pathlib import Path
 
 from ..lm.paths import cache_root
-from .engine import FunctionResult, ScanOptions, ScanReport, ScanStats, scan
+from .engine import scan
 from .files import FileFilter
 from .model_scorer import ModelScorer, ScorerSpec, VectorSteering
+from .options import ScanOptions
 from .output import render, write_output
+from .results import FunctionResult, ScanReport, ScanStats
 from .scorer import FunctionScore, Scorer, StaleDigestError, scorer_digest
 
 __all__ = [

@@ -33,10 +33,7 @@ from ..data.text import BinaryContentError, decode_source
 from ..io import portable
 from ..progress import track
 from .engine import (
-    FunctionResult,
     PendingFunction,
-    ScanOptions,
-    ScanStats,
     SourceName,
     anchor_of,
     display_path,
@@ -46,6 +43,8 @@ from .engine import (
     settle,
 )
 from .files import SourceCandidate, WalkStats, language_of, printable, walk
+from .options import ScanOptions
+from .results import FunctionResult, ScanStats
 from .scorer import Scorer
 
 __all__ = [
@@ -172,7 +171,7 @@ class DiffReport:
 
     @property
     def portable_provenance(self) -> dict[str, Any]:
-        """The scorer's provenance without absolute paths (as :attr:`~vulnsteer.scan.engine.ScanReport.
+        """The scorer's provenance without absolute paths (as :attr:`~vulnsteer.scan.results.ScanReport.
         portable_provenance`)."""
         return {key: portable(value, self.base) for key, value in self.provenance.items()}
 

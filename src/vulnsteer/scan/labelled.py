@@ -32,7 +32,9 @@ from typing import Any
 from ..data.sample import Sample
 from ..detection.peers import run_peer
 from ..stats.metrics import Metrics, Prediction, bootstrap_ci, compute_metrics
-from .engine import FunctionResult, ScanOptions, scan
+from .engine import scan
+from .options import ScanOptions
+from .results import FunctionResult
 from .scorer import Scorer
 from .sources import FileScore, file_score, file_scores
 
@@ -145,7 +147,7 @@ def changed_scores(
     no such function, or whose pair has not exactly one other half of the other label. *results* are a scan of
     the samples' files ``sNNNNNN.<language>`` (:func:`score_labelled`).
 
-    >>> from vulnsteer.scan.engine import FunctionResult
+    >>> from vulnsteer.scan.results import FunctionResult
     >>> from vulnsteer.scan.scorer import FunctionScore
     >>> from vulnsteer.data.region import Region
     >>> def r(k, name, p):
@@ -207,7 +209,7 @@ def measure(scored: LabelledScores, *, seed: int = 0, n_boot: int = 1000) -> lis
     sample with nothing left to score is counted as skipped).
 
     >>> from vulnsteer.scan.sources import file_score
-    >>> from vulnsteer.scan.engine import FunctionResult
+    >>> from vulnsteer.scan.results import FunctionResult
     >>> from vulnsteer.scan.scorer import FunctionScore
     >>> from vulnsteer.data.region import Region
     >>> def fs(p):

@@ -1,6 +1,6 @@
 """Writing a scan (or a diff: :func:`render_diff`): SARIF, JSON lines (one record per function, then a summary
 record) or a terminal table of the findings, to a file written atomically (a scan stopped half-way leaves no
-half-written output) or to standard output. The summary line (:meth:`~vulnsteer.scan.engine.ScanStats.
+half-written output) or to standard output. The summary line (:meth:`~vulnsteer.scan.results.ScanStats.
 summary_line`) is not part of the table: the command prints it on standard error, with the warnings.
 
 >>> format_table([], 0.5)
@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config.vocabulary import OUTPUT_FORMATS
 from ..io import write_text
 from .diff import DiffReport
-from .engine import FunctionResult, ScanReport, level_for
+from .results import FunctionResult, ScanReport, level_for
 from .sarif import build_diff_sarif, build_sarif
 from .sources import file_scores
 

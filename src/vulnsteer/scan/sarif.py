@@ -3,7 +3,7 @@
 One rule per CWE among the findings (id ``CWE-89``, a PascalCase name, short and full descriptions, help text
 and markdown, the MITRE link, tags ``security`` and ``external/cwe/cwe-89``), plus ``vulnerable-function`` for
 findings that name no CWE. Each finding is a result with ``ruleId``/``ruleIndex``, a ``level`` from its score
-(:func:`~vulnsteer.scan.engine.level_for`), ``rank`` = 100 x score, a message (with the scorer's explanation when
+(:func:`~vulnsteer.scan.results.level_for`), ``rank`` = 100 x score, a message (with the scorer's explanation when
 it has one), a ``physicalLocation`` with the function's region (``%SRCROOT%``-relative URI; the run declares
 ``columnKind: unicodeCodePoints``), a ``logicalLocation`` naming the function, ``partialFingerprints`` stable across
 runs and line moves, and the score, verdict, scorer digest and model in ``properties``. The run's ``properties``
@@ -11,7 +11,7 @@ hold the scorer's provenance and the scan's counts, its warnings (``summary.warn
 discriminate) and why it fails (``failures``); source files not scanned, files skipped by name, files with parse
 errors and the warnings are ``toolExecutionNotifications``. No absolute path is written: artifact URIs are relative
 to ``%SRCROOT%`` (the folder the scan ran in, left unnamed), and the provenance's paths are shortened
-(:attr:`~vulnsteer.scan.engine.ScanReport.portable_provenance`). Each rule carries the weakness's
+(:attr:`~vulnsteer.scan.results.ScanReport.portable_provenance`). Each rule carries the weakness's
 ``security-severity`` (:data:`~vulnsteer.cwe.CWE_SEVERITY`); with a baseline, each result is ``baselineState: new``.
 
 >>> rule_name("SQL injection"), rule_name("OS command injection")
@@ -28,7 +28,8 @@ from urllib.parse import quote
 from .. import __version__
 from ..cwe import CWE_SEVERITY, DEFAULT_SEVERITY, cwe_name
 from .diff import DiffReport
-from .engine import FunctionResult, ScanOptions, ScanReport, ScanStats, level_for
+from .options import ScanOptions
+from .results import FunctionResult, ScanReport, ScanStats, level_for
 from .suppression import FINGERPRINT_KEY
 
 __all__ = ["FINGERPRINT_KEY", "GENERIC_RULE", "SARIF_SCHEMA_URI", "build_diff_sarif", "build_sarif", "rule_name"]

@@ -4,7 +4,7 @@ any other path, and one score per file.
 A file's score is its functions' aggregate (:func:`file_score`, by the scan's aggregation:
 :mod:`vulnsteer.stats.aggregate`; ``logsumexp`` by default), with the function that leads it (the highest-scoring).
 
->>> from vulnsteer.scan.engine import FunctionResult
+>>> from vulnsteer.scan.results import FunctionResult
 >>> from vulnsteer.data.region import Region
 >>> from vulnsteer.scan.scorer import FunctionScore
 >>> def result(name, p):
@@ -28,7 +28,8 @@ from ..config.defaults import DEFAULT_AGGREGATION
 from ..data.clean import LANGUAGE_ALIASES, canonical_language
 from ..data.text import BinaryContentError, read_source
 from ..stats.aggregate import aggregate, top_index
-from .engine import FunctionResult, ScanReport, display_path
+from .engine import display_path
+from .results import FunctionResult, ScanReport
 
 __all__ = ["MAX_SOURCE_BYTES", "FileScore", "check_language", "check_source_files", "file_score", "file_scores"]
 
@@ -120,7 +121,7 @@ class FileScore:
         (a generated answer) the leading function's. With ``max`` the two agree; with a smoother aggregation a
         file is no longer called vulnerable only because one of its many functions crossed the line.
 
-        >>> from vulnsteer.scan.engine import FunctionResult
+        >>> from vulnsteer.scan.results import FunctionResult
         >>> from vulnsteer.data.region import Region
         >>> from vulnsteer.scan.scorer import FunctionScore
         >>> fs = [FunctionResult("a.c", "c", name, "function", Region(1, 1, 2, 1), "h", "f",
@@ -174,7 +175,7 @@ def file_score(path: str, functions: Sequence[FunctionResult], how: str = DEFAUL
 
 def file_scores(report: ScanReport, names: Sequence[str] | None = None) -> list[FileScore]:
     """One :class:`FileScore` per file in *names* (as given to :func:`~vulnsteer.scan.engine.scan`), in order, by
-    the scan's aggregation (:attr:`~vulnsteer.scan.engine.ScanOptions.aggregation`); without *names*, every file
+    the scan's aggregation (:attr:`~vulnsteer.scan.options.ScanOptions.aggregation`); without *names*, every file
     scanned, in scan order (named as reports name them). A file whose functions were all empty after cleaning has
     none."""
     by_path: dict[str, list[FunctionResult]] = {}
