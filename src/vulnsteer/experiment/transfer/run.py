@@ -271,96 +271,16 @@ class _Transfer:
         non_nested_setting: SteeredSetting | None,
         peers: Mapping[str, tuple[dict[str, float], str]],
     ) -> FoldResult:
+        """Every detector's row on *outer*'s left-out dataset: the probe and its adapted reading, the steered model
+        with its controls, the length and bag-of-tokens controls, the non-nested probe, the peers."""
         target = self.data[outer.left_out]
         found = self.scores(outer, self.designs[design_key])
-        rows = [
-            DetectorRow(
-                "probe",
-                "the chosen probe (threshold from the training datasets' val)",
-                self.block(predictions(target, found.scores, found.threshold)),
-                design_key,
-            ),
-        ]
-        adapted_threshold = self.adapted_threshold(outer, found)
-        if found.adapted is not None and adapted_threshold is not None:
-            block = self.block(predictions(target, found.adapted, adapted_threshold))
-            rows.append(
-                DetectorRow(
-                    "adapted",
-                    "the chosen probe adapted to the left-out inputs (no labels)",
-                    block,
-                    design_key,
-                    f"centre from {len(found.adapted)} unlabelled inputs; flags the training datasets' share",
-                )
-            )
-        else:
-            self.notes.append(f"{outer.left_out}: the adapted probe did not adapt ({found.note})")
-        notes: list[str] = []
+        rows = self.probe_rows(outer, design_key, found)
         steered_means: Mapping[str, float] = {}
         if steered is not None and steered_choice is not None:
             setting, steered_means = steered_choice
-            base = steered["baseline"]
-            name = Steered(outer.key, setting).name
-            rows.append(
-                DetectorRow(
-                    "steered",
-                    "the steered model (the chosen probe gating the push), its answer",
-                    self.block([r.to_prediction() for r in steered[name]]),
-                    setting.key,
-                    "score: the answer margin; verdict: the model's own answer",
-                )
-            )
-            rows.append(
-                DetectorRow(
-                    "gate_control",
-                    "the same push gated by a random direction",
-                    self.block([r.to_prediction() for r in steered[name + "|random"]]),
-                    setting.key,
-                    control_of="steered",
-                )
-            )
-            rows.append(
-                DetectorRow(
-                    "answer",
-                    "the model's own answer (unsteered)",
-                    self.block([r.to_prediction() for r in base]),
-                    "",
-                    "score: the answer margin; verdict at 0",
-                )
-            )
-            rows += self.matched_rows(outer, setting, steered)
-            if non_nested_setting is not None and non_nested_setting != setting:
-                other = Steered(outer.key, non_nested_setting).name
-                rows.append(
-                    DetectorRow(
-                        "steered_non_nested",
-                        "the steered model with the non-nested setting",
-                        self.block([r.to_prediction() for r in steered[other]]),
-                        non_nested_setting.key,
-                    )
-                )
-        length = length_scores(outer, self.data)
-        rows.append(
-            DetectorRow(
-                "length",
-                "length-only control (log code tokens)",
-                self.block(predictions(target, length.scores, length.threshold)),
-                "",
-                length.note,
-                control_of="probe",
-            )
-        )
-        tokens = token_scores(outer, self.data)
-        rows.append(
-            DetectorRow(
-                "bag_of_tokens",
-                "bag-of-tokens control (TF-IDF of the code's tokens, logistic; no model)",
-                self.block(predictions(target, tokens.scores, tokens.threshold)),
-                "",
-                "what the code's words alone tell",
-                control_of="probe",
-            )
-        )
+            rows += self.steered_rows(outer, setting, non_nested_setting, steered)
+        rows += self.control_rows(outer)
         if non_nested != design_key:
             other_found = self.scores(outer, self.designs[non_nested])
             rows.append(
@@ -372,7 +292,123 @@ class _Transfer:
                     "chosen on the outer folds: reads this dataset's labels",
                 )
             )
-        probe_preds = predictions(target, found.scores, found.threshold)
+        peer_rows, notes = self.peer_rows(target, predictions(target, found.scores, found.threshold), peers)
+        return FoldResult(
+            outer.left_out,
+            outer.training,
+            len(target.samples),
+            sum(target.labels) / len(target.samples),
+            (*rows, *peer_rows),
+            dict(inner_means),
+            dict(steered_means),
+            tuple(notes),
+        )
+
+    def probe_rows(self, outer: Fold, design_key: str, found: FoldScores) -> list[DetectorRow]:
+        """The chosen probe at its transferred threshold, and adapted to the left-out inputs (where it adapted)."""
+        target = self.data[outer.left_out]
+        rows = [
+            DetectorRow(
+                "probe",
+                "the chosen probe (threshold from the training datasets' val)",
+                self.block(predictions(target, found.scores, found.threshold)),
+                design_key,
+            ),
+        ]
+        adapted_threshold = self.adapted_threshold(outer, found)
+        if found.adapted is not None and adapted_threshold is not None:
+            rows.append(
+                DetectorRow(
+                    "adapted",
+                    "the chosen probe adapted to the left-out inputs (no labels)",
+                    self.block(predictions(target, found.adapted, adapted_threshold)),
+                    design_key,
+                    f"centre from {len(found.adapted)} unlabelled inputs; flags the training datasets' share",
+                )
+            )
+        else:
+            self.notes.append(f"{outer.left_out}: the adapted probe did not adapt ({found.note})")
+        return rows
+
+    def steered_rows(
+        self,
+        outer: Fold,
+        setting: SteeredSetting,
+        non_nested_setting: SteeredSetting | None,
+        steered: Mapping[str, list[DetectionRecord]],
+    ) -> list[DetectorRow]:
+        """The steered model at the setting chosen on the inner folds, its random gate, the unsteered answer, the
+        same two at the matched strength (:meth:`matched_rows`), and the non-nested setting where it differs."""
+        name = Steered(outer.key, setting).name
+        rows = [
+            DetectorRow(
+                "steered",
+                "the steered model (the chosen probe gating the push), its answer",
+                self.block([r.to_prediction() for r in steered[name]]),
+                setting.key,
+                "score: the answer margin; verdict: the model's own answer",
+            ),
+            DetectorRow(
+                "gate_control",
+                "the same push gated by a random direction",
+                self.block([r.to_prediction() for r in steered[name + "|random"]]),
+                setting.key,
+                control_of="steered",
+            ),
+            DetectorRow(
+                "answer",
+                "the model's own answer (unsteered)",
+                self.block([r.to_prediction() for r in steered["baseline"]]),
+                "",
+                "score: the answer margin; verdict at 0",
+            ),
+            *self.matched_rows(outer, setting, steered),
+        ]
+        if non_nested_setting is not None and non_nested_setting != setting:
+            rows.append(
+                DetectorRow(
+                    "steered_non_nested",
+                    "the steered model with the non-nested setting",
+                    self.block([r.to_prediction() for r in steered[Steered(outer.key, non_nested_setting).name]]),
+                    non_nested_setting.key,
+                )
+            )
+        return rows
+
+    def control_rows(self, outer: Fold) -> list[DetectorRow]:
+        """The probe's controls without a model: the code's length, and its words (bag of tokens)."""
+        target = self.data[outer.left_out]
+        length = length_scores(outer, self.data)
+        tokens = token_scores(outer, self.data)
+        return [
+            DetectorRow(
+                "length",
+                "length-only control (log code tokens)",
+                self.block(predictions(target, length.scores, length.threshold)),
+                "",
+                length.note,
+                control_of="probe",
+            ),
+            DetectorRow(
+                "bag_of_tokens",
+                "bag-of-tokens control (TF-IDF of the code's tokens, logistic; no model)",
+                self.block(predictions(target, tokens.scores, tokens.threshold)),
+                "",
+                "what the code's words alone tell",
+                control_of="probe",
+            ),
+        ]
+
+    def peer_rows(
+        self,
+        target: TransferDataset,
+        probe_preds: Sequence[Prediction],
+        peers: Mapping[str, tuple[dict[str, float], str]],
+    ) -> tuple[list[DetectorRow], list[str]]:
+        """Each peer analyser on the samples of its languages, with the chosen probe on the same samples; and a
+        note for each peer that read none."""
+        rows: list[DetectorRow] = []
+        notes: list[str] = []
         for tool, (scores, note) in peers.items():
             mine = [s for s in target.samples if s.id in scores]
             if not mine:
@@ -390,17 +426,7 @@ class _Transfer:
                     probe_same=self.block([p for p in probe_preds if p.sample_id in scores]),
                 )
             )
-        n_vul = sum(target.labels)
-        return FoldResult(
-            outer.left_out,
-            outer.training,
-            len(target.samples),
-            n_vul / len(target.samples),
-            tuple(rows),
-            dict(inner_means),
-            dict(steered_means),
-            tuple(notes),
-        )
+        return rows, notes
 
     def matched_rows(
         self, outer: Fold, setting: SteeredSetting, steered: Mapping[str, list[DetectionRecord]]
