@@ -129,15 +129,19 @@ def _checks(results: TransferResults) -> list[str]:
         )
     gaps_by_row: dict[str, list[float]] = {name: [] for name in _VERDICTS}
     for fold in results.folds:
-        found = {name: row for name in _VERDICTS if (row := fold.row(name)) and row.metrics.vulnerable_rate is not None}
-        if len(found) > 1:
+        rates: dict[str, float] = {}
+        for name in _VERDICTS:
+            row = fold.row(name)
+            if row is not None and row.metrics.vulnerable_rate is not None:
+                rates[name] = row.metrics.vulnerable_rate
+        if len(rates) > 1:
             lines.append(
                 f"- {fold.left_out}: flagged share "
-                + ", ".join(f"{_f(row.metrics.vulnerable_rate, 2)} {_VERDICTS[name]}" for name, row in found.items())
+                + ", ".join(f"{rate:.2f} {_VERDICTS[name]}" for name, rate in rates.items())
                 + f" (true vulnerable share {fold.vulnerable_share:.2f})."
             )
-        for name, row in found.items():
-            gaps_by_row[name].append(abs(row.metrics.vulnerable_rate - fold.vulnerable_share))  # type: ignore[operator]
+        for name, rate in rates.items():
+            gaps_by_row[name].append(abs(rate - fold.vulnerable_share))
     for name, share_gaps in gaps_by_row.items():
         if share_gaps:
             within = sum(g <= SHARE_MARGIN for g in share_gaps)
