@@ -408,7 +408,9 @@ def _cli(args: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_for_lines(proc: subprocess.Popen[bytes], path: Path, n: int, timeout: float = 120.0) -> None:
+def _wait_for_lines(proc: subprocess.Popen[bytes], path: Path, n: int, timeout: float = 600.0) -> None:
+    """Wait until *path* holds *n* lines (a run's finished chunks). The deadline only guards against a hang: a
+    loaded machine (CI beside other jobs) can take minutes to start a Ray driver and score the first chunk."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.is_file() and path.read_bytes().count(b"\n") >= n:
