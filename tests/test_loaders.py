@@ -311,6 +311,57 @@ def test_castle_list_and_tests_object(tmp_path: Path) -> None:
         load_samples(tmp_path / "broken.json", "castle")
 
 
+def _owasp_checkout(root: Path) -> Path:
+    """A two-language OWASP Benchmark layout: the expected results beside test cases in nested folders."""
+    (root / "testcode").mkdir(parents=True)
+    (root / "src" / "testcode").mkdir(parents=True)
+    header = "'''\nOWASP Benchmark for Python v0.1 (the licence header every file shares)\n'''\n\n"
+    (root / "testcode" / "BenchmarkTest00001.py").write_text(
+        header + "def init(app):\n    os.system(request.args['c'])  # the sink\n", encoding="utf-8"
+    )
+    (root / "testcode" / "BenchmarkTest00001.xml").write_text("<vulnerability>true</vulnerability>\n", "utf-8")
+    (root / "testcode" / "BenchmarkTest00002.py").write_text(header + "def init(app):\n    os.system('ls')\n", "utf-8")
+    (root / "src" / "testcode" / "BenchmarkTest00003.java").write_text(
+        "/* header */\nclass BenchmarkTest00003 { void doPost() { run(param); } }\n", encoding="utf-8"
+    )
+    results = root / "expectedresults-0.1.csv"
+    results.write_text(
+        "# test name, category, real vulnerability, cwe, Benchmark version: 0.1\n"
+        "BenchmarkTest00001,cmdi,true,78\nBenchmarkTest00002,cmdi,false,78\nBenchmarkTest00003,sqli,true,89\n",
+        encoding="utf-8",
+    )
+    return results
+
+
+def test_owasp_benchmark_checkout(tmp_path: Path) -> None:
+    results = _owasp_checkout(tmp_path)
+    assert detect_format(tmp_path) == "owasp" and detect_format(results) == "owasp"
+    for path in (tmp_path, results):
+        samples = load_samples(path)
+        assert [(s.id, s.label, s.cwe, s.language, s.pair_id, s.is_file) for s in samples] == [
+            ("owasp:BenchmarkTest00001", "vulnerable", "CWE-78", "python", None, True),
+            ("owasp:BenchmarkTest00002", "secure", "CWE-78", "python", None, True),
+            ("owasp:BenchmarkTest00003", "vulnerable", "CWE-89", "java", None, True),
+        ]
+    # the shared licence docstring and the comments are gone, the code is not
+    assert samples[0].code.strip() == "def init(app):\n    os.system(request.args['c'])"
+    assert samples[2].code.strip() == "class BenchmarkTest00003 { void doPost() { run(param); } }"
+    assert samples[0].meta["category"] == "cmdi" and samples[0].meta["file"].endswith("BenchmarkTest00001.py")
+
+
+def test_owasp_problems_name_the_line_and_field(tmp_path: Path) -> None:
+    results = _owasp_checkout(tmp_path)
+    text = results.read_text(encoding="utf-8")
+    results.write_text(text + "BenchmarkTest00009,cmdi,true,78\nBenchmarkTest00002,cmdi,maybe,78\n", "utf-8")
+    with pytest.raises(DataError, match=r"expectedresults-0\.1\.csv:5: field 'test name': no source file"):
+        load_samples(tmp_path)
+    problems = validate(tmp_path, "owasp")
+    assert any(":6:" in p and "'real vulnerability'" in p and "'maybe'" in p for p in problems)
+    (tmp_path / "expectedresults-0.2.csv").write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=r"2 \(expectedresults-0\.1\.csv, expectedresults-0\.2\.csv; pass one"):
+        load_samples(tmp_path, "owasp")
+
+
 # --------------------------------------------------------------------------- paired-dir
 
 
@@ -640,7 +691,7 @@ def test_detect_format_unknown_names_path(tmp_path: Path) -> None:
         detect_format(tmp_path / "notes.md")
     with pytest.raises(DataError, match="unknown format"):
         load_samples(tmp_path, "parquet")
-    assert set(DATASET_FORMATS) == {"sven", "juliet", "paired-dir", "castle", "jsonl", "csv"}
+    assert set(DATASET_FORMATS) == {"sven", "juliet", "paired-dir", "castle", "owasp", "jsonl", "csv"}
 
 
 def test_every_format_name_has_its_plug_in() -> None:

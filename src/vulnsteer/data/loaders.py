@@ -1,4 +1,5 @@
-"""Dataset loaders: SVEN/SafeCoder JSONL, Juliet C/C++/Java, paired directories, CASTLE JSON, generic JSONL/CSV.
+"""Dataset loaders: SVEN/SafeCoder JSONL, Juliet C/C++/Java, paired directories, CASTLE JSON, OWASP Benchmark,
+generic JSONL/CSV.
 
 Every loader returns a list of :class:`~vulnsteer.data.sample.Sample` with canonical CWE ids, and reports
 anything wrong with the data as a :class:`DataError` whose message names the file (and the line and field
@@ -30,6 +31,11 @@ Formats (``fmt``):
     A JSON list ``[{"name", "cwe", "vulnerable", "code"}]`` or ``{"tests": [...]}`` (a file or a directory of
     ``*.json``); unpaired; comments are stripped (CASTLE files carry their label in a header comment). Each sample
     is a whole program (``Sample.is_file``).
+``owasp``
+    An OWASP Benchmark checkout (BenchmarkPython, BenchmarkJava; the folder holding ``expectedresults-*.csv``, or
+    that file): each listed test case's ``BenchmarkTest<n>.py``/``.java`` file below it, labelled by the CSV's
+    ``real vulnerability`` and ``cwe`` fields; unpaired; comments and a leading module docstring dropped. Each
+    sample is a whole file (``Sample.is_file``).
 ``jsonl`` / ``csv``
     Generic rows with ``code``, ``label`` (vulnerable/secure, 1/0, true/false, vuln/safe, bad/good), ``cwe``
     and optional ``pair_id``, ``language``, ``id``, ``group``, ``source``, ``whole_file`` (true/false, 1/0: the
@@ -56,6 +62,7 @@ from typing import Any
 from vulnsteer.config.vocabulary import DATASET_FORMATS
 from vulnsteer.cwe import UnknownCWEError, apply_merge, normalize_cwe
 from vulnsteer.data.formats import (
+    EXPECTED_RESULTS,
     FORMATS,
     VULN_NAMES,
     DataError,
@@ -142,13 +149,15 @@ def detect_format(path: Path) -> str:
         if suffix == ".json":
             return "castle"
         if suffix == ".csv":
-            return "csv"
+            return "owasp" if path.match(EXPECTED_RESULTS) else "csv"
         if find_juliet_files(path):
             return "juliet"
         raise DataError(
             f"{path}: cannot tell the dataset format from the file name; pass --format (one of "
             f"{', '.join(DATASET_FORMATS)})"
         )
+    if any(True for _ in path.glob(EXPECTED_RESULTS)):
+        return "owasp"
     if (path / "cwe_map.json").is_file() or mirrored_trees(path) is not None:
         return "paired-dir"
     jsonl = sorted(path.rglob("*.jsonl"))

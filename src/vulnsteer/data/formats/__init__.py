@@ -13,11 +13,22 @@ from vulnsteer.data.sample import Sample
 from .castle import read_castle
 from .generic import read_csv, read_jsonl
 from .juliet import read_juliet
+from .owasp import EXPECTED_RESULTS, read_owasp
 from .paired import VULN_NAMES, mirrored_trees, read_paired_dir
 from .reader import DataError, LoadReport, Reader, json_loads, parse_label
 from .sven import read_sven
 
-__all__ = ["FORMATS", "VULN_NAMES", "DataError", "LoadReport", "Reader", "json_loads", "mirrored_trees", "parse_label"]
+__all__ = [
+    "EXPECTED_RESULTS",
+    "FORMATS",
+    "VULN_NAMES",
+    "DataError",
+    "LoadReport",
+    "Reader",
+    "json_loads",
+    "mirrored_trees",
+    "parse_label",
+]
 
 #: Every format by its name (:data:`~vulnsteer.config.vocabulary.DATASET_FORMATS`, in that order).
 FORMATS: Mapping[str, Callable[[Reader, Path], list[Sample]]] = MappingProxyType(
@@ -26,6 +37,7 @@ FORMATS: Mapping[str, Callable[[Reader, Path], list[Sample]]] = MappingProxyType
         "juliet": read_juliet,
         "paired-dir": read_paired_dir,
         "castle": read_castle,
+        "owasp": read_owasp,
         "jsonl": read_jsonl,
         "csv": read_csv,
     }
