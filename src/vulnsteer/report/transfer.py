@@ -242,11 +242,12 @@ def _fold_section(fold: FoldResult) -> list[str]:
 def render_transfer(results: TransferResults) -> str:
     """The report (Markdown)."""
     model = results.model.id if results.model else "?"
-    datasets = ", ".join(f"{d.name} ({d.n}{'' if d.cap is None else f', {d.cap} pairs/CWE'})" for d in results.datasets)
+    datasets = ", ".join(f"{d.name} ({d.n}{'' if d.cap is None else f', {d.cap} per CWE'})" for d in results.datasets)
     lines = [
         "# Leave-one-dataset-out transfer",
         "",
-        f"Model: {model}. Datasets: {datasets}. Every detector is fitted and chosen on the other datasets and applied "
+        f'Model: {model}. Datasets: {datasets} (n samples; "k per CWE": at most k pairs, or k unpaired samples, '
+        "of each CWE, seeded). Every detector is fitted and chosen on the other datasets and applied "
         f"unchanged to every sample of the one left out; designs, gates and strengths are chosen by their mean "
         f"{results.select_by} over the inner folds (nested). Cells: AUROC [pair-bootstrap 95% CI] / balanced "
         "accuracy at the transferred threshold / pair-rank accuracy (the vulnerable half of a pair scored above its "
