@@ -373,8 +373,9 @@ def test_a_detector_with_the_codes_tokens_scores_them_in_scan(
     assert len({round(float(v), 6) for v in term.values()}) > 1  # the term tells the functions apart
 
 
-def _labelled_files(path: Path, n: int) -> Path:
-    """*n* whole-file pairs of two functions each, the second differing (string-built SQL vs a parameter)."""
+def _labelled_files(path: Path, n: int, cwes: tuple[str, ...] = ("CWE-89",)) -> Path:
+    """*n* whole-file pairs of two functions each, the second differing (string-built SQL vs a parameter); pair *i*
+    is labelled with ``cwes[i % len(cwes)]``."""
     rows = []
     for i in range(n):
         common = f"def helper{i}(x):\n    return x + {i}\n\n"
@@ -383,7 +384,7 @@ def _labelled_files(path: Path, n: int) -> Path:
             ("secure", "'SELECT * FROM t WHERE id = ?', (x,)"),
         ):
             code = common + f"def get{i}(db, x):\n    return db.execute({body})\n"
-            rows.append({"id": f"p{i}-{label[0]}", "pair_id": f"p{i}", "cwe": "CWE-89", "label": label,
+            rows.append({"id": f"p{i}-{label[0]}", "pair_id": f"p{i}", "cwe": cwes[i % len(cwes)], "label": label,
                          "language": "python", "code": code, "whole_file": True})  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -483,6 +484,25 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     assert main([*evaluate, "--no-adapt", "--no-peers"]) == 0
     out = capsys.readouterr().out
     assert "| detector: as fitted | " in out and "not adapted: adaptation is off" in out and "| adapted: " not in out
+    assert "per CWE" not in out  # one CWE: no breakdown
+    # two CWEs: each measured on its own samples under the adaptation over all (JSON and text)
+    pairs = detector.min_adapt + detector.min_adapt % 2  # as many of each CWE
+    mixed = _labelled_files(tmp_path / "mixed.jsonl", pairs, cwes=("CWE-89", "CWE-78"))
+    two = load_samples(str(mixed), "jsonl")
+    everything = labelled.score_labelled(two, scorer, options, progress=False)
+    assert main([*evaluate[:4], str(mixed), "--format", "jsonl", "--no-peers", "--json", "--n-boot", "20"]) == 0
+    by_cwe = json.loads(capsys.readouterr().out)["by_cwe"]
+    assert list(by_cwe) == ["CWE-78", "CWE-89"]  # by number
+    for cwe, found in by_cwe.items():
+        keep = [k for k, s in enumerate(two) if s.cwe == cwe]
+        adapted = {r["name"]: r for r in found}["adapted"]
+        assert adapted["n"] == len(keep) == len(two) // 2
+        assert adapted["auroc"] == pytest.approx(
+            roc_auc_score([two[k].y for k in keep], [everything.adapted[k].score for k in keep])  # type: ignore[index,union-attr]
+        )
+    assert main([*evaluate[:4], str(mixed), "--format", "jsonl", "--no-peers", "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "per CWE" in out and f"| CWE-78 | {len(two) // 2} (" in out and f"| CWE-89 | {len(two) // 2} (" in out
     fitted = ProbeDetector.load(folder).info["datasets"][0]
     assert main(["--no-progress", "detector", "evaluate", "--data", fitted["source"], "--no-peers", "--json"]) == 0
     captured = capsys.readouterr()

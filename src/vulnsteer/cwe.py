@@ -16,6 +16,7 @@ __all__ = [
     "UnknownCWEError",
     "apply_merge",
     "cwe_name",
+    "cwe_sort_key",
     "normalize_cwe",
     "parse_merge_map",
 ]
@@ -152,6 +153,16 @@ def normalize_cwe(value: object) -> str:
 def cwe_name(cwe: str) -> str:
     """Human name of a CWE, or the id itself when it has none on file."""
     return CWE_NAMES.get(normalize_cwe(cwe), normalize_cwe(cwe))
+
+
+def cwe_sort_key(cwe: str) -> tuple[int, str]:
+    """Sorts canonical CWE ids by number, anything else after them.
+
+    >>> sorted(["CWE-787", "CWE-22", "other", "CWE-190"], key=cwe_sort_key)
+    ['CWE-22', 'CWE-190', 'CWE-787', 'other']
+    """
+    match = re.match(r"CWE-(\d+)$", cwe)
+    return (int(match.group(1)), cwe) if match else (1 << 30, cwe)
 
 
 def parse_merge_map(specs: list[str] | tuple[str, ...] | None) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from ..data.sample import Sample
     from ..scan.labelled import Measured
     from ..steering.probe import Probe
 
@@ -106,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..detection.probe_detector import SHIPPED_DETECTOR
     from ..experiment.prepare import cap_pairs, load_dataset
     from ..scan import ModelScorer, ScanOptions
-    from ..scan.labelled import measure, measure_peers, score_labelled
+    from ..scan.labelled import measure, measure_by, measure_peers, score_labelled
 
     if not given(args, "data.path"):
         raise UsageError("detector evaluate needs --data (a labelled dataset the detector was not fitted on)")
@@ -135,6 +136,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if scored.adapted is None and detector is None:
         why = "only a probe detector adapts (the shipped one, or --detector with a probe detector)"
     n_vul = sum(s.y for s in samples)
+    by = {what: measure_by(scored, key, seed=config.data.seed, n_boot=args.n_boot) if len(
+        {key(s) for s in samples}) > 1 else {} for what, key in (("language", _language), ("cwe", _cwe))}  # fmt: skip
     if args.json:
         print(json.dumps({
             "data": loaded.source, "samples": len(samples), "vulnerable": n_vul, "functions": scored.functions,
@@ -142,6 +145,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "adapted": scored.adapted is not None,
             "not_adapted_because": why or None,
             "rows": [r.to_json() for r in rows], "peers": [p.to_json() for p in peers],
+            **{f"by_{what}": {name: [r.to_json() for r in found] for name, found in groups.items()}
+               for what, groups in by.items()},
         }, indent=2))  # fmt: skip
         return 0
     how = spec.resolved_aggregation
@@ -150,12 +155,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if scored.adapted is None:
         print(f"not adapted: {why}")
     _print_measured(rows)
-    languages = sorted({s.language for s in samples})
-    for language in languages if len(languages) > 1 else []:
-        subset = scored.of_language(language)
-        if len({s.y for s in subset.samples}) == 2:
-            print(f"\n{language} ({len(subset.samples)} samples):")
-            _print_measured(measure(subset, seed=config.data.seed, n_boot=args.n_boot))
+    for language, found in by["language"].items():
+        print(f"\n{language} ({found[0].metrics.n + found[0].skipped} samples):")
+        _print_measured(found)
+    if by["cwe"]:
+        _print_by_cwe(by["cwe"])
     ran = [p for p in peers if p.measured is not None and p.detector is not None]
     if ran:
         print("\npeer analysers, each beside the detector on the same samples:")
@@ -169,17 +173,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _language(sample: Sample) -> str:
+    return sample.language
+
+
+def _cwe(sample: Sample) -> str:
+    return sample.cwe
+
+
+def _print_by_cwe(by_cwe: Mapping[str, Sequence[Measured]]) -> None:
+    """One line per CWE holding both labels: the headline row (adapted where it adapted) beside length only."""
+    print("\nper CWE (the detector's headline row, adapted where it adapted; flagged as the whole scan flags):")
+    print("| CWE | n (vulnerable) | AUROC [95% CI] | bal. acc [95% CI] | flagged | length only: AUROC |")
+    print("|---|---|---|---|---|---|")
+    for cwe, found in by_cwe.items():
+        named = {r.name: r for r in found}
+        row, length = named.get("adapted", found[0]), named.get("length")
+        m = row.metrics
+        control = "–" if length is None or length.metrics.auroc is None else f"{length.metrics.auroc:.3f}"
+        print(f"| {cwe} | {m.n} ({m.n_vulnerable}) | {_auroc_cell(row)} | {_balanced_cell(row)} | "
+              f"{m.vulnerable_rate:.2f} | {control} |")  # fmt: skip
+
+
+def _auroc_cell(row: Measured) -> str:
+    m = row.metrics
+    return (
+        "–"
+        if m.auroc is None or row.auroc_ci is None
+        else f"{m.auroc:.3f} [{row.auroc_ci[0]:.2f}, {row.auroc_ci[1]:.2f}]"
+    )
+
+
+def _balanced_cell(row: Measured) -> str:
+    ci = row.balanced_accuracy_ci
+    return f"{row.metrics.balanced_accuracy:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _print_measured(rows: Sequence[Measured]) -> None:
     print("| detector | n | AUROC [95% CI] | bal. acc [95% CI] | pair-rank | TPR @5% FPR | flagged / vulnerable |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         m = r.metrics
-        auroc = (
-            "–"
-            if m.auroc is None or r.auroc_ci is None
-            else f"{m.auroc:.3f} [{r.auroc_ci[0]:.2f}, {r.auroc_ci[1]:.2f}]"
-        )
-        bal = f"{m.balanced_accuracy:.3f} [{r.balanced_accuracy_ci[0]:.2f}, {r.balanced_accuracy_ci[1]:.2f}]"
+        auroc, bal = _auroc_cell(r), _balanced_cell(r)
         rank = "–" if m.pair_rank_accuracy is None else f"{m.pair_rank_accuracy:.3f} ({m.n_pairs} pairs)"
         tpr = "–" if m.tpr_at_5_fpr is None else f"{m.tpr_at_5_fpr:.3f}"
         share = f"{m.vulnerable_rate:.2f} / {m.n_vulnerable / m.n:.2f}" if m.n else "–"

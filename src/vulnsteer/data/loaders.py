@@ -52,7 +52,6 @@ shares: unique ids, the CWE merge map, the CWE filter and the one-sided CWE chec
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -60,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from vulnsteer.config.vocabulary import DATASET_FORMATS
-from vulnsteer.cwe import UnknownCWEError, apply_merge, normalize_cwe
+from vulnsteer.cwe import UnknownCWEError, apply_merge, cwe_sort_key, normalize_cwe
 from vulnsteer.data.formats import (
     EXPECTED_RESULTS,
     FORMATS,
@@ -256,7 +255,7 @@ def _run(
 def _one_sided(samples: Sequence[Sample], root: Path, loader: Reader) -> None:
     """CWEs with only vulnerable or only secure samples: recorded in the report; :func:`validate` lists them as
     problems (no vector can be fitted for them), :func:`load_samples` notes them."""
-    for cwe, row in sorted(count_by_cwe(samples).items(), key=lambda item: _cwe_sort_key(item[0])):
+    for cwe, row in sorted(count_by_cwe(samples).items(), key=lambda item: cwe_sort_key(item[0])):
         empty = [label for label in LABELS if not row.get(label)]
         if len(empty) != 1:
             continue
@@ -357,7 +356,7 @@ def dataset_stats(samples: Sequence[Sample], tokenizer: Callable[[str], int] | N
         "pairs": sum(row["pairs"] for row in by_cwe.values()),
         "by_cwe": {
             cwe: {**by_cwe[cwe], "languages": dict(languages_by_cwe[cwe].most_common())}
-            for cwe in sorted(by_cwe, key=_cwe_sort_key)
+            for cwe in sorted(by_cwe, key=cwe_sort_key)
         },
         "languages": dict(Counter(s.language for s in samples).most_common()),
         "sources": dict(Counter(s.source for s in samples).most_common()),
@@ -366,8 +365,3 @@ def dataset_stats(samples: Sequence[Sample], tokenizer: Callable[[str], int] | N
     if tokenizer is not None:
         stats["tokens"] = _percentiles([int(tokenizer(s.code)) for s in samples])
     return stats
-
-
-def _cwe_sort_key(cwe: str) -> tuple[int, str]:
-    match = re.match(r"CWE-(\d+)$", cwe)
-    return (int(match.group(1)), cwe) if match else (1 << 30, cwe)

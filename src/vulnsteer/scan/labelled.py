@@ -24,11 +24,12 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cwe import cwe_sort_key
 from ..data.sample import Sample
 from ..detection.peers import run_peer
 from ..stats.metrics import Metrics, Prediction, bootstrap_ci, compute_metrics
@@ -44,6 +45,7 @@ __all__ = [
     "PeerMeasured",
     "changed_scores",
     "measure",
+    "measure_by",
     "measure_peers",
     "score_labelled",
 ]
@@ -64,9 +66,9 @@ class LabelledScores:
     #: reads), adapted where *adapted* is; None where the sample has no such function or no one other half
     changed: tuple[FileScore | None, ...] = ()
 
-    def of_language(self, language: str) -> LabelledScores:
-        """These scores restricted to the samples of one *language* (the adaptation stays the one over all)."""
-        keep = [k for k, s in enumerate(self.samples) if s.language == language]
+    def where(self, keep_sample: Callable[[Sample], bool]) -> LabelledScores:
+        """These scores restricted to the samples *keep_sample* keeps (the adaptation stays the one over all)."""
+        keep = [k for k, s in enumerate(self.samples) if keep_sample(s)]
         adapted = None if self.adapted is None else tuple(self.adapted[k] for k in keep)
         return dataclasses.replace(
             self,
@@ -263,6 +265,20 @@ def measure(scored: LabelledScores, *, seed: int = 0, n_boot: int = 1000) -> lis
     rows.append(_measured("length", "lines of code (longer = riskier; flagged above the median)", length, skipped,
                           seed, n_boot))  # fmt: skip
     return rows
+
+
+def measure_by(
+    scored: LabelledScores, group: Callable[[Sample], str], *, seed: int = 0, n_boot: int = 1000
+) -> dict[str, list[Measured]]:
+    """:func:`measure` on each group of the samples (*group* names a sample's: its language, its CWE) that holds
+    both labels, in the groups' order (CWEs by number); the adaptation stays the one over all the samples, so a
+    group's flagged share is the share of it that the whole scan flags."""
+    found: dict[str, list[Measured]] = {}
+    for name in sorted({group(s) for s in scored.samples}, key=cwe_sort_key):
+        subset = scored.where(lambda s: group(s) == name)  # noqa: B023 (called here, in this iteration)
+        if len({s.y for s in subset.samples}) == 2:
+            found[name] = measure(subset, seed=seed, n_boot=n_boot)
+    return found
 
 
 @dataclass(frozen=True)
