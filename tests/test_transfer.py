@@ -185,6 +185,46 @@ def test_another_config_is_refused_in_the_same_folder(
         run_transfer(_config(module_tmp, C=[0.5]), out, lm=tiny_lm, progress=False)
 
 
+def test_a_run_of_some_outer_folds_gives_their_rows_of_the_full_run(
+    spied: tuple[Path, list[tuple[str, tuple[str, ...]]]], module_tmp: Path, tiny_lm: LoadedModel
+) -> None:
+    """``transfer.folds`` runs only the outer folds named, each choosing on all of its inner folds: its rows are
+    those of the same fold in a run of every fold (only what is chosen over the outer folds, the non-nested rows,
+    can differ), nothing is fitted for another outer fold, and the report says the means are over it alone."""
+    full, _ = spied
+    fits: list[str] = []
+    original = run_mod.fit_on_fold
+
+    def spy(design: ProbeDesign, fold: Any, data: Any, seed: int) -> Any:
+        fits.append(fold.key)
+        return original(design, fold, data, seed)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(run_mod, "fit_on_fold", spy)
+    out = run_transfer(_config(module_tmp, folds=["gamma"]), module_tmp / "gamma-only", lm=tiny_lm, progress=False)
+    mp.undo()
+    assert fits and all(key == "gamma" or key.startswith("gamma/") for key in fits)
+    (fold,) = _results(out).folds
+    (same,) = [f for f in _results(full).folds if f.left_out == "gamma"]
+    assert fold.left_out == "gamma" and fold.training == same.training
+    rows = {r.name: r for r in fold.detectors if "non_nested" not in r.name}
+    assert set(rows) >= {"probe", "adapted", "steered", "gate_control", "answer", "length", "bag_of_tokens"}
+    for name, row in rows.items():
+        other = same.row(name)
+        assert other is not None and row.chosen == other.chosen, name
+        assert row.metrics.auroc == pytest.approx(other.metrics.auroc, abs=1e-9), name
+        assert row.metrics.balanced_accuracy == pytest.approx(other.metrics.balanced_accuracy, abs=1e-9), name
+    assert "only the outer folds gamma were run (transfer.folds)" in (out / "report.md").read_text()
+    from vulnsteer.experiment.transfer.ship import fit_default
+
+    with pytest.raises(ValueError, match=r"left out 1 of its 4 datasets \(transfer\.folds\)"):
+        fit_default(out, module_tmp / "shipped-gamma", cache_dir=module_tmp / "cache", progress=False)
+    with pytest.raises(
+        ValueError, match=r"transfer\.folds: no dataset named 'omega' in data\.paths \(its names: alpha"
+    ):
+        run_transfer(_config(module_tmp, folds=["omega"]), module_tmp / "omega", lm=tiny_lm, progress=False)
+
+
 def test_adaptation_reads_no_label_of_the_left_out_data(module_tmp: Path, tiny_lm: LoadedModel) -> None:
     """Permuting the left-out dataset's labels changes no adapted score and no adapted threshold."""
     from vulnsteer.experiment.transfer.run import _Transfer

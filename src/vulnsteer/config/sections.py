@@ -26,6 +26,7 @@ from .defaults import (
 from .design import ProbeDesign
 from .values import (
     Parser,
+    as_strings,
     boolean,
     cwe_list,
     each_of,
@@ -589,6 +590,12 @@ class TransferSection:
         (),
         pairs_caps,
         "a pair cap per CWE for each of data.paths, in order (0: no cap; empty: data.max_pairs_per_cwe for all)",
+    )
+    folds: tuple[str, ...] = _key(
+        (),
+        as_strings,
+        "the outer folds to run, by the name of the dataset each leaves out (a path's file or folder name, or "
+        '"builtin"); empty: every dataset. Each still chooses on all of its inner folds',
     )
     steered: bool = _key(True, boolean, "score the steered model (the chosen probe gating the push) on every fold")
     gate_adapted: tuple[bool, ...] = _key(

@@ -103,7 +103,8 @@ class TransferDataset:
 def dataset_sections(config: ExperimentConfig) -> list[DataSection]:
     """One ``[data]`` section per dataset of ``data.paths`` (its path, format and pair cap: ``transfer.
     max_pairs_per_cwe``, else ``data.max_pairs_per_cwe``); refuses fewer than three datasets (one left out, one left
-    out of the rest for the nested choice, one to fit on), two of one name, or a cap list of another length."""
+    out of the rest for the nested choice, one to fit on), two of one name, a cap list of another length, or a
+    ``transfer.folds`` name that is none of theirs."""
     d, caps = config.data, config.transfer.max_pairs_per_cwe
     if len(d.paths) < 3:
         raise ValueError(
@@ -112,7 +113,11 @@ def dataset_sections(config: ExperimentConfig) -> list[DataSection]:
         )
     if caps and len(caps) != len(d.paths):
         raise ValueError(f"transfer.max_pairs_per_cwe: {len(caps)} caps for {len(d.paths)} data.paths")
-    dataset_names(config)
+    names = dataset_names(config)
+    unknown = [n for n in config.transfer.folds if n not in names]
+    if unknown:
+        known = ", ".join(names)
+        raise ValueError(f"transfer.folds: no dataset named {unknown[0]!r} in data.paths (its names: {known})")
     formats = d.formats or (None,) * len(d.paths)
     return [
         dataclasses.replace(

@@ -115,6 +115,8 @@ class _Transfer:
     ) -> None:
         self.config, self.run, self.lm, self.progress = config, run, lm, progress
         self.names = [d.name for d in data]
+        #: the outer folds this run reports (``transfer.folds``; every dataset by default), each with its inner folds
+        self.outer = [f for f in outer_folds(self.names) if f.left_out in (config.transfer.folds or self.names)]
         self.data: dict[str, TransferDataset] = {d.name: d for d in data}
         self.grid = design_grid(config, lm.num_layers)
         self.designs = {d.key: d for d in self.grid}
@@ -125,6 +127,11 @@ class _Transfer:
         self._fits: dict[tuple[str, frozenset[str]], Probe] = {}
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
+        if len(self.outer) < len(self.names):
+            self.notes.append(
+                f"only the outer folds {', '.join(f.left_out for f in self.outer)} were run (transfer.folds), each "
+                "choosing on all of its inner folds; every mean and the non-nested choice are over them alone"
+            )
 
     # ------------------------------------------------------------------------------------------------ phases
 
@@ -161,7 +168,7 @@ class _Transfer:
     def score_designs(self) -> None:
         """Every design on every outer and inner fold (what ``designs.jsonl`` does not hold yet)."""
         t = time.perf_counter()
-        folds = [f for outer in outer_folds(self.names) for f in (outer, *inner_folds(self.names, outer.left_out))]
+        folds = [f for outer in self.outer for f in (outer, *inner_folds(self.names, outer.left_out))]
         todo = [(f, d) for d in self.grid for f in folds if self.store.get(f.key, d.key) is None]
         with Progress(len(todo), "probe designs x folds", unit="fit", enabled=self.progress) as bar:
             for fold, design in todo:
@@ -200,12 +207,12 @@ class _Transfer:
         chosen: dict[str, str] = {}
         inner_means: dict[str, dict[str, float]] = {}
         keys = [d.key for d in self.grid]
-        for outer in outer_folds(self.names):
+        for outer in self.outer:
             inner = inner_folds(self.names, outer.left_out)
             by_design = {d.key: [self.metric(f, self.scores(f, d)) for f in inner] for d in self.grid}
             chosen[outer.left_out], _ = choose(keys, by_design)
             inner_means[outer.left_out] = {k: _mean(v) for k, v in by_design.items()}
-        folds = outer_folds(self.names)
+        folds = self.outer
         on_outer = {d.key: {f.left_out: self.metric(f, self.scores(f, d)) for f in folds} for d in self.grid}
         non_nested, _ = choose(keys, {key: list(by_fold.values()) for key, by_fold in on_outer.items()})
         return chosen, inner_means, non_nested, on_outer
@@ -216,7 +223,7 @@ class _Transfer:
         the unsteered model's answers under ``answer`` (fold-independent)."""
         t = time.perf_counter()
         by_dataset: dict[str, dict[str, Any]] = {name: {} for name in self.names}
-        for outer in outer_folds(self.names):
+        for outer in self.outer:
             design = self.designs[chosen[outer.left_out]]
             for fold in (outer, *inner_folds(self.names, outer.left_out)):
                 probe = self.fit(design, fold)
@@ -241,11 +248,11 @@ class _Transfer:
         return out
 
     def peers(self) -> dict[str, dict[str, tuple[dict[str, float], str]]]:
-        """Every peer of ``transfer.peers`` on every dataset (kept in ``peers.json``)."""
+        """Every peer of ``transfer.peers`` on every dataset an outer fold leaves out (kept in ``peers.json``)."""
         path = self.run.path / RECORD_FILES[2]
         done: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         out: dict[str, dict[str, tuple[dict[str, float], str]]] = {}
-        for name in self.names:
+        for name in (f.left_out for f in self.outer):
             for tool in self.config.transfer.peers:
                 key = f"{name}/{tool}"
                 if key not in done:
@@ -473,12 +480,12 @@ class _Transfer:
             return math.nan if got is None else float(got)
 
         out: dict[str, tuple[SteeredSetting, dict[str, float]]] = {}
-        for outer in outer_folds(self.names):
+        for outer in self.outer:
             inner = inner_folds(self.names, outer.left_out)
             by = {key: [value(f, s) for f in inner] for key, s in settings.items()}
             best, _ = choose(list(settings), by)
             out[outer.left_out] = (settings[best], {key: _mean(v) for key, v in by.items()})
-        on_outer = {key: [value(f, s) for f in outer_folds(self.names)] for key, s in settings.items()}
+        on_outer = {key: [value(f, s) for f in self.outer] for key, s in settings.items()}
         non_nested, _ = choose(list(settings), on_outer)
         return out, settings[non_nested]
 
@@ -543,7 +550,7 @@ def run_transfer(
                     non_nested_setting,
                     peers.get(outer.left_out, {}),
                 )
-                for outer in outer_folds(t.names)
+                for outer in t.outer
             )
             t.timings["total"] = time.perf_counter() - started
             results = TransferResults(

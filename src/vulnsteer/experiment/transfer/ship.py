@@ -288,6 +288,11 @@ def fit_default(
     results = TransferResults.from_json(json.loads(results_path.read_text(encoding="utf-8")), str(results_path))
     if results.status != "complete" or not results.non_nested_design:
         raise ValueError(f"{results_path}: the run has not finished (status {results.status!r})")
+    if len(results.folds) != len(results.datasets):
+        raise ValueError(
+            f"{results_path}: the run left out {len(results.folds)} of its {len(results.datasets)} datasets "
+            "(transfer.folds): the shipped detector's design is chosen over every outer fold"
+        )
     config: ExperimentConfig = load_config(run / RESOLVED_NAME)
     if cache_dir is not None:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, cache_dir=str(cache_dir)))
