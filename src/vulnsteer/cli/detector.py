@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,6 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from ..data.sample import Sample
     from ..scan.labelled import Measured
     from ..steering.probe import Probe
 
@@ -136,8 +136,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if scored.adapted is None and detector is None:
         why = "only a probe detector adapts (the shipped one, or --detector with a probe detector)"
     n_vul = sum(s.y for s in samples)
-    by = {what: measure_by(scored, key, seed=config.data.seed, n_boot=args.n_boot) if len(
-        {key(s) for s in samples}) > 1 else {} for what, key in (("language", _language), ("cwe", _cwe))}  # fmt: skip
+    by: dict[str, dict[str, list[Measured]]] = {}
+    for field in ("language", "cwe"):  # a breakdown only where the samples have more than one
+        group = attrgetter(field)
+        several = len({group(s) for s in samples}) > 1
+        by[field] = measure_by(scored, group, seed=config.data.seed, n_boot=args.n_boot) if several else {}
     if args.json:
         print(json.dumps({
             "data": loaded.source, "samples": len(samples), "vulnerable": n_vul, "functions": scored.functions,
@@ -145,8 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "adapted": scored.adapted is not None,
             "not_adapted_because": why or None,
             "rows": [r.to_json() for r in rows], "peers": [p.to_json() for p in peers],
-            **{f"by_{what}": {name: [r.to_json() for r in found] for name, found in groups.items()}
-               for what, groups in by.items()},
+            **{f"by_{field}": {name: [r.to_json() for r in found] for name, found in groups.items()}
+               for field, groups in by.items()},
         }, indent=2))  # fmt: skip
         return 0
     how = spec.resolved_aggregation
@@ -171,14 +174,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{rows[0].skipped} samples left out: no function scored (nothing left once comments were stripped, "
               "or a file the scan could not read)")  # fmt: skip
     return 0
-
-
-def _language(sample: Sample) -> str:
-    return sample.language
-
-
-def _cwe(sample: Sample) -> str:
-    return sample.cwe
 
 
 def _print_by_cwe(by_cwe: Mapping[str, Sequence[Measured]]) -> None:
