@@ -23,6 +23,7 @@ from vulnsteer.experiment.transfer.ship import FoldCalibration, fit_default, fol
 from vulnsteer.lm.identity import ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
 from vulnsteer.scan import ModelScorer, ScanOptions, ScorerSpec, scan
+from vulnsteer.scan.engine import display_path
 from vulnsteer.scan.sources import file_scores
 from vulnsteer.stats.shares import share_threshold
 from vulnsteer.steering.probe import AdaptationError
@@ -229,6 +230,43 @@ def test_auto_adaptation_starts_at_the_detectors_minimum(
     assert adapted.stats.min_score == adapted.options.min_score == pytest.approx(adapted.results[0].score.threshold)
     with pytest.raises(ValueError, match="adapt must be one of"):
         ScanOptions(adapt="sometimes")
+
+
+@needs_grammars
+@pytest.mark.parametrize("prevalence", [None, 0.25])
+def test_adapted_file_verdicts_flag_the_share_of_functions_flagged_even_where_files_share_a_function(
+    shipped: tuple[Path, Path], tiny_lm: LoadedModel, tmp_path: Path, prevalence: float | None
+) -> None:
+    """Every file holds one function all files share (as servlets share a ``doGet``) and one of its own. Adapted,
+    the file verdicts flag the share of the distinct functions the function verdicts flag (no label read), where
+    the functions' threshold applied to the files' smooth maxima flags another share; the names given to
+    ``file_scores`` do not move the threshold; as fitted, a file's verdict is still its functions' threshold."""
+    folder = shipped[1]
+    detector = ProbeDetector.load(folder)
+    scorer = ModelScorer(ScorerSpec(detector=folder, max_code_tokens=64), lm=tiny_lm)
+    tree = _tree(tmp_path / "src", detector.min_adapt + 9)
+    shared = "def handle(request):\n    return run(request.args)\n"
+    for path in tree.glob("m*.py"):
+        path.write_text(shared + "\n\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    report = scan([tree], scorer, ScanOptions(min_score=0.0, adapt="on", prevalence=prevalence), progress=False)
+    distinct = {r.code_hash: r.score.verdict for r in report.results}
+    share = sum(v == "vulnerable" for v in distinct.values()) / len(distinct)
+    assert report.options.file_share == pytest.approx(share)
+    files = file_scores(report)
+    assert len(files) == detector.min_adapt + 9 and all(f.functions == 2 and f.threshold is not None for f in files)
+    flagged = [f.verdict == "vulnerable" for f in files]
+    assert sum(flagged) == round(share * len(files))
+    ranked = sorted(files, key=lambda f: -f.score)
+    assert [f.verdict for f in ranked] == ["vulnerable"] * sum(flagged) + ["secure"] * (len(files) - sum(flagged))
+    verdicts = {f.path: f.verdict for f in files}
+    named = [tree / "m1.py", tree / "m0.py"]
+    picked = file_scores(report, [str(n) for n in named])
+    assert [f.path for f in picked] == [str(n) for n in named]
+    assert [f.verdict for f in picked] == [verdicts[display_path(n, report.base)] for n in named]
+    plain = scan([tree], scorer, ScanOptions(min_score=0.0), progress=False)
+    assert plain.options.file_share is None
+    for f in file_scores(plain):
+        assert f.threshold is None and f.verdict == ("vulnerable" if f.score >= f.top.score.threshold else "secure")
 
 
 @needs_grammars

@@ -283,7 +283,10 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
                      "function; assumed: --prevalence states yours")  # fmt: skip
         else:
             line += " scanned, no label read (the stated prevalence below"
-        say(line + "; --no-adapt scores each function as the detector was fitted)")
+        say(
+            line + "; file verdicts flag the same share of the files; --no-adapt scores each function as the "
+            "detector was fitted)"
+        )
     if "prevalence" in provenance:
         share = provenance["prevalence"]
         say(f"prevalence: {share:g} stated: the highest {share:.0%} of the distinct functions are flagged (from "

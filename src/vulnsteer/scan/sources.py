@@ -15,10 +15,18 @@ A file's score is its functions' aggregate (:func:`file_score`, by the scan's ag
 (0.4809, 'g', 2, 'logsumexp')
 >>> file_score("a.c", [result("f", 0.2), result("g", 0.7)], "max").score
 0.7
+
+A scan that adapts flags the same share of the files as its adapted detector flags of the distinct functions
+(:attr:`~vulnsteer.scan.options.ScanOptions.file_share`): a file's verdict is then its score against the threshold
+above which that share of the files' scores lie (:func:`file_scores`), not against its functions' threshold. A
+file's smooth maximum sits below its riskiest function's score when the others score lower, so the functions'
+threshold applied to files flags fewer files than functions, far fewer where many files share a low-scoring
+function (the OWASP Benchmark's Java servlets: 19% of the files against 45% of the functions).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,7 @@ from ..config.defaults import DEFAULT_AGGREGATION
 from ..data.clean import LANGUAGE_ALIASES, canonical_language
 from ..data.text import BinaryContentError, read_source
 from ..stats.aggregate import aggregate, top_index
+from ..stats.shares import top_share_threshold
 from .engine import display_path
 from .results import FunctionResult, ScanReport
 
@@ -106,19 +115,22 @@ def check_source_files(names: Sequence[str], language_given: bool) -> tuple[list
 @dataclass(frozen=True)
 class FileScore:
     """One file's score: the aggregate of its functions' scores (by *aggregation*), the function that leads it
-    (the highest-scoring), and its :attr:`verdict`."""
+    (the highest-scoring), and its :attr:`verdict`; *threshold*: where set (a scan that adapted), the file is
+    vulnerable iff its score is above it (:func:`file_scores`)."""
 
     path: str
     score: float
     top: FunctionResult
     functions: int
     aggregation: str = DEFAULT_AGGREGATION
+    threshold: float | None = None
 
     @property
     def verdict(self) -> str:
-        """The file's verdict: its score against the threshold its functions' verdicts use, where they use one
-        (a probe detector, the answer's P(vulnerable)), so the verdict follows the score reported beside it; else
-        (a generated answer) the leading function's. With ``max`` the two agree; with a smoother aggregation a
+        """The file's verdict: its score above its own :attr:`threshold` where it has one (a scan that adapted
+        flags a share of the files); else its score against the threshold its functions' verdicts use, where they
+        use one (a probe detector, the answer's P(vulnerable)), so the verdict follows the score reported beside it;
+        else (a generated answer) the leading function's. With ``max`` the two agree; with a smoother aggregation a
         file is no longer called vulnerable only because one of its many functions crossed the line.
 
         >>> from vulnsteer.scan.results import FunctionResult
@@ -129,7 +141,11 @@ class FileScore:
         ...                      cached=False, finding=p >= 0.5) for name, p in (("f", 0.6), ("g", 0.2), ("h", 0.3))]
         >>> file_score("a.c", fs, "max").verdict, file_score("a.c", fs, "mean").verdict
         ('vulnerable', 'secure')
+        >>> dataclasses.replace(file_score("a.c", fs, "mean"), threshold=0.3).verdict
+        'vulnerable'
         """
+        if self.threshold is not None:
+            return "vulnerable" if self.score > self.threshold else "secure"
         threshold = self.top.score.threshold
         if threshold is None:
             return self.top.score.verdict
@@ -177,16 +193,23 @@ def file_scores(report: ScanReport, names: Sequence[str] | None = None) -> list[
     """One :class:`FileScore` per file in *names* (as given to :func:`~vulnsteer.scan.engine.scan`), in order, by
     the scan's aggregation (:attr:`~vulnsteer.scan.options.ScanOptions.aggregation`); without *names*, every file
     scanned, in scan order (named as reports name them). A file whose functions were all empty after cleaning has
-    none."""
+    none. Where the scan adapted (:attr:`~vulnsteer.scan.options.ScanOptions.file_share`), each file's verdict
+    threshold flags that share of every file scanned (named or not: the share is of the scan, as its functions'
+    is), no label read."""
     by_path: dict[str, list[FunctionResult]] = {}
     for result in report.results:
         by_path.setdefault(result.path, []).append(result)
     how = report.options.aggregation
+    found = {path: file_score(path, results, how) for path, results in by_path.items()}
+    share = report.options.file_share
+    if share is not None and found:
+        threshold = top_share_threshold([f.score for f in found.values()], share)
+        found = {path: dataclasses.replace(f, threshold=threshold) for path, f in found.items()}
     if names is None:
-        return [file_score(path, found, how) for path, found in by_path.items()]
+        return list(found.values())
     out = []
     for name in names:
-        found = by_path.get(display_path(Path(name), report.base))
-        if found:
-            out.append(file_score(name, found, how))
+        file = found.get(display_path(Path(name), report.base))
+        if file is not None:
+            out.append(dataclasses.replace(file, path=name))
     return out
