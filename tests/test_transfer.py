@@ -15,6 +15,7 @@ from tests.conftest import write_toy_jsonl
 
 from vulnsteer.config import ExperimentConfig, parse_config
 from vulnsteer.config.design import ProbeDesign
+from vulnsteer.data.sample import Sample
 from vulnsteer.experiment.transfer import TransferResults, inner_folds, outer_folds, run_transfer
 from vulnsteer.experiment.transfer import designs as designs_mod
 from vulnsteer.experiment.transfer import run as run_mod
@@ -468,3 +469,59 @@ def test_the_adapted_probe_flags_the_training_datasets_share_of_the_left_out_one
         in report
     )
     assert f"(largest gap {max(gaps) * 100:.0f} points)" in report
+
+
+def test_a_prompt_template_is_a_design_axis_read_under_its_own_prompt(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    """``transfer.templates``: every design of the grid under each prompt, its states extracted under that prompt
+    (the question comes before the code, so they differ), named in its key, its wording in the run's identity; the
+    shipped detector of a design read under the weaknesses prompt carries that prompt, which ``scan`` then asks."""
+    from vulnsteer.config.vocabulary import PROBE_TEMPLATES
+    from vulnsteer.detection.probe_detector import ProbeDetector
+    from vulnsteer.experiment.transfer.ship import fit_default
+    from vulnsteer.lm.activation_cache import ActivationCache
+    from vulnsteer.lm.prompts import PROBE_PROMPTS, WEAKNESSES_TEMPLATE
+    from vulnsteer.scan import ModelScorer, ScorerSpec
+
+    assert tuple(PROBE_PROMPTS) == PROBE_TEMPLATES
+    config = _config(tmp_path, layers=[[1]], poolings=[["code_mean"]], templates=["default", "weaknesses"],
+                     steered=False)  # fmt: skip
+    keys = [d.key for d in design_grid(config, tiny_lm.num_layers)]
+    assert keys == ["logistic@code_mean@L1", "logistic@code_mean@L1|template=weaknesses"]
+    run = run_transfer(config, tmp_path / "run", lm=tiny_lm, progress=False)
+    stored = [json.loads(line) for line in (run / "designs.jsonl").read_text().splitlines()]
+    by_key = {(d["fold"], d["name"]): d["scores"] for d in stored}
+    folds = {d["fold"] for d in stored}
+    assert {name for _, name in by_key} == set(keys) and len(by_key) == len(folds) * 2
+    assert all(by_key[(f, keys[0])] != by_key[(f, keys[1])] for f in folds)
+    assert json.loads((run / "identity.json").read_text())["prompts"] == {"weaknesses": WEAKNESSES_TEMPLATE.to_dict()}
+    # the states under the weaknesses prompt are the cache's for that prompt, not the default's
+    data = run_mod.load_transfer_data(config, tiny_lm.tokenizer, progress=False)
+    cache = ActivationCache(config.run.cache_dir)
+    (first,) = run_mod.with_activations(data[:1], tiny_lm, cache, [1], ["code_mean"], 4, False, ["weaknesses"])
+    extracted, _ = cache.load_or_extract(tiny_lm, list(first.samples), [1], ["code_mean"], template=WEAKNESSES_TEMPLATE,
+                                         progress=False)  # fmt: skip
+    assert first.acts("weaknesses").get("code_mean", 1).equal(extracted.get("code_mean", 1))
+    with pytest.raises(RuntimeError, match="under the prompt 'default' not extracted"):
+        first.acts("default")
+    shipped = fit_default(run, tmp_path / "detector", design_key=keys[1], lm=tiny_lm, progress=False)
+    assert shipped.template == WEAKNESSES_TEMPLATE and shipped.probe.design.template == "weaknesses"
+    loaded = ProbeDetector.load(tmp_path / "detector", tiny_lm)
+    assert loaded.template == WEAKNESSES_TEMPLATE
+    scorer = ModelScorer(ScorerSpec(detector=tmp_path / "detector", max_code_tokens=64), lm=tiny_lm)
+    one = Sample("s", "def f(x):\n    return x\n", "python", "unknown", "vulnerable")
+    (found,) = scorer.score([one], progress=False)
+    assert scorer.template == WEAKNESSES_TEMPLATE and found.probe is not None
+
+
+def test_another_prompt_needs_the_steered_model_off_and_a_known_name() -> None:
+    with pytest.raises(ValueError, match=r"names the prompt 'weaknesses'.*steered = false"):
+        parse_config({"transfer": {"templates": ["default", "weaknesses"]}}, "t.toml")
+    with pytest.raises(ValueError, match="names the prompt 'weaknesses'"):
+        parse_config({"transfer": {"designs": [{"layers": [1], "template": "weaknesses"}]}}, "t.toml")
+    with pytest.raises(ValueError, match=r"transfer\.templates"):
+        parse_config({"transfer": {"templates": ["polite"], "steered": False}}, "t.toml")
+    with pytest.raises(ValueError, match="unknown prompt template 'polite'"):
+        ProbeDesign((1,), ("code_mean",), template="polite")
+    assert parse_config({"transfer": {"templates": ["weaknesses"], "steered": False}}).transfer.other_prompts == (
+        "weaknesses",
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .defaults import DEFAULT_TOKENS_C
-from .vocabulary import LENGTH_MODES, POOLINGS, PROBE_COMBINES, PROBE_KINDS
+from .vocabulary import LENGTH_MODES, POOLINGS, PROBE_COMBINES, PROBE_KINDS, PROBE_TEMPLATES
 
 __all__ = ["DEFAULT_C", "ProbeDesign", "Read"]
 
@@ -35,7 +35,9 @@ class ProbeDesign:
     code-token count), whether each training dataset is standardised on its own (``per_dataset``) and the weight of
     a bag-of-tokens term (``tokens``: a logistic regression on TF-IDF of the code's tokens, :mod:`vulnsteer.stats.
     lexical`, added to the probe's score at *tokens* times the ratio of their val spreads; 0: none) with its own
-    regularisation (``tokens_C``; only with a term).
+    regularisation (``tokens_C``; only with a term), and the prompt its states are read under (``template``, one
+    of :data:`~vulnsteer.config.vocabulary.PROBE_TEMPLATES`: the question comes before the code, so the code's
+    states depend on it).
 
     >>> ProbeDesign((10, 14), ("code_mean", "code_max"), C=0.01, combine="ensemble", length="covariate").key
     'logistic@code_mean+code_max@L10,14|C=0.01|ensemble|length=covariate'
@@ -45,6 +47,8 @@ class ProbeDesign:
     'logistic@code_mean@L18|tokens=1'
     >>> ProbeDesign((18,), ("code_mean",), tokens=1, tokens_C=10).key
     'logistic@code_mean@L18|tokens=1|tokens_C=10'
+    >>> ProbeDesign((18,), ("code_mean",), template="weaknesses").key
+    'logistic@code_mean@L18|template=weaknesses'
     """
 
     layers: tuple[int, ...] = (15,)
@@ -57,6 +61,7 @@ class ProbeDesign:
     per_dataset: bool = False
     tokens: float = 0.0
     tokens_C: float = DEFAULT_TOKENS_C
+    template: str = "default"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
@@ -70,6 +75,7 @@ class ProbeDesign:
             ("probe kind", self.kind, PROBE_KINDS),
             ("combine", self.combine, PROBE_COMBINES),
             ("length", self.length, LENGTH_MODES),
+            ("prompt template", self.template, PROBE_TEMPLATES),
         ):
             values = self.poolings if value is None else (value,)
             for v in values:
@@ -122,6 +128,8 @@ class ProbeDesign:
             extra.append(f"tokens={self.tokens:g}")
         if self.tokens_C != DEFAULT_TOKENS_C:
             extra.append(f"tokens_C={self.tokens_C:g}")
+        if self.template != "default":
+            extra.append(f"template={self.template}")
         return "|".join([base, *extra])
 
     def to_json(self) -> dict[str, Any]:

@@ -187,6 +187,12 @@ def parse_config(
         raise ConfigError(f"{source}: data.formats names {len(d.formats)} formats for {len(d.paths)} data.paths")
     if not any(strength for _, strength in config.steering.strengths):
         raise ConfigError(f"{source}: steering.strengths needs a non-zero strength (the baseline is always run)")
+    other = config.transfer.other_prompts
+    if config.transfer.steered and other:
+        raise ConfigError(
+            f"{source}: transfer.templates (or a transfer.designs entry) names the prompt {other[0]!r}, but the "
+            "steered model asks the default question: set transfer.steered = false to compare prompts"
+        )
     return config
 
 

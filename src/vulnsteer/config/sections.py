@@ -70,6 +70,7 @@ from .vocabulary import (
     POSITIONS,
     PROBE_COMBINES,
     PROBE_KINDS,
+    PROBE_TEMPLATES,
     QUANTIZATIONS,
     TRANSFER_CRITERIA,
 )
@@ -579,6 +580,13 @@ class TransferSection:
         positive_numbers,
         "the bag-of-tokens term's regularisation C (designs with a term; the grid)",
     )
+    templates: tuple[str, ...] = _key(
+        ("default",),
+        some_of(PROBE_TEMPLATES),
+        "the prompts a probe design reads its states under (the question before the code; the grid): default, "
+        "weaknesses (the question names the weakness classes); each is one more extraction of every dataset. "
+        "Probe designs only: the steered model asks the default question, so other templates need steered = false",
+    )
     designs: tuple[ProbeDesign, ...] = _key((), probe_designs, "more probe designs as tables, beside the grid")
     select_by: str = _key(
         "auroc",
@@ -608,6 +616,15 @@ class TransferSection:
         PEERS, some_of(PEERS, empty=True), "peer analysers run beside the detectors where installed"
     )
     n_boot: int = _key(1000, integer(10), "bootstrap replicates of every interval")
+
+    @property
+    def other_prompts(self) -> tuple[str, ...]:
+        """The prompt templates other than the default that its designs read (the grid's and ``designs``'), sorted.
+
+        >>> TransferSection(templates=("default", "weaknesses")).other_prompts, TransferSection().other_prompts
+        (('weaknesses',), ())
+        """
+        return tuple(sorted(({d.template for d in self.designs} | set(self.templates)) - {"default"}))
 
 
 SECTIONS: dict[str, type] = {

@@ -30,11 +30,15 @@ __all__ = [
     "POSITIONS",
     "PROBE_COMBINES",
     "PROBE_KINDS",
+    "PROBE_TEMPLATES",
     "QUANTIZATIONS",
     "STRENGTH_UNITS",
     "TRANSFER_CRITERIA",
 ]
 
+#: The prompt templates a probe design may read its states under (:data:`~vulnsteer.lm.prompts.PROBE_PROMPTS`, the
+#: question before the code: its states depend on it): the default question, or one naming the weakness classes.
+PROBE_TEMPLATES: tuple[str, ...] = ("default", "weaknesses")
 #: Modes: how the model's verdict is read (the answer logits, or the generated answer text).
 MODES: tuple[str, ...] = ("logit", "generation")
 #: How a hidden state is read from a prompt's tokens: the answer position, the mean or the maximum (per dimension)

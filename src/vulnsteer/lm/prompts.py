@@ -17,8 +17,10 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: templates and pro
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "PROBE_PROMPTS",
     "STRICT_TEMPLATE",
     "TEMPLATES",
+    "WEAKNESSES_TEMPLATE",
     "Prompt",
     "PromptBatch",
     "PromptTemplate",
@@ -104,8 +106,20 @@ STRICT_TEMPLATE = PromptTemplate(
         "If the code is secure, the second line is 'Weakness: none'."
     )
 )
+#: The question naming the weakness classes vulnsteer's CWEs fall in (a probe design's ``template = "weaknesses"``):
+#: the code's states are read after it, so it can make them tell the classes apart better than the bare question.
+WEAKNESSES_TEMPLATE = PromptTemplate(
+    question=(
+        "Does the following {language} code have a buffer overflow, an out-of-bounds read, an integer overflow, a use "
+        "after free, a NULL pointer dereference, a path traversal, an OS command injection, an SQL injection or a "
+        "cross-site scripting weakness? If it does, name the weakness (CWE id and name)."
+    )
+)
 #: Prompt templates by name (``[baselines] templates``); ``one_shot`` is built from a training pair at run time.
 TEMPLATES: dict[str, PromptTemplate] = {"default": DEFAULT_TEMPLATE, "strict": STRICT_TEMPLATE}
+#: The prompts a probe design reads its states under, by the name its ``template`` field holds
+#: (:data:`~vulnsteer.config.vocabulary.PROBE_TEMPLATES`).
+PROBE_PROMPTS: dict[str, PromptTemplate] = {"default": DEFAULT_TEMPLATE, "weaknesses": WEAKNESSES_TEMPLATE}
 
 
 @dataclass(frozen=True)

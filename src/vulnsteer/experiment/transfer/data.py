@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ...config import DataSection, ExperimentConfig
-from ...config.design import Read
+from ...config.design import ProbeDesign
 from ...data.sample import Sample, dataset_hash
 from ...detection.probe import ProbeData, states_matrix
 from ...lm.activation_cache import ActivationCache
 from ...lm.activations import Activations
 from ...lm.model import LoadedModel
+from ...lm.prompts import PROBE_PROMPTS
 from ..prepare import load_dataset, prepare_data
 
 __all__ = [
@@ -48,15 +49,16 @@ def dataset_names(config: ExperimentConfig) -> list[str]:
 
 @dataclass(frozen=True)
 class TransferDataset:
-    """One dataset of the protocol: its splits (made by its own groups) and, once extracted, its activations (every
-    sample, splits in order ``train``, ``val``, ``test``)."""
+    """One dataset of the protocol: its splits (made by its own groups) and, once extracted, its activations under
+    each prompt template a design reads (by template name; every sample, splits in order ``train``, ``val``,
+    ``test``)."""
 
     name: str
     source: str
     splits: Mapping[str, tuple[Sample, ...]]
     notes: Mapping[str, Any]
     cap: int | None = None
-    activations: Activations | None = None
+    activations: Mapping[str, Activations] = field(default_factory=dict)
 
     @property
     def samples(self) -> tuple[Sample, ...]:
@@ -77,14 +79,19 @@ class TransferDataset:
     def hash(self) -> str:
         return dataset_hash(list(self.samples))
 
-    def acts(self) -> Activations:
-        if self.activations is None:
-            raise RuntimeError(f"{self.name}: activations not extracted yet")
-        return self.activations
+    def acts(self, template: str | None = None) -> Activations:
+        """The activations under the prompt *template* (None: any, for what does not depend on it: the code's
+        token counts)."""
+        if template is None and self.activations:
+            return next(iter(self.activations.values()))
+        if template is None or template not in self.activations:
+            raise RuntimeError(f"{self.name}: activations under the prompt {template!r} not extracted")
+        return self.activations[template]
 
-    def probe_data(self, reads: Sequence[Read], splits: Sequence[str] | None = None) -> ProbeData:
-        """The states *reads* of the samples of *splits* (every sample when None), as one part of a fit."""
-        acts = self.acts()
+    def probe_data(self, design: ProbeDesign, splits: Sequence[str] | None = None) -> ProbeData:
+        """The states *design* reads (under its prompt template) of the samples of *splits* (every sample when
+        None), as one part of a fit."""
+        acts, reads = self.acts(design.template), design.reads
         rows = list(range(len(self.samples))) if splits is None else self.indices(splits)
         idx = torch.as_tensor(rows, dtype=torch.long)
         states = {(layer, p): acts.get(p, layer).index_select(0, idx) for layer, p in reads}
@@ -150,12 +157,17 @@ def with_activations(
     poolings: Sequence[str],
     batch_size: int,
     progress: bool = True,
+    templates: Sequence[str] = ("default",),
 ) -> list[TransferDataset]:
-    """Each dataset with its activations at *layers* and *poolings* (through the cache: extracted once)."""
+    """Each dataset with its activations at *layers* and *poolings* under each prompt of *templates* (names of
+    :data:`~vulnsteer.lm.prompts.PROBE_PROMPTS`; through the cache: extracted once)."""
     out = []
     for ds in data:
-        acts, _ = cache.load_or_extract(
-            lm, list(ds.samples), layers, list(poolings), batch_size=batch_size, progress=progress
-        )
-        out.append(dataclasses.replace(ds, activations=acts))
+        found = {}
+        for name in templates:
+            found[name], _ = cache.load_or_extract(
+                lm, list(ds.samples), layers, list(poolings), batch_size=batch_size, template=PROBE_PROMPTS[name],
+                progress=progress, desc=f"activations ({name} prompt)" if name != "default" else "activations",
+            )  # fmt: skip
+        out.append(dataclasses.replace(ds, activations=found))
     return out

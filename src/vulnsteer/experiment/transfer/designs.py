@@ -8,6 +8,7 @@ split centred on its own), then scores every sample of the left-out dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -43,8 +44,9 @@ __all__ = [
 
 def design_grid(config: ExperimentConfig, num_layers: int) -> list[ProbeDesign]:
     """Every design of ``[transfer]``'s grid (layer sets x pooling sets x probe kinds x C x combine x pairs x length
-    x per_dataset x tokens x tokens_C; C only for logistic probes, combine only for several layers), then
-    ``transfer.designs``; layers resolved (negative ones count from the end), duplicates dropped, in that order."""
+    x per_dataset x tokens x tokens_C x templates; C only for logistic probes, combine only for several layers),
+    then ``transfer.designs``; layers resolved (negative ones count from the end), duplicates dropped, in that
+    order."""
     t = config.transfer
     out: list[ProbeDesign] = []
     for layers, poolings, kind, c, combine, pairs, length, per_dataset, tokens, tokens_c in itertools.product(
@@ -53,21 +55,19 @@ def design_grid(config: ExperimentConfig, num_layers: int) -> list[ProbeDesign]:
         resolved = tuple(resolve_layers(list(layers), num_layers, "transfer.layers"))
         if kind == "direction" and c != t.C[0]:
             continue
-        out.append(ProbeDesign(resolved, poolings, kind, c, combine, pairs, length, per_dataset, tokens, tokens_c))
+        design = ProbeDesign(resolved, poolings, kind, c, combine, pairs, length, per_dataset, tokens, tokens_c)
+        out.extend(dataclasses.replace(design, template=template) for template in t.templates)
     for design in t.designs:
         resolved = tuple(resolve_layers(list(design.layers), num_layers, "transfer.designs"))
-        out.append(ProbeDesign(resolved, *(getattr(design, f) for f in _FIELDS)))
+        out.append(dataclasses.replace(design, layers=resolved))
     return list(dict.fromkeys(out))
-
-
-_FIELDS = ("poolings", "kind", "C", "combine", "pairs", "length", "per_dataset", "tokens", "tokens_C")
 
 
 def fit_on_fold(design: ProbeDesign, fold: Fold, data: Mapping[str, TransferDataset], seed: int) -> Probe:
     """*design* fitted on *fold*'s training datasets (train + test splits, one part each), thresholded, calibrated
     and adapted on their val splits. The left-out dataset is not an argument of the fit."""
-    train = [data[name].probe_data(design.reads, FIT_SPLITS) for name in fold.training]
-    val = [data[name].probe_data(design.reads, ("val",)) for name in fold.training]
+    train = [data[name].probe_data(design, FIT_SPLITS) for name in fold.training]
+    val = [data[name].probe_data(design, ("val",)) for name in fold.training]
     return fit_probe(design, train, val, seed=seed, meta={"fold": fold.key, "training": list(fold.training)})
 
 
@@ -127,7 +127,7 @@ def probe_scores(probe: Probe, fold: Fold, target: TransferDataset, min_adapt: i
 
 
 def _states(probe: Probe, target: TransferDataset) -> tuple[torch.Tensor, torch.Tensor | None, tuple[str, ...]]:
-    data = target.probe_data(probe.reads)
+    data = target.probe_data(probe.design)
     return data.x, data.lengths, data.codes
 
 

@@ -45,7 +45,7 @@ from ...io import write_json, write_text
 from ...lm.activation_cache import ActivationCache
 from ...lm.activations import ANSWER_POOLINGS
 from ...lm.model import LoadedModel, load_model
-from ...lm.prompts import DEFAULT_TEMPLATE
+from ...lm.prompts import DEFAULT_TEMPLATE, PROBE_PROMPTS
 from ...progress import Progress
 from ...stats.compare import metrics_block
 from ...stats.metrics import Prediction
@@ -154,6 +154,7 @@ class _Transfer:
             order,
             self.config.detection.batch_size,
             self.progress,
+            list(dict.fromkeys(d.template for d in self.grid)),
         )
         self.data = {d.name: d for d in data}
         self.timings["activations"] = time.perf_counter() - t
@@ -228,9 +229,9 @@ class _Transfer:
             for fold in (outer, *inner_folds(self.names, outer.left_out)):
                 probe = self.fit(design, fold)
                 vector = fold_vector(self.lm, fold, self.data, steered_layers(self.config, design.deepest))
-                val = [self.data[n].probe_data(design.reads, ("val",)) for n in fold.training]
+                val = [self.data[n].probe_data(design, ("val",)) for n in fold.training]
                 adapt = any(self.config.transfer.gate_adapted)  # (the left-out states only when a gate adapts)
-                target = self.data[fold.left_out].probe_data(design.reads) if adapt else None
+                target = self.data[fold.left_out].probe_data(design) if adapt else None
                 for row, spec in steered_variants(self.config, fold, probe, vector, val, target).items():
                     by_dataset[fold.left_out][row.name] = spec
         out: dict[str, dict[str, list[DetectionRecord]]] = {}
@@ -527,6 +528,9 @@ def run_transfer(
             "template": DEFAULT_TEMPLATE.to_dict(),
             **{f"data_{d.name}": d.hash for d in data},
         }
+        prompts = config.transfer.other_prompts
+        if prompts:  # (a design's wording decides its numbers as its name does not; absent: the runs before them)
+            identity["prompts"] = {name: PROBE_PROMPTS[name].to_dict() for name in prompts}
         header = (
             f"vulnsteer {__version__} resolved config: `vulnsteer transfer {run.resolved}` reproduces this run.\n"
             "Every default is filled in; layers are as written (negative = from the end)."

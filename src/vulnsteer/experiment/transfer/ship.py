@@ -45,7 +45,7 @@ from ...detection.probe import ProbeData, class_separation, fit_probe, platt
 from ...detection.probe_detector import ProbeDetector
 from ...lm.activation_cache import ActivationCache
 from ...lm.model import LoadedModel, load_model
-from ...lm.prompts import DEFAULT_TEMPLATE
+from ...lm.prompts import PROBE_PROMPTS
 from ...stats.compare import metrics_block
 from ...stats.metrics import Prediction
 from ...stats.shares import logit, share_threshold, top_share_threshold
@@ -214,8 +214,8 @@ def _fit_stats(probe: Probe, parts: Sequence[ProbeData]) -> tuple[float, float]:
 
 
 def _fit(design: ProbeDesign, data: Mapping[str, TransferDataset], names: Sequence[str], seed: int) -> Probe:
-    train = [data[n].probe_data(design.reads, FIT_SPLITS) for n in names]
-    val = [data[n].probe_data(design.reads, ("val",)) for n in names]
+    train = [data[n].probe_data(design, FIT_SPLITS) for n in names]
+    val = [data[n].probe_data(design, ("val",)) for n in names]
     return fit_probe(design, train, val, seed=seed, meta={"training": list(names)})
 
 
@@ -226,8 +226,8 @@ def fold_calibrations(
     out = []
     for fold in outer_folds(names):
         probe = _fit(design, data, fold.training, seed)
-        mu, sd = _fit_stats(probe, [data[n].probe_data(design.reads, FIT_SPLITS) for n in fold.training])
-        target = data[fold.left_out].probe_data(design.reads)
+        mu, sd = _fit_stats(probe, [data[n].probe_data(design, FIT_SPLITS) for n in fold.training])
+        target = data[fold.left_out].probe_data(design)
         s = probe.score_matrix(target.x, target.lengths, target.codes).double().numpy()
         out.append(FoldCalibration(fold.left_out, (s - mu) / sd, (s - s.mean()) / sd, target.y, target.pairs))
     return out
@@ -239,7 +239,7 @@ def shipped_probe(
     """*design* fitted on every dataset, with the out-of-dataset calibration, threshold and adaptation of
     *folds* (:func:`fold_measurements` for unadapted and adapted scores) in its own score units."""
     probe = _fit(design, data, names, seed)
-    mu, sd = _fit_stats(probe, [data[n].probe_data(design.reads, FIT_SPLITS) for n in names])
+    mu, sd = _fit_stats(probe, [data[n].probe_data(design, FIT_SPLITS) for n in names])
     plain, adapted = folds["plain"], folds["adapted"]
     a = Calibration.from_json(plain["calibration"])
     if a.slope <= 0:
@@ -323,6 +323,7 @@ def fit_default(
             sorted(set(design.poolings)),
             config.detection.batch_size,
             progress,
+            (design.template,),
         )
         data = {d.name: d for d in with_acts}
         names = [d.name for d in with_acts]
@@ -350,7 +351,7 @@ def fit_default(
             "out_of_dataset": measured,
             "score_scale": scale,
         }
-        detector = ProbeDetector(probe, lm.identity, DEFAULT_TEMPLATE, config.conditional.min_adapt, info)
+        detector = ProbeDetector(probe, lm.identity, PROBE_PROMPTS[design.template], config.conditional.min_adapt, info)
         detector.save(out)
         return detector
     finally:

@@ -72,7 +72,7 @@ def fold_vector(
     for name in fold.training:
         ds = data[name]
         rows = ds.indices(FIT_SPLITS)
-        parts.append(ds.acts().subset(rows))
+        parts.append(ds.acts("default").subset(rows))  # (the steered model asks the default question)
         samples += [ds.samples[i] for i in rows]
     joined = Activations(
         parts[0].layers,
