@@ -179,3 +179,57 @@ def test_prior_algebra_a_prevalence_at_the_fitted_share_is_none_stated() -> None
     for n, share in ((7, 0.3), (50, 0.05), (200, 0.5), (31, 0.99)):
         scores = rng.normal(size=n)
         assert int((scores > top_share_threshold(scores, share)).sum()) == round(share * n)
+
+
+def test_adapted_whole_files_flag_the_share_of_their_functions_flagged() -> None:
+    """Whole files scored as their functions (every other file also holds a low-scoring function those files
+    share, which pulls their smooth maximum down): adapted, the files flag the share of the distinct functions the
+    adapted probe flagged, the highest-scoring ones, each against one threshold; no label moves it. The functions'
+    threshold on the files' scores (the rule before) flags another number of them."""
+    from vulnsteer.data.units import Piece, Units
+
+    choices = _choices(20)
+    own, acts = _data(40, 3, shift=3.0)
+    files = [dataclasses.replace(s, code=f"def shared(): pass\n\n{s.code} # {s.id}", is_file=True) for s in own]
+    shared_state = acts.get("code_mean", 2)[:1].clone()
+    shared_state[0, 0] -= 20.0  # (below every other function: no tie at the threshold)
+    pieces, where, rows = [], [], []
+    for k, s in enumerate(own):
+        mine = dataclasses.replace(s, code=f"{s.code} # {s.id}")
+        if k % 2:
+            pieces, where, rows = (
+                [*pieces, mine],
+                [*where, Piece(k, 0, "")],
+                [*rows, acts.get("code_mean", 2)[k : k + 1]],
+            )
+            continue
+        pieces += [
+            dataclasses.replace(s, id=f"{s.id}#0", code="def shared(): pass"),
+            dataclasses.replace(mine, id=f"{s.id}#1"),
+        ]
+        where += [Piece(k, 0, "shared"), Piece(k, 1, "own")]
+        rows += [shared_state, acts.get("code_mean", 2)[k : k + 1]]
+    states = torch.cat(rows)[:, None, :]
+    piece_acts = Activations([2], [p.id for p in pieces], {"code_mean": states},
+                             code_tokens=torch.full((len(pieces),), 30))  # fmt: skip
+    units = Units(tuple(files), tuple(pieces), tuple(where))
+    held = HeldOut("all", ("logit",), {"CWE-89": files}, activations=lambda: piece_acts, units=units)
+    records = ADAPTED.apply(choices, held).lead["logit"][0].records
+    assert [r.sample_id for r in records] == [f.id for f in files]
+    probe = choices.default.adapted(choices.default.scores_of(piece_acts, piece_acts.code_tokens), 20)
+    flagged = probe.verdicts(probe.scores_of(piece_acts, piece_acts.code_tokens)).tolist()
+    distinct = {p.code: v for p, v in zip(pieces, flagged, strict=True)}
+    share = sum(distinct.values()) / len(distinct)
+    assert 0.3 < share < 0.8
+    assert sum(r.verdict == "vulnerable" for r in records) == round(share * len(files))
+    assert sum((r.score or 0.0) > probe.threshold for r in records) != round(share * len(files))  # the rule before
+    ranked = sorted(records, key=lambda r: -(r.score or 0.0))
+    verdicts = [r.verdict for r in ranked]
+    assert verdicts == sorted(verdicts, key=lambda v: v != "vulnerable")  # the highest-scoring files
+    assert len({r.threshold for r in records}) == 1
+    relabelled = tuple(dataclasses.replace(f, label="secure") for f in files)
+    again = ADAPTED.apply(
+        choices,
+        dataclasses.replace(held, samples={"CWE-89": relabelled}, units=dataclasses.replace(units, samples=relabelled)),
+    )
+    assert [r.verdict for r in again.lead["logit"][0].records] == [r.verdict for r in records]

@@ -41,8 +41,9 @@ from typing import Any
 from ..data.units import Units
 from ..stats.aggregate import check_aggregation
 from ..stats.metrics import Prediction
+from ..stats.shares import top_share_threshold
 
-__all__ = ["DetectionRecord", "aggregate_records", "record_from_dict", "records_to_predictions"]
+__all__ = ["DetectionRecord", "aggregate_records", "flag_top_share", "record_from_dict", "records_to_predictions"]
 
 _LABEL_TO_Y = {"vulnerable": 1, "secure": 0, "uncertain": -1}
 
@@ -97,6 +98,29 @@ def record_from_dict(data: dict[str, Any]) -> DetectionRecord:
 
 
 _VERDICT_RANK = {"vulnerable": 2, "uncertain": 1, "secure": 0}
+
+
+def flag_top_share(records: Sequence[DetectionRecord], share: float) -> list[DetectionRecord]:
+    """*records* (each with a score) re-judged by a label-free share rule: vulnerable iff the score is above the
+    threshold under which the highest *share* of their scores lie (:func:`~vulnsteer.stats.shares.
+    top_share_threshold`), which each then carries. An adapted detector's files flag the share of its functions it
+    flagged, so (as a scan's file verdicts do: :func:`~vulnsteer.scan.sources.file_scores`).
+
+    >>> rs = [DetectionRecord(k, "CWE-89", None, 1, "vulnerable", score=x, threshold=0.1) for k, x in
+    ...       (("a", 0.2), ("b", 0.9), ("c", 0.4), ("d", 0.3))]
+    >>> [(r.sample_id, r.verdict) for r in flag_top_share(rs, 0.25)]
+    [('a', 'secure'), ('b', 'vulnerable'), ('c', 'secure'), ('d', 'secure')]
+    """
+    if not records:
+        return []
+    scores = _values(records, "score")
+    if scores is None:
+        raise ValueError("flag_top_share: every record needs a score")
+    threshold = top_share_threshold(scores, share)
+    return [
+        dataclasses.replace(r, verdict="vulnerable" if x > threshold else "secure", threshold=threshold)
+        for r, x in zip(records, scores, strict=True)
+    ]
 
 
 def _values(records: Sequence[DetectionRecord], field: str) -> list[float] | None:

@@ -10,7 +10,8 @@ choice (no val samples) is read by the probe the other CWEs chose. They keep the
 The **adapted** family (``adapt=True``) re-estimates each probe's centre from the unlabelled held-out inputs it
 reads (:meth:`~vulnsteer.steering.probe.Probe.adapted`: their mean score becomes the centre; the threshold and
 calibration were chosen on val scores centred the same way). It reads the held-out activations only, never a
-label; with fewer than ``conditional.min_adapt`` inputs it does not adapt and says so (no row).
+label; with fewer than ``conditional.min_adapt`` inputs it does not adapt and says so (no row). Whole files (scored
+as their functions) flag the share of the distinct functions flagged, as a scan's adapted file verdicts do.
 
 Lead-table rows: ``probe`` and ``adapted`` (the same records in every mode's table).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ...config import ExperimentConfig
 from ...data.sample import Sample
-from ...detection.records import DetectionRecord
+from ...detection.records import DetectionRecord, flag_top_share
 from ...io import JsonObject
 from ...lm.activations import Activations
 from ...lm.model import LoadedModel
@@ -174,6 +175,11 @@ class ProbeFamily:
         ordered = held.to_samples([records[s.id] for s in samples if s.id in records])
         if not ordered:
             return Applied(notes=tuple(notes))
+        if self.adapt and held.units is not None and held.units.split:
+            # whole files: flag the share of the distinct pieces flagged, as a scan's file verdicts do
+            distinct = {s.code: records[s.id].verdict for s in samples if s.id in records}
+            share = sum(v == "vulnerable" for v in distinct.values()) / len(distinct)
+            ordered = flag_top_share(ordered, share)
         if self.adapt:
             label = "the gating probe adapted to the held-out inputs (centre from their unlabelled states)"
             note = "its centre re-estimated from the unlabelled inputs it reads; no label is read"
