@@ -359,6 +359,36 @@ def test_whole_file_when_there_is_no_function_or_the_parse_fails() -> None:
     assert broken.whole_file == "parse failed" and broken.parse_errors
 
 
+@needs_grammars
+def test_c_functions_after_one_the_parser_loses_its_way_in_are_still_found() -> None:
+    """An ``#ifdef`` that opens a brace in each branch makes tree-sitter swallow the rest of the file into one
+    error node (checked first); read again in chunks, every function is found with its exact region, and a
+    function that does not parse even alone is still one unit from its head (macro-heavy bodies, multi-byte
+    text before it)."""
+    lost = "int lost(int n) {\n#ifdef X\n  if (n) {\n#else\n  if (!n) {\n#endif\n    return 1;\n  }\n  return 0;\n}\n"
+    source = (
+        '/* é */ static const char *s = "日本";\nint ok(void) { return 0; }\n'
+        + "int lost(int n);\nEXPORT(ok);\n"  # (a prototype and a macro call: no function of their own)
+        + lost
+        + "\nstatic int after(char *p) {\n  return p[0];\n}\n"
+        + "struct t { int a; };\n"
+        + "int ZEXPORT last(z_streamp strm)\n{\n  return 2;\n}\n"
+    )
+    splitter = FunctionSplitter()
+    parser, _ = splitter._parser("c")
+    tree = parser.parse(source.encode("utf-8"))
+    assert [c.type for c in tree.root_node.named_children][-1] == "ERROR"  # what the chunks recover from
+    units = splitter.split(source, "c").units
+    assert [u.name for u in units] == ["ok", "lost", "after", "last"]
+    for unit in units:
+        assert slice_region(source, unit.region) == unit.text
+    assert units[1].text == lost.rstrip("\n") and units[1].region.start_line == 5
+    assert units[2].text == "static int after(char *p) {\n  return p[0];\n}"
+    for cpp in (False, True):  # the same recovery in C++; a clean file is untouched
+        clean = "int a(void) { return 0; }\nint b(void) { return 1; }\n"
+        assert [u.name for u in splitter.split(clean, "cpp" if cpp else "c").units] == ["a", "b"]
+
+
 def test_whole_file_for_a_language_without_grammar() -> None:
     result = FunctionSplitter().split("def hello\n  puts 1\nend\n", "ruby")
     assert result.whole_file == "no grammar"

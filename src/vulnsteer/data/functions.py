@@ -17,6 +17,15 @@ function around it (regions never overlap), while methods of classes nested in c
 A file whose language has no grammar here (or when tree-sitter is not installed), a file the parser cannot read,
 and a file without any function are one whole-file unit, and :class:`SplitResult` says why.
 
+**C and C++ the parser loses its way in** (macros in a function's signature or body, ``#ifdef`` branches that open
+braces): tree-sitter's error recovery can swallow the rest of the file into one error node, so every function after
+the first it cannot read would go unscored (zlib's ``inflate.c``: 13 of its 23 functions, ``inflate`` itself among
+them). So where a parse had errors, the file is also read in chunks, each ending at a line that is only ``}``
+(where C functions end): a chunk holding a line that looks like a function's head outside every function found is
+parsed on its own, so one function's confusion stays in it, and its functions join the others (never overlapping
+them); a chunk whose function still does not parse is one unit from that head (named by the identifier before its
+``(``), so the code is scored all the same (:func:`_recovered`).
+
 >>> splitter = FunctionSplitter()
 >>> result = splitter.split("def f(x):\\n    return x\\n", "python")  # doctest: +SKIP
 >>> [(u.name, u.region.start_line, u.region.end_line) for u in result.units]  # doctest: +SKIP
@@ -26,6 +35,7 @@ and a file without any function are one whole-file unit, and :class:`SplitResult
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,9 +250,92 @@ class FunctionSplitter:
         index = TextIndex(text)
         units: list[CodeUnit] = []
         _collect(root, language, [], index, units)
+        if language in _RECOVERED:
+            units = _recovered(parser, data, root, language, index, units)
         if not units:
             return SplitResult([_whole(text)], "parse failed" if root.has_error else "no functions", root.has_error)
         return SplitResult(units, None, root.has_error)
+
+
+#: Languages whose top-level error nodes are read again in chunks ending at a line that is only ``}``.
+_RECOVERED = frozenset({"c", "cpp"})
+#: A line that ends a C function: ``}`` alone at the start of a line (a comment may follow).
+_FUNCTION_END = re.compile(rb"^\}[ \t]*(?:;[ \t]*)?(?://[^\n]*|/\*.*\*/[ \t]*)?\r?$", re.MULTILINE)
+#: A line that looks like a C function's head: at the start of a line, no ``#``, ``;`` or ``=``, a name then ``(``.
+_FUNCTION_HEAD = re.compile(r"^(?!#|typedef\b|return\b|if\b|else\b|for\b|while\b|switch\b|do\b)[A-Za-z_][^;=#{}()]*?"
+                            r"\b([A-Za-z_]\w*)\s*\(", re.MULTILINE)  # fmt: skip
+
+
+def _recovered(
+    parser: Any, data: bytes, root: Any, language: str, index: TextIndex, units: list[CodeUnit]
+) -> list[CodeUnit]:
+    """*units* and, where the parse of *root* had errors, the functions whose head lies outside every unit, read
+    again in chunks (see the module docstring); a recovered unit never overlaps one of *units*. The test
+    ``test_c_functions_after_one_the_parser_loses_its_way_in_are_still_found`` shows one."""
+    if not root.has_error:
+        return units
+    covered = [(u.region.start_line, u.region.end_line) for u in units]
+
+    def free(line: int, last: int | None = None) -> bool:
+        return not any(a <= (last if last is not None else line) and line <= b for a, b in covered)
+
+    out = list(units)
+    for start, end in _chunks(data, 0, len(data)):
+        first, stop = index.char_offset(start), index.char_offset(end)
+        if not any(free(_line(index, h)) for h in _heads(index, first, stop)):
+            continue
+        found: list[CodeUnit] = []
+        _collect(_parse_range(parser, data, start, end).root_node, language, [], index, found)
+        found = [u for u in found if free(u.region.start_line, u.region.end_line)]
+        covered += [(u.region.start_line, u.region.end_line) for u in found]
+        rest = [h for h in _heads(index, first, stop) if free(_line(index, h))]
+        if rest:  # (a function that does not parse even alone: one unit from its head to the chunk's end)
+            begin = rest[0].start()
+            found.append(CodeUnit(rest[0].group(1), "function", index.region(begin, stop), index.text[begin:stop]))
+        out.extend(found)
+    return sorted(out, key=lambda u: (u.region.start_line, u.region.start_column))
+
+
+def _heads(index: TextIndex, first: int, stop: int) -> list[re.Match[str]]:
+    """The lines of ``index.text[first:stop]`` that look like a function's head: :data:`_FUNCTION_HEAD`, with a
+    ``{`` after it and no ``;`` before that (a prototype or a macro call is not a head)."""
+    out = []
+    for head in _FUNCTION_HEAD.finditer(index.text, first, stop):
+        brace = index.text.find("{", head.end(), stop)
+        if brace != -1 and ";" not in index.text[head.end() : brace]:
+            out.append(head)
+    return out
+
+
+def _line(index: TextIndex, head: re.Match[str]) -> int:
+    return index.position(head.start())[0]
+
+
+def _parse_range(parser: Any, data: bytes, start: int, end: int) -> Any:
+    """The tree of ``data[start:end]`` parsed alone, its positions those of *data* (the parser's included range;
+    reset after)."""
+    from tree_sitter import Range
+
+    def point(at: int) -> tuple[int, int]:
+        return data.count(b"\n", 0, at), at - (data.rfind(b"\n", 0, at) + 1)
+
+    parser.included_ranges = [Range(point(start), point(end), start, end)]
+    try:
+        return parser.parse(data)
+    finally:
+        parser.included_ranges = []
+
+
+def _chunks(data: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """Byte ranges of ``data[start:end]``, each ending after a line that is only ``}`` (the last: what remains, if
+    it holds anything but whitespace)."""
+    out, at = [], start
+    for match in _FUNCTION_END.finditer(data, start, end):
+        out.append((at, match.end()))
+        at = match.end()
+    if data[at:end].strip():
+        out.append((at, end))
+    return out
 
 
 def _whole(text: str) -> CodeUnit:
