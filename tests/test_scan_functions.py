@@ -371,6 +371,7 @@ def test_c_functions_after_one_the_parser_loses_its_way_in_are_still_found() -> 
         + "int lost(int n);\nEXPORT(ok);\n"  # (a prototype and a macro call: no function of their own)
         + lost
         + "\nstatic int after(char *p) {\n  return p[0];\n}\n"
+        + "int knr(a, b)\nint a;\nint b;\n{\n  return a + b;\n}\n"  # (K&R C, as zlib before 1.2.12)
         + "struct t { int a; };\n"
         + "int ZEXPORT last(z_streamp strm)\n{\n  return 2;\n}\n"
     )
@@ -379,7 +380,7 @@ def test_c_functions_after_one_the_parser_loses_its_way_in_are_still_found() -> 
     tree = parser.parse(source.encode("utf-8"))
     assert [c.type for c in tree.root_node.named_children][-1] == "ERROR"  # what the chunks recover from
     units = splitter.split(source, "c").units
-    assert [u.name for u in units] == ["ok", "lost", "after", "last"]
+    assert [u.name for u in units] == ["ok", "lost", "after", "knr", "last"]
     for unit in units:
         assert slice_region(source, unit.region) == unit.text
     assert units[1].text == lost.rstrip("\n") and units[1].region.start_line == 5

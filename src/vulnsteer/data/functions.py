@@ -297,12 +297,19 @@ def _recovered(
 
 
 def _heads(index: TextIndex, first: int, stop: int) -> list[re.Match[str]]:
-    """The lines of ``index.text[first:stop]`` that look like a function's head: :data:`_FUNCTION_HEAD`, with a
-    ``{`` after it and no ``;`` before that (a prototype or a macro call is not a head)."""
-    out = []
-    for head in _FUNCTION_HEAD.finditer(index.text, first, stop):
-        brace = index.text.find("{", head.end(), stop)
-        if brace != -1 and ";" not in index.text[head.end() : brace]:
+    """The lines of ``index.text[first:stop]`` that look like a function's head: :data:`_FUNCTION_HEAD`, its
+    parameters' ``)`` followed by ``{`` or (K&R C) a parameter declaration, and a ``{`` later on; a prototype or a
+    macro call (``)`` then ``;``) is not a head."""
+    text, out = index.text, []
+    for head in _FUNCTION_HEAD.finditer(text, first, stop):
+        depth, at = 0, head.end() - 1
+        while at < stop:
+            depth += {"(": 1, ")": -1}.get(text[at], 0)
+            if depth == 0:
+                break
+            at += 1
+        rest = text[at + 1 : stop].lstrip()
+        if depth == 0 and rest[:1] not in (";", ",", ")", "") and "{" in rest:
             out.append(head)
     return out
 
