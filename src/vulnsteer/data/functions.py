@@ -257,7 +257,7 @@ class FunctionSplitter:
         return SplitResult(units, None, root.has_error)
 
 
-#: Languages whose top-level error nodes are read again in chunks ending at a line that is only ``}``.
+#: Languages whose files with parse errors are also read in chunks ending at a line that is only ``}``.
 _RECOVERED = frozenset({"c", "cpp"})
 #: A line that ends a C function: ``}`` alone at the start of a line (a comment may follow).
 _FUNCTION_END = re.compile(rb"^\}[ \t]*(?:;[ \t]*)?(?://[^\n]*|/\*.*\*/[ \t]*)?\r?$", re.MULTILINE)
@@ -282,13 +282,14 @@ def _recovered(
     out = list(units)
     for start, end in _chunks(data, 0, len(data)):
         first, stop = index.char_offset(start), index.char_offset(end)
-        if not any(free(_line(index, h)) for h in _heads(index, first, stop)):
+        heads = _heads(index, first, stop)
+        if not any(free(_line(index, h)) for h in heads):
             continue
         found: list[CodeUnit] = []
         _collect(_parse_range(parser, data, start, end).root_node, language, [], index, found)
         found = [u for u in found if free(u.region.start_line, u.region.end_line)]
         covered += [(u.region.start_line, u.region.end_line) for u in found]
-        rest = [h for h in _heads(index, first, stop) if free(_line(index, h))]
+        rest = [h for h in heads if free(_line(index, h))]
         if rest:  # (a function that does not parse even alone: one unit from its head to the chunk's end)
             begin = rest[0].start()
             found.append(CodeUnit(rest[0].group(1), "function", index.region(begin, stop), index.text[begin:stop]))
