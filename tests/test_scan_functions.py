@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import itertools
 
 import pytest
 
@@ -370,6 +371,7 @@ def test_c_functions_after_one_the_parser_loses_its_way_in_are_still_found() -> 
         '/* é */ static const char *s = "日本";\nint ok(void) { return 0; }\n'
         + "int lost(int n);\nEXPORT(ok);\n"  # (a prototype and a macro call: no function of their own)
         + lost
+        + "static int after(char *p) PRINTF(1, 2);\nstatic const char *names[SIZE(t)] = { 0 };\n"  # (as curl has)
         + "\nstatic int after(char *p) {\n  return p[0];\n}\n"
         + "int knr(a, b)\nint a;\nint b;\n{\n  return a + b;\n}\n"  # (K&R C, as zlib before 1.2.12)
         + "struct t { int a; };\n"
@@ -383,6 +385,8 @@ def test_c_functions_after_one_the_parser_loses_its_way_in_are_still_found() -> 
     assert [u.name for u in units] == ["ok", "lost", "after", "knr", "last"]
     for unit in units:
         assert slice_region(source, unit.region) == unit.text
+    spans = [(u.region.start_line, u.region.end_line) for u in units]
+    assert all(b < c for (_, b), (c, _) in itertools.pairwise(spans))  # no two overlap
     assert units[1].text == lost.rstrip("\n") and units[1].region.start_line == 5
     assert units[2].text == "static int after(char *p) {\n  return p[0];\n}"
     for cpp in (False, True):  # the same recovery in C++; a clean file is untouched

@@ -261,9 +261,12 @@ class FunctionSplitter:
 _RECOVERED = frozenset({"c", "cpp"})
 #: A line that ends a C function: ``}`` alone at the start of a line (a comment may follow).
 _FUNCTION_END = re.compile(rb"^\}[ \t]*(?:;[ \t]*)?(?://[^\n]*|/\*.*\*/[ \t]*)?\r?$", re.MULTILINE)
-#: A line that looks like a C function's head: at the start of a line, no ``#``, ``;`` or ``=``, a name then ``(``.
-_FUNCTION_HEAD = re.compile(r"^(?!#|typedef\b|return\b|if\b|else\b|for\b|while\b|switch\b|do\b)[A-Za-z_][^;=#{}()]*?"
-                            r"\b([A-Za-z_]\w*)\s*\(", re.MULTILINE)  # fmt: skip
+#: A line that looks like a C function's head: at the start of a line, no ``#``, ``;``, ``=`` or ``[``, a name then
+#: ``(``.
+_FUNCTION_HEAD = re.compile(
+    r"^(?!#|typedef\b|return\b|if\b|else\b|for\b|while\b|switch\b|do\b)[A-Za-z_][^;=#{}()\[\]]*?\b([A-Za-z_]\w*)\s*\(",
+    re.MULTILINE,
+)
 
 
 def _recovered(
@@ -288,19 +291,23 @@ def _recovered(
         found: list[CodeUnit] = []
         _collect(_parse_range(parser, data, start, end).root_node, language, [], index, found)
         found = [u for u in found if free(u.region.start_line, u.region.end_line)]
-        covered += [(u.region.start_line, u.region.end_line) for u in found]
-        rest = [h for h in heads if free(_line(index, h))]
-        if rest:  # (a function that does not parse even alone: one unit from its head to the chunk's end)
+        inside = [(u.region.start_line, u.region.end_line) for u in found]
+        rest = [h for h in heads if free(_line(index, h)) and not any(a <= _line(index, h) <= b for a, b in inside)]
+        if rest:  # (a function that does not parse even alone: one unit from its head to the chunk's end, in place
+            # of what the chunk's parse made of it, unless that would overlap a function found before)
             begin = rest[0].start()
-            found.append(CodeUnit(rest[0].group(1), "function", index.region(begin, stop), index.text[begin:stop]))
+            head = CodeUnit(rest[0].group(1), "function", index.region(begin, stop), index.text[begin:stop])
+            if free(head.region.start_line, head.region.end_line):
+                found = [u for u in found if u.region.end_line < head.region.start_line] + [head]
+        covered += [(u.region.start_line, u.region.end_line) for u in found]
         out.extend(found)
     return sorted(out, key=lambda u: (u.region.start_line, u.region.start_column))
 
 
 def _heads(index: TextIndex, first: int, stop: int) -> list[re.Match[str]]:
     """The lines of ``index.text[first:stop]`` that look like a function's head: :data:`_FUNCTION_HEAD`, its
-    parameters' ``)`` followed by ``{`` or (K&R C) a parameter declaration, and a ``{`` later on; a prototype or a
-    macro call (``)`` then ``;``) is not a head."""
+    parameters' ``)`` followed by ``{`` or (K&R C) parameter declarations and then ``{``; a prototype or a macro
+    call (``)`` then ``;``, or another call before any ``{``) is not a head."""
     text, out = index.text, []
     for head in _FUNCTION_HEAD.finditer(text, first, stop):
         depth, at = 0, head.end() - 1
@@ -309,8 +316,9 @@ def _heads(index: TextIndex, first: int, stop: int) -> list[re.Match[str]]:
             if depth == 0:
                 break
             at += 1
-        rest = text[at + 1 : stop].lstrip()
-        if depth == 0 and rest[:1] not in (";", ",", ")", "") and "{" in rest:
+        brace = text.find("{", at + 1, stop)
+        between = text[at + 1 : brace]  # (K&R parameter declarations, else nothing)
+        if depth == 0 and brace != -1 and "(" not in between and not between.lstrip().startswith((";", ",", ")")):
             out.append(head)
     return out
 
