@@ -251,7 +251,7 @@ def test_adapted_file_verdicts_flag_the_share_of_functions_flagged_even_where_fi
     report = scan([tree], scorer, ScanOptions(min_score=0.0, adapt="on", prevalence=prevalence), progress=False)
     distinct = {r.code_hash: r.score.verdict for r in report.results}
     share = sum(v == "vulnerable" for v in distinct.values()) / len(distinct)
-    assert report.options.file_share == pytest.approx(share)
+    assert report.file_share == pytest.approx(share)
     files = file_scores(report)
     assert len(files) == detector.min_adapt + 9 and all(f.functions == 2 and f.threshold is not None for f in files)
     flagged = [f.verdict == "vulnerable" for f in files]
@@ -264,7 +264,7 @@ def test_adapted_file_verdicts_flag_the_share_of_functions_flagged_even_where_fi
     assert [f.path for f in picked] == [str(n) for n in named]
     assert [f.verdict for f in picked] == [verdicts[display_path(n, report.base)] for n in named]
     plain = scan([tree], scorer, ScanOptions(min_score=0.0), progress=False)
-    assert plain.options.file_share is None
+    assert plain.file_share is None
     for f in file_scores(plain):
         assert f.threshold is None and f.verdict == ("vulnerable" if f.score >= f.top.score.threshold else "secure")
 

@@ -233,12 +233,11 @@ def score_functions(
 ) -> tuple[list[FunctionResult], ScanOptions]:
     """The results of *pending* functions, in order: each function's code scored once (the cache first), each
     result counted in *stats* (a finding unless below ``min_score``, filtered out by CWE or suppressed); and the
-    options they were judged by (adapted: file verdicts flag the share of the distinct functions flagged; with a
-    stated prevalence or ``findings_at_threshold``, findings start at the adapted threshold)."""
+    options they were judged by (with a stated prevalence or ``findings_at_threshold``, findings start at the
+    adapted threshold)."""
     scores, hits = _score_missing(pending, scorer, cache_dir, options, stats, progress)
     if options.adapt == "on":
         scores = _adapted(scorer, scores, stats, options.prevalence)
-        options = options.with_file_share([s.verdict for s in scores.values()])
         if (options.prevalence is not None or options.findings_at_threshold) and scores:
             threshold = next(iter(scores.values())).threshold
             if threshold is not None:

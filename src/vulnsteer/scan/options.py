@@ -4,7 +4,6 @@ functions add up, and whether the detector adapts to the functions scanned."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config.defaults import DEFAULT_AGGREGATION, MIN_ADAPT
@@ -59,10 +58,6 @@ class ScanOptions:
             (:meth:`~vulnsteer.steering.probe.Probe.adapted`): the highest that share of the functions are
             flagged, findings start at that threshold (it replaces ``min_score``: :meth:`at_threshold`), and the
             probabilities take it as their prior. Needs adaptation (``adapt`` not ``off``).
-        file_share: the share of the files scanned whose verdict is vulnerable (None: each file's score against
-            its functions' threshold). A scan that adapts sets it (:meth:`with_file_share`) to the share of the
-            distinct functions its adapted detector flags, so its file verdicts flag files in the proportion its
-            function verdicts flag functions (:func:`~vulnsteer.scan.sources.file_scores`).
     """
 
     files: FileFilter = field(default_factory=FileFilter)
@@ -81,7 +76,6 @@ class ScanOptions:
     findings_at_threshold: bool = False
     adapt_from: int = MIN_ADAPT
     prevalence: float | None = None
-    file_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.adapt not in ADAPT_MODES:
@@ -100,8 +94,6 @@ class ScanOptions:
                 f"--fail-on {threshold:g} is below --min-score {self.min_score:g}: a function could fail the scan "
                 f"without being reported; lower --min-score to {threshold:g} or raise --fail-on"
             )
-        if self.file_share is not None and not 0.0 <= self.file_share <= 1.0:
-            raise ValueError(f"file_share must be a share in [0, 1], got {self.file_share}")
         if self.chunk_size < 1 or self.max_file_bytes < 1:
             raise ValueError("chunk_size and max_file_bytes must be positive")
         object.__setattr__(self, "cwes", tuple(normalize_cwe(c) for c in self.cwes))
@@ -131,16 +123,6 @@ class ScanOptions:
         """
         threshold = min(1.0, max(0.0, threshold))
         return dataclasses.replace(self, min_score=threshold if self.fail_on is None else min(threshold, self.fail_on))
-
-    def with_file_share(self, verdicts: Sequence[str]) -> ScanOptions:
-        """These options with file verdicts flagging the share of *verdicts* (the adapted detector's, one per
-        distinct function) that are ``vulnerable``.
-
-        >>> ScanOptions().with_file_share(["vulnerable", "secure", "secure", "secure"]).file_share
-        0.25
-        """
-        flagged = sum(v == "vulnerable" for v in verdicts)
-        return dataclasses.replace(self, file_share=flagged / len(verdicts) if verdicts else None)
 
     @property
     def fail_threshold(self) -> float:

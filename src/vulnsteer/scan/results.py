@@ -224,6 +224,16 @@ class ScanReport:
         return {key: portable(value, self.base) for key, value in self.provenance.items()}
 
     @property
+    def file_share(self) -> float | None:
+        """Where the scan adapted, the share of its distinct functions the adapted detector flags: the share of
+        the files its file verdicts flag (:func:`~vulnsteer.scan.sources.file_scores`); else None (each file's
+        score against its functions' threshold)."""
+        if self.options.adapt != "on" or not self.results:
+            return None
+        flagged = {r.code_hash: r.score.verdict == "vulnerable" for r in self.results}
+        return sum(flagged.values()) / len(flagged)
+
+    @property
     def findings(self) -> list[FunctionResult]:
         """The findings, highest score first."""
         found = (r for r in self.results if r.finding)

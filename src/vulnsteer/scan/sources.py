@@ -17,7 +17,7 @@ A file's score is its functions' aggregate (:func:`file_score`, by the scan's ag
 0.7
 
 A scan that adapts flags the same share of the files as its adapted detector flags of the distinct functions
-(:attr:`~vulnsteer.scan.options.ScanOptions.file_share`): a file's verdict is then its score against the threshold
+(:attr:`~vulnsteer.scan.results.ScanReport.file_share`): a file's verdict is then its score against the threshold
 above which that share of the files' scores lie (:func:`file_scores`), not against its functions' threshold. A
 file's smooth maximum sits below its riskiest function's score when the others score lower, so the functions'
 threshold applied to files flags fewer files than functions, far fewer where many files share a low-scoring
@@ -193,7 +193,7 @@ def file_scores(report: ScanReport, names: Sequence[str] | None = None) -> list[
     """One :class:`FileScore` per file in *names* (as given to :func:`~vulnsteer.scan.engine.scan`), in order, by
     the scan's aggregation (:attr:`~vulnsteer.scan.options.ScanOptions.aggregation`); without *names*, every file
     scanned, in scan order (named as reports name them). A file whose functions were all empty after cleaning has
-    none. Where the scan adapted (:attr:`~vulnsteer.scan.options.ScanOptions.file_share`), each file's verdict
+    none. Where the scan adapted (:attr:`~vulnsteer.scan.results.ScanReport.file_share`), each file's verdict
     threshold flags that share of every file scanned (named or not: the share is of the scan, as its functions'
     is), no label read."""
     by_path: dict[str, list[FunctionResult]] = {}
@@ -201,7 +201,7 @@ def file_scores(report: ScanReport, names: Sequence[str] | None = None) -> list[
         by_path.setdefault(result.path, []).append(result)
     how = report.options.aggregation
     found = {path: file_score(path, results, how) for path, results in by_path.items()}
-    share = report.options.file_share
+    share = report.file_share
     if share is not None and found:
         threshold = top_share_threshold([f.score for f in found.values()], share)
         found = {path: dataclasses.replace(f, threshold=threshold) for path, f in found.items()}
