@@ -312,7 +312,7 @@ def _heads(index: TextIndex, first: int, stop: int) -> list[re.Match[str]]:
     for head in _FUNCTION_HEAD.finditer(text, first, stop):
         depth, at = 0, head.end() - 1
         while at < stop:
-            depth += {"(": 1, ")": -1}.get(text[at], 0)
+            depth += (text[at] == "(") - (text[at] == ")")
             if depth == 0:
                 break
             at += 1
