@@ -24,6 +24,7 @@ from vulnsteer.scan.cache import ScanCache
 from vulnsteer.scan.output import format_jsonl, render
 from vulnsteer.scan.sarif import FINGERPRINT_KEY, build_sarif
 from vulnsteer.scan.scorer import FunctionScore, Scorer
+from vulnsteer.scan.sources import file_scores
 from vulnsteer.stats.aggregate import aggregate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,6 +297,44 @@ def test_sarif_rules_fingerprints_and_levels(tmp_path: Path) -> None:
     assert moved_risky["partialFingerprints"][FINGERPRINT_KEY] == risky["partialFingerprints"][FINGERPRINT_KEY]
     start = risky["locations"][0]["physicalLocation"]["region"]["startLine"]
     assert moved_risky["locations"][0]["physicalLocation"]["region"]["startLine"] == start + 3
+
+
+@needs_grammars
+def test_a_file_is_read_by_the_functions_it_does_not_share_with_its_other_version(tmp_path: Path) -> None:
+    """Two versions of one file (a vulnerable file and its fix) share what the fix left alone: each file's score
+    leaves that function out (``shared_functions`` counts it) and reads the one that tells them apart; a helper
+    three files share counts for each; a file whose functions are all shared reads them all; ``all`` reads every
+    function. No label is read, and every function is still scored and reported."""
+    helper = "def helper(rows):\n    return len(rows)\n\n\n"
+    pair_common = "def load(name):\n    return open(name).read()\n\n\n"
+    files = {
+        "v.py": pair_common + "def run(cmd):\n    return danger(cmd)\n",
+        "f.py": pair_common + "def run(cmd):\n    return quote(cmd)\n",
+        "a.py": helper + "def first(x):\n    return x\n",
+        "b.py": helper + "def second(x):\n    return danger(x)\n",
+        "c.py": helper + "def third(x):\n    return x * 2\n",
+        "copy1.py": "def same(x):\n    return x - 1\n",
+        "copy2.py": "def same(x):\n    return x - 1\n",
+    }
+    root = _write(tmp_path / "src", files)
+    report = scan([root], FakeScorer(), cache_dir=None, progress=False, base=tmp_path)
+    found = {Path(f.path).name: f for f in file_scores(report)}
+    assert len(report.results) == 2 * 2 + 3 * 2 + 2  # every function is scored and reported
+    assert (found["v.py"].score, found["v.py"].functions, found["v.py"].shared) == (0.9, 1, 1)
+    assert (found["f.py"].score, found["f.py"].functions, found["f.py"].shared) == (0.2, 1, 1)
+    for name in ("a.py", "b.py", "c.py"):  # the helper of three files counts for each
+        assert (found[name].functions, found[name].shared) == (2, 0)
+    assert found["b.py"].score == pytest.approx(aggregate([0.2, 0.9], "logsumexp"))
+    assert (found["copy1.py"].functions, found["copy1.py"].shared) == (1, 0)  # nothing of its own: all read
+    records = [json.loads(line) for line in format_jsonl(report).splitlines()]
+    by_path = {Path(r["path"]).name: r for r in records if r["type"] == "file"}
+    assert (by_path["v.py"]["functions"], by_path["v.py"]["shared_functions"]) == (1, 1)
+    every = scan([root], FakeScorer(), ScanOptions(file_functions="all"), cache_dir=None, progress=False)
+    whole = {Path(f.path).name: f for f in file_scores(every)}
+    assert (whole["v.py"].functions, whole["v.py"].shared) == (2, 0)
+    assert whole["v.py"].score == pytest.approx(aggregate([0.2, 0.9], "logsumexp"))
+    with pytest.raises(ValueError, match="--file-functions must be one of differing, all"):
+        ScanOptions(file_functions="some")
 
 
 @needs_grammars

@@ -314,15 +314,18 @@ BODIES = {
 }
 
 
-def write_file_pairs(path: Path, n_pairs: int = 6) -> Path:
+def write_file_pairs(path: Path, n_pairs: int = 6, load_per_pair: bool = False) -> Path:
     """A generic-JSONL dataset of whole Python files: the vulnerable and fixed versions differ in one function
-    (``run``), the middle one of three."""
+    (``run``), the middle one of three; the other two are the same in every file, or (*load_per_pair*) ``load``
+    is the same in a pair's two files only."""
     rows = []
     for cwe, (bad, good) in BODIES.items():
         for i in range(n_pairs):
             pair = f"{cwe}-{i}"
             for label, body in (("vulnerable", bad), ("secure", good)):
                 code = PY_FILE.format(i=i, body=body.format(i=i))
+                if load_per_pair:
+                    code = code.replace("os.path.join(BASE, name)", f"os.path.join(BASE, {pair!r}, name)")
                 rows.append({"id": f"{pair}-{label[0]}", "pair_id": pair, "cwe": cwe, "label": label,
                              "language": "python", "code": code, "whole_file": True})  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -343,6 +346,37 @@ def test_prepare_splits_files_into_pieces(tmp_path: Path, tiny_lm: LoadedModel) 
     test = prepared.units("test")
     assert test.split == len(test.samples) and {w.name for w in test.where} == {"load", "run", "report"}
     assert [s.id for s in prepared.pieces("test")] == [p.id for p in test.pieces]
+
+
+@needs_grammars
+def test_held_out_files_leave_out_what_exactly_two_of_them_share(tmp_path: Path, tiny_lm: LoadedModel) -> None:
+    """``data.file_functions``: a held-out file's score leaves out the function only its other version has too
+    (each pair's own ``load``), not the helper every file has (``report``), as a scan reads files; ``all`` reads
+    every function. The records of the pieces add up to the file's over the functions it reads."""
+    data = write_file_pairs(tmp_path / "files.jsonl", load_per_pair=True)
+    loaded = load_samples(data, "jsonl")
+    units = {}
+    for rule in ("differing", "all"):
+        prepared = prepare_data(
+            DataSection(path=str(data), format="jsonl", max_code_tokens=64, file_functions=rule), tiny_lm.tokenizer,
+            samples=LoadedData(loaded, str(data)), progress=False,
+        )  # fmt: skip
+        assert prepared.notes["file_functions"] == rule
+        units[rule] = prepared.units("test")
+    differing = units["differing"]
+    assert len(differing.samples) >= 4 and {p.shared for p in units["all"].where} == {False}
+    assert {(w.name, w.shared) for w in differing.where} == {("load", True), ("run", False), ("report", False)}
+    records = [DetectionRecord(p.id, p.cwe, p.pair_id, p.y, "secure", score=0.1 * (k % 7), threshold=0.5)
+               for k, p in enumerate(differing.pieces)]  # fmt: skip
+    for file_record, (index, sample) in zip(aggregate_records(differing, records, "mean"), enumerate(differing.samples),
+                                            strict=True):  # fmt: skip
+        read = [r.score for r, w in zip(records, differing.where, strict=True) if w.sample == index and not w.shared]
+        assert file_record.sample_id == sample.id and len(read) == 2
+        assert file_record.score == pytest.approx(aggregate(read, "mean"))  # type: ignore[arg-type]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\nfile_functions = "some"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.toml.*data\.file_functions"):
+        load_config(bad)
 
 
 @needs_grammars

@@ -22,9 +22,9 @@ from .options import (
     adaptation_options,
     add_scorer_args,
     check_steering_options,
-    config_from_args,
     given,
     probe_detector,
+    reading_options,
     scorer_spec,
 )
 
@@ -72,10 +72,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..scan import ModelScorer, ScanOptions, scan
     from ..scan.sources import file_scores
 
-    keep_comments = config_from_args(args).data.keep_comments
     detector = probe_detector(spec)
-    options = ScanOptions(keep_comments=keep_comments, max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0,
-                          language=language, score_unknown=True, aggregation=spec.resolved_aggregation,
+    options = ScanOptions(max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0, language=language,
+                          score_unknown=True, **reading_options(args, spec),
                           **adaptation_options(args, detector))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()

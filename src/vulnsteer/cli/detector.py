@@ -19,6 +19,7 @@ from .options import (
     config_from_args,
     given,
     probe_detector,
+    reading_options,
     scorer_spec,
 )
 
@@ -118,8 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = load_dataset(config.data)
     samples = cap_pairs(loaded.samples, config.data.max_pairs_per_cwe, config.data.seed)
     detector = probe_detector(spec)
-    options = ScanOptions(keep_comments=config.data.keep_comments, min_score=0.0, fail_on=1.0, score_unknown=True,
-                          aggregation=spec.resolved_aggregation, **adaptation_options(args, detector))  # fmt: skip
+    options = ScanOptions(min_score=0.0, fail_on=1.0, score_unknown=True, **reading_options(args, spec),
+                          **adaptation_options(args, detector))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         scored = score_labelled(samples, scorer, options, progress=not args.no_progress)

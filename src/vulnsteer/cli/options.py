@@ -366,7 +366,8 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
     add_steering_args(g)
     add_config_args(p, ["model"])
     add_config_args(p, ["detection"], only=("--max-new-tokens", "--batch-size"))
-    add_config_args(p, ["data"], only=("--max-code-tokens", "--keep-comments", "--long-functions"))
+    add_config_args(p, ["data"], only=("--max-code-tokens", "--keep-comments", "--long-functions",
+                                       "--file-functions"))  # fmt: skip
     p.add_argument(
         "--aggregation",
         default=None,
@@ -444,6 +445,15 @@ def adaptation_options(args: argparse.Namespace, detector: Any) -> dict[str, Any
             raise UsageError("--prevalence sets where findings start (the highest SHARE of the functions): drop "
                              "--min-score, or --prevalence")  # fmt: skip
     return {"adapt": adapt, "adapt_from": adapt_from(detector), "prevalence": prevalence}
+
+
+def reading_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """The :class:`~vulnsteer.scan.options.ScanOptions` fields of the :func:`add_scorer_args` flags on how code is
+    read and how a file's functions add up (``keep_comments``, ``aggregation``, ``file_functions``) for *spec*
+    (:func:`scorer_spec`)."""
+    data = config_from_args(args).data
+    return {"keep_comments": data.keep_comments, "aggregation": spec.resolved_aggregation,
+            "file_functions": data.file_functions}  # fmt: skip
 
 
 def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:

@@ -25,6 +25,7 @@ from .options import (
     given,
     positive_int,
     probe_detector,
+    reading_options,
     scorer_spec,
 )
 
@@ -214,13 +215,12 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
             gitignore=not args.no_gitignore,
             outputs=frozenset({Path(args.output).resolve()}) if getattr(args, "output", None) else frozenset(),
         ),
-        keep_comments=config_from_args(args).data.keep_comments,
         max_file_bytes=args.max_file_bytes,
         min_score=args.min_score if args.min_score is not None else default_min_score(detector),
         findings_at_threshold=detector is not None and args.min_score is None,
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
-        aggregation=spec.resolved_aggregation,
+        **reading_options(args, spec),
         **adaptation_options(args, detector),
         **more,
     )
@@ -287,6 +287,13 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
             line + "; file verdicts flag the same share of the files; --no-adapt scores each function as the "
             "detector was fitted)"
         )
+    from ..scan.sources import file_scores
+
+    shared = [f for f in file_scores(report) if f.shared]
+    if shared:
+        say(f"{len(shared)} file(s) share functions with exactly one other scanned file (two versions of one file "
+            f"do): their scores leave those {sum(f.shared for f in shared)} function(s) out and read the others, "
+            "which tell the two apart (still scored and reported; --file-functions all reads every one)")  # fmt: skip
     if "prevalence" in provenance:
         share = provenance["prevalence"]
         say(f"prevalence: {share:g} stated: the highest {share:.0%} of the distinct functions are flagged (from "

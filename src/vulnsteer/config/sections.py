@@ -13,6 +13,7 @@ from typing import Any
 
 from .defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_FILE_FUNCTIONS,
     DEFAULT_LONG_FUNCTIONS,
     DEFAULT_MAX_CODE_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -60,6 +61,7 @@ from .vocabulary import (
     DTYPES,
     DUPLICATE_POLICIES,
     EXECUTORS,
+    FILE_FUNCTIONS,
     GATE_KINDS,
     LENGTH_MODES,
     LONG_FUNCTIONS,
@@ -253,6 +255,14 @@ class DataSection:
         "windows (overlapping windows of the budget, each scored, aggregated like functions) or head (its head "
         "only); training data keeps its diff-centred truncation",
         "--long-functions",
+    )
+    file_functions: str = _key(
+        DEFAULT_FILE_FUNCTIONS,
+        one_of(FILE_FUNCTIONS),
+        "which of a whole file's functions its score reads where several files are scored together (held-out "
+        "splits, other datasets, scans): differing (leave out a function exactly one other file also has, as two "
+        "versions of one file share what a fix left alone, where the file has other functions) or all",
+        "--file-functions",
     )
 
 

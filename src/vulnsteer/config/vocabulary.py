@@ -19,6 +19,7 @@ __all__ = [
     "DTYPES",
     "DUPLICATE_POLICIES",
     "EXECUTORS",
+    "FILE_FUNCTIONS",
     "GATE_KINDS",
     "LENGTH_MODES",
     "LONG_FUNCTIONS",
@@ -90,6 +91,10 @@ AGGREGATIONS: tuple[str, ...] = ("logsumexp", "max", "top2_mean", "top3_mean", "
 #: How code longer than the token budget is read where the changed lines are not known (held-out data, scans):
 #: in overlapping windows, each scored, aggregated like functions; or its head only.
 LONG_FUNCTIONS: tuple[str, ...] = ("windows", "head")
+#: Which of a whole file's functions its score reads: ``differing`` leaves out a function that exactly one other
+#: scored file also has (what two versions of one file, a vulnerable file and its fix, have in common), where the
+#: file has other functions; ``all`` reads every function (:func:`~vulnsteer.stats.aggregate.read_members`).
+FILE_FUNCTIONS: tuple[str, ...] = ("differing", "all")
 #: What happened to a function between two versions of a file (matched by qualified name; ``renamed``: another
 #: name, the same code).
 CHANGE_KINDS: tuple[str, ...] = ("changed", "added", "removed", "renamed", "unchanged")

@@ -10,7 +10,9 @@ A sample is scored as one piece, exactly as it is, unless
   piece; with ``head`` it is cut to the budget from its head.
 
 The pieces' scores add up to the sample's score by an aggregation (:mod:`vulnsteer.stats.aggregate`): the windows
-of a function to the function's score, the functions of a file to the file's (:meth:`Units.aggregate`). Held-out
+of a function to the function's score, the functions of a file to the file's (:meth:`Units.aggregate`), less the
+functions it shares with exactly one other held-out sample where ``data.file_functions`` is ``differing`` (as a
+scan reads files: :func:`~vulnsteer.stats.aggregate.read_members`; :attr:`Piece.shared`). Held-out
 code is read as unseen code is, without knowing where a fix is: the diff-centred truncation of SVEN-style data
 (:func:`~vulnsteer.data.truncate.truncate_sample`) is kept for **training** data only.
 
@@ -35,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..stats.aggregate import aggregate, top_index
+from ..stats.aggregate import aggregate, read_members, top_index
 from .changes import match_functions
 from .clean import strip_comments
 from .functions import CodeUnit, FunctionSplitter
@@ -108,12 +110,14 @@ def file_functions(sample: Sample, splitter: FunctionSplitter, keep_comments: bo
 class Piece:
     """Where one scored piece comes from: its sample (an index into :attr:`Units.samples`), the function within it
     (0 for a sample scored as a whole), the function's qualified name (empty for a sample scored as a whole) and
-    the window within the function (0 when it is read whole or from its head)."""
+    the window within the function (0 when it is read whole or from its head); *shared*: its function is left out
+    of its sample's score (exactly one other sample has it: see the module docstring)."""
 
     sample: int
     function: int
     name: str
     window: int = 0
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,12 +170,14 @@ class Units:
 
     def aggregate(self, values: Sequence[float], how: str) -> list[tuple[float, int]]:
         """Per sample: the aggregate of its pieces' *values* (one per piece, in order) by *how*, the windows of a
-        function first, then the functions; and the index of its top piece (the top window of its top function)."""
+        function first, then the functions it reads (not :attr:`Piece.shared`); and the index of its top piece (the
+        top window of its top function)."""
         if len(values) != len(self.pieces):
             raise ValueError(f"{len(values)} values for {len(self.pieces)} pieces")
         functions: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, piece in enumerate(self.where):
-            functions[(piece.sample, piece.function)].append(index)
+            if not piece.shared:
+                functions[(piece.sample, piece.function)].append(index)
         by_sample: dict[int, list[tuple[float, int]]] = defaultdict(list)
         for (sample, _), members in functions.items():
             scores = [values[i] for i in members]
@@ -204,21 +210,41 @@ def held_out_units(
     functions: Mapping[str, Sequence[FunctionCode]],
     full: Mapping[str, str],
     fit: Fitter,
+    file_functions: str = "all",
 ) -> Units:
     """The pieces of held-out *samples*: each sample's functions (*functions*, by sample id, for the whole files
     that were split) or its own untruncated code (*full*, by sample id; the sample's code when absent), each read
-    by *fit* (its head, or its windows)."""
+    by *fit* (its head, or its windows); with *file_functions* ``differing``, a function exactly one other sample
+    has too is :attr:`Piece.shared` where its sample has others (:func:`~vulnsteer.stats.aggregate.read_members`).
+
+    >>> a = Sample("a", "", "c", "CWE-787", "vulnerable", "p", is_file=True)
+    >>> b = dataclasses.replace(a, id="b", label="secure")
+    >>> def f(name, code):
+    ...     return FunctionCode(name, "function", Region(1, 1, 1, 1), code)
+    >>> found = {"a": [f("main", "int main();"), f("copy", "void copy();")],
+    ...          "b": [f("main", "int main();"), f("copy", "void copy(int n);")]}
+    >>> units = held_out_units([a, b], found, {}, lambda code: [(code, Truncation(False, 0, 0, None))], "differing")
+    >>> [(p.sample, p.name, p.shared) for p in units.where]
+    [(0, 'main', True), (0, 'copy', False), (1, 'main', True), (1, 'copy', False)]
+    >>> units.aggregate([0.1, 0.9, 0.1, 0.3], "mean")
+    [(0.9, 1), (0.3, 3)]
+    """
+    parts_of = [
+        [(f.name, f.code) for f in functions.get(sample.id, ())] or [("", full.get(sample.id, sample.code))]
+        for sample in samples
+    ]
+    keys = [[(sample.language, code) for _, code in parts] for sample, parts in zip(samples, parts_of, strict=True)]
+    reads = [set(read) for read in read_members(keys, file_functions)]
     pieces: list[Sample] = []
     where: list[Piece] = []
-    for index, sample in enumerate(samples):
-        parts = [(f.name, f.code) for f in functions.get(sample.id, ())] or [("", full.get(sample.id, sample.code))]
+    for index, (sample, parts) in enumerate(zip(samples, parts_of, strict=True)):
         read = [(k, name, fit(code)) for k, (name, code) in enumerate(parts)]
         single = len(read) == 1 and len(read[0][2]) == 1
         n = 0
         for k, name, found in read:
             for w, (code, truncation) in enumerate(found):
                 pieces.append(_piece(sample, n, code, truncation, single, name))
-                where.append(Piece(index, k, name, w))
+                where.append(Piece(index, k, name, w, shared=k not in reads[index]))
                 n += 1
     return Units(tuple(samples), tuple(pieces), tuple(where))
 

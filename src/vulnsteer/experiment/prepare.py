@@ -68,6 +68,7 @@ class PreparedData:
         functions: the functions of each whole file that was split (by sample id).
         full: the cleaned, untruncated code of each held-out sample that was truncated (by sample id).
         fit: how held-out code is read within the token budget (its head, or windows); None: as it is.
+        file_functions: which of a whole file's functions its score reads (``data.file_functions``).
     """
 
     splits: Splits
@@ -77,6 +78,7 @@ class PreparedData:
     functions: Mapping[str, tuple[FunctionCode, ...]] = field(default_factory=dict)
     full: Mapping[str, str] = field(default_factory=dict)
     fit: Fitter | None = None
+    file_functions: str = "all"
     _units: dict[str, Units] = field(default_factory=dict, repr=False)
 
     def by_cwe(self, split: str) -> dict[str, list[Sample]]:
@@ -105,7 +107,7 @@ class PreparedData:
         functions, code over the budget read by :attr:`fit` (every sample as itself when there is neither)."""
         if not self.functions and (self.fit is None or not self.full):
             return Units.whole(samples)
-        return held_out_units(samples, self.functions, self.full, self.fit or _as_is)
+        return held_out_units(samples, self.functions, self.full, self.fit or _as_is, self.file_functions)
 
     def pieces(self, split: str) -> list[Sample]:
         """The pieces of *split* (what its activations and records are of), in order."""
@@ -235,6 +237,7 @@ def prepare_data(
     notes["files_split"] = len(functions)
     notes["functions_of_files"] = sum(len(f) for f in functions.values())
     notes["long_functions"] = config.long_functions
+    notes["file_functions"] = config.file_functions
     try:
         splits = split_samples(
             cleaned,
@@ -273,7 +276,7 @@ def prepare_data(
     if tokenizer is not None:
         reader = window_fitter if config.long_functions == "windows" else head_fitter
         fit = reader(count, config.max_code_tokens)
-    return PreparedData(splits, cwes, loaded.source, notes, functions, full, fit)
+    return PreparedData(splits, cwes, loaded.source, notes, functions, full, fit, config.file_functions)
 
 
 def _same(sample: Sample) -> Sample:

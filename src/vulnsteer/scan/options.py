@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..config.defaults import DEFAULT_AGGREGATION, MIN_ADAPT
-from ..config.vocabulary import ADAPT_MODES
+from ..config.defaults import DEFAULT_AGGREGATION, DEFAULT_FILE_FUNCTIONS, MIN_ADAPT
+from ..config.vocabulary import ADAPT_MODES, FILE_FUNCTIONS
 from ..cwe import normalize_cwe
 from ..stats.aggregate import check_aggregation
 from ..stats.shares import check_share
@@ -44,6 +44,9 @@ class ScanOptions:
         score_unknown: score a file of no known language whole, as plain source code (else it is skipped).
         aggregation: how a file's functions add up to the file's score (file records, ``detect``): one of
             :data:`~vulnsteer.config.vocabulary.AGGREGATIONS`, the scorer's own for a long function's windows.
+        file_functions: which of a file's functions its score reads: ``differing`` leaves out a function that
+            exactly one other scanned file also has (what two versions of one file share), ``all`` reads every one
+            (:func:`~vulnsteer.stats.aggregate.read_members`).
         adapt: ``on``: re-read every function's score by the scorer's probe detector adapted to all the functions
             scanned (its centre from their unlabelled scores; see
             :meth:`~vulnsteer.scan.model_scorer.ModelScorer.adapt`); ``off``: never; ``auto``: on from
@@ -72,6 +75,7 @@ class ScanOptions:
     language: str | None = None
     score_unknown: bool = False
     aggregation: str = DEFAULT_AGGREGATION
+    file_functions: str = DEFAULT_FILE_FUNCTIONS
     adapt: str = "off"
     findings_at_threshold: bool = False
     adapt_from: int = MIN_ADAPT
@@ -98,6 +102,10 @@ class ScanOptions:
             raise ValueError("chunk_size and max_file_bytes must be positive")
         object.__setattr__(self, "cwes", tuple(normalize_cwe(c) for c in self.cwes))
         check_aggregation(self.aggregation, "--aggregation")
+        if self.file_functions not in FILE_FUNCTIONS:
+            raise ValueError(
+                f"--file-functions must be one of {', '.join(FILE_FUNCTIONS)}, got {self.file_functions!r}"
+            )
         object.__setattr__(self, "baseline", frozenset(self.baseline))
 
     def settled(self, functions: int) -> ScanOptions:

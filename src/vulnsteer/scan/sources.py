@@ -22,6 +22,23 @@ above which that share of the files' scores lie (:func:`file_scores`), not again
 file's smooth maximum sits below its riskiest function's score when the others score lower, so the functions'
 threshold applied to files flags fewer files than functions, far fewer where many files share a low-scoring
 function (the OWASP Benchmark's Java servlets: 19% of the files against 45% of the functions).
+
+By default (:attr:`~vulnsteer.scan.options.ScanOptions.file_functions` ``differing``) a file's score leaves out the
+functions that exactly one other scanned file also has, where it has others
+(:func:`~vulnsteer.stats.aggregate.read_members`): scanned together, a vulnerable file and its fix are each read by
+the functions that tell them apart. No label is read, and the functions left out are still scored and reported.
+
+>>> def at(path, name, p):
+...     return FunctionResult(path, "c", name, "function", Region(1, 1, 2, 1), name, "f", FunctionScore(p, "secure"),
+...                           cached=False, finding=False)
+>>> from vulnsteer.scan.options import ScanOptions
+>>> report = ScanReport([at("v.c", "main", 0.1), at("v.c", "copy", 0.9), at("f.c", "main", 0.1),
+...                      at("f.c", "copy-checked", 0.3)], None, {}, "", ScanOptions(), Path("."))
+>>> [(f.path, round(f.score, 2), f.shared) for f in file_scores(report)]
+[('v.c', 0.9, 1), ('f.c', 0.3, 1)]
+>>> report.options = ScanOptions(file_functions="all")
+>>> [(f.path, round(f.score, 2), f.shared) for f in file_scores(report)]
+[('v.c', 0.58, 0), ('f.c', 0.2, 0)]
 """
 
 from __future__ import annotations
@@ -35,7 +52,7 @@ from typing import Any
 from ..config.defaults import DEFAULT_AGGREGATION
 from ..data.clean import LANGUAGE_ALIASES, canonical_language
 from ..data.text import BinaryContentError, read_source
-from ..stats.aggregate import aggregate, top_index
+from ..stats.aggregate import aggregate, read_members, top_index
 from ..stats.shares import top_share_threshold
 from .engine import display_path
 from .results import FunctionResult, ScanReport
@@ -116,7 +133,9 @@ def check_source_files(names: Sequence[str], language_given: bool) -> tuple[list
 class FileScore:
     """One file's score: the aggregate of its functions' scores (by *aggregation*), the function that leads it
     (the highest-scoring), and its :attr:`verdict`; *threshold*: where set (a scan that adapted), the file is
-    vulnerable iff its score is above it (:func:`file_scores`)."""
+    vulnerable iff its score is above it (:func:`file_scores`). *functions* counts the functions read; *shared*
+    the file's functions left out of its score because exactly one other scanned file has them too (see the
+    module docstring)."""
 
     path: str
     score: float
@@ -124,6 +143,7 @@ class FileScore:
     functions: int
     aggregation: str = DEFAULT_AGGREGATION
     threshold: float | None = None
+    shared: int = 0
 
     @property
     def verdict(self) -> str:
@@ -161,6 +181,7 @@ class FileScore:
             "score": self.score,
             "aggregation": self.aggregation,
             "functions": self.functions,
+            "shared_functions": self.shared,
             "verdict": self.verdict,
             "top_function": top.name,
             "top_line": top.region.start_line,
@@ -173,7 +194,8 @@ class FileScore:
         out = {"file": self.path, "language": top.language or "unknown", "function": top.name,
                "line": top.region.start_line, "functions": self.functions, "verdict": self.verdict,
                "weakness": result.cwe, "p_vulnerable": self.score, "aggregation": self.aggregation,
-               "function_p_vulnerable": result.score, "text": result.explanation, "truncated": result.truncated,
+               "shared_functions": self.shared, "function_p_vulnerable": result.score, "text": result.explanation,
+               "truncated": result.truncated,
                "windows": result.windows}  # fmt: skip
         if result.probe is not None:
             out.update(probe_score=result.probe, push=result.push)
@@ -191,16 +213,23 @@ def file_score(path: str, functions: Sequence[FunctionResult], how: str = DEFAUL
 
 def file_scores(report: ScanReport, names: Sequence[str] | None = None) -> list[FileScore]:
     """One :class:`FileScore` per file in *names* (as given to :func:`~vulnsteer.scan.engine.scan`), in order, by
-    the scan's aggregation (:attr:`~vulnsteer.scan.options.ScanOptions.aggregation`); without *names*, every file
-    scanned, in scan order (named as reports name them). A file whose functions were all empty after cleaning has
-    none. Where the scan adapted (:attr:`~vulnsteer.scan.results.ScanReport.file_share`), each file's verdict
-    threshold flags that share of every file scanned (named or not: the share is of the scan, as its functions'
-    is), no label read."""
+    the scan's aggregation (:attr:`~vulnsteer.scan.options.ScanOptions.aggregation`) of the functions its
+    :attr:`~vulnsteer.scan.options.ScanOptions.file_functions` rule reads; without *names*, every file scanned, in
+    scan order (named as reports name them). A file whose functions were all empty after cleaning has none. Where
+    the scan adapted (:attr:`~vulnsteer.scan.results.ScanReport.file_share`), each file's verdict threshold flags
+    that share of every file scanned (named or not: the share is of the scan, as its functions' is), no label
+    read."""
     by_path: dict[str, list[FunctionResult]] = {}
     for result in report.results:
         by_path.setdefault(result.path, []).append(result)
     how = report.options.aggregation
-    found = {path: file_score(path, results, how) for path, results in by_path.items()}
+    reads = read_members(
+        [[r.code_hash for r in results] for results in by_path.values()], report.options.file_functions
+    )
+    found = {}
+    for (path, results), read in zip(by_path.items(), reads, strict=True):
+        score = file_score(path, [results[i] for i in read], how)
+        found[path] = dataclasses.replace(score, shared=len(results) - len(read))
     share = report.file_share
     if share is not None and found:
         threshold = top_share_threshold([f.score for f in found.values()], share)

@@ -21,16 +21,31 @@ and the pieces' scores add up to one score by one of these rules.
 (3.325, 2.5)
 >>> top_index([0.2, 0.9, 0.4])
 1
+
+Which of a file's functions its score reads (:data:`~vulnsteer.config.vocabulary.FILE_FUNCTIONS`,
+:func:`read_members`): with ``differing``, a function that exactly one other scored file also has is left out of
+both files' scores where a file has other functions. Two versions of one file (a vulnerable file and its fix)
+share every function the fix left alone; those add the same value to both files, which pulls the two scores
+together (a smooth maximum of probabilities stays near their mean), so each is read by what tells it from the
+other. A function three or more files share is a helper they all call, and it counts for each of them.
+
+>>> read_members([["f", "g"], ["f", "h"], ["k"]], "differing")
+[[1], [1], [0]]
+>>> read_members([["f"], ["f"]], "differing"), read_members([["f", "g"], ["f", "h"]], "all")
+([[0], [0]], [[0, 1], [0, 1]])
+>>> read_members([["f", "g"], ["f", "h"], ["f", "k"]], "differing")  # (a helper of three files counts)
+[[0, 1], [0, 1], [0, 1]]
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Sequence
 
-from ..config.vocabulary import AGGREGATIONS
+from ..config.vocabulary import AGGREGATIONS, FILE_FUNCTIONS
 
-__all__ = ["aggregate", "check_aggregation", "top_index"]
+__all__ = ["aggregate", "check_aggregation", "read_members", "top_index"]
 
 _TOP_K = {"top2_mean": 2, "top3_mean": 3}
 
@@ -71,3 +86,21 @@ def top_index(values: Sequence[float]) -> int:
     if not values:
         raise ValueError("top_index: no values")
     return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def read_members(files: Sequence[Sequence[Hashable]], rule: str) -> list[list[int]]:
+    """For each file (its members' keys: a function's language and code), the indices of the members its score
+    reads by *rule* (one of :data:`~vulnsteer.config.vocabulary.FILE_FUNCTIONS`; see the module docstring):
+    ``all``, every one; ``differing``, those whose key no other file has or at least two others have, or every
+    one where that leaves none."""
+    if rule not in FILE_FUNCTIONS:
+        raise ValueError(f"file functions must be one of {', '.join(FILE_FUNCTIONS)}, got {rule!r}")
+    everything = [list(range(len(members))) for members in files]
+    if rule == "all":
+        return everything
+    holders = Counter(key for members in files for key in set(members))
+    out = []
+    for members, indices in zip(files, everything, strict=True):
+        kept = [i for i in indices if holders[members[i]] != 2]
+        out.append(kept or indices)
+    return out
