@@ -194,6 +194,33 @@ def test_detect_and_scan_give_one_function_the_same_score(
         assert (detected[0]["text"] is not None) == bool(explain)
 
 
+@needs_grammars
+def test_detect_reads_two_versions_of_a_file_by_what_tells_them_apart(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two versions of one file given together: each file's score leaves out the function both have (it is still
+    scored: ``--file-functions all`` reads it), the text says so, and a bad value is refused naming the flag."""
+    common = "def load(name):\n    return open(name).read()\n\n\n"
+    old, new = tmp_path / "old.py", tmp_path / "new.py"
+    old.write_text(common + "def run(cmd):\n    return os.system(cmd)\n", encoding="utf-8")
+    new.write_text(common + "def run(cmd):\n    return subprocess.run([cmd])\n", encoding="utf-8")
+    argv = ["--no-progress", "detect", str(old), str(new), "--model", str(model_dir), "--device", "cpu",
+            "--max-code-tokens", "64", "--mode", "logit"]  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    read = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["functions"], d["shared_functions"], d["function"]) for d in read] == [(1, 1, "run"), (1, 1, "run")]
+    assert all(d["p_vulnerable"] == d["function_p_vulnerable"] for d in read)  # the one function read
+    assert main([*argv, "--json", "--file-functions", "all"]) == 0
+    every = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["functions"], d["shared_functions"]) for d in every] == [(2, 0), (2, 0)]
+    assert main(argv) == 0
+    assert "(run at line 5, the highest of 1 function(s); 1 shared with another file given, left out)" in (
+        capsys.readouterr().out
+    )
+    assert main([*argv, "--file-functions", "some"]) == 2
+    assert "--file-functions: unknown value 'some'; choose from differing, all" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["scan", "detect"])
 def test_a_remote_host_needs_the_nnsight_backend(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """``--remote`` is nnsight's: with the hook backend it is refused (exit 2), never accepted and ignored."""

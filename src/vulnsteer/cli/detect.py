@@ -95,6 +95,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         else:
             where = (f"{file.aggregation} of {file.functions} functions; the highest {top.name} at line "
                      f"{top.region.start_line}, {result.score:.4f}")  # fmt: skip
+        if file.shared:
+            where += f"; {file.shared} shared with another file given, left out"
         push = f" (push {result.push:+.2f})" if result.push is not None else ""
         probe = f" probe score {result.probe:+.3f}{push}" if result.probe is not None else ""
         print(f"{file.path}: {file.verdict}{weakness} p(vulnerable)={file.score:.4f} ({where}){probe}")
