@@ -2,16 +2,19 @@
 
 Each sample of a labelled dataset (any format :func:`~vulnsteer.data.loaders.load_dataset` reads: whole files of
 ``paired-dir``, functions of JSON lines, ...) is written to a file of its own, with its language's name as the
-extension, and the folder is scanned (:func:`~vulnsteer.scan.engine.scan`): decoded, split into functions,
-comments stripped, read within the token budget, scored, and each file called by its functions' aggregate
-score (:class:`~vulnsteer.scan.sources.FileScore`). So a number measured here is the number a user's ``scan`` or
+extension, and the folder is scanned (:func:`~vulnsteer.scan.engine.scan`): decoded, split into functions, comments
+stripped, read within the token budget, scored, and each file called by its functions' aggregate score
+(:class:`~vulnsteer.scan.sources.FileScore`; by default less the functions it shares with exactly one other sample,
+as two versions of one file do: ``--file-functions``). So a number measured here is the number a user's ``scan`` or
 ``detect`` gives the same code. A probe detector is measured twice from one scoring pass (the scan cache keeps the
 unadapted scores): as fitted, and adapted to the functions scored when there are at least its minimum (the centre
-from their unlabelled scores; no label is read). Where samples come in pairs (a vulnerable version and its fix),
-a third row reads each sample by only its functions that the pair's other half does not have (:func:`changed_scores`:
+from their unlabelled scores; no label is read). Where samples come in pairs (a vulnerable version and its fix), a
+third row reads each sample by only its functions that the pair's other half does not have (:func:`changed_scores`:
 what ``vulnsteer diff`` reports), so the functions a fix left alone, the same in both halves, do not shift a file's
-score. Beside them, the length-only control: a sample's lines of code (longer = riskier; flagged above the median),
-since fixed code is usually longer.
+score (with ``--file-functions differing``, the default, the rows differ only where a pair's halves also share
+functions with other samples, or a function is in exactly two samples of different pairs). Beside them, the
+length-only control: a sample's lines of code (longer = riskier; flagged above the median), since fixed code is usually
+longer.
 
 Every row has AUROC and balanced accuracy with pair-bootstrap 95% intervals, pair-rank accuracy (the vulnerable
 version scored above its fix), TPR at 5% FPR and the share flagged beside the share vulnerable. The peer analysers
