@@ -61,15 +61,18 @@ def _steering(vector: Path, strength: float, **setting: Any) -> VectorSteering:
     return VectorSteering(vector, strength, **{"positions": "all", "unit": "raw", **setting})
 
 
-def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0) -> Path:
-    """A probe-gated detector for *lm* (random probe at layer 0 gating a random vector at layer 1), saved."""
+def save_detector(lm: LoadedModel, folder: Path, threshold: float = 0.0, share: float | None = None) -> Path:
+    """A probe-gated detector for *lm* (random probe at layer 0 gating a random vector at layer 1), saved; with
+    *share*, its probe stores an adaptation with that calibration share."""
     from vulnsteer.config.design import ProbeDesign
     from vulnsteer.detection.detector import SavedDetector
-    from vulnsteer.steering.probe import Probe
+    from vulnsteer.steering.probe import Adaptation, Calibration, Probe
 
     generator = torch.Generator().manual_seed(1)
     weight = torch.randn(lm.hidden_size, generator=generator)
-    probe = Probe(ProbeDesign((0,), ("code_mean",)), weight, bias=0.0, threshold=threshold, spread=1.0)
+    adaptation = None if share is None else Adaptation(0.0, 1.0, Calibration(1.0, 0.0), share=share, separation=1.0)
+    probe = Probe(ProbeDesign((0,), ("code_mean",)), weight, bias=0.0, threshold=threshold, spread=1.0,
+                  adaptation=adaptation)  # fmt: skip
     vector = SteeringVector.load(_vector(lm, folder.parent / f"{folder.name}-vector.safetensors", scale=5.0))
     SavedDetector(vector, probe, "sign", 2.0, (1,), positions="last", unit="raw").save(folder)
     return folder
@@ -325,3 +328,56 @@ def test_a_scorer_loads_the_chosen_dtype_and_keys_its_identity_by_it(tmp_path: P
     quantized = ModelScorer(ScorerSpec(model=dataclasses.replace(section, quantize="int8"), detector=bf16))
     assert quantized.spec.model.dtype is None
     _check_quantize("int8", "cpu", quantized.spec.model.dtype, None, False)  # (loading it is not refused)
+
+
+@needs_grammars
+def test_a_steering_detector_adapts_its_threshold_to_the_functions_scanned(
+    tiny_lm: LoadedModel, tmp_path: Path
+) -> None:
+    """Label-free adaptation of a steering detector: the steered scores stay as they are, and the verdict threshold
+    flags the highest share of the distinct functions scanned (its gate probe's calibration share, or a stated
+    prevalence); findings start there. A detector whose probe stores no share adapts only to a stated prevalence,
+    and ``auto`` leaves it as fitted."""
+    from vulnsteer.cli.options import adapts
+    from vulnsteer.scan import ScanOptions
+    from vulnsteer.steering.probe import AdaptationError
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(24):
+        body = f"return db.execute('SELECT * FROM t WHERE id = ' + x + '{i}')" if i % 2 else f"return x + {i}"
+        (tree / f"m{i}.py").write_text(f"def f{i}(db, x):\n    {body}\n", encoding="utf-8")
+    folder = save_detector(tiny_lm, tmp_path / "detector", share=0.5)
+    spec = ScorerSpec(detector=folder, max_code_tokens=64)
+    assert adapts(spec)
+    scorer = ModelScorer(spec, lm=tiny_lm)
+    plain = scan([tree], scorer, ScanOptions(min_score=0.0), cache_dir=tmp_path / "cache", progress=False)
+    auto = ScanOptions(min_score=0.0, adapt="auto", findings_at_threshold=True)
+    adapted = scan([tree], scorer, auto, cache_dir=tmp_path / "cache", progress=False)
+    assert adapted.options.adapt == "on" and adapted.provenance["adapted_to"] == 24
+    before = {r.code_hash: r.score.score for r in plain.results}
+    assert {r.code_hash: r.score.score for r in adapted.results} == before  # the steered scores stay
+    threshold = adapted.results[0].score.threshold
+    assert threshold is not None and all(r.score.threshold == threshold for r in adapted.results)
+    assert all((r.score.verdict == "vulnerable") == (r.score.score > threshold) for r in adapted.results)
+
+    def flags(report: Any, n: int) -> bool:  # the highest n (scores tied at the line are not flagged)
+        scores = [r.score.score for r in report.results]
+        line = report.results[0].score.threshold
+        return sum(x > line for x in scores) <= n <= sum(x >= line for x in scores)
+
+    assert len({r.score.score for r in adapted.results}) >= 20 and flags(adapted, 12)  # half: the calibration share
+    flagged = sum(r.score.verdict == "vulnerable" for r in adapted.results)
+    assert adapted.file_share == flagged / 24 and sum(r.finding for r in adapted.results) >= flagged
+    told = scan([tree], scorer, dataclasses.replace(auto, prevalence=0.25), cache_dir=tmp_path / "cache",
+                progress=False)  # fmt: skip
+    assert flags(told, 6)
+    old = save_detector(tiny_lm, tmp_path / "old-detector")  # no share stored: only a stated prevalence adapts it
+    old_spec = ScorerSpec(detector=old, max_code_tokens=64)
+    assert not adapts(old_spec)
+    old_scorer = ModelScorer(old_spec, lm=tiny_lm)
+    with pytest.raises(AdaptationError, match="state --prevalence"):
+        scan([tree], old_scorer, ScanOptions(adapt="on"), cache_dir=tmp_path / "cache", progress=False)
+    stated = scan([tree], old_scorer, ScanOptions(adapt="on", prevalence=0.25), cache_dir=tmp_path / "cache",
+                  progress=False)  # fmt: skip
+    assert flags(stated, 6)

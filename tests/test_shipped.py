@@ -196,7 +196,7 @@ def test_scan_scores_by_the_probe_detector_alone_and_adapts_without_labels(
     with pytest.raises(AdaptationError, match=f"--adapt: .* at least {detector.min_adapt}"):
         scan([few], scorer, ScanOptions(adapt="on"), progress=False)
     plain = ModelScorer(ScorerSpec(max_code_tokens=64), lm=tiny_lm)
-    with pytest.raises(ValueError, match="probe detector"):
+    with pytest.raises(ValueError, match="this scorer has none"):
         scan([few], plain, ScanOptions(adapt="on"), progress=False)
 
 
@@ -302,17 +302,16 @@ def test_a_stated_prevalence_flags_that_share_of_the_functions_scanned(
 
 def test_prevalence_flags_that_cannot_apply_are_usage_errors(shipped: tuple[Path, Path]) -> None:
     from vulnsteer.cli.options import UsageError, adaptation_options
-    from vulnsteer.cli.options import probe_detector as detector_of
 
-    probe = detector_of(ScorerSpec(detector=shipped[1]))
-    assert adaptation_options(_args(prevalence=0.1), probe)["prevalence"] == 0.1
-    assert adaptation_options(_args(), probe)["prevalence"] is None
+    spec = ScorerSpec(detector=shipped[1])
+    assert adaptation_options(_args(prevalence=0.1), spec)["prevalence"] == 0.1
+    assert adaptation_options(_args(), spec)["prevalence"] is None
     for given, why in (({"prevalence": 1.5}, "between 0 and 1"), ({"prevalence": 0.1, "no_adapt": True}, "needs"),
                        ({"prevalence": 0.1, "min_score": 0.5}, "drop --min-score")):  # fmt: skip
         with pytest.raises(UsageError, match=why):
-            adaptation_options(_args(**given), probe)
+            adaptation_options(_args(**given), spec)
     with pytest.raises(UsageError, match="needs"):
-        adaptation_options(_args(prevalence=0.1), None)  # another scorer: nothing adapts
+        adaptation_options(_args(prevalence=0.1), ScorerSpec())  # the bare model: nothing adapts
 
 
 def _args(**given: object) -> argparse.Namespace:
@@ -339,8 +338,11 @@ def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model
     assert detector_folder(_args(detector="d")) == Path("d")
     probe = detector_of(ScorerSpec(detector=shipped[1]))
     assert probe is not None and detector_of(ScorerSpec()) is None
-    assert adapt_mode(_args(), probe) == "auto" and adapt_mode(_args(), None) == "off"
-    assert adapt_mode(_args(adapt=True), probe) == "on" and adapt_mode(_args(no_adapt=True), probe) == "off"
+    shipped_spec = ScorerSpec(detector=shipped[1])
+    assert adapt_mode(_args(), shipped_spec) == "auto" and adapt_mode(_args(), ScorerSpec()) == "off"
+    assert adapt_mode(_args(adapt=True), shipped_spec) == "on"
+    assert adapt_mode(_args(no_adapt=True), shipped_spec) == "off"
+    assert adapt_mode(_args(), ScorerSpec(detector=Path("missing"))) == "off"  # (the scorer's check names it)
     assert adapt_from(probe) == ProbeDetector.load(shipped[1]).min_adapt and adapt_from(None) == MIN_ADAPT
     # without --min-score a scan's findings start where the adapted detector's flagged share begins
     from vulnsteer.cli.scan import scan_options

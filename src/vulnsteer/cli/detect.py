@@ -23,7 +23,6 @@ from .options import (
     add_scorer_args,
     check_steering_options,
     given,
-    probe_detector,
     reading_options,
     scorer_spec,
 )
@@ -72,10 +71,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..scan import ModelScorer, ScanOptions, scan
     from ..scan.sources import file_scores
 
-    detector = probe_detector(spec)
     options = ScanOptions(max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0, language=language,
                           score_unknown=True, **reading_options(args, spec),
-                          **adaptation_options(args, detector))  # fmt: skip
+                          **adaptation_options(args, spec))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)

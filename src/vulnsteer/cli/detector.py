@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = cap_pairs(loaded.samples, config.data.max_pairs_per_cwe, config.data.seed)
     detector = probe_detector(spec)
     options = ScanOptions(min_score=0.0, fail_on=1.0, score_unknown=True, **reading_options(args, spec),
-                          **adaptation_options(args, detector))  # fmt: skip
+                          **adaptation_options(args, spec))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         scored = score_labelled(samples, scorer, options, progress=not args.no_progress)
@@ -134,8 +134,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if fitted_on is not None:
         print(f"vulnsteer: warning: the detector was fitted on {fitted_on!r}, which --data looks like: these numbers "
               "are in-distribution, not a measure of transfer", file=sys.stderr)  # fmt: skip
-    if scored.adapted is None and detector is None:
-        why = "only a probe detector adapts (the shipped one, or --detector with a probe detector)"
+    if scored.adapted is None and spec.detector is None:
+        why = "only a detector adapts (the shipped one, or --detector)"
     n_vul = sum(s.y for s in samples)
     by: dict[str, dict[str, list[Measured]]] = {}
     for field in ("language", "cwe"):  # a breakdown only where the samples have more than one

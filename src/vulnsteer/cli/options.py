@@ -391,8 +391,8 @@ def detector_folder(args: argparse.Namespace) -> Any:
         return Path(args.detector)
     if args.answer or args.vector is not None or given(args, "model.name"):
         if args.adapt == "on":
-            raise UsageError("--adapt re-estimates a probe detector's centre: use it with the shipped detector or "
-                             "--detector (not with --answer, --vector or another --model)")  # fmt: skip
+            raise UsageError("--adapt re-estimates a detector's centre or threshold: use it with the shipped "
+                             "detector or --detector (not with --answer, --vector or another --model)")  # fmt: skip
         return None
     if not (SHIPPED_DETECTOR / "detector.json").is_file():
         raise UsageError(
@@ -412,39 +412,58 @@ def probe_detector(spec: Any) -> Any:
     return ProbeDetector.load(spec.detector)
 
 
-def adapt_mode(args: argparse.Namespace, detector: Any) -> str:
-    """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` with a probe *detector* (adapted
-    from its ``min_adapt`` distinct functions: on the leave-one-dataset-out folds the adapted threshold transferred
-    better, and 20 functions already place the centre within about a quarter of the scores' spread) and ``off``
-    with any other scorer (*detector* None)."""
+def adapt_mode(args: argparse.Namespace, spec: Any) -> str:
+    """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` with a saved detector (*spec*'s:
+    the shipped probe detector, or ``--detector``; adapted from its minimum distinct functions: on the
+    leave-one-dataset-out folds the adapted threshold transferred better, and 20 functions already place the centre
+    within about a quarter of the scores' spread) and ``off`` with any other scorer (the bare or vector-steered
+    model)."""
     if args.adapt is not None:
         return str(args.adapt)
-    return "off" if detector is None else "auto"
+    return "auto" if adapts(spec) else "off"
+
+
+def adapts(spec: Any) -> bool:
+    """Whether the scorer *spec* names adapts by default: a probe detector, or a steering detector whose gate probe
+    stores its calibration data's vulnerable share (the share its adapted threshold flags; one saved before
+    vulnsteer stored it adapts only to a stated ``--prevalence``). A folder that is not there is left to the
+    scorer's own check, which names it."""
+    from pathlib import Path
+
+    if spec.detector is None or not Path(spec.detector, "detector.json").is_file():
+        return False
+    if probe_detector(spec) is not None:
+        return True
+    from ..detection.detector import SavedDetector
+
+    adaptation = SavedDetector.load(spec.detector).probe.adaptation
+    return adaptation is not None and adaptation.share is not None
 
 
 def adapt_from(detector: Any) -> int:
-    """Where ``auto`` adaptation starts: the probe *detector*'s ``min_adapt`` (else the default minimum)."""
+    """Where ``auto`` adaptation starts: the probe *detector*'s ``min_adapt`` (else, a steering detector or none,
+    the default minimum)."""
     return MIN_ADAPT if detector is None else int(detector.min_adapt)
 
 
-def adaptation_options(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
+def adaptation_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     """The :class:`~vulnsteer.scan.options.ScanOptions` fields of the adaptation flags (``adapt``, ``adapt_from``,
-    ``prevalence``) for the probe *detector* (None: another scorer); a usage error for a prevalence that cannot
+    ``prevalence``) for the scorer *spec* names (:func:`scorer_spec`); a usage error for a prevalence that cannot
     apply."""
-    adapt = adapt_mode(args, detector)
+    adapt = adapt_mode(args, spec)
     prevalence = getattr(args, "prevalence", None)
     if prevalence is not None:
         if not 0.0 < prevalence < 1.0:
             raise UsageError(f"--prevalence must be a share between 0 and 1 (exclusive), got {prevalence:g}")
         if adapt == "off":
             raise UsageError(
-                "--prevalence adapts a probe detector to the functions scored: it needs the shipped detector or "
-                "--detector with a probe detector, and not --no-adapt"
+                "--prevalence adapts a detector to the functions scored: it needs the shipped detector or "
+                "--detector, and not --no-adapt"
             )
         if getattr(args, "min_score", None) is not None:
             raise UsageError("--prevalence sets where findings start (the highest SHARE of the functions): drop "
                              "--min-score, or --prevalence")  # fmt: skip
-    return {"adapt": adapt, "adapt_from": adapt_from(detector), "prevalence": prevalence}
+    return {"adapt": adapt, "adapt_from": adapt_from(probe_detector(spec)), "prevalence": prevalence}
 
 
 def reading_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:

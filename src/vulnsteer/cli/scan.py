@@ -217,11 +217,11 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         ),
         max_file_bytes=args.max_file_bytes,
         min_score=args.min_score if args.min_score is not None else default_min_score(detector),
-        findings_at_threshold=detector is not None and args.min_score is None,
+        findings_at_threshold=spec.detector is not None and args.min_score is None,
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
         **reading_options(args, spec),
-        **adaptation_options(args, detector),
+        **adaptation_options(args, spec),
         **more,
     )
 
@@ -274,7 +274,14 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
     if "score" in provenance:
         say(f"score: {provenance['score']}")
     if "adapted_to" in provenance:
-        line = f"adapted: the probe's centre re-estimated from the {provenance['adapted_to']} distinct functions"
+        from ..detection.probe_detector import is_probe_detector
+
+        what = "the probe's centre"
+        if "detector" in provenance and not is_probe_detector(Path(provenance["detector"])):
+            what = (
+                "the steering detector's verdict threshold (a quantile of the steered scores, which stay as they are)"
+            )
+        line = f"adapted: {what} re-estimated from the {provenance['adapted_to']} distinct functions"
         if "prevalence" not in provenance:
             distinct = {r.code_hash: r.score.verdict == "vulnerable" for r in report.results}
             flagged = sum(distinct.values())

@@ -45,6 +45,7 @@ from ..config.defaults import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_STEER_POSITIONS,
     DEFAULT_UNIT,
+    MIN_ADAPT,
 )
 from ..config.sections import ModelSection
 from ..config.vocabulary import AGGREGATIONS, LONG_FUNCTIONS
@@ -665,23 +666,27 @@ class ModelScorer:
     def adapt(
         self, scores: Sequence[FunctionScore], prevalence: float | None = None
     ) -> tuple[list[FunctionScore], int]:
-        """*scores* (this scorer's, of every function scanned) re-read by the probe detector adapted to them: its
-        centre re-estimated from their raw probe scores (no label is read), to a stated *prevalence* if given (the
-        share of them expected vulnerable: the highest that share are flagged, and the probabilities take it as
-        their prior). Refuses (``AdaptationError``) fewer than the detector's minimum, and any scorer but a probe
-        detector. Returns the scores and how many inputs the centre came from."""
+        """*scores* (this scorer's, of every function scanned) re-read by the detector adapted to them (no label is
+        read). A probe detector: its centre re-estimated from their raw probe scores, to a stated *prevalence* if
+        given (the share of them expected vulnerable: the highest that share are flagged, and the probabilities take
+        it as their prior). A steering detector: its verdict threshold re-estimated as a quantile of their steered
+        scores, which it leaves as they are (:func:`share_adapted`). Refuses (``AdaptationError``) fewer than the
+        detector's minimum, and a scorer with no detector. Returns the scores and how many inputs the adaptation
+        came from."""
         from ..steering.probe import AdaptationError
 
         detector = self._probe_detector
-        if detector is None and self.spec.detector is not None and _is_probe_detector(self.spec.detector):
-            from ..detection.probe_detector import ProbeDetector
-
-            detector = ProbeDetector.load(self.spec.detector)  # (every score came from the cache: no model needed)
+        if detector is None and self.spec.detector is not None:
+            detector = _load_detector(self.spec.detector)  # (every score came from the cache: no model needed)
         if detector is None:
             raise AdaptationError(
-                "--adapt re-estimates a probe detector's centre (the shipped detector, or --detector with a probe "
-                "detector); this scorer has none"
+                "--adapt re-estimates a detector's centre or threshold (the shipped detector, or --detector); this "
+                "scorer has none"
             )
+        from ..detection.detector import SavedDetector
+
+        if isinstance(detector, SavedDetector):
+            return share_adapted(scores, detector.probe, prevalence), len(scores)
         import torch
 
         raw = torch.tensor([s.probe for s in scores], dtype=torch.float32)
@@ -696,6 +701,48 @@ class ModelScorer:
             for s, p, v in zip(scores, probs, verdicts, strict=True)
         ]
         return out, adapted.centred
+
+
+def share_adapted(
+    scores: Sequence[FunctionScore], gate: Any, prevalence: float | None = None, min_count: int = MIN_ADAPT
+) -> list[FunctionScore]:
+    """A steering detector's *scores* (the steered model's P(vulnerable), one per distinct function scanned) with
+    the verdict threshold that flags the highest share of them (:func:`~vulnsteer.stats.shares.top_share_threshold`):
+    a stated *prevalence*, else the share of its *gate* probe's calibration data (``Adaptation.share``), assumed, as
+    a probe detector's adaptation assumes it (no label is read). The scores stay the steered model's; a verdict
+    follows its score. Refuses (``AdaptationError``) fewer than *min_count* scores, or no share to flag.
+
+    >>> from vulnsteer.steering.probe import Adaptation, Calibration, Probe
+    >>> from vulnsteer.config.design import ProbeDesign
+    >>> import torch
+    >>> gate = Probe(ProbeDesign((3,), ("code_mean",)), torch.tensor([1.0]), 0.0, 0.0,
+    ...              adaptation=Adaptation(0.0, 1.0, Calibration(1.0, 0.0), share=0.5, separation=2.0))
+    >>> found = share_adapted([FunctionScore(p, "vulnerable", threshold=0.5) for p in (0.9, 0.8, 0.7, 0.6)], gate,
+    ...                       min_count=4)
+    >>> [(s.score, s.verdict) for s in found], found[0].threshold
+    ([(0.9, 'vulnerable'), (0.8, 'vulnerable'), (0.7, 'secure'), (0.6, 'secure')], 0.75)
+    """
+    from ..stats.shares import top_share_threshold
+    from ..steering.probe import AdaptationError
+
+    if len(scores) < max(1, min_count):
+        raise AdaptationError(
+            f"--adapt: {len(scores)} inputs to adapt to: at least {max(1, min_count)} are needed to re-estimate the "
+            "steering detector's threshold"
+        )
+    share = prevalence
+    if share is None and gate.adaptation is not None:
+        share = gate.adaptation.share
+    if share is None:
+        raise AdaptationError(
+            "--adapt: this steering detector's gate probe has no calibration share (written by an older "
+            "vulnsteer): state --prevalence, or refit it"
+        )
+    threshold = top_share_threshold([s.score for s in scores], share)
+    return [
+        dataclasses.replace(s, verdict="vulnerable" if s.score > threshold else "secure", threshold=threshold)
+        for s in scores
+    ]
 
 
 def _probe_verdicts(probe: Any, raw: Any) -> tuple[list[float], list[str], float]:
