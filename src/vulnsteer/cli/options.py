@@ -340,10 +340,10 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const="on",
         default=None,
-        help="label-free adaptation: the probe detector's centre and threshold re-estimated from the functions "
-        f"being scored (no label is read; refused below {MIN_ADAPT} functions, warned below {WARN_ADAPT}). "
-        "Default with a probe detector (the shipped one): adapt from its minimum (20 for the shipped one) distinct "
-        "functions on",
+        help="label-free adaptation: a probe detector's centre and threshold, or a steering detector's threshold (a "
+        "quantile of its steered scores), re-estimated from the functions being scored (no label is read; refused "
+        f"below {MIN_ADAPT} functions, warned below {WARN_ADAPT}). Default with a detector (the shipped one, or "
+        "--detector): adapt from its minimum (20 for the shipped one) distinct functions on",
     )
     g.add_argument(
         "--no-adapt",
