@@ -68,6 +68,7 @@ __all__ = [
     "VectorSteering",
     "choose_dtype",
     "detector_aggregation",
+    "share_adapted",
 ]
 
 log = logging.getLogger(__name__)
