@@ -338,7 +338,7 @@ def test_a_steering_detector_adapts_its_threshold_to_the_functions_scanned(
     flags the highest share of the distinct functions scanned (its gate probe's calibration share, or a stated
     prevalence); findings start there. A detector whose probe stores no share adapts only to a stated prevalence,
     and ``auto`` leaves it as fitted."""
-    from vulnsteer.cli.options import adapts
+    from vulnsteer.cli.options import detector_adapts
     from vulnsteer.scan import ScanOptions
     from vulnsteer.steering.probe import AdaptationError
 
@@ -349,7 +349,7 @@ def test_a_steering_detector_adapts_its_threshold_to_the_functions_scanned(
         (tree / f"m{i}.py").write_text(f"def f{i}(db, x):\n    {body}\n", encoding="utf-8")
     folder = save_detector(tiny_lm, tmp_path / "detector", share=0.5)
     spec = ScorerSpec(detector=folder, max_code_tokens=64)
-    assert adapts(spec)
+    assert detector_adapts(spec, None)
     scorer = ModelScorer(spec, lm=tiny_lm)
     plain = scan([tree], scorer, ScanOptions(min_score=0.0), cache_dir=tmp_path / "cache", progress=False)
     auto = ScanOptions(min_score=0.0, adapt="auto", findings_at_threshold=True)
@@ -374,7 +374,7 @@ def test_a_steering_detector_adapts_its_threshold_to_the_functions_scanned(
     assert flags(told, 6)
     old = save_detector(tiny_lm, tmp_path / "old-detector")  # no share stored: only a stated prevalence adapts it
     old_spec = ScorerSpec(detector=old, max_code_tokens=64)
-    assert not adapts(old_spec)
+    assert not detector_adapts(old_spec, None)
     old_scorer = ModelScorer(old_spec, lm=tiny_lm)
     with pytest.raises(AdaptationError, match="state --prevalence"):
         scan([tree], old_scorer, ScanOptions(adapt="on"), cache_dir=tmp_path / "cache", progress=False)

@@ -302,16 +302,18 @@ def test_a_stated_prevalence_flags_that_share_of_the_functions_scanned(
 
 def test_prevalence_flags_that_cannot_apply_are_usage_errors(shipped: tuple[Path, Path]) -> None:
     from vulnsteer.cli.options import UsageError, adaptation_options
+    from vulnsteer.cli.options import probe_detector as detector_of
 
     spec = ScorerSpec(detector=shipped[1])
-    assert adaptation_options(_args(prevalence=0.1), spec)["prevalence"] == 0.1
-    assert adaptation_options(_args(), spec)["prevalence"] is None
+    probe = detector_of(spec)
+    assert adaptation_options(_args(prevalence=0.1), spec, probe)["prevalence"] == 0.1
+    assert adaptation_options(_args(), spec, probe)["prevalence"] is None
     for given, why in (({"prevalence": 1.5}, "between 0 and 1"), ({"prevalence": 0.1, "no_adapt": True}, "needs"),
                        ({"prevalence": 0.1, "min_score": 0.5}, "drop --min-score")):  # fmt: skip
         with pytest.raises(UsageError, match=why):
-            adaptation_options(_args(**given), spec)
+            adaptation_options(_args(**given), spec, probe)
     with pytest.raises(UsageError, match="needs"):
-        adaptation_options(_args(prevalence=0.1), ScorerSpec())  # the bare model: nothing adapts
+        adaptation_options(_args(prevalence=0.1), ScorerSpec(), None)  # the bare model: nothing adapts
 
 
 def _args(**given: object) -> argparse.Namespace:
@@ -339,10 +341,10 @@ def test_scan_and_detect_default_to_the_shipped_detector_with_the_embedded_model
     probe = detector_of(ScorerSpec(detector=shipped[1]))
     assert probe is not None and detector_of(ScorerSpec()) is None
     shipped_spec = ScorerSpec(detector=shipped[1])
-    assert adapt_mode(_args(), shipped_spec) == "auto" and adapt_mode(_args(), ScorerSpec()) == "off"
-    assert adapt_mode(_args(adapt=True), shipped_spec) == "on"
-    assert adapt_mode(_args(no_adapt=True), shipped_spec) == "off"
-    assert adapt_mode(_args(), ScorerSpec(detector=Path("missing"))) == "off"  # (the scorer's check names it)
+    assert adapt_mode(_args(), shipped_spec, probe) == "auto" and adapt_mode(_args(), ScorerSpec(), None) == "off"
+    assert adapt_mode(_args(adapt=True), shipped_spec, probe) == "on"
+    assert adapt_mode(_args(no_adapt=True), shipped_spec, probe) == "off"
+    assert adapt_mode(_args(), ScorerSpec(detector=Path("missing")), None) == "off"  # (the scorer's check names it)
     assert adapt_from(probe) == ProbeDetector.load(shipped[1]).min_adapt and adapt_from(None) == MIN_ADAPT
     # without --min-score a scan's findings start where the adapted detector's flagged share begins
     from vulnsteer.cli.scan import scan_options

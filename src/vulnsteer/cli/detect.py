@@ -23,6 +23,7 @@ from .options import (
     add_scorer_args,
     check_steering_options,
     given,
+    probe_detector,
     reading_options,
     scorer_spec,
 )
@@ -73,7 +74,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     options = ScanOptions(max_file_bytes=MAX_SOURCE_BYTES, min_score=0.0, fail_on=1.0, language=language,
                           score_unknown=True, **reading_options(args, spec),
-                          **adaptation_options(args, spec))  # fmt: skip
+                          **adaptation_options(args, spec, probe_detector(spec)))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         report = scan(files, scorer, options, progress=not args.no_progress)

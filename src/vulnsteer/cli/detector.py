@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = cap_pairs(loaded.samples, config.data.max_pairs_per_cwe, config.data.seed)
     detector = probe_detector(spec)
     options = ScanOptions(min_score=0.0, fail_on=1.0, score_unknown=True, **reading_options(args, spec),
-                          **adaptation_options(args, spec))  # fmt: skip
+                          **adaptation_options(args, spec, detector))  # fmt: skip
     with ModelScorer(spec) as scorer:
         scorer.check()
         scored = score_labelled(samples, scorer, options, progress=not args.no_progress)

@@ -412,28 +412,28 @@ def probe_detector(spec: Any) -> Any:
     return ProbeDetector.load(spec.detector)
 
 
-def adapt_mode(args: argparse.Namespace, spec: Any) -> str:
-    """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` with a saved detector (*spec*'s:
-    the shipped probe detector, or ``--detector``; adapted from its minimum distinct functions: on the
-    leave-one-dataset-out folds the adapted threshold transferred better, and 20 functions already place the centre
-    within about a quarter of the scores' spread) and ``off`` with any other scorer (the bare or vector-steered
-    model)."""
+def adapt_mode(args: argparse.Namespace, spec: Any, detector: Any) -> str:
+    """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` where the scorer *spec* names adapts
+    by default (:func:`detector_adapts`; adapted from its minimum distinct functions: on the leave-one-dataset-out
+    folds the adapted threshold transferred better, and 20 functions already place the centre within about a
+    quarter of the scores' spread) and ``off`` with any other scorer (the bare or vector-steered model).
+    *detector*: *spec*'s probe detector (:func:`probe_detector`), already loaded."""
     if args.adapt is not None:
         return str(args.adapt)
-    return "auto" if adapts(spec) else "off"
+    return "auto" if detector_adapts(spec, detector) else "off"
 
 
-def adapts(spec: Any) -> bool:
-    """Whether the scorer *spec* names adapts by default: a probe detector, or a steering detector whose gate probe
-    stores its calibration data's vulnerable share (the share its adapted threshold flags; one saved before
-    vulnsteer stored it adapts only to a stated ``--prevalence``). A folder that is not there is left to the
-    scorer's own check, which names it."""
+def detector_adapts(spec: Any, detector: Any) -> bool:
+    """Whether the scorer *spec* names adapts by default: a probe detector (*detector*, its
+    :func:`probe_detector`), or a steering detector whose gate probe stores its calibration data's vulnerable share
+    (the share its adapted threshold flags; one saved before vulnsteer stored it adapts only to a stated
+    ``--prevalence``). A folder that is not there is left to the scorer's own check, which names it."""
     from pathlib import Path
 
+    if detector is not None:
+        return True
     if spec.detector is None or not Path(spec.detector, "detector.json").is_file():
         return False
-    if probe_detector(spec) is not None:
-        return True
     from ..detection.detector import SavedDetector
 
     adaptation = SavedDetector.load(spec.detector).probe.adaptation
@@ -446,11 +446,11 @@ def adapt_from(detector: Any) -> int:
     return MIN_ADAPT if detector is None else int(detector.min_adapt)
 
 
-def adaptation_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+def adaptation_options(args: argparse.Namespace, spec: Any, detector: Any) -> dict[str, Any]:
     """The :class:`~vulnsteer.scan.options.ScanOptions` fields of the adaptation flags (``adapt``, ``adapt_from``,
-    ``prevalence``) for the scorer *spec* names (:func:`scorer_spec`); a usage error for a prevalence that cannot
-    apply."""
-    adapt = adapt_mode(args, spec)
+    ``prevalence``) for the scorer *spec* names (:func:`scorer_spec`) and its probe *detector*
+    (:func:`probe_detector`: None for any other scorer); a usage error for a prevalence that cannot apply."""
+    adapt = adapt_mode(args, spec, detector)
     prevalence = getattr(args, "prevalence", None)
     if prevalence is not None:
         if not 0.0 < prevalence < 1.0:
@@ -463,7 +463,7 @@ def adaptation_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
         if getattr(args, "min_score", None) is not None:
             raise UsageError("--prevalence sets where findings start (the highest SHARE of the functions): drop "
                              "--min-score, or --prevalence")  # fmt: skip
-    return {"adapt": adapt, "adapt_from": adapt_from(probe_detector(spec)), "prevalence": prevalence}
+    return {"adapt": adapt, "adapt_from": adapt_from(detector), "prevalence": prevalence}
 
 
 def reading_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
         fail_on=args.fail_on,
         allow_unscanned=args.allow_unscanned,
         **reading_options(args, spec),
-        **adaptation_options(args, spec),
+        **adaptation_options(args, spec, detector),
         **more,
     )
 
@@ -283,11 +283,10 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
             )
         line = f"adapted: {what} re-estimated from the {provenance['adapted_to']} distinct functions"
         if "prevalence" not in provenance:
-            distinct = {r.code_hash: r.score.verdict == "vulnerable" for r in report.results}
-            flagged = sum(distinct.values())
-            line += (f" scanned, no label read; it flags the highest {flagged} of them "
-                     f"({flagged / max(len(distinct), 1):.0%}: its calibration data's vulnerable share, to the nearest "
-                     "function; assumed: --prevalence states yours")  # fmt: skip
+            share = report.file_share or 0.0  # (the share of the distinct functions flagged)
+            line += (f" scanned, no label read; it flags the highest {round(share * provenance['adapted_to'])} of "
+                     f"them ({share:.0%}: its calibration data's vulnerable share, to the nearest function; assumed: "
+                     "--prevalence states yours")  # fmt: skip
         else:
             line += " scanned, no label read (the stated prevalence below"
         say(
