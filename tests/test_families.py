@@ -134,19 +134,19 @@ class MeanDirectionFamily:
 
 
 def _config(tmp_path: Path, **keys: object) -> ExperimentConfig:
-    return ExperimentConfig().replace(
-        data__path=str(write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=5)),
-        data__format="jsonl",
-        data__max_code_tokens=64,
-        steering__layers=[[1]],
-        steering__strengths={"raw": [0.5]},
-        conditional__strengths={"sigma": [2.0]},
-        detection__modes=["logit"],
-        baselines__templates=[],
-        report__probes=False,
-        run__cache_dir=str(tmp_path / "cache"),
-        **keys,
-    )
+    base: dict[str, object] = {
+        "data__path": str(write_toy_jsonl(tmp_path / "toy.jsonl", n_pairs=5)),
+        "data__format": "jsonl",
+        "data__max_code_tokens": 64,
+        "steering__layers": [[1]],
+        "steering__strengths": {"raw": [0.5]},
+        "conditional__strengths": {"sigma": [2.0]},
+        "detection__modes": ["logit"],
+        "baselines__templates": [],
+        "report__probes": False,
+        "run__cache_dir": str(tmp_path / "cache"),
+    }
+    return ExperimentConfig().replace(**{**base, **keys})
 
 
 def test_a_family_defined_here_reaches_results_and_report(tmp_path: Path, tiny_lm: LoadedModel) -> None:
@@ -238,3 +238,35 @@ def test_a_gating_probe_of_several_states_with_the_calibrated_gate(tmp_path: Pat
         assert rows[name].metrics.n == rows["baseline"].metrics.n and rows[name].metrics.auroc is not None
     probes = list((out / "chosen" / "probes-alone").glob("*.safetensors"))
     assert probes and Probe.load(probes[0]).key == key
+
+
+def test_one_gated_setting_for_every_cwe_is_chosen_on_every_cwes_val_samples(
+    tmp_path: Path, tiny_lm: LoadedModel
+) -> None:
+    """[conditional] select = "pooled": every CWE gets the same choice, the one whose val balanced accuracy over
+    every CWE's samples together is the best (ties to the smaller |strength|), against the baseline's over the same
+    samples; per_cwe (the default) chooses from each CWE's own samples."""
+    keys = {"conditional__gates": ["linear", "toward_secure"], "conditional__strengths": {"sigma": [2.0, 8.0]}}
+    out = run_protocol(
+        _config(tmp_path, conditional__select="pooled", **keys), tmp_path / "run", lm=tiny_lm, progress=False
+    )
+    results = load_results(out / "results.json")
+    choices = results.families["conditional"].choices["logit"]
+    assert sorted(choices) == ["CWE-78", "CWE-89"]
+    first, second = choices.values()
+    assert dataclasses.replace(second, target=first.target) == first
+    assert "every CWE together" in first.selected_by
+    entries = [e for e in results.val["logit"] if e.family == "conditional" and e.condition.role == "steered"]
+    overall = {e.condition.key: e.metrics["overall"].balanced_accuracy for e in entries}
+    best = max(entries, key=lambda e: (overall[e.condition.key], -abs(e.condition.strength)))
+    assert first.best == best.condition.setting and first.val_best == overall[best.condition.key]
+    baseline = next(e for e in results.val["logit"] if e.condition.role == "baseline")
+    assert first.val_baseline == baseline.metrics["overall"].balanced_accuracy
+    assert first.chosen == ("steered" if first.val_best > first.val_baseline else "baseline")
+    assert "one setting for every CWE" in (out / "report.md").read_text()
+
+    per_cwe = run_protocol(_config(tmp_path, **keys), tmp_path / "per-cwe", lm=tiny_lm, progress=False)
+    own = load_results(per_cwe / "results.json").families["conditional"].choices["logit"]
+    for cwe, choice in own.items():
+        assert "every CWE together" not in choice.selected_by
+        assert choice.val_best == max(e.metrics[cwe].balanced_accuracy for e in entries)

@@ -74,6 +74,7 @@ from .vocabulary import (
     PROBE_KINDS,
     PROBE_TEMPLATES,
     QUANTIZATIONS,
+    SCOPES,
     TRANSFER_CRITERIA,
 )
 
@@ -407,9 +408,17 @@ class ConditionalSection:
     )
     scope: str = _key(
         "pooled",
-        one_of(("pooled", "per_cwe")),
+        one_of(SCOPES),
         "one probe over every CWE (pooled, what a scanner can use) or one per CWE",
         "--probe-scope",
+    )
+    select: str = _key(
+        "per_cwe",
+        one_of(SCOPES),
+        "the gated setting chosen on val per CWE (per_cwe: each CWE's val samples alone) or one setting for every "
+        "CWE (pooled: chosen on every CWE's val samples together, the saved detector's setting; every CWE is then "
+        "read on one scale)",
+        "--conditional-select",
     )
     gates: tuple[str, ...] = _key(
         ("toward_secure",),

@@ -33,6 +33,7 @@ __all__ = [
     "PROBE_KINDS",
     "PROBE_TEMPLATES",
     "QUANTIZATIONS",
+    "SCOPES",
     "STRENGTH_UNITS",
     "TRANSFER_CRITERIA",
 ]
@@ -101,3 +102,8 @@ CHANGE_KINDS: tuple[str, ...] = ("changed", "added", "removed", "renamed", "unch
 #: How the weights are quantised once loaded (``model.quantize``): not at all, or the decoder blocks' Linear layers to
 #: int8 with dynamically quantised activations (CPU only).
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
+
+#: Where a conditional choice is made: ``pooled`` (one for every CWE: one gating probe fitted on every CWE's train
+#: samples, one gated setting chosen on every CWE's val samples together; what a scanner applies without knowing the
+#: CWE) or ``per_cwe`` (one per CWE, from that CWE's samples only).
+SCOPES = ("pooled", "per_cwe")

@@ -233,6 +233,8 @@ class GridInfo:
     positions: tuple[str, ...]
     modes: tuple[str, ...]
     pooled: bool | None
+    #: ``[conditional] select``: ``per_cwe``, or ``pooled`` (one gated setting for every CWE); None in old runs.
+    conditional_select: str | None = None
 
     @classmethod
     def of(cls, config: JsonObject) -> GridInfo:
@@ -245,6 +247,7 @@ class GridInfo:
             tuple(steering.get("positions", ())),
             tuple(as_object(config.get("detection")).get("modes", ())),
             vectors.get("pooled"),
+            as_object(config.get("conditional")).get("select"),
         )
 
 

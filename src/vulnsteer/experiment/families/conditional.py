@@ -73,7 +73,7 @@ ROWS = (
     RowSpec(
         "steered",
         "conditional",
-        "conditional steering (probe-gated; setting per CWE chosen on val)",
+        "conditional steering (probe-gated; setting chosen on val)",
         what="conditional steering",
         headline=True,
     ),
@@ -337,7 +337,7 @@ class ConditionalFamily:
         return [s.condition(role, mode, "val", control_seed=seed) for s in fitted.settings for role in fitted.roles]
 
     def select(self, fitted: ConditionalFit, val: ValContext) -> ConditionalChoices:
-        choices = select_by_mode(val, pooled=False)
+        choices = select_by_mode(val, pooled=False, scope=val.config.conditional.select)
         first = val.config.selecting_modes()[0]  # the detector is chosen on the first selecting mode's val records
         art = val.artefacts
         detector = _detector(

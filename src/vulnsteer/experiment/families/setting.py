@@ -1,7 +1,9 @@
 """What the families that choose a steering setting per target share (constant and conditional steering).
 
 Per target (a CWE, or ``"any"`` for a pooled vector) the setting with the best balanced accuracy on val is chosen,
-or the baseline where nothing beats it (:func:`~vulnsteer.experiment.select.select_settings`). On held-out data
+or the baseline where nothing beats it (:func:`~vulnsteer.experiment.select.select_settings`); or, for a family
+that asks (``[conditional] select = "pooled"``), one setting for every CWE, chosen on every CWE's val samples
+together. On held-out data
 every chosen setting runs with its controls, and each CWE gets one row: the baseline, the chosen setting (or the
 baseline where it won, with the best steered setting for information only), each control, the change in balanced
 accuracy with a paired 95% bootstrap CI, McNemar's exact p, the answers that flipped each way and a sentence
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...config.vocabulary import SCOPES
 from ...detection.records import DetectionRecord
 from ...io import JsonObject
 from ...lm.model import LoadedModel
@@ -87,14 +90,21 @@ def split_words(split: str) -> str:
     return "all samples" if split == "all" else split
 
 
-def select_by_mode(val: ValContext, pooled: bool) -> dict[str, dict[str, Choice]]:
+def select_by_mode(val: ValContext, pooled: bool, scope: str = "per_cwe") -> dict[str, dict[str, Choice]]:
     """Per mode, the choice per target made on the val records of the mode that chooses for it (the
-    family's own conditions, the baseline first)."""
-    picked = {
-        mode: select_settings(conds, val.records, val.cwes, pooled, f"{mode} mode, val split")
-        for mode, conds in val.conditions.items()
-    }
-    return val.by_detection_mode(picked)
+    family's own conditions, the baseline first). *scope* ``per_cwe``: each CWE's choice from its own val samples;
+    ``pooled``: one choice from every CWE's val samples together, the same for every CWE."""
+    if scope not in SCOPES:
+        raise ValueError(f"a selection scope is one of {', '.join(SCOPES)}, got {scope!r}")
+
+    def pick(mode: str, conds: Sequence[Condition]) -> dict[str, Choice]:
+        by = f"{mode} mode, val split"
+        if scope == "per_cwe":
+            return select_settings(conds, val.records, val.cwes, pooled, by)
+        one = select_settings(conds, val.records, [POOLED], False, f"{by}, every CWE together").get(POOLED)
+        return {} if one is None else {cwe: dataclasses.replace(one, target=cwe) for cwe in val.cwes}
+
+    return val.by_detection_mode({mode: pick(mode, conds) for mode, conds in val.conditions.items()})
 
 
 def held_out_conditions(
