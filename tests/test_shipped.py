@@ -15,9 +15,11 @@ import torch
 from tests.test_transfer import _config
 
 from vulnsteer.config.defaults import MIN_ADAPT
+from vulnsteer.config.design import ProbeDesign
+from vulnsteer.config.experiment import load_config
 from vulnsteer.config.vocabulary import PEERS
 from vulnsteer.data.functions import tree_sitter_available
-from vulnsteer.detection.probe_detector import ProbeDetector, ProbeDetectorError, is_probe_detector
+from vulnsteer.detection.probe_detector import SHIPPED_DETECTOR, ProbeDetector, ProbeDetectorError, is_probe_detector
 from vulnsteer.experiment.transfer import TransferResults, run_transfer
 from vulnsteer.experiment.transfer.ship import FoldCalibration, fit_default, fold_measurements
 from vulnsteer.lm.identity import ModelMismatchError
@@ -554,3 +556,16 @@ def test_detector_evaluate_measures_labelled_code_as_scan_scores_it(
     assert json.loads(captured.out)["fitted_on_this_data"] == fitted["name"] and "in-distribution" in captured.err
     assert main(["detector", "evaluate"]) == 2
     assert "needs --data" in capsys.readouterr().err
+
+
+def test_the_demos_gating_probe_is_the_shipped_design_at_or_below_its_steered_layer() -> None:
+    """examples/demo.toml names its gating probe's design again (a configuration file cannot import one): it must
+    stay the design the shipped detector holds, but for its layers, which are at or below the demo's steered
+    layers (the gate reads unsteered states), and the demo chooses one gated setting for every CWE."""
+    demo = load_config(Path(__file__).resolve().parent.parent / "examples" / "demo.toml")
+    doc = json.loads((SHIPPED_DETECTOR / "detector.json").read_text(encoding="utf-8"))
+    shipped_design = ProbeDesign.from_json(doc["probe"]["design"])
+    (design,) = demo.conditional.designs
+    assert dataclasses.replace(design, layers=shipped_design.layers) == shipped_design
+    assert design.deepest <= min(layer for group in demo.steering.layers for layer in group)
+    assert demo.conditional.scope == demo.conditional.select == "pooled"
