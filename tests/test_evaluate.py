@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -120,6 +121,32 @@ def test_from_run_on_cwes_it_never_chose_for_scores_the_probes_that_read_any_cod
     assert any("none of these CWEs has a per-CWE choice" in w for w in got.warnings)
     first = (out / "report.md").read_text().splitlines()[0]
     assert first.startswith("# vulnsteer report (evaluate --from): the ") and "probe transferred better" in first
+
+
+def test_one_gated_setting_for_every_cwe_applies_to_cwes_the_run_never_saw(
+    tmp_path: Path, tiny_lm: LoadedModel
+) -> None:
+    """[conditional] select = "pooled": the run's one gated setting is what a scanner applies to any code, so
+    `evaluate --from` scores it (with its controls) on CWEs the run never chose for, as it scores the pooled probe;
+    the per-CWE constant steering still has nothing to apply there."""
+    extra = '\n[conditional]\nselect = "pooled"\n'
+    config = write_config(
+        tmp_path / "sweep.toml", write_toy_jsonl(tmp_path / "toy.jsonl"), cache_dir=tmp_path / "cache", extra=extra
+    )
+    results = run(load_config(config), tmp_path / "run", tiny_lm)
+    made = results.families["conditional"].choices["logit"]
+    assert sorted(made) == ["CWE-78", "CWE-89"] and {c.scope for c in made.values()} == {"pooled"}
+    (tmp_path / "o").mkdir()
+    other = transfer_config(tmp_path / "run", _other(tmp_path / "o", cwes=("CWE-22",), n_pairs=12, prefix="new"))
+    out = evaluate_from_run(tmp_path / "run", other, tmp_path / "t", lm=tiny_lm, progress=False)
+    got = load_results(out / "results.json")
+    assert got.data is not None and got.data.skipped_cwes == {} and got.data.n_samples == 24
+    rows = [r.name for r in got.lead["logit"].rows]
+    assert rows == ["baseline", "conditional", "gate_control", "vector_control", "probe", "adapted"]
+    (choice,) = got.families["conditional"].choices["logit"].values()
+    assert choice.target == "CWE-22" and choice == dataclasses.replace(made["CWE-89"], target="CWE-22")
+    assert "constant" not in got.families and any("per-CWE choice" in w for w in got.warnings)
+    assert held_out(got, family="conditional").rows["CWE-22"].n == 24
 
 
 def _test_split_file(config_path: Path, tiny_lm: LoadedModel, path: Path) -> Path:

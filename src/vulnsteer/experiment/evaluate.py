@@ -242,16 +242,18 @@ def evaluate_from_run(
             if state is not None:
                 restored[name] = state
         data, everything = _prepared_samples(config, lm, loaded, "all", progress)
-        # the CWEs a family chose settings for (a family without per-CWE choices applies to every CWE)
-        setting = [s for s in restored.values() if isinstance(s, SettingChoices)]
-        chose = {t for s in setting for by in s.choices.values() for t in by if t != POOLED}
-        covered = sorted(chose) if setting else list(everything)
+        # the CWEs a family chose settings for (a family without per-CWE choices, or with one choice for every CWE,
+        # applies to every CWE)
+        per_cwe = {n: s for n, s in restored.items() if isinstance(s, SettingChoices) and not s.every_cwe}
+        chose = {t for s in per_cwe.values() for by in s.choices.values() for t in by if t != POOLED}
+        covered = sorted(chose) if per_cwe else list(everything)
         samples = {cwe: items for cwe, items in everything.items() if cwe in covered}
-        if not samples and len(setting) < len(restored):
+        if not samples and len(per_cwe) < len(restored):
             # CWEs the run never chose for (left out of its fit): only the families that read any code (the probe
-            # alone and adapted, a pooled probe) score them; the per-CWE families have nothing to apply
+            # alone and adapted, a pooled probe, one gated setting for every CWE) score them; the per-CWE families
+            # have nothing to apply
             samples, covered = dict(everything), list(everything)
-            restored = {name: state for name, state in restored.items() if not isinstance(state, SettingChoices)}
+            restored = {name: state for name, state in restored.items() if name not in per_cwe}
             warnings.append(
                 f"none of these CWEs has a per-CWE choice in {source} (it chose for {', '.join(sorted(chose))}): "
                 "only the detectors that apply to any CWE are scored"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config.vocabulary import SCOPES
 from ..data.units import Units
 from ..detection.records import DetectionRecord, aggregate_records
 from ..stats.metrics import point_metrics
@@ -27,7 +28,9 @@ __all__ = ["Choice", "balanced_accuracy", "choose_aggregation", "select_per_cwe"
 class Choice:
     """The validation choice for one target (a CWE, or ``"any"`` for the pooled vector): ``steered`` or
     ``baseline``, and the best steered setting (reported as "not chosen" when the baseline won, and used for the
-    cross-CWE matrix)."""
+    cross-CWE matrix). Its *scope* says where it was made: ``per_cwe`` (from the target's own val samples) or
+    ``pooled`` (one choice from every CWE's val samples together, the same for every CWE: it applies to a CWE the
+    run never saw)."""
 
     target: str
     chosen: str
@@ -35,10 +38,13 @@ class Choice:
     val_best: float | None = None
     val_baseline: float | None = None
     selected_by: str = "val"
+    scope: str = "per_cwe"
 
     def __post_init__(self) -> None:
         if self.chosen not in ("steered", "baseline"):
             raise ValueError(f"a choice is 'steered' or 'baseline', got {self.chosen!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"a choice's scope is one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.chosen == "steered" and self.best is None:
             raise ValueError("a steered choice needs a setting")
 
@@ -50,6 +56,7 @@ class Choice:
             "val_balanced_accuracy_best_steered": self.val_best,
             "val_balanced_accuracy_baseline": self.val_baseline,
             "selected_by": self.selected_by,
+            "scope": self.scope,
         }
 
     @classmethod
@@ -62,6 +69,7 @@ class Choice:
             data.get("val_balanced_accuracy_best_steered"),
             data.get("val_balanced_accuracy_baseline"),
             str(data.get("selected_by", "val")),
+            str(data.get("scope", "per_cwe")),
         )
 
 

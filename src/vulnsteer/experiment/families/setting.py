@@ -79,10 +79,27 @@ class SettingChoices:
     def artefacts(self) -> Artefacts:
         return Artefacts(self.vectors, self.probes)
 
+    @property
+    def every_cwe(self) -> bool:
+        """Whether its choices are one for every CWE (scope ``pooled``): they apply to a CWE the run never saw."""
+        return any(c.scope == "pooled" for by in self.choices.values() for c in by.values())
+
     def restricted(self, targets: Sequence[str]) -> SettingChoices:
-        """Only the choices of *targets* (the CWEs a dataset has, and ``"any"``)."""
-        kept = {m: {t: c for t, c in by.items() if t in targets} for m, by in self.choices.items()}
-        return dataclasses.replace(self, choices=kept)
+        """Only the choices of *targets* (the CWEs a dataset has, and ``"any"``); a choice made for every CWE
+        (scope ``pooled``) is given to each of them, with its vector and gating probes under each, as the engine
+        looks them up."""
+        kept: dict[str, dict[str, Choice]] = {}
+        vectors, probes = dict(self.vectors), dict(self.probes)
+        for mode, by in self.choices.items():
+            one = next((c for c in by.values() if c.scope == "pooled"), None)
+            if one is None:
+                kept[mode] = {t: c for t, c in by.items() if t in targets}
+                continue
+            kept[mode] = {t: dataclasses.replace(one, target=t) for t in targets if t != POOLED}
+            for target in kept[mode]:
+                vectors.update({(target, k): v for (owner, k), v in self.vectors.items() if owner == one.target})
+                probes.update({(target, k): p for (owner, k), p in self.probes.items() if owner == one.target})
+        return dataclasses.replace(self, choices=kept, vectors=vectors, probes=probes)
 
 
 def split_words(split: str) -> str:
@@ -102,7 +119,7 @@ def select_by_mode(val: ValContext, pooled: bool, scope: str = "per_cwe") -> dic
         if scope == "per_cwe":
             return select_settings(conds, val.records, val.cwes, pooled, by)
         one = select_settings(conds, val.records, [POOLED], False, f"{by}, every CWE together").get(POOLED)
-        return {} if one is None else {cwe: dataclasses.replace(one, target=cwe) for cwe in val.cwes}
+        return {} if one is None else {cwe: dataclasses.replace(one, target=cwe, scope="pooled") for cwe in val.cwes}
 
     return val.by_detection_mode({mode: pick(mode, conds) for mode, conds in val.conditions.items()})
 
