@@ -196,7 +196,7 @@ def _header(results: Results) -> list[str]:
         splits, grid, notes = data.splits, results.grid, data.notes
         sizes = ", ".join(f"{name} {splits.size(name)}" for name in ("train", "val", "test"))
         one_gated = (
-            " (conditional steering: one setting for every CWE, chosen on every CWE's val samples together)"
+            "; conditional steering: one setting for every CWE, chosen on every CWE's val samples together"
             if grid.conditional_select == "pooled"
             else ""
         )
@@ -209,7 +209,7 @@ def _header(results: Results) -> list[str]:
             f"{[list(s) for s in results.layer_sets]}; strengths {grid.strengths}; steered positions "
             f"{list(grid.positions)}; modes {list(grid.modes)}; pooled vector: {grid.pooled}",
             "- **splits**: vectors are fitted on **train**; every candidate (and the baseline) is scored on **val**, "
-            f"and the setting per CWE is chosen there{one_gated} (balanced accuracy, ties to the smaller |strength|); "
+            f"and the setting per CWE is chosen there (balanced accuracy, ties to the smaller |strength|{one_gated}); "
             "the chosen setting is evaluated once on **test**. Test data never influences a choice.",
             "- a layer set is steered at all its layers at once; with `relative` strengths each layer's shift is the "
             "strength times that layer's mean hidden-state norm.",
