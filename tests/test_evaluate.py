@@ -24,6 +24,7 @@ from vulnsteer.experiment.tables import HeldOutRow, HeldOutTable
 from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.lm.identity import ModelIdentity, ModelMismatchError
 from vulnsteer.lm.model import LoadedModel
+from vulnsteer.steering.probe import Probe
 from vulnsteer.steering.vectors import Provenance, SteeringVector, VectorMismatchError
 
 
@@ -141,12 +142,23 @@ def test_one_gated_setting_for_every_cwe_applies_to_cwes_the_run_never_saw(
     out = evaluate_from_run(tmp_path / "run", other, tmp_path / "t", lm=tiny_lm, progress=False)
     got = load_results(out / "results.json")
     assert got.data is not None and got.data.skipped_cwes == {} and got.data.n_samples == 24
-    rows = [r.name for r in got.lead["logit"].rows]
-    assert rows == ["baseline", "conditional", "gate_control", "vector_control", "probe", "adapted"]
+    rows = {r.name: r for r in got.lead["logit"].rows}
+    assert list(rows) == [
+        "baseline", "conditional", "gate_control", "vector_control", "conditional_adapted", "probe", "adapted"
+    ]  # fmt: skip
     (choice,) = got.families["conditional"].choices["logit"].values()
     assert choice.target == "CWE-22" and choice == dataclasses.replace(made["CWE-89"], target="CWE-22")
     assert "constant" not in got.families and any("per-CWE choice" in w for w in got.warnings)
     assert held_out(got, family="conditional").rows["CWE-22"].n == 24
+    # the adapted steered row: the steered scores unchanged, its threshold flagging the gate probe's share of them
+    steered, adapted = rows["conditional"].metrics, rows["conditional_adapted"].metrics
+    assert adapted.auroc == steered.auroc and adapted.n == steered.n == 24
+    chosen = load_chosen(tmp_path / "run")
+    (gate_file,) = {e["probes"][choice.best.probe] for e in chosen.families["conditional"]["logit"].values()}
+    share = Probe.load(tmp_path / "run" / "chosen" / gate_file).adaptation.share
+    assert adapted.vulnerable_rate == pytest.approx(share, abs=1 / 24)
+    report = (out / "report.md").read_text()
+    assert "conditional steering: one for every CWE" in report and "no label read" in report
 
 
 def _test_split_file(config_path: Path, tiny_lm: LoadedModel, path: Path) -> Path:

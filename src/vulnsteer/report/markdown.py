@@ -178,8 +178,9 @@ def _header(results: Results) -> list[str]:
     if data is not None and command.startswith("evaluate"):
         if results.run_dir is not None:
             lines.append(
-                f"- settings chosen in `{results.run_dir}` (per CWE on that run's **validation** split) "
-                "and applied here **unchanged**; nothing is re-selected"
+                f"- settings chosen in `{results.run_dir}` (per CWE on that run's **validation** split"
+                + ("; conditional steering: one for every CWE" if results.grid.conditional_select == "pooled" else "")
+                + ") and applied here **unchanged**; nothing is re-selected"
             )
         else:
             lines.append(

@@ -9,7 +9,11 @@ the same rule). On val, every gated setting runs with two controls: the same pus
 without knowing the CWE (a label-free vector and a probe pooled over every CWE) with the best val balanced
 accuracy over every CWE is saved as ``RUN/detector/`` (:class:`~vulnsteer.detection.detector.SavedDetector`).
 
-Lead-table rows: ``conditional`` (the headline), ``gate_control`` and ``vector_control`` (its controls).
+Lead-table rows: ``conditional`` (the headline), ``gate_control`` and ``vector_control`` (its controls), and where
+one gated setting was chosen for every CWE (``[conditional] select = "pooled"``), ``conditional_adapted``: the same
+steered scores with the threshold that flags the highest share of the held-out inputs, the share of its gate probe's
+calibration data (assumed, no label read), as ``scan`` adapts a steering detector (at least ``conditional.min_adapt``
+inputs; ``evaluate --from`` uses the default minimum).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from types import MappingProxyType
 import numpy as np
 
 from ...config import ExperimentConfig
+from ...config.defaults import MIN_ADAPT
 from ...config.design import ProbeDesign
 from ...data.sample import Sample, dataset_hash
 from ...detection.detector import SavedDetector
 from ...detection.probe import fit_probe, probe_data, rethreshold
-from ...detection.records import DetectionRecord
+from ...detection.records import DetectionRecord, flag_top_share
 from ...io import JsonObject
 from ...lm.activations import ANSWER_POOLINGS, Activations
 from ...lm.model import LoadedModel, resolve_layers
@@ -35,7 +40,7 @@ from ...lm.prompts import DEFAULT_TEMPLATE
 from ...steering.behaviour import answer_vector_from, projection_sigmas
 from ...steering.probe import Probe
 from ...steering.vectors import SteeringVector, unembedding_vector
-from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, Saved, ValContext
+from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
 from ..fit import fit_cwe_vectors, method_key, save_vectors
 from ..grid import POOLED, RANDOM_PROBE, Condition, Setting
 from ..prepare import PreparedData
@@ -53,6 +58,7 @@ from .setting import (
 )
 
 __all__ = [
+    "ADAPTED_ROW",
     "CONDITIONAL",
     "ConditionalChoices",
     "ConditionalFamily",
@@ -67,6 +73,8 @@ __all__ = [
 #: The pooling name of vectors read at the answer token (not a prompt pooling).
 ANSWER = "answer"
 LABEL = "conditional steering, probe-gated"
+#: The lead-table row of the steered scores adapted to the held-out inputs (label-free).
+ADAPTED_ROW = "conditional_adapted"
 #: Its controls' columns in the per-CWE table, by role.
 CONTROLS = MappingProxyType({"gate_control": "random gate", "control": "random vector"})
 ROWS = (
@@ -228,9 +236,43 @@ class ConditionalFit:
 
 @dataclass(frozen=True)
 class ConditionalChoices(SettingChoices):
-    """The gated choices, and the detector to save (None when no candidate can run without a CWE)."""
+    """The gated choices, the detector to save (None when no candidate can run without a CWE) and the fewest
+    held-out inputs the adapted steered row adapts to."""
 
     detector: SavedDetector | None = None
+    min_adapt: int = MIN_ADAPT
+
+
+def adapted_entry(
+    chosen: SettingChoices, mode: str, steered: LeadEntry, min_adapt: int
+) -> tuple[LeadEntry | None, str | None]:
+    """The ``conditional_adapted`` lead entry of *mode* (see the module docstring), or None with the reason in
+    words where it cannot adapt (None, None where there is nothing to adapt: per-CWE choices, or the baseline won).
+    """
+    by_target = chosen.choices.get(mode) or {}
+    one = next(iter(by_target.values()), None)
+    if not chosen.every_cwe or one is None or one.chosen != "steered" or one.best is None:
+        return None, None
+    probe = chosen.probes.get((one.target, str(one.best.probe)))
+    share = probe.adaptation.share if probe is not None and probe.adaptation is not None else None
+    records = list(steered.records)
+    if share is None:
+        return None, f"{mode} mode: the steered model is not adapted: its gate probe has no calibration share"
+    if any(r.score is None for r in records):
+        return None, None
+    if len(records) < max(1, min_adapt):
+        return None, f"{mode} mode: the steered model is not adapted: {len(records)} inputs (at least {min_adapt})"
+    return (
+        LeadEntry(
+            ADAPTED_ROW,
+            "conditional steering adapted to the held-out inputs (its threshold flags the gate probe's "
+            f"calibration share, {share:.0%}, of them; no label read)",
+            flag_top_share(records, share),
+            what="the adapted steered model",
+            note="the steered scores with a threshold re-estimated from the unlabelled inputs",
+        ),
+        None,
+    )
 
 
 def _detector(
@@ -343,7 +385,7 @@ class ConditionalFamily:
         detector = _detector(
             val.config, val.data, val.conditions[first], val.records, art.vectors, art.probes, val.aggregation
         )
-        return ConditionalChoices(choices, fitted.vectors, fitted.probes, detector)
+        return ConditionalChoices(choices, fitted.vectors, fitted.probes, detector, val.config.conditional.min_adapt)
 
     def save(self, chosen: ConditionalChoices, run: Path, info: JsonObject) -> Saved:
         saved = save_choices(chosen, run)
@@ -364,7 +406,17 @@ class ConditionalFamily:
         return conditions_of(chosen, held, cross_modes=())
 
     def apply(self, chosen: SettingChoices, held: HeldOut) -> Applied:
-        return apply_settings(chosen, held, self.rows, cross_modes=())
+        applied = apply_settings(chosen, held, self.rows, cross_modes=())
+        min_adapt = chosen.min_adapt if isinstance(chosen, ConditionalChoices) else MIN_ADAPT
+        lead, notes = dict(applied.lead), list(applied.notes)
+        for mode, entries in applied.lead.items():
+            steered = next((e for e in entries if e.name == "conditional"), None)
+            if steered is None:
+                continue
+            entry, why = adapted_entry(chosen, mode, steered, min_adapt)
+            lead[mode] = [*entries, entry] if entry is not None else entries
+            notes += [why] if why else []
+        return dataclasses.replace(applied, lead=lead, notes=tuple(notes))
 
     def results(
         self,

@@ -433,5 +433,6 @@ def setting_results(
         choices=chosen.choices if chosen else {},
         held_out=applied.held_out if applied else {},
         examples={m: tuple(e) for m, e in applied.examples.items()} if applied else {},
+        notes=applied.notes if applied else (),
         **fitted,
     )
