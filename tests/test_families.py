@@ -15,13 +15,16 @@ import pytest
 import torch
 from tests.conftest import write_toy_jsonl
 
+from vulnsteer.config.design import ProbeDesign
 from vulnsteer.config.experiment import ExperimentConfig
 from vulnsteer.detection.detector import SavedDetector
 from vulnsteer.detection.probe import choose_threshold
 from vulnsteer.detection.records import DetectionRecord
 from vulnsteer.experiment import apply, lead, protocol
+from vulnsteer.experiment.chosen import load_chosen
 from vulnsteer.experiment.evaluate import evaluate_from_run, transfer_config
-from vulnsteer.experiment.families import DEFAULT_FAMILIES, by_name, enabled
+from vulnsteer.experiment.families import DEFAULT_FAMILIES, by_name, conditional, enabled
+from vulnsteer.experiment.families.setting import SettingChoices
 from vulnsteer.experiment.family import (
     ActivationNeeds,
     Applied,
@@ -32,13 +35,14 @@ from vulnsteer.experiment.family import (
     Saved,
     ValContext,
 )
-from vulnsteer.experiment.grid import Condition
+from vulnsteer.experiment.grid import Condition, Setting
 from vulnsteer.experiment.protocol import run_protocol
 from vulnsteer.experiment.results import FamilyResults
+from vulnsteer.experiment.select import Choice
 from vulnsteer.experiment.upgrade import load_results
 from vulnsteer.io import JsonObject
 from vulnsteer.lm.model import LoadedModel
-from vulnsteer.steering.probe import Probe
+from vulnsteer.steering.probe import Adaptation, Probe
 
 LAYER, POOLING = 1, "code_mean"
 
@@ -247,9 +251,8 @@ def test_one_gated_setting_for_every_cwe_is_chosen_on_every_cwes_val_samples(
     every CWE's samples together is the best (ties to the smaller |strength|), against the baseline's over the same
     samples; per_cwe (the default) chooses from each CWE's own samples."""
     keys = {"conditional__gates": ["linear", "toward_secure"], "conditional__strengths": {"sigma": [2.0, 8.0]}}
-    out = run_protocol(
-        _config(tmp_path, conditional__select="pooled", **keys), tmp_path / "run", lm=tiny_lm, progress=False
-    )
+    pooled = _config(tmp_path, conditional__select="pooled", conditional__min_adapt=4, **keys)
+    out = run_protocol(pooled, tmp_path / "run", lm=tiny_lm, progress=False)
     results = load_results(out / "results.json")
     choices = results.families["conditional"].choices["logit"]
     assert sorted(choices) == ["CWE-78", "CWE-89"]
@@ -264,9 +267,48 @@ def test_one_gated_setting_for_every_cwe_is_chosen_on_every_cwes_val_samples(
     assert first.val_baseline == baseline.metrics["overall"].balanced_accuracy
     assert first.chosen == ("steered" if first.val_best > first.val_baseline else "baseline")
     assert "one setting for every CWE" in (out / "report.md").read_text()
+    # its steered test scores, adapted: the threshold flags the gate probe's calibration share of them
+    rows = {r.name: r for r in results.lead["logit"].rows}
+    if first.chosen == "steered":
+        entry = load_chosen(out).families["conditional"]["logit"][first.target]
+        share = Probe.load(out / "chosen" / entry["probes"][str(first.best.probe)]).adaptation.share
+        adapted = rows["conditional_adapted"].metrics
+        assert adapted.auroc == rows["conditional"].metrics.auroc
+        assert adapted.vulnerable_rate == pytest.approx(share, abs=1 / adapted.n)
+    else:
+        assert "conditional_adapted" not in rows
 
     per_cwe = run_protocol(_config(tmp_path, **keys), tmp_path / "per-cwe", lm=tiny_lm, progress=False)
     own = load_results(per_cwe / "results.json").families["conditional"].choices["logit"]
     for cwe, choice in own.items():
         assert "every CWE together" not in choice.selected_by
         assert choice.val_best == max(e.metrics[cwe].balanced_accuracy for e in entries)
+
+
+def test_the_adapted_steered_row_flags_the_gate_probes_share_of_the_steered_scores() -> None:
+    """conditional_adapted: one gated setting for every CWE (its pooled probe filed under "any", as a run holds
+    it) re-thresholds the steered scores to flag the highest share of them, the gate probe's calibration share;
+    scores unchanged, no label read. Per-CWE choices, the baseline chosen, or too few inputs: no row."""
+    design = ProbeDesign((1,), ("code_mean",))
+    probe = Probe(design, torch.tensor([1.0]), 0.0, 0.0, adaptation=Adaptation(0.0, 1.0, share=0.25))
+    setting = Setting("answer", "answer", (1,), "sigma", 4.0, "last", "toward_secure", design.key)
+    choice = Choice("CWE-89", "steered", setting, 0.75, 0.5, scope="pooled")
+    chosen = SettingChoices({"logit": {"CWE-89": choice}}, probes={("any", design.key): probe})
+    scores = [0.9, 0.1, 0.8, 0.3, 0.2, 0.7, 0.4, 0.6]
+    records = [
+        DetectionRecord(f"s{i}", "CWE-89", None, i % 2, "secure", score=x, threshold=0.95) for i, x in enumerate(scores)
+    ]
+    steered = LeadEntry("conditional", "conditional steering", records)
+    entry, why = conditional.adapted_entry(chosen, "logit", steered, min_adapt=4)
+    assert why is None and entry is not None and entry.name == conditional.ADAPTED_ROW
+    assert [r.score for r in entry.records] == scores
+    assert [r.sample_id for r in entry.records if r.verdict == "vulnerable"] == ["s0", "s2"]  # the top 25%
+    assert conditional.adapted_entry(chosen, "logit", steered, min_adapt=9) == (
+        None, "logit mode: the steered model is not adapted: 8 inputs (at least 9)"
+    )  # fmt: skip
+    per_cwe = SettingChoices({"logit": {"CWE-89": dataclasses.replace(choice, scope="per_cwe")}}, probes=chosen.probes)
+    baseline = SettingChoices(
+        {"logit": {"CWE-89": dataclasses.replace(choice, chosen="baseline")}}, probes=chosen.probes
+    )
+    for other in (per_cwe, baseline):
+        assert conditional.adapted_entry(other, "logit", steered, min_adapt=4) == (None, None)

@@ -253,7 +253,8 @@ def adapted_entry(
     one = next(iter(by_target.values()), None)
     if not chosen.every_cwe or one is None or one.chosen != "steered" or one.best is None:
         return None, None
-    probe = chosen.probes.get((one.target, str(one.best.probe)))
+    key = str(one.best.probe)
+    probe = chosen.probes.get((one.target, key), chosen.probes.get((POOLED, key)))  # a pooled probe: under "any"
     share = probe.adaptation.share if probe is not None and probe.adaptation is not None else None
     records = list(steered.records)
     if share is None:
