@@ -24,9 +24,9 @@ setup: $(VENV)/.setup-done
 
 setup-test: $(VENV)/.test-done
 
-# Conditional steering on four CWEs of the bundled corpus with every control (examples/demo.toml), then its probe,
-# unadapted and adapted (label-free), applied unchanged to the corpus's other four CWEs, left out of every fit and
-# choice (logit mode: the probes need no generation). Each report's first lines say the answer; rerun to resume.
+# Conditional steering on four CWEs of the bundled corpus with every control (examples/demo.toml), then its one gated
+# setting and its probe, unadapted and adapted (label-free), applied unchanged to the corpus's other four CWEs, left
+# out of every fit and choice (logit mode). Each report's first lines say the answer; rerun to resume.
 DEMO_LEFT_OUT := --cwe CWE-190 --cwe CWE-416 --cwe CWE-476 --cwe CWE-787
 demo: setup
 	$(VENV)/bin/vulnsteer sweep examples/demo.toml
