@@ -38,6 +38,7 @@ __all__ = [
     "candidate_settings",
     "condition_specs",
     "control_vector",
+    "gate_probe",
     "resolve_layer_sets",
     "val_conditions",
 ]
@@ -259,6 +260,17 @@ def control_vector(vector: SteeringVector, seed: int) -> SteeringVector:
     return vector.random_like(digest)
 
 
+def gate_probe(probes: Mapping[tuple[str, str], Probe] | None, cwe: str, key: str) -> Probe | None:
+    """The gating probe *key* for a sample of *cwe*: its own ``(cwe, key)``, else the one pooled over every CWE
+    (``("any", key)``); None where there is neither.
+
+    >>> gate_probe({}, "CWE-89", "logistic@code_mean@L15") is None
+    True
+    """
+    found = (probes or {}).get((cwe, key))
+    return found if found is not None else (probes or {}).get((POOLED, key))
+
+
 def condition_specs(
     condition: Condition,
     cwe: str,
@@ -266,9 +278,8 @@ def condition_specs(
     probes: Mapping[tuple[str, str], Probe] | None = None,
 ) -> list[SteeringSpec] | None:
     """The steering specs of *condition* for a sample of *cwe*: ``[]`` for the baseline, None when the condition
-    does not cover the sample or has no vector (or gating probe) for it. A gated setting's probe is looked up as
-    ``(cwe, key)``, then ``("any", key)`` (a probe pooled over every CWE); a random-gate control uses the probe
-    ``random:<key>``."""
+    does not cover the sample or has no vector (or gating probe) for it. A gated setting's probe is looked up by
+    :func:`gate_probe`; a random-gate control uses the probe ``random:<key>``."""
     if condition.setting is None:
         return []
     if condition.cover == "target" and cwe != condition.vector:
@@ -283,7 +294,7 @@ def condition_specs(
     if setting.gated:
         assert setting.probe is not None
         name = (RANDOM_PROBE if condition.role == "gate_control" else "") + setting.probe
-        probe = (probes or {}).get((cwe, name)) or (probes or {}).get((POOLED, name))
+        probe = gate_probe(probes, cwe, name)
         if probe is None:
             return None
         gate = Gate(setting.gate, probe)

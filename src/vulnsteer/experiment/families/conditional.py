@@ -42,7 +42,7 @@ from ...steering.probe import Probe
 from ...steering.vectors import SteeringVector, unembedding_vector
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
 from ..fit import fit_cwe_vectors, method_key, save_vectors
-from ..grid import POOLED, RANDOM_PROBE, Condition, Setting
+from ..grid import POOLED, RANDOM_PROBE, Condition, Setting, gate_probe
 from ..prepare import PreparedData
 from ..results import FamilyResults, GateProbeInfo, SavedDetectorInfo, VectorInfo
 from ..select import balanced_accuracy, select_per_cwe
@@ -253,8 +253,7 @@ def adapted_entry(
     one = next(iter(by_target.values()), None)
     if not chosen.every_cwe or one is None or one.chosen != "steered" or one.best is None:
         return None, None
-    key = str(one.best.probe)
-    probe = chosen.probes.get((one.target, key), chosen.probes.get((POOLED, key)))  # a pooled probe: under "any"
+    probe = gate_probe(chosen.probes, one.target, str(one.best.probe))
     share = probe.adaptation.share if probe is not None and probe.adaptation is not None else None
     records = list(steered.records)
     if share is None:
@@ -410,8 +409,9 @@ class ConditionalFamily:
         applied = apply_settings(chosen, held, self.rows, cross_modes=())
         min_adapt = chosen.min_adapt if isinstance(chosen, ConditionalChoices) else MIN_ADAPT
         lead, notes = dict(applied.lead), list(applied.notes)
+        headline = next(spec.name for spec in self.rows if spec.headline)
         for mode, entries in applied.lead.items():
-            steered = next((e for e in entries if e.name == "conditional"), None)
+            steered = next((e for e in entries if e.name == headline), None)
             if steered is None:
                 continue
             entry, why = adapted_entry(chosen, mode, steered, min_adapt)

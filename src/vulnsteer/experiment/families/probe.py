@@ -31,7 +31,7 @@ from ...lm.model import LoadedModel
 from ...steering.probe import AdaptationError, Probe
 from ..family import ActivationNeeds, Applied, Artefacts, FitContext, HeldOut, LeadEntry, Saved, ValContext
 from ..fit import slug
-from ..grid import POOLED, Condition
+from ..grid import POOLED, Condition, gate_probe
 from ..results import FamilyResults
 from ..rundir import CHOSEN_DIR
 from .conditional import CONDITIONAL, ConditionalFamily
@@ -75,6 +75,13 @@ class ProbeChoices:
         return self.by_cwe.get(cwe, self.default)
 
 
+def _required(probe: Probe | None, key: str) -> Probe:
+    """A chosen setting's gating probe, which its choices always hold (a KeyError names the one missing)."""
+    if probe is None:
+        raise KeyError((POOLED, key))
+    return probe
+
+
 def _from_settings(chosen: SettingChoices, min_adapt: int) -> ProbeChoices | None:
     if not chosen.choices:
         return None
@@ -82,7 +89,7 @@ def _from_settings(chosen: SettingChoices, min_adapt: int) -> ProbeChoices | Non
     keys = {cwe: c.best.probe for cwe, c in by_target.items() if c is not None and c.best and c.best.probe}
     if not keys:
         return None
-    probes = {cwe: chosen.probes.get((cwe, key)) or chosen.probes[(POOLED, key)] for cwe, key in keys.items()}
+    probes = {cwe: _required(gate_probe(chosen.probes, cwe, key), key) for cwe, key in keys.items()}
     default = probes.get(POOLED) or next(iter(probes.values()))
     return ProbeChoices(
         {cwe: p for cwe, p in probes.items() if cwe != POOLED}, default, min_adapt, tuple(chosen.choices)
