@@ -159,6 +159,17 @@ def test_one_gated_setting_for_every_cwe_applies_to_cwes_the_run_never_saw(
     assert adapted.vulnerable_rate == pytest.approx(share, abs=1 / 24)
     report = (out / "report.md").read_text()
     assert "conditional steering: one for every CWE" in report and "no label read" in report
+    # a choice's scope that is not one: the error names the file, the choice and the field; nothing is written
+    doc = json.loads((tmp_path / "run" / "chosen" / "chosen.json").read_text())
+    for by in doc["families"]["conditional"].values():
+        for item in by.values():
+            item["scope"] = "everywhere"
+    (tmp_path / "run" / "chosen" / "chosen.json").write_text(json.dumps(doc))
+    with pytest.raises(
+        ValueError, match=r"chosen\.json: choice logit\.CWE-\d+: a choice's scope is one of .*'everywhere'"
+    ):
+        evaluate_from_run(tmp_path / "run", other, tmp_path / "bad", lm=tiny_lm, progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def _test_split_file(config_path: Path, tiny_lm: LoadedModel, path: Path) -> Path:

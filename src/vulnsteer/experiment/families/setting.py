@@ -34,6 +34,7 @@ from ..family import Applied, Artefacts, HeldOut, LeadEntry, Saved, ValContext
 from ..grid import POOLED, Condition
 from ..lead import compose, lever_rate
 from ..results import Example, FamilyResults
+from ..rundir import CHOSEN_DIR, CHOSEN_NAME
 from ..select import Choice, balanced_accuracy, select_settings
 from ..tables import Control, CrossCwe, Flips, HeldOutRow, HeldOutTable, MetricBlock
 
@@ -400,7 +401,14 @@ def save_choices(chosen: SettingChoices, run: Path) -> Saved:
 def restore_choices(entry: JsonObject, run: Path, lm: LoadedModel, allow_mismatch: bool) -> SettingChoices:
     """The choices of a family's ``chosen.json`` entry with their vectors and gating probes (refusing another
     model's unless mismatches are allowed)."""
-    choices = {m: {t: Choice.from_dict(e) for t, e in by.items()} for m, by in entry.items()}
+    choices: dict[str, dict[str, Choice]] = {}
+    for mode, by in entry.items():
+        for target, item in by.items():
+            try:
+                choices.setdefault(mode, {})[target] = Choice.from_dict(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                where = Path(run) / CHOSEN_DIR / CHOSEN_NAME
+                raise ValueError(f"{where}: choice {mode}.{target}: {exc}") from None
     vectors: dict[tuple[str, str], SteeringVector] = {}
     probes: dict[tuple[str, str], Probe] = {}
     for mode, by_target in entry.items():
