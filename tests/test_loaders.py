@@ -12,6 +12,7 @@ from pygments.token import Name
 
 from vulnsteer.config.vocabulary import DATASET_FORMATS
 from vulnsteer.data.clean import lex, strip_comments, token_kind
+from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.data.loaders import (
     DataError,
     LoadReport,
@@ -362,6 +363,94 @@ def test_owasp_problems_name_the_line_and_field(tmp_path: Path) -> None:
         load_samples(tmp_path, "owasp")
 
 
+def _itc_checkout(root: Path) -> Path:
+    """The Toyota ITC layout: a defect file and its look-alike (renamed, as the real benchmark renames one), plus a
+    code-quality defect type that has no security CWE."""
+    (root / "01.w_Defects").mkdir(parents=True)
+    (root / "02.wo_Defects").mkdir(parents=True)
+    defect = (
+        "/* File Name: null_pointer.c */\nstatic int sink;\n"
+        "void null_pointer_001 ()\n{\n\tint *p = NULL;\n\t*p = 1; /*Tool should detect this line as error*/\n}\n\n"
+        "void null_pointer_002 ()\n{\n\tint x = 2;\n\tsink = x;\n}\n\n"
+        "void null_pointer_main ()\n{\n\tnull_pointer_001();\n\tnull_pointer_002();\n}\n"
+    )
+    lookalike = (
+        "/* File Name: null_pointer.c */\nstatic int sink;\n"
+        "void null_pointer_001 ()\n{\n\tint a = 0;\n\tint *p = &a;\n"
+        "\t*p = 1; /*Tool should not detect this line as error*/\n}\n\n"
+        "void null_pointer_002 ()\n{\n\tint x = 2; /* no defect here either */\n\tsink = x;\n}\n\n"
+        "void null_pointer_main ()\n{\n\tnull_pointer_001();\n\tnull_pointer_002();\n}\n"
+    )
+    (root / "01.w_Defects" / "null_pointer.c").write_text(defect, encoding="utf-8")
+    (root / "02.wo_Defects" / "null_pointer.c").write_text(lookalike, encoding="utf-8")
+    free = "void f_001 ()\n{\n\tint a;\n\tfree(&a);\n}\n"
+    (root / "01.w_Defects" / "free_nondynamic_allocated_memory.c").write_text(free, encoding="utf-8")
+    (root / "02.wo_Defects" / "free_nondynamically_allocated_memory.c").write_text(
+        free.replace("int a;\n\tfree(&a);", "int *a = malloc(4);\n\tfree(a);"), encoding="utf-8"
+    )
+    (root / "01.w_Defects" / "dead_code.c").write_text("void d_001 ()\n{\n\treturn;\n\tx = 1;\n}\n", "utf-8")
+    (root / "02.wo_Defects" / "dead_code.c").write_text("void d_001 ()\n{\n\tx = 1;\n}\n", "utf-8")
+    return root
+
+
+@pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
+def test_itc_benchmark_pairs_the_functions_that_differ(tmp_path: Path) -> None:
+    root = _itc_checkout(tmp_path)
+    assert detect_format(root) == "itc"
+    report = LoadReport()
+    samples = load_samples(root, report=report)
+    assert [(s.id, s.label, s.cwe, s.language, s.pair_id, s.is_file) for s in samples] == [
+        (
+            "itc:free_nondynamic_allocated_memory:f_001:vulnerable",
+            "vulnerable",
+            "CWE-590",
+            "c",
+            *["itc:free_nondynamic_allocated_memory:f_001", False],
+        ),
+        (
+            "itc:free_nondynamic_allocated_memory:f_001:secure",
+            "secure",
+            "CWE-590",
+            "c",
+            *["itc:free_nondynamic_allocated_memory:f_001", False],
+        ),
+        (
+            "itc:null_pointer:null_pointer_001:vulnerable",
+            "vulnerable",
+            "CWE-476",
+            "c",
+            "itc:null_pointer:null_pointer_001",
+            False,
+        ),
+        (
+            "itc:null_pointer:null_pointer_001:secure",
+            "secure",
+            "CWE-476",
+            "c",
+            "itc:null_pointer:null_pointer_001",
+            False,
+        ),
+    ]
+    # the label in the comments is gone; a function the versions share (the driver, or one that differs only in a
+    # comment) is dropped; a code-quality defect type is skipped and said
+    assert all("detect" not in s.code and "/*" not in s.code for s in samples)
+    assert samples[2].code.startswith("void null_pointer_001 ()") and "NULL" in samples[2].code
+    assert report.dropped_identical == 2
+    assert any("1 files of defect types without a security CWE skipped" in n for n in report.notes)
+
+
+@pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
+def test_itc_problems_name_the_file(tmp_path: Path) -> None:
+    root = _itc_checkout(tmp_path)
+    (root / "01.w_Defects" / "double_free.c").write_text("void g ()\n{\n}\n", encoding="utf-8")
+    with pytest.raises(
+        DataError, match=r"01\.w_Defects/double_free\.c: no look-alike without defects at .*02\.wo_Defects"
+    ):
+        load_samples(root, "itc")
+    with pytest.raises(DataError, match=r"itc format needs a folder holding 01\.w_Defects/ and 02\.wo_Defects/"):
+        load_samples(root / "01.w_Defects", "itc")
+
+
 # --------------------------------------------------------------------------- paired-dir
 
 
@@ -691,7 +780,7 @@ def test_detect_format_unknown_names_path(tmp_path: Path) -> None:
         detect_format(tmp_path / "notes.md")
     with pytest.raises(DataError, match="unknown format"):
         load_samples(tmp_path, "parquet")
-    assert set(DATASET_FORMATS) == {"sven", "juliet", "paired-dir", "castle", "owasp", "jsonl", "csv"}
+    assert set(DATASET_FORMATS) == {"sven", "juliet", "paired-dir", "castle", "owasp", "itc", "jsonl", "csv"}
 
 
 def test_every_format_name_has_its_plug_in() -> None:

@@ -76,7 +76,7 @@ BACKEND_NAMES: tuple[str, ...] = ("hooks", "nnsight")
 #: Where a sweep's chunks are scored.
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 #: The dataset formats the loaders read (``data.format``, ``--format`` of the data commands).
-DATASET_FORMATS: tuple[str, ...] = ("sven", "juliet", "paired-dir", "castle", "owasp", "jsonl", "csv")
+DATASET_FORMATS: tuple[str, ...] = ("sven", "juliet", "paired-dir", "castle", "owasp", "itc", "jsonl", "csv")
 #: What ``scan`` writes (``scan --format``): a table, JSON lines, or SARIF 2.1.0.
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "sarif")
 #: The weights' dtype (``model.dtype``; ``auto``: bfloat16 on CUDA, float32 on the CPU), short names included.

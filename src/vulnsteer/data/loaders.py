@@ -36,6 +36,10 @@ Formats (``fmt``):
     that file): each listed test case's ``BenchmarkTest<n>.py``/``.java`` file below it, labelled by the CSV's
     ``real vulnerability`` and ``cwe`` fields; unpaired; comments and a leading module docstring dropped. Each
     sample is a whole file (``Sample.is_file``).
+``itc``
+    The Toyota ITC benchmarks (``01.w_Defects`` / ``02.wo_Defects`` and the C++ pair): each function that differs
+    between a defect file and its look-alike is a vulnerable/fixed pair of function samples, comments stripped,
+    the CWE from the defect type (:mod:`vulnsteer.data.formats.itc`). ``pair_id`` = ``itc:<defect type>:<function>``.
 ``jsonl`` / ``csv``
     Generic rows with ``code``, ``label`` (vulnerable/secure, 1/0, true/false, vuln/safe, bad/good), ``cwe``
     and optional ``pair_id``, ``language``, ``id``, ``group``, ``source``, ``whole_file`` (true/false, 1/0: the
@@ -67,6 +71,7 @@ from vulnsteer.data.formats import (
     DataError,
     LoadReport,
     Reader,
+    itc_trees,
     json_loads,
     mirrored_trees,
     parse_label,
@@ -157,6 +162,8 @@ def detect_format(path: Path) -> str:
         )
     if any(True for _ in path.glob(EXPECTED_RESULTS)):
         return "owasp"
+    if itc_trees(path):
+        return "itc"
     if (path / "cwe_map.json").is_file() or mirrored_trees(path) is not None:
         return "paired-dir"
     jsonl = sorted(path.rglob("*.jsonl"))

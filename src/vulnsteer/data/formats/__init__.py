@@ -12,6 +12,7 @@ from vulnsteer.data.sample import Sample
 
 from .castle import read_castle
 from .generic import read_csv, read_jsonl
+from .itc import itc_trees, read_itc
 from .juliet import read_juliet
 from .owasp import EXPECTED_RESULTS, read_owasp
 from .paired import VULN_NAMES, mirrored_trees, read_paired_dir
@@ -25,6 +26,7 @@ __all__ = [
     "DataError",
     "LoadReport",
     "Reader",
+    "itc_trees",
     "json_loads",
     "mirrored_trees",
     "parse_label",
@@ -38,6 +40,7 @@ FORMATS: Mapping[str, Callable[[Reader, Path], list[Sample]]] = MappingProxyType
         "paired-dir": read_paired_dir,
         "castle": read_castle,
         "owasp": read_owasp,
+        "itc": read_itc,
         "jsonl": read_jsonl,
         "csv": read_csv,
     }
