@@ -36,14 +36,24 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..data.units import Units
 from ..stats.aggregate import check_aggregation
 from ..stats.metrics import Prediction
 from ..stats.shares import top_share_threshold
 
-__all__ = ["DetectionRecord", "aggregate_records", "flag_top_share", "record_from_dict", "records_to_predictions"]
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = [
+    "DetectionRecord",
+    "aggregate_records",
+    "flag_top_share",
+    "judged_by_share",
+    "record_from_dict",
+    "records_to_predictions",
+]
 
 _LABEL_TO_Y = {"vulnerable": 1, "secure": 0, "uncertain": -1}
 
@@ -97,6 +107,9 @@ def record_from_dict(data: dict[str, Any]) -> DetectionRecord:
     return DetectionRecord(**{k: v for k, v in data.items() if k in names})
 
 
+#: Anything :func:`judged_by_share` re-judges: a dataclass with ``verdict`` and ``threshold`` fields.
+_Judged = TypeVar("_Judged", bound="DataclassInstance")
+
 _VERDICT_RANK = {"vulnerable": 2, "uncertain": 1, "secure": 0}
 
 
@@ -116,10 +129,17 @@ def flag_top_share(records: Sequence[DetectionRecord], share: float) -> list[Det
     scores = _values(records, "score")
     if scores is None:
         raise ValueError("flag_top_share: every record needs a score")
+    return judged_by_share(records, scores, share)
+
+
+def judged_by_share(items: Sequence[_Judged], scores: Sequence[float], share: float) -> list[_Judged]:
+    """*items* (dataclasses with ``verdict`` and ``threshold`` fields: detection records, a scan's function scores)
+    re-judged by their *scores*: vulnerable iff above the threshold under which the highest *share* of the scores
+    lie, which each then carries. The one share rule of every label-free adaptation."""
     threshold = top_share_threshold(scores, share)
     return [
-        dataclasses.replace(r, verdict="vulnerable" if x > threshold else "secure", threshold=threshold)
-        for r, x in zip(records, scores, strict=True)
+        dataclasses.replace(item, verdict="vulnerable" if x > threshold else "secure", threshold=threshold)
+        for item, x in zip(items, scores, strict=True)
     ]
 
 

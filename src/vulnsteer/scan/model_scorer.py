@@ -723,7 +723,7 @@ def share_adapted(
     >>> [(s.score, s.verdict) for s in found], found[0].threshold
     ([(0.9, 'vulnerable'), (0.8, 'vulnerable'), (0.7, 'secure'), (0.6, 'secure')], 0.75)
     """
-    from ..stats.shares import top_share_threshold
+    from ..detection.records import judged_by_share
     from ..steering.probe import AdaptationError
 
     if len(scores) < max(1, min_count):
@@ -739,11 +739,7 @@ def share_adapted(
             "--adapt: this steering detector's gate probe has no calibration share (written by an older "
             "vulnsteer): state --prevalence, or refit it"
         )
-    threshold = top_share_threshold([s.score for s in scores], share)
-    return [
-        dataclasses.replace(s, verdict="vulnerable" if s.score > threshold else "secure", threshold=threshold)
-        for s in scores
-    ]
+    return judged_by_share(scores, [s.score for s in scores], share)
 
 
 def _probe_verdicts(probe: Any, raw: Any) -> tuple[list[float], list[str], float]:
