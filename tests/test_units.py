@@ -167,6 +167,49 @@ def test_held_out_pieces_and_aggregation_back_to_the_file() -> None:
     assert held_out_units([short], {}, {}, window_fitter(words, 40)).pieces[0].id == "t"  # one piece keeps its id
 
 
+def test_two_versions_of_a_file_score_each_shared_function_once() -> None:
+    """The apply engine scores each distinct code once per CWE (two versions of a file share most functions); every
+    copy gets its piece's record, with its own id, pair and label, and each file aggregates its own pieces."""
+    from vulnsteer.data.region import Region
+    from vulnsteer.data.truncate import Truncation
+    from vulnsteer.data.units import FunctionCode
+    from vulnsteer.experiment.family import HeldOut
+
+    a = Sample("a", "", "c", "CWE-787", "vulnerable", "p", is_file=True)
+    b = dataclasses.replace(a, id="b", label="secure")
+    other = Sample("o", "int g(void);", "c", "CWE-89", "secure")
+
+    def f(name: str, code: str) -> FunctionCode:
+        return FunctionCode(name, "function", Region(1, 1, 1, 1), code)
+
+    found = {
+        "a": [f("main", "int main();"), f("copy", "void copy();")],
+        "b": [f("main", "int main();"), f("copy", "void copy(int n);")],
+    }
+    units = held_out_units([a, b, other], found, {}, lambda code: [(code, Truncation(False, 0, 0, None))], "all")
+    held = HeldOut("all", ("logit",), {"CWE-787": [a, b], "CWE-89": [other]}, units=units, aggregation="max")
+    scored = held.scored_pieces_by_cwe()
+    assert {cwe: [p.id for p in pieces] for cwe, pieces in scored.items()} == {
+        "CWE-787": ["a#0", "a#1", "b#1"],
+        "CWE-89": ["o"],
+    }
+    score = {"a#0": 0.5, "a#1": 0.9, "b#1": 0.2, "o": 0.3}
+    records = [
+        DetectionRecord(p.id, p.cwe, p.pair_id, p.y, "vulnerable", score=score[p.id])
+        for pieces in scored.values()
+        for p in pieces
+    ]
+    files = held.to_samples(records)
+    assert [(r.sample_id, r.y_true, r.pair_id, r.score) for r in files] == [
+        ("a", 1, "p", 0.9),
+        ("b", 0, "p", 0.5),  # b's main is a's main, scored once: 0.5 > its copy's 0.2
+        ("o", 0, None, 0.3),
+    ]
+    # records of every piece (a family's own, from the activations) are read as they are
+    every = [*records, DetectionRecord("b#0", "CWE-787", "p", 0, "secure", score=0.1)]
+    assert [r.score for r in held.to_samples(every)] == [0.9, 0.2, 0.3]
+
+
 def test_windows_then_functions_are_aggregated_in_that_order() -> None:
     s = Sample("f", "x", "c", "CWE-787", "vulnerable", is_file=True)
     # function 0 has three windows, function 1 one: mean over windows first, then over functions
@@ -403,8 +446,19 @@ def test_protocol_and_evaluate_score_files_as_functions(tmp_path: Path, tiny_lm:
               for r in e["records"]}  # fmt: skip
     files = {r.sample_id: r.score for r in results.records["baseline|logit|test"]}
     assert files and all("#" not in sid for sid in files)
+    # load and report are the same in every file: each is scored once per CWE, and a file without its own record
+    # of one reads that CWE's; run, the function that differs, is scored in every file
+    assert len(pieces) == len(files) + 2 * len({sid.rsplit("-", 2)[0] for sid in files})
+
+    def part(sid: str, k: int) -> float:
+        if f"{sid}#{k}" in pieces:
+            return float(pieces[f"{sid}#{k}"])
+        assert k != 1
+        cwe = sid.rsplit("-", 2)[0]
+        return float(next(v for p, v in pieces.items() if p.startswith(f"{cwe}-") and p.endswith(f"#{k}")))
+
     for sid, score in files.items():
-        parts = [pieces[f"{sid}#{k}"] for k in range(3)]
+        parts = [part(sid, k) for k in range(3)]
         assert score == pytest.approx(aggregate(parts, info.aggregation))
     # and its verdict is that score against the answer's threshold, not its riskiest function's verdict
     for r in results.records["baseline|logit|test"]:

@@ -74,7 +74,7 @@ def apply_families(
             lm,
             todo,
             store,
-            lambda _split: held.pieces_by_cwe(),
+            lambda _split: held.scored_pieces_by_cwe(),
             artefacts.vectors,
             options,
             probes=artefacts.probes,

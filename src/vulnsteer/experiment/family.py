@@ -35,6 +35,7 @@ family reads the gating probes the conditional family chose): :attr:`ValContext.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,16 +187,43 @@ class HeldOut:
             return list(self.units.pieces)
         return [s for group in self.samples.values() for s in group]
 
-    def pieces_by_cwe(self) -> Mapping[str, Sequence[Sample]]:
-        """The pieces by CWE (what the scoring engine scores)."""
-        return self.samples if self.units is None else self.units.by_cwe()
+    def scored_pieces_by_cwe(self) -> Mapping[str, Sequence[Sample]]:
+        """What the scoring engine scores: the pieces by CWE, each code once per CWE and language. Two versions of
+        a file share most of their functions, so a pair of large files is scored in about half the passes;
+        :meth:`to_samples` gives every copy its piece's record (a copy's score is its first piece's)."""
+        if self.units is None:
+            return self.samples
+        distinct: dict[str, Sequence[Sample]] = {}
+        for cwe, pieces in self.units.by_cwe().items():
+            first: dict[tuple[str, str], Sample] = {}
+            for piece in pieces:
+                first.setdefault((piece.language, piece.code), piece)
+            distinct[cwe] = list(first.values())
+        return distinct
 
     def to_samples(self, records: Sequence[DetectionRecord]) -> list[DetectionRecord]:
         """One record per sample from records of its pieces (:func:`~vulnsteer.detection.records.
-        aggregate_records` by :attr:`aggregation`)."""
+        aggregate_records` by :attr:`aggregation`); a piece with no record of its own takes the record of the
+        piece with its code (:meth:`scored_pieces_by_cwe`)."""
         if self.units is None:
             return list(records)
-        return aggregate_records(self.units, records, self.aggregation)
+        return aggregate_records(self.units, self._every_piece(records), self.aggregation)
+
+    def _every_piece(self, records: Sequence[DetectionRecord]) -> list[DetectionRecord]:
+        assert self.units is not None
+        pieces = {p.id: p for p in self.units.pieces}
+        by_id = {r.sample_id: r for r in records}
+        by_code = {(p.cwe, p.language, p.code): r for r in records if (p := pieces.get(r.sample_id)) is not None}
+        out: list[DetectionRecord] = []
+        for piece in self.units.pieces:
+            record = by_id.get(piece.id)
+            if record is None:
+                record = by_code.get((piece.cwe, piece.language, piece.code))
+                if record is None:
+                    continue
+                record = dataclasses.replace(record, sample_id=piece.id, pair_id=piece.pair_id, y_true=piece.y)
+            out.append(record)
+        return out
 
     def baseline(self, mode: str) -> Sequence[DetectionRecord]:
         """The baseline's records in *mode* (the apply engine always scores them)."""
