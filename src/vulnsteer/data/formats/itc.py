@@ -63,6 +63,8 @@ ITC_CWES: Mapping[str, str] = MappingProxyType(
 )
 
 
+#: The benchmark's source files (its folders also hold ``Makefile.am``).
+_SOURCE_SUFFIXES = (".c", ".cpp")
 #: Files whose look-alike has another name in the benchmark.
 _RENAMED = MappingProxyType({"free_nondynamic_allocated_memory.c": "free_nondynamically_allocated_memory.c"})
 
@@ -87,14 +89,15 @@ def read_itc(reader: Reader, root: Path) -> list[Sample]:
     files = [
         (file, without / _RENAMED.get(file.name, file.name))
         for with_, without in trees
-        for file in sorted(with_.glob("*.c*"))
+        for file in sorted(with_.iterdir())
+        if file.suffix in _SOURCE_SUFFIXES and file.is_file()
     ]
     samples: list[Sample] = []
     skipped = 0
     for defect_file, clean_file in track(files, f"itc {root.name}", unit="file", enabled=reader.progress):
         cwe = ITC_CWES.get(defect_file.stem)
         if cwe is None:
-            skipped += defect_file.suffix in (".c", ".cpp")
+            skipped += 1
             continue
         if not clean_file.is_file():
             reader.report.unpaired_files += 1
