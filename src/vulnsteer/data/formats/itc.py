@@ -105,7 +105,8 @@ def read_itc(reader: Reader, root: Path) -> list[Sample]:
             continue
         samples.extend(_file_pair(reader, splitter, defect_file, clean_file, cwe))
     if skipped:
-        reader.report.notes.append(f"{root}: {skipped} files of defect types without a security CWE skipped")
+        what = "without a security CWE (code-quality defect types, drivers)"
+        reader.report.notes.append(f"{root}: {skipped} files {what} skipped")
     return samples
 
 
