@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from vulnsteer.data.clean import strip_comments
-from vulnsteer.data.functions import CodeUnit, FunctionSplitter, tree_sitter_available
+from vulnsteer.data.changes import match_functions
+from vulnsteer.data.functions import FunctionSplitter, tree_sitter_available
 from vulnsteer.data.sample import SECURE, VULNERABLE, Sample
+from vulnsteer.data.units import FunctionCode, function_code
 from vulnsteer.progress import track
 
 from .reader import Reader, language_of
@@ -110,14 +111,18 @@ def read_itc(reader: Reader, root: Path) -> list[Sample]:
     return samples
 
 
-def _functions(reader: Reader, splitter: FunctionSplitter, file: Path) -> dict[str, str] | None:
+def _functions(reader: Reader, splitter: FunctionSplitter, file: Path) -> list[FunctionCode] | None:
+    """A file's functions as the model reads them (:func:`~vulnsteer.data.units.function_code`: comments stripped)."""
     text = reader.read_text(file)
     if text is None:
         return None
     language = language_of(file.name)
-    split = splitter.split(text, language, file.suffix)
-    units: list[CodeUnit] = [u for u in split.units if u.kind != "file"]
-    return {u.name: strip_comments(u.text, language) for u in units}
+    found = []
+    for unit in splitter.split(text, language, file.suffix).units:
+        code, _ = function_code(unit, language, keep_comments=False)
+        if unit.kind != "file" and code.strip():
+            found.append(FunctionCode(unit.name, unit.kind, unit.region, code))
+    return found
 
 
 def _file_pair(reader: Reader, splitter: FunctionSplitter, defect: Path, clean: Path, cwe: str) -> list[Sample]:
@@ -125,14 +130,15 @@ def _file_pair(reader: Reader, splitter: FunctionSplitter, defect: Path, clean: 
     if before is None or after is None:
         return []
     language = language_of(defect.name)
+    changes = match_functions(before, after, lambda f: (f.name, f.code))
+    reader.report.dropped_identical += sum(c.kind == "unchanged" for c in changes)
+    position = {id(f): k for k, f in enumerate(before)}
+    changed = [(c.before, c.after) for c in changes if c.kind == "changed" and c.before and c.after]
     samples: list[Sample] = []
-    for name, code in before.items():
-        fixed = after.get(name)
-        if fixed is None or fixed == code:
-            reader.report.dropped_identical += fixed is not None
-            continue
+    for old, new in sorted(changed, key=lambda versions: position[id(versions[0])]):  # in the defect file's order
+        name = old.name
         pair = f"itc:{defect.stem}:{name}"
-        for label, text, path in ((VULNERABLE, code, defect), (SECURE, fixed, clean)):
+        for label, text, path in ((VULNERABLE, old.code, defect), (SECURE, new.code, clean)):
             samples.append(
                 Sample(
                     id=f"{pair}:{label}",
