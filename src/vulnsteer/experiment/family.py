@@ -195,9 +195,9 @@ class HeldOut:
             return self.samples
         distinct: dict[str, Sequence[Sample]] = {}
         for cwe, pieces in self.units.by_cwe().items():
-            first: dict[tuple[str, str], Sample] = {}
+            first: dict[tuple[str, str, str], Sample] = {}
             for piece in pieces:
-                first.setdefault((piece.language, piece.code), piece)
+                first.setdefault(_same_code(piece), piece)
             distinct[cwe] = list(first.values())
         return distinct
 
@@ -213,12 +213,12 @@ class HeldOut:
         assert self.units is not None
         pieces = {p.id: p for p in self.units.pieces}
         by_id = {r.sample_id: r for r in records}
-        by_code = {(p.cwe, p.language, p.code): r for r in records if (p := pieces.get(r.sample_id)) is not None}
+        by_code = {_same_code(p): r for r in records if (p := pieces.get(r.sample_id)) is not None}
         out: list[DetectionRecord] = []
         for piece in self.units.pieces:
             record = by_id.get(piece.id)
             if record is None:
-                record = by_code.get((piece.cwe, piece.language, piece.code))
+                record = by_code.get(_same_code(piece))
                 if record is None:
                     continue
                 record = dataclasses.replace(record, sample_id=piece.id, pair_id=piece.pair_id, y_true=piece.y)
@@ -228,6 +228,12 @@ class HeldOut:
     def baseline(self, mode: str) -> Sequence[DetectionRecord]:
         """The baseline's records in *mode* (the apply engine always scores them)."""
         return self.records[Condition("baseline", mode, self.split).key]
+
+
+def _same_code(piece: Sample) -> tuple[str, str, str]:
+    """What makes two held-out pieces score the same: their CWE (a steered score reads its vector), language and
+    code (:meth:`HeldOut.scored_pieces_by_cwe`)."""
+    return piece.cwe, piece.language, piece.code
 
 
 @dataclass(frozen=True)
