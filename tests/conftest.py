@@ -17,7 +17,12 @@ from vulnsteer.steering.vectors import Provenance, SteeringVector
 # pass on a busy 2-core machine (and keeps parallel CI jobs from oversubscribing the cores).
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Paths every test module shares: the tests live in tests/unit/<package>/ and tests/functional/, so no module
+# spells its own ``parents[n]``.
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+EXAMPLES = REPO / "examples"
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -16,7 +16,7 @@ Protocol (the same for every pooling x layer x CWE x probe kind):
 3. **score once on test**: AUROC, balanced accuracy and a pair-bootstrap CI of the balanced accuracy.
 
 Test labels reach nothing but the final metrics: the fitting and threshold code
-(:func:`~vulnsteer.detection.probe.fit_probe`) never sees the test split (``tests/test_probe.py`` checks that
+(:func:`~vulnsteer.detection.probe.fit_probe`) never sees the test split (``tests/unit/detection/test_probe.py`` checks that
 permuting the test labels changes no threshold and no score).
 
 Scores: higher means *more vulnerable* for both probe kinds. The direction score is the signed distance along
