@@ -16,8 +16,8 @@ Protocol (the same for every pooling x layer x CWE x probe kind):
 3. **score once on test**: AUROC, balanced accuracy and a pair-bootstrap CI of the balanced accuracy.
 
 Test labels reach nothing but the final metrics: the fitting and threshold code
-(:func:`~vulnsteer.detection.probe.fit_probe`) never sees the test split (``tests/unit/detection/test_probe.py`` checks that
-permuting the test labels changes no threshold and no score).
+(:func:`~vulnsteer.detection.probe.fit_probe`) never sees the test split (``tests/unit/detection/test_probe.py``
+checks that permuting the test labels changes no threshold and no score).
 
 Scores: higher means *more vulnerable* for both probe kinds. The direction score is the signed distance along
 the unit class-mean difference from the midpoint of the two train class means, so 0 is the train midpoint; the
