@@ -238,7 +238,8 @@ def extract_activations(
     token (the tokens after it cannot change the code tokens' states, so they are not run). On CUDA a batch that
     runs out of memory is run again in smaller batches (:class:`~vulnsteer.lm.batching.AutoBatch`). *desc* names
     the progress phase (say which samples). Batches take the samples in length buckets (:func:`length_order`;
-    ``buckets=False``: in the order given).
+    ``buckets=False``: in the order given). Samples whose prompts are the same text are run once and share its
+    rows.
 
     >>> acts = extract_activations(load_model(), samples, [10, -1], poolings=["last"])  # doctest: +SKIP
     >>> acts.get("last").shape  # doctest: +SKIP
@@ -253,7 +254,12 @@ def extract_activations(
     )
     chosen = resolve_layers(list(layers) if not isinstance(layers, int) else layers, lm.num_layers)
     prompts = [build_prompt(lm.tokenizer, s.code, s.language, template) for s in samples]
-    order = length_order(lm, [p.text for p in prompts], buckets)
+    # a prompt's states depend on its text alone: each distinct text is run once (two versions of a file share
+    # most of their functions) and its rows copied to the samples that repeat it
+    first: dict[str, int] = {}
+    source = [first.setdefault(p.text, i) for i, p in enumerate(prompts)]
+    distinct = list(first.values())
+    order = [distinct[i] for i in length_order(lm, [prompts[r].text for r in distinct], buckets)]
     out = {pos: torch.zeros(len(samples), len(chosen), lm.hidden_size) for pos in poolings}
 
     through_code = set(poolings) <= set(CODE_POOLINGS)  # nothing after the code is read: it is not run
@@ -263,11 +269,14 @@ def extract_activations(
         return batch_states(lm, batch, chosen, poolings, answer_tokens)
 
     batcher = AutoBatch.for_model(lm, "extraction", batch_size)
-    with Progress(len(samples), desc, unit="sample", enabled=progress) as bar:
+    with Progress(len(distinct), desc, unit="sample", enabled=progress) as bar:
         for rows, values in batcher.map(order, run):
             index = torch.as_tensor(rows, dtype=torch.long)
             for pos, value in values.items():
                 out[pos][index] = value
             bar.update(len(rows))
+    if len(distinct) < len(samples):
+        copies = torch.as_tensor(source, dtype=torch.long)
+        out = {pos: value.index_select(0, copies) for pos, value in out.items()}
     counts = torch.tensor(code_token_counts(lm.tokenizer, prompts), dtype=torch.long)
     return Activations(chosen, [s.id for s in samples], dict(out), lm.identity, counts)

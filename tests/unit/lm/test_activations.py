@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -225,3 +226,36 @@ def test_through_code_cuts_each_prompt_after_its_code(tiny_tokenizer: Any) -> No
             cut.input_ids[row][cut.attention_mask[row].bool()],
         )
         assert torch.equal(ids[: len(kept)], kept)
+
+
+def test_samples_with_the_same_prompt_are_run_once(tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two versions of a file share most of their functions: each distinct prompt is run once and its rows are
+    copied to every sample that repeats it (the same code in another language is another prompt)."""
+    from vulnsteer.lm import activations as activations_module
+
+    samples = _samples()
+    copies = [dataclasses.replace(s, id=f"{s.id}-again", label="secure", pair_id=None) for s in samples[:3]]
+    other_language = dataclasses.replace(samples[0], id="as-c", language="c")
+    mixed = [samples[0], copies[0], *samples[1:], other_language, *copies[1:]]
+    rows_run: list[int] = []
+    real = activations_module.batch_states
+
+    def counting(lm: LoadedModel, batch: Any, *args: Any) -> dict[str, torch.Tensor]:
+        rows_run.append(int(batch.input_ids.shape[0]))
+        return real(lm, batch, *args)
+
+    monkeypatch.setattr(activations_module, "batch_states", counting)
+    acts = extract_activations(tiny, mixed, [0, 2], batch_size=2, progress=False)
+    assert sum(rows_run) == len(samples) + 1  # the copies were not run; the other language was
+    assert acts.sample_ids == [s.id for s in mixed]
+    assert acts.code_tokens is not None and len(acts.code_tokens) == len(mixed)
+    row = {s.id: i for i, s in enumerate(mixed)}
+    rows_run.clear()
+    alone = extract_activations(tiny, samples, [0, 2], batch_size=2, progress=False)
+    for pooling in ("last", "code_mean", "code_max"):
+        got = acts.get(pooling)
+        for copy, original in zip(copies, samples, strict=False):
+            assert torch.equal(got[row[copy.id]], got[row[original.id]])
+        for i, sample in enumerate(samples):
+            torch.testing.assert_close(got[row[sample.id]], alone.get(pooling)[i], atol=1e-5, rtol=1e-5)
+        assert not torch.equal(got[row["as-c"]], got[row[samples[0].id]])
