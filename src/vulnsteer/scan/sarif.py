@@ -21,7 +21,7 @@ to ``%SRCROOT%`` (the folder the scan ran in, left unnamed), and the provenance'
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -234,16 +234,8 @@ def build_sarif(report: ScanReport, command_line: str | None = None) -> dict[str
     """
     findings = report.findings
     rule_ids, index = _rules(findings)
-    properties = {
-        "scorer": report.portable_provenance,
-        "minScore": report.options.min_score,
-        "failOn": report.options.fail_threshold,
-        "exitCode": report.exit_code,
-        "failures": report.failures(),
-        "summary": report.stats.to_dict(),
-    }
     results = [_result(f, index[f.score.cwe], report) for f in findings]
-    return _log(rule_ids, results, report.stats, properties, command_line)
+    return _log(rule_ids, results, report.stats, _run_properties(report, report.stats.to_dict()), command_line)
 
 
 def build_diff_sarif(report: DiffReport, command_line: str | None = None) -> dict[str, Any]:
@@ -273,12 +265,17 @@ def build_diff_sarif(report: DiffReport, command_line: str | None = None) -> dic
             riskier=change.riskier,
         )  # fmt: skip
         results.append(out)
-    properties = {
+    return _log(rule_ids, results, report.stats, _run_properties(report, report.summary()), command_line)
+
+
+def _run_properties(report: ScanReport | DiffReport, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's ``properties``, for a scan and a diff alike: the scorer (no absolute paths), the thresholds, the
+    exit code, why it failed, and the *summary* of what was read."""
+    return {
         "scorer": report.portable_provenance,
         "minScore": report.options.min_score,
         "failOn": report.options.fail_threshold,
         "exitCode": report.exit_code,
         "failures": report.failures(),
-        "summary": report.summary(),
+        "summary": summary,
     }
-    return _log(rule_ids, results, report.stats, properties, command_line)
