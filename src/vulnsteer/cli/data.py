@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..config.vocabulary import DATASET_FORMATS
 from .options import UsageError, add_config_args, config_from_args, overrides_from_args
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data.loaders import LoadReport
+
 
 __all__ = ["register"]
 
@@ -21,7 +25,7 @@ def _add_dataset_args(q: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("data", help="dataset statistics and validation")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     q = dsub.add_parser("stats", help="per-CWE counts, languages, lengths")
@@ -45,7 +49,7 @@ def _merge_map(args: argparse.Namespace) -> dict[str, str]:
     return parse_merge_map(args.merge_cwe)
 
 
-def _load_notes(report: Any) -> list[str]:
+def _load_notes(report: LoadReport) -> list[str]:
     """What a load skipped or changed, one phrase each (empty when nothing)."""
     notes = []
     if report.dropped_identical:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from ..config.vocabulary import MODES
 from .options import (
@@ -29,7 +28,7 @@ from .options import (
 )
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("detect", help="a verdict per source file (its functions' aggregate score), optionally steered")
     p.add_argument("files", nargs="+", help="source files to score")
     p.add_argument(

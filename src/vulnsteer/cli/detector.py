@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..steering.probe import Probe
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = sub.add_parser("detector", help="fit (with the full protocol) or show a saved conditional detector")
     dsub = group.add_subparsers(dest="detector_command", required=True, metavar="COMMAND")
     p = dsub.add_parser(
@@ -250,7 +250,7 @@ def _warn_caveats(folder: Path) -> list[str]:
     return found
 
 
-def _cell(row: Any) -> str:
+def _cell(row: Mapping[str, Any] | None) -> str:
     if not row or row.get("auroc") is None:
         return "–"
     ci = row.get("auroc_ci")

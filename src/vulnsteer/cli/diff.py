@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from .options import UsageError, add_scorer_args, scorer_spec
 from .scan import (
@@ -42,7 +41,7 @@ examples:
 """
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "diff",
         help="score only the functions that changed between two versions (files, folders or git revisions)",

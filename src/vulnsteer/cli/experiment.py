@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from .options import DefaultStr, add_config_args, config_from_args, finite_float, overrides_from_args
 
 SECTIONS = ("model", "data", "vectors", "steering", "detection", "conditional", "baselines", "report", "run")
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="the default experiment: vectors, baseline vs steered vs control, chosen on val, reported on test",

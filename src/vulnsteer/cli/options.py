@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
 from ..config import load_config as load_experiment_config
 from ..config.defaults import DEFAULT_STEER_POSITIONS, DEFAULT_UNIT, MIN_ADAPT, WARN_ADAPT
 from ..config.vocabulary import AGGREGATIONS, POSITIONS, STRENGTH_UNITS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..detection.probe_detector import ProbeDetector
+    from ..scan.model_scorer import ScorerSpec
 
 __all__ = [
     "STEERING_OPTIONS",
@@ -58,7 +62,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {str(value).replace('%', '%%')})"
 
 
-def _number_list(text: str, convert: Any, what: str) -> tuple[Any, ...]:
+T = TypeVar("T")
+
+
+def _number_list(text: str, convert: Callable[[str], T], what: str) -> tuple[T, ...]:
     try:
         values = tuple(convert(x) for x in text.split(",") if x.strip())
     except ValueError:
@@ -175,7 +182,7 @@ STEERING_OPTIONS = (
 )
 
 
-def add_steering_args(g: Any) -> None:
+def add_steering_args(g: argparse._ActionsContainer) -> None:
     """How ``--vector`` is applied (``detect``, ``scan``): :data:`STEERING_OPTIONS`; the caller adds ``--vector``
     and refuses these without it (``require(args, "--vector", STEERING_OPTIONS)``)."""
     g.add_argument(
@@ -402,7 +409,7 @@ def detector_folder(args: argparse.Namespace) -> Any:
     return SHIPPED_DETECTOR
 
 
-def probe_detector(spec: Any) -> Any:
+def probe_detector(spec: ScorerSpec) -> ProbeDetector | None:
     """The probe detector *spec* scores by (:class:`~vulnsteer.detection.probe_detector.ProbeDetector`, loaded
     once for every setting read from it), or None for any other scorer."""
     from ..detection.probe_detector import ProbeDetector, is_probe_detector
@@ -412,7 +419,7 @@ def probe_detector(spec: Any) -> Any:
     return ProbeDetector.load(spec.detector)
 
 
-def adapt_mode(args: argparse.Namespace, spec: Any, detector: Any) -> str:
+def adapt_mode(args: argparse.Namespace, spec: ScorerSpec, detector: ProbeDetector | None) -> str:
     """``--adapt`` (``on``) or ``--no-adapt`` (``off``) as given; else ``auto`` where the scorer *spec* names adapts
     by default (:func:`detector_adapts`; adapted from its minimum distinct functions: on the leave-one-dataset-out
     folds the adapted threshold transferred better, and 20 functions already place the centre within about a
@@ -423,7 +430,7 @@ def adapt_mode(args: argparse.Namespace, spec: Any, detector: Any) -> str:
     return "auto" if detector_adapts(spec, detector) else "off"
 
 
-def detector_adapts(spec: Any, detector: Any) -> bool:
+def detector_adapts(spec: ScorerSpec, detector: ProbeDetector | None) -> bool:
     """Whether the scorer *spec* names adapts by default: a probe detector (*detector*, its
     :func:`probe_detector`), or a steering detector whose gate probe stores its calibration data's vulnerable share
     (the share its adapted threshold flags; one saved before vulnsteer stored it adapts only to a stated
@@ -440,13 +447,13 @@ def detector_adapts(spec: Any, detector: Any) -> bool:
     return adaptation is not None and adaptation.share is not None
 
 
-def adapt_from(detector: Any) -> int:
+def adapt_from(detector: ProbeDetector | None) -> int:
     """Where ``auto`` adaptation starts: the probe *detector*'s ``min_adapt`` (else, a steering detector or none,
     the default minimum)."""
     return MIN_ADAPT if detector is None else int(detector.min_adapt)
 
 
-def adaptation_options(args: argparse.Namespace, spec: Any, detector: Any) -> dict[str, Any]:
+def adaptation_options(args: argparse.Namespace, spec: ScorerSpec, detector: ProbeDetector | None) -> dict[str, Any]:
     """The :class:`~vulnsteer.scan.options.ScanOptions` fields of the adaptation flags (``adapt``, ``adapt_from``,
     ``prevalence``) for the scorer *spec* names (:func:`scorer_spec`) and its probe *detector*
     (:func:`probe_detector`: None for any other scorer); a usage error for a prevalence that cannot apply."""
@@ -466,7 +473,7 @@ def adaptation_options(args: argparse.Namespace, spec: Any, detector: Any) -> di
     return {"adapt": adapt, "adapt_from": adapt_from(detector), "prevalence": prevalence}
 
 
-def reading_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+def reading_options(args: argparse.Namespace, spec: ScorerSpec) -> dict[str, Any]:
     """The :class:`~vulnsteer.scan.options.ScanOptions` fields of the :func:`add_scorer_args` flags on how code is
     read and how a file's functions add up (``keep_comments``, ``aggregation``, ``file_functions``) for *spec*
     (:func:`scorer_spec`)."""
@@ -475,7 +482,7 @@ def reading_options(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
             "file_functions": data.file_functions}  # fmt: skip
 
 
-def scorer_spec(args: argparse.Namespace, explain: bool) -> Any:
+def scorer_spec(args: argparse.Namespace, explain: bool) -> ScorerSpec:
     """The :class:`~vulnsteer.scan.model_scorer.ScorerSpec` the :func:`add_scorer_args` flags name (checked as
     configuration keys are: an error names the flag); *explain*: also generate the answer text."""
     from pathlib import Path

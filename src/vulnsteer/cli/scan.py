@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.vocabulary import OUTPUT_FORMATS
 from .options import (
@@ -28,6 +28,15 @@ from .options import (
     reading_options,
     scorer_spec,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config.sections import RunSection
+    from ..detection.probe_detector import ProbeDetector
+    from ..scan.model_scorer import ModelScorer, ScorerSpec
+    from ..scan.options import ScanOptions
+    from ..scan.ray_scorer import RayScorer
+    from ..scan.results import ScanReport, ScanStats
+
 
 EPILOG = """\
 exit codes (scan):
@@ -54,7 +63,7 @@ def _probability(text: str) -> float:
     return value
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "scan",
         help="score every function of files and folders; SARIF, JSON lines or a table",
@@ -180,7 +189,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if spec.max_code_tokens is not None:  # (the default budget is fitted when scoring: a rescan loads nothing)
             local.check()
         report = scan(args.paths, scorer, options, cache_dir=cache_dir, progress=not args.no_progress)
-        workers = scorer.stats() if run.executor == "ray" else {}
+        workers = {} if isinstance(scorer, ModelScorer) else scorer.stats()  # a RayScorer with --executor ray
     write_output(render(report, output_format(args)), Path(args.output) if args.output else None)
     if workers:
         busy = [w for w in workers["workers"] if w["chunks"]]
@@ -191,7 +200,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _spread(scorer: Any, run: Any) -> Any:
+def _spread(scorer: ModelScorer, run: RunSection) -> ModelScorer | RayScorer:
     """*scorer*, or with ``--executor ray`` a :class:`~vulnsteer.scan.ray_scorer.RayScorer` around it (its chunks
     scored on Ray workers; see the run section's ``ray_*`` keys)."""
     if run.executor != "ray":
@@ -201,7 +210,7 @@ def _spread(scorer: Any, run: Any) -> Any:
     return RayScorer(scorer, run)
 
 
-def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
+def scan_options(args: argparse.Namespace, spec: ScorerSpec, **more: Any) -> ScanOptions:
     """The :class:`~vulnsteer.scan.options.ScanOptions` of ``scan``'s and ``diff``'s shared flags (*more*: the
     others)."""
     from ..scan import FileFilter, ScanOptions
@@ -226,7 +235,7 @@ def scan_options(args: argparse.Namespace, spec: Any, **more: Any) -> Any:
     )
 
 
-def default_min_score(detector: Any) -> float:
+def default_min_score(detector: ProbeDetector | None) -> float:
     """Where findings start without ``--min-score``: a probe *detector*'s threshold as a probability (when the scan
     adapts, its adapted threshold instead: ``ScanOptions.findings_at_threshold``), else 0.5."""
     return 0.5 if detector is None else float(detector.threshold_probability())
@@ -256,7 +265,7 @@ def output_format(args: argparse.Namespace) -> str:
     return "text"
 
 
-def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
+def _report_on_stderr(report: ScanReport, args: argparse.Namespace) -> None:
     """What a user must hear besides the findings, on stderr: files not scanned or skipped by name, parse errors,
     warnings, why nothing was found, the model with its dtype and why, the score, the summary line and why the scan
     fails."""
@@ -309,7 +318,7 @@ def _report_on_stderr(report: Any, args: argparse.Namespace) -> None:
         say(f"fails: {line}")
 
 
-def warn_on_stderr(stats: Any) -> None:
+def warn_on_stderr(stats: ScanStats) -> None:
     """The files not scanned or skipped by name, the parse errors and the warnings of a scan's (or a diff's)
     :class:`~vulnsteer.scan.results.ScanStats`, one line each on stderr."""
     lines = [
@@ -325,7 +334,7 @@ def warn_on_stderr(stats: Any) -> None:
         print(f"vulnsteer: warning: {line}", file=sys.stderr)
 
 
-def _nothing_found_hint(stats: Any, args: argparse.Namespace) -> str:
+def _nothing_found_hint(stats: ScanStats, args: argparse.Namespace) -> str:
     """Why a scan found no source file, from what it left out (the hint names the ``.gitignore`` that did)."""
     reasons = []
     for ignore_file, count in stats.ignored_by.most_common():

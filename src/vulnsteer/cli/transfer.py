@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from .options import add_config_args, config_from_args
 
@@ -11,7 +10,7 @@ from .options import add_config_args, config_from_args
 SECTIONS = ("model", "data", "detection", "run")
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "transfer",
         help="leave each dataset out in turn: fit and choose on the others, apply unchanged to the one left out",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.defaults import DEFAULT_UNIT
 from ..config.vocabulary import POOLINGS, STRENGTH_UNITS
@@ -24,6 +24,11 @@ from .options import (
     ints,
     positive_int,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config.experiment import ExperimentConfig
+    from ..experiment.prepare import PreparedData
+
 
 __all__ = ["register"]
 
@@ -44,7 +49,7 @@ def _add_fitting_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p, ["detection"], only=("--batch-size",))
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("extract", help="record hidden states of a dataset's samples to a safetensors file")
     p.add_argument(
         "--record",
@@ -119,7 +124,7 @@ def _prepare(args: argparse.Namespace, splits: tuple[str, ...]) -> tuple[Any, An
     return config, data, layers
 
 
-def _layers(config: Any, num_layers: int) -> list[int]:
+def _layers(config: ExperimentConfig, num_layers: int) -> list[int]:
     """Every layer the ``--layers`` sets name (negatives count from the end), or the middle layer."""
     from ..lm.model import resolve_layers
 
@@ -166,7 +171,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fittable(data: Any) -> None:
+def _check_fittable(data: PreparedData) -> None:
     """Every CWE's train split needs vulnerable and secure samples: say which does not, before the model loads."""
     train = data.by_cwe("train")
     if not train:
