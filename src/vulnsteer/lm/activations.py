@@ -275,8 +275,10 @@ def extract_activations(
             for pos, value in values.items():
                 out[pos][index] = value
             bar.update(len(rows))
-    if len(distinct) < len(samples):
-        copies = torch.as_tensor(source, dtype=torch.long)
-        out = {pos: value.index_select(0, copies) for pos, value in out.items()}
+    repeats = [i for i, first_row in enumerate(source) if first_row != i]
+    if repeats:  # (in place: no second copy of the states)
+        copies, originals = torch.as_tensor(repeats), torch.as_tensor([source[i] for i in repeats])
+        for value in out.values():
+            value[copies] = value[originals]
     counts = torch.tensor(code_token_counts(lm.tokenizer, prompts), dtype=torch.long)
     return Activations(chosen, [s.id for s in samples], dict(out), lm.identity, counts)
