@@ -19,6 +19,8 @@ from ..config.defaults import DEFAULT_STEER_POSITIONS, DEFAULT_UNIT, MIN_ADAPT, 
 from ..config.vocabulary import AGGREGATIONS, POSITIONS, STRENGTH_UNITS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from ..detection.probe_detector import ProbeDetector
     from ..scan.model_scorer import ScorerSpec
 
@@ -384,7 +386,7 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def detector_folder(args: argparse.Namespace) -> Any:
+def detector_folder(args: argparse.Namespace) -> Path | None:
     """The detector folder the :func:`add_scorer_args` flags name: ``--detector``; else, with the embedded model
     (no ``--model``), no ``--vector`` and no ``--answer``, the shipped detector; else None (the bare model's
     answer). Refuses the flags that contradict each other."""
