@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_scan)
 
 
-def add_output_args(p: argparse.ArgumentParser, fail_on: str) -> Any:
+def add_output_args(p: argparse.ArgumentParser, fail_on: str) -> argparse._ArgumentGroup:
     """``--format``, ``-o``, ``--min-score``, ``--fail-on`` (its help: *fail_on*) and ``--allow-unscanned``, for
     ``scan`` and ``diff``; returns the group (for more options)."""
     o = p.add_argument_group("output")
