@@ -35,7 +35,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.defaults import (
     DEFAULT_AGGREGATION,
@@ -58,6 +58,10 @@ from ..lm.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from ..stats.aggregate import check_aggregation
 from .identity import location_key, recall_identity, remember_identity
 from .scorer import FunctionScore, StaleDigestError, scorer_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..steering.hooks import SteeringSpec
+    from ..steering.vectors import SteeringVector
 
 __all__ = [
     "AUTO_DTYPE",
@@ -447,13 +451,13 @@ class ModelScorer:
         else:
             self._budget = fit_code_tokens(context, tokenizer, max_new_tokens=spec.new_tokens)
 
-    def _read_vector(self) -> Any:
+    def _read_vector(self) -> SteeringVector:
         from ..steering.vectors import SteeringVector
 
         assert self.spec.vector is not None
         return SteeringVector.load(self.spec.vector.vector)
 
-    def _steering_spec(self, vector: Any) -> Any:
+    def _steering_spec(self, vector: SteeringVector) -> SteeringSpec:
         from ..steering.hooks import SteeringSpec
 
         steering = self.spec.vector
@@ -469,7 +473,7 @@ class ModelScorer:
         except ValueError as exc:
             raise ValueError(f"{steering.vector}: {exc}") from None
 
-    def _check_vector_shape(self, vector: Any, config: Any) -> None:
+    def _check_vector_shape(self, vector: SteeringVector, config: Any) -> None:
         """The vector's hidden size and steered layers against the model's config, and its setting."""
         steering = self.spec.vector
         assert steering is not None
