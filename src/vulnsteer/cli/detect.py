@@ -2,7 +2,7 @@
 
 Each file is prepared and scored as ``vulnsteer scan`` does it (decoded, split into functions, comments stripped,
 a function over the token budget read in windows or by its head, scored by the same
-:class:`~vulnsteer.scan.model_scorer.ScorerSpec` from the same flags), and reported by its functions' aggregate
+:class:`~vulnsteer.scan.spec.ScorerSpec` from the same flags), and reported by its functions' aggregate
 score (``--aggregation``: what the detector's run chose, else a smooth maximum), the verdict that score gets, and its
 highest-scoring function. The
 options, the files, the steering vector or detector and the token budget are checked before the model loads.

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
     from ..detection.probe_detector import ProbeDetector
-    from ..scan.model_scorer import ScorerSpec
+    from ..scan.spec import ScorerSpec
 
 __all__ = [
     "STEERING_OPTIONS",
@@ -485,11 +485,11 @@ def reading_options(args: argparse.Namespace, spec: ScorerSpec) -> dict[str, Any
 
 
 def scorer_spec(args: argparse.Namespace, explain: bool) -> ScorerSpec:
-    """The :class:`~vulnsteer.scan.model_scorer.ScorerSpec` the :func:`add_scorer_args` flags name (checked as
+    """The :class:`~vulnsteer.scan.spec.ScorerSpec` the :func:`add_scorer_args` flags name (checked as
     configuration keys are: an error names the flag); *explain*: also generate the answer text."""
     from pathlib import Path
 
-    from ..scan.model_scorer import ScorerSpec, VectorSteering
+    from ..scan.spec import ScorerSpec, VectorSteering
 
     config = config_from_args(args)
     vector = None

@@ -32,10 +32,11 @@ from .options import (
 if TYPE_CHECKING:  # pragma: no cover
     from ..config.sections import RunSection
     from ..detection.probe_detector import ProbeDetector
-    from ..scan.model_scorer import ModelScorer, ScorerSpec
+    from ..scan.model_scorer import ModelScorer
     from ..scan.options import ScanOptions
     from ..scan.ray_scorer import RayScorer
     from ..scan.results import ScanReport, ScanStats
+    from ..scan.spec import ScorerSpec
 
 
 EPILOG = """\

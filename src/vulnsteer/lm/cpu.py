@@ -2,7 +2,7 @@
 
 bfloat16 matrix products are fast only on a CPU with bf16 instructions; elsewhere PyTorch emulates them, several
 times slower than float32. The scan scorer asks :func:`cpu_runs_bf16` before it loads a model in bfloat16 on the CPU
-(:func:`vulnsteer.scan.model_scorer.choose_dtype`).
+(:func:`vulnsteer.scan.spec.choose_dtype`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Walk files and folders, split them into functions with tree-sitter, score each function with a
 :class:`~vulnsteer.scan.scorer.Scorer` (the plain or steered model, or a saved detector, as a
-:class:`~vulnsteer.scan.model_scorer.ScorerSpec` says: :class:`~vulnsteer.scan.model_scorer.ModelScorer`), cache
+:class:`~vulnsteer.scan.spec.ScorerSpec` says: :class:`~vulnsteer.scan.model_scorer.ModelScorer`), cache
 scores per (scorer digest, code hash), and write SARIF 2.1.0, JSON lines or a table. ``vulnsteer detect`` is a view
 of the same engine: one score per file (:mod:`vulnsteer.scan.sources`).
 
@@ -20,11 +20,12 @@ from pathlib import Path
 from ..lm.paths import cache_root
 from .engine import scan
 from .files import FileFilter
-from .model_scorer import ModelScorer, ScorerSpec, VectorSteering
+from .model_scorer import ModelScorer
 from .options import ScanOptions
 from .output import render, write_output
 from .results import FunctionResult, ScanReport, ScanStats
 from .scorer import FunctionScore, Scorer, StaleDigestError, scorer_digest
+from .spec import ScorerSpec, VectorSteering
 
 __all__ = [
     "FileFilter",

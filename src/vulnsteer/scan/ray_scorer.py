@@ -22,8 +22,9 @@ from ..config import RunSection
 from ..data.sample import Sample
 from ..lm.prompts import PromptTemplate
 from ..lm.ray_pool import Task, check_ray
-from .model_scorer import ModelScorer, ScorerSpec
+from .model_scorer import ModelScorer
 from .scorer import FunctionScore
+from .spec import ScorerSpec
 
 __all__ = ["RayScorer"]
 

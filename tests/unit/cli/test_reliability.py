@@ -585,7 +585,7 @@ def test_library_defaults_are_the_configuration_defaults() -> None:
 
     from vulnsteer.config import ExperimentConfig
     from vulnsteer.detection.engine import detect, detect_variants, detect_variants_modes
-    from vulnsteer.scan.model_scorer import ScorerSpec, VectorSteering
+    from vulnsteer.scan.spec import ScorerSpec, VectorSteering
     from vulnsteer.steering.hooks import steer
     from vulnsteer.steering.vectors import fit_vector
 

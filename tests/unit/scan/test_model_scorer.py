@@ -18,7 +18,7 @@ from vulnsteer.lm.prompts import DEFAULT_TEMPLATE
 from vulnsteer.scan import ModelScorer, ScorerSpec, VectorSteering, scan
 from vulnsteer.scan import identity as identity_module
 from vulnsteer.scan import model_scorer as model_scorer_module
-from vulnsteer.scan.model_scorer import AUTO_DTYPE, DtypeChoice, choose_dtype
+from vulnsteer.scan.spec import AUTO_DTYPE, DtypeChoice, choose_dtype
 
 needs_grammars = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
 
