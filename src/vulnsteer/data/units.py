@@ -49,6 +49,7 @@ __all__ = [
     "FunctionCode",
     "Piece",
     "Units",
+    "cleaned_functions",
     "file_functions",
     "function_code",
     "head_fitter",
@@ -98,12 +99,18 @@ def file_functions(sample: Sample, splitter: FunctionSplitter, keep_comments: bo
     found = splitter.split(sample.code, sample.language)
     if found.whole_file is not None:
         return None
+    out = cleaned_functions(found.units, sample.language, keep_comments)
+    return tuple(out) if len(out) >= 2 else None
+
+
+def cleaned_functions(units: Sequence[CodeUnit], language: str, keep_comments: bool) -> list[FunctionCode]:
+    """The split *units* as the model reads them (:func:`function_code`), those with code left once cleaned."""
     out = []
-    for unit in found.units:
-        code, _ = function_code(unit, sample.language, keep_comments)
+    for unit in units:
+        code, _ = function_code(unit, language, keep_comments)
         if code.strip():
             out.append(FunctionCode(unit.name, unit.kind, unit.region, code))
-    return tuple(out) if len(out) >= 2 else None
+    return out
 
 
 @dataclass(frozen=True)

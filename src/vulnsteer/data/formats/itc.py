@@ -19,7 +19,7 @@ from types import MappingProxyType
 from vulnsteer.data.changes import match_functions
 from vulnsteer.data.functions import FunctionSplitter, tree_sitter_available
 from vulnsteer.data.sample import SECURE, VULNERABLE, Sample
-from vulnsteer.data.units import FunctionCode, function_code
+from vulnsteer.data.units import FunctionCode, cleaned_functions
 from vulnsteer.progress import track
 
 from .reader import Reader, language_of
@@ -112,17 +112,14 @@ def read_itc(reader: Reader, root: Path) -> list[Sample]:
 
 
 def _functions(reader: Reader, splitter: FunctionSplitter, file: Path) -> list[FunctionCode] | None:
-    """A file's functions as the model reads them (:func:`~vulnsteer.data.units.function_code`: comments stripped)."""
+    """A file's functions as the model reads them (:func:`~vulnsteer.data.units.cleaned_functions`: comments
+    stripped); None when the file cannot be read."""
     text = reader.read_text(file)
     if text is None:
         return None
     language = language_of(file.name)
-    found = []
-    for unit in splitter.split(text, language, file.suffix).units:
-        code, _ = function_code(unit, language, keep_comments=False)
-        if unit.kind != "file" and code.strip():
-            found.append(FunctionCode(unit.name, unit.kind, unit.region, code))
-    return found
+    units = splitter.split(text, language, file.suffix).units
+    return [f for f in cleaned_functions(units, language, keep_comments=False) if f.kind != "file"]
 
 
 def _file_pair(reader: Reader, splitter: FunctionSplitter, defect: Path, clean: Path, cwe: str) -> list[Sample]:
