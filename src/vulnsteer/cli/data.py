@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..config.vocabulary import DATASET_FORMATS
-from .options import UsageError, add_config_args, config_from_args, overrides_from_args
+from .options import Subcommands, UsageError, add_config_args, config_from_args, overrides_from_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.loaders import LoadReport
@@ -25,7 +25,7 @@ def _add_dataset_args(q: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("data", help="dataset statistics and validation")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     q = dsub.add_parser("stats", help="per-CWE counts, languages, lengths")

@@ -17,6 +17,7 @@ import sys
 
 from ..config.vocabulary import MODES
 from .options import (
+    Subcommands,
     UsageError,
     adaptation_options,
     add_scorer_args,
@@ -28,7 +29,7 @@ from .options import (
 )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("detect", help="a verdict per source file (its functions' aggregate score), optionally steered")
     p.add_argument("files", nargs="+", help="source files to score")
     p.add_argument(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .experiment import SECTIONS
 from .options import (
+    Subcommands,
     UsageError,
     adaptation_options,
     add_config_args,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ..steering.probe import Probe
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     group = sub.add_parser("detector", help="fit (with the full protocol) or show a saved conditional detector")
     dsub = group.add_subparsers(dest="detector_command", required=True, metavar="COMMAND")
     p = dsub.add_parser(

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import UsageError, add_scorer_args, scorer_spec
+from .options import Subcommands, UsageError, add_scorer_args, scorer_spec
 from .scan import (
     add_file_args,
     add_output_args,
@@ -41,7 +41,7 @@ examples:
 """
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "diff",
         help="score only the functions that changed between two versions (files, folders or git revisions)",

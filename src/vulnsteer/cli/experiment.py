@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import DefaultStr, add_config_args, config_from_args, finite_float, overrides_from_args
+from .options import DefaultStr, Subcommands, add_config_args, config_from_args, finite_float, overrides_from_args
 
 SECTIONS = ("model", "data", "vectors", "steering", "detection", "conditional", "baselines", "report", "run")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "run",
         help="the default experiment: vectors, baseline vs steered vs control, chosen on val, reported on test",

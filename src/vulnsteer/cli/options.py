@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from ..config import UNIT_FLAGS, ExperimentConfig, Key, config_keys, parse_config
 from ..config import load_config as load_experiment_config
@@ -28,6 +28,7 @@ __all__ = [
     "STEERING_OPTIONS",
     "DefaultStr",
     "HelpFormatter",
+    "Subcommands",
     "UsageError",
     "add_config_args",
     "add_scorer_args",
@@ -47,6 +48,10 @@ __all__ = [
 
 class UsageError(ValueError):
     """Options that do not go together (``--strength`` without ``--vector``): one line, exit 2."""
+
+
+#: What each command module's ``register`` adds its subcommands to (``add_subparsers``' result).
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

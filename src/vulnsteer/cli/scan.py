@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.vocabulary import OUTPUT_FORMATS
 from .options import (
+    Subcommands,
     UsageError,
     adaptation_options,
     add_config_args,
@@ -64,7 +65,7 @@ def _probability(text: str) -> float:
     return value
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "scan",
         help="score every function of files and folders; SARIF, JSON lines or a table",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_config_args, config_from_args
+from .options import Subcommands, add_config_args, config_from_args
 
 #: The sections whose flags ``transfer`` takes (the rest of its keys live in the config file).
 SECTIONS = ("model", "data", "detection", "run")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser(
         "transfer",
         help="leave each dataset out in turn: fit and choose on the others, apply unchanged to the one left out",

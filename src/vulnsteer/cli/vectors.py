@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..config.defaults import DEFAULT_UNIT
 from ..config.vocabulary import POOLINGS, STRENGTH_UNITS
 from .options import (
+    Subcommands,
     UsageError,
     add_config_args,
     config_from_args,
@@ -49,7 +50,7 @@ def _add_fitting_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p, ["detection"], only=("--batch-size",))
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("extract", help="record hidden states of a dataset's samples to a safetensors file")
     p.add_argument(
         "--record",
