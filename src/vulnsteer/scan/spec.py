@@ -34,8 +34,6 @@ __all__ = [
     "VectorSteering",
     "choose_dtype",
     "detector_aggregation",
-    "detector_document",
-    "is_probe_detector_folder",
 ]
 
 
@@ -131,7 +129,7 @@ class ScorerSpec:
         return recorded or DEFAULT_AGGREGATION
 
 
-def detector_document(folder: Path) -> dict[str, Any]:
+def _detector_document(folder: Path) -> dict[str, Any]:
     """A detector folder's ``detector.json``, or an empty one when it cannot be read (loading the detector says
     why)."""
     try:
@@ -144,7 +142,7 @@ def detector_document(folder: Path) -> dict[str, Any]:
 def detector_aggregation(folder: Path) -> str | None:
     """How the run that saved the detector in *folder* added up a sample's pieces (``detector.json``'s field
     ``validation.aggregation``), or None when it records none (or the folder cannot be read: loading it says why)."""
-    validation = detector_document(folder).get("validation")
+    validation = _detector_document(folder).get("validation")
     value = validation.get("aggregation") if isinstance(validation, dict) else None
     return value if value in AGGREGATIONS else None
 
@@ -184,9 +182,9 @@ def choose_dtype(spec: ScorerSpec, *, native_bf16: bool | None = None) -> DtypeC
     if model.dtype not in (None, "auto"):
         return DtypeChoice(model.dtype, "--dtype")
     auto = DtypeChoice(model.dtype, AUTO_DTYPE)
-    if spec.detector is None or not is_probe_detector_folder(spec.detector):
+    if spec.detector is None or not _is_probe_detector(spec.detector):
         return auto
-    recorded = detector_document(spec.detector).get("model")
+    recorded = _detector_document(spec.detector).get("model")
     if not isinstance(recorded, dict) or recorded.get("dtype") != "bfloat16" or model.remote or model.device_map:
         return auto
     if spec.explain:
@@ -206,8 +204,7 @@ def choose_dtype(spec: ScorerSpec, *, native_bf16: bool | None = None) -> DtypeC
     return DtypeChoice("bfloat16", "the detector's dtype; this CPU has native bf16")
 
 
-def is_probe_detector_folder(folder: Path) -> bool:
-    """Whether *folder* holds a probe detector (its module is imported only when asked)."""
+def _is_probe_detector(folder: Path) -> bool:
     from ..detection.probe_detector import is_probe_detector
 
     return is_probe_detector(folder)
