@@ -138,6 +138,16 @@ def random_vector(
     return SteeringVector(dirs, prov)
 
 
+def write_file(path: Path, content: str | bytes) -> Path:
+    """*content* written to *path* (UTF-8 text, or bytes as they are), its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
 def toy_samples(n_pairs: int = 4, cwe: str = "CWE-89") -> list[Sample]:
     """Tiny paired samples: string-built SQL (vulnerable) vs parameterised (secure)."""
     out = []

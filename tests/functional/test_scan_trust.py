@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import ForkServer, Result, cli_env
-from conftest import REPO
+from conftest import REPO, write_file
 from vulnsteer.data.functions import tree_sitter_available
 
 pytestmark = pytest.mark.skipif(not tree_sitter_available(), reason="tree-sitter-language-pack not installed")
@@ -40,15 +40,6 @@ class Tree:
         return cli.run(argv, cwd=cwd or self.root)
 
 
-def _write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Tree:  # type: ignore[no-untyped-def]
     from conftest import make_tiny
@@ -59,31 +50,31 @@ def tree(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Tree:  # t
     lm.model.save_pretrained(model)
     tiny_tokenizer.save_pretrained(model)
     # a scanned folder with links out of it, and the secret they point at
-    _write(root / "secret" / "secret.c", SECRET)
-    _write(root / "secret" / "more" / "deep.c", SECRET)
-    _write(root / "linked" / "ok.c", C_OK)
+    write_file(root / "secret" / "secret.c", SECRET)
+    write_file(root / "secret" / "more" / "deep.c", SECRET)
+    write_file(root / "linked" / "ok.c", C_OK)
     (root / "linked" / "link.c").symlink_to(Path("..") / "secret" / "secret.c")
     (root / "linked" / "linkdir").symlink_to(Path("..") / "secret" / "more", target_is_directory=True)
     (root / "linked" / "inside.c").symlink_to("ok.c")  # a link inside the folder is read
     # a file over --max-file-bytes next to a small one
-    _write(root / "big" / "small.c", C_OK)
-    _write(root / "big" / "huge.c", C_OK + "/* padding */\n" * 200)
+    write_file(root / "big" / "small.c", C_OK)
+    write_file(root / "big" / "huge.c", C_OK + "/* padding */\n" * 200)
     # a file name that is not UTF-8
-    _write(root / "names" / "ok.c", C_OK)
-    _write(Path(os.fsdecode(bytes(root / "names") + b"/caf\xe9.c")), "int cafe(int b) {\n    return b * 2;\n}\n")
+    write_file(root / "names" / "ok.c", C_OK)
+    write_file(Path(os.fsdecode(bytes(root / "names") + b"/caf\xe9.c")), "int cafe(int b) {\n    return b * 2;\n}\n")
     # a folder that a .gitignore above it ignores
-    _write(root / "repo" / ".gitignore", "generated/\n")
+    write_file(root / "repo" / ".gitignore", "generated/\n")
     (root / "repo" / ".git").mkdir()
-    _write(root / "repo" / "generated" / "gen.c", C_OK)
+    write_file(root / "repo" / "generated" / "gen.c", C_OK)
     # 24 functions, one of them with a syntax error in its file, two with inline ignores
     many = "".join(f"int f{i}(int a) {{\n    return a + {i};\n}}\n\n" for i in range(22))
-    _write(root / "many" / "lib.c", many)
-    _write(
+    write_file(root / "many" / "lib.c", many)
+    write_file(
         root / "many" / "ignored.c",
         "// vulnsteer: ignore\nint quiet(int a) {\n    return a;\n}\n\n"
         "int typed(int a) { // vulnsteer: ignore[CWE-89]\n    return a;\n}\n",
     )
-    _write(root / "broken" / "bad.c", "int good(int a) {\n    return a;\n}\n\nint broken( {\n  @@@ ;;\n}\n")
+    write_file(root / "broken" / "bad.c", "int good(int a) {\n    return a;\n}\n\nint broken( {\n  @@@ ;;\n}\n")
     return Tree(root, model, root / "cache")
 
 
@@ -296,7 +287,7 @@ def test_output_named_sarif_or_json_gets_that_format(tree: Tree, cli: ForkServer
 def test_a_rescan_does_not_count_its_own_output_as_a_skipped_file(tree: Tree, cli: ForkServer) -> None:
     """Found re-running the issue-19 catalogue: scanning a folder with -o inside it twice, the second scan counted
     the first one's SARIF as a skipped file (unknown language)."""
-    _write(tree.root / "selfout" / "a.c", C_OK)
+    write_file(tree.root / "selfout" / "a.c", C_OK)
     args = ("selfout", "--min-score", "0", "--allow-unscanned", "-o", "selfout/report.sarif")
     first, second = tree.scan(cli, *args), tree.scan(cli, *args)
     assert (tree.root / "selfout" / "report.sarif").is_file()

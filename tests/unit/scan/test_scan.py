@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from checks import sarif_validator, slice_region
-from conftest import REPO
+from conftest import REPO, write_file
 from toys import FakeScorer
 from vulnsteer.data.functions import tree_sitter_available
 from vulnsteer.data.region import Region
@@ -40,12 +40,7 @@ def _rel(path: Path) -> str:
 
 def _write(root: Path, files: Mapping[str, str | bytes]) -> Path:
     for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
+        write_file(root / rel, content)
     return root
 
 
