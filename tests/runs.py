@@ -4,7 +4,6 @@ results and numbers, a sweep as its own process, the executor's toy grid and a t
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cli_runner import cli_env
 from conftest import write_toy_jsonl
 from vulnsteer.config.experiment import ExperimentConfig, parse_config
 from vulnsteer.experiment.compare import numbers
@@ -86,19 +86,13 @@ def run_numbers(results: Results) -> dict[str, Any]:
 
 
 def sweep_process(args: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "VULNSTEER_CACHE": str(tmp_path / "vcache"),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    """``vulnsteer sweep ARGS`` as its own process in *tmp_path*, in the environment of every test command
+    (:func:`cli_runner.cli_env`), its output in one pipe."""
     # SIGINT back to its default: a test runner started in the background by a non-interactive shell ignores
     # SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt
     return subprocess.Popen(
         [sys.executable, "-m", "vulnsteer", "--no-progress", "sweep", *args],
-        env=env,
+        env=cli_env(tmp_path / "vcache"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,
